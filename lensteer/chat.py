@@ -1,0 +1,205 @@
+"""Chat formatting with known token positions.
+
+Prompts go through the model's own chat template (system turn, few-shot or earlier turns, the user
+turn, then the assistant's turn, optionally prefilled with a response). We render the template to
+text, tokenize it once with offsets, and map character spans to token spans, so for every prompt we
+know where the *instruction* (the final user message), the *post-instruction* template tokens
+(e.g. ``<|im_end|>\\n<|im_start|>assistant\\n``) and the *response* sit. These are the read positions
+of Arditi et al. (2024) and of response-mean persona vectors (Chen et al. 2025).
+
+No doubled BOS: templates that already start with the BOS token (SmolLM2's does) get none added.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Int
+
+from lensteer._types import AttentionMask, Tokens
+from lensteer.errors import ConfigError, DataError
+
+ROLES = ("system", "user", "assistant")
+
+# Used only when a tokenizer has no chat template of its own (base models, toy tokenizers).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] + ': ' + message['content'] + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Turn:
+    """One message of a conversation."""
+
+    role: str
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(f"turn role {self.role!r} is not one of {ROLES}")
+        if not isinstance(self.content, str):
+            raise ConfigError(f"turn content must be a string, got {type(self.content).__name__}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatPrompt:
+    """A prompt for a chat model: optional system turn, earlier turns, the user turn, a response.
+
+    Attributes:
+        user: The final user message (the *instruction*).
+        system: Optional system prompt (the template's default is used when ``None``).
+        history: Earlier turns (few-shot examples or a multi-turn conversation), oldest first.
+        response: Optional assistant text after the generation prompt: a prefill when generating,
+            the response whose tokens are read when collecting activations.
+    """
+
+    user: str
+    system: str | None = None
+    history: tuple[Turn, ...] = ()
+    response: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.user, str) or not self.user.strip():
+            raise DataError(f"a chat prompt needs a non-empty user message, got {self.user!r}")
+        if any(t.role == "system" for t in self.history):
+            raise ConfigError("put the system prompt in `system=`, not in `history`")
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation as chat-template messages, without the response."""
+        msgs = [] if self.system is None else [{"role": "system", "content": self.system}]
+        msgs += [{"role": t.role, "content": t.content} for t in self.history]
+        msgs.append({"role": "user", "content": self.user})
+        return msgs
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class TokenizedPrompt:
+    """Token ids of one prompt and the ``[start, end)`` spans of its parts (no padding)."""
+
+    tokens: Int[torch.Tensor, " pos"]
+    instruction: tuple[int, int]
+    post_instruction: tuple[int, int]
+    response: tuple[int, int]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class PromptBatch:
+    """Left-padded tokens of several prompts, their attention mask, and each prompt's spans.
+
+    Spans in :attr:`prompts` are relative to each unpadded prompt; add :attr:`pad_lengths` to move
+    them into the padded frame.
+    """
+
+    tokens: Tokens
+    attention_mask: AttentionMask
+    prompts: tuple[TokenizedPrompt, ...] = field(default=())
+
+    @property
+    def pad_lengths(self) -> list[int]:
+        return [int(self.tokens.shape[1]) - p.n_tokens for p in self.prompts]
+
+    @property
+    def position_ids(self) -> Int[torch.Tensor, "batch pos"]:
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _tokenizer_of(model_or_tokenizer: Any) -> Any:
+    tok = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
+    if tok is None or not callable(tok):
+        raise ConfigError("this model has no tokenizer; pass token tensors instead of text")
+    return tok
+
+
+def _span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
+    """Token span covering characters [start, end): tokens that overlap the range."""
+    idx = [i for i, (s, e) in enumerate(offsets) if e > start and s < end]
+    if idx:
+        return idx[0], idx[-1] + 1
+    first_after = next((i for i, (s, _) in enumerate(offsets) if s >= start), len(offsets))
+    return first_after, first_after
+
+
+def render_chat(tokenizer: Any, prompt: ChatPrompt) -> tuple[str, tuple[int, int], int]:
+    """Render ``prompt`` with the chat template.
+
+    Returns:
+        The text (generation prompt included, response appended), the character span of the user
+        message, and the character index where the response starts.
+    """
+    template = getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
+    text = tokenizer.apply_chat_template(
+        prompt.messages(), tokenize=False, add_generation_prompt=True, chat_template=template
+    )
+    user_start = text.rfind(prompt.user)
+    if user_start < 0:  # templates that rewrite content (strip, escape) defeat span finding
+        raise DataError(f"the chat template changed the user message {prompt.user[:40]!r}; cannot locate it")
+    response_start = len(text)
+    return text + (prompt.response or ""), (user_start, user_start + len(prompt.user)), response_start
+
+
+def tokenize_prompt(model_or_tokenizer: Any, prompt: "str | ChatPrompt", *, chat: bool = True) -> TokenizedPrompt:
+    """Tokenize one prompt, through the chat template unless ``chat=False`` (raw text).
+
+    A string is taken as the user message (``chat=True``) or the whole text (``chat=False``).
+    The BOS token is prepended only when the tokenizer has one and the text does not start with it.
+    """
+    tok = _tokenizer_of(model_or_tokenizer)
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise DataError("prompt text is empty")
+        if chat:
+            prompt = ChatPrompt(user=prompt)
+    if isinstance(prompt, ChatPrompt):
+        text, (u0, u1), r0 = render_chat(tok, prompt)
+    elif isinstance(prompt, str):
+        text, (u0, u1), r0 = prompt, (0, len(prompt)), len(prompt)
+    else:
+        raise DataError(f"prompts must be strings or ChatPrompt, got {type(prompt).__name__}")
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    bos = getattr(tok, "bos_token", None)
+    if bos is not None and tok.bos_token_id is not None and not text.startswith(bos):
+        ids, offsets = [tok.bos_token_id, *ids], [(0, 0), *offsets]
+    instruction = _span(offsets, u0, u1)
+    response = _span(offsets, r0, len(text)) if len(text) > r0 else (len(ids), len(ids))
+    post = (instruction[1], response[0])
+    return TokenizedPrompt(
+        tokens=torch.tensor(ids, dtype=torch.long), instruction=instruction,
+        post_instruction=post, response=response,
+    )
+
+
+def pad_id_of(model_or_tokenizer: Any) -> int:
+    """The pad token id (falls back to EOS, then 0). Padding is always masked, so its value is moot."""
+    tok = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tok, attr, None) if tok is not None else None
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def left_pad(prompts: Sequence[TokenizedPrompt], pad_id: int) -> PromptBatch:
+    """Stack tokenized prompts into a left-padded batch with an attention mask."""
+    if not prompts:
+        raise DataError("cannot pad an empty list of prompts")
+    width = max(p.n_tokens for p in prompts)
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        tokens[row, width - p.n_tokens :] = p.tokens
+        mask[row, width - p.n_tokens :] = 1
+    return PromptBatch(tokens=tokens, attention_mask=mask, prompts=tuple(prompts))
+
+
+def tokenize_batch(model: Any, prompts: Sequence["str | ChatPrompt"], *, chat: bool = True) -> PromptBatch:
+    """Tokenize and left-pad several prompts (see :func:`tokenize_prompt`)."""
+    if isinstance(prompts, str):
+        raise DataError("pass a list of prompts, not a single string")
+    return left_pad([tokenize_prompt(model, p, chat=chat) for p in prompts], pad_id_of(model))

@@ -1,0 +1,89 @@
+"""The ``lensteer`` command line.
+
+``lensteer run`` runs the main study on the embedded model (or ``--model``). At this stage the study
+is the layer-by-layer separation of each bundled threat model's contrast, printed as tables and
+written to ``--out`` as JSON.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STUDY = (("refusal", "prompt"), ("compassion", "response"), ("honesty", "response"))
+
+
+def _write_json_atomic(path: Path, payload: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=1)
+    Path(tmp).replace(path)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    import lensteer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    model = lensteer.load_model(args.model)
+    fp = lensteer.model_fingerprint(model)
+    print(f"model: {fp.name} ({fp.n_layers} layers, d_model {fp.d_model}), loaded in {time.perf_counter() - start:.1f} s\n")
+    reports = {}
+    for name, contrast in STUDY:
+        if args.dataset and name not in args.dataset:
+            continue
+        dataset = lensteer.load_dataset(name)
+        if args.smoke:
+            dataset = dataset.head(40)
+        report = lensteer.separation_by_layer(model, dataset, contrast=contrast, batch_size=args.batch_size,
+                                              progress=not args.quiet)
+        print(report.to_table(), "\n", flush=True)
+        reports[name] = report.to_dict()
+    out = Path(args.out)
+    _write_json_atomic(out / "separation.json", {"model": fp.to_dict(), "reports": reports})
+    print(f"wrote {out / 'separation.json'} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lensteer",
+        description="Locate misalignment directions in a transformer and steer them back without wrecking the text.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run", help="run the main study (per-layer separation of the bundled threat models)",
+        description="Measure, layer by layer, how linearly separable each bundled threat model's contrast is "
+        "(held-out accuracy and d' of the difference-of-means projection).",
+    )
+    run.add_argument("--model", default=None, help="HF id, model folder or .gguf (default: embedded SmolLM2-135M-Instruct)")
+    run.add_argument("--out", default="results", help="output folder (default: results)")
+    run.add_argument("--dataset", action="append", choices=[n for n, _ in STUDY], help="limit to these datasets")
+    run.add_argument("--batch-size", type=int, default=16)
+    run.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    run.add_argument("--smoke", action="store_true", help="40 examples per dataset, for a quick check")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from lensteer.errors import LensteerError
+
+    try:
+        return int(args.func(args))
+    except LensteerError as err:
+        print(f"lensteer: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

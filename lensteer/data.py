@@ -1,0 +1,280 @@
+"""Contrast datasets: the bundled threat models and users' own JSONL/CSV files in the same schema.
+
+Each row is one example (schema in ``data/README.md``)::
+
+    {"id": "refusal-weapons-01", "category": "weapons", "prompt": "...",      # required: id, prompt
+     "paired_prompt": "...",                                                  # prompt of the other class
+     "aligned_response": "...", "misaligned_response": "...",                 # both or neither
+     "true_answer": "...", "false_answer": "..."}                             # both or neither
+
+A ``<name>.contexts.json`` beside the JSONL holds named misaligning contexts (a system prompt and/or
+few-shot turns). Splits are deterministic: within each category, rows are ordered by a hash of
+their id and cut 60/20/20, so adding rows never moves existing ones between train and test.
+"""
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from lensteer.chat import ChatPrompt, Turn
+from lensteer.errors import ConfigError, DataError
+
+BUNDLED = ("refusal", "compassion", "honesty")
+REQUIRED_FIELDS = ("id", "prompt")
+OPTIONAL_FIELDS = (
+    "category", "paired_prompt", "aligned_response", "misaligned_response", "true_answer", "false_answer",
+)
+_PAIRS = (("aligned_response", "misaligned_response"), ("true_answer", "false_answer"))
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+
+
+def data_dir() -> Path:
+    """Folder holding the bundled contrast sets (inside the wheel, or the repo's ``data/contrast``)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_data" / "contrast", here.parent / "data" / "contrast"):
+        if candidate.is_dir():
+            return candidate
+    raise DataError("bundled data folder not found; reinstall lensteer or pass a file path")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """A named context that pushes a model towards misaligned behaviour (system prompt, few-shot)."""
+
+    name: str
+    description: str = ""
+    system: str | None = None
+    turns: tuple[Turn, ...] = ()
+
+    def apply(self, prompt: ChatPrompt) -> ChatPrompt:
+        """Return ``prompt`` inside this context: its system prompt, its turns before the history."""
+        system = self.system if self.system is not None else prompt.system
+        return replace(prompt, system=system, history=self.turns + prompt.history)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContrastExample:
+    """One row of a contrast set (see the module docstring for the fields)."""
+
+    id: str
+    prompt: str
+    category: str = "uncategorised"
+    paired_prompt: str | None = None
+    aligned_response: str | None = None
+    misaligned_response: str | None = None
+    true_answer: str | None = None
+    false_answer: str | None = None
+
+    @property
+    def has_responses(self) -> bool:
+        return self.aligned_response is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContrastSet:
+    """A contrast dataset: examples, misaligning contexts, provenance, and deterministic splits.
+
+    ``len()`` is the number of examples; ``.train``, ``.val`` and ``.test`` are the splits (each a
+    ``ContrastSet``); iterate to get :class:`ContrastExample` rows.
+    """
+
+    name: str
+    examples: tuple[ContrastExample, ...]
+    contexts: Mapping[str, Context] = field(default_factory=lambda: MappingProxyType({}))
+    source: str = ""
+    sha256: str = ""
+    split: str = "all"
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self) -> Iterator[ContrastExample]:
+        return iter(self.examples)
+
+    def __getitem__(self, index: int) -> ContrastExample:
+        return self.examples[index]
+
+    def __repr__(self) -> str:
+        return f"ContrastSet(name={self.name!r}, split={self.split!r}, n={len(self)}, contexts={list(self.contexts)})"
+
+    def _subset(self, examples: Sequence[ContrastExample], split: str) -> "ContrastSet":
+        return replace(self, examples=tuple(examples), split=split)
+
+    def _split(self, which: int, label: str) -> "ContrastSet":
+        if self.split != "all":
+            raise DataError(f"{self!r} is already a split; split the full set instead")
+        by_cat: dict[str, list[ContrastExample]] = {}
+        for ex in self.examples:
+            by_cat.setdefault(ex.category, []).append(ex)
+        keep = set()
+        for rows in by_cat.values():
+            rows = sorted(rows, key=lambda ex: hashlib.sha256(ex.id.encode()).hexdigest())
+            n_train = round(len(rows) * SPLIT_FRACTIONS[0])
+            n_val = round(len(rows) * SPLIT_FRACTIONS[1])
+            bounds = (0, n_train, n_train + n_val, len(rows))
+            keep.update(ex.id for ex in rows[bounds[which] : bounds[which + 1]])
+        return self._subset([ex for ex in self.examples if ex.id in keep], label)
+
+    @property
+    def train(self) -> "ContrastSet":
+        return self._split(0, "train")
+
+    @property
+    def val(self) -> "ContrastSet":
+        return self._split(1, "val")
+
+    @property
+    def test(self) -> "ContrastSet":
+        return self._split(2, "test")
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted({ex.category for ex in self.examples})
+
+    def with_responses(self) -> "ContrastSet":
+        """The examples that carry an aligned and a misaligned response."""
+        return self._subset([ex for ex in self.examples if ex.has_responses], self.split)
+
+    def head(self, n: int) -> "ContrastSet":
+        """The first ``n`` examples (for smoke runs)."""
+        return self._subset(self.examples[:n], self.split)
+
+    def context(self, name: str) -> Context:
+        """A named misaligning context from ``<name>.contexts.json``."""
+        if name not in self.contexts:
+            raise ConfigError(f"dataset {self.name!r} has no context {name!r}; available: {sorted(self.contexts)}")
+        return self.contexts[name]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [ex.prompt for ex in self.examples]
+
+    @property
+    def paired_prompts(self) -> list[str]:
+        missing = [ex.id for ex in self.examples if ex.paired_prompt is None]
+        if missing:
+            raise DataError(f"dataset {self.name!r} rows {missing[:5]} have no paired_prompt")
+        return [ex.paired_prompt for ex in self.examples if ex.paired_prompt is not None]
+
+    def chat_prompts(self, *, paired: bool = False, context: "str | Context | None" = None,
+                     response: str | None = None) -> list[ChatPrompt]:
+        """Chat prompts for every example.
+
+        Args:
+            paired: Use ``paired_prompt`` (e.g. the harmless twin) instead of ``prompt``.
+            context: A context name (from the dataset's contexts file) or :class:`Context` to wrap
+                each prompt in.
+            response: ``"aligned"`` or ``"misaligned"`` to append that response (for
+                response-token reads); ``None`` for bare prompts.
+        """
+        if response not in (None, "aligned", "misaligned"):
+            raise ConfigError(f"response must be None, 'aligned' or 'misaligned', got {response!r}")
+        ctx = self.context(context) if isinstance(context, str) else context
+        texts = self.paired_prompts if paired else self.prompts
+        out = []
+        for ex, text in zip(self.examples, texts, strict=True):
+            resp = None
+            if response is not None:
+                resp = getattr(ex, f"{response}_response")
+                if resp is None:
+                    raise DataError(f"row {ex.id!r} has no {response}_response; use .with_responses() first")
+            prompt = ChatPrompt(user=text, response=resp)
+            out.append(ctx.apply(prompt) if ctx is not None else prompt)
+        return out
+
+
+def _parse_row(row: Mapping[str, Any], where: str) -> ContrastExample:
+    if not isinstance(row, Mapping):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    unknown = set(row) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)
+    if unknown:
+        raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {list(REQUIRED_FIELDS + OPTIONAL_FIELDS)}")
+    clean: dict[str, str] = {}
+    for key, value in row.items():
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__} {value!r}")
+        clean[key] = value
+    for key in REQUIRED_FIELDS:
+        if key not in clean or not clean[key].strip():
+            raise DataError(f"{where}: missing required field {key!r} (required: {list(REQUIRED_FIELDS)})")
+    for a, b in _PAIRS:
+        if (a in clean) != (b in clean):
+            have, lack = (a, b) if a in clean else (b, a)
+            raise DataError(f"{where}: has {have!r} but lacks {lack!r}; give both or neither")
+    return ContrastExample(**clean)
+
+
+def _read_rows(path: Path) -> list[tuple[str, Any]]:
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            return [(f"{path.name} row {i}", row) for i, row in enumerate(csv.DictReader(fh), start=2)]
+    if path.suffix in (".jsonl", ".json"):
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{path.name} line {i}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path.name} line {i}: not valid JSON ({err.msg})") from err
+        return rows
+    raise DataError(f"unsupported data file {path.name!r}; use .jsonl or .csv")
+
+
+def _read_contexts(path: Path) -> Mapping[str, Context]:
+    if not path.is_file():
+        return MappingProxyType({})
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path.name}: not valid JSON ({err.msg})") from err
+    out = {}
+    for name, spec in raw.items():
+        try:
+            turns = tuple(Turn(role=t["role"], content=t["content"]) for t in spec.get("turns", ()))
+            out[name] = Context(name=name, description=spec.get("description", ""),
+                                system=spec.get("system"), turns=turns)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise DataError(f"{path.name}: context {name!r} is malformed ({err!r}); "
+                            "expected {'system': str|null, 'turns': [{'role', 'content'}]}") from err
+    return MappingProxyType(out)
+
+
+def load_dataset(name_or_path: "str | Path") -> ContrastSet:
+    """Load a bundled contrast set by name, or a user's JSONL/CSV file in the same schema.
+
+    Args:
+        name_or_path: ``"refusal"``, ``"compassion"``, ``"honesty"``, or a path to a ``.jsonl`` /
+            ``.csv`` file (a ``<stem>.contexts.json`` beside it is loaded too).
+
+    Returns:
+        The :class:`ContrastSet`; ``.train``/``.val``/``.test`` give the splits.
+
+    Raises:
+        DataError: Unknown name, missing file, empty file, malformed or duplicate rows.
+    """
+    spec = str(name_or_path)
+    path = Path(spec).expanduser()
+    if spec in BUNDLED:
+        path = data_dir() / f"{spec}.jsonl"
+    elif not path.is_file():
+        raise DataError(f"dataset {spec!r} is neither a bundled name ({', '.join(BUNDLED)}) nor an existing file")
+    rows = [_parse_row(row, where) for where, row in _read_rows(path)]
+    if not rows:
+        raise DataError(f"dataset file {path.name!r} has no rows")
+    seen: set[str] = set()
+    for ex in rows:
+        if ex.id in seen:
+            raise DataError(f"{path.name}: duplicate id {ex.id!r}; ids must be unique")
+        seen.add(ex.id)
+    return ContrastSet(
+        name=path.stem, examples=tuple(rows), contexts=_read_contexts(path.with_suffix(".contexts.json")),
+        source=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
