@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Float
 
-from lensteer._types import DirectionVec, ReadActs
+from lensteer._types import DirectionVec
 from lensteer.errors import ArtifactMismatchError, DataError
 
 
@@ -74,8 +75,8 @@ def _check_acts(name: str, acts: torch.Tensor) -> None:
 
 
 def diff_of_means(
-    positive: ReadActs,
-    negative: ReadActs,
+    positive: Float[torch.Tensor, "n_pos d_model"],
+    negative: Float[torch.Tensor, "n_neg d_model"],
     *,
     layer: int,
     site: str = "resid_post",

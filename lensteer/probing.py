@@ -17,7 +17,6 @@ from lensteer.data import ContrastSet
 from lensteer.errors import ConfigError, DataError
 from lensteer.sites import normalize_layers
 
-Acts = Float[torch.Tensor, "n_prompts n_layers d_model"]
 ContrastKind = Literal["prompt", "response"]
 
 
@@ -70,7 +69,10 @@ def _check(name: str, acts: torch.Tensor) -> None:
 
 
 def layer_separation(
-    pos_train: Acts, neg_train: Acts, pos_test: Acts, neg_test: Acts, *,
+    pos_train: Float[torch.Tensor, "n_pos_train n_layers d_model"],
+    neg_train: Float[torch.Tensor, "n_neg_train n_layers d_model"],
+    pos_test: Float[torch.Tensor, "n_pos_test n_layers d_model"],
+    neg_test: Float[torch.Tensor, "n_neg_test n_layers d_model"], *,
     layers: tuple[int, ...] | list[int], dataset: str = "", contrast: str = "",
     site: str = "resid_post", position: str = "last",
 ) -> SeparationReport:

@@ -1,0 +1,46 @@
+"""Teacher-forced log-likelihood of responses: how much a model prefers one answer to another.
+
+Used to measure what a context (few-shot turns, a system prompt) does to the model without
+sampling: the mean log-probability per response token of an aligned vs a misaligned response.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from lensteer.chat import ChatPrompt, left_pad, pad_id_of, tokenize_prompt
+from lensteer.errors import DataError
+
+
+def response_logprob(
+    model: Any, prompts: Sequence[ChatPrompt], *, batch_size: int = 16, progress: bool = False,
+) -> Float[torch.Tensor, " n_prompts"]:
+    """Mean log-probability per token of each prompt's ``response`` given everything before it.
+
+    Raises:
+        DataError: A prompt has no response.
+    """
+    tokenized = [tokenize_prompt(model, p) for p in prompts]
+    for i, tp in enumerate(tokenized):
+        if tp.response[1] <= tp.response[0]:
+            raise DataError(f"prompt {i} has no response to score; set ChatPrompt(response=...)")
+    out = torch.empty(len(tokenized))
+    order = sorted(range(len(tokenized)), key=lambda i: tokenized[i].n_tokens)
+    device = next(iter(model.parameters())).device
+    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="score"):
+        rows = order[start : start + batch_size]
+        batch = left_pad([tokenized[i] for i in rows], pad_id_of(model))
+        with torch.inference_mode():
+            logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        width = batch.tokens.shape[1]
+        for j, i in enumerate(rows):
+            pad = width - tokenized[i].n_tokens
+            r0, r1 = tokenized[i].response
+            targets = batch.tokens[j, pad + r0 : pad + r1]
+            preds = logprobs[j, pad + r0 - 1 : pad + r1 - 1]       # position t predicts token t+1
+            out[i] = preds.gather(-1, targets[:, None]).mean()
+    return out

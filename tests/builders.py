@@ -1,0 +1,71 @@
+"""Builders for tests: tiny models, tokenizers and planted directions (library code never imports this)."""
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
+CHAT_TEMPLATE = (
+    "<s>{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_char_tokenizer(folder: Path):
+    """A character-level fast tokenizer with a chat template, saved to disk and reloaded by path
+    (TransformerLens reloads tokenizers by ``name_or_path``)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    chars = sorted(set(string.printable) - set("\x0b\x0c"))
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        additional_special_tokens=SPECIALS[4:],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
+    (folder / "lensteer_test.json").write_text(json.dumps({"vocab_size": len(vocab)}))
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def make_tiny_bridge(seed: int = 0, n_layers: int = 4):
+    """A 4-layer native bridge (d_model 32): tokens only, no tokenizer."""
+    from transformer_lens import TransformerBridge
+    from transformer_lens.config import TransformerBridgeConfig
+
+    cfg = TransformerBridgeConfig(d_model=32, d_head=8, n_heads=4, n_layers=n_layers, n_ctx=64,
+                                  d_vocab=64, d_mlp=64, act_fn="gelu", seed=seed)
+    return TransformerBridge.boot_native(cfg, device="cpu").eval()
+
+
+def make_tiny_llama_bridge(tokenizer, seed: int = 0):
+    """A 2-layer random Llama (RMSNorm, RoPE, GQA) through TransformerLens' real HF adapter."""
+    from transformer_lens import TransformerBridge
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    gen = torch.random.fork_rng()
+    with gen:
+        torch.random.default_generator.manual_seed(seed)
+        hf = LlamaForCausalLM(LlamaConfig(
+            num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )).eval()
+    return TransformerBridge.boot_transformers("tiny-llama", hf_model=hf, tokenizer=tokenizer, device="cpu").eval()
+
+
+def random_unit(d_model: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(d_model, generator=g)
+    return v / v.norm()
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

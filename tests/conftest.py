@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny offline models (built in well under a second) and the embedded model.
+
+Every test that uses a model fixture is checked afterwards for leaked hooks.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+MODEL_FIXTURES = ("tiny_bridge", "tiny_llama_bridge", "embedded_model")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    from builders import make_char_tokenizer
+
+    return make_char_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def tiny_bridge():
+    from builders import make_tiny_bridge
+
+    return make_tiny_bridge()
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_bridge(tiny_tokenizer):
+    from builders import make_tiny_llama_bridge
+
+    return make_tiny_llama_bridge(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    import lensteer
+
+    return lensteer.load_model()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_hooks(request):
+    yield
+    for name in MODEL_FIXTURES:
+        if name in request.fixturenames:
+            model = request.getfixturevalue(name)
+            assert model.list_hooks() == {}, f"test leaked hooks on {name}: {model.list_hooks()}"

@@ -1,0 +1,54 @@
+import pytest
+
+import lensteer
+from lensteer import models
+from lensteer.errors import ConfigError, ModelLoadError
+
+
+def test_kv_cache_fix_is_idempotent_and_probe_is_consistent():
+    first = lensteer.ensure_kv_cache_fix()
+    assert lensteer.ensure_kv_cache_fix() == first
+    if first:  # once installed, TL's method honours `cache=` and the probe no longer flags it
+        assert not models._kv_cache_fix_needed()
+
+
+def test_existing_bridge_is_returned_in_eval_mode(tiny_bridge):
+    tiny_bridge.train()
+    assert lensteer.load_model(tiny_bridge) is tiny_bridge and not tiny_bridge.training
+
+
+def test_fingerprint_round_trips_and_rejects_unknown_keys(tiny_llama_bridge):
+    fp = lensteer.model_fingerprint(tiny_llama_bridge)
+    assert (fp.n_layers, fp.d_model, fp.processing_mode) == (2, 32, "bridge")
+    assert lensteer.ModelFingerprint.from_dict(fp.to_dict()) == fp
+    with pytest.raises(ConfigError, match="unknown fingerprint keys"):
+        lensteer.ModelFingerprint.from_dict({**fp.to_dict(), "colour": 1})
+
+
+def test_load_errors_name_the_bad_path(tmp_path):
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        lensteer.load_model(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="is a file but not a .gguf"):
+        lensteer.load_model(tmp_path / "weights.bin")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        lensteer.load_model(tmp_path / "missing.gguf")
+    with pytest.raises(ModelLoadError, match="could not load model 'no-such-org/no-such-model'"):
+        lensteer.load_model("no-such-org/no-such-model")
+
+
+def test_local_hf_folder_loads(tmp_path, tiny_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32,
+                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tiny_tokenizer)))
+    hf.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    model = lensteer.load_model(tmp_path)
+    assert lensteer.model_fingerprint(model).name == str(tmp_path)
+    assert lensteer.collect_activations(model, ["hi"]).shape == (1, 1, 16)
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("LENSTEER_CACHE", str(tmp_path / "c"))
+    assert models.cache_dir() == tmp_path / "c"
