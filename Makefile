@@ -25,11 +25,12 @@ demo: env
 	$(VENV)/bin/lensteer run --out results --threads 2
 
 test: env
-	$(VENV)/bin/ruff check lensteer tests benchmarks
-	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check lensteer tests benchmarks scripts
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q --durations=10
 
 lint: env
-	$(VENV)/bin/ruff check lensteer tests benchmarks
+	$(VENV)/bin/ruff check lensteer tests benchmarks scripts
 	$(VENV)/bin/mypy
 
 bench: env

@@ -12,8 +12,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
-STUDY = (("refusal", "prompt"), ("compassion", "response"), ("honesty", "response"))
+STUDY: tuple[tuple[str, Literal["prompt", "response"]], ...] = (
+    ("refusal", "prompt"), ("compassion", "response"), ("honesty", "response"),
+)
 
 
 def _write_json_atomic(path: Path, payload: object) -> None:

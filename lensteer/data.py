@@ -111,7 +111,7 @@ class ContrastSet:
         by_cat: dict[str, list[ContrastExample]] = {}
         for ex in self.examples:
             by_cat.setdefault(ex.category, []).append(ex)
-        keep = set()
+        keep: set[str] = set()
         for rows in by_cat.values():
             rows = sorted(rows, key=lambda ex: hashlib.sha256(ex.id.encode()).hexdigest())
             n_train = round(len(rows) * SPLIT_FRACTIONS[0])

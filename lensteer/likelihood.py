@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from lensteer._forward import final_normalized, unembed
 from lensteer.chat import ChatPrompt, left_pad, pad_id_of, tokenize_prompt
 from lensteer.errors import DataError
 
@@ -34,13 +35,13 @@ def response_logprob(
         rows = order[start : start + batch_size]
         batch = left_pad([tokenized[i] for i in rows], pad_id_of(model))
         with torch.inference_mode():
-            logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
-        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        width = batch.tokens.shape[1]
-        for j, i in enumerate(rows):
-            pad = width - tokenized[i].n_tokens
-            r0, r1 = tokenized[i].response
-            targets = batch.tokens[j, pad + r0 : pad + r1]
-            preds = logprobs[j, pad + r0 - 1 : pad + r1 - 1]       # position t predicts token t+1
-            out[i] = preds.gather(-1, targets[:, None]).mean()
+            hidden = final_normalized(model, batch.tokens.to(device), batch.attention_mask.to(device))
+            width = batch.tokens.shape[1]
+            for j, i in enumerate(rows):
+                pad = width - tokenized[i].n_tokens
+                r0, r1 = tokenized[i].response
+                targets = batch.tokens[j, pad + r0 : pad + r1].to(device)
+                # position t predicts token t+1: logits only where a response token is predicted
+                logprobs = torch.log_softmax(unembed(model, hidden[j, pad + r0 - 1 : pad + r1 - 1]).float(), dim=-1)
+                out[i] = logprobs.gather(-1, targets[:, None]).mean().cpu()
     return out

@@ -1,0 +1,37 @@
+"""Forward-pass helpers that avoid computing logits nobody reads.
+
+The unembedding is the most expensive matmul of a small model (49k x 576 per token for SmolLM2):
+scoring a response needs logits at a few positions only. ``final_normalized`` runs the model up to
+the unembedding's input (the final-norm output) and stops; ``unembed`` maps selected rows to logits.
+"""
+
+from typing import Any
+
+import torch
+
+
+class _StopBeforeUnembed(Exception):  # noqa: N818 - control flow, never escapes this module
+    def __init__(self, tensor: torch.Tensor) -> None:
+        super().__init__()
+        self.tensor = tensor
+
+
+def final_normalized(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[batch, pos, d_model]`` input of the unembedding (after the final norm), without computing logits."""
+
+    def stop(x: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
+        raise _StopBeforeUnembed(x)
+
+    try:
+        with model.hooks(fwd_hooks=[("unembed.hook_in", stop)]):
+            model(tokens, attention_mask=attention_mask)
+    except _StopBeforeUnembed as caught:
+        return caught.tensor
+    raise RuntimeError("the model never reached unembed.hook_in")
+
+
+def unembed(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """Logits ``x @ W_U + b_U`` for ``[..., d_model]`` final-normalized residuals."""
+    logits = x @ model.W_U.to(x.device, x.dtype)
+    b_u = getattr(model, "b_U", None)
+    return logits + b_u.to(x.device, x.dtype) if b_u is not None else logits
