@@ -18,7 +18,7 @@ from lensteer.chat import (
     tokenize_prompt,
 )
 from lensteer.data import Context, ContrastExample, ContrastSet, load_dataset
-from lensteer.directions import Direction, diff_of_means
+from lensteer.directions import Direction, LinearProbe, diff_of_means, fit_probe, pca_of_diffs
 from lensteer.errors import (
     ArtifactMismatchError,
     ConfigError,
@@ -29,7 +29,7 @@ from lensteer.errors import (
 )
 from lensteer.generation import Generations, generate
 from lensteer.models import ModelFingerprint, ensure_kv_cache_fix, load_model, model_fingerprint
-from lensteer.probing import SeparationReport, layer_separation, separation_by_layer
+from lensteer.probing import ProbingReport, collect_contrast, probe_by_layer, probe_layers
 from lensteer.sites import HookSite
 
 __version__ = "0.1.0"
@@ -47,22 +47,26 @@ __all__ = [
     "HookSite",
     "HookSiteError",
     "LensteerError",
+    "LinearProbe",
     "ModelFingerprint",
     "ModelLoadError",
+    "ProbingReport",
     "PromptBatch",
-    "SeparationReport",
     "TokenizedPrompt",
     "Turn",
     "__version__",
     "collect_activations",
+    "collect_contrast",
     "diff_of_means",
     "ensure_kv_cache_fix",
+    "fit_probe",
     "generate",
-    "layer_separation",
     "load_dataset",
     "load_model",
     "model_fingerprint",
-    "separation_by_layer",
+    "pca_of_diffs",
+    "probe_by_layer",
+    "probe_layers",
     "tokenize_batch",
     "tokenize_prompt",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 
-class _StopBeforeUnembed(Exception):  # noqa: N818 - control flow, never escapes this module
+class _StopBeforeUnembed(Exception):
     def __init__(self, tensor: torch.Tensor) -> None:
         super().__init__()
         self.tensor = tensor

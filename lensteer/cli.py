@@ -1,8 +1,9 @@
 """The ``lensteer`` command line.
 
 ``lensteer run`` runs the main study on the embedded model (or ``--model``). At this stage the study
-is the layer-by-layer separation of each bundled threat model's contrast, printed as tables and
-written to ``--out`` as JSON.
+is the layer-by-layer probing study of each bundled threat model's contrast (held-out probe accuracy
+and AUROC, difference-of-means d', 95% bootstrap CIs), printed as tables and written to ``--out``
+as JSON plus figures.
 """
 
 import argparse
@@ -27,6 +28,18 @@ def _write_json_atomic(path: Path, payload: object) -> None:
     Path(tmp).replace(path)
 
 
+def _save_probing_figures(report: object, folder: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from lensteer import plotting
+
+    for kind, fn in (("probing", plotting.plot_probing), ("cosines", plotting.plot_direction_cosines),
+                     ("methods", plotting.plot_method_cosines)):
+        fig, _ = fn(report)
+        plotting.save_figure(fig, folder / f"{kind}_{report.dataset}")  # type: ignore[attr-defined]
+        plt.close(fig)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
@@ -39,19 +52,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     fp = lensteer.model_fingerprint(model)
     print(f"model: {fp.name} ({fp.n_layers} layers, d_model {fp.d_model}), loaded in {time.perf_counter() - start:.1f} s\n")
     reports = {}
+    out = Path(args.out)
     for name, contrast in STUDY:
         if args.dataset and name not in args.dataset:
             continue
         dataset = lensteer.load_dataset(name)
         if args.smoke:
             dataset = dataset.head(40)
-        report = lensteer.separation_by_layer(model, dataset, contrast=contrast, batch_size=args.batch_size,
-                                              progress=not args.quiet)
+        report = lensteer.probe_by_layer(model, dataset, contrast=contrast, batch_size=args.batch_size,
+                                         progress=not args.quiet)
         print(report.to_table(), "\n", flush=True)
         reports[name] = report.to_dict()
-    out = Path(args.out)
-    _write_json_atomic(out / "separation.json", {"model": fp.to_dict(), "reports": reports})
-    print(f"wrote {out / 'separation.json'} in {time.perf_counter() - start:.0f} s")
+        _save_probing_figures(report, out / "figures")
+    _write_json_atomic(out / "probing.json", {"model": fp.to_dict(), "reports": reports})
+    print(f"wrote {out / 'probing.json'} and {out / 'figures'} in {time.perf_counter() - start:.0f} s")
     return 0
 
 
@@ -62,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="run the main study (per-layer separation of the bundled threat models)",
-        description="Measure, layer by layer, how linearly separable each bundled threat model's contrast is "
-        "(held-out accuracy and d' of the difference-of-means projection).",
+        "run", help="run the main study (per-layer probing of the bundled threat models)",
+        description="Measure, layer by layer, where each bundled threat model's contrast is linearly readable: "
+        "held-out probe accuracy and AUROC, difference-of-means d', 95%% bootstrap CIs; tables, JSON and figures.",
     )
     run.add_argument("--model", default=None, help="HF id, model folder or .gguf (default: embedded SmolLM2-135M-Instruct)")
     run.add_argument("--out", default="results", help="output folder (default: results)")

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import matplotlib.pyplot as plt
+from cycler import cycler
 
 # Okabe & Ito (2008) colour-blind-safe palette.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -32,7 +32,7 @@ PAPER_RC: dict[str, Any] = {
     "axes.spines.right": False,
     "axes.grid": True,
     "grid.alpha": 0.3,
-    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "axes.prop_cycle": cycler(color=PALETTE),
     "pdf.fonttype": 42,
     "ps.fonttype": 42,
 }
@@ -41,7 +41,7 @@ PAPER_RC: dict[str, Any] = {
 @contextmanager
 def paper_style() -> Iterator[None]:
     """Matplotlib rc settings of every lensteer figure."""
-    with plt.rc_context(PAPER_RC):
+    with plt.rc_context(PAPER_RC):  # type: ignore[arg-type]
         yield
 
 
@@ -60,22 +60,64 @@ def save_figure(fig: Any, stem: "str | Path") -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def plot_separation(report: Any, ax: Any = None) -> tuple[Any, Any]:
-    """Held-out accuracy and d' of a :class:`~lensteer.SeparationReport` by layer."""
+def _new_ax(ax: Any, figsize: tuple[float, float] | None = None) -> tuple[Any, Any]:
+    if ax is not None:
+        return ax.figure, ax
+    return plt.subplots(figsize=figsize)
+
+
+def plot_probing(report: Any, ax: Any = None) -> tuple[Any, Any]:
+    """Held-out probe accuracy and AUROC (and difference-of-means AUROC) by layer, with 95% CIs."""
+    series = (("probe_accuracy", "probe accuracy"), ("probe_auroc", "probe AUROC"),
+              ("dom_auroc", "diff-of-means AUROC"), ("pca_auroc", "PCA AUROC"))
     with paper_style():
-        if ax is None:
-            fig, ax = plt.subplots()
-        else:
-            fig = ax.figure
-        ax.plot(report.layers, report.accuracy, marker="o", ms=3, color=PALETTE[0], label="held-out accuracy")
+        fig, ax = _new_ax(ax)
+        for colour, (name, label) in zip(PALETTE, series, strict=False):
+            values = report.metrics[name]
+            lo, hi = zip(*report.ci[name], strict=True)
+            ax.plot(report.layers, values, marker="o", ms=2.5, lw=1.2, color=colour, label=label)
+            ax.fill_between(report.layers, lo, hi, color=colour, alpha=0.15, lw=0)
+        ax.axhline(0.5, color="0.4", lw=0.8, ls=":", label="chance")
         ax.set_xlabel("layer")
-        ax.set_ylabel("held-out accuracy (fraction)")
-        ax.set_ylim(0.4, 1.02)
-        twin = ax.twinx()
-        twin.plot(report.layers, report.d_prime, marker="s", ms=3, color=PALETTE[1], label="d'")
-        twin.set_ylabel("d' (pooled s.d.)")
-        twin.grid(False)
-        handles = ax.get_lines() + twin.get_lines()
-        ax.legend(handles, [h.get_label() for h in handles], loc="lower right", frameon=False)
-        ax.set_title(f"{report.dataset}: {report.contrast} contrast at {report.site}/{report.position}")
+        ax.set_ylabel("held-out score (fraction)")
+        ax.set_ylim(0.35, 1.02)
+        ax.set_title(f"{report.dataset}: {report.contrast} contrast, {report.site}/{report.position}")
+        ax.legend(loc="lower right", frameon=False, ncol=2)
+    return fig, ax
+
+
+def plot_direction_cosines(report: Any, method: str = "diff_of_means", ax: Any = None) -> tuple[Any, Any]:
+    """Cosine similarity of one method's directions between layers (a layer x layer heatmap)."""
+    cos = report.cosine_across_layers(method).numpy()
+    with paper_style():
+        fig, ax = _new_ax(ax, figsize=(4.2, 3.6))
+        image = ax.imshow(cos, cmap="RdBu_r", vmin=-1, vmax=1, origin="lower")
+        ticks = list(range(0, len(report.layers), max(1, len(report.layers) // 10)))
+        ax.set_xticks(ticks, [str(report.layers[t]) for t in ticks])
+        ax.set_yticks(ticks, [str(report.layers[t]) for t in ticks])
+        ax.set_xlabel("layer")
+        ax.set_ylabel("layer")
+        ax.grid(False)
+        fig.colorbar(image, ax=ax, label="cosine similarity")
+        ax.set_title(f"{report.dataset}: {method.replace('_', ' ')} directions across layers")
+    return fig, ax
+
+
+def plot_method_cosines(report: Any, ax: Any = None) -> tuple[Any, Any]:
+    """Cosine similarity between the methods' directions at every layer (one line per method pair)."""
+    methods = list(report.directions)
+    with paper_style():
+        fig, ax = _new_ax(ax)
+        colours = iter(PALETTE)
+        for a in range(len(methods)):
+            for b in range(a + 1, len(methods)):
+                cos = [float(report.directions[methods[a]][i].unit @ report.directions[methods[b]][i].unit)
+                       for i in range(len(report.layers))]
+                ax.plot(report.layers, cos, marker="o", ms=2.5, color=next(colours),
+                        label=f"{methods[a]} vs {methods[b]}".replace("_", " "))
+        ax.set_xlabel("layer")
+        ax.set_ylabel("cosine similarity")
+        ax.set_ylim(-1.05, 1.05)
+        ax.legend(frameon=False, loc="lower right")
+        ax.set_title(f"{report.dataset}: agreement between direction methods")
     return fig, ax

@@ -51,9 +51,9 @@ def test_batched_collection_equals_one_at_a_time(embedded_model):
 
 def test_refusal_contrast_is_linearly_separable_in_middle_layers(embedded_model):
     ds = lensteer.load_dataset("refusal")
-    report = lensteer.separation_by_layer(embedded_model, ds, layers=[0, 12, 24], batch_size=32)
-    assert report.accuracy[1] > 0.65 and report.accuracy[2] > 0.7
-    assert report.d_prime[2] > report.d_prime[0]
+    report = lensteer.probe_by_layer(embedded_model, ds, layers=[0, 12, 24], batch_size=32, n_boot=50)
+    assert report.metrics["probe_auroc"][1] > 0.75 and report.metrics["probe_auroc"][2] > 0.8
+    assert report.metrics["dom_d_prime"][2] > report.metrics["dom_d_prime"][0]
 
 
 @pytest.mark.parametrize(("dataset", "context"), [("compassion", "dismissive_fewshot"), ("honesty", "lying_fewshot")])

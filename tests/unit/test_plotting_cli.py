@@ -1,0 +1,60 @@
+import json
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+import lensteer
+from lensteer import plotting
+from lensteer.cli import build_parser, main
+
+
+def _report():
+    g = torch.Generator().manual_seed(0)
+    acts = {f"{c}_{s}": torch.randn(20, 3, 8, generator=g) + (1.0 if c == "pos" else 0.0)
+            for c in ("pos", "neg") for s in ("train", "val", "test")}
+    return lensteer.probe_layers(acts, layers=[0, 1, 2], dataset="toy", contrast="prompt", n_boot=20)
+
+
+@pytest.mark.parametrize("fn", [plotting.plot_probing, plotting.plot_direction_cosines, plotting.plot_method_cosines])
+def test_figures_have_labelled_axes_and_save_as_pdf_and_png(fn, tmp_path):
+    fig, ax = fn(_report())
+    assert ax.get_xlabel() == "layer" and ax.get_ylabel() and ax.get_title().startswith("toy")
+    pdf, png = plotting.save_figure(fig, tmp_path / "sub" / "fig")
+    plt.close(fig)
+    assert pdf.read_bytes().startswith(b"%PDF") and png.read_bytes().startswith(b"\x89PNG")
+    assert not list((tmp_path / "sub").glob(".tmp-*"))  # atomic writes leave no temporaries
+
+
+def test_report_plots_itself():
+    fig, ax = _report().plot()
+    assert len(ax.get_lines()) >= 4
+    plt.close(fig)
+
+
+def test_cli_help_teaches_and_bad_dataset_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--dataset", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    help_text = build_parser().format_help()
+    assert "run" in help_text
+
+
+def test_cli_run_smoke_on_a_tiny_model_folder(tmp_path, tiny_tokenizer, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path / "tiny"
+    LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                 num_key_value_heads=1, vocab_size=len(tiny_tokenizer))).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(folder), "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal"]) == 0
+    report = json.loads((out / "probing.json").read_text())
+    assert list(report["reports"]) == ["refusal"] and len(report["reports"]["refusal"]["rows"]) == 2
+    assert (out / "figures" / "probing_refusal.pdf").is_file()
+    assert "best layer by probe AUROC" in capsys.readouterr().out
+
+
+def test_cli_reports_lensteer_errors_without_a_traceback(tmp_path, capsys):
+    assert main(["run", "--model", str(tmp_path / "missing.gguf"), "--out", str(tmp_path)]) == 2
+    assert "lensteer: error: GGUF file" in capsys.readouterr().err
