@@ -29,6 +29,15 @@ from lensteer.errors import (
 )
 from lensteer.generation import Generations, generate
 from lensteer.models import ModelFingerprint, ensure_kv_cache_fix, load_model, model_fingerprint
+from lensteer.patching import (
+    PatchingError,
+    PatchResult,
+    equal_length_pairs,
+    logit_diff_metric,
+    patch_heads,
+    patch_layers,
+    patch_residual,
+)
 from lensteer.probing import ProbingReport, collect_contrast, probe_by_layer, probe_layers
 from lensteer.sites import HookSite
 
@@ -50,6 +59,8 @@ __all__ = [
     "LinearProbe",
     "ModelFingerprint",
     "ModelLoadError",
+    "PatchResult",
+    "PatchingError",
     "ProbingReport",
     "PromptBatch",
     "TokenizedPrompt",
@@ -59,11 +70,16 @@ __all__ = [
     "collect_contrast",
     "diff_of_means",
     "ensure_kv_cache_fix",
+    "equal_length_pairs",
     "fit_probe",
     "generate",
     "load_dataset",
     "load_model",
+    "logit_diff_metric",
     "model_fingerprint",
+    "patch_heads",
+    "patch_layers",
+    "patch_residual",
     "pca_of_diffs",
     "probe_by_layer",
     "probe_layers",
