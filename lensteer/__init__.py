@@ -32,6 +32,7 @@ from lensteer.models import ModelFingerprint, ensure_kv_cache_fix, load_model, m
 from lensteer.patching import (
     PatchingError,
     PatchResult,
+    attribute_residual,
     equal_length_pairs,
     logit_diff_metric,
     patch_heads,
@@ -66,6 +67,7 @@ __all__ = [
     "TokenizedPrompt",
     "Turn",
     "__version__",
+    "attribute_residual",
     "collect_activations",
     "collect_contrast",
     "diff_of_means",

@@ -67,6 +67,7 @@ class PatchResult:
         kind: ``"position"``, ``"head"`` or ``"layer"``.
         direction: ``"denoising"`` or ``"noising"``.
         col_labels: Label of each column (the source prompt's tokens for positions).
+        method: ``"exact"`` (patched forward passes) or ``"attribution"`` (gradient estimate).
     """
 
     per_example: Float[torch.Tensor, "n_layers n_cols n_examples"]
@@ -77,6 +78,7 @@ class PatchResult:
     kind: str
     direction: str
     col_labels: tuple[str, ...]
+    method: str = "exact"
 
     def mean(self) -> Float[torch.Tensor, "n_layers n_cols"]:
         """Metric averaged over examples."""
@@ -97,8 +99,17 @@ class PatchResult:
         return [(self.layers[int(i) // n_cols], self.col_labels[int(i) % n_cols], float(v))
                 for v, i in zip(flat.values, flat.indices, strict=True)]
 
+    def correlation(self, other: "PatchResult") -> float:
+        """Pearson correlation of the two results' example-mean effects over all cells."""
+        if self.per_example.shape[:2] != other.per_example.shape[:2]:
+            raise PatchingError(f"cannot correlate results of shapes {tuple(self.mean().shape)} and {tuple(other.mean().shape)}")
+        a, b = self.mean().flatten(), other.mean().flatten()
+        a, b = a - a.mean(), b - b.mean()
+        return float((a @ b) / (a.norm() * b.norm()).clamp(min=1e-12))
+
     def to_dict(self) -> dict[str, Any]:
         return {"layers": list(self.layers), "site": self.site, "kind": self.kind, "direction": self.direction,
+                "method": self.method,
                 "col_labels": list(self.col_labels), "normalized": self.normalized().tolist(),
                 "mean": self.mean().tolist(), "source_mean": float(self.source.mean()),
                 "target_mean": float(self.target.mean())}
@@ -289,5 +300,57 @@ def patch_heads(
                        col_labels=tuple(f"H{h}" for h in range(n_heads)))
 
 
-__all__ = ["PatchResult", "PatchingError", "equal_length_pairs", "logit_diff_metric", "patch_heads",
+def attribute_residual(
+    model: Any,
+    clean: "Sequence[str | ChatPrompt] | Int[torch.Tensor, 'n_examples pos']",
+    corrupted: "Sequence[str | ChatPrompt] | Int[torch.Tensor, 'n_examples pos']",
+    metric: Metric,
+    *,
+    site: str = "resid_pre",
+    layers: Sequence[int] | None = None,
+    direction: PatchDirection = "denoising",
+) -> PatchResult:
+    """Attribution patching (Nanda 2023): a first-order estimate of :func:`patch_residual` for every cell.
+
+    ``M(patch) - M(target) ~ (a_source - a_target) . dM/da |_target`` at each (layer, position), from
+    one source forward, one target forward and one backward pass. The AtP* QK fix (Kramar et al.
+    2024) concerns attention queries and keys, so it does not apply to residual-stream sites. Use it
+    as a fast pre-screen, then confirm the top cells with exact patching.
+    """
+    source, target = _prepare(model, clean, corrupted, direction)
+    sites = resolve_sites(model, layers, site)
+    names = [s.name for s in sites]
+    source_acts = _cache(model, source, names)
+    device = next(iter(model.parameters())).device
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(name: str) -> Callable[..., torch.Tensor]:
+        def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
+            if not act.requires_grad:  # frozen weights: start the graph here
+                act = act.detach().requires_grad_(True)
+            captured[name] = act
+            return act
+        return hook
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, capture(n)) for n in names]):
+        last = unembed(model, final_normalized(model, target.to(device))[:, -1])
+        values = metric(last)
+        if values.shape != (target.shape[0],):
+            raise PatchingError(f"the metric must map [batch, d_vocab] last-position logits to [batch]; got {tuple(values.shape)}")
+        grads = torch.autograd.grad(values.sum(), [captured[n] for n in names], allow_unused=True)
+    estimates = []
+    for name, grad in zip(names, grads, strict=True):
+        delta = source_acts[name].to(device).float() - captured[name].detach().float()
+        g = torch.zeros_like(delta) if grad is None else grad.float()
+        estimates.append((delta * g).sum(-1).T.cpu())              # [pos, n_examples]
+    target_m = values.detach().float().cpu()
+    with torch.inference_mode():
+        source_m = _evaluate(model, source, metric)
+    per_example = torch.stack(estimates) + target_m                # estimated patched metric
+    return PatchResult(per_example=per_example, source=source_m, target=target_m,
+                       layers=tuple(s.layer for s in sites), site=site, kind="position", direction=direction,
+                       col_labels=_labels(model, source[0]), method="attribution")
+
+
+__all__ = ["PatchResult", "PatchingError", "attribute_residual", "equal_length_pairs", "logit_diff_metric", "patch_heads",
            "patch_layers", "patch_residual"]

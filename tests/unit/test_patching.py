@@ -102,3 +102,18 @@ def test_bad_patching_input_raises_clear_errors(tiny_bridge, clean, corrupted, k
 def test_chat_prompts_of_different_lengths_are_refused(tiny_llama_bridge):
     with pytest.raises(PatchingError, match=r"different token lengths \[\d+, \d+\]"):
         patch_residual(tiny_llama_bridge, ["ab", "abc"], ["cd", "cde"], METRIC)
+
+
+def test_attribution_patching_matches_baselines_and_correlates_with_exact_patching(tiny_bridge, pair):
+    from lensteer.patching import attribute_residual
+
+    clean, corrupted = pair
+    exact = patch_residual(tiny_bridge, clean, corrupted, METRIC)
+    approx = attribute_residual(tiny_bridge, clean, corrupted, METRIC)
+    assert approx.method == "attribution" and approx.mean().shape == exact.mean().shape
+    assert torch.allclose(approx.source, exact.source, atol=1e-4) and torch.allclose(approx.target, exact.target, atol=1e-4)
+    # cells where source and target agree have zero estimated effect
+    untouched = [p for p in range(7) if p != 2]
+    assert torch.allclose(approx.mean()[0, untouched], approx.target.mean().expand(6), atol=1e-5)
+    assert approx.correlation(exact) > 0.5
+    assert tiny_bridge.list_hooks() == {}
