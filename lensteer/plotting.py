@@ -121,3 +121,40 @@ def plot_method_cosines(report: Any, ax: Any = None) -> tuple[Any, Any]:
         ax.legend(frameon=False, loc="lower right")
         ax.set_title(f"{report.dataset}: agreement between direction methods")
     return fig, ax
+
+
+def plot_patching(result: Any, ax: Any = None, *, normalized: bool = True) -> tuple[Any, Any]:
+    """Heatmap of a :class:`~lensteer.PatchResult`: layers down, positions (with tokens) or heads across."""
+    values = (result.normalized() if normalized else result.mean()).numpy()
+    n_layers, n_cols = values.shape
+    width = min(11.0, 2.0 + 0.28 * n_cols) if result.kind == "position" else 4.5
+    with paper_style():
+        fig, ax = _new_ax(ax, figsize=(width, 1.2 + 0.16 * n_layers))
+        limit = max(1e-6, float(abs(values).max()))
+        image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", origin="lower",
+                          interpolation="nearest")
+        ax.set_yticks(range(n_layers), [str(la) for la in result.layers])
+        labels = [lab.split(":", 1)[-1] for lab in result.col_labels]
+        ax.set_xticks(range(n_cols), labels, rotation=90 if result.kind == "position" else 0, fontsize=6)
+        ax.set_ylabel("layer")
+        ax.set_xlabel({"position": "position (source prompt token)", "head": "head", "layer": ""}[result.kind])
+        ax.grid(False)
+        unit = "normalised effect (0 = target, 1 = source)" if normalized else "metric (logit difference)"
+        fig.colorbar(image, ax=ax, label=unit, fraction=0.03 if result.kind == "position" else 0.08)
+        ax.set_title(f"{result.method} {result.direction} patching of {result.site}")
+    return fig, ax
+
+
+def plot_attribution_vs_exact(attribution: Any, exact: Any, ax: Any = None) -> tuple[Any, Any]:
+    """Scatter of attribution-patching estimates against exact patching, cell by cell."""
+    x, y = exact.normalized().flatten().numpy(), attribution.normalized().flatten().numpy()
+    with paper_style():
+        fig, ax = _new_ax(ax, figsize=(3.6, 3.4))
+        ax.scatter(x, y, s=6, alpha=0.6, color=PALETTE[0], lw=0)
+        lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+        ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls=":", label="y = x")
+        ax.set_xlabel("exact patching (normalised effect)")
+        ax.set_ylabel("attribution patching (normalised effect)")
+        ax.set_title(f"attribution vs exact, r = {attribution.correlation(exact):.2f}")
+        ax.legend(frameon=False, loc="upper left")
+    return fig, ax

@@ -58,3 +58,22 @@ def test_cli_run_smoke_on_a_tiny_model_folder(tmp_path, tiny_tokenizer, capsys):
 def test_cli_reports_lensteer_errors_without_a_traceback(tmp_path, capsys):
     assert main(["run", "--model", str(tmp_path / "missing.gguf"), "--out", str(tmp_path)]) == 2
     assert "lensteer: error: GGUF file" in capsys.readouterr().err
+
+
+def test_patching_figures(tiny_bridge, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 64, (3, 5), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 1] = 7
+    metric = lensteer.logit_diff_metric(1, 2)
+    exact = lensteer.patch_residual(tiny_bridge, clean, corrupted, metric)
+    heads = lensteer.patch_heads(tiny_bridge, clean, corrupted, metric)
+    approx = lensteer.attribute_residual(tiny_bridge, clean, corrupted, metric)
+    for fig, ax in (plotting.plot_patching(exact), plotting.plot_patching(heads),
+                    plotting.plot_attribution_vs_exact(approx, exact)):
+        assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+        plotting.save_figure(fig, tmp_path / "p")
+        plt.close(fig)
+    fig, ax = plotting.plot_patching(exact)
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(i) for i in range(5)]
+    plt.close(fig)
