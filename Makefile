@@ -28,6 +28,7 @@ test: env
 	$(VENV)/bin/ruff check lensteer tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q --durations=10
+	LENSTEER_SMOKE=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/
 
 lint: env
 	$(VENV)/bin/ruff check lensteer tests benchmarks scripts

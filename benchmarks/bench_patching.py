@@ -29,8 +29,7 @@ def main() -> None:
     idx = lensteer.equal_length_pairs(model, ds.prompts, ds.paired_prompts)[: args.n_pairs]
     clean = torch.stack([lensteer.tokenize_prompt(model, ds.prompts[i]).tokens for i in idx])
     corrupted = torch.stack([lensteer.tokenize_prompt(model, ds.paired_prompts[i]).tokens for i in idx])
-    tok = model.tokenizer
-    metric = lensteer.logit_diff_metric(tok.encode("I")[0], tok.encode("Sure")[0])
+    metric = lensteer.logit_diff_metric(lensteer.first_token_id(model, "I"), lensteer.first_token_id(model, "Sure"))
     layers = [int(x) for x in args.layers.split(",")] if args.layers else list(range(model.cfg.n_layers))
 
     start = time.perf_counter()

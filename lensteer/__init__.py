@@ -14,6 +14,7 @@ from lensteer.chat import (
     PromptBatch,
     TokenizedPrompt,
     Turn,
+    first_token_id,
     tokenize_batch,
     tokenize_prompt,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "diff_of_means",
     "ensure_kv_cache_fix",
     "equal_length_pairs",
+    "first_token_id",
     "fit_probe",
     "generate",
     "load_dataset",

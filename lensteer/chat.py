@@ -203,3 +203,15 @@ def tokenize_batch(model: Any, prompts: Sequence["str | ChatPrompt"], *, chat: b
     if isinstance(prompts, str):
         raise DataError("pass a list of prompts, not a single string")
     return left_pad([tokenize_prompt(model, p, chat=chat) for p in prompts], pad_id_of(model))
+
+
+def first_token_id(model_or_tokenizer: Any, text: str) -> int:
+    """Id of the first token of ``text`` with no special tokens (e.g. ``"I"`` for a refusal's start).
+
+    ``tokenizer.encode`` prepends BOS on some models, which would make every such id the same.
+    """
+    tok = _tokenizer_of(model_or_tokenizer)
+    ids = tok.encode(text, add_special_tokens=False)
+    if not ids:
+        raise DataError(f"{text!r} tokenizes to nothing")
+    return int(ids[0])

@@ -62,3 +62,9 @@ def test_bad_prompts_raise(make, err, match):
 def test_single_string_instead_of_list_is_rejected(tiny_tokenizer):
     with pytest.raises(DataError, match="list of prompts"):
         lensteer.tokenize_batch(tiny_tokenizer, "oops")
+
+
+def test_first_token_id_skips_special_tokens(tiny_tokenizer):
+    assert lensteer.first_token_id(tiny_tokenizer, "Sure") == tiny_tokenizer.convert_tokens_to_ids("S")
+    with pytest.raises(DataError, match="tokenizes to nothing"):
+        lensteer.first_token_id(tiny_tokenizer, "")
