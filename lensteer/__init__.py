@@ -31,11 +31,13 @@ from lensteer.errors import (
 from lensteer.generation import Generations, generate
 from lensteer.models import ModelFingerprint, ensure_kv_cache_fix, load_model, model_fingerprint
 from lensteer.patching import (
+    DirectionPatchResult,
     PatchingError,
     PatchResult,
     attribute_residual,
     equal_length_pairs,
     logit_diff_metric,
+    patch_direction,
     patch_heads,
     patch_layers,
     patch_residual,
@@ -54,6 +56,7 @@ __all__ = [
     "ContrastSet",
     "DataError",
     "Direction",
+    "DirectionPatchResult",
     "Generations",
     "HookSite",
     "HookSiteError",
@@ -81,6 +84,7 @@ __all__ = [
     "load_model",
     "logit_diff_metric",
     "model_fingerprint",
+    "patch_direction",
     "patch_heads",
     "patch_layers",
     "patch_residual",

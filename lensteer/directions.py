@@ -51,10 +51,11 @@ class Direction:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        norm = float(self.unit.norm())
+        unit = self.unit.detach().to(torch.float32).cpu().clone()
+        norm = float(unit.norm())
         if not math.isfinite(norm) or abs(norm - 1.0) > 1e-4:
             raise DataError(f"Direction.unit must be a finite unit vector, got norm {norm}")
-        object.__setattr__(self, "unit", self.unit.detach().to(torch.float32).cpu().clone())
+        object.__setattr__(self, "unit", unit)
 
     @property
     def d_model(self) -> int:
