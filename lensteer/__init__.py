@@ -43,6 +43,7 @@ from lensteer.patching import (
     patch_residual,
 )
 from lensteer.probing import ProbingReport, collect_contrast, probe_by_layer, probe_layers
+from lensteer.recommend import SiteRecommendation, ablation_kl, recommend_site
 from lensteer.sites import HookSite
 
 __version__ = "0.1.0"
@@ -68,9 +69,11 @@ __all__ = [
     "PatchingError",
     "ProbingReport",
     "PromptBatch",
+    "SiteRecommendation",
     "TokenizedPrompt",
     "Turn",
     "__version__",
+    "ablation_kl",
     "attribute_residual",
     "collect_activations",
     "collect_contrast",
@@ -91,6 +94,7 @@ __all__ = [
     "pca_of_diffs",
     "probe_by_layer",
     "probe_layers",
+    "recommend_site",
     "tokenize_batch",
     "tokenize_prompt",
 ]

@@ -1,0 +1,157 @@
+"""From localisation to injection: recommend where to steer, and say why.
+
+Selection rules (after Arditi et al. 2024, SCIENCE.md section 2.1), applied in order:
+
+1. Skip the last ``skip_last_fraction`` (default 20%) of layers: directions there mostly write the
+   output and steering them breaks text.
+2. Require the held-out probe to separate the classes: the lower 95% bound of its AUROC must exceed
+   ``min_auroc_lo``.
+3. If a residual patching result is given, require causal evidence: the largest normalised
+   denoising effect at that layer (over positions) must reach ``min_patch_effect``.
+4. If an ablation KL is given for a layer, require ``KL(base || ablated) <= max_ablation_kl`` on
+   harmless prompts (Arditi's 0.1 nats): ablating the direction must not wreck unrelated text.
+5. Among the layers that pass, take the highest probe-AUROC lower bound; break near-ties (within
+   ``tie_margin``) by the larger patching effect, then by the earlier layer.
+
+Every rule's outcome is recorded per layer, so the choice can be audited.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lensteer.chat import ChatPrompt, left_pad, pad_id_of, tokenize_prompt
+from lensteer.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteRecommendation:
+    """Where to steer: layer, hook site, the direction method and read position, and why."""
+
+    layer: int
+    site: str
+    method: str
+    read_position: str
+    inject_positions: str
+    reasons: tuple[str, ...]
+    table: tuple[dict[str, Any], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "site": self.site, "method": self.method, "read_position": self.read_position,
+                "inject_positions": self.inject_positions, "reasons": list(self.reasons), "table": list(self.table)}
+
+    def __str__(self) -> str:
+        return f"steer at layer {self.layer} ({self.site}, {self.method} direction): " + "; ".join(self.reasons)
+
+
+def recommend_site(
+    probing: Any,
+    patching: Any = None,
+    *,
+    n_layers: int | None = None,
+    ablation_kl: Mapping[int, float] | None = None,
+    method: str = "diff_of_means",
+    skip_last_fraction: float = 0.2,
+    min_auroc_lo: float = 0.6,
+    min_patch_effect: float = 0.1,
+    max_ablation_kl: float = 0.1,
+    tie_margin: float = 0.01,
+) -> SiteRecommendation:
+    """Recommend the steering layer from a :class:`~lensteer.ProbingReport` (and patching evidence).
+
+    Args:
+        probing: The probing study of the contrast.
+        patching: Optional residual-stream :class:`~lensteer.PatchResult` (``kind="position"``).
+        n_layers: Model depth (default: read from ``probing.model``).
+        ablation_kl: Optional ``{layer: KL(base || ablated)}`` on harmless prompts (see :func:`ablation_kl`).
+        method: Direction method to steer with (``"diff_of_means"``, ``"pca_of_diffs"``, ``"probe"``).
+
+    Raises:
+        ConfigError: No layer passes the rules (the message lists why each failed).
+    """
+    depth = n_layers if n_layers is not None else (probing.model or {}).get("n_layers")
+    if depth is None:
+        raise ConfigError("pass n_layers: the probing report carries no model fingerprint")
+    if not 0 <= skip_last_fraction < 1:
+        raise ConfigError(f"skip_last_fraction must be in [0, 1), got {skip_last_fraction}")
+    if method not in probing.directions:
+        raise ConfigError(f"unknown method {method!r}; available: {', '.join(probing.directions)}")
+    cutoff = int(round(depth * (1 - skip_last_fraction)))
+    patch_effect: dict[int, float] = {}
+    if patching is not None:
+        if patching.kind != "position":
+            raise ConfigError(f"recommend_site needs residual patching by position, got kind={patching.kind!r}")
+        norm = patching.normalized()
+        patch_effect = {layer: float(norm[i].max()) for i, layer in enumerate(patching.layers)}
+    rows = []
+    for i, layer in enumerate(probing.layers):
+        auroc, (lo, _) = probing.metrics["probe_auroc"][i], probing.ci["probe_auroc"][i]
+        row: dict[str, Any] = {"layer": layer, "probe_auroc": auroc, "probe_auroc_lo": lo,
+                               "patch_effect": patch_effect.get(layer), "ablation_kl": (ablation_kl or {}).get(layer)}
+        fails = []
+        if layer >= cutoff:
+            fails.append(f"in the last {skip_last_fraction:.0%} of layers (>= {cutoff})")
+        if lo <= min_auroc_lo:
+            fails.append(f"probe AUROC lower bound {lo:.2f} <= {min_auroc_lo}")
+        if patching is not None and layer in patch_effect and patch_effect[layer] < min_patch_effect:
+            fails.append(f"patching effect {patch_effect[layer]:.2f} < {min_patch_effect}")
+        if row["ablation_kl"] is not None and row["ablation_kl"] > max_ablation_kl:
+            fails.append(f"ablation KL {row['ablation_kl']:.3f} > {max_ablation_kl}")
+        row["passes"] = not fails
+        row["why_not"] = "; ".join(fails)
+        rows.append(row)
+    passing = [r for r in rows if r["passes"]]
+    if not passing:
+        detail = "; ".join(f"layer {r['layer']}: {r['why_not']}" for r in rows)
+        raise ConfigError(f"no layer passes the selection rules ({detail})")
+    best_lo = max(r["probe_auroc_lo"] for r in passing)
+    near = [r for r in passing if r["probe_auroc_lo"] >= best_lo - tie_margin]
+    chosen = max(near, key=lambda r: (r["patch_effect"] if r["patch_effect"] is not None else 0.0, -r["layer"]))
+    reasons = [
+        f"probe AUROC {chosen['probe_auroc']:.2f} (95% CI lower bound {chosen['probe_auroc_lo']:.2f}), the best of "
+        f"{len(passing)} layers that pass the rules",
+        f"outside the last {skip_last_fraction:.0%} of the {depth} layers",
+    ]
+    if chosen["patch_effect"] is not None:
+        reasons.append(f"residual patching restores {chosen['patch_effect']:.0%} of the clean metric at this layer")
+    if chosen["ablation_kl"] is not None:
+        reasons.append(f"ablating the direction costs KL {chosen['ablation_kl']:.3f} nats on harmless prompts")
+    if len(near) > 1:
+        reasons.append(f"chosen among {len(near)} near-ties by patching effect, then depth")
+    return SiteRecommendation(layer=chosen["layer"], site=probing.site, method=method,
+                              read_position=probing.position, inject_positions="all", reasons=tuple(reasons),
+                              table=tuple(rows))
+
+
+def ablation_kl(
+    model: Any, prompts: Sequence["str | ChatPrompt"], unit: torch.Tensor, *, layers: Sequence[int] | None = None,
+    site: str = "resid_pre", batch_size: int = 16,
+) -> float:
+    """Mean ``KL(p_base || p_ablated)`` of the next-token distribution at the last prompt position.
+
+    The direction ``unit`` is projected out at ``site`` of every layer in ``layers`` (default: all,
+    Arditi's directional ablation). Use harmless prompts: a good direction costs little there.
+    """
+    from lensteer._forward import final_normalized, unembed
+    from lensteer.sites import resolve_sites
+    from lensteer.steering import ablate_direction
+
+    if isinstance(prompts, str) or len(prompts) == 0:
+        raise DataError("pass a non-empty list of prompts")
+    sites = resolve_sites(model, layers, site)
+
+    def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
+        return ablate_direction(resid, unit)
+
+    tokenized = [tokenize_prompt(model, p) for p in prompts]
+    total = 0.0
+    for start in range(0, len(tokenized), batch_size):
+        batch = left_pad(tokenized[start : start + batch_size], pad_id_of(model))
+        with torch.inference_mode():
+            base = torch.log_softmax(unembed(model, final_normalized(model, batch.tokens, batch.attention_mask)[:, -1]).float(), -1)
+            with model.hooks(fwd_hooks=[(s.name, hook) for s in sites]):
+                abl = torch.log_softmax(unembed(model, final_normalized(model, batch.tokens, batch.attention_mask)[:, -1]).float(), -1)
+        total += float((base.exp() * (base - abl)).sum(-1).sum())
+    return total / len(tokenized)

@@ -1,0 +1,45 @@
+import pytest
+import torch
+from builders import random_unit
+
+import lensteer
+from lensteer.recommend import ablation_kl, recommend_site
+
+
+def _report(shifts):
+    g = torch.Generator().manual_seed(0)
+    u = random_unit(8, seed=3)
+    acts = {}
+    for split in ("train", "val", "test"):
+        acts[f"pos_{split}"] = torch.randn(60, len(shifts), 8, generator=g) + torch.tensor(shifts)[None, :, None] * u
+        acts[f"neg_{split}"] = torch.randn(60, len(shifts), 8, generator=g)
+    return lensteer.probe_layers(acts, layers=list(range(len(shifts))), n_boot=50)
+
+
+def test_recommendation_skips_the_last_fifth_and_weak_layers():
+    # layer 9 separates best but lies in the last 20%; layer 5 is the best allowed one
+    rep = _report([0, 0, 0.5, 1, 2, 3, 2.5, 2, 4, 5])
+    rec = recommend_site(rep, n_layers=10)
+    assert rec.layer == 5 and rec.site == "resid_post"
+    assert "outside the last 20%" in " ".join(rec.reasons)
+    why = {r["layer"]: r["why_not"] for r in rec.table}
+    assert "last 20%" in why[9] and "lower bound" in why[0]
+    assert str(rec).startswith("steer at layer 5")
+
+
+def test_ablation_kl_rule_and_no_layer_passing():
+    rep = _report([0, 0, 3, 3, 0])
+    rec = recommend_site(rep, n_layers=5, ablation_kl={2: 0.5, 3: 0.05})
+    assert rec.layer == 3 and "KL 0.050" in " ".join(rec.reasons)
+    with pytest.raises(lensteer.ConfigError, match="no layer passes the selection rules"):
+        recommend_site(_report([0, 0, 0, 0, 0]), n_layers=5)
+    with pytest.raises(lensteer.ConfigError, match="pass n_layers"):
+        recommend_site(rep)
+
+
+def test_ablation_kl_is_zero_for_an_orthogonal_nothing_and_positive_otherwise(tiny_llama_bridge):
+    prompts = ["hello", "what is up"]
+    zero = torch.zeros(32)
+    assert ablation_kl(tiny_llama_bridge, prompts, zero) == pytest.approx(0.0, abs=1e-6)
+    w = tiny_llama_bridge.W_U[:, 10].detach()
+    assert ablation_kl(tiny_llama_bridge, prompts, w / w.norm(), site="resid_post") > 0
