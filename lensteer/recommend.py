@@ -78,7 +78,7 @@ def recommend_site(
         raise ConfigError(f"skip_last_fraction must be in [0, 1), got {skip_last_fraction}")
     if method not in probing.directions:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(probing.directions)}")
-    cutoff = int(round(depth * (1 - skip_last_fraction)))
+    cutoff = round(depth * (1 - skip_last_fraction))
     patch_effect: dict[int, float] = {}
     if patching is not None:
         if patching.kind != "position":
