@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env demo test lint bench clean
+.PHONY: env demo test lint bench figures clean
 
 env: $(STAMP)
 
@@ -34,8 +34,13 @@ lint: env
 	$(VENV)/bin/ruff check lensteer tests benchmarks scripts
 	$(VENV)/bin/mypy
 
+# Regenerates the committed figures in figures/ from the embedded model (~10-20 min on 2 cores).
+figures: env
+	$(VENV)/bin/lensteer locate --out results/locate --figures figures --threads 2
+
 bench: env
 	$(PY) benchmarks/bench_activations.py
+	$(PY) benchmarks/bench_patching.py
 
 clean:
 	rm -rf $(VENV) results

@@ -69,6 +69,71 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_locate(args: argparse.Namespace) -> int:
+    import matplotlib.pyplot as plt
+    import torch
+
+    import lensteer
+    from lensteer import plotting
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    model = lensteer.load_model(args.model)
+    fp = lensteer.model_fingerprint(model)
+    out, fig_dir = Path(args.out), Path(args.figures or Path(args.out) / "figures")
+    summary: dict[str, object] = {"model": fp.to_dict()}
+
+    def save(fig: object, stem: str) -> None:
+        plotting.save_figure(fig, fig_dir / stem)
+        plt.close(fig)  # type: ignore[arg-type]
+
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    for name, contrast in STUDY:
+        if args.dataset and name not in args.dataset:
+            continue
+        dataset = lensteer.load_dataset(name)
+        if args.smoke:
+            dataset = dataset.head(40)
+        report = lensteer.probe_by_layer(model, dataset, contrast=contrast, layers=layers,
+                                         batch_size=args.batch_size, progress=not args.quiet)
+        print(report.to_table(), "\n", flush=True)
+        _save_probing_figures(report, fig_dir)
+        entry: dict[str, object] = {"probing": report.to_dict()}
+        patching = None
+        idx: list[int] = []
+        if name == "refusal":
+            try:
+                idx = lensteer.equal_length_pairs(model, dataset.prompts, dataset.paired_prompts)[: args.n_pairs]
+            except lensteer.DataError as err:
+                print(f"{name}: patching skipped: {err}", flush=True)
+        if idx:
+            clean = [dataset.prompts[i] for i in idx]
+            corrupted = [dataset.paired_prompts[i] for i in idx]
+            metric = lensteer.logit_diff_metric(lensteer.first_token_id(model, "I"), lensteer.first_token_id(model, "Sure"))
+            approx = lensteer.attribute_residual(model, clean, corrupted, metric, layers=layers)
+            patching = lensteer.patch_residual(model, clean, corrupted, metric, layers=layers, progress=not args.quiet)
+            heads = lensteer.patch_heads(model, clean, corrupted, metric, layers=layers, progress=not args.quiet)
+            save(plotting.plot_patching(patching)[0], f"patching_resid_{name}")
+            save(plotting.plot_patching(heads)[0], f"patching_heads_{name}")
+            save(plotting.plot_attribution_vs_exact(approx, patching)[0], f"attribution_vs_exact_{name}")
+            entry["patching"] = {"pairs": idx, "resid": patching.to_dict(), "heads": heads.to_dict(),
+                                 "attribution_correlation": approx.correlation(patching)}
+            print(f"patching: top cells {patching.top_cells(3)}; attribution vs exact r = "
+                  f"{approx.correlation(patching):.2f}", flush=True)
+        try:
+            rec = lensteer.recommend_site(report, patching)
+            print(rec, "\n", flush=True)
+            entry["recommendation"] = rec.to_dict()
+        except lensteer.ConfigError as err:
+            print(f"{name}: no recommendation: {err}\n", flush=True)
+            entry["recommendation"] = {"error": str(err)}
+        summary[name] = entry
+    _write_json_atomic(out / "locate.json", summary)
+    print(f"wrote {out / 'locate.json'} and figures in {fig_dir} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lensteer",
@@ -88,6 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true", help="40 examples per dataset, for a quick check")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
+
+    locate = sub.add_parser(
+        "locate", help="probing + patching + recommended steering site, with figures",
+        description="For each bundled threat model: the probing study; for refusal also attribution, residual "
+        "and head patching of harmful vs topic-matched harmless prompts; then the recommended steering site "
+        "with its reasons. Writes OUT/locate.json and figures.",
+    )
+    locate.add_argument("--model", default=None, help="HF id, model folder or .gguf (default: embedded model)")
+    locate.add_argument("--out", default="results/locate", help="output folder (default: results/locate)")
+    locate.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
+    locate.add_argument("--dataset", action="append", choices=[n for n, _ in STUDY], help="limit to these datasets")
+    locate.add_argument("--layers", default="", help="comma-separated layers (default: all)")
+    locate.add_argument("--n-pairs", type=int, default=8, help="prompt pairs for patching (default: 8)")
+    locate.add_argument("--batch-size", type=int, default=16)
+    locate.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    locate.add_argument("--smoke", action="store_true", help="40 examples per dataset, for a quick check")
+    locate.add_argument("--quiet", action="store_true", help="no progress bars")
+    locate.set_defaults(func=_cmd_locate)
     return parser
 
 

@@ -68,3 +68,18 @@ def test_few_shot_context_shifts_preference_towards_misaligned_responses(embedde
         return (bad - good).mean()
 
     assert preference(context) > preference(None) + 0.05
+
+
+def test_locate_cli_on_the_embedded_model_patches_and_recommends(tmp_path, embedded_model):
+    import json
+
+    from lensteer.cli import main
+
+    out = tmp_path / "locate"
+    assert main(["locate", "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal", "--layers", "6,12",
+                 "--n-pairs", "2"]) == 0
+    refusal = json.loads((out / "locate.json").read_text())["refusal"]
+    assert len(refusal["patching"]["pairs"]) == 2
+    assert len(refusal["patching"]["resid"]["normalized"]) == 2
+    assert (out / "figures" / "patching_heads_refusal.pdf").is_file()
+    assert "layer" in refusal["recommendation"] or "error" in refusal["recommendation"]

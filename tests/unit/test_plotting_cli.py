@@ -77,3 +77,24 @@ def test_patching_figures(tiny_bridge, tmp_path):
     fig, ax = plotting.plot_patching(exact)
     assert [t.get_text() for t in ax.get_xticklabels()] == [str(i) for i in range(5)]
     plt.close(fig)
+
+
+def test_cli_locate_smoke_on_a_tiny_model_folder(tmp_path, tiny_tokenizer, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path / "tiny"
+    LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                 num_key_value_heads=1, vocab_size=len(tiny_tokenizer))).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    out = tmp_path / "out"
+    code = main(["locate", "--model", str(folder), "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal",
+                 "--n-pairs", "2"])
+    assert code == 0
+    summary = json.loads((out / "locate.json").read_text())
+    refusal = summary["refusal"]
+    assert {"probing", "recommendation"} <= set(refusal)
+    assert (out / "figures" / "probing_refusal.png").is_file()
+    printed = capsys.readouterr().out
+    # a character-level tokenizer gives no equal-length harmful/harmless pairs: patching is skipped, not fatal
+    assert "patching skipped: no clean/corrupted pair has equal token lengths" in printed
+    assert "steer at layer" in printed or "no recommendation" in printed
