@@ -43,19 +43,24 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def memory_child(n_prompts: int, threads: int) -> None:
+def memory_child(n_prompts: int, threads: int, mode: str) -> None:
+    """Peak RSS growth over the loaded model of a plain forward sweep or of collecting 2 layers."""
     torch.set_num_threads(threads)
     model = lensteer.load_model()
     prompts = _prompts(n_prompts)
-    lensteer.collect_activations(model, prompts[:4], layers=[10, 20])  # warm up allocator and kernels
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    acts = lensteer.collect_activations(model, prompts, layers=[10, 20], batch_size=16)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n_tokens = sum(tokenize_prompt(model, p).n_tokens for p in prompts)
-    n_hooks = len(model.hook_dict)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result_mb = 0.0
+    if mode == "forward":
+        _plain_forward(model, prompts, 16)
+    else:
+        acts = lensteer.collect_activations(model, prompts, layers=[10, 20], batch_size=16)
+        result_mb = acts.numel() * 4 / 2**20
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({
-        "peak_rss_growth_mb": (after - before) / 1024, "result_mb": acts.numel() * 4 / 2**20,
-        "full_cache_estimate_mb": n_hooks * n_tokens * model.cfg.d_model * 4 / 2**20, "n_tokens": n_tokens,
+        "peak_rss_growth_mb": (after - before) / 1024, "result_mb": result_mb,
+        "full_cache_estimate_mb": len(model.hook_dict) * n_tokens * model.cfg.d_model * 4 / 2**20,
+        "n_tokens": n_tokens,
     }))
 
 
@@ -64,10 +69,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-prompts", type=int, default=256)
-    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", choices=["forward", "collect"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        memory_child(args.n_prompts, args.threads)
+        memory_child(args.n_prompts, args.threads, args.memory_child)
         return
     torch.set_num_threads(args.threads)
     model = lensteer.load_model()
@@ -90,12 +95,16 @@ def main() -> None:
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"| {name} | {med:.2f} | {base / med:.2f}x |")
-    child = subprocess.run([sys.executable, __file__, "--memory-child", "--n-prompts", str(args.n_prompts),
-                            "--threads", str(args.threads)], capture_output=True, text=True, check=True)
-    mem = json.loads(child.stdout.strip().splitlines()[-1])
-    print(f"\nmemory, 2 layers x {args.n_prompts} prompts ({mem['n_tokens']} tokens): peak RSS growth "
-          f"{mem['peak_rss_growth_mb']:.0f} MB, result tensor {mem['result_mb']:.1f} MB; a full run_with_cache of "
-          f"the same tokens would hold ~{mem['full_cache_estimate_mb'] / 1024:.1f} GB")
+    mem = {}
+    for mode in ("forward", "collect"):
+        child = subprocess.run([sys.executable, __file__, "--memory-child", mode, "--n-prompts", str(args.n_prompts),
+                                "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        mem[mode] = json.loads(child.stdout.strip().splitlines()[-1])
+    c = mem["collect"]
+    print(f"\nmemory over the loaded model, {args.n_prompts} prompts ({c['n_tokens']} tokens), fresh processes: "
+          f"plain forward sweep peak +{mem['forward']['peak_rss_growth_mb']:.0f} MB; collecting 2 layers peak "
+          f"+{c['peak_rss_growth_mb']:.0f} MB (result tensor {c['result_mb']:.1f} MB); a full run_with_cache of "
+          f"the same tokens would hold ~{c['full_cache_estimate_mb'] / 1024:.1f} GB")
 
 
 if __name__ == "__main__":
