@@ -12,8 +12,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 STUDY: tuple[tuple[str, Literal["prompt", "response"]], ...] = (
     ("refusal", "prompt"), ("compassion", "response"), ("honesty", "response"),
@@ -40,7 +41,8 @@ def _save_probing_figures(report: object, folder: Path) -> None:
         plt.close(fig)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Set threads, load the model and say what was loaded."""
     import torch
 
     import lensteer
@@ -51,14 +53,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     model = lensteer.load_model(args.model)
     fp = lensteer.model_fingerprint(model)
     print(f"model: {fp.name} ({fp.n_layers} layers, d_model {fp.d_model}), loaded in {time.perf_counter() - start:.1f} s\n")
-    reports = {}
-    out = Path(args.out)
+    return model, fp
+
+
+def _datasets(args: argparse.Namespace) -> Iterator[tuple[str, Any, Any]]:
+    """The study's (name, contrast, dataset) triples that ``--dataset`` selects (40 rows with ``--smoke``)."""
+    import lensteer
+
     for name, contrast in STUDY:
         if args.dataset and name not in args.dataset:
             continue
         dataset = lensteer.load_dataset(name)
-        if args.smoke:
-            dataset = dataset.head(40)
+        yield name, contrast, dataset.head(40) if args.smoke else dataset
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import lensteer
+
+    start = time.perf_counter()
+    model, fp = _load(args)
+    reports = {}
+    out = Path(args.out)
+    for name, contrast, dataset in _datasets(args):
         report = lensteer.probe_by_layer(model, dataset, contrast=contrast, batch_size=args.batch_size,
                                          progress=not args.quiet)
         print(report.to_table(), "\n", flush=True)
@@ -71,16 +87,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_locate(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
-    import torch
 
     import lensteer
     from lensteer import plotting
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model = lensteer.load_model(args.model)
-    fp = lensteer.model_fingerprint(model)
+    model, fp = _load(args)
     out, fig_dir = Path(args.out), Path(args.figures or Path(args.out) / "figures")
     summary: dict[str, object] = {"model": fp.to_dict()}
 
@@ -89,12 +101,7 @@ def _cmd_locate(args: argparse.Namespace) -> int:
         plt.close(fig)  # type: ignore[arg-type]
 
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    for name, contrast in STUDY:
-        if args.dataset and name not in args.dataset:
-            continue
-        dataset = lensteer.load_dataset(name)
-        if args.smoke:
-            dataset = dataset.head(40)
+    for name, contrast, dataset in _datasets(args):
         report = lensteer.probe_by_layer(model, dataset, contrast=contrast, layers=layers,
                                          batch_size=args.batch_size, progress=not args.quiet)
         print(report.to_table(), "\n", flush=True)
@@ -134,6 +141,16 @@ def _cmd_locate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
+    parser.add_argument("--model", default=None, help="HF id, model folder or .gguf (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    parser.add_argument("--dataset", action="append", choices=[n for n, _ in STUDY], help="limit to these datasets")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--smoke", action="store_true", help="40 examples per dataset, for a quick check")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lensteer",
@@ -145,13 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure, layer by layer, where each bundled threat model's contrast is linearly readable: "
         "held-out probe accuracy and AUROC, difference-of-means d', 95%% bootstrap CIs; tables, JSON and figures.",
     )
-    run.add_argument("--model", default=None, help="HF id, model folder or .gguf (default: embedded SmolLM2-135M-Instruct)")
-    run.add_argument("--out", default="results", help="output folder (default: results)")
-    run.add_argument("--dataset", action="append", choices=[n for n, _ in STUDY], help="limit to these datasets")
-    run.add_argument("--batch-size", type=int, default=16)
-    run.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    run.add_argument("--smoke", action="store_true", help="40 examples per dataset, for a quick check")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_common(run, default_out="results")
     run.set_defaults(func=_cmd_run)
 
     locate = sub.add_parser(
@@ -160,16 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and head patching of harmful vs topic-matched harmless prompts; then the recommended steering site "
         "with its reasons. Writes OUT/locate.json and figures.",
     )
-    locate.add_argument("--model", default=None, help="HF id, model folder or .gguf (default: embedded model)")
-    locate.add_argument("--out", default="results/locate", help="output folder (default: results/locate)")
+    _add_common(locate, default_out="results/locate")
     locate.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
-    locate.add_argument("--dataset", action="append", choices=[n for n, _ in STUDY], help="limit to these datasets")
     locate.add_argument("--layers", default="", help="comma-separated layers (default: all)")
     locate.add_argument("--n-pairs", type=int, default=8, help="prompt pairs for patching (default: 8)")
-    locate.add_argument("--batch-size", type=int, default=16)
-    locate.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    locate.add_argument("--smoke", action="store_true", help="40 examples per dataset, for a quick check")
-    locate.add_argument("--quiet", action="store_true", help="no progress bars")
     locate.set_defaults(func=_cmd_locate)
     return parser
 

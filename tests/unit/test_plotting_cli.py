@@ -40,15 +40,21 @@ def test_cli_help_teaches_and_bad_dataset_is_rejected(capsys):
     assert "run" in help_text
 
 
-def test_cli_run_smoke_on_a_tiny_model_folder(tmp_path, tiny_tokenizer, capsys):
+@pytest.fixture(scope="module")
+def tiny_model_folder(tmp_path_factory, tiny_tokenizer):
+    """A 2-layer random Llama saved as a Hugging Face folder, loadable by path like a user's model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path / "tiny"
+    folder = tmp_path_factory.mktemp("tiny_model")
     LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=2,
                                  num_key_value_heads=1, vocab_size=len(tiny_tokenizer))).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_cli_run_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, capsys):
     out = tmp_path / "out"
-    assert main(["run", "--model", str(folder), "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal"]) == 0
+    assert main(["run", "--model", str(tiny_model_folder), "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal"]) == 0
     report = json.loads((out / "probing.json").read_text())
     assert list(report["reports"]) == ["refusal"] and len(report["reports"]["refusal"]["rows"]) == 2
     assert (out / "figures" / "probing_refusal.pdf").is_file()
@@ -79,15 +85,9 @@ def test_patching_figures(tiny_bridge, tmp_path):
     plt.close(fig)
 
 
-def test_cli_locate_smoke_on_a_tiny_model_folder(tmp_path, tiny_tokenizer, capsys):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path / "tiny"
-    LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                                 num_key_value_heads=1, vocab_size=len(tiny_tokenizer))).save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
+def test_cli_locate_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, capsys):
     out = tmp_path / "out"
-    code = main(["locate", "--model", str(folder), "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal",
+    code = main(["locate", "--model", str(tiny_model_folder), "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal",
                  "--n-pairs", "2"])
     assert code == 0
     summary = json.loads((out / "locate.json").read_text())
