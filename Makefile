@@ -34,9 +34,9 @@ lint: env
 	$(VENV)/bin/ruff check lensteer tests benchmarks scripts
 	$(VENV)/bin/mypy
 
-# Regenerates the committed figures in figures/ from the embedded model (~10-20 min on 2 cores).
+# Regenerates the committed figures in figures/ from the embedded model (~15-20 min on 2 cores).
 figures: env
-	$(VENV)/bin/lensteer locate --out results/locate --figures figures --threads 2
+	$(VENV)/bin/lensteer locate --out results/locate --figures figures --threads 2 --n-pairs 4
 
 bench: env
 	$(PY) benchmarks/bench_activations.py

@@ -52,3 +52,13 @@ def test_local_hf_folder_loads(tmp_path, tiny_tokenizer):
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("LENSTEER_CACHE", str(tmp_path / "c"))
     assert models.cache_dir() == tmp_path / "c"
+
+
+def test_gguf_cache_key_follows_content_not_location(tmp_path):
+    a, b, c = tmp_path / "a.gguf", tmp_path / "sub" / "b.gguf", tmp_path / "c.gguf"
+    b.parent.mkdir()
+    payload = bytes(range(256)) * 20000
+    a.write_bytes(payload)
+    b.write_bytes(payload)
+    c.write_bytes(payload[:-1] + b"\x00")
+    assert models._gguf_cache_key(a) == models._gguf_cache_key(b) != models._gguf_cache_key(c)
