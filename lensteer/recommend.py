@@ -11,7 +11,8 @@ Selection rules (after Arditi et al. 2024, SCIENCE.md section 2.1), applied in o
 4. If an ablation KL is given for a layer, require ``KL(base || ablated) <= max_ablation_kl`` on
    harmless prompts (Arditi's 0.1 nats): ablating the direction must not wreck unrelated text.
 5. Among the layers that pass, take the highest probe-AUROC lower bound; break near-ties (within
-   ``tie_margin``) by the larger patching effect, then by the earlier layer.
+   ``tie_margin``) by the larger patching effect, then by the larger difference-of-means d' (when
+   AUROC saturates at 1, d' still measures the margin between the classes), then the earlier layer.
 
 Every rule's outcome is recorded per layer, so the choice can be audited.
 """
@@ -89,6 +90,7 @@ def recommend_site(
     for i, layer in enumerate(probing.layers):
         auroc, (lo, _) = probing.metrics["probe_auroc"][i], probing.ci["probe_auroc"][i]
         row: dict[str, Any] = {"layer": layer, "probe_auroc": auroc, "probe_auroc_lo": lo,
+                               "d_prime": probing.metrics["dom_d_prime"][i],
                                "patch_effect": patch_effect.get(layer), "ablation_kl": (ablation_kl or {}).get(layer)}
         fails = []
         if layer >= cutoff:
@@ -108,7 +110,8 @@ def recommend_site(
         raise ConfigError(f"no layer passes the selection rules ({detail})")
     best_lo = max(r["probe_auroc_lo"] for r in passing)
     near = [r for r in passing if r["probe_auroc_lo"] >= best_lo - tie_margin]
-    chosen = max(near, key=lambda r: (r["patch_effect"] if r["patch_effect"] is not None else 0.0, -r["layer"]))
+    chosen = max(near, key=lambda r: (r["patch_effect"] if r["patch_effect"] is not None else 0.0,
+                                      r["d_prime"], -r["layer"]))
     reasons = [
         f"probe AUROC {chosen['probe_auroc']:.2f} (95% CI lower bound {chosen['probe_auroc_lo']:.2f}), the best of "
         f"{len(passing)} layers that pass the rules",
@@ -119,7 +122,7 @@ def recommend_site(
     if chosen["ablation_kl"] is not None:
         reasons.append(f"ablating the direction costs KL {chosen['ablation_kl']:.3f} nats on harmless prompts")
     if len(near) > 1:
-        reasons.append(f"chosen among {len(near)} near-ties by patching effect, then depth")
+        reasons.append(f"chosen among {len(near)} near-ties by patching effect, then d' ({chosen['d_prime']:.2f})")
     return SiteRecommendation(layer=chosen["layer"], site=probing.site, method=method,
                               read_position=probing.position, inject_positions="all", reasons=tuple(reasons),
                               table=tuple(rows))

@@ -43,3 +43,10 @@ def test_ablation_kl_is_zero_for_an_orthogonal_nothing_and_positive_otherwise(ti
     assert ablation_kl(tiny_llama_bridge, prompts, zero) == pytest.approx(0.0, abs=1e-6)
     w = tiny_llama_bridge.W_U[:, 10].detach()
     assert ablation_kl(tiny_llama_bridge, prompts, w / w.norm(), site="resid_post") > 0
+
+
+def test_saturated_auroc_ties_are_broken_by_d_prime():
+    # every allowed layer separates perfectly; the margin (d') is largest at layer 3
+    rep = _report([6, 6, 7, 12, 8, 6, 6, 6, 6, 6])
+    rec = recommend_site(rep, n_layers=10)
+    assert rec.layer == 3 and "d'" in rec.reasons[-1]
