@@ -21,7 +21,7 @@ import time
 import torch
 
 import lensteer
-from lensteer.chat import left_pad, pad_id_of, tokenize_prompt
+from lensteer.chat import length_sorted_batches, pad_id_of, tokenize_prompt
 
 
 def _prompts(n: int) -> list[str]:
@@ -30,9 +30,8 @@ def _prompts(n: int) -> list[str]:
 
 
 def _plain_forward(model, prompts, batch_size):
-    tokenized = sorted((tokenize_prompt(model, p) for p in prompts), key=lambda t: t.n_tokens)
-    for i in range(0, len(tokenized), batch_size):
-        batch = left_pad(tokenized[i : i + batch_size], pad_id_of(model))
+    tokenized = [tokenize_prompt(model, p) for p in prompts]
+    for _, batch in length_sorted_batches(tokenized, batch_size, pad_id_of(model)):  # the collector's batches
         with torch.inference_mode():
             model(batch.tokens, attention_mask=batch.attention_mask)
 

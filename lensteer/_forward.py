@@ -30,6 +30,11 @@ def final_normalized(model: Any, tokens: torch.Tensor, attention_mask: torch.Ten
     raise RuntimeError("the model never reached unembed.hook_in")
 
 
+def last_logits(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[batch, d_vocab]`` logits at the last position only (left padding keeps it a real token)."""
+    return unembed(model, final_normalized(model, tokens, attention_mask)[:, -1])
+
+
 def unembed(model: Any, x: torch.Tensor) -> torch.Tensor:
     """Logits ``x @ W_U + b_U`` for ``[..., d_model]`` final-normalized residuals."""
     logits = x @ model.W_U.to(x.device, x.dtype)

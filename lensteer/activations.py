@@ -21,7 +21,13 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from lensteer._types import Tokens
-from lensteer.chat import ChatPrompt, TokenizedPrompt, left_pad, pad_id_of, tokenize_prompt
+from lensteer.chat import (
+    ChatPrompt,
+    TokenizedPrompt,
+    length_sorted_batches,
+    pad_id_of,
+    tokenize_prompt,
+)
 from lensteer.errors import ConfigError, DataError, HookSiteError
 from lensteer.sites import resolve_sites
 
@@ -135,13 +141,9 @@ def collect_activations(
 
     max_layer = max(s.layer for s in sites)
     stop_at = max_layer + 1 if max_layer + 1 < int(model.cfg.n_layers) else None
-    order = sorted(range(len(tokenized)), key=lambda i: tokenized[i].n_tokens)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    pad_id = pad_id_of(model)
     device = next(iter(model.parameters())).device
-
-    for rows in tqdm(batches, desc=f"collect {site}", disable=not progress, unit="batch"):
-        batch = left_pad([tokenized[i] for i in rows], pad_id)
+    batches = length_sorted_batches(tokenized, batch_size, pad_id_of(model))
+    for rows, batch in tqdm(batches, desc=f"collect {site}", disable=not progress, unit="batch"):
         width = batch.tokens.shape[1]
         read = torch.zeros(len(rows), out.shape[2], width)
         for j, i in enumerate(rows):

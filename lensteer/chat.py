@@ -198,6 +198,19 @@ def left_pad(prompts: Sequence[TokenizedPrompt], pad_id: int) -> PromptBatch:
     return PromptBatch(tokens=tokens, attention_mask=mask, prompts=tuple(prompts))
 
 
+def length_sorted_batches(
+    tokenized: Sequence[TokenizedPrompt], batch_size: int, pad_id: int
+) -> list[tuple[list[int], PromptBatch]]:
+    """Group prompts of similar length into left-padded batches (less padding, same results).
+
+    Returns ``(rows, batch)`` pairs; ``rows`` are the indices into ``tokenized`` of the batch's rows,
+    so results can be written back in prompt order.
+    """
+    order = sorted(range(len(tokenized)), key=lambda i: tokenized[i].n_tokens)
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [(rows, left_pad([tokenized[i] for i in rows], pad_id)) for rows in chunks]
+
+
 def tokenize_batch(model: Any, prompts: Sequence["str | ChatPrompt"], *, chat: bool = True) -> PromptBatch:
     """Tokenize and left-pad several prompts (see :func:`tokenize_prompt`)."""
     if isinstance(prompts, str):

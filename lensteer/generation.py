@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lensteer.chat import ChatPrompt, left_pad, pad_id_of, tokenize_prompt
+from lensteer.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
 from lensteer.errors import ConfigError, DataError
 
 
@@ -65,14 +65,11 @@ def generate(
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     tokenized = [tokenize_prompt(model, p, chat=chat) for p in prompts]
-    order = sorted(range(len(tokenized)), key=lambda i: tokenized[i].n_tokens)
     eos = _eos_ids(model)
-    pad = pad_id_of(model)
     device = next(iter(model.parameters())).device
     generated: dict[int, torch.Tensor] = {}
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for rows in tqdm(batches, desc="generate", disable=not progress, unit="batch"):
-        batch = left_pad([tokenized[i] for i in rows], pad)
+    batches = length_sorted_batches(tokenized, batch_size, pad_id_of(model))
+    for rows, batch in tqdm(batches, desc="generate", disable=not progress, unit="batch"):
         with torch.inference_mode():
             out = model.generate(
                 batch.tokens.to(device), attention_mask=batch.attention_mask.to(device),

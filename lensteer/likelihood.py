@@ -12,7 +12,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from lensteer._forward import final_normalized, unembed
-from lensteer.chat import ChatPrompt, left_pad, pad_id_of, tokenize_prompt
+from lensteer.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
 from lensteer.errors import DataError
 
 
@@ -29,11 +29,9 @@ def response_logprob(
         if tp.response[1] <= tp.response[0]:
             raise DataError(f"prompt {i} has no response to score; set ChatPrompt(response=...)")
     out = torch.empty(len(tokenized))
-    order = sorted(range(len(tokenized)), key=lambda i: tokenized[i].n_tokens)
     device = next(iter(model.parameters())).device
-    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="score"):
-        rows = order[start : start + batch_size]
-        batch = left_pad([tokenized[i] for i in rows], pad_id_of(model))
+    batches = length_sorted_batches(tokenized, batch_size, pad_id_of(model))
+    for rows, batch in tqdm(batches, disable=not progress, desc="score"):
         with torch.inference_mode():
             hidden = final_normalized(model, batch.tokens.to(device), batch.attention_mask.to(device))
             width = batch.tokens.shape[1]

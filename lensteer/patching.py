@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from lensteer._forward import final_normalized, unembed
+from lensteer._forward import last_logits
 from lensteer.chat import ChatPrompt, tokenize_prompt
 from lensteer.errors import ConfigError, DataError, LensteerError
 from lensteer.sites import normalize_layers, resolve_sites
@@ -144,8 +144,7 @@ def equal_length_pairs(model: Any, clean: Sequence["str | ChatPrompt"], corrupte
 
 
 def _evaluate(model: Any, tokens: torch.Tensor, metric: Metric, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    last = unembed(model, final_normalized(model, tokens, attention_mask)[:, -1])
-    values = torch.as_tensor(metric(last))
+    values = torch.as_tensor(metric(last_logits(model, tokens, attention_mask)))
     if values.shape != (tokens.shape[0],):
         raise PatchingError(f"the metric must map [batch, d_vocab] last-position logits to [batch]; "
                             f"got shape {tuple(values.shape)} for batch {tokens.shape[0]}")
@@ -333,8 +332,7 @@ def attribute_residual(
         return hook
 
     with torch.enable_grad(), model.hooks(fwd_hooks=[(n, capture(n)) for n in names]):
-        last = unembed(model, final_normalized(model, target.to(device))[:, -1])
-        values = metric(last)
+        values = metric(last_logits(model, target.to(device)))
         if values.shape != (target.shape[0],):
             raise PatchingError(f"the metric must map [batch, d_vocab] last-position logits to [batch]; got {tuple(values.shape)}")
         grads = torch.autograd.grad(values.sum(), [captured[n] for n in names], allow_unused=True)
@@ -420,7 +418,7 @@ def patch_direction(
         scale: For ``"add"``, multiples of the direction's ``raw_norm`` (its class-mean distance).
         seed: Seed of the random control direction.
     """
-    from lensteer.chat import left_pad, pad_id_of
+    from lensteer.chat import length_sorted_batches, pad_id_of
     from lensteer.steering import ablate_direction, add_direction
 
     if mode not in ("ablate", "add"):
@@ -433,7 +431,7 @@ def patch_direction(
     sites = resolve_sites(model, layer_arg, direction.site)
     if isinstance(prompts, str) or len(prompts) == 0:
         raise DataError("pass a non-empty list of prompts")
-    tokenized = [tokenize_prompt(model, p) for p in prompts]
+    batches = length_sorted_batches([tokenize_prompt(model, p) for p in prompts], batch_size, pad_id_of(model))
     gen = torch.Generator().manual_seed(seed)
     random_unit = torch.randn(direction.d_model, generator=gen)
     random_unit = random_unit / random_unit.norm()
@@ -445,12 +443,11 @@ def patch_direction(
             return ablate_direction(resid, unit) if mode == "ablate" else add_direction(resid, unit, amount)
 
         hooks = [] if unit is None else [(s.name, hook) for s in sites]
-        values = []
-        for start in range(0, len(tokenized), batch_size):
-            batch = left_pad(tokenized[start : start + batch_size], pad_id_of(model))
+        values = torch.empty(len(prompts))
+        for rows, batch in batches:
             with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
-                values.append(_evaluate(model, batch.tokens, metric, batch.attention_mask))
-        return torch.cat(values)
+                values[rows] = _evaluate(model, batch.tokens, metric, batch.attention_mask)
+        return values
 
     return DirectionPatchResult(baseline=run(None), patched=run(direction.unit), control=run(random_unit),
                                 mode=mode, layers=tuple(s.layer for s in sites), site=direction.site,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from lensteer.chat import ChatPrompt, left_pad, pad_id_of, tokenize_prompt
+from lensteer.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
 from lensteer.errors import ConfigError, DataError
 
 
@@ -137,7 +137,7 @@ def ablation_kl(
     The direction ``unit`` is projected out at ``site`` of every layer in ``layers`` (default: all,
     Arditi's directional ablation). Use harmless prompts: a good direction costs little there.
     """
-    from lensteer._forward import final_normalized, unembed
+    from lensteer._forward import last_logits
     from lensteer.sites import resolve_sites
     from lensteer.steering import ablate_direction
 
@@ -148,13 +148,11 @@ def ablation_kl(
     def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
         return ablate_direction(resid, unit)
 
-    tokenized = [tokenize_prompt(model, p) for p in prompts]
     total = 0.0
-    for start in range(0, len(tokenized), batch_size):
-        batch = left_pad(tokenized[start : start + batch_size], pad_id_of(model))
+    for _, batch in length_sorted_batches([tokenize_prompt(model, p) for p in prompts], batch_size, pad_id_of(model)):
         with torch.inference_mode():
-            base = torch.log_softmax(unembed(model, final_normalized(model, batch.tokens, batch.attention_mask)[:, -1]).float(), -1)
+            base = torch.log_softmax(last_logits(model, batch.tokens, batch.attention_mask).float(), -1)
             with model.hooks(fwd_hooks=[(s.name, hook) for s in sites]):
-                abl = torch.log_softmax(unembed(model, final_normalized(model, batch.tokens, batch.attention_mask)[:, -1]).float(), -1)
+                abl = torch.log_softmax(last_logits(model, batch.tokens, batch.attention_mask).float(), -1)
         total += float((base.exp() * (base - abl)).sum(-1).sum())
-    return total / len(tokenized)
+    return total / len(prompts)
