@@ -31,3 +31,7 @@ class ModelLoadError(LensteerError, OSError):
 
 class ArtifactMismatchError(LensteerError, ValueError):
     """An artifact (vector, direction, steering) belongs to another model, site or width."""
+
+
+class JudgeError(LensteerError, RuntimeError):
+    """A judge could not score a response: server down, timed out, or replied without a valid score."""
