@@ -28,7 +28,7 @@ from lensteer.errors import (
     LensteerError,
     ModelLoadError,
 )
-from lensteer.generation import Generations, generate
+from lensteer.generation import Generations, generate, generate_conversations
 from lensteer.models import ModelFingerprint, ensure_kv_cache_fix, load_model, model_fingerprint
 from lensteer.patching import (
     DirectionPatchResult,
@@ -45,6 +45,7 @@ from lensteer.patching import (
 from lensteer.probing import ProbingReport, collect_contrast, probe_by_layer, probe_layers
 from lensteer.recommend import SiteRecommendation, ablation_kl, recommend_site
 from lensteer.sites import HookSite
+from lensteer.steering import Gate, LastK, Steering, SteeringContext, Window, steer
 
 __version__ = "0.1.0"
 
@@ -58,9 +59,11 @@ __all__ = [
     "DataError",
     "Direction",
     "DirectionPatchResult",
+    "Gate",
     "Generations",
     "HookSite",
     "HookSiteError",
+    "LastK",
     "LensteerError",
     "LinearProbe",
     "ModelFingerprint",
@@ -70,8 +73,11 @@ __all__ = [
     "ProbingReport",
     "PromptBatch",
     "SiteRecommendation",
+    "Steering",
+    "SteeringContext",
     "TokenizedPrompt",
     "Turn",
+    "Window",
     "__version__",
     "ablation_kl",
     "attribute_residual",
@@ -83,6 +89,7 @@ __all__ = [
     "first_token_id",
     "fit_probe",
     "generate",
+    "generate_conversations",
     "load_dataset",
     "load_model",
     "logit_diff_metric",
@@ -95,6 +102,7 @@ __all__ = [
     "probe_by_layer",
     "probe_layers",
     "recommend_site",
+    "steer",
     "tokenize_batch",
     "tokenize_prompt",
 ]

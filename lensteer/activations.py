@@ -35,7 +35,7 @@ NAMED_POSITIONS = ("last", "post_instruction", "instruction_mean", "response_mea
 Position = str | int | Sequence[int]
 
 
-def _as_tokenized(model: Any, prompts: "Sequence[str | ChatPrompt] | Tokens", chat: bool) -> list[TokenizedPrompt]:
+def _as_tokenized(model: Any, prompts: "Sequence[str | ChatPrompt | TokenizedPrompt] | Tokens", chat: bool) -> list[TokenizedPrompt]:
     if isinstance(prompts, torch.Tensor):
         if prompts.ndim != 2 or prompts.shape[0] == 0:
             raise DataError(f"token input must be [n_prompts, pos] with n_prompts > 0, got shape {tuple(prompts.shape)}")
@@ -46,7 +46,7 @@ def _as_tokenized(model: Any, prompts: "Sequence[str | ChatPrompt] | Tokens", ch
         raise DataError("pass a list of prompts, not a single string")
     if len(prompts) == 0:
         raise DataError("the prompt list is empty; pass at least one prompt")
-    return [tokenize_prompt(model, p, chat=chat) for p in prompts]
+    return [p if isinstance(p, TokenizedPrompt) else tokenize_prompt(model, p, chat=chat) for p in prompts]
 
 
 def position_weights(prompt: TokenizedPrompt, position: Position, prompt_idx: int = 0) -> torch.Tensor:
@@ -88,7 +88,7 @@ def position_weights(prompt: TokenizedPrompt, position: Position, prompt_idx: in
 
 def collect_activations(
     model: Any,
-    prompts: "Sequence[str | ChatPrompt] | Tokens",
+    prompts: "Sequence[str | ChatPrompt | TokenizedPrompt] | Tokens",
     *,
     layers: int | Sequence[int] | None = None,
     site: str = "resid_post",

@@ -1,9 +1,16 @@
-"""Greedy generation from chat prompts, batched with left padding and the KV cache.
+"""Generation from chat prompts, steered or not: batched, left-padded, with the KV cache.
 
-This is the foundation's generation path (used for parity tests and for measuring what the
-bundled misaligning contexts do to the model). Steered generation builds on it.
+lensteer runs its own decoding loop over the bridge's forward (``return_type="logits_and_cache"``)
+so the steering hooks always know which tokens are prompt and which are generated, and so every
+generated token carries a record of whether steering fired while it was chosen and by how much.
+
+Parity guarantees (tested): batched == one prompt at a time; KV cache == recomputing the whole
+sequence; a steering that never fires (strength 0, or a threshold no token crosses) == unsteered,
+token for token. Seeded sampling draws from one generator per prompt, so it does not depend on how
+prompts are batched.
 """
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,17 +18,43 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lensteer.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
+from lensteer.activations import collect_activations
+from lensteer.chat import (
+    ChatPrompt,
+    TokenizedPrompt,
+    Turn,
+    length_sorted_batches,
+    pad_id_of,
+    tokenize_prompt,
+)
 from lensteer.errors import ConfigError, DataError
+from lensteer.steering import Steering, SteeringContext, steer
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Generations:
-    """Generated continuations, one per prompt, in prompt order (cut at the end-of-turn token)."""
+    """Generated continuations, one per prompt, in prompt order (cut at the end-of-turn token).
+
+    Attributes:
+        texts: Decoded continuations.
+        tokens: Generated token ids per prompt.
+        prompt_tokens: Prompt token ids per prompt.
+        fired: Per prompt, ``[n_generated]`` bool: did any steering change the residual at the
+            position that chose this token.
+        shift: Per prompt, ``[n_generated]``: total L2 size of the edits at that position.
+        prompt_fired_share: Per prompt, share of its prompt tokens steering changed.
+        gated: Per prompt, whether the steerings' gates let it through (``True`` without gates).
+    """
 
     texts: tuple[str, ...]
     tokens: tuple[torch.Tensor, ...]
     prompt_tokens: tuple[torch.Tensor, ...]
+    fired: tuple[torch.Tensor, ...] = ()
+    shift: tuple[torch.Tensor, ...] = ()
+    prompt_fired_share: tuple[float, ...] = ()
+    gated: tuple[bool, ...] = ()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -29,58 +62,276 @@ class Generations:
     def __iter__(self) -> Any:
         return iter(self.texts)
 
+    def steered_share(self) -> float:
+        """Share of all generated tokens chosen at a position where steering fired."""
+        total = sum(int(f.numel()) for f in self.fired)
+        return sum(int(f.sum()) for f in self.fired) / total if total else 0.0
 
-def _eos_ids(model: Any) -> set[int]:
+    def per_prompt_share(self) -> list[float]:
+        """Share of each prompt's generated tokens chosen at a steered position."""
+        return [float(f.float().mean()) if f.numel() else 0.0 for f in self.fired]
+
+
+def end_of_turn_ids(model: Any) -> set[int]:
+    """Token ids that end an assistant turn (EOS plus the chat template's end-of-turn marker)."""
     tok = model.tokenizer
     ids = {tok.eos_token_id} if tok is not None and tok.eos_token_id is not None else set()
+    vocab = tok.get_vocab() if tok is not None else {}
+    ids |= {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
     return {int(i) for i in ids}
+
+
+def _check_sampling(do_sample: bool, temperature: float, top_k: int | None, top_p: float) -> None:
+    if not do_sample:
+        return
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0 when sampling, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be >= 1 or None, got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _sample(logits: torch.Tensor, gen: torch.Generator, temperature: float, top_k: int | None, top_p: float) -> int:
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+def _as_steerings(steering: "Steering | Sequence[Steering] | None") -> tuple[Steering, ...]:
+    if steering is None:
+        return ()
+    items = (steering,) if isinstance(steering, Steering) else tuple(steering)
+    for s in items:
+        if not isinstance(s, Steering):
+            raise ConfigError(f"steering must be a Steering or a list of them, got {type(s).__name__}")
+    return items
+
+
+def _gate_rows(model: Any, steerings: Sequence[Steering], tokenized: Sequence[TokenizedPrompt]) -> torch.Tensor:
+    """[n_prompts] bool: prompts every gated steering lets through (CAST-style, from a prompt pass)."""
+    open_rows = torch.ones(len(tokenized), dtype=torch.bool)
+    for s in steerings:
+        if s.gate is None:
+            continue
+        g = s.gate
+        acts = collect_activations(model, list(tokenized), layers=[g.layer], site=g.site, position=g.position)
+        open_rows &= g.opens(acts[:, 0] @ g.unit)
+    return open_rows
 
 
 def generate(
     model: Any,
     prompts: Sequence["str | ChatPrompt"],
     *,
+    steering: "Steering | Sequence[Steering] | None" = None,
     max_new_tokens: int = 48,
     batch_size: int = 16,
     chat: bool = True,
     use_kv_cache: bool = True,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    seed: int = 0,
     progress: bool = False,
 ) -> Generations:
-    """Greedy-decode a continuation for each prompt.
+    """Generate a continuation for each prompt, optionally steered.
 
     Args:
         model: A ``TransformerBridge`` with a tokenizer.
-        prompts: User messages or :class:`~lensteer.ChatPrompt` objects (a ``response`` is a prefill).
-        max_new_tokens: Tokens to generate at most; generation stops early at end of turn.
-        batch_size: Prompts per batch (left-padded, with an attention mask).
+        prompts: User messages or :class:`~lensteer.ChatPrompt` objects (a ``response`` is a prefill;
+            ``history`` holds earlier turns).
+        steering: A :class:`~lensteer.Steering` or several (applied together).
+        max_new_tokens: Tokens to generate at most; a row stops at its end-of-turn token.
+        batch_size: Prompts per batch (left-padded, with an attention mask, sorted by length).
         chat: Apply the chat template to strings.
         use_kv_cache: Use the KV cache (``False`` recomputes the whole sequence each step).
+        do_sample: Sample instead of greedy decoding.
+        temperature, top_k, top_p: Sampling parameters.
+        seed: Sampling seed; prompt ``i`` draws from its own generator seeded ``seed + i``.
         progress: Show a progress bar.
 
     Returns:
-        :class:`Generations` with the decoded texts and the generated token ids.
+        :class:`Generations` with texts, token ids and per-token steering records.
+
+    Raises:
+        DataError: No prompts. ConfigError: Bad lengths or sampling parameters.
+        ArtifactMismatchError / HookSiteError: A steering that does not fit the model.
     """
     if isinstance(prompts, str) or len(prompts) == 0:
         raise DataError("pass a non-empty list of prompts")
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    _check_sampling(do_sample, temperature, top_k, top_p)
+    steerings = _as_steerings(steering)
+    for s in steerings:
+        s.hook_names(model)  # validate before any work
     tokenized = [tokenize_prompt(model, p, chat=chat) for p in prompts]
-    eos = _eos_ids(model)
+    gates = _gate_rows(model, steerings, tokenized) if any(s.gate for s in steerings) else None
+    eos = end_of_turn_ids(model)
+    pad_id = pad_id_of(model)
     device = next(iter(model.parameters())).device
-    generated: dict[int, torch.Tensor] = {}
-    batches = length_sorted_batches(tokenized, batch_size, pad_id_of(model))
+    results: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]] = {}
+    batches = length_sorted_batches(tokenized, batch_size, pad_id)
     for rows, batch in tqdm(batches, desc="generate", disable=not progress, unit="batch"):
-        with torch.inference_mode():
-            out = model.generate(
-                batch.tokens.to(device), attention_mask=batch.attention_mask.to(device),
-                max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=bool(eos),
-                use_past_kv_cache=use_kv_cache, verbose=False, return_type="tokens",
-            )
-        new = out[:, batch.tokens.shape[1] :].cpu()
+        gens = [torch.Generator().manual_seed(seed + i) for i in rows] if do_sample else []
+        prompt_lens = torch.tensor([tokenized[i].n_tokens for i in rows])
+        ctx = SteeringContext(prompt_lens=prompt_lens, pads=batch.tokens.shape[1] - prompt_lens,
+                              rows=None if gates is None else gates[rows])
+        out = _decode_batch(model, batch.tokens.to(device), batch.attention_mask.to(device), steerings, ctx,
+                            eos=eos, pad_id=pad_id, max_new_tokens=max_new_tokens, use_kv_cache=use_kv_cache,
+                            sampler=None if not do_sample else (gens, temperature, top_k, top_p))
         for j, i in enumerate(rows):
-            ids = new[j]
-            stops = [k for k, t in enumerate(ids.tolist()) if t in eos]
-            generated[i] = ids[: stops[0]] if stops else ids
-    tokens = tuple(generated[i] for i in range(len(tokenized)))
-    texts = tuple(model.tokenizer.decode(t, skip_special_tokens=True) for t in tokens)
-    return Generations(texts=texts, tokens=tokens, prompt_tokens=tuple(p.tokens for p in tokenized))
+            results[i] = (out[0][j], out[1][j], out[2][j], out[3][j])
+    tokens = tuple(results[i][0] for i in range(len(tokenized)))
+    return Generations(
+        texts=tuple(model.tokenizer.decode(t, skip_special_tokens=True) for t in tokens),
+        tokens=tokens,
+        prompt_tokens=tuple(p.tokens for p in tokenized),
+        fired=tuple(results[i][1] for i in range(len(tokenized))),
+        shift=tuple(results[i][2] for i in range(len(tokenized))),
+        prompt_fired_share=tuple(results[i][3] for i in range(len(tokenized))),
+        gated=tuple(bool(g) for g in gates) if gates is not None else (True,) * len(tokenized),
+    )
+
+
+def _decode_batch(
+    model: Any,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    steerings: Sequence[Steering],
+    ctx: SteeringContext,
+    *,
+    eos: set[int],
+    pad_id: int,
+    max_new_tokens: int,
+    use_kv_cache: bool,
+    sampler: tuple[list[torch.Generator], float, int | None, float] | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[float]]:
+    """Decode one left-padded batch; returns per row: new tokens, fired, shift, prompt fired share."""
+    batch, width = tokens.shape
+    seq, attn, cache = tokens, mask, None
+    done = torch.zeros(batch, dtype=torch.bool)
+    new_tokens: list[torch.Tensor] = []
+    fired_steps: list[torch.Tensor] = []
+    shift_steps: list[torch.Tensor] = []
+    prompt_share = [0.0] * batch
+    eos_t = torch.tensor(sorted(eos), dtype=torch.long) if eos else torch.empty(0, dtype=torch.long)
+    with (torch.inference_mode(), warnings.catch_warnings(),
+          steer(model, *steerings, context=ctx) if steerings else _null()):
+        # transformers 5.24 renames past_key_values to cache; the bridge still passes the old name.
+        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+        for step in range(max_new_tokens):
+            ctx.clear()
+            if use_kv_cache:
+                inp = seq if cache is None else seq[:, -1:]
+                ctx.offset = seq.shape[1] - inp.shape[1]
+                logits, cache = model(inp, attention_mask=attn, past_key_values=cache,
+                                      return_type="logits_and_cache", use_cache=True)
+            else:
+                ctx.offset = 0
+                logits = model(seq, attention_mask=attn, return_type="logits")
+            last = logits[:, -1].float().cpu()
+            fired, shift = _last_column_stats(ctx.records, batch)
+            if step == 0:
+                prompt_share = _prompt_share(ctx, width)
+            if sampler is None:
+                nxt = last.argmax(-1)
+            else:
+                gens, temperature, top_k, top_p = sampler
+                nxt = torch.tensor([_sample(last[b], gens[b], temperature, top_k, top_p) for b in range(batch)])
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            new_tokens.append(nxt)
+            fired_steps.append(fired & ~done)
+            shift_steps.append(torch.where(done, 0.0, shift))
+            done = done | torch.isin(nxt, eos_t)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            seq = torch.cat([seq, nxt[:, None].to(seq.device)], 1)
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
+    new = torch.stack(new_tokens, 1)
+    fired_all, shift_all = torch.stack(fired_steps, 1), torch.stack(shift_steps, 1)
+    rows_tok, rows_fired, rows_shift = [], [], []
+    for b in range(batch):
+        ids = new[b].tolist()
+        stop = next((k for k, t in enumerate(ids) if t in eos), len(ids))
+        rows_tok.append(new[b, :stop])
+        rows_fired.append(fired_all[b, :stop])
+        rows_shift.append(shift_all[b, :stop])
+    return rows_tok, rows_fired, rows_shift, prompt_share
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _last_column_stats(records: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    fired = torch.zeros(batch, dtype=torch.bool)
+    shift = torch.zeros(batch)
+    for _, _, f, s in records:
+        fired |= f[:, -1]
+        shift += s[:, -1]
+    return fired, shift
+
+
+def _prompt_share(ctx: SteeringContext, width: int) -> list[float]:
+    """Share of each row's prompt tokens that any steering changed (from the first forward)."""
+    assert ctx.prompt_lens is not None
+    batch = int(ctx.prompt_lens.shape[0])
+    fired = torch.zeros(batch, width, dtype=torch.bool)
+    for _, _, f, _ in ctx.records:
+        fired |= f[:, :width]
+    return [float(fired[b].sum()) / int(ctx.prompt_lens[b]) for b in range(batch)]
+
+
+def generate_conversations(
+    model: Any,
+    conversations: Sequence[Sequence[str]],
+    *,
+    system: str | None = None,
+    steering: "Steering | Sequence[Steering] | None" = None,
+    max_new_tokens: int = 48,
+    **kwargs: Any,
+) -> list[Generations]:
+    """Multi-turn generation: for each conversation, answer its user turns one after another.
+
+    Turn ``k`` sees the earlier user turns and the model's own (steered) answers as history, the
+    seed paper's multi-turn setting. All conversations advance together, batched per turn.
+
+    Args:
+        conversations: One list of user messages per conversation (all the same number of turns).
+        system: Optional system prompt for every conversation.
+        steering: Applied on every turn.
+        max_new_tokens, **kwargs: Passed to :func:`generate`.
+
+    Returns:
+        ``result[k]`` is the :class:`Generations` of turn ``k`` (one entry per conversation).
+    """
+    if not conversations or any(not c for c in conversations):
+        raise DataError("pass a non-empty list of conversations, each with at least one user turn")
+    n_turns = {len(c) for c in conversations}
+    if len(n_turns) != 1:
+        raise DataError(f"conversations have different numbers of turns {sorted(n_turns)}; pad or split them")
+    histories: list[tuple[Turn, ...]] = [() for _ in conversations]
+    turns: list[Generations] = []
+    for k in range(n_turns.pop()):
+        prompts = [ChatPrompt(user=c[k], system=system, history=h) for c, h in zip(conversations, histories, strict=True)]
+        out = generate(model, prompts, steering=steering, max_new_tokens=max_new_tokens, **kwargs)
+        turns.append(out)
+        histories = [(*h, Turn(role="user", content=c[k]), Turn(role="assistant", content=t))
+                     for c, h, t in zip(conversations, histories, out.texts, strict=True)]
+    return turns
