@@ -1,0 +1,544 @@
+"""Save, load and share steerings: safetensors + a JSON record, and llama.cpp GGUF control vectors.
+
+A saved steering is two files side by side::
+
+    refusal.safetensors   the unit vectors (``<name>/unit``, and ``<name>/gate_unit`` for a gate)
+    refusal.json          everything else: layers, site, positions, mode, scale, reference norm,
+                          thresholds, gate, provenance, the model fingerprint, d_model, the SHA-256 of
+                          the safetensors file and the versions of the packages that wrote it
+
+No pickle: tensors go through safetensors, everything else through JSON. Both files are written to
+temporary files in the target folder and moved into place with :meth:`pathlib.Path.replace`, the safetensors
+file first and the JSON last; the JSON names the safetensors file's hash, so a half-replaced pair is
+refused on load instead of silently mixing two steerings. Loading into a model checks the
+fingerprint (name, layers, width, vocabulary, processing mode) and refuses another model with an
+:class:`~lensteer.ArtifactMismatchError` that names both.
+
+:func:`export_gguf_control_vector` writes the additive part of a steering as a llama.cpp control
+vector (``llama-cli --control-vector file.gguf``). llama.cpp adds tensor ``direction.{il}`` to the
+output of its 0-based layer ``il`` (TransformerLens ``blocks.{il}.hook_resid_post``), at every token,
+and never at layer 0: its loader rejects ``direction.0``.
+"""
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lensteer.errors import ArtifactMismatchError, ConfigError, DataError, LensteerError
+from lensteer.models import ModelFingerprint, model_fingerprint
+from lensteer.steering import NAMED_POSITIONS, Gate, LastK, Steering, Window
+
+FORMAT = "lensteer.steering"
+FORMAT_VERSION = 1
+_VERSIONED = ("lensteer", "torch", "transformers", "transformer-lens", "safetensors")
+_FINGERPRINT_KEYS = ("name", "n_layers", "d_model", "d_vocab", "processing_mode")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_GGUF_ARCH = "controlvector"
+_ADDITIVE_MODES = ("add", "swfc")
+
+
+# -- paths and atomic writes ---------------------------------------------------------------------
+
+
+def artifact_paths(path: "str | os.PathLike[str]") -> tuple[Path, Path]:
+    """The ``(<stem>.safetensors, <stem>.json)`` pair for ``path`` (either suffix, or none, is accepted)."""
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    if not p.name:
+        raise ConfigError(f"path {str(path)!r} has no file name; give e.g. 'out/refusal'")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+@contextmanager
+def _temp_in(folder: Path, suffix: str) -> Iterator[Path]:
+    """A temporary file path in ``folder`` (same file system, so ``os.replace`` is atomic); removed if left."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages whose behaviour a saved steering depends on."""
+    out: dict[str, str | None] = {}
+    for dist in _VERSIONED:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+
+def _encode_positions(positions: Any) -> dict[str, Any]:
+    if isinstance(positions, str):
+        return {"kind": "named", "value": positions}
+    if isinstance(positions, Window):
+        return {"kind": "window", "start": positions.start, "stop": positions.stop}
+    if isinstance(positions, LastK):
+        return {"kind": "last_k", "k": positions.k}
+    return {"kind": "indices", "value": list(positions)}
+
+
+def _fingerprint_of(model: Any) -> ModelFingerprint:
+    return model if isinstance(model, ModelFingerprint) else model_fingerprint(model)
+
+
+def _steering_record(s: Steering) -> dict[str, Any]:
+    gate = None
+    if s.gate is not None:
+        gate = {"layer": s.gate.layer, "threshold": s.gate.threshold, "site": s.gate.site,
+                "position": s.gate.position, "when": s.gate.when}
+    return {
+        "method": s.info.get("direction_method"),  # for readers; the full provenance is in info
+        "d_model": s.d_model,
+        "layers": list(s.layers),
+        "site": s.site,
+        "positions": _encode_positions(s.positions),
+        "mode": s.mode,
+        "scale": float(s.scale),
+        "relative": s.relative,
+        "reference_norm": s.reference_norm,
+        "coefficient": s.coefficient,  # derived (scale x reference_norm when relative); not read back
+        "preserve_norm": s.preserve_norm,
+        "threshold": s.threshold,
+        "target": s.target,
+        "reference": s.reference,
+        "gate": gate,
+        "info": s.info,
+    }
+
+
+def _file_fingerprint(steerings: Mapping[str, Steering], model: Any) -> dict[str, Any] | None:
+    if model is not None:
+        fp = _fingerprint_of(model).to_dict()
+        for name, s in steerings.items():
+            if s.d_model != fp["d_model"]:
+                raise ArtifactMismatchError(f"steering {name!r} has width {s.d_model} but model {fp['name']!r} has "
+                                            f"d_model {fp['d_model']}; was it made for another model?")
+        return fp
+    found: dict[str, Any] = {name: s.info["model"] for name, s in steerings.items() if s.info.get("model") is not None}
+    distinct = {json.dumps(v, sort_keys=True) for v in found.values()}
+    if len(distinct) > 1:
+        raise ArtifactMismatchError(f"these steerings come from different models ({found}); save each model's "
+                                    "steerings in their own file")
+    if not found:
+        return None
+    fp = next(iter(found.values()))
+    if not isinstance(fp, Mapping):
+        raise ConfigError(f"steering info['model'] must be a fingerprint dict, got {fp!r}")
+    return dict(fp)
+
+
+def save_steerings(steerings: Mapping[str, Steering], path: "str | os.PathLike[str]", *,
+                   model: Any = None) -> tuple[Path, Path]:
+    """Save several named steerings of one model to ``<path>.safetensors`` + ``<path>.json``.
+
+    Args:
+        steerings: Name -> steering (names: letters, digits, ``_``, ``.``, ``-``).
+        path: Output stem (a ``.safetensors`` or ``.json`` suffix is dropped).
+        model: The model (or its :class:`~lensteer.ModelFingerprint`) the steerings are for;
+            by default the fingerprint stored in the steerings' ``info["model"]``.
+
+    Returns:
+        The safetensors and JSON paths written.
+
+    Raises:
+        ConfigError: No steerings, a bad name, or provenance (``info``) that JSON cannot hold.
+        ArtifactMismatchError: Steerings of different widths or models, or a width other than ``model``'s.
+    """
+    from safetensors.torch import save_file
+
+    if not steerings:
+        raise ConfigError("save_steerings needs at least one steering")
+    tensors: dict[str, torch.Tensor] = {}
+    for name, s in steerings.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigError(f"steering name {name!r} is not allowed; use letters, digits, '_', '.' or '-'")
+        if not isinstance(s, Steering):
+            raise ConfigError(f"steering {name!r} is a {type(s).__name__}, not a Steering")
+        tensors[f"{name}/unit"] = s.unit.contiguous()
+        if s.gate is not None:
+            tensors[f"{name}/gate_unit"] = s.gate.unit.contiguous()
+    widths = {name: s.d_model for name, s in steerings.items()}
+    if len(set(widths.values())) > 1:
+        raise ArtifactMismatchError(f"steerings of different widths {widths} cannot share a file (one model per file)")
+    record: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": _file_fingerprint(steerings, model),
+        "d_model": next(iter(widths.values())),
+        "versions": package_versions(),
+        "safetensors_sha256": "",
+        "steerings": {name: _steering_record(s) for name, s in steerings.items()},
+    }
+    st_path, json_path = artifact_paths(path)
+    try:
+        json.dumps(record, allow_nan=False)  # validate before writing anything
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"cannot save to {json_path}: a field or info entry is not plain JSON (str, number, "
+                          f"bool, None, list, dict; finite floats): {err}") from err
+    with _temp_in(st_path.parent, ".safetensors") as st_tmp, _temp_in(json_path.parent, ".json") as json_tmp:
+        save_file(tensors, str(st_tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        record["safetensors_sha256"] = _sha256(st_tmp)
+        json_tmp.write_text(json.dumps(record, indent=1, allow_nan=False))
+        st_tmp.replace(st_path)
+        json_tmp.replace(json_path)  # last: a complete JSON means a complete pair
+    return st_path, json_path
+
+
+def save_steering(steering: Steering, path: "str | os.PathLike[str]", *, model: Any = None) -> tuple[Path, Path]:
+    """Save one steering to ``<path>.safetensors`` + ``<path>.json`` (see :func:`save_steerings`).
+
+    Example::
+
+        lensteer.save_steering(steering, "out/refusal", model=model)
+        same = lensteer.load_steering("out/refusal", model=model)
+    """
+    return save_steerings({"steering": steering}, path, model=model)
+
+
+# -- decoding and validation -----------------------------------------------------------------------
+
+_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,), "dict": (dict,),
+}
+
+
+class _Fields:
+    """Typed access to one JSON object, raising :class:`DataError` that names the file and the key."""
+
+    def __init__(self, obj: Any, file: Path, where: str) -> None:
+        if not isinstance(obj, dict):
+            raise DataError(f"{file}: {where or 'the record'} must be a JSON object, got {obj!r}")
+        self.obj, self.file, self.where = obj, file, where
+
+    def get(self, key: str, kind: str, *, nullable: bool = False) -> Any:
+        label = f"{self.where}.{key}" if self.where else key
+        if key not in self.obj:
+            raise DataError(f"{self.file}: key {label!r} is missing")
+        value = self.obj[key]
+        if value is None and nullable:
+            return None
+        ok = isinstance(value, _KINDS[kind]) and (kind == "bool" or not isinstance(value, bool))
+        if ok and kind == "float":
+            ok = math.isfinite(value)
+            value = float(value)
+        if not ok:
+            allowed = kind + (" or null" if nullable else "")
+            raise DataError(f"{self.file}: key {label!r} = {value!r} is not allowed; expected {allowed}")
+        return value
+
+
+def _decode_positions(f: _Fields) -> Any:
+    kind = f.get("kind", "str")
+    if kind == "named":
+        value = f.get("value", "str")
+        if value not in NAMED_POSITIONS:
+            raise DataError(f"{f.file}: key '{f.where}.value' = {value!r} is not one of {NAMED_POSITIONS}")
+        return value
+    if kind == "window":
+        return Window(f.get("start", "int"), f.get("stop", "int", nullable=True))
+    if kind == "last_k":
+        return LastK(f.get("k", "int"))
+    if kind == "indices":
+        value = f.get("value", "list")
+        if not value or any(isinstance(i, bool) or not isinstance(i, int) for i in value):
+            raise DataError(f"{f.file}: key '{f.where}.value' = {value!r} must be a non-empty list of ints")
+        return tuple(value)
+    raise DataError(f"{f.file}: key '{f.where}.kind' = {kind!r} is not allowed; "
+                    "expected 'named', 'window', 'last_k' or 'indices'")
+
+
+def _decode_steering(name: str, f: _Fields, tensors: Mapping[str, torch.Tensor], st_path: Path) -> Steering:
+    d_model = f.get("d_model", "int")
+    layers = f.get("layers", "list")
+    gate_rec = f.get("gate", "dict", nullable=True)
+    units = {}
+    for key in (["unit"] + (["gate_unit"] if gate_rec is not None else [])):
+        tensor = tensors.get(f"{name}/{key}")
+        if tensor is None:
+            raise DataError(f"{st_path}: tensor {name + '/' + key!r} is missing (the JSON lists steering {name!r})")
+        if tensor.ndim != 1 or tensor.shape[0] != d_model:
+            raise ArtifactMismatchError(f"{st_path}: tensor {name + '/' + key!r} has shape {tuple(tensor.shape)} "
+                                        f"but {f.file} says d_model={d_model}; the two files do not belong together")
+        units[key] = tensor
+    try:
+        kwargs: dict[str, Any] = {
+            "unit": units["unit"], "layers": tuple(layers), "site": f.get("site", "str"),
+            "positions": _decode_positions(_Fields(f.get("positions", "dict"), f.file, f"{f.where}.positions")),
+            "mode": f.get("mode", "str"), "scale": f.get("scale", "float"), "relative": f.get("relative", "bool"),
+            "reference_norm": f.get("reference_norm", "float", nullable=True),
+            "preserve_norm": f.get("preserve_norm", "bool"),
+            "threshold": f.get("threshold", "float", nullable=True),
+            "target": f.get("target", "float", nullable=True),
+            "reference": f.get("reference", "float", nullable=True), "info": f.get("info", "dict"),
+        }
+        if gate_rec is not None:
+            g = _Fields(gate_rec, f.file, f"{f.where}.gate")
+            kwargs["gate"] = Gate(unit=units["gate_unit"], layer=g.get("layer", "int"),
+                                  threshold=g.get("threshold", "float"), site=g.get("site", "str"),
+                                  position=g.get("position", "str"), when=g.get("when", "str"))
+        return Steering(**kwargs)
+    except DataError:
+        raise
+    except LensteerError as err:  # the engine's own validation names the bad value
+        raise DataError(f"{f.file}: steering {name!r} is not valid: {err}") from err
+
+
+def _check_model(saved: dict[str, Any] | None, d_model: int, model: Any, file: Path, strict: bool) -> None:
+    current = _fingerprint_of(model)
+    if saved is not None and strict:
+        differ = [k for k in _FINGERPRINT_KEYS if saved.get(k) != getattr(current, k)]
+        if differ:
+            def show(fp: Mapping[str, Any]) -> str:
+                return (f"{fp.get('name')!r} (n_layers={fp.get('n_layers')}, d_model={fp.get('d_model')}, "
+                        f"d_vocab={fp.get('d_vocab')}, {fp.get('processing_mode')} mode)")
+            raise ArtifactMismatchError(
+                f"{file} was saved for model {show(saved)} but is being loaded into model "
+                f"{show(current.to_dict())}; they differ in {', '.join(differ)}. Load it into the model it was "
+                "made for (pass strict=False to check only the width)")
+    if d_model != current.d_model:
+        raise ArtifactMismatchError(f"{file} holds vectors of width {d_model} but model {current.name!r} has "
+                                    f"d_model {current.d_model}; it was made for another model")
+
+
+def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict: bool = True) -> dict[str, Steering]:
+    """Load every steering saved by :func:`save_steerings`, by name.
+
+    Args:
+        path: The stem (or either file) given to :func:`save_steerings`.
+        model: If given (a model or a :class:`~lensteer.ModelFingerprint`), refuse steerings saved for
+            another model.
+        strict: Compare the whole fingerprint (name, n_layers, d_model, d_vocab, processing mode);
+            ``False`` checks only the width.
+
+    Raises:
+        DataError: A missing file, a record that is not this format, a missing key or a bad value
+            (the message names the file and the key), or a safetensors file that is not the one the
+            JSON was written with.
+        ArtifactMismatchError: The file belongs to another model, or the tensors' width is not the
+            JSON's ``d_model``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    st_path, json_path = artifact_paths(path)
+    for p in (json_path, st_path):
+        if not p.is_file():
+            raise DataError(f"{p} does not exist; a saved steering is a .json + .safetensors pair")
+    try:
+        record = json.loads(json_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{json_path} is not valid JSON: {err}") from err
+    top = _Fields(record, json_path, "")
+    if top.get("format", "str") != FORMAT:
+        raise DataError(f"{json_path}: key 'format' = {record['format']!r}; expected {FORMAT!r}")
+    if top.get("format_version", "int") != FORMAT_VERSION:
+        raise DataError(f"{json_path}: key 'format_version' = {record['format_version']!r}; this lensteer reads "
+                        f"version {FORMAT_VERSION}")
+    d_model = top.get("d_model", "int")
+    saved_fp = top.get("model", "dict", nullable=True)
+    if saved_fp is not None:
+        fp = _Fields(saved_fp, json_path, "model")
+        for key in _FINGERPRINT_KEYS:
+            fp.get(key, "str" if key in ("name", "processing_mode") else "int")
+        if saved_fp["d_model"] != d_model:
+            raise DataError(f"{json_path}: key 'model.d_model' = {saved_fp['d_model']} but 'd_model' = {d_model}")
+    if top.get("safetensors_sha256", "str") != _sha256(st_path):
+        raise DataError(f"{st_path} is not the tensor file {json_path} was saved with (SHA-256 differs); "
+                        "the pair was overwritten or mixed up. Save the steering again")
+    if model is not None:
+        _check_model(saved_fp, d_model, model, json_path, strict)
+    try:
+        tensors = load_file(str(st_path))
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"{st_path} is not a readable safetensors file: {err}") from err
+    entries = top.get("steerings", "dict")
+    if not entries:
+        raise DataError(f"{json_path}: key 'steerings' is empty")
+    out = {}
+    for name, rec in entries.items():
+        f = _Fields(rec, json_path, f"steerings.{name}")
+        if f.get("d_model", "int") != d_model:
+            raise DataError(f"{json_path}: key 'steerings.{name}.d_model' = {rec['d_model']} but 'd_model' = {d_model}")
+        out[name] = _decode_steering(name, f, tensors, st_path)
+    return out
+
+
+def load_steering(path: "str | os.PathLike[str]", *, model: Any = None, name: str | None = None,
+                  strict: bool = True) -> Steering:
+    """Load one steering saved by :func:`save_steering` (or ``name`` from a :func:`save_steerings` file).
+
+    Args:
+        path: The stem (or either file) given when saving.
+        model: If given, refuse a steering saved for another model (see :func:`load_steerings`).
+        name: Which steering, when the file holds several.
+        strict: Compare the whole model fingerprint (``False``: only the width).
+
+    Raises:
+        DataError: Missing or malformed files, or ``name`` not in the file.
+        ArtifactMismatchError: The steering belongs to another model or width.
+    """
+    found = load_steerings(path, model=model, strict=strict)
+    if name is None:
+        if len(found) != 1:
+            raise DataError(f"{artifact_paths(path)[1]} holds {len(found)} steerings {sorted(found)}; pass name=")
+        return next(iter(found.values()))
+    if name not in found:
+        raise DataError(f"{artifact_paths(path)[1]} has no steering {name!r}; it holds {sorted(found)}")
+    return found[name]
+
+
+# -- llama.cpp control vectors ------------------------------------------------------------------
+
+
+def llama_cpp_layer(site: str, layer: int, n_layers: int) -> int:
+    """The llama.cpp control-vector index ``il`` (tensor ``direction.{il}``) for a TransformerLens site.
+
+    llama.cpp adds ``direction.{il}`` to the output of its 0-based layer ``il``, which is
+    ``blocks.{il}.hook_resid_post`` (= ``blocks.{il+1}.hook_resid_pre``), and never uses ``il = 0``.
+
+    Raises:
+        ConfigError: A site other than ``resid_post``/``resid_pre``, a layer out of range, or a layer
+            llama.cpp cannot steer (the output of layer 0, or the embeddings).
+    """
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
+        raise ConfigError(f"layer {layer!r} is out of range for n_layers={n_layers}")
+    layer %= n_layers
+    if site == "resid_post":
+        il = layer
+    elif site == "resid_pre":
+        il = layer - 1
+    else:
+        raise ConfigError(f"site {site!r} has no llama.cpp equivalent: control vectors are added to a layer's "
+                          "output, i.e. resid_post (or the next layer's resid_pre)")
+    if il < 1:
+        what = "the embeddings" if il < 0 else "the output of layer 0"
+        raise ConfigError(f"{site} at layer {layer} is {what}; llama.cpp never applies a control vector there "
+                          "(its loader rejects direction.0). Steer resid_post at layer >= 1 or resid_pre at layer >= 2")
+    return il
+
+
+def _check_exportable(s: Steering, every_position: bool) -> None:
+    if s.mode not in _ADDITIVE_MODES:
+        raise ConfigError(f"mode {s.mode!r} is not a constant addition; a llama.cpp control vector can only "
+                          f"add a fixed vector, so only modes {_ADDITIVE_MODES} can be exported")
+    if s.preserve_norm:
+        raise ConfigError("preserve_norm=True rescales each activation, which a llama.cpp control vector "
+                          "cannot do; export the steering with preserve_norm=False")
+    if s.gate is not None:
+        raise ConfigError("llama.cpp control vectors have no prompt gate; export the steering without its gate")
+    if s.positions != "all" and not every_position:
+        raise ConfigError(f"llama.cpp applies a control vector at every token (prompt and generated), but this "
+                          f"steering's positions are {s.positions!r}; pass every_position=True to export it anyway "
+                          "(the file will also steer the tokens it skips)")
+
+
+def export_gguf_control_vector(
+    steering: "Steering | Sequence[Steering]",
+    path: "str | os.PathLike[str]",
+    *,
+    n_layers: int | None = None,
+    model: Any = None,
+    model_hint: str = "llama",
+    every_position: bool = False,
+) -> Path:
+    """Write an additive steering as a llama.cpp control vector (GGUF).
+
+    The file has architecture ``controlvector``, metadata ``controlvector.model_hint`` (str) and
+    ``controlvector.layer_count`` (uint32), and one float32 tensor ``direction.{il}`` of length
+    ``d_model`` for every layer ``il = 1 .. n_layers - 1`` (zeros where nothing is steered), as
+    llama.cpp's own ``cvector-generator`` writes. Each steered layer holds
+    ``steering.coefficient * steering.unit`` (a relative scale is resolved; several steerings add up).
+    ``resid_post`` at layer ``L`` maps to ``direction.L`` and ``resid_pre`` at ``L`` to
+    ``direction.{L-1}`` (see :func:`llama_cpp_layer`). Use it with
+    ``llama-cli -m model.gguf --control-vector file.gguf``; ``--control-vector-scaled file.gguf s``
+    multiplies it by ``s``.
+
+    Args:
+        steering: One steering or several (mode ``add`` or ``swfc``, no gate, no ``preserve_norm``).
+        path: Output file (``.gguf`` is appended if missing).
+        n_layers: The model's layer count (or pass ``model``).
+        model: The model (or its fingerprint), for ``n_layers`` and a width check.
+        model_hint: ``controlvector.model_hint`` (llama.cpp's architecture name; not checked by llama.cpp).
+        every_position: Export a steering whose positions are not ``"all"``; llama.cpp will apply it
+            to every token anyway. Without it such a steering is refused, so the exported file never
+            silently changes what the steering does.
+
+    Returns:
+        The path written (atomically).
+
+    Raises:
+        ConfigError: A mode, site, layer, gate, norm rescaling or position set llama.cpp cannot reproduce.
+        ArtifactMismatchError: Steerings of different widths, or a width other than ``model``'s.
+    """
+    import gguf
+
+    steerings = [steering] if isinstance(steering, Steering) else list(steering)
+    if not steerings or not all(isinstance(s, Steering) for s in steerings):
+        raise ConfigError("export_gguf_control_vector needs one Steering or a non-empty list of them")
+    fp = _fingerprint_of(model) if model is not None else None
+    if fp is not None:
+        if n_layers is not None and n_layers != fp.n_layers:
+            raise ConfigError(f"n_layers={n_layers} but model {fp.name!r} has {fp.n_layers} layers")
+        n_layers = fp.n_layers
+    if n_layers is None or isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 2:
+        raise ConfigError(f"give the model's layer count (n_layers >= 2, or model=), got n_layers={n_layers!r}")
+    widths = {s.d_model for s in steerings}
+    if len(widths) > 1:
+        raise ArtifactMismatchError(f"steerings of different widths {sorted(widths)} cannot share one control vector")
+    d_model = widths.pop()
+    if fp is not None and fp.d_model != d_model:
+        raise ArtifactMismatchError(f"steering width {d_model} but model {fp.name!r} has d_model {fp.d_model}")
+    if not isinstance(model_hint, str) or not model_hint:
+        raise ConfigError(f"model_hint must be a non-empty string, got {model_hint!r}")
+
+    directions = np.zeros((n_layers, d_model), dtype=np.float64)  # row il = direction.il; row 0 unused
+    for s in steerings:
+        _check_exportable(s, every_position)
+        vec = (s.coefficient * s.unit.double()).numpy()
+        for layer in s.layers:
+            directions[llama_cpp_layer(s.site, layer, n_layers)] += vec
+
+    out = Path(path)
+    if out.suffix != ".gguf":
+        out = out.with_name(out.name + ".gguf")
+    with _temp_in(out.parent, ".gguf") as tmp:
+        writer = gguf.GGUFWriter(str(tmp), _GGUF_ARCH)
+        writer.add_string(f"{_GGUF_ARCH}.model_hint", model_hint)
+        writer.add_uint32(f"{_GGUF_ARCH}.layer_count", n_layers - 1)
+        for il in range(1, n_layers):
+            writer.add_tensor(f"direction.{il}", directions[il].astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        tmp.replace(out)
+    return out
