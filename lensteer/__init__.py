@@ -9,6 +9,13 @@ Built on TransformerLens' ``TransformerBridge``. The public API is this namespac
 """
 
 from lensteer.activations import collect_activations
+from lensteer.artifacts import (
+    export_gguf_control_vector,
+    load_steering,
+    load_steerings,
+    save_steering,
+    save_steerings,
+)
 from lensteer.chat import (
     ChatPrompt,
     PromptBatch,
@@ -89,12 +96,15 @@ __all__ = [
     "diff_of_means",
     "ensure_kv_cache_fix",
     "equal_length_pairs",
+    "export_gguf_control_vector",
     "first_token_id",
     "fit_probe",
     "generate",
     "generate_conversations",
     "load_dataset",
     "load_model",
+    "load_steering",
+    "load_steerings",
     "logit_diff_metric",
     "model_fingerprint",
     "patch_direction",
@@ -106,6 +116,8 @@ __all__ = [
     "probe_by_layer",
     "probe_layers",
     "recommend_site",
+    "save_steering",
+    "save_steerings",
     "steer",
     "tokenize_batch",
     "tokenize_prompt",
