@@ -1,0 +1,250 @@
+"""Coherence-aware strength: reference residual norms, steering KL, and calibration to a KL budget.
+
+Strength is not guessed. :func:`reference_norm` measures the residual norm a relative scale refers
+to; :func:`steering_kl` measures the coherence cost of a steering as the mean per-token
+``KL(p_unsteered || p_steered)`` of next-token distributions on harmless prompts, at the positions
+that choose the tokens of a reference continuation (teacher-forced); :func:`calibrate` finds by
+bisection the scale whose KL matches a budget (e.g. 0.1, 0.3 or 1.0 nats), per method and layer.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lensteer.chat import (
+    ChatPrompt,
+    TokenizedPrompt,
+    length_sorted_batches,
+    pad_id_of,
+    tokenize_prompt,
+)
+from lensteer.errors import ConfigError, DataError
+from lensteer.generation import generate
+from lensteer.sites import resolve_sites
+from lensteer.steering import Steering, SteeringContext, steer
+
+
+def reference_norm(
+    model: Any,
+    prompts: Sequence["str | ChatPrompt"],
+    layer: int,
+    *,
+    site: str = "resid_post",
+    batch_size: int = 16,
+    chat: bool = True,
+) -> float:
+    """Mean L2 norm of the residual at ``layer``/``site`` over the prompts' tokens.
+
+    The first token of each prompt is left out: it is an attention sink whose residual norm is
+    tens of times larger than any other token's on most models, and would dominate the mean.
+    """
+    if isinstance(prompts, str) or not prompts:
+        raise DataError("reference_norm needs a non-empty list of prompts")
+    (site_obj,) = resolve_sites(model, [layer], site)
+    tokenized = [tokenize_prompt(model, p, chat=chat) for p in prompts]
+    total, count = 0.0, 0
+    device = next(iter(model.parameters())).device
+    stop_at = site_obj.layer + 1 if site_obj.layer + 1 < int(model.cfg.n_layers) else None
+    for rows, batch in length_sorted_batches(tokenized, batch_size, pad_id_of(model)):
+        keep = batch.attention_mask.bool().clone()
+        first = keep.float().argmax(-1)
+        keep[torch.arange(len(rows)), first] = False
+        norms: list[torch.Tensor] = []
+
+        def hook(resid: torch.Tensor, hook: Any, norms: list[torch.Tensor] = norms) -> torch.Tensor:  # noqa: ARG001
+            norms.append(resid.float().norm(dim=-1).cpu())
+            return resid
+
+        with torch.inference_mode(), model.hooks(fwd_hooks=[(site_obj.name, hook)]):
+            model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device), stop_at_layer=stop_at)
+        total += float(norms[0][keep].sum())
+        count += int(keep.sum())
+    if count == 0:
+        raise DataError("the prompts have no token after the first; use longer prompts")
+    return total / count
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _KLBatch:
+    tokens: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_lens: torch.Tensor
+    pads: torch.Tensor
+    mask: torch.Tensor  # [batch, pos] positions that chose a continuation token
+    base_logprobs: torch.Tensor  # [n_masked, d_vocab] float64
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class KLProbe:
+    """A fixed calibration set: harmless prompts with reference continuations, and the unsteered
+    next-token log-probabilities at the positions that chose those continuations.
+
+    Build it once with :func:`kl_probe`; every :func:`steering_kl` call reuses it.
+    """
+
+    batches: tuple[_KLBatch, ...]
+    n_positions: int
+
+
+def kl_probe(
+    model: Any,
+    prompts: Sequence["str | ChatPrompt"],
+    *,
+    continuation_tokens: int = 24,
+    batch_size: int = 8,
+    chat: bool = True,
+) -> KLProbe:
+    """Generate unsteered greedy continuations and store the base log-probs where they were chosen."""
+    if isinstance(prompts, str) or not prompts:
+        raise DataError("the KL calibration set needs a non-empty list of harmless prompts")
+    if continuation_tokens < 1:
+        raise ConfigError(f"continuation_tokens must be >= 1, got {continuation_tokens}")
+    gens = generate(model, prompts, max_new_tokens=continuation_tokens, batch_size=batch_size, chat=chat)
+    full = [TokenizedPrompt(tokens=torch.cat([p, g]), instruction=(0, 0), post_instruction=(0, 0), response=(0, 0))
+            for p, g in zip(gens.prompt_tokens, gens.tokens, strict=True)]
+    prompt_lens_all = [int(p.shape[0]) for p in gens.prompt_tokens]
+    device = next(iter(model.parameters())).device
+    batches: list[_KLBatch] = []
+    n_positions = 0
+    for rows, batch in length_sorted_batches(full, batch_size, pad_id_of(model)):
+        width = batch.tokens.shape[1]
+        prompt_lens = torch.tensor([prompt_lens_all[i] for i in rows])
+        pads = width - torch.tensor([full[i].n_tokens for i in rows])
+        t = torch.arange(width)[None, :] - pads[:, None]
+        # positions that choose a continuation token: the last prompt token up to the last-but-one token
+        mask = (t >= prompt_lens[:, None] - 1) & (t < torch.tensor([full[i].n_tokens for i in rows])[:, None] - 1)
+        if not bool(mask.any()):
+            continue
+        with torch.inference_mode():
+            logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
+        base = torch.log_softmax(logits[mask.to(device)].double(), -1).cpu()
+        batches.append(_KLBatch(tokens=batch.tokens, attention_mask=batch.attention_mask, prompt_lens=prompt_lens,
+                                pads=pads, mask=mask, base_logprobs=base))
+        n_positions += int(mask.sum())
+    if n_positions == 0:
+        raise DataError("no continuation tokens were generated (every prompt ended at once); use other prompts")
+    return KLProbe(batches=tuple(batches), n_positions=n_positions)
+
+
+def steering_kl(model: Any, steering: "Steering | Sequence[Steering]", probe: KLProbe) -> float:
+    """Mean per-token ``KL(p_unsteered || p_steered)`` in nats over the probe's continuation positions."""
+    steerings = (steering,) if isinstance(steering, Steering) else tuple(steering)
+    device = next(iter(model.parameters())).device
+    total = 0.0
+    for b in probe.batches:
+        ctx = SteeringContext(prompt_lens=b.prompt_lens, pads=b.pads, record=False)
+        with torch.inference_mode(), steer(model, *steerings, context=ctx):
+            logits = model(b.tokens.to(device), attention_mask=b.attention_mask.to(device))
+        steered = torch.log_softmax(logits[b.mask.to(device)].double(), -1).cpu()
+        total += float((b.base_logprobs.exp() * (b.base_logprobs - steered)).sum())
+    return total / probe.n_positions
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Calibration:
+    """The outcome of :func:`calibrate`.
+
+    Attributes:
+        steering: The steering at the calibrated scale (``info["calibration"]`` records how).
+        scale: The calibrated scale.
+        kl: Its measured KL (nats per token).
+        target_kl: The budget asked for.
+        reached: Whether ``kl`` is within the tolerance of the budget.
+        history: Every (scale, KL) evaluated, in order.
+    """
+
+    steering: Steering
+    scale: float
+    kl: float
+    target_kl: float
+    reached: bool
+    history: tuple[tuple[float, float], ...]
+
+    @property
+    def relative_error(self) -> float:
+        return abs(self.kl - self.target_kl) / self.target_kl
+
+
+def _max_scale(steering: Steering) -> float:
+    return 180.0 if steering.mode == "angular" else math.inf
+
+
+def calibrate(
+    model: Any,
+    steering: Steering,
+    probe: KLProbe,
+    target_kl: float,
+    *,
+    tolerance: float = 0.05,
+    start: float | None = None,
+    max_evals: int = 24,
+    progress: bool = False,
+) -> Calibration:
+    """Find the scale at which ``steering`` costs ``target_kl`` nats per token, by bisection.
+
+    KL grows with the scale (for every mode, from 0 at scale 0), so the scale is bracketed by
+    doubling from ``start`` and then bisected until the KL is within ``tolerance`` (relative) of
+    the budget. The KL may saturate below the budget (selective modes stop firing; normalisation
+    after the site bounds the effect of any single direction): doubling stops when a doubling adds
+    less than 2%, and the closest KL is returned with ``reached=False``.
+
+    Args:
+        model: The model.
+        steering: The steering to calibrate (its scale is the starting point unless ``start``).
+        probe: The calibration set from :func:`kl_probe` (harmless prompts).
+        target_kl: Budget in nats per token, > 0.
+        tolerance: Accepted relative error of the KL (0.05: within 5%).
+        start: First scale to try (default: the steering's scale, or 1).
+        max_evals: At most this many KL evaluations.
+        progress: Show a progress bar.
+    """
+    if not (isinstance(target_kl, (int, float)) and math.isfinite(target_kl) and target_kl > 0):
+        raise ConfigError(f"target_kl must be a finite number of nats > 0, got {target_kl!r}")
+    if not 0 < tolerance < 1:
+        raise ConfigError(f"tolerance is relative, in (0, 1); got {tolerance}")
+    if steering.mode == "ace":
+        raise ConfigError("mode 'ace' changes activations even at scale 0 (it moves the projection to the "
+                          "reference); calibrate its reference instead, or use add/swfc/ablate/angular/sttp/stmp")
+    history: list[tuple[float, float]] = []
+    bar = tqdm(total=max_evals, desc=f"calibrate {steering.mode} to KL {target_kl:g}", disable=not progress)
+
+    def kl_at(scale: float) -> float:
+        value = steering_kl(model, steering.with_scale(scale), probe)
+        history.append((scale, value))
+        bar.update(1)
+        return value
+
+    cap = _max_scale(steering)
+    lo, lo_kl = 0.0, 0.0
+    hi = min(abs(start if start is not None else (steering.scale or 1.0)) or 1.0, cap)
+    hi_kl = kl_at(hi)
+    while hi_kl < target_kl and len(history) < max_evals and hi < cap:
+        prev_kl = hi_kl
+        lo, lo_kl = hi, hi_kl
+        hi = min(hi * 2.0, cap)
+        hi_kl = kl_at(hi)
+        if hi_kl < target_kl and hi_kl < 1.02 * prev_kl:
+            break  # saturated: normalisation downstream bounds the KL (or a selective mode stopped firing)
+    best = min(history, key=lambda h: abs(h[1] - target_kl))
+    while abs(best[1] - target_kl) > tolerance * target_kl and hi_kl >= target_kl and len(history) < max_evals:
+        # interpolate in sqrt(KL) (KL ~ scale^2 for small edits), safeguarded into the middle of the bracket
+        a, b = math.sqrt(lo_kl), math.sqrt(hi_kl)
+        guess = lo + (hi - lo) * (math.sqrt(target_kl) - a) / max(b - a, 1e-12)
+        mid = min(max(guess, lo + 0.1 * (hi - lo)), hi - 0.1 * (hi - lo))
+        mid_kl = kl_at(mid)
+        if mid_kl < target_kl:
+            lo, lo_kl = mid, mid_kl
+        else:
+            hi, hi_kl = mid, mid_kl
+        best = min(history, key=lambda h: abs(h[1] - target_kl))
+    bar.close()
+    scale, kl = best
+    reached = abs(kl - target_kl) <= tolerance * target_kl
+    info = dict(steering.info, calibration={"target_kl": target_kl, "kl": kl, "reached": reached,
+                                             "evaluations": len(history), "n_positions": probe.n_positions})
+    return Calibration(steering=replace(steering, scale=scale, info=info), scale=scale, kl=kl, target_kl=target_kl,
+                       reached=reached, history=tuple(history))
