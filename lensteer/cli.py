@@ -3,7 +3,8 @@
 ``lensteer run`` runs the main study on the embedded model (or ``--model``). At this stage the study
 is the layer-by-layer probing study of each bundled threat model's contrast (held-out probe accuracy
 and AUROC, difference-of-means d', 95% bootstrap CIs), printed as tables and written to ``--out``
-as JSON plus figures.
+as JSON plus figures. ``lensteer locate`` adds activation patching of equal-length clean/corrupted
+pairs of each threat model (:func:`lensteer.patching_pairs`) and the recommended steering site.
 """
 
 import argparse
@@ -108,31 +109,33 @@ def _cmd_locate(args: argparse.Namespace) -> int:
         _save_probing_figures(report, fig_dir)
         entry: dict[str, object] = {"probing": report.to_dict()}
         patching = None
-        idx: list[int] = []
-        if name == "refusal":
-            try:
-                idx = lensteer.equal_length_pairs(model, dataset.prompts, dataset.paired_prompts)[: args.n_pairs]
-            except lensteer.DataError as err:
-                print(f"{name}: patching skipped: {err}", flush=True)
-        if idx:
-            clean = [dataset.prompts[i] for i in idx]
-            corrupted = [dataset.paired_prompts[i] for i in idx]
-            metric = lensteer.logit_diff_metric(lensteer.first_token_id(model, "I"), lensteer.first_token_id(model, "Sure"))
+        try:
+            pairs = lensteer.patching_pairs(model, dataset, n=args.n_pairs)
+        except lensteer.DataError as err:
+            pairs = None
+            print(f"{name}: patching skipped: {err}", flush=True)
+        if pairs is not None:
+            clean, corrupted, metric = list(pairs.clean), list(pairs.corrupted), pairs.metric()
             approx = lensteer.attribute_residual(model, clean, corrupted, metric, layers=layers)
             patching = lensteer.patch_residual(model, clean, corrupted, metric, layers=layers, progress=not args.quiet)
             heads = lensteer.patch_heads(model, clean, corrupted, metric, layers=layers, progress=not args.quiet)
-            save(plotting.plot_patching(patching)[0], f"patching_resid_{name}")
-            save(plotting.plot_patching(heads)[0], f"patching_heads_{name}")
-            save(plotting.plot_attribution_vs_exact(approx, patching)[0], f"attribution_vs_exact_{name}")
-            entry["patching"] = {"pairs": idx, "resid": patching.to_dict(), "heads": heads.to_dict(),
-                                 "attribution_correlation": approx.correlation(patching)}
-            print(f"patching: top cells {patching.top_cells(3)}; attribution vs exact r = "
-                  f"{approx.correlation(patching):.2f}", flush=True)
+            try:  # normalising fails when clean and corrupted give the same metric
+                save(plotting.plot_patching(patching)[0], f"patching_resid_{name}")
+                save(plotting.plot_patching(heads)[0], f"patching_heads_{name}")
+                save(plotting.plot_attribution_vs_exact(approx, patching)[0], f"attribution_vs_exact_{name}")
+                entry["patching"] = {"pairs": pairs.to_dict(), "resid": patching.to_dict(), "heads": heads.to_dict(),
+                                     "attribution_correlation": approx.correlation(patching)}
+                print(f"{name} patching ({len(pairs)} pairs; {pairs.design}): clean metric "
+                      f"{float(patching.source.mean()):.2f}, corrupted {float(patching.target.mean()):.2f}; top cells "
+                      f"{patching.top_cells(3)}; attribution vs exact r = {approx.correlation(patching):.2f}", flush=True)
+            except lensteer.PatchingError as err:
+                print(f"{name}: patching not reported: {err}", flush=True)
+                patching = None
         try:
             rec = lensteer.recommend_site(report, patching)
             print(rec, "\n", flush=True)
             entry["recommendation"] = rec.to_dict()
-        except lensteer.ConfigError as err:
+        except (lensteer.ConfigError, lensteer.PatchingError) as err:
             print(f"{name}: no recommendation: {err}\n", flush=True)
             entry["recommendation"] = {"error": str(err)}
         summary[name] = entry
@@ -167,14 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     locate = sub.add_parser(
         "locate", help="probing + patching + recommended steering site, with figures",
-        description="For each bundled threat model: the probing study; for refusal also attribution, residual "
-        "and head patching of harmful vs topic-matched harmless prompts; then the recommended steering site "
-        "with its reasons. Writes OUT/locate.json and figures.",
+        description="For each bundled threat model: the probing study; attribution, residual and head patching "
+        "of equal-length clean/corrupted pairs (refusal: harmful vs topic-matched harmless prompt, metric "
+        "logit('I') - logit('Sure'); compassion: caring vs dismissive system prompt, logit('I') - logit('You'); "
+        "honesty: honest vs lying system prompt with the answer stem prefilled, logit(true) - logit(false "
+        "answer)); then the recommended steering site with its reasons (probing + patching). Writes "
+        "OUT/locate.json and figures.",
     )
     _add_common(locate, default_out="results/locate")
     locate.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
     locate.add_argument("--layers", default="", help="comma-separated layers (default: all)")
-    locate.add_argument("--n-pairs", type=int, default=8, help="prompt pairs for patching (default: 8)")
+    locate.add_argument("--n-pairs", type=int, default=8, help="clean/corrupted pairs per threat model for patching, spread over categories (default: 8)")
     locate.set_defaults(func=_cmd_locate)
     return parser
 

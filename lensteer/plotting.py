@@ -54,7 +54,9 @@ def save_figure(fig: Any, stem: "str | Path") -> tuple[Path, Path]:
         target = stem.with_suffix(suffix)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=stem.parent)
         os.close(fd)
-        fig.savefig(tmp, format=suffix[1:], metadata={"CreationDate": None} if suffix == ".pdf" else None)
+        # bbox "tight" here too: rc settings do not reach a save made outside paper_style()
+        fig.savefig(tmp, format=suffix[1:], bbox_inches="tight",
+                    metadata={"CreationDate": None} if suffix == ".pdf" else None)
         Path(tmp).replace(target)
         paths.append(target)
     return paths[0], paths[1]
@@ -82,7 +84,9 @@ def plot_probing(report: Any, ax: Any = None) -> tuple[Any, Any]:
         ax.set_ylabel("held-out score (fraction)")
         ax.set_ylim(0.35, 1.02)
         ax.set_title(f"{report.dataset}: {report.contrast} contrast, {report.site}/{report.position}")
-        ax.legend(loc="lower right", frameon=False, ncol=2)
+        # below the axes: inside, it covered the lowest curve
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False, ncol=5, columnspacing=1.2,
+                  handlelength=1.5)
     return fig, ax
 
 
@@ -98,8 +102,9 @@ def plot_direction_cosines(report: Any, method: str = "diff_of_means", ax: Any =
         ax.set_xlabel("layer")
         ax.set_ylabel("layer")
         ax.grid(False)
-        fig.colorbar(image, ax=ax, label="cosine similarity")
-        ax.set_title(f"{report.dataset}: {method.replace('_', ' ')} directions across layers")
+        fig.colorbar(image, ax=ax, label="cosine similarity", pad=0.04)
+        # two lines: on one, the title ran into the colour bar's label
+        ax.set_title(f"{report.dataset}: {method.replace('_', ' ')} directions\nacross layers", loc="center")
     return fig, ax
 
 

@@ -96,5 +96,48 @@ def test_cli_locate_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, ca
     assert (out / "figures" / "probing_refusal.png").is_file()
     printed = capsys.readouterr().out
     # a character-level tokenizer gives no equal-length harmful/harmless pairs: patching is skipped, not fatal
-    assert "patching skipped: no clean/corrupted pair has equal token lengths" in printed
+    assert "refusal: patching skipped: no clean/corrupted pair of dataset 'refusal' has equal token lengths" in printed
     assert "steer at layer" in printed or "no recommendation" in printed
+
+
+@pytest.fixture(scope="module")
+def tiny_smol_folder(tmp_path_factory):
+    """A 2-layer random Llama with the embedded model's tokenizer, on which every bundled design has pairs."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from lensteer import models
+
+    tok = AutoTokenizer.from_pretrained(models.gguf_to_folder(models.embedded_gguf_path()))
+    folder = tmp_path_factory.mktemp("tiny_smol")
+    with torch.random.fork_rng():
+        torch.random.default_generator.manual_seed(0)
+        hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
+                                          num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
+                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.embedded
+def test_cli_locate_patches_all_three_threat_models(tmp_path, tiny_smol_folder, capsys):
+    out = tmp_path / "out"
+    assert main(["locate", "--model", str(tiny_smol_folder), "--out", str(out), "--smoke", "--quiet", "--n-pairs", "2"]) == 0
+    summary = json.loads((out / "locate.json").read_text())
+    printed = capsys.readouterr().out
+    for name in ("refusal", "compassion", "honesty"):
+        entry = summary[name]
+        pairs = entry["patching"]["pairs"]
+        assert pairs["dataset"] == name and len(pairs["ids"]) == 2
+        resid = entry["patching"]["resid"]
+        assert resid["layers"] == [0, 1] and len(resid["col_labels"]) == pairs["n_tokens"]
+        assert resid["source_mean"] != resid["target_mean"]
+        assert len(entry["patching"]["heads"]["col_labels"]) == 2  # heads
+        for stem in (f"patching_resid_{name}", f"patching_heads_{name}", f"attribution_vs_exact_{name}"):
+            assert (out / "figures" / f"{stem}.png").is_file()
+        # the recommendation saw the patching evidence (or says why no layer passed)
+        rec = entry["recommendation"]
+        assert all(row["patch_effect"] is not None for row in rec["table"]) if "table" in rec else "error" in rec
+        assert f"{name} patching (2 pairs;" in printed
+    assert "caring_system" in summary["compassion"]["patching"]["pairs"]["design"]
+    assert "honest_system" in summary["honesty"]["patching"]["pairs"]["design"]
