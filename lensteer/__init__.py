@@ -16,7 +16,14 @@ from lensteer.artifacts import (
     save_steering,
     save_steerings,
 )
-from lensteer.calibration import Calibration, KLProbe, calibrate, kl_probe, reference_norm, steering_kl
+from lensteer.calibration import (
+    Calibration,
+    KLProbe,
+    calibrate,
+    kl_probe,
+    reference_norm,
+    steering_kl,
+)
 from lensteer.chat import (
     ChatPrompt,
     PromptBatch,
