@@ -14,6 +14,7 @@ rows, and logits are computed for the last position only (the unembedding is the
 a small model). Results equal ``transformer_lens.patching`` on the same inputs (tested).
 """
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,13 +23,16 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from lensteer._forward import last_logits
+from lensteer import _fastpatch
+from lensteer._forward import last_logits, unembed
 from lensteer.chat import ChatPrompt, tokenize_prompt
 from lensteer.errors import ConfigError, DataError, LensteerError
 from lensteer.sites import normalize_layers, resolve_sites
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 PatchDirection = Literal["denoising", "noising"]
+Algorithm = Literal["incremental", "full"]
+_log = logging.getLogger(__name__)
 
 
 class PatchingError(LensteerError, ValueError):
@@ -143,14 +147,18 @@ def equal_length_pairs(model: Any, clean: Sequence["str | ChatPrompt"], corrupte
     return [i for i, (la, lb) in enumerate(lengths) if la == lb == common]
 
 
-def _evaluate(model: Any, tokens: torch.Tensor, metric: Metric, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    values = torch.as_tensor(metric(last_logits(model, tokens, attention_mask)))
-    if values.shape != (tokens.shape[0],):
+def _checked(values: Any, batch: int) -> torch.Tensor:
+    values = torch.as_tensor(values)
+    if values.shape != (batch,):
         raise PatchingError(f"the metric must map [batch, d_vocab] last-position logits to [batch]; "
-                            f"got shape {tuple(values.shape)} for batch {tokens.shape[0]}")
+                            f"got shape {tuple(values.shape)} for batch {batch}")
     if not torch.isfinite(values).all():
         raise PatchingError("the metric returned NaN or Inf")
     return values.float().cpu()
+
+
+def _evaluate(model: Any, tokens: torch.Tensor, metric: Metric, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    return _checked(metric(last_logits(model, tokens, attention_mask)), tokens.shape[0])
 
 
 @dataclass(frozen=True)
@@ -207,10 +215,130 @@ def _prepare(model: Any, clean: Any, corrupted: Any, direction: str) -> tuple[to
     return (clean_t, corrupt_t) if direction == "denoising" else (corrupt_t, clean_t)
 
 
-def _cache(model: Any, tokens: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+def _cache(model: Any, tokens: torch.Tensor, names: list[str], role: str = "source") -> dict[str, torch.Tensor]:
     with torch.inference_mode():
         _, cache = model.run_with_cache(tokens.to(next(iter(model.parameters())).device), names_filter=names)
+    for name in names:
+        if not torch.isfinite(cache[name]).all():
+            raise PatchingError(f"the {role} run has NaN or Inf activations at {name!r}; patching needs finite "
+                                "activations (check the model's dtype and the inputs)")
     return {n: cache[n] for n in names}
+
+
+def _roles(direction: str) -> tuple[str, str]:
+    """Names of the (source, target) runs for error messages."""
+    return ("clean", "corrupted") if direction == "denoising" else ("corrupted", "clean")
+
+
+def _check_algorithm(algorithm: str) -> None:
+    if algorithm not in ("incremental", "full"):
+        raise ConfigError(f"algorithm must be 'incremental' or 'full', got {algorithm!r}")
+
+
+@dataclass(frozen=True)
+class _Effect:
+    """One layer's patch, as the residual stream entering layer ``start``.
+
+    ``new[v * n_ex + e]`` is the patched stream of variant ``v`` (a head, or the one site) and example
+    ``e``; ``differs`` marks the positions whose patched activation differs from the target's.
+    """
+
+    start: int
+    new: torch.Tensor
+    differs: torch.Tensor
+
+
+def _layer_effect(tgt: _fastpatch.Replayer, src: _fastpatch.Replayer, layer: int, site: str, heads: bool) -> _Effect:
+    if not heads and site in ("resid_pre", "resid_post"):
+        start = layer if site == "resid_pre" else layer + 1
+        new = src.resid[start]
+        return _Effect(start, new, (new != tgt.resid[start]).any(-1))
+    # a site inside block ``layer``: every position's block output depends on the site only at that
+    # position (attention reads keys/values from resid_pre), so patching all positions at once gives
+    # each single-position patch's output at its own position, and one block call serves all cells.
+    name = f"blocks.{layer}.attn.hook_z" if heads else f"blocks.{layer}.hook_{site}"
+    s_act, t_act = src.acts[name], tgt.acts[name]
+    n_ex = s_act.shape[0]
+    n_var = int(s_act.shape[2]) if heads else 1
+
+    def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
+        act = act.clone()
+        s = s_act.to(act.device, act.dtype)
+        for v in range(n_var):
+            rows = slice(v * n_ex, (v + 1) * n_ex)
+            if heads:
+                act[rows, :, v] = s[:, :, v]
+            else:
+                act[rows] = s
+        return act
+
+    new = tgt.block_outputs(layer, [(name, hook)], n_var)
+    if heads:
+        differs = torch.cat([(s_act[:, :, h] != t_act[:, :, h]).flatten(2).any(-1) for h in range(n_var)])
+    else:
+        differs = (s_act != t_act).flatten(2).any(-1)
+    return _Effect(layer + 1, new, differs)
+
+
+def _incremental(model: Any, source: torch.Tensor, target: torch.Tensor, metric: Metric, *, layers: Sequence[int],
+                 site: str, kind: str, max_rows: int, progress: bool, direction: str) -> torch.Tensor | None:
+    """Metric ``[n_cells, n_examples]`` recomputing only what each patch can change (see ``_fastpatch``).
+
+    Cells are (layer, position), (layer,) or (layer, head), layer-major. None if the model's blocks
+    cannot be replayed; the caller then runs one full forward per cell.
+    """
+    heads = kind == "head"
+    if heads:
+        names = [f"blocks.{la}.attn.hook_z" for la in layers]
+    else:
+        names = [] if site in ("resid_pre", "resid_post") else [f"blocks.{la}.hook_{site}" for la in layers]
+    src_role, tgt_role = _roles(direction)
+    try:
+        tgt = _fastpatch.Replayer(model, target, capture=names)
+        try:
+            src = _fastpatch.Replayer(model, source, capture=names, like=tgt)
+        except _fastpatch.NonFinite as err:
+            raise PatchingError(f"the {src_role} run has {err}; patching needs finite activations") from err
+    except _fastpatch.NonFinite as err:
+        raise PatchingError(f"the {tgt_role} run has {err}; patching needs finite activations") from err
+    except _fastpatch.Unsupported as err:
+        _log.info("incremental patching is unavailable for this model (%s); running one forward per cell", err)
+        return None
+    n_ex, n_pos = target.shape
+    cells: list[list[_fastpatch.Row]] = []
+    for layer in layers:
+        eff = _layer_effect(tgt, src, layer, site, heads)
+        for v in range(eff.new.shape[0] // n_ex):
+            new, differs = eff.new[v * n_ex : (v + 1) * n_ex], eff.differs[v * n_ex : (v + 1) * n_ex]
+            if kind == "position":
+                cells.extend([_fastpatch.Row(eff.start, q, e, new[e, q : q + 1]) for e in range(n_ex) if differs[e, q]]
+                             for q in range(n_pos))
+            else:  # every position patched: recompute from the first one that differs
+                row = []
+                for e in range(n_ex):
+                    changed = differs[e].nonzero()
+                    if len(changed):
+                        q = int(changed[0])
+                        row.append(_fastpatch.Row(eff.start, q, e, new[e, q:]))
+                cells.append(row)
+    flat = [r for cell in cells for r in cell]
+    n_groups = len({r.pos if tgt.use_prefix else 0 for r in flat if r.start < tgt.n_layers})
+    with tqdm(total=n_groups, desc="patch", disable=not progress, unit="position") as bar:
+        computed = tgt.run(flat, max_rows=max_rows, on_group=bar.update)
+    finals = tgt.final.repeat(len(cells), 1, 1)      # unpatched rows are the target run itself
+    i = 0
+    for c, cell in enumerate(cells):
+        for r in cell:
+            finals[c, r.example] = computed[i]
+            i += 1
+    out = torch.empty(len(cells), n_ex)
+    per = max(1, max_rows // n_ex)
+    with torch.inference_mode():
+        for lo in range(0, len(cells), per):
+            chunk = finals[lo : lo + per]
+            values = _checked(metric(unembed(model, chunk.reshape(-1, chunk.shape[-1]))), chunk.shape[0] * n_ex)
+            out[lo : lo + chunk.shape[0]] = values.view(chunk.shape[0], n_ex)
+    return out
 
 
 def _labels(model: Any, tokens: torch.Tensor) -> tuple[str, ...]:
@@ -231,6 +359,7 @@ def patch_residual(
     direction: PatchDirection = "denoising",
     max_rows: int = 256,
     progress: bool = False,
+    algorithm: Algorithm = "incremental",
 ) -> PatchResult:
     """Patch one site at every (layer, position); the metric per cell and example.
 
@@ -243,16 +372,28 @@ def patch_residual(
         direction: ``"denoising"`` (clean into corrupted) or ``"noising"`` (corrupted into clean).
         max_rows: Batch rows per forward (cells x examples); lower it to save memory.
         progress: Show a progress bar.
+        algorithm: ``"incremental"`` (default) replays the target block by block and recomputes only
+            the layers at and above a patch and the positions at and after it, reusing the target's
+            keys/values before it; ``"full"`` runs a whole forward per cell, as TransformerLens does
+            (the reference; also used automatically when a model's blocks cannot be replayed). Both
+            give the same numbers.
 
     Raises:
-        PatchingError: Different shapes or token lengths, or a metric of the wrong shape.
+        PatchingError: Different shapes or token lengths, a metric of the wrong shape, or NaN/Inf
+            activations or metric values.
     """
+    _check_algorithm(algorithm)
     source, target = _prepare(model, clean, corrupted, direction)
     sites = resolve_sites(model, layers, site)
     n_pos = target.shape[1]
-    acts = _cache(model, source, [s.name for s in sites])
-    cells = [_Cell(s.name, p, None) for s in sites for p in range(n_pos)]
-    values = _sweep(model, target, acts, cells, metric, max_rows, progress)
+    values = None
+    if algorithm == "incremental":
+        values = _incremental(model, source, target, metric, layers=[s.layer for s in sites], site=site,
+                              kind="position", max_rows=max_rows, progress=progress, direction=direction)
+    if values is None:
+        acts = _cache(model, source, [s.name for s in sites], _roles(direction)[0])
+        cells = [_Cell(s.name, p, None) for s in sites for p in range(n_pos)]
+        values = _sweep(model, target, acts, cells, metric, max_rows, progress)
     with torch.inference_mode():
         src_m, tgt_m = _evaluate(model, source, metric), _evaluate(model, target, metric)
     return PatchResult(per_example=values.view(len(sites), n_pos, -1), source=src_m, target=tgt_m,
@@ -263,13 +404,23 @@ def patch_residual(
 def patch_layers(
     model: Any, clean: Any, corrupted: Any, metric: Metric, *, site: str = "mlp_out",
     layers: Sequence[int] | None = None, direction: PatchDirection = "denoising", max_rows: int = 256,
-    progress: bool = False,
+    progress: bool = False, algorithm: Algorithm = "incremental",
 ) -> PatchResult:
-    """Patch a whole site (every position at once) per layer, e.g. each MLP's or attention's output."""
+    """Patch a whole site (every position at once) per layer, e.g. each MLP's or attention's output.
+
+    Arguments as in :func:`patch_residual`; ``"incremental"`` starts each recomputation at the
+    patched layer and at the first position where the patched activation differs from the target's.
+    """
+    _check_algorithm(algorithm)
     source, target = _prepare(model, clean, corrupted, direction)
     sites = resolve_sites(model, layers, site)
-    acts = _cache(model, source, [s.name for s in sites])
-    values = _sweep(model, target, acts, [_Cell(s.name, None, None) for s in sites], metric, max_rows, progress)
+    values = None
+    if algorithm == "incremental":
+        values = _incremental(model, source, target, metric, layers=[s.layer for s in sites], site=site,
+                              kind="layer", max_rows=max_rows, progress=progress, direction=direction)
+    if values is None:
+        acts = _cache(model, source, [s.name for s in sites], _roles(direction)[0])
+        values = _sweep(model, target, acts, [_Cell(s.name, None, None) for s in sites], metric, max_rows, progress)
     with torch.inference_mode():
         src_m, tgt_m = _evaluate(model, source, metric), _evaluate(model, target, metric)
     return PatchResult(per_example=values.view(len(sites), 1, -1), source=src_m, target=tgt_m,
@@ -280,23 +431,38 @@ def patch_layers(
 def patch_heads(
     model: Any, clean: Any, corrupted: Any, metric: Metric, *, layers: Sequence[int] | None = None,
     direction: PatchDirection = "denoising", max_rows: int = 256, progress: bool = False,
+    algorithm: Algorithm = "incremental",
 ) -> PatchResult:
-    """Patch each attention head's output (``attn.hook_z``, every position) per (layer, head)."""
+    """Patch each attention head's output (``attn.hook_z``, every position) per (layer, head).
+
+    Arguments as in :func:`patch_residual`; ``"incremental"`` runs each layer once with every head
+    patched in its own batch rows, then recomputes only the layers above it.
+    """
+    _check_algorithm(algorithm)
     source, target = _prepare(model, clean, corrupted, direction)
     layer_list = normalize_layers(model, layers)
     names = [f"blocks.{la}.attn.hook_z" for la in layer_list]
     missing = [n for n in names if n not in model.hook_dict]
     if missing:
         raise ConfigError(f"this model has no per-head hook {missing[0]!r}")
-    acts = _cache(model, source, names)
-    n_heads = int(acts[names[0]].shape[2])
-    cells = [_Cell(n, None, h) for n in names for h in range(n_heads)]
-    values = _sweep(model, target, acts, cells, metric, max_rows, progress)
+    n_heads = int(model.cfg.n_heads)
+    values = None
+    if algorithm == "incremental":
+        values = _incremental(model, source, target, metric, layers=layer_list, site="z", kind="head",
+                              max_rows=max_rows, progress=progress, direction=direction)
+    if values is None:
+        acts = _cache(model, source, names, _roles(direction)[0])
+        n_heads = int(acts[names[0]].shape[2])
+        cells = [_Cell(n, None, h) for n in names for h in range(n_heads)]
+        values = _sweep(model, target, acts, cells, metric, max_rows, progress)
     with torch.inference_mode():
         src_m, tgt_m = _evaluate(model, source, metric), _evaluate(model, target, metric)
     return PatchResult(per_example=values.view(len(layer_list), n_heads, -1), source=src_m, target=tgt_m,
                        layers=tuple(layer_list), site="z", kind="head", direction=direction,
                        col_labels=tuple(f"H{h}" for h in range(n_heads)))
+
+
+AttributionMethod = Literal["atp", "atp*"]
 
 
 def attribute_residual(
@@ -308,18 +474,41 @@ def attribute_residual(
     site: str = "resid_pre",
     layers: Sequence[int] | None = None,
     direction: PatchDirection = "denoising",
+    method: AttributionMethod = "atp",
 ) -> PatchResult:
     """Attribution patching (Nanda 2023): a first-order estimate of :func:`patch_residual` for every cell.
 
     ``M(patch) - M(target) ~ (a_source - a_target) . dM/da |_target`` at each (layer, position), from
-    one source forward, one target forward and one backward pass. The AtP* QK fix (Kramar et al.
-    2024) concerns attention queries and keys, so it does not apply to residual-stream sites. Use it
-    as a fast pre-screen, then confirm the top cells with exact patching.
+    one source forward, one target forward and one backward pass. Use it as a fast pre-screen, then
+    confirm the top cells with exact patching.
+
+    ``method="atp*"`` adds AtP*'s GradDrop (Kramar et al. 2024, arXiv 2403.00745) against false
+    negatives from cancelling paths: for every layer ``l`` the gradient is recomputed with layer
+    ``l``'s contribution to the residual stream cut from the backward pass, and a cell's magnitude is
+    the mean over layers of ``|delta . grad_without_l|`` (the paper normalises the sum by ``L - 1``
+    instead of ``L``: the ranking is the same). GradDrop estimates magnitudes; the result carries the
+    sign of the plain AtP estimate so that it stays comparable with exact patching. It costs about
+    ``n_layers / 2`` extra backward passes and applies to ``resid_pre``/``resid_post`` only. AtP*'s
+    other fix (recomputing the attention softmax for query/key patches) concerns per-head query and
+    key nodes, which residual-stream cells are not.
+
+    Raises:
+        ConfigError: Unknown ``method``, or ``"atp*"`` at a site inside a block.
     """
+    if method not in ("atp", "atp*"):
+        raise ConfigError(f"method must be 'atp' or 'atp*', got {method!r}")
+    if method == "atp*" and site not in ("resid_pre", "resid_post"):
+        raise ConfigError(f"method='atp*' (GradDrop) supports sites 'resid_pre' and 'resid_post', not {site!r}")
     source, target = _prepare(model, clean, corrupted, direction)
     sites = resolve_sites(model, layers, site)
-    names = [s.name for s in sites]
-    source_acts = _cache(model, source, names)
+    n_layers = int(model.cfg.n_layers)
+    if method == "atp":
+        names = [s.name for s in sites]
+        nodes = list(range(len(sites)))                                 # index into names
+    else:  # the whole residual stream: stream[k] enters layer k, stream[n_layers] is the final one
+        names = [f"blocks.{k}.hook_resid_pre" for k in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
+        nodes = [s.layer + (site == "resid_post") for s in sites]
+    source_acts = _cache(model, source, [names[i] for i in nodes], _roles(direction)[0])
     device = next(iter(model.parameters())).device
     captured: dict[str, torch.Tensor] = {}
 
@@ -335,19 +524,51 @@ def attribute_residual(
         values = metric(last_logits(model, target.to(device)))
         if values.shape != (target.shape[0],):
             raise PatchingError(f"the metric must map [batch, d_vocab] last-position logits to [batch]; got {tuple(values.shape)}")
-        grads = torch.autograd.grad(values.sum(), [captured[n] for n in names], allow_unused=True)
-    estimates = []
-    for name, grad in zip(names, grads, strict=True):
-        delta = source_acts[name].to(device).float() - captured[name].detach().float()
-        g = torch.zeros_like(delta) if grad is None else grad.float()
-        estimates.append((delta * g).sum(-1).T.cpu())              # [pos, n_examples]
+        acts = [captured[n] for n in names]
+        grads = list(torch.autograd.grad(values.sum(), acts, allow_unused=True, retain_graph=method == "atp*"))
+        grads = [torch.zeros_like(a) if g is None else g for a, g in zip(acts, grads, strict=True)]
+        deltas = {i: source_acts[names[i]].to(device).float() - acts[i].detach().float() for i in nodes}
+        plain = {i: (deltas[i] * grads[i].float()).sum(-1) for i in nodes}       # [n_examples, pos]
+        if method == "atp":
+            estimates = plain
+        else:
+            magnitude = _graddrop(acts, grads, deltas, n_layers)
+            estimates = {i: plain[i].sign() * magnitude[i] for i in nodes}
     target_m = values.detach().float().cpu()
     with torch.inference_mode():
         source_m = _evaluate(model, source, metric)
-    per_example = torch.stack(estimates) + target_m                # estimated patched metric
+    per_example = torch.stack([estimates[i].detach().T.cpu() for i in nodes]) + target_m   # estimated patched metric
     return PatchResult(per_example=per_example, source=source_m, target=target_m,
                        layers=tuple(s.layer for s in sites), site=site, kind="position", direction=direction,
-                       col_labels=_labels(model, source[0]), method="attribution")
+                       col_labels=_labels(model, source[0]),
+                       method="attribution" if method == "atp" else "attribution (AtP* GradDrop)")
+
+
+def _graddrop(stream: list[torch.Tensor], grads: list[torch.Tensor], deltas: dict[int, torch.Tensor],
+              n_layers: int) -> dict[int, torch.Tensor]:
+    """GradDrop magnitudes ``[n_examples, pos]`` per stream node ``k``: mean over layers ``l`` of
+    ``|delta_k . dM/dstream_k|`` with layer ``l``'s contribution cut from the backward pass.
+
+    Cutting layer ``l`` leaves the gradient of every stream node above it unchanged, gives
+    ``stream[l]`` the gradient of ``stream[l + 1]`` (the identity path alone), and gives a node below
+    ``l`` that gradient pulled back through the layers in between (one vector-Jacobian product).
+    """
+    total = {k: torch.zeros_like(d[..., 0]) for k, d in deltas.items()}
+    lowest = min(deltas)
+    for cut in range(n_layers):
+        below = [k for k in deltas if k < cut]
+        pulled = torch.autograd.grad(stream[cut], [stream[k] for k in below], grad_outputs=grads[cut + 1],
+                                     retain_graph=True, allow_unused=True) if below and cut > lowest else ()
+        for k, d in deltas.items():
+            if k > cut:
+                g = grads[k]
+            elif k == cut:
+                g = grads[cut + 1]
+            else:
+                p = pulled[below.index(k)]
+                g = torch.zeros_like(d) if p is None else p
+            total[k] = total[k] + (d * g.float()).sum(-1).abs()
+    return {k: t / n_layers for k, t in total.items()}
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
