@@ -236,8 +236,10 @@ def _decode_batch(
             if use_kv_cache:
                 inp = seq if cache is None else seq[:, -1:]
                 ctx.offset = seq.shape[1] - inp.shape[1]
-                logits, cache = model(inp, attention_mask=attn, past_key_values=cache,
-                                      return_type="logits_and_cache", use_cache=True)
+                # the prefill unembeds its last column only (as HF generate does): ~20% of its compute
+                with _last_column_logits(model) if cache is None and inp.shape[1] > 1 else _null():
+                    logits, cache = model(inp, attention_mask=attn, past_key_values=cache,
+                                          return_type="logits_and_cache", use_cache=True)
             else:
                 ctx.offset = 0
                 logits = model(seq, attention_mask=attn, return_type="logits")
@@ -269,6 +271,15 @@ def _decode_batch(
         rows_fired.append(fired_all[b, :stop])
         rows_shift.append(shift_all[b, :stop])
     return rows_tok, rows_fired, rows_shift, prompt_share
+
+
+def _last_column_logits(model: Any) -> Any:
+    """Hooks that feed the unembedding only the last position (the only logits the loop reads)."""
+
+    def keep_last(x: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
+        return x[:, -1:]
+
+    return model.hooks(fwd_hooks=[("unembed.hook_in", keep_last)])
 
 
 class _null:
