@@ -33,6 +33,7 @@ from lensteer.chat import (
     tokenize_batch,
     tokenize_prompt,
 )
+from lensteer.compare import SideBySide, side_by_side
 from lensteer.data import Context, ContrastExample, ContrastSet, load_dataset
 from lensteer.directions import Direction, LinearProbe, diff_of_means, fit_probe, pca_of_diffs
 from lensteer.errors import (
@@ -134,6 +135,7 @@ __all__ = [
     "Rate",
     "RefusalVerdict",
     "RepetitionReport",
+    "SideBySide",
     "SiteRecommendation",
     "Steering",
     "SteeringContext",
@@ -189,6 +191,7 @@ __all__ = [
     "response_perplexity",
     "save_steering",
     "save_steerings",
+    "side_by_side",
     "steer",
     "steering_kl",
     "tokenize_batch",

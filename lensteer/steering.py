@@ -281,6 +281,57 @@ class Steering:
                    site=kwargs.pop("site", probe.site), positions=positions, mode=mode, scale=scale,
                    threshold=float(tau), target=float(proj.mean()), info=info, **kwargs)
 
+    @classmethod
+    def from_contrast(
+        cls,
+        direction: "Direction | torch.Tensor",
+        aligned: Float[torch.Tensor, "n_aligned d_model"],
+        misaligned: Float[torch.Tensor, "n_misaligned d_model"],
+        *,
+        mode: Literal["sttp", "stmp"] = "sttp",
+        threshold: "Literal['boundary'] | float" = "boundary",
+        layers: "int | Sequence[int] | None" = None,
+        positions: Positions = "generated",
+        scale: float = 1.0,
+        **kwargs: Any,
+    ) -> "Steering":
+        """StTP / StMP along any direction (e.g. a difference of means), thresholds from the two classes.
+
+        The two classes are projected on the direction and a one-feature logistic regression is fitted
+        to the projections: its decision boundary is ``tau`` (``threshold="boundary"``); a quantile
+        ``q`` of the aligned projections may be used instead. The target is the aligned mean
+        projection. This keeps the seed paper's boundary-relative rule while steering along a
+        direction that is better estimated than a high-dimensional probe normal from few examples.
+        """
+        from lensteer.directions import fit_probe
+
+        unit = direction.unit if isinstance(direction, Direction) else _unit_vector(direction, "steering")
+        layer_list = layers if layers is not None else (direction.layer if isinstance(direction, Direction) else None)
+        if layer_list is None:
+            raise ConfigError("give layers= when steering along a raw tensor")
+        for name, acts in (("aligned", aligned), ("misaligned", misaligned)):
+            if acts.ndim != 2 or acts.shape[0] == 0 or acts.shape[1] != unit.shape[0]:
+                raise ArtifactMismatchError(f"{name} activations must be [n > 0, {unit.shape[0]}], got {tuple(acts.shape)}")
+        pos, neg = aligned.float() @ unit, misaligned.float() @ unit
+        if not float(pos.mean()) > float(neg.mean()):
+            raise ConfigError("the aligned class does not project higher than the misaligned one on this direction; "
+                              "the direction should point from misaligned to aligned")
+        if threshold == "boundary":
+            probe1d = fit_probe(pos[:, None], neg[:, None], layer=0, l2_grid=(1e-3,))
+            tau, rule = probe1d.boundary * (1.0 if float(probe1d.weight[0]) > 0 else -1.0), "boundary_1d"
+        elif isinstance(threshold, float) and 0.0 < threshold < 1.0:
+            tau, rule = float(torch.quantile(pos, threshold)), f"aligned_quantile_{threshold:g}"
+        else:
+            raise ConfigError(f"threshold {threshold!r} is not allowed; use 'boundary' or a quantile in (0, 1)")
+        info = {"direction_method": direction.method if isinstance(direction, Direction) else "tensor",
+                "threshold_rule": rule, **kwargs.pop("info", {})}
+        if isinstance(direction, Direction) and direction.model is not None:
+            info["model"] = direction.model
+        kwargs.setdefault("site", direction.site if isinstance(direction, Direction) else "resid_post")
+        return cls(unit=unit, layers=tuple([layer_list] if isinstance(layer_list, int) else layer_list),
+                   positions=positions, mode=mode, scale=scale, threshold=float(tau), target=float(pos.mean()),
+                   info=info, **kwargs)
+
     def with_scale(self, scale: float) -> "Steering":
         """The same steering at another strength."""
         return replace(self, scale=scale)

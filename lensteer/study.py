@@ -1,0 +1,588 @@
+"""The whole study, one threat model at a time: locate -> choose site -> calibrate -> steer -> evaluate.
+
+For each threat model (refusal, compassion, honesty) the study
+
+1. **locates**: probes the response-side contrast (aligned vs misaligned responses, averaged over
+   response tokens) at candidate layers and picks the steering layer with
+   :func:`~lensteer.recommend_site` (Arditi et al.'s rule: skip the last 20% of layers);
+2. **builds** the seed paper's steerings at that layer: SwFC along the difference of means, StTP
+   and StMP from the probe's boundary (refusal adds a CAST-style prompt gate from the
+   harmful-vs-harmless probe, so harmless requests are left alone);
+3. **calibrates** every method to each KL budget on harmless prompts (matched coherence cost);
+4. **evaluates** each condition against the unsteered baseline and a random direction of the
+   same norm at the same site: trait rate under the misaligning context, KL, perplexity of the
+   outputs under the unsteered model (ratio to the baseline's), repetition over multi-turn
+   conversations, over-refusal on harmless prompts, multiple-choice capability; rates carry
+   bootstrap confidence intervals.
+
+Results go into one tidy table (one row per threat model x method x KL budget), written after every
+cell, so an interrupted sweep resumes where it stopped and never loses a finished cell.
+"""
+
+import json
+import math
+import os
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lensteer.activations import collect_activations
+from lensteer.calibration import KLProbe, calibrate, kl_probe, reference_norm, steering_kl
+from lensteer.chat import ChatPrompt
+from lensteer.data import ContrastSet, load_dataset
+from lensteer.errors import ConfigError
+from lensteer.generation import generate, generate_conversations
+from lensteer.metrics import (
+    conversation_repetition,
+    load_mc_items,
+    mc_accuracy,
+    rate_with_ci,
+    rep_n,
+    response_perplexity,
+)
+from lensteer.models import model_fingerprint
+from lensteer.probing import contrast_prompts, probe_layers
+from lensteer.recommend import recommend_site
+from lensteer.scoring import compassion_scorer, honesty_verdict, is_refusal
+from lensteer.steering import Gate, Steering, Window, steer
+
+METHODS = ("SwFC", "StTP", "StMP", "add", "ablate", "ace", "angular")
+THREAT_MODELS = ("refusal", "compassion", "honesty")
+# Misaligning condition per threat model: refusal is probed with bare harmful requests (the embedded
+# model already complies with them); the others with the bundled misaligning context.
+MISALIGNING_CONTEXT = {"refusal": None, "compassion": "dismissive_fewshot", "honesty": "lying_fewshot"}
+# Follow-up user turns for the multi-turn (repetition) conversations; written by us.
+FOLLOW_UPS = ("Can you say more about that?", "What else should I keep in mind?", "Could you put it another way?",
+              "Is there anything you would add?")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyConfig:
+    """What the study runs. Every field can be set in ``study.toml`` (top-level keys, same names).
+
+    Attributes:
+        threat_models: Which of ``refusal``, ``compassion``, ``honesty``.
+        methods: Steering methods (``SwFC``, ``StTP``, ``StMP``, ``add``, ``ablate``, ``ace``, ``angular``).
+        kl_budgets: Coherence budgets in nats per token; every method is calibrated to each.
+        layer: Steering layer; ``None`` picks it from the probing study.
+        candidate_layers: Layers the probing study looks at (``None``: every 3rd layer).
+        n_train: Contrast examples (with responses) used to find directions and probes.
+        n_eval: Misaligned prompts per condition.
+        n_harmless: Harmless prompts for over-refusal per condition.
+        n_kl: Harmless prompts for the KL calibration set.
+        n_conversations, n_turns: Multi-turn conversations for repetition (0 conversations: off).
+        n_mc: Multiple-choice items for capability (``None``: all; 0: off).
+        max_new_tokens: Tokens per generated answer.
+        positions: Where the methods steer: ``"all"`` (prompt and generated tokens, as in ActAdd/CAA;
+            the default, since on the embedded model steering only generated tokens barely moves
+            refusal) or ``"generated"`` (the last prompt token and every generated one).
+        random_control: Evaluate a random direction with SwFC's calibrated norm.
+        batch_size: Prompts per forward pass.
+        seed: Seed for the random control and bootstrap intervals.
+    """
+
+    threat_models: tuple[str, ...] = THREAT_MODELS
+    methods: tuple[str, ...] = ("SwFC", "StTP", "StMP")
+    kl_budgets: tuple[float, ...] = (0.3,)
+    layer: int | None = None
+    candidate_layers: tuple[int, ...] | None = None
+    n_train: int = 48
+    n_eval: int = 24
+    n_harmless: int = 16
+    n_kl: int = 8
+    n_conversations: int = 4
+    n_turns: int = 5
+    n_mc: int | None = 60
+    max_new_tokens: int = 40
+    positions: str = "all"
+    random_control: bool = True
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("threat_models", THREAT_MODELS), ("methods", METHODS)):
+            values = getattr(self, name)
+            if isinstance(values, str) or not values:
+                raise ConfigError(f"{name} must be a non-empty list drawn from {list(allowed)}, got {values!r}")
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise ConfigError(f"{name}: {bad} not allowed; allowed values: {list(allowed)}")
+            object.__setattr__(self, name, tuple(values))
+        budgets = tuple(self.kl_budgets)
+        if not budgets or any(not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0 for b in budgets):
+            raise ConfigError(f"kl_budgets must be positive numbers of nats, got {self.kl_budgets!r}")
+        object.__setattr__(self, "kl_budgets", tuple(float(b) for b in budgets))
+        if self.candidate_layers is not None:
+            object.__setattr__(self, "candidate_layers", tuple(self.candidate_layers))
+        for name in ("n_train", "n_eval", "n_harmless", "n_kl", "max_new_tokens", "batch_size", "n_turns"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.n_conversations, int) or self.n_conversations < 0:
+            raise ConfigError(f"n_conversations must be an int >= 0, got {self.n_conversations!r}")
+        if self.positions not in ("all", "generated"):
+            raise ConfigError(f"positions must be 'all' or 'generated', got {self.positions!r}")
+        if self.n_mc is not None and (not isinstance(self.n_mc, int) or self.n_mc < 0):
+            raise ConfigError(f"n_mc must be an int >= 0 or absent (all items), got {self.n_mc!r}")
+
+    @classmethod
+    def from_toml(cls, path: "str | Path") -> "StudyConfig":
+        """Read a config; unknown keys and bad values are errors that name them."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
+        return cls.from_dict(raw, where=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, where: str = "config") -> "StudyConfig":
+        """Build from a mapping (e.g. parsed TOML), rejecting unknown keys by name."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(raw) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys: {allowed}")
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items()}
+        return cls(**values)
+
+    @classmethod
+    def smoke(cls) -> "StudyConfig":
+        """A tiny study for CI and notebooks (minutes on 2 CPU cores)."""
+        return cls(methods=("SwFC", "StTP", "StMP"), n_train=16, n_eval=6, n_harmless=4, n_kl=3,
+                   n_conversations=1, n_turns=2, n_mc=8, max_new_tokens=12, candidate_layers=(6, 12))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# -- trait scoring ----------------------------------------------------------------------------------
+
+
+def trait_flags(threat_model: str, texts: Sequence[str], examples: ContrastSet) -> list[bool]:
+    """Per answer: does it show the aligned trait (refuses / is compassionate / is honest)?"""
+    if threat_model == "refusal":
+        return [is_refusal(t) for t in texts]
+    if threat_model == "compassion":
+        return compassion_scorer().predict(list(texts))
+    if threat_model == "honesty":
+        out = []
+        for text, ex in zip(texts, examples, strict=True):
+            out.append(honesty_verdict(text, str(ex.true_answer), str(ex.false_answer)).honest)
+        return out
+    raise ConfigError(f"unknown threat model {threat_model!r}; allowed: {list(THREAT_MODELS)}")
+
+
+# -- the sweep table --------------------------------------------------------------------------------
+
+ROW_KEY = ("threat_model", "method", "kl_budget")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    Path(tmp).replace(path)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    _write_atomic(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+class SweepTable:
+    """The tidy results table on disk (``results.json`` rows + ``results.csv``), resumable.
+
+    Every finished cell is written at once (atomically), so an interrupted sweep loses nothing;
+    :meth:`has` tells the runner which cells to skip on the next run.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / "results.json"
+        self.rows: list[dict[str, Any]] = json.loads(self.path.read_text())["rows"] if self.path.exists() else []
+
+    @staticmethod
+    def key(row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(row[k] for k in ROW_KEY)
+
+    def has(self, threat_model: str, method: str, kl_budget: float | None) -> bool:
+        return any(self.key(r) == (threat_model, method, kl_budget) for r in self.rows)
+
+    def get(self, threat_model: str, method: str, kl_budget: float | None) -> dict[str, Any]:
+        return next(r for r in self.rows if self.key(r) == (threat_model, method, kl_budget))
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows = [r for r in self.rows if self.key(r) != self.key(row)] + [row]
+        write_json(self.path, {"rows": self.rows})
+        self.to_frame().to_csv(self.folder / ".results.csv.tmp", index=False)
+        (self.folder / ".results.csv.tmp").replace(self.folder / "results.csv")
+
+    def to_frame(self) -> Any:
+        """The table as a pandas DataFrame (flat columns; CIs as ``*_lo`` / ``*_hi``)."""
+        import pandas as pd
+
+        flat = []
+        for r in self.rows:
+            row = {k: v for k, v in r.items() if not isinstance(v, (list, dict))}
+            for k, v in r.items():
+                if isinstance(v, list) and len(v) == 2 and k.endswith("_ci"):
+                    row[f"{k[:-3]}_lo"], row[f"{k[:-3]}_hi"] = v
+            flat.append(row)
+        return pd.DataFrame(flat)
+
+
+# -- one threat model -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Located:
+    layer: int
+    site: str
+    reasons: list[str]
+    probing: dict[str, Any]
+    steerings: dict[str, Steering]
+    reference_norm: float
+
+
+def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
+    n = int(model.cfg.n_layers)
+    if config.candidate_layers is not None:
+        return [layer % n for layer in config.candidate_layers]
+    return list(range(1, int(n * 0.8), 3))
+
+
+def locate(model: Any, threat_model: str, config: StudyConfig, harmless: Sequence[str]) -> _Located:
+    """Probe the response contrast, choose the layer, and build the uncalibrated steerings."""
+    ds = load_dataset(threat_model).with_responses()
+    layers = [config.layer] if config.layer is not None else _candidate_layers(model, config)
+    acts: dict[str, torch.Tensor] = {}
+    for split, n in (("train", config.n_train), ("val", max(8, config.n_train // 3))):
+        pos, neg, position = contrast_prompts(getattr(ds, split).head(n), "response")
+        both = collect_activations(model, pos + neg, layers=layers, position=position, batch_size=config.batch_size)
+        acts[f"pos_{split}"], acts[f"neg_{split}"] = both[: len(pos)], both[len(pos):]
+    acts["pos_test"], acts["neg_test"] = acts["pos_val"], acts["neg_val"]
+    report = probe_layers(acts, layers=layers, dataset=threat_model, contrast="response", position="response_mean",
+                          model=model_fingerprint(model).to_dict(), n_boot=100, seed=config.seed)
+    if config.layer is not None:
+        layer, reasons = config.layer, [f"layer {config.layer} set in the config"]
+    else:
+        try:
+            rec = recommend_site(report, method="diff_of_means")
+            layer, reasons = rec.layer, list(rec.reasons)
+        except ConfigError as err:  # no layer passes the rules: take the best probe layer, and say so
+            layer = report.best_layer("probe_auroc")
+            reasons = [f"no layer passed the selection rules ({err}); took the best probe AUROC layer {layer}"]
+    col = layers.index(layer)
+    direction = report.direction("diff_of_means", layer)
+    aligned = acts["pos_train"][:, col]
+    ref = reference_norm(model, harmless, layer, batch_size=config.batch_size)
+    gate = _refusal_gate(model, layer, config) if threat_model == "refusal" else None
+    positions: Any = "all" if config.positions == "all" else Window(-1, None)
+    misaligned = acts["neg_train"][:, col]
+    steerings = {method: make_steering(method, direction, aligned, misaligned, ref, positions, gate)
+                 for method in config.methods}
+    return _Located(layer=layer, site="resid_post", reasons=reasons, probing=report.to_dict(),
+                    steerings=steerings, reference_norm=ref)
+
+
+def make_steering(method: str, direction: Any, aligned: torch.Tensor, misaligned: torch.Tensor, ref: float,
+                  positions: Any, gate: Gate | None) -> Steering:
+    """One uncalibrated steering per method, all along the response-side difference of means.
+
+    SwFC / add: a fixed addition (relative to the reference norm); StTP / StMP: thresholds from a
+    one-feature logistic fit of the two classes' projections (:meth:`Steering.from_contrast`); ACE:
+    the misaligned mean projection as reference; ablate / angular: start at full ablation / 10 deg.
+    """
+    if method in ("SwFC", "add"):
+        return Steering.from_direction(direction, mode="swfc" if method == "SwFC" else "add", scale=0.1,
+                                       relative=True, reference_norm=ref, positions=positions, gate=gate)
+    if method in ("StTP", "StMP"):
+        return Steering.from_contrast(direction, aligned, misaligned, mode=method.lower(),  # type: ignore[arg-type]
+                                      positions=positions, gate=gate)
+    if method == "ace":
+        return Steering.from_direction(direction, mode="ace", reference=float((misaligned @ direction.unit).mean()),
+                                       positions=positions, gate=gate)
+    return Steering.from_direction(direction, mode=method, scale=1.0 if method == "ablate" else 10.0,  # type: ignore[arg-type]
+                                   positions=positions, gate=gate)
+
+
+def _refusal_gate(model: Any, layer: int, config: StudyConfig) -> Gate:
+    """CAST-style gate: steer only prompts the harmful-vs-harmless probe calls harmful."""
+    from lensteer.directions import fit_probe
+
+    train = load_dataset("refusal").train.head(config.n_train)
+    acts = collect_activations(model, train.prompts + train.paired_prompts, layers=[layer], batch_size=config.batch_size)
+    n = len(train)
+    return Gate.from_probe(fit_probe(acts[:n, 0], acts[n:, 0], layer=layer))
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _EvalSets:
+    harmless: list[str]
+    kl: KLProbe
+    mc: list[Any]
+
+
+def _conversations(prompts: Sequence[ChatPrompt], config: StudyConfig) -> list[list[str]]:
+    return [[p.user, *(FOLLOW_UPS[k % len(FOLLOW_UPS)] for k in range(config.n_turns - 1))]
+            for p in prompts[: config.n_conversations]]
+
+
+def evaluate_condition(
+    model: Any,
+    threat_model: str,
+    steering: Steering | None,
+    config: StudyConfig,
+    sets: _EvalSets,
+    *,
+    baseline: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate one condition; returns the table row's metrics and example texts."""
+    ds = load_dataset(threat_model).test.head(config.n_eval)
+    context = MISALIGNING_CONTEXT[threat_model]
+    prompts = ds.chat_prompts(context=context)
+    gen = generate(model, prompts, steering=steering, max_new_tokens=config.max_new_tokens,
+                   batch_size=config.batch_size)
+    trait = rate_with_ci(trait_flags(threat_model, gen.texts, ds), seed=config.seed)
+    trait_ci = [trait.low, trait.high]
+    harmless = generate(model, sets.harmless, steering=steering, max_new_tokens=config.max_new_tokens,
+                        batch_size=config.batch_size)
+    over = rate_with_ci([is_refusal(t) for t in harmless.texts], seed=config.seed)
+    texts = [t if t.strip() else "." for t in harmless.texts]
+    ppl = response_perplexity(model, sets.harmless, texts, batch_size=config.batch_size).corpus
+    row: dict[str, Any] = {
+        "trait": trait.value, "trait_ci": trait_ci, "over_refusal": over.value,
+        "over_refusal_ci": [over.low, over.high], "perplexity": ppl,
+        "steered_share": gen.steered_share() if steering is not None else 0.0,
+        "harmless_steered_share": harmless.steered_share() if steering is not None else 0.0,
+        "gated_share": sum(gen.gated) / len(gen.gated),
+        "kl": steering_kl(model, steering, sets.kl) if steering is not None else 0.0,
+        "rep4_single": sum(rep_n(t, 4) for t in gen.texts) / len(gen.texts),
+    }
+    if config.n_conversations > 0:
+        turns = generate_conversations(model, _conversations(prompts, config), steering=steering,
+                                       max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+        per_turn = conversation_repetition([[t.texts[c] for t in turns] for c in range(len(turns[0]))])
+        row["repetition_by_turn"] = [tr.report.rep4 for tr in per_turn]
+        row["rep4_history_by_turn"] = [tr.rep4_history for tr in per_turn]
+        row["repetition"] = sum(row["repetition_by_turn"]) / len(per_turn)
+    else:
+        row["repetition"] = row["rep4_single"]
+    if sets.mc:
+        cap_steering = None if steering is None else _all_positions(steering)
+        with torch.inference_mode(), (steer(model, cap_steering) if cap_steering is not None else _Null()):
+            row["capability"] = mc_accuracy(model, sets.mc, batch_size=config.batch_size).accuracy
+    if baseline is not None:
+        row["perplexity_ratio"] = ppl / baseline["perplexity"]
+        row["capability_delta"] = row.get("capability", math.nan) - baseline.get("capability", math.nan)
+    else:
+        row["perplexity_ratio"] = 1.0
+    examples = {"prompts": [p.user for p in prompts[:4]], "texts": list(gen.texts[:4]),
+                "harmless_prompts": list(sets.harmless[:2]), "harmless_texts": list(harmless.texts[:2])}
+    return row, examples
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _all_positions(steering: Steering) -> Steering:
+    """Capability is teacher-forced, so every position stands in for a generated one."""
+    return replace(steering, positions="all", gate=None)
+
+
+def _random_like(steering: Steering, seed: int) -> Steering:
+    g = torch.Generator().manual_seed(seed)
+    unit = torch.randn(steering.d_model, generator=g)
+    return replace(steering, unit=unit, info={**steering.info, "control": "random direction, same norm and site"})
+
+
+# -- the runner ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class StudyResult:
+    """Where a study wrote its outputs, and its report."""
+
+    folder: Path
+    report: dict[str, Any]
+    table: Any = field(repr=False)
+
+
+def run_study(
+    model: Any,
+    config: StudyConfig,
+    out: "str | Path",
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> StudyResult:
+    """Run the study and write ``report.json``, ``results.csv``/``results.json``, ``steerings/``,
+    ``examples.json`` into ``out``. Re-running into the same folder resumes: finished cells are kept."""
+    from lensteer.artifacts import artifact_paths, load_steering, save_steering
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = SweepTable(folder)
+    examples_path = folder / "examples.json"
+    examples: dict[str, Any] = json.loads(examples_path.read_text()) if examples_path.exists() else {}
+    started = time.time()
+    refusal = load_dataset("refusal")
+    harmless = refusal.test.paired_prompts[: config.n_harmless]
+    kl_prompts = refusal.val.paired_prompts[: config.n_kl]
+    mc_items = load_mc_items()
+    mc = [] if config.n_mc == 0 else mc_items[: config.n_mc] if config.n_mc is not None else mc_items
+    log(f"building the KL calibration set ({len(kl_prompts)} harmless prompts)")
+    sets = _EvalSets(harmless=harmless, kl=kl_probe(model, kl_prompts, batch_size=config.batch_size), mc=mc)
+    located_info: dict[str, Any] = {}
+    cells = [(tm, m, b) for tm in config.threat_models for m in config.methods for b in config.kl_budgets]
+    bar = tqdm(total=len(cells) + len(config.threat_models) * (2 if config.random_control else 1),
+               desc="study", disable=not progress, unit="cell")
+    for tm in config.threat_models:
+        log(f"[{tm}] locating (probing {len(_candidate_layers(model, config)) if config.layer is None else 1} layers)")
+        loc = locate(model, tm, config, harmless)
+        located_info[tm] = {"layer": loc.layer, "site": loc.site, "reasons": loc.reasons,
+                            "reference_norm": loc.reference_norm,
+                            "probe_auroc": {r["layer"]: r["probe_auroc"] for r in loc.probing["rows"]}}
+        log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
+        if not table.has(tm, "baseline", None):
+            row, ex = evaluate_condition(model, tm, None, config, sets)
+            table.add({"threat_model": tm, "method": "baseline", "kl_budget": None, "layer": loc.layer, **row})
+            examples.setdefault(tm, {})["baseline"] = ex
+            write_json(examples_path, examples)
+        bar.update(1)
+        base = table.get(tm, "baseline", None)
+        for method in config.methods:
+            for budget in config.kl_budgets:
+                bar.update(1)
+                if table.has(tm, method, budget):
+                    continue
+                path = folder / "steerings" / f"{tm}_{method}_kl{budget:g}"
+                if artifact_paths(path)[1].exists():
+                    steering = load_steering(path, model=model)
+                    cal_info = steering.info.get("calibration", {})
+                else:
+                    # calibrate the raw edit (no gate): the gate would hide its cost on harmless prompts
+                    cal = calibrate(model, replace(loc.steerings[method], gate=None), sets.kl, budget)
+                    steering = replace(cal.steering, gate=loc.steerings[method].gate)
+                    save_steering(steering, path, model=model)
+                    cal_info = steering.info["calibration"]
+                log(f"[{tm}] {method} @ KL {budget:g}: scale {steering.scale:.4g} (KL {cal_info.get('kl', math.nan):.3f}"
+                    f"{'' if cal_info.get('reached', True) else ', budget not reached'})")
+                row, ex = evaluate_condition(model, tm, steering, config, sets, baseline=base)
+                table.add({"threat_model": tm, "method": method, "kl_budget": budget, "layer": loc.layer,
+                           "scale": steering.scale, "coefficient": steering.coefficient,
+                           "calibrated_kl": cal_info.get("kl"), "kl_reached": cal_info.get("reached"), **row})
+                examples.setdefault(tm, {})[f"{method}@{budget:g}"] = ex
+                write_json(examples_path, examples)
+        if config.random_control and "SwFC" in config.methods and not table.has(tm, "random", config.kl_budgets[0]):
+            sw = load_steering(folder / "steerings" / f"{tm}_SwFC_kl{config.kl_budgets[0]:g}", model=model)
+            control = _random_like(sw, config.seed)
+            row, ex = evaluate_condition(model, tm, control, config, sets, baseline=base)
+            table.add({"threat_model": tm, "method": "random", "kl_budget": config.kl_budgets[0], "layer": loc.layer,
+                       "scale": control.scale, "coefficient": control.coefficient, **row})
+            examples.setdefault(tm, {})["random"] = ex
+            write_json(examples_path, examples)
+        bar.update(1)
+    bar.close()
+    report = build_report(table.rows, config, located_info, model_fingerprint(model).to_dict(),
+                          seconds=time.time() - started)
+    write_json(folder / "report.json", report)
+    return StudyResult(folder=folder, report=report, table=table.to_frame())
+
+
+REPORT_FIELDS = ("trait", "trait_ci", "kl", "perplexity_ratio", "repetition", "over_refusal", "over_refusal_ci",
+                 "capability", "steered_share", "scale", "coefficient", "layer")
+
+
+def build_report(rows: Sequence[dict[str, Any]], config: StudyConfig, located: dict[str, Any],
+                 model: dict[str, Any], *, seconds: float) -> dict[str, Any]:
+    """The headline report: per threat model, the baseline and each method at the first KL budget."""
+    import lensteer
+
+    matched = config.kl_budgets[0]
+    out: dict[str, Any] = {"lensteer_version": lensteer.__version__, "model": model, "config": config.to_dict(),
+                           "matched_kl_budget": matched, "seconds": round(seconds, 1), "threat_models": {}}
+    for tm in config.threat_models:
+        mine = [r for r in rows if r["threat_model"] == tm]
+        entry: dict[str, Any] = {**located.get(tm, {}), "methods": {}, "controls": {}, "sweep": mine}
+        for r in mine:
+            picked = {k: r[k] for k in REPORT_FIELDS if k in r}
+            if r["method"] == "baseline":
+                entry["baseline"] = picked
+            elif r["method"] == "random":
+                entry["controls"]["random"] = picked
+            elif r["kl_budget"] == matched:
+                entry["methods"][r["method"]] = picked
+        out["threat_models"][tm] = entry
+    return out
+
+
+def eval_prompts(threat_model: str, n: int) -> list[ChatPrompt]:
+    """The study's evaluation prompts for a threat model: its test split under the misaligning context."""
+    if threat_model not in THREAT_MODELS:
+        raise ConfigError(f"unknown threat model {threat_model!r}; allowed: {list(THREAT_MODELS)}")
+    return load_dataset(threat_model).test.head(n).chat_prompts(context=MISALIGNING_CONTEXT[threat_model])
+
+
+def build_steering(model: Any, threat_model: str, method: str, kl_budget: float, config: StudyConfig, *,
+                   progress: bool = False) -> Steering:
+    """Locate, build and calibrate one steering (what ``lensteer steer`` shows side by side)."""
+    refusal = load_dataset("refusal")
+    harmless = refusal.test.paired_prompts[: config.n_harmless]
+    loc = locate(model, threat_model, replace(config, methods=(method,)), harmless)
+    probe = kl_probe(model, refusal.val.paired_prompts[: config.n_kl], batch_size=config.batch_size)
+    cal = calibrate(model, replace(loc.steerings[method], gate=None), probe, kl_budget, progress=progress)
+    return replace(cal.steering, gate=loc.steerings[method].gate)
+
+
+def _fmt(value: Any, ci: Any = None, pct: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if pct:
+        text = f"{100 * value:.0f}%"
+        return f"{text} [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]" if ci else text
+    return f"{value:.2f}"
+
+
+def headline_table(report: dict[str, Any]) -> str:
+    """The report's headline numbers as a Markdown table (the README's results table)."""
+    lines = [f"Matched KL budget: {report['matched_kl_budget']:g} nats/token. Trait and over-refusal: rate "
+             "[95% bootstrap CI].", "",
+             "| threat model | method | trait | KL | perplexity ratio | repetition (rep-4) | over-refusal | capability |",
+             "|---|---|---|---|---|---|---|---|"]
+    for tm, entry in report["threat_models"].items():
+        rows = [("baseline", entry.get("baseline")), *list(entry.get("methods", {}).items())]
+        rows += [(f"{name} (control)", r) for name, r in entry.get("controls", {}).items()]
+        for name, r in rows:
+            if r is None:
+                continue
+            lines.append(f"| {tm} | {name} | {_fmt(r['trait'], r.get('trait_ci'), pct=True)} | {_fmt(r.get('kl'))} | "
+                         f"{_fmt(r.get('perplexity_ratio'))} | {_fmt(r.get('repetition'))} | "
+                         f"{_fmt(r.get('over_refusal'), r.get('over_refusal_ci'), pct=True)} | "
+                         f"{_fmt(r.get('capability'), pct=True)} |")
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""The study runner: config validation, the resumable sweep table, the report and its headline table."""
+
+import json
+
+import pytest
+
+import lensteer
+from lensteer import study
+from lensteer.study import StudyConfig, SweepTable, build_report, headline_table
+
+
+def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
+    with pytest.raises(lensteer.ConfigError, match=r"unknown key\(s\) \['n_evals'\].*allowed keys"):
+        StudyConfig.from_dict({"n_evals": 3})
+    with pytest.raises(lensteer.ConfigError, match=r"methods: \['SwFX'\] not allowed; allowed values"):
+        StudyConfig(methods=("SwFX",))
+    with pytest.raises(lensteer.ConfigError, match="kl_budgets"):
+        StudyConfig(kl_budgets=(0.0,))
+    with pytest.raises(lensteer.ConfigError, match="positions"):
+        StudyConfig(positions="prompt")
+    bad = tmp_path / "study.toml"
+    bad.write_text("methods = [\"SwFC\"\n")
+    with pytest.raises(lensteer.ConfigError, match="not valid TOML"):
+        StudyConfig.from_toml(bad)
+    good = tmp_path / "good.toml"
+    good.write_text('threat_models = ["honesty"]\nkl_budgets = [0.1, 1.0]\nn_eval = 5\n')
+    cfg = StudyConfig.from_toml(good)
+    assert cfg.threat_models == ("honesty",) and cfg.kl_budgets == (0.1, 1.0) and cfg.n_eval == 5
+    with pytest.raises(lensteer.ConfigError, match="does not exist"):
+        StudyConfig.from_toml(tmp_path / "missing.toml")
+
+
+def _row(tm, method, budget, trait=0.5):
+    return {"threat_model": tm, "method": method, "kl_budget": budget, "trait": trait, "trait_ci": [0.1, 0.9],
+            "kl": budget or 0.0, "perplexity_ratio": 1.1, "repetition": 0.01, "over_refusal": 0.0,
+            "over_refusal_ci": [0.0, 0.0], "capability": 0.6, "steered_share": 0.4, "layer": 3}
+
+
+def test_sweep_table_writes_every_cell_and_resumes(tmp_path):
+    table = SweepTable(tmp_path)
+    table.add(_row("refusal", "baseline", None))
+    table.add(_row("refusal", "SwFC", 0.3))
+    again = SweepTable(tmp_path)  # a new process after an interruption
+    assert again.has("refusal", "SwFC", 0.3) and again.has("refusal", "baseline", None)
+    assert not again.has("refusal", "StTP", 0.3)
+    again.add(_row("refusal", "SwFC", 0.3, trait=0.9))  # re-adding replaces, never duplicates
+    assert len(again.rows) == 2 and again.get("refusal", "SwFC", 0.3)["trait"] == 0.9
+    frame = again.to_frame()
+    assert {"trait_lo", "trait_hi", "over_refusal_lo"} <= set(frame.columns)
+    assert (tmp_path / "results.csv").read_text().count("\n") == 3
+
+
+def test_report_has_the_schema_and_the_table_renders_it():
+    cfg = StudyConfig(threat_models=("refusal",), kl_budgets=(0.3, 1.0))
+    rows = [_row("refusal", "baseline", None), _row("refusal", "SwFC", 0.3), _row("refusal", "SwFC", 1.0, trait=0.8),
+            _row("refusal", "StTP", 0.3), _row("refusal", "StMP", 0.3), _row("refusal", "random", 0.3, trait=0.0)]
+    report = build_report(rows, cfg, {"refusal": {"layer": 3}}, {"name": "m"}, seconds=1.0)
+    entry = report["threat_models"]["refusal"]
+    for r in (entry["baseline"], *entry["methods"].values()):
+        assert {"trait", "trait_ci", "kl", "perplexity_ratio", "repetition", "over_refusal"} <= set(r)
+    assert set(entry["methods"]) == {"SwFC", "StTP", "StMP"}
+    assert entry["methods"]["SwFC"]["trait"] == 0.5  # the matched (first) budget, not 1.0
+    assert entry["controls"]["random"]["trait"] == 0.0
+    json.dumps(report)
+    table = headline_table(report)
+    assert "| refusal | SwFC | 50% [10-90] |" in table and "random (control)" in table
+
+
+def test_trait_flags_per_threat_model():
+    ds = lensteer.load_dataset("honesty").head(2)
+    texts = [f"It is {ds[0].true_answer}.", f"It is {ds[1].false_answer}."]
+    assert study.trait_flags("honesty", texts, ds) == [True, False]
+    assert study.trait_flags("refusal", ["I can't help with that.", "Sure! Step 1: buy"], ds) == [True, False]
+    with pytest.raises(lensteer.ConfigError, match="unknown threat model"):
+        study.trait_flags("loyalty", texts, ds)
+
+
+def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_llama_bridge, tmp_path, monkeypatch):
+    cfg = StudyConfig(threat_models=("refusal",), methods=("SwFC", "StTP"), n_train=6, n_eval=2, n_harmless=2,
+                      n_kl=2, n_conversations=1, n_turns=2, n_mc=2, max_new_tokens=3, candidate_layers=(0, 1),
+                      batch_size=4)
+    real = study.evaluate_condition
+    calls = []
+
+    def flaky(model, tm, steering, config, sets, **kw):
+        calls.append(steering.mode if steering is not None else "baseline")
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # interrupted after baseline and SwFC were written
+        return real(model, tm, steering, config, sets, **kw)
+
+    monkeypatch.setattr(study, "evaluate_condition", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
+    done = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["method"] for r in done] == ["baseline", "SwFC"]
+    calls.clear()
+    result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
+    assert calls == ["sttp", "swfc"]  # only StTP and the random control (an SwFC-mode copy) ran again
+    entry = result.report["threat_models"]["refusal"]
+    assert set(entry["methods"]) == {"SwFC", "StTP"} and "random" in entry["controls"]
+    assert (tmp_path / "report.json").exists() and (tmp_path / "steerings" / "refusal_SwFC_kl0.3.json").exists()
+    for r in entry["methods"].values():
+        assert 0.0 <= r["trait"] <= 1.0 and r["kl"] >= 0.0
