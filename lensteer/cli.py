@@ -68,7 +68,7 @@ def _datasets(args: argparse.Namespace) -> Iterator[tuple[str, Any, Any]]:
         yield name, contrast, dataset.head(40) if args.smoke else dataset
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_probe(args: argparse.Namespace) -> int:
     import lensteer
 
     start = time.perf_counter()
@@ -83,6 +83,78 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _save_probing_figures(report, out / "figures")
     _write_json_atomic(out / "probing.json", {"model": fp.to_dict(), "reports": reports})
     print(f"wrote {out / 'probing.json'} and {out / 'figures'} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _study_config(args: argparse.Namespace) -> Any:
+    from lensteer.study import StudyConfig
+
+    if args.config:
+        config = StudyConfig.from_toml(args.config)
+    else:
+        config = StudyConfig.smoke() if args.smoke else StudyConfig()
+    overrides: dict[str, Any] = {}
+    if args.dataset:
+        overrides["threat_models"] = tuple(args.dataset)
+    if getattr(args, "kl", None):
+        overrides["kl_budgets"] = tuple(float(x) for x in args.kl.split(","))
+    if getattr(args, "method", None):
+        overrides["methods"] = tuple(args.method)
+    if overrides:
+        config = StudyConfig.from_dict({**config.to_dict(), **overrides})
+    return config
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from lensteer.study import headline_table, run_study
+
+    start = time.perf_counter()
+    config = _study_config(args)
+    model, _ = _load(args)
+    out = Path(args.out)
+    result = run_study(model, config, out, progress=not args.quiet)
+    if not args.no_figures:
+        from lensteer.plotting import save_study_figures
+
+        save_study_figures(out, out / "figures")
+    print("\n" + headline_table(result.report))
+    print(f"\nwrote {out / 'report.json'}, {out / 'results.csv'}, {out / 'steerings'}"
+          f"{'' if args.no_figures else ', ' + str(out / 'figures')} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from lensteer.plotting import save_study_figures
+
+    results = Path(args.results)
+    if not (results / "report.json").exists():
+        from lensteer.errors import DataError
+
+        raise DataError(f"{results / 'report.json'} does not exist; run `lensteer run --out {results}` first")
+    paths = save_study_figures(results, Path(args.out))
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def _cmd_steer(args: argparse.Namespace) -> int:
+    import lensteer
+    from lensteer.study import StudyConfig, build_steering, eval_prompts
+
+    model, _ = _load(args)
+    if args.steering:
+        steering = lensteer.load_steering(args.steering, model=model)
+        name = args.dataset[0] if args.dataset else "refusal"
+    else:
+        name = args.dataset[0] if args.dataset else "refusal"
+        config = StudyConfig(threat_models=(name,), methods=(args.method_one,), kl_budgets=(args.kl_one,),
+                             layer=args.layer, n_kl=6)
+        steering = build_steering(model, name, args.method_one, args.kl_one, config, progress=not args.quiet)
+    prompts = list(args.prompt) if args.prompt else eval_prompts(name, args.n)
+    table = lensteer.side_by_side(model, prompts, steering, max_new_tokens=args.max_new_tokens)
+    print(table)
+    if args.save:
+        lensteer.save_steering(steering, args.save, model=model)
+        print(f"saved the steering to {args.save}.safetensors / .json")
     return 0
 
 
@@ -161,12 +233,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="run the main study (per-layer probing of the bundled threat models)",
+        "run", help="the whole study: locate -> choose site -> calibrate -> steer -> evaluate -> figures",
+        description="Run the default study on the embedded model (or --model): for refusal, compassion and honesty, "
+        "probe the response contrast to choose the steering layer, calibrate SwFC / StTP / StMP to each KL budget on "
+        "harmless prompts, generate under the misaligning context, and score trait, KL, perplexity ratio, "
+        "repetition over multi-turn chats, over-refusal and capability against the unsteered baseline and a random "
+        "direction of the same norm. Writes OUT/report.json, OUT/results.csv, OUT/steerings/ and OUT/figures/. "
+        "Re-running into the same OUT resumes an interrupted sweep.",
+    )
+    _add_common(run, default_out="results")
+    run.add_argument("--config", default=None, help="study.toml (keys: the fields of lensteer.study.StudyConfig)")
+    run.add_argument("--kl", default=None, help="comma-separated KL budgets in nats/token (default: 0.3)")
+    run.add_argument("--method", action="append", choices=["SwFC", "StTP", "StMP", "add", "ablate", "ace", "angular"],
+                     help="limit to these methods (repeatable)")
+    run.add_argument("--no-figures", action="store_true", help="skip the figures")
+    run.set_defaults(func=_cmd_run)
+
+    probe = sub.add_parser(
+        "probe", help="per-layer probing of the bundled threat models",
         description="Measure, layer by layer, where each bundled threat model's contrast is linearly readable: "
         "held-out probe accuracy and AUROC, difference-of-means d', 95%% bootstrap CIs; tables, JSON and figures.",
     )
-    _add_common(run, default_out="results")
-    run.set_defaults(func=_cmd_run)
+    _add_common(probe, default_out="results/probe")
+    probe.set_defaults(func=_cmd_probe)
+
+    steer = sub.add_parser(
+        "steer", help="unsteered vs steered answers, side by side",
+        description="Build a steering for a threat model (or load one with --steering), calibrated to --kl, and print "
+        "unsteered and steered answers to the same prompts.",
+    )
+    _add_common(steer, default_out="results/steer")
+    steer.add_argument("--steering", default=None, help="a saved steering (path without suffix)")
+    steer.add_argument("--method", dest="method_one", default="SwFC",
+                       choices=["SwFC", "StTP", "StMP", "add", "ablate", "angular"], help="steering method (default SwFC)")
+    steer.add_argument("--kl", dest="kl_one", type=float, default=0.3, help="KL budget in nats/token (default 0.3)")
+    steer.add_argument("--layer", type=int, default=None, help="steering layer (default: chosen by probing)")
+    steer.add_argument("--prompt", action="append", help="a prompt (repeatable; default: the threat model's test prompts)")
+    steer.add_argument("--n", type=int, default=4, help="how many test prompts (default 4)")
+    steer.add_argument("--max-new-tokens", type=int, default=48)
+    steer.add_argument("--save", default=None, help="save the steering here (path without suffix)")
+    steer.set_defaults(func=_cmd_steer)
+
+    figures = sub.add_parser(
+        "figures", help="paper figures from a finished study (no model needed)",
+        description="Render the study figures (trade-off, repetition by turn, share steered, examples) from the "
+        "results folder of `lensteer run` into --out, as PDF and PNG.",
+    )
+    figures.add_argument("--results", default="results", help="results folder of `lensteer run` (default: results)")
+    figures.add_argument("--out", default="figures", help="figure folder (default: figures)")
+    figures.set_defaults(func=_cmd_figures)
 
     locate = sub.add_parser(
         "locate", help="probing + patching + recommended steering site, with figures",

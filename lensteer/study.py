@@ -72,7 +72,9 @@ class StudyConfig:
         methods: Steering methods (``SwFC``, ``StTP``, ``StMP``, ``add``, ``ablate``, ``ace``, ``angular``).
         kl_budgets: Coherence budgets in nats per token; every method is calibrated to each.
         layer: Steering layer; ``None`` picks it from the probing study.
-        candidate_layers: Layers the probing study looks at (``None``: every 3rd layer).
+        candidate_layers: Layers the probing study looks at (``None``: every ``layer_stride``-th layer
+            from layer 1, within the first 80% of the model).
+        layer_stride: Spacing of the default candidate layers.
         n_train: Contrast examples (with responses) used to find directions and probes.
         n_eval: Misaligned prompts per condition.
         n_harmless: Harmless prompts for over-refusal per condition.
@@ -90,9 +92,10 @@ class StudyConfig:
 
     threat_models: tuple[str, ...] = THREAT_MODELS
     methods: tuple[str, ...] = ("SwFC", "StTP", "StMP")
-    kl_budgets: tuple[float, ...] = (0.3,)
+    kl_budgets: tuple[float, ...] = (0.5,)
     layer: int | None = None
     candidate_layers: tuple[int, ...] | None = None
+    layer_stride: int = 3
     n_train: int = 48
     n_eval: int = 24
     n_harmless: int = 16
@@ -121,7 +124,7 @@ class StudyConfig:
         object.__setattr__(self, "kl_budgets", tuple(float(b) for b in budgets))
         if self.candidate_layers is not None:
             object.__setattr__(self, "candidate_layers", tuple(self.candidate_layers))
-        for name in ("n_train", "n_eval", "n_harmless", "n_kl", "max_new_tokens", "batch_size", "n_turns"):
+        for name in ("n_train", "n_eval", "n_harmless", "n_kl", "max_new_tokens", "batch_size", "n_turns", "layer_stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
@@ -157,7 +160,7 @@ class StudyConfig:
     def smoke(cls) -> "StudyConfig":
         """A tiny study for CI and notebooks (minutes on 2 CPU cores)."""
         return cls(methods=("SwFC", "StTP", "StMP"), n_train=16, n_eval=6, n_harmless=4, n_kl=3,
-                   n_conversations=1, n_turns=2, n_mc=8, max_new_tokens=12, candidate_layers=(6, 12))
+                   n_conversations=1, n_turns=2, n_mc=8, max_new_tokens=12, layer_stride=10)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -264,8 +267,12 @@ class _Located:
 def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
     n = int(model.cfg.n_layers)
     if config.candidate_layers is not None:
-        return [layer % n for layer in config.candidate_layers]
-    return list(range(1, int(n * 0.8), 3))
+        picked = sorted({layer % n for layer in config.candidate_layers if -n <= layer < n})
+        if not picked:
+            raise ConfigError(f"candidate_layers {list(config.candidate_layers)} has no layer of this "
+                              f"{n}-layer model (allowed 0..{n - 1})")
+        return picked
+    return list(range(1, max(2, int(n * 0.8)), config.layer_stride))
 
 
 def locate(model: Any, threat_model: str, config: StudyConfig, harmless: Sequence[str]) -> _Located:
@@ -293,7 +300,7 @@ def locate(model: Any, threat_model: str, config: StudyConfig, harmless: Sequenc
     direction = report.direction("diff_of_means", layer)
     aligned = acts["pos_train"][:, col]
     ref = reference_norm(model, harmless, layer, batch_size=config.batch_size)
-    gate = _refusal_gate(model, layer, config) if threat_model == "refusal" else None
+    gate = _refusal_gate(model, config) if threat_model == "refusal" else None
     positions: Any = "all" if config.positions == "all" else Window(-1, None)
     misaligned = acts["neg_train"][:, col]
     steerings = {method: make_steering(method, direction, aligned, misaligned, ref, positions, gate)
@@ -323,14 +330,29 @@ def make_steering(method: str, direction: Any, aligned: torch.Tensor, misaligned
                                    positions=positions, gate=gate)
 
 
-def _refusal_gate(model: Any, layer: int, config: StudyConfig) -> Gate:
-    """CAST-style gate: steer only prompts the harmful-vs-harmless probe calls harmful."""
+def _refusal_gate(model: Any, config: StudyConfig) -> Gate:
+    """CAST-style gate: steer only prompts the harmful-vs-harmless probe calls harmful.
+
+    The gate is read in a separate prompt pass, so its layer need not be the steering layer: the
+    harmful-vs-harmless probe is fitted at each candidate layer and the layer with the best
+    validation accuracy is used.
+    """
     from lensteer.directions import fit_probe
 
-    train = load_dataset("refusal").train.head(config.n_train)
-    acts = collect_activations(model, train.prompts + train.paired_prompts, layers=[layer], batch_size=config.batch_size)
-    n = len(train)
-    return Gate.from_probe(fit_probe(acts[:n, 0], acts[n:, 0], layer=layer))
+    refusal = load_dataset("refusal")
+    train, val = refusal.train.head(config.n_train), refusal.val.head(max(8, config.n_train // 2))
+    layers = _candidate_layers(model, config)
+    acts = collect_activations(model, train.prompts + train.paired_prompts + val.prompts + val.paired_prompts,
+                               layers=layers, batch_size=config.batch_size)
+    n, m = len(train), len(val)
+    best: tuple[float, int, Any] | None = None
+    for col, layer in enumerate(layers):
+        probe = fit_probe(acts[:n, col], acts[n : 2 * n, col], layer=layer)
+        acc = probe.accuracy(acts[2 * n : 2 * n + m, col], acts[2 * n + m :, col])
+        if best is None or acc > best[0]:
+            best = (acc, layer, probe)
+    assert best is not None
+    return Gate.from_probe(best[2])
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -468,6 +490,10 @@ def run_study(
         located_info[tm] = {"layer": loc.layer, "site": loc.site, "reasons": loc.reasons,
                             "reference_norm": loc.reference_norm,
                             "probe_auroc": {r["layer"]: r["probe_auroc"] for r in loc.probing["rows"]}}
+        gate = next((s.gate for s in loc.steerings.values() if s.gate is not None), None)
+        if gate is not None:
+            located_info[tm]["gate"] = {"layer": gate.layer, "site": gate.site, "threshold": gate.threshold,
+                                        "position": gate.position}
         log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
         if not table.has(tm, "baseline", None):
             row, ex = evaluate_condition(model, tm, None, config, sets)

@@ -52,13 +52,33 @@ def tiny_model_folder(tmp_path_factory, tiny_tokenizer):
     return folder
 
 
-def test_cli_run_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, capsys):
+def test_cli_probe_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, capsys):
     out = tmp_path / "out"
-    assert main(["run", "--model", str(tiny_model_folder), "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal"]) == 0
+    assert main(["probe", "--model", str(tiny_model_folder), "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal"]) == 0
     report = json.loads((out / "probing.json").read_text())
     assert list(report["reports"]) == ["refusal"] and len(report["reports"]["refusal"]["rows"]) == 2
     assert (out / "figures" / "probing_refusal.pdf").is_file()
     assert "best layer by probe AUROC" in capsys.readouterr().out
+
+
+def test_cli_run_the_whole_study_smoke_then_steer_side_by_side(tmp_path, tiny_model_folder, capsys):
+    out = tmp_path / "study"
+    assert main(["run", "--model", str(tiny_model_folder), "--out", str(out), "--smoke", "--quiet",
+                 "--dataset", "refusal", "--method", "SwFC"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    entry = report["threat_models"]["refusal"]
+    assert {"trait", "trait_ci", "kl", "perplexity_ratio", "repetition", "over_refusal"} <= set(entry["methods"]["SwFC"])
+    assert (out / "results.csv").is_file() and list((out / "steerings").glob("*.safetensors"))
+    assert "| refusal | SwFC |" in capsys.readouterr().out
+    saved = str(out / "steerings" / "refusal_SwFC_kl0.5")
+    assert main(["steer", "--model", str(tiny_model_folder), "--steering", saved, "--prompt", "hi there",
+                 "--max-new-tokens", "3", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "PROMPT: hi there" in printed and "unsteered |" in printed
+    bad = tmp_path / "bad.toml"
+    bad.write_text("n_evals = 3\n")
+    assert main(["run", "--model", str(tiny_model_folder), "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown key(s) ['n_evals']" in capsys.readouterr().err
 
 
 def test_cli_reports_lensteer_errors_without_a_traceback(tmp_path, capsys):

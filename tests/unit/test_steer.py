@@ -285,3 +285,30 @@ def test_multi_turn_conversations_carry_the_history(tiny_llama_bridge):
     assert len(turns[2].prompt_tokens[0]) > len(turns[1].prompt_tokens[0]) > len(turns[0].prompt_tokens[0])
     with pytest.raises(lensteer.DataError, match="different numbers of turns"):
         lensteer.generate_conversations(tiny_llama_bridge, [["a"], ["b", "c"]])
+
+
+def test_from_contrast_puts_the_boundary_between_the_classes():
+    gen = torch.Generator().manual_seed(1)
+    v = _unit(8)
+    aligned = torch.randn(50, D, generator=gen) + 4 * v
+    misaligned = torch.randn(50, D, generator=gen) - 2 * v
+    d = lensteer.diff_of_means(aligned, misaligned, layer=3)
+    s = Steering.from_contrast(d, aligned, misaligned, mode="stmp")
+    pa, pm = aligned @ d.unit, misaligned @ d.unit
+    assert float(pm.mean()) < s.threshold < float(pa.mean())
+    assert s.target == pytest.approx(float(pa.mean()), rel=1e-5)
+    assert s.layers == (3,) and s.info["threshold_rule"] == "boundary_1d"
+    # roughly balanced errors either side of the boundary (equal-variance classes)
+    assert abs(float((pa < s.threshold).float().mean()) - float((pm > s.threshold).float().mean())) < 0.1
+    with pytest.raises(lensteer.ConfigError, match="project higher"):
+        Steering.from_contrast(d, misaligned, aligned)
+
+
+def test_side_by_side_pairs_unsteered_and_steered_answers(tiny_llama_bridge):
+    zero = Steering(unit=_unit(5), layers=(0,), scale=0.0)
+    sbs = lensteer.side_by_side(tiny_llama_bridge, ["hello", "bye now"], zero, max_new_tokens=4)
+    assert sbs.unsteered == sbs.steered and sbs.steered_share == (0.0, 0.0)
+    assert "| prompt | unsteered | steered |" in sbs.to_markdown() and "PROMPT: hello" in str(sbs)
+    strong = Steering(unit=_unit(5), layers=(0,), scale=50.0)
+    moved = lensteer.side_by_side(tiny_llama_bridge, ["hello", "bye now"], strong, max_new_tokens=4)
+    assert moved.steered != moved.unsteered and moved.steered_share == (1.0, 1.0)
