@@ -43,6 +43,7 @@ figures: env
 bench: env
 	$(PY) benchmarks/bench_activations.py
 	$(PY) benchmarks/bench_patching.py
+	$(PY) benchmarks/bench_generation.py
 
 clean:
 	rm -rf $(VENV) results

@@ -101,9 +101,10 @@ def main() -> None:
         shares = {k: _ours(model, prompts, s, n, bs).steered_share() for k, s in steerings.items()}  # + warm-up
         variants["raw HF generate"]()
         times: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(args.rounds):  # interleaved so drift hits every variant alike
+        for r in range(args.rounds):  # interleaved so drift hits every variant alike
             for name, fn in variants.items():
                 times[name].append(_timed(fn))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
     finally:
         generation.end_of_turn_ids = eos
     sample = _ours(model, prompts[:2], steerings["SwFC"], 24, bs).texts  # with end-of-turn, for a sanity look
