@@ -16,6 +16,7 @@ tokens/s compares like with like. Variants, timed in interleaved rounds (median)
 """
 
 import argparse
+import functools
 import platform
 import statistics
 import time
@@ -65,6 +66,10 @@ def _hf(hf: Any, model: Any, prompts: list[str], n_new: int, batch_size: int) ->
         assert out.shape[1] - batch.tokens.shape[1] == n_new, "HF stopped early: token counts would be unfair"
 
 
+def _no_end_of_turn(model: Any) -> set[int]:  # noqa: ARG001 - replaces end_of_turn_ids(model)
+    return set()
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -92,11 +97,11 @@ def main() -> None:
     n, bs = args.max_new_tokens, args.batch_size
     variants: dict[str, Callable[[], Any]] = {"unsteered": lambda: _ours(model, prompts, None, n, bs)}
     for name, s in steerings.items():
-        variants[name] = lambda s=s: _ours(model, prompts, s, n, bs)
+        variants[name] = functools.partial(_ours, model, prompts, s, n, bs)
     variants["raw HF generate"] = lambda: _hf(hf, model, prompts, n, bs)
 
     eos = generation.end_of_turn_ids
-    generation.end_of_turn_ids = lambda _: set()  # fixed token count: no end-of-turn stop
+    generation.end_of_turn_ids = _no_end_of_turn  # fixed token count: no end-of-turn stop
     try:
         shares = {k: _ours(model, prompts, s, n, bs).steered_share() for k, s in steerings.items()}  # + warm-up
         variants["raw HF generate"]()
