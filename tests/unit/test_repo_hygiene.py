@@ -20,3 +20,12 @@ def test_no_pickle_anywhere_in_the_package():
     for path in (ROOT / "lensteer").rglob("*.py"):
         text = path.read_text()
         assert "import pickle" not in text and "torch.save(" not in text, path
+
+
+def test_generated_notebooks_match_their_generator():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_notebooks.py"), "--check"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
