@@ -79,7 +79,7 @@ def test_locate_cli_on_the_embedded_model_patches_and_recommends(tmp_path, embed
     assert main(["locate", "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal", "--layers", "6,12",
                  "--n-pairs", "2"]) == 0
     refusal = json.loads((out / "locate.json").read_text())["refusal"]
-    assert len(refusal["patching"]["pairs"]) == 2
+    assert len(refusal["patching"]["pairs"]["ids"]) == 2
     assert len(refusal["patching"]["resid"]["normalized"]) == 2
     assert (out / "figures" / "patching_heads_refusal.pdf").is_file()
     assert "layer" in refusal["recommendation"] or "error" in refusal["recommendation"]
