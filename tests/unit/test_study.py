@@ -98,6 +98,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     assert calls == ["sttp", "swfc"]  # only StTP and the random control (an SwFC-mode copy) ran again
     entry = result.report["threat_models"]["refusal"]
     assert set(entry["methods"]) == {"SwFC", "StTP"} and "random" in entry["controls"]
-    assert (tmp_path / "report.json").exists() and (tmp_path / "steerings" / "refusal_SwFC_kl0.3.json").exists()
+    assert (tmp_path / "report.json").exists()
+    assert (tmp_path / "steerings" / f"refusal_SwFC_kl{cfg.kl_budgets[0]:g}.json").exists()
     for r in entry["methods"].values():
         assert 0.0 <= r["trait"] <= 1.0 and r["kl"] >= 0.0
