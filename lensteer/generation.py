@@ -12,6 +12,7 @@ prompts are batched.
 
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,7 +229,7 @@ def _decode_batch(
     prompt_share = [0.0] * batch
     eos_t = torch.tensor(sorted(eos), dtype=torch.long) if eos else torch.empty(0, dtype=torch.long)
     with (torch.inference_mode(), warnings.catch_warnings(),
-          steer(model, *steerings, context=ctx) if steerings else _null()):
+          steer(model, *steerings, context=ctx) if steerings else nullcontext()):
         # transformers 5.24 renames past_key_values to cache; the bridge still passes the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
         for step in range(max_new_tokens):
@@ -237,7 +238,7 @@ def _decode_batch(
                 inp = seq if cache is None else seq[:, -1:]
                 ctx.offset = seq.shape[1] - inp.shape[1]
                 # the prefill unembeds its last column only (as HF generate does): ~20% of its compute
-                with _last_column_logits(model) if cache is None and inp.shape[1] > 1 else _null():
+                with _last_column_logits(model) if cache is None and inp.shape[1] > 1 else nullcontext():
                     logits, cache = model(inp, attention_mask=attn, past_key_values=cache,
                                           return_type="logits_and_cache", use_cache=True)
             else:
@@ -281,13 +282,6 @@ def _last_column_logits(model: Any) -> Any:
 
     return model.hooks(fwd_hooks=[("unembed.hook_in", keep_last)])
 
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _last_column_stats(records: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]], batch: int) -> tuple[torch.Tensor, torch.Tensor]:

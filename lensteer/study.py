@@ -26,6 +26,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -412,7 +413,7 @@ def evaluate_condition(
         row["repetition"] = row["rep4_single"]
     if sets.mc:
         cap_steering = None if steering is None else _all_positions(steering)
-        with torch.inference_mode(), (steer(model, cap_steering) if cap_steering is not None else _Null()):
+        with torch.inference_mode(), (steer(model, cap_steering) if cap_steering is not None else nullcontext()):
             row["capability"] = mc_accuracy(model, sets.mc, batch_size=config.batch_size).accuracy
     if baseline is not None:
         row["perplexity_ratio"] = ppl / baseline["perplexity"]
@@ -423,13 +424,6 @@ def evaluate_condition(
                 "harmless_prompts": list(sets.harmless[:2]), "harmless_texts": list(harmless.texts[:2])}
     return row, examples
 
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _all_positions(steering: Steering) -> Steering:
