@@ -44,6 +44,7 @@ bench: env
 	$(PY) benchmarks/bench_activations.py
 	$(PY) benchmarks/bench_patching.py
 	$(PY) benchmarks/bench_generation.py
+	$(PY) benchmarks/bench_prefix.py
 
 clean:
 	rm -rf $(VENV) results

@@ -29,7 +29,8 @@ from lensteer.chat import (
     tokenize_prompt,
 )
 from lensteer.errors import ConfigError, DataError
-from lensteer.steering import Steering, SteeringContext, steer
+from lensteer.models import ensure_kv_cache_fix
+from lensteer.steering import Steering, SteeringContext, position_mask, steer
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>")
 
@@ -177,6 +178,8 @@ def generate(
     steerings = _as_steerings(steering)
     for s in steerings:
         s.hook_names(model)  # validate before any work
+    if use_kv_cache:
+        ensure_kv_cache_fix()  # also for bridges built outside load_model
     tokenized = [tokenize_prompt(model, p, chat=chat) for p in prompts]
     gates = _gate_rows(model, steerings, tokenized) if any(s.gate for s in steerings) else None
     eos = end_of_turn_ids(model)
@@ -228,17 +231,25 @@ def _decode_batch(
     shift_steps: list[torch.Tensor] = []
     prompt_share = [0.0] * batch
     eos_t = torch.tensor(sorted(eos), dtype=torch.long) if eos else torch.empty(0, dtype=torch.long)
+    prefix = _shared_prefix(seq, attn, steerings, ctx) if use_kv_cache and batch > 1 else 0
+    prefix_fired = torch.zeros(batch, 0, dtype=torch.bool)
     with (torch.inference_mode(), warnings.catch_warnings(),
           steer(model, *steerings, context=ctx) if steerings else nullcontext()):
         # transformers 5.24 renames past_key_values to cache; the bridge still passes the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+        shared = _prefill_shared_prefix(model, seq, attn, prefix, ctx) if prefix else None
+        if shared is not None:
+            seq, attn, cache, prefix_fired = shared
+        else:
+            prefix = 0
         for step in range(max_new_tokens):
             ctx.clear()
             if use_kv_cache:
-                inp = seq if cache is None else seq[:, -1:]
-                ctx.offset = seq.shape[1] - inp.shape[1]
+                start = 0 if cache is None else prefix if step == 0 else seq.shape[1] - 1
+                inp = seq[:, start:]
+                ctx.offset = start
                 # the prefill unembeds its last column only (as HF generate does): ~20% of its compute
-                with _last_column_logits(model) if cache is None and inp.shape[1] > 1 else nullcontext():
+                with _last_column_logits(model) if inp.shape[1] > 1 else nullcontext():
                     logits, cache = model(inp, attention_mask=attn, past_key_values=cache,
                                           return_type="logits_and_cache", use_cache=True)
             else:
@@ -247,7 +258,7 @@ def _decode_batch(
             last = logits[:, -1].float().cpu()
             fired, shift = _last_column_stats(ctx.records, batch)
             if step == 0:
-                prompt_share = _prompt_share(ctx, width)
+                prompt_share = _prompt_share(ctx, width, prefix_fired)
             if sampler is None:
                 nxt = last.argmax(-1)
             else:
@@ -293,14 +304,93 @@ def _last_column_stats(records: Sequence[tuple[int, int, torch.Tensor, torch.Ten
     return fired, shift
 
 
-def _prompt_share(ctx: SteeringContext, width: int) -> list[float]:
-    """Share of each row's prompt tokens that any steering changed (from the first forward)."""
+def _prompt_share(ctx: SteeringContext, width: int, prefix_fired: torch.Tensor) -> list[float]:
+    """Share of each row's prompt tokens that any steering changed (from the prefill forwards)."""
     assert ctx.prompt_lens is not None
     batch = int(ctx.prompt_lens.shape[0])
     fired = torch.zeros(batch, width, dtype=torch.bool)
+    start = prefix_fired.shape[1]
+    fired[:, :start] = prefix_fired
     for _, _, f, _ in ctx.records:
-        fired |= f[:, :width]
+        fired[:, start:] |= f[:, : width - start]
     return [float(fired[b].sum()) / int(ctx.prompt_lens[b]) for b in range(batch)]
+
+
+MIN_SHARED_PREFIX = 16  # tokens; below this, a separate prefix forward does not pay
+
+
+def _shared_prefix(tokens: torch.Tensor, attn: torch.Tensor, steerings: Sequence[Steering],
+                   ctx: SteeringContext) -> int:
+    """Length of the token prefix every row of a left-padded batch shares (a system prompt, few-shot
+    turns), if it is worth computing once; 0 otherwise.
+
+    The prefix is shared only if every steering treats it the same in every row (same position
+    mask and gate), so that one batch-1 forward over it is exact for every row.
+    """
+    lens = attn.sum(1).cpu()
+    pads = tokens.shape[1] - lens
+    shortest = int(lens.min())
+    if shortest - 1 < MIN_SHARED_PREFIX:
+        return 0
+    real = torch.stack([tokens[b, int(pads[b]) : int(pads[b]) + shortest - 1].cpu() for b in range(tokens.shape[0])])
+    prefix = int((real == real[:1]).all(0).long().cumprod(0).sum())  # leave >= 1 own token per row
+    if prefix < MIN_SHARED_PREFIX:
+        return 0
+    assert ctx.prompt_lens is not None
+    for s in steerings:
+        if s.is_identity:
+            continue
+        mask = position_mask(s.positions, prompt_lens=ctx.prompt_lens, pads=pads, offset=0, seq_len=prefix,
+                             prefix=prefix)
+        if ctx.rows is not None:
+            mask = mask & ctx.rows[:, None]
+        if not bool((mask == mask[:1]).all()):
+            return 0
+    return prefix
+
+
+def _prefill_shared_prefix(model: Any, tokens: torch.Tensor, attn: torch.Tensor, prefix: int,
+                           ctx: SteeringContext) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor] | None:
+    """Run the shared prefix once (batch 1) and lay the batch out as ``[prefix][pads][rest]``.
+
+    Padding moves from the left to just after the prefix: masked out and with positions taken
+    from the attention mask, the layout gives the same logits as left padding, while the prefix's
+    keys and values are computed once and copied to every row. Returns the re-laid tokens and
+    mask, the KV cache holding the prefix, and which prefix tokens each row's steerings changed;
+    ``None`` if the model's cache cannot be shared across rows.
+    """
+    batch, width = tokens.shape
+    pads = (width - attn.sum(1)).tolist()
+    rows, masks = [], []
+    for b, k in enumerate(pads):
+        own = tokens[b, k:]
+        rows.append(torch.cat([own[:prefix], tokens[b, :k], own[prefix:]]))
+        masks.append(torch.cat([attn[b, k : k + prefix], attn[b, :k], attn[b, k + prefix :]]))
+    seq, mask = torch.stack(rows), torch.stack(masks)
+    saved = (ctx.prompt_lens, ctx.pads, ctx.rows)
+    assert ctx.prompt_lens is not None and ctx.pads is not None
+    ctx.clear()
+    ctx.prompt_lens, ctx.pads, ctx.offset, ctx.prefix = ctx.prompt_lens[:1], torch.zeros(1, dtype=torch.long), 0, 0
+    ctx.rows = None if ctx.rows is None else ctx.rows[:1]
+    try:
+        with _last_column_logits(model):
+            _, cache = model(seq[:1, :prefix], attention_mask=mask[:1, :prefix], return_type="logits_and_cache",
+                             use_cache=True)
+        fired = torch.zeros(1, prefix, dtype=torch.bool)
+        for _, _, f, _ in ctx.records:
+            fired |= f
+    finally:
+        ctx.prompt_lens, ctx.pads, ctx.rows = saved
+        ctx.clear()
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(getattr(layer, "keys", None) is not None and getattr(layer, "values", None) is not None
+                             for layer in layers):
+        return None  # not a transformers cache we can copy across rows: decode without sharing
+    for layer in layers:
+        layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:]).contiguous()
+        layer.values = layer.values.expand(batch, *layer.values.shape[1:]).contiguous()
+    ctx.prefix = prefix
+    return seq, mask, cache, fired.expand(batch, prefix)
 
 
 def generate_conversations(

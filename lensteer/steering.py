@@ -388,19 +388,23 @@ def position_mask(
     pads: torch.Tensor,
     offset: int,
     seq_len: int,
+    prefix: int = 0,
 ) -> Bool[torch.Tensor, "batch pos"]:
     """Which (row, column) of a forward's residual the positions select.
 
     Args:
         positions: The position spec.
         prompt_lens: Real (unpadded) prompt length of each row.
-        pads: Left-pad count of each row.
+        pads: Pad count of each row: left padding, or (with ``prefix``) padding after a shared prefix.
         offset: How many columns came before this forward (KV-cache steps).
         seq_len: Columns in this forward.
+        prefix: Length of a prefix shared by every row and placed before the padding
+            (``[prefix][pads][rest]``, see :func:`lensteer.generate`); 0 for plain left padding.
     """
     col = torch.arange(offset, offset + seq_len)[None, :]
-    t = col - pads[:, None]  # token index within the row
-    real = t >= 0
+    after = col >= prefix
+    t = torch.where(after, col - pads[:, None], col)  # token index within the row
+    real = (t >= 0) & (~after | (col >= prefix + pads[:, None]))
     in_prompt = t < prompt_lens[:, None]
     if positions == "all":
         sel = real
@@ -494,6 +498,7 @@ class SteeringContext:
     prompt_lens: torch.Tensor | None = None
     pads: torch.Tensor | None = None
     offset: int = 0
+    prefix: int = 0  # shared prefix before the padding (0: left padding)
     rows: torch.Tensor | None = None  # [batch] bool: rows the gates let through
     record: bool = True
     records: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
@@ -517,7 +522,8 @@ def _make_hook(steering: Steering, index: int, layer: int, ctx: SteeringContext)
         pads = ctx.pads if ctx.pads is not None else torch.zeros(batch, dtype=torch.long)
         if prompt_lens.shape[0] != batch:
             raise ConfigError(f"steering context describes {prompt_lens.shape[0]} rows but the forward has {batch}")
-        mask = position_mask(steering.positions, prompt_lens=prompt_lens, pads=pads, offset=ctx.offset, seq_len=seq)
+        mask = position_mask(steering.positions, prompt_lens=prompt_lens, pads=pads, offset=ctx.offset, seq_len=seq,
+                             prefix=ctx.prefix)
         if ctx.rows is not None:
             mask = mask & ctx.rows[:, None]
         mask = mask.to(resid.device)

@@ -312,3 +312,44 @@ def test_side_by_side_pairs_unsteered_and_steered_answers(tiny_llama_bridge):
     strong = Steering(unit=_unit(5), layers=(0,), scale=50.0)
     moved = lensteer.side_by_side(tiny_llama_bridge, ["hello", "bye now"], strong, max_new_tokens=4)
     assert moved.steered != moved.unsteered and moved.steered_share == (1.0, 1.0)
+
+
+SYSTEM = "You are a terse assistant who answers in one short line."
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated", Window(-1, None), LastK(3), (2, -1), Window(5, 30)])
+def test_a_shared_prefix_is_computed_once_and_changes_nothing(tiny_llama_bridge, monkeypatch, positions):
+    import lensteer.generation as generation
+
+    calls = []
+    real = generation._prefill_shared_prefix
+    monkeypatch.setattr(generation, "_prefill_shared_prefix", lambda *a: calls.append(a[3]) or real(*a))
+    prompts = [lensteer.ChatPrompt(user=u, system=SYSTEM) for u in ("hi", "what now, friend?", "tell me more")]
+    s = Steering(unit=_unit(8), layers=(0, 1), mode="swfc", scale=3.0, positions=positions)
+    shared = lensteer.generate(tiny_llama_bridge, prompts, steering=s, max_new_tokens=6, batch_size=3)
+    assert calls and calls[0] >= generation.MIN_SHARED_PREFIX  # the system prompt was run once for the batch
+    uncached = lensteer.generate(tiny_llama_bridge, prompts, steering=s, max_new_tokens=6, use_kv_cache=False)
+    for i, p in enumerate(prompts):
+        single = lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=6)
+        assert torch.equal(shared.tokens[i], single.tokens[0]) and torch.equal(shared.tokens[i], uncached.tokens[i])
+        assert torch.equal(shared.fired[i], single.fired[0])
+        torch.testing.assert_close(shared.shift[i], single.shift[0])
+        assert shared.prompt_fired_share[i] == pytest.approx(single.prompt_fired_share[0])
+
+
+def test_rows_that_steer_a_shared_prefix_differently_do_not_share_it(tiny_llama_bridge, monkeypatch):
+    import lensteer.generation as generation
+
+    calls = []
+    real = generation._prefill_shared_prefix
+    monkeypatch.setattr(generation, "_prefill_shared_prefix", lambda *a: calls.append(a[3]) or real(*a))
+    prompts = [lensteer.ChatPrompt(user=u, system=SYSTEM) for u in ("hi", "what now, friend?", "tell me more")]
+    v = _unit(9)
+    with torch.inference_mode():
+        proj = lensteer.collect_activations(tiny_llama_bridge, prompts, layers=[1], position="last")[:, 0] @ v
+    gate = lensteer.Gate(unit=v, layer=1, threshold=float(proj.median()))  # opens for some rows only
+    s = Steering(unit=v, layers=(0,), scale=3.0, gate=gate)
+    out = lensteer.generate(tiny_llama_bridge, prompts, steering=s, max_new_tokens=5)
+    assert not calls and 0 < sum(out.gated) < 3
+    for i, p in enumerate(prompts):
+        assert torch.equal(out.tokens[i], lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=5).tokens[0])
