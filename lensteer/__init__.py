@@ -92,6 +92,12 @@ from lensteer.scoring import (
     train_compassion_scorer,
 )
 from lensteer.sites import HookSite
+from lensteer.steerability import (
+    Steerability,
+    layer_steerability,
+    preference_margin,
+    steering_effect,
+)
 from lensteer.steering import Gate, LastK, Steering, SteeringContext, Window, steer
 
 __version__ = "0.1.0"
@@ -137,6 +143,7 @@ __all__ = [
     "RepetitionReport",
     "SideBySide",
     "SiteRecommendation",
+    "Steerability",
     "Steering",
     "SteeringContext",
     "TokenizedPrompt",
@@ -164,6 +171,7 @@ __all__ = [
     "is_refusal",
     "judge_responses",
     "kl_probe",
+    "layer_steerability",
     "load_dataset",
     "load_mc_items",
     "load_model",
@@ -180,6 +188,7 @@ __all__ = [
     "patch_residual",
     "patching_pairs",
     "pca_of_diffs",
+    "preference_margin",
     "probe_by_layer",
     "probe_layers",
     "rate_with_ci",
@@ -193,6 +202,7 @@ __all__ = [
     "save_steerings",
     "side_by_side",
     "steer",
+    "steering_effect",
     "steering_kl",
     "tokenize_batch",
     "tokenize_prompt",

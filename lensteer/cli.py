@@ -1,10 +1,10 @@
 """The ``lensteer`` command line.
 
-``lensteer run`` runs the main study on the embedded model (or ``--model``). At this stage the study
-is the layer-by-layer probing study of each bundled threat model's contrast (held-out probe accuracy
-and AUROC, difference-of-means d', 95% bootstrap CIs), printed as tables and written to ``--out``
-as JSON plus figures. ``lensteer locate`` adds activation patching of equal-length clean/corrupted
-pairs of each threat model (:func:`lensteer.patching_pairs`) and the recommended steering site.
+``lensteer run`` runs the whole study on the embedded model (or ``--model``): locate -> choose the
+site -> calibrate -> steer -> evaluate -> figures (:func:`lensteer.study.run_study`). The stages have
+their own subcommands: ``probe`` (layer-by-layer probing), ``locate`` (probing + activation
+patching + the recommended site, with figures), ``steer`` (unsteered vs steered text side by side),
+``evaluate`` (one saved steering against the baseline) and ``figures`` (from saved results).
 """
 
 import argparse
@@ -158,6 +158,24 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import lensteer
+    from lensteer.study import evaluate_steering, headline_table, write_json
+
+    start = time.perf_counter()
+    config = _study_config(args)
+    model, _ = _load(args)
+    steering = lensteer.load_steering(args.steering, model=model)
+    name = args.dataset[0] if args.dataset else "refusal"
+    label = Path(args.steering).name
+    report = evaluate_steering(model, steering, name, config, name=label)
+    out = Path(args.out)
+    write_json(out / "evaluate.json", report)
+    print("\n" + headline_table(report))
+    print(f"\nwrote {out / 'evaluate.json'} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
 def _cmd_locate(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
@@ -243,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(run, default_out="results")
     run.add_argument("--config", default=None, help="study.toml (keys: the fields of lensteer.study.StudyConfig)")
-    run.add_argument("--kl", default=None, help="comma-separated KL budgets in nats/token (default: 0.3)")
+    run.add_argument("--kl", default=None, help="comma-separated KL budgets in nats/token (default: 0.5)")
     run.add_argument("--method", action="append", choices=["SwFC", "StTP", "StMP", "add", "ablate", "ace", "angular"],
                      help="limit to these methods (repeatable)")
     run.add_argument("--no-figures", action="store_true", help="skip the figures")
@@ -273,6 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--max-new-tokens", type=int, default=48)
     steer.add_argument("--save", default=None, help="save the steering here (path without suffix)")
     steer.set_defaults(func=_cmd_steer)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="evaluate one saved steering against the unsteered baseline",
+        description="Load a steering saved by `lensteer run` (OUT/steerings/...) or `lensteer steer --save`, and "
+        "measure it on one threat model (--dataset, default refusal) with the study's metrics: trait rate with a "
+        "bootstrap CI under the misaligning context, KL on harmless prompts, perplexity ratio, repetition over "
+        "multi-turn chats, over-refusal and capability, next to the unsteered baseline. Sizes come from --config "
+        "(or --smoke). Writes OUT/evaluate.json.",
+    )
+    _add_common(evaluate, default_out="results/evaluate")
+    evaluate.add_argument("--steering", required=True, help="a saved steering (path without suffix)")
+    evaluate.add_argument("--config", default=None, help="study.toml for the evaluation sizes (n_eval, n_mc, ...)")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     figures = sub.add_parser(
         "figures", help="paper figures from a finished study (no model needed)",

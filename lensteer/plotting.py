@@ -537,12 +537,43 @@ def plot_examples(examples: Mapping[str, Any], threat_model: str, conditions: Se
     return fig, ax
 
 
+def plot_steerability(report: Mapping[str, Any], ax: Any = None) -> tuple[Any, Any]:
+    """Steering effect by layer at the study's KL budget, per threat model, the chosen layer circled.
+
+    Reads ``report["threat_models"][tm]["steerability"]`` (:meth:`lensteer.Steerability.to_dict`)
+    and ``...["layer"]`` from a ``lensteer run`` report.
+    """
+    entries = {tm: e for tm, e in report.get("threat_models", {}).items() if e.get("steerability")}
+    if not entries:
+        raise DataError("the report has no steerability (the layer was set in the config, or one candidate)")
+    with paper_style():
+        fig, ax = _new_ax(ax, figsize=(4.6, 3.0))
+        budget = None
+        for colour, (tm, entry) in zip(PALETTE, entries.items(), strict=False):
+            st = entry["steerability"]
+            layers = [int(k) for k in st["effect"]]
+            effects = [float(v) for v in st["effect"].values()]
+            ax.plot(layers, effects, marker="o", ms=3, lw=1.2, color=colour, label=tm)
+            chosen = entry.get("layer")
+            if chosen is not None and str(chosen) in st["effect"]:
+                ax.plot([chosen], [st["effect"][str(chosen)]], marker="o", ms=9, mfc="none", mec=colour, mew=1.3)
+            budget = st.get("kl_budget", budget)
+        ax.axhline(0.0, color="0.4", lw=0.8, ls=":")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("shift of aligned-vs-misaligned\nlog-odds (nats/token)")
+        ax.set_title(f"steerability at KL {budget:g} nats/token (circled: chosen layer)" if budget is not None
+                     else "steerability (circled: chosen layer)")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False, ncol=len(entries))
+    return fig, ax
+
+
 def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list[Path]:
     """Write every study figure of a ``lensteer run`` results folder into ``out_dir`` (PDF + PNG).
 
     Reads ``results.json`` (required), ``report.json`` (for the matched KL budget, if present) and
     ``examples.json`` (if present). Writes ``tradeoff`` (all threat models), ``tradeoff_<tm>``,
-    ``repetition_by_turn``, ``repetition_history_by_turn``, ``steered_share`` and ``examples_<tm>``.
+    ``repetition_by_turn``, ``repetition_history_by_turn``, ``steered_share``, ``steerability`` (from the
+    report) and ``examples_<tm>``.
     A figure whose data the folder lacks is skipped with a warning on the ``lensteer.plotting``
     logger that says why.
 
@@ -574,6 +605,8 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
         plt.close(fig)
 
     save("tradeoff", lambda: plot_tradeoff_grid(rows))
+    if (folder / "report.json").exists():
+        save("steerability", lambda: plot_steerability(json.loads((folder / "report.json").read_text())))
     for tm in threat_models_of(rows):
         save(f"tradeoff_{tm}", functools.partial(plot_tradeoff, rows, tm))
     save("repetition_by_turn", lambda: plot_repetition_by_turn(rows, kl_budget=budget))

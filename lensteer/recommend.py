@@ -10,9 +10,12 @@ Selection rules (after Arditi et al. 2024, SCIENCE.md section 2.1), applied in o
    denoising effect at that layer (over positions) must reach ``min_patch_effect``.
 4. If an ablation KL is given for a layer, require ``KL(base || ablated) <= max_ablation_kl`` on
    harmless prompts (Arditi's 0.1 nats): ablating the direction must not wreck unrelated text.
-5. Among the layers that pass, take the highest probe-AUROC lower bound; break near-ties (within
-   ``tie_margin``) by the larger patching effect, then by the larger difference-of-means d' (when
-   AUROC saturates at 1, d' still measures the margin between the classes), then the earlier layer.
+5. If a :class:`~lensteer.Steerability` is given (the causal criterion for injection), take the
+   passing layer where steering at a fixed KL budget moves the aligned-over-misaligned log-odds
+   the most: readability saturates on many layers, steerability does not.
+6. Otherwise take the highest probe-AUROC lower bound; break near-ties (within ``tie_margin``) by
+   the larger patching effect, then by the larger difference-of-means d' (when AUROC saturates at 1,
+   d' still measures the margin between the classes), then the earlier layer.
 
 Every rule's outcome is recorded per layer, so the choice can be audited.
 """
@@ -53,6 +56,7 @@ def recommend_site(
     *,
     n_layers: int | None = None,
     ablation_kl: Mapping[int, float] | None = None,
+    steerability: Any = None,
     method: str = "diff_of_means",
     skip_last_fraction: float = 0.2,
     min_auroc_lo: float = 0.6,
@@ -67,6 +71,8 @@ def recommend_site(
         patching: Optional residual-stream :class:`~lensteer.PatchResult` (``kind="position"``).
         n_layers: Model depth (default: read from ``probing.model``).
         ablation_kl: Optional ``{layer: KL(base || ablated)}`` on harmless prompts (see :func:`ablation_kl`).
+        steerability: Optional :class:`~lensteer.Steerability` (see :func:`~lensteer.layer_steerability`);
+            when given, it decides among the layers that pass the rules.
         method: Direction method to steer with (``"diff_of_means"``, ``"pca_of_diffs"``, ``"probe"``).
 
     Raises:
@@ -86,12 +92,14 @@ def recommend_site(
             raise ConfigError(f"recommend_site needs residual patching by position, got kind={patching.kind!r}")
         norm = patching.normalized()
         patch_effect = {layer: float(norm[i].max()) for i, layer in enumerate(patching.layers)}
+    effect: dict[int, float] = dict(steerability.effect) if steerability is not None else {}
     rows = []
     for i, layer in enumerate(probing.layers):
         auroc, (lo, _) = probing.metrics["probe_auroc"][i], probing.ci["probe_auroc"][i]
         row: dict[str, Any] = {"layer": layer, "probe_auroc": auroc, "probe_auroc_lo": lo,
                                "d_prime": probing.metrics["dom_d_prime"][i],
-                               "patch_effect": patch_effect.get(layer), "ablation_kl": (ablation_kl or {}).get(layer)}
+                               "patch_effect": patch_effect.get(layer), "ablation_kl": (ablation_kl or {}).get(layer),
+                               "steer_effect": effect.get(layer)}
         fails = []
         if layer >= cutoff:
             fails.append(f"in the last {skip_last_fraction:.0%} of layers (>= {cutoff})")
@@ -108,15 +116,28 @@ def recommend_site(
     if not passing:
         detail = "; ".join(f"layer {r['layer']}: {r['why_not']}" for r in rows)
         raise ConfigError(f"no layer passes the selection rules ({detail})")
-    best_lo = max(r["probe_auroc_lo"] for r in passing)
-    near = [r for r in passing if r["probe_auroc_lo"] >= best_lo - tie_margin]
-    chosen = max(near, key=lambda r: (r["patch_effect"] if r["patch_effect"] is not None else 0.0,
-                                      r["d_prime"], -r["layer"]))
-    reasons = [
-        f"probe AUROC {chosen['probe_auroc']:.2f} (95% CI lower bound {chosen['probe_auroc_lo']:.2f}), the best of "
-        f"{len(passing)} layers that pass the rules",
-        f"outside the last {skip_last_fraction:.0%} of the {depth} layers",
-    ]
+    measured = [r for r in passing if r["steer_effect"] is not None]
+    if measured:
+        chosen = max(measured, key=lambda r: (r["steer_effect"], -r["layer"]))
+        runner_up = max((r for r in measured if r is not chosen), key=lambda r: r["steer_effect"], default=None)
+        reasons = [
+            f"steering here at KL {steerability.kl_budget:g} nats/token shifts the aligned-over-misaligned "
+            f"log-odds by {chosen['steer_effect']:+.2f} nats/token, the most of {len(measured)} layers that pass "
+            "the rules" + (f" (next: layer {runner_up['layer']}, {runner_up['steer_effect']:+.2f})" if runner_up else ""),
+            f"probe AUROC {chosen['probe_auroc']:.2f} (95% CI lower bound {chosen['probe_auroc_lo']:.2f})",
+            f"outside the last {skip_last_fraction:.0%} of the {depth} layers",
+        ]
+        near = [chosen]
+    else:
+        best_lo = max(r["probe_auroc_lo"] for r in passing)
+        near = [r for r in passing if r["probe_auroc_lo"] >= best_lo - tie_margin]
+        chosen = max(near, key=lambda r: (r["patch_effect"] if r["patch_effect"] is not None else 0.0,
+                                          r["d_prime"], -r["layer"]))
+        reasons = [
+            f"probe AUROC {chosen['probe_auroc']:.2f} (95% CI lower bound {chosen['probe_auroc_lo']:.2f}), the best "
+            f"of {len(passing)} layers that pass the rules",
+            f"outside the last {skip_last_fraction:.0%} of the {depth} layers",
+        ]
     if chosen["patch_effect"] is not None:
         reasons.append(f"residual patching restores {chosen['patch_effect']:.0%} of the clean metric at this layer")
     if chosen["ablation_kl"] is not None:

@@ -52,6 +52,7 @@ from lensteer.models import model_fingerprint
 from lensteer.probing import contrast_prompts, probe_layers
 from lensteer.recommend import recommend_site
 from lensteer.scoring import compassion_scorer, honesty_verdict, is_refusal
+from lensteer.steerability import layer_steerability
 from lensteer.steering import Gate, Steering, Window, steer
 
 METHODS = ("SwFC", "StTP", "StMP", "add", "ablate", "ace", "angular")
@@ -263,6 +264,7 @@ class _Located:
     probing: dict[str, Any]
     steerings: dict[str, Steering]
     reference_norm: float
+    steerability: dict[str, Any] | None = None
 
 
 def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
@@ -276,38 +278,65 @@ def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
     return list(range(1, max(2, int(n * 0.8)), config.layer_stride))
 
 
-def locate(model: Any, threat_model: str, config: StudyConfig, harmless: Sequence[str]) -> _Located:
-    """Probe the response contrast, choose the layer, and build the uncalibrated steerings."""
+def locate(model: Any, threat_model: str, config: StudyConfig, harmless: Sequence[str],
+           kl: KLProbe | None = None) -> _Located:
+    """Probe the response contrast, choose the layer, and build the uncalibrated steerings.
+
+    With a KL calibration set ``kl`` and more than one candidate layer, the layer is chosen causally:
+    SwFC along each layer's difference of means is calibrated to the study's first KL budget and,
+    among the layers that pass :func:`~lensteer.recommend_site`'s rules, the one whose steering most
+    raises the held-out aligned-over-misaligned log-odds wins (:func:`~lensteer.layer_steerability`).
+    """
     ds = load_dataset(threat_model).with_responses()
     layers = [config.layer] if config.layer is not None else _candidate_layers(model, config)
     acts: dict[str, torch.Tensor] = {}
-    for split, n in (("train", config.n_train), ("val", max(8, config.n_train // 3))):
+    n_val = max(8, config.n_train // 3)
+    for split, n in (("train", config.n_train), ("val", n_val)):
         pos, neg, position = contrast_prompts(getattr(ds, split).head(n), "response")
         both = collect_activations(model, pos + neg, layers=layers, position=position, batch_size=config.batch_size)
         acts[f"pos_{split}"], acts[f"neg_{split}"] = both[: len(pos)], both[len(pos):]
     acts["pos_test"], acts["neg_test"] = acts["pos_val"], acts["neg_val"]
     report = probe_layers(acts, layers=layers, dataset=threat_model, contrast="response", position="response_mean",
                           model=model_fingerprint(model).to_dict(), n_boot=100, seed=config.seed)
+    refs: dict[int, float] = {}
+    steerability = None
     if config.layer is not None:
         layer, reasons = config.layer, [f"layer {config.layer} set in the config"]
     else:
+        if kl is not None and len(layers) > 1:
+            refs = {layer: reference_norm(model, harmless, layer, batch_size=config.batch_size) for layer in layers}
+            # held-out questions without the misaligning context (a few-shot context would make this
+            # screen several times dearer); relative scale 0.25 is near where KL 0.3-0.5 lies on most layers
+            val = ds.val.head(min(n_val, 6))
+            candidates = {layer: Steering.from_direction(report.direction("diff_of_means", layer), mode="swfc",
+                                                         scale=0.25, relative=True, reference_norm=refs[layer])
+                          for layer in layers}
+            steerability = layer_steerability(model, candidates, val.chat_prompts(response="aligned"),
+                                              val.chat_prompts(response="misaligned"), kl,
+                                              kl_budget=config.kl_budgets[0], batch_size=config.batch_size)
         try:
-            rec = recommend_site(report, method="diff_of_means")
+            rec = recommend_site(report, method="diff_of_means", steerability=steerability)
             layer, reasons = rec.layer, list(rec.reasons)
-        except ConfigError as err:  # no layer passes the rules: take the best probe layer, and say so
-            layer = report.best_layer("probe_auroc")
-            reasons = [f"no layer passed the selection rules ({err}); took the best probe AUROC layer {layer}"]
+        except ConfigError as err:  # no layer passes the rules: take the most steerable (or best probe) layer
+            if steerability is not None:
+                layer = steerability.best_layer()
+                reasons = [f"no layer passed the selection rules ({err}); took the layer whose steering at KL "
+                           f"{steerability.kl_budget:g} shifts the log-odds most ({steerability.effect[layer]:+.2f})"]
+            else:
+                layer = report.best_layer("probe_auroc")
+                reasons = [f"no layer passed the selection rules ({err}); took the best probe AUROC layer {layer}"]
     col = layers.index(layer)
     direction = report.direction("diff_of_means", layer)
     aligned = acts["pos_train"][:, col]
-    ref = reference_norm(model, harmless, layer, batch_size=config.batch_size)
+    ref = refs[layer] if layer in refs else reference_norm(model, harmless, layer, batch_size=config.batch_size)
     gate = _refusal_gate(model, config) if threat_model == "refusal" else None
     positions: Any = "all" if config.positions == "all" else Window(-1, None)
     misaligned = acts["neg_train"][:, col]
     steerings = {method: make_steering(method, direction, aligned, misaligned, ref, positions, gate)
                  for method in config.methods}
     return _Located(layer=layer, site="resid_post", reasons=reasons, probing=report.to_dict(),
-                    steerings=steerings, reference_norm=ref)
+                    steerings=steerings, reference_norm=ref,
+                    steerability=steerability.to_dict() if steerability is not None else None)
 
 
 def make_steering(method: str, direction: Any, aligned: torch.Tensor, misaligned: torch.Tensor, ref: float,
@@ -364,6 +393,18 @@ class _EvalSets:
     harmless: list[str]
     kl: KLProbe
     mc: list[Any]
+    unsteered: dict[str, Any] = field(default_factory=dict)  # harmless-side baseline, shared by threat models
+
+
+def eval_sets(model: Any, config: StudyConfig) -> _EvalSets:
+    """The shared evaluation sets: harmless prompts (over-refusal, perplexity), the KL calibration
+    set (held-out harmless prompts with unsteered continuations) and the capability items."""
+    refusal = load_dataset("refusal")
+    harmless = refusal.test.paired_prompts[: config.n_harmless]
+    kl_prompts = refusal.val.paired_prompts[: config.n_kl]
+    mc_items = load_mc_items()
+    mc = [] if config.n_mc == 0 else mc_items[: config.n_mc] if config.n_mc is not None else mc_items
+    return _EvalSets(harmless=harmless, kl=kl_probe(model, kl_prompts, batch_size=config.batch_size), mc=mc)
 
 
 def _conversations(prompts: Sequence[ChatPrompt], config: StudyConfig) -> list[list[str]]:
@@ -388,11 +429,16 @@ def evaluate_condition(
                    batch_size=config.batch_size)
     trait = rate_with_ci(trait_flags(threat_model, gen.texts, ds), seed=config.seed)
     trait_ci = [trait.low, trait.high]
-    harmless = generate(model, sets.harmless, steering=steering, max_new_tokens=config.max_new_tokens,
-                        batch_size=config.batch_size)
+    if steering is None and "harmless" in sets.unsteered:  # the unsteered harmless side is the same for all
+        harmless, ppl = sets.unsteered["harmless"], sets.unsteered["perplexity"]
+    else:
+        harmless = generate(model, sets.harmless, steering=steering, max_new_tokens=config.max_new_tokens,
+                            batch_size=config.batch_size)
+        texts = [t if t.strip() else "." for t in harmless.texts]
+        ppl = response_perplexity(model, sets.harmless, texts, batch_size=config.batch_size).corpus
+        if steering is None:
+            sets.unsteered.update(harmless=harmless, perplexity=ppl)
     over = rate_with_ci([is_refusal(t) for t in harmless.texts], seed=config.seed)
-    texts = [t if t.strip() else "." for t in harmless.texts]
-    ppl = response_perplexity(model, sets.harmless, texts, batch_size=config.batch_size).corpus
     row: dict[str, Any] = {
         "trait": trait.value, "trait_ci": trait_ci, "over_refusal": over.value,
         "over_refusal_ci": [over.low, over.high], "perplexity": ppl,
@@ -411,10 +457,14 @@ def evaluate_condition(
         row["repetition"] = sum(row["repetition_by_turn"]) / len(per_turn)
     else:
         row["repetition"] = row["rep4_single"]
-    if sets.mc:
+    if sets.mc and steering is None and "capability" in sets.unsteered:
+        row["capability"] = sets.unsteered["capability"]
+    elif sets.mc:
         cap_steering = None if steering is None else _all_positions(steering)
         with torch.inference_mode(), (steer(model, cap_steering) if cap_steering is not None else nullcontext()):
             row["capability"] = mc_accuracy(model, sets.mc, batch_size=config.batch_size).accuracy
+        if steering is None:
+            sets.unsteered["capability"] = row["capability"]
     if baseline is not None:
         row["perplexity_ratio"] = ppl / baseline["perplexity"]
         row["capability_delta"] = row.get("capability", math.nan) - baseline.get("capability", math.nan)
@@ -467,22 +517,18 @@ def run_study(
     examples_path = folder / "examples.json"
     examples: dict[str, Any] = json.loads(examples_path.read_text()) if examples_path.exists() else {}
     started = time.time()
-    refusal = load_dataset("refusal")
-    harmless = refusal.test.paired_prompts[: config.n_harmless]
-    kl_prompts = refusal.val.paired_prompts[: config.n_kl]
-    mc_items = load_mc_items()
-    mc = [] if config.n_mc == 0 else mc_items[: config.n_mc] if config.n_mc is not None else mc_items
-    log(f"building the KL calibration set ({len(kl_prompts)} harmless prompts)")
-    sets = _EvalSets(harmless=harmless, kl=kl_probe(model, kl_prompts, batch_size=config.batch_size), mc=mc)
+    log(f"building the KL calibration set ({config.n_kl} harmless prompts)")
+    sets = eval_sets(model, config)
+    harmless = sets.harmless
     located_info: dict[str, Any] = {}
     cells = [(tm, m, b) for tm in config.threat_models for m in config.methods for b in config.kl_budgets]
     bar = tqdm(total=len(cells) + len(config.threat_models) * (2 if config.random_control else 1),
                desc="study", disable=not progress, unit="cell")
     for tm in config.threat_models:
         log(f"[{tm}] locating (probing {len(_candidate_layers(model, config)) if config.layer is None else 1} layers)")
-        loc = locate(model, tm, config, harmless)
+        loc = locate(model, tm, config, harmless, sets.kl)
         located_info[tm] = {"layer": loc.layer, "site": loc.site, "reasons": loc.reasons,
-                            "reference_norm": loc.reference_norm,
+                            "reference_norm": loc.reference_norm, "steerability": loc.steerability,
                             "probe_auroc": {r["layer"]: r["probe_auroc"] for r in loc.probing["rows"]}}
         gate = next((s.gate for s in loc.steerings.values() if s.gate is not None), None)
         if gate is not None:
@@ -574,10 +620,25 @@ def build_steering(model: Any, threat_model: str, method: str, kl_budget: float,
     """Locate, build and calibrate one steering (what ``lensteer steer`` shows side by side)."""
     refusal = load_dataset("refusal")
     harmless = refusal.test.paired_prompts[: config.n_harmless]
-    loc = locate(model, threat_model, replace(config, methods=(method,)), harmless)
     probe = kl_probe(model, refusal.val.paired_prompts[: config.n_kl], batch_size=config.batch_size)
+    loc = locate(model, threat_model, replace(config, methods=(method,), kl_budgets=(kl_budget,)), harmless, probe)
     cal = calibrate(model, replace(loc.steerings[method], gate=None), probe, kl_budget, progress=progress)
     return replace(cal.steering, gate=loc.steerings[method].gate)
+
+
+def evaluate_steering(model: Any, steering: Steering, threat_model: str, config: StudyConfig, *,
+                      name: str = "steered") -> dict[str, Any]:
+    """Evaluate a (saved) steering against the unsteered baseline on one threat model.
+
+    Returns a report shaped like :func:`run_study`'s (``threat_models[threat_model]`` with ``baseline``
+    and ``methods[name]``), so :func:`headline_table` prints it.
+    """
+    sets = eval_sets(model, config)
+    base, _ = evaluate_condition(model, threat_model, None, config, sets)
+    row, examples = evaluate_condition(model, threat_model, steering, config, sets, baseline=base)
+    row.update(scale=steering.scale, coefficient=steering.coefficient, layer=steering.layers[0])
+    return {"matched_kl_budget": row["kl"], "config": config.to_dict(),
+            "threat_models": {threat_model: {"baseline": base, "methods": {name: row}, "examples": examples}}}
 
 
 def _fmt(value: Any, ci: Any = None, pct: bool = False) -> str:

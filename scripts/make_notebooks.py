@@ -125,19 +125,26 @@ harmless = refusal.test.paired_prompts[: config.n_harmless]   # harmless request
 print(config)'''),
     ("md", """## Locate
 
-Probe the aligned-vs-misaligned *response* contrast (mean over response tokens) at the candidate layers, pick the
-layer with `recommend_site` (Arditi et al.'s rule: not in the last 20% of layers), and build the uncalibrated
-steerings along the difference of means (SwFC) and the probe boundary (StTP, StMP)."""),
-    ("code", '''loc = locate(model, THREAT_MODEL, config, harmless)
+Probe the aligned-vs-misaligned *response* contrast (mean over response tokens) at the candidate layers, then choose
+the layer causally: at each layer, SwFC along that layer's difference of means is calibrated to the KL budget on
+harmless prompts (the KL calibration set below), and scored by how far it moves the teacher-forced log-odds of
+held-out aligned over misaligned responses (`lensteer.layer_steerability`). `recommend_site` takes the most steerable
+layer that passes its rules (Arditi et al.: not in the last 20% of layers; a significant probe). Then build the
+uncalibrated steerings along the difference of means (SwFC) and the probe boundary (StTP, StMP)."""),
+    ("code", '''probe = lensteer.kl_probe(model, refusal.val.paired_prompts[: config.n_kl], batch_size=config.batch_size)
+loc = locate(model, THREAT_MODEL, config, harmless, probe)
 print(f"layer {loc.layer} ({loc.site}); reference residual norm {loc.reference_norm:.1f}")
 for reason in loc.reasons:
-    print(" -", reason)'''),
+    print(" -", reason)
+if loc.steerability:
+    fig, _ = plotting.plot_steerability({"threat_models": {THREAT_MODEL: {"layer": loc.layer,
+                                                                          "steerability": loc.steerability}}})
+    plt.show()'''),
     ("md", """## Calibrate to a KL budget
 
 Every method is scaled until it costs the same KL (nats per token, on unsteered continuations of harmless prompts),
 so the methods are compared at a matched coherence cost."""),
-    ("code", '''probe = lensteer.kl_probe(model, refusal.val.paired_prompts[: config.n_kl], batch_size=config.batch_size)
-steerings = {}
+    ("code", '''steerings = {}
 for method, raw in loc.steerings.items():
     cal = lensteer.calibrate(model, replace(raw, gate=None), probe, KL_BUDGET)
     steerings[method] = replace(cal.steering, gate=raw.gate)

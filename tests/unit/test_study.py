@@ -98,6 +98,8 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     assert calls == ["sttp", "swfc"]  # only StTP and the random control (an SwFC-mode copy) ran again
     entry = result.report["threat_models"]["refusal"]
     assert set(entry["methods"]) == {"SwFC", "StTP"} and "random" in entry["controls"]
+    assert set(entry["steerability"]["effect"]) == {"0", "1"}  # the layer was chosen causally
+    assert "log-odds" in " ".join(entry["reasons"])
     assert (tmp_path / "report.json").exists()
     assert (tmp_path / "steerings" / f"refusal_SwFC_kl{cfg.kl_budgets[0]:g}.json").exists()
     for r in entry["methods"].values():

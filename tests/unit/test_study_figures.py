@@ -55,7 +55,9 @@ def _results_folder(path, rows=None, examples=True, report=True):
     if examples:
         (path / "examples.json").write_text(json.dumps(synthetic_examples()))
     if report:
-        (path / "report.json").write_text(json.dumps({"matched_kl_budget": 0.1, "threat_models": {}}))
+        (path / "report.json").write_text(json.dumps({"matched_kl_budget": 0.1, "threat_models": {
+            tm: {"layer": 7, "steerability": {"kl_budget": 0.1, "effect": {"4": 0.2, "7": 0.9 - 0.1 * i, "10": 0.5}}}
+            for i, tm in enumerate(THREAT_MODELS)}}))
     return path
 
 
@@ -200,8 +202,8 @@ def test_save_study_figures_writes_pdf_and_png_of_every_figure(tmp_path):
     paths = plotting.save_study_figures(folder, tmp_path / "figs")
     stems = {p.stem for p in paths}
     assert stems == {"tradeoff", "tradeoff_refusal", "tradeoff_compassion", "tradeoff_honesty", "repetition_by_turn",
-                     "repetition_history_by_turn", "steered_share", "examples_refusal", "examples_compassion",
-                     "examples_honesty"}
+                     "repetition_history_by_turn", "steered_share", "steerability", "examples_refusal",
+                     "examples_compassion", "examples_honesty"}
     for p in paths:
         assert p.read_bytes()[:4] in (b"%PDF", b"\x89PNG")
     assert len(paths) == 2 * len(stems) and not list((tmp_path / "figs").glob(".tmp-*"))
@@ -235,3 +237,17 @@ def test_cli_figures_without_a_report_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "report.json does not exist" in err and "lensteer run --out" in err
     assert not (tmp_path / "figs").exists()
+
+
+def test_steerability_plot_draws_one_line_per_threat_model_and_circles_the_chosen_layer(tmp_path):
+    report = json.loads((_results_folder(tmp_path / "r") / "report.json").read_text())
+    fig, ax = plotting.plot_steerability(report)
+    lines = [ln for ln in ax.get_lines() if ln.get_label() in THREAT_MODELS]
+    assert [ln.get_label() for ln in lines] == list(THREAT_MODELS)
+    assert list(lines[0].get_xdata()) == [4, 7, 10] and list(lines[0].get_ydata()) == [0.2, 0.9, 0.5]
+    circled = [ln for ln in ax.get_lines() if ln.get_markersize() == 9]
+    assert len(circled) == 3 and all(list(c.get_xdata()) == [7] for c in circled)
+    assert "nats/token" in ax.get_ylabel() and "KL 0.1" in ax.get_title()
+    plt.close(fig)
+    with pytest.raises(DataError, match="no steerability"):
+        plotting.plot_steerability({"threat_models": {"refusal": {"layer": 3}}})
