@@ -97,7 +97,7 @@ class StudyConfig:
     kl_budgets: tuple[float, ...] = (0.5,)
     layer: int | None = None
     candidate_layers: tuple[int, ...] | None = None
-    layer_stride: int = 3
+    layer_stride: int = 4
     n_train: int = 48
     n_eval: int = 16
     n_harmless: int = 8
@@ -370,7 +370,10 @@ def _refusal_gate(model: Any, config: StudyConfig) -> Gate:
     from lensteer.directions import fit_probe
 
     refusal = load_dataset("refusal")
-    train, val = refusal.train.head(config.n_train), refusal.val.head(max(8, config.n_train // 2))
+    # prompts only (cheap): at least 96 training pairs and the whole val split, since harmful vs
+    # topic-matched harmless is a hard contrast for a small model (48 pairs gave gates that opened as
+    # often on the harmless twins as on the harmful prompts)
+    train, val = refusal.train.head(max(96, config.n_train)), refusal.val
     layers = _candidate_layers(model, config)
     acts = collect_activations(model, train.prompts + train.paired_prompts + val.prompts + val.paired_prompts,
                                layers=layers, batch_size=config.batch_size)
