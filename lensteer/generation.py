@@ -117,6 +117,41 @@ def _as_steerings(steering: "Steering | Sequence[Steering] | None") -> tuple[Ste
     return items
 
 
+def _by_prompt(prompt_steerings: "Sequence[Steering | None]", n_prompts: int) -> tuple[tuple[Steering, ...], torch.Tensor]:
+    """The distinct steerings of a per-prompt list, and ``[n_steerings, n_prompts]`` bool: whose prompt is whose."""
+    if isinstance(prompt_steerings, Steering) or len(prompt_steerings) != n_prompts:
+        got = "a single Steering" if isinstance(prompt_steerings, Steering) else f"{len(prompt_steerings)} entries"
+        raise ConfigError(f"prompt_steerings needs one Steering or None per prompt ({n_prompts}), got {got}")
+    distinct: list[Steering] = []
+    index: list[int] = []
+    for k, s in enumerate(prompt_steerings):
+        if s is not None and not isinstance(s, Steering):
+            raise ConfigError(f"prompt_steerings[{k}] must be a Steering or None, got {type(s).__name__}")
+        if s is None:
+            index.append(-1)
+            continue
+        j = next((j for j, d in enumerate(distinct) if d is s), len(distinct))
+        if j == len(distinct):
+            distinct.append(s)
+        index.append(j)
+    owner = torch.zeros(len(distinct), n_prompts, dtype=torch.bool)
+    for i, j in enumerate(index):
+        if j >= 0:
+            owner[j, i] = True
+    return tuple(distinct), owner
+
+
+def _owned_gate_rows(model: Any, steerings: Sequence[Steering], owner: torch.Tensor,
+                     tokenized: Sequence[TokenizedPrompt]) -> torch.Tensor:
+    """[n_steerings, n_prompts] bool: the rows each steering edits (its own prompts its gate opens)."""
+    rows = owner.clone()
+    for j, s in enumerate(steerings):
+        mine = owner[j].nonzero().flatten().tolist()
+        if s.gate is not None and mine:
+            rows[j, mine] = _gate_rows(model, [s], [tokenized[i] for i in mine])
+    return rows
+
+
 def _gate_rows(model: Any, steerings: Sequence[Steering], tokenized: Sequence[TokenizedPrompt]) -> torch.Tensor:
     """[n_prompts] bool: prompts every gated steering lets through (CAST-style, from a prompt pass)."""
     open_rows = torch.ones(len(tokenized), dtype=torch.bool)
@@ -134,6 +169,7 @@ def generate(
     prompts: Sequence["str | ChatPrompt"],
     *,
     steering: "Steering | Sequence[Steering] | None" = None,
+    prompt_steerings: "Sequence[Steering | None] | None" = None,
     max_new_tokens: int = 48,
     batch_size: int = 16,
     chat: bool = True,
@@ -152,6 +188,11 @@ def generate(
         prompts: User messages or :class:`~lensteer.ChatPrompt` objects (a ``response`` is a prefill;
             ``history`` holds earlier turns).
         steering: A :class:`~lensteer.Steering` or several (applied together).
+        prompt_steerings: Instead of ``steering``: one steering (or ``None``) per prompt. Prompts
+            under different steerings share batches, each edit touching only its own rows (and its
+            gate deciding only for them), so several conditions decode together in the steps one
+            would take: the same tokens as one call per condition, in a fraction of the time when
+            batches are small (CPU decoding costs about as much per step at batch 2 as at 16).
         max_new_tokens: Tokens to generate at most; a row stops at its end-of-turn token.
         batch_size: Prompts per batch (left-padded, with an attention mask, sorted by length).
         chat: Apply the chat template to strings.
@@ -175,13 +216,22 @@ def generate(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     _check_sampling(do_sample, temperature, top_k, top_p)
-    steerings = _as_steerings(steering)
+    if prompt_steerings is None:
+        steerings, owner = _as_steerings(steering), None
+    elif steering is not None:
+        raise ConfigError("pass either steering (for every prompt) or prompt_steerings (one per prompt), not both")
+    else:
+        steerings, owner = _by_prompt(prompt_steerings, len(prompts))
     for s in steerings:
         s.hook_names(model)  # validate before any work
     if use_kv_cache:
         ensure_kv_cache_fix()  # also for bridges built outside load_model
     tokenized = [tokenize_prompt(model, p, chat=chat) for p in prompts]
-    gates = _gate_rows(model, steerings, tokenized) if any(s.gate for s in steerings) else None
+    gates: torch.Tensor | None  # [n_prompts] (every steering) or [n_steerings, n_prompts] (each its own rows)
+    if owner is None:
+        gates = _gate_rows(model, steerings, tokenized) if any(s.gate for s in steerings) else None
+    else:
+        gates = _owned_gate_rows(model, steerings, owner, tokenized) if steerings else None
     eos = end_of_turn_ids(model)
     pad_id = pad_id_of(model)
     device = next(iter(model.parameters())).device
@@ -191,7 +241,7 @@ def generate(
         gens = [torch.Generator().manual_seed(seed + i) for i in rows] if do_sample else []
         prompt_lens = torch.tensor([tokenized[i].n_tokens for i in rows])
         ctx = SteeringContext(prompt_lens=prompt_lens, pads=batch.tokens.shape[1] - prompt_lens,
-                              rows=None if gates is None else gates[rows])
+                              rows=None if gates is None else gates[..., rows])
         out = _decode_batch(model, batch.tokens.to(device), batch.attention_mask.to(device), steerings, ctx,
                             eos=eos, pad_id=pad_id, max_new_tokens=max_new_tokens, use_kv_cache=use_kv_cache,
                             sampler=None if not do_sample else (gens, temperature, top_k, top_p))
@@ -205,8 +255,22 @@ def generate(
         fired=tuple(results[i][1] for i in range(len(tokenized))),
         shift=tuple(results[i][2] for i in range(len(tokenized))),
         prompt_fired_share=tuple(results[i][3] for i in range(len(tokenized))),
-        gated=tuple(bool(g) for g in gates) if gates is not None else (True,) * len(tokenized),
+        gated=_gated(gates, owner, steerings, len(tokenized)),
     )
+
+
+def _gated(gates: torch.Tensor | None, owner: torch.Tensor | None, steerings: Sequence[Steering], n: int) -> tuple[bool, ...]:
+    """Per prompt: did its steerings' gates let it through (True where no gate applies)."""
+    if gates is None:
+        return (True,) * n
+    if owner is None:
+        return tuple(bool(g) for g in gates)
+    out = [True] * n
+    for j, s in enumerate(steerings):
+        if s.gate is not None:
+            for i in owner[j].nonzero().flatten().tolist():
+                out[i] = bool(gates[j, i])
+    return tuple(out)
 
 
 def _decode_batch(
@@ -337,13 +401,13 @@ def _shared_prefix(tokens: torch.Tensor, attn: torch.Tensor, steerings: Sequence
     if prefix < MIN_SHARED_PREFIX:
         return 0
     assert ctx.prompt_lens is not None
-    for s in steerings:
+    for i, s in enumerate(steerings):
         if s.is_identity:
             continue
         mask = position_mask(s.positions, prompt_lens=ctx.prompt_lens, pads=pads, offset=0, seq_len=prefix,
                              prefix=prefix)
         if ctx.rows is not None:
-            mask = mask & ctx.rows[:, None]
+            mask = mask & ctx.steered_rows(i)[:, None]
         if not bool((mask == mask[:1]).all()):
             return 0
     return prefix
@@ -371,7 +435,7 @@ def _prefill_shared_prefix(model: Any, tokens: torch.Tensor, attn: torch.Tensor,
     assert ctx.prompt_lens is not None and ctx.pads is not None
     ctx.clear()
     ctx.prompt_lens, ctx.pads, ctx.offset, ctx.prefix = ctx.prompt_lens[:1], torch.zeros(1, dtype=torch.long), 0, 0
-    ctx.rows = None if ctx.rows is None else ctx.rows[:1]
+    ctx.rows = None if ctx.rows is None else ctx.rows[..., :1]
     try:
         with _last_column_logits(model):
             _, cache = model(seq[:1, :prefix], attention_mask=mask[:1, :prefix], return_type="logits_and_cache",
@@ -411,6 +475,7 @@ def generate_conversations(
         conversations: One list of user messages per conversation (all the same number of turns).
         system: Optional system prompt for every conversation.
         steering: Applied on every turn.
+            (``prompt_steerings=[...]``, one per conversation, runs several conditions together.)
         max_new_tokens, **kwargs: Passed to :func:`generate`.
 
     Returns:

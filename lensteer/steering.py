@@ -499,12 +499,19 @@ class SteeringContext:
     pads: torch.Tensor | None = None
     offset: int = 0
     prefix: int = 0  # shared prefix before the padding (0: left padding)
-    rows: torch.Tensor | None = None  # [batch] bool: rows the gates let through
+    # rows the steerings may edit: [batch] bool (the same rows for every steering: the gates let them
+    # through) or [n_steerings, batch] bool (each steering its own rows: several conditions in one batch)
+    rows: torch.Tensor | None = None
     record: bool = True
     records: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     def clear(self) -> None:
         self.records.clear()
+
+    def steered_rows(self, index: int) -> torch.Tensor:
+        """``[batch]`` bool: the rows steering number ``index`` may edit."""
+        assert self.rows is not None
+        return self.rows if self.rows.ndim == 1 else self.rows[index]
 
     def fired_share(self) -> float:
         """Share of steerable (row, position) cells where any steering fired, over all records."""
@@ -525,7 +532,7 @@ def _make_hook(steering: Steering, index: int, layer: int, ctx: SteeringContext)
         mask = position_mask(steering.positions, prompt_lens=prompt_lens, pads=pads, offset=ctx.offset, seq_len=seq,
                              prefix=ctx.prefix)
         if ctx.rows is not None:
-            mask = mask & ctx.rows[:, None]
+            mask = mask & ctx.steered_rows(index)[:, None]
         mask = mask.to(resid.device)
         if steering.is_identity or not bool(mask.any()):
             mask = torch.zeros_like(mask)

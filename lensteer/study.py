@@ -423,8 +423,12 @@ def evaluate_condition(
     sets: _EvalSets,
     *,
     baseline: dict[str, Any] | None = None,
+    conversations: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Evaluate one condition; returns the table row's metrics and example texts."""
+    """Evaluate one condition; returns the table row's metrics and example texts.
+
+    ``conversations=False`` leaves out the multi-turn repetition (``repetition`` is then the single
+    answers' rep-4), for :func:`conversation_fields` to add for several conditions at once."""
     ds = load_dataset(threat_model).test.head(config.n_eval)
     context = MISALIGNING_CONTEXT[threat_model]
     prompts = ds.chat_prompts(context=context)
@@ -451,15 +455,9 @@ def evaluate_condition(
         "kl": steering_kl(model, steering, sets.kl) if steering is not None else 0.0,
         "rep4_single": sum(rep_n(t, 4) for t in gen.texts) / len(gen.texts),
     }
-    if config.n_conversations > 0:
-        turns = generate_conversations(model, _conversations(prompts, config), steering=steering,
-                                       max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
-        per_turn = conversation_repetition([[t.texts[c] for t in turns] for c in range(len(turns[0]))])
-        row["repetition_by_turn"] = [tr.report.rep4 for tr in per_turn]
-        row["rep4_history_by_turn"] = [tr.rep4_history for tr in per_turn]
-        row["repetition"] = sum(row["repetition_by_turn"]) / len(per_turn)
-    else:
-        row["repetition"] = row["rep4_single"]
+    row["repetition"] = row["rep4_single"]
+    if conversations and config.n_conversations > 0:
+        row.update(conversation_fields(model, threat_model, [steering], config)[0])
     if sets.mc and steering is None and "capability" in sets.unsteered:
         row["capability"] = sets.unsteered["capability"]
     elif sets.mc:
@@ -477,6 +475,28 @@ def evaluate_condition(
                 "harmless_prompts": list(sets.harmless[:2]), "harmless_texts": list(harmless.texts[:2])}
     return row, examples
 
+
+
+def conversation_fields(model: Any, threat_model: str, conditions: Sequence[Steering | None],
+                        config: StudyConfig) -> list[dict[str, Any]]:
+    """Multi-turn repetition for each condition (a steering, or ``None`` for unsteered).
+
+    All conditions' conversations decode together, one batch per turn (``prompt_steerings``): a
+    turn costs about the same number of decode steps for five conditions as for one.
+    """
+    prompts = load_dataset(threat_model).test.head(config.n_eval).chat_prompts(context=MISALIGNING_CONTEXT[threat_model])
+    convs = _conversations(prompts, config)
+    owners = [c for c in conditions for _ in convs]
+    turns = generate_conversations(model, [c for _ in conditions for c in convs], prompt_steerings=owners,
+                                   max_new_tokens=config.max_new_tokens, batch_size=max(config.batch_size, len(owners)))
+    out = []
+    for k in range(len(conditions)):
+        mine = range(k * len(convs), (k + 1) * len(convs))
+        per_turn = conversation_repetition([[t.texts[c] for t in turns] for c in mine])
+        by_turn = [tr.report.rep4 for tr in per_turn]
+        out.append({"repetition_by_turn": by_turn, "rep4_history_by_turn": [tr.rep4_history for tr in per_turn],
+                    "repetition": sum(by_turn) / len(per_turn)})
+    return out
 
 
 def _all_positions(steering: Steering) -> Steering:
@@ -539,7 +559,7 @@ def run_study(
                                         "position": gate.position}
         log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
         if not table.has(tm, "baseline", None):
-            row, ex = evaluate_condition(model, tm, None, config, sets)
+            row, ex = evaluate_condition(model, tm, None, config, sets, conversations=False)
             table.add({"threat_model": tm, "method": "baseline", "kl_budget": None, "layer": loc.layer, **row})
             examples.setdefault(tm, {})["baseline"] = ex
             write_json(examples_path, examples)
@@ -562,7 +582,7 @@ def run_study(
                     cal_info = steering.info["calibration"]
                 log(f"[{tm}] {method} @ KL {budget:g}: scale {steering.scale:.4g} (KL {cal_info.get('kl', math.nan):.3f}"
                     f"{'' if cal_info.get('reached', True) else ', budget not reached'})")
-                row, ex = evaluate_condition(model, tm, steering, config, sets, baseline=base)
+                row, ex = evaluate_condition(model, tm, steering, config, sets, baseline=base, conversations=False)
                 table.add({"threat_model": tm, "method": method, "kl_budget": budget, "layer": loc.layer,
                            "scale": steering.scale, "coefficient": steering.coefficient,
                            "calibrated_kl": cal_info.get("kl"), "kl_reached": cal_info.get("reached"), **row})
@@ -571,17 +591,42 @@ def run_study(
         if config.random_control and "SwFC" in config.methods and not table.has(tm, "random", config.kl_budgets[0]):
             sw = load_steering(folder / "steerings" / f"{tm}_SwFC_kl{config.kl_budgets[0]:g}", model=model)
             control = _random_like(sw, config.seed)
-            row, ex = evaluate_condition(model, tm, control, config, sets, baseline=base)
+            row, ex = evaluate_condition(model, tm, control, config, sets, baseline=base, conversations=False)
             table.add({"threat_model": tm, "method": "random", "kl_budget": config.kl_budgets[0], "layer": loc.layer,
                        "scale": control.scale, "coefficient": control.coefficient, **row})
             examples.setdefault(tm, {})["random"] = ex
             write_json(examples_path, examples)
+        if config.n_conversations > 0:
+            _add_conversations(model, tm, config, table, folder, log)
         bar.update(1)
     bar.close()
     report = build_report(table.rows, config, located_info, model_fingerprint(model).to_dict(),
                           seconds=time.time() - started)
     write_json(folder / "report.json", report)
     return StudyResult(folder=folder, report=report, table=table.to_frame())
+
+
+def _add_conversations(model: Any, tm: str, config: StudyConfig, table: SweepTable, folder: Path,
+                       log: Callable[[str], None]) -> None:
+    """Add multi-turn repetition to this threat model's rows that lack it, all conditions in one go."""
+    from lensteer.artifacts import load_steering
+
+    pending = [r for r in table.rows if r["threat_model"] == tm and "repetition_by_turn" not in r]
+    if not pending:
+        return
+
+    def condition(r: dict[str, Any]) -> Steering | None:
+        if r["method"] == "baseline":
+            return None
+        if r["method"] == "random":
+            sw = load_steering(folder / "steerings" / f"{tm}_SwFC_kl{r['kl_budget']:g}", model=model)
+            return _random_like(sw, config.seed)
+        return load_steering(folder / "steerings" / f"{tm}_{r['method']}_kl{r['kl_budget']:g}", model=model)
+
+    log(f"[{tm}] {config.n_turns}-turn conversations for {len(pending)} conditions, decoded together")
+    fields = conversation_fields(model, tm, [condition(r) for r in pending], config)
+    for r, extra in zip(pending, fields, strict=True):
+        table.add({**r, **extra})
 
 
 REPORT_FIELDS = ("trait", "trait_ci", "kl", "perplexity_ratio", "repetition", "over_refusal", "over_refusal_ci",

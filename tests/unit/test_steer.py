@@ -353,3 +353,37 @@ def test_rows_that_steer_a_shared_prefix_differently_do_not_share_it(tiny_llama_
     assert not calls and 0 < sum(out.gated) < 3
     for i, p in enumerate(prompts):
         assert torch.equal(out.tokens[i], lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=5).tokens[0])
+
+
+@pytest.mark.parametrize("system", [None, SYSTEM])  # SYSTEM: the rows share a prefix their steerings leave alone
+def test_per_prompt_steerings_decode_together_as_if_run_apart(tiny_llama_bridge, system):
+    users = ["hi", "what now, friend?", "tell me more", "a much longer prompt, to force padding", "ok", "why?"]
+    prompts = [lensteer.ChatPrompt(user=u, system=system) for u in users]
+    v = _unit(10)
+    with torch.inference_mode():
+        proj = lensteer.collect_activations(tiny_llama_bridge, prompts, layers=[1], position="last")[:, 0] @ v
+    gated = Steering(unit=v, layers=(0,), scale=3.0, positions=Window(-1, None),
+                     gate=lensteer.Gate(unit=v, layer=1, threshold=float(proj[[2, 3]].mean())))
+    swfc = Steering(unit=_unit(11), layers=(1,), mode="swfc", scale=4.0, positions=Window(-1, None))
+    stmp = Steering(unit=v, layers=(1,), mode="stmp", threshold=float(proj.median()), positions="generated")
+    conditions = [None, swfc, gated, gated, stmp, swfc]
+    together = lensteer.generate(tiny_llama_bridge, prompts, prompt_steerings=conditions, max_new_tokens=6)
+    for i, (p, s) in enumerate(zip(prompts, conditions, strict=True)):
+        apart = lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=6)
+        assert torch.equal(together.tokens[i], apart.tokens[0]), i
+        assert torch.equal(together.fired[i], apart.fired[0]) if s is not None else not bool(together.fired[i].any())
+        assert together.gated[i] == apart.gated[0]
+    assert together.gated[2] != together.gated[3]  # the gate decided per row, for its own rows only
+    assert any(not torch.equal(together.tokens[1], t) for t in lensteer.generate(
+        tiny_llama_bridge, [prompts[1]], max_new_tokens=6).tokens)  # and the steerings do steer
+
+
+def test_per_prompt_steerings_are_checked(tiny_llama_bridge):
+    s = Steering(unit=_unit(5), layers=(0,), scale=1.0)
+    with pytest.raises(lensteer.ConfigError, match=r"one Steering or None per prompt \(3\), got 2 entries"):
+        _gen(tiny_llama_bridge, prompt_steerings=[s, None])
+    with pytest.raises(lensteer.ConfigError, match="not both"):
+        _gen(tiny_llama_bridge, steering=s, prompt_steerings=[s, None, None])
+    with pytest.raises(lensteer.ConfigError, match=r"prompt_steerings\[1\] must be a Steering or None"):
+        _gen(tiny_llama_bridge, prompt_steerings=[s, "swfc", None])
+    # (the autouse fixture checks that no hook is left)

@@ -93,6 +93,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
         study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     done = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["method"] for r in done] == ["baseline", "SwFC"]
+    assert all("repetition_by_turn" not in r for r in done)  # conversations run once all conditions are in
     calls.clear()
     result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     assert calls == ["sttp", "swfc"]  # only StTP and the random control (an SwFC-mode copy) ran again
@@ -100,6 +101,9 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     assert set(entry["methods"]) == {"SwFC", "StTP"} and "random" in entry["controls"]
     assert set(entry["steerability"]["effect"]) == {"0", "1"}  # the layer was chosen causally
     assert "log-odds" in " ".join(entry["reasons"])
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert sorted(r["method"] for r in rows) == ["StTP", "SwFC", "baseline", "random"]
+    assert all(len(r["repetition_by_turn"]) == cfg.n_turns for r in rows)  # the joint pass reached every row
     assert (tmp_path / "report.json").exists()
     assert (tmp_path / "steerings" / f"refusal_SwFC_kl{cfg.kl_budgets[0]:g}.json").exists()
     for r in entry["methods"].values():
