@@ -11,6 +11,7 @@ on the cells both computed. The lensteer sweep runs before and after Transformer
 so that load from other processes shows up as the spread of the two times.
 
     python benchmarks/bench_patching.py [--tl-layers 0,15,29] [--n-pairs 8] [--threads 2]
+    python benchmarks/bench_patching.py --attribution-only   # AtP vs exact, residual cells and heads
 """
 
 import argparse
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--n-pairs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument("--attribution-only", action="store_true",
+                        help="skip TransformerLens: attribution vs exact patching, residual cells and heads, 2 rounds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = lensteer.load_model()
@@ -72,6 +75,9 @@ def main() -> None:
                 tl_patching.layer_pos_patch_setter, "resid_pre", index_df=index_df,
             )
 
+    if args.attribution_only:
+        _attribution_only(model, clean, corrupted, metric, args.top_k)
+        return
     exact, t_ours_1 = _timed(ours)
     print(f"lensteer full sweep, run 1: {t_ours_1:.1f} s", flush=True)
     tl_values, t_tl_subset = _timed(theirs)
@@ -107,6 +113,36 @@ def main() -> None:
         print(f"{name}: {t_ours / t:.1f}x faster than our exact sweep; Pearson r with exact = {res.correlation(exact):.2f} "
               f"(signed), {_pearson(est.abs(), ex.abs()):.2f} (|effect|); top-{args.top_k} recall "
               f"{_recall(est, ex, args.top_k):.2f}")
+
+
+def _attribution_only(model, clean, corrupted, metric, top_k: int) -> None:  # type: ignore[no-untyped-def]
+    """Attribution patching vs exact patching on the same inputs, residual cells and heads, interleaved."""
+    variants = {
+        "exact resid_pre (patch_residual)": lambda: lensteer.patch_residual(model, clean, corrupted, metric),
+        "AtP resid_pre (attribute_residual)": lambda: lensteer.attribute_residual(model, clean, corrupted, metric),
+        "exact heads (patch_heads)": lambda: lensteer.patch_heads(model, clean, corrupted, metric),
+        "AtP heads (attribute_heads)": lambda: lensteer.attribute_heads(model, clean, corrupted, metric),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    results = {}
+    for _ in range(2):
+        for name, fn in variants.items():
+            results[name], t = _timed(fn)
+            times[name].append(t)
+            print(f"{name}: {t:.1f} s", flush=True)
+    best = {k: min(v) for k, v in times.items()}
+    print(f"machine: {platform.machine()}, torch {torch.__version__}, {len(clean)} pairs x {clean.shape[1]} tokens, "
+          "all layers; best of 2 interleaved rounds")
+    print("| variant | s (round 1 / round 2) | attribution speed-up | Pearson r with exact | top-k recall |")
+    print("|---|---|---|---|---|")
+    for exact_name, atp_name in (("exact resid_pre (patch_residual)", "AtP resid_pre (attribute_residual)"),
+                                 ("exact heads (patch_heads)", "AtP heads (attribute_heads)")):
+        exact, atp = results[exact_name], results[atp_name]
+        ex, est = exact.mean() - exact.target.mean(), atp.mean() - atp.target.mean()
+        k = min(top_k, ex.numel() // 4)
+        print(f"| {exact_name} | {times[exact_name][0]:.1f} / {times[exact_name][1]:.1f} | | | |")
+        print(f"| {atp_name} | {times[atp_name][0]:.1f} / {times[atp_name][1]:.1f} | "
+              f"{best[exact_name] / best[atp_name]:.1f}x | {atp.correlation(exact):.2f} | {_recall(est, ex, k):.2f} (k={k}) |")
 
 
 if __name__ == "__main__":

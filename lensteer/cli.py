@@ -87,6 +87,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _study_config(args: argparse.Namespace) -> Any:
+    from lensteer.errors import ConfigError
     from lensteer.study import StudyConfig
 
     if args.config:
@@ -100,6 +101,11 @@ def _study_config(args: argparse.Namespace) -> Any:
         overrides["kl_budgets"] = tuple(float(x) for x in args.kl.split(","))
     if getattr(args, "method", None):
         overrides["methods"] = tuple(args.method)
+    if getattr(args, "layers", None):
+        try:
+            overrides["sweep_layers"] = tuple(int(x) for x in args.layers.split(","))
+        except ValueError:
+            raise ConfigError(f"--layers takes comma-separated layer indices, e.g. 5,9,13; got {args.layers!r}") from None
     if overrides:
         config = StudyConfig.from_dict({**config.to_dict(), **overrides})
     return config
@@ -209,15 +215,19 @@ def _cmd_locate(args: argparse.Namespace) -> int:
             approx = lensteer.attribute_residual(model, clean, corrupted, metric, layers=layers)
             patching = lensteer.patch_residual(model, clean, corrupted, metric, layers=layers, progress=not args.quiet)
             heads = lensteer.patch_heads(model, clean, corrupted, metric, layers=layers, progress=not args.quiet)
+            approx_heads = lensteer.attribute_heads(model, clean, corrupted, metric, layers=layers)
             try:  # normalising fails when clean and corrupted give the same metric
                 save(plotting.plot_patching(patching)[0], f"patching_resid_{name}")
                 save(plotting.plot_patching(heads)[0], f"patching_heads_{name}")
                 save(plotting.plot_attribution_vs_exact(approx, patching)[0], f"attribution_vs_exact_{name}")
+                save(plotting.plot_attribution_vs_exact(approx_heads, heads)[0], f"attribution_vs_exact_heads_{name}")
                 entry["patching"] = {"pairs": pairs.to_dict(), "resid": patching.to_dict(), "heads": heads.to_dict(),
-                                     "attribution_correlation": approx.correlation(patching)}
+                                     "attribution_correlation": approx.correlation(patching),
+                                     "head_attribution_correlation": approx_heads.correlation(heads)}
                 print(f"{name} patching ({len(pairs)} pairs; {pairs.design}): clean metric "
                       f"{float(patching.source.mean()):.2f}, corrupted {float(patching.target.mean()):.2f}; top cells "
-                      f"{patching.top_cells(3)}; attribution vs exact r = {approx.correlation(patching):.2f}", flush=True)
+                      f"{patching.top_cells(3)}; attribution vs exact r = {approx.correlation(patching):.2f} "
+                      f"(residual cells), {approx_heads.correlation(heads):.2f} (heads)", flush=True)
             except lensteer.PatchingError as err:
                 print(f"{name}: patching not reported: {err}", flush=True)
                 patching = None
@@ -264,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kl", default=None, help="comma-separated KL budgets in nats/token (default: 0.5)")
     run.add_argument("--method", action="append", choices=["SwFC", "StTP", "StMP", "add", "ablate", "ace", "angular"],
                      help="limit to these methods (repeatable)")
+    run.add_argument("--layers", default=None,
+                     help="comma-separated layers for a layer sweep: every method is also calibrated and evaluated "
+                          "there (the headline stays at the chosen layer), e.g. --layers 5,9,13")
     run.add_argument("--no-figures", action="store_true", help="skip the figures")
     run.set_defaults(func=_cmd_run)
 

@@ -15,7 +15,8 @@ a small model). Results equal ``transformer_lens.patching`` on the same inputs (
 """
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -510,23 +511,7 @@ def attribute_residual(
         nodes = [s.layer + (site == "resid_post") for s in sites]
     source_acts = _cache(model, source, [names[i] for i in nodes], _roles(direction)[0])
     device = next(iter(model.parameters())).device
-    captured: dict[str, torch.Tensor] = {}
-
-    def capture(name: str) -> Callable[..., torch.Tensor]:
-        def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
-            if not act.requires_grad:  # frozen weights: start the graph here
-                act = act.detach().requires_grad_(True)
-            captured[name] = act
-            return act
-        return hook
-
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, capture(n)) for n in names]):
-        values = metric(last_logits(model, target.to(device)))
-        if values.shape != (target.shape[0],):
-            raise PatchingError(f"the metric must map [batch, d_vocab] last-position logits to [batch]; got {tuple(values.shape)}")
-        acts = [captured[n] for n in names]
-        grads = list(torch.autograd.grad(values.sum(), acts, allow_unused=True, retain_graph=method == "atp*"))
-        grads = [torch.zeros_like(a) if g is None else g for a, g in zip(acts, grads, strict=True)]
+    with torch.enable_grad(), _gradients(model, target, names, metric, keep_graph=method == "atp*") as (values, acts, grads):
         deltas = {i: source_acts[names[i]].to(device).float() - acts[i].detach().float() for i in nodes}
         plain = {i: (deltas[i] * grads[i].float()).sum(-1) for i in nodes}       # [n_examples, pos]
         if method == "atp":
@@ -542,6 +527,74 @@ def attribute_residual(
                        layers=tuple(s.layer for s in sites), site=site, kind="position", direction=direction,
                        col_labels=_labels(model, source[0]),
                        method="attribution" if method == "atp" else "attribution (AtP* GradDrop)")
+
+
+@contextmanager
+def _gradients(model: Any, target: torch.Tensor, names: Sequence[str], metric: Metric, *,
+               keep_graph: bool = False) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
+    """One forward and one backward of ``metric`` on ``target``: the metric values, the activations
+    at the hook points ``names`` (in the graph) and the metric's gradients there (zeros if unused)."""
+    device = next(iter(model.parameters())).device
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(name: str) -> Callable[..., torch.Tensor]:
+        def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
+            if not act.requires_grad:  # frozen weights: start the graph here
+                act = act.detach().requires_grad_(True)
+            captured[name] = act
+            return act
+        return hook
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, capture(n)) for n in names]):
+        values = metric(last_logits(model, target.to(device)))
+        if values.shape != (target.shape[0],):
+            raise PatchingError(f"the metric must map [batch, d_vocab] last-position logits to [batch]; got {tuple(values.shape)}")
+        acts = [captured[n] for n in names]
+        grads = list(torch.autograd.grad(values.sum(), acts, allow_unused=True, retain_graph=keep_graph))
+        yield values, acts, [torch.zeros_like(a) if g is None else g for a, g in zip(acts, grads, strict=True)]
+
+
+def attribute_heads(
+    model: Any,
+    clean: "Sequence[str | ChatPrompt] | Int[torch.Tensor, 'n_examples pos']",
+    corrupted: "Sequence[str | ChatPrompt] | Int[torch.Tensor, 'n_examples pos']",
+    metric: Metric,
+    *,
+    layers: Sequence[int] | None = None,
+    direction: PatchDirection = "denoising",
+) -> PatchResult:
+    """Attribution patching per attention head: a first-order estimate of :func:`patch_heads`.
+
+    A head's estimate is ``(z_source - z_target) . dM/dz`` summed over its positions and ``d_head``
+    (``attn.hook_z``, the head's output before ``W_O``), from one source forward, one target
+    forward and one backward for every head of every layer. Since ``W_O`` is linear, the heads of a
+    layer add up to the attribution of its ``attn_out`` (tested). AtP*'s fixes do not apply: its QK
+    fix concerns a head's query and key inputs, not its output, and GradDrop cuts residual layers.
+
+    Raises:
+        ConfigError: A model without per-head ``attn.hook_z`` hook points.
+    """
+    source, target = _prepare(model, clean, corrupted, direction)
+    layer_list = normalize_layers(model, layers)
+    names = [f"blocks.{la}.attn.hook_z" for la in layer_list]
+    missing = [n for n in names if n not in model.hook_dict]
+    if missing:
+        raise ConfigError(f"this model has no per-head hook {missing[0]!r}")
+    n_heads = int(model.cfg.n_heads)
+    source_acts = _cache(model, source, names, _roles(direction)[0])
+    device = next(iter(model.parameters())).device
+    with _gradients(model, target, names, metric) as (values, acts, grads):
+        per_layer = []
+        for name, act, grad in zip(names, acts, grads, strict=True):
+            delta = source_acts[name].to(device).float() - act.detach().float()
+            est = delta * grad.float()
+            per_layer.append(est.reshape(*est.shape[:2], n_heads, -1).sum((1, 3)).T.cpu())  # [n_heads, n_examples]
+    target_m = values.detach().float().cpu()
+    with torch.inference_mode():
+        source_m = _evaluate(model, source, metric)
+    return PatchResult(per_example=torch.stack(per_layer) + target_m, source=source_m, target=target_m,
+                       layers=tuple(layer_list), site="z", kind="head", direction=direction,
+                       col_labels=tuple(f"H{h}" for h in range(n_heads)), method="attribution")
 
 
 def _graddrop(stream: list[torch.Tensor], grads: list[torch.Tensor], deltas: dict[int, torch.Tensor],

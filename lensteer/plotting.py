@@ -167,7 +167,8 @@ def plot_attribution_vs_exact(attribution: Any, exact: Any, ax: Any = None) -> t
         ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls=":", label="y = x")
         ax.set_xlabel("exact patching (normalised effect)")
         ax.set_ylabel("attribution patching (normalised effect)")
-        ax.set_title(f"attribution vs exact, r = {attribution.correlation(exact):.2f}")
+        what = "heads" if attribution.kind == "head" else attribution.site
+        ax.set_title(f"attribution vs exact ({what}), r = {attribution.correlation(exact):.2f}")
         ax.legend(frameon=False, loc="upper left")
     return fig, ax
 
@@ -567,13 +568,51 @@ def plot_steerability(report: Mapping[str, Any], ax: Any = None) -> tuple[Any, A
     return fig, ax
 
 
+def plot_layer_sweep(rows: Sequence[Mapping[str, Any]], *, kl_budget: float | None = None) -> tuple[Any, Any]:
+    """Trait rate (95% CI) by steering layer, per method, one panel per threat model, for the rows of
+    a layer sweep (``lensteer run --layers ...``) at one KL budget; the unsteered rate as a line."""
+    steered = [r for r in rows if r["method"] not in _CONTROLS and (kl_budget is None or r["kl_budget"] == kl_budget)]
+    tms = [tm for tm in threat_models_of(rows)
+           if len({r["layer"] for r in steered if r["threat_model"] == tm}) > 1]
+    if not tms:
+        raise DataError("no threat model has steered rows at more than one layer (run with --layers to sweep)")
+    with paper_style():
+        fig, axes = plt.subplots(1, len(tms), figsize=(3.4 * len(tms), 3.0), squeeze=False)
+        for ax, tm in zip(axes[0], tms, strict=True):
+            mine = [r for r in steered if r["threat_model"] == tm]
+            for method in dict.fromkeys(r["method"] for r in mine):
+                pts = sorted((r["layer"], r["trait"], r.get("trait_ci") or [r["trait"]] * 2) for r in mine
+                             if r["method"] == method)
+                colour, marker = _METHOD_STYLE.get(method, (PALETTE[7], "o"))
+                x, y = [p[0] for p in pts], [p[1] for p in pts]
+                err = [[p[1] - p[2][0] for p in pts], [p[2][1] - p[1] for p in pts]]
+                ax.errorbar(x, y, yerr=err, color=colour, marker=marker, ms=4, lw=1.2, capsize=2, label=method)
+            base = next((r for r in rows if r["threat_model"] == tm and r["method"] == "baseline"), None)
+            if base is not None:
+                ax.axhline(base["trait"], color=_BASELINE_STYLE[0], lw=0.9, ls="--", label="unsteered")
+            ax.set_title(tm)
+            ax.set_xlabel("steering layer")
+            ax.set_ylabel(_TRAIT_LABEL.get(tm, "trait rate"))
+            ax.set_ylim(-0.03, 1.03)
+        axes[0][0].legend(frameon=False, fontsize=7)
+    return fig, axes[0][0]
+
+
+def _chosen_layer_rows(rows: Sequence[Mapping[str, Any]], report: Mapping[str, Any] | None) -> list[Any]:
+    """The rows at each threat model's chosen layer (a layer sweep's other layers have their own figure)."""
+    chosen = {tm: e.get("layer") for tm, e in (report or {}).get("threat_models", {}).items()}
+    swept = {tm for tm in chosen if len({r.get("layer") for r in rows if r["threat_model"] == tm}) > 1}
+    return [r for r in rows if r["threat_model"] not in swept or r.get("layer") == chosen[r["threat_model"]]]
+
+
 def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list[Path]:
     """Write every study figure of a ``lensteer run`` results folder into ``out_dir`` (PDF + PNG).
 
     Reads ``results.json`` (required), ``report.json`` (for the matched KL budget, if present) and
     ``examples.json`` (if present). Writes ``tradeoff`` (all threat models), ``tradeoff_<tm>``,
     ``repetition_by_turn``, ``repetition_history_by_turn``, ``steered_share``, ``steerability`` (from the
-    report) and ``examples_<tm>``.
+    report), ``layer_sweep`` (if the study swept layers) and ``examples_<tm>``. The other figures show
+    each threat model's chosen layer.
     A figure whose data the folder lacks is skipped with a warning on the ``lensteer.plotting``
     logger that says why.
 
@@ -590,9 +629,12 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
         raise DataError(f"{rows_path} is not a study table ({{'rows': [...]}}): {err!r}") from err
     if not isinstance(rows, list) or not rows:
         raise DataError(f"{rows_path} has no rows")
-    budget = None
+    budget, report = None, None
     if (folder / "report.json").exists():
-        budget = _number(json.loads((folder / "report.json").read_text()).get("matched_kl_budget"))
+        report = json.loads((folder / "report.json").read_text())
+        budget = _number(report.get("matched_kl_budget"))
+    swept = rows
+    rows = _chosen_layer_rows(rows, report)
     written: list[Path] = []
 
     def save(stem: str, draw: Callable[[], tuple[Any, Any]]) -> None:
@@ -605,8 +647,10 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
         plt.close(fig)
 
     save("tradeoff", lambda: plot_tradeoff_grid(rows))
-    if (folder / "report.json").exists():
-        save("steerability", lambda: plot_steerability(json.loads((folder / "report.json").read_text())))
+    if report is not None:
+        save("steerability", lambda: plot_steerability(report))
+    if len(swept) > len(rows):
+        save("layer_sweep", lambda: plot_layer_sweep(swept, kl_budget=budget))
     for tm in threat_models_of(rows):
         save(f"tradeoff_{tm}", functools.partial(plot_tradeoff, rows, tm))
     save("repetition_by_turn", lambda: plot_repetition_by_turn(rows, kl_budget=budget))

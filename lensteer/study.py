@@ -74,6 +74,8 @@ class StudyConfig:
         methods: Steering methods (``SwFC``, ``StTP``, ``StMP``, ``add``, ``ablate``, ``ace``, ``angular``).
         kl_budgets: Coherence budgets in nats per token; every method is calibrated to each.
         layer: Steering layer; ``None`` picks it from the probing study.
+        sweep_layers: A layer sweep: every method is also calibrated and evaluated at each of these
+            layers (rows keyed by layer; the headline stays at the chosen layer).
         candidate_layers: Layers the probing study looks at (``None``: every ``layer_stride``-th layer
             from layer 1, within the first 80% of the model).
         layer_stride: Spacing of the default candidate layers.
@@ -96,6 +98,7 @@ class StudyConfig:
     methods: tuple[str, ...] = ("SwFC", "StTP", "StMP")
     kl_budgets: tuple[float, ...] = (0.5,)
     layer: int | None = None
+    sweep_layers: tuple[int, ...] = ()
     candidate_layers: tuple[int, ...] | None = None
     layer_stride: int = 4
     n_train: int = 48
@@ -126,6 +129,10 @@ class StudyConfig:
         object.__setattr__(self, "kl_budgets", tuple(float(b) for b in budgets))
         if self.candidate_layers is not None:
             object.__setattr__(self, "candidate_layers", tuple(self.candidate_layers))
+        if isinstance(self.sweep_layers, (str, int)) or any(isinstance(x, bool) or not isinstance(x, int)
+                                                            for x in self.sweep_layers):
+            raise ConfigError(f"sweep_layers must be a list of layer indices (ints), got {self.sweep_layers!r}")
+        object.__setattr__(self, "sweep_layers", tuple(self.sweep_layers))
         for name in ("n_train", "n_eval", "n_harmless", "n_kl", "max_new_tokens", "batch_size", "n_turns", "layer_stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -187,7 +194,7 @@ def trait_flags(threat_model: str, texts: Sequence[str], examples: ContrastSet) 
 
 # -- the sweep table --------------------------------------------------------------------------------
 
-ROW_KEY = ("threat_model", "method", "kl_budget")
+ROW_KEY = ("threat_model", "method", "kl_budget", "layer")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -227,11 +234,11 @@ class SweepTable:
     def key(row: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(row[k] for k in ROW_KEY)
 
-    def has(self, threat_model: str, method: str, kl_budget: float | None) -> bool:
-        return any(self.key(r) == (threat_model, method, kl_budget) for r in self.rows)
+    def has(self, threat_model: str, method: str, kl_budget: float | None, layer: int) -> bool:
+        return any(self.key(r) == (threat_model, method, kl_budget, layer) for r in self.rows)
 
-    def get(self, threat_model: str, method: str, kl_budget: float | None) -> dict[str, Any]:
-        return next(r for r in self.rows if self.key(r) == (threat_model, method, kl_budget))
+    def get(self, threat_model: str, method: str, kl_budget: float | None, layer: int) -> dict[str, Any]:
+        return next(r for r in self.rows if self.key(r) == (threat_model, method, kl_budget, layer))
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows = [r for r in self.rows if self.key(r) != self.key(row)] + [row]
@@ -265,6 +272,7 @@ class _Located:
     steerings: dict[str, Steering]
     reference_norm: float
     steerability: dict[str, Any] | None = None
+    sweep: dict[int, dict[str, Steering]] = field(default_factory=dict)  # the other layers of a layer sweep
 
 
 def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
@@ -289,6 +297,9 @@ def locate(model: Any, threat_model: str, config: StudyConfig, harmless: Sequenc
     """
     ds = load_dataset(threat_model).with_responses()
     layers = [config.layer] if config.layer is not None else _candidate_layers(model, config)
+    screened = list(layers)  # the layers the causal choice compares
+    extra = _sweep_layers(model, config)
+    layers = sorted(set(layers) | set(extra))
     acts: dict[str, torch.Tensor] = {}
     n_val = max(8, config.n_train // 3)
     for split, n in (("train", config.n_train), ("val", n_val)):
@@ -303,14 +314,14 @@ def locate(model: Any, threat_model: str, config: StudyConfig, harmless: Sequenc
     if config.layer is not None:
         layer, reasons = config.layer, [f"layer {config.layer} set in the config"]
     else:
-        if kl is not None and len(layers) > 1:
+        if kl is not None and len(screened) > 1:
             refs = {layer: reference_norm(model, harmless, layer, batch_size=config.batch_size) for layer in layers}
             # held-out questions without the misaligning context (a few-shot context would make this
             # screen several times dearer); relative scale 0.25 is near where KL 0.3-0.5 lies on most layers
             val = ds.val.head(min(n_val, 6))
             candidates = {layer: Steering.from_direction(report.direction("diff_of_means", layer), mode="swfc",
                                                          scale=0.25, relative=True, reference_norm=refs[layer])
-                          for layer in layers}
+                          for layer in screened}
             steerability = layer_steerability(model, candidates, val.chat_prompts(response="aligned"),
                                               val.chat_prompts(response="misaligned"), kl,
                                               kl_budget=config.kl_budgets[0], batch_size=config.batch_size)
@@ -325,18 +336,36 @@ def locate(model: Any, threat_model: str, config: StudyConfig, harmless: Sequenc
             else:
                 layer = report.best_layer("probe_auroc")
                 reasons = [f"no layer passed the selection rules ({err}); took the best probe AUROC layer {layer}"]
-    col = layers.index(layer)
-    direction = report.direction("diff_of_means", layer)
-    aligned = acts["pos_train"][:, col]
-    ref = refs[layer] if layer in refs else reference_norm(model, harmless, layer, batch_size=config.batch_size)
     gate = _refusal_gate(model, config) if threat_model == "refusal" else None
     positions: Any = "all" if config.positions == "all" else Window(-1, None)
-    misaligned = acts["neg_train"][:, col]
-    steerings = {method: make_steering(method, direction, aligned, misaligned, ref, positions, gate)
-                 for method in config.methods}
+
+    def steerings_at(at: int) -> tuple[dict[str, Steering], float]:
+        col = layers.index(at)
+        ref = refs[at] if at in refs else reference_norm(model, harmless, at, batch_size=config.batch_size)
+        direction = report.direction("diff_of_means", at)
+        aligned, misaligned = acts["pos_train"][:, col], acts["neg_train"][:, col]
+        return {method: make_steering(method, direction, aligned, misaligned, ref, positions, gate)
+                for method in config.methods}, ref
+
+    steerings, ref = steerings_at(layer)
     return _Located(layer=layer, site="resid_post", reasons=reasons, probing=report.to_dict(),
                     steerings=steerings, reference_norm=ref,
-                    steerability=steerability.to_dict() if steerability is not None else None)
+                    steerability=steerability.to_dict() if steerability is not None else None,
+                    sweep={at: steerings_at(at)[0] for at in extra if at != layer})
+
+
+def _sweep_layers(model: Any, config: StudyConfig) -> list[int]:
+    n = int(model.cfg.n_layers)
+    bad = [x for x in config.sweep_layers if not -n <= x < n]
+    if bad:
+        raise ConfigError(f"sweep_layers {bad} are not layers of this {n}-layer model (allowed 0..{n - 1})")
+    return sorted({x % n for x in config.sweep_layers})
+
+
+def steering_path(folder: Path, threat_model: str, method: str, kl_budget: float, layer: int, chosen: int) -> Path:
+    """Where the study saves a calibrated steering (the chosen layer's carry no layer suffix)."""
+    suffix = "" if layer == chosen else f"_L{layer}"
+    return Path(folder) / "steerings" / f"{threat_model}_{method}_kl{kl_budget:g}{suffix}"
 
 
 def make_steering(method: str, direction: Any, aligned: torch.Tensor, misaligned: torch.Tensor, ref: float,
@@ -558,38 +587,44 @@ def run_study(
             located_info[tm]["gate"] = {"layer": gate.layer, "site": gate.site, "threshold": gate.threshold,
                                         "position": gate.position}
         log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
-        if not table.has(tm, "baseline", None):
+        if not table.has(tm, "baseline", None, loc.layer):
             row, ex = evaluate_condition(model, tm, None, config, sets, conversations=False)
             table.add({"threat_model": tm, "method": "baseline", "kl_budget": None, "layer": loc.layer, **row})
             examples.setdefault(tm, {})["baseline"] = ex
             write_json(examples_path, examples)
         bar.update(1)
-        base = table.get(tm, "baseline", None)
-        for method in config.methods:
-            for budget in config.kl_budgets:
-                bar.update(1)
-                if table.has(tm, method, budget):
-                    continue
-                path = folder / "steerings" / f"{tm}_{method}_kl{budget:g}"
-                if artifact_paths(path)[1].exists():
-                    steering = load_steering(path, model=model)
-                    cal_info = steering.info.get("calibration", {})
-                else:
-                    # calibrate the raw edit (no gate): the gate would hide its cost on harmless prompts
-                    cal = calibrate(model, replace(loc.steerings[method], gate=None), sets.kl, budget)
-                    steering = replace(cal.steering, gate=loc.steerings[method].gate)
-                    save_steering(steering, path, model=model)
-                    cal_info = steering.info["calibration"]
-                log(f"[{tm}] {method} @ KL {budget:g}: scale {steering.scale:.4g} (KL {cal_info.get('kl', math.nan):.3f}"
-                    f"{'' if cal_info.get('reached', True) else ', budget not reached'})")
-                row, ex = evaluate_condition(model, tm, steering, config, sets, baseline=base, conversations=False)
-                table.add({"threat_model": tm, "method": method, "kl_budget": budget, "layer": loc.layer,
-                           "scale": steering.scale, "coefficient": steering.coefficient,
-                           "calibrated_kl": cal_info.get("kl"), "kl_reached": cal_info.get("reached"), **row})
-                examples.setdefault(tm, {})[f"{method}@{budget:g}"] = ex
-                write_json(examples_path, examples)
-        if config.random_control and "SwFC" in config.methods and not table.has(tm, "random", config.kl_budgets[0]):
-            sw = load_steering(folder / "steerings" / f"{tm}_SwFC_kl{config.kl_budgets[0]:g}", model=model)
+        base = table.get(tm, "baseline", None, loc.layer)
+        if loc.sweep:  # the layer sweep's cells, now that the chosen layer is known
+            bar.total += len(loc.sweep) * len(config.methods) * len(config.kl_budgets)
+            bar.refresh()
+        for layer, built in ((loc.layer, loc.steerings), *sorted(loc.sweep.items())):
+            at = "" if layer == loc.layer else f" (layer sweep: L{layer})"
+            for method in config.methods:
+                for budget in config.kl_budgets:
+                    bar.update(1)
+                    if table.has(tm, method, budget, layer):
+                        continue
+                    path = steering_path(folder, tm, method, budget, layer, loc.layer)
+                    if artifact_paths(path)[1].exists():
+                        steering = load_steering(path, model=model)
+                        cal_info = steering.info.get("calibration", {})
+                    else:
+                        # calibrate the raw edit (no gate): the gate would hide its cost on harmless prompts
+                        cal = calibrate(model, replace(built[method], gate=None), sets.kl, budget)
+                        steering = replace(cal.steering, gate=built[method].gate)
+                        save_steering(steering, path, model=model)
+                        cal_info = steering.info["calibration"]
+                    log(f"[{tm}] {method} @ KL {budget:g}{at}: scale {steering.scale:.4g} "
+                        f"(KL {cal_info.get('kl', math.nan):.3f}{'' if cal_info.get('reached', True) else ', budget not reached'})")
+                    row, ex = evaluate_condition(model, tm, steering, config, sets, baseline=base, conversations=False)
+                    table.add({"threat_model": tm, "method": method, "kl_budget": budget, "layer": layer,
+                               "scale": steering.scale, "coefficient": steering.coefficient,
+                               "calibrated_kl": cal_info.get("kl"), "kl_reached": cal_info.get("reached"), **row})
+                    if layer == loc.layer:
+                        examples.setdefault(tm, {})[f"{method}@{budget:g}"] = ex
+                        write_json(examples_path, examples)
+        if config.random_control and "SwFC" in config.methods and not table.has(tm, "random", config.kl_budgets[0], loc.layer):
+            sw = load_steering(steering_path(folder, tm, "SwFC", config.kl_budgets[0], loc.layer, loc.layer), model=model)
             control = _random_like(sw, config.seed)
             row, ex = evaluate_condition(model, tm, control, config, sets, baseline=base, conversations=False)
             table.add({"threat_model": tm, "method": "random", "kl_budget": config.kl_budgets[0], "layer": loc.layer,
@@ -597,7 +632,7 @@ def run_study(
             examples.setdefault(tm, {})["random"] = ex
             write_json(examples_path, examples)
         if config.n_conversations > 0:
-            _add_conversations(model, tm, config, table, folder, log)
+            _add_conversations(model, tm, config, table, folder, loc.layer, log)
         bar.update(1)
     bar.close()
     report = build_report(table.rows, config, located_info, model_fingerprint(model).to_dict(),
@@ -606,7 +641,7 @@ def run_study(
     return StudyResult(folder=folder, report=report, table=table.to_frame())
 
 
-def _add_conversations(model: Any, tm: str, config: StudyConfig, table: SweepTable, folder: Path,
+def _add_conversations(model: Any, tm: str, config: StudyConfig, table: SweepTable, folder: Path, chosen: int,
                        log: Callable[[str], None]) -> None:
     """Add multi-turn repetition to this threat model's rows that lack it, all conditions in one go."""
     from lensteer.artifacts import load_steering
@@ -619,9 +654,9 @@ def _add_conversations(model: Any, tm: str, config: StudyConfig, table: SweepTab
         if r["method"] == "baseline":
             return None
         if r["method"] == "random":
-            sw = load_steering(folder / "steerings" / f"{tm}_SwFC_kl{r['kl_budget']:g}", model=model)
+            sw = load_steering(steering_path(folder, tm, "SwFC", r["kl_budget"], r["layer"], chosen), model=model)
             return _random_like(sw, config.seed)
-        return load_steering(folder / "steerings" / f"{tm}_{r['method']}_kl{r['kl_budget']:g}", model=model)
+        return load_steering(steering_path(folder, tm, r["method"], r["kl_budget"], r["layer"], chosen), model=model)
 
     log(f"[{tm}] {config.n_turns}-turn conversations for {len(pending)} conditions, decoded together")
     fields = conversation_fields(model, tm, [condition(r) for r in pending], config)
@@ -643,6 +678,7 @@ def build_report(rows: Sequence[dict[str, Any]], config: StudyConfig, located: d
                            "matched_kl_budget": matched, "seconds": round(seconds, 1), "threat_models": {}}
     for tm in config.threat_models:
         mine = [r for r in rows if r["threat_model"] == tm]
+        chosen = located.get(tm, {}).get("layer")
         entry: dict[str, Any] = {**located.get(tm, {}), "methods": {}, "controls": {}, "sweep": mine}
         for r in mine:
             picked = {k: r[k] for k in REPORT_FIELDS if k in r}
@@ -650,8 +686,10 @@ def build_report(rows: Sequence[dict[str, Any]], config: StudyConfig, located: d
                 entry["baseline"] = picked
             elif r["method"] == "random":
                 entry["controls"]["random"] = picked
-            elif r["kl_budget"] == matched:
+            elif r["kl_budget"] == matched and r["layer"] == chosen:
                 entry["methods"][r["method"]] = picked
+            elif r["kl_budget"] == matched:  # another layer of a layer sweep
+                entry.setdefault("layer_sweep", {}).setdefault(r["method"], {})[str(r["layer"])] = picked
         out["threat_models"][tm] = entry
     return out
 

@@ -340,3 +340,21 @@ def test_graddrop_arguments_are_checked(tiny_bridge, pair):
         unchecked(tiny_bridge, clean, corrupted, METRIC, method="ig")
     with pytest.raises(lensteer.ConfigError, match="supports sites 'resid_pre' and 'resid_post'"):
         unchecked(tiny_bridge, clean, corrupted, METRIC, method="atp*", site="mlp_out")
+
+
+def test_head_attribution_adds_up_to_attn_out_and_correlates_with_exact_head_patching(tiny_bridge, pair):
+    from lensteer.patching import attribute_heads, attribute_residual
+
+    clean, corrupted = pair
+    heads = attribute_heads(tiny_bridge, clean, corrupted, METRIC)
+    exact = patch_heads(tiny_bridge, clean, corrupted, METRIC)
+    assert heads.kind == "head" and heads.method == "attribution" and heads.mean().shape == exact.mean().shape
+    assert torch.allclose(heads.target, exact.target, atol=1e-4) and torch.allclose(heads.source, exact.source, atol=1e-4)
+    # W_O is linear: a layer's heads add up to the attribution of its attention output (all positions)
+    attn = attribute_residual(tiny_bridge, clean, corrupted, METRIC, site="attn_out")
+    by_layer = (heads.per_example - heads.target).sum(1)                       # [n_layers, n_examples]
+    by_attn = (attn.per_example - attn.target).sum(1)
+    torch.testing.assert_close(by_layer, by_attn, atol=1e-4, rtol=1e-4)
+    assert heads.correlation(exact) > 0.5
+    with pytest.raises(PatchingError, match="metric must map"):
+        attribute_heads(tiny_bridge, clean, corrupted, lambda logits: logits.sum())

@@ -89,6 +89,8 @@ def test_cli_run_the_whole_study_smoke_then_steer_side_by_side(tmp_path, tiny_mo
 def test_cli_reports_lensteer_errors_without_a_traceback(tmp_path, capsys):
     assert main(["run", "--model", str(tmp_path / "missing.gguf"), "--out", str(tmp_path)]) == 2
     assert "lensteer: error: GGUF file" in capsys.readouterr().err
+    assert main(["run", "--layers", "5,nine", "--out", str(tmp_path)]) == 2  # checked before any model loads
+    assert "--layers takes comma-separated layer indices, e.g. 5,9,13; got '5,nine'" in capsys.readouterr().err
 
 
 def test_patching_figures(tiny_bridge, tmp_path):
@@ -158,8 +160,10 @@ def test_cli_locate_patches_all_three_threat_models(tmp_path, tiny_smol_folder, 
         assert resid["layers"] == [0, 1] and len(resid["col_labels"]) == pairs["n_tokens"]
         assert resid["source_mean"] != resid["target_mean"]
         assert len(entry["patching"]["heads"]["col_labels"]) == 2  # heads
-        for stem in (f"patching_resid_{name}", f"patching_heads_{name}", f"attribution_vs_exact_{name}"):
+        for stem in (f"patching_resid_{name}", f"patching_heads_{name}", f"attribution_vs_exact_{name}",
+                     f"attribution_vs_exact_heads_{name}"):
             assert (out / "figures" / f"{stem}.png").is_file()
+        assert -1.0 <= entry["patching"]["head_attribution_correlation"] <= 1.0
         # the recommendation saw the patching evidence (or says why no layer passed)
         rec = entry["recommendation"]
         assert all(row["patch_effect"] is not None for row in rec["table"]) if "table" in rec else "error" in rec

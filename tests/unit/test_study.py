@@ -1,6 +1,7 @@
 """The study runner: config validation, the resumable sweep table, the report and its headline table."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -30,10 +31,10 @@ def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
         StudyConfig.from_toml(tmp_path / "missing.toml")
 
 
-def _row(tm, method, budget, trait=0.5):
+def _row(tm, method, budget, trait=0.5, layer=3):
     return {"threat_model": tm, "method": method, "kl_budget": budget, "trait": trait, "trait_ci": [0.1, 0.9],
             "kl": budget or 0.0, "perplexity_ratio": 1.1, "repetition": 0.01, "over_refusal": 0.0,
-            "over_refusal_ci": [0.0, 0.0], "capability": 0.6, "steered_share": 0.4, "layer": 3}
+            "over_refusal_ci": [0.0, 0.0], "capability": 0.6, "steered_share": 0.4, "layer": layer}
 
 
 def test_sweep_table_writes_every_cell_and_resumes(tmp_path):
@@ -41,13 +42,14 @@ def test_sweep_table_writes_every_cell_and_resumes(tmp_path):
     table.add(_row("refusal", "baseline", None))
     table.add(_row("refusal", "SwFC", 0.3))
     again = SweepTable(tmp_path)  # a new process after an interruption
-    assert again.has("refusal", "SwFC", 0.3) and again.has("refusal", "baseline", None)
-    assert not again.has("refusal", "StTP", 0.3)
+    assert again.has("refusal", "SwFC", 0.3, 3) and again.has("refusal", "baseline", None, 3)
+    assert not again.has("refusal", "StTP", 0.3, 3) and not again.has("refusal", "SwFC", 0.3, 7)
     again.add(_row("refusal", "SwFC", 0.3, trait=0.9))  # re-adding replaces, never duplicates
-    assert len(again.rows) == 2 and again.get("refusal", "SwFC", 0.3)["trait"] == 0.9
+    again.add(_row("refusal", "SwFC", 0.3, layer=7))    # another layer of a layer sweep is another cell
+    assert len(again.rows) == 3 and again.get("refusal", "SwFC", 0.3, 3)["trait"] == 0.9
     frame = again.to_frame()
     assert {"trait_lo", "trait_hi", "over_refusal_lo"} <= set(frame.columns)
-    assert (tmp_path / "results.csv").read_text().count("\n") == 3
+    assert (tmp_path / "results.csv").read_text().count("\n") == 4
 
 
 def test_report_has_the_schema_and_the_table_renders_it():
@@ -108,3 +110,28 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     assert (tmp_path / "steerings" / f"refusal_SwFC_kl{cfg.kl_budgets[0]:g}.json").exists()
     for r in entry["methods"].values():
         assert 0.0 <= r["trait"] <= 1.0 and r["kl"] >= 0.0
+
+
+def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, tmp_path):
+    cfg = StudyConfig(threat_models=("compassion",), methods=("SwFC", "StMP"), n_train=6, n_eval=2, n_harmless=2,
+                      n_kl=2, n_conversations=1, n_turns=2, n_mc=0, max_new_tokens=3, layer=1, sweep_layers=(0, 1),
+                      random_control=False, batch_size=4)
+    result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert sorted((r["method"], r["layer"]) for r in rows) == [("StMP", 0), ("StMP", 1), ("SwFC", 0), ("SwFC", 1),
+                                                              ("baseline", 1)]
+    assert all(len(r["repetition_by_turn"]) == 2 for r in rows)
+    entry = result.report["threat_models"]["compassion"]
+    assert entry["layer"] == 1 and set(entry["methods"]) == {"SwFC", "StMP"}    # the headline: the chosen layer
+    assert set(entry["layer_sweep"]["SwFC"]) == {"0"}                            # the sweep's other layers
+    budget = f"{cfg.kl_budgets[0]:g}"
+    for name in (f"compassion_SwFC_kl{budget}", f"compassion_SwFC_kl{budget}_L0"):
+        assert (tmp_path / "steerings" / f"{name}.json").exists()
+    assert lensteer.load_steering(tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L0").layers == (0,)
+    from lensteer.plotting import save_study_figures
+
+    stems = {p.stem for p in save_study_figures(tmp_path, tmp_path / "figures")}
+    assert "layer_sweep" in stems and "tradeoff_compassion" in stems
+    with pytest.raises(lensteer.ConfigError, match=r"sweep_layers \[9\] are not layers of this 2-layer model"):
+        study.run_study(tiny_llama_bridge, replace(cfg, sweep_layers=(9,)), tmp_path / "bad", progress=False,
+                        log=lambda s: None)
