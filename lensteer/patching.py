@@ -216,14 +216,22 @@ def _prepare(model: Any, clean: Any, corrupted: Any, direction: str) -> tuple[to
     return (clean_t, corrupt_t) if direction == "denoising" else (corrupt_t, clean_t)
 
 
-def _cache(model: Any, tokens: torch.Tensor, names: list[str], role: str = "source") -> dict[str, torch.Tensor]:
-    with torch.inference_mode():
-        _, cache = model.run_with_cache(tokens.to(next(iter(model.parameters())).device), names_filter=names)
+def _cache(model: Any, tokens: torch.Tensor, names: list[str], role: str = "source",
+           metric: Metric | None = None) -> dict[str, torch.Tensor]:
+    """Activations at ``names``; with ``metric``, also its values on the same run under ``"metric"``."""
+    def keep_last(x: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
+        return x[:, -1:]  # only the last position's logits are read: skip the rest of the unembedding
+
+    with torch.inference_mode(), model.hooks(fwd_hooks=[("unembed.hook_in", keep_last)]):
+        logits, cache = model.run_with_cache(tokens.to(next(iter(model.parameters())).device), names_filter=names)
     for name in names:
         if not torch.isfinite(cache[name]).all():
             raise PatchingError(f"the {role} run has NaN or Inf activations at {name!r}; patching needs finite "
                                 "activations (check the model's dtype and the inputs)")
-    return {n: cache[n] for n in names}
+    acts = {n: cache[n] for n in names}
+    if metric is not None:
+        acts["metric"] = _checked(metric(logits[:, -1]), tokens.shape[0]).float().cpu()
+    return acts
 
 
 def _roles(direction: str) -> tuple[str, str]:
@@ -480,7 +488,7 @@ def attribute_residual(
     """Attribution patching (Nanda 2023): a first-order estimate of :func:`patch_residual` for every cell.
 
     ``M(patch) - M(target) ~ (a_source - a_target) . dM/da |_target`` at each (layer, position), from
-    one source forward, one target forward and one backward pass. Use it as a fast pre-screen, then
+    one source forward (which also gives the source metric), one target forward and one backward pass. Use it as a fast pre-screen, then
     confirm the top cells with exact patching.
 
     ``method="atp*"`` adds AtP*'s GradDrop (Kramar et al. 2024, arXiv 2403.00745) against false
@@ -509,7 +517,7 @@ def attribute_residual(
     else:  # the whole residual stream: stream[k] enters layer k, stream[n_layers] is the final one
         names = [f"blocks.{k}.hook_resid_pre" for k in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
         nodes = [s.layer + (site == "resid_post") for s in sites]
-    source_acts = _cache(model, source, [names[i] for i in nodes], _roles(direction)[0])
+    source_acts = _cache(model, source, [names[i] for i in nodes], _roles(direction)[0], metric=metric)
     device = next(iter(model.parameters())).device
     with torch.enable_grad(), _gradients(model, target, names, metric, keep_graph=method == "atp*") as (values, acts, grads):
         deltas = {i: source_acts[names[i]].to(device).float() - acts[i].detach().float() for i in nodes}
@@ -520,10 +528,8 @@ def attribute_residual(
             magnitude = _graddrop(acts, grads, deltas, n_layers)
             estimates = {i: plain[i].sign() * magnitude[i] for i in nodes}
     target_m = values.detach().float().cpu()
-    with torch.inference_mode():
-        source_m = _evaluate(model, source, metric)
     per_example = torch.stack([estimates[i].detach().T.cpu() for i in nodes]) + target_m   # estimated patched metric
-    return PatchResult(per_example=per_example, source=source_m, target=target_m,
+    return PatchResult(per_example=per_example, source=source_acts["metric"], target=target_m,
                        layers=tuple(s.layer for s in sites), site=site, kind="position", direction=direction,
                        col_labels=_labels(model, source[0]),
                        method="attribution" if method == "atp" else "attribution (AtP* GradDrop)")
@@ -581,7 +587,7 @@ def attribute_heads(
     if missing:
         raise ConfigError(f"this model has no per-head hook {missing[0]!r}")
     n_heads = int(model.cfg.n_heads)
-    source_acts = _cache(model, source, names, _roles(direction)[0])
+    source_acts = _cache(model, source, names, _roles(direction)[0], metric=metric)
     device = next(iter(model.parameters())).device
     with _gradients(model, target, names, metric) as (values, acts, grads):
         per_layer = []
@@ -590,9 +596,7 @@ def attribute_heads(
             est = delta * grad.float()
             per_layer.append(est.reshape(*est.shape[:2], n_heads, -1).sum((1, 3)).T.cpu())  # [n_heads, n_examples]
     target_m = values.detach().float().cpu()
-    with torch.inference_mode():
-        source_m = _evaluate(model, source, metric)
-    return PatchResult(per_example=torch.stack(per_layer) + target_m, source=source_m, target=target_m,
+    return PatchResult(per_example=torch.stack(per_layer) + target_m, source=source_acts["metric"], target=target_m,
                        layers=tuple(layer_list), site="z", kind="head", direction=direction,
                        col_labels=tuple(f"H{h}" for h in range(n_heads)), method="attribution")
 

@@ -24,28 +24,34 @@ def study_report():
     return json.loads((STUDY / "report.json").read_text())
 
 
-@pytest.mark.parametrize("method", ["SwFC", "StTP", "StMP"])
-def test_committed_refusal_steerings_keep_their_kl_and_induce_refusals(embedded_model, study_report, method):
-    budget = study_report["matched_kl_budget"]
-    steering = lensteer.load_steering(STUDY / "steerings" / f"refusal_{method}_kl{budget:g}", model=embedded_model)
+@pytest.fixture(scope="module")
+def unsteered(embedded_model, study_report):
+    """The study's KL and harmless sets, and the unsteered answers every method is compared with."""
     config = StudyConfig(**{k: v for k, v in study_report["config"].items() if k in ("n_kl", "n_harmless")}, n_mc=0)
     sets = eval_sets(embedded_model, config)
-    kl = lensteer.steering_kl(embedded_model, steering, sets.kl)
-    assert kl == pytest.approx(budget, rel=0.10)  # calibration hit the budget within 10%
-
     prompts = eval_prompts("refusal", N_PROMPTS)
     examples = lensteer.load_dataset("refusal").test.head(N_PROMPTS)
     plain = lensteer.generate(embedded_model, prompts, max_new_tokens=N_NEW)
-    steered = lensteer.generate(embedded_model, prompts, steering=steering, max_new_tokens=N_NEW)
-    base = lensteer.rate_with_ci(trait_flags("refusal", plain.texts, examples))
-    rate = lensteer.rate_with_ci(trait_flags("refusal", steered.texts, examples))
+    plain_h = lensteer.generate(embedded_model, sets.harmless, max_new_tokens=N_NEW)
+    ppl = lensteer.response_perplexity(embedded_model, sets.harmless, [t if t.strip() else "." for t in plain_h.texts])
+    return {"sets": sets, "prompts": prompts, "examples": examples, "plain": plain, "harmless_ppl": ppl.corpus}
+
+
+@pytest.mark.parametrize("method", ["SwFC", "StTP", "StMP"])
+def test_committed_refusal_steerings_keep_their_kl_and_induce_refusals(embedded_model, study_report, unsteered, method):
+    budget = study_report["matched_kl_budget"]
+    steering = lensteer.load_steering(STUDY / "steerings" / f"refusal_{method}_kl{budget:g}", model=embedded_model)
+    sets = unsteered["sets"]
+    kl = lensteer.steering_kl(embedded_model, steering, sets.kl)
+    assert kl == pytest.approx(budget, rel=0.10)  # calibration hit the budget within 10%
+
+    steered = lensteer.generate(embedded_model, unsteered["prompts"], steering=steering, max_new_tokens=N_NEW)
+    base = lensteer.rate_with_ci(trait_flags("refusal", unsteered["plain"].texts, unsteered["examples"]))
+    rate = lensteer.rate_with_ci(trait_flags("refusal", steered.texts, unsteered["examples"]))
     assert base.value <= 0.1  # the embedded model complies with harmful requests
     assert rate.low > base.value, (method, rate, steered.texts)  # the 95% interval lies above the baseline
 
-    harmless = sets.harmless
-    plain_h = lensteer.generate(embedded_model, harmless, max_new_tokens=N_NEW)
-    steered_h = lensteer.generate(embedded_model, harmless, steering=steering, max_new_tokens=N_NEW)
-    ppl = [lensteer.response_perplexity(embedded_model, harmless, [t if t.strip() else "." for t in g.texts]).corpus
-           for g in (plain_h, steered_h)]
-    assert ppl[1] / ppl[0] < 1.5, (method, ppl, steered_h.texts)
+    steered_h = lensteer.generate(embedded_model, sets.harmless, steering=steering, max_new_tokens=N_NEW)
+    ppl = lensteer.response_perplexity(embedded_model, sets.harmless, [t if t.strip() else "." for t in steered_h.texts])
+    assert ppl.corpus / unsteered["harmless_ppl"] < 1.5, (method, ppl.corpus, steered_h.texts)
     assert max(lensteer.rep_n(t, 4) for t in steered_h.texts) < 0.2, steered_h.texts
