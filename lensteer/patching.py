@@ -239,6 +239,16 @@ def _roles(direction: str) -> tuple[str, str]:
     return ("clean", "corrupted") if direction == "denoising" else ("corrupted", "clean")
 
 
+def _head_hooks(model: Any, layers: Sequence[int] | None) -> tuple[list[int], list[str], int]:
+    """The layers, their per-head ``attn.hook_z`` hook names and the head count; an error if the model lacks them."""
+    layer_list = normalize_layers(model, layers)
+    names = [f"blocks.{la}.attn.hook_z" for la in layer_list]
+    missing = [n for n in names if n not in model.hook_dict]
+    if missing:
+        raise ConfigError(f"this model has no per-head hook {missing[0]!r}")
+    return layer_list, names, int(model.cfg.n_heads)
+
+
 def _check_algorithm(algorithm: str) -> None:
     if algorithm not in ("incremental", "full"):
         raise ConfigError(f"algorithm must be 'incremental' or 'full', got {algorithm!r}")
@@ -449,12 +459,7 @@ def patch_heads(
     """
     _check_algorithm(algorithm)
     source, target = _prepare(model, clean, corrupted, direction)
-    layer_list = normalize_layers(model, layers)
-    names = [f"blocks.{la}.attn.hook_z" for la in layer_list]
-    missing = [n for n in names if n not in model.hook_dict]
-    if missing:
-        raise ConfigError(f"this model has no per-head hook {missing[0]!r}")
-    n_heads = int(model.cfg.n_heads)
+    layer_list, names, n_heads = _head_hooks(model, layers)
     values = None
     if algorithm == "incremental":
         values = _incremental(model, source, target, metric, layers=layer_list, site="z", kind="head",
@@ -581,12 +586,7 @@ def attribute_heads(
         ConfigError: A model without per-head ``attn.hook_z`` hook points.
     """
     source, target = _prepare(model, clean, corrupted, direction)
-    layer_list = normalize_layers(model, layers)
-    names = [f"blocks.{la}.attn.hook_z" for la in layer_list]
-    missing = [n for n in names if n not in model.hook_dict]
-    if missing:
-        raise ConfigError(f"this model has no per-head hook {missing[0]!r}")
-    n_heads = int(model.cfg.n_heads)
+    layer_list, names, n_heads = _head_hooks(model, layers)
     source_acts = _cache(model, source, names, _roles(direction)[0], metric=metric)
     device = next(iter(model.parameters())).device
     with _gradients(model, target, names, metric) as (values, acts, grads):
