@@ -34,7 +34,7 @@ lint: env
 	$(VENV)/bin/ruff check lensteer tests benchmarks scripts
 	$(VENV)/bin/mypy
 
-# Regenerates the committed figures in figures/ from the embedded model (~15-20 min on 2 cores),
+# Regenerates the committed figures in figures/ from the embedded model (~25 min on 2 cores),
 # and the study figures from the committed study results in docs/study/ (seconds, no model).
 figures: env
 	$(VENV)/bin/lensteer locate --out results/locate --figures figures --threads 2 --n-pairs 4
