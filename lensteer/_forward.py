@@ -40,3 +40,13 @@ def unembed(model: Any, x: torch.Tensor) -> torch.Tensor:
     logits = x @ model.W_U.to(x.device, x.dtype)
     b_u = getattr(model, "b_U", None)
     return logits + b_u.to(x.device, x.dtype) if b_u is not None else logits
+
+
+def last_position_logits(model: Any) -> Any:
+    """Hooks (a ``with`` block) that feed the unembedding only the last position: for forwards whose
+    caller reads the last logits only (decoding, patching metrics), the rest of the unembedding is waste."""
+
+    def keep_last(x: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
+        return x[:, -1:]
+
+    return model.hooks(fwd_hooks=[("unembed.hook_in", keep_last)])

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lensteer._forward import last_position_logits
 from lensteer.activations import collect_activations
 from lensteer.chat import (
     ChatPrompt,
@@ -313,7 +314,7 @@ def _decode_batch(
                 inp = seq[:, start:]
                 ctx.offset = start
                 # the prefill unembeds its last column only (as HF generate does): ~20% of its compute
-                with _last_column_logits(model) if inp.shape[1] > 1 else nullcontext():
+                with last_position_logits(model) if inp.shape[1] > 1 else nullcontext():
                     logits, cache = model(inp, attention_mask=attn, past_key_values=cache,
                                           return_type="logits_and_cache", use_cache=True)
             else:
@@ -348,14 +349,6 @@ def _decode_batch(
         rows_shift.append(shift_all[b, :stop])
     return rows_tok, rows_fired, rows_shift, prompt_share
 
-
-def _last_column_logits(model: Any) -> Any:
-    """Hooks that feed the unembedding only the last position (the only logits the loop reads)."""
-
-    def keep_last(x: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
-        return x[:, -1:]
-
-    return model.hooks(fwd_hooks=[("unembed.hook_in", keep_last)])
 
 
 
@@ -437,7 +430,7 @@ def _prefill_shared_prefix(model: Any, tokens: torch.Tensor, attn: torch.Tensor,
     ctx.prompt_lens, ctx.pads, ctx.offset, ctx.prefix = ctx.prompt_lens[:1], torch.zeros(1, dtype=torch.long), 0, 0
     ctx.rows = None if ctx.rows is None else ctx.rows[..., :1]
     try:
-        with _last_column_logits(model):
+        with last_position_logits(model):
             _, cache = model(seq[:1, :prefix], attention_mask=mask[:1, :prefix], return_type="logits_and_cache",
                              use_cache=True)
         fired = torch.zeros(1, prefix, dtype=torch.bool)

@@ -25,7 +25,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from lensteer import _fastpatch
-from lensteer._forward import last_logits, unembed
+from lensteer._forward import last_logits, last_position_logits, unembed
 from lensteer.chat import ChatPrompt, tokenize_prompt
 from lensteer.errors import ConfigError, DataError, LensteerError
 from lensteer.sites import normalize_layers, resolve_sites
@@ -219,10 +219,7 @@ def _prepare(model: Any, clean: Any, corrupted: Any, direction: str) -> tuple[to
 def _cache(model: Any, tokens: torch.Tensor, names: list[str], role: str = "source",
            metric: Metric | None = None) -> dict[str, torch.Tensor]:
     """Activations at ``names``; with ``metric``, also its values on the same run under ``"metric"``."""
-    def keep_last(x: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
-        return x[:, -1:]  # only the last position's logits are read: skip the rest of the unembedding
-
-    with torch.inference_mode(), model.hooks(fwd_hooks=[("unembed.hook_in", keep_last)]):
+    with torch.inference_mode(), last_position_logits(model):
         logits, cache = model.run_with_cache(tokens.to(next(iter(model.parameters())).device), names_filter=names)
     for name in names:
         if not torch.isfinite(cache[name]).all():
@@ -493,8 +490,8 @@ def attribute_residual(
     """Attribution patching (Nanda 2023): a first-order estimate of :func:`patch_residual` for every cell.
 
     ``M(patch) - M(target) ~ (a_source - a_target) . dM/da |_target`` at each (layer, position), from
-    one source forward (which also gives the source metric), one target forward and one backward pass. Use it as a fast pre-screen, then
-    confirm the top cells with exact patching.
+    one source forward (which also gives the source metric), one target forward and one backward
+    pass. Use it as a fast pre-screen, then confirm the top cells with exact patching.
 
     ``method="atp*"`` adds AtP*'s GradDrop (Kramar et al. 2024, arXiv 2403.00745) against false
     negatives from cancelling paths: for every layer ``l`` the gradient is recomputed with layer
@@ -524,7 +521,7 @@ def attribute_residual(
         nodes = [s.layer + (site == "resid_post") for s in sites]
     source_acts = _cache(model, source, [names[i] for i in nodes], _roles(direction)[0], metric=metric)
     device = next(iter(model.parameters())).device
-    with torch.enable_grad(), _gradients(model, target, names, metric, keep_graph=method == "atp*") as (values, acts, grads):
+    with _gradients(model, target, names, metric, keep_graph=method == "atp*") as (values, acts, grads):
         deltas = {i: source_acts[names[i]].to(device).float() - acts[i].detach().float() for i in nodes}
         plain = {i: (deltas[i] * grads[i].float()).sum(-1) for i in nodes}       # [n_examples, pos]
         if method == "atp":

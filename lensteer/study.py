@@ -513,8 +513,7 @@ def conversation_fields(model: Any, threat_model: str, conditions: Sequence[Stee
     All conditions' conversations decode together, one batch per turn (``prompt_steerings``): a
     turn costs about the same number of decode steps for five conditions as for one.
     """
-    prompts = load_dataset(threat_model).test.head(config.n_eval).chat_prompts(context=MISALIGNING_CONTEXT[threat_model])
-    convs = _conversations(prompts, config)
+    convs = _conversations(eval_prompts(threat_model, config.n_eval), config)
     owners = [c for c in conditions for _ in convs]
     turns = generate_conversations(model, [c for _ in conditions for c in convs], prompt_steerings=owners,
                                    max_new_tokens=config.max_new_tokens, batch_size=max(config.batch_size, len(owners)))
