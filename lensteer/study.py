@@ -51,7 +51,7 @@ from lensteer.metrics import (
 from lensteer.models import model_fingerprint
 from lensteer.probing import contrast_prompts, probe_layers
 from lensteer.recommend import recommend_site
-from lensteer.scoring import compassion_scorer, honesty_verdict, is_refusal
+from lensteer.scoring import compassion_scorer, honesty_verdict, is_redirecting_refusal, is_refusal
 from lensteer.steerability import layer_steerability
 from lensteer.steering import Gate, Steering, Window, steer
 
@@ -61,6 +61,8 @@ THREAT_MODELS = ("refusal", "compassion", "honesty")
 # model already complies with them); the others with the bundled misaligning context.
 MISALIGNING_CONTEXT = {"refusal": None, "compassion": "dismissive_fewshot", "honesty": "lying_fewshot"}
 # Follow-up user turns for the multi-turn (repetition) conversations; written by us.
+# StudyConfig.positions -> the steerings' positions (see StudyConfig).
+STUDY_POSITIONS: dict[str, Any] = {"after_first": Window(1, None), "all": "all", "generated": Window(-1, None)}
 FOLLOW_UPS = ("Can you say more about that?", "What else should I keep in mind?", "Could you put it another way?",
               "Is there anything you would add?")
 
@@ -85,10 +87,14 @@ class StudyConfig:
         n_kl: Harmless prompts for the KL calibration set.
         n_conversations, n_turns: Multi-turn conversations for repetition (0 conversations: off).
         n_mc: Multiple-choice items for capability (``None``: all; 0: off).
-        max_new_tokens: Tokens per generated answer.
-        positions: Where the methods steer: ``"all"`` (prompt and generated tokens, as in ActAdd/CAA;
-            the default, since on the embedded model steering only generated tokens barely moves
-            refusal) or ``"generated"`` (the last prompt token and every generated one).
+        max_new_tokens: Tokens per generated answer (64 leaves room for the sentence after a refusal,
+            where a redirect usually comes).
+        positions: Where the methods steer: ``"after_first"`` (the default: every prompt and generated
+            token except the first, the chat template's ``<|im_start|>`` on the embedded model, an
+            attention sink whose residual norm is ~160x that of the other tokens: StTP / StMP would
+            spend most of their KL budget moving it, since it projects far below any threshold),
+            ``"all"`` (every token, as in ActAdd/CAA) or ``"generated"`` (the last prompt token and
+            every generated one; on the embedded model this barely moves refusal).
         random_control: Evaluate a random direction with SwFC's calibrated norm.
         batch_size: Prompts per forward pass.
         seed: Seed for the random control and bootstrap intervals.
@@ -108,8 +114,8 @@ class StudyConfig:
     n_conversations: int = 2
     n_turns: int = 5
     n_mc: int | None = 24
-    max_new_tokens: int = 32
-    positions: str = "all"
+    max_new_tokens: int = 64
+    positions: str = "after_first"
     random_control: bool = True
     batch_size: int = 16
     seed: int = 0
@@ -139,8 +145,8 @@ class StudyConfig:
                 raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
         if not isinstance(self.n_conversations, int) or self.n_conversations < 0:
             raise ConfigError(f"n_conversations must be an int >= 0, got {self.n_conversations!r}")
-        if self.positions not in ("all", "generated"):
-            raise ConfigError(f"positions must be 'all' or 'generated', got {self.positions!r}")
+        if self.positions not in STUDY_POSITIONS:
+            raise ConfigError(f"positions must be one of {list(STUDY_POSITIONS)}, got {self.positions!r}")
         if self.n_mc is not None and (not isinstance(self.n_mc, int) or self.n_mc < 0):
             raise ConfigError(f"n_mc must be an int >= 0 or absent (all items), got {self.n_mc!r}")
 
@@ -337,7 +343,7 @@ def locate(model: Any, threat_model: str, config: StudyConfig, harmless: Sequenc
                 layer = report.best_layer("probe_auroc")
                 reasons = [f"no layer passed the selection rules ({err}); took the best probe AUROC layer {layer}"]
     gate = _refusal_gate(model, config) if threat_model == "refusal" else None
-    positions: Any = "all" if config.positions == "all" else Window(-1, None)
+    positions = STUDY_POSITIONS[config.positions]
 
     def steerings_at(at: int) -> tuple[dict[str, Steering], float]:
         col = layers.index(at)
@@ -465,6 +471,7 @@ def evaluate_condition(
                    batch_size=config.batch_size)
     trait = rate_with_ci(trait_flags(threat_model, gen.texts, ds), seed=config.seed)
     trait_ci = [trait.low, trait.high]
+    redirect = rate_with_ci([is_redirecting_refusal(t) for t in gen.texts], seed=config.seed)
     if steering is None and "harmless" in sets.unsteered:  # the unsteered harmless side is the same for all
         harmless, ppl = sets.unsteered["harmless"], sets.unsteered["perplexity"]
     else:
@@ -477,6 +484,8 @@ def evaluate_condition(
     over = rate_with_ci([is_refusal(t) for t in harmless.texts], seed=config.seed)
     row: dict[str, Any] = {
         "trait": trait.value, "trait_ci": trait_ci, "over_refusal": over.value,
+        # refusals that offer an alternative or point to help (the helpful kind; refusal rows only)
+        **({"redirect": redirect.value, "redirect_ci": [redirect.low, redirect.high]} if threat_model == "refusal" else {}),
         "over_refusal_ci": [over.low, over.high], "perplexity": ppl,
         "steered_share": gen.steered_share() if steering is not None else 0.0,
         "harmless_steered_share": harmless.steered_share() if steering is not None else 0.0,
@@ -528,8 +537,9 @@ def conversation_fields(model: Any, threat_model: str, conditions: Sequence[Stee
 
 
 def _all_positions(steering: Steering) -> Steering:
-    """Capability is teacher-forced, so every position stands in for a generated one."""
-    return replace(steering, positions="all", gate=None)
+    """Capability is teacher-forced, so every position (but the attention-sink first token, which is
+    never a generated one) stands in for a generated one."""
+    return replace(steering, positions=Window(1, None), gate=None)
 
 
 def _random_like(steering: Steering, seed: int) -> Steering:
@@ -663,7 +673,7 @@ def _add_conversations(model: Any, tm: str, config: StudyConfig, table: SweepTab
         table.add({**r, **extra})
 
 
-REPORT_FIELDS = ("trait", "trait_ci", "kl", "perplexity_ratio", "repetition", "over_refusal", "over_refusal_ci",
+REPORT_FIELDS = ("trait", "trait_ci", "redirect", "redirect_ci", "kl", "perplexity_ratio", "repetition", "over_refusal", "over_refusal_ci",
                  "capability", "steered_share", "scale", "coefficient", "layer")
 
 
@@ -737,17 +747,20 @@ def _fmt(value: Any, ci: Any = None, pct: bool = False) -> str:
 
 def headline_table(report: dict[str, Any]) -> str:
     """The report's headline numbers as a Markdown table (the README's results table)."""
-    lines = [f"Matched KL budget: {report['matched_kl_budget']:g} nats/token. Trait and over-refusal: rate "
-             "[95% bootstrap CI].", "",
-             "| threat model | method | trait | KL | perplexity ratio | repetition (rep-4) | over-refusal | capability |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"Matched KL budget: {report['matched_kl_budget']:g} nats/token. Trait, redirecting refusals and "
+             "over-refusal: rate [95% bootstrap CI]. Redirecting refusals: refusals of harmful requests that offer "
+             "an alternative or point to help (`RefusalVerdict.redirects`).", "",
+             "| threat model | method | trait | redirecting refusals | KL | perplexity ratio | repetition (rep-4) | "
+             "over-refusal | capability |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for tm, entry in report["threat_models"].items():
         rows = [("baseline", entry.get("baseline")), *list(entry.get("methods", {}).items())]
         rows += [(f"{name} (control)", r) for name, r in entry.get("controls", {}).items()]
         for name, r in rows:
             if r is None:
                 continue
-            lines.append(f"| {tm} | {name} | {_fmt(r['trait'], r.get('trait_ci'), pct=True)} | {_fmt(r.get('kl'))} | "
+            redirect = _fmt(r["redirect"], r.get("redirect_ci"), pct=True) if "redirect" in r else "-"
+            lines.append(f"| {tm} | {name} | {_fmt(r['trait'], r.get('trait_ci'), pct=True)} | {redirect} | {_fmt(r.get('kl'))} | "
                          f"{_fmt(r.get('perplexity_ratio'))} | {_fmt(r.get('repetition'))} | "
                          f"{_fmt(r.get('over_refusal'), r.get('over_refusal_ci'), pct=True)} | "
                          f"{_fmt(r.get('capability'), pct=True)} |")

@@ -17,8 +17,10 @@ def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
         StudyConfig(methods=("SwFX",))
     with pytest.raises(lensteer.ConfigError, match="kl_budgets"):
         StudyConfig(kl_budgets=(0.0,))
-    with pytest.raises(lensteer.ConfigError, match="positions"):
+    with pytest.raises(lensteer.ConfigError, match=r"positions must be one of \['after_first', 'all', 'generated'\]"):
         StudyConfig(positions="prompt")
+    # the default skips the first token (the attention sink), every other prompt and generated token is steered
+    assert study.STUDY_POSITIONS[StudyConfig().positions] == lensteer.Window(1, None)
     bad = tmp_path / "study.toml"
     bad.write_text("methods = [\"SwFC\"\n")
     with pytest.raises(lensteer.ConfigError, match="not valid TOML"):
@@ -54,7 +56,8 @@ def test_sweep_table_writes_every_cell_and_resumes(tmp_path):
 
 def test_report_has_the_schema_and_the_table_renders_it():
     cfg = StudyConfig(threat_models=("refusal",), kl_budgets=(0.3, 1.0))
-    rows = [_row("refusal", "baseline", None), _row("refusal", "SwFC", 0.3), _row("refusal", "SwFC", 1.0, trait=0.8),
+    rows = [_row("refusal", "baseline", None), {**_row("refusal", "SwFC", 0.3), "redirect": 0.25, "redirect_ci": [0.0, 0.5]},
+            _row("refusal", "SwFC", 1.0, trait=0.8),
             _row("refusal", "StTP", 0.3), _row("refusal", "StMP", 0.3), _row("refusal", "random", 0.3, trait=0.0)]
     report = build_report(rows, cfg, {"refusal": {"layer": 3}}, {"name": "m"}, seconds=1.0)
     entry = report["threat_models"]["refusal"]
@@ -65,7 +68,8 @@ def test_report_has_the_schema_and_the_table_renders_it():
     assert entry["controls"]["random"]["trait"] == 0.0
     json.dumps(report)
     table = headline_table(report)
-    assert "| refusal | SwFC | 50% [10-90] |" in table and "random (control)" in table
+    assert "| refusal | SwFC | 50% [10-90] | 25% [0-50] |" in table and "random (control)" in table
+    assert "| refusal | StTP | 50% [10-90] | - |" in table  # a row without the redirect measure
 
 
 def test_trait_flags_per_threat_model():
@@ -110,6 +114,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     assert (tmp_path / "steerings" / f"refusal_SwFC_kl{cfg.kl_budgets[0]:g}.json").exists()
     for r in entry["methods"].values():
         assert 0.0 <= r["trait"] <= 1.0 and r["kl"] >= 0.0
+        assert 0.0 <= r["redirect"] <= r["trait"]  # a redirecting refusal is a refusal
 
 
 def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, tmp_path):
@@ -121,6 +126,7 @@ def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, 
     assert sorted((r["method"], r["layer"]) for r in rows) == [("StMP", 0), ("StMP", 1), ("SwFC", 0), ("SwFC", 1),
                                                               ("baseline", 1)]
     assert all(len(r["repetition_by_turn"]) == 2 for r in rows)
+    assert all("redirect" not in r for r in rows)  # redirecting refusals are a refusal measure
     entry = result.report["threat_models"]["compassion"]
     assert entry["layer"] == 1 and set(entry["methods"]) == {"SwFC", "StMP"}    # the headline: the chosen layer
     assert set(entry["layer_sweep"]["SwFC"]) == {"0"}                            # the sweep's other layers
