@@ -302,6 +302,12 @@ class Steering:
         ``q`` of the aligned projections may be used instead. The target is the aligned mean
         projection. This keeps the seed paper's boundary-relative rule while steering along a
         direction that is better estimated than a high-dimensional probe normal from few examples.
+
+        Positions: keep the first token out of a steering that covers the prompt (``Window(1, None)``
+        rather than ``"all"``). On chat models it is usually an attention sink with a massive
+        residual (on the embedded model ``<|im_start|>`` at layer 13 has norm ~25,000 against ~157
+        for the other tokens and projects at about -3,500 on the refusal direction), so it always
+        lies below the threshold and moving it to the target costs most of a KL budget for nothing.
         """
         from lensteer.directions import fit_probe
 
