@@ -6,7 +6,7 @@ each to the same KL budget on harmless prompts, and counts refusals and redirect
 validation harmful requests (no gate, 64 new tokens). Also prints the first token's residual norm
 and projection next to the other tokens'.
 
-Usage: ``python scripts/selective_positions.py [--layer 13] [--kl 0.5] [--n 16]`` (about 8 min on 2 CPU cores).
+Usage: ``python scripts/selective_positions.py [--layer 13] [--kl 0.5] [--n 16]`` (about 2 min on 2 CPU cores).
 """
 
 import argparse
