@@ -14,6 +14,8 @@ import argparse
 import lensteer
 from lensteer.calibration import calibrate, kl_probe
 from lensteer.chat import tokenize_prompt
+from lensteer.probing import contrast_prompts
+from lensteer.study import STUDY_POSITIONS
 
 
 def main() -> None:
@@ -26,12 +28,11 @@ def main() -> None:
 
     model = lensteer.load_model()
     refusal = lensteer.load_dataset("refusal")
-    train = refusal.with_responses().train.head(48)
-    aligned = train.chat_prompts(response="aligned")
-    acts = lensteer.collect_activations(model, aligned + train.chat_prompts(response="misaligned"),
-                                        layers=[args.layer], position="response_mean")
+    aligned, misaligned, position = contrast_prompts(refusal.with_responses().train.head(48), "response")  # as the study
+    acts = lensteer.collect_activations(model, aligned + misaligned, layers=[args.layer], position=position)
     pos, neg = acts[: len(aligned), 0], acts[len(aligned):, 0]
-    unit = (pos.mean(0) - neg.mean(0)) / (pos.mean(0) - neg.mean(0)).norm()
+    direction = lensteer.diff_of_means(pos, neg, layer=args.layer, position=position)
+    unit = direction.unit
 
     hook = f"blocks.{args.layer}.hook_resid_post"
     _, cache = model.run_with_cache(tokenize_prompt(model, refusal.val[0].prompt).tokens[None], names_filter=[hook])
@@ -42,12 +43,12 @@ def main() -> None:
     kl = kl_probe(model, refusal.val.paired_prompts[:6])
     prompts = refusal.val.head(args.n).chat_prompts()
     for mode in ("sttp", "stmp"):
-        for name, positions in (("every token", "all"), ("all but the first", lensteer.Window(1, None))):
-            steering = lensteer.Steering.from_contrast(unit, pos, neg, mode=mode, layers=args.layer, positions=positions)
+        for name in ("all", "after_first"):  # every token vs every token but the first (the study's default)
+            steering = lensteer.Steering.from_contrast(direction, pos, neg, mode=mode, positions=STUDY_POSITIONS[name])
             cal = calibrate(model, steering, kl, args.kl)
             out = lensteer.generate(model, prompts, steering=cal.steering, max_new_tokens=args.max_new_tokens)
             verdicts = [lensteer.refusal_verdict(t) for t in out.texts]
-            print(f"{mode} {name:>17}: scale {cal.steering.scale:.3f} (KL {cal.kl:.3f}), refusals "
+            print(f"{mode} {name:>11}: scale {cal.steering.scale:.3f} (KL {cal.kl:.3f}), refusals "
                   f"{sum(v.refused for v in verdicts)}/{args.n}, redirecting {sum(v.redirects for v in verdicts)}/{args.n}, "
                   f"fired on {out.steered_share():.0%} of tokens")
 

@@ -35,7 +35,7 @@ def unsteered(embedded_model, study_report):
     plain = lensteer.generate(embedded_model, prompts, max_new_tokens=N_NEW)
     plain_h = lensteer.generate(embedded_model, sets.harmless, max_new_tokens=N_NEW)
     ppl = lensteer.response_perplexity(embedded_model, sets.harmless, [t if t.strip() else "." for t in plain_h.texts])
-    rep4 = sum(lensteer.rep_n(t, 4) for t in plain_h.texts) / len(plain_h.texts)
+    rep4 = lensteer.repetition_report(plain_h.texts).rep4
     return {"sets": sets, "prompts": prompts, "examples": examples, "plain": plain, "harmless_ppl": ppl.corpus, "harmless_rep4": rep4}
 
 
@@ -60,5 +60,5 @@ def test_committed_refusal_steerings_keep_their_kl_and_induce_redirecting_refusa
     ppl = lensteer.response_perplexity(embedded_model, sets.harmless, [t if t.strip() else "." for t in steered_h.texts])
     assert ppl.corpus / unsteered["harmless_ppl"] < 1.5, (method, ppl.corpus, steered_h.texts)
     # no more looping than the unsteered model (which itself loops on one harmless prompt at 64 tokens)
-    rep4 = sum(lensteer.rep_n(t, 4) for t in steered_h.texts) / len(steered_h.texts)
+    rep4 = lensteer.repetition_report(steered_h.texts).rep4
     assert rep4 < unsteered["harmless_rep4"] + 0.05, (method, rep4, unsteered["harmless_rep4"], steered_h.texts)
