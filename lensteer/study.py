@@ -499,7 +499,7 @@ def evaluate_condition(
     if sets.mc and steering is None and "capability" in sets.unsteered:
         row["capability"] = sets.unsteered["capability"]
     elif sets.mc:
-        cap_steering = None if steering is None else _all_positions(steering)
+        cap_steering = None if steering is None else _teacher_forced(steering)
         with torch.inference_mode(), (steer(model, cap_steering) if cap_steering is not None else nullcontext()):
             row["capability"] = mc_accuracy(model, sets.mc, batch_size=config.batch_size).accuracy
         if steering is None:
@@ -536,7 +536,7 @@ def conversation_fields(model: Any, threat_model: str, conditions: Sequence[Stee
     return out
 
 
-def _all_positions(steering: Steering) -> Steering:
+def _teacher_forced(steering: Steering) -> Steering:
     """Capability is teacher-forced, so every position (but the attention-sink first token, which is
     never a generated one) stands in for a generated one."""
     return replace(steering, positions=Window(1, None), gate=None)
