@@ -21,7 +21,7 @@ import time
 import torch
 
 import lensteer
-from lensteer.chat import length_sorted_batches, pad_id_of, tokenize_prompt
+from lensteer.core.chat import length_sorted_batches, pad_id_of, tokenize_prompt
 
 
 def _prompts(n: int) -> list[str]:

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 import lensteer
-import lensteer.generation as generation
-from lensteer import models
-from lensteer.chat import length_sorted_batches, pad_id_of, tokenize_prompt
+import lensteer.steering.generation as generation
+from lensteer.core import models as models
+from lensteer.core.chat import length_sorted_batches, pad_id_of, tokenize_prompt
 
 
 def _prompts(n: int) -> list[str]:

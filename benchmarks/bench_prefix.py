@@ -18,7 +18,7 @@ import time
 import torch
 
 import lensteer
-import lensteer.generation as generation
+import lensteer.steering.generation as generation
 
 
 def main() -> None:

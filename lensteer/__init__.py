@@ -8,23 +8,8 @@ Built on TransformerLens' ``TransformerBridge``. The public API is this namespac
     acts = lensteer.collect_activations(model, refusal.train.prompts, layers=[10, 12])
 """
 
-from lensteer.activations import collect_activations
-from lensteer.artifacts import (
-    export_gguf_control_vector,
-    load_steering,
-    load_steerings,
-    save_steering,
-    save_steerings,
-)
-from lensteer.calibration import (
-    Calibration,
-    KLProbe,
-    calibrate,
-    kl_probe,
-    reference_norm,
-    steering_kl,
-)
-from lensteer.chat import (
+from lensteer.core.activations import collect_activations
+from lensteer.core.chat import (
     ChatPrompt,
     PromptBatch,
     TokenizedPrompt,
@@ -33,9 +18,14 @@ from lensteer.chat import (
     tokenize_batch,
     tokenize_prompt,
 )
-from lensteer.compare import SideBySide, side_by_side
-from lensteer.data import Context, ContrastExample, ContrastSet, load_dataset
-from lensteer.directions import Direction, LinearProbe, diff_of_means, fit_probe, pca_of_diffs
+from lensteer.core.datasets import Context, ContrastExample, ContrastSet, load_dataset
+from lensteer.core.models import (
+    ModelFingerprint,
+    ensure_kv_cache_fix,
+    load_model,
+    model_fingerprint,
+)
+from lensteer.core.sites import HookSite
 from lensteer.errors import (
     ArtifactMismatchError,
     ConfigError,
@@ -45,9 +35,9 @@ from lensteer.errors import (
     LensteerError,
     ModelLoadError,
 )
-from lensteer.generation import Generations, generate, generate_conversations
-from lensteer.judge import CallableJudge, HttpJudge, Judge, judge_responses
-from lensteer.metrics import (
+from lensteer.evaluate.compare import SideBySide, side_by_side
+from lensteer.evaluate.judges import CallableJudge, HttpJudge, Judge, judge_responses
+from lensteer.evaluate.metrics import (
     MCItem,
     MCResult,
     Perplexity,
@@ -65,9 +55,32 @@ from lensteer.metrics import (
     repetition_report,
     response_perplexity,
 )
-from lensteer.models import ModelFingerprint, ensure_kv_cache_fix, load_model, model_fingerprint
-from lensteer.pairs import PairDesign, PatchingPairs, patching_pairs
-from lensteer.patching import (
+from lensteer.evaluate.scoring import (
+    CompassionScorer,
+    HonestyVerdict,
+    RefusalVerdict,
+    compassion_scorer,
+    honesty_verdict,
+    is_redirecting_refusal,
+    is_refusal,
+    refusal_verdict,
+    train_compassion_scorer,
+)
+from lensteer.evaluate.steerability import (
+    Steerability,
+    layer_steerability,
+    preference_margin,
+    steering_effect,
+)
+from lensteer.locate.directions import (
+    Direction,
+    LinearProbe,
+    diff_of_means,
+    fit_probe,
+    pca_of_diffs,
+)
+from lensteer.locate.pairs import PairDesign, PatchingPairs, patching_pairs
+from lensteer.locate.patching import (
     DirectionPatchResult,
     PatchingError,
     PatchResult,
@@ -80,27 +93,25 @@ from lensteer.patching import (
     patch_layers,
     patch_residual,
 )
-from lensteer.probing import ProbingReport, collect_contrast, probe_by_layer, probe_layers
-from lensteer.recommend import SiteRecommendation, ablation_kl, recommend_site
-from lensteer.scoring import (
-    CompassionScorer,
-    HonestyVerdict,
-    RefusalVerdict,
-    compassion_scorer,
-    honesty_verdict,
-    is_redirecting_refusal,
-    is_refusal,
-    refusal_verdict,
-    train_compassion_scorer,
+from lensteer.locate.probing import ProbingReport, collect_contrast, probe_by_layer, probe_layers
+from lensteer.steering.calibration import (
+    Calibration,
+    KLProbe,
+    calibrate,
+    kl_probe,
+    reference_norm,
+    steering_kl,
 )
-from lensteer.sites import HookSite
-from lensteer.steerability import (
-    Steerability,
-    layer_steerability,
-    preference_margin,
-    steering_effect,
+from lensteer.steering.files import (
+    export_gguf_control_vector,
+    load_steering,
+    load_steerings,
+    save_steering,
+    save_steerings,
 )
-from lensteer.steering import Gate, LastK, Steering, SteeringContext, Window, steer
+from lensteer.steering.generation import Generations, generate, generate_conversations
+from lensteer.steering.spec import Gate, LastK, Steering, SteeringContext, Window, steer
+from lensteer.study.recommend import SiteRecommendation, ablation_kl, recommend_site
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """The ``lensteer`` command line.
 
 ``lensteer run`` runs the whole study on the embedded model (or ``--model``): locate -> choose the
-site -> calibrate -> steer -> evaluate -> figures (:func:`lensteer.study.run_study`). The stages have
+site -> calibrate -> steer -> evaluate -> figures (:func:`lensteer.study.runner.run_study`). The stages have
 their own subcommands: ``probe`` (layer-by-layer probing), ``locate`` (probing + activation
 patching + the recommended site, with figures), ``steer`` (unsteered vs steered text side by side),
 ``evaluate`` (one saved steering against the baseline) and ``figures`` (from saved results).
@@ -33,7 +33,7 @@ def _write_json_atomic(path: Path, payload: object) -> None:
 def _save_probing_figures(report: object, folder: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from lensteer import plotting
+    from lensteer.plotting import figures as plotting
 
     for kind, fn in (("probing", plotting.plot_probing), ("cosines", plotting.plot_direction_cosines),
                      ("methods", plotting.plot_method_cosines)):
@@ -88,7 +88,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 def _study_config(args: argparse.Namespace) -> Any:
     from lensteer.errors import ConfigError
-    from lensteer.study import StudyConfig
+    from lensteer.study.runner import StudyConfig
 
     if args.config:
         config = StudyConfig.from_toml(args.config)
@@ -112,7 +112,7 @@ def _study_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from lensteer.study import headline_table, run_study
+    from lensteer.study.runner import headline_table, run_study
 
     start = time.perf_counter()
     config = _study_config(args)
@@ -120,7 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result = run_study(model, config, out, progress=not args.quiet)
     if not args.no_figures:
-        from lensteer.plotting import save_study_figures
+        from lensteer.plotting.figures import save_study_figures
 
         save_study_figures(out, out / "figures")
     print("\n" + headline_table(result.report))
@@ -130,7 +130,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
-    from lensteer.plotting import save_study_figures
+    from lensteer.plotting.figures import save_study_figures
 
     results = Path(args.results)
     if not (results / "report.json").exists():
@@ -144,7 +144,7 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 
 def _cmd_steer(args: argparse.Namespace) -> int:
     import lensteer
-    from lensteer.study import StudyConfig, build_steering, eval_prompts
+    from lensteer.study.runner import StudyConfig, build_steering, eval_prompts
 
     model, _ = _load(args)
     if args.steering:
@@ -166,7 +166,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import lensteer
-    from lensteer.study import evaluate_steering, headline_table, write_json
+    from lensteer.study.runner import evaluate_steering, headline_table, write_json
 
     start = time.perf_counter()
     config = _study_config(args)
@@ -186,7 +186,7 @@ def _cmd_locate(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     import lensteer
-    from lensteer import plotting
+    from lensteer.plotting import figures as plotting
 
     start = time.perf_counter()
     model, fp = _load(args)
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Re-running into the same OUT resumes an interrupted sweep.",
     )
     _add_common(run, default_out="results")
-    run.add_argument("--config", default=None, help="study.toml (keys: the fields of lensteer.study.StudyConfig)")
+    run.add_argument("--config", default=None, help="study.toml (keys: the fields of lensteer.study.runner.StudyConfig)")
     run.add_argument("--kl", default=None, help="comma-separated KL budgets in nats/token (default: 0.5)")
     run.add_argument("--method", action="append", choices=["SwFC", "StTP", "StMP", "add", "ablate", "ace", "angular"],
                      help="limit to these methods (repeatable)")

@@ -54,11 +54,11 @@ by_hand = lensteer.Steering.from_direction(direction, mode="add", scale=4.0, pos
 print(by_hand.describe())'''),
     ("md", """## The study's steering, calibrated
 
-`lensteer.study.build_steering` does what `lensteer run` does for one method: probe the aligned-vs-misaligned response
+`lensteer.study.runner.build_steering` does what `lensteer run` does for one method: probe the aligned-vs-misaligned response
 contrast at candidate layers, pick the layer (`recommend_site`), build the SwFC steering along the difference of means
 (with a CAST-style gate for refusal: only prompts a harmful-vs-harmless probe flags are steered), and calibrate its
 scale so that it costs `KL_BUDGET` nats per token on harmless prompts."""),
-    ("code", '''from lensteer.study import StudyConfig, build_steering, eval_prompts
+    ("code", '''from lensteer.study.runner import StudyConfig, build_steering, eval_prompts
 
 config = StudyConfig(threat_models=("refusal",), methods=("SwFC",), n_train=N_TRAIN, n_kl=2 if SMOKE else 8,
                      candidate_layers=(12,) if SMOKE else None)   # None: every 3rd layer of the first 80%
@@ -112,8 +112,8 @@ from dataclasses import replace
 import matplotlib.pyplot as plt
 
 import lensteer
-from lensteer import plotting
-from lensteer.study import StudyConfig, eval_prompts, locate, trait_flags
+from lensteer.plotting import figures as plotting
+from lensteer.study.runner import StudyConfig, eval_prompts, locate, trait_flags
 
 config = replace(StudyConfig.smoke() if SMOKE else StudyConfig(), threat_models=(THREAT_MODEL,))
 if SMOKE:   # two methods, four prompts, short answers
@@ -199,7 +199,7 @@ steerings; re-running into the same folder resumes. Smoke mode runs a tiny versi
 found above, two prompts, no conversations or capability items)."""),
     ("code", '''from IPython.display import Markdown, display
 
-from lensteer.study import headline_table, run_study
+from lensteer.study.runner import headline_table, run_study
 
 out = tempfile.mkdtemp()
 study_config = config
@@ -231,8 +231,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from lensteer import plotting
-from lensteer.study import headline_table
+from lensteer.plotting import figures as plotting
+from lensteer.study.runner import headline_table
 
 results = Path(RESULTS)
 report = json.loads((results / "report.json").read_text())

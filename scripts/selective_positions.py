@@ -12,10 +12,10 @@ Usage: ``python scripts/selective_positions.py [--layer 13] [--kl 0.5] [--n 16]`
 import argparse
 
 import lensteer
-from lensteer.calibration import calibrate, kl_probe
-from lensteer.chat import tokenize_prompt
-from lensteer.probing import contrast_prompts
-from lensteer.study import STUDY_POSITIONS
+from lensteer.core.chat import tokenize_prompt
+from lensteer.locate.probing import contrast_prompts
+from lensteer.steering.calibration import calibrate, kl_probe
+from lensteer.study.runner import STUDY_POSITIONS
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import lensteer
-from lensteer import models
-from lensteer.likelihood import response_logprob
+from lensteer.core import models as models
+from lensteer.core.likelihood import response_logprob
 
 
 def test_embedded_model_shape_and_fingerprint(embedded_model):

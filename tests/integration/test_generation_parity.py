@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lensteer
-from lensteer import models
+from lensteer.core import models as models
 
 PROMPTS = ["What is the capital of France?", "Write one sentence about the sea.", "Hi"]
 N_NEW = 20

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import lensteer
-from lensteer.study import StudyConfig, eval_prompts, eval_sets, trait_flags
+from lensteer.study.runner import StudyConfig, eval_prompts, eval_sets, trait_flags
 
 STUDY = Path(__file__).resolve().parents[2] / "docs" / "study"
 N_PROMPTS, N_NEW = 16, 64  # 64 tokens: the redirect usually comes in the sentence after the refusal

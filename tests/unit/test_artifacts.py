@@ -11,7 +11,7 @@ import torch
 from builders import random_unit
 
 import lensteer
-from lensteer.artifacts import (
+from lensteer.steering.files import (
     export_gguf_control_vector,
     llama_cpp_layer,
     load_steering,
@@ -19,7 +19,7 @@ from lensteer.artifacts import (
     save_steering,
     save_steerings,
 )
-from lensteer.steering import Gate, LastK, Steering, Window
+from lensteer.steering.spec import Gate, LastK, Steering, Window
 
 D = 32
 TOKENS = torch.tensor([[1, 5, 9, 13, 2, 7], [1, 3, 3, 8, 11, 4]])

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import lensteer
-from lensteer.chat import left_pad, render_chat
+from lensteer.core.chat import left_pad, render_chat
 from lensteer.errors import ConfigError, DataError
 
 

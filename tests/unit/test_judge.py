@@ -10,8 +10,15 @@ import torch
 
 import lensteer
 from lensteer.errors import ConfigError, DataError, JudgeError, LensteerError
-from lensteer.judge import RUBRICS, CallableJudge, HttpJudge, Judge, judge_responses, parse_score
-from lensteer.scoring import compassion_scorer, is_refusal
+from lensteer.evaluate.judges import (
+    RUBRICS,
+    CallableJudge,
+    HttpJudge,
+    Judge,
+    judge_responses,
+    parse_score,
+)
+from lensteer.evaluate.scoring import compassion_scorer, is_refusal
 
 
 def _completion(content):

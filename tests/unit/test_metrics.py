@@ -5,9 +5,9 @@ import torch
 from builders import write_jsonl
 
 import lensteer
-from lensteer.chat import ChatPrompt, tokenize_prompt
+from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.errors import ConfigError, DataError
-from lensteer.metrics import (
+from lensteer.evaluate.metrics import (
     MCItem,
     conversation_repetition,
     distinct_n,
@@ -158,7 +158,7 @@ def test_mc_accuracy_picks_the_option_with_the_best_mean_logprob(tiny_llama_brid
     items = [MCItem(id="a", category="c", question="abc", options=("d", "xyz", "q"), answer=0),
              MCItem(id="b", category="k", question="hello", options=("world", "w"), answer=1)]
     result = mc_accuracy(tiny_llama_bridge, items)
-    expected = lensteer.likelihood.response_logprob(
+    expected = lensteer.core.likelihood.response_logprob(
         tiny_llama_bridge, [ChatPrompt(user=it.question, response=o) for it in items for o in it.options])
     flat = [v for row in result.option_logprobs for v in row]
     torch.testing.assert_close(torch.tensor(flat), expected, rtol=1e-5, atol=1e-5)

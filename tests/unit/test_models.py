@@ -1,7 +1,7 @@
 import pytest
 
 import lensteer
-from lensteer import models
+from lensteer.core import models as models
 from lensteer.errors import ConfigError, ModelLoadError
 
 

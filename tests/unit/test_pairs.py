@@ -5,7 +5,7 @@ import torch
 from builders import write_jsonl
 
 import lensteer
-from lensteer.pairs import DESIGNS, PairDesign, patching_pairs, shared_word_prefix
+from lensteer.locate.pairs import DESIGNS, PairDesign, patching_pairs, shared_word_prefix
 
 
 def _dataset(tmp_path, rows, contexts=None):
@@ -101,7 +101,7 @@ def smol_tokenizer():
     """The embedded model's tokenizer alone (no weights are run)."""
     from transformers import AutoTokenizer
 
-    from lensteer import models
+    from lensteer.core import models as models
 
     return AutoTokenizer.from_pretrained(models.gguf_to_folder(models.embedded_gguf_path()))
 

@@ -5,8 +5,8 @@ import torch
 from transformer_lens import patching as tl_patching
 
 import lensteer
-from lensteer import _fastpatch
-from lensteer.patching import (
+from lensteer.locate import incremental as _fastpatch
+from lensteer.locate.patching import (
     PatchingError,
     logit_diff_metric,
     patch_heads,
@@ -106,7 +106,7 @@ def test_chat_prompts_of_different_lengths_are_refused(tiny_llama_bridge):
 
 
 def test_attribution_patching_matches_baselines_and_correlates_with_exact_patching(tiny_bridge, pair):
-    from lensteer.patching import attribute_residual
+    from lensteer.locate.patching import attribute_residual
 
     clean, corrupted = pair
     exact = patch_residual(tiny_bridge, clean, corrupted, METRIC)
@@ -145,7 +145,7 @@ def _tl_reference(model, clean, corrupted, site):
 @pytest.fixture
 def no_full_forward_per_cell(monkeypatch):
     """Fail if the reference path (one forward per cell) runs: the incremental path must be used."""
-    from lensteer import patching
+    from lensteer.locate import patching as patching
 
     def refuse(*args, **kwargs):
         raise AssertionError("fell back to one forward per cell")
@@ -318,7 +318,7 @@ def _graddrop_by_definition(model, clean, corrupted):
 
 
 def test_graddrop_equals_its_definition_and_keeps_the_atp_sign(tiny_bridge, pair_shared_prefix):
-    from lensteer.patching import attribute_residual
+    from lensteer.locate.patching import attribute_residual
 
     clean, corrupted = pair_shared_prefix
     plain = attribute_residual(tiny_bridge, clean, corrupted, METRIC)
@@ -332,7 +332,7 @@ def test_graddrop_equals_its_definition_and_keeps_the_atp_sign(tiny_bridge, pair
 
 
 def test_graddrop_arguments_are_checked(tiny_bridge, pair):
-    from lensteer.patching import attribute_residual
+    from lensteer.locate.patching import attribute_residual
 
     clean, corrupted = pair
     unchecked = getattr(attribute_residual, "__wrapped__", attribute_residual)
@@ -343,7 +343,7 @@ def test_graddrop_arguments_are_checked(tiny_bridge, pair):
 
 
 def test_head_attribution_adds_up_to_attn_out_and_correlates_with_exact_head_patching(tiny_bridge, pair):
-    from lensteer.patching import attribute_heads, attribute_residual
+    from lensteer.locate.patching import attribute_heads, attribute_residual
 
     clean, corrupted = pair
     heads = attribute_heads(tiny_bridge, clean, corrupted, METRIC)

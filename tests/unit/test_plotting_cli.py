@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import lensteer
-from lensteer import plotting
 from lensteer.cli import build_parser, main
+from lensteer.plotting import figures as plotting
 
 
 def _report():
@@ -132,7 +132,7 @@ def tiny_smol_folder(tmp_path_factory):
     """A 2-layer random Llama with the embedded model's tokenizer, on which every bundled design has pairs."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from lensteer import models
+    from lensteer.core import models as models
 
     tok = AutoTokenizer.from_pretrained(models.gguf_to_folder(models.embedded_gguf_path()))
     folder = tmp_path_factory.mktemp("tiny_smol")

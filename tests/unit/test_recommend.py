@@ -3,7 +3,7 @@ import torch
 from builders import random_unit
 
 import lensteer
-from lensteer.recommend import ablation_kl, recommend_site
+from lensteer.study.recommend import ablation_kl, recommend_site
 
 
 def _report(shifts):

@@ -6,7 +6,7 @@ import torch
 
 import lensteer
 from lensteer.errors import ConfigError, DataError
-from lensteer.scoring import (
+from lensteer.evaluate.scoring import (
     CompassionScorer,
     compassion_scorer,
     honesty_verdict,
@@ -201,7 +201,7 @@ def test_compassion_scorer_rejects_bad_training_data():
 
 
 def test_labelled_file_rows_are_well_formed():
-    from lensteer._bundled import bundled_dir
+    from lensteer.core.bundled import bundled_dir
 
     for line in (bundled_dir("scoring") / "compassion_labelled.jsonl").read_text().splitlines():
         row = json.loads(line)

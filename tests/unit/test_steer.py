@@ -6,7 +6,7 @@ import torch
 from jaxtyping import TypeCheckError
 
 import lensteer
-from lensteer.steering import LastK, Steering, Window, position_mask, steer_resid
+from lensteer.steering.spec import LastK, Steering, Window, position_mask, steer_resid
 
 D = 32
 
@@ -320,7 +320,7 @@ SYSTEM = "You are a terse assistant who answers in one short line."
 
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated", Window(-1, None), LastK(3), (2, -1), Window(5, 30)])
 def test_a_shared_prefix_is_computed_once_and_changes_nothing(tiny_llama_bridge, monkeypatch, positions):
-    import lensteer.generation as generation
+    import lensteer.steering.generation as generation
 
     calls = []
     real = generation._prefill_shared_prefix
@@ -339,7 +339,7 @@ def test_a_shared_prefix_is_computed_once_and_changes_nothing(tiny_llama_bridge,
 
 
 def test_rows_that_steer_a_shared_prefix_differently_do_not_share_it(tiny_llama_bridge, monkeypatch):
-    import lensteer.generation as generation
+    import lensteer.steering.generation as generation
 
     calls = []
     real = generation._prefill_shared_prefix

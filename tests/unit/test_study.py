@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 
 import lensteer
-from lensteer import study
-from lensteer.study import StudyConfig, SweepTable, build_report, headline_table
+from lensteer.study import runner as study
+from lensteer.study.runner import StudyConfig, SweepTable, build_report, headline_table
 
 
 def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
@@ -134,7 +134,7 @@ def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, 
     for name in (f"compassion_SwFC_kl{budget}", f"compassion_SwFC_kl{budget}_L0"):
         assert (tmp_path / "steerings" / f"{name}.json").exists()
     assert lensteer.load_steering(tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L0").layers == (0,)
-    from lensteer.plotting import save_study_figures
+    from lensteer.plotting.figures import save_study_figures
 
     stems = {p.stem for p in save_study_figures(tmp_path, tmp_path / "figures")}
     assert "layer_sweep" in stems and "tradeoff_compassion" in stems

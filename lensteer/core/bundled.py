@@ -9,8 +9,8 @@ from lensteer.errors import DataError
 
 def bundled_dir(name: str) -> Path:
     """Folder ``<name>`` of the bundled data (``contrast``, ``scoring``, ``capability``)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_data" / name, here.parent / "data" / name):
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "_data" / name, package.parent / "data" / name):
         if candidate.is_dir():
             return candidate
     raise DataError(f"bundled data folder {name!r} not found; reinstall lensteer")

@@ -15,17 +15,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lensteer.chat import (
+from lensteer.core.chat import (
     ChatPrompt,
     TokenizedPrompt,
     length_sorted_batches,
     pad_id_of,
     tokenize_prompt,
 )
+from lensteer.core.sites import resolve_sites
 from lensteer.errors import ConfigError, DataError
-from lensteer.generation import generate
-from lensteer.sites import resolve_sites
-from lensteer.steering import Steering, SteeringContext, steer
+from lensteer.steering.generation import generate
+from lensteer.steering.spec import Steering, SteeringContext, steer
 
 
 def reference_norm(

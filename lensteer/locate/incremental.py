@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from lensteer._forward import final_normalized
-from lensteer.models import ensure_kv_cache_fix
+from lensteer.core.forward import final_normalized
+from lensteer.core.models import ensure_kv_cache_fix
 
 _CACHE_KEYS = ("cache", "past_key_values", "layer_past")
 _SELF_CHECK_ATOL = 1e-4

@@ -34,13 +34,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lensteer.activations import collect_activations
-from lensteer.calibration import KLProbe, calibrate, kl_probe, reference_norm, steering_kl
-from lensteer.chat import ChatPrompt
-from lensteer.data import ContrastSet, load_dataset
+from lensteer.core.activations import collect_activations
+from lensteer.core.chat import ChatPrompt
+from lensteer.core.datasets import ContrastSet, load_dataset
+from lensteer.core.models import model_fingerprint
 from lensteer.errors import ConfigError
-from lensteer.generation import generate, generate_conversations
-from lensteer.metrics import (
+from lensteer.evaluate.metrics import (
     conversation_repetition,
     load_mc_items,
     mc_accuracy,
@@ -48,12 +47,18 @@ from lensteer.metrics import (
     rep_n,
     response_perplexity,
 )
-from lensteer.models import model_fingerprint
-from lensteer.probing import contrast_prompts, probe_layers
-from lensteer.recommend import recommend_site
-from lensteer.scoring import compassion_scorer, honesty_verdict, is_redirecting_refusal, is_refusal
-from lensteer.steerability import layer_steerability
-from lensteer.steering import Gate, Steering, Window, steer
+from lensteer.evaluate.scoring import (
+    compassion_scorer,
+    honesty_verdict,
+    is_redirecting_refusal,
+    is_refusal,
+)
+from lensteer.evaluate.steerability import layer_steerability
+from lensteer.locate.probing import contrast_prompts, probe_layers
+from lensteer.steering.calibration import KLProbe, calibrate, kl_probe, reference_norm, steering_kl
+from lensteer.steering.generation import generate, generate_conversations
+from lensteer.steering.spec import Gate, Steering, Window, steer
+from lensteer.study.recommend import recommend_site
 
 METHODS = ("SwFC", "StTP", "StMP", "add", "ablate", "ace", "angular")
 THREAT_MODELS = ("refusal", "compassion", "honesty")
@@ -402,7 +407,7 @@ def _refusal_gate(model: Any, config: StudyConfig) -> Gate:
     harmful-vs-harmless probe is fitted at each candidate layer and the layer with the best
     validation accuracy is used.
     """
-    from lensteer.directions import fit_probe
+    from lensteer.locate.directions import fit_probe
 
     refusal = load_dataset("refusal")
     # prompts only (cheap): at least 96 training pairs and the whole val split, since harmful vs
@@ -570,7 +575,7 @@ def run_study(
 ) -> StudyResult:
     """Run the study and write ``report.json``, ``results.csv``/``results.json``, ``steerings/``,
     ``examples.json`` into ``out``. Re-running into the same folder resumes: finished cells are kept."""
-    from lensteer.artifacts import artifact_paths, load_steering, save_steering
+    from lensteer.steering.files import artifact_paths, load_steering, save_steering
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -653,7 +658,7 @@ def run_study(
 def _add_conversations(model: Any, tm: str, config: StudyConfig, table: SweepTable, folder: Path, chosen: int,
                        log: Callable[[str], None]) -> None:
     """Add multi-turn repetition to this threat model's rows that lack it, all conditions in one go."""
-    from lensteer.artifacts import load_steering
+    from lensteer.steering.files import load_steering
 
     pending = [r for r in table.rows if r["threat_model"] == tm and "repetition_by_turn" not in r]
     if not pending:

@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from lensteer.core.models import ModelFingerprint, model_fingerprint
 from lensteer.errors import ArtifactMismatchError, ConfigError, DataError, LensteerError
-from lensteer.models import ModelFingerprint, model_fingerprint
-from lensteer.steering import NAMED_POSITIONS, Gate, LastK, Steering, Window
+from lensteer.steering.spec import NAMED_POSITIONS, Gate, LastK, Steering, Window
 
-FORMAT = "lensteer.steering"
+FORMAT = "lensteer.steering.spec"
 FORMAT_VERSION = 1
 _VERSIONED = ("lensteer", "torch", "transformers", "transformer-lens", "safetensors")
 _FINGERPRINT_KEYS = ("name", "n_layers", "d_model", "d_vocab", "processing_mode")

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 
-from lensteer._bundled import bundled_dir, read_jsonl
-from lensteer.chat import ChatPrompt, tokenize_prompt
+from lensteer.core.bundled import bundled_dir, read_jsonl
+from lensteer.core.chat import ChatPrompt, tokenize_prompt
+from lensteer.core.likelihood import response_logprob
+from lensteer.core.stats import bootstrap_ci
 from lensteer.errors import ConfigError, DataError
-from lensteer.likelihood import response_logprob
-from lensteer.scoring import is_refusal
-from lensteer.stats import bootstrap_ci
+from lensteer.evaluate.scoring import is_refusal
 
 # ------------------------------------------------------------------------------------------ rates
 
@@ -41,7 +41,7 @@ class Rate:
 
 
 def rate_with_ci(flags: Sequence[bool], *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Rate:
-    """Share of ``True`` in ``flags`` with a bootstrap CI (resampling the items, via :func:`~lensteer.stats.bootstrap_ci`)."""
+    """Share of ``True`` in ``flags`` with a bootstrap CI (resampling the items, via :func:`~lensteer.core.stats.bootstrap_ci`)."""
     if isinstance(flags, str) or len(flags) == 0:
         raise DataError("rate_with_ci needs a non-empty list of booleans")
     x = torch.tensor([float(bool(f)) for f in flags])
@@ -52,7 +52,7 @@ def rate_with_ci(flags: Sequence[bool], *, n_boot: int = 1000, level: float = 0.
 def over_refusal_rate(
     responses: Sequence[str], *, refused: Callable[[str], bool] = is_refusal, n_boot: int = 1000, seed: int = 0,
 ) -> Rate:
-    """Share of responses to **harmless** prompts that refuse (default: :func:`~lensteer.scoring.is_refusal`)."""
+    """Share of responses to **harmless** prompts that refuse (default: :func:`~lensteer.evaluate.scoring.is_refusal`)."""
     if isinstance(responses, str):
         raise DataError("pass a list of responses, not a single string")
     return rate_with_ci([refused(r) for r in responses], n_boot=n_boot, seed=seed)

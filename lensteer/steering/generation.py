@@ -19,9 +19,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lensteer._forward import last_position_logits
-from lensteer.activations import collect_activations
-from lensteer.chat import (
+from lensteer.core.activations import collect_activations
+from lensteer.core.chat import (
     ChatPrompt,
     TokenizedPrompt,
     Turn,
@@ -29,9 +28,10 @@ from lensteer.chat import (
     pad_id_of,
     tokenize_prompt,
 )
+from lensteer.core.forward import last_position_logits
+from lensteer.core.models import ensure_kv_cache_fix
 from lensteer.errors import ConfigError, DataError
-from lensteer.models import ensure_kv_cache_fix
-from lensteer.steering import Steering, SteeringContext, position_mask, steer
+from lensteer.steering.spec import Steering, SteeringContext, position_mask, steer
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>")
 

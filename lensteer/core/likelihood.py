@@ -11,8 +11,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from lensteer._forward import final_normalized, unembed
-from lensteer.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
+from lensteer.core.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
+from lensteer.core.forward import final_normalized, unembed
 from lensteer.errors import DataError
 
 

@@ -1,6 +1,6 @@
 """Hook sites: (layer, kind) -> TransformerLens hook name, validated against the model.
 
-Only this module and :mod:`lensteer.models` know TransformerLens hook-name spelling.
+Only this module and :mod:`lensteer.core.models` know TransformerLens hook-name spelling.
 """
 
 from collections.abc import Iterable, Sequence

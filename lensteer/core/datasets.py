@@ -21,7 +21,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from lensteer.chat import ChatPrompt, Turn
+from lensteer.core.bundled import bundled_dir
+from lensteer.core.chat import ChatPrompt, Turn
 from lensteer.errors import ConfigError, DataError
 
 BUNDLED = ("refusal", "compassion", "honesty")
@@ -35,11 +36,7 @@ SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 
 def data_dir() -> Path:
     """Folder holding the bundled contrast sets (inside the wheel, or the repo's ``data/contrast``)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_data" / "contrast", here.parent / "data" / "contrast"):
-        if candidate.is_dir():
-            return candidate
-    raise DataError("bundled data folder not found; reinstall lensteer or pass a file path")
+    return bundled_dir("contrast")
 
 
 @dataclass(frozen=True, kw_only=True)

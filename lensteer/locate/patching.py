@@ -24,11 +24,11 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from lensteer import _fastpatch
-from lensteer._forward import last_logits, last_position_logits, unembed
-from lensteer.chat import ChatPrompt, tokenize_prompt
+from lensteer.core.chat import ChatPrompt, tokenize_prompt
+from lensteer.core.forward import last_logits, last_position_logits, unembed
+from lensteer.core.sites import normalize_layers, resolve_sites
 from lensteer.errors import ConfigError, DataError, LensteerError
-from lensteer.sites import normalize_layers, resolve_sites
+from lensteer.locate import incremental as _fastpatch
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 PatchDirection = Literal["denoising", "noising"]
@@ -693,8 +693,8 @@ def patch_direction(
         scale: For ``"add"``, multiples of the direction's ``raw_norm`` (its class-mean distance).
         seed: Seed of the random control direction.
     """
-    from lensteer.chat import length_sorted_batches, pad_id_of
-    from lensteer.steering import ablate_direction, add_direction
+    from lensteer.core.chat import length_sorted_batches, pad_id_of
+    from lensteer.steering.spec import ablate_direction, add_direction
 
     if mode not in ("ablate", "add"):
         raise ConfigError(f"mode must be 'ablate' or 'add', got {mode!r}")

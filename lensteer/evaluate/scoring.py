@@ -11,7 +11,7 @@
   (``data/scoring/compassion_labelled.jsonl``, plus the bundled compassion contrast set's train and
   val splits); held-out accuracy is reported in ``data/README.md``.
 
-Every scorer also works as a judge: ``(prompt, response) -> float | bool`` (see :mod:`lensteer.judge`).
+Every scorer also works as a judge: ``(prompt, response) -> float | bool`` (see :mod:`lensteer.evaluate.judges`).
 """
 
 import functools
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
-from lensteer._bundled import bundled_dir, read_jsonl
+from lensteer.core.bundled import bundled_dir, read_jsonl
 from lensteer.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------------------------- refusal
@@ -184,7 +184,7 @@ def refusal_verdict(response: str, *, opening_sentences: int = 2, max_body_words
 
 
 def is_refusal(response: str) -> bool:
-    """``refusal_verdict(response).refused`` with the default rule (a judge: see :mod:`lensteer.judge`)."""
+    """``refusal_verdict(response).refused`` with the default rule (a judge: see :mod:`lensteer.evaluate.judges`)."""
     return refusal_verdict(response).refused
 
 
@@ -366,7 +366,7 @@ class CompassionScorer:
 
     Build one with :func:`train_compassion_scorer` (or the cached :func:`compassion_scorer` trained on
     the bundled labelled set). Calling it as ``scorer(prompt, response)`` returns the probability,
-    so it is a judge (:mod:`lensteer.judge`); the prompt is ignored.
+    so it is a judge (:mod:`lensteer.evaluate.judges`); the prompt is ignored.
     """
 
     vocab: tuple[str, ...]
@@ -469,7 +469,9 @@ def load_compassion_labelled(split: str | None = None) -> list[LabelledResponse]
 
 
 def _contrast_training_pairs() -> tuple[list[str], list[bool]]:
-    from lensteer.data import load_dataset  # late import: data imports chat, which is heavier
+    from lensteer.core.datasets import (
+        load_dataset,  # late import: data imports chat, which is heavier
+    )
 
     ds = load_dataset("compassion")
     texts: list[str] = []

@@ -40,9 +40,9 @@ import torch
 from jaxtyping import Bool, Float
 
 from lensteer._types import DirectionVec, Resid
-from lensteer.directions import Direction, LinearProbe
+from lensteer.core.sites import SITE_KINDS, normalize_layers, validate_site_kind
 from lensteer.errors import ArtifactMismatchError, ConfigError, HookSiteError
-from lensteer.sites import SITE_KINDS, normalize_layers, validate_site_kind
+from lensteer.locate.directions import Direction, LinearProbe
 
 Mode = Literal["add", "swfc", "ablate", "ace", "angular", "sttp", "stmp"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -309,7 +309,7 @@ class Steering:
         for the other tokens and projects at about -3,500 on the refusal direction), so it always
         lies below the threshold and moving it to the target costs most of a KL budget for nothing.
         """
-        from lensteer.directions import fit_probe
+        from lensteer.locate.directions import fit_probe
 
         unit = direction.unit if isinstance(direction, Direction) else _unit_vector(direction, "steering")
         layer_list = layers if layers is not None else (direction.layer if isinstance(direction, Direction) else None)

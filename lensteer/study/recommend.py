@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from lensteer.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
+from lensteer.core.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
 from lensteer.errors import ConfigError, DataError
 
 
@@ -158,9 +158,9 @@ def ablation_kl(
     The direction ``unit`` is projected out at ``site`` of every layer in ``layers`` (default: all,
     Arditi's directional ablation). Use harmless prompts: a good direction costs little there.
     """
-    from lensteer._forward import last_logits
-    from lensteer.sites import resolve_sites
-    from lensteer.steering import ablate_direction
+    from lensteer.core.forward import last_logits
+    from lensteer.core.sites import resolve_sites
+    from lensteer.steering.spec import ablate_direction
 
     if isinstance(prompts, str) or len(prompts) == 0:
         raise DataError("pass a non-empty list of prompts")

@@ -5,10 +5,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lensteer.chat import ChatPrompt
+from lensteer.core.chat import ChatPrompt
 from lensteer.errors import DataError
-from lensteer.generation import generate
-from lensteer.steering import Steering
+from lensteer.steering.generation import generate
+from lensteer.steering.spec import Steering
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

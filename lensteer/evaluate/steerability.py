@@ -18,11 +18,11 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from lensteer.calibration import KLProbe, calibrate
-from lensteer.chat import ChatPrompt
+from lensteer.core.chat import ChatPrompt
+from lensteer.core.likelihood import response_logprob
 from lensteer.errors import ConfigError, DataError
-from lensteer.likelihood import response_logprob
-from lensteer.steering import Steering, steer
+from lensteer.steering.calibration import KLProbe, calibrate
+from lensteer.steering.spec import Steering, steer
 
 
 def preference_margin(

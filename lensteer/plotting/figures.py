@@ -175,7 +175,7 @@ def plot_attribution_vs_exact(attribution: Any, exact: Any, ax: Any = None) -> t
 
 # -- study figures (from the rows of ``results.json`` and ``examples.json``; no model needed) --------
 
-_log = logging.getLogger("lensteer.plotting")
+_log = logging.getLogger("lensteer.plotting.figures")
 
 # One colour and marker per condition, the same in every study figure.
 _METHOD_STYLE: dict[str, tuple[str, str]] = {
@@ -613,7 +613,7 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
     ``repetition_by_turn``, ``repetition_history_by_turn``, ``steered_share``, ``steerability`` (from the
     report), ``layer_sweep`` (if the study swept layers) and ``examples_<tm>``. The other figures show
     each threat model's chosen layer.
-    A figure whose data the folder lacks is skipped with a warning on the ``lensteer.plotting``
+    A figure whose data the folder lacks is skipped with a warning on the ``lensteer.plotting.figures``
     logger that says why.
 
     Returns:

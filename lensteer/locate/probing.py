@@ -22,12 +22,18 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from lensteer.activations import collect_activations
-from lensteer.data import ContrastSet
-from lensteer.directions import Direction, LinearProbe, diff_of_means, fit_probe, pca_of_diffs
+from lensteer.core.activations import collect_activations
+from lensteer.core.datasets import ContrastSet
+from lensteer.core.sites import normalize_layers
+from lensteer.core.stats import auroc, balanced_accuracy, bootstrap_ci, d_prime
 from lensteer.errors import ConfigError, DataError
-from lensteer.sites import normalize_layers
-from lensteer.stats import auroc, balanced_accuracy, bootstrap_ci, d_prime
+from lensteer.locate.directions import (
+    Direction,
+    LinearProbe,
+    diff_of_means,
+    fit_probe,
+    pca_of_diffs,
+)
 
 ContrastKind = Literal["prompt", "response"]
 METHODS = ("diff_of_means", "pca_of_diffs", "probe")
@@ -125,8 +131,8 @@ class ProbingReport:
         return "\n".join(lines)
 
     def plot(self, ax: Any = None) -> tuple[Any, Any]:
-        """Probe accuracy and AUROC by layer with 95% CIs (see :mod:`lensteer.plotting`)."""
-        from lensteer.plotting import plot_probing
+        """Probe accuracy and AUROC by layer with 95% CIs (see :mod:`lensteer.plotting.figures`)."""
+        from lensteer.plotting.figures import plot_probing
 
         return plot_probing(self, ax=ax)
 
@@ -271,7 +277,7 @@ def probe_by_layer(
         >>> report = lensteer.probe_by_layer(model, lensteer.load_dataset("refusal"))  # doctest: +SKIP
         >>> print(report.to_table()); report.plot()  # doctest: +SKIP
     """
-    from lensteer.models import model_fingerprint
+    from lensteer.core.models import model_fingerprint
 
     acts, layer_list, position = collect_contrast(model, dataset, contrast=contrast, layers=layers, site=site,
                                                   batch_size=batch_size, progress=progress)

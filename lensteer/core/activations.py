@@ -21,15 +21,15 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from lensteer._types import Tokens
-from lensteer.chat import (
+from lensteer.core.chat import (
     ChatPrompt,
     TokenizedPrompt,
     length_sorted_batches,
     pad_id_of,
     tokenize_prompt,
 )
+from lensteer.core.sites import resolve_sites
 from lensteer.errors import ConfigError, DataError, HookSiteError
-from lensteer.sites import resolve_sites
 
 NAMED_POSITIONS = ("last", "post_instruction", "instruction_mean", "response_mean")
 Position = str | int | Sequence[int]
