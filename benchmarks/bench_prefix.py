@@ -18,7 +18,7 @@ import time
 import torch
 
 import lensteer
-import lensteer.steering.generation as generation
+import lensteer.steering.prefix as prefix
 
 
 def main() -> None:
@@ -38,19 +38,19 @@ def main() -> None:
     direction = lensteer.diff_of_means(acts[:16], acts[16:], layer=13)
     ref = lensteer.reference_norm(model, ds.val.head(4).prompts, 13)
     swfc = lensteer.Steering.from_direction(direction, mode="swfc", scale=0.25, relative=True, reference_norm=ref)
-    default_min = generation.MIN_SHARED_PREFIX
+    default_min = prefix.MIN_SHARED_PREFIX
     times: dict[str, list[float]] = {}
     outputs: dict[str, tuple[torch.Tensor, ...]] = {}
     for _ in range(args.rounds):
         for label, steering in (("unsteered", None), ("SwFC", swfc)):
             for mode, minimum in (("shared", default_min), ("per-row", 10**9)):
-                generation.MIN_SHARED_PREFIX = minimum
+                prefix.MIN_SHARED_PREFIX = minimum
                 start = time.perf_counter()
                 out = lensteer.generate(model, prompts, steering=steering, max_new_tokens=args.new,
                                         batch_size=args.n)
                 times.setdefault(f"{label} {mode}", []).append(time.perf_counter() - start)
                 outputs[f"{label} {mode}"] = out.tokens
-    generation.MIN_SHARED_PREFIX = default_min
+    prefix.MIN_SHARED_PREFIX = default_min
     lens = [len(lensteer.tokenize_prompt(model, p).tokens) for p in prompts]
     print(f"{platform.processor() or platform.machine()}, torch threads {args.threads}; {args.n} prompts of "
           f"{min(lens)}-{max(lens)} tokens (shared few-shot prefix), {args.new} new tokens, {args.rounds} rounds")

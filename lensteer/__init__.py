@@ -102,15 +102,13 @@ from lensteer.steering.calibration import (
     reference_norm,
     steering_kl,
 )
-from lensteer.steering.files import (
-    export_gguf_control_vector,
-    load_steering,
-    load_steerings,
-    save_steering,
-    save_steerings,
-)
+from lensteer.steering.files import load_steering, load_steerings, save_steering, save_steerings
+from lensteer.steering.gates import Gate
 from lensteer.steering.generation import Generations, generate, generate_conversations
-from lensteer.steering.spec import Gate, LastK, Steering, SteeringContext, Window, steer
+from lensteer.steering.gguf_export import export_gguf_control_vector
+from lensteer.steering.hooks import SteeringContext, steer
+from lensteer.steering.positions import LastK, Window
+from lensteer.steering.spec import Steering
 from lensteer.study.recommend import SiteRecommendation, ablation_kl, recommend_site
 
 __version__ = "0.1.0"

@@ -8,26 +8,17 @@ patching + the recommended site, with figures), ``steer`` (unsteered vs steered 
 """
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from lensteer.core.io import write_json
+
 STUDY: tuple[tuple[str, Literal["prompt", "response"]], ...] = (
     ("refusal", "prompt"), ("compassion", "response"), ("honesty", "response"),
 )
-
-
-def _write_json_atomic(path: Path, payload: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=1)
-    Path(tmp).replace(path)
 
 
 def _save_probing_figures(report: object, folder: Path) -> None:
@@ -81,7 +72,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         print(report.to_table(), "\n", flush=True)
         reports[name] = report.to_dict()
         _save_probing_figures(report, out / "figures")
-    _write_json_atomic(out / "probing.json", {"model": fp.to_dict(), "reports": reports})
+    write_json(out / "probing.json", {"model": fp.to_dict(), "reports": reports})
     print(f"wrote {out / 'probing.json'} and {out / 'figures'} in {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -166,7 +157,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import lensteer
-    from lensteer.study.runner import evaluate_steering, headline_table, write_json
+    from lensteer.study.runner import evaluate_steering, headline_table
 
     start = time.perf_counter()
     config = _study_config(args)
@@ -239,7 +230,7 @@ def _cmd_locate(args: argparse.Namespace) -> int:
             print(f"{name}: no recommendation: {err}\n", flush=True)
             entry["recommendation"] = {"error": str(err)}
         summary[name] = entry
-    _write_json_atomic(out / "locate.json", summary)
+    write_json(out / "locate.json", summary)
     print(f"wrote {out / 'locate.json'} and figures in {fig_dir} in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from lensteer.core.sites import UNEMBED_INPUT
+
 
 class _StopBeforeUnembed(Exception):
     def __init__(self, tensor: torch.Tensor) -> None:
@@ -23,11 +25,11 @@ def final_normalized(model: Any, tokens: torch.Tensor, attention_mask: torch.Ten
         raise _StopBeforeUnembed(x)
 
     try:
-        with model.hooks(fwd_hooks=[("unembed.hook_in", stop)]):
+        with model.hooks(fwd_hooks=[(UNEMBED_INPUT, stop)]):
             model(tokens, attention_mask=attention_mask)
     except _StopBeforeUnembed as caught:
         return caught.tensor
-    raise RuntimeError("the model never reached unembed.hook_in")
+    raise RuntimeError(f"the model never reached {UNEMBED_INPUT}")
 
 
 def last_logits(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,4 +51,4 @@ def last_position_logits(model: Any) -> Any:
     def keep_last(x: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
         return x[:, -1:]
 
-    return model.hooks(fwd_hooks=[("unembed.hook_in", keep_last)])
+    return model.hooks(fwd_hooks=[(UNEMBED_INPUT, keep_last)])

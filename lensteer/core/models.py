@@ -80,6 +80,11 @@ def model_fingerprint(model: TransformerBridge) -> ModelFingerprint:
 # --------------------------------------------------------------------------- KV-cache shim
 
 
+def fingerprint_of(model: "TransformerBridge | ModelFingerprint") -> ModelFingerprint:
+    """A model's fingerprint; a fingerprint passes through (so callers may hold either)."""
+    return model if isinstance(model, ModelFingerprint) else model_fingerprint(model)
+
+
 def _kv_cache_fix_needed() -> bool:
     """Probe TransformerLens: does its attention bridge ignore a cache passed as ``cache=``?
 

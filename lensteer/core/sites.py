@@ -1,6 +1,7 @@
 """Hook sites: (layer, kind) -> TransformerLens hook name, validated against the model.
 
-Only this module and :mod:`lensteer.core.models` know TransformerLens hook-name spelling.
+The only module that spells TransformerLens hook names (a test checks it): every other module asks
+for them here, so a renamed hook point is a one-line fix.
 """
 
 from collections.abc import Iterable, Sequence
@@ -22,7 +23,30 @@ class HookSite:
 
     @property
     def name(self) -> str:
-        return f"blocks.{self.layer}.hook_{self.kind}"
+        return hook_name(self.layer, self.kind)
+
+
+UNEMBED_INPUT = "unembed.hook_in"  # the final-norm output, just before W_U
+
+
+def hook_name(layer: int, kind: str) -> str:
+    """``blocks.{layer}.hook_{kind}`` for a residual-stream-shaped site (no validation)."""
+    return f"blocks.{layer}.hook_{kind}"
+
+
+def head_hook_name(layer: int) -> str:
+    """The per-head output (``attn.hook_z``: ``[batch, pos, head, d_head]``, before ``W_O``) of a layer."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def residual_stream_names(n_layers: int) -> list[str]:
+    """Every residual-stream point in order: each layer's ``resid_pre`` and the last layer's ``resid_post``."""
+    return [hook_name(k, "resid_pre") for k in range(n_layers)] + [hook_name(n_layers - 1, "resid_post")]
+
+
+def layer_of(name: str) -> int:
+    """The layer index of a ``blocks.{layer}....`` hook name."""
+    return int(name.split(".")[1])
 
 
 def validate_site_kind(kind: str) -> str:

@@ -22,7 +22,8 @@ from lensteer.core.chat import ChatPrompt
 from lensteer.core.likelihood import response_logprob
 from lensteer.errors import ConfigError, DataError
 from lensteer.steering.calibration import KLProbe, calibrate
-from lensteer.steering.spec import Steering, steer
+from lensteer.steering.hooks import steer
+from lensteer.steering.spec import Steering
 
 
 def preference_margin(

@@ -694,7 +694,7 @@ def patch_direction(
         seed: Seed of the random control direction.
     """
     from lensteer.core.chat import length_sorted_batches, pad_id_of
-    from lensteer.steering.spec import ablate_direction, add_direction
+    from lensteer.core.vectors import ablate_direction, add_direction
 
     if mode not in ("ablate", "add"):
         raise ConfigError(f"mode must be 'ablate' or 'add', got {mode!r}")

@@ -8,8 +8,6 @@ import functools
 import json
 import logging
 import math
-import os
-import tempfile
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,6 +17,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from cycler import cycler
 
+from lensteer.core.io import atomic_path
 from lensteer.errors import ConfigError, DataError
 
 # Okabe & Ito (2008) colour-blind-safe palette.
@@ -59,12 +58,10 @@ def save_figure(fig: Any, stem: "str | Path") -> tuple[Path, Path]:
     paths = []
     for suffix in (".pdf", ".png"):
         target = stem.with_suffix(suffix)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=stem.parent)
-        os.close(fd)
-        # bbox "tight" here too: rc settings do not reach a save made outside paper_style()
-        fig.savefig(tmp, format=suffix[1:], bbox_inches="tight",
-                    metadata={"CreationDate": None} if suffix == ".pdf" else None)
-        Path(tmp).replace(target)
+        with atomic_path(target) as tmp:
+            # bbox "tight" here too: rc settings do not reach a save made outside paper_style()
+            fig.savefig(tmp, format=suffix[1:], bbox_inches="tight",
+                        metadata={"CreationDate": None} if suffix == ".pdf" else None)
         paths.append(target)
     return paths[0], paths[1]
 

@@ -25,7 +25,8 @@ from lensteer.core.chat import (
 from lensteer.core.sites import resolve_sites
 from lensteer.errors import ConfigError, DataError
 from lensteer.steering.generation import generate
-from lensteer.steering.spec import Steering, SteeringContext, steer
+from lensteer.steering.hooks import SteeringContext, steer
+from lensteer.steering.spec import Steering
 
 
 def reference_norm(

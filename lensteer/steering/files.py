@@ -1,4 +1,4 @@
-"""Save, load and share steerings: safetensors + a JSON record, and llama.cpp GGUF control vectors.
+"""Save, load and share steerings: safetensors + a JSON record (GGUF export: :mod:`.gguf_export`).
 
 A saved steering is two files side by side::
 
@@ -8,16 +8,11 @@ A saved steering is two files side by side::
                           the safetensors file and the versions of the packages that wrote it
 
 No pickle: tensors go through safetensors, everything else through JSON. Both files are written to
-temporary files in the target folder and moved into place with :meth:`pathlib.Path.replace`, the safetensors
+temporary files in the target folder and moved into place (:mod:`lensteer.core.io`), the safetensors
 file first and the JSON last; the JSON names the safetensors file's hash, so a half-replaced pair is
 refused on load instead of silently mixing two steerings. Loading into a model checks the
 fingerprint (name, layers, width, vocabulary, processing mode) and refuses another model with an
 :class:`~lensteer.ArtifactMismatchError` that names both.
-
-:func:`export_gguf_control_vector` writes the additive part of a steering as a llama.cpp control
-vector (``llama-cli --control-vector file.gguf``). llama.cpp adds tensor ``direction.{il}`` to the
-output of its 0-based layer ``il`` (TransformerLens ``blocks.{il}.hook_resid_post``), at every token,
-and never at layer 0: its loader rejects ``direction.0``.
 """
 
 import hashlib
@@ -25,30 +20,28 @@ import json
 import math
 import os
 import re
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from lensteer.core.models import ModelFingerprint, model_fingerprint
+from lensteer.core.io import atomic_path
+from lensteer.core.models import fingerprint_of
 from lensteer.errors import ArtifactMismatchError, ConfigError, DataError, LensteerError
-from lensteer.steering.spec import NAMED_POSITIONS, Gate, LastK, Steering, Window
+from lensteer.steering.gates import Gate
+from lensteer.steering.positions import NAMED_POSITIONS, LastK, Window
+from lensteer.steering.spec import Steering
 
-FORMAT = "lensteer.steering.spec"
+FORMAT = "lensteer.steering"
 FORMAT_VERSION = 1
 _VERSIONED = ("lensteer", "torch", "transformers", "transformer-lens", "safetensors")
 _FINGERPRINT_KEYS = ("name", "n_layers", "d_model", "d_vocab", "processing_mode")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_GGUF_ARCH = "controlvector"
-_ADDITIVE_MODES = ("add", "swfc")
 
 
-# -- paths and atomic writes ---------------------------------------------------------------------
+# -- paths ---------------------------------------------------------------------
 
 
 def artifact_paths(path: "str | os.PathLike[str]") -> tuple[Path, Path]:
@@ -59,19 +52,6 @@ def artifact_paths(path: "str | os.PathLike[str]") -> tuple[Path, Path]:
     if not p.name:
         raise ConfigError(f"path {str(path)!r} has no file name; give e.g. 'out/refusal'")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
-
-
-@contextmanager
-def _temp_in(folder: Path, suffix: str) -> Iterator[Path]:
-    """A temporary file path in ``folder`` (same file system, so ``os.replace`` is atomic); removed if left."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:
@@ -106,10 +86,6 @@ def _encode_positions(positions: Any) -> dict[str, Any]:
     return {"kind": "indices", "value": list(positions)}
 
 
-def _fingerprint_of(model: Any) -> ModelFingerprint:
-    return model if isinstance(model, ModelFingerprint) else model_fingerprint(model)
-
-
 def _steering_record(s: Steering) -> dict[str, Any]:
     gate = None
     if s.gate is not None:
@@ -137,7 +113,7 @@ def _steering_record(s: Steering) -> dict[str, Any]:
 
 def _file_fingerprint(steerings: Mapping[str, Steering], model: Any) -> dict[str, Any] | None:
     if model is not None:
-        fp = _fingerprint_of(model).to_dict()
+        fp = fingerprint_of(model).to_dict()
         for name, s in steerings.items():
             if s.d_model != fp["d_model"]:
                 raise ArtifactMismatchError(f"steering {name!r} has width {s.d_model} but model {fp['name']!r} has "
@@ -204,12 +180,11 @@ def save_steerings(steerings: Mapping[str, Steering], path: "str | os.PathLike[s
     except (TypeError, ValueError) as err:
         raise ConfigError(f"cannot save to {json_path}: a field or info entry is not plain JSON (str, number, "
                           f"bool, None, list, dict; finite floats): {err}") from err
-    with _temp_in(st_path.parent, ".safetensors") as st_tmp, _temp_in(json_path.parent, ".json") as json_tmp:
+    # the JSON block is the outer one, so it is renamed last: a complete JSON means a complete pair
+    with atomic_path(json_path) as json_tmp, atomic_path(st_path) as st_tmp:
         save_file(tensors, str(st_tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         record["safetensors_sha256"] = _sha256(st_tmp)
         json_tmp.write_text(json.dumps(record, indent=1, allow_nan=False))
-        st_tmp.replace(st_path)
-        json_tmp.replace(json_path)  # last: a complete JSON means a complete pair
     return st_path, json_path
 
 
@@ -313,7 +288,7 @@ def _decode_steering(name: str, f: _Fields, tensors: Mapping[str, torch.Tensor],
 
 
 def _check_model(saved: dict[str, Any] | None, d_model: int, model: Any, file: Path, strict: bool) -> None:
-    current = _fingerprint_of(model)
+    current = fingerprint_of(model)
     if saved is not None and strict:
         differ = [k for k in _FINGERPRINT_KEYS if saved.get(k) != getattr(current, k)]
         if differ:
@@ -414,131 +389,3 @@ def load_steering(path: "str | os.PathLike[str]", *, model: Any = None, name: st
     if name not in found:
         raise DataError(f"{artifact_paths(path)[1]} has no steering {name!r}; it holds {sorted(found)}")
     return found[name]
-
-
-# -- llama.cpp control vectors ------------------------------------------------------------------
-
-
-def llama_cpp_layer(site: str, layer: int, n_layers: int) -> int:
-    """The llama.cpp control-vector index ``il`` (tensor ``direction.{il}``) for a TransformerLens site.
-
-    llama.cpp adds ``direction.{il}`` to the output of its 0-based layer ``il``, which is
-    ``blocks.{il}.hook_resid_post`` (= ``blocks.{il+1}.hook_resid_pre``), and never uses ``il = 0``.
-
-    Raises:
-        ConfigError: A site other than ``resid_post``/``resid_pre``, a layer out of range, or a layer
-            llama.cpp cannot steer (the output of layer 0, or the embeddings).
-    """
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
-        raise ConfigError(f"layer {layer!r} is out of range for n_layers={n_layers}")
-    layer %= n_layers
-    if site == "resid_post":
-        il = layer
-    elif site == "resid_pre":
-        il = layer - 1
-    else:
-        raise ConfigError(f"site {site!r} has no llama.cpp equivalent: control vectors are added to a layer's "
-                          "output, i.e. resid_post (or the next layer's resid_pre)")
-    if il < 1:
-        what = "the embeddings" if il < 0 else "the output of layer 0"
-        raise ConfigError(f"{site} at layer {layer} is {what}; llama.cpp never applies a control vector there "
-                          "(its loader rejects direction.0). Steer resid_post at layer >= 1 or resid_pre at layer >= 2")
-    return il
-
-
-def _check_exportable(s: Steering, every_position: bool) -> None:
-    if s.mode not in _ADDITIVE_MODES:
-        raise ConfigError(f"mode {s.mode!r} is not a constant addition; a llama.cpp control vector can only "
-                          f"add a fixed vector, so only modes {_ADDITIVE_MODES} can be exported")
-    if s.preserve_norm:
-        raise ConfigError("preserve_norm=True rescales each activation, which a llama.cpp control vector "
-                          "cannot do; export the steering with preserve_norm=False")
-    if s.gate is not None:
-        raise ConfigError("llama.cpp control vectors have no prompt gate; export the steering without its gate")
-    if s.positions != "all" and not every_position:
-        raise ConfigError(f"llama.cpp applies a control vector at every token (prompt and generated), but this "
-                          f"steering's positions are {s.positions!r}; pass every_position=True to export it anyway "
-                          "(the file will also steer the tokens it skips)")
-
-
-def export_gguf_control_vector(
-    steering: "Steering | Sequence[Steering]",
-    path: "str | os.PathLike[str]",
-    *,
-    n_layers: int | None = None,
-    model: Any = None,
-    model_hint: str = "llama",
-    every_position: bool = False,
-) -> Path:
-    """Write an additive steering as a llama.cpp control vector (GGUF).
-
-    The file has architecture ``controlvector``, metadata ``controlvector.model_hint`` (str) and
-    ``controlvector.layer_count`` (uint32), and one float32 tensor ``direction.{il}`` of length
-    ``d_model`` for every layer ``il = 1 .. n_layers - 1`` (zeros where nothing is steered), as
-    llama.cpp's own ``cvector-generator`` writes. Each steered layer holds
-    ``steering.coefficient * steering.unit`` (a relative scale is resolved; several steerings add up).
-    ``resid_post`` at layer ``L`` maps to ``direction.L`` and ``resid_pre`` at ``L`` to
-    ``direction.{L-1}`` (see :func:`llama_cpp_layer`). Use it with
-    ``llama-cli -m model.gguf --control-vector file.gguf``; ``--control-vector-scaled file.gguf s``
-    multiplies it by ``s``.
-
-    Args:
-        steering: One steering or several (mode ``add`` or ``swfc``, no gate, no ``preserve_norm``).
-        path: Output file (``.gguf`` is appended if missing).
-        n_layers: The model's layer count (or pass ``model``).
-        model: The model (or its fingerprint), for ``n_layers`` and a width check.
-        model_hint: ``controlvector.model_hint`` (llama.cpp's architecture name; not checked by llama.cpp).
-        every_position: Export a steering whose positions are not ``"all"``; llama.cpp will apply it
-            to every token anyway. Without it such a steering is refused, so the exported file never
-            silently changes what the steering does.
-
-    Returns:
-        The path written (atomically).
-
-    Raises:
-        ConfigError: A mode, site, layer, gate, norm rescaling or position set llama.cpp cannot reproduce.
-        ArtifactMismatchError: Steerings of different widths, or a width other than ``model``'s.
-    """
-    import gguf
-
-    steerings = [steering] if isinstance(steering, Steering) else list(steering)
-    if not steerings or not all(isinstance(s, Steering) for s in steerings):
-        raise ConfigError("export_gguf_control_vector needs one Steering or a non-empty list of them")
-    fp = _fingerprint_of(model) if model is not None else None
-    if fp is not None:
-        if n_layers is not None and n_layers != fp.n_layers:
-            raise ConfigError(f"n_layers={n_layers} but model {fp.name!r} has {fp.n_layers} layers")
-        n_layers = fp.n_layers
-    if n_layers is None or isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 2:
-        raise ConfigError(f"give the model's layer count (n_layers >= 2, or model=), got n_layers={n_layers!r}")
-    widths = {s.d_model for s in steerings}
-    if len(widths) > 1:
-        raise ArtifactMismatchError(f"steerings of different widths {sorted(widths)} cannot share one control vector")
-    d_model = widths.pop()
-    if fp is not None and fp.d_model != d_model:
-        raise ArtifactMismatchError(f"steering width {d_model} but model {fp.name!r} has d_model {fp.d_model}")
-    if not isinstance(model_hint, str) or not model_hint:
-        raise ConfigError(f"model_hint must be a non-empty string, got {model_hint!r}")
-
-    directions = np.zeros((n_layers, d_model), dtype=np.float64)  # row il = direction.il; row 0 unused
-    for s in steerings:
-        _check_exportable(s, every_position)
-        vec = (s.coefficient * s.unit.double()).numpy()
-        for layer in s.layers:
-            directions[llama_cpp_layer(s.site, layer, n_layers)] += vec
-
-    out = Path(path)
-    if out.suffix != ".gguf":
-        out = out.with_name(out.name + ".gguf")
-    with _temp_in(out.parent, ".gguf") as tmp:
-        writer = gguf.GGUFWriter(str(tmp), _GGUF_ARCH)
-        writer.add_string(f"{_GGUF_ARCH}.model_hint", model_hint)
-        writer.add_uint32(f"{_GGUF_ARCH}.layer_count", n_layers - 1)
-        for il in range(1, n_layers):
-            writer.add_tensor(f"direction.{il}", directions[il].astype(np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        tmp.replace(out)
-    return out

@@ -31,7 +31,10 @@ from lensteer.core.chat import (
 from lensteer.core.forward import last_position_logits
 from lensteer.core.models import ensure_kv_cache_fix
 from lensteer.errors import ConfigError, DataError
-from lensteer.steering.spec import Steering, SteeringContext, position_mask, steer
+from lensteer.steering.hooks import SteeringContext, steer
+from lensteer.steering.prefix import prefill_shared_prefix, shared_prefix
+from lensteer.steering.sampling import check_sampling, sample_token
+from lensteer.steering.spec import Steering
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>")
 
@@ -82,30 +85,6 @@ def end_of_turn_ids(model: Any) -> set[int]:
     vocab = tok.get_vocab() if tok is not None else {}
     ids |= {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
     return {int(i) for i in ids}
-
-
-def _check_sampling(do_sample: bool, temperature: float, top_k: int | None, top_p: float) -> None:
-    if not do_sample:
-        return
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0 when sampling, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k must be >= 1 or None, got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
-
-
-def _sample(logits: torch.Tensor, gen: torch.Generator, temperature: float, top_k: int | None, top_p: float) -> int:
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, -1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
 def _as_steerings(steering: "Steering | Sequence[Steering] | None") -> tuple[Steering, ...]:
@@ -216,7 +195,7 @@ def generate(
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    _check_sampling(do_sample, temperature, top_k, top_p)
+    check_sampling(do_sample, temperature, top_k, top_p)
     if prompt_steerings is None:
         steerings, owner = _as_steerings(steering), None
     elif steering is not None:
@@ -296,13 +275,13 @@ def _decode_batch(
     shift_steps: list[torch.Tensor] = []
     prompt_share = [0.0] * batch
     eos_t = torch.tensor(sorted(eos), dtype=torch.long) if eos else torch.empty(0, dtype=torch.long)
-    prefix = _shared_prefix(seq, attn, steerings, ctx) if use_kv_cache and batch > 1 else 0
+    prefix = shared_prefix(seq, attn, steerings, ctx) if use_kv_cache and batch > 1 else 0
     prefix_fired = torch.zeros(batch, 0, dtype=torch.bool)
     with (torch.inference_mode(), warnings.catch_warnings(),
           steer(model, *steerings, context=ctx) if steerings else nullcontext()):
         # transformers 5.24 renames past_key_values to cache; the bridge still passes the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
-        shared = _prefill_shared_prefix(model, seq, attn, prefix, ctx) if prefix else None
+        shared = prefill_shared_prefix(model, seq, attn, prefix, ctx) if prefix else None
         if shared is not None:
             seq, attn, cache, prefix_fired = shared
         else:
@@ -328,7 +307,7 @@ def _decode_batch(
                 nxt = last.argmax(-1)
             else:
                 gens, temperature, top_k, top_p = sampler
-                nxt = torch.tensor([_sample(last[b], gens[b], temperature, top_k, top_p) for b in range(batch)])
+                nxt = torch.tensor([sample_token(last[b], gens[b], temperature, top_k, top_p) for b in range(batch)])
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             new_tokens.append(nxt)
             fired_steps.append(fired & ~done)
@@ -371,83 +350,6 @@ def _prompt_share(ctx: SteeringContext, width: int, prefix_fired: torch.Tensor) 
     for _, _, f, _ in ctx.records:
         fired[:, start:] |= f[:, : width - start]
     return [float(fired[b].sum()) / int(ctx.prompt_lens[b]) for b in range(batch)]
-
-
-MIN_SHARED_PREFIX = 16  # tokens; below this, a separate prefix forward does not pay
-
-
-def _shared_prefix(tokens: torch.Tensor, attn: torch.Tensor, steerings: Sequence[Steering],
-                   ctx: SteeringContext) -> int:
-    """Length of the token prefix every row of a left-padded batch shares (a system prompt, few-shot
-    turns), if it is worth computing once; 0 otherwise.
-
-    The prefix is shared only if every steering treats it the same in every row (same position
-    mask and gate), so that one batch-1 forward over it is exact for every row.
-    """
-    lens = attn.sum(1).cpu()
-    pads = tokens.shape[1] - lens
-    shortest = int(lens.min())
-    if shortest - 1 < MIN_SHARED_PREFIX:
-        return 0
-    real = torch.stack([tokens[b, int(pads[b]) : int(pads[b]) + shortest - 1].cpu() for b in range(tokens.shape[0])])
-    prefix = int((real == real[:1]).all(0).long().cumprod(0).sum())  # leave >= 1 own token per row
-    if prefix < MIN_SHARED_PREFIX:
-        return 0
-    assert ctx.prompt_lens is not None
-    for i, s in enumerate(steerings):
-        if s.is_identity:
-            continue
-        mask = position_mask(s.positions, prompt_lens=ctx.prompt_lens, pads=pads, offset=0, seq_len=prefix,
-                             prefix=prefix)
-        if ctx.rows is not None:
-            mask = mask & ctx.steered_rows(i)[:, None]
-        if not bool((mask == mask[:1]).all()):
-            return 0
-    return prefix
-
-
-def _prefill_shared_prefix(model: Any, tokens: torch.Tensor, attn: torch.Tensor, prefix: int,
-                           ctx: SteeringContext) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor] | None:
-    """Run the shared prefix once (batch 1) and lay the batch out as ``[prefix][pads][rest]``.
-
-    Padding moves from the left to just after the prefix: masked out and with positions taken
-    from the attention mask, the layout gives the same logits as left padding, while the prefix's
-    keys and values are computed once and copied to every row. Returns the re-laid tokens and
-    mask, the KV cache holding the prefix, and which prefix tokens each row's steerings changed;
-    ``None`` if the model's cache cannot be shared across rows.
-    """
-    batch, width = tokens.shape
-    pads = (width - attn.sum(1)).tolist()
-    rows, masks = [], []
-    for b, k in enumerate(pads):
-        own = tokens[b, k:]
-        rows.append(torch.cat([own[:prefix], tokens[b, :k], own[prefix:]]))
-        masks.append(torch.cat([attn[b, k : k + prefix], attn[b, :k], attn[b, k + prefix :]]))
-    seq, mask = torch.stack(rows), torch.stack(masks)
-    saved = (ctx.prompt_lens, ctx.pads, ctx.rows)
-    assert ctx.prompt_lens is not None and ctx.pads is not None
-    ctx.clear()
-    ctx.prompt_lens, ctx.pads, ctx.offset, ctx.prefix = ctx.prompt_lens[:1], torch.zeros(1, dtype=torch.long), 0, 0
-    ctx.rows = None if ctx.rows is None else ctx.rows[..., :1]
-    try:
-        with last_position_logits(model):
-            _, cache = model(seq[:1, :prefix], attention_mask=mask[:1, :prefix], return_type="logits_and_cache",
-                             use_cache=True)
-        fired = torch.zeros(1, prefix, dtype=torch.bool)
-        for _, _, f, _ in ctx.records:
-            fired |= f
-    finally:
-        ctx.prompt_lens, ctx.pads, ctx.rows = saved
-        ctx.clear()
-    layers = getattr(cache, "layers", None)
-    if not layers or not all(getattr(layer, "keys", None) is not None and getattr(layer, "values", None) is not None
-                             for layer in layers):
-        return None  # not a transformers cache we can copy across rows: decode without sharing
-    for layer in layers:
-        layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:]).contiguous()
-        layer.values = layer.values.expand(batch, *layer.values.shape[1:]).contiguous()
-    ctx.prefix = prefix
-    return seq, mask, cache, fired.expand(batch, prefix)
 
 
 def generate_conversations(

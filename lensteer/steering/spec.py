@@ -31,112 +31,25 @@ In a plain forward pass every token is a prompt token.
 """
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 
-from lensteer._types import DirectionVec, Resid
-from lensteer.core.sites import SITE_KINDS, normalize_layers, validate_site_kind
+from lensteer._types import DirectionVec
+from lensteer.core.sites import SITE_KINDS, hook_name, normalize_layers, validate_site_kind
+from lensteer.core.vectors import unit_vector
 from lensteer.errors import ArtifactMismatchError, ConfigError, HookSiteError
-from lensteer.locate.directions import Direction, LinearProbe
+from lensteer.locate.directions import Direction, LinearProbe, fit_probe
+from lensteer.steering.gates import Gate
+from lensteer.steering.positions import Positions, check_positions
 
 Mode = Literal["add", "swfc", "ablate", "ace", "angular", "sttp", "stmp"]
 MODES: tuple[str, ...] = get_args(Mode)
 SELECTIVE_MODES = ("sttp", "stmp")
 _SIGNED_MODES = ("add", "swfc", "ace")  # a negative coefficient is meaningful (steer away)
-NAMED_POSITIONS = ("all", "prompt", "generated")
-
-
-@dataclass(frozen=True)
-class Window:
-    """Token positions ``start <= i < stop`` (``stop=None``: to the end, generated tokens included).
-
-    Negative bounds count back from the end of the prompt, so ``Window(-3, None)`` is the last three
-    prompt tokens and everything generated after them.
-    """
-
-    start: int
-    stop: int | None = None
-
-
-@dataclass(frozen=True)
-class LastK:
-    """The last ``k`` tokens of the prompt (e.g. the post-instruction template tokens)."""
-
-    k: int
-
-    def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ConfigError(f"LastK.k must be an int >= 1, got {self.k!r}")
-
-
-Positions = str | tuple[int, ...] | Window | LastK
-
-
-def _check_positions(positions: Any) -> Positions:
-    if isinstance(positions, str):
-        if positions not in NAMED_POSITIONS:
-            raise ConfigError(
-                f"positions {positions!r} is not allowed; use one of {NAMED_POSITIONS}, a tuple of token "
-                "indices, Window(start, stop) or LastK(k)"
-            )
-        return positions
-    if isinstance(positions, (Window, LastK)):
-        return positions
-    if isinstance(positions, (list, tuple)) and positions and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in positions
-    ):
-        return tuple(positions)
-    raise ConfigError(
-        f"positions {positions!r} is not allowed; use one of {NAMED_POSITIONS}, a non-empty tuple of int token "
-        "indices, Window(start, stop) or LastK(k)"
-    )
-
-
-@dataclass(frozen=True, kw_only=True, eq=False)
-class Gate:
-    """A prompt-level gate (CAST, Lee et al. 2024): steer a row only when its prompt is in scope.
-
-    The prompt's activation at ``layer``/``site``/``position`` is projected on ``unit``; the row is
-    steered when the projection is above ``threshold`` (``when="above"``) or below it.
-    """
-
-    unit: DirectionVec
-    layer: int
-    threshold: float
-    site: str = "resid_post"
-    position: str = "last"
-    when: Literal["above", "below"] = "above"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "unit", _unit_vector(self.unit, "gate"))
-        if self.when not in ("above", "below"):
-            raise ConfigError(f"gate when={self.when!r}; allowed: 'above', 'below'")
-        if not math.isfinite(self.threshold):
-            raise ConfigError(f"gate threshold must be finite, got {self.threshold}")
-        validate_site_kind(self.site)
-
-    @classmethod
-    def from_probe(cls, probe: LinearProbe, *, when: Literal["above", "below"] = "above") -> "Gate":
-        """Gate on a probe's decision boundary at the probe's own read site."""
-        return cls(unit=probe.unit, layer=probe.layer, threshold=probe.boundary, site=probe.site,
-                   position=probe.position, when=when)
-
-    def opens(self, projection: torch.Tensor) -> torch.Tensor:
-        """Which rows the gate lets through, from their prompt projections."""
-        return projection > self.threshold if self.when == "above" else projection < self.threshold
-
-
-def _unit_vector(vector: Any, what: str) -> torch.Tensor:
-    v = torch.as_tensor(vector).detach().to(torch.float32).cpu().flatten().clone()
-    norm = float(v.norm())
-    if v.numel() == 0 or not math.isfinite(norm) or norm == 0.0:
-        raise ConfigError(f"the {what} vector must be finite and non-zero (norm {norm}, {v.numel()} entries)")
-    return v / norm
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -181,13 +94,13 @@ class Steering:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "unit", _unit_vector(self.unit, "steering"))
+        object.__setattr__(self, "unit", unit_vector(self.unit, "steering"))
         layers = (self.layers,) if isinstance(self.layers, int) else tuple(self.layers)
         if not layers or any(isinstance(x, bool) or not isinstance(x, int) for x in layers):
             raise HookSiteError(f"layers must be a non-empty list of ints, got {self.layers!r}")
         object.__setattr__(self, "layers", layers)
         validate_site_kind(self.site)
-        object.__setattr__(self, "positions", _check_positions(self.positions))
+        object.__setattr__(self, "positions", check_positions(self.positions))
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r} is not allowed; use one of {MODES}")
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
@@ -309,9 +222,7 @@ class Steering:
         for the other tokens and projects at about -3,500 on the refusal direction), so it always
         lies below the threshold and moving it to the target costs most of a KL budget for nothing.
         """
-        from lensteer.locate.directions import fit_probe
-
-        unit = direction.unit if isinstance(direction, Direction) else _unit_vector(direction, "steering")
+        unit = direction.unit if isinstance(direction, Direction) else unit_vector(direction, "steering")
         layer_list = layers if layers is not None else (direction.layer if isinstance(direction, Direction) else None)
         if layer_list is None:
             raise ConfigError("give layers= when steering along a raw tensor")
@@ -361,7 +272,7 @@ class Steering:
         if self.d_model != int(model.cfg.d_model):
             raise ArtifactMismatchError(f"steering vector has width {self.d_model} but the model's d_model is "
                                         f"{model.cfg.d_model}; was it made for another model?")
-        names = [f"blocks.{layer}.hook_{self.site}" for layer in normalize_layers(model, list(self.layers))]
+        names = [hook_name(layer, self.site) for layer in normalize_layers(model, list(self.layers))]
         for name in names:
             if name not in model.hook_dict:
                 raise HookSiteError(f"{name!r} is not a hook point of this model; allowed sites: {', '.join(SITE_KINDS)}")
@@ -372,214 +283,3 @@ class Steering:
         unit = " x ref-norm" if self.relative else ("°" if self.mode == "angular" else "")
         extra = f", tau={self.threshold:.3g}" if self.threshold is not None else ""
         return f"{self.mode} @ layers {list(self.layers)} {self.site} [{self.positions}] scale={self.scale:g}{unit}{extra}"
-
-
-# -- the maths (pure) -------------------------------------------------------------------------------
-def add_direction(resid: Resid, unit: DirectionVec, scale: float) -> Resid:
-    """``h + scale * u`` at every position (activation addition, Turner et al. 2023)."""
-    return resid + scale * unit.to(resid.device, resid.dtype)
-
-
-def ablate_direction(resid: Resid, unit: DirectionVec) -> Resid:
-    """``h - (h.u) u``: project the direction out (directional ablation, Arditi et al. 2024)."""
-    u = unit.to(resid.device, resid.dtype)
-    return resid - (resid @ u)[..., None] * u
-
-
-
-def position_mask(
-    positions: Positions,
-    *,
-    prompt_lens: torch.Tensor,
-    pads: torch.Tensor,
-    offset: int,
-    seq_len: int,
-    prefix: int = 0,
-) -> Bool[torch.Tensor, "batch pos"]:
-    """Which (row, column) of a forward's residual the positions select.
-
-    Args:
-        positions: The position spec.
-        prompt_lens: Real (unpadded) prompt length of each row.
-        pads: Pad count of each row: left padding, or (with ``prefix``) padding after a shared prefix.
-        offset: How many columns came before this forward (KV-cache steps).
-        seq_len: Columns in this forward.
-        prefix: Length of a prefix shared by every row and placed before the padding
-            (``[prefix][pads][rest]``, see :func:`lensteer.generate`); 0 for plain left padding.
-    """
-    col = torch.arange(offset, offset + seq_len)[None, :]
-    after = col >= prefix
-    t = torch.where(after, col - pads[:, None], col)  # token index within the row
-    real = (t >= 0) & (~after | (col >= prefix + pads[:, None]))
-    in_prompt = t < prompt_lens[:, None]
-    if positions == "all":
-        sel = real
-    elif positions == "prompt":
-        sel = real & in_prompt
-    elif positions == "generated":
-        sel = real & ~in_prompt
-    elif isinstance(positions, LastK):
-        sel = real & in_prompt & (t >= prompt_lens[:, None] - positions.k)
-    elif isinstance(positions, Window):
-        start = positions.start + (prompt_lens[:, None] if positions.start < 0 else 0)
-        sel = real & (t >= start)
-        if positions.stop is not None:
-            stop = positions.stop + (prompt_lens[:, None] if positions.stop < 0 else 0)
-            sel = sel & (t < stop)
-    else:
-        idx = torch.tensor(positions)[None, :]
-        absolute = torch.where(idx < 0, idx + prompt_lens[:, None], idx)  # [batch, k]
-        if bool(((absolute < 0) | (absolute >= prompt_lens[:, None])).any()):
-            raise HookSiteError(f"position indices {list(positions)} fall outside a prompt of "
-                                f"{int(prompt_lens.min())} tokens; explicit indices must lie in the prompt "
-                                f"(0..n-1, or -n..-1 from its end)")
-        sel = real & (t[:, :, None] == absolute[:, None, :]).any(-1)
-    return sel
-
-
-@dataclass(frozen=True, kw_only=True)
-class Edit:
-    """The result of steering one residual tensor: the new values and per-token bookkeeping."""
-
-    resid: Resid
-    fired: Bool[torch.Tensor, "batch pos"]
-    shift: Float[torch.Tensor, "batch pos"]
-
-
-def steer_resid(resid: Resid, steering: Steering, mask: Bool[torch.Tensor, "batch pos"]) -> Edit:
-    """Apply ``steering``'s mode to the tokens ``mask`` selects (pure; other tokens stay bit-identical)."""
-    v = steering.unit.to(resid.device, resid.dtype)
-    s = resid @ v
-    a = steering.coefficient
-    mode = steering.mode
-    fired = mask
-    if mode in ("add", "swfc"):
-        new = resid + a * v
-    elif mode == "ablate":
-        new = resid - (a * s)[..., None] * v
-    elif mode == "ace":
-        assert steering.reference is not None
-        new = resid + ((steering.reference - s) + a)[..., None] * v
-    elif mode == "angular":
-        new = _rotate_toward(resid, v, s, math.radians(a))
-    else:
-        assert steering.threshold is not None
-        below = s < steering.threshold
-        fired = mask & below
-        if mode == "sttp":
-            assert steering.target is not None
-            delta = a * (steering.target - s)
-        else:
-            delta = 2.0 * a * (steering.threshold - s)
-        new = resid + delta[..., None] * v
-    if steering.preserve_norm:
-        new = new * (resid.norm(dim=-1, keepdim=True) / new.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-    out = torch.where(fired[..., None], new, resid)
-    return Edit(resid=out, fired=fired, shift=(out - resid).norm(dim=-1))
-
-
-def _rotate_toward(resid: Resid, v: torch.Tensor, s: torch.Tensor, angle: float) -> Resid:
-    """Rotate each ``h`` by ``angle`` radians toward ``v`` in the plane of ``h`` and ``v`` (norm kept)."""
-    ortho = resid - s[..., None] * v
-    o_norm = ortho.norm(dim=-1)
-    o_hat = ortho / o_norm.clamp_min(1e-12)[..., None]
-    phi = torch.atan2(o_norm, s)  # angle between h and v, in [0, pi]
-    new_phi = (phi - angle).clamp(min=0.0)
-    r = resid.norm(dim=-1)
-    return (r * torch.cos(new_phi))[..., None] * v + (r * torch.sin(new_phi))[..., None] * o_hat
-
-
-# -- hooks ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SteeringContext:
-    """What the hooks need to know about the current forward, and what they record.
-
-    :func:`lensteer.generate` fills in ``prompt_lens``, ``pads``, ``offset`` and ``rows`` before
-    every forward; in a plain forward pass they default to "every token is a prompt token".
-    ``records`` holds, per hook call, the fired mask and the edit size (``shift``) per token.
-    """
-
-    prompt_lens: torch.Tensor | None = None
-    pads: torch.Tensor | None = None
-    offset: int = 0
-    prefix: int = 0  # shared prefix before the padding (0: left padding)
-    # rows the steerings may edit: [batch] bool (the same rows for every steering: the gates let them
-    # through) or [n_steerings, batch] bool (each steering its own rows: several conditions in one batch)
-    rows: torch.Tensor | None = None
-    record: bool = True
-    records: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
-
-    def clear(self) -> None:
-        self.records.clear()
-
-    def steered_rows(self, index: int) -> torch.Tensor:
-        """``[batch]`` bool: the rows steering number ``index`` may edit."""
-        assert self.rows is not None
-        return self.rows if self.rows.ndim == 1 else self.rows[index]
-
-    def fired_share(self) -> float:
-        """Share of steerable (row, position) cells where any steering fired, over all records."""
-        if not self.records:
-            return 0.0
-        fired = sum(int(f.sum()) for _, _, f, _ in self.records)
-        total = sum(f.numel() for _, _, f, _ in self.records)
-        return fired / total
-
-
-def _make_hook(steering: Steering, index: int, layer: int, ctx: SteeringContext) -> Any:
-    def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
-        batch, seq = resid.shape[0], resid.shape[1]
-        prompt_lens = ctx.prompt_lens if ctx.prompt_lens is not None else torch.full((batch,), ctx.offset + seq)
-        pads = ctx.pads if ctx.pads is not None else torch.zeros(batch, dtype=torch.long)
-        if prompt_lens.shape[0] != batch:
-            raise ConfigError(f"steering context describes {prompt_lens.shape[0]} rows but the forward has {batch}")
-        mask = position_mask(steering.positions, prompt_lens=prompt_lens, pads=pads, offset=ctx.offset, seq_len=seq,
-                             prefix=ctx.prefix)
-        if ctx.rows is not None:
-            mask = mask & ctx.steered_rows(index)[:, None]
-        mask = mask.to(resid.device)
-        if steering.is_identity or not bool(mask.any()):
-            mask = torch.zeros_like(mask)
-            if ctx.record:
-                ctx.records.append((index, layer, mask.cpu(), torch.zeros(batch, seq)))
-            return resid
-        edit = steer_resid(resid, steering, mask)
-        if ctx.record:
-            ctx.records.append((index, layer, edit.fired.cpu(), edit.shift.detach().float().cpu()))
-        return edit.resid
-
-    return hook
-
-
-@contextmanager
-def steer(model: Any, *steerings: Steering, context: SteeringContext | None = None) -> Iterator[SteeringContext]:
-    """Apply steerings to ``model`` for the body of a ``with`` block; yields the :class:`SteeringContext`.
-
-    Example::
-
-        with lensteer.steer(model, steering) as ctx:
-            logits = model(tokens)
-        ctx.fired_share()
-
-    Several steerings compose (their hooks run in the order given); contexts nest. Hooks are
-    removed on exit, also when the body raises. Everything is validated before any hook is added.
-
-    Raises:
-        ArtifactMismatchError: A steering vector's width differs from the model's ``d_model``.
-        HookSiteError: A layer or site the model lacks.
-    """
-    if not steerings:
-        raise ConfigError("steer() needs at least one Steering")
-    for s in steerings:
-        if not isinstance(s, Steering):
-            raise ConfigError(f"steer() takes Steering values, got {type(s).__name__}")
-    ctx = context if context is not None else SteeringContext()
-    hooks = []
-    for i, s in enumerate(steerings):
-        for name in s.hook_names(model):
-            layer = int(name.split(".")[1])
-            hooks.append((name, _make_hook(s, i, layer, ctx)))
-    with model.hooks(fwd_hooks=hooks):
-        yield ctx

@@ -160,7 +160,7 @@ def ablation_kl(
     """
     from lensteer.core.forward import last_logits
     from lensteer.core.sites import resolve_sites
-    from lensteer.steering.spec import ablate_direction
+    from lensteer.core.vectors import ablate_direction
 
     if isinstance(prompts, str) or len(prompts) == 0:
         raise DataError("pass a non-empty list of prompts")

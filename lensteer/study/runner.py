@@ -21,8 +21,6 @@ cell, so an interrupted sweep resumes where it stopped and never loses a finishe
 
 import json
 import math
-import os
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Sequence
@@ -37,6 +35,7 @@ from tqdm.auto import tqdm
 from lensteer.core.activations import collect_activations
 from lensteer.core.chat import ChatPrompt
 from lensteer.core.datasets import ContrastSet, load_dataset
+from lensteer.core.io import write_json
 from lensteer.core.models import model_fingerprint
 from lensteer.errors import ConfigError
 from lensteer.evaluate.metrics import (
@@ -56,8 +55,11 @@ from lensteer.evaluate.scoring import (
 from lensteer.evaluate.steerability import layer_steerability
 from lensteer.locate.probing import contrast_prompts, probe_layers
 from lensteer.steering.calibration import KLProbe, calibrate, kl_probe, reference_norm, steering_kl
+from lensteer.steering.gates import Gate
 from lensteer.steering.generation import generate, generate_conversations
-from lensteer.steering.spec import Gate, Steering, Window, steer
+from lensteer.steering.hooks import steer
+from lensteer.steering.positions import Window
+from lensteer.steering.spec import Steering
 from lensteer.study.recommend import recommend_site
 
 METHODS = ("SwFC", "StTP", "StMP", "add", "ablate", "ace", "angular")
@@ -206,27 +208,6 @@ def trait_flags(threat_model: str, texts: Sequence[str], examples: ContrastSet) 
 # -- the sweep table --------------------------------------------------------------------------------
 
 ROW_KEY = ("threat_model", "method", "kl_budget", "layer")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    Path(tmp).replace(path)
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    _write_atomic(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
 class SweepTable:

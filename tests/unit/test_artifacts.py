@@ -11,15 +11,11 @@ import torch
 from builders import random_unit
 
 import lensteer
-from lensteer.steering.files import (
-    export_gguf_control_vector,
-    llama_cpp_layer,
-    load_steering,
-    load_steerings,
-    save_steering,
-    save_steerings,
-)
-from lensteer.steering.spec import Gate, LastK, Steering, Window
+from lensteer.steering.files import load_steering, load_steerings, save_steering, save_steerings
+from lensteer.steering.gates import Gate
+from lensteer.steering.gguf_export import export_gguf_control_vector, llama_cpp_layer
+from lensteer.steering.positions import LastK, Window
+from lensteer.steering.spec import Steering
 
 D = 32
 TOKENS = torch.tensor([[1, 5, 9, 13, 2, 7], [1, 3, 3, 8, 11, 4]])

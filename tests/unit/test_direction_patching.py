@@ -3,8 +3,8 @@ import torch
 from builders import random_unit
 
 import lensteer
+from lensteer.core.vectors import ablate_direction, add_direction
 from lensteer.locate.patching import patch_direction
-from lensteer.steering.spec import ablate_direction, add_direction
 
 PROMPTS = ["hello there", "a longer prompt than that", "mid one"]
 

@@ -6,7 +6,9 @@ import torch
 from jaxtyping import TypeCheckError
 
 import lensteer
-from lensteer.steering.spec import LastK, Steering, Window, position_mask, steer_resid
+from lensteer.steering.hooks import steer_resid
+from lensteer.steering.positions import LastK, Window, position_mask
+from lensteer.steering.spec import Steering
 
 D = 32
 
@@ -321,14 +323,15 @@ SYSTEM = "You are a terse assistant who answers in one short line."
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated", Window(-1, None), LastK(3), (2, -1), Window(5, 30)])
 def test_a_shared_prefix_is_computed_once_and_changes_nothing(tiny_llama_bridge, monkeypatch, positions):
     import lensteer.steering.generation as generation
+    import lensteer.steering.prefix as prefix
 
     calls = []
-    real = generation._prefill_shared_prefix
-    monkeypatch.setattr(generation, "_prefill_shared_prefix", lambda *a: calls.append(a[3]) or real(*a))
+    real = generation.prefill_shared_prefix
+    monkeypatch.setattr(generation, "prefill_shared_prefix", lambda *a: calls.append(a[3]) or real(*a))
     prompts = [lensteer.ChatPrompt(user=u, system=SYSTEM) for u in ("hi", "what now, friend?", "tell me more")]
     s = Steering(unit=_unit(8), layers=(0, 1), mode="swfc", scale=3.0, positions=positions)
     shared = lensteer.generate(tiny_llama_bridge, prompts, steering=s, max_new_tokens=6, batch_size=3)
-    assert calls and calls[0] >= generation.MIN_SHARED_PREFIX  # the system prompt was run once for the batch
+    assert calls and calls[0] >= prefix.MIN_SHARED_PREFIX  # the system prompt was run once for the batch
     uncached = lensteer.generate(tiny_llama_bridge, prompts, steering=s, max_new_tokens=6, use_kv_cache=False)
     for i, p in enumerate(prompts):
         single = lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=6)
@@ -342,8 +345,8 @@ def test_rows_that_steer_a_shared_prefix_differently_do_not_share_it(tiny_llama_
     import lensteer.steering.generation as generation
 
     calls = []
-    real = generation._prefill_shared_prefix
-    monkeypatch.setattr(generation, "_prefill_shared_prefix", lambda *a: calls.append(a[3]) or real(*a))
+    real = generation.prefill_shared_prefix
+    monkeypatch.setattr(generation, "prefill_shared_prefix", lambda *a: calls.append(a[3]) or real(*a))
     prompts = [lensteer.ChatPrompt(user=u, system=SYSTEM) for u in ("hi", "what now, friend?", "tell me more")]
     v = _unit(9)
     with torch.inference_mode():

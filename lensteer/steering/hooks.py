@@ -1,0 +1,169 @@
+"""Applying a :class:`~lensteer.steering.spec.Steering`: the pure edit of one residual tensor, and the hooks.
+
+``with steer(model, s1, s2):`` puts the hooks on the model for exactly the body of the block; they
+come off on any exit, error or not. The edit itself (:func:`steer_resid`) is a pure function, tested
+on its own; the hooks only compute the position mask and call it.
+"""
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+
+from lensteer._types import Resid
+from lensteer.core.sites import layer_of
+from lensteer.errors import ConfigError
+from lensteer.steering.positions import position_mask
+from lensteer.steering.spec import Steering
+
+
+@dataclass(frozen=True, kw_only=True)
+class Edit:
+    """The result of steering one residual tensor: the new values and per-token bookkeeping."""
+
+    resid: Resid
+    fired: Bool[torch.Tensor, "batch pos"]
+    shift: Float[torch.Tensor, "batch pos"]
+
+
+def steer_resid(resid: Resid, steering: Steering, mask: Bool[torch.Tensor, "batch pos"]) -> Edit:
+    """Apply ``steering``'s mode to the tokens ``mask`` selects (pure; other tokens stay bit-identical)."""
+    v = steering.unit.to(resid.device, resid.dtype)
+    s = resid @ v
+    a = steering.coefficient
+    mode = steering.mode
+    fired = mask
+    if mode in ("add", "swfc"):
+        new = resid + a * v
+    elif mode == "ablate":
+        new = resid - (a * s)[..., None] * v
+    elif mode == "ace":
+        assert steering.reference is not None
+        new = resid + ((steering.reference - s) + a)[..., None] * v
+    elif mode == "angular":
+        new = _rotate_toward(resid, v, s, math.radians(a))
+    else:
+        assert steering.threshold is not None
+        below = s < steering.threshold
+        fired = mask & below
+        if mode == "sttp":
+            assert steering.target is not None
+            delta = a * (steering.target - s)
+        else:
+            delta = 2.0 * a * (steering.threshold - s)
+        new = resid + delta[..., None] * v
+    if steering.preserve_norm:
+        new = new * (resid.norm(dim=-1, keepdim=True) / new.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    out = torch.where(fired[..., None], new, resid)
+    return Edit(resid=out, fired=fired, shift=(out - resid).norm(dim=-1))
+
+
+def _rotate_toward(resid: Resid, v: torch.Tensor, s: torch.Tensor, angle: float) -> Resid:
+    """Rotate each ``h`` by ``angle`` radians toward ``v`` in the plane of ``h`` and ``v`` (norm kept)."""
+    ortho = resid - s[..., None] * v
+    o_norm = ortho.norm(dim=-1)
+    o_hat = ortho / o_norm.clamp_min(1e-12)[..., None]
+    phi = torch.atan2(o_norm, s)  # angle between h and v, in [0, pi]
+    new_phi = (phi - angle).clamp(min=0.0)
+    r = resid.norm(dim=-1)
+    return (r * torch.cos(new_phi))[..., None] * v + (r * torch.sin(new_phi))[..., None] * o_hat
+
+
+# -- hooks ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SteeringContext:
+    """What the hooks need to know about the current forward, and what they record.
+
+    :func:`lensteer.generate` fills in ``prompt_lens``, ``pads``, ``offset`` and ``rows`` before
+    every forward; in a plain forward pass they default to "every token is a prompt token".
+    ``records`` holds, per hook call, the fired mask and the edit size (``shift``) per token.
+    """
+
+    prompt_lens: torch.Tensor | None = None
+    pads: torch.Tensor | None = None
+    offset: int = 0
+    prefix: int = 0  # shared prefix before the padding (0: left padding)
+    # rows the steerings may edit: [batch] bool (the same rows for every steering: the gates let them
+    # through) or [n_steerings, batch] bool (each steering its own rows: several conditions in one batch)
+    rows: torch.Tensor | None = None
+    record: bool = True
+    records: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def steered_rows(self, index: int) -> torch.Tensor:
+        """``[batch]`` bool: the rows steering number ``index`` may edit."""
+        assert self.rows is not None
+        return self.rows if self.rows.ndim == 1 else self.rows[index]
+
+    def fired_share(self) -> float:
+        """Share of steerable (row, position) cells where any steering fired, over all records."""
+        if not self.records:
+            return 0.0
+        fired = sum(int(f.sum()) for _, _, f, _ in self.records)
+        total = sum(f.numel() for _, _, f, _ in self.records)
+        return fired / total
+
+
+def _make_hook(steering: Steering, index: int, layer: int, ctx: SteeringContext) -> Any:
+    def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
+        batch, seq = resid.shape[0], resid.shape[1]
+        prompt_lens = ctx.prompt_lens if ctx.prompt_lens is not None else torch.full((batch,), ctx.offset + seq)
+        pads = ctx.pads if ctx.pads is not None else torch.zeros(batch, dtype=torch.long)
+        if prompt_lens.shape[0] != batch:
+            raise ConfigError(f"steering context describes {prompt_lens.shape[0]} rows but the forward has {batch}")
+        mask = position_mask(steering.positions, prompt_lens=prompt_lens, pads=pads, offset=ctx.offset, seq_len=seq,
+                             prefix=ctx.prefix)
+        if ctx.rows is not None:
+            mask = mask & ctx.steered_rows(index)[:, None]
+        mask = mask.to(resid.device)
+        if steering.is_identity or not bool(mask.any()):
+            mask = torch.zeros_like(mask)
+            if ctx.record:
+                ctx.records.append((index, layer, mask.cpu(), torch.zeros(batch, seq)))
+            return resid
+        edit = steer_resid(resid, steering, mask)
+        if ctx.record:
+            ctx.records.append((index, layer, edit.fired.cpu(), edit.shift.detach().float().cpu()))
+        return edit.resid
+
+    return hook
+
+
+@contextmanager
+def steer(model: Any, *steerings: Steering, context: SteeringContext | None = None) -> Iterator[SteeringContext]:
+    """Apply steerings to ``model`` for the body of a ``with`` block; yields the :class:`SteeringContext`.
+
+    Example::
+
+        with lensteer.steer(model, steering) as ctx:
+            logits = model(tokens)
+        ctx.fired_share()
+
+    Several steerings compose (their hooks run in the order given); contexts nest. Hooks are
+    removed on exit, also when the body raises. Everything is validated before any hook is added.
+
+    Raises:
+        ArtifactMismatchError: A steering vector's width differs from the model's ``d_model``.
+        HookSiteError: A layer or site the model lacks.
+    """
+    if not steerings:
+        raise ConfigError("steer() needs at least one Steering")
+    for s in steerings:
+        if not isinstance(s, Steering):
+            raise ConfigError(f"steer() takes Steering values, got {type(s).__name__}")
+    ctx = context if context is not None else SteeringContext()
+    hooks = []
+    for i, s in enumerate(steerings):
+        for name in s.hook_names(model):
+            layer = layer_of(name)
+            hooks.append((name, _make_hook(s, i, layer, ctx)))
+    with model.hooks(fwd_hooks=hooks):
+        yield ctx

@@ -1,0 +1,106 @@
+"""The package layout is a rule, not a convention: imports point down the pipeline only.
+
+core < locate < steering < evaluate < study < plotting < cli. A module may import lensteer modules of
+its own stage or a lower one (``errors`` and ``_types`` sit below everything); lazy imports inside
+functions count too, since they couple the stages just the same.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[3] / "lensteer"
+STAGES = ("errors", "_types", "core", "locate", "steering", "evaluate", "study", "plotting", "cli", "__main__")
+RANK = {stage: (0 if stage in ("errors", "_types") else i) for i, stage in enumerate(STAGES)}
+MAX_MODULE_LINES = 400
+
+
+def _stage_of(module: str) -> str | None:
+    """``lensteer.core.chat`` -> ``core``; the front door ``lensteer`` itself has no stage."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "lensteer" else None
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every ``lensteer...`` module imported anywhere in the file, with its line."""
+    package = "lensteer." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("lensteer")]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import: resolve against this file's package
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                name = f"{base}.{node.module}" if node.module else base
+            else:
+                name = node.module or ""
+            if not name.startswith("lensteer"):
+                continue
+            if name == "lensteer":  # `from lensteer import core` names a subpackage
+                found += [(node.lineno, f"lensteer.{a.name}") for a in node.names]
+            else:
+                found.append((node.lineno, name))
+    return found
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+
+
+def test_every_module_belongs_to_a_stage():
+    stages = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in _modules()}
+    assert stages <= set(STAGES), f"modules outside the known stages: {sorted(stages - set(STAGES))}"
+
+
+def test_imports_point_down_the_pipeline_only():
+    upward = []
+    for path in _modules():
+        own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        for line, module in _imports(path):
+            target = _stage_of(module)
+            if target is None:
+                upward.append(f"{path.relative_to(PACKAGE)}:{line} imports the front door `lensteer`")
+            elif target in RANK and RANK[target] > RANK[own]:
+                upward.append(f"{path.relative_to(PACKAGE)}:{line} ({own}) imports {module} ({target})")
+    assert upward == [], "upward imports:\n" + "\n".join(upward)
+
+
+def test_the_import_walker_sees_lazy_and_relative_imports(tmp_path):
+    """The rule above is only as good as its walker: a lazy upward import must be caught."""
+    fake = PACKAGE / "core" / "_walker_probe.py"
+    source = "def f():\n    from lensteer.study import runner\n    from ..plotting import figures\n"
+    try:
+        fake.write_text(source)
+        found = dict((m, ln) for ln, m in _imports(fake))
+    finally:
+        fake.unlink()
+    assert found == {"lensteer.study": 2, "lensteer.plotting": 3}
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_over_the_line_budget(path):
+    n_lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert n_lines <= MAX_MODULE_LINES, f"{path.relative_to(PACKAGE)} has {n_lines} lines; split it by job"
+
+
+def test_only_core_spells_transformer_lens_hook_names():
+    """Hook names live in core.sites (and the forward helpers/shim in core); other stages ask core."""
+    spelled = []
+    for path in _modules():
+        if path.relative_to(PACKAGE).parts[0] == "core":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for token in ("hook_resid", "hook_attn_out", "hook_mlp_out", "hook_z", "unembed.hook", ".hook_in", "hook_result"):
+            if token in text:
+                spelled.append(f"{path.relative_to(PACKAGE)} spells {token!r}")
+    assert spelled == []
+
+
+def test_only_steering_installs_steering_hooks():
+    """`model.hooks(` with a forward hook appears in core (reading/forward helpers), locate (patching
+    needs its own hooks) and steering; nowhere above them."""
+    offenders = [str(p.relative_to(PACKAGE)) for p in _modules()
+                 if p.relative_to(PACKAGE).parts[0] not in ("core", "locate", "steering")
+                 and "model.hooks(" in p.read_text(encoding="utf-8")]
+    assert offenders == []
