@@ -72,6 +72,8 @@ from lensteer.evaluate.steerability import (
     preference_margin,
     steering_effect,
 )
+from lensteer.locate.attribution import attribute_heads, attribute_residual
+from lensteer.locate.direction_patching import DirectionPatchResult, patch_direction
 from lensteer.locate.directions import (
     Direction,
     LinearProbe,
@@ -80,18 +82,12 @@ from lensteer.locate.directions import (
     pca_of_diffs,
 )
 from lensteer.locate.pairs import PairDesign, PatchingPairs, patching_pairs
-from lensteer.locate.patching import (
-    DirectionPatchResult,
+from lensteer.locate.patching import patch_heads, patch_layers, patch_residual
+from lensteer.locate.patching_base import (
     PatchingError,
     PatchResult,
-    attribute_heads,
-    attribute_residual,
     equal_length_pairs,
     logit_diff_metric,
-    patch_direction,
-    patch_heads,
-    patch_layers,
-    patch_residual,
 )
 from lensteer.locate.probing import ProbingReport, collect_contrast, probe_by_layer, probe_layers
 from lensteer.steering.calibration import (

@@ -26,7 +26,7 @@ from typing import Any
 from lensteer.core.chat import ChatPrompt, _tokenizer_of, first_token_id, tokenize_prompt
 from lensteer.core.datasets import Context, ContrastExample, ContrastSet, load_dataset
 from lensteer.errors import ConfigError, DataError
-from lensteer.locate.patching import Metric, logit_diff_metric
+from lensteer.locate.patching_base import Metric, logit_diff_metric
 
 
 @dataclass(frozen=True, kw_only=True)

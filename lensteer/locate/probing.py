@@ -130,12 +130,6 @@ class ProbingReport:
         lines.append(f"best layer by probe AUROC: {self.best_layer()}; by d': {self.best_layer('dom_d_prime')}")
         return "\n".join(lines)
 
-    def plot(self, ax: Any = None) -> tuple[Any, Any]:
-        """Probe accuracy and AUROC by layer with 95% CIs (see :mod:`lensteer.plotting.figures`)."""
-        from lensteer.plotting.figures import plot_probing
-
-        return plot_probing(self, ax=ax)
-
 
 def _check(name: str, acts: torch.Tensor) -> None:
     if acts.ndim != 3 or acts.shape[0] < 2:
@@ -275,7 +269,7 @@ def probe_by_layer(
 
     Example:
         >>> report = lensteer.probe_by_layer(model, lensteer.load_dataset("refusal"))  # doctest: +SKIP
-        >>> print(report.to_table()); report.plot()  # doctest: +SKIP
+        >>> print(report.to_table()); lensteer.plotting.plot_probing(report)  # doctest: +SKIP
     """
     from lensteer.core.models import model_fingerprint
 

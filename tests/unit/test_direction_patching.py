@@ -4,7 +4,7 @@ from builders import random_unit
 
 import lensteer
 from lensteer.core.vectors import ablate_direction, add_direction
-from lensteer.locate.patching import patch_direction
+from lensteer.locate.direction_patching import patch_direction
 
 PROMPTS = ["hello there", "a longer prompt than that", "mid one"]
 

@@ -5,14 +5,9 @@ import torch
 from transformer_lens import patching as tl_patching
 
 import lensteer
-from lensteer.locate import incremental as _fastpatch
-from lensteer.locate.patching import (
-    PatchingError,
-    logit_diff_metric,
-    patch_heads,
-    patch_layers,
-    patch_residual,
-)
+from lensteer.locate import incremental
+from lensteer.locate.patching import patch_heads, patch_layers, patch_residual
+from lensteer.locate.patching_base import PatchingError, logit_diff_metric
 
 METRIC = logit_diff_metric(3, 5)
 
@@ -106,7 +101,7 @@ def test_chat_prompts_of_different_lengths_are_refused(tiny_llama_bridge):
 
 
 def test_attribution_patching_matches_baselines_and_correlates_with_exact_patching(tiny_bridge, pair):
-    from lensteer.locate.patching import attribute_residual
+    from lensteer.locate.attribution import attribute_residual
 
     clean, corrupted = pair
     exact = patch_residual(tiny_bridge, clean, corrupted, METRIC)
@@ -171,21 +166,21 @@ def test_incremental_patching_equals_transformer_lens(request, pair_shared_prefi
 def test_the_kv_prefix_is_used_on_llama_and_layer_skipping_only_on_native_blocks(tiny_llama_bridge, tiny_bridge,
                                                                                   pair_shared_prefix):
     _, corrupted = pair_shared_prefix
-    assert _fastpatch.Replayer(tiny_llama_bridge, corrupted).use_prefix  # transformers blocks take a cache
-    assert not _fastpatch.Replayer(tiny_bridge, corrupted).use_prefix    # TL's native blocks do not
+    assert incremental.Replayer(tiny_llama_bridge, corrupted).use_prefix  # transformers blocks take a cache
+    assert not incremental.Replayer(tiny_bridge, corrupted).use_prefix    # TL's native blocks do not
 
 
 def test_incremental_staircase_starts_rows_at_their_layer_and_position(tiny_llama_bridge, pair_shared_prefix,
                                                                         monkeypatch):
     clean, corrupted = pair_shared_prefix
     seen = []
-    original = _fastpatch.Replayer._staircase
+    original = incremental.Replayer._staircase
 
     def spy(self, chunk, p):
         seen.append((p, [(r.start, r.pos, r.example) for r in chunk]))
         return original(self, chunk, p)
 
-    monkeypatch.setattr(_fastpatch.Replayer, "_staircase", spy)
+    monkeypatch.setattr(incremental.Replayer, "_staircase", spy)
     patch_residual(tiny_llama_bridge, clean, corrupted, METRIC)
     rows = [r for p, chunk in seen[1:] for r in chunk]  # seen[0] is the replayer's self-check
     assert all(p >= 3 for p, _ in seen[1:])              # no group before the first difference
@@ -221,9 +216,9 @@ def test_models_whose_blocks_cannot_be_replayed_fall_back_to_the_full_path(tiny_
     clean, corrupted = pair
 
     def unsupported(*args, **kwargs):
-        raise _fastpatch.Unsupported("test")
+        raise incremental.Unsupported("test")
 
-    monkeypatch.setattr(_fastpatch, "Replayer", unsupported)
+    monkeypatch.setattr(incremental, "Replayer", unsupported)
     _, cache = tiny_bridge.run_with_cache(clean)
     expected = tl_patching.get_act_patch_resid_pre(tiny_bridge, corrupted, cache, _tl_metric)
     assert torch.allclose(patch_residual(tiny_bridge, clean, corrupted, METRIC).mean(), expected, atol=1e-4)
@@ -231,9 +226,9 @@ def test_models_whose_blocks_cannot_be_replayed_fall_back_to_the_full_path(tiny_
 
 def test_a_replay_that_does_not_reproduce_the_model_is_refused(tiny_llama_bridge, pair, monkeypatch):
     _, corrupted = pair
-    monkeypatch.setattr(_fastpatch.Replayer, "_final", lambda self, x: x[:, :1].expand(-1, x.shape[-1]) * 0 + 1)
-    with pytest.raises(_fastpatch.Unsupported, match="does not reproduce"):
-        _fastpatch.Replayer(tiny_llama_bridge, corrupted)
+    monkeypatch.setattr(incremental.Replayer, "_final", lambda self, x: x[:, :1].expand(-1, x.shape[-1]) * 0 + 1)
+    with pytest.raises(incremental.Unsupported, match="does not reproduce"):
+        incremental.Replayer(tiny_llama_bridge, corrupted)
 
 
 def test_nan_activations_raise_a_clear_error(tiny_llama_bridge, tiny_bridge, pair):
@@ -270,7 +265,7 @@ def test_incremental_patching_equals_transformer_lens_on_the_embedded_model(embe
     expected = tl_patching.generic_activation_patch(model, corrupted, cache, lambda lg: metric(lg[:, -1]).mean(),
                                                     tl_patching.layer_pos_patch_setter, "resid_pre", index_df=index_df)
     ours = patch_residual(model, clean, corrupted, metric, layers=layers)
-    assert _fastpatch.Replayer(model, corrupted).use_prefix
+    assert incremental.Replayer(model, corrupted).use_prefix
     assert torch.allclose(ours.mean().flatten(), expected.flatten(), atol=1e-4)
     assert model.list_hooks() == {}
 
@@ -318,7 +313,7 @@ def _graddrop_by_definition(model, clean, corrupted):
 
 
 def test_graddrop_equals_its_definition_and_keeps_the_atp_sign(tiny_bridge, pair_shared_prefix):
-    from lensteer.locate.patching import attribute_residual
+    from lensteer.locate.attribution import attribute_residual
 
     clean, corrupted = pair_shared_prefix
     plain = attribute_residual(tiny_bridge, clean, corrupted, METRIC)
@@ -332,7 +327,7 @@ def test_graddrop_equals_its_definition_and_keeps_the_atp_sign(tiny_bridge, pair
 
 
 def test_graddrop_arguments_are_checked(tiny_bridge, pair):
-    from lensteer.locate.patching import attribute_residual
+    from lensteer.locate.attribution import attribute_residual
 
     clean, corrupted = pair
     unchecked = getattr(attribute_residual, "__wrapped__", attribute_residual)
@@ -343,7 +338,7 @@ def test_graddrop_arguments_are_checked(tiny_bridge, pair):
 
 
 def test_head_attribution_adds_up_to_attn_out_and_correlates_with_exact_head_patching(tiny_bridge, pair):
-    from lensteer.locate.patching import attribute_heads, attribute_residual
+    from lensteer.locate.attribution import attribute_heads, attribute_residual
 
     clean, corrupted = pair
     heads = attribute_heads(tiny_bridge, clean, corrupted, METRIC)

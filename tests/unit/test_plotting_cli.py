@@ -23,11 +23,11 @@ def test_figures_have_labelled_axes_and_save_as_pdf_and_png(fn, tmp_path):
     pdf, png = plotting.save_figure(fig, tmp_path / "sub" / "fig")
     plt.close(fig)
     assert pdf.read_bytes().startswith(b"%PDF") and png.read_bytes().startswith(b"\x89PNG")
-    assert not list((tmp_path / "sub").glob(".tmp-*"))  # atomic writes leave no temporaries
+    assert not list((tmp_path / "sub").glob(".*"))  # atomic writes leave no temporaries
 
 
-def test_report_plots_itself():
-    fig, ax = _report().plot()
+def test_plot_probing_draws_a_report():
+    fig, ax = lensteer.plotting.plot_probing(_report())
     assert len(ax.get_lines()) >= 4
     plt.close(fig)
 

@@ -206,7 +206,7 @@ def test_save_study_figures_writes_pdf_and_png_of_every_figure(tmp_path):
                      "examples_compassion", "examples_honesty"}
     for p in paths:
         assert p.read_bytes()[:4] in (b"%PDF", b"\x89PNG")
-    assert len(paths) == 2 * len(stems) and not list((tmp_path / "figs").glob(".tmp-*"))
+    assert len(paths) == 2 * len(stems) and not list((tmp_path / "figs").glob(".*"))
 
 
 def test_save_study_figures_skips_what_the_folder_lacks_and_says_why(tmp_path, caplog):
