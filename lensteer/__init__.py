@@ -19,6 +19,7 @@ from lensteer.core.chat import (
     tokenize_prompt,
 )
 from lensteer.core.datasets import Context, ContrastExample, ContrastSet, load_dataset
+from lensteer.core.forward import mean_token_kl
 from lensteer.core.models import (
     ModelFingerprint,
     ensure_kv_cache_fix,
@@ -26,6 +27,7 @@ from lensteer.core.models import (
     model_fingerprint,
 )
 from lensteer.core.sites import HookSite
+from lensteer.core.stats import Rate, rate_with_ci
 from lensteer.errors import (
     ArtifactMismatchError,
     ConfigError,
@@ -35,36 +37,29 @@ from lensteer.errors import (
     LensteerError,
     ModelLoadError,
 )
+from lensteer.evaluate.capability import MCItem, MCResult, load_mc_items, mc_accuracy
 from lensteer.evaluate.compare import SideBySide, side_by_side
+from lensteer.evaluate.compassion import (
+    CompassionScorer,
+    compassion_scorer,
+    train_compassion_scorer,
+)
+from lensteer.evaluate.honesty import HonestyVerdict, honesty_verdict
 from lensteer.evaluate.judges import CallableJudge, HttpJudge, Judge, judge_responses
-from lensteer.evaluate.metrics import (
-    MCItem,
-    MCResult,
-    Perplexity,
-    Rate,
+from lensteer.evaluate.metrics import Perplexity, over_refusal_rate, response_perplexity
+from lensteer.evaluate.refusal import (
+    RefusalVerdict,
+    is_redirecting_refusal,
+    is_refusal,
+    refusal_verdict,
+)
+from lensteer.evaluate.repetition import (
     RepetitionReport,
     TurnRepetition,
     conversation_repetition,
     distinct_n,
-    load_mc_items,
-    mc_accuracy,
-    mean_token_kl,
-    over_refusal_rate,
-    rate_with_ci,
     rep_n,
     repetition_report,
-    response_perplexity,
-)
-from lensteer.evaluate.scoring import (
-    CompassionScorer,
-    HonestyVerdict,
-    RefusalVerdict,
-    compassion_scorer,
-    honesty_verdict,
-    is_redirecting_refusal,
-    is_refusal,
-    refusal_verdict,
-    train_compassion_scorer,
 )
 from lensteer.evaluate.steerability import (
     Steerability,
@@ -73,7 +68,7 @@ from lensteer.evaluate.steerability import (
     steering_effect,
 )
 from lensteer.locate.attribution import attribute_heads, attribute_residual
-from lensteer.locate.direction_patching import DirectionPatchResult, patch_direction
+from lensteer.locate.direction_patching import DirectionPatchResult, ablation_kl, patch_direction
 from lensteer.locate.directions import (
     Direction,
     LinearProbe,
@@ -105,7 +100,7 @@ from lensteer.steering.gguf_export import export_gguf_control_vector
 from lensteer.steering.hooks import SteeringContext, steer
 from lensteer.steering.positions import LastK, Window
 from lensteer.steering.spec import Steering
-from lensteer.study.recommend import SiteRecommendation, ablation_kl, recommend_site
+from lensteer.study.recommend import SiteRecommendation, recommend_site
 
 __version__ = "0.1.0"
 

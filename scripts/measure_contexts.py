@@ -14,7 +14,7 @@ import time
 import torch
 
 import lensteer
-from lensteer.core.likelihood import response_logprob
+from lensteer.core.forward import response_logprob
 
 
 def main() -> None:

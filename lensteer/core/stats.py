@@ -1,9 +1,12 @@
-"""Small statistics used across lensteer: AUROC, d', balanced accuracy and bootstrap intervals."""
+"""Statistics used across lensteer: AUROC, d', balanced accuracy, bootstrap intervals and rates with intervals."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
+
+from lensteer.errors import DataError
 
 Scores = Float[torch.Tensor, " n"]
 
@@ -45,3 +48,26 @@ def bootstrap_ci(
     v = torch.tensor(values)
     alpha = (1 - level) / 2
     return float(v.quantile(alpha)), float(v.quantile(1 - alpha))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rate:
+    """A share of ``n`` items with a percentile-bootstrap interval ``[low, high]``."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Plain-JSON form."""
+        return {"value": self.value, "low": self.low, "high": self.high, "n": self.n}
+
+
+def rate_with_ci(flags: Sequence[bool], *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Rate:
+    """Share of ``True`` in ``flags`` with a bootstrap CI (resampling the items, via :func:`~lensteer.core.stats.bootstrap_ci`)."""
+    if isinstance(flags, str) or len(flags) == 0:
+        raise DataError("rate_with_ci needs a non-empty list of booleans")
+    x = torch.tensor([float(bool(f)) for f in flags])
+    low, high = bootstrap_ci(lambda a, _b: float(a.mean()), x, x[:1], n_boot=n_boot, level=level, seed=seed)
+    return Rate(value=float(x.mean()), low=low, high=high, n=len(x))

@@ -1,7 +1,7 @@
 """Judges: anything that scores one response to one prompt, ``(prompt, response) -> float | bool``.
 
 lensteer never hard-codes a judge. Pass any callable (the offline scorers in
-:mod:`lensteer.evaluate.scoring` are judges already), wrap one in :class:`CallableJudge` to validate what it
+:mod:`lensteer.evaluate.refusal`, `.honesty` and `.compassion` are judges already), wrap one in :class:`CallableJudge` to validate what it
 returns, or use :class:`HttpJudge` for a local OpenAI-compatible server (vLLM, llama.cpp's
 ``llama-server``, Ollama) through ``/v1/chat/completions``, with the standard library only::
 

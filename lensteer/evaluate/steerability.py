@@ -19,7 +19,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from lensteer.core.chat import ChatPrompt
-from lensteer.core.likelihood import response_logprob
+from lensteer.core.forward import response_logprob
 from lensteer.errors import ConfigError, DataError
 from lensteer.steering.calibration import KLProbe, calibrate
 from lensteer.steering.hooks import steer

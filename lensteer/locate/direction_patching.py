@@ -1,4 +1,7 @@
 """Direction-level patching: ablate or add one direction and measure the metric, against a random control.
+
+Also the ablation screen of layer choice (:func:`ablation_kl`): what projecting a direction out costs
+on harmless prompts, as KL to the unmodified model (Arditi et al. 2024 keep directions that cost little).
 """
 
 from collections.abc import Sequence
@@ -8,8 +11,10 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 
-from lensteer.core.chat import ChatPrompt, tokenize_prompt
+from lensteer.core.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
+from lensteer.core.forward import kl_divergence, last_logits
 from lensteer.core.sites import resolve_sites
+from lensteer.core.vectors import ablate_direction, add_direction
 from lensteer.errors import ConfigError, DataError
 from lensteer.locate.patching_base import Metric, evaluate_metric
 
@@ -82,9 +87,6 @@ def patch_direction(
         scale: For ``"add"``, multiples of the direction's ``raw_norm`` (its class-mean distance).
         seed: Seed of the random control direction.
     """
-    from lensteer.core.chat import length_sorted_batches, pad_id_of
-    from lensteer.core.vectors import ablate_direction, add_direction
-
     if mode not in ("ablate", "add"):
         raise ConfigError(f"mode must be 'ablate' or 'add', got {mode!r}")
     if not torch.isfinite(torch.tensor(scale)):
@@ -116,3 +118,29 @@ def patch_direction(
     return DirectionPatchResult(baseline=run(None), patched=run(direction.unit), control=run(random_unit),
                                 mode=mode, layers=tuple(s.layer for s in sites), site=direction.site,
                                 scale=scale)
+
+
+def ablation_kl(
+    model: Any, prompts: Sequence["str | ChatPrompt"], unit: torch.Tensor, *, layers: Sequence[int] | None = None,
+    site: str = "resid_pre", batch_size: int = 16,
+) -> float:
+    """Mean ``KL(p_base || p_ablated)`` of the next-token distribution at the last prompt position.
+
+    The direction ``unit`` is projected out at ``site`` of every layer in ``layers`` (default: all,
+    Arditi's directional ablation). Use harmless prompts: a good direction costs little there.
+    """
+    if isinstance(prompts, str) or len(prompts) == 0:
+        raise DataError("pass a non-empty list of prompts")
+    sites = resolve_sites(model, layers, site)
+
+    def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
+        return ablate_direction(resid, unit)
+
+    total = 0.0
+    for _, batch in length_sorted_batches([tokenize_prompt(model, p) for p in prompts], batch_size, pad_id_of(model)):
+        with torch.inference_mode():
+            base = torch.log_softmax(last_logits(model, batch.tokens, batch.attention_mask).float(), -1)
+            with model.hooks(fwd_hooks=[(s.name, hook) for s in sites]):
+                abl = torch.log_softmax(last_logits(model, batch.tokens, batch.attention_mask).float(), -1)
+        total += float(kl_divergence(base, abl).sum())
+    return total / len(prompts)

@@ -22,6 +22,7 @@ from lensteer.core.chat import (
     pad_id_of,
     tokenize_prompt,
 )
+from lensteer.core.forward import kl_divergence
 from lensteer.core.sites import resolve_sites
 from lensteer.errors import ConfigError, DataError
 from lensteer.steering.generation import generate
@@ -141,7 +142,7 @@ def steering_kl(model: Any, steering: "Steering | Sequence[Steering]", probe: KL
         with torch.inference_mode(), steer(model, *steerings, context=ctx):
             logits = model(b.tokens.to(device), attention_mask=b.attention_mask.to(device))
         steered = torch.log_softmax(logits[b.mask.to(device)].double(), -1).cpu()
-        total += float((b.base_logprobs.exp() * (b.base_logprobs - steered)).sum())
+        total += float(kl_divergence(b.base_logprobs, steered).sum())
     return total / probe.n_positions
 
 

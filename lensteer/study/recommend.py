@@ -20,14 +20,11 @@ Selection rules (after Arditi et al. 2024, SCIENCE.md section 2.1), applied in o
 Every rule's outcome is recorded per layer, so the choice can be audited.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from lensteer.core.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
-from lensteer.errors import ConfigError, DataError
+from lensteer.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,31 +146,3 @@ def recommend_site(
                               table=tuple(rows))
 
 
-def ablation_kl(
-    model: Any, prompts: Sequence["str | ChatPrompt"], unit: torch.Tensor, *, layers: Sequence[int] | None = None,
-    site: str = "resid_pre", batch_size: int = 16,
-) -> float:
-    """Mean ``KL(p_base || p_ablated)`` of the next-token distribution at the last prompt position.
-
-    The direction ``unit`` is projected out at ``site`` of every layer in ``layers`` (default: all,
-    Arditi's directional ablation). Use harmless prompts: a good direction costs little there.
-    """
-    from lensteer.core.forward import last_logits
-    from lensteer.core.sites import resolve_sites
-    from lensteer.core.vectors import ablate_direction
-
-    if isinstance(prompts, str) or len(prompts) == 0:
-        raise DataError("pass a non-empty list of prompts")
-    sites = resolve_sites(model, layers, site)
-
-    def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
-        return ablate_direction(resid, unit)
-
-    total = 0.0
-    for _, batch in length_sorted_batches([tokenize_prompt(model, p) for p in prompts], batch_size, pad_id_of(model)):
-        with torch.inference_mode():
-            base = torch.log_softmax(last_logits(model, batch.tokens, batch.attention_mask).float(), -1)
-            with model.hooks(fwd_hooks=[(s.name, hook) for s in sites]):
-                abl = torch.log_softmax(last_logits(model, batch.tokens, batch.attention_mask).float(), -1)
-        total += float((base.exp() * (base - abl)).sum(-1).sum())
-    return total / len(prompts)

@@ -37,21 +37,14 @@ from lensteer.core.chat import ChatPrompt
 from lensteer.core.datasets import ContrastSet, load_dataset
 from lensteer.core.io import write_json
 from lensteer.core.models import model_fingerprint
+from lensteer.core.stats import rate_with_ci
 from lensteer.errors import ConfigError
-from lensteer.evaluate.metrics import (
-    conversation_repetition,
-    load_mc_items,
-    mc_accuracy,
-    rate_with_ci,
-    rep_n,
-    response_perplexity,
-)
-from lensteer.evaluate.scoring import (
-    compassion_scorer,
-    honesty_verdict,
-    is_redirecting_refusal,
-    is_refusal,
-)
+from lensteer.evaluate.capability import load_mc_items, mc_accuracy
+from lensteer.evaluate.compassion import compassion_scorer
+from lensteer.evaluate.honesty import honesty_verdict
+from lensteer.evaluate.metrics import response_perplexity
+from lensteer.evaluate.refusal import is_redirecting_refusal, is_refusal
+from lensteer.evaluate.repetition import conversation_repetition, rep_n
 from lensteer.evaluate.steerability import layer_steerability
 from lensteer.locate.probing import contrast_prompts, probe_layers
 from lensteer.steering.calibration import KLProbe, calibrate, kl_probe, reference_norm, steering_kl

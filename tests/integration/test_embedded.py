@@ -5,7 +5,7 @@ import torch
 
 import lensteer
 from lensteer.core import models as models
-from lensteer.core.likelihood import response_logprob
+from lensteer.core.forward import response_logprob
 
 
 def test_embedded_model_shape_and_fingerprint(embedded_model):

@@ -37,7 +37,7 @@ def test_steering_kl_is_zero_unsteered_and_matches_a_hand_computation(tiny_llama
     assert lensteer.steering_kl(tiny_llama_bridge, s.with_scale(0.0), kl_set) == 0.0
     got = lensteer.steering_kl(tiny_llama_bridge, s, kl_set)
     # by hand: every (prompt + continuation) on its own, steering the continuation tokens only
-    from lensteer.evaluate.metrics import mean_token_kl
+    from lensteer.core.forward import mean_token_kl
     gens = lensteer.generate(tiny_llama_bridge, PROMPTS, max_new_tokens=6)
     kls, counts = [], []
     for p, g in zip(gens.prompt_tokens, gens.tokens, strict=True):

@@ -10,6 +10,7 @@ import torch
 
 import lensteer
 from lensteer.errors import ConfigError, DataError, JudgeError, LensteerError
+from lensteer.evaluate.compassion import compassion_scorer
 from lensteer.evaluate.judges import (
     RUBRICS,
     CallableJudge,
@@ -18,7 +19,7 @@ from lensteer.evaluate.judges import (
     judge_responses,
     parse_score,
 )
-from lensteer.evaluate.scoring import compassion_scorer, is_refusal
+from lensteer.evaluate.refusal import is_refusal
 
 
 def _completion(content):

@@ -6,19 +6,16 @@ from builders import write_jsonl
 
 import lensteer
 from lensteer.core.chat import ChatPrompt, tokenize_prompt
+from lensteer.core.forward import mean_token_kl
+from lensteer.core.stats import rate_with_ci
 from lensteer.errors import ConfigError, DataError
-from lensteer.evaluate.metrics import (
-    MCItem,
+from lensteer.evaluate.capability import MCItem, load_mc_items, mc_accuracy
+from lensteer.evaluate.metrics import over_refusal_rate, response_perplexity
+from lensteer.evaluate.repetition import (
     conversation_repetition,
     distinct_n,
-    load_mc_items,
-    mc_accuracy,
-    mean_token_kl,
-    over_refusal_rate,
-    rate_with_ci,
     rep_n,
     repetition_report,
-    response_perplexity,
 )
 
 # ------------------------------------------------------------------------------------------ KL
@@ -158,7 +155,7 @@ def test_mc_accuracy_picks_the_option_with_the_best_mean_logprob(tiny_llama_brid
     items = [MCItem(id="a", category="c", question="abc", options=("d", "xyz", "q"), answer=0),
              MCItem(id="b", category="k", question="hello", options=("world", "w"), answer=1)]
     result = mc_accuracy(tiny_llama_bridge, items)
-    expected = lensteer.core.likelihood.response_logprob(
+    expected = lensteer.core.forward.response_logprob(
         tiny_llama_bridge, [ChatPrompt(user=it.question, response=o) for it in items for o in it.options])
     flat = [v for row in result.option_logprobs for v in row]
     torch.testing.assert_close(torch.tensor(flat), expected, rtol=1e-5, atol=1e-5)

@@ -3,7 +3,8 @@ import torch
 from builders import random_unit
 
 import lensteer
-from lensteer.study.recommend import ablation_kl, recommend_site
+from lensteer.locate.direction_patching import ablation_kl
+from lensteer.study.recommend import recommend_site
 
 
 def _report(shifts):

@@ -6,17 +6,14 @@ import torch
 
 import lensteer
 from lensteer.errors import ConfigError, DataError
-from lensteer.evaluate.scoring import (
+from lensteer.evaluate.compassion import (
     CompassionScorer,
     compassion_scorer,
-    honesty_verdict,
-    is_redirecting_refusal,
-    is_refusal,
     load_compassion_labelled,
-    normalize_answer,
-    refusal_verdict,
     train_compassion_scorer,
 )
+from lensteer.evaluate.honesty import honesty_verdict, normalize_answer
+from lensteer.evaluate.refusal import is_redirecting_refusal, is_refusal, refusal_verdict
 
 # ------------------------------------------------------------------------------------ refusal
 

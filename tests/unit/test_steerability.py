@@ -29,7 +29,7 @@ def _planted(model) -> torch.Tensor:
 def test_preference_margin_is_the_difference_of_response_logprobs(tiny_llama_bridge):
     aligned, misaligned = _pairs()
     got = lensteer.preference_margin(tiny_llama_bridge, aligned, misaligned)
-    from lensteer.core.likelihood import response_logprob
+    from lensteer.core.forward import response_logprob
     want = response_logprob(tiny_llama_bridge, aligned) - response_logprob(tiny_llama_bridge, misaligned)
     torch.testing.assert_close(got, want)
     with pytest.raises(lensteer.DataError, match="equally many"):

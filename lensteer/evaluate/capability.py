@@ -1,0 +1,102 @@
+"""Capability: multiple-choice accuracy on our own items, scored by the model's likelihood of each option.
+
+Each option is scored as the assistant's reply to the question (chat template) by its mean
+log-probability per token; the argmax is the model's answer. Items: data/capability/mc.jsonl.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lensteer.core.bundled import bundled_dir, read_jsonl
+from lensteer.core.chat import ChatPrompt
+from lensteer.core.forward import response_logprob
+from lensteer.core.stats import rate_with_ci
+from lensteer.errors import DataError
+
+
+@dataclass(frozen=True, kw_only=True)
+class MCItem:
+    """A multiple-choice question: options and the index of the correct one."""
+
+    id: str
+    category: str
+    question: str
+    options: tuple[str, ...]
+    answer: int
+
+
+def load_mc_items(path: "str | Path | None" = None) -> list[MCItem]:
+    """The bundled multiple-choice capability set (``data/capability/mc.jsonl``) or a JSONL in its schema."""
+    file = Path(path) if path is not None else bundled_dir("capability") / "mc.jsonl"
+    items = []
+    for i, row in enumerate(read_jsonl(file), start=1):
+        where = f"{file.name} line {i}"
+        try:
+            options = tuple(row["options"])
+            item = MCItem(id=row["id"], category=row.get("category", "uncategorised"), question=row["question"],
+                          options=options, answer=int(row["answer"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{where}: needs id, question, options (list) and answer (int): {err!r}") from err
+        if len(options) < 2 or not all(isinstance(o, str) and o.strip() for o in options):
+            raise DataError(f"{where}: options must be >= 2 non-empty strings, got {options!r}")
+        if not 0 <= item.answer < len(options):
+            raise DataError(f"{where}: answer {item.answer} is not an index into {len(options)} options")
+        items.append(item)
+    return items
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class MCResult:
+    """Log-likelihood multiple-choice accuracy.
+
+    Attributes:
+        accuracy: Share of items whose correct option has the highest mean log-prob per token.
+        ci: Bootstrap interval of the accuracy.
+        by_category: Accuracy per category.
+        chance: Expected accuracy of guessing (mean of 1 / n_options).
+        correct: Per item, whether it was answered correctly.
+        option_logprobs: Per item, the mean log-prob per token of each option.
+    """
+
+    accuracy: float
+    ci: tuple[float, float]
+    by_category: dict[str, float]
+    chance: float
+    correct: tuple[bool, ...]
+    option_logprobs: tuple[tuple[float, ...], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {"accuracy": self.accuracy, "ci": list(self.ci), "by_category": self.by_category, "chance": self.chance,
+                "n": len(self.correct)}
+
+
+def mc_accuracy(model: Any, items: Sequence[MCItem], *, batch_size: int = 16, seed: int = 0) -> MCResult:
+    """Multiple-choice accuracy by log-likelihood (no generation).
+
+    Each option is scored as the assistant's reply to the question, chat-formatted (the question is
+    the user message, the option the response), by its **mean log-probability per token** given the
+    question (length-normalised, so long options are not penalised for their length). The item is
+    correct when the right option scores highest.
+    """
+    if isinstance(items, MCItem) or len(items) == 0:
+        raise DataError("mc_accuracy needs a non-empty list of MCItem")
+    chats = [ChatPrompt(user=it.question, response=opt) for it in items for opt in it.options]
+    scores = response_logprob(model, chats, batch_size=batch_size).tolist()
+    correct, per_item, k = [], [], 0
+    for it in items:
+        s = tuple(scores[k : k + len(it.options)])
+        k += len(it.options)
+        per_item.append(s)
+        correct.append(max(range(len(s)), key=s.__getitem__) == it.answer)
+    cats: dict[str, list[bool]] = {}
+    for it, c in zip(items, correct, strict=True):
+        cats.setdefault(it.category, []).append(c)
+    rate = rate_with_ci(correct, seed=seed)
+    return MCResult(
+        accuracy=rate.value, ci=(rate.low, rate.high), by_category={c: sum(v) / len(v) for c, v in sorted(cats.items())},
+        chance=sum(1 / len(it.options) for it in items) / len(items), correct=tuple(correct),
+        option_logprobs=tuple(per_item),
+    )
