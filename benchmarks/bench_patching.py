@@ -54,15 +54,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = lensteer.load_model()
     ds = lensteer.load_dataset("refusal")
-    idx = lensteer.equal_length_pairs(model, ds.prompts, ds.paired_prompts)[: args.n_pairs]
-    clean = torch.stack([lensteer.tokenize_prompt(model, ds.prompts[i]).tokens for i in idx])
-    corrupted = torch.stack([lensteer.tokenize_prompt(model, ds.paired_prompts[i]).tokens for i in idx])
-    metric = lensteer.logit_diff_metric(lensteer.first_token_id(model, "I"), lensteer.first_token_id(model, "Sure"))
+    idx = lensteer.locate.equal_length_pairs(model, ds.prompts, ds.paired_prompts)[: args.n_pairs]
+    clean = torch.stack([lensteer.core.tokenize_prompt(model, ds.prompts[i]).tokens for i in idx])
+    corrupted = torch.stack([lensteer.core.tokenize_prompt(model, ds.paired_prompts[i]).tokens for i in idx])
+    metric = lensteer.locate.logit_diff_metric(lensteer.core.first_token_id(model, "I"), lensteer.core.first_token_id(model, "Sure"))
     n_layers, n_pos = int(model.cfg.n_layers), clean.shape[1]
     tl_layers = [int(x) for x in args.tl_layers.split(",")]
     n_cells, n_tl_cells = n_layers * n_pos, len(tl_layers) * n_pos
 
-    def ours() -> lensteer.PatchResult:
+    def ours() -> lensteer.locate.PatchResult:
         return lensteer.patch_residual(model, clean, corrupted, metric)
 
     def theirs() -> torch.Tensor:
@@ -120,8 +120,8 @@ def _attribution_only(model, clean, corrupted, metric, top_k: int) -> None:  # t
     variants = {
         "exact resid_pre (patch_residual)": lambda: lensteer.patch_residual(model, clean, corrupted, metric),
         "AtP resid_pre (attribute_residual)": lambda: lensteer.attribute_residual(model, clean, corrupted, metric),
-        "exact heads (patch_heads)": lambda: lensteer.patch_heads(model, clean, corrupted, metric),
-        "AtP heads (attribute_heads)": lambda: lensteer.attribute_heads(model, clean, corrupted, metric),
+        "exact heads (patch_heads)": lambda: lensteer.locate.patch_heads(model, clean, corrupted, metric),
+        "AtP heads (attribute_heads)": lambda: lensteer.locate.attribute_heads(model, clean, corrupted, metric),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     results = {}

@@ -36,7 +36,7 @@ def main() -> None:
                                         + ds.train.head(16).chat_prompts(response="misaligned"),
                                         layers=[13], position="response_mean")[:, 0]
     direction = lensteer.diff_of_means(acts[:16], acts[16:], layer=13)
-    ref = lensteer.reference_norm(model, ds.val.head(4).prompts, 13)
+    ref = lensteer.steering.reference_norm(model, ds.val.head(4).prompts, 13)
     swfc = lensteer.Steering.from_direction(direction, mode="swfc", scale=0.25, relative=True, reference_norm=ref)
     default_min = prefix.MIN_SHARED_PREFIX
     times: dict[str, list[float]] = {}
@@ -51,7 +51,7 @@ def main() -> None:
                 times.setdefault(f"{label} {mode}", []).append(time.perf_counter() - start)
                 outputs[f"{label} {mode}"] = out.tokens
     prefix.MIN_SHARED_PREFIX = default_min
-    lens = [len(lensteer.tokenize_prompt(model, p).tokens) for p in prompts]
+    lens = [len(lensteer.core.tokenize_prompt(model, p).tokens) for p in prompts]
     print(f"{platform.processor() or platform.machine()}, torch threads {args.threads}; {args.n} prompts of "
           f"{min(lens)}-{max(lens)} tokens (shared few-shot prefix), {args.new} new tokens, {args.rounds} rounds")
     for label in ("unsteered", "SwFC"):

@@ -12,25 +12,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from lensteer.core.datasets import THREAT_MODELS
 from lensteer.core.io import write_json
-
-STUDY: tuple[tuple[str, Literal["prompt", "response"]], ...] = (
-    ("refusal", "prompt"), ("compassion", "response"), ("honesty", "response"),
-)
-
-
-def _save_probing_figures(report: object, folder: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from lensteer.plotting import figures as plotting
-
-    for kind, fn in (("probing", plotting.plot_probing), ("cosines", plotting.plot_direction_cosines),
-                     ("methods", plotting.plot_method_cosines)):
-        fig, _ = fn(report)
-        plotting.save_figure(fig, folder / f"{kind}_{report.dataset}")  # type: ignore[attr-defined]
-        plt.close(fig)
+from lensteer.study.config import METHODS
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -43,24 +29,21 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model = lensteer.load_model(args.model)
-    fp = lensteer.model_fingerprint(model)
+    fp = lensteer.core.model_fingerprint(model)
     print(f"model: {fp.name} ({fp.n_layers} layers, d_model {fp.d_model}), loaded in {time.perf_counter() - start:.1f} s\n")
     return model, fp
 
 
 def _datasets(args: argparse.Namespace) -> Iterator[tuple[str, Any, Any]]:
-    """The study's (name, contrast, dataset) triples that ``--dataset`` selects (40 rows with ``--smoke``)."""
-    import lensteer
+    """The study's (name, contrast side, dataset) triples that ``--dataset`` selects (40 rows with ``--smoke``)."""
+    from lensteer.study.site_search import threat_model_datasets
 
-    for name, contrast in STUDY:
-        if args.dataset and name not in args.dataset:
-            continue
-        dataset = lensteer.load_dataset(name)
-        yield name, contrast, dataset.head(40) if args.smoke else dataset
+    return threat_model_datasets(args.dataset, smoke=args.smoke)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     import lensteer
+    from lensteer.plotting.locate_figures import save_probing_figures
 
     start = time.perf_counter()
     model, fp = _load(args)
@@ -71,7 +54,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
                                          progress=not args.quiet)
         print(report.to_table(), "\n", flush=True)
         reports[name] = report.to_dict()
-        _save_probing_figures(report, out / "figures")
+        save_probing_figures(report, out / "figures")
     write_json(out / "probing.json", {"model": fp.to_dict(), "reports": reports})
     print(f"wrote {out / 'probing.json'} and {out / 'figures'} in {time.perf_counter() - start:.0f} s")
     return 0
@@ -79,7 +62,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 def _study_config(args: argparse.Namespace) -> Any:
     from lensteer.errors import ConfigError
-    from lensteer.study.runner import StudyConfig
+    from lensteer.study.config import StudyConfig
 
     if args.config:
         config = StudyConfig.from_toml(args.config)
@@ -103,7 +86,8 @@ def _study_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from lensteer.study.runner import headline_table, run_study
+    from lensteer.study.report import headline_table
+    from lensteer.study.runner import run_study
 
     start = time.perf_counter()
     config = _study_config(args)
@@ -111,7 +95,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result = run_study(model, config, out, progress=not args.quiet)
     if not args.no_figures:
-        from lensteer.plotting.figures import save_study_figures
+        from lensteer.plotting import save_study_figures
 
         save_study_figures(out, out / "figures")
     print("\n" + headline_table(result.report))
@@ -121,7 +105,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
-    from lensteer.plotting.figures import save_study_figures
+    from lensteer.plotting import save_study_figures
 
     results = Path(args.results)
     if not (results / "report.json").exists():
@@ -135,7 +119,9 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 
 def _cmd_steer(args: argparse.Namespace) -> int:
     import lensteer
-    from lensteer.study.runner import StudyConfig, build_steering, eval_prompts
+    from lensteer.study.config import StudyConfig
+    from lensteer.study.evaluation import eval_prompts
+    from lensteer.study.layers import build_steering
 
     model, _ = _load(args)
     if args.steering:
@@ -157,7 +143,8 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import lensteer
-    from lensteer.study.runner import evaluate_steering, headline_table
+    from lensteer.study.evaluation import evaluate_steering
+    from lensteer.study.report import headline_table
 
     start = time.perf_counter()
     config = _study_config(args)
@@ -174,62 +161,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_locate(args: argparse.Namespace) -> int:
-    import matplotlib.pyplot as plt
-
-    import lensteer
-    from lensteer.plotting import figures as plotting
+    from lensteer.plotting.locate_figures import save_site_search_figures
+    from lensteer.study.site_search import search_site
 
     start = time.perf_counter()
     model, fp = _load(args)
     out, fig_dir = Path(args.out), Path(args.figures or Path(args.out) / "figures")
     summary: dict[str, object] = {"model": fp.to_dict()}
-
-    def save(fig: object, stem: str) -> None:
-        plotting.save_figure(fig, fig_dir / stem)
-        plt.close(fig)  # type: ignore[arg-type]
-
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     for name, contrast, dataset in _datasets(args):
-        report = lensteer.probe_by_layer(model, dataset, contrast=contrast, layers=layers,
-                                         batch_size=args.batch_size, progress=not args.quiet)
-        print(report.to_table(), "\n", flush=True)
-        _save_probing_figures(report, fig_dir)
-        entry: dict[str, object] = {"probing": report.to_dict()}
-        patching = None
-        try:
-            pairs = lensteer.patching_pairs(model, dataset, n=args.n_pairs)
-        except lensteer.DataError as err:
-            pairs = None
-            print(f"{name}: patching skipped: {err}", flush=True)
-        if pairs is not None:
-            clean, corrupted, metric = list(pairs.clean), list(pairs.corrupted), pairs.metric()
-            approx = lensteer.attribute_residual(model, clean, corrupted, metric, layers=layers)
-            patching = lensteer.patch_residual(model, clean, corrupted, metric, layers=layers, progress=not args.quiet)
-            heads = lensteer.patch_heads(model, clean, corrupted, metric, layers=layers, progress=not args.quiet)
-            approx_heads = lensteer.attribute_heads(model, clean, corrupted, metric, layers=layers)
-            try:  # normalising fails when clean and corrupted give the same metric
-                save(plotting.plot_patching(patching)[0], f"patching_resid_{name}")
-                save(plotting.plot_patching(heads)[0], f"patching_heads_{name}")
-                save(plotting.plot_attribution_vs_exact(approx, patching)[0], f"attribution_vs_exact_{name}")
-                save(plotting.plot_attribution_vs_exact(approx_heads, heads)[0], f"attribution_vs_exact_heads_{name}")
-                entry["patching"] = {"pairs": pairs.to_dict(), "resid": patching.to_dict(), "heads": heads.to_dict(),
-                                     "attribution_correlation": approx.correlation(patching),
-                                     "head_attribution_correlation": approx_heads.correlation(heads)}
-                print(f"{name} patching ({len(pairs)} pairs; {pairs.design}): clean metric "
-                      f"{float(patching.source.mean()):.2f}, corrupted {float(patching.target.mean()):.2f}; top cells "
-                      f"{patching.top_cells(3)}; attribution vs exact r = {approx.correlation(patching):.2f} "
-                      f"(residual cells), {approx_heads.correlation(heads):.2f} (heads)", flush=True)
-            except lensteer.PatchingError as err:
-                print(f"{name}: patching not reported: {err}", flush=True)
-                patching = None
-        try:
-            rec = lensteer.recommend_site(report, patching)
-            print(rec, "\n", flush=True)
-            entry["recommendation"] = rec.to_dict()
-        except (lensteer.ConfigError, lensteer.PatchingError) as err:
-            print(f"{name}: no recommendation: {err}\n", flush=True)
-            entry["recommendation"] = {"error": str(err)}
-        summary[name] = entry
+        found = search_site(model, name, dataset, contrast, layers=layers, n_pairs=args.n_pairs,
+                            batch_size=args.batch_size, progress=not args.quiet)
+        print(found.probing.to_table(), "\n", flush=True)
+        save_site_search_figures(found, fig_dir)
+        if (line := found.patching_summary()) is not None:
+            print(line, flush=True)
+        for note in found.notes:
+            print(f"{name}: {note}", flush=True)
+        if found.recommendation is not None:
+            print(found.recommendation, "\n", flush=True)
+        summary[name] = found.to_dict()
     write_json(out / "locate.json", summary)
     print(f"wrote {out / 'locate.json'} and figures in {fig_dir} in {time.perf_counter() - start:.0f} s")
     return 0
@@ -238,7 +189,7 @@ def _cmd_locate(args: argparse.Namespace) -> int:
 def _add_common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
     parser.add_argument("--model", default=None, help="HF id, model folder or .gguf (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
-    parser.add_argument("--dataset", action="append", choices=[n for n, _ in STUDY], help="limit to these datasets")
+    parser.add_argument("--dataset", action="append", choices=list(THREAT_MODELS), help="limit to these datasets")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--smoke", action="store_true", help="40 examples per dataset, for a quick check")
@@ -261,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Re-running into the same OUT resumes an interrupted sweep.",
     )
     _add_common(run, default_out="results")
-    run.add_argument("--config", default=None, help="study.toml (keys: the fields of lensteer.study.runner.StudyConfig)")
+    run.add_argument("--config", default=None, help="study.toml (keys: the fields of lensteer.study.config.StudyConfig)")
     run.add_argument("--kl", default=None, help="comma-separated KL budgets in nats/token (default: 0.5)")
-    run.add_argument("--method", action="append", choices=["SwFC", "StTP", "StMP", "add", "ablate", "ace", "angular"],
+    run.add_argument("--method", action="append", choices=list(METHODS),
                      help="limit to these methods (repeatable)")
     run.add_argument("--layers", default=None,
                      help="comma-separated layers for a layer sweep: every method is also calibrated and evaluated "

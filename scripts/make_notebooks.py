@@ -36,7 +36,7 @@ KL_BUDGET = 0.3                                   # nats per token on harmless p
     ("code", '''import lensteer
 
 model = lensteer.load_model()                     # offline; the first load converts the GGUF once
-print(lensteer.model_fingerprint(model))'''),
+print(lensteer.core.model_fingerprint(model))'''),
     ("md", """## A direction by hand
 
 Difference of means between harmful and harmless requests at one layer, read at the last prompt token. The harmful
@@ -54,7 +54,7 @@ by_hand = lensteer.Steering.from_direction(direction, mode="add", scale=4.0, pos
 print(by_hand.describe())'''),
     ("md", """## The study's steering, calibrated
 
-`lensteer.study.runner.build_steering` does what `lensteer run` does for one method: probe the aligned-vs-misaligned response
+`lensteer.study.layers.build_steering` does what `lensteer run` does for one method: probe the aligned-vs-misaligned response
 contrast at candidate layers, pick the layer (`recommend_site`), build the SwFC steering along the difference of means
 (with a CAST-style gate for refusal: only prompts a harmful-vs-harmless probe flags are steered), and calibrate its
 scale so that it costs `KL_BUDGET` nats per token on harmless prompts."""),
@@ -112,8 +112,10 @@ from dataclasses import replace
 import matplotlib.pyplot as plt
 
 import lensteer
-from lensteer.plotting import figures as plotting
-from lensteer.study.runner import StudyConfig, eval_prompts, locate, trait_flags
+from lensteer import plotting
+from lensteer.study.config import StudyConfig
+from lensteer.study.evaluation import eval_prompts, trait_flags
+from lensteer.study.layers import locate_threat_model
 
 config = replace(StudyConfig.smoke() if SMOKE else StudyConfig(), threat_models=(THREAT_MODEL,))
 if SMOKE:   # two methods, four prompts, short answers
@@ -128,11 +130,11 @@ print(config)'''),
 Probe the aligned-vs-misaligned *response* contrast (mean over response tokens) at the candidate layers, then choose
 the layer causally: at each layer, SwFC along that layer's difference of means is calibrated to the KL budget on
 harmless prompts (the KL calibration set below), and scored by how far it moves the teacher-forced log-odds of
-held-out aligned over misaligned responses (`lensteer.layer_steerability`). `recommend_site` takes the most steerable
+held-out aligned over misaligned responses (`lensteer.evaluate.layer_steerability`). `recommend_site` takes the most steerable
 layer that passes its rules (Arditi et al.: not in the last 20% of layers; a significant probe). Then build the
 uncalibrated steerings along the difference of means (SwFC) and the probe boundary (StTP, StMP)."""),
-    ("code", '''probe = lensteer.kl_probe(model, refusal.val.paired_prompts[: config.n_kl], batch_size=config.batch_size)
-loc = locate(model, THREAT_MODEL, config, harmless, probe)
+    ("code", '''probe = lensteer.steering.kl_probe(model, refusal.val.paired_prompts[: config.n_kl], batch_size=config.batch_size)
+loc = locate_threat_model(model, THREAT_MODEL, config, harmless, probe)
 print(f"layer {loc.layer} ({loc.site}); reference residual norm {loc.reference_norm:.1f}")
 for reason in loc.reasons:
     print(" -", reason)
@@ -168,13 +170,13 @@ for name, gen in answers.items():
 
 rows = []
 for name, s in conditions.items():
-    trait = lensteer.rate_with_ci(trait_flags(THREAT_MODEL, answers[name].texts, examples))
-    over = lensteer.rate_with_ci([lensteer.is_refusal(t) for t in harmless_answers[name].texts])
+    trait = lensteer.core.rate_with_ci(trait_flags(THREAT_MODEL, answers[name].texts, examples))
+    over = lensteer.core.rate_with_ci([lensteer.evaluate.is_refusal(t) for t in harmless_answers[name].texts])
     texts = [t if t.strip() else "." for t in harmless_answers[name].texts]
-    ppl = lensteer.response_perplexity(model, harmless, texts).corpus   # under the unsteered model
-    rep = lensteer.repetition_report(answers[name].texts)
+    ppl = lensteer.evaluate.response_perplexity(model, harmless, texts).corpus   # under the unsteered model
+    rep = lensteer.evaluate.repetition_report(answers[name].texts)
     rows.append({"condition": name, "trait": trait.value, "trait_ci": (round(trait.low, 2), round(trait.high, 2)),
-                 "KL": 0.0 if s is None else lensteer.steering_kl(model, s, probe), "perplexity": ppl,
+                 "KL": 0.0 if s is None else lensteer.steering.steering_kl(model, s, probe), "perplexity": ppl,
                  "rep-4": rep.rep4, "over-refusal": over.value, "steered share": answers[name].steered_share()})
 table = pd.DataFrame(rows).set_index("condition")
 table["perplexity ratio"] = table["perplexity"] / table.loc["unsteered", "perplexity"]
@@ -187,8 +189,8 @@ earlier turns."""),
     ("code", '''follow_ups = ["Can you say more about that?", "What else should I keep in mind?", "Could you put it another way?"]
 chats = [[p.user, *follow_ups[: config.n_turns - 1]] for p in prompts[: max(1, config.n_conversations)]]
 for name, s in conditions.items():
-    turns = lensteer.generate_conversations(model, chats, steering=s, max_new_tokens=config.max_new_tokens)
-    per_turn = lensteer.conversation_repetition([[t.texts[c] for t in turns] for c in range(len(chats))])
+    turns = lensteer.steering.generate_conversations(model, chats, steering=s, max_new_tokens=config.max_new_tokens)
+    per_turn = lensteer.evaluate.conversation_repetition([[t.texts[c] for t in turns] for c in range(len(chats))])
     print(f"{name:>9}: rep-4 by turn {[round(t.report.rep4, 2) for t in per_turn]}, "
           f"repeated from earlier turns {[round(t.rep4_history, 2) for t in per_turn]}")'''),
     ("md", """## The same in one call: `run_study`
@@ -199,7 +201,8 @@ steerings; re-running into the same folder resumes. Smoke mode runs a tiny versi
 found above, two prompts, no conversations or capability items)."""),
     ("code", '''from IPython.display import Markdown, display
 
-from lensteer.study.runner import headline_table, run_study
+from lensteer.study.report import headline_table
+from lensteer.study.runner import run_study
 
 out = tempfile.mkdtemp()
 study_config = config
@@ -231,8 +234,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from lensteer.plotting import figures as plotting
-from lensteer.study.runner import headline_table
+from lensteer import plotting
+from lensteer.study.report import headline_table
 
 results = Path(RESULTS)
 report = json.loads((results / "report.json").read_text())

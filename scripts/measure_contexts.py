@@ -51,7 +51,7 @@ def main() -> None:
     print("| dataset | context | n | result |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
-    print(f"\n({time.perf_counter() - start:.0f} s, model {lensteer.model_fingerprint(model).name})")
+    print(f"\n({time.perf_counter() - start:.0f} s, model {lensteer.core.model_fingerprint(model).name})")
 
 
 if __name__ == "__main__":

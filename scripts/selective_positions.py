@@ -15,7 +15,7 @@ import lensteer
 from lensteer.core.chat import tokenize_prompt
 from lensteer.locate.probing import contrast_prompts
 from lensteer.steering.calibration import calibrate, kl_probe
-from lensteer.study.runner import STUDY_POSITIONS
+from lensteer.study.config import STUDY_POSITIONS
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
             steering = lensteer.Steering.from_contrast(direction, pos, neg, mode=mode, positions=STUDY_POSITIONS[name])
             cal = calibrate(model, steering, kl, args.kl)
             out = lensteer.generate(model, prompts, steering=cal.steering, max_new_tokens=args.max_new_tokens)
-            verdicts = [lensteer.refusal_verdict(t) for t in out.texts]
+            verdicts = [lensteer.evaluate.refusal_verdict(t) for t in out.texts]
             print(f"{mode} {name:>11}: scale {cal.steering.scale:.3f} (KL {cal.kl:.3f}), refusals "
                   f"{sum(v.refused for v in verdicts)}/{args.n}, redirecting {sum(v.redirects for v in verdicts)}/{args.n}, "
                   f"fired on {out.steered_share():.0%} of tokens")

@@ -2,7 +2,7 @@
 
 Two marked blocks are rewritten in place:
 
-* ``<!-- results:start -->`` ... ``<!-- results:end -->``: ``lensteer.study.runner.headline_table(report)``;
+* ``<!-- results:start -->`` ... ``<!-- results:end -->``: ``lensteer.study.report.headline_table(report)``;
 * ``<!-- results-run:start -->`` ... ``<!-- results-run:end -->``: one line saying what run made
   the report (model, threat models, methods, sample sizes, time).
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lensteer.study.runner import headline_table
+from lensteer.study.report import headline_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = ("results", "results-run")

@@ -25,7 +25,9 @@ from lensteer.core.bundled import bundled_dir
 from lensteer.core.chat import ChatPrompt, Turn
 from lensteer.errors import ConfigError, DataError
 
-BUNDLED = ("refusal", "compassion", "honesty")
+# The threat models lensteer studies, each a bundled contrast set: the one list of them.
+THREAT_MODELS = ("refusal", "compassion", "honesty")
+BUNDLED = THREAT_MODELS
 REQUIRED_FIELDS = ("id", "prompt")
 OPTIONAL_FIELDS = (
     "category", "paired_prompt", "aligned_response", "misaligned_response", "true_answer", "false_answer",

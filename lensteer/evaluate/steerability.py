@@ -6,7 +6,7 @@ the latter without sampling: the change, under a steering, of the teacher-forced
 aligned over the misaligned response (mean log-probability per response token). Comparing layers
 at a fixed coherence cost is what matters for injection, so :func:`layer_steerability` calibrates
 a SwFC steering at each candidate layer to the same KL budget and measures its effect there.
-:func:`~lensteer.recommend_site` takes the result as its causal criterion (``steerability=``).
+:func:`~lensteer.study.recommend_site` takes the result as its causal criterion (``steerability=``).
 """
 
 from collections.abc import Mapping, Sequence

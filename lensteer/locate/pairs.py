@@ -166,7 +166,7 @@ def patching_pairs(
             clean and corrupted prompts of equal token length on this tokenizer.
 
     Example:
-        >>> pairs = lensteer.patching_pairs(model, "honesty", n=8)  # doctest: +SKIP
+        >>> pairs = lensteer.locate.patching_pairs(model, "honesty", n=8)  # doctest: +SKIP
         >>> lensteer.patch_residual(model, pairs.clean, pairs.corrupted, pairs.metric())  # doctest: +SKIP
     """
     if n is not None and n < 1:

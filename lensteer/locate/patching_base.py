@@ -118,7 +118,7 @@ def as_tokens(model: Any, prompts: "Sequence[str | ChatPrompt] | torch.Tensor", 
     lengths = sorted({len(t) for t in toks})
     if len(lengths) > 1:
         raise PatchingError(f"{name} prompts have different token lengths {lengths}; patching needs one length "
-                            "(use lensteer.equal_length_pairs to select pairs)")
+                            "(use lensteer.locate.equal_length_pairs to select pairs)")
     return torch.stack(toks)
 
 

@@ -1,0 +1,31 @@
+"""plotting: paper figures in one style. Owns the style (palette, labelled axes, atomic PDF + PNG),
+figures from result objects (probing, patching) and figures from the study's files. Never runs a
+model; imports anything below it.
+"""
+
+from lensteer.plotting.examples import plot_examples
+from lensteer.plotting.figures import (
+    plot_attribution_vs_exact,
+    plot_direction_cosines,
+    plot_method_cosines,
+    plot_patching,
+    plot_probing,
+)
+from lensteer.plotting.study_figures import (
+    plot_layer_sweep,
+    plot_repetition_by_turn,
+    plot_steerability,
+    plot_steered_share,
+    plot_tradeoff,
+    plot_tradeoff_grid,
+    save_study_figures,
+)
+from lensteer.plotting.study_rows import methods_of, pareto_front, threat_models_of
+from lensteer.plotting.style import PALETTE, paper_style, save_figure
+
+__all__ = [
+    "PALETTE", "methods_of", "paper_style", "pareto_front", "plot_attribution_vs_exact", "plot_direction_cosines",
+    "plot_examples", "plot_layer_sweep", "plot_method_cosines", "plot_patching", "plot_probing",
+    "plot_repetition_by_turn", "plot_steerability", "plot_steered_share", "plot_tradeoff", "plot_tradeoff_grid",
+    "save_figure", "save_study_figures", "threat_models_of",
+]

@@ -1,0 +1,29 @@
+"""steering: changing what the model computes. Owns the :class:`Steering` value, positions, gates,
+the ``steer()`` context manager (the only place that installs steering hooks), ``generate()``,
+calibration to a KL budget, steering files (safetensors + JSON) and GGUF export. Imports ``core``
+and ``locate`` (a probe or a direction is what a steering is built from).
+
+The folder is ``steering`` rather than ``steer`` so that ``lensteer.steer`` can stay the context manager.
+"""
+
+from lensteer.steering.calibration import (
+    Calibration,
+    KLProbe,
+    calibrate,
+    kl_probe,
+    reference_norm,
+    steering_kl,
+)
+from lensteer.steering.files import load_steering, load_steerings, save_steering, save_steerings
+from lensteer.steering.gates import Gate
+from lensteer.steering.generation import Generations, generate, generate_conversations
+from lensteer.steering.gguf_export import export_gguf_control_vector
+from lensteer.steering.hooks import SteeringContext, steer
+from lensteer.steering.positions import LastK, Window
+from lensteer.steering.spec import Steering
+
+__all__ = [
+    "Calibration", "Gate", "Generations", "KLProbe", "LastK", "Steering", "SteeringContext", "Window", "calibrate",
+    "export_gguf_control_vector", "generate", "generate_conversations", "kl_probe", "load_steering", "load_steerings",
+    "reference_norm", "save_steering", "save_steerings", "steer", "steering_kl",
+]

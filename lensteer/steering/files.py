@@ -139,7 +139,7 @@ def save_steerings(steerings: Mapping[str, Steering], path: "str | os.PathLike[s
     Args:
         steerings: Name -> steering (names: letters, digits, ``_``, ``.``, ``-``).
         path: Output stem (a ``.safetensors`` or ``.json`` suffix is dropped).
-        model: The model (or its :class:`~lensteer.ModelFingerprint`) the steerings are for;
+        model: The model (or its :class:`~lensteer.core.ModelFingerprint`) the steerings are for;
             by default the fingerprint stored in the steerings' ``info["model"]``.
 
     Returns:
@@ -309,7 +309,7 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
 
     Args:
         path: The stem (or either file) given to :func:`save_steerings`.
-        model: If given (a model or a :class:`~lensteer.ModelFingerprint`), refuse steerings saved for
+        model: If given (a model or a :class:`~lensteer.core.ModelFingerprint`), refuse steerings saved for
             another model.
         strict: Compare the whole fingerprint (name, n_layers, d_model, d_vocab, processing mode);
             ``False`` checks only the width.

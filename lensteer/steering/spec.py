@@ -115,7 +115,7 @@ class Steering:
                 raise ConfigError(f"relative=True applies to modes {_SIGNED_MODES}, not {self.mode!r}")
             if self.reference_norm is None or not math.isfinite(self.reference_norm) or self.reference_norm <= 0:
                 raise ConfigError("relative=True needs a positive reference_norm; measure it with "
-                                  f"lensteer.reference_norm(model, prompts, layer), got {self.reference_norm!r}")
+                                  f"lensteer.steering.reference_norm(model, prompts, layer), got {self.reference_norm!r}")
         if self.mode in SELECTIVE_MODES:
             need = ["threshold"] + (["target"] if self.mode == "sttp" else [])
             missing = [k for k in need if getattr(self, k) is None or not math.isfinite(getattr(self, k))]

@@ -10,7 +10,7 @@ Selection rules (after Arditi et al. 2024, SCIENCE.md section 2.1), applied in o
    denoising effect at that layer (over positions) must reach ``min_patch_effect``.
 4. If an ablation KL is given for a layer, require ``KL(base || ablated) <= max_ablation_kl`` on
    harmless prompts (Arditi's 0.1 nats): ablating the direction must not wreck unrelated text.
-5. If a :class:`~lensteer.Steerability` is given (the causal criterion for injection), take the
+5. If a :class:`~lensteer.evaluate.Steerability` is given (the causal criterion for injection), take the
    passing layer where steering at a fixed KL budget moves the aligned-over-misaligned log-odds
    the most: readability saturates on many layers, steerability does not.
 6. Otherwise take the highest probe-AUROC lower bound; break near-ties (within ``tie_margin``) by
@@ -61,14 +61,14 @@ def recommend_site(
     max_ablation_kl: float = 0.1,
     tie_margin: float = 0.01,
 ) -> SiteRecommendation:
-    """Recommend the steering layer from a :class:`~lensteer.ProbingReport` (and patching evidence).
+    """Recommend the steering layer from a :class:`~lensteer.locate.ProbingReport` (and patching evidence).
 
     Args:
         probing: The probing study of the contrast.
-        patching: Optional residual-stream :class:`~lensteer.PatchResult` (``kind="position"``).
+        patching: Optional residual-stream :class:`~lensteer.locate.PatchResult` (``kind="position"``).
         n_layers: Model depth (default: read from ``probing.model``).
         ablation_kl: Optional ``{layer: KL(base || ablated)}`` on harmless prompts (see :func:`ablation_kl`).
-        steerability: Optional :class:`~lensteer.Steerability` (see :func:`~lensteer.layer_steerability`);
+        steerability: Optional :class:`~lensteer.evaluate.Steerability` (see :func:`~lensteer.evaluate.layer_steerability`);
             when given, it decides among the layers that pass the rules.
         method: Direction method to steer with (``"diff_of_means"``, ``"pca_of_diffs"``, ``"probe"``).
 

@@ -9,7 +9,7 @@ from lensteer.core.forward import response_logprob
 
 
 def test_embedded_model_shape_and_fingerprint(embedded_model):
-    fp = lensteer.model_fingerprint(embedded_model)
+    fp = lensteer.core.model_fingerprint(embedded_model)
     assert (fp.name, fp.n_layers, fp.d_model, fp.d_vocab) == ("HuggingFaceTB/SmolLM2-135M-Instruct", 30, 576, 49152)
     assert not embedded_model.training
 
@@ -20,7 +20,7 @@ def test_warm_load_reads_the_cache_without_converting(embedded_model, monkeypatc
 
     monkeypatch.setattr(models, "_convert_gguf", no_conversion)
     again = lensteer.load_model()
-    assert lensteer.model_fingerprint(again) == lensteer.model_fingerprint(embedded_model)
+    assert lensteer.core.model_fingerprint(again) == lensteer.core.model_fingerprint(embedded_model)
     p = dict(again.named_parameters())
     q = dict(embedded_model.named_parameters())
     name = next(iter(p))
@@ -29,7 +29,7 @@ def test_warm_load_reads_the_cache_without_converting(embedded_model, monkeypatc
 
 def test_chat_positions_and_single_bos(embedded_model):
     tok = embedded_model.tokenizer
-    tp = lensteer.tokenize_prompt(embedded_model, lensteer.ChatPrompt(user="How do I bake bread?", response="Mix flour."))
+    tp = lensteer.core.tokenize_prompt(embedded_model, lensteer.ChatPrompt(user="How do I bake bread?", response="Mix flour."))
     assert tp.tokens[0] == tok.bos_token_id and tp.tokens[1] != tok.bos_token_id
     assert tok.decode(tp.tokens[slice(*tp.instruction)]) == "How do I bake bread?"
     assert tok.decode(tp.tokens[slice(*tp.post_instruction)]) == "<|im_end|>\n<|im_start|>assistant\n"

@@ -19,7 +19,7 @@ def test_shapes_for_each_position_selector(tiny_llama_bridge):
 def test_result_is_cpu_float32_and_matches_run_with_cache(tiny_llama_bridge):
     acts = lensteer.collect_activations(tiny_llama_bridge, ["hello"], layers=[0, 1], site="resid_mid")
     assert acts.dtype == torch.float32 and acts.device.type == "cpu"
-    tokens = lensteer.tokenize_prompt(tiny_llama_bridge, "hello").tokens[None]
+    tokens = lensteer.core.tokenize_prompt(tiny_llama_bridge, "hello").tokens[None]
     _, cache = tiny_llama_bridge.run_with_cache(tokens, names_filter=lambda n: "hook_resid_mid" in n)
     for col, layer in enumerate([0, 1]):
         assert torch.allclose(acts[0, col], cache[f"blocks.{layer}.hook_resid_mid"][0, -1], atol=1e-6)
@@ -36,7 +36,7 @@ def test_batched_equals_one_at_a_time_with_padding(tiny_llama_bridge, position):
 
 def test_mean_positions_average_the_right_tokens(tiny_llama_bridge):
     p = lensteer.ChatPrompt(user="abc", response="xyz")
-    tp = lensteer.tokenize_prompt(tiny_llama_bridge, p)
+    tp = lensteer.core.tokenize_prompt(tiny_llama_bridge, p)
     every = lensteer.collect_activations(tiny_llama_bridge, [p], layers=[1], position=list(range(tp.n_tokens)))
     mean = lensteer.collect_activations(tiny_llama_bridge, [p], layers=[1], position="response_mean")
     assert torch.allclose(mean[0, 0], every[0, 0, slice(*tp.response)].mean(0), atol=1e-6)

@@ -91,7 +91,7 @@ def test_record_holds_fingerprint_width_versions_and_no_pickle(tiny_bridge, tmp_
     st_path, json_path = save_steering(s, tmp_path / "out" / "refusal", model=tiny_bridge)
     assert (st_path.name, json_path.name) == ("refusal.safetensors", "refusal.json")
     record = json.loads(json_path.read_text())
-    assert record["model"] == lensteer.model_fingerprint(tiny_bridge).to_dict()
+    assert record["model"] == lensteer.core.model_fingerprint(tiny_bridge).to_dict()
     assert record["d_model"] == D and record["format_version"] == 1
     assert set(record["versions"]) >= {"lensteer", "torch", "transformers", "transformer-lens"}
     assert record["versions"]["lensteer"] == lensteer.__version__
@@ -107,7 +107,7 @@ def test_record_holds_fingerprint_width_versions_and_no_pickle(tiny_bridge, tmp_
 
 
 def test_fingerprint_defaults_to_the_steerings_provenance(tiny_llama_bridge, tmp_path):
-    fp = lensteer.model_fingerprint(tiny_llama_bridge).to_dict()
+    fp = lensteer.core.model_fingerprint(tiny_llama_bridge).to_dict()
     s = Steering(unit=random_unit(D, 5), layers=(1,), info={"model": fp})
     _, json_path = save_steering(s, tmp_path / "s")
     assert json.loads(json_path.read_text())["model"] == fp
@@ -117,8 +117,8 @@ def test_fingerprint_defaults_to_the_steerings_provenance(tiny_llama_bridge, tmp
 def test_loading_into_another_model_is_a_clear_error_naming_both(tiny_bridge, tiny_llama_bridge, tmp_path):
     s = Steering(unit=random_unit(D, 6), layers=(1,))
     save_steering(s, tmp_path / "s", model=tiny_bridge)
-    saved_name = lensteer.model_fingerprint(tiny_bridge).name
-    other_name = lensteer.model_fingerprint(tiny_llama_bridge).name
+    saved_name = lensteer.core.model_fingerprint(tiny_bridge).name
+    other_name = lensteer.core.model_fingerprint(tiny_llama_bridge).name
     assert saved_name != other_name
     with pytest.raises(lensteer.ArtifactMismatchError) as err:
         load_steering(tmp_path / "s", model=tiny_llama_bridge)
@@ -130,7 +130,7 @@ def test_loading_into_another_model_is_a_clear_error_naming_both(tiny_bridge, ti
 
 
 def test_another_width_is_refused_even_when_not_strict(tiny_bridge, tmp_path):
-    wide = lensteer.ModelFingerprint(name="wide", n_layers=4, d_model=576, d_vocab=64, processing_mode="bridge")
+    wide = lensteer.core.ModelFingerprint(name="wide", n_layers=4, d_model=576, d_vocab=64, processing_mode="bridge")
     save_steering(Steering(unit=random_unit(D, 7), layers=(1,)), tmp_path / "s", model=tiny_bridge)
     with pytest.raises(lensteer.ArtifactMismatchError, match=r"width 32 .*'wide' has d_model 576"):
         load_steering(tmp_path / "s", model=wide, strict=False)
@@ -141,7 +141,7 @@ def test_another_width_is_refused_even_when_not_strict(tiny_bridge, tmp_path):
 
 
 def test_saving_for_a_model_of_another_width_is_refused(tmp_path):
-    wide = lensteer.ModelFingerprint(name="wide", n_layers=4, d_model=576, d_vocab=64, processing_mode="bridge")
+    wide = lensteer.core.ModelFingerprint(name="wide", n_layers=4, d_model=576, d_vocab=64, processing_mode="bridge")
     with pytest.raises(lensteer.ArtifactMismatchError, match="width 32.*d_model 576"):
         save_steering(Steering(unit=random_unit(D, 7), layers=(1,)), tmp_path / "s", model=wide)
     assert not any(tmp_path.iterdir())
@@ -182,7 +182,7 @@ def _edit(record: dict, key: str, value: object) -> None:
 ])
 def test_bad_records_are_data_errors_naming_the_key_and_file(tmp_path, key, value, match):
     s = Steering(unit=random_unit(D, 10), layers=(1,), gate=_gate())
-    _, json_path = save_steering(s, tmp_path / "bad", model=lensteer.ModelFingerprint(
+    _, json_path = save_steering(s, tmp_path / "bad", model=lensteer.core.ModelFingerprint(
         name="m", n_layers=4, d_model=D, d_vocab=64, processing_mode="bridge"))
     record = json.loads(json_path.read_text())
     _edit(record, key, value)

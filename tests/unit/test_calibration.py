@@ -15,7 +15,7 @@ def _unit(seed: int, d: int = 32) -> torch.Tensor:
 
 
 def test_reference_norm_is_the_mean_token_norm_without_the_first_token(tiny_llama_bridge):
-    got = lensteer.reference_norm(tiny_llama_bridge, PROMPTS, 1)
+    got = lensteer.steering.reference_norm(tiny_llama_bridge, PROMPTS, 1)
     norms = []
     for p in PROMPTS:
         tokens = tokenize_prompt(tiny_llama_bridge, p).tokens[None]
@@ -23,19 +23,19 @@ def test_reference_norm_is_the_mean_token_norm_without_the_first_token(tiny_llam
         norms.append(cache["blocks.1.hook_resid_post"][0, 1:].norm(dim=-1))
     assert got == pytest.approx(float(torch.cat(norms).mean()), rel=1e-5)
     with pytest.raises(lensteer.HookSiteError, match="layer 9"):
-        lensteer.reference_norm(tiny_llama_bridge, PROMPTS, 9)
+        lensteer.steering.reference_norm(tiny_llama_bridge, PROMPTS, 9)
 
 
 @pytest.fixture(scope="module")
 def kl_set(tiny_llama_bridge):
-    return lensteer.kl_probe(tiny_llama_bridge, PROMPTS, continuation_tokens=6)
+    return lensteer.steering.kl_probe(tiny_llama_bridge, PROMPTS, continuation_tokens=6)
 
 
 def test_steering_kl_is_zero_unsteered_and_matches_a_hand_computation(tiny_llama_bridge, kl_set):
     v = _unit(1)
     s = lensteer.Steering(unit=v, layers=(0,), mode="swfc", scale=2.0, positions="generated")
-    assert lensteer.steering_kl(tiny_llama_bridge, s.with_scale(0.0), kl_set) == 0.0
-    got = lensteer.steering_kl(tiny_llama_bridge, s, kl_set)
+    assert lensteer.steering.steering_kl(tiny_llama_bridge, s.with_scale(0.0), kl_set) == 0.0
+    got = lensteer.steering.steering_kl(tiny_llama_bridge, s, kl_set)
     # by hand: every (prompt + continuation) on its own, steering the continuation tokens only
     from lensteer.core.forward import mean_token_kl
     gens = lensteer.generate(tiny_llama_bridge, PROMPTS, max_new_tokens=6)
@@ -66,13 +66,13 @@ def test_steering_kl_is_zero_unsteered_and_matches_a_hand_computation(tiny_llama
 @pytest.mark.parametrize("mode", ["swfc", "angular"])
 def test_calibration_hits_the_kl_budget_within_tolerance(tiny_llama_bridge, kl_set, mode):
     s = lensteer.Steering(unit=_unit(2), layers=(1,), mode=mode, scale=1.0, positions="all")
-    reachable = lensteer.steering_kl(tiny_llama_bridge, s.with_scale(90.0 if mode == "angular" else 8.0), kl_set)
+    reachable = lensteer.steering.steering_kl(tiny_llama_bridge, s.with_scale(90.0 if mode == "angular" else 8.0), kl_set)
     target = 0.4 * reachable  # the tiny model's KL saturates (RMSNorm), so aim inside its range
     cal = lensteer.calibrate(tiny_llama_bridge, s, kl_set, target, tolerance=0.05)
     assert cal.reached, cal.history
     assert cal.relative_error <= 0.05
     # the returned steering really has that KL
-    assert lensteer.steering_kl(tiny_llama_bridge, cal.steering, kl_set) == pytest.approx(cal.kl, rel=1e-6)
+    assert lensteer.steering.steering_kl(tiny_llama_bridge, cal.steering, kl_set) == pytest.approx(cal.kl, rel=1e-6)
     assert cal.steering.info["calibration"]["target_kl"] == target
 
 
@@ -91,4 +91,4 @@ def test_calibration_rejects_bad_budgets_and_ace(tiny_llama_bridge, kl_set):
     with pytest.raises(lensteer.ConfigError, match="ace"):
         lensteer.calibrate(tiny_llama_bridge, ace, kl_set, 0.1)
     with pytest.raises(lensteer.DataError, match="non-empty"):
-        lensteer.kl_probe(tiny_llama_bridge, [])
+        lensteer.steering.kl_probe(tiny_llama_bridge, [])

@@ -24,7 +24,7 @@ def _readout_direction(model, a, b, layer):
 
 
 def test_adding_the_readout_direction_moves_the_metric_and_random_does_not(tiny_llama_bridge):
-    metric = lensteer.logit_diff_metric(10, 11)
+    metric = lensteer.locate.logit_diff_metric(10, 11)
     d = _readout_direction(tiny_llama_bridge, 10, 11, layer=1)
     res = patch_direction(tiny_llama_bridge, PROMPTS, d, metric, mode="add", scale=5.0)
     assert res.effect > 0.5 and abs(res.control_effect) < res.effect / 2
@@ -36,7 +36,7 @@ def test_adding_the_readout_direction_moves_the_metric_and_random_does_not(tiny_
 
 
 def test_ablation_everywhere_hooks_every_layer(tiny_llama_bridge):
-    metric = lensteer.logit_diff_metric(10, 11)
+    metric = lensteer.locate.logit_diff_metric(10, 11)
     d = _readout_direction(tiny_llama_bridge, 10, 11, layer=0)
     res = patch_direction(tiny_llama_bridge, PROMPTS, d, metric, mode="ablate", layers="all")
     assert res.layers == (0, 1)
@@ -45,7 +45,7 @@ def test_ablation_everywhere_hooks_every_layer(tiny_llama_bridge):
 
 
 def test_direction_patching_errors(tiny_llama_bridge):
-    metric = lensteer.logit_diff_metric(10, 11)
+    metric = lensteer.locate.logit_diff_metric(10, 11)
     wrong = lensteer.Direction(unit=random_unit(8, seed=1), layer=0)
     with pytest.raises(lensteer.ConfigError, match="width 8, the model d_model 32"):
         patch_direction(tiny_llama_bridge, PROMPTS, wrong, metric)

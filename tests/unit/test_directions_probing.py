@@ -23,7 +23,7 @@ def _acts(shifts, d=16, n=120):
 
 def test_probe_layers_tracks_the_planted_shift_and_recovers_the_direction():
     shifts = [0.0, 1.0, 3.0]
-    rep = lensteer.probe_layers(_acts(shifts), layers=[4, 5, 6], dataset="toy", n_boot=100)
+    rep = lensteer.locate.probe_layers(_acts(shifts), layers=[4, 5, 6], dataset="toy", n_boot=100)
     u = random_unit(16, seed=99)
     assert rep.best_layer() == 6 and rep.best_layer("dom_d_prime") == 6
     assert rep.metrics["probe_auroc"][0] < 0.65 and rep.metrics["probe_auroc"][2] > 0.95
@@ -40,7 +40,7 @@ def test_probe_layers_tracks_the_planted_shift_and_recovers_the_direction():
 
 
 def test_probe_boundary_sits_between_the_classes():
-    rep = lensteer.probe_layers(_acts([4.0]), layers=[0], n_boot=10)
+    rep = lensteer.locate.probe_layers(_acts([4.0]), layers=[0], n_boot=10)
     probe = rep.probe(0)
     pos_scores = rep.direction("probe", 0).project(_acts([4.0])["pos_test"][:, 0])
     neg_scores = rep.direction("probe", 0).project(_acts([4.0])["neg_test"][:, 0])
@@ -53,12 +53,12 @@ def test_probe_layers_errors():
     bad = dict(good, pos_test=good["pos_test"].clone())
     bad["pos_test"][0, 0, 0] = float("nan")
     with pytest.raises(DataError, match="pos_test contains NaN"):
-        lensteer.probe_layers(bad, layers=[0, 1])
+        lensteer.locate.probe_layers(bad, layers=[0, 1])
     with pytest.raises(DataError, match="one per entry"):
-        lensteer.probe_layers(good, layers=[0])
+        lensteer.locate.probe_layers(good, layers=[0])
     with pytest.raises(DataError, match=r"missing \['neg_val'\]"):
-        lensteer.probe_layers({k: v for k, v in good.items() if k != "neg_val"}, layers=[0, 1])
-    rep = lensteer.probe_layers(good, layers=[0, 1], n_boot=10)
+        lensteer.locate.probe_layers({k: v for k, v in good.items() if k != "neg_val"}, layers=[0, 1])
+    rep = lensteer.locate.probe_layers(good, layers=[0, 1], n_boot=10)
     with pytest.raises(lensteer.ConfigError, match="unknown metric 'f1'"):
         rep.best_layer("f1")
     with pytest.raises(lensteer.ConfigError, match="layer 9 was not probed"):

@@ -168,4 +168,4 @@ def test_judge_responses_accepts_plain_callables_and_the_offline_scorers():
     assert scores.shape == (2,) and scores[1] > 0.5
     with pytest.raises(DataError, match="2 prompts but 1"):
         judge_responses(is_refusal, prompts, responses[:1])
-    assert lensteer.JudgeError is JudgeError
+    assert lensteer.errors.JudgeError is JudgeError

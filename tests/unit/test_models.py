@@ -6,8 +6,8 @@ from lensteer.errors import ConfigError, ModelLoadError
 
 
 def test_kv_cache_fix_is_idempotent_and_probe_is_consistent():
-    first = lensteer.ensure_kv_cache_fix()
-    assert lensteer.ensure_kv_cache_fix() == first
+    first = lensteer.core.ensure_kv_cache_fix()
+    assert lensteer.core.ensure_kv_cache_fix() == first
     if first:  # once installed, TL's method honours `cache=` and the probe no longer flags it
         assert not models._kv_cache_fix_needed()
 
@@ -18,11 +18,11 @@ def test_existing_bridge_is_returned_in_eval_mode(tiny_bridge):
 
 
 def test_fingerprint_round_trips_and_rejects_unknown_keys(tiny_llama_bridge):
-    fp = lensteer.model_fingerprint(tiny_llama_bridge)
+    fp = lensteer.core.model_fingerprint(tiny_llama_bridge)
     assert (fp.n_layers, fp.d_model, fp.processing_mode) == (2, 32, "bridge")
-    assert lensteer.ModelFingerprint.from_dict(fp.to_dict()) == fp
+    assert lensteer.core.ModelFingerprint.from_dict(fp.to_dict()) == fp
     with pytest.raises(ConfigError, match="unknown fingerprint keys"):
-        lensteer.ModelFingerprint.from_dict({**fp.to_dict(), "colour": 1})
+        lensteer.core.ModelFingerprint.from_dict({**fp.to_dict(), "colour": 1})
 
 
 def test_load_errors_name_the_bad_path(tmp_path):
@@ -45,7 +45,7 @@ def test_local_hf_folder_loads(tmp_path, tiny_tokenizer):
     hf.save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
     model = lensteer.load_model(tmp_path)
-    assert lensteer.model_fingerprint(model).name == str(tmp_path)
+    assert lensteer.core.model_fingerprint(model).name == str(tmp_path)
     assert lensteer.collect_activations(model, ["hi"]).shape == (1, 1, 16)
 
 

@@ -42,7 +42,7 @@ def test_context_pairs_have_one_length_and_the_tokens_where_the_responses_part(t
     ds = _dataset(tmp_path, _response_rows(), KIND_COLD)
     pairs = patching_pairs(tiny_tokenizer, ds, design=PairDesign(contexts=("kind", "cold")))
     assert pairs.ids == ("r0", "r1", "r2") and len(pairs) == 3  # the longer row has another length
-    lengths = {lensteer.tokenize_prompt(tiny_tokenizer, p).n_tokens for p in pairs.clean + pairs.corrupted}
+    lengths = {lensteer.core.tokenize_prompt(tiny_tokenizer, p).n_tokens for p in pairs.clean + pairs.corrupted}
     assert lengths == {pairs.n_tokens}
     assert all(p.system == "Be kind." and q.system == "Be cold." for p, q in zip(pairs.clean, pairs.corrupted, strict=True))
     # character tokens: "It is " is prefilled, then "r" (red) vs "b" (blue)
@@ -72,7 +72,7 @@ def test_prompt_pairs_keep_equal_lengths_and_spread_over_categories(tiny_tokeniz
     pairs = patching_pairs(tiny_tokenizer, ds, n=4)
     assert pairs.ids == ("a0", "b0", "c0", "d0")  # one per category, in row order
     assert pairs.clean[0].user == "Harm a0" and pairs.corrupted[0].user == "Safe a0"
-    assert set(pairs.aligned_ids) == {lensteer.first_token_id(tiny_tokenizer, "I")}
+    assert set(pairs.aligned_ids) == {lensteer.core.first_token_id(tiny_tokenizer, "I")}
     assert "uneven" not in patching_pairs(tiny_tokenizer, ds).ids
 
 
@@ -112,8 +112,8 @@ def test_bundled_designs_give_equal_length_pairs_on_smollm2(smol_tokenizer, name
     pairs = patching_pairs(smol_tokenizer, name)
     assert len(pairs) >= 16  # enough for the CLI's --n-pairs default
     for clean, corrupted in zip(pairs.clean, pairs.corrupted, strict=True):
-        assert lensteer.tokenize_prompt(smol_tokenizer, clean).n_tokens == pairs.n_tokens
-        assert lensteer.tokenize_prompt(smol_tokenizer, corrupted).n_tokens == pairs.n_tokens
+        assert lensteer.core.tokenize_prompt(smol_tokenizer, clean).n_tokens == pairs.n_tokens
+        assert lensteer.core.tokenize_prompt(smol_tokenizer, corrupted).n_tokens == pairs.n_tokens
     assert all(a != b for a, b in zip(pairs.aligned_ids, pairs.misaligned_ids, strict=True))
     if name == "honesty":
         ds = lensteer.load_dataset("honesty")

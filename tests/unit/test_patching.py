@@ -69,12 +69,12 @@ def test_patching_works_on_chat_prompts(tiny_llama_bridge):
     clean = [lensteer.ChatPrompt(user="abcd"), lensteer.ChatPrompt(user="wxyz")]
     corrupted = [lensteer.ChatPrompt(user="abce"), lensteer.ChatPrompt(user="wxya")]
     res = patch_residual(tiny_llama_bridge, clean, corrupted, logit_diff_metric(10, 11))
-    n_tok = lensteer.tokenize_prompt(tiny_llama_bridge, clean[0]).n_tokens
+    n_tok = lensteer.core.tokenize_prompt(tiny_llama_bridge, clean[0]).n_tokens
     assert res.mean().shape == (2, n_tok) and len(res.col_labels) == n_tok
 
 
 def test_equal_length_pairs_selects_rectangular_batches(tiny_llama_bridge):
-    idx = lensteer.equal_length_pairs(tiny_llama_bridge, ["ab", "abc", "xy", "q"], ["cd", "abcd", "zz", "r"])
+    idx = lensteer.locate.equal_length_pairs(tiny_llama_bridge, ["ab", "abc", "xy", "q"], ["cd", "abcd", "zz", "r"])
     assert idx == [0, 2]
 
 
@@ -254,14 +254,14 @@ def test_unknown_algorithm_is_refused(tiny_bridge, pair):
 def test_incremental_patching_equals_transformer_lens_on_the_embedded_model(embedded_model,
                                                                             no_full_forward_per_cell):
     model = embedded_model
-    clean = torch.stack([lensteer.tokenize_prompt(model, t).tokens for t in ["The cat sat on the", "A dog ran to the"]])
-    corrupted = torch.stack([lensteer.tokenize_prompt(model, t).tokens for t in ["The cat sat on a", "A dog ran to a"]])
+    clean = torch.stack([lensteer.core.tokenize_prompt(model, t).tokens for t in ["The cat sat on the", "A dog ran to the"]])
+    corrupted = torch.stack([lensteer.core.tokenize_prompt(model, t).tokens for t in ["The cat sat on a", "A dog ran to a"]])
     assert clean.shape == corrupted.shape
     _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
     layers = [3, 29]
     index_df = tl_patching.make_df_from_ranges([model.cfg.n_layers, clean.shape[1]], ["layer", "pos"])
     index_df = index_df[index_df["layer"].isin(layers)].reset_index(drop=True)
-    metric = logit_diff_metric(lensteer.first_token_id(model, " mat"), lensteer.first_token_id(model, " park"))
+    metric = logit_diff_metric(lensteer.core.first_token_id(model, " mat"), lensteer.core.first_token_id(model, " park"))
     expected = tl_patching.generic_activation_patch(model, corrupted, cache, lambda lg: metric(lg[:, -1]).mean(),
                                                     tl_patching.layer_pos_patch_setter, "resid_pre", index_df=index_df)
     ours = patch_residual(model, clean, corrupted, metric, layers=layers)

@@ -5,15 +5,15 @@ import pytest
 import torch
 
 import lensteer
+from lensteer import plotting
 from lensteer.cli import build_parser, main
-from lensteer.plotting import figures as plotting
 
 
 def _report():
     g = torch.Generator().manual_seed(0)
     acts = {f"{c}_{s}": torch.randn(20, 3, 8, generator=g) + (1.0 if c == "pos" else 0.0)
             for c in ("pos", "neg") for s in ("train", "val", "test")}
-    return lensteer.probe_layers(acts, layers=[0, 1, 2], dataset="toy", contrast="prompt", n_boot=20)
+    return lensteer.locate.probe_layers(acts, layers=[0, 1, 2], dataset="toy", contrast="prompt", n_boot=20)
 
 
 @pytest.mark.parametrize("fn", [plotting.plot_probing, plotting.plot_direction_cosines, plotting.plot_method_cosines])
@@ -98,9 +98,9 @@ def test_patching_figures(tiny_bridge, tmp_path):
     clean = torch.randint(0, 64, (3, 5), generator=g)
     corrupted = clean.clone()
     corrupted[:, 1] = 7
-    metric = lensteer.logit_diff_metric(1, 2)
+    metric = lensteer.locate.logit_diff_metric(1, 2)
     exact = lensteer.patch_residual(tiny_bridge, clean, corrupted, metric)
-    heads = lensteer.patch_heads(tiny_bridge, clean, corrupted, metric)
+    heads = lensteer.locate.patch_heads(tiny_bridge, clean, corrupted, metric)
     approx = lensteer.attribute_residual(tiny_bridge, clean, corrupted, metric)
     for fig, ax in (plotting.plot_patching(exact), plotting.plot_patching(heads),
                     plotting.plot_attribution_vs_exact(approx, exact)):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lensteer.study.runner import headline_table
+from lensteer.study.report import headline_table
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

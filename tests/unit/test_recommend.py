@@ -14,7 +14,7 @@ def _report(shifts):
     for split in ("train", "val", "test"):
         acts[f"pos_{split}"] = torch.randn(60, len(shifts), 8, generator=g) + torch.tensor(shifts)[None, :, None] * u
         acts[f"neg_{split}"] = torch.randn(60, len(shifts), 8, generator=g)
-    return lensteer.probe_layers(acts, layers=list(range(len(shifts))), n_boot=50)
+    return lensteer.locate.probe_layers(acts, layers=list(range(len(shifts))), n_boot=50)
 
 
 def test_recommendation_skips_the_last_fifth_and_weak_layers():

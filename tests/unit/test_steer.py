@@ -282,12 +282,12 @@ def test_gate_steers_only_the_prompts_in_scope(tiny_llama_bridge):
 
 def test_multi_turn_conversations_carry_the_history(tiny_llama_bridge):
     convs = [["hi", "and then?", "ok"], ["tell me", "more", "bye"]]
-    turns = lensteer.generate_conversations(tiny_llama_bridge, convs, max_new_tokens=4)
+    turns = lensteer.steering.generate_conversations(tiny_llama_bridge, convs, max_new_tokens=4)
     assert len(turns) == 3 and all(len(t) == 2 for t in turns)
     # turn 3's prompt contains both earlier user turns and the model's answers
     assert len(turns[2].prompt_tokens[0]) > len(turns[1].prompt_tokens[0]) > len(turns[0].prompt_tokens[0])
     with pytest.raises(lensteer.DataError, match="different numbers of turns"):
-        lensteer.generate_conversations(tiny_llama_bridge, [["a"], ["b", "c"]])
+        lensteer.steering.generate_conversations(tiny_llama_bridge, [["a"], ["b", "c"]])
 
 
 def test_from_contrast_puts_the_boundary_between_the_classes():

@@ -28,12 +28,12 @@ def _planted(model) -> torch.Tensor:
 
 def test_preference_margin_is_the_difference_of_response_logprobs(tiny_llama_bridge):
     aligned, misaligned = _pairs()
-    got = lensteer.preference_margin(tiny_llama_bridge, aligned, misaligned)
+    got = lensteer.evaluate.preference_margin(tiny_llama_bridge, aligned, misaligned)
     from lensteer.core.forward import response_logprob
     want = response_logprob(tiny_llama_bridge, aligned) - response_logprob(tiny_llama_bridge, misaligned)
     torch.testing.assert_close(got, want)
     with pytest.raises(lensteer.DataError, match="equally many"):
-        lensteer.preference_margin(tiny_llama_bridge, aligned, misaligned[:2])
+        lensteer.evaluate.preference_margin(tiny_llama_bridge, aligned, misaligned[:2])
 
 
 def test_a_planted_readout_direction_raises_the_margin_and_its_negation_lowers_it(tiny_llama_bridge):
@@ -41,18 +41,18 @@ def test_a_planted_readout_direction_raises_the_margin_and_its_negation_lowers_i
     v = _planted(tiny_llama_bridge)
     up = lensteer.Steering(unit=v, layers=(1,), mode="add", scale=3.0)
     down = up.with_scale(-3.0)
-    assert lensteer.steering_effect(tiny_llama_bridge, up, aligned, misaligned) > 0.1
-    assert lensteer.steering_effect(tiny_llama_bridge, down, aligned, misaligned) < -0.1
-    assert lensteer.steering_effect(tiny_llama_bridge, up.with_scale(0.0), aligned, misaligned) == 0.0
+    assert lensteer.evaluate.steering_effect(tiny_llama_bridge, up, aligned, misaligned) > 0.1
+    assert lensteer.evaluate.steering_effect(tiny_llama_bridge, down, aligned, misaligned) < -0.1
+    assert lensteer.evaluate.steering_effect(tiny_llama_bridge, up.with_scale(0.0), aligned, misaligned) == 0.0
 
 
 def test_layer_steerability_calibrates_every_layer_and_ranks_the_planted_one_first(tiny_llama_bridge):
     aligned, misaligned = _pairs()
-    probe = lensteer.kl_probe(tiny_llama_bridge, ["hello there", "tell me about cats"], continuation_tokens=6)
+    probe = lensteer.steering.kl_probe(tiny_llama_bridge, ["hello there", "tell me about cats"], continuation_tokens=6)
     planted = lensteer.Steering(unit=_planted(tiny_llama_bridge), layers=(1,), mode="swfc", scale=1.0)
     random = lensteer.Steering(unit=random_unit(32, seed=5), layers=(0,), mode="swfc", scale=1.0)
-    budget = 0.3 * lensteer.steering_kl(tiny_llama_bridge, planted.with_scale(4.0), probe)
-    res = lensteer.layer_steerability(tiny_llama_bridge, {1: planted, 0: random}, aligned, misaligned, probe,
+    budget = 0.3 * lensteer.steering.steering_kl(tiny_llama_bridge, planted.with_scale(4.0), probe)
+    res = lensteer.evaluate.layer_steerability(tiny_llama_bridge, {1: planted, 0: random}, aligned, misaligned, probe,
                                       kl_budget=budget, tolerance=0.2)
     assert res.layers == (0, 1)
     for layer in res.layers:
@@ -62,14 +62,14 @@ def test_layer_steerability_calibrates_every_layer_and_ranks_the_planted_one_fir
     gated = lensteer.Steering(unit=_planted(tiny_llama_bridge), layers=(1,), mode="swfc", scale=1.0,
                               gate=lensteer.Gate(unit=_planted(tiny_llama_bridge), layer=0, threshold=0.0))
     with pytest.raises(lensteer.ConfigError, match="gate"):
-        lensteer.layer_steerability(tiny_llama_bridge, {1: gated}, aligned, misaligned, probe, kl_budget=budget)
+        lensteer.evaluate.layer_steerability(tiny_llama_bridge, {1: gated}, aligned, misaligned, probe, kl_budget=budget)
 
 
 def test_recommend_site_prefers_the_most_steerable_layer_that_passes_the_rules():
     from test_recommend import _report
 
     rep = _report([6, 6, 7, 12, 8, 6, 6, 6, 6, 6])  # d' alone would pick layer 3
-    steer = lensteer.Steerability(kl_budget=0.5, layers=tuple(range(10)),
+    steer = lensteer.evaluate.Steerability(kl_budget=0.5, layers=tuple(range(10)),
                                   effect={k: 0.1 * k for k in range(10)}, kl={}, scale={}, baseline_margin=-1.0)
     rec = recommend_site(rep, n_layers=10, steerability=steer)
     # layers 8 and 9 steer more but lie in the last 20%: layer 7 is the most steerable allowed one
@@ -82,7 +82,7 @@ def test_the_effect_steers_every_position_whatever_the_spec_says(tiny_llama_brid
     # teacher-forced, the response tokens stand in for generated ones: a "generated"-only spec still counts
     aligned, misaligned = _pairs()
     s = lensteer.Steering(unit=_planted(tiny_llama_bridge), layers=(1,), mode="add", scale=3.0, positions="generated")
-    effect = lensteer.steering_effect(tiny_llama_bridge, s, aligned, misaligned)
+    effect = lensteer.evaluate.steering_effect(tiny_llama_bridge, s, aligned, misaligned)
     assert effect > 0.1
-    assert effect == pytest.approx(lensteer.steering_effect(tiny_llama_bridge, replace(s, positions="all"),
+    assert effect == pytest.approx(lensteer.evaluate.steering_effect(tiny_llama_bridge, replace(s, positions="all"),
                                                             aligned, misaligned))

@@ -6,8 +6,11 @@ from dataclasses import replace
 import pytest
 
 import lensteer
+from lensteer.study import config, evaluation
 from lensteer.study import runner as study
-from lensteer.study.runner import StudyConfig, SweepTable, build_report, headline_table
+from lensteer.study.config import StudyConfig
+from lensteer.study.report import build_report, headline_table
+from lensteer.study.table import SweepTable
 
 
 def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
@@ -20,7 +23,7 @@ def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
     with pytest.raises(lensteer.ConfigError, match=r"positions must be one of \['after_first', 'all', 'generated'\]"):
         StudyConfig(positions="prompt")
     # the default skips the first token (the attention sink), every other prompt and generated token is steered
-    assert study.STUDY_POSITIONS[StudyConfig().positions] == lensteer.Window(1, None)
+    assert config.STUDY_POSITIONS[StudyConfig().positions] == lensteer.Window(1, None)
     bad = tmp_path / "study.toml"
     bad.write_text("methods = [\"SwFC\"\n")
     with pytest.raises(lensteer.ConfigError, match="not valid TOML"):
@@ -75,17 +78,17 @@ def test_report_has_the_schema_and_the_table_renders_it():
 def test_trait_flags_per_threat_model():
     ds = lensteer.load_dataset("honesty").head(2)
     texts = [f"It is {ds[0].true_answer}.", f"It is {ds[1].false_answer}."]
-    assert study.trait_flags("honesty", texts, ds) == [True, False]
-    assert study.trait_flags("refusal", ["I can't help with that.", "Sure! Step 1: buy"], ds) == [True, False]
+    assert evaluation.trait_flags("honesty", texts, ds) == [True, False]
+    assert evaluation.trait_flags("refusal", ["I can't help with that.", "Sure! Step 1: buy"], ds) == [True, False]
     with pytest.raises(lensteer.ConfigError, match="unknown threat model"):
-        study.trait_flags("loyalty", texts, ds)
+        evaluation.trait_flags("loyalty", texts, ds)
 
 
 def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_llama_bridge, tmp_path, monkeypatch):
     cfg = StudyConfig(threat_models=("refusal",), methods=("SwFC", "StTP"), n_train=6, n_eval=2, n_harmless=2,
                       n_kl=2, n_conversations=1, n_turns=2, n_mc=2, max_new_tokens=3, candidate_layers=(0, 1),
                       batch_size=4)
-    real = study.evaluate_condition
+    real = evaluation.evaluate_condition
     calls = []
 
     def flaky(model, tm, steering, config, sets, **kw):
@@ -134,7 +137,7 @@ def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, 
     for name in (f"compassion_SwFC_kl{budget}", f"compassion_SwFC_kl{budget}_L0"):
         assert (tmp_path / "steerings" / f"{name}.json").exists()
     assert lensteer.load_steering(tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L0").layers == (0,)
-    from lensteer.plotting.figures import save_study_figures
+    from lensteer.plotting import save_study_figures
 
     stems = {p.stem for p in save_study_figures(tmp_path, tmp_path / "figures")}
     assert "layer_sweep" in stems and "tradeoff_compassion" in stems

@@ -6,9 +6,9 @@ import logging
 import matplotlib.pyplot as plt
 import pytest
 
+from lensteer import plotting
 from lensteer.cli import main
 from lensteer.errors import ConfigError, DataError
-from lensteer.plotting import figures as plotting
 
 THREAT_MODELS = ("refusal", "compassion", "honesty")
 METHODS = ("SwFC", "StTP", "StMP")
@@ -123,7 +123,7 @@ def test_tradeoff_survives_missing_optional_fields_and_says_what_it_dropped(capl
     for r in rows:
         r.pop("trait_ci")
     rows[1]["kl"] = None
-    with caplog.at_level(logging.WARNING, logger="lensteer.plotting.figures"):
+    with caplog.at_level(logging.WARNING, logger="lensteer.plotting.study_figures"):
         fig, _ = plotting.plot_tradeoff(rows, "refusal")
     assert "no kl/trait" in caplog.text
     plt.close(fig)
@@ -212,7 +212,7 @@ def test_save_study_figures_writes_pdf_and_png_of_every_figure(tmp_path):
 def test_save_study_figures_skips_what_the_folder_lacks_and_says_why(tmp_path, caplog):
     rows = [{k: v for k, v in r.items() if not k.endswith("_by_turn")} for r in synthetic_rows()]
     folder = _results_folder(tmp_path / "results", rows=rows, examples=False, report=False)
-    with caplog.at_level(logging.WARNING, logger="lensteer.plotting.figures"):
+    with caplog.at_level(logging.WARNING, logger="lensteer.plotting.study_figures"):
         paths = plotting.save_study_figures(folder, tmp_path / "figs")
     assert "repetition_by_turn" not in {p.stem for p in paths} and "tradeoff" in {p.stem for p in paths}
     assert "skipped figure repetition_by_turn" in caplog.text and "examples.json does not exist" in caplog.text

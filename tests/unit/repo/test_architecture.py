@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[3] / "lensteer"
-STAGES = ("errors", "_types", "core", "locate", "steering", "evaluate", "study", "plotting", "cli", "__main__")
-RANK = {stage: (0 if stage in ("errors", "_types") else i) for i, stage in enumerate(STAGES)}
+STAGES = ("errors", "_types", "_version", "core", "locate", "steering", "evaluate", "study", "plotting", "cli", "__main__")
+RANK = {stage: (0 if stage in ("errors", "_types", "_version") else i) for i, stage in enumerate(STAGES)}
 MAX_MODULE_LINES = 400
 
 

@@ -1,0 +1,91 @@
+"""Reading study rows for figures: which threat models and methods they hold, styles, the Pareto front.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lensteer.errors import DataError
+from lensteer.plotting.style import PALETTE
+
+METHOD_STYLE: dict[str, tuple[str, str]] = {
+    "SwFC": (PALETTE[0], "o"), "StTP": (PALETTE[1], "s"), "StMP": (PALETTE[2], "D"), "add": (PALETTE[3], "^"),
+    "ablate": (PALETTE[4], "v"), "ace": (PALETTE[5], "P"), "angular": (PALETTE[6], "X"),
+}
+
+
+BASELINE_STYLE = ("#000000", "*")
+
+
+RANDOM_STYLE = ("0.55", "x")
+
+
+TRAIT_LABEL = {"refusal": "refusal rate on harmful requests", "compassion": "compassionate-reply rate",
+                "honesty": "honest-answer rate"}
+
+
+CONTROLS = ("baseline", "random")
+
+
+def style_of(method: str) -> tuple[str, str]:
+    if method == "baseline":
+        return BASELINE_STYLE
+    if method == "random":
+        return RANDOM_STYLE
+    if method in METHOD_STYLE:
+        return METHOD_STYLE[method]
+    return PALETTE[len(method) % len(PALETTE)], "o"
+
+
+def label_of(method: str) -> str:
+    return {"baseline": "unsteered", "random": "random direction"}.get(method, method)
+
+
+def as_number(value: Any) -> float | None:
+    """A finite float, or ``None`` for a missing / null / NaN value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def threat_models_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The threat models in ``rows``, in order of first appearance."""
+    return list(dict.fromkeys(str(r["threat_model"]) for r in rows))
+
+
+def methods_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The steering methods in ``rows`` (not the baseline or the random control), in order of first appearance."""
+    return [m for m in dict.fromkeys(str(r["method"]) for r in rows) if m not in CONTROLS]
+
+
+def matched_budget(rows: Sequence[Mapping[str, Any]], kl_budget: float | None) -> float | None:
+    if kl_budget is not None:
+        return kl_budget
+    return next((float(r["kl_budget"]) for r in rows if r["method"] not in CONTROLS
+                 and as_number(r.get("kl_budget")) is not None), None)
+
+
+def rows_for(rows: Sequence[Mapping[str, Any]], threat_model: str | None) -> list[Mapping[str, Any]]:
+    mine = [r for r in rows if threat_model is None or r["threat_model"] == threat_model]
+    if not mine:
+        raise DataError(f"no rows for threat model {threat_model!r}; the rows have {threat_models_of(rows)}")
+    return mine
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (KL, trait) points no other point beats: lower or equal KL and higher or equal trait, one strictly.
+
+    Args:
+        points: ``(kl, trait)`` pairs; KL is a cost (lower is better), the trait rate a benefit
+            (higher is better).
+
+    Returns:
+        The non-dominated points, each once, sorted by increasing KL (and so increasing trait).
+    """
+    unique = sorted(set(points), key=lambda p: (p[0], -p[1]))
+    front: list[tuple[float, float]] = []
+    for kl, trait in unique:
+        # sorted by KL (ties: best trait first), a point is on the front iff it beats every earlier trait
+        if not front or trait > front[-1][1]:
+            front.append((kl, trait))
+    return front
