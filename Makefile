@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env demo test lint bench figures clean
+.PHONY: env demo test unit lint bench figures notebooks clean
 
 env: $(STAMP)
 
@@ -27,8 +27,18 @@ demo: env
 test: env
 	$(VENV)/bin/ruff check lensteer tests benchmarks scripts
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q --durations=10 tests/unit
+	$(PY) -m pytest -q --durations=10 tests/integration
 	LENSTEER_SMOKE=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/
+
+# Unit tests alone: tiny random models, never the embedded one (~1-2 min on 2 cores).
+unit: env
+	$(PY) -m pytest -q tests/unit
+
+# Opens Jupyter on notebooks/ with the package's environment (installs the `notebooks` extra once).
+notebooks: env
+	$(PY) -m pip install -q -e ".[notebooks]"
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 lint: env
 	$(VENV)/bin/ruff check lensteer tests benchmarks scripts

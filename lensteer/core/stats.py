@@ -71,3 +71,15 @@ def rate_with_ci(flags: Sequence[bool], *, n_boot: int = 1000, level: float = 0.
     x = torch.tensor([float(bool(f)) for f in flags])
     low, high = bootstrap_ci(lambda a, _b: float(a.mean()), x, x[:1], n_boot=n_boot, level=level, seed=seed)
     return Rate(value=float(x.mean()), low=low, high=high, n=len(x))
+
+
+def bootstrap_mean_ci(values: Float[torch.Tensor, " n"], *, n_boot: int = 1000, level: float = 0.95,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one sample, resampled with replacement)."""
+    if values.numel() == 0:
+        raise DataError("bootstrap_mean_ci needs at least one value")
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(values), (n_boot, len(values)), generator=gen)
+    means = values[idx].mean(-1)
+    alpha = (1 - level) / 2
+    return float(means.quantile(alpha)), float(means.quantile(1 - alpha))

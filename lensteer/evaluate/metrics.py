@@ -1,7 +1,7 @@
 """Coherence and capability metrics: KL to the base model, perplexity, repetition, multiple choice.
 
 All are plain functions; the ones on text are pure. Rates come with percentile-bootstrap intervals
-that resample responses (prompts), as ``../shared/docs/SCIENCE.md`` §4.5 asks.
+that resample responses (prompts); see ``docs/methods.md`` (statistics).
 
 Repetition is measured on **words** (lower-cased ``[a-z0-9']+`` runs), not model tokens, so numbers
 are comparable across models and tokenizers and match how a reader sees a loop.

@@ -10,9 +10,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Int
 
-from lensteer.core.chat import ChatPrompt
 from lensteer.core.forward import last_logits
 from lensteer.core.sites import residual_stream_names, resolve_sites
 from lensteer.errors import ConfigError
@@ -20,6 +18,7 @@ from lensteer.locate.patching_base import (
     Metric,
     PatchDirection,
     PatchingError,
+    PatchInputs,
     PatchResult,
     cache_source,
     head_hooks,
@@ -33,8 +32,8 @@ AttributionMethod = Literal["atp", "atp*"]
 
 def attribute_residual(
     model: Any,
-    clean: "Sequence[str | ChatPrompt] | Int[torch.Tensor, 'n_examples pos']",
-    corrupted: "Sequence[str | ChatPrompt] | Int[torch.Tensor, 'n_examples pos']",
+    clean: PatchInputs,
+    corrupted: PatchInputs,
     metric: Metric,
     *,
     site: str = "resid_pre",
@@ -119,8 +118,8 @@ def _gradients(model: Any, target: torch.Tensor, names: Sequence[str], metric: M
 
 def attribute_heads(
     model: Any,
-    clean: "Sequence[str | ChatPrompt] | Int[torch.Tensor, 'n_examples pos']",
-    corrupted: "Sequence[str | ChatPrompt] | Int[torch.Tensor, 'n_examples pos']",
+    clean: PatchInputs,
+    corrupted: PatchInputs,
     metric: Metric,
     *,
     layers: Sequence[int] | None = None,

@@ -14,6 +14,7 @@ from jaxtyping import Float
 from lensteer.core.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
 from lensteer.core.forward import kl_divergence, last_logits
 from lensteer.core.sites import resolve_sites
+from lensteer.core.stats import bootstrap_mean_ci
 from lensteer.core.vectors import ablate_direction, add_direction
 from lensteer.errors import ConfigError, DataError
 from lensteer.locate.patching_base import Metric, evaluate_metric
@@ -50,11 +51,7 @@ class DirectionPatchResult:
 
     def effect_ci(self, *, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
         """95% bootstrap interval of :attr:`effect`, resampling prompts."""
-        diffs = self.patched - self.baseline
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randint(0, len(diffs), (n_boot, len(diffs)), generator=gen)
-        means = diffs[idx].mean(-1)
-        return float(means.quantile(0.025)), float(means.quantile(0.975))
+        return bootstrap_mean_ci(self.patched - self.baseline, n_boot=n_boot, seed=seed)
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "layers": list(self.layers), "site": self.site, "scale": self.scale,

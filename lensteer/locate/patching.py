@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Int
 from tqdm.auto import tqdm
 
-from lensteer.core.chat import ChatPrompt
 from lensteer.core.forward import unembed
 from lensteer.core.sites import head_hook_name, hook_name, resolve_sites
 from lensteer.errors import ConfigError
@@ -32,6 +30,7 @@ from lensteer.locate.patching_base import (
     Metric,
     PatchDirection,
     PatchingError,
+    PatchInputs,
     PatchResult,
     cache_source,
     checked_metric,
@@ -199,10 +198,30 @@ def _incremental(model: Any, source: torch.Tensor, target: torch.Tensor, metric:
     return out
 
 
+def _patched_values(model: Any, source: torch.Tensor, target: torch.Tensor, metric: Metric, *, layers: list[int],
+                    names: list[str], site: str, kind: str, n_cols: int, max_rows: int, progress: bool,
+                    direction: str, algorithm: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Metric of every patched cell ``[n_cells, n_examples]`` (incremental when the model allows, else one
+    forward per cell), and the unpatched source and target metrics. Cells are layer-major; ``n_cols``
+    per layer: positions (``kind="position"``), heads (``"head"``) or one whole-layer column (``"layer"``)."""
+    _check_algorithm(algorithm)
+    values = None
+    if algorithm == "incremental":
+        values = _incremental(model, source, target, metric, layers=layers, site=site, kind=kind, max_rows=max_rows,
+                              progress=progress, direction=direction)
+    if values is None:
+        acts = cache_source(model, source, names, run_roles(direction)[0])
+        cells = [_Cell(name, col if kind == "position" else None, col if kind == "head" else None)
+                 for name in names for col in range(n_cols)]
+        values = _sweep(model, target, acts, cells, metric, max_rows, progress)
+    with torch.inference_mode():
+        return values, evaluate_metric(model, source, metric), evaluate_metric(model, target, metric)
+
+
 def patch_residual(
     model: Any,
-    clean: "Sequence[str | ChatPrompt] | Int[torch.Tensor, 'n_examples pos']",
-    corrupted: "Sequence[str | ChatPrompt] | Int[torch.Tensor, 'n_examples pos']",
+    clean: PatchInputs,
+    corrupted: PatchInputs,
     metric: Metric,
     *,
     site: str = "resid_pre",
@@ -233,20 +252,12 @@ def patch_residual(
         PatchingError: Different shapes or token lengths, a metric of the wrong shape, or NaN/Inf
             activations or metric values.
     """
-    _check_algorithm(algorithm)
     source, target = prepare_pair(model, clean, corrupted, direction)
     sites = resolve_sites(model, layers, site)
     n_pos = target.shape[1]
-    values = None
-    if algorithm == "incremental":
-        values = _incremental(model, source, target, metric, layers=[s.layer for s in sites], site=site,
-                              kind="position", max_rows=max_rows, progress=progress, direction=direction)
-    if values is None:
-        acts = cache_source(model, source, [s.name for s in sites], run_roles(direction)[0])
-        cells = [_Cell(s.name, p, None) for s in sites for p in range(n_pos)]
-        values = _sweep(model, target, acts, cells, metric, max_rows, progress)
-    with torch.inference_mode():
-        src_m, tgt_m = evaluate_metric(model, source, metric), evaluate_metric(model, target, metric)
+    values, src_m, tgt_m = _patched_values(
+        model, source, target, metric, layers=[s.layer for s in sites], names=[s.name for s in sites], site=site,
+        kind="position", n_cols=n_pos, max_rows=max_rows, progress=progress, direction=direction, algorithm=algorithm)
     return PatchResult(per_example=values.view(len(sites), n_pos, -1), source=src_m, target=tgt_m,
                        layers=tuple(s.layer for s in sites), site=site, kind="position", direction=direction,
                        col_labels=token_labels(model, source[0]))
@@ -262,18 +273,11 @@ def patch_layers(
     Arguments as in :func:`patch_residual`; ``"incremental"`` starts each recomputation at the
     patched layer and at the first position where the patched activation differs from the target's.
     """
-    _check_algorithm(algorithm)
     source, target = prepare_pair(model, clean, corrupted, direction)
     sites = resolve_sites(model, layers, site)
-    values = None
-    if algorithm == "incremental":
-        values = _incremental(model, source, target, metric, layers=[s.layer for s in sites], site=site,
-                              kind="layer", max_rows=max_rows, progress=progress, direction=direction)
-    if values is None:
-        acts = cache_source(model, source, [s.name for s in sites], run_roles(direction)[0])
-        values = _sweep(model, target, acts, [_Cell(s.name, None, None) for s in sites], metric, max_rows, progress)
-    with torch.inference_mode():
-        src_m, tgt_m = evaluate_metric(model, source, metric), evaluate_metric(model, target, metric)
+    values, src_m, tgt_m = _patched_values(
+        model, source, target, metric, layers=[s.layer for s in sites], names=[s.name for s in sites], site=site,
+        kind="layer", n_cols=1, max_rows=max_rows, progress=progress, direction=direction, algorithm=algorithm)
     return PatchResult(per_example=values.view(len(sites), 1, -1), source=src_m, target=tgt_m,
                        layers=tuple(s.layer for s in sites), site=site, kind="layer", direction=direction,
                        col_labels=("all positions",))
@@ -289,24 +293,11 @@ def patch_heads(
     Arguments as in :func:`patch_residual`; ``"incremental"`` runs each layer once with every head
     patched in its own batch rows, then recomputes only the layers above it.
     """
-    _check_algorithm(algorithm)
     source, target = prepare_pair(model, clean, corrupted, direction)
     layer_list, names, n_heads = head_hooks(model, layers)
-    values = None
-    if algorithm == "incremental":
-        values = _incremental(model, source, target, metric, layers=layer_list, site="z", kind="head",
-                              max_rows=max_rows, progress=progress, direction=direction)
-    if values is None:
-        acts = cache_source(model, source, names, run_roles(direction)[0])
-        n_heads = int(acts[names[0]].shape[2])
-        cells = [_Cell(n, None, h) for n in names for h in range(n_heads)]
-        values = _sweep(model, target, acts, cells, metric, max_rows, progress)
-    with torch.inference_mode():
-        src_m, tgt_m = evaluate_metric(model, source, metric), evaluate_metric(model, target, metric)
+    values, src_m, tgt_m = _patched_values(
+        model, source, target, metric, layers=layer_list, names=names, site="z", kind="head", n_cols=n_heads,
+        max_rows=max_rows, progress=progress, direction=direction, algorithm=algorithm)
     return PatchResult(per_example=values.view(len(layer_list), n_heads, -1), source=src_m, target=tgt_m,
                        layers=tuple(layer_list), site="z", kind="head", direction=direction,
                        col_labels=tuple(f"H{h}" for h in range(n_heads)))
-
-
-
-

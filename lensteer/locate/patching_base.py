@@ -7,10 +7,10 @@ normalised so that 0 = the unpatched target run and 1 = the unpatched source run
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.core.forward import last_logits, last_position_logits
@@ -21,6 +21,8 @@ Metric = Callable[[torch.Tensor], torch.Tensor]
 
 
 PatchDirection = Literal["denoising", "noising"]
+# Clean or corrupted inputs: chat prompts (tokenized here; one token length) or a token tensor.
+PatchInputs: TypeAlias = Sequence[str | ChatPrompt] | Int[torch.Tensor, "n_examples pos"]
 
 
 class PatchingError(LensteerError, ValueError):

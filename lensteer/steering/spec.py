@@ -20,7 +20,7 @@ stmp       if ``s < tau``: ``h + 2 a (tau - s) v``                  seed paper, 
 =========  ======================================================  ====================================
 
 StTP and StMP are selective: tokens already on the aligned side of the threshold ``tau`` are left
-exactly as they are, and the share of tokens they steer is reported. SCIENCE.md marks their exact
+exactly as they are, and the share of tokens they steer is reported. ``docs/methods.md`` marks their exact
 form as a reconstruction; ``tau``, the target and the scale ``a`` are all explicit in the spec.
 
 Positions count tokens of each row from its first real (non-pad) token: prompt tokens first, then

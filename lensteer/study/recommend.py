@@ -1,6 +1,6 @@
 """From localisation to injection: recommend where to steer, and say why.
 
-Selection rules (after Arditi et al. 2024, SCIENCE.md section 2.1), applied in order:
+Selection rules (after Arditi et al. 2024; ``docs/methods.md``), applied in order:
 
 1. Skip the last ``skip_last_fraction`` (default 20%) of layers: directions there mostly write the
    output and steering them breaks text.

@@ -29,3 +29,31 @@ def test_generated_notebooks_match_their_generator():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_notebooks.py"), "--check"],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_no_tracked_file_points_outside_the_repository():
+    """The developers' notes folder beside the checkout is not part of lensteer: a user who clones it never has it."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    pointing = []
+    for name in files:
+        path = ROOT / name
+        if not path.is_file() or path.suffix in (".png", ".pdf", ".safetensors", ".gguf"):
+            continue
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        for marker in ("../" + "shared", "shared" + "/docs/"):
+            if marker in text:
+                pointing.append(f"{name}: {marker}")
+    assert pointing == []
+
+
+def test_docs_pages_link_to_files_that_exist():
+    import re
+
+    broken = []
+    for page in (ROOT / "docs").rglob("*.md"):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert broken == []

@@ -5,7 +5,7 @@ import torch
 from builders import write_jsonl
 
 import lensteer
-from lensteer.locate.pairs import DESIGNS, PairDesign, patching_pairs, shared_word_prefix
+from lensteer.locate.pairs import PairDesign, patching_pairs, shared_word_prefix
 
 
 def _dataset(tmp_path, rows, contexts=None):
@@ -94,30 +94,3 @@ def test_bad_input_raises_clear_errors(tiny_tokenizer, tiny_bridge, tmp_path):
         patching_pairs(tiny_bridge, "refusal")
     with pytest.raises(lensteer.DataError, match="neither a bundled name"):
         patching_pairs(tiny_tokenizer, "nope")
-
-
-@pytest.fixture(scope="module")
-def smol_tokenizer():
-    """The embedded model's tokenizer alone (no weights are run)."""
-    from transformers import AutoTokenizer
-
-    from lensteer.core import models as models
-
-    return AutoTokenizer.from_pretrained(models.gguf_to_folder(models.embedded_gguf_path()))
-
-
-@pytest.mark.embedded
-@pytest.mark.parametrize("name", list(DESIGNS))
-def test_bundled_designs_give_equal_length_pairs_on_smollm2(smol_tokenizer, name):
-    pairs = patching_pairs(smol_tokenizer, name)
-    assert len(pairs) >= 16  # enough for the CLI's --n-pairs default
-    for clean, corrupted in zip(pairs.clean, pairs.corrupted, strict=True):
-        assert lensteer.core.tokenize_prompt(smol_tokenizer, clean).n_tokens == pairs.n_tokens
-        assert lensteer.core.tokenize_prompt(smol_tokenizer, corrupted).n_tokens == pairs.n_tokens
-    assert all(a != b for a, b in zip(pairs.aligned_ids, pairs.misaligned_ids, strict=True))
-    if name == "honesty":
-        ds = lensteer.load_dataset("honesty")
-        row = next(ex for ex in ds if ex.id == pairs.ids[0])
-        assert pairs.clean[0].response == row.aligned_response.rsplit(" ", 1)[0]  # "The capital of X is"
-        assert smol_tokenizer.decode([pairs.aligned_ids[0]]).strip() == row.true_answer.split()[0]
-        assert pairs.clean[0].system == ds.context("honest_system").system

@@ -162,12 +162,3 @@ def test_mc_accuracy_picks_the_option_with_the_best_mean_logprob(tiny_llama_brid
     right = [max(range(len(r)), key=r.__getitem__) == it.answer for it, r in zip(items, result.option_logprobs, strict=True)]
     assert list(result.correct) == right and result.accuracy == sum(right) / 2
     assert result.chance == pytest.approx((1 / 3 + 1 / 2) / 2) and set(result.by_category) == {"c", "k"}
-
-
-@pytest.mark.embedded
-def test_embedded_model_beats_chance_on_easy_mc_items(embedded_model):
-    items = load_mc_items()
-    first = [it for cat in ("arithmetic", "science", "geography", "word_meaning", "common_sense")
-             for it in [x for x in items if x.category == cat][:2]]
-    result = mc_accuracy(embedded_model, first)
-    assert result.accuracy >= 0.5  # chance 0.25; these 10 measured 0.6, all 120 items 0.61 (data/README.md)

@@ -251,7 +251,8 @@ def test_selective_steering_reports_the_share_of_tokens_it_steered(tiny_llama_br
     tau = float((acts @ v).median())
     out = _gen(tiny_llama_bridge, steering=Steering(unit=v, layers=(1,), mode="stmp", threshold=tau, positions="all"))
     shares = out.per_prompt_share()
-    assert all(0.0 <= x <= 1.0 for x in shares)
+    # the threshold splits the generated tokens: StMP steers some of a prompt's tokens and leaves the rest
+    assert any(0.0 < x < 1.0 for x in shares) and all(x > 0.0 for x in shares)
     for fired, shift in zip(out.fired, out.shift, strict=True):
         assert torch.equal(fired, shift > 0)
 

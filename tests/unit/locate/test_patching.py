@@ -251,23 +251,6 @@ def test_unknown_algorithm_is_refused(tiny_bridge, pair):
         unchecked(tiny_bridge, clean, corrupted, METRIC, algorithm="magic")
 
 
-def test_incremental_patching_equals_transformer_lens_on_the_embedded_model(embedded_model,
-                                                                            no_full_forward_per_cell):
-    model = embedded_model
-    clean = torch.stack([lensteer.core.tokenize_prompt(model, t).tokens for t in ["The cat sat on the", "A dog ran to the"]])
-    corrupted = torch.stack([lensteer.core.tokenize_prompt(model, t).tokens for t in ["The cat sat on a", "A dog ran to a"]])
-    assert clean.shape == corrupted.shape
-    _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
-    layers = [3, 29]
-    index_df = tl_patching.make_df_from_ranges([model.cfg.n_layers, clean.shape[1]], ["layer", "pos"])
-    index_df = index_df[index_df["layer"].isin(layers)].reset_index(drop=True)
-    metric = logit_diff_metric(lensteer.core.first_token_id(model, " mat"), lensteer.core.first_token_id(model, " park"))
-    expected = tl_patching.generic_activation_patch(model, corrupted, cache, lambda lg: metric(lg[:, -1]).mean(),
-                                                    tl_patching.layer_pos_patch_setter, "resid_pre", index_df=index_df)
-    ours = patch_residual(model, clean, corrupted, metric, layers=layers)
-    assert incremental.Replayer(model, corrupted).use_prefix
-    assert torch.allclose(ours.mean().flatten(), expected.flatten(), atol=1e-4)
-    assert model.list_hooks() == {}
 
 
 # --------------------------------------------------------------------------- AtP* GradDrop

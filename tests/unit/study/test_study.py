@@ -116,7 +116,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     assert (tmp_path / "report.json").exists()
     assert (tmp_path / "steerings" / f"refusal_SwFC_kl{cfg.kl_budgets[0]:g}.json").exists()
     for r in entry["methods"].values():
-        assert 0.0 <= r["trait"] <= 1.0 and r["kl"] >= 0.0
+        assert r["kl"] > 0.0  # a calibrated steering changes the next-token distributions
         assert 0.0 <= r["redirect"] <= r["trait"]  # a redirecting refusal is a refusal
 
 

@@ -37,7 +37,8 @@ def test_cli_help_teaches_and_bad_dataset_is_rejected(capsys):
         build_parser().parse_args(["run", "--dataset", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
     help_text = build_parser().format_help()
-    assert "run" in help_text
+    for command in ("run", "probe", "locate", "steer", "evaluate", "figures"):  # every subcommand is listed
+        assert f"    {command} " in help_text, command
 
 
 @pytest.fixture(scope="module")
@@ -124,49 +125,6 @@ def test_cli_locate_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, ca
     printed = capsys.readouterr().out
     # a character-level tokenizer gives no equal-length harmful/harmless pairs: patching is skipped, not fatal
     assert "refusal: patching skipped: no clean/corrupted pair of dataset 'refusal' has equal token lengths" in printed
-    assert "steer at layer" in printed or "no recommendation" in printed
-
-
-@pytest.fixture(scope="module")
-def tiny_smol_folder(tmp_path_factory):
-    """A 2-layer random Llama with the embedded model's tokenizer, on which every bundled design has pairs."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from lensteer.core import models as models
-
-    tok = AutoTokenizer.from_pretrained(models.gguf_to_folder(models.embedded_gguf_path()))
-    folder = tmp_path_factory.mktemp("tiny_smol")
-    with torch.random.fork_rng():
-        torch.random.default_generator.manual_seed(0)
-        hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
-                                          num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
-                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-    hf.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-@pytest.mark.embedded
-def test_cli_locate_patches_all_three_threat_models(tmp_path, tiny_smol_folder, capsys):
-    out = tmp_path / "out"
-    assert main(["locate", "--model", str(tiny_smol_folder), "--out", str(out), "--smoke", "--quiet", "--n-pairs", "2"]) == 0
-    summary = json.loads((out / "locate.json").read_text())
-    printed = capsys.readouterr().out
-    for name in ("refusal", "compassion", "honesty"):
-        entry = summary[name]
-        pairs = entry["patching"]["pairs"]
-        assert pairs["dataset"] == name and len(pairs["ids"]) == 2
-        resid = entry["patching"]["resid"]
-        assert resid["layers"] == [0, 1] and len(resid["col_labels"]) == pairs["n_tokens"]
-        assert resid["source_mean"] != resid["target_mean"]
-        assert len(entry["patching"]["heads"]["col_labels"]) == 2  # heads
-        for stem in (f"patching_resid_{name}", f"patching_heads_{name}", f"attribution_vs_exact_{name}",
-                     f"attribution_vs_exact_heads_{name}"):
-            assert (out / "figures" / f"{stem}.png").is_file()
-        assert -1.0 <= entry["patching"]["head_attribution_correlation"] <= 1.0
-        # the recommendation saw the patching evidence (or says why no layer passed)
-        rec = entry["recommendation"]
-        assert all(row["patch_effect"] is not None for row in rec["table"]) if "table" in rec else "error" in rec
-        assert f"{name} patching (2 pairs;" in printed
-    assert "caring_system" in summary["compassion"]["patching"]["pairs"]["design"]
-    assert "honest_system" in summary["honesty"]["patching"]["pairs"]["design"]
+    # a random 2-layer model has no readable refusal direction: no layer passes the probe rule, and it says so
+    assert "refusal: no recommendation: no layer passes the selection rules" in printed
+    assert "probe AUROC lower bound" in refusal["recommendation"]["error"]

@@ -9,7 +9,7 @@ import pytest
 
 from lensteer.study.report import headline_table
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 README = ROOT / "README.md"
 REPORT = ROOT / "docs" / "study" / "report.json"
 
