@@ -1,5 +1,7 @@
 """Statistics used across lensteer: AUROC, d', balanced accuracy, bootstrap intervals and rates with intervals."""
 
+import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -83,3 +85,60 @@ def bootstrap_mean_ci(values: Float[torch.Tensor, " n"], *, n_boot: int = 1000, 
     means = values[idx].mean(-1)
     alpha = (1 - level) / 2
     return float(means.quantile(alpha)), float(means.quantile(1 - alpha))
+
+
+def wilson_interval(successes: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927).
+
+    Unlike the percentile bootstrap it is not degenerate at 0/n or n/n (0 of 16 gives [0, 0.19], not
+    [0, 0]) and keeps close to nominal coverage at small n (Brown, Cai & DasGupta 2001).
+    """
+    if n <= 0 or not 0 <= successes <= n:
+        raise DataError(f"wilson_interval needs 0 <= successes <= n and n > 0, got {successes} of {n}")
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairedTest:
+    """Exact McNemar test of two conditions scored on the same items.
+
+    ``a_only``: items where only condition A succeeded; ``b_only``: only B. The p-value is two-sided,
+    from the binomial distribution of the discordant pairs under H0 (each discordant pair equally
+    likely to go either way); concordant pairs carry no information about the difference.
+    """
+
+    n: int
+    a_only: int
+    b_only: int
+    p_value: float
+
+    @property
+    def difference(self) -> float:
+        """Rate of A minus rate of B, over the ``n`` paired items."""
+        return (self.a_only - self.b_only) / self.n
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return self.p_value < alpha
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"n": self.n, "a_only": self.a_only, "b_only": self.b_only, "p_value": self.p_value,
+                "difference": self.difference}
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> PairedTest:
+    """Exact (binomial) McNemar test that conditions A and B succeed equally often on the same items."""
+    if len(a) != len(b) or len(a) == 0:
+        raise DataError(f"mcnemar_exact needs two equally long, non-empty lists of paired outcomes, got {len(a)} "
+                        f"and {len(b)}")
+    a_only = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    discordant = a_only + b_only
+    if discordant == 0:
+        return PairedTest(n=len(a), a_only=0, b_only=0, p_value=1.0)
+    k = min(a_only, b_only)
+    tail = sum(math.comb(discordant, i) for i in range(k + 1)) / 2**discordant
+    return PairedTest(n=len(a), a_only=a_only, b_only=b_only, p_value=min(1.0, 2 * tail))

@@ -81,7 +81,9 @@ class SteeringContext:
     """What the hooks need to know about the current forward, and what they record.
 
     :func:`lensteer.generate` fills in ``prompt_lens``, ``pads``, ``offset`` and ``rows`` before
-    every forward; in a plain forward pass they default to "every token is a prompt token".
+    every forward. In a plain forward pass every token is a prompt token, and the padding comes from
+    the ``attention_mask`` the forward was called with (``steer`` reads it), so a left-padded batch
+    steers the same tokens as each row alone.
     ``records`` holds, per hook call, the fired mask and the edit size (``shift``) per token.
     """
 
@@ -94,6 +96,21 @@ class SteeringContext:
     rows: torch.Tensor | None = None
     record: bool = True
     records: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    # the attention mask of the plain forward in progress (captured by steer(); unused when pads are set)
+    seen_mask: torch.Tensor | None = None
+
+    def layout(self, batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prompt_lens, pads)`` of the forward in progress: as set by :func:`lensteer.generate`, else
+        from the forward's attention mask (the first real token of each row), else no padding."""
+        if self.pads is not None and self.prompt_lens is not None:
+            return self.prompt_lens, self.pads
+        mask = self.seen_mask
+        if self.pads is None and mask is not None and tuple(mask.shape) == (batch, self.offset + seq):
+            real = mask.bool().cpu()
+            return real.sum(1), (real.long().cumsum(1) == 0).sum(1)
+        prompt_lens = self.prompt_lens if self.prompt_lens is not None else torch.full((batch,), self.offset + seq)
+        pads = self.pads if self.pads is not None else torch.zeros(batch, dtype=torch.long)
+        return prompt_lens, pads
 
     def clear(self) -> None:
         self.records.clear()
@@ -115,8 +132,7 @@ class SteeringContext:
 def _make_hook(steering: Steering, index: int, layer: int, ctx: SteeringContext) -> Any:
     def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
         batch, seq = resid.shape[0], resid.shape[1]
-        prompt_lens = ctx.prompt_lens if ctx.prompt_lens is not None else torch.full((batch,), ctx.offset + seq)
-        pads = ctx.pads if ctx.pads is not None else torch.zeros(batch, dtype=torch.long)
+        prompt_lens, pads = ctx.layout(batch, seq)
         if prompt_lens.shape[0] != batch:
             raise ConfigError(f"steering context describes {prompt_lens.shape[0]} rows but the forward has {batch}")
         mask = position_mask(steering.positions, prompt_lens=prompt_lens, pads=pads, offset=ctx.offset, seq_len=seq,
@@ -165,5 +181,16 @@ def steer(model: Any, *steerings: Steering, context: SteeringContext | None = No
         for name in s.hook_names(model):
             layer = layer_of(name)
             hooks.append((name, _make_hook(s, i, layer, ctx)))
-    with model.hooks(fwd_hooks=hooks):
-        yield ctx
+
+    def read_mask(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:  # noqa: ARG001
+        ctx.seen_mask = kwargs.get("attention_mask")
+
+    # a plain PyTorch pre-hook that only reads the mask; removed with the steering hooks, error or not
+    reader = model.register_forward_pre_hook(read_mask, with_kwargs=True) if hasattr(model, "register_forward_pre_hook") else None
+    try:
+        with model.hooks(fwd_hooks=hooks):
+            yield ctx
+    finally:
+        if reader is not None:
+            reader.remove()
+        ctx.seen_mask = None

@@ -1,7 +1,8 @@
 """Which token positions a steering edits: named scopes, explicit indices, windows, the last k prompt tokens.
 
 Positions count tokens of each row from its first real (non-pad) token: prompt tokens first, then
-generated ones. Negative indices count back from the end of the prompt (``-1`` = last prompt token).
+generated ones. ``"generated"`` means the positions whose output chooses a generated token: the last
+prompt token (it picks the first generated token) and every generated token after it. Negative indices count back from the end of the prompt (``-1`` = last prompt token).
 Inside :func:`lensteer.generate` the engine is told the prompt lengths and how many tokens came
 before each forward (the KV cache feeds one token at a time), so positions are tracked, not guessed.
 """
@@ -93,7 +94,9 @@ def position_mask(
     elif positions == "prompt":
         sel = real & in_prompt
     elif positions == "generated":
-        sel = real & ~in_prompt
+        # the positions that choose generated tokens: the last prompt token chooses the first one
+        # (skipping it is CAA's known off-by-one, nrimsky/CAA#3), then every generated token
+        sel = real & (t >= prompt_lens[:, None] - 1)
     elif isinstance(positions, LastK):
         sel = real & in_prompt & (t >= prompt_lens[:, None] - positions.k)
     elif isinstance(positions, Window):

@@ -47,8 +47,11 @@ def tiny_model_folder(tmp_path_factory, tiny_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny_model")
-    LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                                 num_key_value_heads=1, vocab_size=len(tiny_tokenizer))).save_pretrained(folder)
+    with torch.random.fork_rng():  # fixed weights, whatever ran before (unseeded weights made a test flaky)
+        torch.random.default_generator.manual_seed(0)
+        hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
+                                          num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tiny_tokenizer)))
+    hf.save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
 

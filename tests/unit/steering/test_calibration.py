@@ -36,7 +36,8 @@ def test_steering_kl_is_zero_unsteered_and_matches_a_hand_computation(tiny_llama
     s = lensteer.Steering(unit=v, layers=(0,), mode="swfc", scale=2.0, positions="generated")
     assert lensteer.steering.steering_kl(tiny_llama_bridge, s.with_scale(0.0), kl_set) == 0.0
     got = lensteer.steering.steering_kl(tiny_llama_bridge, s, kl_set)
-    # by hand: every (prompt + continuation) on its own, steering the continuation tokens only
+    # by hand: every (prompt + continuation) on its own, steering the positions that choose continuation
+    # tokens ("generated": the last prompt token and the continuation)
     from lensteer.core.forward import mean_token_kl
     gens = lensteer.generate(tiny_llama_bridge, PROMPTS, max_new_tokens=6)
     kls, counts = [], []
@@ -48,7 +49,7 @@ def test_steering_kl_is_zero_unsteered_and_matches_a_hand_computation(tiny_llama
 
         def hook(x, hook, n_p=n_p):
             x = x.clone()
-            x[:, n_p:] += 2.0 * v
+            x[:, n_p - 1 :] += 2.0 * v
             return x
 
         with torch.inference_mode():

@@ -29,7 +29,8 @@ def _mask(positions, prompt_lens=(3, 5), width=5, offset=0, seq_len=None):
 def test_named_positions_respect_left_padding():
     assert _mask("all") == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
     assert _mask("prompt") == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
-    assert _mask("generated") == [[0] * 5, [0] * 5]
+    # "generated" = the positions that choose generated tokens: the last prompt token picks the first one
+    assert _mask("generated") == [[0, 0, 0, 0, 1], [0, 0, 0, 0, 1]]
 
 
 def test_positions_are_tracked_across_kv_cache_steps():
@@ -38,7 +39,8 @@ def test_positions_are_tracked_across_kv_cache_steps():
     assert _mask("prompt", offset=7, seq_len=1) == [[0], [0]]
     assert _mask(Window(-1, None), offset=5, seq_len=1) == [[1], [1]]
     # A full uncached recompute of prompt + 2 generated tokens.
-    assert _mask("generated", seq_len=7) == [[0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 1, 1]]
+    assert _mask("generated", seq_len=7) == [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1]]
+    assert _mask("generated", seq_len=7) == _mask(Window(-1, None), seq_len=7)
 
 
 def test_last_k_window_and_explicit_indices():

@@ -1,0 +1,52 @@
+"""Intervals and paired tests against hand computations and textbook values."""
+
+import math
+
+import pytest
+import torch
+
+import lensteer
+from lensteer.core.stats import bootstrap_mean_ci, mcnemar_exact, wilson_interval
+
+
+@pytest.mark.parametrize(("k", "n", "low", "high"), [
+    (0, 16, 0.0, 0.1936),      # z^2 / (n + z^2): not the bootstrap's degenerate [0, 0]
+    (16, 16, 0.8064, 1.0),
+    (8, 16, 0.2800, 0.7200),
+    (81, 96, 0.7585, 0.9030),  # Newcombe (1998) method 3, computed by hand
+])
+def test_wilson_interval_matches_hand_computation(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=5e-4) and hi == pytest.approx(high, abs=5e-4)
+
+
+def test_wilson_interval_narrows_with_n_and_rejects_impossible_counts():
+    assert wilson_interval(48, 96)[1] - wilson_interval(48, 96)[0] < wilson_interval(8, 16)[1] - wilson_interval(8, 16)[0]
+    for k, n in ((5, 4), (-1, 4), (0, 0)):
+        with pytest.raises(lensteer.DataError, match="0 <= successes <= n"):
+            wilson_interval(k, n)
+
+
+def test_mcnemar_exact_is_the_two_sided_binomial_tail_of_the_discordant_pairs():
+    a = [True] * 8 + [False] * 2 + [True] * 20 + [False] * 10
+    b = [False] * 8 + [True] * 2 + [True] * 20 + [False] * 10
+    test = mcnemar_exact(a, b)
+    assert (test.a_only, test.b_only, test.n) == (8, 2, 40)
+    assert test.p_value == pytest.approx(2 * (1 + 10 + 45) / 2**10)  # 0.109: not significant
+    assert not test.significant() and test.difference == pytest.approx(6 / 40)
+    assert mcnemar_exact(b, a).p_value == test.p_value and mcnemar_exact(b, a).difference == -test.difference
+
+
+def test_mcnemar_exact_edge_cases():
+    assert mcnemar_exact([True, False], [True, False]).p_value == 1.0  # no discordant pair
+    assert mcnemar_exact([True] * 10, [False] * 10).p_value == pytest.approx(2 / 2**10)
+    assert mcnemar_exact([True] * 6, [False] * 6).significant()
+    with pytest.raises(lensteer.DataError, match="equally long"):
+        mcnemar_exact([True], [True, False])
+
+
+def test_bootstrap_mean_ci_brackets_the_mean_and_is_seeded():
+    values = torch.arange(20, dtype=torch.float32)
+    lo, hi = bootstrap_mean_ci(values, seed=3)
+    assert lo < float(values.mean()) < hi and (lo, hi) == bootstrap_mean_ci(values, seed=3)
+    assert math.isclose(hi - lo, 2 * 1.96 * float(values.std()) / math.sqrt(20), rel_tol=0.25)
