@@ -14,6 +14,7 @@ their id and cut 60/20/20, so adding rows never moves existing ones between trai
 
 import csv
 import hashlib
+import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,17 +24,18 @@ from typing import Any
 
 from lensteer.core.bundled import bundled_dir
 from lensteer.core.chat import ChatPrompt, Turn
+from lensteer.core.splits import SPLITS, hashed_splits
 from lensteer.errors import ConfigError, DataError
 
 # The threat models lensteer studies, each a bundled contrast set: the one list of them.
 THREAT_MODELS = ("refusal", "compassion", "honesty")
-BUNDLED = THREAT_MODELS
+# Bundled sets that are not threat models: harmless prompts that merely sound dangerous (over-refusal).
+BUNDLED = (*THREAT_MODELS, "borderline")
 REQUIRED_FIELDS = ("id", "prompt")
 OPTIONAL_FIELDS = (
-    "category", "paired_prompt", "aligned_response", "misaligned_response", "true_answer", "false_answer",
+    "category", "paired_prompt", "aligned_response", "misaligned_response", "true_answer", "false_answer", "split",
 )
 _PAIRS = (("aligned_response", "misaligned_response"), ("true_answer", "false_answer"))
-SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 
 
 def data_dir() -> Path:
@@ -68,6 +70,7 @@ class ContrastExample:
     misaligned_response: str | None = None
     true_answer: str | None = None
     false_answer: str | None = None
+    split: str = ""  # "train" / "val" / "test": fixed once on the full dataset (see lensteer.core.splits)
 
     @property
     def has_responses(self) -> bool:
@@ -104,32 +107,22 @@ class ContrastSet:
     def _subset(self, examples: Sequence[ContrastExample], split: str) -> "ContrastSet":
         return replace(self, examples=tuple(examples), split=split)
 
-    def _split(self, which: int, label: str) -> "ContrastSet":
+    def _split(self, label: str) -> "ContrastSet":
         if self.split != "all":
             raise DataError(f"{self!r} is already a split; split the full set instead")
-        by_cat: dict[str, list[ContrastExample]] = {}
-        for ex in self.examples:
-            by_cat.setdefault(ex.category, []).append(ex)
-        keep: set[str] = set()
-        for rows in by_cat.values():
-            rows = sorted(rows, key=lambda ex: hashlib.sha256(ex.id.encode()).hexdigest())
-            n_train = round(len(rows) * SPLIT_FRACTIONS[0])
-            n_val = round(len(rows) * SPLIT_FRACTIONS[1])
-            bounds = (0, n_train, n_train + n_val, len(rows))
-            keep.update(ex.id for ex in rows[bounds[which] : bounds[which + 1]])
-        return self._subset([ex for ex in self.examples if ex.id in keep], label)
+        return self._subset([ex for ex in self.examples if ex.split == label], label)
 
     @property
     def train(self) -> "ContrastSet":
-        return self._split(0, "train")
+        return self._split("train")
 
     @property
     def val(self) -> "ContrastSet":
-        return self._split(1, "val")
+        return self._split("val")
 
     @property
     def test(self) -> "ContrastSet":
-        return self._split(2, "test")
+        return self._split("test")
 
     @property
     def categories(self) -> list[str]:
@@ -140,8 +133,24 @@ class ContrastSet:
         return self._subset([ex for ex in self.examples if ex.has_responses], self.split)
 
     def head(self, n: int) -> "ContrastSet":
-        """The first ``n`` examples (for smoke runs)."""
+        """The first ``n`` examples in file order (for smoke runs; see :meth:`stratified` for evaluation)."""
         return self._subset(self.examples[:n], self.split)
+
+    def stratified(self, n: int | None = None) -> "ContrastSet":
+        """``n`` examples (all by default) taken in turn from each category, so every category is
+        represented; within a category, file order. Each example keeps its split."""
+        by_cat: dict[str, list[ContrastExample]] = {}
+        for ex in self.examples:
+            by_cat.setdefault(ex.category, []).append(ex)
+        order = [ex for row in itertools.zip_longest(*by_cat.values()) for ex in row if ex is not None]
+        return self._subset(order if n is None else order[:n], self.split)
+
+    def where(self, *, categories: Sequence[str]) -> "ContrastSet":
+        """The examples of the given categories (each keeps its split)."""
+        unknown = sorted(set(categories) - set(self.categories))
+        if unknown:
+            raise DataError(f"dataset {self.name!r} has no categories {unknown}; it has {self.categories}")
+        return self._subset([ex for ex in self.examples if ex.category in categories], self.split)
 
     def context(self, name: str) -> Context:
         """A named misaligning context from ``<name>.contexts.json``."""
@@ -246,6 +255,21 @@ def _read_contexts(path: Path) -> Mapping[str, Context]:
     return MappingProxyType(out)
 
 
+def _with_splits(rows: list[ContrastExample], file: str) -> list[ContrastExample]:
+    """Every row with its split: the file's own ``split`` fields (all rows or none), else hashed by id."""
+    given = [ex for ex in rows if ex.split]
+    if given and len(given) != len(rows):
+        missing = [ex.id for ex in rows if not ex.split][:5]
+        raise DataError(f"{file}: {len(given)} of {len(rows)} rows have a 'split'; give all or none (missing: {missing})")
+    bad = sorted({ex.split for ex in given} - set(SPLITS))
+    if bad:
+        raise DataError(f"{file}: split values {bad} are not allowed; use {list(SPLITS)}")
+    if given:
+        return rows
+    split_of = hashed_splits(rows)
+    return [replace(ex, split=split_of[ex.id]) for ex in rows]
+
+
 def load_dataset(name_or_path: "str | Path") -> ContrastSet:
     """Load a bundled contrast set by name, or a user's JSONL/CSV file in the same schema.
 
@@ -273,6 +297,7 @@ def load_dataset(name_or_path: "str | Path") -> ContrastSet:
         if ex.id in seen:
             raise DataError(f"{path.name}: duplicate id {ex.id!r}; ids must be unique")
         seen.add(ex.id)
+    rows = _with_splits(rows, path.name)
     return ContrastSet(
         name=path.stem, examples=tuple(rows), contexts=_read_contexts(path.with_suffix(".contexts.json")),
         source=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
