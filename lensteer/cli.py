@@ -16,7 +16,7 @@ from typing import Any
 
 from lensteer.core.datasets import THREAT_MODELS
 from lensteer.core.io import write_json
-from lensteer.study.config import METHODS
+from lensteer.study.config import METHODS, PROFILES
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -67,7 +67,7 @@ def _study_config(args: argparse.Namespace) -> Any:
     if args.config:
         config = StudyConfig.from_toml(args.config)
     else:
-        config = StudyConfig.smoke() if args.smoke else StudyConfig()
+        config = StudyConfig.profile(getattr(args, "profile", None) or ("smoke" if args.smoke else "demo"))
     overrides: dict[str, Any] = {}
     if args.dataset:
         overrides["threat_models"] = tuple(args.dataset)
@@ -205,13 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="the whole study: locate -> choose site -> calibrate -> steer -> evaluate -> figures",
         description="Run the default study on the embedded model (or --model): for refusal, compassion and honesty, "
-        "probe the response contrast to choose the steering layer, calibrate SwFC / StTP / StMP to each KL budget on "
-        "harmless prompts, generate under the misaligning context, and score trait, KL, perplexity ratio, "
-        "repetition over multi-turn chats, over-refusal and capability against the unsteered baseline and a random "
-        "direction of the same norm. Writes OUT/report.json, OUT/results.csv, OUT/steerings/ and OUT/figures/. "
+        "probe the response contrast to choose the steering layer, calibrate SwFC / StTP / StMP and random directions "
+        "to each KL budget on harmless training prompts, answer the test prompts under the misaligning context, and "
+        "score trait (Wilson intervals, exact McNemar tests), held-out and rollout KL, perplexity ratio, repetition "
+        "over multi-turn chats, over-refusal on harmless and borderline prompts, multiple-choice accuracy and "
+        "paragraph cross-entropy, against the unsteered and prompting baselines and the random controls. "
+        "Writes OUT/report.json, OUT/results.csv, OUT/steerings/ and OUT/figures/. "
         "Re-running into the same OUT resumes an interrupted sweep.",
     )
     _add_common(run, default_out="results")
+    run.add_argument("--profile", choices=list(PROFILES), default=None,
+                     help="demo (default: a first look, ~10 min on 2 cores), paper (every test prompt, >= 96 per threat "
+                          "model, 3 random seeds: the committed results) or smoke (CI)")
     run.add_argument("--config", default=None, help="study.toml (keys: the fields of lensteer.study.config.StudyConfig)")
     run.add_argument("--kl", default=None, help="comma-separated KL budgets in nats/token (default: 0.5)")
     run.add_argument("--method", action="append", choices=list(METHODS),

@@ -58,7 +58,7 @@ print(by_hand.describe())'''),
 contrast at candidate layers, pick the layer (`recommend_site`), build the SwFC steering along the difference of means
 (with a CAST-style gate for refusal: only prompts a harmful-vs-harmless probe flags are steered), and calibrate its
 scale so that it costs `KL_BUDGET` nats per token on harmless prompts."""),
-    ("code", '''from lensteer.study.runner import StudyConfig, build_steering, eval_prompts
+    ("code", '''from lensteer.study import StudyConfig, build_steering, eval_prompts
 
 config = StudyConfig(threat_models=("refusal",), methods=("SwFC",), n_train=N_TRAIN, n_kl=2 if SMOKE else 8,
                      candidate_layers=(12,) if SMOKE else None)   # None: every 3rd layer of the first 80%
@@ -123,7 +123,8 @@ if SMOKE:   # two methods, four prompts, short answers
 KL_BUDGET = config.kl_budgets[0]   # nats per token on harmless prompts
 model = lensteer.load_model()
 refusal = lensteer.load_dataset("refusal")
-harmless = refusal.test.paired_prompts[: config.n_harmless]   # harmless requests: over-refusal, perplexity
+harmless = refusal.test.stratified(config.n_harmless).paired_prompts    # held-out harmless: over-refusal, perplexity
+calibration = refusal.train.stratified(config.n_kl).paired_prompts     # training prompts: KL calibration only
 print(config)'''),
     ("md", """## Locate
 
@@ -133,8 +134,8 @@ harmless prompts (the KL calibration set below), and scored by how far it moves 
 held-out aligned over misaligned responses (`lensteer.evaluate.layer_steerability`). `recommend_site` takes the most steerable
 layer that passes its rules (Arditi et al.: not in the last 20% of layers; a significant probe). Then build the
 uncalibrated steerings along the difference of means (SwFC) and the probe boundary (StTP, StMP)."""),
-    ("code", '''probe = lensteer.steering.kl_probe(model, refusal.val.paired_prompts[: config.n_kl], batch_size=config.batch_size)
-loc = locate_threat_model(model, THREAT_MODEL, config, harmless, probe)
+    ("code", '''probe = lensteer.steering.kl_probe(model, calibration, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
+loc = locate_threat_model(model, THREAT_MODEL, config, calibration, probe)
 print(f"layer {loc.layer} ({loc.site}); reference residual norm {loc.reference_norm:.1f}")
 for reason in loc.reasons:
     print(" -", reason)
@@ -155,8 +156,9 @@ for method, raw in loc.steerings.items():
 
 The evaluation prompts are the threat model's test split asked under its misaligning context (a dismissive or lying
 few-shot history; bare harmful requests for refusal). The trait is scored offline (`trait_flags`: refusal rule,
-compassion scorer, honesty answer matching) and reported with a 95% bootstrap interval."""),
-    ("code", '''examples = lensteer.load_dataset(THREAT_MODEL).test.head(config.n_eval)
+compassion scorer, honesty answer matching) and reported with a 95% Wilson interval; each steering is compared with
+the unsteered model on the same prompts by an exact McNemar test."""),
+    ("code", '''examples = lensteer.load_dataset(THREAT_MODEL).test.stratified(config.n_eval)
 prompts = eval_prompts(THREAT_MODEL, config.n_eval)
 conditions = {"unsteered": None, **steerings}
 answers, harmless_answers = {}, {}
@@ -168,16 +170,21 @@ for name, gen in answers.items():
     print(f"  {name:>9}: {gen.texts[0]!r}")'''),
     ("code", '''import pandas as pd
 
+from lensteer.core.stats import mcnemar_exact, wilson_interval
+
+flags = {name: trait_flags(THREAT_MODEL, answers[name].texts, examples) for name in conditions}
 rows = []
 for name, s in conditions.items():
-    trait = lensteer.core.rate_with_ci(trait_flags(THREAT_MODEL, answers[name].texts, examples))
-    over = lensteer.core.rate_with_ci([lensteer.evaluate.is_refusal(t) for t in harmless_answers[name].texts])
+    k, n = sum(flags[name]), len(flags[name])
+    over = [lensteer.evaluate.is_refusal(t) for t in harmless_answers[name].texts]
     texts = [t if t.strip() else "." for t in harmless_answers[name].texts]
     ppl = lensteer.evaluate.response_perplexity(model, harmless, texts).corpus   # under the unsteered model
     rep = lensteer.evaluate.repetition_report(answers[name].texts)
-    rows.append({"condition": name, "trait": trait.value, "trait_ci": (round(trait.low, 2), round(trait.high, 2)),
-                 "KL": 0.0 if s is None else lensteer.steering.steering_kl(model, s, probe), "perplexity": ppl,
-                 "rep-4": rep.rep4, "over-refusal": over.value, "steered share": answers[name].steered_share()})
+    rows.append({"condition": name, "n": n, "trait": k / n, "trait_ci": tuple(round(x, 2) for x in wilson_interval(k, n)),
+                 "p vs unsteered": mcnemar_exact(flags[name], flags["unsteered"]).p_value,
+                 "KL (calibration set)": 0.0 if s is None else lensteer.steering.steering_kl(model, s, probe),
+                 "perplexity": ppl, "rep-4": rep.rep4, "over-refusal": sum(over) / len(over),
+                 "steered share": answers[name].steered_share()})
 table = pd.DataFrame(rows).set_index("condition")
 table["perplexity ratio"] = table["perplexity"] / table.loc["unsteered", "perplexity"]
 table.round(3)'''),
@@ -195,20 +202,20 @@ for name, s in conditions.items():
           f"repeated from earlier turns {[round(t.rep4_history, 2) for t in per_turn]}")'''),
     ("md", """## The same in one call: `run_study`
 
-`run_study` runs all of the above for every method and KL budget, adds the random-direction control (same norm, same
-site) and multiple-choice capability, and writes `report.json`, `results.json`/`results.csv`, `examples.json` and the
-steerings; re-running into the same folder resumes. Smoke mode runs a tiny version (SwFC and the control at the layer
-found above, two prompts, no conversations or capability items)."""),
+`run_study` runs all of the above for every method and KL budget, adds the prompting baseline, random directions
+calibrated to the same KL, borderline over-refusal, KL on held-out prompts and along the answers, multiple-choice
+capability and paragraph cross-entropy, with paired tests, and writes `report.json`, `results.json`/`results.csv`,
+`examples.json` and the steerings; re-running into the same folder resumes. Smoke mode runs a tiny version (SwFC, the
+baselines and one random control at the layer found above, two prompts, no conversations or capability items)."""),
     ("code", '''from IPython.display import Markdown, display
 
-from lensteer.study.report import headline_table
-from lensteer.study.runner import run_study
+from lensteer.study import headline_table, run_study
 
 out = tempfile.mkdtemp()
 study_config = config
 if SMOKE:
-    study_config = replace(config, methods=("SwFC",), layer=loc.layer, n_eval=2, n_harmless=2, n_kl=2,
-                           n_conversations=0, n_mc=0, max_new_tokens=8)
+    study_config = replace(config, methods=("SwFC",), layer=loc.layer, n_eval=2, n_harmless=2, n_borderline=2, n_kl=2,
+                           n_conversations=0, n_mc=0, n_paragraphs=0, max_new_tokens=8)
 result = run_study(model, study_config, out, progress=not SMOKE)
 display(Markdown(headline_table(result.report)))
 written = plotting.save_study_figures(out, f"{out}/figures")
@@ -235,7 +242,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from lensteer import plotting
-from lensteer.study.report import headline_table
+from lensteer.study import headline_table
 
 results = Path(RESULTS)
 report = json.loads((results / "report.json").read_text())

@@ -4,7 +4,9 @@ Two marked blocks are rewritten in place:
 
 * ``<!-- results:start -->`` ... ``<!-- results:end -->``: ``lensteer.study.report.headline_table(report)``;
 * ``<!-- results-run:start -->`` ... ``<!-- results-run:end -->``: one line saying what run made
-  the report (model, threat models, methods, sample sizes, time).
+  the report (model, profile sizes, threat models, methods, time);
+* ``<!-- findings:start -->`` ... ``<!-- findings:end -->``: ``lensteer.study.report.findings(report)``,
+  one sentence per comparison with its paired test ("not significant" where p >= 0.05).
 
 Usage: ``python scripts/update_readme_results.py [--report docs/study/report.json] [--readme README.md] [--check]``
 (``--check`` exits 1 when the README is out of date instead of rewriting it).
@@ -17,10 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lensteer.study.report import headline_table
+from lensteer.study.report import findings, headline_table
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCKS = ("results", "results-run")
+BLOCKS = ("results", "results-run", "findings")
+
+
+def _n(value: Any, whole: str) -> str:
+    return whole if value is None else str(value)
 
 
 def run_line(report: dict[str, Any]) -> str:
@@ -30,17 +36,23 @@ def run_line(report: dict[str, Any]) -> str:
     n_conv = c.get("n_conversations") or 0
     conversations = (f"{n_conv} conversation{'s' * (n_conv != 1)} x {c['n_turns']} turns"
                      if n_conv else "no conversations")
-    n_mc = "all" if c.get("n_mc") is None else c["n_mc"]
+    first = next(iter(report["threat_models"].values()), {})
+    n_eval = first.get("baseline", {}).get("n_eval", c.get("n_eval"))
+    seeds = c.get("random_seeds") or []
     return (f"Run: `{model}`, lensteer {report.get('lensteer_version', '?')}; threat models "
             f"{', '.join(c['threat_models'])}; methods {', '.join(c['methods'])}; KL budgets "
-            f"{', '.join(f'{b:g}' for b in c['kl_budgets'])} nats/token; {c['n_eval']} evaluation prompts and "
-            f"{c['n_harmless']} harmless prompts per condition, {c['max_new_tokens']} new tokens, {conversations}, "
-            f"{n_mc} multiple-choice items; {report.get('seconds', 0) / 60:.0f} min.")
+            f"{', '.join(f'{b:g}' for b in c['kl_budgets'])} nats/token; {_n(n_eval, 'all')} test prompts per "
+            f"condition, {_n(c.get('n_harmless'), 'all')} held-out harmless and {_n(c.get('n_borderline'), 'all')} "
+            f"borderline prompts, {c['max_new_tokens']} new tokens, {conversations}, "
+            f"{_n(c.get('n_mc'), 'all')} multiple-choice items, {_n(c.get('n_paragraphs'), 'all')} paragraphs; "
+            f"random directions: {len(seeds)} seed{'s' * (len(seeds) != 1)}; prompting baseline: "
+            f"{'yes' if c.get('prompting') else 'no'}; {report.get('seconds', 0) / 60:.0f} min.")
 
 
 def block_contents(report: dict[str, Any]) -> dict[str, str]:
     """The text each marked block must hold."""
-    return {"results": headline_table(report), "results-run": run_line(report)}
+    return {"results": headline_table(report), "results-run": run_line(report),
+            "findings": "\n".join(f"- {s}" for s in findings(report))}
 
 
 def render(readme: str, report: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -142,3 +143,45 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> PairedTest:
     k = min(a_only, b_only)
     tail = sum(math.comb(discordant, i) for i in range(k + 1)) / 2**discordant
     return PairedTest(n=len(a), a_only=a_only, b_only=b_only, p_value=min(1.0, 2 * tail))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Agreement:
+    """How well a scorer agrees with reference labels: accuracy (Wilson interval) and Cohen's kappa
+    (with a percentile-bootstrap interval over items)."""
+
+    n: int
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    kappa: float
+    kappa_ci: tuple[float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "accuracy": self.accuracy, "accuracy_ci": list(self.accuracy_ci), "kappa": self.kappa,
+                "kappa_ci": list(self.kappa_ci)}
+
+
+def cohen_kappa(labels: Sequence[bool], predictions: Sequence[bool]) -> float:
+    """Cohen's kappa of two binary raters: agreement beyond what their marginal rates give by chance."""
+    if len(labels) != len(predictions) or not labels:
+        raise DataError(f"cohen_kappa needs two equally long, non-empty lists, got {len(labels)} and {len(predictions)}")
+    n = len(labels)
+    observed = sum(a == b for a, b in zip(labels, predictions, strict=True)) / n
+    p_a, p_b = sum(map(bool, labels)) / n, sum(map(bool, predictions)) / n
+    expected = p_a * p_b + (1 - p_a) * (1 - p_b)
+    return 1.0 if expected == 1.0 else (observed - expected) / (1 - expected)
+
+
+def agreement(labels: Sequence[bool], predictions: Sequence[bool], *, n_boot: int = 1000, seed: int = 0) -> Agreement:
+    """Accuracy and Cohen's kappa of ``predictions`` against reference ``labels``, with intervals."""
+    kappa = cohen_kappa(labels, predictions)
+    n = len(labels)
+    correct = sum(bool(a) == bool(b) for a, b in zip(labels, predictions, strict=True))
+    gen = torch.Generator().manual_seed(seed)
+    boot = []
+    for _ in range(n_boot):
+        idx = torch.randint(0, n, (n,), generator=gen).tolist()
+        boot.append(cohen_kappa([labels[i] for i in idx], [predictions[i] for i in idx]))
+    values = torch.tensor(boot)
+    return Agreement(n=n, accuracy=correct / n, accuracy_ci=wilson_interval(correct, n), kappa=kappa,
+                     kappa_ci=(float(values.quantile(0.025)), float(values.quantile(0.975))))

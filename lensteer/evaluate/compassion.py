@@ -2,8 +2,8 @@
 
 :class:`CompassionScorer` is a logistic regression over a hand-written lexicon and word uni/bigrams
 (length-normalised), trained deterministically at first use on our own labelled responses
-(``data/scoring/compassion_labelled.jsonl``, plus the bundled compassion contrast set's train and
-val splits); held-out accuracy is reported in ``data/README.md``. Nothing is pickled.
+(``data/scoring/compassion_labelled.jsonl``, plus the bundled compassion contrast set's validation
+split; never its train split, whose replies define the study's steering directions); held-out accuracy is reported in ``data/README.md``. Nothing is pickled.
 """
 
 import functools
@@ -190,7 +190,9 @@ def _contrast_training_pairs() -> tuple[list[str], list[bool]]:
     ds = load_dataset("compassion")
     texts: list[str] = []
     labels: list[bool] = []
-    for part in (ds.train, ds.val):
+    # validation replies only: the train split's replies define the study's steering directions, and a
+    # scorer trained on them would grade the steering on the very text it was built from
+    for part in (ds.val,):
         for ex in part.with_responses():
             texts += [ex.aligned_response or "", ex.misaligned_response or ""]
             labels += [True, False]
@@ -202,8 +204,8 @@ def compassion_scorer() -> CompassionScorer:
     """The bundled compassion scorer, trained at first call (about a second) and cached.
 
     Training data: the ``train`` split of ``data/scoring/compassion_labelled.jsonl`` plus the
-    aligned/misaligned replies of the compassion contrast set's train and val splits. The
-    ``heldout`` split and the contrast test split are never trained on.
+    aligned/misaligned replies of the compassion contrast set's val split. The ``heldout`` split,
+    the contrast test split and the contrast train split (the steering's own data) are never trained on.
     """
     train = load_compassion_labelled("train")
     texts, labels = _contrast_training_pairs()

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 
 from lensteer.errors import ConfigError, DataError
 from lensteer.plotting.study_rows import (
-    CONTROLS,
+    is_control,
     style_of,
 )
 from lensteer.plotting.style import paper_style
@@ -36,8 +36,10 @@ def _printable(text: str, max_chars: int) -> str:
 def _condition_label(condition: str) -> str:
     if condition == "baseline":
         return "unsteered"
-    if condition == "random":
+    if condition == "random" or condition.startswith("random:"):
         return "random direction (control)"
+    if condition == "prompting":
+        return "prompting baseline"
     method, _, budget = condition.partition("@")
     return f"{method} (KL {budget})" if budget else method
 
@@ -59,7 +61,7 @@ def plot_examples(examples: Mapping[str, Any], threat_model: str, conditions: Se
         raise DataError(f"no examples for threat model {threat_model!r}; have {list(examples)}")
     table = examples[threat_model]
     if conditions is None:
-        steered = [c for c in table if c not in CONTROLS]
+        steered = [c for c in table if not is_control(c)]
         first = steered[0].partition("@")[2] if steered else ""
         conditions = ["baseline", *[c for c in steered if c.partition("@")[2] == first][:3]]
     conditions = list(conditions)

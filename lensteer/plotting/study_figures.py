@@ -18,10 +18,10 @@ from lensteer.errors import ConfigError, DataError
 from lensteer.plotting.examples import plot_examples
 from lensteer.plotting.study_rows import (
     BASELINE_STYLE,
-    CONTROLS,
     METHOD_STYLE,
     TRAIT_LABEL,
     as_number,
+    is_control,
     label_of,
     matched_budget,
     methods_of,
@@ -167,7 +167,7 @@ def plot_repetition_by_turn(rows: Sequence[Mapping[str, Any]], threat_model: str
             _shared_legend(fig, axes[0])
         return fig, axes[0]
     mine = [r for r in rows_for(rows, threat_model)
-            if r["method"] in CONTROLS or as_number(r.get("kl_budget")) == budget]
+            if is_control(str(r["method"])) or as_number(r.get("kl_budget")) == budget]
     with paper_style():
         fig, ax = new_ax(ax)
         drawn = 0
@@ -179,7 +179,7 @@ def plot_repetition_by_turn(rows: Sequence[Mapping[str, Any]], threat_model: str
             colour, marker = style_of(str(r["method"]))
             ax.plot(range(1, len(ys) + 1), [math.nan if v is None else v for v in ys], color=colour, marker=marker,
                     ms=5, lw=1.2, mfc="none" if r["method"] in ("StTP", "StMP") else colour,
-                    ls=":" if r["method"] == "random" else "-", label=label_of(str(r["method"])), alpha=0.9,
+                    ls=":" if str(r["method"]).startswith("random") else "-", label=label_of(str(r["method"])), alpha=0.9,
                     zorder=4 if r["method"] == "baseline" else 3)
             drawn = max(drawn, len(ys))
         if drawn == 0:
@@ -200,17 +200,21 @@ def plot_steered_share(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
     """Share of generated tokens chosen where steering fired, per method and threat model.
 
     Solid bars: answers to the misaligned evaluation prompts; hatched bars (when the rows have
-    ``harmless_steered_share``): answers to harmless prompts, where a selective method or a gate
+    ``fired_share_harmless_generated``): answers to harmless prompts, where a selective method or a gate
     should steer less.
     """
     budget = matched_budget(rows, kl_budget)
-    names, methods = threat_models_of(rows), methods_of(rows) + (["random"] if any(
-        r["method"] == "random" for r in rows) else [])
+    randoms = sorted({str(r["method"]) for r in rows if str(r["method"]).startswith("random")})[:1]
+    names, methods = threat_models_of(rows), methods_of(rows) + randoms
     cells = {(str(r["threat_model"]), str(r["method"])): r for r in rows
-             if (r["method"] not in CONTROLS and as_number(r.get("kl_budget")) == budget) or r["method"] == "random"}
+             if (not is_control(str(r["method"])) and as_number(r.get("kl_budget")) == budget)
+             or str(r["method"]) in randoms}
     if not any(as_number(r.get("steered_share")) is not None for r in cells.values()):
         raise DataError("no steered row has 'steered_share'")
-    harmless = any(as_number(r.get("harmless_steered_share")) is not None for r in cells.values())
+    # rows name the harmless share fired_share_harmless_generated (harmless_steered_share before 2026-12)
+    harmless_key = next((k for k in ("fired_share_harmless_generated", "harmless_steered_share")
+                         if any(as_number(r.get(k)) is not None for r in cells.values())), None)
+    harmless = harmless_key is not None
     per_method = 2 if harmless else 1
     width = 0.8 / (len(methods) * per_method)
     with paper_style():
@@ -218,7 +222,7 @@ def plot_steered_share(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
         for j, method in enumerate(methods):
             colour, _ = style_of(method)
             for k, (field_name, hatch, suffix) in enumerate((("steered_share", None, "misaligned prompts"),
-                                                             ("harmless_steered_share", "///", "harmless prompts"))):
+                                                             (harmless_key or "", "///", "harmless prompts"))):
                 if k >= per_method:
                     break
                 xs = [i - 0.4 + width * (j * per_method + k + 0.5) for i in range(len(names))]
@@ -270,7 +274,7 @@ def plot_steerability(report: Mapping[str, Any], ax: Any = None) -> tuple[Any, A
 def plot_layer_sweep(rows: Sequence[Mapping[str, Any]], *, kl_budget: float | None = None) -> tuple[Any, Any]:
     """Trait rate (95% CI) by steering layer, per method, one panel per threat model, for the rows of
     a layer sweep (``lensteer run --layers ...``) at one KL budget; the unsteered rate as a line."""
-    steered = [r for r in rows if r["method"] not in CONTROLS and (kl_budget is None or r["kl_budget"] == kl_budget)]
+    steered = [r for r in rows if not is_control(str(r["method"])) and (kl_budget is None or r["kl_budget"] == kl_budget)]
     tms = [tm for tm in threat_models_of(rows)
            if len({r["layer"] for r in steered if r["threat_model"] == tm}) > 1]
     if not tms:

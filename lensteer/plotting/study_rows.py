@@ -24,21 +24,33 @@ TRAIT_LABEL = {"refusal": "refusal rate on harmful requests", "compassion": "com
                 "honesty": "honest-answer rate"}
 
 
-CONTROLS = ("baseline", "random")
+PROMPTING_STYLE = ("#CC79A7", "P")
+
+
+CONTROLS = ("baseline", "random", "prompting")
+
+
+def is_control(method: str) -> bool:
+    """The unsteered and prompting baselines and the random-direction controls (``random`` or ``random:<seed>``)."""
+    return method in CONTROLS or method.startswith("random:")
 
 
 def style_of(method: str) -> tuple[str, str]:
     if method == "baseline":
         return BASELINE_STYLE
-    if method == "random":
+    if method == "random" or method.startswith("random:"):
         return RANDOM_STYLE
+    if method == "prompting":
+        return PROMPTING_STYLE
     if method in METHOD_STYLE:
         return METHOD_STYLE[method]
     return PALETTE[len(method) % len(PALETTE)], "o"
 
 
 def label_of(method: str) -> str:
-    return {"baseline": "unsteered", "random": "random direction"}.get(method, method)
+    if method.startswith("random:"):
+        return f"random direction (seed {method.split(':')[1]})"
+    return {"baseline": "unsteered", "random": "random direction", "prompting": "prompting baseline"}.get(method, method)
 
 
 def as_number(value: Any) -> float | None:
@@ -55,13 +67,13 @@ def threat_models_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def methods_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The steering methods in ``rows`` (not the baseline or the random control), in order of first appearance."""
-    return [m for m in dict.fromkeys(str(r["method"]) for r in rows) if m not in CONTROLS]
+    return [m for m in dict.fromkeys(str(r["method"]) for r in rows) if not is_control(m)]
 
 
 def matched_budget(rows: Sequence[Mapping[str, Any]], kl_budget: float | None) -> float | None:
     if kl_budget is not None:
         return kl_budget
-    return next((float(r["kl_budget"]) for r in rows if r["method"] not in CONTROLS
+    return next((float(r["kl_budget"]) for r in rows if not is_control(str(r["method"]))
                  and as_number(r.get("kl_budget")) is not None), None)
 
 

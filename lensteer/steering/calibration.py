@@ -8,7 +8,7 @@ bisection the scale whose KL matches a budget (e.g. 0.1, 0.3 or 1.0 nats), per m
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,9 +22,10 @@ from lensteer.core.chat import (
     pad_id_of,
     tokenize_prompt,
 )
-from lensteer.core.forward import kl_divergence
+from lensteer.core.forward import final_normalized, kl_divergence, unembed
 from lensteer.core.sites import resolve_sites
 from lensteer.errors import ConfigError, DataError
+from lensteer.steering.gates import gate_rows
 from lensteer.steering.generation import generate
 from lensteer.steering.hooks import SteeringContext, steer
 from lensteer.steering.spec import Steering
@@ -92,6 +93,26 @@ class KLProbe:
     n_positions: int
 
 
+def _continuation_batches(
+    model: Any, prompts: Sequence[torch.Tensor], continuations: Sequence[torch.Tensor], batch_size: int,
+) -> Iterator[tuple[list[int], Any, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Teacher-forcing batches of prompt + continuation: ``(rows, batch, prompt_lens, pads, mask)``, where
+    ``mask`` marks the positions that chose a continuation token (the last prompt token up to the
+    last-but-one token). Rows without a continuation are left out."""
+    full = [TokenizedPrompt(tokens=torch.cat([p, c]), instruction=(0, 0), post_instruction=(0, 0), response=(0, 0))
+            for p, c in zip(prompts, continuations, strict=True)]
+    kept = [i for i, c in enumerate(continuations) if len(c) > 0]
+    for rows, batch in length_sorted_batches([full[i] for i in kept], batch_size, pad_id_of(model)):
+        rows = [kept[r] for r in rows]
+        width = batch.tokens.shape[1]
+        prompt_lens = torch.tensor([len(prompts[i]) for i in rows])
+        lens = torch.tensor([full[i].n_tokens for i in rows])
+        pads = width - lens
+        t = torch.arange(width)[None, :] - pads[:, None]
+        mask = (t >= prompt_lens[:, None] - 1) & (t < lens[:, None] - 1)
+        yield rows, batch, prompt_lens, pads, mask
+
+
 def kl_probe(
     model: Any,
     prompts: Sequence["str | ChatPrompt"],
@@ -106,21 +127,10 @@ def kl_probe(
     if continuation_tokens < 1:
         raise ConfigError(f"continuation_tokens must be >= 1, got {continuation_tokens}")
     gens = generate(model, prompts, max_new_tokens=continuation_tokens, batch_size=batch_size, chat=chat)
-    full = [TokenizedPrompt(tokens=torch.cat([p, g]), instruction=(0, 0), post_instruction=(0, 0), response=(0, 0))
-            for p, g in zip(gens.prompt_tokens, gens.tokens, strict=True)]
-    prompt_lens_all = [int(p.shape[0]) for p in gens.prompt_tokens]
     device = next(iter(model.parameters())).device
     batches: list[_KLBatch] = []
     n_positions = 0
-    for rows, batch in length_sorted_batches(full, batch_size, pad_id_of(model)):
-        width = batch.tokens.shape[1]
-        prompt_lens = torch.tensor([prompt_lens_all[i] for i in rows])
-        pads = width - torch.tensor([full[i].n_tokens for i in rows])
-        t = torch.arange(width)[None, :] - pads[:, None]
-        # positions that choose a continuation token: the last prompt token up to the last-but-one token
-        mask = (t >= prompt_lens[:, None] - 1) & (t < torch.tensor([full[i].n_tokens for i in rows])[:, None] - 1)
-        if not bool(mask.any()):
-            continue
+    for _, batch, prompt_lens, pads, mask in _continuation_batches(model, gens.prompt_tokens, gens.tokens, batch_size):
         with torch.inference_mode():
             logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
         base = torch.log_softmax(logits[mask.to(device)].double(), -1).cpu()
@@ -133,7 +143,10 @@ def kl_probe(
 
 
 def steering_kl(model: Any, steering: "Steering | Sequence[Steering]", probe: KLProbe) -> float:
-    """Mean per-token ``KL(p_unsteered || p_steered)`` in nats over the probe's continuation positions."""
+    """Mean per-token ``KL(p_unsteered || p_steered)`` in nats over the probe's continuation positions.
+
+    Gates are not applied: calibration measures what the edit costs wherever it acts (use
+    :func:`sequence_kl` with ``gated=True`` for what a gated steering costs on given prompts)."""
     steerings = (steering,) if isinstance(steering, Steering) else tuple(steering)
     device = next(iter(model.parameters())).device
     total = 0.0
@@ -144,6 +157,54 @@ def steering_kl(model: Any, steering: "Steering | Sequence[Steering]", probe: KL
         steered = torch.log_softmax(logits[b.mask.to(device)].double(), -1).cpu()
         total += float(kl_divergence(b.base_logprobs, steered).sum())
     return total / probe.n_positions
+
+
+def sequence_kl(
+    model: Any,
+    steering: Steering,
+    prompts: Sequence[torch.Tensor],
+    continuations: Sequence[torch.Tensor],
+    *,
+    gated: bool = True,
+    batch_size: int = 16,
+) -> float:
+    """Mean per-token ``KL(p_unsteered || p_steered)`` along given continuations (teacher-forced).
+
+    The coherence cost of a steering on text it did not calibrate on: held-out harmless prompts with
+    their unsteered continuations, or its own steered rollouts of the evaluation prompts. With
+    ``gated`` the steering's gate decides per prompt whether it acts (a closed gate costs 0 there),
+    as in :func:`lensteer.generate`. Nothing of the vocabulary-sized distributions is stored.
+
+    Args:
+        prompts: Prompt token ids (1-D each), e.g. :attr:`Generations.prompt_tokens`.
+        continuations: The tokens that followed each prompt (1-D each); empty ones are skipped.
+    """
+    if len(prompts) != len(continuations) or not prompts:
+        raise DataError(f"sequence_kl needs as many continuations as prompts (> 0), got {len(prompts)} and "
+                        f"{len(continuations)}")
+    open_rows = None
+    if gated and steering.gate is not None:
+        tokenized = [TokenizedPrompt(tokens=p, instruction=(0, 0), post_instruction=(0, 0), response=(0, 0))
+                     for p in prompts]
+        open_rows = gate_rows(model, [steering.gate], tokenized)
+    device = next(iter(model.parameters())).device
+    total, n_positions = 0.0, 0
+    for rows, batch, prompt_lens, pads, mask in _continuation_batches(model, prompts, continuations, batch_size):
+        tokens, attn, where = batch.tokens.to(device), batch.attention_mask.to(device), mask.to(device)
+        ctx = SteeringContext(prompt_lens=prompt_lens, pads=pads, record=False,
+                              rows=None if open_rows is None else open_rows[rows])
+        # logits only where a continuation token was chosen: a long few-shot prompt's other positions
+        # would cost most of the unembedding (the largest matmul of a small model) for nothing
+        with torch.inference_mode():
+            base = torch.log_softmax(unembed(model, final_normalized(model, tokens, attn)[where]).double(), -1)
+            with steer(model, steering, context=ctx):
+                steered_in = final_normalized(model, tokens, attn)[where]
+            steered = torch.log_softmax(unembed(model, steered_in).double(), -1)
+        total += float(kl_divergence(base, steered).sum())
+        n_positions += int(mask.sum())
+    if n_positions == 0:
+        raise DataError("no continuation token to measure KL on (every continuation is empty)")
+    return total / n_positions
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -1,12 +1,14 @@
 """Prompt-level gates (CAST, Lee et al. 2024): steer a row only when its prompt is in scope."""
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from lensteer._types import DirectionVec
+from lensteer.core.activations import collect_activations
 from lensteer.core.sites import validate_site_kind
 from lensteer.core.vectors import unit_vector
 from lensteer.errors import ConfigError
@@ -45,3 +47,15 @@ class Gate:
     def opens(self, projection: torch.Tensor) -> torch.Tensor:
         """Which rows the gate lets through, from their prompt projections."""
         return projection > self.threshold if self.when == "above" else projection < self.threshold
+
+
+def gate_rows(model: Any, gates: Sequence[Gate | None], prompts: Sequence[Any]) -> torch.Tensor:
+    """``[n_prompts]`` bool: the prompts every gate lets through (one prompt pass per gate; ``None`` gates
+    let everything through). ``prompts`` are chat prompts, strings or tokenized prompts."""
+    open_rows = torch.ones(len(prompts), dtype=torch.bool)
+    for gate in gates:
+        if gate is None:
+            continue
+        acts = collect_activations(model, list(prompts), layers=[gate.layer], site=gate.site, position=gate.position)
+        open_rows &= gate.opens(acts[:, 0] @ gate.unit)
+    return open_rows

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lensteer.core.activations import collect_activations
 from lensteer.core.chat import (
     ChatPrompt,
     TokenizedPrompt,
@@ -31,6 +30,7 @@ from lensteer.core.chat import (
 from lensteer.core.forward import last_position_logits
 from lensteer.core.models import ensure_kv_cache_fix
 from lensteer.errors import ConfigError, DataError
+from lensteer.steering.gates import gate_rows
 from lensteer.steering.hooks import SteeringContext, steer
 from lensteer.steering.prefix import prefill_shared_prefix, shared_prefix
 from lensteer.steering.sampling import check_sampling, sample_token
@@ -76,6 +76,17 @@ class Generations:
     def per_prompt_share(self) -> list[float]:
         """Share of each prompt's generated tokens chosen at a steered position."""
         return [float(f.float().mean()) if f.numel() else 0.0 for f in self.fired]
+
+    def select(self, indices: Any) -> "Generations":
+        """The generations of the prompts at ``indices`` (e.g. one condition of a joint batch)."""
+        idx = list(indices)
+
+        def pick(values: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(values[i] for i in idx) if values else ()
+
+        return Generations(texts=pick(self.texts), tokens=pick(self.tokens), prompt_tokens=pick(self.prompt_tokens),
+                           fired=pick(self.fired), shift=pick(self.shift),
+                           prompt_fired_share=pick(self.prompt_fired_share), gated=pick(self.gated))
 
 
 def end_of_turn_ids(model: Any) -> set[int]:
@@ -128,20 +139,8 @@ def _owned_gate_rows(model: Any, steerings: Sequence[Steering], owner: torch.Ten
     for j, s in enumerate(steerings):
         mine = owner[j].nonzero().flatten().tolist()
         if s.gate is not None and mine:
-            rows[j, mine] = _gate_rows(model, [s], [tokenized[i] for i in mine])
+            rows[j, mine] = gate_rows(model, [s.gate], [tokenized[i] for i in mine])
     return rows
-
-
-def _gate_rows(model: Any, steerings: Sequence[Steering], tokenized: Sequence[TokenizedPrompt]) -> torch.Tensor:
-    """[n_prompts] bool: prompts every gated steering lets through (CAST-style, from a prompt pass)."""
-    open_rows = torch.ones(len(tokenized), dtype=torch.bool)
-    for s in steerings:
-        if s.gate is None:
-            continue
-        g = s.gate
-        acts = collect_activations(model, list(tokenized), layers=[g.layer], site=g.site, position=g.position)
-        open_rows &= g.opens(acts[:, 0] @ g.unit)
-    return open_rows
 
 
 def generate(
@@ -209,7 +208,7 @@ def generate(
     tokenized = [tokenize_prompt(model, p, chat=chat) for p in prompts]
     gates: torch.Tensor | None  # [n_prompts] (every steering) or [n_steerings, n_prompts] (each its own rows)
     if owner is None:
-        gates = _gate_rows(model, steerings, tokenized) if any(s.gate for s in steerings) else None
+        gates = gate_rows(model, [s.gate for s in steerings], tokenized) if any(s.gate for s in steerings) else None
     else:
         gates = _owned_gate_rows(model, steerings, owner, tokenized) if steerings else None
     eos = end_of_turn_ids(model)
@@ -356,7 +355,7 @@ def generate_conversations(
     model: Any,
     conversations: Sequence[Sequence[str]],
     *,
-    system: str | None = None,
+    system: "str | Sequence[str | None] | None" = None,
     steering: "Steering | Sequence[Steering] | None" = None,
     max_new_tokens: int = 48,
     **kwargs: Any,
@@ -368,7 +367,7 @@ def generate_conversations(
 
     Args:
         conversations: One list of user messages per conversation (all the same number of turns).
-        system: Optional system prompt for every conversation.
+        system: Optional system prompt for every conversation, or one (or ``None``) per conversation.
         steering: Applied on every turn.
             (``prompt_steerings=[...]``, one per conversation, runs several conditions together.)
         max_new_tokens, **kwargs: Passed to :func:`generate`.
@@ -381,10 +380,14 @@ def generate_conversations(
     n_turns = {len(c) for c in conversations}
     if len(n_turns) != 1:
         raise DataError(f"conversations have different numbers of turns {sorted(n_turns)}; pad or split them")
+    systems: list[str | None] = [system] * len(conversations) if system is None or isinstance(system, str) else list(system)
+    if len(systems) != len(conversations):
+        raise DataError(f"{len(systems)} system prompts for {len(conversations)} conversations; give one per conversation")
     histories: list[tuple[Turn, ...]] = [() for _ in conversations]
     turns: list[Generations] = []
     for k in range(n_turns.pop()):
-        prompts = [ChatPrompt(user=c[k], system=system, history=h) for c, h in zip(conversations, histories, strict=True)]
+        prompts = [ChatPrompt(user=c[k], system=s, history=h)
+                   for c, s, h in zip(conversations, systems, histories, strict=True)]
         out = generate(model, prompts, steering=steering, max_new_tokens=max_new_tokens, **kwargs)
         turns.append(out)
         histories = [(*h, Turn(role="user", content=c[k]), Turn(role="assistant", content=t))

@@ -66,7 +66,7 @@ def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harm
     acts: dict[str, torch.Tensor] = {}
     n_val = max(8, config.n_train // 3)
     for split, n in (("train", config.n_train), ("val", n_val)):
-        pos, neg, position = contrast_prompts(getattr(ds, split).head(n), "response")
+        pos, neg, position = contrast_prompts(getattr(ds, split).stratified(n), "response")
         both = collect_activations(model, pos + neg, layers=layers, position=position, batch_size=config.batch_size)
         acts[f"pos_{split}"], acts[f"neg_{split}"] = both[: len(pos)], both[len(pos):]
     acts["pos_test"], acts["neg_test"] = acts["pos_val"], acts["neg_val"]
@@ -81,7 +81,7 @@ def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harm
             refs = {layer: reference_norm(model, harmless, layer, batch_size=config.batch_size) for layer in layers}
             # held-out questions without the misaligning context (a few-shot context would make this
             # screen several times dearer); relative scale 0.25 is near where KL 0.3-0.5 lies on most layers
-            val = ds.val.head(min(n_val, 6))
+            val = ds.val.stratified(min(n_val, 6))
             candidates = {layer: Steering.from_direction(report.direction("diff_of_means", layer), mode="swfc",
                                                          scale=0.25, relative=True, reference_norm=refs[layer])
                           for layer in screened}
@@ -165,7 +165,7 @@ def _refusal_gate(model: Any, config: StudyConfig) -> Gate:
     # prompts only (cheap): at least 96 training pairs and the whole val split, since harmful vs
     # topic-matched harmless is a hard contrast for a small model (48 pairs gave gates that opened as
     # often on the harmless twins as on the harmful prompts)
-    train, val = refusal.train.head(max(96, config.n_train)), refusal.val
+    train, val = refusal.train.stratified(max(96, config.n_train)), refusal.val
     layers = _candidate_layers(model, config)
     acts = collect_activations(model, train.prompts + train.paired_prompts + val.prompts + val.paired_prompts,
                                layers=layers, batch_size=config.batch_size)
@@ -183,9 +183,9 @@ def _refusal_gate(model: Any, config: StudyConfig) -> Gate:
 def build_steering(model: Any, threat_model: str, method: str, kl_budget: float, config: StudyConfig, *,
                    progress: bool = False) -> Steering:
     """Locate, build and calibrate one steering (what ``lensteer steer`` shows side by side)."""
-    refusal = load_dataset("refusal")
-    harmless = refusal.test.paired_prompts[: config.n_harmless]
-    probe = kl_probe(model, refusal.val.paired_prompts[: config.n_kl], batch_size=config.batch_size)
-    loc = locate_threat_model(model, threat_model, replace(config, methods=(method,), kl_budgets=(kl_budget,)), harmless, probe)
+    calibration_prompts = load_dataset("refusal").train.stratified(config.n_kl).paired_prompts
+    probe = kl_probe(model, calibration_prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
+    loc = locate_threat_model(model, threat_model, replace(config, methods=(method,), kl_budgets=(kl_budget,)),
+                              calibration_prompts, probe)
     cal = calibrate(model, replace(loc.steerings[method], gate=None), probe, kl_budget, progress=progress)
     return replace(cal.steering, gate=loc.steerings[method].gate)

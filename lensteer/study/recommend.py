@@ -8,12 +8,13 @@ Selection rules (after Arditi et al. 2024; ``docs/methods.md``), applied in orde
    ``min_auroc_lo``.
 3. If a residual patching result is given, require causal evidence: the largest normalised
    denoising effect at that layer (over positions) must reach ``min_patch_effect``.
-4. If an ablation KL is given for a layer, require ``KL(base || ablated) <= max_ablation_kl`` on
+4. If a steerability is given for a layer, require that steering there helps (a log-odds shift > 0).
+5. If an ablation KL is given for a layer, require ``KL(base || ablated) <= max_ablation_kl`` on
    harmless prompts (Arditi's 0.1 nats): ablating the direction must not wreck unrelated text.
-5. If a :class:`~lensteer.evaluate.Steerability` is given (the causal criterion for injection), take the
+6. If a :class:`~lensteer.evaluate.Steerability` is given (the causal criterion for injection), take the
    passing layer where steering at a fixed KL budget moves the aligned-over-misaligned log-odds
    the most: readability saturates on many layers, steerability does not.
-6. Otherwise take the highest probe-AUROC lower bound; break near-ties (within ``tie_margin``) by
+7. Otherwise take the highest probe-AUROC lower bound; break near-ties (within ``tie_margin``) by
    the larger patching effect, then by the larger difference-of-means d' (when AUROC saturates at 1,
    d' still measures the margin between the classes), then the earlier layer.
 
@@ -106,12 +107,17 @@ def recommend_site(
             fails.append(f"patching effect {patch_effect[layer]:.2f} < {min_patch_effect}")
         if row["ablation_kl"] is not None and row["ablation_kl"] > max_ablation_kl:
             fails.append(f"ablation KL {row['ablation_kl']:.3f} > {max_ablation_kl}")
+        if row["steer_effect"] is not None and row["steer_effect"] <= 0:
+            fails.append(f"steering here does not help (log-odds shift {row['steer_effect']:+.2f} <= 0)")
         row["passes"] = not fails
         row["why_not"] = "; ".join(fails)
         rows.append(row)
     passing = [r for r in rows if r["passes"]]
     if not passing:
         detail = "; ".join(f"layer {r['layer']}: {r['why_not']}" for r in rows)
+        if effect and all(v <= 0 for v in effect.values()):
+            raise ConfigError(f"no layer helps: steering at KL {steerability.kl_budget:g} does not raise the "
+                              f"aligned-over-misaligned log-odds at any candidate layer ({detail})")
         raise ConfigError(f"no layer passes the selection rules ({detail})")
     measured = [r for r in passing if r["steer_effect"] is not None]
     if measured:

@@ -1,38 +1,107 @@
-"""The study's report: per threat model, the baseline, the controls and each method at the matched KL
-budget, and the Markdown headline table the README shows.
+"""The study's report: per threat model, the baselines, the controls and each method at the matched KL
+budget with paired tests, the Markdown headline table, and findings stated only where a test carries them.
+
+Every rate carries its n and a Wilson interval; every comparison is an exact McNemar test on the same
+prompts (``p_vs_baseline``, ``p_vs_prompting``, ``p_vs_random``, and between methods). ``p_vs_random``
+is the largest p-value over the random seeds (a method must beat every random direction).
 """
 
 import math
 from collections.abc import Sequence
+from itertools import combinations
 from typing import Any
 
 from lensteer._version import __version__
+from lensteer.core.stats import mcnemar_exact, wilson_interval
 from lensteer.study.config import StudyConfig
 
-REPORT_FIELDS = ("trait", "trait_ci", "redirect", "redirect_ci", "kl", "perplexity_ratio", "repetition", "over_refusal", "over_refusal_ci",
-                 "capability", "steered_share", "scale", "coefficient", "layer")
+ALPHA = 0.05
+REPORT_FIELDS = (
+    "n_eval", "trait", "trait_ci", "redirect", "redirect_ci", "kl", "kl_heldout", "kl_rollout", "kl_calibration",
+    "perplexity_ratio", "repetition", "repetition_ci", "n_conversations", "over_refusal", "over_refusal_ci",
+    "over_refusal_borderline", "over_refusal_borderline_ci", "capability", "capability_items", "capability_delta",
+    "ce_delta_nats", "steered_share", "fired_share_prompt", "fired_share_generated", "fired_share_harmless_prompt",
+    "fired_share_harmless_generated", "scale", "coefficient", "layer", "calibrated_kl",
+)
+# averaged over the random seeds
+_MEAN_FIELDS = ("trait", "redirect", "kl", "kl_heldout", "kl_rollout", "kl_calibration", "perplexity_ratio", "repetition",
+                "over_refusal", "over_refusal_borderline", "capability", "capability_delta", "ce_delta_nats",
+                "fired_share_prompt", "fired_share_generated", "fired_share_harmless_generated")
+
+
+def _picked(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in REPORT_FIELDS if k in row}
+
+
+def _p(a: dict[str, Any] | None, b: dict[str, Any] | None, flags: str = "trait_flags") -> float | None:
+    if a is None or b is None or flags not in a or flags not in b or len(a[flags]) != len(b[flags]):
+        return None
+    return mcnemar_exact(a[flags], b[flags]).p_value
+
+
+def _random_control(rows: Sequence[dict[str, Any]], baseline: dict[str, Any] | None) -> dict[str, Any]:
+    """The random-direction controls: the seeds, each seed's metrics, and their average."""
+    seeds = sorted(int(r["method"].split(":")[1]) for r in rows)
+    out: dict[str, Any] = {"seeds": seeds, "per_seed": {str(s): _picked(r) for s, r in zip(seeds, rows, strict=True)}}
+    for key in _MEAN_FIELDS:
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+        if values:
+            out[key] = sum(values) / len(values)
+    pooled = [f for r in rows for f in r.get("trait_flags", [])]
+    if pooled:
+        out["trait_ci"] = list(wilson_interval(sum(pooled), len(pooled)))
+        out["n_eval"] = rows[0].get("n_eval")
+    p_values = [_p(r, baseline) for r in rows]
+    if baseline is not None and all(p is not None for p in p_values):
+        out["p_vs_baseline"] = max(p for p in p_values if p is not None)
+    return out
 
 
 def build_report(rows: Sequence[dict[str, Any]], config: StudyConfig, located: dict[str, Any],
-                 model: dict[str, Any], *, seconds: float) -> dict[str, Any]:
-    """The headline report: per threat model, the baseline and each method at the first KL budget."""
+                 model: dict[str, Any], *, seconds: float, method_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The report: per threat model, the baselines, the controls and each method at the first KL budget
+    and the chosen layer, with paired tests; other budgets and layers stay in ``sweep``."""
     matched = config.kl_budgets[0]
+    methods = tuple(method_names) if method_names is not None else config.methods
     out: dict[str, Any] = {"lensteer_version": __version__, "model": model, "config": config.to_dict(),
-                           "matched_kl_budget": matched, "seconds": round(seconds, 1), "threat_models": {}}
+                           "matched_kl_budget": matched, "seconds": round(seconds, 1), "alpha": ALPHA,
+                           "threat_models": {}}
     for tm in config.threat_models:
         mine = [r for r in rows if r["threat_model"] == tm]
         chosen = located.get(tm, {}).get("layer")
-        entry: dict[str, Any] = {**located.get(tm, {}), "methods": {}, "controls": {}, "sweep": mine}
-        for r in mine:
-            picked = {k: r[k] for k in REPORT_FIELDS if k in r}
-            if r["method"] == "baseline":
-                entry["baseline"] = picked
-            elif r["method"] == "random":
-                entry["controls"]["random"] = picked
-            elif r["kl_budget"] == matched and r["layer"] == chosen:
-                entry["methods"][r["method"]] = picked
-            elif r["kl_budget"] == matched:  # another layer of a layer sweep
-                entry.setdefault("layer_sweep", {}).setdefault(r["method"], {})[str(r["layer"])] = picked
+        by_method = {r["method"]: r for r in mine
+                     if r.get("layer") == chosen and r.get("kl_budget") in (None, matched)}
+        baseline, prompting = by_method.get("baseline"), by_method.get("prompting")
+        randoms = [r for m, r in sorted(by_method.items()) if m.startswith("random:")]
+        entry: dict[str, Any] = {**located.get(tm, {}), "methods": {}, "controls": {}, "comparisons": {},
+                                 "sweep": [{k: v for k, v in r.items() if not k.endswith("_flags")} for r in mine]}
+        if baseline is not None:
+            entry["baseline"] = _picked(baseline)
+        if prompting is not None:
+            entry["controls"]["prompting"] = {**_picked(prompting), "p_vs_baseline": _p(prompting, baseline)}
+        if randoms:
+            entry["controls"]["random"] = _random_control(randoms, baseline)
+        steered = {m: r for m, r in by_method.items() if m in methods}
+        for m, r in steered.items():
+            p_random = [_p(r, x) for x in randoms]
+            entry["methods"][m] = {
+                **_picked(r), "p_vs_baseline": _p(r, baseline), "p_vs_prompting": _p(r, prompting),
+                "p_vs_random": max(p for p in p_random if p is not None) if p_random and None not in p_random else None,
+                "p_vs_random_seeds": p_random,
+                "over_refusal_p_vs_baseline": _p(r, baseline, "over_refusal_flags"),
+                "over_refusal_borderline_p_vs_baseline": _p(r, baseline, "over_refusal_borderline_flags"),
+                "capability_p_vs_baseline": _p(r, baseline, "capability_flags"),
+            }
+        for a, b in combinations(sorted(steered), 2):
+            if "trait_flags" in steered[a] and "trait_flags" in steered[b]:
+                entry["comparisons"][f"{a} vs {b}"] = mcnemar_exact(steered[a]["trait_flags"],
+                                                                    steered[b]["trait_flags"]).to_dict()
+        sweep: dict[str, dict[str, Any]] = {}
+        for r in mine:  # other layers of a layer sweep, at the matched budget
+            if r["method"] in methods and r.get("kl_budget") == matched and r.get("layer") != chosen:
+                sweep.setdefault(r["method"], {})[str(r["layer"])] = _picked(r)
+        if sweep:
+            entry["layer_sweep"] = sweep
         out["threat_models"][tm] = entry
     return out
 
@@ -40,29 +109,73 @@ def build_report(rows: Sequence[dict[str, Any]], config: StudyConfig, located: d
 def _fmt(value: Any, ci: Any = None, pct: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if pct:
-        text = f"{100 * value:.0f}%"
-        return f"{text} [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]" if ci else text
-    return f"{value:.2f}"
+    core = f"{100 * value:.0f}%" if pct else f"{value:.2f}"
+    if ci is not None and len(ci) == 2 and None not in ci:
+        core += f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]" if pct else f" [{ci[0]:.2f}-{ci[1]:.2f}]"
+    return core
+
+
+def _fmt_p(p: Any) -> str:
+    if p is None:
+        return "-"
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
 
 
 def headline_table(report: dict[str, Any]) -> str:
-    """The report's headline numbers as a Markdown table (the README's results table)."""
-    lines = [f"Matched KL budget: {report['matched_kl_budget']:g} nats/token. Trait, redirecting refusals and "
-             "over-refusal: rate [95% bootstrap CI]. Redirecting refusals: refusals of harmful requests that offer "
-             "an alternative or point to help (`RefusalVerdict.redirects`).", "",
-             "| threat model | method | trait | redirecting refusals | KL | perplexity ratio | repetition (rep-4) | "
-             "over-refusal | capability |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for tm, entry in report["threat_models"].items():
-        rows = [("baseline", entry.get("baseline")), *list(entry.get("methods", {}).items())]
-        rows += [(f"{name} (control)", r) for name, r in entry.get("controls", {}).items()]
+    """The README's results table: per threat model, baselines, methods and the random control."""
+    budget = report.get("matched_kl_budget")
+    head = (f"Matched KL budget: {budget:g} nats/token (calibrated on training prompts). Rates: share [95% Wilson "
+            "interval]; p: exact McNemar test against the condition named, on the same prompts (random: the "
+            "largest p over the seeds). KL: held-out harmless prompts, gate on / along the condition's own "
+            "answers. Over-refusal: plain harmless / borderline prompts. MC: multiple-choice accuracy; "
+            "ΔCE: change in cross-entropy on held-out paragraphs (nats/token).\n\n")
+    lines = [head + "| threat model | condition | n | trait | p vs baseline | p vs prompting | p vs random | "
+             "KL held-out / rollout | perplexity ratio | rep-4 | over-refusal harmless / borderline | MC | ΔCE |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for tm, e in report["threat_models"].items():
+        rows: list[tuple[str, dict[str, Any] | None]] = [("baseline", e.get("baseline"))]
+        rows.append(("prompting", e.get("controls", {}).get("prompting")))
+        rows += list(e.get("methods", {}).items())
+        rows.append(("random (control)", e.get("controls", {}).get("random")))
         for name, r in rows:
             if r is None:
                 continue
-            redirect = _fmt(r["redirect"], r.get("redirect_ci"), pct=True) if "redirect" in r else "-"
-            lines.append(f"| {tm} | {name} | {_fmt(r['trait'], r.get('trait_ci'), pct=True)} | {redirect} | {_fmt(r.get('kl'))} | "
-                         f"{_fmt(r.get('perplexity_ratio'))} | {_fmt(r.get('repetition'))} | "
-                         f"{_fmt(r.get('over_refusal'), r.get('over_refusal_ci'), pct=True)} | "
-                         f"{_fmt(r.get('capability'), pct=True)} |")
+            border = _fmt(r.get("over_refusal_borderline"), r.get("over_refusal_borderline_ci"), pct=True)
+            lines.append(
+                f"| {tm} | {name} | {r.get('n_eval', '-')} | {_fmt(r.get('trait'), r.get('trait_ci'), pct=True)} | "
+                f"{_fmt_p(r.get('p_vs_baseline'))} | {_fmt_p(r.get('p_vs_prompting'))} | {_fmt_p(r.get('p_vs_random'))} | "
+                f"{_fmt(r.get('kl_heldout', r.get('kl')))} / {_fmt(r.get('kl_rollout'))} | "
+                f"{_fmt(r.get('perplexity_ratio'))} | {_fmt(r.get('repetition'))} | "
+                f"{_fmt(r.get('over_refusal'), r.get('over_refusal_ci'), pct=True)} / {border} | "
+                f"{_fmt(r.get('capability'), pct=True)} | {_fmt(r.get('ce_delta_nats'))} |")
     return "\n".join(lines)
+
+
+def _verdict(p: float | None) -> str:
+    if p is None:
+        return "not tested"
+    return f"p = {_fmt_p(p)}, {'significant' if p < ALPHA else 'not significant'}"
+
+
+def findings(report: dict[str, Any]) -> list[str]:
+    """One sentence per comparison, each with its paired test; a difference is called a difference only
+    where p < ``alpha``, and "not significant" otherwise. The README's claims come from here."""
+    out = []
+    for tm, e in report["threat_models"].items():
+        base = e.get("baseline")
+        prompting = e.get("controls", {}).get("prompting")
+        for m, r in e.get("methods", {}).items():
+            if base is None:
+                continue
+            parts = [f"{tm}: {m} {_fmt(r['trait'], pct=True)} vs unsteered {_fmt(base['trait'], pct=True)} "
+                     f"({_verdict(r.get('p_vs_baseline'))})"]
+            if prompting is not None:
+                parts.append(f"vs prompting {_fmt(prompting['trait'], pct=True)} ({_verdict(r.get('p_vs_prompting'))})")
+            if r.get("p_vs_random") is not None:
+                parts.append(f"vs random directions ({_verdict(r.get('p_vs_random'))})")
+            out.append("; ".join(parts) + ".")
+        for pair, test in e.get("comparisons", {}).items():
+            a, b = pair.split(" vs ")
+            out.append(f"{tm}: {a} vs {b}: {100 * test['difference']:+.0f} points on {test['n']} paired prompts "
+                       f"({_verdict(test['p_value'])}).")
+    return out

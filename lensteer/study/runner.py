@@ -1,22 +1,18 @@
-"""The whole study, one threat model at a time: locate -> choose site -> calibrate -> steer -> evaluate.
+"""The whole study, one threat model at a time: locate -> choose site -> calibrate -> evaluate.
 
 For each threat model (refusal, compassion, honesty) the study
 
-1. **locates**: probes the response-side contrast (aligned vs misaligned responses, averaged over
-   response tokens) at candidate layers and picks the steering layer with
-   :func:`~lensteer.study.recommend_site` (Arditi et al.'s rule: skip the last 20% of layers);
+1. **locates**: probes the response-side contrast at candidate layers and picks the steering layer
+   with :func:`~lensteer.study.recommend_site` (Arditi et al.'s rules, then steerability);
 2. **builds** the seed paper's steerings at that layer: SwFC along the difference of means, StTP
-   and StMP from the probe's boundary (refusal adds a CAST-style prompt gate from the
-   harmful-vs-harmless probe, so harmless requests are left alone);
-3. **calibrates** every method to each KL budget on harmless prompts (matched coherence cost);
-4. **evaluates** each condition against the unsteered baseline and a random direction of the
-   same norm at the same site: trait rate under the misaligning context, KL, perplexity of the
-   outputs under the unsteered model (ratio to the baseline's), repetition over multi-turn
-   conversations, over-refusal on harmless prompts, multiple-choice capability; rates carry
-   bootstrap confidence intervals.
+   and StMP from the class projections (refusal adds a CAST-style prompt gate);
+3. **calibrates** every method, and a random direction per seed, to each KL budget on harmless
+   *training* prompts (matched coherence cost; saved, so a rerun reloads them);
+4. **evaluates** all conditions together on the test prompts: the unsteered and prompting
+   baselines, each method, each random control (:mod:`lensteer.study.evaluation`).
 
-Results go into one tidy table (one row per threat model x method x KL budget), written after every
-cell, so an interrupted sweep resumes where it stopped and never loses a finished cell.
+Results go into one tidy table (one row per threat model x condition x KL budget x layer), written
+as soon as a threat model's conditions are evaluated, so an interrupted sweep resumes with what is done.
 """
 
 import json
@@ -27,42 +23,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from lensteer.core.io import write_json
 from lensteer.core.models import model_fingerprint
 from lensteer.steering.calibration import calibrate
+from lensteer.steering.files import artifact_paths, load_steering, save_steering
 from lensteer.steering.spec import Steering
 from lensteer.study.config import StudyConfig
 from lensteer.study.evaluation import (
-    _random_like,
-    conversation_fields,
+    Condition,
+    EvalSets,
+    baseline_conditions,
     eval_sets,
-    evaluate_condition,
+    evaluate_conditions,
 )
 from lensteer.study.layers import _candidate_layers, locate_threat_model, steering_path
 from lensteer.study.report import build_report
 from lensteer.study.table import SweepTable
-
-# Misaligning condition per threat model: refusal is probed with bare harmful requests (the embedded
-# model already complies with them); the others with the bundled misaligning context.
-# Follow-up user turns for the multi-turn (repetition) conversations; written by us.
-# StudyConfig.positions -> the steerings' positions (see StudyConfig).
-
-
-# -- trait scoring ----------------------------------------------------------------------------------
-
-
-# -- the sweep table --------------------------------------------------------------------------------
-
-
-# -- one threat model -----------------------------------------------------------------------------
-
-
-# -- evaluation ------------------------------------------------------------------------------------
-
-
-# -- the runner ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -74,6 +53,23 @@ class StudyResult:
     table: Any = field(repr=False)
 
 
+def _calibrated(model: Any, built: Steering, path: Path, sets: EvalSets, budget: float) -> Steering:
+    """The calibrated steering saved at ``path``, calibrating (without its gate: the gate would hide the
+    edit's cost on harmless prompts) and saving it first if it is not there yet."""
+    if artifact_paths(path)[1].exists():
+        return load_steering(path, model=model)
+    cal = calibrate(model, replace(built, gate=None), sets.calibration, budget)
+    steering = replace(cal.steering, gate=built.gate)
+    save_steering(steering, path, model=model)
+    return steering
+
+
+def _random_like(steering: Steering, seed: int) -> Steering:
+    """A random unit direction with the same mode, positions, gate and starting scale (to be calibrated)."""
+    unit = torch.randn(steering.d_model, generator=torch.Generator().manual_seed(seed))
+    return replace(steering, unit=unit, info={**steering.info, "control": f"random direction, seed {seed}"})
+
+
 def run_study(
     model: Any,
     config: StudyConfig,
@@ -83,25 +79,21 @@ def run_study(
     log: Callable[[str], None] = print,
 ) -> StudyResult:
     """Run the study and write ``report.json``, ``results.csv``/``results.json``, ``steerings/``,
-    ``examples.json`` into ``out``. Re-running into the same folder resumes: finished cells are kept."""
-    from lensteer.steering.files import artifact_paths, load_steering, save_steering
-
+    ``examples.json`` into ``out``. Re-running into the same folder resumes: calibrated steerings are
+    reloaded and finished conditions are kept."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     table = SweepTable(folder)
     examples_path = folder / "examples.json"
     examples: dict[str, Any] = json.loads(examples_path.read_text()) if examples_path.exists() else {}
     started = time.time()
-    log(f"building the KL calibration set ({config.n_kl} harmless prompts)")
+    log(f"building the KL calibration set ({config.n_kl} harmless training prompts) and the evaluation sets")
     sets = eval_sets(model, config)
-    harmless = sets.harmless
     located_info: dict[str, Any] = {}
-    cells = [(tm, m, b) for tm in config.threat_models for m in config.methods for b in config.kl_budgets]
-    bar = tqdm(total=len(cells) + len(config.threat_models) * (2 if config.random_control else 1),
-               desc="study", disable=not progress, unit="cell")
+    bar = tqdm(total=len(config.threat_models), desc="study", disable=not progress, unit="threat model")
     for tm in config.threat_models:
         log(f"[{tm}] locating (probing {len(_candidate_layers(model, config)) if config.layer is None else 1} layers)")
-        loc = locate_threat_model(model, tm, config, harmless, sets.kl)
+        loc = locate_threat_model(model, tm, config, sets.calibration_prompts, sets.calibration)
         located_info[tm] = {"layer": loc.layer, "site": loc.site, "reasons": loc.reasons,
                             "reference_norm": loc.reference_norm, "steerability": loc.steerability,
                             "probe_auroc": {r["layer"]: r["probe_auroc"] for r in loc.probing["rows"]}}
@@ -110,80 +102,43 @@ def run_study(
             located_info[tm]["gate"] = {"layer": gate.layer, "site": gate.site, "threshold": gate.threshold,
                                         "position": gate.position}
         log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
-        if not table.has(tm, "baseline", None, loc.layer):
-            row, ex = evaluate_condition(model, tm, None, config, sets, conversations=False)
-            table.add({"threat_model": tm, "method": "baseline", "kl_budget": None, "layer": loc.layer, **row})
-            examples.setdefault(tm, {})["baseline"] = ex
-            write_json(examples_path, examples)
-        bar.update(1)
-        base = table.get(tm, "baseline", None, loc.layer)
-        if loc.sweep:  # the layer sweep's cells, now that the chosen layer is known
-            bar.total += len(loc.sweep) * len(config.methods) * len(config.kl_budgets)
-            bar.refresh()
+        conditions = [replace(c, layer=loc.layer) for c in baseline_conditions(tm, config)]
         for layer, built in ((loc.layer, loc.steerings), *sorted(loc.sweep.items())):
             at = "" if layer == loc.layer else f" (layer sweep: L{layer})"
             for method in config.methods:
                 for budget in config.kl_budgets:
-                    bar.update(1)
-                    if table.has(tm, method, budget, layer):
-                        continue
                     path = steering_path(folder, tm, method, budget, layer, loc.layer)
-                    if artifact_paths(path)[1].exists():
-                        steering = load_steering(path, model=model)
-                        cal_info = steering.info.get("calibration", {})
-                    else:
-                        # calibrate the raw edit (no gate): the gate would hide its cost on harmless prompts
-                        cal = calibrate(model, replace(built[method], gate=None), sets.kl, budget)
-                        steering = replace(cal.steering, gate=built[method].gate)
-                        save_steering(steering, path, model=model)
-                        cal_info = steering.info["calibration"]
+                    steering = _calibrated(model, built[method], path, sets, budget)
+                    cal = steering.info.get("calibration", {})
                     log(f"[{tm}] {method} @ KL {budget:g}{at}: scale {steering.scale:.4g} "
-                        f"(KL {cal_info.get('kl', math.nan):.3f}{'' if cal_info.get('reached', True) else ', budget not reached'})")
-                    row, ex = evaluate_condition(model, tm, steering, config, sets, baseline=base, conversations=False)
-                    table.add({"threat_model": tm, "method": method, "kl_budget": budget, "layer": layer,
-                               "scale": steering.scale, "coefficient": steering.coefficient,
-                               "calibrated_kl": cal_info.get("kl"), "kl_reached": cal_info.get("reached"), **row})
-                    if layer == loc.layer:
-                        examples.setdefault(tm, {})[f"{method}@{budget:g}"] = ex
-                        write_json(examples_path, examples)
-        if config.random_control and "SwFC" in config.methods and not table.has(tm, "random", config.kl_budgets[0], loc.layer):
-            sw = load_steering(steering_path(folder, tm, "SwFC", config.kl_budgets[0], loc.layer, loc.layer), model=model)
-            control = _random_like(sw, config.seed)
-            row, ex = evaluate_condition(model, tm, control, config, sets, baseline=base, conversations=False)
-            table.add({"threat_model": tm, "method": "random", "kl_budget": config.kl_budgets[0], "layer": loc.layer,
-                       "scale": control.scale, "coefficient": control.coefficient, **row})
-            examples.setdefault(tm, {})["random"] = ex
+                        f"(KL {cal.get('kl', math.nan):.3f}{'' if cal.get('reached', True) else ', budget not reached'})")
+                    conditions.append(Condition(method=method, steering=steering, kl_budget=budget, layer=layer))
+        if config.random_seeds:
+            template = loc.steerings.get("SwFC") or next(iter(loc.steerings.values()))
+            budget = config.kl_budgets[0]
+            for seed in config.random_seeds:
+                path = steering_path(folder, tm, f"random{seed}", budget, loc.layer, loc.layer)
+                control = _calibrated(model, _random_like(template, seed), path, sets, budget)
+                conditions.append(Condition(method="random", steering=control, kl_budget=budget, layer=loc.layer,
+                                            seed=seed))
+        pending = [c for c in conditions if not table.has(tm, c.key, c.kl_budget, c.layer)]
+        if pending:
+            log(f"[{tm}] evaluating {len(pending)} conditions together ({', '.join(c.key for c in pending)})")
+            earlier = (table.get(tm, "baseline", None, loc.layer) if table.has(tm, "baseline", None, loc.layer)
+                       else None)
+            rows, ex = evaluate_conditions(model, tm, pending, config, sets, baseline=earlier, log=log)
+            for cond, row in zip(pending, rows, strict=True):
+                s = cond.steering
+                table.add({"threat_model": tm, "method": cond.key, "kl_budget": cond.kl_budget, "layer": cond.layer,
+                           **({"scale": s.scale, "coefficient": s.coefficient,
+                               "calibrated_kl": s.info.get("calibration", {}).get("kl"),
+                               "kl_reached": s.info.get("calibration", {}).get("reached")} if s is not None else {}),
+                           **row})
+            examples.setdefault(tm, {}).update({k: v for k, v in ex.items()})
             write_json(examples_path, examples)
-        if config.n_conversations > 0:
-            _add_conversations(model, tm, config, table, folder, loc.layer, log)
         bar.update(1)
     bar.close()
     report = build_report(table.rows, config, located_info, model_fingerprint(model).to_dict(),
                           seconds=time.time() - started)
     write_json(folder / "report.json", report)
     return StudyResult(folder=folder, report=report, table=table.to_frame())
-
-
-def _add_conversations(model: Any, tm: str, config: StudyConfig, table: SweepTable, folder: Path, chosen: int,
-                       log: Callable[[str], None]) -> None:
-    """Add multi-turn repetition to this threat model's rows that lack it, all conditions in one go."""
-    from lensteer.steering.files import load_steering
-
-    pending = [r for r in table.rows if r["threat_model"] == tm and "repetition_by_turn" not in r]
-    if not pending:
-        return
-
-    def condition(r: dict[str, Any]) -> Steering | None:
-        if r["method"] == "baseline":
-            return None
-        if r["method"] == "random":
-            sw = load_steering(steering_path(folder, tm, "SwFC", r["kl_budget"], r["layer"], chosen), model=model)
-            return _random_like(sw, config.seed)
-        return load_steering(steering_path(folder, tm, r["method"], r["kl_budget"], r["layer"], chosen), model=model)
-
-    log(f"[{tm}] {config.n_turns}-turn conversations for {len(pending)} conditions, decoded together")
-    fields = conversation_fields(model, tm, [condition(r) for r in pending], config)
-    for r, extra in zip(pending, fields, strict=True):
-        table.add({**r, **extra})
-
-

@@ -32,7 +32,7 @@ def threat_model_datasets(names: Sequence[str] | None = None, *, smoke: bool = F
         if name not in CONTRAST_SIDE:
             raise ConfigError(f"unknown threat model {name!r}; allowed: {list(THREAT_MODELS)}")
         dataset = load_dataset(name)
-        yield name, CONTRAST_SIDE[name], dataset.head(40) if smoke else dataset
+        yield name, CONTRAST_SIDE[name], dataset.stratified(40) if smoke else dataset
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

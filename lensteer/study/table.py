@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lensteer.core.io import write_json
+from lensteer.core.io import write_json, write_with
 
 ROW_KEY = ("threat_model", "method", "kl_budget", "layer")
 
@@ -27,17 +27,16 @@ class SweepTable:
     def key(row: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(row[k] for k in ROW_KEY)
 
-    def has(self, threat_model: str, method: str, kl_budget: float | None, layer: int) -> bool:
+    def has(self, threat_model: str, method: str, kl_budget: float | None, layer: int | None) -> bool:
         return any(self.key(r) == (threat_model, method, kl_budget, layer) for r in self.rows)
 
-    def get(self, threat_model: str, method: str, kl_budget: float | None, layer: int) -> dict[str, Any]:
+    def get(self, threat_model: str, method: str, kl_budget: float | None, layer: int | None) -> dict[str, Any]:
         return next(r for r in self.rows if self.key(r) == (threat_model, method, kl_budget, layer))
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows = [r for r in self.rows if self.key(r) != self.key(row)] + [row]
         write_json(self.path, {"rows": self.rows})
-        self.to_frame().to_csv(self.folder / ".results.csv.tmp", index=False)
-        (self.folder / ".results.csv.tmp").replace(self.folder / "results.csv")
+        write_with(self.folder / "results.csv", lambda tmp: self.to_frame().to_csv(tmp, index=False))
 
     def to_frame(self) -> Any:
         """The table as a pandas DataFrame (flat columns; CIs as ``*_lo`` / ``*_hi``)."""

@@ -124,8 +124,11 @@ def test_cli_locate_patches_all_three_threat_models(tmp_path, tiny_smol_folder, 
             assert (out / "figures" / f"{stem}.png").is_file()
         # on a 2-layer model the first-order estimate is near exact for heads (r = 0.99998 measured)
         assert entry["patching"]["head_attribution_correlation"] > 0.9
-        # a random model has no readable direction: no layer passes the probe rule, and the reason is recorded
-        assert entry["recommendation"]["error"].startswith("no recommendation: no layer passes the selection rules")
+        rec = entry["recommendation"]
+        if name == "compassion":  # even a random model reads caring vs dismissive replies (their words differ)
+            assert rec["layer"] in (0, 1) and any("residual patching restores" in r for r in rec["reasons"])
+        else:  # no readable direction: no layer passes the probe rule, and the reason is recorded
+            assert rec["error"].startswith("no recommendation: no layer passes the selection rules")
         assert f"{name} patching (2 pairs;" in printed
     assert "caring_system" in summary["compassion"]["patching"]["pairs"]["design"]
     assert "honest_system" in summary["honesty"]["patching"]["pairs"]["design"]

@@ -50,3 +50,16 @@ def test_bootstrap_mean_ci_brackets_the_mean_and_is_seeded():
     lo, hi = bootstrap_mean_ci(values, seed=3)
     assert lo < float(values.mean()) < hi and (lo, hi) == bootstrap_mean_ci(values, seed=3)
     assert math.isclose(hi - lo, 2 * 1.96 * float(values.std()) / math.sqrt(20), rel_tol=0.25)
+
+
+def test_cohen_kappa_against_a_hand_computation():
+    from lensteer.core.stats import agreement, cohen_kappa
+
+    labels = [True] * 10 + [False] * 10
+    preds = [True] * 8 + [False] * 2 + [True] * 3 + [False] * 7
+    # observed 15/20 = 0.75; chance 0.5 * 0.55 + 0.5 * 0.45 = 0.5; kappa = (0.75 - 0.5) / 0.5
+    assert cohen_kappa(labels, preds) == pytest.approx(0.5)
+    assert cohen_kappa(labels, labels) == 1.0 and cohen_kappa(labels, [not x for x in labels]) == -1.0
+    a = agreement(labels, preds)
+    assert a.accuracy == 0.75 and a.accuracy_ci == wilson_interval(15, 20)
+    assert a.kappa_ci[0] < 0.5 < a.kappa_ci[1]

@@ -162,3 +162,26 @@ def test_mc_accuracy_picks_the_option_with_the_best_mean_logprob(tiny_llama_brid
     right = [max(range(len(r)), key=r.__getitem__) == it.answer for it, r in zip(items, result.option_logprobs, strict=True)]
     assert list(result.correct) == right and result.accuracy == sum(right) / 2
     assert result.chance == pytest.approx((1 / 3 + 1 / 2) / 2) and set(result.by_category) == {"c", "k"}
+
+
+def test_paragraphs_cover_every_topic_first_and_cross_entropy_is_the_mean_token_loss(tiny_llama_bridge):
+    import json
+
+    from lensteer.core.bundled import bundled_dir
+    from lensteer.evaluate.capability import load_paragraphs, text_cross_entropy
+
+    rows = [json.loads(line) for line in (bundled_dir("capability") / "paragraphs.jsonl").read_text().splitlines()]
+    topics = {r["text"]: r["topic"] for r in rows}
+    texts = load_paragraphs()
+    assert len(texts) == len(rows) >= 50
+    assert len({topics[t] for t in texts[:12]}) == 12  # the first 12 are one per topic
+    short = ["hello there friend", "a b c d e"]
+    ce = text_cross_entropy(tiny_llama_bridge, short)
+    by_hand, count = 0.0, 0
+    for text in short:
+        tokens = lensteer.core.tokenize_prompt(tiny_llama_bridge, text, chat=False).tokens[None]
+        with torch.inference_mode():
+            logits = tiny_llama_bridge(tokens)[0, :-1]
+        by_hand += float(torch.nn.functional.cross_entropy(logits, tokens[0, 1:], reduction="sum"))
+        count += tokens.shape[1] - 1
+    assert ce == pytest.approx(by_hand / count, rel=1e-4)

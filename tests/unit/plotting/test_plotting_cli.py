@@ -126,8 +126,9 @@ def test_cli_locate_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, ca
     assert {"probing", "recommendation"} <= set(refusal)
     assert (out / "figures" / "probing_refusal.png").is_file()
     printed = capsys.readouterr().out
-    # a character-level tokenizer gives no equal-length harmful/harmless pairs: patching is skipped, not fatal
-    assert "refusal: patching skipped: no clean/corrupted pair of dataset 'refusal' has equal token lengths" in printed
+    # a character-level tokenizer gives one equal-length harmful/harmless pair among the 40 smoke rows
+    assert refusal["patching"]["pairs"]["ids"] == ["refusal-dangerous_chemistry-01"]
+    assert "refusal patching (1 pairs;" in printed
     # a random 2-layer model has no readable refusal direction: no layer passes the probe rule, and it says so
     assert "refusal: no recommendation: no layer passes the selection rules" in printed
     assert "probe AUROC lower bound" in refusal["recommendation"]["error"]

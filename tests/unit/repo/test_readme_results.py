@@ -42,8 +42,18 @@ def test_readme_run_line_describes_the_report():
     report = json.loads(REPORT.read_text())
     line = _block(README.read_text(), "results-run")
     assert line == _script().run_line(report)
-    assert f"{report['config']['n_eval']} evaluation prompts" in line
+    n_eval = next(iter(report["threat_models"].values()))["baseline"]["n_eval"]
+    assert f"{n_eval} test prompts per condition" in line
     assert ", ".join(report["config"]["threat_models"]) in line
+
+
+def test_readme_findings_are_the_reports_and_say_not_significant_where_p_is_large():
+    script, report = _script(), json.loads(REPORT.read_text())
+    said = _block(README.read_text(), "findings")
+    assert said == script.block_contents(report)["findings"]
+    for line in said.splitlines():
+        for p, verdict in re.findall(r"p = ([0-9.e+-]+), (significant|not significant)", line):
+            assert (float(p) < 0.05) == (verdict == "significant"), line
 
 
 def test_every_figure_the_results_section_shows_is_committed():
@@ -62,6 +72,7 @@ def test_readme_quotes_the_compassion_scorers_held_out_accuracy_from_data_readme
 def test_update_script_rewrites_stale_blocks_and_leaves_the_rest(tmp_path):
     script, report = _script(), json.loads(REPORT.read_text())
     stale = ("# title\n\ntext before\n<!-- results-run:start -->\nold run\n<!-- results-run:end -->\n"
+             "<!-- findings:start -->\n- old claim\n<!-- findings:end -->\n"
              "<!-- results:start -->\n| old | table |\n<!-- results:end -->\ntext after\n")
     new = script.render(stale, report)
     assert _block(new, "results") == headline_table(report) and "| old | table |" not in new

@@ -1,5 +1,7 @@
 """Coherence-aware strength: reference norms, steering KL and calibration to a KL budget."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -93,3 +95,29 @@ def test_calibration_rejects_bad_budgets_and_ace(tiny_llama_bridge, kl_set):
         lensteer.calibrate(tiny_llama_bridge, ace, kl_set, 0.1)
     with pytest.raises(lensteer.DataError, match="non-empty"):
         lensteer.steering.kl_probe(tiny_llama_bridge, [])
+
+
+def test_sequence_kl_on_the_probes_own_continuations_equals_steering_kl(tiny_llama_bridge, kl_set):
+    from lensteer.steering.calibration import sequence_kl
+
+    s = lensteer.Steering(unit=_unit(4), layers=(0,), mode="swfc", scale=1.5, positions="generated")
+    gens = lensteer.generate(tiny_llama_bridge, PROMPTS, max_new_tokens=6)
+    along = sequence_kl(tiny_llama_bridge, s, gens.prompt_tokens, gens.tokens, gated=False)
+    assert along == pytest.approx(lensteer.steering.steering_kl(tiny_llama_bridge, s, kl_set), rel=1e-6)
+    assert sequence_kl(tiny_llama_bridge, s.with_scale(0.0), gens.prompt_tokens, gens.tokens) == 0.0
+
+
+def test_sequence_kl_with_a_closed_gate_costs_nothing_and_an_open_one_the_full_edit(tiny_llama_bridge):
+    from lensteer.steering.calibration import sequence_kl
+
+    gens = lensteer.generate(tiny_llama_bridge, PROMPTS, max_new_tokens=6)
+    v = _unit(5)
+    closed = lensteer.Gate(unit=v, layer=1, threshold=1e6)   # no prompt projects above 1e6
+    opened = lensteer.Gate(unit=v, layer=1, threshold=-1e6)
+    s = lensteer.Steering(unit=_unit(6), layers=(0,), mode="swfc", scale=2.0, positions="generated")
+    ungated = sequence_kl(tiny_llama_bridge, s, gens.prompt_tokens, gens.tokens, gated=False)
+    assert ungated > 0
+    assert sequence_kl(tiny_llama_bridge, replace(s, gate=closed), gens.prompt_tokens, gens.tokens) == 0.0
+    assert sequence_kl(tiny_llama_bridge, replace(s, gate=opened), gens.prompt_tokens, gens.tokens) == pytest.approx(ungated)
+    assert sequence_kl(tiny_llama_bridge, replace(s, gate=closed), gens.prompt_tokens, gens.tokens,
+                       gated=False) == pytest.approx(ungated)

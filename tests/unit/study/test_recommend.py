@@ -51,3 +51,16 @@ def test_saturated_auroc_ties_are_broken_by_d_prime():
     rep = _report([6, 6, 7, 12, 8, 6, 6, 6, 6, 6])
     rec = recommend_site(rep, n_layers=10)
     assert rec.layer == 3 and "d'" in rec.reasons[-1]
+
+
+def test_a_layer_where_steering_does_not_help_is_never_recommended():
+    from types import SimpleNamespace
+
+    rep = _report([0, 0, 3, 3, 0])  # layers 2 and 3 pass the probe rule
+    helps = SimpleNamespace(effect={2: -0.4, 3: 0.2}, kl_budget=0.5)
+    rec = recommend_site(rep, n_layers=5, steerability=helps)
+    assert rec.layer == 3
+    assert "does not help" in {r["layer"]: r["why_not"] for r in rec.table}[2]
+    nowhere = SimpleNamespace(effect={2: -0.4, 3: 0.0}, kl_budget=0.5)
+    with pytest.raises(lensteer.ConfigError, match="no layer helps: steering at KL 0.5 does not raise"):
+        recommend_site(rep, n_layers=5, steerability=nowhere)

@@ -6,10 +6,11 @@ from dataclasses import replace
 import pytest
 
 import lensteer
+from lensteer.core.stats import mcnemar_exact, wilson_interval
 from lensteer.study import config, evaluation
 from lensteer.study import runner as study
 from lensteer.study.config import StudyConfig
-from lensteer.study.report import build_report, headline_table
+from lensteer.study.report import build_report, findings, headline_table
 from lensteer.study.table import SweepTable
 
 
@@ -57,22 +58,44 @@ def test_sweep_table_writes_every_cell_and_resumes(tmp_path):
     assert (tmp_path / "results.csv").read_text().count("\n") == 4
 
 
-def test_report_has_the_schema_and_the_table_renders_it():
-    cfg = StudyConfig(threat_models=("refusal",), kl_budgets=(0.3, 1.0))
-    rows = [_row("refusal", "baseline", None), {**_row("refusal", "SwFC", 0.3), "redirect": 0.25, "redirect_ci": [0.0, 0.5]},
-            _row("refusal", "SwFC", 1.0, trait=0.8),
-            _row("refusal", "StTP", 0.3), _row("refusal", "StMP", 0.3), _row("refusal", "random", 0.3, trait=0.0)]
+def _flagged(row, flags):
+    return {**row, "trait_flags": flags, "trait": sum(flags) / len(flags), "n_eval": len(flags)}
+
+
+def test_report_has_the_contract_and_pairs_conditions_on_the_same_prompts():
+    cfg = StudyConfig(threat_models=("refusal",), kl_budgets=(0.3, 1.0), random_seeds=(0, 1, 2))
+    n = 20
+    rows = [_flagged(_row("refusal", "baseline", None), [False] * n),
+            _flagged(_row("refusal", "prompting", None), [True] * 4 + [False] * 16),
+            {**_flagged(_row("refusal", "SwFC", 0.3), [True] * 12 + [False] * 8), "redirect": 0.25,
+             "redirect_ci": [0.0, 0.5], "kl_heldout": 0.31, "kl_rollout": 0.4},
+            _flagged(_row("refusal", "SwFC", 1.0), [True] * n),
+            _flagged(_row("refusal", "StTP", 0.3), [True] * 14 + [False] * 6),
+            _flagged(_row("refusal", "StMP", 0.3), [True] * 2 + [False] * 18)]
+    rows += [_flagged(_row("refusal", f"random:{s}", 0.3), [s == 0] + [False] * (n - 1)) for s in range(3)]
     report = build_report(rows, cfg, {"refusal": {"layer": 3}}, {"name": "m"}, seconds=1.0)
     entry = report["threat_models"]["refusal"]
-    for r in (entry["baseline"], *entry["methods"].values()):
-        assert {"trait", "trait_ci", "kl", "perplexity_ratio", "repetition", "over_refusal"} <= set(r)
     assert set(entry["methods"]) == {"SwFC", "StTP", "StMP"}
-    assert entry["methods"]["SwFC"]["trait"] == 0.5  # the matched (first) budget, not 1.0
-    assert entry["controls"]["random"]["trait"] == 0.0
+    swfc = entry["methods"]["SwFC"]
+    assert swfc["trait"] == 0.6 and swfc["n_eval"] == n  # the matched (first) budget, not 1.0
+    assert swfc["p_vs_baseline"] == pytest.approx(2 / 2**12)  # 12 discordant pairs, all one way
+    assert swfc["p_vs_prompting"] == pytest.approx(mcnemar_exact([True] * 12 + [False] * 8,
+                                                                 [True] * 4 + [False] * 16).p_value)
+    assert swfc["p_vs_random"] == max(swfc["p_vs_random_seeds"]) and len(swfc["p_vs_random_seeds"]) == 3
+    random = entry["controls"]["random"]
+    assert random["seeds"] == [0, 1, 2] and random["trait"] == pytest.approx(1 / 60)
+    assert random["trait_ci"] == pytest.approx(list(wilson_interval(1, 60)))  # pooled over the seeds
+    assert entry["controls"]["prompting"]["p_vs_baseline"] == pytest.approx(2 / 2**4)
+    test = entry["comparisons"]["StTP vs SwFC"]
+    assert (test["a_only"], test["b_only"]) == (2, 0) and test["p_value"] == 0.5
+    assert all("trait_flags" not in r for r in entry["sweep"])  # per-prompt outcomes stay in results.json
     json.dumps(report)
     table = headline_table(report)
-    assert "| refusal | SwFC | 50% [10-90] | 25% [0-50] |" in table and "random (control)" in table
-    assert "| refusal | StTP | 50% [10-90] | - |" in table  # a row without the redirect measure
+    assert "| refusal | SwFC | 20 | 60% [10-90] | 4.9e-04 |" in table and "| refusal | random (control) |" in table
+    said = findings(report)
+    assert any(s.startswith("refusal: StTP vs SwFC: +10 points on 20 paired prompts (p = 0.500, not significant)")
+               for s in said)
+    assert any("SwFC 60% vs unsteered 0% (p = 4.9e-04, significant)" in s for s in said)
 
 
 def test_trait_flags_per_threat_model():
@@ -85,45 +108,48 @@ def test_trait_flags_per_threat_model():
 
 
 def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_llama_bridge, tmp_path, monkeypatch):
-    cfg = StudyConfig(threat_models=("refusal",), methods=("SwFC", "StTP"), n_train=6, n_eval=2, n_harmless=2,
-                      n_kl=2, n_conversations=1, n_turns=2, n_mc=2, max_new_tokens=3, candidate_layers=(0, 1),
-                      batch_size=4)
-    real = evaluation.evaluate_condition
+    cfg = StudyConfig(threat_models=("refusal", "honesty"), methods=("SwFC", "StTP"), n_train=6, n_eval=2,
+                      n_harmless=2, n_borderline=2, n_kl=2, n_conversations=1, n_turns=2, n_mc=2, n_paragraphs=2,
+                      max_new_tokens=3, candidate_layers=(0, 1), random_seeds=(0, 1), batch_size=4)
+    real = evaluation.evaluate_conditions
     calls = []
 
-    def flaky(model, tm, steering, config, sets, **kw):
-        calls.append(steering.mode if steering is not None else "baseline")
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # interrupted after baseline and SwFC were written
-        return real(model, tm, steering, config, sets, **kw)
+    def flaky(model, tm, conditions, config, sets, **kw):
+        calls.append((tm, [c.key for c in conditions]))
+        if tm == "honesty" and len(calls) == 2:
+            raise KeyboardInterrupt  # interrupted after refusal's conditions were written
+        return real(model, tm, conditions, config, sets, **kw)
 
-    monkeypatch.setattr(study, "evaluate_condition", flaky)
+    monkeypatch.setattr(study, "evaluate_conditions", flaky)
     with pytest.raises(KeyboardInterrupt):
         study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     done = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert [r["method"] for r in done] == ["baseline", "SwFC"]
-    assert all("repetition_by_turn" not in r for r in done)  # conversations run once all conditions are in
+    assert {r["threat_model"] for r in done} == {"refusal"}
+    assert sorted(r["method"] for r in done) == ["StTP", "SwFC", "baseline", "prompting", "random:0", "random:1"]
     calls.clear()
     result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
-    assert calls == ["sttp", "swfc"]  # only StTP and the random control (an SwFC-mode copy) ran again
+    assert [tm for tm, _ in calls] == ["honesty"]  # refusal's finished conditions were not recomputed
     entry = result.report["threat_models"]["refusal"]
-    assert set(entry["methods"]) == {"SwFC", "StTP"} and "random" in entry["controls"]
+    assert set(entry["methods"]) == {"SwFC", "StTP"} and entry["controls"]["random"]["seeds"] == [0, 1]
     assert set(entry["steerability"]["effect"]) == {"0", "1"}  # the layer was chosen causally
-    assert "log-odds" in " ".join(entry["reasons"])
-    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert sorted(r["method"] for r in rows) == ["StTP", "SwFC", "baseline", "random"]
-    assert all(len(r["repetition_by_turn"]) == cfg.n_turns for r in rows)  # the joint pass reached every row
-    assert (tmp_path / "report.json").exists()
-    assert (tmp_path / "steerings" / f"refusal_SwFC_kl{cfg.kl_budgets[0]:g}.json").exists()
     for r in entry["methods"].values():
-        assert r["kl"] > 0.0  # a calibrated steering changes the next-token distributions
+        # calibrated without the gate: a cost on the calibration set; the gate may spare held-out harmless prompts
+        assert r["kl_calibration"] > 0.0 and {"kl_heldout", "kl_rollout"} <= set(r) and r["n_eval"] == 2
+        assert r["capability_items"] == 2 and "ce_delta_nats" in r and "over_refusal_borderline" in r
         assert 0.0 <= r["redirect"] <= r["trait"]  # a redirecting refusal is a refusal
+        assert {"p_vs_baseline", "p_vs_random", "p_vs_prompting"} <= set(r)
+    for seed in (0, 1):  # each random control is calibrated to the budget, not given SwFC's norm
+        control = lensteer.load_steering(tmp_path / "steerings" / f"refusal_random{seed}_kl{cfg.kl_budgets[0]:g}")
+        assert control.info["calibration"]["target_kl"] == cfg.kl_budgets[0]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert all(len(r["repetition_by_turn"]) == cfg.n_turns and len(r["trait_flags"]) == 2 for r in rows)
+    assert (tmp_path / "report.json").exists()
 
 
 def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, tmp_path):
     cfg = StudyConfig(threat_models=("compassion",), methods=("SwFC", "StMP"), n_train=6, n_eval=2, n_harmless=2,
                       n_kl=2, n_conversations=1, n_turns=2, n_mc=0, max_new_tokens=3, layer=1, sweep_layers=(0, 1),
-                      random_control=False, batch_size=4)
+                      random_seeds=(), prompting=False, batch_size=4)
     result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert sorted((r["method"], r["layer"]) for r in rows) == [("StMP", 0), ("StMP", 1), ("SwFC", 0), ("SwFC", 1),
@@ -144,3 +170,28 @@ def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, 
     with pytest.raises(lensteer.ConfigError, match=r"sweep_layers \[9\] are not layers of this 2-layer model"):
         study.run_study(tiny_llama_bridge, replace(cfg, sweep_layers=(9,)), tmp_path / "bad", progress=False,
                         log=lambda s: None)
+
+
+def test_a_configured_judge_scores_the_trait_and_the_row_records_it(tiny_llama_bridge, monkeypatch):
+    from lensteer.evaluate.judges import RUBRICS, HttpJudge
+
+    seen = []
+
+    class FakeJudge:
+        name = "judge:fake"
+
+        def __call__(self, prompt, response):  # noqa: ARG002 - the judge signature
+            seen.append(prompt)
+            return 80.0
+
+    cfg = StudyConfig(threat_models=("honesty",), n_eval=2, n_harmless=2, n_borderline=0, n_kl=2, n_conversations=0,
+                      n_mc=0, n_paragraphs=0, max_new_tokens=3, batch_size=4, prompting=False, random_seeds=())
+    real = evaluation.trait_judge(replace(cfg, judge_url="http://127.0.0.1:9", judge_model="guard"), "refusal")
+    assert isinstance(real, HttpJudge) and real.rubric == RUBRICS["refusal"] and real.model == "guard"
+    assert evaluation.trait_judge(cfg, "refusal") is None  # no judge configured: the rules score
+    monkeypatch.setattr(evaluation, "trait_judge", lambda config, tm: FakeJudge())
+    sets = evaluation.eval_sets(tiny_llama_bridge, cfg)
+    rows, _ = evaluation.evaluate_conditions(tiny_llama_bridge, "honesty", [evaluation.Condition(method="baseline")],
+                                             cfg, sets)
+    assert rows[0]["scored_by"] == "judge:fake" and rows[0]["trait"] == 1.0  # 80 >= 50 on every answer
+    assert len(seen) == 2 and all("[correct answer:" in p for p in seen)  # the judge sees the answer key
