@@ -69,3 +69,16 @@ def random_unit(d_model: int, seed: int) -> torch.Tensor:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def save_tiny_llama_folder(folder, tokenizer, **config):
+    """A 2-layer random Llama (fixed seed) saved with ``tokenizer`` as a Hugging Face folder, loadable by path."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.random.fork_rng():  # fixed weights, whatever ran before (unseeded weights made a test flaky)
+        torch.random.default_generator.manual_seed(0)
+        hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                          num_key_value_heads=1, vocab_size=len(tokenizer), **config))
+    hf.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

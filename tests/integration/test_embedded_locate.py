@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from builders import save_tiny_llama_folder
 from transformer_lens import patching as tl_patching
 
 import lensteer
@@ -89,20 +90,13 @@ def test_incremental_patching_equals_transformer_lens_on_the_embedded_model(embe
 @pytest.fixture(scope="module")
 def tiny_smol_folder(tmp_path_factory):
     """A 2-layer random Llama with the embedded model's tokenizer, on which every bundled design has pairs."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     from lensteer.core import models as models
 
     tok = AutoTokenizer.from_pretrained(models.gguf_to_folder(models.embedded_gguf_path()))
-    folder = tmp_path_factory.mktemp("tiny_smol")
-    with torch.random.fork_rng():
-        torch.random.default_generator.manual_seed(0)
-        hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
-                                          num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
-                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-    hf.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_llama_folder(tmp_path_factory.mktemp("tiny_smol"), tok, bos_token_id=tok.bos_token_id,
+                                  eos_token_id=tok.eos_token_id)
 
 
 

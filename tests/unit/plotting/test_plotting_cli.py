@@ -44,16 +44,9 @@ def test_cli_help_teaches_and_bad_dataset_is_rejected(capsys):
 @pytest.fixture(scope="module")
 def tiny_model_folder(tmp_path_factory, tiny_tokenizer):
     """A 2-layer random Llama saved as a Hugging Face folder, loadable by path like a user's model."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from builders import save_tiny_llama_folder
 
-    folder = tmp_path_factory.mktemp("tiny_model")
-    with torch.random.fork_rng():  # fixed weights, whatever ran before (unseeded weights made a test flaky)
-        torch.random.default_generator.manual_seed(0)
-        hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
-                                          num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tiny_tokenizer)))
-    hf.save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_llama_folder(tmp_path_factory.mktemp("tiny_model"), tiny_tokenizer)
 
 
 def test_cli_probe_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, capsys):
