@@ -14,7 +14,6 @@ their id and cut 60/20/20, so adding rows never moves existing ones between trai
 
 import csv
 import hashlib
-import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,7 +23,7 @@ from typing import Any
 
 from lensteer.core.bundled import bundled_dir
 from lensteer.core.chat import ChatPrompt, Turn
-from lensteer.core.splits import SPLITS, hashed_splits
+from lensteer.core.splits import SPLITS, hashed_splits, in_turn
 from lensteer.errors import ConfigError, DataError
 
 # The threat models lensteer studies, each a bundled contrast set: the one list of them.
@@ -139,10 +138,7 @@ class ContrastSet:
     def stratified(self, n: int | None = None) -> "ContrastSet":
         """``n`` examples (all by default) taken in turn from each category, so every category is
         represented; within a category, file order. Each example keeps its split."""
-        by_cat: dict[str, list[ContrastExample]] = {}
-        for ex in self.examples:
-            by_cat.setdefault(ex.category, []).append(ex)
-        order = [ex for row in itertools.zip_longest(*by_cat.values()) for ex in row if ex is not None]
+        order = in_turn(self.examples, key=lambda ex: ex.category)
         return self._subset(order if n is None else order[:n], self.split)
 
     def where(self, *, categories: Sequence[str]) -> "ContrastSet":

@@ -16,9 +16,10 @@ may straddle two splits (tested for every bundled dataset).
 import hashlib
 import itertools
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+T = TypeVar("T")
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 _STOP = frozenset(
@@ -91,3 +92,12 @@ def crossing_near_duplicates(examples: Sequence[Any], split_of: Mapping[str, str
                 not (wa and wb) and a.prompt.strip().lower() == b.prompt.strip().lower()):
             out.append((a.id, b.id))
     return out
+
+
+def in_turn(items: Iterable[T], key: Callable[[T], str]) -> list[T]:
+    """``items`` reordered by taking one of each group (``key``) in turn, file order within a group, so the
+    first ``n`` cover every group: how evaluation sets are stratified over categories, subjects, topics."""
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return [item for row in itertools.zip_longest(*groups.values()) for item in row if item is not None]

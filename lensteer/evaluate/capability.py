@@ -7,7 +7,6 @@ plain text (``data/capability/paragraphs.jsonl``, 72 paragraphs in 12 topics); a
 capability cost is the change in it.
 """
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from lensteer.core.bundled import bundled_dir, read_jsonl
 from lensteer.core.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
 from lensteer.core.forward import response_logprob
+from lensteer.core.splits import in_turn
 from lensteer.core.stats import rate_with_ci
 from lensteer.errors import DataError
 
@@ -113,13 +113,11 @@ def load_paragraphs(path: "str | Path | None" = None) -> list[str]:
     """The bundled paragraph corpus (``data/capability/paragraphs.jsonl``) or a JSONL with a ``text`` field,
     ordered by taking one paragraph of each ``topic`` in turn (so the first ``n`` cover every topic)."""
     file = Path(path) if path is not None else bundled_dir("capability") / "paragraphs.jsonl"
-    by_topic: dict[str, list[str]] = {}
-    for i, row in enumerate(read_jsonl(file), start=1):
-        text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
+    rows = read_jsonl(file)
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
             raise DataError(f"{file.name} line {i}: needs a non-empty 'text' field")
-        by_topic.setdefault(str(row.get("topic", "")), []).append(text)
-    return [text for group in itertools.zip_longest(*by_topic.values()) for text in group if text is not None]
+    return [row["text"] for row in in_turn(rows, key=lambda row: str(row.get("topic", "")))]
 
 
 def text_cross_entropy(model: Any, texts: Sequence[str], *, batch_size: int = 8) -> float:

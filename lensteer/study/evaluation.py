@@ -30,6 +30,7 @@ import torch
 
 from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.core.datasets import THREAT_MODELS, ContrastSet, load_dataset
+from lensteer.core.splits import in_turn
 from lensteer.core.stats import bootstrap_mean_ci, wilson_interval
 from lensteer.errors import ConfigError
 from lensteer.evaluate.capability import (
@@ -106,16 +107,6 @@ def _take(items: list[Any], n: int | None) -> list[Any]:
     return items if n is None else items[:n]
 
 
-def _stratified_items(items: Sequence[MCItem], n: int | None) -> list[MCItem]:
-    """Multiple-choice items taken in turn from each subject (file order within a subject)."""
-    by_cat: dict[str, list[MCItem]] = {}
-    for it in items:
-        by_cat.setdefault(it.category, []).append(it)
-    order = [it for k in range(max(len(v) for v in by_cat.values())) for v in by_cat.values() if k < len(v)
-             for it in [v[k]]]
-    return _take(order, n)
-
-
 @dataclass
 class EvalSets:
     """The sets every threat model shares, built once: calibration, held-out harmless, borderline,
@@ -138,7 +129,7 @@ def eval_sets(model: Any, config: StudyConfig) -> EvalSets:
     calibration = kl_probe(model, calibration_prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
     harmless = refusal.test.stratified(config.n_harmless).paired_prompts
     borderline = [] if config.n_borderline == 0 else load_dataset("borderline").test.stratified(config.n_borderline).prompts
-    mc = [] if config.n_mc == 0 else _stratified_items(load_mc_items(), config.n_mc)
+    mc = [] if config.n_mc == 0 else _take(in_turn(load_mc_items(), key=lambda it: it.category), config.n_mc)
     paragraphs = [] if config.n_paragraphs == 0 else _take(load_paragraphs(), config.n_paragraphs)
     return EvalSets(calibration=calibration, calibration_prompts=calibration_prompts, harmless=harmless, borderline=borderline, mc=mc, paragraphs=paragraphs)
 
