@@ -1,8 +1,9 @@
 """Evaluating the study's conditions side by side: trait, coherence, capability, over-refusal.
 
 Every condition of a threat model (the unsteered baseline, the prompting baseline, each method, each
-random-direction control) answers the same prompts, and all of them decode together in one batch
-stream (``prompt_steerings``): on a CPU a decode step costs about the same for 8 rows as for 64. Each
+random-direction control) answers the same prompts, decoded together in one batch stream
+(``prompt_steerings``) unless the prompts share a long few-shot prefix, which each condition then
+computes once on its own (see ``_joint``). Each
 row keeps its per-prompt outcomes (``trait_flags``, ...), so the report can pair conditions on the
 same prompts (exact McNemar tests).
 
