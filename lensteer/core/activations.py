@@ -35,7 +35,7 @@ NAMED_POSITIONS = ("last", "post_instruction", "instruction_mean", "response_mea
 Position = str | int | Sequence[int]
 
 
-def _as_tokenized(model: Any, prompts: "Sequence[str | ChatPrompt | TokenizedPrompt] | Tokens", chat: bool) -> list[TokenizedPrompt]:
+def as_tokenized(model: Any, prompts: "Sequence[str | ChatPrompt | TokenizedPrompt] | Tokens", chat: bool) -> list[TokenizedPrompt]:
     if isinstance(prompts, torch.Tensor):
         if prompts.ndim != 2 or prompts.shape[0] == 0:
             raise DataError(f"token input must be [n_prompts, pos] with n_prompts > 0, got shape {tuple(prompts.shape)}")
@@ -130,7 +130,7 @@ def collect_activations(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     sites = resolve_sites(model, layers, site)
-    tokenized = _as_tokenized(model, prompts, chat)
+    tokenized = as_tokenized(model, prompts, chat)
     weights = [position_weights(p, position, i) for i, p in enumerate(tokenized)]
     n_out = {w.shape[0] for w in weights}
     if len(n_out) != 1:

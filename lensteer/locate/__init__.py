@@ -12,6 +12,13 @@ from lensteer.locate.directions import (
     fit_probe,
     pca_of_diffs,
 )
+from lensteer.locate.massive import (
+    DEFAULT_MASSIVE_RATIO,
+    MassiveTokens,
+    massive_tokens,
+    norm_limit,
+    token_norms,
+)
 from lensteer.locate.pairs import PairDesign, PatchingPairs, patching_pairs
 from lensteer.locate.patching import patch_heads, patch_layers, patch_residual
 from lensteer.locate.patching_base import (
@@ -23,8 +30,33 @@ from lensteer.locate.patching_base import (
 from lensteer.locate.probing import ProbingReport, collect_contrast, probe_by_layer, probe_layers
 
 __all__ = [
-    "Direction", "DirectionPatchResult", "LinearProbe", "PairDesign", "PatchResult", "PatchingError", "PatchingPairs",
-    "ProbingReport", "ablation_kl", "attribute_heads", "attribute_residual", "collect_contrast", "diff_of_means",
-    "equal_length_pairs", "fit_probe", "logit_diff_metric", "patch_direction", "patch_heads", "patch_layers",
-    "patch_residual", "patching_pairs", "pca_of_diffs", "probe_by_layer", "probe_layers",
+    "DEFAULT_MASSIVE_RATIO",
+    "Direction",
+    "DirectionPatchResult",
+    "LinearProbe",
+    "MassiveTokens",
+    "PairDesign",
+    "PatchResult",
+    "PatchingError",
+    "PatchingPairs",
+    "ProbingReport",
+    "ablation_kl",
+    "attribute_heads",
+    "attribute_residual",
+    "collect_contrast",
+    "diff_of_means",
+    "equal_length_pairs",
+    "fit_probe",
+    "logit_diff_metric",
+    "massive_tokens",
+    "norm_limit",
+    "patch_direction",
+    "patch_heads",
+    "patch_layers",
+    "patch_residual",
+    "patching_pairs",
+    "pca_of_diffs",
+    "probe_by_layer",
+    "probe_layers",
+    "token_norms",
 ]

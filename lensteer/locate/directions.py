@@ -193,15 +193,16 @@ class LinearProbe:
                          metrics=dict(self.metrics, boundary=self.boundary))
 
 
-def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-regularised logistic regression by L-BFGS on standardised features x."""
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, max_iter: int = 200,
+                  sample_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-regularised (optionally weighted) logistic regression by L-BFGS on standardised features x."""
     w = torch.zeros(x.shape[1], requires_grad=True)
     b = torch.zeros((), requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w @ w)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, weight=sample_weight) + l2 * (w @ w)
         loss.backward()
         return loss
 
@@ -220,8 +221,13 @@ def fit_probe(
     l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
     site: str = "resid_post",
     position: str = "last",
+    balanced: bool = False,
 ) -> LinearProbe:
     """Fit a logistic-regression probe; choose the L2 strength by validation accuracy (then log-loss).
+
+    ``balanced=True`` weights each class by ``n / (2 n_class)`` (as scikit-learn's
+    ``class_weight="balanced"``), so that a class with more rows (e.g. more tokens) does not drag the
+    decision boundary towards the other class.
 
     Features are standardised with the training mean and s.d.; the returned probe is mapped back to
     raw activation space, so ``probe.logits(h)`` takes activations as collected. Without validation
@@ -250,9 +256,12 @@ def fit_probe(
         candidates = list(l2_grid)
         xv = (torch.cat([val_positive, val_negative]).float() - mean) / std
         yv = torch.cat([torch.ones(len(val_positive)), torch.zeros(len(val_negative))])
+    weight_by_row = None
+    if balanced:
+        weight_by_row = torch.where(y > 0, len(y) / (2 * len(positive)), len(y) / (2 * len(negative)))
     best: tuple[float, float, float, torch.Tensor, torch.Tensor] | None = None
     for l2 in candidates:
-        w, b = _fit_logistic(z, y, l2)
+        w, b = _fit_logistic(z, y, l2, sample_weight=weight_by_row)
         if xv is None or yv is None:
             score, loss = 0.0, 0.0
         else:

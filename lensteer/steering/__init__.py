@@ -15,15 +15,24 @@ from lensteer.steering.calibration import (
     steering_kl,
 )
 from lensteer.steering.files import load_steering, load_steerings, save_steering, save_steerings
-from lensteer.steering.gates import Gate
+from lensteer.steering.gate_search import (
+    GateSearch,
+    roc_curve,
+    search_gate,
+    search_gate_from_activations,
+    threshold_at_fpr,
+)
+from lensteer.steering.gates import AllOf, AnyOf, Gate, GateLike, all_of, any_of, gate_rows
 from lensteer.steering.generation import Generations, generate, generate_conversations
 from lensteer.steering.gguf_export import export_gguf_control_vector
-from lensteer.steering.hooks import SteeringContext, steer
+from lensteer.steering.hooks import SteeringContext, StepRecord, steer
 from lensteer.steering.positions import LastK, Window
 from lensteer.steering.spec import Steering
 
 __all__ = [
-    "Calibration", "Gate", "Generations", "KLProbe", "LastK", "Steering", "SteeringContext", "Window", "calibrate",
-    "export_gguf_control_vector", "generate", "generate_conversations", "kl_probe", "load_steering", "load_steerings",
-    "reference_norm", "save_steering", "save_steerings", "steer", "steering_kl",
+    "AllOf", "AnyOf", "Calibration", "Gate", "GateLike", "GateSearch", "Generations", "KLProbe", "LastK", "Steering",
+    "SteeringContext", "StepRecord", "Window", "all_of", "any_of", "calibrate", "export_gguf_control_vector",
+    "gate_rows", "generate", "generate_conversations", "kl_probe", "load_steering", "load_steerings",
+    "reference_norm", "roc_curve", "save_steering", "save_steerings", "search_gate", "search_gate_from_activations",
+    "steer", "steering_kl", "threshold_at_fpr",
 ]

@@ -2,7 +2,8 @@
 
 A saved steering is two files side by side::
 
-    refusal.safetensors   the unit vectors (``<name>/unit``, and ``<name>/gate_unit`` for a gate)
+    refusal.safetensors   the unit vectors (``<name>/unit``; a gate's ``<name>/gate_unit``, ``.0``, ``.1`` ...
+                          suffixes for the members of a composite gate)
     refusal.json          everything else: layers, site, positions, mode, scale, reference norm,
                           thresholds, gate, provenance, the model fingerprint, d_model, the SHA-256 of
                           the safetensors file and the versions of the packages that wrote it
@@ -30,7 +31,7 @@ import torch
 from lensteer.core.io import atomic_path
 from lensteer.core.models import fingerprint_of
 from lensteer.errors import ArtifactMismatchError, ConfigError, DataError, LensteerError
-from lensteer.steering.gates import Gate
+from lensteer.steering.gates import gate_from_record, gate_to_record
 from lensteer.steering.positions import NAMED_POSITIONS, LastK, Window
 from lensteer.steering.spec import Steering
 
@@ -87,10 +88,7 @@ def _encode_positions(positions: Any) -> dict[str, Any]:
 
 
 def _steering_record(s: Steering) -> dict[str, Any]:
-    gate = None
-    if s.gate is not None:
-        gate = {"layer": s.gate.layer, "threshold": s.gate.threshold, "site": s.gate.site,
-                "position": s.gate.position, "when": s.gate.when}
+    gate = None if s.gate is None else gate_to_record(s.gate)[0]
     return {
         "method": s.info.get("direction_method"),  # for readers; the full provenance is in info
         "d_model": s.d_model,
@@ -106,6 +104,8 @@ def _steering_record(s: Steering) -> dict[str, Any]:
         "threshold": s.threshold,
         "target": s.target,
         "reference": s.reference,
+        "stmp_variant": s.stmp_variant,
+        "max_norm": list(s.max_norm) if isinstance(s.max_norm, tuple) else s.max_norm,
         "gate": gate,
         "info": s.info,
     }
@@ -161,7 +161,7 @@ def save_steerings(steerings: Mapping[str, Steering], path: "str | os.PathLike[s
             raise ConfigError(f"steering {name!r} is a {type(s).__name__}, not a Steering")
         tensors[f"{name}/unit"] = s.unit.contiguous()
         if s.gate is not None:
-            tensors[f"{name}/gate_unit"] = s.gate.unit.contiguous()
+            tensors.update({f"{name}/{key}": t for key, t in gate_to_record(s.gate)[1].items()})
     widths = {name: s.d_model for name, s in steerings.items()}
     if len(set(widths.values())) > 1:
         raise ArtifactMismatchError(f"steerings of different widths {widths} cannot share a file (one model per file)")
@@ -231,6 +231,13 @@ class _Fields:
         return value
 
 
+def _decode_max_norm(f: _Fields) -> float | tuple[float, ...] | None:
+    if f.obj.get("max_norm") is None:
+        return None
+    value = f.obj["max_norm"]
+    return tuple(float(v) for v in value) if isinstance(value, list) else f.get("max_norm", "float")
+
+
 def _decode_positions(f: _Fields) -> Any:
     kind = f.get("kind", "str")
     if kind == "named":
@@ -255,18 +262,20 @@ def _decode_steering(name: str, f: _Fields, tensors: Mapping[str, torch.Tensor],
     d_model = f.get("d_model", "int")
     layers = f.get("layers", "list")
     gate_rec = f.get("gate", "dict", nullable=True)
-    units = {}
-    for key in (["unit"] + (["gate_unit"] if gate_rec is not None else [])):
+
+    def unit_of(key: str) -> torch.Tensor:
         tensor = tensors.get(f"{name}/{key}")
         if tensor is None:
             raise DataError(f"{st_path}: tensor {name + '/' + key!r} is missing (the JSON lists steering {name!r})")
         if tensor.ndim != 1 or tensor.shape[0] != d_model:
             raise ArtifactMismatchError(f"{st_path}: tensor {name + '/' + key!r} has shape {tuple(tensor.shape)} "
                                         f"but {f.file} says d_model={d_model}; the two files do not belong together")
-        units[key] = tensor
+        return tensor
+
+    unit = unit_of("unit")
     try:
         kwargs: dict[str, Any] = {
-            "unit": units["unit"], "layers": tuple(layers), "site": f.get("site", "str"),
+            "unit": unit, "layers": tuple(layers), "site": f.get("site", "str"),
             "positions": _decode_positions(_Fields(f.get("positions", "dict"), f.file, f"{f.where}.positions")),
             "mode": f.get("mode", "str"), "scale": f.get("scale", "float"), "relative": f.get("relative", "bool"),
             "reference_norm": f.get("reference_norm", "float", nullable=True),
@@ -274,14 +283,14 @@ def _decode_steering(name: str, f: _Fields, tensors: Mapping[str, torch.Tensor],
             "threshold": f.get("threshold", "float", nullable=True),
             "target": f.get("target", "float", nullable=True),
             "reference": f.get("reference", "float", nullable=True), "info": f.get("info", "dict"),
+            # added in format 1 later; files written before carry neither (mirror StMP, no norm limit)
+            "stmp_variant": f.get("stmp_variant", "str") if "stmp_variant" in f.obj else "mirror",
+            "max_norm": _decode_max_norm(f),
         }
         if gate_rec is not None:
-            g = _Fields(gate_rec, f.file, f"{f.where}.gate")
-            kwargs["gate"] = Gate(unit=units["gate_unit"], layer=g.get("layer", "int"),
-                                  threshold=g.get("threshold", "float"), site=g.get("site", "str"),
-                                  position=g.get("position", "str"), when=g.get("when", "str"))
+            kwargs["gate"] = gate_from_record(gate_rec, unit_of, where=f"{f.where}.gate", file=str(f.file))
         return Steering(**kwargs)
-    except DataError:
+    except (DataError, ArtifactMismatchError):
         raise
     except LensteerError as err:  # the engine's own validation names the bad value
         raise DataError(f"{f.file}: steering {name!r} is not valid: {err}") from err

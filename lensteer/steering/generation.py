@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
 from lensteer.core.chat import (
     ChatPrompt,
-    TokenizedPrompt,
     Turn,
     length_sorted_batches,
     pad_id_of,
@@ -30,8 +30,15 @@ from lensteer.core.chat import (
 from lensteer.core.forward import last_position_logits
 from lensteer.core.models import ensure_kv_cache_fix
 from lensteer.errors import ConfigError, DataError
+from lensteer.steering.assignment import (
+    as_steerings,
+    by_prompt,
+    gated_flags,
+    owned_gate_rows,
+    projection_owner,
+)
 from lensteer.steering.gates import gate_rows
-from lensteer.steering.hooks import SteeringContext, steer
+from lensteer.steering.hooks import SteeringContext, StepRecord, steer
 from lensteer.steering.prefix import prefill_shared_prefix, shared_prefix
 from lensteer.steering.sampling import check_sampling, sample_token
 from lensteer.steering.spec import Steering
@@ -50,6 +57,9 @@ class Generations:
         fired: Per prompt, ``[n_generated]`` bool: did any steering change the residual at the
             position that chose this token.
         shift: Per prompt, ``[n_generated]``: total L2 size of the edits at that position.
+        projection: Per prompt, ``[n_generated]``: the residual's projection ``h . unit`` before the
+            edit at that position, on the unit of the prompt's steering (the first one when several
+            apply) at the earliest layer it steers; NaN without a steering.
         prompt_fired_share: Per prompt, share of its prompt tokens steering changed.
         gated: Per prompt, whether the steerings' gates let it through (``True`` without gates).
     """
@@ -59,6 +69,7 @@ class Generations:
     prompt_tokens: tuple[torch.Tensor, ...]
     fired: tuple[torch.Tensor, ...] = ()
     shift: tuple[torch.Tensor, ...] = ()
+    projection: tuple[torch.Tensor, ...] = ()
     prompt_fired_share: tuple[float, ...] = ()
     gated: tuple[bool, ...] = ()
 
@@ -85,7 +96,7 @@ class Generations:
             return tuple(values[i] for i in idx) if values else ()
 
         return Generations(texts=pick(self.texts), tokens=pick(self.tokens), prompt_tokens=pick(self.prompt_tokens),
-                           fired=pick(self.fired), shift=pick(self.shift),
+                           fired=pick(self.fired), shift=pick(self.shift), projection=pick(self.projection),
                            prompt_fired_share=pick(self.prompt_fired_share), gated=pick(self.gated))
 
 
@@ -96,51 +107,6 @@ def end_of_turn_ids(model: Any) -> set[int]:
     vocab = tok.get_vocab() if tok is not None else {}
     ids |= {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
     return {int(i) for i in ids}
-
-
-def _as_steerings(steering: "Steering | Sequence[Steering] | None") -> tuple[Steering, ...]:
-    if steering is None:
-        return ()
-    items = (steering,) if isinstance(steering, Steering) else tuple(steering)
-    for s in items:
-        if not isinstance(s, Steering):
-            raise ConfigError(f"steering must be a Steering or a list of them, got {type(s).__name__}")
-    return items
-
-
-def _by_prompt(prompt_steerings: "Sequence[Steering | None]", n_prompts: int) -> tuple[tuple[Steering, ...], torch.Tensor]:
-    """The distinct steerings of a per-prompt list, and ``[n_steerings, n_prompts]`` bool: whose prompt is whose."""
-    if isinstance(prompt_steerings, Steering) or len(prompt_steerings) != n_prompts:
-        got = "a single Steering" if isinstance(prompt_steerings, Steering) else f"{len(prompt_steerings)} entries"
-        raise ConfigError(f"prompt_steerings needs one Steering or None per prompt ({n_prompts}), got {got}")
-    distinct: list[Steering] = []
-    index: list[int] = []
-    for k, s in enumerate(prompt_steerings):
-        if s is not None and not isinstance(s, Steering):
-            raise ConfigError(f"prompt_steerings[{k}] must be a Steering or None, got {type(s).__name__}")
-        if s is None:
-            index.append(-1)
-            continue
-        j = next((j for j, d in enumerate(distinct) if d is s), len(distinct))
-        if j == len(distinct):
-            distinct.append(s)
-        index.append(j)
-    owner = torch.zeros(len(distinct), n_prompts, dtype=torch.bool)
-    for i, j in enumerate(index):
-        if j >= 0:
-            owner[j, i] = True
-    return tuple(distinct), owner
-
-
-def _owned_gate_rows(model: Any, steerings: Sequence[Steering], owner: torch.Tensor,
-                     tokenized: Sequence[TokenizedPrompt]) -> torch.Tensor:
-    """[n_steerings, n_prompts] bool: the rows each steering edits (its own prompts its gate opens)."""
-    rows = owner.clone()
-    for j, s in enumerate(steerings):
-        mine = owner[j].nonzero().flatten().tolist()
-        if s.gate is not None and mine:
-            rows[j, mine] = gate_rows(model, [s.gate], [tokenized[i] for i in mine])
-    return rows
 
 
 def generate(
@@ -196,11 +162,11 @@ def generate(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     check_sampling(do_sample, temperature, top_k, top_p)
     if prompt_steerings is None:
-        steerings, owner = _as_steerings(steering), None
+        steerings, owner = as_steerings(steering), None
     elif steering is not None:
         raise ConfigError("pass either steering (for every prompt) or prompt_steerings (one per prompt), not both")
     else:
-        steerings, owner = _by_prompt(prompt_steerings, len(prompts))
+        steerings, owner = by_prompt(prompt_steerings, len(prompts))
     for s in steerings:
         s.hook_names(model)  # validate before any work
     if use_kv_cache:
@@ -210,11 +176,12 @@ def generate(
     if owner is None:
         gates = gate_rows(model, [s.gate for s in steerings], tokenized) if any(s.gate for s in steerings) else None
     else:
-        gates = _owned_gate_rows(model, steerings, owner, tokenized) if steerings else None
+        gates = owned_gate_rows(model, steerings, owner, tokenized) if steerings else None
     eos = end_of_turn_ids(model)
     pad_id = pad_id_of(model)
     device = next(iter(model.parameters())).device
-    results: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]] = {}
+    which = projection_owner(owner, len(steerings), len(tokenized))  # whose projection each prompt reports
+    results: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]] = {}
     batches = length_sorted_batches(tokenized, batch_size, pad_id)
     for rows, batch in tqdm(batches, desc="generate", disable=not progress, unit="batch"):
         gens = [torch.Generator().manual_seed(seed + i) for i in rows] if do_sample else []
@@ -222,10 +189,11 @@ def generate(
         ctx = SteeringContext(prompt_lens=prompt_lens, pads=batch.tokens.shape[1] - prompt_lens,
                               rows=None if gates is None else gates[..., rows])
         out = _decode_batch(model, batch.tokens.to(device), batch.attention_mask.to(device), steerings, ctx,
-                            eos=eos, pad_id=pad_id, max_new_tokens=max_new_tokens, use_kv_cache=use_kv_cache,
+                            which=which[rows], eos=eos, pad_id=pad_id, max_new_tokens=max_new_tokens,
+                            use_kv_cache=use_kv_cache,
                             sampler=None if not do_sample else (gens, temperature, top_k, top_p))
         for j, i in enumerate(rows):
-            results[i] = (out[0][j], out[1][j], out[2][j], out[3][j])
+            results[i] = (out[0][j], out[1][j], out[2][j], out[3][j], out[4][j])
     tokens = tuple(results[i][0] for i in range(len(tokenized)))
     return Generations(
         texts=tuple(model.tokenizer.decode(t, skip_special_tokens=True) for t in tokens),
@@ -233,23 +201,10 @@ def generate(
         prompt_tokens=tuple(p.tokens for p in tokenized),
         fired=tuple(results[i][1] for i in range(len(tokenized))),
         shift=tuple(results[i][2] for i in range(len(tokenized))),
-        prompt_fired_share=tuple(results[i][3] for i in range(len(tokenized))),
-        gated=_gated(gates, owner, steerings, len(tokenized)),
+        projection=tuple(results[i][3] for i in range(len(tokenized))),
+        prompt_fired_share=tuple(results[i][4] for i in range(len(tokenized))),
+        gated=gated_flags(gates, owner, steerings, len(tokenized)),
     )
-
-
-def _gated(gates: torch.Tensor | None, owner: torch.Tensor | None, steerings: Sequence[Steering], n: int) -> tuple[bool, ...]:
-    """Per prompt: did its steerings' gates let it through (True where no gate applies)."""
-    if gates is None:
-        return (True,) * n
-    if owner is None:
-        return tuple(bool(g) for g in gates)
-    out = [True] * n
-    for j, s in enumerate(steerings):
-        if s.gate is not None:
-            for i in owner[j].nonzero().flatten().tolist():
-                out[i] = bool(gates[j, i])
-    return tuple(out)
 
 
 def _decode_batch(
@@ -259,19 +214,22 @@ def _decode_batch(
     steerings: Sequence[Steering],
     ctx: SteeringContext,
     *,
+    which: Int[torch.Tensor, " batch"],
     eos: set[int],
     pad_id: int,
     max_new_tokens: int,
     use_kv_cache: bool,
     sampler: tuple[list[torch.Generator], float, int | None, float] | None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[float]]:
-    """Decode one left-padded batch; returns per row: new tokens, fired, shift, prompt fired share."""
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[float]]:
+    """Decode one left-padded batch; returns per row: new tokens, fired, shift, projection (on the unit of
+    steering ``which[row]``), prompt fired share."""
     batch, width = tokens.shape
     seq, attn, cache = tokens, mask, None
     done = torch.zeros(batch, dtype=torch.bool)
     new_tokens: list[torch.Tensor] = []
     fired_steps: list[torch.Tensor] = []
     shift_steps: list[torch.Tensor] = []
+    proj_steps: list[torch.Tensor] = []
     prompt_share = [0.0] * batch
     eos_t = torch.tensor(sorted(eos), dtype=torch.long) if eos else torch.empty(0, dtype=torch.long)
     prefix = shared_prefix(seq, attn, steerings, ctx) if use_kv_cache and batch > 1 else 0
@@ -299,7 +257,7 @@ def _decode_batch(
                 ctx.offset = 0
                 logits = model(seq, attention_mask=attn, return_type="logits")
             last = logits[:, -1].float().cpu()
-            fired, shift = _last_column_stats(ctx.records, batch)
+            fired, shift, proj = _last_column_stats(ctx.records, which)
             if step == 0:
                 prompt_share = _prompt_share(ctx, width, prefix_fired)
             if sampler is None:
@@ -311,32 +269,41 @@ def _decode_batch(
             new_tokens.append(nxt)
             fired_steps.append(fired & ~done)
             shift_steps.append(torch.where(done, 0.0, shift))
+            proj_steps.append(torch.where(done, torch.nan, proj))
             done = done | torch.isin(nxt, eos_t)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             seq = torch.cat([seq, nxt[:, None].to(seq.device)], 1)
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
     new = torch.stack(new_tokens, 1)
-    fired_all, shift_all = torch.stack(fired_steps, 1), torch.stack(shift_steps, 1)
-    rows_tok, rows_fired, rows_shift = [], [], []
+    fired_all, shift_all, proj_all = torch.stack(fired_steps, 1), torch.stack(shift_steps, 1), torch.stack(proj_steps, 1)
+    rows_tok, rows_fired, rows_shift, rows_proj = [], [], [], []
     for b in range(batch):
         ids = new[b].tolist()
         stop = next((k for k, t in enumerate(ids) if t in eos), len(ids))
         rows_tok.append(new[b, :stop])
         rows_fired.append(fired_all[b, :stop])
         rows_shift.append(shift_all[b, :stop])
-    return rows_tok, rows_fired, rows_shift, prompt_share
+        rows_proj.append(proj_all[b, :stop])
+    return rows_tok, rows_fired, rows_shift, rows_proj, prompt_share
 
 
-
-
-def _last_column_stats(records: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _last_column_stats(records: Sequence[StepRecord], which: Int[torch.Tensor, " batch"]
+                       ) -> tuple[Bool[torch.Tensor, " batch"], Float[torch.Tensor, " batch"], Float[torch.Tensor, " batch"]]:
+    """At the last position (the one choosing the next token): did any steering fire, the total edit
+    size, and each row's projection on steering ``which[row]``'s unit at its earliest hooked layer."""
+    batch = which.shape[0]
     fired = torch.zeros(batch, dtype=torch.bool)
     shift = torch.zeros(batch)
-    for _, _, f, s in records:
-        fired |= f[:, -1]
-        shift += s[:, -1]
-    return fired, shift
+    proj = torch.full((batch,), torch.nan)
+    seen: set[int] = set()
+    for r in records:  # in the order the hooks ran: a steering's first record is its earliest layer
+        fired |= r.fired[:, -1]
+        shift += r.shift[:, -1]
+        if r.steering_index not in seen:
+            seen.add(r.steering_index)
+            proj = torch.where(which == r.steering_index, r.projection[:, -1], proj)
+    return fired, shift, proj
 
 
 def _prompt_share(ctx: SteeringContext, width: int, prefix_fired: torch.Tensor) -> list[float]:
@@ -346,8 +313,8 @@ def _prompt_share(ctx: SteeringContext, width: int, prefix_fired: torch.Tensor) 
     fired = torch.zeros(batch, width, dtype=torch.bool)
     start = prefix_fired.shape[1]
     fired[:, :start] = prefix_fired
-    for _, _, f, _ in ctx.records:
-        fired[:, start:] |= f[:, : width - start]
+    for r in ctx.records:
+        fired[:, start:] |= r.fired[:, : width - start]
     return [float(fired[b].sum()) / int(ctx.prompt_lens[b]) for b in range(batch)]
 
 

@@ -57,6 +57,9 @@ def _check_exportable(s: Steering, every_position: bool) -> None:
                           "cannot do; export the steering with preserve_norm=False")
     if s.gate is not None:
         raise ConfigError("llama.cpp control vectors have no prompt gate; export the steering without its gate")
+    if s.max_norm is not None and not every_position:
+        raise ConfigError("this steering skips massive-activation tokens (max_norm is set), which a llama.cpp control "
+                          "vector cannot do; pass every_position=True to export it anyway (the file will steer them too)")
     if s.positions != "all" and not every_position:
         raise ConfigError(f"llama.cpp applies a control vector at every token (prompt and generated), but this "
                           f"steering's positions are {s.positions!r}; pass every_position=True to export it anyway "

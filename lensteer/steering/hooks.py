@@ -9,7 +9,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float
@@ -23,19 +23,25 @@ from lensteer.steering.spec import Steering
 
 @dataclass(frozen=True, kw_only=True)
 class Edit:
-    """The result of steering one residual tensor: the new values and per-token bookkeeping."""
+    """The result of steering one residual tensor: the new values and per-token bookkeeping
+    (``projection``: each token's ``h . unit`` before the edit)."""
 
     resid: Resid
     fired: Bool[torch.Tensor, "batch pos"]
     shift: Float[torch.Tensor, "batch pos"]
+    projection: Float[torch.Tensor, "batch pos"]
 
 
-def steer_resid(resid: Resid, steering: Steering, mask: Bool[torch.Tensor, "batch pos"]) -> Edit:
-    """Apply ``steering``'s mode to the tokens ``mask`` selects (pure; other tokens stay bit-identical)."""
+def steer_resid(resid: Resid, steering: Steering, mask: Bool[torch.Tensor, "batch pos"],
+                max_norm: float | None = None) -> Edit:
+    """Apply ``steering``'s mode to the tokens ``mask`` selects (pure; other tokens stay bit-identical).
+    Tokens whose norm exceeds ``max_norm`` (massive activations) are never edited."""
     v = steering.unit.to(resid.device, resid.dtype)
     s = resid @ v
     a = steering.coefficient
     mode = steering.mode
+    if max_norm is not None:
+        mask = mask & (resid.norm(dim=-1) <= max_norm)
     fired = mask
     if mode in ("add", "swfc"):
         new = resid + a * v
@@ -53,13 +59,13 @@ def steer_resid(resid: Resid, steering: Steering, mask: Bool[torch.Tensor, "batc
         if mode == "sttp":
             assert steering.target is not None
             delta = a * (steering.target - s)
-        else:
-            delta = 2.0 * a * (steering.threshold - s)
+        else:  # StMP: mirror across the threshold (2 tau - s) or push to it (tau)
+            delta = (2.0 if steering.stmp_variant == "mirror" else 1.0) * a * (steering.threshold - s)
         new = resid + delta[..., None] * v
     if steering.preserve_norm:
         new = new * (resid.norm(dim=-1, keepdim=True) / new.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     out = torch.where(fired[..., None], new, resid)
-    return Edit(resid=out, fired=fired, shift=(out - resid).norm(dim=-1))
+    return Edit(resid=out, fired=fired, shift=(out - resid).norm(dim=-1), projection=s)
 
 
 def _rotate_toward(resid: Resid, v: torch.Tensor, s: torch.Tensor, angle: float) -> Resid:
@@ -76,6 +82,21 @@ def _rotate_toward(resid: Resid, v: torch.Tensor, s: torch.Tensor, angle: float)
 # -- hooks ------------------------------------------------------------------------------------------
 
 
+class StepRecord(NamedTuple):
+    """What one hook call did: steering number ``steering_index`` (its place among ``steer()``'s
+    steerings) at ``layer``, per (row, position) of the forward.
+
+    ``fired``: the residual was changed; ``shift``: L2 size of the change; ``projection``: ``h . unit``
+    of the residual *before* the edit (recorded whether or not the steering fired).
+    """
+
+    steering_index: int
+    layer: int
+    fired: Bool[torch.Tensor, "batch pos"]
+    shift: Float[torch.Tensor, "batch pos"]
+    projection: Float[torch.Tensor, "batch pos"]
+
+
 @dataclass
 class SteeringContext:
     """What the hooks need to know about the current forward, and what they record.
@@ -84,7 +105,8 @@ class SteeringContext:
     every forward. In a plain forward pass every token is a prompt token, and the padding comes from
     the ``attention_mask`` the forward was called with (``steer`` reads it), so a left-padded batch
     steers the same tokens as each row alone.
-    ``records`` holds, per hook call, the fired mask and the edit size (``shift``) per token.
+    ``records`` holds one :class:`StepRecord` per hook call (in the order the hooks ran): per token,
+    the fired mask, the edit size (``shift``) and the projection on the steering's unit before the edit.
     """
 
     prompt_lens: torch.Tensor | None = None
@@ -95,7 +117,7 @@ class SteeringContext:
     # through) or [n_steerings, batch] bool (each steering its own rows: several conditions in one batch)
     rows: torch.Tensor | None = None
     record: bool = True
-    records: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    records: list[StepRecord] = field(default_factory=list)
     # the attention mask of the plain forward in progress (captured by steer(); unused when pads are set)
     seen_mask: torch.Tensor | None = None
 
@@ -124,12 +146,12 @@ class SteeringContext:
         """Share of steerable (row, position) cells where any steering fired, over all records."""
         if not self.records:
             return 0.0
-        fired = sum(int(f.sum()) for _, _, f, _ in self.records)
-        total = sum(f.numel() for _, _, f, _ in self.records)
+        fired = sum(int(r.fired.sum()) for r in self.records)
+        total = sum(r.fired.numel() for r in self.records)
         return fired / total
 
 
-def _make_hook(steering: Steering, index: int, layer: int, ctx: SteeringContext) -> Any:
+def _make_hook(steering: Steering, index: int, layer: int, ctx: SteeringContext, max_norm: float | None = None) -> Any:
     def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
         batch, seq = resid.shape[0], resid.shape[1]
         prompt_lens, pads = ctx.layout(batch, seq)
@@ -141,13 +163,15 @@ def _make_hook(steering: Steering, index: int, layer: int, ctx: SteeringContext)
             mask = mask & ctx.steered_rows(index)[:, None]
         mask = mask.to(resid.device)
         if steering.is_identity or not bool(mask.any()):
-            mask = torch.zeros_like(mask)
-            if ctx.record:
-                ctx.records.append((index, layer, mask.cpu(), torch.zeros(batch, seq)))
+            if ctx.record:  # the projection is read only, never written back: the forward is unchanged
+                proj = resid.detach() @ steering.unit.to(resid.device, resid.dtype)
+                ctx.records.append(StepRecord(index, layer, torch.zeros(batch, seq, dtype=torch.bool),
+                                              torch.zeros(batch, seq), proj.float().cpu()))
             return resid
-        edit = steer_resid(resid, steering, mask)
+        edit = steer_resid(resid, steering, mask, max_norm)
         if ctx.record:
-            ctx.records.append((index, layer, edit.fired.cpu(), edit.shift.detach().float().cpu()))
+            ctx.records.append(StepRecord(index, layer, edit.fired.cpu(), edit.shift.detach().float().cpu(),
+                                          edit.projection.detach().float().cpu()))
         return edit.resid
 
     return hook
@@ -178,9 +202,8 @@ def steer(model: Any, *steerings: Steering, context: SteeringContext | None = No
     ctx = context if context is not None else SteeringContext()
     hooks = []
     for i, s in enumerate(steerings):
-        for name in s.hook_names(model):
-            layer = layer_of(name)
-            hooks.append((name, _make_hook(s, i, layer, ctx)))
+        for j, name in enumerate(s.hook_names(model)):
+            hooks.append((name, _make_hook(s, i, layer_of(name), ctx, s.norm_limit(j))))
 
     def read_mask(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:  # noqa: ARG001
         ctx.seen_mask = kwargs.get("attention_mask")

@@ -75,8 +75,8 @@ def prefill_shared_prefix(model: Any, tokens: torch.Tensor, attn: torch.Tensor, 
             _, cache = model(seq[:1, :prefix], attention_mask=mask[:1, :prefix], return_type="logits_and_cache",
                              use_cache=True)
         fired = torch.zeros(1, prefix, dtype=torch.bool)
-        for _, _, f, _ in ctx.records:
-            fired |= f
+        for record in ctx.records:
+            fired |= record.fired
     finally:
         ctx.prompt_lens, ctx.pads, ctx.rows = saved
         ctx.clear()

@@ -16,8 +16,17 @@ ace        ``h - (s - s_ref) v + a v``                              ACE (Marshal
 angular    rotate ``h`` toward ``v`` by ``a`` degrees, in the plane  angular steering (Vu & Nguyen 2025)
            of ``v`` and ``h`` (norm-preserving)
 sttp       if ``s < tau``: ``h + a (target - s) v``                 seed paper, our reconstruction
-stmp       if ``s < tau``: ``h + 2 a (tau - s) v``                  seed paper, our reconstruction
+stmp       if ``s < tau``: ``h + 2 a (tau - s) v``   (``mirror``)   seed paper, our reconstruction
+           or ``h + a (tau - s) v``   (``push``, to the boundary)
 =========  ======================================================  ====================================
+
+StMP has two readings. ``stmp_variant="mirror"`` (the default; SCIENCE notes' reading of "mirror
+projection") reflects the projection across the threshold, ``s -> 2 tau - s``; ``"push"`` is the
+minimal edit that brings the token to the boundary, ``s -> tau``. Both are reported by the study.
+
+Massive activations: tokens whose residual norm at the site exceeds ``max_norm`` (attention sinks
+such as the first token; :func:`lensteer.locate.massive_tokens` finds the limit by a rule) are never
+steered, in any mode.
 
 StTP and StMP are selective: tokens already on the aligned side of the threshold ``tau`` are left
 exactly as they are, and the share of tokens they steer is reported. ``docs/methods.md`` marks their exact
@@ -43,10 +52,12 @@ from lensteer.core.sites import SITE_KINDS, hook_name, normalize_layers, validat
 from lensteer.core.vectors import unit_vector
 from lensteer.errors import ArtifactMismatchError, ConfigError, HookSiteError
 from lensteer.locate.directions import Direction, LinearProbe, fit_probe
-from lensteer.steering.gates import Gate
+from lensteer.steering.gates import GATE_TYPES
 from lensteer.steering.positions import Positions, check_positions
 
 Mode = Literal["add", "swfc", "ablate", "ace", "angular", "sttp", "stmp"]
+StmpVariant = Literal["mirror", "push"]
+STMP_VARIANTS: tuple[str, ...] = get_args(StmpVariant)
 MODES: tuple[str, ...] = get_args(Mode)
 SELECTIVE_MODES = ("sttp", "stmp")
 _SIGNED_MODES = ("add", "swfc", "ace")  # a negative coefficient is meaningful (steer away)
@@ -74,7 +85,10 @@ class Steering:
         threshold: ``tau`` for sttp/stmp, in projection units along ``unit``.
         target: Target projection for sttp (the aligned class's mean projection).
         reference: Reference projection ``s_ref`` for ace (the misaligned class's mean projection).
-        gate: Optional prompt-level :class:`Gate`.
+        stmp_variant: ``"mirror"`` (``s -> 2 tau - s``, the default) or ``"push"`` (``s -> tau``).
+        max_norm: Tokens whose residual norm at the site is above this are left alone (one value, or
+            one per layer in ``layers`` order); ``None``: no limit.
+        gate: Optional prompt-level gate: a :class:`Gate`, or an :class:`AllOf` / :class:`AnyOf` of gates.
         info: Provenance (direction method, dataset, threshold rule, calibration, model fingerprint).
     """
 
@@ -90,7 +104,9 @@ class Steering:
     threshold: float | None = None
     target: float | None = None
     reference: float | None = None
-    gate: Gate | None = None
+    stmp_variant: str = "mirror"  # StmpVariant; validated in __post_init__
+    max_norm: float | tuple[float, ...] | None = None
+    gate: Any = None  # GateLike | None; validated in __post_init__ with a message naming the bad value
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -122,9 +138,20 @@ class Steering:
             if missing:
                 raise ConfigError(f"mode {self.mode!r} needs a probe threshold ({', '.join(missing)} missing or "
                                   "not finite); build it with Steering.from_probe(probe, aligned_acts, ...)")
+        if self.stmp_variant not in STMP_VARIANTS:
+            raise ConfigError(f"stmp_variant {self.stmp_variant!r} is not allowed; use one of {STMP_VARIANTS}")
+        object.__setattr__(self, "max_norm", _check_max_norm(self.max_norm, len(layers)))
         if self.mode == "ace" and (self.reference is None or not math.isfinite(self.reference)):
             raise ConfigError("mode 'ace' needs reference= (the misaligned class's mean projection); "
                               "build it with Steering.from_direction(direction, mode='ace', reference=...)")
+        if self.gate is not None:
+            if not isinstance(self.gate, GATE_TYPES):
+                raise ConfigError(f"gate must be a Gate, AllOf or AnyOf (build composites with lensteer.steering."
+                                  f"all_of / any_of) or None, got {type(self.gate).__name__}")
+            widths = sorted({int(g.unit.shape[0]) for g in self.gate.leaves()} - {self.d_model})
+            if widths:
+                raise ArtifactMismatchError(f"the gate's vectors have width {widths} but the steering's is {self.d_model}; "
+                                            "gate and steering must come from the same model")
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -210,8 +237,10 @@ class Steering:
     ) -> "Steering":
         """StTP / StMP along any direction (e.g. a difference of means), thresholds from the two classes.
 
-        The two classes are projected on the direction and a one-feature logistic regression is fitted
-        to the projections: its decision boundary is ``tau`` (``threshold="boundary"``); a quantile
+        The two classes are projected on the direction and a one-feature, class-balanced logistic
+        regression is fitted to the projections: its decision boundary is ``tau``
+        (``threshold="boundary"``; balanced because per-token classes rarely have equal sizes, and an
+        unweighted fit on overlapping classes puts the boundary below nearly every token); a quantile
         ``q`` of the aligned projections may be used instead. The target is the aligned mean
         projection. This keeps the seed paper's boundary-relative rule while steering along a
         direction that is better estimated than a high-dimensional probe normal from few examples.
@@ -234,7 +263,7 @@ class Steering:
             raise ConfigError("the aligned class does not project higher than the misaligned one on this direction; "
                               "the direction should point from misaligned to aligned")
         if threshold == "boundary":
-            probe1d = fit_probe(pos[:, None], neg[:, None], layer=0, l2_grid=(1e-3,))
+            probe1d = fit_probe(pos[:, None], neg[:, None], layer=0, l2_grid=(1e-3,), balanced=True)
             tau, rule = probe1d.boundary * (1.0 if float(probe1d.weight[0]) > 0 else -1.0), "boundary_1d"
         elif isinstance(threshold, float) and 0.0 < threshold < 1.0:
             tau, rule = float(torch.quantile(pos, threshold)), f"aligned_quantile_{threshold:g}"
@@ -248,6 +277,12 @@ class Steering:
         return cls(unit=unit, layers=tuple([layer_list] if isinstance(layer_list, int) else layer_list),
                    positions=positions, mode=mode, scale=scale, threshold=float(tau), target=float(pos.mean()),
                    info=info, **kwargs)
+
+    def norm_limit(self, layer_index: int) -> float | None:
+        """The norm above which tokens are left alone at ``layers[layer_index]`` (``None``: no limit)."""
+        if self.max_norm is None or isinstance(self.max_norm, float):
+            return self.max_norm
+        return self.max_norm[layer_index]
 
     def with_scale(self, scale: float) -> "Steering":
         """The same steering at another strength."""
@@ -282,4 +317,19 @@ class Steering:
         """One line for logs and figure legends."""
         unit = " x ref-norm" if self.relative else ("°" if self.mode == "angular" else "")
         extra = f", tau={self.threshold:.3g}" if self.threshold is not None else ""
+        extra += f", {self.stmp_variant}" if self.mode == "stmp" else ""
+        extra += " (massive tokens skipped)" if self.max_norm is not None else ""
         return f"{self.mode} @ layers {list(self.layers)} {self.site} [{self.positions}] scale={self.scale:g}{unit}{extra}"
+
+
+def _check_max_norm(value: Any, n_layers: int) -> float | tuple[float, ...] | None:
+    """``max_norm`` as ``None``, one positive float, or one positive float per layer."""
+    if value is None:
+        return None
+    many = isinstance(value, (list, tuple))
+    values = list(value) if many else [value]
+    if (not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+                          for v in values) or (many and len(values) != n_layers)):
+        raise ConfigError(f"max_norm must be a positive number or one per layer ({n_layers}), got {value!r}; "
+                          "find it with lensteer.locate.massive_tokens(model, prompts, layer)")
+    return tuple(float(v) for v in values) if many else float(values[0])

@@ -1,0 +1,116 @@
+"""Per-token activations of the model's own answers: what StTP / StMP thresholds are fitted on.
+
+A selective method decides token by token whether to steer, so its threshold and target must come
+from the distribution it is applied to: per-token residuals of *generated* text, read at the
+steering layer, at the positions a steering sees while decoding (the last prompt token, which
+chooses the first answer token, and every answer token after it). Means over hand-written replies
+live on another scale: their threshold fires on aligned tokens too (seed paper, section 1.2 of
+our method notes; ``docs/methods.md``).
+
+Typical use (the study does this per threat model)::
+
+    aligned = response_token_activations(model, prompts_with_aligned_system, layer=9)
+    misaligned = response_token_activations(model, prompts_with_misaligning_context, layer=9)
+    sttp = Steering.from_contrast(direction, aligned.acts, misaligned.acts, mode="sttp")
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+
+from lensteer.core.activations import collect_activations
+from lensteer.core.chat import ChatPrompt, TokenizedPrompt
+from lensteer.errors import ConfigError, DataError
+from lensteer.steering.generation import Generations, generate
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ResponseTokens:
+    """Residuals of generated answers, one row per token a steering would see while decoding.
+
+    Attributes:
+        acts: ``[n_tokens, d_model]`` residuals at ``layer``/``site``.
+        row: ``[n_tokens]`` which answer each token belongs to.
+        texts: The answers.
+        layer, site: Where they were read.
+        skipped_massive: Tokens left out because their norm exceeded ``max_norm``.
+    """
+
+    acts: Float[torch.Tensor, "n_tokens d_model"]
+    row: Int[torch.Tensor, " n_tokens"]
+    texts: tuple[str, ...]
+    layer: int
+    site: str
+    skipped_massive: int = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.acts.shape[0])
+
+    def rows(self, keep: Sequence[int]) -> "ResponseTokens":
+        """Only the tokens of the answers ``keep`` (e.g. those a scorer says show the class's behaviour)."""
+        wanted = torch.zeros(len(self.texts), dtype=torch.bool)
+        wanted[list(keep)] = True
+        sel = wanted[self.row]
+        return ResponseTokens(acts=self.acts[sel], row=self.row[sel], texts=self.texts, layer=self.layer,
+                              site=self.site, skipped_massive=self.skipped_massive)
+
+
+def answer_positions(prompt_len: int, n_generated: int) -> list[int]:
+    """Positions a steering sees while decoding an answer: the last prompt token, then each answer token."""
+    if prompt_len < 1 or n_generated < 0:
+        raise DataError(f"a prompt needs >= 1 token and an answer >= 0 (got {prompt_len}, {n_generated})")
+    return list(range(prompt_len - 1, prompt_len + n_generated))
+
+
+def response_token_activations(
+    model: Any,
+    prompts: "Sequence[str | ChatPrompt]",
+    *,
+    layer: int,
+    site: str = "resid_post",
+    max_new_tokens: int = 32,
+    max_norm: float | None = None,
+    batch_size: int = 16,
+    generations: Generations | None = None,
+    progress: bool = False,
+) -> ResponseTokens:
+    """Generate unsteered (greedy) answers and read each answer token's residual at ``layer``/``site``.
+
+    Args:
+        prompts: Chat prompts in the setting whose behaviour is wanted (aligned system prompt,
+            misaligning context, ...).
+        layer, site: Where to read (the steering's layer and site).
+        max_new_tokens: Answer length.
+        max_norm: Leave out tokens whose norm exceeds it (massive activations; see
+            :func:`lensteer.locate.massive_tokens`), as the steering itself will.
+        generations: Answers already generated for these prompts (skips decoding).
+    """
+    if isinstance(prompts, str) or len(prompts) == 0:
+        raise DataError("pass a non-empty list of prompts")
+    gens = generations if generations is not None else generate(model, list(prompts), max_new_tokens=max_new_tokens,
+                                                                 batch_size=batch_size, progress=progress)
+    if len(gens) != len(prompts):
+        raise ConfigError(f"generations has {len(gens)} answers for {len(prompts)} prompts")
+    acts, rows, skipped = [], [], 0
+    for i, (prompt_ids, answer_ids) in enumerate(zip(gens.prompt_tokens, gens.tokens, strict=True)):
+        ids = torch.cat([prompt_ids.cpu(), answer_ids.cpu()]).long()
+        n = int(ids.shape[0])
+        full = TokenizedPrompt(tokens=ids, instruction=(0, 0), post_instruction=(0, 0),
+                               response=(int(prompt_ids.shape[0]), n))
+        positions = answer_positions(int(prompt_ids.shape[0]), int(answer_ids.shape[0]))
+        x = collect_activations(model, [full], layers=[layer], site=site, position=positions, batch_size=1)[0, 0]
+        if max_norm is not None:
+            keep = x.norm(dim=-1) <= max_norm
+            skipped += int((~keep).sum())
+            x = x[keep]
+        acts.append(x)
+        rows.append(torch.full((x.shape[0],), i, dtype=torch.long))
+    out = torch.cat(acts)
+    if out.shape[0] == 0:
+        raise DataError("no answer tokens to read (every token was skipped or no answer was generated)")
+    return ResponseTokens(acts=out, row=torch.cat(rows), texts=gens.texts, layer=layer % int(model.cfg.n_layers),
+                          site=site, skipped_massive=skipped)
