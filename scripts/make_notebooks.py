@@ -84,6 +84,16 @@ for text, fired, shift, gated in zip(gens.texts, gens.fired, gens.shift, gens.ga
     print(f"gate open: {gated}; steered tokens: {int(fired.sum())}/{fired.numel()}; "
           f"mean shift {float(shift.mean()):.1f}\\n  {text!r}")
 print(f"share of all generated tokens steered: {gens.steered_share():.0%}")'''),
+    ("md", """### The same, token by token
+
+`lensteer.plotting.token_view` shows one generation token by token: the background is the residual's projection on the
+steering direction before the edit (red below the centre, blue above; the centre is the threshold of StTP / StMP when
+one is passed, else 0) and underlined tokens are the ones steering fired on (thicker: a larger shift). It renders as
+HTML here, with colours in a terminal (`print(view)`), as `view.plain()` for logs (fired tokens in brackets), and as a
+figure with `lensteer.plotting.plot_token_view(view)`."""),
+    ("code", '''view = lensteer.plotting.token_view(gens, 0, model, threshold=steering.threshold)
+print(view.plain())
+view'''),
     ("md", """## Save and load
 
 A steering is two files: the unit vectors in safetensors and everything else (layer, site, mode, scale, gate,
@@ -168,6 +178,16 @@ for name, s in conditions.items():
 print("prompt:", prompts[0].user)
 for name, gen in answers.items():
     print(f"  {name:>9}: {gen.texts[0]!r}")'''),
+    ("md", """### Where one steering fired, token by token
+
+The first answer under a selective method (StMP or StTP when configured, else the first method), each token coloured by
+the residual's projection on the steering direction before the edit, centred on the method's threshold; underlined
+tokens are the ones the edit changed (thicker: a larger shift). `plotting.plot_token_view` draws it as a paper
+figure."""),
+    ("code", '''shown = next((m for m in ("StMP", "StTP") if m in steerings), next(iter(steerings)))
+view = plotting.token_view(answers[shown], 0, model, threshold=steerings[shown].threshold)
+fig, ax = plotting.plot_token_view(view)
+view'''),
     ("code", '''import pandas as pd
 
 from lensteer.core.stats import mcnemar_exact, wilson_interval

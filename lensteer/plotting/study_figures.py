@@ -308,13 +308,19 @@ def _chosen_layer_rows(rows: Sequence[Mapping[str, Any]], report: Mapping[str, A
     return [r for r in rows if r["threat_model"] not in swept or r.get("layer") == chosen[r["threat_model"]]]
 
 
+def _gate_roc(search: dict[str, Any]) -> tuple[Any, Any]:
+    from lensteer.plotting.locate_figures import GateROC, plot_gate_roc
+
+    return plot_gate_roc(GateROC.from_dict(search))
+
+
 def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list[Path]:
     """Write every study figure of a ``lensteer run`` results folder into ``out_dir`` (PDF + PNG).
 
     Reads ``results.json`` (required), ``report.json`` (for the matched KL budget, if present) and
     ``examples.json`` (if present). Writes ``tradeoff`` (all threat models), ``tradeoff_<tm>``,
     ``repetition_by_turn``, ``repetition_history_by_turn``, ``steered_share``, ``steerability`` (from the
-    report), ``layer_sweep`` (if the study swept layers) and ``examples_<tm>``. The other figures show
+    report), ``gate_roc_<tm>`` (the gate search's ROC per layer, from the report), ``layer_sweep`` (if the study swept layers) and ``examples_<tm>``. The other figures show
     each threat model's chosen layer.
     A figure whose data the folder lacks is skipped with a warning on the ``lensteer.plotting.figures``
     logger that says why.
@@ -356,6 +362,9 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
         save("layer_sweep", lambda: plot_layer_sweep(swept, kl_budget=budget))
     for tm in threat_models_of(rows):
         save(f"tradeoff_{tm}", functools.partial(plot_tradeoff, rows, tm))
+    for tm, entry in (report or {}).get("threat_models", {}).items():
+        if isinstance(entry.get("gate"), dict) and "layers" in entry["gate"]:  # a gate search (not an old gate)
+            save(f"gate_roc_{tm}", functools.partial(_gate_roc, entry["gate"]))
     save("repetition_by_turn", lambda: plot_repetition_by_turn(rows, kl_budget=budget))
     save("repetition_history_by_turn",
          lambda: plot_repetition_by_turn(rows, kl_budget=budget, metric="rep4_history_by_turn"))
