@@ -5,6 +5,8 @@ Two marked blocks are rewritten in place:
 * ``<!-- results:start -->`` ... ``<!-- results:end -->``: ``lensteer.study.report.headline_table(report)``;
 * ``<!-- results-run:start -->`` ... ``<!-- results-run:end -->``: one line saying what run made
   the report (model, profile sizes, threat models, methods, time);
+* ``<!-- regimes:start -->`` ... ``<!-- regimes:end -->``: ``lensteer.study.report.regimes_table(report)``
+  (selective methods at scale 1 and KL-matched, with where they fired);
 * ``<!-- findings:start -->`` ... ``<!-- findings:end -->``: ``lensteer.study.report.findings(report)``,
   one sentence per comparison with its paired test ("not significant" where p >= 0.05).
 
@@ -19,10 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lensteer.study.report import findings, headline_table
+from lensteer.study.report import findings, headline_table, regimes_table
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCKS = ("results", "results-run", "findings")
+BLOCKS = ("results", "results-run", "regimes", "findings")
 
 
 def _n(value: Any, whole: str) -> str:
@@ -51,7 +53,7 @@ def run_line(report: dict[str, Any]) -> str:
 
 def block_contents(report: dict[str, Any]) -> dict[str, str]:
     """The text each marked block must hold."""
-    return {"results": headline_table(report), "results-run": run_line(report),
+    return {"results": headline_table(report), "results-run": run_line(report), "regimes": regimes_table(report),
             "findings": "\n".join(f"- {s}" for s in findings(report))}
 
 

@@ -13,7 +13,10 @@ from lensteer.core.datasets import THREAT_MODELS
 from lensteer.errors import ConfigError
 from lensteer.steering.positions import Window
 
-METHODS = ("SwFC", "StTP", "StMP", "add", "ablate", "ace", "angular")
+METHODS = ("SwFC", "StTP", "StMP", "StMP-push", "add", "ablate", "ace", "angular")
+SELECTIVE_METHODS = ("StTP", "StMP", "StMP-push")  # fitted per token, reported in both regimes
+PAPER_REGIME = ":paper"  # row-key suffix of a selective method at scale 1, uncalibrated
+SELECTIVE_FITS = ("generated_tokens", "written_means")
 PROFILES = ("demo", "paper", "smoke")
 
 # Misaligning condition per threat model: refusal is probed with bare harmful requests (the embedded
@@ -48,7 +51,18 @@ class StudyConfig:
 
     Attributes:
         threat_models: Which of ``refusal``, ``compassion``, ``honesty``.
-        methods: Steering methods (``SwFC``, ``StTP``, ``StMP``, ``add``, ``ablate``, ``ace``, ``angular``).
+        methods: Steering methods (``SwFC``, ``StTP``, ``StMP`` (mirror), ``StMP-push`` (to the boundary),
+            ``add``, ``ablate``, ``ace``, ``angular``).
+        selective_fit: Where StTP / StMP get their threshold and target: ``"generated_tokens"`` (the
+            default: per-token residuals of the model's own answers under the aligned system prompt vs
+            the misaligning context, read at the steering layer) or ``"written_means"`` (response-mean
+            residuals of the bundled hand-written replies; kept for the ablation).
+        regimes: Also evaluate each selective method in the paper's regime (scale 1, no calibration)
+            beside the KL-matched one.
+        massive_ratio: Never steer tokens whose residual norm at the steering layer exceeds this
+            multiple of the median token norm (attention sinks; ``None``: steer them too).
+        gate_fpr: The refusal gate's target false-positive rate on harmless + borderline validation
+            prompts (its layer and threshold are chosen to it).
         kl_budgets: Coherence budgets in nats per token; every method is calibrated to each.
         layer: Steering layer; ``None`` picks it from the probing study.
         sweep_layers: A layer sweep: every method is also calibrated and evaluated at each of these
@@ -71,12 +85,10 @@ class StudyConfig:
         n_paragraphs: Paragraphs for the cross-entropy capability check (``None``: all; 0: off).
         max_new_tokens: Tokens per generated answer (64 leaves room for the sentence after a refusal,
             where a redirect usually comes).
-        positions: Where the methods steer: ``"after_first"`` (the default: every prompt and generated
-            token except the first, the chat template's ``<|im_start|>`` on the embedded model, an
-            attention sink whose residual norm is ~160x that of the other tokens: StTP / StMP would
-            spend most of their KL budget moving it, since it projects far below any threshold),
-            ``"all"`` (every token, as in ActAdd/CAA) or ``"generated"`` (the last prompt token and
-            every generated one; on the embedded model this barely moves refusal).
+        positions: Where the methods steer: ``"all"`` (the default: every prompt and generated token, as
+            in ActAdd/CAA, except massive-activation tokens by the ``massive_ratio`` rule),
+            ``"after_first"`` (every token but the first, the old index rule) or ``"generated"`` (the
+            last prompt token and every generated one; on the embedded model this barely moves refusal).
         random_seeds: Seeds of the random-direction controls, each calibrated to the first KL budget
             with SwFC's positions and gate (empty: no random control).
         prompting: Evaluate the prompting baseline (a system prompt asking for the aligned behaviour).
@@ -90,7 +102,11 @@ class StudyConfig:
     """
 
     threat_models: tuple[str, ...] = THREAT_MODELS
-    methods: tuple[str, ...] = ("SwFC", "StTP", "StMP")
+    methods: tuple[str, ...] = ("SwFC", "StTP", "StMP", "StMP-push")
+    selective_fit: str = "generated_tokens"
+    regimes: bool = True
+    massive_ratio: float | None = 4.0
+    gate_fpr: float = 0.05
     kl_budgets: tuple[float, ...] = (0.5,)
     layer: int | None = None
     sweep_layers: tuple[int, ...] = ()
@@ -107,7 +123,7 @@ class StudyConfig:
     n_mc: int | None = 20
     n_paragraphs: int | None = 6
     max_new_tokens: int = 40
-    positions: str = "after_first"
+    positions: str = "all"
     random_seeds: tuple[int, ...] = (0,)
     prompting: bool = True
     batch_size: int = 48
@@ -154,6 +170,13 @@ class StudyConfig:
             raise ConfigError(f"n_conversations must be an int >= 0, got {self.n_conversations!r}")
         if self.positions not in STUDY_POSITIONS:
             raise ConfigError(f"positions must be one of {list(STUDY_POSITIONS)}, got {self.positions!r}")
+        if self.selective_fit not in SELECTIVE_FITS:
+            raise ConfigError(f"selective_fit must be one of {list(SELECTIVE_FITS)}, got {self.selective_fit!r}")
+        ratio = self.massive_ratio
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 1):
+            raise ConfigError(f"massive_ratio must be a number > 1 (a multiple of the median norm) or absent, got {ratio!r}")
+        if isinstance(self.gate_fpr, bool) or not isinstance(self.gate_fpr, (int, float)) or not 0 < self.gate_fpr < 1:
+            raise ConfigError(f"gate_fpr must be a rate in (0, 1), got {self.gate_fpr!r}")
         if self.n_mc is not None and (not isinstance(self.n_mc, int) or self.n_mc < 0):
             raise ConfigError(f"n_mc must be an int >= 0 or absent (all items), got {self.n_mc!r}")
 

@@ -13,7 +13,8 @@ What is measured, per condition:
 * over-refusal on held-out harmless prompts and on borderline prompts (Wilson intervals);
 * KL: on held-out harmless prompts along their unsteered continuations, gate on (``kl_heldout``, the
   headline), along the condition's own steered answers to the evaluation prompts (``kl_rollout``),
-  and on the calibration set (``kl_calibration``, what calibration aimed at);
+  and on the calibration set (``kl_calibration``, what calibration aimed at: harmless and misaligned
+  training prompts, see ``calibration_probe``);
 * perplexity of the harmless answers under the unsteered model (ratio to the baseline's);
 * repetition over multi-turn conversations, with a bootstrap interval over conversations;
 * capability: multiple-choice accuracy on every subject and the change in cross-entropy on held-out
@@ -133,6 +134,23 @@ def eval_sets(model: Any, config: StudyConfig) -> EvalSets:
     mc = [] if config.n_mc == 0 else _take(in_turn(load_mc_items(), key=lambda it: it.category), config.n_mc)
     paragraphs = [] if config.n_paragraphs == 0 else _take(load_paragraphs(), config.n_paragraphs)
     return EvalSets(calibration=calibration, calibration_prompts=calibration_prompts, harmless=harmless, borderline=borderline, mc=mc, paragraphs=paragraphs)
+
+
+def calibration_probe(model: Any, threat_model: str, config: StudyConfig, sets: EvalSets) -> KLProbe:
+    """The KL calibration set of one threat model (built once, cached in ``sets``): the shared harmless
+    **train** prompts and as many **train** prompts of the threat model in its misaligning context.
+
+    Both halves matter: a selective method barely fires on harmless text (that is its point), so a
+    harmless-only set cannot price its edits (calibration would scale it without bound); the misaligned
+    half is where every method acts. No prompt of either half is one a number is reported on."""
+    key = f"calibration:{threat_model}"
+    if key not in sets.cache:
+        misaligned = load_dataset(threat_model).train.stratified(config.n_kl).chat_prompts(
+            context=MISALIGNING_CONTEXT.get(threat_model))
+        prompts: list[Any] = [*sets.calibration_prompts, *misaligned]
+        sets.cache[key] = kl_probe(model, prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
+    probe: KLProbe = sets.cache[key]
+    return probe
 
 
 def eval_prompts(threat_model: str, n: int | None) -> list[ChatPrompt]:
@@ -299,7 +317,7 @@ def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Cond
             row["kl_heldout"] = sequence_kl(model, s, reference.prompt_tokens, reference.tokens,
                                             batch_size=config.batch_size)
             row["kl_rollout"] = sequence_kl(model, s, gen.prompt_tokens, gen.tokens, batch_size=config.batch_size)
-            row["kl_calibration"] = steering_kl(model, s, sets.calibration)
+            row["kl_calibration"] = steering_kl(model, s, calibration_probe(model, threat_model, config, sets))
         else:
             row["kl_heldout"] = row["kl_rollout"] = row["kl_calibration"] = 0.0
         row["kl"] = row["kl_heldout"]

@@ -1,9 +1,11 @@
 """Choosing the steering layer and building the study's steerings there.
 
 For each threat model: probe the response-side contrast at candidate layers, pick the layer with
-recommend_site (Arditi et al.'s rules, then the most steerable layer at the KL budget), and build
-SwFC along the difference of means and StTP/StMP from the class projections (refusal adds a
-CAST-style prompt gate from the harmful-vs-harmless probe).
+recommend_site (Arditi et al.'s rules, then the most steerable layer at the KL budget), find the
+massive-activation tokens there by the norm rule (never steered), and build SwFC along the difference
+of means and StTP / StMP (mirror and push) with thresholds fitted per token on the model's own answers
+under the aligned system prompt vs the misaligning context (refusal adds a CAST-style prompt gate
+chosen to a target false-positive rate on harmless and borderline prompts).
 """
 
 from collections.abc import Sequence
@@ -14,16 +16,30 @@ from typing import Any
 import torch
 
 from lensteer.core.activations import collect_activations
+from lensteer.core.chat import ChatPrompt
 from lensteer.core.datasets import load_dataset
 from lensteer.core.models import model_fingerprint
 from lensteer.errors import ConfigError
 from lensteer.evaluate.steerability import layer_steerability
+from lensteer.locate.massive import massive_tokens
 from lensteer.locate.probing import contrast_prompts, probe_layers
 from lensteer.steering.calibration import KLProbe, calibrate, kl_probe, reference_norm
-from lensteer.steering.gates import Gate
+from lensteer.steering.gate_search import GateSearch, search_gate
+from lensteer.steering.gates import GateLike
+from lensteer.steering.generation import generate
 from lensteer.steering.spec import Steering
-from lensteer.study.config import STUDY_POSITIONS, StudyConfig
+from lensteer.steering.token_fit import response_token_activations
+from lensteer.study.config import (
+    ALIGNED_SYSTEM,
+    MISALIGNING_CONTEXT,
+    SELECTIVE_METHODS,
+    STUDY_POSITIONS,
+    StudyConfig,
+)
+from lensteer.study.evaluation import trait_flags
 from lensteer.study.recommend import recommend_site
+
+MIN_FIT_ANSWERS = 4  # answers per class a scorer must agree with before the per-token fit is filtered by it
 
 
 @dataclass
@@ -35,6 +51,9 @@ class _Located:
     steerings: dict[str, Steering]
     reference_norm: float
     steerability: dict[str, Any] | None = None
+    massive: dict[str, Any] | None = None  # the massive-token rule at the chosen layer
+    fit: dict[str, Any] = field(default_factory=dict)  # how StTP / StMP thresholds were fitted
+    gate_search: dict[str, Any] | None = None
     sweep: dict[int, dict[str, Steering]] = field(default_factory=dict)  # the other layers of a layer sweep
 
 
@@ -99,21 +118,34 @@ def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harm
             else:
                 layer = report.best_layer("probe_auroc")
                 reasons = [f"no layer passed the selection rules ({err}); took the best probe AUROC layer {layer}"]
-    gate = _refusal_gate(model, config) if threat_model == "refusal" else None
+    search = refusal_gate(model, config) if threat_model == "refusal" else None
+    gate = search.gate if search is not None else None
     positions = STUDY_POSITIONS[config.positions]
+    answers: dict[str, Any] = {}  # the model's own answers, generated once for every layer's per-token fit
+    notes: dict[int, tuple[dict[str, Any] | None, dict[str, Any]]] = {}
 
     def steerings_at(at: int) -> tuple[dict[str, Steering], float]:
         col = layers.index(at)
         ref = refs[at] if at in refs else reference_norm(model, harmless, at, batch_size=config.batch_size)
         direction = report.direction("diff_of_means", at)
+        massive = (massive_tokens(model, _norm_prompts(threat_model, harmless), at, ratio=config.massive_ratio,
+                                  batch_size=config.batch_size) if config.massive_ratio is not None else None)
+        max_norm = massive.max_norm if massive is not None else None
         aligned, misaligned = acts["pos_train"][:, col], acts["neg_train"][:, col]
-        return {method: make_steering(method, direction, aligned, misaligned, ref, positions, gate)
+        fit: dict[str, Any] = {"rule": "written_means", "n_aligned": len(aligned), "n_misaligned": len(misaligned)}
+        if config.selective_fit == "generated_tokens" and any(m in SELECTIVE_METHODS for m in config.methods):
+            aligned, misaligned, fit = answer_token_classes(model, threat_model, config, direction, at, max_norm,
+                                                            answers, fallback=(aligned, misaligned))
+        notes[at] = (massive.to_dict() if massive is not None else None, fit)
+        return {method: make_steering(method, direction, aligned, misaligned, ref, positions, gate, max_norm)
                 for method in config.methods}, ref
 
     steerings, ref = steerings_at(layer)
     return _Located(layer=layer, site="resid_post", reasons=reasons, probing=report.to_dict(),
                     steerings=steerings, reference_norm=ref,
                     steerability=steerability.to_dict() if steerability is not None else None,
+                    massive=notes[layer][0], fit=notes[layer][1],
+                    gate_search=search.to_dict() if search is not None else None,
                     sweep={at: steerings_at(at)[0] for at in extra if at != layer})
 
 
@@ -132,52 +164,91 @@ def steering_path(folder: Path, threat_model: str, method: str, kl_budget: float
 
 
 def make_steering(method: str, direction: Any, aligned: torch.Tensor, misaligned: torch.Tensor, ref: float,
-                  positions: Any, gate: Gate | None) -> Steering:
+                  positions: Any, gate: GateLike | None, max_norm: float | None = None) -> Steering:
     """One uncalibrated steering per method, all along the response-side difference of means.
 
-    SwFC / add: a fixed addition (relative to the reference norm); StTP / StMP: thresholds from a
-    one-feature logistic fit of the two classes' projections (:meth:`Steering.from_contrast`); ACE:
-    the misaligned mean projection as reference; ablate / angular: start at full ablation / 10 deg.
+    SwFC / add: a fixed addition (relative to the reference norm); StTP / StMP / StMP-push: thresholds
+    from a one-feature logistic fit of the two classes' projections (:meth:`Steering.from_contrast`;
+    ``aligned`` / ``misaligned`` are per-token answer residuals or response means); ACE: the misaligned
+    mean projection as reference; ablate / angular: start at full ablation / 10 deg. Tokens above
+    ``max_norm`` (massive activations) are never steered.
     """
+    common: dict[str, Any] = {"positions": positions, "gate": gate, "max_norm": max_norm}
     if method in ("SwFC", "add"):
         return Steering.from_direction(direction, mode="swfc" if method == "SwFC" else "add", scale=0.1,
-                                       relative=True, reference_norm=ref, positions=positions, gate=gate)
-    if method in ("StTP", "StMP"):
-        return Steering.from_contrast(direction, aligned, misaligned, mode=method.lower(),  # type: ignore[arg-type]
-                                      positions=positions, gate=gate)
+                                       relative=True, reference_norm=ref, **common)
+    if method in SELECTIVE_METHODS:
+        mode = "sttp" if method == "StTP" else "stmp"
+        return Steering.from_contrast(direction, aligned, misaligned, mode=mode,  # type: ignore[arg-type]
+                                      stmp_variant="push" if method == "StMP-push" else "mirror", **common)
     if method == "ace":
         return Steering.from_direction(direction, mode="ace", reference=float((misaligned @ direction.unit).mean()),
-                                       positions=positions, gate=gate)
+                                       **common)
     return Steering.from_direction(direction, mode=method, scale=1.0 if method == "ablate" else 10.0,  # type: ignore[arg-type]
-                                   positions=positions, gate=gate)
+                                   **common)
 
 
-def _refusal_gate(model: Any, config: StudyConfig) -> Gate:
-    """CAST-style gate: steer only prompts the harmful-vs-harmless probe calls harmful.
+def refusal_gate(model: Any, config: StudyConfig) -> GateSearch:
+    """CAST-style gate for refusal: steer only prompts a harmful-vs-harmless probe calls harmful.
 
-    The gate is read in a separate prompt pass, so its layer need not be the steering layer: the
-    harmful-vs-harmless probe is fitted at each candidate layer and the layer with the best
-    validation accuracy is used.
+    Chosen to a false-positive budget (``config.gate_fpr``) rather than the probe's own boundary: at each
+    candidate layer a probe is fitted on training prompts (harmful vs their harmless twins and the
+    borderline prompts that only sound dangerous), and the threshold and layer are set on the validation
+    split so that at most ``gate_fpr`` of the harmless + borderline validation prompts open the gate
+    (:func:`~lensteer.steering.search_gate`). The gate is read in its own prompt pass, so its layer need
+    not be the steering layer. The test split's rates are measured by the study, on prompts that chose nothing.
     """
-    from lensteer.locate.directions import fit_probe
-
-    refusal = load_dataset("refusal")
-    # prompts only (cheap): at least 96 training pairs and the whole val split, since harmful vs
-    # topic-matched harmless is a hard contrast for a small model (48 pairs gave gates that opened as
-    # often on the harmless twins as on the harmful prompts)
+    refusal, borderline = load_dataset("refusal"), load_dataset("borderline")
+    # harmful vs topic-matched harmless is a hard contrast for a small model: use every training pair
     train, val = refusal.train.stratified(max(96, config.n_train)), refusal.val
-    layers = _candidate_layers(model, config)
-    acts = collect_activations(model, train.prompts + train.paired_prompts + val.prompts + val.paired_prompts,
-                               layers=layers, batch_size=config.batch_size)
-    n, m = len(train), len(val)
-    best: tuple[float, int, Any] | None = None
-    for col, layer in enumerate(layers):
-        probe = fit_probe(acts[:n, col], acts[n : 2 * n, col], layer=layer)
-        acc = probe.accuracy(acts[2 * n : 2 * n + m, col], acts[2 * n + m :, col])
-        if best is None or acc > best[0]:
-            best = (acc, layer, probe)
-    assert best is not None
-    return Gate.from_probe(best[2])
+    return search_gate(model, train.prompts, train.paired_prompts + borderline.train.prompts, val.prompts,
+                       val.paired_prompts + borderline.val.prompts, layers=_candidate_layers(model, config),
+                       target_fpr=config.gate_fpr, batch_size=config.batch_size, progress=False)
+
+
+def _norm_prompts(threat_model: str, harmless: Sequence[str]) -> list[Any]:
+    """Prompts the massive-token rule measures norms on: the threat model's training prompts in their
+    misaligning context and bare, and harmless prompts (chat templates, few-shot turns, short and long)."""
+    train = load_dataset(threat_model).train.stratified(8)
+    return [*train.chat_prompts(context=MISALIGNING_CONTEXT.get(threat_model)), *train.chat_prompts(),
+            *[ChatPrompt(user=h) for h in list(harmless)[:8]]]
+
+
+def answer_token_classes(model: Any, threat_model: str, config: StudyConfig, direction: Any, layer: int,
+                         max_norm: float | None, answers: dict[str, Any], *,
+                         fallback: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Per-token residuals at ``layer`` of the model's own answers to training prompts: under the aligned
+    system prompt (aligned class) and under the misaligning context (misaligned class).
+
+    Answers that show their setting's behaviour (the trait scorer says aligned / misaligned) are kept
+    when at least :data:`MIN_FIT_ANSWERS` do; otherwise all are kept (said in the returned notes). If the
+    aligned tokens do not project above the misaligned ones on the direction, the response means of the
+    hand-written replies (``fallback``) are used and the notes say so. ``answers`` caches the generations
+    across layers.
+    """
+
+    train = load_dataset(threat_model).train.stratified(config.n_train)
+    settings = {"aligned": [replace(p, system=ALIGNED_SYSTEM[threat_model]) for p in train.chat_prompts()],
+                "misaligned": train.chat_prompts(context=MISALIGNING_CONTEXT.get(threat_model))}
+    classes, notes = [], {"rule": "generated_tokens", "n_prompts": len(train), "layer": layer}
+    for name, prompts in settings.items():
+        if name not in answers:
+            answers[name] = generate(model, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+        tokens = response_token_activations(model, prompts, layer=layer, max_norm=max_norm, generations=answers[name])
+        shows = [f == (name == "aligned") for f in trait_flags(threat_model, answers[name].texts, train)]
+        kept = [i for i, f in enumerate(shows) if f]
+        filtered = len(kept) >= MIN_FIT_ANSWERS
+        if filtered:
+            tokens = tokens.rows(kept)
+        notes[name] = {"answers": len(prompts), "showing_behaviour": len(kept), "filtered": filtered,
+                       "tokens": tokens.n_tokens, "skipped_massive": tokens.skipped_massive}
+        classes.append(tokens.acts)
+    aligned, misaligned = classes
+    if not float((aligned @ direction.unit).mean()) > float((misaligned @ direction.unit).mean()):
+        notes |= {"rule": "written_means", "why": "the aligned answers' tokens did not project above the "
+                  "misaligned ones on the direction, so their threshold would point the wrong way"}
+        return fallback[0], fallback[1], notes
+    return aligned, misaligned, notes
 
 
 def build_steering(model: Any, threat_model: str, method: str, kl_budget: float, config: StudyConfig, *,
@@ -187,5 +258,10 @@ def build_steering(model: Any, threat_model: str, method: str, kl_budget: float,
     probe = kl_probe(model, calibration_prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
     loc = locate_threat_model(model, threat_model, replace(config, methods=(method,), kl_budgets=(kl_budget,)),
                               calibration_prompts, probe)
-    cal = calibrate(model, replace(loc.steerings[method], gate=None), probe, kl_budget, progress=progress)
+    # calibrated as the study does: on harmless and misaligned training prompts (see calibration_probe)
+    misaligned = load_dataset(threat_model).train.stratified(config.n_kl).chat_prompts(
+        context=MISALIGNING_CONTEXT.get(threat_model))
+    mixed = kl_probe(model, [*calibration_prompts, *misaligned], continuation_tokens=config.kl_tokens,
+                     batch_size=config.batch_size)
+    cal = calibrate(model, replace(loc.steerings[method], gate=None), mixed, kl_budget, progress=progress)
     return replace(cal.steering, gate=loc.steerings[method].gate)

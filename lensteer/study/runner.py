@@ -6,7 +6,9 @@ For each threat model (refusal, compassion, honesty) the study
    with :func:`~lensteer.study.recommend_site` (Arditi et al.'s rules, then steerability);
 2. **builds** the seed paper's steerings at that layer: SwFC along the difference of means, StTP
    and StMP from the class projections (refusal adds a CAST-style prompt gate);
-3. **calibrates** every method, and a random direction per seed, to each KL budget on harmless
+3. **calibrates** every method on training prompts, harmless ones and the threat model's own in its
+   misaligning context (selective methods are also kept uncalibrated, at scale 1: the paper's
+   regime, rows ``StTP:paper`` ...), and a random direction per seed, to each KL budget on harmless
    *training* prompts (matched coherence cost; saved, so a rerun reloads them);
 4. **evaluates** all conditions together on the test prompts: the unsteered and prompting
    baselines, each method, each random control (:mod:`lensteer.study.evaluation`).
@@ -28,14 +30,14 @@ from tqdm.auto import tqdm
 
 from lensteer.core.io import write_json
 from lensteer.core.models import model_fingerprint
-from lensteer.steering.calibration import calibrate
+from lensteer.steering.calibration import KLProbe, calibrate
 from lensteer.steering.files import artifact_paths, load_steering, save_steering
 from lensteer.steering.spec import Steering
-from lensteer.study.config import StudyConfig
+from lensteer.study.config import PAPER_REGIME, SELECTIVE_METHODS, StudyConfig
 from lensteer.study.evaluation import (
     Condition,
-    EvalSets,
     baseline_conditions,
+    calibration_probe,
     eval_sets,
     evaluate_conditions,
 )
@@ -53,15 +55,30 @@ class StudyResult:
     table: Any = field(repr=False)
 
 
-def _calibrated(model: Any, built: Steering, path: Path, sets: EvalSets, budget: float) -> Steering:
+def _calibrated(model: Any, built: Steering, path: Path, probe: KLProbe, budget: float) -> Steering:
     """The calibrated steering saved at ``path``, calibrating (without its gate: the gate would hide the
     edit's cost on harmless prompts) and saving it first if it is not there yet."""
     if artifact_paths(path)[1].exists():
         return load_steering(path, model=model)
-    cal = calibrate(model, replace(built, gate=None), sets.calibration, budget)
+    cal = calibrate(model, replace(built, gate=None), probe, budget)
     steering = replace(cal.steering, gate=built.gate)
     save_steering(steering, path, model=model)
     return steering
+
+
+# At matched KL these are the same edit as their original: StMP-push at scale 2a moves a token by
+# 2a (tau - s), exactly as StMP (mirror) at scale a does. They differ only uncalibrated (the paper regime).
+_TWINS = {"StMP-push": "StMP"}
+
+
+def _push_twin(mirror: Steering, path: Path, model: Any) -> Steering:
+    """StMP-push with the edit of a calibrated StMP (mirror): twice its scale (saved at ``path``)."""
+    twin = replace(mirror, stmp_variant="push", scale=2.0 * mirror.scale,
+                   info={**mirror.info, "calibration": {**mirror.info.get("calibration", {}),
+                                                        "derived_from": "StMP (mirror) at half this scale"}})
+    if not artifact_paths(path)[1].exists():
+        save_steering(twin, path, model=model)
+    return twin
 
 
 def _random_like(steering: Steering, seed: int) -> Steering:
@@ -97,28 +114,43 @@ def run_study(
         located_info[tm] = {"layer": loc.layer, "site": loc.site, "reasons": loc.reasons,
                             "reference_norm": loc.reference_norm, "steerability": loc.steerability,
                             "probe_auroc": {r["layer"]: r["probe_auroc"] for r in loc.probing["rows"]}}
-        gate = next((s.gate for s in loc.steerings.values() if s.gate is not None), None)
-        if gate is not None:
-            located_info[tm]["gate"] = {"layer": gate.layer, "site": gate.site, "threshold": gate.threshold,
-                                        "position": gate.position}
+        located_info[tm] |= {"massive_tokens": loc.massive, "selective_fit": loc.fit}
+        if loc.gate_search is not None:
+            located_info[tm]["gate"] = loc.gate_search
         log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
         conditions = [replace(c, layer=loc.layer) for c in baseline_conditions(tm, config)]
+        twins: list[tuple[str, str, float, int, Steering]] = []
+        probe = calibration_probe(model, tm, config, sets)  # harmless + misaligned training prompts
         for layer, built in ((loc.layer, loc.steerings), *sorted(loc.sweep.items())):
             at = "" if layer == loc.layer else f" (layer sweep: L{layer})"
-            for method in config.methods:
+            for method in sorted(config.methods, key=lambda m: m in _TWINS):  # a twin after its original
                 for budget in config.kl_budgets:
                     path = steering_path(folder, tm, method, budget, layer, loc.layer)
-                    steering = _calibrated(model, built[method], path, sets, budget)
+                    original = _TWINS.get(method) if _TWINS.get(method) in config.methods else None
+                    if original is not None:  # the same edit as its original at matched KL: derived, not re-run
+                        first = next(c for c in conditions if (c.method, c.kl_budget, c.layer) == (original, budget, layer))
+                        assert first.steering is not None
+                        steering = _push_twin(first.steering, path, model)
+                        twins.append((method, original, budget, layer, steering))
+                        continue
+                    steering = _calibrated(model, built[method], path, probe, budget)
                     cal = steering.info.get("calibration", {})
                     log(f"[{tm}] {method} @ KL {budget:g}{at}: scale {steering.scale:.4g} "
                         f"(KL {cal.get('kl', math.nan):.3f}{'' if cal.get('reached', True) else ', budget not reached'})")
                     conditions.append(Condition(method=method, steering=steering, kl_budget=budget, layer=layer))
+        if config.regimes:  # the paper's rule as written: scale 1, no calibration
+            for method in (m for m in config.methods if m in SELECTIVE_METHODS):
+                path = folder / "steerings" / f"{tm}_{method}_paper"
+                if not artifact_paths(path)[1].exists():
+                    save_steering(loc.steerings[method], path, model=model)
+                conditions.append(Condition(method=f"{method}{PAPER_REGIME}", steering=load_steering(path, model=model),
+                                            layer=loc.layer))
         if config.random_seeds:
             template = loc.steerings.get("SwFC") or next(iter(loc.steerings.values()))
             budget = config.kl_budgets[0]
             for seed in config.random_seeds:
                 path = steering_path(folder, tm, f"random{seed}", budget, loc.layer, loc.layer)
-                control = _calibrated(model, _random_like(template, seed), path, sets, budget)
+                control = _calibrated(model, _random_like(template, seed), path, probe, budget)
                 conditions.append(Condition(method="random", steering=control, kl_budget=budget, layer=loc.layer,
                                             seed=seed))
         pending = [c for c in conditions if not table.has(tm, c.key, c.kl_budget, c.layer)]
@@ -136,6 +168,10 @@ def run_study(
                            **row})
             examples.setdefault(tm, {}).update({k: v for k, v in ex.items()})
             write_json(examples_path, examples)
+        for method, original, budget, layer, steering in twins:
+            if not table.has(tm, method, budget, layer) and table.has(tm, original, budget, layer):
+                table.add({**table.get(tm, original, budget, layer), "method": method, "scale": steering.scale,
+                           "coefficient": steering.coefficient, "same_as": original})
         bar.update(1)
     bar.close()
     report = build_report(table.rows, config, located_info, model_fingerprint(model).to_dict(),

@@ -75,7 +75,9 @@ def test_cli_run_the_whole_study_smoke_then_steer_side_by_side(tmp_path, tiny_mo
     assert main(["evaluate", "--model", str(tiny_model_folder), "--steering", saved, "--smoke", "--quiet",
                  "--out", str(tmp_path / "eval")]) == 0
     evaluated = json.loads((tmp_path / "eval" / "evaluate.json").read_text())["threat_models"]["refusal"]
-    assert evaluated["methods"]["refusal_SwFC_kl0.5"]["kl"] > 0 and evaluated["baseline"]["kl"] == 0.0
+    # the refusal gate (5% false positives) stays shut on most harmless prompts, so the steering's
+    # effect shows along its own rollouts of the harmful prompts
+    assert evaluated["methods"]["refusal_SwFC_kl0.5"]["kl_rollout"] > 0 and evaluated["baseline"]["kl"] == 0.0
     assert "| refusal | refusal_SwFC_kl0.5 |" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
     bad.write_text("n_evals = 3\n")

@@ -73,10 +73,12 @@ def test_update_script_rewrites_stale_blocks_and_leaves_the_rest(tmp_path):
     script, report = _script(), json.loads(REPORT.read_text())
     stale = ("# title\n\ntext before\n<!-- results-run:start -->\nold run\n<!-- results-run:end -->\n"
              "<!-- findings:start -->\n- old claim\n<!-- findings:end -->\n"
-             "<!-- results:start -->\n| old | table |\n<!-- results:end -->\ntext after\n")
+             "<!-- results:start -->\n| old | table |\n<!-- results:end -->\n"
+             "<!-- regimes:start -->\nold regimes\n<!-- regimes:end -->\ntext after\n")
     new = script.render(stale, report)
     assert _block(new, "results") == headline_table(report) and "| old | table |" not in new
-    assert new.startswith("# title\n\ntext before\n") and new.endswith("<!-- results:end -->\ntext after\n")
+    assert "old regimes" not in new and new.startswith("# title\n\ntext before\n")
+    assert new.endswith("<!-- regimes:end -->\ntext after\n")
     assert script.render(new, report) == new  # idempotent
     readme = tmp_path / "README.md"
     readme.write_text(stale)

@@ -23,8 +23,14 @@ def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
         StudyConfig(kl_budgets=(0.0,))
     with pytest.raises(lensteer.ConfigError, match=r"positions must be one of \['after_first', 'all', 'generated'\]"):
         StudyConfig(positions="prompt")
-    # the default skips the first token (the attention sink), every other prompt and generated token is steered
-    assert config.STUDY_POSITIONS[StudyConfig().positions] == lensteer.Window(1, None)
+    # the default steers every token except massive-activation ones, found by the norm rule (not by index)
+    assert config.STUDY_POSITIONS[StudyConfig().positions] == "all" and StudyConfig().massive_ratio == 4.0
+    with pytest.raises(lensteer.ConfigError, match="massive_ratio must be a number > 1"):
+        StudyConfig(massive_ratio=0.5)
+    with pytest.raises(lensteer.ConfigError, match="gate_fpr must be a rate in"):
+        StudyConfig(gate_fpr=1.5)
+    with pytest.raises(lensteer.ConfigError, match="selective_fit must be one of"):
+        StudyConfig(selective_fit="means")
     bad = tmp_path / "study.toml"
     bad.write_text("methods = [\"SwFC\"\n")
     with pytest.raises(lensteer.ConfigError, match="not valid TOML"):
@@ -125,7 +131,8 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
         study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     done = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert {r["threat_model"] for r in done} == {"refusal"}
-    assert sorted(r["method"] for r in done) == ["StTP", "SwFC", "baseline", "prompting", "random:0", "random:1"]
+    assert sorted(r["method"] for r in done) == ["StTP", "StTP:paper", "SwFC", "baseline", "prompting", "random:0",
+                                                 "random:1"]
     calls.clear()
     result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     assert [tm for tm, _ in calls] == ["honesty"]  # refusal's finished conditions were not recomputed
@@ -144,20 +151,33 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert all(len(r["repetition_by_turn"]) == cfg.n_turns and len(r["trait_flags"]) == 2 for r in rows)
     assert (tmp_path / "report.json").exists()
+    regimes = entry["methods"]["StTP"]["regimes"]
+    assert regimes["paper"]["scale"] == 1.0 and {"trait", "trait_ci", "kl_heldout", "fired_share_generated",
+                                                  "fired_share_harmless_generated"} <= set(regimes["kl_matched"])
+    assert entry["massive_tokens"]["ratio"] == cfg.massive_ratio and entry["selective_fit"]["layer"] == entry["layer"]
+    gate = entry["gate"]  # chosen to the false-positive budget on validation prompts
+    assert gate["target_fpr"] == cfg.gate_fpr and gate["val_fpr"] <= cfg.gate_fpr and str(gate["layer"]) in map(str, (0, 1))
 
 
 def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, tmp_path):
-    cfg = StudyConfig(threat_models=("compassion",), methods=("SwFC", "StMP"), n_train=6, n_eval=2, n_harmless=2,
+    cfg = StudyConfig(threat_models=("compassion",), methods=("SwFC", "StMP", "StMP-push"), n_train=6, n_eval=2, n_harmless=2,
                       n_kl=2, n_conversations=1, n_turns=2, n_mc=0, max_new_tokens=3, layer=1, sweep_layers=(0, 1),
                       random_seeds=(), prompting=False, batch_size=4)
     result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert sorted((r["method"], r["layer"]) for r in rows) == [("StMP", 0), ("StMP", 1), ("SwFC", 0), ("SwFC", 1),
-                                                              ("baseline", 1)]
+    assert sorted((r["method"], r["layer"]) for r in rows) == [
+        ("StMP", 0), ("StMP", 1), ("StMP-push", 0), ("StMP-push", 1), ("StMP-push:paper", 1), ("StMP:paper", 1),
+        ("SwFC", 0), ("SwFC", 1), ("baseline", 1)]
+    # at matched KL StMP-push is StMP's edit (twice the scale): its row is StMP's, said so, not re-run
+    twin = next(r for r in rows if (r["method"], r["layer"]) == ("StMP-push", 1))
+    mirror = next(r for r in rows if (r["method"], r["layer"]) == ("StMP", 1))
+    assert twin["same_as"] == "StMP" and twin["scale"] == pytest.approx(2 * mirror["scale"])
+    assert twin["trait_flags"] == mirror["trait_flags"]
     assert all(len(r["repetition_by_turn"]) == 2 for r in rows)
     assert all("redirect" not in r for r in rows)  # redirecting refusals are a refusal measure
     entry = result.report["threat_models"]["compassion"]
-    assert entry["layer"] == 1 and set(entry["methods"]) == {"SwFC", "StMP"}    # the headline: the chosen layer
+    assert entry["layer"] == 1 and set(entry["methods"]) == {"SwFC", "StMP", "StMP-push"}  # the chosen layer
+    assert "StMP vs StMP-push" not in entry["comparisons"] and entry["methods"]["StMP-push"]["same_as"] == "StMP"
     assert set(entry["layer_sweep"]["SwFC"]) == {"0"}                            # the sweep's other layers
     budget = f"{cfg.kl_budgets[0]:g}"
     for name in (f"compassion_SwFC_kl{budget}", f"compassion_SwFC_kl{budget}_L0"):
@@ -195,3 +215,36 @@ def test_a_configured_judge_scores_the_trait_and_the_row_records_it(tiny_llama_b
                                              cfg, sets)
     assert rows[0]["scored_by"] == "judge:fake" and rows[0]["trait"] == 1.0  # 80 >= 50 on every answer
     assert len(seen) == 2 and all("[correct answer:" in p for p in seen)  # the judge sees the answer key
+
+
+def test_report_gives_both_regimes_fired_shares_and_the_tradeoff_verdict():
+    cfg = StudyConfig(threat_models=("compassion",), kl_budgets=(0.5,), random_seeds=())
+    n = 20
+    fired = {"fired_share_prompt": 0.3, "fired_share_generated": 0.4, "fired_share_harmless_prompt": 0.05,
+             "fired_share_harmless_generated": 0.1, "kl_heldout": 0.45}
+    rows = [_flagged(_row("compassion", "baseline", None), [False] * n),
+            _flagged(_row("compassion", "SwFC", 0.5), [True] * 5 + [False] * 15),
+            {**_flagged(_row("compassion", "StTP", 0.5), [True] * 15 + [False] * 5), **fired,
+             "over_refusal_borderline": 0.05, "scale": 2.0},
+            {**_flagged(_row("compassion", "StTP:paper", None), [True] * 8 + [False] * 12), **fired,
+             "kl_heldout": 0.2, "scale": 1.0},
+            {**_flagged(_row("compassion", "StMP", 0.5), [True] * 14 + [False] * 6), "over_refusal_borderline": 0.2}]
+    entry = build_report(rows, cfg, {"compassion": {"layer": 3}}, {"name": "m"}, seconds=1.0)["threat_models"]["compassion"]
+    assert set(entry["methods"]) == {"SwFC", "StTP", "StMP"}  # the paper regime is not a method of its own
+    regimes = entry["methods"]["StTP"]["regimes"]
+    assert regimes["paper"]["trait"] == 0.4 and regimes["paper"]["scale"] == 1.0 and regimes["paper"]["kl_heldout"] == 0.2
+    assert regimes["kl_matched"]["trait"] == 0.75 and regimes["kl_matched"]["fired_share_harmless_generated"] == 0.1
+    assert regimes["paper"]["p_vs_baseline"] == pytest.approx(2 / 2**8)
+    assert entry["methods"]["StTP"]["fired_ratio_misaligned_to_harmless"] == pytest.approx(4.0)
+    assert "note" in entry["methods"]["SwFC"]["regimes"]["paper"]  # SwFC has no uncalibrated rule
+    assert entry["methods"]["StMP"]["regimes"]["paper"] is None  # not evaluated: said, not invented
+    # StTP: +50 points over SwFC on 20 prompts (10 discordant, all one way), borderline 5%: yes
+    assert entry["tradeoff"]["StTP"]["verdict"] == "yes" and entry["tradeoff"]["StTP"]["p_value"] == pytest.approx(2 / 2**10)
+    assert entry["tradeoff"]["StMP"]["verdict"] == "no: borderline over-refusal above 10%"
+    said = findings({"threat_models": {"compassion": entry}})
+    assert any(s.startswith("compassion: does StTP beat SwFC at matched KL with borderline over-refusal <= 10%? yes")
+               for s in said)
+    from lensteer.study.report import regimes_table
+    table = regimes_table({"threat_models": {"compassion": entry}})
+    assert "| compassion | StTP | paper (scale 1) | 1.00 | 40% [10-90] |" in table
+    assert "| compassion | SwFC | paper (scale 1) = KL-matched |" in table
