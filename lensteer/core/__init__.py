@@ -23,6 +23,7 @@ from lensteer.core.datasets import (
     load_dataset,
 )
 from lensteer.core.forward import kl_divergence, mean_token_kl, response_logprob
+from lensteer.core.inducers import Inducer, apply_inducers, bundled_inducers, load_inducer
 from lensteer.core.io import write_json
 from lensteer.core.models import (
     ModelFingerprint,
@@ -34,8 +35,8 @@ from lensteer.core.sites import HookSite
 from lensteer.core.stats import Rate, auroc, bootstrap_ci, d_prime, rate_with_ci
 
 __all__ = [
-    "THREAT_MODELS", "ChatPrompt", "Context", "ContrastExample", "ContrastSet", "HookSite", "ModelFingerprint",
-    "PromptBatch", "Rate", "TokenizedPrompt", "Turn", "auroc", "bootstrap_ci", "collect_activations", "d_prime",
-    "ensure_kv_cache_fix", "first_token_id", "kl_divergence", "load_dataset", "load_model", "mean_token_kl",
+    "THREAT_MODELS", "ChatPrompt", "Context", "ContrastExample", "ContrastSet", "HookSite", "Inducer", "ModelFingerprint",
+    "PromptBatch", "Rate", "TokenizedPrompt", "Turn", "apply_inducers", "auroc", "bootstrap_ci", "bundled_inducers", "collect_activations", "d_prime",
+    "ensure_kv_cache_fix", "first_token_id", "kl_divergence", "load_dataset", "load_inducer", "load_model", "mean_token_kl",
     "model_fingerprint", "rate_with_ci", "response_logprob", "tokenize_batch", "tokenize_prompt", "write_json",
 ]
