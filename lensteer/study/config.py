@@ -102,7 +102,7 @@ class StudyConfig:
     """
 
     threat_models: tuple[str, ...] = THREAT_MODELS
-    methods: tuple[str, ...] = ("SwFC", "StTP", "StMP", "StMP-push")
+    methods: tuple[str, ...] = ("SwFC", "StTP", "StMP")
     selective_fit: str = "generated_tokens"
     regimes: bool = True
     massive_ratio: float | None = 4.0
@@ -112,17 +112,17 @@ class StudyConfig:
     sweep_layers: tuple[int, ...] = ()
     candidate_layers: tuple[int, ...] | None = None
     layer_stride: int = 8
-    n_train: int = 48
+    n_train: int = 32
     n_eval: int | None = 16
-    n_harmless: int | None = 16
-    n_borderline: int | None = 8
+    n_harmless: int | None = 12
+    n_borderline: int | None = 6
     n_kl: int = 6
     kl_tokens: int = 16
     n_conversations: int = 2
     n_turns: int = 3
-    n_mc: int | None = 20
-    n_paragraphs: int | None = 6
-    max_new_tokens: int = 40
+    n_mc: int | None = 12
+    n_paragraphs: int | None = 4
+    max_new_tokens: int = 32
     positions: str = "all"
     random_seeds: tuple[int, ...] = (0,)
     prompting: bool = True
@@ -212,7 +212,7 @@ class StudyConfig:
         """The full-power study the committed results come from: every test prompt (>= 96 per threat
         model), every held-out harmless and borderline prompt, 8 five-turn conversations, all 120
         multiple-choice items and 72 paragraphs, three random seeds, the prompting baseline."""
-        return cls(layer_stride=4, n_eval=None, n_harmless=None, n_borderline=None, n_kl=12, kl_tokens=24,
+        return cls(methods=("SwFC", "StTP", "StMP", "StMP-push"), n_train=48, layer_stride=4, n_eval=None, n_harmless=None, n_borderline=None, n_kl=12, kl_tokens=24,
                    n_conversations=8, n_turns=5, n_mc=None, n_paragraphs=None, max_new_tokens=64,
                    random_seeds=(0, 1, 2), batch_size=64)
 

@@ -8,7 +8,7 @@ For each threat model (refusal, compassion, honesty) the study
    and StMP from the class projections (refusal adds a CAST-style prompt gate);
 3. **calibrates** every method on training prompts, harmless ones and the threat model's own in its
    misaligning context (selective methods are also kept uncalibrated, at scale 1: the paper's
-   regime, rows ``StTP:paper`` ...), and a random direction per seed, to each KL budget on harmless
+   regime, rows ``StTP:paper`` ...), and a random direction per seed, to each KL budget on the same
    *training* prompts (matched coherence cost; saved, so a rerun reloads them);
 4. **evaluates** all conditions together on the test prompts: the unsteered and prompting
    baselines, each method, each random control (:mod:`lensteer.study.evaluation`).
@@ -103,6 +103,8 @@ def run_study(
     table = SweepTable(folder)
     examples_path = folder / "examples.json"
     examples: dict[str, Any] = json.loads(examples_path.read_text()) if examples_path.exists() else {}
+    timing_path = folder / "timing.json"  # wall seconds summed over every (resumed) run into this folder
+    earlier_seconds = float(json.loads(timing_path.read_text())["seconds"]) if timing_path.exists() else 0.0
     started = time.time()
     log(f"building the KL calibration set ({config.n_kl} harmless training prompts) and the evaluation sets")
     sets = eval_sets(model, config)
@@ -172,9 +174,11 @@ def run_study(
             if not table.has(tm, method, budget, layer) and table.has(tm, original, budget, layer):
                 table.add({**table.get(tm, original, budget, layer), "method": method, "scale": steering.scale,
                            "coefficient": steering.coefficient, "same_as": original})
+        write_json(timing_path, {"seconds": earlier_seconds + time.time() - started,
+                                 "threads": torch.get_num_threads()})
         bar.update(1)
     bar.close()
     report = build_report(table.rows, config, located_info, model_fingerprint(model).to_dict(),
-                          seconds=time.time() - started)
+                          seconds=earlier_seconds + time.time() - started)
     write_json(folder / "report.json", report)
     return StudyResult(folder=folder, report=report, table=table.to_frame())

@@ -131,11 +131,14 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
         study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     done = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert {r["threat_model"] for r in done} == {"refusal"}
+    first_seconds = json.loads((tmp_path / "timing.json").read_text())["seconds"]
+    assert first_seconds > 0.0  # refusal's wall time is kept for the resumed run's total
     assert sorted(r["method"] for r in done) == ["StTP", "StTP:paper", "SwFC", "baseline", "prompting", "random:0",
                                                  "random:1"]
     calls.clear()
     result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     assert [tm for tm, _ in calls] == ["honesty"]  # refusal's finished conditions were not recomputed
+    assert result.report["seconds"] > round(first_seconds, 1)  # wall time summed over both runs
     entry = result.report["threat_models"]["refusal"]
     assert set(entry["methods"]) == {"SwFC", "StTP"} and entry["controls"]["random"]["seeds"] == [0, 1]
     assert set(entry["steerability"]["effect"]) == {"0", "1"}  # the layer was chosen causally
