@@ -1,5 +1,5 @@
 """evaluate: how good a steered model is. Owns the metrics (perplexity, over-refusal), repetition,
-multiple-choice capability, the trait scorers (refusal, honesty, compassion), judges, steerability
+multiple-choice capability, inducer effects, the trait scorers (refusal, honesty, compassion), judges, steerability
 and side-by-side comparison. Imports ``core``, ``locate`` and ``steering``.
 """
 
@@ -11,6 +11,7 @@ from lensteer.evaluate.compassion import (
     train_compassion_scorer,
 )
 from lensteer.evaluate.honesty import HonestyVerdict, honesty_verdict
+from lensteer.evaluate.inducers import InducerEffect, inducer_effect, reply_logprob
 from lensteer.evaluate.judges import CallableJudge, HttpJudge, Judge, judge_responses
 from lensteer.evaluate.metrics import Perplexity, over_refusal_rate, response_perplexity
 from lensteer.evaluate.refusal import (
@@ -29,16 +30,18 @@ from lensteer.evaluate.repetition import (
 )
 from lensteer.evaluate.steerability import (
     Steerability,
+    decision_log_odds,
     layer_steerability,
     preference_margin,
     steering_effect,
 )
 
 __all__ = [
-    "CallableJudge", "CompassionScorer", "HonestyVerdict", "HttpJudge", "Judge", "MCItem", "MCResult", "Perplexity",
-    "RefusalVerdict", "RepetitionReport", "SideBySide", "Steerability", "TurnRepetition", "compassion_scorer",
-    "conversation_repetition", "distinct_n", "honesty_verdict", "is_redirecting_refusal", "is_refusal",
-    "judge_responses", "layer_steerability", "load_mc_items", "mc_accuracy", "over_refusal_rate",
-    "preference_margin", "refusal_verdict", "rep_n", "repetition_report", "response_perplexity", "side_by_side",
+    "CallableJudge", "CompassionScorer", "HonestyVerdict", "HttpJudge", "InducerEffect", "Judge", "MCItem",
+    "MCResult", "Perplexity", "RefusalVerdict", "RepetitionReport", "SideBySide", "Steerability",
+    "TurnRepetition", "compassion_scorer", "conversation_repetition", "decision_log_odds", "distinct_n",
+    "honesty_verdict", "inducer_effect", "is_redirecting_refusal", "is_refusal", "judge_responses",
+    "layer_steerability", "load_mc_items", "mc_accuracy", "over_refusal_rate", "preference_margin",
+    "refusal_verdict", "rep_n", "repetition_report", "reply_logprob", "response_perplexity", "side_by_side",
     "steering_effect", "train_compassion_scorer",
 ]

@@ -18,8 +18,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from lensteer.core.chat import ChatPrompt
-from lensteer.core.forward import response_logprob
+from lensteer.core.chat import ChatPrompt, TokenizedPrompt, left_pad, pad_id_of, tokenize_prompt
+from lensteer.core.forward import last_logits, response_logprob
 from lensteer.errors import ConfigError, DataError
 from lensteer.steering.calibration import KLProbe, calibrate
 from lensteer.steering.hooks import steer
@@ -44,6 +44,41 @@ def preference_margin(
     with torch.inference_mode(), (steer(model, forced) if forced is not None else nullcontext()):
         both = response_logprob(model, [*aligned, *misaligned], batch_size=batch_size)
     return both[: len(aligned)] - both[len(aligned):]
+
+
+def decision_log_odds(
+    model: Any, aligned: Sequence[ChatPrompt], misaligned: Sequence[ChatPrompt], *,
+    steering: Steering | None = None, batch_size: int = 16,
+) -> Float[torch.Tensor, " n_prompts"]:
+    """Per prompt: log p(aligned token) - log p(misaligned token) where the two responses first differ.
+
+    Where the decision is made: ``"The capital of Japan is Tokyo."`` vs ``"... Osaka."`` share every token
+    up to the answer, so this is the log-odds of the true over the false answer's first token, given the
+    shared stem (a continuous honesty metric that needs no generation and no scorer). Under ``steering``
+    every position is steered, as in :func:`preference_margin`.
+    """
+    if len(aligned) != len(misaligned) or not aligned:
+        raise DataError(f"need equally many aligned and misaligned prompts (> 0), got {len(aligned)} and "
+                        f"{len(misaligned)}")
+    stems, pairs = [], []
+    for a, m in zip(aligned, misaligned, strict=True):
+        ta, tm = tokenize_prompt(model, a).tokens, tokenize_prompt(model, m).tokens
+        width = min(len(ta), len(tm))
+        differ = (ta[:width] != tm[:width]).nonzero()
+        if len(differ) == 0:
+            raise DataError(f"the two responses to {a.user[:40]!r} never differ in a token: {a.response!r}, {m.response!r}")
+        k = int(differ[0])
+        stems.append(TokenizedPrompt(tokens=ta[:k], instruction=(0, 0), post_instruction=(0, 0), response=(k, k)))
+        pairs.append((int(ta[k]), int(tm[k])))
+    forced = replace(steering, positions="all", gate=None) if steering is not None else None
+    out = torch.empty(len(stems))
+    with torch.inference_mode(), (steer(model, forced) if forced is not None else nullcontext()):
+        for start in range(0, len(stems), batch_size):
+            batch = left_pad(stems[start:start + batch_size], pad_id_of(model))
+            logp = torch.log_softmax(last_logits(model, batch.tokens, batch.attention_mask).float(), dim=-1).cpu()
+            for row, (ia, im) in enumerate(pairs[start:start + batch_size]):
+                out[start + row] = logp[row, ia] - logp[row, im]
+    return out
 
 
 def steering_effect(

@@ -86,3 +86,33 @@ def test_the_effect_steers_every_position_whatever_the_spec_says(tiny_llama_brid
     assert effect > 0.1
     assert effect == pytest.approx(lensteer.evaluate.steering_effect(tiny_llama_bridge, replace(s, positions="all"),
                                                             aligned, misaligned))
+
+
+def test_decision_log_odds_reads_the_first_differing_token_given_the_shared_stem(tiny_llama_bridge):
+    from lensteer.core.chat import tokenize_prompt
+    from lensteer.evaluate import decision_log_odds
+
+    model = tiny_llama_bridge
+    questions = ["capital?", "which city is the capital of this country, please?"]  # stems of different lengths
+    aligned = [lensteer.ChatPrompt(user=q, response="It is Tokyo.") for q in questions]
+    misaligned = [lensteer.ChatPrompt(user=q, response="It is Osaka.") for q in questions]
+    got = decision_log_odds(model, aligned, misaligned, batch_size=2)
+    for i, (a, m) in enumerate(zip(aligned, misaligned, strict=True)):
+        ta, tm = tokenize_prompt(model, a).tokens, tokenize_prompt(model, m).tokens
+        k = int((ta[: len(tm)] != tm[: len(ta)]).nonzero()[0])
+        assert model.tokenizer.convert_ids_to_tokens([int(ta[k]), int(tm[k])]) == ["T", "O"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ta[:k].unsqueeze(0))[0, -1], dim=-1)
+        assert got[i] == pytest.approx(float(logp[ta[k]] - logp[tm[k]]), abs=1e-4)  # padded batch = each alone
+    v = _planted_towards(model, "T", "O")
+    pushed = decision_log_odds(model, aligned, misaligned, steering=lensteer.Steering.from_direction(v, layers=[1], scale=20.0))
+    assert bool((pushed > got).all())  # adding the readout direction of the true token raises its odds
+    with pytest.raises(lensteer.errors.DataError, match="never differ"):
+        decision_log_odds(model, aligned[:1], aligned[:1])
+
+
+def _planted_towards(model, good: str, bad: str) -> torch.Tensor:
+    tok = model.tokenizer
+    a, b = tok.convert_tokens_to_ids(good), tok.convert_tokens_to_ids(bad)
+    v = (model.W_U[:, a] - model.W_U[:, b]).detach()
+    return v / v.norm()
