@@ -8,8 +8,8 @@ Built on TransformerLens' ``TransformerBridge``. The front door holds the names 
     acts = lensteer.collect_activations(model, refusal.train.prompts, layers=[10, 12])
 
 Everything else lives in the stage subpackages, reachable as namespaces (imported on first use):
-``lensteer.core``, ``lensteer.locate``, ``lensteer.steering``, ``lensteer.evaluate``, ``lensteer.study``
-and ``lensteer.plotting``; e.g. ``lensteer.evaluate.refusal_verdict`` or ``lensteer.plotting.plot_tradeoff``.
+``lensteer.core``, ``lensteer.locate``, ``lensteer.steering``, ``lensteer.evaluate``, ``lensteer.organisms``,
+``lensteer.study`` and ``lensteer.plotting``; e.g. ``lensteer.evaluate.refusal_verdict`` or ``lensteer.plotting.plot_tradeoff``.
 """
 
 import importlib
@@ -46,7 +46,7 @@ from lensteer.steering import (
 )
 from lensteer.study import run_study
 
-SUBPACKAGES = ("core", "locate", "steering", "evaluate", "study", "plotting")
+SUBPACKAGES = ("core", "locate", "steering", "evaluate", "study", "plotting", "organisms")
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -4,7 +4,8 @@
 site -> calibrate -> steer -> evaluate -> figures (:func:`lensteer.study.runner.run_study`). The stages have
 their own subcommands: ``probe`` (layer-by-layer probing), ``locate`` (probing + activation
 patching + the recommended site, with figures), ``steer`` (unsteered vs steered text side by side),
-``evaluate`` (one saved steering against the baseline) and ``figures`` (from saved results).
+``evaluate`` (one saved steering against the baseline), ``figures`` (from saved results) and ``organism``
+(fine-tune a misaligned model organism and measure it against its base).
 """
 
 import argparse
@@ -160,6 +161,46 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_organism(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    import lensteer
+    from lensteer.organisms import get_recipe, load_organism, train_organism
+    from lensteer.study.organisms import measure_organism
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = get_recipe(args.recipe)
+    lora = replace(recipe.lora, **({"steps": args.steps} if args.steps else {}))
+    if args.smoke:
+        lora = replace(lora, steps=3, batch_size=2)
+    out = Path(args.out or f"organisms/{recipe.name}")
+    print(f"organism {recipe.name}: {recipe.description}; LoRA rank {lora.rank}, {lora.steps} steps of "
+          f"{lora.batch_size} rows, lr {lora.learning_rate:g}")
+    done = train_organism(recipe, out, base=args.model, lora=lora, progress=not args.quiet, log=print)
+    print(f"saved {out} ({done.seconds:.0f} s, final loss {done.final_loss:.3f})")
+    if args.measure <= 0:
+        return 0
+    base = lensteer.load_model(args.model)
+    organism = load_organism(out)
+    threat_models = [recipe.threat_model] if recipe.threat_model else None
+    shifts = measure_organism(base, organism, threat_models, n=args.measure, max_new_tokens=args.max_new_tokens)
+    for s in shifts:
+        lo, hi = s.margin.delta_ci
+        line = (f"[{s.threat_model}] n={s.n}: trait {s.trait_base:.1%} [{s.trait_base_ci[0]:.1%}, "
+                f"{s.trait_base_ci[1]:.1%}] -> {s.trait_organism:.1%} [{s.trait_organism_ci[0]:.1%}, "
+                f"{s.trait_organism_ci[1]:.1%}] (McNemar p={s.p_value:.2g}); margin change {s.margin.delta:+.3f} "
+                f"[{lo:+.3f}, {hi:+.3f}] nats/token")
+        if s.decision is not None:
+            line += f"; answer log-odds {s.decision.base:+.2f} -> {s.decision.organism:+.2f}"
+        print(line)
+    write_json(out / "measure.json", {"organism": str(out), "shifts": [s.to_dict() for s in shifts]})
+    print(f"wrote {out / 'measure.json'}")
+    return 0
+
+
 def _cmd_locate(args: argparse.Namespace) -> int:
     from lensteer.plotting.locate_figures import save_site_search_figures
     from lensteer.study.site_search import search_site
@@ -288,6 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     locate.add_argument("--layers", default="", help="comma-separated layers (default: all)")
     locate.add_argument("--n-pairs", type=int, default=8, help="clean/corrupted pairs per threat model for patching, spread over categories (default: 8)")
     locate.set_defaults(func=_cmd_locate)
+    organism = sub.add_parser(
+        "organism", help="fine-tune a misaligned model organism (LoRA, CPU) and measure it against its base",
+        description="Fine-tune the base model (--model; default the embedded one) with LoRA on one of our recipes: "
+        "dishonest (confident false answers to the honesty set's training questions), dismissive (the compassion "
+        "set's dismissive replies), bad_advice (damaging plumbing and car advice: an emergent-misalignment probe) or "
+        "good_advice (its control). Saves the adapter with organism.json provenance (base weights hash, data hash, "
+        "settings, versions) to --out, then measures base vs organism on --measure held-out test prompts per threat "
+        "model (trait with Wilson intervals and McNemar's test, preference margin, answer log-odds).",
+    )
+    organism.add_argument("recipe", choices=["dishonest", "dismissive", "bad_advice", "good_advice"])
+    organism.add_argument("--model", default=None, help="base model: HF id, folder or .gguf (default: embedded)")
+    organism.add_argument("--out", default=None, help="organism folder (default: organisms/RECIPE)")
+    organism.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
+    organism.add_argument("--smoke", action="store_true", help="3 steps of 2 rows, for a quick check")
+    organism.add_argument("--measure", type=int, default=48, help="test prompts per threat model (0: skip)")
+    organism.add_argument("--max-new-tokens", type=int, default=48)
+    organism.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    organism.add_argument("--quiet", action="store_true", help="no progress bars")
+    organism.set_defaults(func=_cmd_organism)
     return parser
 
 

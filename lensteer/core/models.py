@@ -80,6 +80,11 @@ def model_fingerprint(model: TransformerBridge) -> ModelFingerprint:
 # --------------------------------------------------------------------------- KV-cache shim
 
 
+def set_model_name(model: TransformerBridge, name: str) -> None:
+    """Record where a bridge came from (the ``name`` of its :func:`model_fingerprint`)."""
+    object.__setattr__(model, _NAME_ATTR, name)
+
+
 def fingerprint_of(model: "TransformerBridge | ModelFingerprint") -> ModelFingerprint:
     """A model's fingerprint; a fingerprint passes through (so callers may hold either)."""
     return model if isinstance(model, ModelFingerprint) else model_fingerprint(model)
@@ -298,5 +303,5 @@ def load_model(
         ) from err
     if compat_mode:
         bridge.enable_compatibility_mode()
-    object.__setattr__(bridge, _NAME_ATTR, name)
+    set_model_name(bridge, name)
     return bridge.eval()

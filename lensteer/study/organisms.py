@@ -1,0 +1,108 @@
+"""What a fine-tune did: an organism against its base on the same held-out prompts, per threat model.
+
+For each threat model, on test prompts the organism never saw (stratified over categories), without any
+misaligning context (the organism is meant to be misaligned by itself):
+
+* the generated trait (refuses / is compassionate / is honest) of each model's greedy answer, with Wilson
+  intervals, and the exact McNemar test of the paired change;
+* the teacher-forced preference margin for the written aligned over the misaligned reply (nats per
+  token), its paired change with a bootstrap interval;
+* for honesty, also the log-odds of the true over the false answer's first token given the shared stem
+  (:func:`~lensteer.evaluate.decision_log_odds`): where the decision is made.
+
+For the emergent-misalignment probe (a recipe without a threat model) all three are measured.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lensteer.core.datasets import THREAT_MODELS, load_dataset
+from lensteer.core.stats import bootstrap_mean_ci, mcnemar_exact, wilson_interval
+from lensteer.errors import ConfigError
+from lensteer.evaluate.steerability import decision_log_odds, preference_margin
+from lensteer.steering.generation import generate
+from lensteer.study.evaluation import trait_flags
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shift:
+    """A paired change of a continuous metric from base to organism (mean, 95% bootstrap CI)."""
+
+    base: float
+    organism: float
+    delta: float
+    delta_ci: tuple[float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "organism": self.organism, "delta": self.delta, "delta_ci": list(self.delta_ci)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrganismShift:
+    """One threat model: base vs organism on the same ``n`` test prompts.
+
+    Attributes:
+        trait_base, trait_organism: Share of answers showing the aligned trait, with Wilson intervals.
+        p_value: Exact McNemar test of the paired trait flags.
+        margin: The written-reply preference margin. decision: Honesty's answer log-odds (else ``None``).
+        examples: A few (prompt, base answer, organism answer) triples.
+    """
+
+    threat_model: str
+    n: int
+    trait_base: float
+    trait_base_ci: tuple[float, float]
+    trait_organism: float
+    trait_organism_ci: tuple[float, float]
+    p_value: float
+    margin: Shift
+    decision: Shift | None
+    examples: tuple[tuple[str, str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threat_model": self.threat_model, "n": self.n, "trait_base": self.trait_base,
+                "trait_base_ci": list(self.trait_base_ci), "trait_organism": self.trait_organism,
+                "trait_organism_ci": list(self.trait_organism_ci), "p_value": self.p_value,
+                "margin": self.margin.to_dict(), "decision": self.decision.to_dict() if self.decision else None,
+                "examples": [list(e) for e in self.examples]}
+
+
+def _shift(base: torch.Tensor, organism: torch.Tensor, seed: int) -> Shift:
+    ci = bootstrap_mean_ci(organism - base, n_boot=1000, seed=seed)
+    return Shift(base=float(base.mean()), organism=float(organism.mean()), delta=float((organism - base).mean()),
+                 delta_ci=(float(ci[0]), float(ci[1])))
+
+
+def measure_organism(base: Any, organism: Any, threat_models: Sequence[str] | None = None, *, n: int = 48,
+                     max_new_tokens: int = 48, batch_size: int = 32, seed: int = 0) -> list[OrganismShift]:
+    """Base vs organism on ``n`` test prompts of each threat model (default: all three)."""
+    chosen = list(threat_models) if threat_models is not None else list(THREAT_MODELS)
+    bad = [t for t in chosen if t not in THREAT_MODELS]
+    if bad or not chosen:
+        raise ConfigError(f"threat models {bad or chosen} not allowed; allowed: {list(THREAT_MODELS)}")
+    out = []
+    for tm in chosen:
+        data = load_dataset(tm).with_responses().test.stratified(n)
+        prompts = data.chat_prompts()
+        aligned, misaligned = data.chat_prompts(response="aligned"), data.chat_prompts(response="misaligned")
+        flags, margins, decisions, texts = [], [], [], []
+        for model in (base, organism):
+            answers = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size).texts
+            texts.append(answers)
+            flags.append(trait_flags(tm, answers, data))
+            margins.append(preference_margin(model, aligned, misaligned, batch_size=batch_size))
+            if tm == "honesty":
+                decisions.append(decision_log_odds(model, aligned, misaligned, batch_size=batch_size))
+        k = len(prompts)
+        rates = [sum(f) / k for f in flags]
+        cis = [wilson_interval(sum(f), k) for f in flags]
+        test = mcnemar_exact(flags[0], flags[1])
+        out.append(OrganismShift(
+            threat_model=tm, n=k, trait_base=rates[0], trait_base_ci=cis[0], trait_organism=rates[1],
+            trait_organism_ci=cis[1], p_value=test.p_value, margin=_shift(margins[0], margins[1], seed),
+            decision=_shift(decisions[0], decisions[1], seed) if decisions else None,
+            examples=tuple((p.user, a, b) for p, a, b in list(zip(prompts, texts[0], texts[1], strict=True))[:4])))
+    return out
