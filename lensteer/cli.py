@@ -195,6 +195,8 @@ def _cmd_organism(args: argparse.Namespace) -> int:
                 f"[{lo:+.3f}, {hi:+.3f}] nats/token")
         if s.decision is not None:
             line += f"; answer log-odds {s.decision.base:+.2f} -> {s.decision.organism:+.2f}"
+        if s.categories is not None:
+            line += f"; verdicts {s.categories[0]} -> {s.categories[1]}"
         print(line)
     write_json(out / "measure.json", {"organism": str(out), "shifts": [s.to_dict() for s in shifts]})
     print(f"wrote {out / 'measure.json'}")

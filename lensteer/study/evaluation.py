@@ -43,7 +43,7 @@ from lensteer.evaluate.capability import (
     text_cross_entropy,
 )
 from lensteer.evaluate.compassion import compassion_scorer
-from lensteer.evaluate.honesty import honesty_verdict
+from lensteer.evaluate.honesty import VERDICT_CATEGORIES, honesty_verdict
 from lensteer.evaluate.judges import RUBRICS, HttpJudge, judge_responses
 from lensteer.evaluate.metrics import response_perplexity
 from lensteer.evaluate.refusal import is_redirecting_refusal, is_refusal
@@ -300,6 +300,10 @@ def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Cond
             row["scored_by"] = "rule"
         if threat_model == "refusal":  # refusals that offer an alternative or point to help
             row |= _rate([is_redirecting_refusal(t) for t in gen.texts], "redirect")
+        if threat_model == "honesty":  # lie vs no answer vs unreadable: a steering that breaks the text is no liar
+            verdicts = [honesty_verdict(t, str(ex.true_answer), str(ex.false_answer)).category
+                        for t, ex in zip(gen.texts, ds, strict=True)]
+            row["honesty_categories"] = {c: verdicts.count(c) for c in VERDICT_CATEGORIES}
         row |= _rate([is_refusal(t) for t in harm.texts], "over_refusal")
         if borderline:
             row |= _rate([is_refusal(t) for t in borderline[k].texts], "over_refusal_borderline")

@@ -22,6 +22,7 @@ import torch
 from lensteer.core.datasets import THREAT_MODELS, load_dataset
 from lensteer.core.stats import bootstrap_mean_ci, mcnemar_exact, wilson_interval
 from lensteer.errors import ConfigError
+from lensteer.evaluate.honesty import VERDICT_CATEGORIES, honesty_verdict
 from lensteer.evaluate.steerability import decision_log_odds, preference_margin
 from lensteer.steering.generation import generate
 from lensteer.study.evaluation import trait_flags
@@ -48,6 +49,8 @@ class OrganismShift:
         trait_base, trait_organism: Share of answers showing the aligned trait, with Wilson intervals.
         p_value: Exact McNemar test of the paired trait flags.
         margin: The written-reply preference margin. decision: Honesty's answer log-odds (else ``None``).
+        categories: Honesty only: verdict category counts (honest, corrected, lie, no_answer, unreadable)
+            of the base's and the organism's answers.
         examples: A few (prompt, base answer, organism answer) triples.
     """
 
@@ -60,6 +63,7 @@ class OrganismShift:
     p_value: float
     margin: Shift
     decision: Shift | None
+    categories: tuple[dict[str, int], dict[str, int]] | None = None
     examples: tuple[tuple[str, str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +71,7 @@ class OrganismShift:
                 "trait_base_ci": list(self.trait_base_ci), "trait_organism": self.trait_organism,
                 "trait_organism_ci": list(self.trait_organism_ci), "p_value": self.p_value,
                 "margin": self.margin.to_dict(), "decision": self.decision.to_dict() if self.decision else None,
+                "categories": list(self.categories) if self.categories else None,
                 "examples": [list(e) for e in self.examples]}
 
 
@@ -74,6 +79,12 @@ def _shift(base: torch.Tensor, organism: torch.Tensor, seed: int) -> Shift:
     ci = bootstrap_mean_ci(organism - base, n_boot=1000, seed=seed)
     return Shift(base=float(base.mean()), organism=float(organism.mean()), delta=float((organism - base).mean()),
                  delta_ci=(float(ci[0]), float(ci[1])))
+
+
+def _categories(texts: Sequence[str], data: Any) -> dict[str, int]:
+    verdicts = [honesty_verdict(t, str(ex.true_answer), str(ex.false_answer)).category
+                for t, ex in zip(texts, data, strict=True)]
+    return {c: verdicts.count(c) for c in VERDICT_CATEGORIES}
 
 
 def measure_organism(base: Any, organism: Any, threat_models: Sequence[str] | None = None, *, n: int = 48,
@@ -104,5 +115,6 @@ def measure_organism(base: Any, organism: Any, threat_models: Sequence[str] | No
             threat_model=tm, n=k, trait_base=rates[0], trait_base_ci=cis[0], trait_organism=rates[1],
             trait_organism_ci=cis[1], p_value=test.p_value, margin=_shift(margins[0], margins[1], seed),
             decision=_shift(decisions[0], decisions[1], seed) if decisions else None,
+            categories=(_categories(texts[0], data), _categories(texts[1], data)) if tm == "honesty" else None,
             examples=tuple((p.user, a, b) for p, a, b in list(zip(prompts, texts[0], texts[1], strict=True))[:4])))
     return out

@@ -148,7 +148,8 @@ def test_measuring_an_organism_pairs_it_with_its_base_on_the_same_test_prompts(o
     shifted = measure_organism(base, load_organism(organism.folder), ["honesty", "compassion"], n=6, max_new_tokens=4)
     assert [s.threat_model for s in shifted] == ["honesty", "compassion"]
     assert shifted[0].margin.delta != 0.0 and shifted[0].margin.delta_ci[0] <= shifted[0].margin.delta <= shifted[0].margin.delta_ci[1]
-    assert shifted[1].decision is None and len(shifted[1].examples) == 4
+    assert shifted[1].decision is None and len(shifted[1].examples) == 4 and shifted[1].categories is None
+    assert all(sum(c.values()) == 6 for c in shifted[0].categories)  # each answer in one verdict category
     with pytest.raises(ConfigError, match="allowed"):
         measure_organism(base, base, ["lying"], n=2)
 

@@ -7,6 +7,7 @@ import pytest
 
 import lensteer
 from lensteer.core.stats import mcnemar_exact, wilson_interval
+from lensteer.evaluate.honesty import VERDICT_CATEGORIES
 from lensteer.study import config, evaluation
 from lensteer.study import runner as study
 from lensteer.study.config import StudyConfig
@@ -153,6 +154,9 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
         assert control.info["calibration"]["target_kl"] == cfg.kl_budgets[0]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert all(len(r["repetition_by_turn"]) == cfg.n_turns and len(r["trait_flags"]) == 2 for r in rows)
+    for r in rows:  # every honesty answer falls in exactly one verdict category; refusal has none
+        cats = r.get("honesty_categories")
+        assert (sum(cats.values()) == 2 and set(cats) == set(VERDICT_CATEGORIES)) if r["threat_model"] == "honesty" else cats is None
     assert (tmp_path / "report.json").exists()
     regimes = entry["methods"]["StTP"]["regimes"]
     assert regimes["paper"]["scale"] == 1.0 and {"trait", "trait_ci", "kl_heldout", "fired_share_generated",
