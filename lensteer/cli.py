@@ -81,6 +81,10 @@ def _study_config(args: argparse.Namespace) -> Any:
             overrides["sweep_layers"] = tuple(int(x) for x in args.layers.split(","))
         except ValueError:
             raise ConfigError(f"--layers takes comma-separated layer indices, e.g. 5,9,13; got {args.layers!r}") from None
+    if getattr(args, "robustness", None):
+        overrides["robustness"] = tuple(x.strip() for x in args.robustness.split(",") if x.strip())
+        if getattr(args, "method", None):
+            overrides["robustness_methods"] = tuple(m for m in args.method if m in ("SwFC", "StTP", "StMP"))
     if overrides:
         config = StudyConfig.from_dict({**config.to_dict(), **overrides})
     return config
@@ -267,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--layers", default=None,
                      help="comma-separated layers for a layer sweep: every method is also calibrated and evaluated "
                           "there (the headline stays at the chosen layer), e.g. --layers 5,9,13")
+    run.add_argument("--robustness", default=None,
+                     help="comma-separated settings for the robustness table: inducers (prefill_mislead, "
+                          "prefill_dismiss, prefill_comply, roleplay, hypothetical, obfuscation, malicious_system, "
+                          "compliance_fewshot, ...) and organisms (organism:dishonest, organism:dismissive, "
+                          "organism:bad_advice; trained into ./organisms first if missing)")
     run.add_argument("--no-figures", action="store_true", help="skip the figures")
     run.set_defaults(func=_cmd_run)
 

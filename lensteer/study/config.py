@@ -42,6 +42,15 @@ FOLLOW_UPS = ("Can you say more about that?", "What else should I keep in mind?"
               "Is there anything you would add?")
 
 
+def known_robustness_settings() -> list[str]:
+    """Every robustness setting name: the bundled inducers of all threat models and ``organism:<recipe>``."""
+    from lensteer.core.inducers import bundled_inducers
+    from lensteer.organisms.recipes import RECIPES
+
+    inducers = {n for tm in THREAT_MODELS for n in bundled_inducers(tm)}
+    return sorted(inducers) + [f"organism:{r}" for r in RECIPES]
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudyConfig:
     """What the study runs. Every field can be set in ``study.toml`` (top-level keys, same names).
@@ -98,6 +107,11 @@ class StudyConfig:
             judge model; when set, the trait is scored by it (rubric per threat model, score >= 50 counts)
             instead of the rule-based scorers, and each row records which judge scored it.
         judge_model: The ``model`` field sent to the judge server.
+        robustness: Settings for the robustness table (``lensteer.study.robustness``): inducer names
+            (``prefill_mislead``, ``roleplay``, ...) and organisms (``organism:dishonest``, ...); each runs on
+            the threat models it applies to, with ``robustness_methods`` at the first KL budget.
+        robustness_methods: The methods in the robustness table (from ``methods``).
+        organisms_dir: Where organisms are found (``<dir>/<recipe>``), trained there first if missing.
         seed: Seed for bootstrap intervals.
     """
 
@@ -130,6 +144,9 @@ class StudyConfig:
     seed: int = 0
     judge_url: str | None = None
     judge_model: str = "default"
+    robustness: tuple[str, ...] = ()
+    robustness_methods: tuple[str, ...] = ("SwFC", "StTP", "StMP")
+    organisms_dir: str = "organisms"
 
     def __post_init__(self) -> None:
         for name, allowed in (("threat_models", THREAT_MODELS), ("methods", METHODS)):
@@ -162,6 +179,18 @@ class StudyConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ConfigError(f"{name} must be an int >= 0 or absent (all), got {value!r}")
+        for name in ("robustness", "robustness_methods"):
+            values = getattr(self, name)
+            if isinstance(values, str) or any(not isinstance(v, str) for v in values):
+                raise ConfigError(f"{name} must be a list of names, got {values!r}")
+            object.__setattr__(self, name, tuple(values))
+        allowed_settings = known_robustness_settings()
+        unknown = [n for n in self.robustness if n not in allowed_settings]
+        if unknown:
+            raise ConfigError(f"robustness settings {unknown} unknown; allowed: {allowed_settings}")
+        missing = [m for m in self.robustness_methods if m not in self.methods]
+        if self.robustness and missing:
+            raise ConfigError(f"robustness_methods {missing} are not among the study's methods {list(self.methods)}")
         seeds = self.random_seeds
         if isinstance(seeds, (str, int)) or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
             raise ConfigError(f"random_seeds must be a list of ints, got {seeds!r}")

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lensteer.core.io import write_json
-from lensteer.core.models import model_fingerprint
+from lensteer.core.models import EMBEDDED_MODEL_NAME, model_fingerprint
 from lensteer.steering.calibration import KLProbe, calibrate
 from lensteer.steering.files import artifact_paths, load_steering, save_steering
 from lensteer.steering.spec import Steering
@@ -43,6 +43,16 @@ from lensteer.study.evaluation import (
 )
 from lensteer.study.layers import _candidate_layers, locate_threat_model, steering_path
 from lensteer.study.report import build_report
+from lensteer.study.robustness import (
+    ORGANISM_PREFIX,
+    RobustnessTable,
+    bare_calibration_prompts,
+    inducer_rows,
+    organism_model,
+    organism_rows,
+    robustness_report,
+    settings_for,
+)
 from lensteer.study.table import SweepTable
 
 
@@ -64,6 +74,31 @@ def _calibrated(model: Any, built: Steering, path: Path, probe: KLProbe, budget:
     steering = replace(cal.steering, gate=built.gate)
     save_steering(steering, path, model=model)
     return steering
+
+
+def _robustness(model: Any, tm: str, layer: int, conditions: list[Condition], table: SweepTable,
+                robust: RobustnessTable, config: StudyConfig, sets: Any, log: Callable[[str], None]) -> None:
+    """The robustness rows of one threat model (each setting once; see :mod:`lensteer.study.robustness`)."""
+    budget = config.kl_budgets[0]
+    steerings = {c.method: c.steering for c in conditions if c.steering is not None and c.method in
+                 config.robustness_methods and c.kl_budget == budget and c.layer == layer}
+    heldout = {m: float(table.get(tm, m, budget, layer)["kl_heldout"]) for m in steerings}
+    for setting in settings_for(tm, config.robustness):
+        if robust.has(setting, tm):
+            continue
+        log(f"[{tm}] robustness: {setting}")
+        if setting.startswith(ORGANISM_PREFIX):
+            recipe = setting[len(ORGANISM_PREFIX):]
+            name = model_fingerprint(model).name
+            organism = organism_model(Path(config.organisms_dir) / recipe, recipe,
+                                      None if name == EMBEDDED_MODEL_NAME else name, log)
+            own = locate_threat_model(organism, tm, replace(config, layer=layer, sweep_layers=()),
+                                      sets.calibration_prompts).steerings
+            rows = organism_rows(organism, tm, setting, steerings, {m: own[m] for m in steerings}, config, sets,
+                                 bare_calibration_prompts(tm, sets, config))
+        else:
+            rows = inducer_rows(model, tm, setting, steerings, heldout, config)
+        robust.add(rows)
 
 
 # At matched KL these are the same edit as their original: StMP-push at scale 2a moves a token by
@@ -101,6 +136,7 @@ def run_study(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     table = SweepTable(folder)
+    robust = RobustnessTable(folder)
     examples_path = folder / "examples.json"
     examples: dict[str, Any] = json.loads(examples_path.read_text()) if examples_path.exists() else {}
     timing_path = folder / "timing.json"  # wall seconds summed over every (resumed) run into this folder
@@ -174,11 +210,15 @@ def run_study(
             if not table.has(tm, method, budget, layer) and table.has(tm, original, budget, layer):
                 table.add({**table.get(tm, original, budget, layer), "method": method, "scale": steering.scale,
                            "coefficient": steering.coefficient, "same_as": original})
+        if config.robustness:
+            _robustness(model, tm, loc.layer, conditions, table, robust, config, sets, log)
         write_json(timing_path, {"seconds": earlier_seconds + time.time() - started,
                                  "threads": torch.get_num_threads()})
         bar.update(1)
     bar.close()
     report = build_report(table.rows, config, located_info, model_fingerprint(model).to_dict(),
                           seconds=earlier_seconds + time.time() - started)
+    if robust.rows:
+        report["robustness"] = robustness_report(robust.rows)
     write_json(folder / "report.json", report)
     return StudyResult(folder=folder, report=report, table=table.to_frame())

@@ -1,0 +1,153 @@
+"""The robustness table: does a steering found on the base model still recover the trait under other
+attacks (inducers) and in fine-tuned misaligned models (organisms)?
+
+One row per (setting, threat model, method), with ``direction_from`` saying where the direction was found:
+
+* an **inducer** setting (``prefill_mislead``, ``roleplay``, ...; :func:`~lensteer.core.bundled_inducers`)
+  applies the inducer to the bare test prompts (instead of the study's misaligning context) on the base
+  model and uses the study's calibrated steerings as they are (``direction_from="base"``): the same edit,
+  so its held-out KL is the study's;
+* an **organism** setting (``organism:dishonest``, ...) answers the bare test prompts with the organism (it
+  is misaligned by itself); every method is recalibrated on the organism to the study's KL budget, once
+  with the base model's direction (``base``: the transfer the seed paper claims) and once with a direction
+  located on the organism itself at the same layer (``organism``). The organism is trained first if its
+  folder is missing (``lensteer organism``'s recipe).
+
+Each row: trait with its Wilson interval, the exact McNemar p against the unsteered row of the same
+setting, and the held-out KL (harmless test prompts, gate on, on the model that answered).
+"""
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lensteer.core.chat import ChatPrompt
+from lensteer.core.inducers import bundled_inducers
+from lensteer.core.io import write_json
+from lensteer.core.stats import mcnemar_exact, wilson_interval
+from lensteer.errors import ConfigError
+from lensteer.organisms import get_recipe, load_organism, train_organism
+from lensteer.steering.calibration import calibrate, kl_probe, sequence_kl
+from lensteer.steering.generation import generate
+from lensteer.steering.spec import Steering
+from lensteer.study.config import ALIGNED_SYSTEM, StudyConfig, known_robustness_settings
+from lensteer.study.evaluation import Condition, EvalSets, _eval_set, _joint, trait_flags
+
+ORGANISM_PREFIX = "organism:"
+ROBUSTNESS_FILE = "robustness.json"
+ROW_FIELDS = ("setting", "threat_model", "method", "direction_from", "n_eval", "trait", "trait_ci", "kl_heldout",
+              "p_vs_baseline", "scale")
+
+
+def settings_for(threat_model: str, names: Sequence[str]) -> list[str]:
+    """The configured settings that apply to ``threat_model`` (an inducer written for it, or an organism
+    whose recipe targets it or every threat model); an unknown name is an error listing the allowed ones."""
+    allowed = known_robustness_settings()
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise ConfigError(f"robustness settings {bad} unknown; allowed: {allowed}")
+    mine = set(bundled_inducers(threat_model))
+    return [n for n in names if n in mine or (n.startswith(ORGANISM_PREFIX)
+                                              and get_recipe(n[len(ORGANISM_PREFIX):]).threat_model in (None, threat_model))]
+
+
+class RobustnessTable:
+    """``robustness.json``: rows written after each (setting, threat model), so a rerun skips what is done."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / ROBUSTNESS_FILE
+        self.rows: list[dict[str, Any]] = json.loads(self.path.read_text())["rows"] if self.path.exists() else []
+
+    def has(self, setting: str, threat_model: str) -> bool:
+        return any(r["setting"] == setting and r["threat_model"] == threat_model for r in self.rows)
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+        self.rows += list(rows)
+        write_json(self.path, {"rows": self.rows})
+
+
+def _rows(setting: str, threat_model: str, conditions: Sequence[Condition], origins: Sequence[str],
+          flags: Sequence[list[bool]], kls: Sequence[float]) -> list[dict[str, Any]]:
+    base_flags = flags[0]  # conditions[0] is the unsteered model of this setting
+    out = []
+    for cond, origin, f, kl in zip(conditions, origins, flags, kls, strict=True):
+        k, n = sum(f), len(f)
+        out.append({"setting": setting, "threat_model": threat_model, "method": cond.key, "direction_from": origin,
+                    "n_eval": n, "trait": k / n, "trait_ci": list(wilson_interval(k, n)), "kl_heldout": kl,
+                    "p_vs_baseline": None if cond.method == "baseline" else mcnemar_exact(f, base_flags).p_value,
+                    "scale": cond.steering.scale if cond.steering is not None else None, "trait_flags": list(f)})
+    return out
+
+
+def _heldout_kl(model: Any, steering: Steering | None, sets: EvalSets, config: StudyConfig, key: str) -> float:
+    """KL on the held-out harmless prompts along ``model``'s own unsteered continuations (cached per model)."""
+    if steering is None:
+        return 0.0
+    if key not in sets.cache:
+        sets.cache[key] = generate(model, sets.harmless, max_new_tokens=config.kl_tokens, batch_size=config.batch_size)
+    ref = sets.cache[key]
+    return sequence_kl(model, steering, ref.prompt_tokens, ref.tokens, batch_size=config.batch_size)
+
+
+def inducer_rows(model: Any, threat_model: str, setting: str, steerings: dict[str, Steering],
+                 heldout_kl: dict[str, float], config: StudyConfig) -> list[dict[str, Any]]:
+    """The base model under an inducer, unsteered, prompted and with each of the study's steerings."""
+    inducer = bundled_inducers(threat_model)[setting]
+    ds = _eval_set(threat_model, config.n_eval)
+    prompts = [inducer.apply(p) for p in ds.chat_prompts()]
+    prompting = ([Condition(method="prompting", system=ALIGNED_SYSTEM[threat_model])]
+                 if config.prompting and inducer.kind != "system" else [])  # a system inducer *is* the system prompt
+    conditions = [Condition(method="baseline"), *prompting,
+                  *[Condition(method=m, steering=s) for m, s in steerings.items()]]
+    gens = _joint(model, conditions, prompts, config, config.max_new_tokens)
+    flags = [trait_flags(threat_model, [inducer.scored_text(t) for t in g.texts], ds) for g in gens]
+    kls = [0.0] * (1 + len(prompting)) + [heldout_kl[m] for m in steerings]
+    return _rows(setting, threat_model, conditions, ["base"] * len(conditions), flags, kls)
+
+
+def organism_rows(organism: Any, threat_model: str, setting: str, base_steerings: dict[str, Steering],
+                  own_steerings: dict[str, Steering], config: StudyConfig, sets: EvalSets,
+                  calibration_prompts: Sequence[Any]) -> list[dict[str, Any]]:
+    """The organism unsteered and with each method's steering from the base model and from itself, all
+    recalibrated on the organism to the study's first KL budget (gate kept, calibrated without it)."""
+    budget = config.kl_budgets[0]
+    probe = kl_probe(organism, list(calibration_prompts), continuation_tokens=config.kl_tokens,
+                     batch_size=config.batch_size)
+    conditions, origins = [Condition(method="baseline")], ["organism"]
+    if config.prompting:
+        conditions.append(Condition(method="prompting", system=ALIGNED_SYSTEM[threat_model]))
+        origins.append("organism")
+    for origin, built in (("base", base_steerings), ("organism", own_steerings)):
+        for method, s in built.items():
+            cal = calibrate(organism, replace(s, gate=None), probe, budget).steering
+            conditions.append(Condition(method=method, steering=replace(cal, gate=s.gate), kl_budget=budget))
+            origins.append(origin)
+    ds = _eval_set(threat_model, config.n_eval)
+    gens = _joint(organism, conditions, ds.chat_prompts(), config, config.max_new_tokens)
+    flags = [trait_flags(threat_model, g.texts, ds) for g in gens]
+    kls = [_heldout_kl(organism, c.steering, sets, config, f"harmless:{setting}") for c in conditions]
+    return _rows(setting, threat_model, conditions, origins, flags, kls)
+
+
+def organism_model(folder: Path, recipe: str, base_spec: str | None, log: Callable[[str], None]) -> Any:
+    """The organism at ``folder``, trained there first (the recipe's default settings) if it is missing."""
+    if not (folder / "organism.json").exists():
+        log(f"training organism {recipe} into {folder} (LoRA on CPU; see `lensteer organism`)")
+        train_organism(recipe, folder, base=base_spec, log=log)
+    return load_organism(folder)
+
+
+def robustness_report(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's ``robustness`` list: every row without its per-prompt flags."""
+    return [{k: r[k] for k in ROW_FIELDS if k in r} for r in rows]
+
+
+def bare_calibration_prompts(threat_model: str, sets: EvalSets, config: StudyConfig) -> list[Any]:
+    """An organism's calibration set: the study's harmless training prompts and as many of the threat
+    model's training prompts, bare (the organism needs no misaligning context)."""
+    from lensteer.core.datasets import load_dataset
+
+    own = load_dataset(threat_model).train.stratified(config.n_kl).chat_prompts()
+    return [*[ChatPrompt(user=p) for p in sets.calibration_prompts], *own]
