@@ -240,10 +240,12 @@ class StudyConfig:
     def paper(cls) -> "StudyConfig":
         """The full-power study the committed results come from: every test prompt (>= 96 per threat
         model), every held-out harmless and borderline prompt, 8 five-turn conversations, all 120
-        multiple-choice items and 72 paragraphs, three random seeds, the prompting baseline."""
+        multiple-choice items and 72 paragraphs, three random seeds, the prompting baseline; the robustness
+        table under each threat model's prefill attack and in the dishonest organism."""
         return cls(methods=("SwFC", "StTP", "StMP", "StMP-push"), n_train=48, layer_stride=4, n_eval=None, n_harmless=None, n_borderline=None, n_kl=12, kl_tokens=24,
                    n_conversations=8, n_turns=5, n_mc=None, n_paragraphs=None, max_new_tokens=64,
-                   random_seeds=(0, 1, 2), batch_size=64)
+                   random_seeds=(0, 1, 2), batch_size=64,
+                   robustness=("prefill_comply", "prefill_dismiss", "prefill_mislead", "organism:dishonest"))
 
     @classmethod
     def smoke(cls) -> "StudyConfig":

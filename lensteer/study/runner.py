@@ -116,6 +116,13 @@ def _push_twin(mirror: Steering, path: Path, model: Any) -> Steering:
     return twin
 
 
+def _config_key(config: StudyConfig) -> dict[str, Any]:
+    """What must match for a finished threat model to be kept: the config but for the threat-model list
+    and the robustness settings (new settings run on their own; see :class:`RobustnessTable`)."""
+    skip = {"threat_models", "robustness"}
+    return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k not in skip}))
+
+
 def _random_like(steering: Steering, seed: int) -> Steering:
     """A random unit direction with the same mode, positions, gate and starting scale (to be calibrated)."""
     unit = torch.randn(steering.d_model, generator=torch.Generator().manual_seed(seed))
@@ -131,8 +138,9 @@ def run_study(
     log: Callable[[str], None] = print,
 ) -> StudyResult:
     """Run the study and write ``report.json``, ``results.csv``/``results.json``, ``steerings/``,
-    ``examples.json`` into ``out``. Re-running into the same folder resumes: calibrated steerings are
-    reloaded and finished conditions are kept."""
+    ``examples.json`` into ``out``. Re-running into the same folder resumes: a threat model finished under
+    the same config is kept whole (``finished.json``, no re-locating), calibrated steerings are reloaded
+    and finished conditions and robustness settings are kept."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     table = SweepTable(folder)
@@ -146,7 +154,16 @@ def run_study(
     sets = eval_sets(model, config)
     located_info: dict[str, Any] = {}
     bar = tqdm(total=len(config.threat_models), desc="study", disable=not progress, unit="threat model")
+    finished_path = folder / "finished.json"  # threat models done under this config: a resume skips them whole
+    finished: dict[str, Any] = json.loads(finished_path.read_text()) if finished_path.exists() else {}
     for tm in config.threat_models:
+        done = finished.get(tm)
+        if (done is not None and done["config"] == _config_key(config)
+                and all(robust.has(s, tm) for s in settings_for(tm, config.robustness))):
+            log(f"[{tm}] finished in an earlier run with this config; kept")
+            located_info[tm] = done["located"]
+            bar.update(1)
+            continue
         log(f"[{tm}] locating (probing {len(_candidate_layers(model, config)) if config.layer is None else 1} layers)")
         loc = locate_threat_model(model, tm, config, sets.calibration_prompts, sets.calibration)
         located_info[tm] = {"layer": loc.layer, "site": loc.site, "reasons": loc.reasons,
@@ -212,6 +229,8 @@ def run_study(
                            "coefficient": steering.coefficient, "same_as": original})
         if config.robustness:
             _robustness(model, tm, loc.layer, conditions, table, robust, config, sets, log)
+        finished[tm] = {"config": _config_key(config), "located": located_info[tm]}
+        write_json(finished_path, finished)
         write_json(timing_path, {"seconds": earlier_seconds + time.time() - started,
                                  "threads": torch.get_num_threads()})
         bar.update(1)

@@ -165,6 +165,21 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     gate = entry["gate"]  # chosen to the false-positive budget on validation prompts
     assert gate["target_fpr"] == cfg.gate_fpr and gate["val_fpr"] <= cfg.gate_fpr and str(gate["layer"]) in map(str, (0, 1))
 
+    def never(*args, **kwargs):
+        raise AssertionError("a finished threat model was located again")
+
+    monkeypatch.setattr(study, "locate_threat_model", never)  # a third run with the same config: nothing to do
+    kept = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
+    def diff(x, y, path=""):
+        if isinstance(x, dict) and isinstance(y, dict):
+            return [d for k in set(x) | set(y) for d in diff(x.get(k), y.get(k), f"{path}/{k}")]
+        return [] if x == y else [(path, x, y)]
+    on_disk = json.loads((tmp_path / "report.json").read_text())["threat_models"]  # JSON keys are strings
+    assert diff(json.loads(json.dumps(kept.report["threat_models"])), on_disk) == []
+    assert diff(json.loads(json.dumps(result.report["threat_models"])), on_disk) == []
+    with pytest.raises(AssertionError, match="located again"):  # another config is another study
+        study.run_study(tiny_llama_bridge, replace(cfg, n_eval=3), tmp_path, progress=False, log=lambda s: None)
+
 
 def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, tmp_path):
     cfg = StudyConfig(threat_models=("compassion",), methods=("SwFC", "StMP", "StMP-push"), n_train=6, n_eval=2, n_harmless=2,
