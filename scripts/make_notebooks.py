@@ -220,6 +220,22 @@ for name, s in conditions.items():
     per_turn = lensteer.evaluate.conversation_repetition([[t.texts[c] for t in turns] for c in range(len(chats))])
     print(f"{name:>9}: rep-4 by turn {[round(t.report.rep4, 2) for t in per_turn]}, "
           f"repeated from earlier turns {[round(t.rep4_history, 2) for t in per_turn]}")'''),
+    ("md", """## Attacks: how hard does each inducer push?
+
+An `Inducer` is an attack as a value (system prompt, few-shot context, assistant prefill, or a wrapper we wrote:
+role-play, hypothetical, payload splitting). `inducer_effect` measures, on the same training prompts with and without
+it, the change of the teacher-forced preference for the written aligned over the misaligned reply (nats per reply
+token; negative: pushed towards misaligned), with a bootstrap interval and an exact sign test over prompts.
+`lensteer run --robustness NAME,...` then evaluates every method under it (and in fine-tuned organisms, see the
+README)."""),
+    ("code", '''from lensteer.core import bundled_inducers
+from lensteer.evaluate import inducer_effect
+
+attack_set = lensteer.load_dataset(THREAT_MODEL).with_responses().train.stratified(4 if SMOKE else 24)
+for name, inducer in bundled_inducers(THREAT_MODEL).items():
+    e = inducer_effect(model, attack_set, inducer)
+    print(f"{name:>20} ({inducer.kind:>8}): change {e.delta:+.3f} [{e.delta_ci[0]:+.3f}, {e.delta_ci[1]:+.3f}] nats/token, "
+          f"fell on {e.lower}/{e.n}, sign test p = {e.p_value:.2g}{'  <- pushes' if e.pushes else ''}")'''),
     ("md", """## The same in one call: `run_study`
 
 `run_study` runs all of the above for every method and KL budget, adds the prompting baseline, random directions
