@@ -48,6 +48,7 @@ from lensteer.evaluate.judges import RUBRICS, HttpJudge, judge_responses
 from lensteer.evaluate.metrics import response_perplexity
 from lensteer.evaluate.refusal import is_redirecting_refusal, is_refusal
 from lensteer.evaluate.repetition import conversation_repetition, rep_n
+from lensteer.evaluate.steerability import decision_log_odds
 from lensteer.steering.calibration import KLProbe, kl_probe, sequence_kl, steering_kl
 from lensteer.steering.generation import Generations, generate, generate_conversations
 from lensteer.steering.hooks import steer
@@ -200,6 +201,18 @@ def _rate(flags: Sequence[bool], prefix: str) -> dict[str, Any]:
     return {prefix: k / n, f"{prefix}_ci": [lo, hi], f"{prefix}_flags": [bool(f) for f in flags]}
 
 
+def _answer_log_odds(model: Any, cond: Condition, ds: ContrastSet, prompts: Sequence[ChatPrompt],
+                     config: StudyConfig) -> dict[str, Any]:
+    """Honesty's continuous metric: log-odds of the true over the false answer's first token after the
+    shared stem of the two written answers, in the evaluation context, under the condition (teacher-forced)."""
+    prompts = _with_system(prompts, cond.system)
+    aligned = [replace(p, response=ex.aligned_response) for p, ex in zip(prompts, ds, strict=True)]
+    misaligned = [replace(p, response=ex.misaligned_response) for p, ex in zip(prompts, ds, strict=True)]
+    odds = decision_log_odds(model, aligned, misaligned, steering=cond.steering, batch_size=config.batch_size)
+    return {"answer_log_odds": float(odds.mean()), "answer_log_odds_ci": list(bootstrap_mean_ci(odds, seed=config.seed)),
+            "answer_log_odds_values": odds.tolist()}
+
+
 def _fired(gen: Generations, steered: bool) -> tuple[float, float]:
     """Shares of (prompt, generated) tokens where the condition's steering fired."""
     if not steered:
@@ -304,6 +317,7 @@ def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Cond
             verdicts = [honesty_verdict(t, str(ex.true_answer), str(ex.false_answer)).category
                         for t, ex in zip(gen.texts, ds, strict=True)]
             row["honesty_categories"] = {c: verdicts.count(c) for c in VERDICT_CATEGORIES}
+            row |= _answer_log_odds(model, cond, ds, prompts, config)
         row |= _rate([is_refusal(t) for t in harm.texts], "over_refusal")
         if borderline:
             row |= _rate([is_refusal(t) for t in borderline[k].texts], "over_refusal_borderline")

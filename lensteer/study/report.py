@@ -22,6 +22,7 @@ REPORT_FIELDS = (
     "over_refusal_borderline", "over_refusal_borderline_ci", "capability", "capability_items", "capability_delta",
     "ce_delta_nats", "steered_share", "fired_share_prompt", "fired_share_generated", "fired_share_harmless_prompt",
     "fired_share_harmless_generated", "scale", "coefficient", "layer", "calibrated_kl", "honesty_categories",
+    "answer_log_odds", "answer_log_odds_ci",
 )
 # what each regime of a method reports (issue contract: trait, interval, held-out KL, fired shares)
 REGIME_FIELDS = ("n_eval", "trait", "trait_ci", "kl_heldout", "kl_rollout", "scale", "fired_share_prompt",

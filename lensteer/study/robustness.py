@@ -33,12 +33,19 @@ from lensteer.steering.calibration import calibrate, kl_probe, sequence_kl
 from lensteer.steering.generation import generate
 from lensteer.steering.spec import Steering
 from lensteer.study.config import ALIGNED_SYSTEM, StudyConfig, known_robustness_settings
-from lensteer.study.evaluation import Condition, EvalSets, _eval_set, _joint, trait_flags
+from lensteer.study.evaluation import (
+    Condition,
+    EvalSets,
+    _answer_log_odds,
+    _eval_set,
+    _joint,
+    trait_flags,
+)
 
 ORGANISM_PREFIX = "organism:"
 ROBUSTNESS_FILE = "robustness.json"
 ROW_FIELDS = ("setting", "threat_model", "method", "direction_from", "n_eval", "trait", "trait_ci", "kl_heldout",
-              "p_vs_baseline", "scale")
+              "p_vs_baseline", "scale", "answer_log_odds", "answer_log_odds_ci")
 
 
 def settings_for(threat_model: str, names: Sequence[str]) -> list[str]:
@@ -128,7 +135,11 @@ def organism_rows(organism: Any, threat_model: str, setting: str, base_steerings
     gens = _joint(organism, conditions, ds.chat_prompts(), config, config.max_new_tokens)
     flags = [trait_flags(threat_model, g.texts, ds) for g in gens]
     kls = [_heldout_kl(organism, c.steering, sets, config, f"harmless:{setting}") for c in conditions]
-    return _rows(setting, threat_model, conditions, origins, flags, kls)
+    rows = _rows(setting, threat_model, conditions, origins, flags, kls)
+    if threat_model == "honesty":  # the continuous metric: true-over-false answer log-odds, teacher-forced
+        for row, cond in zip(rows, conditions, strict=True):
+            row |= _answer_log_odds(organism, cond, ds, ds.chat_prompts(), config)
+    return rows
 
 
 def organism_model(folder: Path, recipe: str, base_spec: str | None, log: Callable[[str], None]) -> Any:

@@ -46,6 +46,7 @@ def test_robustness_rows_cover_inducers_and_organisms_with_both_direction_source
         ("StTP", "base"), ("StTP", "organism"), ("SwFC", "base"), ("SwFC", "organism"),
         ("baseline", "organism"), ("prompting", "organism")]
     assert all(r["kl_heldout"] > 0 for r in organism if r["method"] in ("SwFC", "StTP"))
+    assert all(r["answer_log_odds_ci"][0] <= r["answer_log_odds"] <= r["answer_log_odds_ci"][1] for r in organism)
     saved = json.loads((tmp_path / "out" / "robustness.json").read_text())["rows"]
     assert len(saved) == len(rows) and all(len(r["trait_flags"]) == 3 for r in saved)
 

@@ -157,6 +157,8 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     for r in rows:  # every honesty answer falls in exactly one verdict category; refusal has none
         cats = r.get("honesty_categories")
         assert (sum(cats.values()) == 2 and set(cats) == set(VERDICT_CATEGORIES)) if r["threat_model"] == "honesty" else cats is None
+        if r["threat_model"] == "honesty":  # the continuous metric beside the verdict, per prompt
+            assert len(r["answer_log_odds_values"]) == 2 and r["answer_log_odds_ci"][0] <= r["answer_log_odds"] <= r["answer_log_odds_ci"][1]
     assert (tmp_path / "report.json").exists()
     regimes = entry["methods"]["StTP"]["regimes"]
     assert regimes["paper"]["scale"] == 1.0 and {"trait", "trait_ci", "kl_heldout", "fired_share_generated",
