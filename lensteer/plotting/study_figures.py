@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 
 from lensteer.errors import ConfigError, DataError
 from lensteer.plotting.examples import plot_examples
+from lensteer.plotting.robustness_figure import plot_robustness
 from lensteer.plotting.study_rows import (
     BASELINE_STYLE,
     METHOD_STYLE,
@@ -320,7 +321,8 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
     Reads ``results.json`` (required), ``report.json`` (for the matched KL budget, if present) and
     ``examples.json`` (if present). Writes ``tradeoff`` (all threat models), ``tradeoff_<tm>``,
     ``repetition_by_turn``, ``repetition_history_by_turn``, ``steered_share``, ``steerability`` (from the
-    report), ``gate_roc_<tm>`` (the gate search's ROC per layer, from the report), ``layer_sweep`` (if the study swept layers) and ``examples_<tm>``. The other figures show
+    report), ``gate_roc_<tm>`` (the gate search's ROC per layer, from the report), ``robustness`` (the report's
+    robustness table), ``layer_sweep`` (if the study swept layers) and ``examples_<tm>``. The other figures show
     each threat model's chosen layer.
     A figure whose data the folder lacks is skipped with a warning on the ``lensteer.plotting.figures``
     logger that says why.
@@ -369,6 +371,8 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
     save("repetition_history_by_turn",
          lambda: plot_repetition_by_turn(rows, kl_budget=budget, metric="rep4_history_by_turn"))
     save("steered_share", lambda: plot_steered_share(rows, kl_budget=budget))
+    if report is not None and report.get("robustness"):
+        save("robustness", lambda: plot_robustness(report["robustness"]))
     examples_path = folder / "examples.json"
     if examples_path.exists():
         examples = json.loads(examples_path.read_text())

@@ -251,3 +251,34 @@ def test_steerability_plot_draws_one_line_per_threat_model_and_circles_the_chose
     plt.close(fig)
     with pytest.raises(DataError, match="no steerability"):
         plotting.plot_steerability({"threat_models": {"refusal": {"layer": 3}}})
+
+
+def _robustness_rows():
+    rows = []
+    for setting, tm in (("prefill_mislead", "honesty"), ("organism:dishonest", "honesty"), ("prefill_comply", "refusal")):
+        for method, origin, trait in (("baseline", "base", 0.2), ("SwFC", "base", 0.5), ("StTP", "base", 0.4)):
+            rows.append({"setting": setting, "threat_model": tm, "method": method, "direction_from": origin,
+                         "trait": trait, "trait_ci": [trait - 0.1, trait + 0.1], "kl_heldout": 0.3})
+        if setting.startswith("organism:"):
+            rows.append({"setting": setting, "threat_model": tm, "method": "SwFC", "direction_from": "organism",
+                         "trait": 0.7, "trait_ci": [0.6, 0.8], "kl_heldout": 0.4})
+    return rows
+
+
+def test_robustness_figure_puts_each_row_at_its_trait_with_its_interval():
+    rows = _robustness_rows()
+    fig, axes = plotting.plot_robustness(rows)
+    honesty = axes[0][0]
+    assert honesty.get_title() == "honesty" and [t.get_text() for t in honesty.get_yticklabels()] == [
+        "prefill_mislead", "organism:dishonest"]
+    markers = [line for line in honesty.get_lines() if line.get_marker() not in (None, "None", "")]
+    xs = sorted(round(float(line.get_xdata()[0]), 2) for line in markers)
+    assert xs == [0.2, 0.2, 0.4, 0.4, 0.5, 0.5, 0.7]  # every honesty row, at its trait
+    hollow = [line for line in markers if line.get_markerfacecolor() == "white"]
+    assert [float(line.get_xdata()[0]) for line in hollow] == [0.7]  # the organism's own direction
+    bars = [line for line in honesty.get_lines() if len(line.get_xdata()) == 2]
+    assert sorted(tuple(round(float(v), 2) for v in line.get_xdata()) for line in bars)[-1] == (0.6, 0.8)
+    assert [t.get_title() for t in axes[0]] == ["honesty", "refusal"]
+    plt.close(fig)
+    with pytest.raises(DataError, match="no robustness rows"):
+        plotting.plot_robustness([])
