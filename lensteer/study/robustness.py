@@ -142,6 +142,50 @@ def organism_rows(organism: Any, threat_model: str, setting: str, base_steerings
     return rows
 
 
+def _stem(aligned: str, misaligned: str) -> str | None:
+    """The words the two written answers share before they part ("The capital of Japan is")."""
+    k = next((i for i, (a, b) in enumerate(zip(aligned, misaligned, strict=False)) if a != b), min(len(aligned), len(misaligned)))
+    stem = aligned[:k]
+    stem = stem if k == len(aligned) or stem.endswith(" ") else stem.rsplit(" ", 1)[0] if " " in stem else ""
+    return stem.rstrip() or None
+
+
+def decision_prompts(data: Any, context: Any = None) -> list[ChatPrompt]:
+    """Each question with the shared stem of its two written answers as the start of the reply: the last
+    token is where the model decides between the true and the false answer."""
+    return [replace(p, response=_stem(str(ex.aligned_response), str(ex.misaligned_response)))
+            for p, ex in zip(data.chat_prompts(context=context), data, strict=True)]
+
+
+def own_steerings(base: Any, organism: Any, threat_model: str, base_steerings: dict[str, Steering],
+                  config: StudyConfig, sets: EvalSets) -> dict[str, Steering]:
+    """Each method along a direction found on the organism itself, at the base steerings' layer.
+
+    Honesty: read where the decision is made, organism vs base on the same training questions: the
+    residual at the last token before the answer (:func:`decision_prompts`), base minus organism
+    (towards the honest model); thresholds from the same two classes. Other threat models: the study's
+    own locating (response contrast) run on the organism at that layer.
+    """
+    from lensteer.core.activations import collect_activations
+    from lensteer.core.datasets import load_dataset
+    from lensteer.locate.directions import diff_of_means
+    from lensteer.study.layers import locate_threat_model, make_steering
+
+    first = next(iter(base_steerings.values()))
+    layer = first.layers[0]
+    if threat_model != "honesty":
+        own = locate_threat_model(organism, threat_model, replace(config, layer=layer, sweep_layers=()),
+                                  sets.calibration_prompts).steerings
+        return {m: own[m] for m in base_steerings}
+    stems = decision_prompts(load_dataset("honesty").train.stratified(config.n_train))
+    honest, dishonest = (collect_activations(m, stems, layers=[layer], batch_size=config.batch_size)[:, 0]
+                         for m in (base, organism))
+    direction = diff_of_means(honest, dishonest, layer=layer, position="decision")
+    return {m: make_steering(m, direction, honest, dishonest, float(s.reference_norm or 1.0), s.positions, s.gate,
+                             s.max_norm if isinstance(s.max_norm, float) else None)
+            for m, s in base_steerings.items()}
+
+
 def organism_model(folder: Path, recipe: str, base_spec: str | None, log: Callable[[str], None]) -> Any:
     """The organism at ``folder``, trained there first (the recipe's default settings) if it is missing."""
     if not (folder / "organism.json").exists():

@@ -50,6 +50,7 @@ from lensteer.study.robustness import (
     inducer_rows,
     organism_model,
     organism_rows,
+    own_steerings,
     robustness_report,
     settings_for,
 )
@@ -92,9 +93,8 @@ def _robustness(model: Any, tm: str, layer: int, conditions: list[Condition], ta
             name = model_fingerprint(model).name
             organism = organism_model(Path(config.organisms_dir) / recipe, recipe,
                                       None if name == EMBEDDED_MODEL_NAME else name, log)
-            own = locate_threat_model(organism, tm, replace(config, layer=layer, sweep_layers=()),
-                                      sets.calibration_prompts).steerings
-            rows = organism_rows(organism, tm, setting, steerings, {m: own[m] for m in steerings}, config, sets,
+            own = own_steerings(model, organism, tm, steerings, config, sets)
+            rows = organism_rows(organism, tm, setting, steerings, own, config, sets,
                                  bare_calibration_prompts(tm, sets, config))
         else:
             rows = inducer_rows(model, tm, setting, steerings, heldout, config)
