@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(run, default_out="results")
     run.add_argument("--profile", choices=list(PROFILES), default=None,
-                     help="demo (default: a first look, ~10 min on 2 cores), paper (every test prompt, >= 96 per threat "
+                     help="demo (default: a first look, <= 15 min on 2 cores), paper (every test prompt, >= 96 per threat "
                           "model, 3 random seeds: the committed results) or smoke (CI)")
     run.add_argument("--config", default=None, help="study.toml (keys: the fields of lensteer.study.config.StudyConfig)")
     run.add_argument("--kl", default=None, help="comma-separated KL budgets in nats/token (default: 0.5)")

@@ -128,11 +128,11 @@ class StudyConfig:
     layer_stride: int = 8
     n_train: int = 32
     n_eval: int | None = 16
-    n_harmless: int | None = 12
+    n_harmless: int | None = 10
     n_borderline: int | None = 6
     n_kl: int = 6
     kl_tokens: int = 16
-    n_conversations: int = 2
+    n_conversations: int = 1
     n_turns: int = 3
     n_mc: int | None = 12
     n_paragraphs: int | None = 4
@@ -232,8 +232,8 @@ class StudyConfig:
 
     @classmethod
     def demo(cls) -> "StudyConfig":
-        """The newcomer's first look (the defaults): every threat model and method, 16 test prompts per
-        condition, honest (wide) intervals; about 10 minutes on 2 CPU cores."""
+        """The newcomer's first look (the defaults): every threat model, SwFC / StTP / StMP in both regimes,
+        16 test prompts per condition, honest (wide) intervals; sized for at most 15 minutes on 2 CPU cores."""
         return cls()
 
     @classmethod
