@@ -19,3 +19,28 @@ def test_readme_quotes_the_committed_dishonest_organism_measurement():
     assert quoted in readme
     assert f"from {shift['decision']['base']:+.2f} to {shift['decision']['organism']:+.2f}" in readme
     assert f"{provenance['lora']['steps']} steps of {provenance['lora']['batch_size']} rows" in readme
+
+
+def test_readme_quotes_the_committed_organism_robustness_rows():
+    rows = json.loads((ROOT / "docs/robustness-honesty/robustness.json").read_text())["rows"]
+    report = json.loads((ROOT / "docs/robustness-honesty/report.json").read_text())
+    assert [r["setting"] for r in report["robustness"]] == [r["setting"] for r in rows]  # the report carries them
+    organism = [r for r in rows if r["setting"] == "organism:dishonest"]
+    assert {(r["method"], r["direction_from"]) for r in organism} >= {(m, o) for m in ("SwFC", "StTP", "StMP")
+                                                                       for o in ("base", "organism")}
+    readme = " ".join((ROOT / "README.md").read_text().split())
+
+    def rate(r):
+        lo, hi = r["trait_ci"]
+        return f"{100 * r['trait']:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}]"
+
+    base = next(r for r in organism if r["method"] == "baseline")
+    steered = [r for r in organism if r["method"] in ("SwFC", "StTP", "StMP")]
+    assert f"the organism answers {rate(base)} honestly" in readme and base["n_eval"] == 97
+    assert (f"give {100 * min(r['trait'] for r in steered):.1f}-{100 * max(r['trait'] for r in steered):.1f}%"
+            in readme)
+    p_min = min(r["p_vs_baseline"] for r in steered)
+    assert p_min >= 0.05 and f"McNemar p >= {p_min:.2f}" in readme  # "does not bring it back" is what the rows say
+    kls = [r["kl_heldout"] for r in steered]
+    assert f"held-out KL {min(kls):.2f}-{max(kls):.2f}" in readme
+    assert all(r["answer_log_odds"] < base["answer_log_odds"] for r in steered)  # "fall rather than rise"
