@@ -118,7 +118,7 @@ class StudyConfig:
     threat_models: tuple[str, ...] = THREAT_MODELS
     methods: tuple[str, ...] = ("SwFC", "StTP", "StMP")
     selective_fit: str = "generated_tokens"
-    regimes: bool = True
+    regimes: bool = False
     massive_ratio: float | None = 4.0
     gate_fpr: float = 0.05
     kl_budgets: tuple[float, ...] = (0.5,)
@@ -232,8 +232,9 @@ class StudyConfig:
 
     @classmethod
     def demo(cls) -> "StudyConfig":
-        """The newcomer's first look (the defaults): every threat model, SwFC / StTP / StMP in both regimes,
-        16 test prompts per condition, honest (wide) intervals; sized for at most 15 minutes on 2 CPU cores."""
+        """The newcomer's first look (the defaults): every threat model, SwFC / StTP / StMP at matched KL
+        (the paper regime is in the paper profile), 16 test prompts per condition, honest (wide) intervals;
+        sized for at most 15 minutes on 2 CPU cores (with both regimes it took 15.6 min on 2026-12-02)."""
         return cls()
 
     @classmethod
@@ -242,7 +243,7 @@ class StudyConfig:
         model), every held-out harmless and borderline prompt, 8 five-turn conversations, all 120
         multiple-choice items and 72 paragraphs, three random seeds, the prompting baseline; the robustness
         table under each threat model's prefill attack and in the dishonest organism."""
-        return cls(methods=("SwFC", "StTP", "StMP", "StMP-push"), n_train=48, layer_stride=4, n_eval=None, n_harmless=None, n_borderline=None, n_kl=12, kl_tokens=24,
+        return cls(methods=("SwFC", "StTP", "StMP", "StMP-push"), regimes=True, n_train=48, layer_stride=4, n_eval=None, n_harmless=None, n_borderline=None, n_kl=12, kl_tokens=24,
                    n_conversations=8, n_turns=5, n_mc=None, n_paragraphs=None, max_new_tokens=64,
                    random_seeds=(0, 1, 2), batch_size=64,
                    robustness=("prefill_comply", "prefill_dismiss", "prefill_mislead", "organism:dishonest"))

@@ -117,7 +117,7 @@ def test_trait_flags_per_threat_model():
 def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_llama_bridge, tmp_path, monkeypatch):
     cfg = StudyConfig(threat_models=("refusal", "honesty"), methods=("SwFC", "StTP"), n_train=6, n_eval=2,
                       n_harmless=2, n_borderline=2, n_kl=2, n_conversations=1, n_turns=2, n_mc=2, n_paragraphs=2,
-                      max_new_tokens=3, candidate_layers=(0, 1), random_seeds=(0, 1), batch_size=4)
+                      max_new_tokens=3, candidate_layers=(0, 1), random_seeds=(0, 1), batch_size=4, regimes=True)
     real = evaluation.evaluate_conditions
     calls = []
 
@@ -186,7 +186,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
 def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, tmp_path):
     cfg = StudyConfig(threat_models=("compassion",), methods=("SwFC", "StMP", "StMP-push"), n_train=6, n_eval=2, n_harmless=2,
                       n_kl=2, n_conversations=1, n_turns=2, n_mc=0, max_new_tokens=3, layer=1, sweep_layers=(0, 1),
-                      random_seeds=(), prompting=False, batch_size=4)
+                      random_seeds=(), prompting=False, batch_size=4, regimes=True)
     result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert sorted((r["method"], r["layer"]) for r in rows) == [
