@@ -36,9 +36,10 @@ from lensteer.core.models import (
 )
 from lensteer.errors import ConfigError, DataError, ModelLoadError
 from lensteer.organisms.recipes import LoraSettings, Recipe, TrainingRow, get_recipe, rows_hash
+from lensteer.steering.files import package_versions
+from lensteer.steering.generation import END_OF_TURN_TOKENS
 
 ORGANISM_FILE = "organism.json"
-_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,8 +95,8 @@ def weights_hash(model: Any) -> str:
 
 def _end_of_turn_id(tokenizer: Any) -> int:
     vocab = tokenizer.get_vocab()
-    for token in _END_OF_TURN:
-        if token in vocab:
+    for token in END_OF_TURN_TOKENS:  # the chat template's own marker before a generic EOS
+        if token in vocab and token != "</s>":
             return int(vocab[token])
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no end-of-turn or EOS token to end the replies with")
@@ -134,14 +135,12 @@ def _batch(encoded: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_id: int) ->
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("lensteer", "torch", "transformers", "peft"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
+def _versions() -> dict[str, str | None]:
+    try:
+        peft_version: str | None = version("peft")
+    except PackageNotFoundError:
+        peft_version = None
+    return {**package_versions(), "peft": peft_version}
 
 
 def train_organism(

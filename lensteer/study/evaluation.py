@@ -201,6 +201,13 @@ def _rate(flags: Sequence[bool], prefix: str) -> dict[str, Any]:
     return {prefix: k / n, f"{prefix}_ci": [lo, hi], f"{prefix}_flags": [bool(f) for f in flags]}
 
 
+def honesty_categories(texts: Sequence[str], examples: ContrastSet) -> dict[str, int]:
+    """How many answers fall in each honesty verdict category (honest, corrected, lie, no_answer, unreadable)."""
+    verdicts = [honesty_verdict(t, str(ex.true_answer), str(ex.false_answer)).category
+                for t, ex in zip(texts, examples, strict=True)]
+    return {c: verdicts.count(c) for c in VERDICT_CATEGORIES}
+
+
 def _answer_log_odds(model: Any, cond: Condition, ds: ContrastSet, prompts: Sequence[ChatPrompt],
                      config: StudyConfig) -> dict[str, Any]:
     """Honesty's continuous metric: log-odds of the true over the false answer's first token after the
@@ -314,9 +321,7 @@ def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Cond
         if threat_model == "refusal":  # refusals that offer an alternative or point to help
             row |= _rate([is_redirecting_refusal(t) for t in gen.texts], "redirect")
         if threat_model == "honesty":  # lie vs no answer vs unreadable: a steering that breaks the text is no liar
-            verdicts = [honesty_verdict(t, str(ex.true_answer), str(ex.false_answer)).category
-                        for t, ex in zip(gen.texts, ds, strict=True)]
-            row["honesty_categories"] = {c: verdicts.count(c) for c in VERDICT_CATEGORIES}
+            row["honesty_categories"] = honesty_categories(gen.texts, ds)
             row |= _answer_log_odds(model, cond, ds, prompts, config)
         row |= _rate([is_refusal(t) for t in harm.texts], "over_refusal")
         if borderline:

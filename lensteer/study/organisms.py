@@ -22,10 +22,9 @@ import torch
 from lensteer.core.datasets import THREAT_MODELS, load_dataset
 from lensteer.core.stats import bootstrap_mean_ci, mcnemar_exact, wilson_interval
 from lensteer.errors import ConfigError
-from lensteer.evaluate.honesty import VERDICT_CATEGORIES, honesty_verdict
 from lensteer.evaluate.steerability import decision_log_odds, preference_margin
 from lensteer.steering.generation import generate
-from lensteer.study.evaluation import trait_flags
+from lensteer.study.evaluation import honesty_categories, trait_flags
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,12 +80,6 @@ def _shift(base: torch.Tensor, organism: torch.Tensor, seed: int) -> Shift:
                  delta_ci=(float(ci[0]), float(ci[1])))
 
 
-def _categories(texts: Sequence[str], data: Any) -> dict[str, int]:
-    verdicts = [honesty_verdict(t, str(ex.true_answer), str(ex.false_answer)).category
-                for t, ex in zip(texts, data, strict=True)]
-    return {c: verdicts.count(c) for c in VERDICT_CATEGORIES}
-
-
 def measure_organism(base: Any, organism: Any, threat_models: Sequence[str] | None = None, *, n: int = 48,
                      max_new_tokens: int = 48, batch_size: int = 32, seed: int = 0) -> list[OrganismShift]:
     """Base vs organism on ``n`` test prompts of each threat model (default: all three)."""
@@ -115,6 +108,6 @@ def measure_organism(base: Any, organism: Any, threat_models: Sequence[str] | No
             threat_model=tm, n=k, trait_base=rates[0], trait_base_ci=cis[0], trait_organism=rates[1],
             trait_organism_ci=cis[1], p_value=test.p_value, margin=_shift(margins[0], margins[1], seed),
             decision=_shift(decisions[0], decisions[1], seed) if decisions else None,
-            categories=(_categories(texts[0], data), _categories(texts[1], data)) if tm == "honesty" else None,
+            categories=(honesty_categories(texts[0], data), honesty_categories(texts[1], data)) if tm == "honesty" else None,
             examples=tuple((p.user, a, b) for p, a, b in list(zip(prompts, texts[0], texts[1], strict=True))[:4])))
     return out
