@@ -23,6 +23,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from lensteer.core.activations import collect_activations
+from lensteer.core.chat import ChatPrompt
 from lensteer.core.datasets import ContrastSet
 from lensteer.core.sites import normalize_layers
 from lensteer.core.stats import auroc, balanced_accuracy, bootstrap_ci, d_prime
@@ -35,7 +36,7 @@ from lensteer.locate.directions import (
     pca_of_diffs,
 )
 
-ContrastKind = Literal["prompt", "response"]
+ContrastKind = Literal["prompt", "response", "decision"]
 METHODS = ("diff_of_means", "pca_of_diffs", "probe")
 METRICS = ("dom_accuracy", "dom_auroc", "dom_d_prime", "probe_accuracy", "probe_auroc", "pca_auroc")
 
@@ -222,21 +223,45 @@ def probe_layers(
     )
 
 
-def contrast_prompts(dataset: ContrastSet, contrast: ContrastKind) -> tuple[list[Any], list[Any], str]:
+def answer_stem(aligned: str, misaligned: str) -> str | None:
+    """The words two written answers share before they part ("The capital of Japan is"); ``None`` when
+    the answer comes first. Never a word cut in half."""
+    k = next((i for i, (a, b) in enumerate(zip(aligned, misaligned, strict=False)) if a != b), min(len(aligned), len(misaligned)))
+    stem = aligned[:k]
+    stem = stem if k == len(aligned) or stem.endswith(" ") else stem.rsplit(" ", 1)[0] if " " in stem else ""
+    return stem.rstrip() or None
+
+
+def decision_prompts(dataset: ContrastSet, context: Any = None) -> list[ChatPrompt]:
+    """Each question (in ``context``) with the shared stem of its two written answers as the start of the
+    reply: the last token is where the model decides between the aligned and the misaligned answer."""
+    return [replace(p, response=answer_stem(str(ex.aligned_response), str(ex.misaligned_response)))
+            for p, ex in zip(dataset.chat_prompts(context=context), dataset, strict=True)]
+
+
+def contrast_prompts(dataset: ContrastSet, contrast: ContrastKind,
+                     contexts: tuple[str | None, str | None] | None = None) -> tuple[list[Any], list[Any], str]:
     """The two classes of prompts of a contrast, positive (aligned) first, and where to read them.
 
     ``"prompt"``: ``prompt`` vs ``paired_prompt`` (harmful vs harmless: the refusal direction points
     towards refusing), read at the last token. ``"response"``: the prompt followed by its aligned vs
     its misaligned response, averaged over the response tokens (the persona-vector recipe).
+    ``"decision"``: the same question under an aligned vs a misaligning context (``contexts``, two names
+    from the dataset's contexts file), read at the last token before the answer (:func:`decision_prompts`):
+    where the model decides, not the mean over a written answer's tokens.
     """
     if contrast == "prompt":
         return dataset.chat_prompts(), dataset.chat_prompts(paired=True), "last"
-    if contrast == "response":
+    if contrast in ("response", "decision"):
         ds = dataset.with_responses()
         if len(ds) == 0:
-            raise DataError(f"dataset {dataset.name!r} has no rows with responses for a response contrast")
-        return ds.chat_prompts(response="aligned"), ds.chat_prompts(response="misaligned"), "response_mean"
-    raise ConfigError(f"contrast must be 'prompt' or 'response', got {contrast!r}")
+            raise DataError(f"dataset {dataset.name!r} has no rows with responses for a {contrast} contrast")
+        if contrast == "response":
+            return ds.chat_prompts(response="aligned"), ds.chat_prompts(response="misaligned"), "response_mean"
+        if contexts is None or len(contexts) != 2:
+            raise ConfigError(f"a decision contrast needs two contexts (aligned, misaligning), got {contexts!r}")
+        return decision_prompts(ds, contexts[0]), decision_prompts(ds, contexts[1]), "last"
+    raise ConfigError(f"contrast must be 'prompt', 'response' or 'decision', got {contrast!r}")
 
 
 def collect_contrast(

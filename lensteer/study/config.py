@@ -23,6 +23,12 @@ PROFILES = ("demo", "paper", "smoke")
 # model already complies with them); the others with the bundled misaligning context.
 MISALIGNING_CONTEXT = {"refusal": None, "compassion": "dismissive_fewshot", "honesty": "lying_fewshot"}
 
+# Threat models whose direction is read where the decision is made: the same question under the aligned
+# and the misaligning context (named here), at the last token before the answer. Honesty's written true
+# and false answers differ in a word or two, so their response means mostly carry the sentence, not the lie.
+# The others use the response contrast (the mean over the hand-written aligned vs misaligned replies).
+DECISION_CONTEXTS: dict[str, tuple[str, str]] = {"honesty": ("honest_fewshot", "lying_fewshot")}
+
 # The prompting baseline: no steering, a system prompt that asks for the aligned behaviour (ours).
 # Steering is only worth a paper where it beats this, or composes with it.
 ALIGNED_SYSTEM = {

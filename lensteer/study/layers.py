@@ -1,9 +1,9 @@
 """Choosing the steering layer and building the study's steerings there.
 
-For each threat model: probe the response-side contrast at candidate layers, pick the layer with
-recommend_site (Arditi et al.'s rules, then the most steerable layer at the KL budget), find the
-massive-activation tokens there by the norm rule (never steered), and build SwFC along the difference
-of means and StTP / StMP (mirror and push) with thresholds fitted per token on the model's own answers
+For each threat model: probe the contrast (response-side; for honesty, where the decision is made) at
+candidate layers, pick the layer with recommend_site (Arditi et al.'s rules, then the most steerable
+layer at the KL budget), find the massive-activation tokens there by the norm rule (never steered),
+and build SwFC along the difference of means and StTP / StMP (mirror and push) with thresholds fitted per token on the model's own answers
 under the aligned system prompt vs the misaligning context (refusal adds a CAST-style prompt gate
 chosen to a target false-positive rate on harmless and borderline prompts).
 """
@@ -22,7 +22,7 @@ from lensteer.core.models import model_fingerprint
 from lensteer.errors import ConfigError
 from lensteer.evaluate.steerability import layer_steerability
 from lensteer.locate.massive import massive_tokens
-from lensteer.locate.probing import contrast_prompts, probe_layers
+from lensteer.locate.probing import ContrastKind, contrast_prompts, probe_layers
 from lensteer.steering.calibration import KLProbe, calibrate, kl_probe, reference_norm
 from lensteer.steering.gate_search import GateSearch, search_gate
 from lensteer.steering.gates import GateLike
@@ -31,6 +31,7 @@ from lensteer.steering.spec import Steering
 from lensteer.steering.token_fit import response_token_activations
 from lensteer.study.config import (
     ALIGNED_SYSTEM,
+    DECISION_CONTEXTS,
     MISALIGNING_CONTEXT,
     SELECTIVE_METHODS,
     STUDY_POSITIONS,
@@ -70,7 +71,11 @@ def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
 
 def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harmless: Sequence[str],
            kl: KLProbe | None = None) -> _Located:
-    """Probe the response contrast, choose the layer, and build the uncalibrated steerings.
+    """Probe the contrast, choose the layer, and build the uncalibrated steerings.
+
+    The contrast is the response contrast (aligned vs misaligned written replies, response mean), or for
+    the threat models in :data:`~lensteer.study.config.DECISION_CONTEXTS` (honesty) the decision contrast:
+    the same question under the aligned vs the misaligning context at the last token before the answer.
 
     With a KL calibration set ``kl`` and more than one candidate layer, the layer is chosen causally:
     SwFC along each layer's difference of means is calibrated to the study's first KL budget and,
@@ -84,12 +89,15 @@ def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harm
     layers = sorted(set(layers) | set(extra))
     acts: dict[str, torch.Tensor] = {}
     n_val = max(8, config.n_train // 3)
+    contexts = DECISION_CONTEXTS.get(threat_model)
+    contrast: ContrastKind = "decision" if contexts is not None else "response"
     for split, n in (("train", config.n_train), ("val", n_val)):
-        pos, neg, position = contrast_prompts(getattr(ds, split).stratified(n), "response")
+        pos, neg, position = contrast_prompts(getattr(ds, split).stratified(n), contrast, contexts)
         both = collect_activations(model, pos + neg, layers=layers, position=position, batch_size=config.batch_size)
         acts[f"pos_{split}"], acts[f"neg_{split}"] = both[: len(pos)], both[len(pos):]
     acts["pos_test"], acts["neg_test"] = acts["pos_val"], acts["neg_val"]
-    report = probe_layers(acts, layers=layers, dataset=threat_model, contrast="response", position="response_mean",
+    report = probe_layers(acts, layers=layers, dataset=threat_model, contrast=contrast,
+                          position="decision" if contexts is not None else "response_mean",
                           model=model_fingerprint(model).to_dict(), n_boot=100, seed=config.seed)
     refs: dict[int, float] = {}
     steerability = None

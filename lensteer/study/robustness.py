@@ -28,6 +28,7 @@ from lensteer.core.inducers import bundled_inducers
 from lensteer.core.io import write_json
 from lensteer.core.stats import mcnemar_exact, wilson_interval
 from lensteer.errors import ConfigError
+from lensteer.locate.probing import decision_prompts
 from lensteer.organisms import get_recipe, load_organism, train_organism
 from lensteer.steering.calibration import calibrate, kl_probe, sequence_kl
 from lensteer.steering.generation import generate
@@ -186,27 +187,12 @@ def inducer_behaviour(model: Any, threat_model: str, setting: str, *, n: int = 2
                             trait_with_ci=wilson_interval(k1, m), p_value=mcnemar_exact(flags[1], flags[0]).p_value)
 
 
-def _stem(aligned: str, misaligned: str) -> str | None:
-    """The words the two written answers share before they part ("The capital of Japan is")."""
-    k = next((i for i, (a, b) in enumerate(zip(aligned, misaligned, strict=False)) if a != b), min(len(aligned), len(misaligned)))
-    stem = aligned[:k]
-    stem = stem if k == len(aligned) or stem.endswith(" ") else stem.rsplit(" ", 1)[0] if " " in stem else ""
-    return stem.rstrip() or None
-
-
-def decision_prompts(data: Any, context: Any = None) -> list[ChatPrompt]:
-    """Each question with the shared stem of its two written answers as the start of the reply: the last
-    token is where the model decides between the true and the false answer."""
-    return [replace(p, response=_stem(str(ex.aligned_response), str(ex.misaligned_response)))
-            for p, ex in zip(data.chat_prompts(context=context), data, strict=True)]
-
-
 def own_steerings(base: Any, organism: Any, threat_model: str, base_steerings: dict[str, Steering],
                   config: StudyConfig, sets: EvalSets) -> dict[str, Steering]:
     """Each method along a direction found on the organism itself, at the base steerings' layer.
 
     Honesty: read where the decision is made, organism vs base on the same training questions: the
-    residual at the last token before the answer (:func:`decision_prompts`), base minus organism
+    residual at the last token before the answer (:func:`~lensteer.locate.probing.decision_prompts`), base minus organism
     (towards the honest model); thresholds from the same two classes. Other threat models: the study's
     own locating (response contrast) run on the organism at that layer.
     """

@@ -80,7 +80,7 @@ def test_the_bundled_inducers_cover_every_kind_and_every_threat_model():
     # the datasets' misaligning contexts are inducers; their aligned counterparts (for patching) are not
     honesty = bundled_inducers("honesty")
     assert honesty["lying_fewshot"].kind == "few_shot" and honesty["lying_system"].kind == "system"
-    assert "honest_system" not in honesty and "caring_system" not in bundled_inducers("compassion")
+    assert "honest_system" not in honesty and "honest_fewshot" not in honesty and "caring_system" not in bundled_inducers("compassion")
     context = load_dataset("honesty").context("lying_fewshot")
     assert honesty["lying_fewshot"].apply(PROMPT) == context.apply(PROMPT)
     with pytest.raises(ConfigError, match="no inducer 'nope' for refusal; available"):

@@ -70,13 +70,3 @@ def test_unknown_settings_and_methods_are_named():
         "roleplay", "organism:bad_advice"]  # the emergent-misalignment probe is measured everywhere
 
 
-def test_decision_prompts_end_where_the_true_and_false_answers_part():
-    data = lensteer.load_dataset("honesty").head(40)
-    prompts = robustness.decision_prompts(data)
-    for p, ex in zip(prompts, data, strict=True):
-        stem = p.response or ""
-        assert ex.aligned_response.startswith(stem) and ex.misaligned_response.startswith(stem)
-        rest_a, rest_m = ex.aligned_response[len(stem):].strip(), ex.misaligned_response[len(stem):].strip()
-        assert rest_a.split()[0] != rest_m.split()[0]  # the next word is the decision
-    assert robustness._stem("It is 206.", "It is 212.") == "It is"  # never a word cut in half
-    assert robustness._stem("Tokyo is the capital.", "Osaka is the capital.") is None  # the answer comes first
