@@ -31,7 +31,8 @@ test: env
 	$(PY) -m pytest -q --durations=10 tests/integration
 	LENSTEER_SMOKE=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/
 
-# Unit tests alone: tiny random models, never the embedded one (~1-2 min on 2 cores).
+# Unit tests alone: tiny random models, never the embedded one (a few minutes on 2 cores); the ones marked
+# `ray` start a local 2-worker Ray (~2 min of it); -m "not real_model and not ray" leaves them out.
 unit: env
 	$(PY) -m pytest -q tests/unit
 

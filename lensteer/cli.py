@@ -1,7 +1,8 @@
 """The ``lensteer`` command line.
 
 ``lensteer run`` runs the whole study on the embedded model (or ``--model``): locate -> choose the
-site -> calibrate -> steer -> evaluate -> figures (:func:`lensteer.study.runner.run_study`). The stages have
+site -> calibrate -> steer -> evaluate -> figures (:func:`lensteer.study.runner.run_study`; with ``--executor ray``
+on Ray workers, :mod:`lensteer.study.distributed`). The stages have
 their own subcommands: ``probe`` (layer-by-layer probing), ``locate`` (probing + activation
 patching + the recommended site, with figures), ``steer`` (unsteered vs steered text side by side),
 ``evaluate`` (one saved steering against the baseline), ``figures`` (from saved results) and ``organism``
@@ -91,14 +92,23 @@ def _study_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from lensteer.errors import ConfigError
     from lensteer.study.report import headline_table
-    from lensteer.study.runner import run_study
 
     start = time.perf_counter()
     config = _study_config(args)
-    model, _ = _load(args)
     out = Path(args.out)
-    result = run_study(model, config, out, progress=not args.quiet)
+    if args.executor == "ray":  # the workers load the model themselves
+        from lensteer.study.distributed import run_study_distributed
+
+        result = run_study_distributed(args.model, config, out, address=args.address, workers=args.workers,
+                                       threads=args.threads or None, progress=not args.quiet)
+    elif args.address is not None or args.workers is not None:
+        raise ConfigError("--address and --workers go with --executor ray; the serial executor runs in this process")
+    else:
+        from lensteer.study.runner import run_study
+
+        result = run_study(_load(args)[0], config, out, progress=not args.quiet)
     if not args.no_figures:
         from lensteer.plotting import save_study_figures
 
@@ -258,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
         "over multi-turn chats, over-refusal on harmless and borderline prompts, multiple-choice accuracy and "
         "paragraph cross-entropy, against the unsteered and prompting baselines and the random controls. "
         "Writes OUT/report.json, OUT/results.csv, OUT/steerings/ and OUT/figures/. "
-        "Re-running into the same OUT resumes an interrupted sweep.",
+        "Re-running into the same OUT resumes an interrupted sweep. "
+        "With --executor ray each threat model is a cell run by a Ray worker that loads the model once (one per GPU "
+        "where there are GPUs), locally or on a cluster (--address); finished cells are merged into OUT as they "
+        "arrive (OUT/cells/ keeps each), so the table is the serial one and a rerun recomputes no finished cell.",
     )
     _add_common(run, default_out="results")
     run.add_argument("--profile", choices=list(PROFILES), default=None,
@@ -277,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "compliance_fewshot, ...) and organisms (organism:dishonest, organism:dismissive, "
                           "organism:bad_advice; trained into ./organisms first if missing)")
     run.add_argument("--no-figures", action="store_true", help="skip the figures")
+    run.add_argument("--executor", choices=["serial", "ray"], default="serial",
+                     help="serial (default: in this process) or ray (threat models as cells on Ray workers; "
+                          "needs pip install 'lensteer[ray]'; --model must be loadable by every worker)")
+    run.add_argument("--address", default=None,
+                     help="with --executor ray: the Ray cluster to join (e.g. auto, or HEAD_IP:6379 from `ray start "
+                          "--head`; default: RAY_ADDRESS or a new local Ray)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="with --executor ray: workers to start, each loading the model once (default: one per GPU, "
+                          "else one per CPU; never more than the threat models to run); --threads is per worker")
     run.set_defaults(func=_cmd_run)
 
     probe = sub.add_parser(

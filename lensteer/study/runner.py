@@ -56,6 +56,9 @@ from lensteer.study.robustness import (
 )
 from lensteer.study.table import SweepTable
 
+FINISHED_FILE = "finished.json"  # threat models done, with the config they were done under
+EXAMPLES_FILE = "examples.json"
+TIMING_FILE = "timing.json"  # wall seconds summed over every (resumed) run into a folder
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class StudyResult:
@@ -123,6 +126,40 @@ def _config_key(config: StudyConfig) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k not in skip}))
 
 
+def read_json(path: Path, default: Any) -> Any:
+    """The JSON at ``path``, or ``default`` if there is no such file (a fresh folder)."""
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def kept_located(finished: dict[str, Any], threat_model: str, config: StudyConfig,
+                 robust: RobustnessTable) -> dict[str, Any] | None:
+    """What was located for ``threat_model`` if a run finished it under this config (and every robustness
+    setting of it is in ``robust``), so it is kept whole; ``None`` if it must (still) run."""
+    done = finished.get(threat_model)
+    if (done is None or done["config"] != _config_key(config)
+            or not all(robust.has(s, threat_model) for s in settings_for(threat_model, config.robustness))):
+        return None
+    located: dict[str, Any] = done["located"]
+    return located
+
+
+def mark_finished(folder: Path, finished: dict[str, Any], threat_model: str, config: StudyConfig,
+                  located: dict[str, Any]) -> None:
+    """Record ``threat_model`` as finished under this config in ``finished.json`` (a resume keeps it)."""
+    finished[threat_model] = {"config": _config_key(config), "located": located}
+    write_json(folder / FINISHED_FILE, finished)
+
+
+def write_report(folder: Path, rows: list[dict[str, Any]], robustness_rows: list[dict[str, Any]],
+                 config: StudyConfig, located: dict[str, Any], model: dict[str, Any], *, seconds: float) -> dict[str, Any]:
+    """Build the study's report from its rows (and robustness rows) and write ``report.json``."""
+    report = build_report(rows, config, located, model, seconds=seconds)
+    if robustness_rows:
+        report["robustness"] = robustness_report(robustness_rows)
+    write_json(folder / "report.json", report)
+    return report
+
+
 def _random_like(steering: Steering, seed: int) -> Steering:
     """A random unit direction with the same mode, positions, gate and starting scale (to be calibrated)."""
     unit = torch.randn(steering.d_model, generator=torch.Generator().manual_seed(seed))
@@ -145,23 +182,20 @@ def run_study(
     folder.mkdir(parents=True, exist_ok=True)
     table = SweepTable(folder)
     robust = RobustnessTable(folder)
-    examples_path = folder / "examples.json"
-    examples: dict[str, Any] = json.loads(examples_path.read_text()) if examples_path.exists() else {}
-    timing_path = folder / "timing.json"  # wall seconds summed over every (resumed) run into this folder
-    earlier_seconds = float(json.loads(timing_path.read_text())["seconds"]) if timing_path.exists() else 0.0
+    examples_path, timing_path = folder / EXAMPLES_FILE, folder / TIMING_FILE
+    examples: dict[str, Any] = read_json(examples_path, {})
+    earlier_seconds = float(read_json(timing_path, {"seconds": 0.0})["seconds"])
     started = time.time()
     log(f"building the KL calibration set ({config.n_kl} harmless training prompts) and the evaluation sets")
     sets = eval_sets(model, config)
     located_info: dict[str, Any] = {}
     bar = tqdm(total=len(config.threat_models), desc="study", disable=not progress, unit="threat model")
-    finished_path = folder / "finished.json"  # threat models done under this config: a resume skips them whole
-    finished: dict[str, Any] = json.loads(finished_path.read_text()) if finished_path.exists() else {}
+    finished: dict[str, Any] = read_json(folder / FINISHED_FILE, {})  # a resume skips these whole
     for tm in config.threat_models:
-        done = finished.get(tm)
-        if (done is not None and done["config"] == _config_key(config)
-                and all(robust.has(s, tm) for s in settings_for(tm, config.robustness))):
+        kept = kept_located(finished, tm, config, robust)
+        if kept is not None:
             log(f"[{tm}] finished in an earlier run with this config; kept")
-            located_info[tm] = done["located"]
+            located_info[tm] = kept
             bar.update(1)
             continue
         log(f"[{tm}] locating (probing {len(_candidate_layers(model, config)) if config.layer is None else 1} layers)")
@@ -229,15 +263,11 @@ def run_study(
                            "coefficient": steering.coefficient, "same_as": original})
         if config.robustness:
             _robustness(model, tm, loc.layer, conditions, table, robust, config, sets, log)
-        finished[tm] = {"config": _config_key(config), "located": located_info[tm]}
-        write_json(finished_path, finished)
+        mark_finished(folder, finished, tm, config, located_info[tm])
         write_json(timing_path, {"seconds": earlier_seconds + time.time() - started,
                                  "threads": torch.get_num_threads()})
         bar.update(1)
     bar.close()
-    report = build_report(table.rows, config, located_info, model_fingerprint(model).to_dict(),
+    report = write_report(folder, table.rows, robust.rows, config, located_info, model_fingerprint(model).to_dict(),
                           seconds=earlier_seconds + time.time() - started)
-    if robust.rows:
-        report["robustness"] = robustness_report(robust.rows)
-    write_json(folder / "report.json", report)
     return StudyResult(folder=folder, report=report, table=table.to_frame())
