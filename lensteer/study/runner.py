@@ -10,11 +10,11 @@ For each threat model (refusal, compassion, honesty) the study
    misaligning context (selective methods are also kept uncalibrated, at scale 1: the paper's
    regime, rows ``StTP:paper`` ...), and a random direction per seed, to each KL budget on the same
    *training* prompts (matched coherence cost; saved, so a rerun reloads them);
-4. **evaluates** all conditions together on the test prompts: the unsteered and prompting
-   baselines, each method, each random control (:mod:`lensteer.study.evaluation`).
+4. **evaluates** the conditions together, in blocks of :data:`CONDITIONS_PER_BLOCK`, on the test prompts:
+   the unsteered and prompting baselines, each method, each random control (:mod:`lensteer.study.evaluation`).
 
 Results go into one tidy table (one row per threat model x condition x KL budget x layer), written
-as soon as a threat model's conditions are evaluated, so an interrupted sweep resumes with what is done.
+as soon as a block of a threat model's conditions is evaluated, so an interrupted sweep resumes with what is done.
 """
 
 import json
@@ -102,6 +102,12 @@ def _robustness(model: Any, tm: str, layer: int, conditions: list[Condition], ta
         else:
             rows = inducer_rows(model, tm, setting, steerings, heldout, config)
         robust.add(rows)
+
+
+# Conditions evaluated (decoded jointly) per block; each block's rows are written before the next starts,
+# so an interrupted paper run (hours per threat model on a CPU) loses at most one block. Four conditions
+# still fill a batch of 64 with any test split, and the numbers do not depend on the grouping (tested).
+CONDITIONS_PER_BLOCK = 4
 
 
 # At matched KL these are the same edit as their original: StMP-push at scale 2a moves a token by
@@ -244,11 +250,14 @@ def run_study(
                                             seed=seed))
         pending = [c for c in conditions if not table.has(tm, c.key, c.kl_budget, c.layer)]
         if pending:
-            log(f"[{tm}] evaluating {len(pending)} conditions together ({', '.join(c.key for c in pending)})")
+            log(f"[{tm}] evaluating {len(pending)} conditions ({', '.join(c.key for c in pending)}), "
+                f"{CONDITIONS_PER_BLOCK} at a time")
+        for start in range(0, len(pending), CONDITIONS_PER_BLOCK):  # each block's rows are on disk before the next
+            block = pending[start:start + CONDITIONS_PER_BLOCK]
             earlier = (table.get(tm, "baseline", None, loc.layer) if table.has(tm, "baseline", None, loc.layer)
                        else None)
-            rows, ex = evaluate_conditions(model, tm, pending, config, sets, baseline=earlier, log=log)
-            for cond, row in zip(pending, rows, strict=True):
+            rows, ex = evaluate_conditions(model, tm, block, config, sets, baseline=earlier, log=log)
+            for cond, row in zip(block, rows, strict=True):
                 s = cond.steering
                 table.add({"threat_model": tm, "method": cond.key, "kl_budget": cond.kl_budget, "layer": cond.layer,
                            **({"scale": s.scale, "coefficient": s.coefficient,

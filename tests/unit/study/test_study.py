@@ -119,11 +119,12 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
                       n_harmless=2, n_borderline=2, n_kl=2, n_conversations=1, n_turns=2, n_mc=2, n_paragraphs=2,
                       max_new_tokens=3, candidate_layers=(0, 1), random_seeds=(0, 1), batch_size=4, regimes=True)
     real = evaluation.evaluate_conditions
-    calls = []
+    calls, interrupted = [], []
 
     def flaky(model, tm, conditions, config, sets, **kw):
         calls.append((tm, [c.key for c in conditions]))
-        if tm == "honesty" and len(calls) == 2:
+        if tm == "honesty" and not interrupted:
+            interrupted.append(tm)
             raise KeyboardInterrupt  # interrupted after refusal's conditions were written
         return real(model, tm, conditions, config, sets, **kw)
 
@@ -138,7 +139,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
                                                  "random:1"]
     calls.clear()
     result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
-    assert [tm for tm, _ in calls] == ["honesty"]  # refusal's finished conditions were not recomputed
+    assert {tm for tm, _ in calls} == {"honesty"}  # refusal's finished conditions were not recomputed
     assert result.report["seconds"] > round(first_seconds, 1)  # wall time summed over both runs
     entry = result.report["threat_models"]["refusal"]
     assert set(entry["methods"]) == {"SwFC", "StTP"} and entry["controls"]["random"]["seeds"] == [0, 1]
@@ -181,6 +182,37 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     assert diff(json.loads(json.dumps(result.report["threat_models"])), on_disk) == []
     with pytest.raises(AssertionError, match="located again"):  # another config is another study
         study.run_study(tiny_llama_bridge, replace(cfg, n_eval=3), tmp_path, progress=False, log=lambda s: None)
+
+
+def test_conditions_are_evaluated_in_blocks_each_kept_on_disk_and_the_grouping_changes_no_number(
+        tiny_llama_bridge, tmp_path, monkeypatch):
+    cfg = StudyConfig(threat_models=("refusal",), methods=("SwFC",), n_train=6, n_eval=3, n_harmless=2,
+                      n_borderline=2, n_kl=2, n_conversations=1, n_turns=2, n_mc=2, n_paragraphs=2, max_new_tokens=3,
+                      layer=1, random_seeds=(0, 1), batch_size=4)
+    whole = study.run_study(tiny_llama_bridge, cfg, tmp_path / "whole", progress=False, log=lambda s: None)
+    real, calls, interrupt = evaluation.evaluate_conditions, [], [True]
+
+    def counted(model, tm, conditions, config, sets, **kw):
+        calls.append([c.key for c in conditions])
+        if len(calls) == 2 and interrupt[0]:
+            raise KeyboardInterrupt  # after the first block was written
+        return real(model, tm, conditions, config, sets, **kw)
+
+    monkeypatch.setattr(study, "CONDITIONS_PER_BLOCK", 2)
+    monkeypatch.setattr(study, "evaluate_conditions", counted)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(tiny_llama_bridge, cfg, tmp_path / "blocks", progress=False, log=lambda s: None)
+    kept = json.loads((tmp_path / "blocks" / "results.json").read_text())["rows"]
+    assert calls == [["baseline", "prompting"], ["SwFC", "random:0"]]
+    assert sorted(r["method"] for r in kept) == ["baseline", "prompting"]  # the finished block is on disk
+    calls.clear()
+    interrupt[0] = False
+    resumed = study.run_study(tiny_llama_bridge, cfg, tmp_path / "blocks", progress=False, log=lambda s: None)
+    assert calls == [["SwFC", "random:0"], ["random:1"]]  # only what was missing, two at a time
+    drop = {"seconds"}
+    one = {r["method"]: {k: v for k, v in r.items() if k not in drop} for r in whole.table.to_dict("records")}
+    two = {r["method"]: {k: v for k, v in r.items() if k not in drop} for r in resumed.table.to_dict("records")}
+    assert json.dumps(one, sort_keys=True, default=str) == json.dumps(two, sort_keys=True, default=str)
 
 
 def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, tmp_path):
