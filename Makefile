@@ -59,3 +59,23 @@ bench: env
 
 clean:
 	rm -rf $(VENV) results
+
+# The peers' own environment (.venv-peers): steering-vectors wants transformers < 5, repeng numpy < 2,
+# lensteer transformers 5 and numpy 2. torch first, the CPU wheel on disk, as for .venv.
+PEERS_VENV  := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+$(PEERS_STAMP): benchmarks/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(PEERS_VENV)/bin/python -m pip install -q -r benchmarks/peers/requirements.txt
+	touch $(PEERS_STAMP)
+
+.PHONY: bench-peers
+
+# lensteer side by side with steering-vectors, repeng, nnsight, TransformerLens and raw HF generate on
+# the embedded model (benchmarks/RESULTS.md, figures/bench_peers.png); ~22 min on 2 cores, 1 torch thread.
+# Our env names the cached safetensors folder (converting the GGUF on first use); the peers load the same one.
+bench-peers: env $(PEERS_STAMP)
+	$(PY) benchmarks/peers/bench_peers.py --threads 1 --folder "$$($(PY) -c 'from lensteer.core.models import embedded_gguf_path, gguf_to_folder; print(gguf_to_folder(embedded_gguf_path()))')"
