@@ -6,6 +6,7 @@ Llama saved as a model folder, as a user's workers load a model, and run their c
 """
 
 import json
+import os
 import sys
 from dataclasses import replace
 
@@ -22,14 +23,24 @@ CFG = StudyConfig(threat_models=("refusal", "compassion", "honesty"), methods=("
                   n_harmless=2, n_borderline=2, n_kl=2, n_conversations=1, n_turns=2, n_mc=2, n_paragraphs=2,
                   max_new_tokens=3, candidate_layers=(0, 1), random_seeds=(0,), batch_size=4)
 QUIET = {"progress": False, "log": lambda s: None}
+NICENESS = "RAY_worker_niceness"  # Ray's config variable (RayConfig worker_niceness, default 15)
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray = pytest.importorskip("ray", reason="Ray is the optional extra lensteer[ray] (in the dev extra)")
+    import ray  # the optional extra lensteer[ray]; the dev extra installs it, so make test never skips this
+
+    # Ray starts its workers at niceness 15: on a busy CI machine they would wait behind every other process
+    # (a run here took 15+ min beside a study); at 0 they compete as the test process does.
+    before = os.environ.get(NICENESS)
+    os.environ[NICENESS] = "0"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 1024**2)
     yield ray
     ray.shutdown()
+    if before is None:
+        os.environ.pop(NICENESS)
+    else:
+        os.environ[NICENESS] = before
 
 
 @pytest.fixture(scope="module")
