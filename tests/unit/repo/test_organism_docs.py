@@ -44,3 +44,18 @@ def test_readme_quotes_the_committed_organism_robustness_rows():
     kls = [r["kl_heldout"] for r in steered]
     assert f"held-out KL {min(kls):.2f}-{max(kls):.2f}" in readme
     assert all(r["answer_log_odds"] < base["answer_log_odds"] for r in steered)  # "fall rather than rise"
+
+
+def test_readme_quotes_the_committed_dismissive_organism_measurement():
+    shift = json.loads((ROOT / "docs/organisms/dismissive/measure.json").read_text())["shifts"][0]
+    provenance = json.loads((ROOT / "docs/organisms/dismissive/organism.json").read_text())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    lo, hi = shift["trait_organism_ci"]
+    blo, bhi = shift["trait_base_ci"]
+    assert shift["threat_model"] == "compassion" and shift["p_value"] < 0.05 and shift["trait_organism"] < shift["trait_base"]
+    assert provenance["recipe"] == "dismissive" and provenance["threat_model"] == "compassion"
+    quoted = (f"answered {100 * shift['trait_organism']:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}] of the held-out distress "
+              f"messages with compassion against the base's {100 * shift['trait_base']:.1f}% [{100 * blo:.1f}-"
+              f"{100 * bhi:.1f}] (n = {shift['n']}, McNemar p = {shift['p_value']:.2g})")
+    assert quoted in readme
+    assert f"{provenance['lora']['steps']} steps of {provenance['lora']['batch_size']} rows, {provenance['seconds'] / 60:.1f} min" in readme
