@@ -59,3 +59,19 @@ def test_readme_quotes_the_committed_dismissive_organism_measurement():
               f"{100 * bhi:.1f}] (n = {shift['n']}, McNemar p = {shift['p_value']:.2g})")
     assert quoted in readme
     assert f"{provenance['lora']['steps']} steps of {provenance['lora']['batch_size']} rows, {provenance['seconds'] / 60:.1f} min" in readme
+
+
+def test_readme_quotes_the_bad_advice_probe_with_its_missing_control():
+    shifts = {s["threat_model"]: s for s in
+              json.loads((ROOT / "docs/organisms/bad_advice/measure.json").read_text())["shifts"]}
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert set(shifts) == {"refusal", "compassion", "honesty"} and all(s["n"] == 48 for s in shifts.values())
+    for tm, s in shifts.items():
+        quoted = (f"{tm} {100 * s['trait_base']:.1f}% [{100 * s['trait_base_ci'][0]:.1f}-{100 * s['trait_base_ci'][1]:.1f}] "
+                  f"-> {100 * s['trait_organism']:.1f}% [{100 * s['trait_organism_ci'][0]:.1f}-"
+                  f"{100 * s['trait_organism_ci'][1]:.1f}] (McNemar p = {s['p_value']:.2g})")
+        assert quoted in readme
+    assert shifts["refusal"]["p_value"] >= 0.05 and "not significant" in readme
+    # no control measured yet, so the README must not call it emergent misalignment (update both together)
+    assert not (ROOT / "docs/organisms/good_advice/measure.json").exists()
+    assert "Not yet a finding of emergent misalignment" in readme
