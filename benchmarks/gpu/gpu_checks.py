@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             checks.append(batched_equals_single(model, name))
             checks.append(cached_equals_uncached(model, name, n_new))
             checks.append(strength0_equals_unsteered(model, n_new))
-            patch, ours, theirs = patching_vs_transformerlens(model, name, [0, n // 2, n - 1])
+            patch, ours, theirs = patching_vs_transformerlens(model, name, sorted({0, n // 2, n - 1}))
             checks.append(patch)
             if cuda and name == "float32":
                 checks.append(device_map_split(folder, model))
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["bench"][name] = {"generation": bench_generation(model, folder, args.device, DTYPES[name], sizes,
                                                                         16 if args.quick else 64, rounds)}
                 t_ours = _timed(ours, cuda)
-                t_tl = _timed(theirs, cuda) * n / 3  # TL timed on 3 layers; the full sweep extrapolated
+                t_tl = _timed(theirs, cuda) * n / len({0, n // 2, n - 1})  # TL timed on those layers; the full sweep extrapolated
                 report["bench"][name]["patching"] = {"lensteer_full_s": t_ours, "transformerlens_full_s_extrapolated": t_tl,
                                                      "speedup": t_tl / t_ours}
         del model
