@@ -8,9 +8,11 @@ Llama saved as a model folder, as a user's workers load a model, and run their c
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
+import torch
 
 from lensteer.cli import main
 from lensteer.core.models import load_model
@@ -57,8 +59,19 @@ def model_folder(tmp_path_factory, tiny_tokenizer):
 def serial(model_folder, tmp_path_factory):
     """The serial run the Ray runs must equal (rows, report), in this process."""
     out = tmp_path_factory.mktemp("serial")
-    result = run_study(load_model(model_folder), CFG, out, **QUIET)
+    with _torch_threads(1):  # as the workers run; a sum over 2 threads rounds differently (1e-7, seen in CI)
+        result = run_study(load_model(model_folder), CFG, out, **QUIET)
     return _read(out), json.loads(json.dumps(result.report))
+
+
+@contextmanager
+def _torch_threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _read(out):
@@ -175,7 +188,8 @@ def test_cli_ray_smoke_run_equals_the_serial_smoke_run(local_ray, model_folder, 
     three cells on two workers, a killed one, a failed cell and the reruns."""
     args = ["run", "--model", model_folder, "--smoke", "--quiet", "--no-figures", "--dataset", "refusal",
             "--dataset", "honesty", "--method", "SwFC"]
-    assert main([*args, "--out", str(tmp_path / "serial")]) == 0
+    with _torch_threads(torch.get_num_threads()):  # the CLI sets the process's threads; put them back after
+        assert main([*args, "--out", str(tmp_path / "serial"), "--threads", "1"]) == 0  # as the worker runs
     assert main([*args, "--out", str(tmp_path / "ray"), "--executor", "ray", "--workers", "1", "--threads", "1"]) == 0
     serial, ray = _read(tmp_path / "serial"), _read(tmp_path / "ray")
     assert _row_diffs(ray["results.json"]["rows"], serial["results.json"]["rows"]) == []
