@@ -60,6 +60,26 @@ def make_tiny_llama_bridge(tokenizer, seed: int = 0):
     return TransformerBridge.boot_transformers("tiny-llama", hf_model=hf, tokenizer=tokenizer, device="cpu").eval()
 
 
+def make_tiny_family_bridge(tokenizer, family: str, seed: int = 0):
+    """A 2-layer random model of another Hugging Face family (``"qwen2"``: QKV biases; ``"gemma"``: scaled
+    embeddings, (1 + w) RMSNorm; ``"gpt2"``: LayerNorm, learned positions, fused QKV) through TL's adapter."""
+    import transformers as tf
+    from transformer_lens import TransformerBridge
+
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)}
+    if family == "gpt2":
+        config, cls = tf.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=256, **special), tf.GPT2LMHeadModel
+    else:
+        config_cls, cls = {"qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM), "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM)}[family]
+        config = config_cls(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                            num_key_value_heads=2, head_dim=8, max_position_embeddings=256, **special)
+    with torch.random.fork_rng():
+        torch.random.default_generator.manual_seed(seed)
+        hf = cls(config).eval()
+    return TransformerBridge.boot_transformers(f"tiny-{family}", hf_model=hf, tokenizer=tokenizer, device="cpu").eval()
+
+
 def random_unit(d_model: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(d_model, generator=g)

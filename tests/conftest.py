@@ -12,6 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
+from lensteer.core.plain import _VIEWS, foreign_hooks
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 MODEL_FIXTURES = ("tiny_bridge", "tiny_llama_bridge", "embedded_model")
@@ -52,3 +54,5 @@ def _no_leaked_hooks(request):
         if name in request.fixturenames:
             model = request.getfixturevalue(name)
             assert model.list_hooks() == {}, f"test leaked hooks on {name}: {model.list_hooks()}"
+            view = _VIEWS.get(model)  # the plain Hugging Face view generation decodes through
+            assert view is None or foreign_hooks(view.module) == [], f"test leaked hooks on {name}'s plain view"

@@ -49,6 +49,13 @@ def layer_of(name: str) -> int:
     return int(name.split(".")[1])
 
 
+def site_of(name: str) -> str:
+    """The site kind of a ``blocks.{layer}.hook_{kind}`` name (``"resid_pre"``, ...; e.g. ``"attn.hook_z"``
+    for other names below a block)."""
+    rest = name.split(".", 2)[2]
+    return rest.removeprefix("hook_")
+
+
 def validate_site_kind(kind: str) -> str:
     """Return ``kind`` if it is a supported site, else raise :class:`HookSiteError`."""
     if kind not in SITE_KINDS:

@@ -29,6 +29,7 @@ from lensteer.core.chat import (
 )
 from lensteer.core.forward import last_position_logits
 from lensteer.core.models import ensure_kv_cache_fix
+from lensteer.core.plain import plain_view
 from lensteer.errors import ConfigError, DataError
 from lensteer.steering.assignment import (
     as_steerings,
@@ -38,7 +39,7 @@ from lensteer.steering.assignment import (
     projection_owner,
 )
 from lensteer.steering.gates import gate_rows
-from lensteer.steering.hooks import SteeringContext, StepRecord, steer
+from lensteer.steering.hooks import SteeringContext, StepRecord, plain_steerable, steer, steer_plain
 from lensteer.steering.prefix import prefill_shared_prefix, shared_prefix
 from lensteer.steering.sampling import check_sampling, sample_token
 from lensteer.steering.spec import Steering
@@ -234,11 +235,14 @@ def _decode_batch(
     eos_t = torch.tensor(sorted(eos), dtype=torch.long) if eos else torch.empty(0, dtype=torch.long)
     prefix = shared_prefix(seq, attn, steerings, ctx) if use_kv_cache and batch > 1 else 0
     prefix_fired = torch.zeros(batch, 0, dtype=torch.bool)
-    with (torch.inference_mode(), warnings.catch_warnings(),
-          steer(model, *steerings, context=ctx) if steerings else nullcontext()):
+    view = plain_view(model) if use_kv_cache and plain_steerable(model, steerings) else None  # before any hook
+    forward = view.forward if view is not None else _bridge_forward(model)
+    hooks = (nullcontext() if not steerings else steer_plain(model, view, *steerings, context=ctx) if view is not None
+             else steer(model, *steerings, context=ctx))
+    with torch.inference_mode(), warnings.catch_warnings(), hooks:
         # transformers 5.24 renames past_key_values to cache; the bridge still passes the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
-        shared = prefill_shared_prefix(model, seq, attn, prefix, ctx) if prefix else None
+        shared = prefill_shared_prefix(forward, seq, attn, prefix, ctx) if prefix else None
         if shared is not None:
             seq, attn, cache, prefix_fired = shared
         else:
@@ -250,9 +254,7 @@ def _decode_batch(
                 inp = seq[:, start:]
                 ctx.offset = start
                 # the prefill unembeds its last column only (as HF generate does): ~20% of its compute
-                with last_position_logits(model) if inp.shape[1] > 1 else nullcontext():
-                    logits, cache = model(inp, attention_mask=attn, past_key_values=cache,
-                                          return_type="logits_and_cache", use_cache=True)
+                logits, cache = forward(inp, attn, cache, last_only=inp.shape[1] > 1)
             else:
                 ctx.offset = 0
                 logits = model(seq, attention_mask=attn, return_type="logits")
@@ -286,6 +288,17 @@ def _decode_batch(
         rows_shift.append(shift_all[b, :stop])
         rows_proj.append(proj_all[b, :stop])
     return rows_tok, rows_fired, rows_shift, rows_proj, prompt_share
+
+
+def _bridge_forward(model: Any) -> Any:
+    """The bridge's cached forward with :class:`~lensteer.core.plain.PlainView.forward`'s signature."""
+
+    def forward(tokens: torch.Tensor, attention_mask: torch.Tensor, cache: Any, *, last_only: bool) -> tuple[Any, Any]:
+        with last_position_logits(model) if last_only else nullcontext():
+            return model(tokens, attention_mask=attention_mask, past_key_values=cache, return_type="logits_and_cache",
+                         use_cache=True)
+
+    return forward
 
 
 def _last_column_stats(records: Sequence[StepRecord], which: Int[torch.Tensor, " batch"]

@@ -6,7 +6,7 @@ on its own; the hooks only compute the position mask and call it.
 """
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -15,7 +15,8 @@ import torch
 from jaxtyping import Bool, Float
 
 from lensteer._types import Resid
-from lensteer.core.sites import layer_of
+from lensteer.core.plain import PLAIN_SITES, PlainView
+from lensteer.core.sites import layer_of, site_of
 from lensteer.errors import ConfigError
 from lensteer.steering.positions import position_mask
 from lensteer.steering.spec import Steering
@@ -177,6 +178,56 @@ def _make_hook(steering: Steering, index: int, layer: int, ctx: SteeringContext,
     return hook
 
 
+def steering_hooks(model: Any, steerings: Sequence[Steering], ctx: SteeringContext) -> list[tuple[str, Any]]:
+    """``(hook name, hook function)`` for every site of every steering, in the steerings' order; each
+    function takes and returns the residual (TransformerLens' signature) and records into ``ctx``."""
+    return [(name, _make_hook(s, i, layer_of(name), ctx, s.norm_limit(j)))
+            for i, s in enumerate(steerings) for j, name in enumerate(s.hook_names(model))]
+
+
+def plain_steerable(model: Any, steerings: Sequence[Steering]) -> bool:
+    """Whether every site of every steering is a decoder layer's input or output (hookable on the plain view)."""
+    return all(site_of(name) in PLAIN_SITES for s in steerings for name in s.hook_names(model))
+
+
+@contextmanager
+def steer_plain(model: Any, view: PlainView, *steerings: Steering, context: SteeringContext) -> Iterator[SteeringContext]:
+    """:func:`steer` on the model's :class:`~lensteer.core.plain.PlainView`: the same hook functions as
+    PyTorch hooks on the decoder layers (``resid_pre``: a pre-hook on the layer's input; ``resid_post``:
+    a hook on its output), so they run in the order the bridge's hook points would. Removed on exit,
+    error or not. Callers check :func:`plain_steerable` first."""
+    handles = []
+    try:
+        for name, fn in steering_hooks(model, steerings, context):
+            layer = view.layers[layer_of(name)]
+            if site_of(name) == "resid_pre":
+                handles.append(layer.register_forward_pre_hook(_on_input(fn), with_kwargs=True))
+            else:
+                handles.append(layer.register_forward_hook(_on_output(fn)))
+        yield context
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _on_input(fn: Any) -> Any:
+    def pre_hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:  # noqa: ARG001
+        if args:
+            return (fn(args[0], None), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"], None)}
+
+    return pre_hook
+
+
+def _on_output(fn: Any) -> Any:
+    def hook(module: Any, args: Any, output: Any) -> Any:  # noqa: ARG001
+        if isinstance(output, torch.Tensor):
+            return fn(output, None)
+        return (fn(output[0], None), *output[1:])  # older transformers: (hidden_states, ...)
+
+    return hook
+
+
 @contextmanager
 def steer(model: Any, *steerings: Steering, context: SteeringContext | None = None) -> Iterator[SteeringContext]:
     """Apply steerings to ``model`` for the body of a ``with`` block; yields the :class:`SteeringContext`.
@@ -200,10 +251,7 @@ def steer(model: Any, *steerings: Steering, context: SteeringContext | None = No
         if not isinstance(s, Steering):
             raise ConfigError(f"steer() takes Steering values, got {type(s).__name__}")
     ctx = context if context is not None else SteeringContext()
-    hooks = []
-    for i, s in enumerate(steerings):
-        for j, name in enumerate(s.hook_names(model)):
-            hooks.append((name, _make_hook(s, i, layer_of(name), ctx, s.norm_limit(j))))
+    hooks = steering_hooks(model, steerings, ctx)
 
     def read_mask(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:  # noqa: ARG001
         ctx.seen_mask = kwargs.get("attention_mask")

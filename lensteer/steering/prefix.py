@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from lensteer.core.forward import last_position_logits
 from lensteer.steering.hooks import SteeringContext
 from lensteer.steering.positions import position_mask
 from lensteer.steering.spec import Steering
@@ -47,7 +46,7 @@ def shared_prefix(tokens: torch.Tensor, attn: torch.Tensor, steerings: Sequence[
     return prefix
 
 
-def prefill_shared_prefix(model: Any, tokens: torch.Tensor, attn: torch.Tensor, prefix: int,
+def prefill_shared_prefix(forward: Any, tokens: torch.Tensor, attn: torch.Tensor, prefix: int,
                            ctx: SteeringContext) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor] | None:
     """Run the shared prefix once (batch 1) and lay the batch out as ``[prefix][pads][rest]``.
 
@@ -55,7 +54,8 @@ def prefill_shared_prefix(model: Any, tokens: torch.Tensor, attn: torch.Tensor, 
     from the attention mask, the layout gives the same logits as left padding, while the prefix's
     keys and values are computed once and copied to every row. Returns the re-laid tokens and
     mask, the KV cache holding the prefix, and which prefix tokens each row's steerings changed;
-    ``None`` if the model's cache cannot be shared across rows.
+    ``None`` if the model's cache cannot be shared across rows. ``forward`` is the decoder's cached
+    forward (:meth:`lensteer.core.plain.PlainView.forward`'s signature), under the decoder's hooks.
     """
     batch, width = tokens.shape
     pads = (width - attn.sum(1)).tolist()
@@ -71,9 +71,7 @@ def prefill_shared_prefix(model: Any, tokens: torch.Tensor, attn: torch.Tensor, 
     ctx.prompt_lens, ctx.pads, ctx.offset, ctx.prefix = ctx.prompt_lens[:1], torch.zeros(1, dtype=torch.long), 0, 0
     ctx.rows = None if ctx.rows is None else ctx.rows[..., :1]
     try:
-        with last_position_logits(model):
-            _, cache = model(seq[:1, :prefix], attention_mask=mask[:1, :prefix], return_type="logits_and_cache",
-                             use_cache=True)
+        _, cache = forward(seq[:1, :prefix], mask[:1, :prefix], None, last_only=True)
         fired = torch.zeros(1, prefix, dtype=torch.bool)
         for record in ctx.records:
             fired |= record.fired
