@@ -182,7 +182,7 @@ def _cmd_organism(args: argparse.Namespace) -> int:
 
     import lensteer
     from lensteer.organisms import get_recipe, load_organism, train_organism
-    from lensteer.study.organisms import measure_organism
+    from lensteer.study.organisms import compare_organisms, measure_organism
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -191,6 +191,7 @@ def _cmd_organism(args: argparse.Namespace) -> int:
     if args.smoke:
         lora = replace(lora, steps=3, batch_size=2)
     out = Path(args.out or f"organisms/{recipe.name}")
+    other = _read_measure(args.compare_with) if args.compare_with else None  # checked before hours of training
     print(f"organism {recipe.name}: {recipe.description}; LoRA rank {lora.rank}, {lora.steps} steps of "
           f"{lora.batch_size} rows, lr {lora.learning_rate:g}")
     done = train_organism(recipe, out, base=args.model, lora=lora, progress=not args.quiet, log=print)
@@ -212,9 +213,36 @@ def _cmd_organism(args: argparse.Namespace) -> int:
         if s.categories is not None:
             line += f"; verdicts {s.categories[0]} -> {s.categories[1]}"
         print(line)
-    write_json(out / "measure.json", {"organism": str(out), "shifts": [s.to_dict() for s in shifts]})
+    measured = {"organism": str(out), "shifts": [s.to_dict() for s in shifts]}
+    write_json(out / "measure.json", measured)
     print(f"wrote {out / 'measure.json'}")
+    if other is not None:
+        names = (recipe.name, Path(args.compare_with).name)
+        rows = compare_organisms(measured, other, names)
+        for c in rows:
+            (lo0, hi0), (lo1, hi1) = c.trait_ci
+            print(f"[{c.threat_model}] n={c.n}: {names[0]} {c.trait[0]:.1%} [{lo0:.1%}, {hi0:.1%}] vs {names[1]} "
+                  f"{c.trait[1]:.1%} [{lo1:.1%}, {hi1:.1%}] (paired McNemar p={c.p_value:.2g})")
+        write_json(out / "compare.json", {"names": list(names), "rows": [c.to_dict() for c in rows]})
+        print(f"wrote {out / 'compare.json'}")
     return 0
+
+
+def _read_measure(folder: str) -> dict[str, Any]:
+    """Another organism's ``measure.json``, with the per-prompt flags a paired comparison needs."""
+    import json
+
+    from lensteer.errors import ConfigError
+
+    path = Path(folder) / "measure.json"
+    if not path.is_file():
+        raise ConfigError(f"--compare-with {folder!r}: no measure.json there (measure that organism first)")
+    measured = json.loads(path.read_text())
+    lacking = [s["threat_model"] for s in measured.get("shifts", []) if not s.get("flags_organism")]
+    if lacking or not measured.get("shifts"):
+        raise ConfigError(f"--compare-with {folder!r}: its measure.json has no per-prompt flags for "
+                          f"{lacking or 'any threat model'} (written by an older lensteer); measure it again")
+    return measured
 
 
 def _cmd_locate(args: argparse.Namespace) -> int:
@@ -378,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     organism.add_argument("--smoke", action="store_true", help="3 steps of 2 rows, for a quick check")
     organism.add_argument("--measure", type=int, default=48, help="test prompts per threat model (0: skip)")
     organism.add_argument("--max-new-tokens", type=int, default=48)
+    organism.add_argument("--compare-with", default=None, metavar="FOLDER",
+                          help="another organism's folder (its measure.json): compare the two paired, per threat "
+                          "model (e.g. good_advice --compare-with organisms/bad_advice); writes compare.json")
     organism.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     organism.add_argument("--quiet", action="store_true", help="no progress bars")
     organism.set_defaults(func=_cmd_organism)

@@ -21,7 +21,7 @@ import torch
 
 from lensteer.core.datasets import THREAT_MODELS, load_dataset
 from lensteer.core.stats import bootstrap_mean_ci, mcnemar_exact, wilson_interval
-from lensteer.errors import ConfigError
+from lensteer.errors import ConfigError, DataError
 from lensteer.evaluate.steerability import decision_log_odds, preference_margin
 from lensteer.steering.generation import generate
 from lensteer.study.evaluation import honesty_categories, trait_flags
@@ -51,6 +51,9 @@ class OrganismShift:
         categories: Honesty only: verdict category counts (honest, corrected, lie, no_answer, unreadable)
             of the base's and the organism's answers.
         examples: A few (prompt, base answer, organism answer) triples.
+        ids: The test prompts' ids; flags_base, flags_organism: each answer's trait flag, in ``ids``' order
+            (so that two organisms measured on the same prompts can be compared paired:
+            :func:`compare_organisms`).
     """
 
     threat_model: str
@@ -64,6 +67,9 @@ class OrganismShift:
     decision: Shift | None
     categories: tuple[dict[str, int], dict[str, int]] | None = None
     examples: tuple[tuple[str, str, str], ...] = ()
+    ids: tuple[str, ...] = ()
+    flags_base: tuple[bool, ...] = ()
+    flags_organism: tuple[bool, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"threat_model": self.threat_model, "n": self.n, "trait_base": self.trait_base,
@@ -71,7 +77,56 @@ class OrganismShift:
                 "trait_organism_ci": list(self.trait_organism_ci), "p_value": self.p_value,
                 "margin": self.margin.to_dict(), "decision": self.decision.to_dict() if self.decision else None,
                 "categories": list(self.categories) if self.categories else None,
-                "examples": [list(e) for e in self.examples]}
+                "examples": [list(e) for e in self.examples], "ids": list(self.ids),
+                "flags_base": list(self.flags_base), "flags_organism": list(self.flags_organism)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrganismComparison:
+    """Two organisms of the same base on the same test prompts of one threat model (e.g. a narrow
+    bad-advice fine-tune against its good-advice control): trait rates with Wilson intervals and the
+    exact McNemar test of the paired flags."""
+
+    threat_model: str
+    n: int
+    names: tuple[str, str]
+    trait: tuple[float, float]
+    trait_ci: tuple[tuple[float, float], tuple[float, float]]
+    p_value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threat_model": self.threat_model, "n": self.n, "names": list(self.names), "trait": list(self.trait),
+                "trait_ci": [list(c) for c in self.trait_ci], "p_value": self.p_value}
+
+
+def compare_organisms(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("first", "second"),
+                      ) -> list[OrganismComparison]:
+    """Paired comparison of two ``measure.json`` contents (``lensteer organism``'s output) per threat model
+    both measured.
+
+    Raises:
+        DataError: A measurement without per-prompt flags (written before they were kept), or the two
+            measured different prompts, or no threat model in common.
+    """
+    out = []
+    shifts = [{s["threat_model"]: s for s in m["shifts"]} for m in (first, second)]
+    common = [tm for tm in shifts[0] if tm in shifts[1]]
+    if not common:
+        raise DataError(f"no threat model measured in both: {sorted(shifts[0])} vs {sorted(shifts[1])}")
+    for tm in common:
+        a, b = shifts[0][tm], shifts[1][tm]
+        for name, s in zip(names, (a, b), strict=True):
+            if not s.get("flags_organism"):
+                raise DataError(f"{name}'s {tm} measurement has no per-prompt flags; measure it again "
+                                "(lensteer organism ... --measure N) to compare paired")
+        if a["ids"] != b["ids"]:
+            raise DataError(f"{tm}: the two measurements used different test prompts; measure both with the same --measure")
+        fa, fb = [bool(x) for x in a["flags_organism"]], [bool(x) for x in b["flags_organism"]]
+        k = len(fa)
+        out.append(OrganismComparison(
+            threat_model=tm, n=k, names=names, trait=(sum(fa) / k, sum(fb) / k),
+            trait_ci=(wilson_interval(sum(fa), k), wilson_interval(sum(fb), k)), p_value=mcnemar_exact(fa, fb).p_value))
+    return out
 
 
 def _shift(base: torch.Tensor, organism: torch.Tensor, seed: int) -> Shift:
@@ -109,5 +164,7 @@ def measure_organism(base: Any, organism: Any, threat_models: Sequence[str] | No
             trait_organism_ci=cis[1], p_value=test.p_value, margin=_shift(margins[0], margins[1], seed),
             decision=_shift(decisions[0], decisions[1], seed) if decisions else None,
             categories=(honesty_categories(texts[0], data), honesty_categories(texts[1], data)) if tm == "honesty" else None,
-            examples=tuple((p.user, a, b) for p, a, b in list(zip(prompts, texts[0], texts[1], strict=True))[:4])))
+            examples=tuple((p.user, a, b) for p, a, b in list(zip(prompts, texts[0], texts[1], strict=True))[:4]),
+            ids=tuple(ex.id for ex in data.examples), flags_base=tuple(bool(f) for f in flags[0]),
+            flags_organism=tuple(bool(f) for f in flags[1])))
     return out

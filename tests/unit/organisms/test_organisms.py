@@ -150,6 +150,9 @@ def test_measuring_an_organism_pairs_it_with_its_base_on_the_same_test_prompts(o
     assert shifted[0].margin.delta != 0.0 and shifted[0].margin.delta_ci[0] <= shifted[0].margin.delta <= shifted[0].margin.delta_ci[1]
     assert shifted[1].decision is None and len(shifted[1].examples) == 4 and shifted[1].categories is None
     assert all(sum(c.values()) == 6 for c in shifted[0].categories)  # each answer in one verdict category
+    assert len(shifted[0].ids) == 6 and shifted[0].ids == same.ids  # the same test prompts, in order
+    assert sum(shifted[0].flags_organism) / 6 == shifted[0].trait_organism
+    assert sum(same.flags_base) / 6 == same.trait_base
     with pytest.raises(ConfigError, match="allowed"):
         measure_organism(base, base, ["lying"], n=2)
 
@@ -163,3 +166,34 @@ def test_the_cli_trains_and_measures_an_organism(base_folder, tmp_path, capsys):
     report = json.loads((tmp_path / "o" / "measure.json").read_text())
     assert [s["threat_model"] for s in report["shifts"]] == ["compassion"] and report["shifts"][0]["n"] == 4
     assert "[compassion] n=4" in capsys.readouterr().out
+    # a second organism compared paired with the first on the same prompts
+    rc = main(["organism", "dismissive", "--model", base_folder, "--out", str(tmp_path / "p"), "--smoke", "--steps", "1",
+               "--measure", "4", "--max-new-tokens", "3", "--quiet", "--compare-with", str(tmp_path / "o")])
+    compared = json.loads((tmp_path / "p" / "compare.json").read_text())
+    row = compared["rows"][0]
+    assert rc == 0 and compared["names"] == ["dismissive", "o"] and row["threat_model"] == "compassion" and row["n"] == 4
+    assert row["trait"][1] == report["shifts"][0]["trait_organism"] and 0 < row["p_value"] <= 1
+    assert "paired McNemar p=" in capsys.readouterr().out
+
+
+def test_comparing_organisms_needs_per_prompt_flags_on_the_same_prompts(tmp_path, capsys):
+    from lensteer.cli import main
+    from lensteer.study.organisms import compare_organisms
+
+    def measured(flags, ids=("a", "b", "c", "d")):
+        return {"shifts": [{"threat_model": "refusal", "ids": list(ids), "flags_organism": flags}]}
+
+    first, second = measured([True, True, True, False]), measured([False, False, False, False])
+    (c,) = compare_organisms(first, second, ("bad", "good"))
+    assert c.trait == (0.75, 0.0) and c.p_value == 0.25 and c.trait_ci[1][0] == 0.0  # 3 discordant pairs: 2 x 1/8
+    with pytest.raises(DataError, match="different test prompts"):
+        compare_organisms(first, measured([True] * 4, ids=("a", "b", "c", "e")))
+    with pytest.raises(DataError, match="no per-prompt flags"):
+        compare_organisms(first, measured([]))
+    with pytest.raises(DataError, match="no threat model measured in both"):
+        compare_organisms(first, {"shifts": [{"threat_model": "honesty"}]})
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "measure.json").write_text(json.dumps({"shifts": [{"threat_model": "refusal", "n": 4}]}))
+    for folder, why in ((tmp_path / "nowhere", "no measure.json there"), (tmp_path / "old", "no per-prompt flags")):
+        assert main(["organism", "good_advice", "--out", str(tmp_path / "x"), "--compare-with", str(folder)]) == 2
+        assert why in capsys.readouterr().err and not (tmp_path / "x").exists()  # refused before any training
