@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="float32,bfloat16,float16")
     parser.add_argument("--quick", action="store_true", help="fewer tokens, rounds and batch sizes")
     parser.add_argument("--batch-sizes", help="generation benchmark batch sizes (default 1,16,64; quick: 1,16)")
+    parser.add_argument("--no-bench", action="store_true", help="the parity checks only, no timings")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{c['check']} {'ok' if c['passed'] else 'FAILED'}" for c in checks), flush=True)
         if ok:
             passed_dtypes.append(name)
-            if name in ("float32", "bfloat16") and "model" in locals():
+            if name in ("float32", "bfloat16") and "model" in locals() and not args.no_bench:
                 sizes = [int(b) for b in (args.batch_sizes or ("1,16" if args.quick else "1,16,64")).split(",")]
                 rounds = 1 if args.quick else 3
                 report["bench"][name] = {"generation": bench_generation(model, folder, args.device, DTYPES[name], sizes,

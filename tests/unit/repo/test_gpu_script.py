@@ -52,3 +52,17 @@ def test_a_failed_check_fails_the_script(tiny_tokenizer, tmp_path, monkeypatch):
     first = report["checks"]["float32"]["rows"][0]
     assert first["check"] == "batched_equals_single" and not first["passed"] and first["max_abs_diff"] >= 0.99
     assert status == 1 and not report["all_required_passed"] and report["bench"] == {}
+
+
+def test_half_precision_passes_the_same_checks_on_cpu(tiny_tokenizer, tmp_path):
+    """bfloat16 and float16 weights (CPU kernels): batched == single within the dtype's tolerance, cached ==
+    uncached and strength 0 == unsteered token for token, patching == TransformerLens; the GPU run repeats
+    these on CUDA."""
+    folder = _tiny_llama_folder(tiny_tokenizer, tmp_path / "model")
+    status = _script().main(["--device", "cpu", "--quick", "--no-bench", "--dtypes", "bfloat16,float16",
+                             "--model", str(folder), "--out", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "gpu_checks.json").read_text())
+    for dtype in ("bfloat16", "float16"):
+        rows = report["checks"][dtype]["rows"]
+        assert len(rows) == 4 and all(r["passed"] for r in rows), (dtype, rows)  # the optional ones too
+    assert status == 0 and report["bench"] == {}
