@@ -56,11 +56,12 @@ def test_refusal_contrast_is_linearly_separable_in_middle_layers(embedded_model)
     assert report.metrics["dom_d_prime"][2] > report.metrics["dom_d_prime"][0]
 
 
-@pytest.mark.parametrize(("dataset", "context"), [("compassion", "dismissive_fewshot"), ("honesty", "lying_fewshot")])
-def test_few_shot_context_shifts_preference_towards_misaligned_responses(embedded_model, dataset, context):
+@pytest.mark.parametrize(("dataset", "context", "n"), [("compassion", "dismissive_fewshot", 12), ("honesty", "lying_fewshot", 24)])
+def test_few_shot_context_shifts_preference_towards_misaligned_responses(embedded_model, dataset, context, n):
     """The embedded model follows in-context turns: the few-shot context raises the log-prob of the
-    misaligned response relative to the aligned one (measured teacher-forced, no sampling)."""
-    ds = lensteer.load_dataset(dataset).test.head(24)
+    misaligned response relative to the aligned one (measured teacher-forced, no sampling). Compassion's
+    shift is large (+0.48 nats/token on 12 prompts, every one positive), honesty's small (+0.07 on 24)."""
+    ds = lensteer.load_dataset(dataset).test.head(n)
 
     def preference(ctx):
         bad = response_logprob(embedded_model, ds.chat_prompts(response="misaligned", context=ctx))
