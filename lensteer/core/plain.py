@@ -12,7 +12,8 @@ for token.
 :func:`lensteer.generate` decodes through the view when it can prove nothing is lost: every steering
 sits on ``resid_pre`` / ``resid_post`` (a decoder layer's input or output), no hook of any kind is on
 the bridge (a user's ``model.hooks()`` or ``steer()`` block around the call keeps the bridge path),
-and compatibility mode (folded, processed weights) is off. ``LENSTEER_DECODE=bridge`` in the
+compatibility mode (folded, processed weights) is off, and no module's ``forward`` was rebound
+(accelerate's ``device_map`` dispatch does that: such models decode through the bridge). ``LENSTEER_DECODE=bridge`` in the
 environment turns the view off.
 """
 
@@ -66,7 +67,7 @@ def plain_view(model: Any) -> "PlainView | None":
     if model not in _VIEWS:
         _VIEWS[model] = _build(model)
     view = _VIEWS[model]
-    if view is None or _has_hooks(model) or _compatibility_mode(model):
+    if view is None or _has_hooks(model) or _compatibility_mode(model) or _rebound(model.original_model):
         return None
     return view
 
@@ -106,6 +107,8 @@ def _build(model: Any) -> "PlainView | None":
         copies[id(mod)] = new
         return new
 
+    if _rebound(root):
+        return None
     if not accepts_mask_derived_position_ids(root):
         return None  # the model derives its own positions (mRoPE, fairseq-style): only the bridge knows how
     module = unwrap(root)
@@ -139,6 +142,12 @@ def foreign_hooks(module: nn.Module) -> list[str]:
     return [name for name, m in module.named_modules()
             if foreign(m._forward_hooks) or foreign(m._forward_pre_hooks) or m._backward_hooks
             or m._backward_pre_hooks]
+
+
+def _rebound(root: nn.Module) -> bool:
+    """Whether accelerate's ``device_map`` dispatch (or anyone) rebound a module's ``forward`` to the
+    original module: the view's copy would call the original, past the view's hooks."""
+    return any("forward" in vars(m) or hasattr(m, "_hf_hook") for m in root.modules())
 
 
 def _compatibility_mode(model: nn.Module) -> bool:

@@ -82,6 +82,14 @@ def test_no_plain_view_where_the_bridge_computes_with_weights_of_its_own(tiny_br
     assert plain.plain_view(tiny_bridge) is None  # a native bridge has no Hugging Face model to unwrap
     gpt2 = make_tiny_family_bridge(tiny_tokenizer, "gpt2")  # the bridge splits GPT-2's fused QKV into copies
     assert plain.plain_view(gpt2) is None
+    # accelerate's device_map dispatch rebinds module forwards (a copy would call the original): no view
+    from builders import make_tiny_llama_bridge
+
+    dispatched = make_tiny_llama_bridge(tiny_tokenizer, seed=1)
+    assert plain.plain_view(dispatched) is not None  # built before the dispatch: checked again on every call
+    layer = dispatched.blocks[0].original_component
+    layer.forward = layer.forward  # an instance attribute, as accelerate's add_hook_to_module sets
+    assert plain.plain_view(dispatched) is None
     s = Steering(unit=_unit(6, gpt2.cfg.d_model), layers=(0,), scale=3.0)
     fast, reference = _both(gpt2, monkeypatch, PROMPTS[:2], steering=s, max_new_tokens=4)
     _assert_same(fast, reference)  # generation still works, through the bridge
