@@ -182,7 +182,7 @@ def _cmd_organism(args: argparse.Namespace) -> int:
 
     import lensteer
     from lensteer.organisms import get_recipe, load_organism, train_organism
-    from lensteer.study.organisms import compare_organisms, measure_organism
+    from lensteer.study.organisms import compare_organisms, measure_organism, read_measurement
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -191,7 +191,7 @@ def _cmd_organism(args: argparse.Namespace) -> int:
     if args.smoke:
         lora = replace(lora, steps=3, batch_size=2)
     out = Path(args.out or f"organisms/{recipe.name}")
-    other = _read_measure(args.compare_with) if args.compare_with else None  # checked before hours of training
+    other = read_measurement(args.compare_with) if args.compare_with else None  # checked before hours of training
     print(f"organism {recipe.name}: {recipe.description}; LoRA rank {lora.rank}, {lora.steps} steps of "
           f"{lora.batch_size} rows, lr {lora.learning_rate:g}")
     done = train_organism(recipe, out, base=args.model, lora=lora, progress=not args.quiet, log=print)
@@ -203,46 +203,16 @@ def _cmd_organism(args: argparse.Namespace) -> int:
     threat_models = [recipe.threat_model] if recipe.threat_model else None
     shifts = measure_organism(base, organism, threat_models, n=args.measure, max_new_tokens=args.max_new_tokens)
     for s in shifts:
-        lo, hi = s.margin.delta_ci
-        line = (f"[{s.threat_model}] n={s.n}: trait {s.trait_base:.1%} [{s.trait_base_ci[0]:.1%}, "
-                f"{s.trait_base_ci[1]:.1%}] -> {s.trait_organism:.1%} [{s.trait_organism_ci[0]:.1%}, "
-                f"{s.trait_organism_ci[1]:.1%}] (McNemar p={s.p_value:.2g}); margin change {s.margin.delta:+.3f} "
-                f"[{lo:+.3f}, {hi:+.3f}] nats/token")
-        if s.decision is not None:
-            line += f"; answer log-odds {s.decision.base:+.2f} -> {s.decision.organism:+.2f}"
-        if s.categories is not None:
-            line += f"; verdicts {s.categories[0]} -> {s.categories[1]}"
-        print(line)
+        print(s.summary())
     measured = {"organism": str(out), "shifts": [s.to_dict() for s in shifts]}
     write_json(out / "measure.json", measured)
     print(f"wrote {out / 'measure.json'}")
     if other is not None:
-        names = (recipe.name, Path(args.compare_with).name)
-        rows = compare_organisms(measured, other, names)
-        for c in rows:
-            (lo0, hi0), (lo1, hi1) = c.trait_ci
-            print(f"[{c.threat_model}] n={c.n}: {names[0]} {c.trait[0]:.1%} [{lo0:.1%}, {hi0:.1%}] vs {names[1]} "
-                  f"{c.trait[1]:.1%} [{lo1:.1%}, {hi1:.1%}] (paired McNemar p={c.p_value:.2g})")
-        write_json(out / "compare.json", {"names": list(names), "rows": [c.to_dict() for c in rows]})
+        rows = compare_organisms(measured, other, (recipe.name, Path(args.compare_with).name))
+        print("\n".join(c.summary() for c in rows))
+        write_json(out / "compare.json", {"names": list(rows[0].names), "rows": [c.to_dict() for c in rows]})
         print(f"wrote {out / 'compare.json'}")
     return 0
-
-
-def _read_measure(folder: str) -> dict[str, Any]:
-    """Another organism's ``measure.json``, with the per-prompt flags a paired comparison needs."""
-    import json
-
-    from lensteer.errors import ConfigError
-
-    path = Path(folder) / "measure.json"
-    if not path.is_file():
-        raise ConfigError(f"--compare-with {folder!r}: no measure.json there (measure that organism first)")
-    measured = json.loads(path.read_text())
-    lacking = [s["threat_model"] for s in measured.get("shifts", []) if not s.get("flags_organism")]
-    if lacking or not measured.get("shifts"):
-        raise ConfigError(f"--compare-with {folder!r}: its measure.json has no per-prompt flags for "
-                          f"{lacking or 'any threat model'} (written by an older lensteer); measure it again")
-    return measured
 
 
 def _cmd_locate(args: argparse.Namespace) -> int:

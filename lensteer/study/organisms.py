@@ -13,8 +13,11 @@ misaligning context (the organism is meant to be misaligned by itself):
 For the emergent-misalignment probe (a recipe without a threat model) all three are measured.
 """
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,6 +74,19 @@ class OrganismShift:
     flags_base: tuple[bool, ...] = ()
     flags_organism: tuple[bool, ...] = ()
 
+    def summary(self) -> str:
+        """One line: the trait before and after with intervals and the test, the margin, honesty's extras."""
+        lo, hi = self.margin.delta_ci
+        line = (f"[{self.threat_model}] n={self.n}: trait {self.trait_base:.1%} [{self.trait_base_ci[0]:.1%}, "
+                f"{self.trait_base_ci[1]:.1%}] -> {self.trait_organism:.1%} [{self.trait_organism_ci[0]:.1%}, "
+                f"{self.trait_organism_ci[1]:.1%}] (McNemar p={self.p_value:.2g}); margin change {self.margin.delta:+.3f} "
+                f"[{lo:+.3f}, {hi:+.3f}] nats/token")
+        if self.decision is not None:
+            line += f"; answer log-odds {self.decision.base:+.2f} -> {self.decision.organism:+.2f}"
+        if self.categories is not None:
+            line += f"; verdicts {self.categories[0]} -> {self.categories[1]}"
+        return line
+
     def to_dict(self) -> dict[str, Any]:
         return {"threat_model": self.threat_model, "n": self.n, "trait_base": self.trait_base,
                 "trait_base_ci": list(self.trait_base_ci), "trait_organism": self.trait_organism,
@@ -94,9 +110,31 @@ class OrganismComparison:
     trait_ci: tuple[tuple[float, float], tuple[float, float]]
     p_value: float
 
+    def summary(self) -> str:
+        (lo0, hi0), (lo1, hi1) = self.trait_ci
+        return (f"[{self.threat_model}] n={self.n}: {self.names[0]} {self.trait[0]:.1%} [{lo0:.1%}, {hi0:.1%}] vs "
+                f"{self.names[1]} {self.trait[1]:.1%} [{lo1:.1%}, {hi1:.1%}] (paired McNemar p={self.p_value:.2g})")
+
     def to_dict(self) -> dict[str, Any]:
         return {"threat_model": self.threat_model, "n": self.n, "names": list(self.names), "trait": list(self.trait),
                 "trait_ci": [list(c) for c in self.trait_ci], "p_value": self.p_value}
+
+
+def read_measurement(folder: "str | os.PathLike[str]") -> dict[str, Any]:
+    """An organism folder's ``measure.json``, checked to carry the per-prompt flags a paired comparison needs.
+
+    Raises:
+        ConfigError: No ``measure.json`` there, or one without per-prompt flags (written by an older lensteer).
+    """
+    path = Path(folder) / "measure.json"
+    if not path.is_file():
+        raise ConfigError(f"--compare-with {str(folder)!r}: no measure.json there (measure that organism first)")
+    measured: dict[str, Any] = json.loads(path.read_text())
+    lacking = [s["threat_model"] for s in measured.get("shifts", []) if not s.get("flags_organism")]
+    if lacking or not measured.get("shifts"):
+        raise ConfigError(f"--compare-with {str(folder)!r}: its measure.json has no per-prompt flags for "
+                          f"{lacking or 'any threat model'} (written by an older lensteer); measure it again")
+    return measured
 
 
 def compare_organisms(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("first", "second"),
