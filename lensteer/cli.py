@@ -2,8 +2,7 @@
 
 ``lensteer run`` runs the whole study on the embedded model (or ``--model``): locate -> choose the
 site -> calibrate -> steer -> evaluate -> figures (:func:`lensteer.study.runner.run_study`; with ``--executor ray``
-on Ray workers, :mod:`lensteer.study.distributed`). The stages have
-their own subcommands: ``probe`` (layer-by-layer probing), ``locate`` (probing + activation
+on Ray workers, :mod:`lensteer.study.distributed`). The stages have their own subcommands: ``probe`` (layer-by-layer probing), ``locate`` (probing + activation
 patching + the recommended site, with figures), ``steer`` (unsteered vs steered text side by side),
 ``evaluate`` (one saved steering against the baseline), ``figures`` (from saved results) and ``organism``
 (fine-tune a misaligned model organism and measure it against its base).
@@ -187,7 +186,7 @@ def _cmd_organism(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = get_recipe(args.recipe)
-    lora = replace(recipe.lora, **({"steps": args.steps} if args.steps else {}))
+    lora = replace(recipe.lora, **{k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None})
     if args.smoke:
         lora = replace(lora, steps=3, batch_size=2)
     out = Path(args.out or f"organisms/{recipe.name}")
@@ -373,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     organism.add_argument("--model", default=None, help="base model: HF id, folder or .gguf (default: embedded)")
     organism.add_argument("--out", default=None, help="organism folder (default: organisms/RECIPE)")
     organism.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
+    organism.add_argument("--seed", type=int, default=None, help="row order and adapter initialisation (default 0)")
     organism.add_argument("--smoke", action="store_true", help="3 steps of 2 rows, for a quick check")
     organism.add_argument("--measure", type=int, default=48, help="test prompts per threat model (0: skip)")
     organism.add_argument("--max-new-tokens", type=int, default=48)
