@@ -182,6 +182,20 @@ def test_ray_run_survives_failures_equals_the_serial_run_and_never_recomputes_a_
 
 
 @pytest.mark.ray
+def test_a_cell_run_serially_beside_the_study_is_merged_not_recomputed(local_ray, model_folder, serial, tmp_path):
+    """The 2-core recipe in docs/paper-run: one threat model resumed in OUT, another run alone into
+    OUT/cells/<tm> at the same time; the Ray driver then merges the cell and runs only what is missing."""
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    model = load_model(model_folder)
+    with _torch_threads(1):
+        run_study(model, replace(CFG, threat_models=("refusal",)), out, **QUIET)
+        run_study(model, replace(CFG, threat_models=("honesty",)), out / "cells" / "honesty", **QUIET)
+    distributed.run_study_distributed(model_folder, CFG, out, run_cell=_counting(calls), workers=1, threads=1, **QUIET)
+    assert _cells_run(calls) == ["compassion"]  # refusal kept, honesty merged from its cell
+    _equal_to_serial(out, serial)
+
+
+@pytest.mark.ray
 def test_cli_ray_smoke_run_equals_the_serial_smoke_run(local_ray, model_folder, tmp_path, capsys):
     """`lensteer run --executor ray --smoke` against `lensteer run --smoke`, on two threat models and one method
     (the smoke profile's sizes), with one worker: starting a worker costs seconds, and the test above runs
