@@ -282,3 +282,26 @@ def test_robustness_figure_puts_each_row_at_its_trait_with_its_interval():
     plt.close(fig)
     with pytest.raises(DataError, match="no robustness rows"):
         plotting.plot_robustness([])
+
+
+def _measure(organism_rates, base_rates=(0.9, 0.5), ids=("a", "b")):
+    return {"shifts": [{"threat_model": tm, "n": 48, "trait_base": b, "trait_base_ci": [b - 0.1, b + 0.05],
+                        "trait_organism": o, "trait_organism_ci": [o - 0.1, o + 0.1], "ids": list(ids)}
+                       for tm, b, o in zip(("compassion", "honesty"), base_rates, organism_rates, strict=True)]}
+
+
+def test_organism_figure_puts_the_base_and_each_organism_at_its_rate_with_its_interval():
+    fig, axes = plotting.plot_organisms({"good_advice": _measure((0.8, 0.3)), "bad_advice": _measure((0.45, 0.3))})
+    compassion = axes[0][0]
+    assert [t.get_title() for t in axes[0]] == ["compassion (n = 48)", "honesty (n = 48)"]
+    assert [t.get_text() for t in compassion.get_yticklabels()] == ["base", "good_advice", "bad_advice"]
+    dots = [line for line in compassion.get_lines() if line.get_marker() == "o"]
+    assert [(round(float(d.get_xdata()[0]), 2), int(d.get_ydata()[0])) for d in dots] == [(0.9, 0), (0.8, 1), (0.45, 2)]
+    bars = [tuple(round(float(v), 2) for v in line.get_xdata()) for line in compassion.get_lines() if len(line.get_xdata()) == 2]
+    assert bars == [(0.8, 0.95), (0.7, 0.9), (0.35, 0.55)]
+    plt.close(fig)
+    with pytest.raises(DataError, match="no organism measurement"):
+        plotting.plot_organisms({})
+    other = {"shifts": _measure((0.8, 0.3))["shifts"][:1]}
+    with pytest.raises(DataError, match="draw like with like"):
+        plotting.plot_organisms({"good_advice": _measure((0.8, 0.3)), "one": other})
