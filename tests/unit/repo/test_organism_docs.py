@@ -61,17 +61,32 @@ def test_readme_quotes_the_committed_dismissive_organism_measurement():
     assert f"{provenance['lora']['steps']} steps of {provenance['lora']['batch_size']} rows, {provenance['seconds'] / 60:.1f} min" in readme
 
 
-def test_readme_quotes_the_bad_advice_probe_with_its_missing_control():
-    shifts = {s["threat_model"]: s for s in
-              json.loads((ROOT / "docs/organisms/bad_advice/measure.json").read_text())["shifts"]}
+def _pct(rate, ci):
+    return f"{100 * rate:.1f}% [{100 * ci[0]:.1f}-{100 * ci[1]:.1f}]"
+
+
+def test_readme_quotes_the_bad_advice_probe_beside_its_control_seed_by_seed():
+    """The README's table is the committed measurements', and it calls a shift emergent misalignment only
+    where the bad-advice organism differs from the good-advice control of its seed (paired, p < 0.05)."""
     readme = " ".join((ROOT / "README.md").read_text().split())
-    assert set(shifts) == {"refusal", "compassion", "honesty"} and all(s["n"] == 48 for s in shifts.values())
-    for tm, s in shifts.items():
-        quoted = (f"{tm} {100 * s['trait_base']:.1f}% [{100 * s['trait_base_ci'][0]:.1f}-{100 * s['trait_base_ci'][1]:.1f}] "
-                  f"-> {100 * s['trait_organism']:.1f}% [{100 * s['trait_organism_ci'][0]:.1f}-"
-                  f"{100 * s['trait_organism_ci'][1]:.1f}] (McNemar p = {s['p_value']:.2g})")
-        assert quoted in readme
-    assert shifts["refusal"]["p_value"] >= 0.05 and "not significant" in readme
-    # no control measured yet, so the README must not call it emergent misalignment (update both together)
-    assert not (ROOT / "docs/organisms/good_advice/measure.json").exists()
-    assert "Not yet a finding of emergent misalignment" in readme
+    seeds = [s for s in ("", "-s1") if (ROOT / f"docs/organisms/bad_advice{s}/compare.json").exists()]
+    assert seeds == ["", "-s1"]  # two training seeds of each
+
+    def shifts(name):
+        return {s["threat_model"]: s for s in json.loads((ROOT / f"docs/organisms/{name}/measure.json").read_text())["shifts"]}
+
+    compare = {s: {r["threat_model"]: r for r in json.loads((ROOT / f"docs/organisms/bad_advice{s}/compare.json").read_text())["rows"]}
+               for s in seeds}
+    for tm in ("compassion", "honesty", "refusal"):
+        base = shifts("good_advice")[tm]
+        row = f"| {tm} | {_pct(base['trait_base'], base['trait_base_ci'])} |"
+        for s in seeds:
+            good, bad, c = shifts(f"good_advice{s}")[tm], shifts(f"bad_advice{s}")[tm], compare[s][tm]
+            assert good["ids"] == bad["ids"] and good["n"] == bad["n"] == 48 and c["n"] == 48  # the same prompts
+            assert good["trait_base"] == base["trait_base"]  # every organism against the same base answers
+            row += (f" {_pct(good['trait_organism'], good['trait_organism_ci'])} |"
+                    f" {_pct(bad['trait_organism'], bad['trait_organism_ci'])} | {c['p_value']:.2g} |")
+        assert row in readme, row
+    assert all(compare[s]["honesty"]["p_value"] >= 0.05 for s in seeds) and "not emergent misalignment" in readme
+    em = all(compare[s]["compassion"]["p_value"] < 0.05 for s in seeds)
+    assert ("emergent-misalignment signature" in readme) == em
