@@ -60,7 +60,8 @@ class PlainView:
 def plain_view(model: Any) -> "PlainView | None":
     """The plain view of ``model`` if decoding may use it now, else ``None`` (see the module docstring).
 
-    Built once per bridge (cached weakly); the checks for hooks and compatibility mode run every call.
+    Built once per bridge (cached weakly); the checks for hooks, compatibility mode and rebound forwards
+    run every call.
     """
     if os.environ.get("LENSTEER_DECODE", "").lower() == "bridge":
         return None
@@ -107,8 +108,6 @@ def _build(model: Any) -> "PlainView | None":
         copies[id(mod)] = new
         return new
 
-    if _rebound(root):
-        return None
     if not accepts_mask_derived_position_ids(root):
         return None  # the model derives its own positions (mRoPE, fairseq-style): only the bridge knows how
     module = unwrap(root)
