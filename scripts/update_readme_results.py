@@ -1,12 +1,14 @@
 """Rewrite the README's study results from ``docs/study/report.json`` (numbers are never typed by hand).
 
-Two marked blocks are rewritten in place:
+The marked blocks are rewritten in place:
 
 * ``<!-- results:start -->`` ... ``<!-- results:end -->``: ``lensteer.study.report.headline_table(report)``;
 * ``<!-- results-run:start -->`` ... ``<!-- results-run:end -->``: one line saying what run made
   the report (model, profile sizes, threat models, methods, time);
 * ``<!-- regimes:start -->`` ... ``<!-- regimes:end -->``: ``lensteer.study.report.regimes_table(report)``
   (selective methods at scale 1 and KL-matched, with where they fired);
+* ``<!-- robustness:start -->`` ... ``<!-- robustness:end -->``: ``lensteer.study.report.robustness_table(report)``
+  (trait per attack or organism and method, with the held-out KL and the paired test);
 * ``<!-- findings:start -->`` ... ``<!-- findings:end -->``: ``lensteer.study.report.findings(report)``,
   one sentence per comparison with its paired test ("not significant" where p >= 0.05).
 
@@ -21,10 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lensteer.study.report import findings, headline_table, regimes_table
+from lensteer.study.report import findings, headline_table, regimes_table, robustness_table
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCKS = ("results", "results-run", "regimes", "findings")
+BLOCKS = ("results", "results-run", "regimes", "robustness", "findings")
 
 
 def _n(value: Any, whole: str) -> str:
@@ -54,6 +56,7 @@ def run_line(report: dict[str, Any]) -> str:
 def block_contents(report: dict[str, Any]) -> dict[str, str]:
     """The text each marked block must hold."""
     return {"results": headline_table(report), "results-run": run_line(report), "regimes": regimes_table(report),
+            "robustness": robustness_table(report),
             "findings": "\n".join(f"- {s}" for s in findings(report))}
 
 

@@ -28,6 +28,7 @@ REPORT_FIELDS = (
 REGIME_FIELDS = ("n_eval", "trait", "trait_ci", "kl_heldout", "kl_rollout", "scale", "fired_share_prompt",
                  "fired_share_generated", "fired_share_harmless_prompt", "fired_share_harmless_generated",
                  "over_refusal_borderline", "over_refusal_borderline_ci")
+UNSTEERED = ("baseline", "prompting")  # the conditions without a steering
 MAX_BORDERLINE_OVER_REFUSAL = 0.10  # the trade-off question's ceiling on borderline over-refusal
 # averaged over the random seeds
 _MEAN_FIELDS = ("trait", "redirect", "kl", "kl_heldout", "kl_rollout", "kl_calibration", "perplexity_ratio", "repetition",
@@ -266,4 +267,36 @@ def regimes_table(report: dict[str, Any]) -> str:
                     f"{_fmt(row.get('over_refusal_borderline'), row.get('over_refusal_borderline_ci'), pct=True)} |")
     if len(lines) == 2:
         return "_This report has no per-regime results (it was made before the study reported regimes)._"
+    return "\n".join(lines)
+
+
+def _robustness_cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    text = f"{_fmt(row.get('trait'), row.get('trait_ci'), pct=True)}, KL {_fmt(row.get('kl_heldout'))}"
+    return text + (f", p {_fmt_p(row['p_vs_baseline'])}" if row.get("p_vs_baseline") is not None else "")
+
+
+def robustness_table(report: dict[str, Any]) -> str:
+    """The robustness table: one row per (threat model, setting, where the direction was found), one
+    column per method; each cell the trait [Wilson interval], the held-out KL and the exact McNemar p
+    against the unsteered row of the same setting."""
+    rows = report.get("robustness") or []
+    if not rows:
+        return "_This report has no robustness rows (run with `--robustness`, as the paper profile does)._"
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    unsteered: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["threat_model"], r["setting"])
+        if r["method"] in UNSTEERED:  # one unsteered row per setting, shown beside every direction's row
+            unsteered.setdefault(key, {})[r["method"]] = r
+        else:
+            groups.setdefault(key, {}).setdefault(r.get("direction_from", "base"), {})[r["method"]] = r
+    lines = ["| threat model | setting | direction from | " + " | ".join(methods) + " |",
+             "|---|---|---|" + "---|" * len(methods)]
+    for (tm, setting), by_origin in groups.items():
+        for origin, steered in by_origin.items():
+            cells = {**unsteered.get((tm, setting), {}), **steered}
+            lines.append(f"| {tm} | {setting} | {origin} | " + " | ".join(_robustness_cell(cells.get(m)) for m in methods) + " |")
     return "\n".join(lines)

@@ -47,6 +47,11 @@ def test_readme_run_line_describes_the_report():
     assert ", ".join(report["config"]["threat_models"]) in line
 
 
+def test_readme_robustness_table_is_the_reports():
+    report = json.loads(REPORT.read_text())
+    assert _block(README.read_text(), "robustness") == _script().block_contents(report)["robustness"]
+
+
 def test_readme_findings_are_the_reports_and_say_not_significant_where_p_is_large():
     script, report = _script(), json.loads(REPORT.read_text())
     said = _block(README.read_text(), "findings")

@@ -304,3 +304,24 @@ def test_report_gives_both_regimes_fired_shares_and_the_tradeoff_verdict():
     table = regimes_table({"threat_models": {"compassion": entry}})
     assert "| compassion | StTP | paper (scale 1) | 1.00 | 40% [10-90] |" in table
     assert "| compassion | SwFC | paper (scale 1) = KL-matched |" in table
+
+
+def test_robustness_table_puts_each_direction_in_its_own_row_beside_the_settings_unsteered_model():
+    from lensteer.study.report import robustness_table
+
+    def row(setting, method, origin, trait, kl, p):
+        return {"setting": setting, "threat_model": "honesty", "method": method, "direction_from": origin,
+                "n_eval": 10, "trait": trait, "trait_ci": [trait / 2, (1 + trait) / 2], "kl_heldout": kl, "p_vs_baseline": p}
+
+    rows = [row("prefill", "baseline", "base", 0.4, 0.0, None), row("prefill", "SwFC", "base", 0.1, 0.5, 0.03),
+            row("organism:dishonest", "baseline", "organism", 0.2, 0.0, None),
+            row("organism:dishonest", "SwFC", "base", 0.3, 0.45, 0.5),
+            row("organism:dishonest", "SwFC", "organism", 0.6, 0.41, 0.004)]
+    lines = robustness_table({"robustness": rows}).splitlines()
+    assert lines[0] == "| threat model | setting | direction from | baseline | SwFC |"
+    assert lines[2] == "| honesty | prefill | base | 40% [20-70], KL 0.00 | 10% [5-55], KL 0.50, p 0.030 |"
+    # the organism's unsteered row is shown beside both directions, each direction in its own row
+    assert lines[3] == "| honesty | organism:dishonest | base | 20% [10-60], KL 0.00 | 30% [15-65], KL 0.45, p 0.500 |"
+    assert lines[4] == "| honesty | organism:dishonest | organism | 20% [10-60], KL 0.00 | 60% [30-80], KL 0.41, p 0.004 |"
+    assert len(lines) == 5
+    assert "no robustness rows" in robustness_table({"threat_models": {}})
