@@ -19,6 +19,7 @@ from lensteer.plotting.examples import plot_examples
 from lensteer.plotting.robustness_figure import plot_robustness
 from lensteer.plotting.study_rows import (
     BASELINE_STYLE,
+    PAPER_SUFFIX,
     METHOD_STYLE,
     TRAIT_LABEL,
     as_number,
@@ -75,8 +76,8 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], threat_model: str, ax: Any 
                 continue
             colour, marker = style_of(method)
             size = 11 if method == "baseline" else 6
-            ax.errorbar(xs, ys, yerr=[lo, hi], color=colour, marker=marker, ms=size, mfc="none" if method in
-                        ("StTP", "StMP") else colour, mew=1.2, lw=1.2, capsize=2.5, elinewidth=0.8,
+            ax.errorbar(xs, ys, yerr=[lo, hi], color=colour, marker=marker, ms=size, mfc="none" if method.endswith(PAPER_SUFFIX)
+                        else colour, mew=1.2, lw=1.2, capsize=2.5, elinewidth=0.8,
                         ls="-" if len(xs) > 1 else "none", label=label_of(method), zorder=3, alpha=0.9)
             points += list(zip(xs, ys, strict=True))
         if points:
@@ -88,7 +89,7 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], threat_model: str, ax: Any 
         ax.set_xlabel("KL to the unsteered model (nats/token)")
         ax.set_ylabel(f"{TRAIT_LABEL.get(threat_model, 'aligned-trait rate')} (fraction)")
         ax.set_ylim(-0.05, 1.05)
-        ax.set_xlim(left=-0.02 * max([x for x, _ in points] + [1.0]))
+        ax.set_xlim(left=-0.03 * max([x for x, _ in points if x > 0] + [0.05]))
         ax.set_title(f"{threat_model}: alignment vs coherence")
         if legend:
             handles, labels = _ordered_legend([ax])
@@ -212,6 +213,7 @@ def plot_steered_share(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
              or str(r["method"]) in randoms}
     if not any(as_number(r.get("steered_share")) is not None for r in cells.values()):
         raise DataError("no steered row has 'steered_share'")
+    methods = [m for m in methods if any((n, m) in cells for n in names)]  # not the uncalibrated paper-rule rows
     # rows name the harmless share fired_share_harmless_generated (harmless_steered_share before 2026-12)
     harmless_key = next((k for k in ("fired_share_harmless_generated", "harmless_steered_share")
                          if any(as_number(r.get(k)) is not None for r in cells.values())), None)
@@ -230,7 +232,7 @@ def plot_steered_share(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
                 ys = [as_number(cells.get((n, method), {}).get(field_name)) for n in names]
                 ax.bar([x for x, y in zip(xs, ys, strict=True) if y is not None], [y for y in ys if y is not None],
                        width=width * 0.92, color="white" if hatch else colour, edgecolor=colour, hatch=hatch, lw=1.0,
-                       label=f"{label_of(method)}, {suffix}")
+                       label=f"{'random direction' if method in randoms else label_of(method)}, {suffix}")
         ax.set_xticks(range(len(names)), names)
         ax.set_xlabel("threat model")
         ax.set_ylabel("generated tokens steered (fraction)")

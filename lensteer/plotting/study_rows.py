@@ -10,8 +10,9 @@ from lensteer.plotting.style import PALETTE
 
 METHOD_STYLE: dict[str, tuple[str, str]] = {
     "SwFC": (PALETTE[0], "o"), "StTP": (PALETTE[1], "s"), "StMP": (PALETTE[2], "D"), "add": (PALETTE[3], "^"),
-    "ablate": (PALETTE[4], "v"), "ace": (PALETTE[5], "P"), "angular": (PALETTE[6], "X"),
+    "ablate": (PALETTE[4], "v"), "ace": (PALETTE[5], "P"), "angular": (PALETTE[6], "X"), "StMP-push": (PALETTE[3], "d"),
 }
+PAPER_SUFFIX = ":paper"  # a selective method under the seed paper's rule as written (scale 1, no calibration)
 
 
 BASELINE_STYLE = ("#000000", "*")
@@ -42,6 +43,8 @@ def style_of(method: str) -> tuple[str, str]:
         return RANDOM_STYLE
     if method == "prompting":
         return PROMPTING_STYLE
+    if method.endswith(PAPER_SUFFIX):  # the same method, drawn hollow by the figures
+        return style_of(method.removesuffix(PAPER_SUFFIX))
     if method in METHOD_STYLE:
         return METHOD_STYLE[method]
     return PALETTE[len(method) % len(PALETTE)], "o"
@@ -49,7 +52,9 @@ def style_of(method: str) -> tuple[str, str]:
 
 def label_of(method: str) -> str:
     if method.startswith("random:"):
-        return f"random direction (seed {method.split(':')[1]})"
+        return "random directions (each seed)"  # seeds share a style, so one legend entry
+    if method.endswith(PAPER_SUFFIX):
+        return f"{method.removesuffix(PAPER_SUFFIX)}, paper rule (scale 1)"
     return {"baseline": "unsteered", "random": "random direction", "prompting": "prompting baseline"}.get(method, method)
 
 

@@ -180,6 +180,25 @@ def test_steered_share_bars_match_the_rows():
     plt.close(fig)
 
 
+def test_paper_rule_rows_share_their_methods_style_drawn_hollow_and_get_no_empty_share_bars():
+    from lensteer.plotting.study_rows import style_of
+
+    rows = synthetic_rows()
+    paper = [{**r, "method": "StTP:paper", "kl_budget": None, "trait": 0.3}
+             for r in rows if r["method"] == "StTP" and r["kl_budget"] == 0.1]
+    assert style_of("StTP:paper") == style_of("StTP") and style_of("StMP-push") != style_of("StMP")
+    fig, ax = plotting.plot_steered_share(rows + paper, kl_budget=0.1)
+    assert not any("paper rule" in c.get_label() for c in ax.containers)  # no bar at this budget, so no legend entry
+    plt.close(fig)
+    fig, ax = plotting.plot_tradeoff(rows + paper, "refusal")
+    marks = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar containers: data line first
+    assert marks["StTP, paper rule (scale 1)"].get_markerfacecolor() == "none"
+    assert marks["StTP"].get_markerfacecolor() != "none"
+    left, right = ax.get_xlim()
+    assert -0.05 * right < left < 0  # the KL axis starts at zero, with a small margin for the marks on it
+    plt.close(fig)
+
+
 def test_examples_table_shows_prompts_and_answers_without_math_parsing():
     fig, ax = plotting.plot_examples(synthetic_examples(), "refusal", n_prompts=2)
     texts = [t.get_text() for t in ax.texts]
