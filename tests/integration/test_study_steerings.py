@@ -34,7 +34,8 @@ ROWS = json.loads((STUDY / "results.json").read_text())["rows"]
 BUDGET = REPORT["matched_kl_budget"]
 CONFIG = StudyConfig.from_dict({k: v for k, v in REPORT["config"].items()})
 SIGNIFICANT = [(tm, m) for tm, e in REPORT["threat_models"].items() for m, r in e["methods"].items()
-               if r.get("p_vs_baseline") is not None and r["p_vs_baseline"] < 0.05 and r["trait"] > e["baseline"]["trait"]]
+               if r.get("p_vs_baseline") is not None and r["p_vs_baseline"] < 0.05 and r["trait"] > e["baseline"]["trait"]
+               and not r.get("same_as")]  # a twin (StMP-push = StMP at matched KL) repeats its original's finding
 CALIBRATED = sorted(p.with_suffix("") for p in (STUDY / "steerings").glob(f"*_kl{BUDGET:g}.json"))
 MAX_SAMPLE = 16
 
