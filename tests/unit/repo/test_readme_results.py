@@ -79,11 +79,12 @@ def test_update_script_rewrites_stale_blocks_and_leaves_the_rest(tmp_path):
     stale = ("# title\n\ntext before\n<!-- results-run:start -->\nold run\n<!-- results-run:end -->\n"
              "<!-- findings:start -->\n- old claim\n<!-- findings:end -->\n"
              "<!-- results:start -->\n| old | table |\n<!-- results:end -->\n"
-             "<!-- regimes:start -->\nold regimes\n<!-- regimes:end -->\ntext after\n")
+             "<!-- regimes:start -->\nold regimes\n<!-- regimes:end -->\n"
+             "<!-- robustness:start -->\nold robustness\n<!-- robustness:end -->\ntext after\n")
     new = script.render(stale, report)
     assert _block(new, "results") == headline_table(report) and "| old | table |" not in new
     assert "old regimes" not in new and new.startswith("# title\n\ntext before\n")
-    assert new.endswith("<!-- regimes:end -->\ntext after\n")
+    assert new.endswith("<!-- robustness:end -->\ntext after\n") and "old robustness" not in new
     assert script.render(new, report) == new  # idempotent
     readme = tmp_path / "README.md"
     readme.write_text(stale)

@@ -298,6 +298,11 @@ def test_report_gives_both_regimes_fired_shares_and_the_tradeoff_verdict():
     assert entry["tradeoff"]["StTP"]["verdict"] == "yes" and entry["tradeoff"]["StTP"]["p_value"] == pytest.approx(2 / 2**10)
     assert entry["tradeoff"]["StMP"]["verdict"] == "no: borderline over-refusal above 10%"
     said = findings({"threat_models": {"compassion": entry}})
+    assert ("compassion: is StTP (KL-matched) selective? selective: it fired on 40% of the generated tokens answering "
+            "misaligned prompts and 10% answering harmless ones (4.0x).") in said
+    entry["methods"]["StTP"]["regimes"]["paper"]["fired_share_harmless_generated"] = 0.3
+    assert any(s.startswith("compassion: is StTP (paper rule, scale 1) selective? not selective: it fired on 40%")
+               for s in findings({"threat_models": {"compassion": entry}}))
     assert any(s.startswith("compassion: does StTP beat SwFC at matched KL with borderline over-refusal <= 10%? yes")
                for s in said)
     from lensteer.study.report import regimes_table
