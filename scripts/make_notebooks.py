@@ -295,8 +295,9 @@ for tm, entry in report["threat_models"].items():
     print(f"{tm}: layer {entry.get('layer')} - {'; '.join(entry.get('reasons', []))[:160]}")'''),
     ("md", """## Alignment vs coherence
 
-Trait rate (95% CI) against the measured KL, per method and budget; the star is the unsteered model, the cross the
-random direction with SwFC's calibrated norm, the dashed line the Pareto front (highest trait rate for its KL)."""),
+Trait rate (95% CI) against the measured KL, per method and budget; the star is the unsteered model, the crosses the
+random directions (one per seed, each calibrated to the same KL budget), hollow marks the seed paper's rule as written
+(scale 1, no calibration), the dashed line the Pareto front (highest trait rate for its KL)."""),
     ("code", '''fig, axes = plotting.plot_tradeoff_grid(rows)
 plotting.save_figure(fig, f"{FIG_DIR}/tradeoff")
 for tm in plotting.threat_models_of(rows):
@@ -313,6 +314,21 @@ StTP and StMP steer only tokens on the misaligned side of the probe boundary, an
 calls harmful; SwFC otherwise steers every position."""),
     ("code", '''fig, ax = plotting.plot_steered_share(rows, kl_budget=budget)
 plotting.save_figure(fig, f"{FIG_DIR}/steered_share")'''),
+    ("md", """## Both regimes, and is the selective steering selective?
+
+Each selective method under the seed paper's rule as written (scale 1) and KL-matched, with the share of tokens where
+it fired answering the misaligned prompts and answering harmless ones."""),
+    ("code", '''from lensteer.study import regimes_table, robustness_table
+
+display(Markdown(regimes_table(report)))'''),
+    ("md", """## Robustness: other attacks and a fine-tuned organism
+
+The trait under each threat model's prefill attack (the study's steerings on the base model) and in the dishonest
+organism (every method recalibrated on it, with the base model's direction and with the organism's own)."""),
+    ("code", '''display(Markdown(robustness_table(report)))
+if report.get("robustness"):
+    fig, axes = plotting.plot_robustness(report["robustness"])
+    plotting.save_figure(fig, f"{FIG_DIR}/robustness")'''),
     ("md", """## Example answers"""),
     ("code", '''for tm in examples:
     fig, ax = plotting.plot_examples(examples, tm)

@@ -19,8 +19,8 @@ from lensteer.plotting.examples import plot_examples
 from lensteer.plotting.robustness_figure import plot_robustness
 from lensteer.plotting.study_rows import (
     BASELINE_STYLE,
-    PAPER_SUFFIX,
     METHOD_STYLE,
+    PAPER_SUFFIX,
     TRAIT_LABEL,
     as_number,
     is_control,
