@@ -40,8 +40,8 @@ def run_line(report: dict[str, Any]) -> str:
     n_conv = c.get("n_conversations") or 0
     conversations = (f"{n_conv} conversation{'s' * (n_conv != 1)} x {c['n_turns']} turns"
                      if n_conv else "no conversations")
-    first = next(iter(report["threat_models"].values()), {})
-    n_eval = first.get("baseline", {}).get("n_eval", c.get("n_eval"))
+    sizes = sorted({e.get("baseline", {}).get("n_eval") for e in report["threat_models"].values()} - {None})
+    n_eval = None if not sizes else (str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}")
     seeds = c.get("random_seeds") or []
     return (f"Run: `{model}`, lensteer {report.get('lensteer_version', '?')}; threat models "
             f"{', '.join(c['threat_models'])}; methods {', '.join(c['methods'])}; KL budgets "
@@ -50,7 +50,8 @@ def run_line(report: dict[str, Any]) -> str:
             f"borderline prompts, {c['max_new_tokens']} new tokens, {conversations}, "
             f"{_n(c.get('n_mc'), 'all')} multiple-choice items, {_n(c.get('n_paragraphs'), 'all')} paragraphs; "
             f"random directions: {len(seeds)} seed{'s' * (len(seeds) != 1)}; prompting baseline: "
-            f"{'yes' if c.get('prompting') else 'no'}; {report.get('seconds', 0) / 60:.0f} min.")
+            f"{'yes' if c.get('prompting') else 'no'}; {report.get('seconds', 0) / 60:.0f} min recorded in its folder "
+            "(resumed runs summed; a cell run beside it not counted).")
 
 
 def block_contents(report: dict[str, Any]) -> dict[str, str]:

@@ -2,13 +2,13 @@
 
 ``docs/study/`` holds the report, the per-prompt results and the calibrated steerings of the committed
 run. Loaded again, every KL-matched steering must still cost the KL it was calibrated to (within 10% of
-the budget, on the same training-prompt calibration set). Every method the report calls significantly
+the budget, on the same training-prompt calibration set: harmless and misaligned train prompts). Every method the report calls significantly
 better than the unsteered model must still be:
 
 * the committed per-prompt flags carry the claim (the report's trait and exact McNemar p recomputed
   from them, p < 0.05);
 * regenerated now, the prompts that carry it (steered answer shows the trait, unsteered does not; up to
-  ten of them, with a few concordant ones) get the same flags again (at most one in eight differs:
+  eight of them, with a few concordant ones) get the same flags again (at most one in eight differs:
   batches of another composition may flip a near-tie in greedy decoding);
 * its held-out KL (harmless test prompts along their unsteered continuations) is the reported one
   within 10%.
@@ -26,7 +26,7 @@ import lensteer
 from lensteer.core.stats import mcnemar_exact
 from lensteer.steering.calibration import sequence_kl
 from lensteer.study.config import StudyConfig
-from lensteer.study.evaluation import eval_prompts, eval_sets, trait_flags
+from lensteer.study.evaluation import calibration_probe, eval_prompts, eval_sets, trait_flags
 
 STUDY = Path(__file__).resolve().parents[2] / "docs" / "study"
 REPORT = json.loads((STUDY / "report.json").read_text())
@@ -36,8 +36,11 @@ CONFIG = StudyConfig.from_dict({k: v for k, v in REPORT["config"].items()})
 SIGNIFICANT = [(tm, m) for tm, e in REPORT["threat_models"].items() for m, r in e["methods"].items()
                if r.get("p_vs_baseline") is not None and r["p_vs_baseline"] < 0.05 and r["trait"] > e["baseline"]["trait"]
                and not r.get("same_as")]  # a twin (StMP-push = StMP at matched KL) repeats its original's finding
-CALIBRATED = sorted(p.with_suffix("") for p in (STUDY / "steerings").glob(f"*_kl{BUDGET:g}.json"))
-MAX_SAMPLE = 16
+# every method's calibrated steering and one random seed's per threat model (the other seeds are calibrated by
+# the same code; a twin such as StMP-push is the same edit as its original): 12 KL checks keep make test in budget
+CALIBRATED = sorted(p.with_suffix("") for p in (STUDY / "steerings").glob(f"*_kl{BUDGET:g}.json")
+                    if "_random" not in p.name or "_random0_" in p.name if "_StMP-push_" not in p.name)
+MAX_SAMPLE = 12
 
 
 def _row(threat_model, method, budget):
@@ -50,7 +53,7 @@ def _sample(steered, base):
     """The prompts to regenerate: those that carry the finding first, then a few of the others."""
     carrying = [i for i, (s, b) in enumerate(zip(steered, base, strict=True)) if s and not b]
     others = [i for i in range(len(base)) if i not in carrying]
-    chosen = carrying[:10]
+    chosen = carrying[:8]
     return sorted(chosen + others[: MAX_SAMPLE - len(chosen)])
 
 
@@ -67,13 +70,16 @@ def harmless_reference(embedded_model, sets):
 
 def test_the_committed_report_has_significant_findings_to_check():
     assert SIGNIFICANT, "the committed study claims no significant effect; this test would check nothing"
-    assert len(CALIBRATED) >= 9
+    assert len(CALIBRATED) >= 9 and any("_random0_" in p.name for p in CALIBRATED)
 
 
 @pytest.mark.parametrize("path", CALIBRATED, ids=lambda p: p.name)
 def test_every_committed_steering_keeps_its_calibrated_kl(embedded_model, sets, path):
     steering = lensteer.load_steering(path, model=embedded_model)
-    kl = lensteer.steering.steering_kl(embedded_model, steering, sets.calibration)
+    threat_model = path.name.split("_", 1)[0]  # calibrated on its threat model's set: harmless + misaligned train prompts
+    probe = calibration_probe(embedded_model, threat_model, CONFIG, sets)
+    # calibrated without its gate (the gate would hide the edit's cost on harmless prompts)
+    kl = lensteer.steering.steering_kl(embedded_model, replace(steering, gate=None), probe)
     assert kl == pytest.approx(BUDGET, rel=0.10)
 
 

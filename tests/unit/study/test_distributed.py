@@ -183,7 +183,7 @@ def test_ray_run_survives_failures_equals_the_serial_run_and_never_recomputes_a_
 
 @pytest.mark.ray
 def test_a_cell_run_serially_beside_the_study_is_merged_not_recomputed(local_ray, model_folder, serial, tmp_path):
-    """The 2-core recipe in docs/paper-run: one threat model resumed in OUT, another run alone into
+    """The 2-core recipe the committed study was run with (docs/study/README.md): one threat model resumed in OUT, another run alone into
     OUT/cells/<tm> at the same time; the Ray driver then merges the cell and runs only what is missing."""
     out, calls = tmp_path / "out", tmp_path / "calls"
     model = load_model(model_folder)
