@@ -1,9 +1,10 @@
 """The committed study, re-checked on the embedded model: what the README claims must reproduce.
 
 ``docs/study/`` holds the report, the per-prompt results and the calibrated steerings of the committed
-run. Loaded again, every KL-matched steering must still cost the KL it was calibrated to (within 10% of
-the budget, on the same training-prompt calibration set: harmless and misaligned train prompts). Every method the report calls significantly
-better than the unsteered model must still be:
+run. Loaded again, each method's KL-matched steering (and one random seed's) must still cost the KL it
+was calibrated to (within 10% of the budget, on the same calibration set: harmless and misaligned train
+prompts, gate off). Every method the report calls significantly better than the unsteered model must
+still be:
 
 * the committed per-prompt flags carry the claim (the report's trait and exact McNemar p recomputed
   from them, p < 0.05);
@@ -38,8 +39,9 @@ SIGNIFICANT = [(tm, m) for tm, e in REPORT["threat_models"].items() for m, r in 
                and not r.get("same_as")]  # a twin (StMP-push = StMP at matched KL) repeats its original's finding
 # every method's calibrated steering and one random seed's per threat model (the other seeds are calibrated by
 # the same code; a twin such as StMP-push is the same edit as its original): 12 KL checks keep make test in budget
+SKIPPED_AS_REPEATS = ("_random1_", "_random2_", "_StMP-push_")
 CALIBRATED = sorted(p.with_suffix("") for p in (STUDY / "steerings").glob(f"*_kl{BUDGET:g}.json")
-                    if "_random" not in p.name or "_random0_" in p.name if "_StMP-push_" not in p.name)
+                    if not any(part in p.name for part in SKIPPED_AS_REPEATS))
 MAX_SAMPLE = 12
 
 

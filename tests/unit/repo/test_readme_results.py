@@ -118,17 +118,14 @@ def test_readme_summary_of_the_paper_study_is_what_the_report_says():
                   for m, r in distinct[tm].items() if m in ("StTP", "StMP") for g in ("paper", "kl_matched")] for tm in tms}
     assert all(10.5 <= x <= 12 for x in ratio["refusal"]) and all(0.35 <= x <= 0.75 for x in ratio["compassion"])
     assert all(1.15 <= x <= 1.45 for x in ratio["honesty"])
-    robust = {(r["setting"], r["method"], r["direction_from"]): r for r in report["robustness"]}
-    assert robust[("prefill_dismiss", "SwFC", "base")]["p_vs_baseline"] == pytest.approx(0.021, abs=5e-4)
-    significant_up = [(k, r["p_vs_baseline"]) for k, r in robust.items() if r.get("p_vs_baseline") is not None
-                      and r["p_vs_baseline"] < 0.05 and r["trait"] > robust[(k[0], "baseline", _origin(robust, k))]["trait"]]
-    assert [k for k, _ in significant_up] == [("prefill_dismiss", "SwFC", "base")]
-    organism = [r["p_vs_baseline"] for k, r in robust.items() if k[0] == "organism:dishonest" and k[1] != "baseline"
-                and k[1] != "prompting"]
-    assert min(organism) >= 0.21 - 5e-3
+    robust = report["robustness"]
+    unsteered = {(r["threat_model"], r["setting"]): r["trait"] for r in robust if r["method"] == "baseline"}
+    steered = [r for r in robust if r["method"] not in ("baseline", "prompting")]
+    raised = [(r["setting"], r["method"], r["direction_from"]) for r in steered
+              if r["p_vs_baseline"] < 0.05 and r["trait"] > unsteered[(r["threat_model"], r["setting"])]]
+    assert raised == [("prefill_dismiss", "SwFC", "base")]
+    dismiss = next(r for r in steered if (r["setting"], r["method"]) == ("prefill_dismiss", "SwFC"))
+    assert dismiss["p_vs_baseline"] == pytest.approx(0.021, abs=5e-4)
+    assert min(r["p_vs_baseline"] for r in steered if r["setting"] == "organism:dishonest") >= 0.205
     assert "[docs/study/README.md]" in _section() and (ROOT / "docs" / "study" / "README.md").is_file()
 
-
-def _origin(robust, key):
-    """Where the setting's unsteered row is filed (organisms file it under the organism)."""
-    return "base" if (key[0], "baseline", "base") in robust else "organism"
