@@ -131,6 +131,15 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lensteer.study import headline_table, rebuild_report
+
+    report = rebuild_report(Path(args.results))
+    print(headline_table(report))
+    print(f"\nwrote {Path(args.results) / 'report.json'}")
+    return 0
+
+
 def _cmd_steer(args: argparse.Namespace) -> int:
     import lensteer
     from lensteer.study.config import StudyConfig
@@ -344,6 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--results", default="results", help="results folder of `lensteer run` (default: results)")
     figures.add_argument("--out", default="figures", help="figure folder (default: figures)")
     figures.set_defaults(func=_cmd_figures)
+
+    report = sub.add_parser(
+        "report", help="rebuild report.json of a finished study from its rows (no model needed)",
+        description="Rewrite RESULTS/report.json from the per-prompt rows a finished `lensteer run` left there "
+        "(results.json, robustness.json, finished.json) with this version's report code: the same config, model "
+        "fingerprint and wall time, no generation. Then `lensteer figures` and scripts/update_readme_results.py.",
+    )
+    report.add_argument("--results", default="results", help="results folder of `lensteer run` (default: results)")
+    report.set_defaults(func=_cmd_report)
 
     locate = sub.add_parser(
         "locate", help="probing + patching + recommended steering site, with figures",

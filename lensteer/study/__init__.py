@@ -8,10 +8,11 @@ from lensteer.study.evaluation import eval_prompts, evaluate_steering
 from lensteer.study.layers import build_steering
 from lensteer.study.recommend import SiteRecommendation, recommend_site
 from lensteer.study.report import build_report, headline_table, regimes_table, robustness_table
-from lensteer.study.runner import StudyResult, run_study
+from lensteer.study.runner import StudyResult, rebuild_report, run_study
 from lensteer.study.table import SweepTable
 
 __all__ = [
     "METHODS", "SiteRecommendation", "StudyConfig", "StudyResult", "SweepTable", "build_report", "build_steering",
-    "eval_prompts", "evaluate_steering", "headline_table", "recommend_site", "regimes_table", "robustness_table", "run_study",
+    "eval_prompts", "evaluate_steering", "headline_table", "rebuild_report", "recommend_site", "regimes_table", "robustness_table",
+    "run_study",
 ]

@@ -47,8 +47,18 @@ def _p(a: dict[str, Any] | None, b: dict[str, Any] | None, flags: str = "trait_f
     return mcnemar_exact(a[flags], b[flags]).p_value
 
 
-def _random_control(rows: Sequence[dict[str, Any]], baseline: dict[str, Any] | None) -> dict[str, Any]:
-    """The random-direction controls: the seeds, each seed's metrics, and their average."""
+def _largest_p(row: dict[str, Any], others: Sequence[dict[str, Any]]) -> tuple[float | None, list[float | None]]:
+    """``row`` against each of ``others`` (exact McNemar): the largest p-value (``None`` if any pair is
+    missing its flags) and the list, for "beats every random direction"."""
+    p_values = [_p(row, x) for x in others]
+    return (max(p for p in p_values if p is not None) if p_values and None not in p_values else None), p_values
+
+
+def _random_control(rows: Sequence[dict[str, Any]], baseline: dict[str, Any] | None,
+                    prompting: dict[str, Any] | None) -> dict[str, Any]:
+    """The random-direction controls: the seeds, each seed's metrics, and their average; the same keys
+    as a method (``p_vs_prompting`` is the largest over the seeds; ``p_vs_random`` is ``None``, the
+    control is the random directions)."""
     seeds = sorted(int(r["method"].split(":")[1]) for r in rows)
     out: dict[str, Any] = {"seeds": seeds, "per_seed": {str(s): _picked(r) for s, r in zip(seeds, rows, strict=True)}}
     for key in _MEAN_FIELDS:
@@ -59,9 +69,14 @@ def _random_control(rows: Sequence[dict[str, Any]], baseline: dict[str, Any] | N
     if pooled:
         out["trait_ci"] = list(wilson_interval(sum(pooled), len(pooled)))
         out["n_eval"] = rows[0].get("n_eval")
+    if rows[0].get("capability_items") is not None:
+        out["capability_items"] = rows[0]["capability_items"]
     p_values = [_p(r, baseline) for r in rows]
     if baseline is not None and all(p is not None for p in p_values):
         out["p_vs_baseline"] = max(p for p in p_values if p is not None)
+    if prompting is not None:  # McNemar is symmetric: prompting vs each seed
+        out["p_vs_prompting"] = _largest_p(prompting, rows)[0]
+    out["p_vs_random"] = None
     return out
 
 
@@ -85,17 +100,19 @@ def build_report(rows: Sequence[dict[str, Any]], config: StudyConfig, located: d
                                  "sweep": [{k: v for k, v in r.items() if not k.endswith("_flags")} for r in mine]}
         if baseline is not None:
             entry["baseline"] = _picked(baseline)
-        if prompting is not None:
-            entry["controls"]["prompting"] = {**_picked(prompting), "p_vs_baseline": _p(prompting, baseline)}
+        if prompting is not None:  # p_vs_prompting is None: the control is the prompting
+            p_random, p_seeds = _largest_p(prompting, randoms)
+            entry["controls"]["prompting"] = {**_picked(prompting), "p_vs_baseline": _p(prompting, baseline),
+                                              "p_vs_random": p_random, "p_vs_random_seeds": p_seeds,
+                                              "p_vs_prompting": None}
         if randoms:
-            entry["controls"]["random"] = _random_control(randoms, baseline)
+            entry["controls"]["random"] = _random_control(randoms, baseline, prompting)
         steered = {m: r for m, r in by_method.items() if m in methods}
         for m, r in steered.items():
-            p_random = [_p(r, x) for x in randoms]
+            p_random, p_seeds = _largest_p(r, randoms)
             entry["methods"][m] = {
                 **_picked(r), "p_vs_baseline": _p(r, baseline), "p_vs_prompting": _p(r, prompting),
-                "p_vs_random": max(p for p in p_random if p is not None) if p_random and None not in p_random else None,
-                "p_vs_random_seeds": p_random,
+                "p_vs_random": p_random, "p_vs_random_seeds": p_seeds,
                 "over_refusal_p_vs_baseline": _p(r, baseline, "over_refusal_flags"),
                 "over_refusal_borderline_p_vs_baseline": _p(r, baseline, "over_refusal_borderline_flags"),
                 "capability_p_vs_baseline": _p(r, baseline, "capability_flags"),

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from lensteer.core.io import write_json
 from lensteer.core.models import EMBEDDED_MODEL_NAME, model_fingerprint
+from lensteer.errors import DataError
 from lensteer.steering.calibration import KLProbe, calibrate
 from lensteer.steering.files import artifact_paths, load_steering, save_steering
 from lensteer.steering.spec import Steering
@@ -164,6 +165,25 @@ def write_report(folder: Path, rows: list[dict[str, Any]], robustness_rows: list
         report["robustness"] = robustness_report(robustness_rows)
     write_json(folder / "report.json", report)
     return report
+
+
+def rebuild_report(out: "str | Path") -> dict[str, Any]:
+    """Rewrite ``out/report.json`` from the rows a finished run left on disk (``results.json``,
+    ``robustness.json``, ``finished.json``) with this version's report code, without a model: for a
+    report whose code changed after the run. The config, model fingerprint and wall time are the run's."""
+    folder = Path(out)
+    old = read_json(folder / "report.json", None)
+    if old is None:
+        raise DataError(f"{folder / 'report.json'} does not exist; run `lensteer run --out {folder}` first")
+    config = StudyConfig.from_dict(old["config"], where=str(folder / "report.json"))
+    finished = read_json(folder / FINISHED_FILE, {})
+    unfinished = [tm for tm in config.threat_models if tm not in finished]
+    if unfinished:
+        raise DataError(f"{folder}: threat models {unfinished} did not finish (no entry in {FINISHED_FILE}); "
+                        f"resume them with `lensteer run --out {folder}` and the run's config")
+    located = {tm: finished[tm]["located"] for tm in config.threat_models}
+    return write_report(folder, SweepTable(folder).rows, RobustnessTable(folder).rows, config, located,
+                        old["model"], seconds=old["seconds"])
 
 
 def _random_like(steering: Steering, seed: int) -> Steering:

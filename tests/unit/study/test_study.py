@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 import lensteer
+from lensteer.cli import main
 from lensteer.core.stats import mcnemar_exact, wilson_interval
 from lensteer.evaluate.honesty import VERDICT_CATEGORIES
 from lensteer.study import config, evaluation
@@ -92,7 +93,15 @@ def test_report_has_the_contract_and_pairs_conditions_on_the_same_prompts():
     random = entry["controls"]["random"]
     assert random["seeds"] == [0, 1, 2] and random["trait"] == pytest.approx(1 / 60)
     assert random["trait_ci"] == pytest.approx(list(wilson_interval(1, 60)))  # pooled over the seeds
-    assert entry["controls"]["prompting"]["p_vs_baseline"] == pytest.approx(2 / 2**4)
+    prompting = entry["controls"]["prompting"]
+    assert prompting["p_vs_baseline"] == pytest.approx(2 / 2**4)
+    # the controls carry a method's keys: prompting vs each random seed, random vs prompting (largest p)
+    assert prompting["p_vs_random_seeds"] == pytest.approx([mcnemar_exact([True] * 4 + [False] * 16,
+                                                                          [s == 0] + [False] * (n - 1)).p_value
+                                                            for s in range(3)])
+    assert prompting["p_vs_random"] == max(prompting["p_vs_random_seeds"]) == pytest.approx(2 / 2**3)
+    assert random["p_vs_prompting"] == prompting["p_vs_random"] and random["p_vs_random"] is None
+    assert prompting["p_vs_prompting"] is None
     test = entry["comparisons"]["StTP vs SwFC"]
     assert (test["a_only"], test["b_only"]) == (2, 0) and test["p_value"] == 0.5
     assert all("trait_flags" not in r for r in entry["sweep"])  # per-prompt outcomes stay in results.json
@@ -182,6 +191,17 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     assert diff(json.loads(json.dumps(result.report["threat_models"])), on_disk) == []
     with pytest.raises(AssertionError, match="located again"):  # another config is another study
         study.run_study(tiny_llama_bridge, replace(cfg, n_eval=3), tmp_path, progress=False, log=lambda s: None)
+    (tmp_path / "report.json").write_text(json.dumps({**json.loads((tmp_path / "report.json").read_text()),
+                                                      "threat_models": {}}))  # report code changed: rebuild, no model
+    rebuilt = study.rebuild_report(tmp_path)
+    assert diff(json.loads(json.dumps(rebuilt["threat_models"])), on_disk) == [] and rebuilt["seconds"] == kept.report["seconds"]
+    assert json.loads((tmp_path / "report.json").read_text())["threat_models"] == on_disk
+    with pytest.raises(lensteer.DataError, match="report.json does not exist"):
+        study.rebuild_report(tmp_path / "nowhere")
+    assert main(["report", "--results", str(tmp_path)]) == 0 and main(["report", "--results", str(tmp_path / "no")]) == 2
+    (tmp_path / "finished.json").write_text(json.dumps({"refusal": {}}))
+    with pytest.raises(lensteer.DataError, match=r"\['honesty'\] did not finish"):
+        study.rebuild_report(tmp_path)
 
 
 def test_conditions_are_evaluated_in_blocks_each_kept_on_disk_and_the_grouping_changes_no_number(
