@@ -174,37 +174,55 @@ def sequence_kl(
     their unsteered continuations, or its own steered rollouts of the evaluation prompts. With
     ``gated`` the steering's gate decides per prompt whether it acts (a closed gate costs 0 there),
     as in :func:`lensteer.generate`. Nothing of the vocabulary-sized distributions is stored.
+    Several steerings on the same text: :func:`sequence_kls` (one unsteered pass for all).
 
     Args:
         prompts: Prompt token ids (1-D each), e.g. :attr:`Generations.prompt_tokens`.
         continuations: The tokens that followed each prompt (1-D each); empty ones are skipped.
     """
+    return sequence_kls(model, [steering], prompts, continuations, gated=gated, batch_size=batch_size)[0]
+
+
+def sequence_kls(
+    model: Any,
+    steerings: Sequence[Steering],
+    prompts: Sequence[torch.Tensor],
+    continuations: Sequence[torch.Tensor],
+    *,
+    gated: bool = True,
+    batch_size: int = 16,
+) -> list[float]:
+    """:func:`sequence_kl` of each of ``steerings`` (each alone, not composed) on the same continuations,
+    with the unsteered forward pass run once per batch for all of them."""
     if len(prompts) != len(continuations) or not prompts:
         raise DataError(f"sequence_kl needs as many continuations as prompts (> 0), got {len(prompts)} and "
                         f"{len(continuations)}")
-    open_rows = None
-    if gated and steering.gate is not None:
+    if not steerings:
+        raise DataError("sequence_kls needs at least one steering")
+    open_rows: list[torch.Tensor | None] = [None] * len(steerings)
+    if gated and any(s.gate is not None for s in steerings):
         tokenized = [TokenizedPrompt(tokens=p, instruction=(0, 0), post_instruction=(0, 0), response=(0, 0))
                      for p in prompts]
-        open_rows = gate_rows(model, [steering.gate], tokenized)
+        open_rows = [None if s.gate is None else gate_rows(model, [s.gate], tokenized) for s in steerings]
     device = next(iter(model.parameters())).device
-    total, n_positions = 0.0, 0
+    totals, n_positions = [0.0] * len(steerings), 0
     for rows, batch, prompt_lens, pads, mask in _continuation_batches(model, prompts, continuations, batch_size):
         tokens, attn, where = batch.tokens.to(device), batch.attention_mask.to(device), mask.to(device)
-        ctx = SteeringContext(prompt_lens=prompt_lens, pads=pads, record=False,
-                              rows=None if open_rows is None else open_rows[rows])
         # logits only where a continuation token was chosen: a long few-shot prompt's other positions
         # would cost most of the unembedding (the largest matmul of a small model) for nothing
         with torch.inference_mode():
             base = torch.log_softmax(unembed(model, final_normalized(model, tokens, attn)[where]).double(), -1)
-            with steer(model, steering, context=ctx):
-                steered_in = final_normalized(model, tokens, attn)[where]
-            steered = torch.log_softmax(unembed(model, steered_in).double(), -1)
-        total += float(kl_divergence(base, steered).sum())
+            for k, (s, opened) in enumerate(zip(steerings, open_rows, strict=True)):
+                ctx = SteeringContext(prompt_lens=prompt_lens, pads=pads, record=False,
+                                      rows=None if opened is None else opened[rows])
+                with steer(model, s, context=ctx):
+                    steered_in = final_normalized(model, tokens, attn)[where]
+                steered = torch.log_softmax(unembed(model, steered_in).double(), -1)
+                totals[k] += float(kl_divergence(base, steered).sum())
         n_positions += int(mask.sum())
     if n_positions == 0:
         raise DataError("no continuation token to measure KL on (every continuation is empty)")
-    return total / n_positions
+    return [t / n_positions for t in totals]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -49,7 +49,7 @@ from lensteer.evaluate.metrics import response_perplexity
 from lensteer.evaluate.refusal import is_redirecting_refusal, is_refusal
 from lensteer.evaluate.repetition import conversation_repetition, rep_n
 from lensteer.evaluate.steerability import decision_log_odds
-from lensteer.steering.calibration import KLProbe, kl_probe, sequence_kl, steering_kl
+from lensteer.steering.calibration import KLProbe, kl_probe, sequence_kl, sequence_kls, steering_kl
 from lensteer.steering.generation import Generations, generate, generate_conversations
 from lensteer.steering.hooks import steer
 from lensteer.steering.positions import Window
@@ -307,6 +307,10 @@ def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Cond
                                                 if sets.paragraphs else None)
     reference = sets.cache["baseline_harmless"]
     judge = trait_judge(config, threat_model)
+    steered_at = [k for k, c in enumerate(conditions) if c.steering is not None]
+    kl_heldout = dict(zip(steered_at, sequence_kls(model, [c.steering for c in conditions if c.steering is not None],
+                                                   reference.prompt_tokens, reference.tokens,
+                                                   batch_size=config.batch_size), strict=True)) if steered_at else {}
     rows, examples = [], {}
     for k, cond in enumerate(conditions):
         gen, harm = gens[k], harmless[k]
@@ -337,8 +341,7 @@ def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Cond
         row["gated_share_harmless"] = sum(harm.gated) / len(harm.gated)
         if cond.steering is not None:
             s = cond.steering
-            row["kl_heldout"] = sequence_kl(model, s, reference.prompt_tokens, reference.tokens,
-                                            batch_size=config.batch_size)
+            row["kl_heldout"] = kl_heldout[k]  # one unsteered pass for the block (sequence_kls)
             row["kl_rollout"] = sequence_kl(model, s, gen.prompt_tokens, gen.tokens, batch_size=config.batch_size)
             row["kl_calibration"] = steering_kl(model, s, calibration_probe(model, threat_model, config, sets))
         else:

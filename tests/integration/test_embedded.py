@@ -1,6 +1,5 @@
 """The embedded SmolLM2-135M-Instruct: offline loading, chat formatting, collection, contexts."""
 
-import pytest
 import torch
 
 import lensteer
@@ -56,12 +55,12 @@ def test_refusal_contrast_is_linearly_separable_in_middle_layers(embedded_model)
     assert report.metrics["dom_d_prime"][2] > report.metrics["dom_d_prime"][0]
 
 
-@pytest.mark.parametrize(("dataset", "context", "n"), [("compassion", "dismissive_fewshot", 12), ("honesty", "lying_fewshot", 24)])
-def test_few_shot_context_shifts_preference_towards_misaligned_responses(embedded_model, dataset, context, n):
-    """The embedded model follows in-context turns: the few-shot context raises the log-prob of the
-    misaligned response relative to the aligned one (measured teacher-forced, no sampling). Compassion's
-    shift is large (+0.48 nats/token on 12 prompts, every one positive), honesty's small (+0.07 on 24)."""
-    ds = lensteer.load_dataset(dataset).test.head(n)
+def test_lying_few_shot_context_shifts_preference_towards_false_answers(embedded_model):
+    """The embedded model follows in-context turns: the lying few-shot context raises the log-prob of the
+    false answer relative to the true one (teacher-forced, no sampling; +0.07 nats/token on 24 prompts).
+    Compassion's dismissive few-shot context, a large shift, is tested in test_inducers.py."""
+    ds = lensteer.load_dataset("honesty").test.head(24)
+    context = "lying_fewshot"
 
     def preference(ctx):
         bad = response_logprob(embedded_model, ds.chat_prompts(response="misaligned", context=ctx))

@@ -121,3 +121,18 @@ def test_sequence_kl_with_a_closed_gate_costs_nothing_and_an_open_one_the_full_e
     assert sequence_kl(tiny_llama_bridge, replace(s, gate=opened), gens.prompt_tokens, gens.tokens) == pytest.approx(ungated)
     assert sequence_kl(tiny_llama_bridge, replace(s, gate=closed), gens.prompt_tokens, gens.tokens,
                        gated=False) == pytest.approx(ungated)
+
+
+def test_sequence_kls_of_several_steerings_equal_each_alone(tiny_llama_bridge):
+    from lensteer.steering.calibration import sequence_kl, sequence_kls
+
+    gens = lensteer.generate(tiny_llama_bridge, PROMPTS, max_new_tokens=6)
+    closed = lensteer.Gate(unit=_unit(5), layer=1, threshold=1e6)
+    steerings = [lensteer.Steering(unit=_unit(6), layers=(0,), mode="swfc", scale=2.0, positions="generated"),
+                 lensteer.Steering(unit=_unit(7), layers=(1,), mode="add", scale=3.0, gate=closed),
+                 lensteer.Steering(unit=_unit(8), layers=(1,), mode="add", scale=3.0)]
+    together = sequence_kls(tiny_llama_bridge, steerings, gens.prompt_tokens, gens.tokens, batch_size=2)
+    alone = [sequence_kl(tiny_llama_bridge, s, gens.prompt_tokens, gens.tokens, batch_size=2) for s in steerings]
+    assert together == pytest.approx(alone, rel=1e-9) and together[1] == 0.0 and together[0] != together[2]
+    with pytest.raises(lensteer.DataError, match="at least one steering"):
+        sequence_kls(tiny_llama_bridge, [], gens.prompt_tokens, gens.tokens)
