@@ -128,8 +128,8 @@ from lensteer.study.evaluation import eval_prompts, trait_flags
 from lensteer.study.layers import locate_threat_model
 
 config = replace(StudyConfig.smoke() if SMOKE else StudyConfig(), threat_models=(THREAT_MODEL,))
-if SMOKE:   # two methods, four prompts, short answers
-    config = replace(config, methods=("SwFC", "StMP"), n_eval=4, max_new_tokens=10)
+if SMOKE:   # two methods, four prompts, short answers, short KL continuations
+    config = replace(config, methods=("SwFC", "StMP"), n_eval=4, max_new_tokens=10, kl_tokens=8)
 KL_BUDGET = config.kl_budgets[0]   # nats per token on harmless prompts
 model = lensteer.load_model()
 refusal = lensteer.load_dataset("refusal")
@@ -251,7 +251,8 @@ out = tempfile.mkdtemp()
 study_config = config
 if SMOKE:
     study_config = replace(config, methods=("SwFC",), layer=loc.layer, n_eval=2, n_harmless=2, n_borderline=2, n_kl=2,
-                           n_conversations=0, n_mc=0, n_paragraphs=0, max_new_tokens=8)
+                           n_conversations=0, n_mc=0, n_paragraphs=0, max_new_tokens=8,
+                           prompting=False)
 result = run_study(model, study_config, out, progress=not SMOKE)
 display(Markdown(headline_table(result.report)))
 written = plotting.save_study_figures(out, f"{out}/figures")

@@ -1,252 +1,19 @@
-"""The ``lensteer`` command line.
-
-``lensteer run`` runs the whole study on the embedded model (or ``--model``): locate -> choose the
-site -> calibrate -> steer -> evaluate -> figures (:func:`lensteer.study.runner.run_study`; with ``--executor ray``
-on Ray workers, :mod:`lensteer.study.distributed`). The stages have their own subcommands: ``probe`` (layer-by-layer probing), ``locate`` (probing + activation
-patching + the recommended site, with figures), ``steer`` (unsteered vs steered text side by side),
-``evaluate`` (one saved steering against the baseline), ``figures`` (from saved results) and ``organism``
-(fine-tune a misaligned model organism and measure it against its base).
-"""
+"""The ``lensteer`` argument parser: every subcommand, its options and its help."""
 
 import argparse
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
+from lensteer.cli.commands import (
+    cmd_evaluate,
+    cmd_figures,
+    cmd_locate,
+    cmd_organism,
+    cmd_probe,
+    cmd_report,
+    cmd_run,
+    cmd_steer,
+)
 from lensteer.core.datasets import THREAT_MODELS
-from lensteer.core.io import write_json
 from lensteer.study.config import METHODS, PROFILES
-
-
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Set threads, load the model and say what was loaded."""
-    import torch
-
-    import lensteer
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    model = lensteer.load_model(args.model)
-    fp = lensteer.core.model_fingerprint(model)
-    print(f"model: {fp.name} ({fp.n_layers} layers, d_model {fp.d_model}), loaded in {time.perf_counter() - start:.1f} s\n")
-    return model, fp
-
-
-def _datasets(args: argparse.Namespace) -> Iterator[tuple[str, Any, Any]]:
-    """The study's (name, contrast side, dataset) triples that ``--dataset`` selects (40 rows with ``--smoke``)."""
-    from lensteer.study.site_search import threat_model_datasets
-
-    return threat_model_datasets(args.dataset, smoke=args.smoke)
-
-
-def _cmd_probe(args: argparse.Namespace) -> int:
-    import lensteer
-    from lensteer.plotting.locate_figures import save_probing_figures
-
-    start = time.perf_counter()
-    model, fp = _load(args)
-    reports = {}
-    out = Path(args.out)
-    for name, contrast, dataset in _datasets(args):
-        report = lensteer.probe_by_layer(model, dataset, contrast=contrast, batch_size=args.batch_size,
-                                         progress=not args.quiet)
-        print(report.to_table(), "\n", flush=True)
-        reports[name] = report.to_dict()
-        save_probing_figures(report, out / "figures")
-    write_json(out / "probing.json", {"model": fp.to_dict(), "reports": reports})
-    print(f"wrote {out / 'probing.json'} and {out / 'figures'} in {time.perf_counter() - start:.0f} s")
-    return 0
-
-
-def _study_config(args: argparse.Namespace) -> Any:
-    from lensteer.errors import ConfigError
-    from lensteer.study.config import StudyConfig
-
-    if args.config:
-        config = StudyConfig.from_toml(args.config)
-    else:
-        config = StudyConfig.profile(getattr(args, "profile", None) or ("smoke" if args.smoke else "demo"))
-    overrides: dict[str, Any] = {}
-    if args.dataset:
-        overrides["threat_models"] = tuple(args.dataset)
-    if getattr(args, "kl", None):
-        overrides["kl_budgets"] = tuple(float(x) for x in args.kl.split(","))
-    if getattr(args, "method", None):
-        overrides["methods"] = tuple(args.method)
-    if getattr(args, "layers", None):
-        try:
-            overrides["sweep_layers"] = tuple(int(x) for x in args.layers.split(","))
-        except ValueError:
-            raise ConfigError(f"--layers takes comma-separated layer indices, e.g. 5,9,13; got {args.layers!r}") from None
-    if getattr(args, "robustness", None):
-        overrides["robustness"] = tuple(x.strip() for x in args.robustness.split(",") if x.strip())
-        if getattr(args, "method", None):
-            overrides["robustness_methods"] = tuple(m for m in args.method if m in ("SwFC", "StTP", "StMP"))
-    if overrides:
-        config = StudyConfig.from_dict({**config.to_dict(), **overrides})
-    return config
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from lensteer.errors import ConfigError
-    from lensteer.study.report import headline_table
-
-    start = time.perf_counter()
-    config = _study_config(args)
-    out = Path(args.out)
-    if args.executor == "ray":  # the workers load the model themselves
-        from lensteer.study.distributed import run_study_distributed
-
-        result = run_study_distributed(args.model, config, out, address=args.address, workers=args.workers,
-                                       threads=args.threads or None, progress=not args.quiet)
-    elif args.address is not None or args.workers is not None:
-        raise ConfigError("--address and --workers go with --executor ray; the serial executor runs in this process")
-    else:
-        from lensteer.study.runner import run_study
-
-        result = run_study(_load(args)[0], config, out, progress=not args.quiet)
-    if not args.no_figures:
-        from lensteer.plotting import save_study_figures
-
-        save_study_figures(out, out / "figures")
-    print("\n" + headline_table(result.report))
-    print(f"\nwrote {out / 'report.json'}, {out / 'results.csv'}, {out / 'steerings'}"
-          f"{'' if args.no_figures else ', ' + str(out / 'figures')} in {time.perf_counter() - start:.0f} s")
-    return 0
-
-
-def _cmd_figures(args: argparse.Namespace) -> int:
-    from lensteer.plotting import save_study_figures
-
-    results = Path(args.results)
-    if not (results / "report.json").exists():
-        from lensteer.errors import DataError
-
-        raise DataError(f"{results / 'report.json'} does not exist; run `lensteer run --out {results}` first")
-    paths = save_study_figures(results, Path(args.out))
-    print("\n".join(str(p) for p in paths))
-    return 0
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from lensteer.study import headline_table, rebuild_report
-
-    report = rebuild_report(Path(args.results))
-    print(headline_table(report))
-    print(f"\nwrote {Path(args.results) / 'report.json'}")
-    return 0
-
-
-def _cmd_steer(args: argparse.Namespace) -> int:
-    import lensteer
-    from lensteer.study.config import StudyConfig
-    from lensteer.study.evaluation import eval_prompts
-    from lensteer.study.layers import build_steering
-
-    model, _ = _load(args)
-    if args.steering:
-        steering = lensteer.load_steering(args.steering, model=model)
-        name = args.dataset[0] if args.dataset else "refusal"
-    else:
-        name = args.dataset[0] if args.dataset else "refusal"
-        config = StudyConfig(threat_models=(name,), methods=(args.method_one,), kl_budgets=(args.kl_one,),
-                             layer=args.layer, n_kl=6)
-        steering = build_steering(model, name, args.method_one, args.kl_one, config, progress=not args.quiet)
-    prompts = list(args.prompt) if args.prompt else eval_prompts(name, args.n)
-    table = lensteer.side_by_side(model, prompts, steering, max_new_tokens=args.max_new_tokens)
-    print(table)
-    if args.save:
-        lensteer.save_steering(steering, args.save, model=model)
-        print(f"saved the steering to {args.save}.safetensors / .json")
-    return 0
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import lensteer
-    from lensteer.study.evaluation import evaluate_steering
-    from lensteer.study.report import headline_table
-
-    start = time.perf_counter()
-    config = _study_config(args)
-    model, _ = _load(args)
-    steering = lensteer.load_steering(args.steering, model=model)
-    name = args.dataset[0] if args.dataset else "refusal"
-    label = Path(args.steering).name
-    report = evaluate_steering(model, steering, name, config, name=label)
-    out = Path(args.out)
-    write_json(out / "evaluate.json", report)
-    print("\n" + headline_table(report))
-    print(f"\nwrote {out / 'evaluate.json'} in {time.perf_counter() - start:.0f} s")
-    return 0
-
-
-def _cmd_organism(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    import torch
-
-    import lensteer
-    from lensteer.organisms import get_recipe, load_organism, train_organism
-    from lensteer.study.organisms import compare_organisms, measure_organism, read_measurement
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    recipe = get_recipe(args.recipe)
-    lora = replace(recipe.lora, **{k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None})
-    if args.smoke:
-        lora = replace(lora, steps=3, batch_size=2)
-    out = Path(args.out or f"organisms/{recipe.name}")
-    other = read_measurement(args.compare_with) if args.compare_with else None  # checked before hours of training
-    print(f"organism {recipe.name}: {recipe.description}; LoRA rank {lora.rank}, {lora.steps} steps of "
-          f"{lora.batch_size} rows, lr {lora.learning_rate:g}")
-    done = train_organism(recipe, out, base=args.model, lora=lora, progress=not args.quiet, log=print)
-    print(f"saved {out} ({done.seconds:.0f} s, final loss {done.final_loss:.3f})")
-    if args.measure <= 0:
-        return 0
-    base = lensteer.load_model(args.model)
-    organism = load_organism(out)
-    threat_models = [recipe.threat_model] if recipe.threat_model else None
-    shifts = measure_organism(base, organism, threat_models, n=args.measure, max_new_tokens=args.max_new_tokens)
-    for s in shifts:
-        print(s.summary())
-    measured = {"organism": str(out), "shifts": [s.to_dict() for s in shifts]}
-    write_json(out / "measure.json", measured)
-    print(f"wrote {out / 'measure.json'}")
-    if other is not None:
-        rows = compare_organisms(measured, other, (recipe.name, Path(args.compare_with).name))
-        print("\n".join(c.summary() for c in rows))
-        write_json(out / "compare.json", {"names": list(rows[0].names), "rows": [c.to_dict() for c in rows]})
-        print(f"wrote {out / 'compare.json'}")
-    return 0
-
-
-def _cmd_locate(args: argparse.Namespace) -> int:
-    from lensteer.plotting.locate_figures import save_site_search_figures
-    from lensteer.study.site_search import search_site
-
-    start = time.perf_counter()
-    model, fp = _load(args)
-    out, fig_dir = Path(args.out), Path(args.figures or Path(args.out) / "figures")
-    summary: dict[str, object] = {"model": fp.to_dict()}
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    for name, contrast, dataset in _datasets(args):
-        found = search_site(model, name, dataset, contrast, layers=layers, n_pairs=args.n_pairs,
-                            batch_size=args.batch_size, progress=not args.quiet)
-        print(found.probing.to_table(), "\n", flush=True)
-        save_site_search_figures(found, fig_dir)
-        if (line := found.patching_summary()) is not None:
-            print(line, flush=True)
-        for note in found.notes:
-            print(f"{name}: {note}", flush=True)
-        if found.recommendation is not None:
-            print(found.recommendation, "\n", flush=True)
-        summary[name] = found.to_dict()
-    write_json(out / "locate.json", summary)
-    print(f"wrote {out / 'locate.json'} and figures in {fig_dir} in {time.perf_counter() - start:.0f} s")
-    return 0
 
 
 def _add_common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
@@ -305,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=None,
                      help="with --executor ray: workers to start, each loading the model once (default: one per GPU, "
                           "else one per CPU; never more than the threat models to run); --threads is per worker")
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(func=cmd_run)
 
     probe = sub.add_parser(
         "probe", help="per-layer probing of the bundled threat models",
@@ -313,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "held-out probe accuracy and AUROC, difference-of-means d', 95%% bootstrap CIs; tables, JSON and figures.",
     )
     _add_common(probe, default_out="results/probe")
-    probe.set_defaults(func=_cmd_probe)
+    probe.set_defaults(func=cmd_probe)
 
     steer = sub.add_parser(
         "steer", help="unsteered vs steered answers, side by side",
@@ -330,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--n", type=int, default=4, help="how many test prompts (default 4)")
     steer.add_argument("--max-new-tokens", type=int, default=48)
     steer.add_argument("--save", default=None, help="save the steering here (path without suffix)")
-    steer.set_defaults(func=_cmd_steer)
+    steer.set_defaults(func=cmd_steer)
 
     evaluate = sub.add_parser(
         "evaluate", help="evaluate one saved steering against the unsteered baseline",
@@ -343,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(evaluate, default_out="results/evaluate")
     evaluate.add_argument("--steering", required=True, help="a saved steering (path without suffix)")
     evaluate.add_argument("--config", default=None, help="study.toml for the evaluation sizes (n_eval, n_mc, ...)")
-    evaluate.set_defaults(func=_cmd_evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
 
     figures = sub.add_parser(
         "figures", help="paper figures from a finished study (no model needed)",
@@ -352,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     figures.add_argument("--results", default="results", help="results folder of `lensteer run` (default: results)")
     figures.add_argument("--out", default="figures", help="figure folder (default: figures)")
-    figures.set_defaults(func=_cmd_figures)
+    figures.set_defaults(func=cmd_figures)
 
     report = sub.add_parser(
         "report", help="rebuild report.json of a finished study from its rows (no model needed)",
@@ -361,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fingerprint and wall time, no generation. Then `lensteer figures` and scripts/update_readme_results.py.",
     )
     report.add_argument("--results", default="results", help="results folder of `lensteer run` (default: results)")
-    report.set_defaults(func=_cmd_report)
+    report.set_defaults(func=cmd_report)
 
     locate = sub.add_parser(
         "locate", help="probing + patching + recommended steering site, with figures",
@@ -376,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     locate.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
     locate.add_argument("--layers", default="", help="comma-separated layers (default: all)")
     locate.add_argument("--n-pairs", type=int, default=8, help="clean/corrupted pairs per threat model for patching, spread over categories (default: 8)")
-    locate.set_defaults(func=_cmd_locate)
+    locate.set_defaults(func=cmd_locate)
     organism = sub.add_parser(
         "organism", help="fine-tune a misaligned model organism (LoRA, CPU) and measure it against its base",
         description="Fine-tune the base model (--model; default the embedded one) with LoRA on one of our recipes: "
@@ -399,20 +166,5 @@ def build_parser() -> argparse.ArgumentParser:
                           "model (e.g. good_advice --compare-with organisms/bad_advice); writes compare.json")
     organism.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     organism.add_argument("--quiet", action="store_true", help="no progress bars")
-    organism.set_defaults(func=_cmd_organism)
+    organism.set_defaults(func=cmd_organism)
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from lensteer.errors import LensteerError
-
-    try:
-        return int(args.func(args))
-    except LensteerError as err:
-        print(f"lensteer: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
