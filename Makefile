@@ -24,16 +24,15 @@ $(STAMP): pyproject.toml
 demo: env
 	$(VENV)/bin/lensteer run --out results --threads 2
 
-# The unit tests (tiny models: one core's work) run beside the notebooks, one torch thread each, so both
-# cores work without oversubscription (two 2-thread torch processes on 2 cores slow each other badly);
-# the unit log is printed after the notebooks'. Then the embedded-model integration tests, 2 threads.
+# Lint and the unit tests (tiny models: one core's work) run beside the notebooks, one torch thread each,
+# so both cores work without oversubscription (two 2-thread torch processes on 2 cores slow each other
+# badly); their log is printed after the notebooks'. Then the embedded-model integration tests, 2 threads.
 test: env
-	$(VENV)/bin/ruff check lensteer tests benchmarks scripts
-	$(VENV)/bin/mypy
-	@log=$$(mktemp); echo "tests/unit beside notebooks/ (one torch thread each; unit log follows)"; \
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=10 tests/unit > $$log 2>&1 & unit=$$!; \
+	@log=$$(mktemp); echo "lint + tests/unit beside notebooks/ (one torch thread each; their log follows)"; \
+	( $(VENV)/bin/ruff check lensteer tests benchmarks scripts && $(VENV)/bin/mypy && \
+	  OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=10 tests/unit ) > $$log 2>&1 & unit=$$!; \
 	OMP_NUM_THREADS=1 LENSTEER_SMOKE=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/; nb=$$?; \
-	wait $$unit; status=$$?; echo "--- tests/unit ---"; cat $$log; rm -f $$log; \
+	wait $$unit; status=$$?; echo "--- lint + tests/unit ---"; cat $$log; rm -f $$log; \
 	[ $$status -eq 0 ] && [ $$nb -eq 0 ]
 	$(PY) -m pytest -q --durations=10 tests/integration
 
