@@ -106,9 +106,10 @@ def _robustness(model: Any, tm: str, layer: int, conditions: list[Condition], ta
 
 
 # Conditions evaluated (decoded jointly) per block; each block's rows are written before the next starts,
-# so an interrupted paper run (hours per threat model on a CPU) loses at most one block. Four conditions
-# still fill a batch of 64 with any test split, and the numbers do not depend on the grouping (tested).
-CONDITIONS_PER_BLOCK = 4
+# so an interrupted paper run (hours per threat model on a CPU) loses at most one block. Six is the demo's
+# whole set (baselines, three methods, one random seed: one decoding pass per prompt set instead of two),
+# and the numbers do not depend on the grouping (tested).
+CONDITIONS_PER_BLOCK = 6
 
 
 # At matched KL these are the same edit as their original: StMP-push at scale 2a moves a token by
