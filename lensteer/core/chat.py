@@ -198,16 +198,31 @@ def left_pad(prompts: Sequence[TokenizedPrompt], pad_id: int) -> PromptBatch:
     return PromptBatch(tokens=tokens, attention_mask=mask, prompts=tuple(prompts))
 
 
+PAD_SLACK = 32  # tokens: prompts up to 2x + this the batch's shortest share a batch (see length_sorted_batches)
+
+
 def length_sorted_batches(
     tokenized: Sequence[TokenizedPrompt], batch_size: int, pad_id: int
 ) -> list[tuple[list[int], PromptBatch]]:
     """Group prompts of similar length into left-padded batches (less padding, same results).
 
+    Prompts are taken shortest first; a batch ends when it holds ``batch_size`` prompts or when the
+    next prompt is more than twice as long as the batch's shortest (plus :data:`PAD_SLACK` tokens), so
+    short prompts are never padded to a long few-shot context's width (a batch of harmless questions
+    and few-shot prompts would otherwise spend most of its compute on padding).
+
     Returns ``(rows, batch)`` pairs; ``rows`` are the indices into ``tokenized`` of the batch's rows,
     so results can be written back in prompt order.
     """
     order = sorted(range(len(tokenized)), key=lambda i: tokenized[i].n_tokens)
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    chunks: list[list[int]] = []
+    for i in order:
+        current = chunks[-1] if chunks else None
+        if (current is None or len(current) >= batch_size
+                or tokenized[i].n_tokens > 2 * tokenized[current[0]].n_tokens + PAD_SLACK):
+            chunks.append([i])
+        else:
+            current.append(i)
     return [(rows, left_pad([tokenized[i] for i in rows], pad_id)) for rows in chunks]
 
 

@@ -26,7 +26,7 @@ from typing import Any, cast
 from weakref import WeakKeyDictionary
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import nn
 
 PLAIN_SITES = ("resid_pre", "resid_post")  # the decoder layer's input and output: hookable on the plain view
@@ -55,6 +55,15 @@ class PlainView:
                           past_key_values=cache, use_cache=True, **keep)
         logits = out.logits if self.keeps_last or not last_only else out.logits[:, -1:]
         return logits, out.past_key_values
+
+    def final_normalized(self, tokens: Int[torch.Tensor, "batch new"], attention_mask: Int[torch.Tensor, "batch total"],
+                         cache: Any) -> Float[torch.Tensor, "batch new d_model"]:
+        """The unembedding's input (after the final norm) for the new ``tokens``, from a cached forward of
+        the base model (no logits: a teacher-forced pass unembeds only the positions it reads)."""
+        base = cast(nn.Module, self.module.base_model)
+        out = base(input_ids=tokens, attention_mask=attention_mask,
+                   position_ids=mask_positions(attention_mask, tokens.shape[1]), past_key_values=cache, use_cache=True)
+        return cast(torch.Tensor, out.last_hidden_state)
 
 
 def plain_view(model: Any) -> "PlainView | None":

@@ -22,12 +22,14 @@ from lensteer.core.chat import (
     pad_id_of,
     tokenize_prompt,
 )
-from lensteer.core.forward import final_normalized, kl_divergence, unembed
+from lensteer.core.forward import kl_divergence, unembed
+from lensteer.core.plain import plain_view
 from lensteer.core.sites import resolve_sites
 from lensteer.errors import ConfigError, DataError
 from lensteer.steering.gates import gate_rows
 from lensteer.steering.generation import generate
-from lensteer.steering.hooks import SteeringContext, steer
+from lensteer.steering.hooks import SteeringContext
+from lensteer.steering.prefix import teacher_forced_states
 from lensteer.steering.spec import Steering
 
 
@@ -130,10 +132,13 @@ def kl_probe(
     device = next(iter(model.parameters())).device
     batches: list[_KLBatch] = []
     n_positions = 0
+    view = plain_view(model)
     for _, batch, prompt_lens, pads, mask in _continuation_batches(model, gens.prompt_tokens, gens.tokens, batch_size):
+        ctx = SteeringContext(prompt_lens=prompt_lens, pads=pads, record=False)
         with torch.inference_mode():
-            logits = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
-        base = torch.log_softmax(logits[mask.to(device)].double(), -1).cpu()
+            states = teacher_forced_states(model, (), batch.tokens.to(device), batch.attention_mask.to(device), mask,
+                                           ctx, view=view)
+            base = torch.log_softmax(unembed(model, states).double(), -1).cpu()
         batches.append(_KLBatch(tokens=batch.tokens, attention_mask=batch.attention_mask, prompt_lens=prompt_lens,
                                 pads=pads, mask=mask, base_logprobs=base))
         n_positions += int(mask.sum())
@@ -148,13 +153,17 @@ def steering_kl(model: Any, steering: "Steering | Sequence[Steering]", probe: KL
     Gates are not applied: calibration measures what the edit costs wherever it acts (use
     :func:`sequence_kl` with ``gated=True`` for what a gated steering costs on given prompts)."""
     steerings = (steering,) if isinstance(steering, Steering) else tuple(steering)
+    if not steerings or not all(isinstance(s, Steering) for s in steerings):
+        raise ConfigError(f"steering_kl takes a Steering or a non-empty list of them, got {steering!r}")
     device = next(iter(model.parameters())).device
+    view = plain_view(model)
     total = 0.0
     for b in probe.batches:
         ctx = SteeringContext(prompt_lens=b.prompt_lens, pads=b.pads, record=False)
-        with torch.inference_mode(), steer(model, *steerings, context=ctx):
-            logits = model(b.tokens.to(device), attention_mask=b.attention_mask.to(device))
-        steered = torch.log_softmax(logits[b.mask.to(device)].double(), -1).cpu()
+        with torch.inference_mode():
+            states = teacher_forced_states(model, steerings, b.tokens.to(device), b.attention_mask.to(device), b.mask,
+                                           ctx, view=view)
+            steered = torch.log_softmax(unembed(model, states).double(), -1).cpu()
         total += float(kl_divergence(b.base_logprobs, steered).sum())
     return total / probe.n_positions
 
@@ -205,18 +214,21 @@ def sequence_kls(
                      for p in prompts]
         open_rows = [None if s.gate is None else gate_rows(model, [s.gate], tokenized) for s in steerings]
     device = next(iter(model.parameters())).device
+    view = plain_view(model)
     totals, n_positions = [0.0] * len(steerings), 0
     for rows, batch, prompt_lens, pads, mask in _continuation_batches(model, prompts, continuations, batch_size):
-        tokens, attn, where = batch.tokens.to(device), batch.attention_mask.to(device), mask.to(device)
+        tokens, attn = batch.tokens.to(device), batch.attention_mask.to(device)
         # logits only where a continuation token was chosen: a long few-shot prompt's other positions
-        # would cost most of the unembedding (the largest matmul of a small model) for nothing
+        # would cost most of the unembedding (the largest matmul of a small model) for nothing; the
+        # prompts' shared prefix (a few-shot context) runs once per pass (teacher_forced_states)
         with torch.inference_mode():
-            base = torch.log_softmax(unembed(model, final_normalized(model, tokens, attn)[where]).double(), -1)
+            plain = SteeringContext(prompt_lens=prompt_lens, pads=pads, record=False)
+            base = torch.log_softmax(unembed(model, teacher_forced_states(model, (), tokens, attn, mask, plain,
+                                                                          view=view)).double(), -1)
             for k, (s, opened) in enumerate(zip(steerings, open_rows, strict=True)):
                 ctx = SteeringContext(prompt_lens=prompt_lens, pads=pads, record=False,
                                       rows=None if opened is None else opened[rows])
-                with steer(model, s, context=ctx):
-                    steered_in = final_normalized(model, tokens, attn)[where]
+                steered_in = teacher_forced_states(model, (s,), tokens, attn, mask, ctx, view=view)
                 steered = torch.log_softmax(unembed(model, steered_in).double(), -1)
                 totals[k] += float(kl_divergence(base, steered).sum())
         n_positions += int(mask.sum())
