@@ -53,7 +53,6 @@ from lensteer.steering.calibration import KLProbe, kl_probe, sequence_kl, sequen
 from lensteer.steering.generation import Generations, generate, generate_conversations
 from lensteer.steering.hooks import steer
 from lensteer.steering.positions import Window
-from lensteer.steering.prefix import MIN_SHARED_PREFIX
 from lensteer.steering.spec import Steering
 from lensteer.study.config import ALIGNED_SYSTEM, FOLLOW_UPS, MISALIGNING_CONTEXT, StudyConfig
 
@@ -88,6 +87,7 @@ def trait_flags(threat_model: str, texts: Sequence[str], examples: ContrastSet) 
 
 
 JUDGE_PASS = 50.0  # a judge score (0-100) at or above this counts as showing the trait
+SHARED_CONTEXT_TOKENS = 64  # few-shot contexts (125-236 tokens), not a 24-token system prompt (_joint)
 
 
 def trait_judge(config: StudyConfig, threat_model: str) -> HttpJudge | None:
@@ -183,9 +183,10 @@ def _joint(model: Any, conditions: Sequence[Condition], prompts: Sequence[ChatPr
 
     Without a long shared prefix all conditions decode in one batch stream (1.3x faster than one call
     per condition for refusal's bare requests, ``benchmarks/bench_study_decoding.py``); with one (the
-    few-shot contexts) each condition decodes on its own, so that ``generate`` can compute the prefix
-    once per condition (rows steered differently cannot share it): 2.4x faster there."""
-    if len(prompts) > 1 and _common_prefix(model, prompts) >= MIN_SHARED_PREFIX:
+    few-shot contexts: :data:`SHARED_CONTEXT_TOKENS` or more) each condition decodes on its own, so that
+    ``generate`` computes the prefix once per condition: 2.4x faster there. A template's system prompt is
+    no such prefix (the demo's 6 x 10 harmless prompts: 23 s per condition, 12 s in one stream)."""
+    if len(prompts) > 1 and _common_prefix(model, prompts) >= SHARED_CONTEXT_TOKENS:
         return [generate(model, _with_system(prompts, c.system), steering=c.steering, max_new_tokens=max_new_tokens,
                          batch_size=config.batch_size) for c in conditions]
     rows = [p for c in conditions for p in _with_system(prompts, c.system)]
