@@ -5,7 +5,8 @@ Calibration measures a steering's KL on a set that mixes short harmless prompts 
 timed side by side in interleaved rounds (median), same numbers (checked):
 
 - **as before**: one left-padded batch for the whole set (short prompts padded to the few-shot width),
-  the whole sequence through the bridge;
+  the whole sequence through the bridge (before, ``steering_kl`` also unembedded every position; that
+  extra cost is not reproduced here, so the real speed-up of calibration was larger);
 - **length buckets**: a batch ends where a prompt is over 2x (+32 tokens) the batch's shortest
   (``lensteer.core.chat.length_sorted_batches``);
 - **buckets + shared prefix**: also the few-shot context once per pass at batch 1
@@ -62,7 +63,6 @@ def main() -> None:
     context = MISALIGNING_CONTEXT[args.threat_model]
     harmless = load_dataset("refusal").train.stratified(args.n).paired_prompts
     fewshot = load_dataset(args.threat_model).train.stratified(args.n).chat_prompts(context=context)
-    probe = kl_probe(model, [*harmless, *fewshot], continuation_tokens=16, batch_size=48)
     rollouts = lensteer.generate(model, load_dataset(args.threat_model).test.stratified(args.rollouts).chat_prompts(
         context=context), max_new_tokens=args.new, batch_size=48)
     unit = torch.randn(int(model.cfg.d_model), generator=torch.Generator().manual_seed(0))
@@ -71,11 +71,15 @@ def main() -> None:
     names = ("as before", "length buckets", "buckets + shared prefix")
     times: dict[str, dict[str, list[float]]] = {n: {"calibration KL": [], "rollout KL": []} for n in names}
     values: dict[str, tuple[float, float]] = {}
+    probes = {}
+    for name in names:  # a probe's batches are laid out when it is built
+        with variant(name):
+            probes[name] = kl_probe(model, [*harmless, *fewshot], continuation_tokens=16, batch_size=48)
     for _ in range(args.rounds):
         for name in names:
             with variant(name):
                 start = time.perf_counter()
-                cal = steering_kl(model, steering, probe)
+                cal = steering_kl(model, steering, probes[name])
                 times[name]["calibration KL"].append(time.perf_counter() - start)
                 start = time.perf_counter()
                 roll = sequence_kl(model, steering, rollouts.prompt_tokens, rollouts.tokens, batch_size=48)
