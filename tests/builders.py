@@ -86,6 +86,20 @@ def random_unit(d_model: int, seed: int) -> torch.Tensor:
     return v / v.norm()
 
 
+def planted_probe_report(shifts: list[float]):
+    """A probing report over ``len(shifts)`` layers of 8-dim activations where layer ``k`` separates the
+    classes by ``shifts[k]`` along one planted direction (60 examples per class and split)."""
+    import lensteer
+
+    g = torch.Generator().manual_seed(0)
+    u = random_unit(8, seed=3)
+    acts = {}
+    for split in ("train", "val", "test"):
+        acts[f"pos_{split}"] = torch.randn(60, len(shifts), 8, generator=g) + torch.tensor(shifts)[None, :, None] * u
+        acts[f"neg_{split}"] = torch.randn(60, len(shifts), 8, generator=g)
+    return lensteer.locate.probe_layers(acts, layers=list(range(len(shifts))), n_boot=50)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from builders import random_unit
+from builders import planted_probe_report, random_unit
 
 import lensteer
 from lensteer.study.recommend import recommend_site
@@ -66,9 +66,8 @@ def test_layer_steerability_calibrates_every_layer_and_ranks_the_planted_one_fir
 
 
 def test_recommend_site_prefers_the_most_steerable_layer_that_passes_the_rules():
-    from test_recommend import _report
 
-    rep = _report([6, 6, 7, 12, 8, 6, 6, 6, 6, 6])  # d' alone would pick layer 3
+    rep = planted_probe_report([6, 6, 7, 12, 8, 6, 6, 6, 6, 6])  # d' alone would pick layer 3
     steer = lensteer.evaluate.Steerability(kl_budget=0.5, layers=tuple(range(10)),
                                   effect={k: 0.1 * k for k in range(10)}, kl={}, scale={}, baseline_margin=-1.0)
     rec = recommend_site(rep, n_layers=10, steerability=steer)

@@ -1,25 +1,15 @@
 import pytest
 import torch
-from builders import random_unit
+from builders import planted_probe_report
 
 import lensteer
 from lensteer.locate.direction_patching import ablation_kl
 from lensteer.study.recommend import recommend_site
 
 
-def _report(shifts):
-    g = torch.Generator().manual_seed(0)
-    u = random_unit(8, seed=3)
-    acts = {}
-    for split in ("train", "val", "test"):
-        acts[f"pos_{split}"] = torch.randn(60, len(shifts), 8, generator=g) + torch.tensor(shifts)[None, :, None] * u
-        acts[f"neg_{split}"] = torch.randn(60, len(shifts), 8, generator=g)
-    return lensteer.locate.probe_layers(acts, layers=list(range(len(shifts))), n_boot=50)
-
-
 def test_recommendation_skips_the_last_fifth_and_weak_layers():
     # layer 9 separates best but lies in the last 20%; layer 5 is the best allowed one
-    rep = _report([0, 0, 0.5, 1, 2, 3, 2.5, 2, 4, 5])
+    rep = planted_probe_report([0, 0, 0.5, 1, 2, 3, 2.5, 2, 4, 5])
     rec = recommend_site(rep, n_layers=10)
     assert rec.layer == 5 and rec.site == "resid_post"
     assert "outside the last 20%" in " ".join(rec.reasons)
@@ -29,11 +19,11 @@ def test_recommendation_skips_the_last_fifth_and_weak_layers():
 
 
 def test_ablation_kl_rule_and_no_layer_passing():
-    rep = _report([0, 0, 3, 3, 0])
+    rep = planted_probe_report([0, 0, 3, 3, 0])
     rec = recommend_site(rep, n_layers=5, ablation_kl={2: 0.5, 3: 0.05})
     assert rec.layer == 3 and "KL 0.050" in " ".join(rec.reasons)
     with pytest.raises(lensteer.ConfigError, match="no layer passes the selection rules"):
-        recommend_site(_report([0, 0, 0, 0, 0]), n_layers=5)
+        recommend_site(planted_probe_report([0, 0, 0, 0, 0]), n_layers=5)
     with pytest.raises(lensteer.ConfigError, match="pass n_layers"):
         recommend_site(rep)
 
@@ -48,7 +38,7 @@ def test_ablation_kl_is_zero_for_an_orthogonal_nothing_and_positive_otherwise(ti
 
 def test_saturated_auroc_ties_are_broken_by_d_prime():
     # every allowed layer separates perfectly; the margin (d') is largest at layer 3
-    rep = _report([6, 6, 7, 12, 8, 6, 6, 6, 6, 6])
+    rep = planted_probe_report([6, 6, 7, 12, 8, 6, 6, 6, 6, 6])
     rec = recommend_site(rep, n_layers=10)
     assert rec.layer == 3 and "d'" in rec.reasons[-1]
 
@@ -56,7 +46,7 @@ def test_saturated_auroc_ties_are_broken_by_d_prime():
 def test_a_layer_where_steering_does_not_help_is_never_recommended():
     from types import SimpleNamespace
 
-    rep = _report([0, 0, 3, 3, 0])  # layers 2 and 3 pass the probe rule
+    rep = planted_probe_report([0, 0, 3, 3, 0])  # layers 2 and 3 pass the probe rule
     helps = SimpleNamespace(effect={2: -0.4, 3: 0.2}, kl_budget=0.5)
     rec = recommend_site(rep, n_layers=5, steerability=helps)
     assert rec.layer == 3
