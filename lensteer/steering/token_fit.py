@@ -95,14 +95,22 @@ def response_token_activations(
                                                                  batch_size=batch_size, progress=progress)
     if len(gens) != len(prompts):
         raise ConfigError(f"generations has {len(gens)} answers for {len(prompts)} prompts")
-    acts, rows, skipped = [], [], 0
+    fulls: list[TokenizedPrompt] = []
+    by_count: dict[int, list[int]] = {}  # answers with as many tokens are read together: each row's last k
     for i, (prompt_ids, answer_ids) in enumerate(zip(gens.prompt_tokens, gens.tokens, strict=True)):
         ids = torch.cat([prompt_ids.cpu(), answer_ids.cpu()]).long()
-        n = int(ids.shape[0])
-        full = TokenizedPrompt(tokens=ids, instruction=(0, 0), post_instruction=(0, 0),
-                               response=(int(prompt_ids.shape[0]), n))
-        positions = answer_positions(int(prompt_ids.shape[0]), int(answer_ids.shape[0]))
-        x = collect_activations(model, [full], layers=[layer], site=site, position=positions, batch_size=1)[0, 0]
+        fulls.append(TokenizedPrompt(tokens=ids, instruction=(0, 0), post_instruction=(0, 0),
+                                     response=(int(prompt_ids.shape[0]), int(ids.shape[0]))))
+        k = len(answer_positions(int(prompt_ids.shape[0]), int(answer_ids.shape[0])))
+        by_count.setdefault(k, []).append(i)
+    read: dict[int, torch.Tensor] = {}
+    for k, members in by_count.items():
+        got = collect_activations(model, [fulls[i] for i in members], layers=[layer], site=site,
+                                  position=list(range(-k, 0)), batch_size=batch_size)
+        read |= {i: got[j, 0] for j, i in enumerate(members)}
+    acts, rows, skipped = [], [], 0
+    for i in range(len(fulls)):
+        x = read[i]
         if max_norm is not None:
             keep = x.norm(dim=-1) <= max_norm
             skipped += int((~keep).sum())

@@ -242,7 +242,8 @@ def answer_token_classes(model: Any, threat_model: str, config: StudyConfig, dir
     for name, prompts in settings.items():
         if name not in answers:
             answers[name] = generate(model, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
-        tokens = response_token_activations(model, prompts, layer=layer, max_norm=max_norm, generations=answers[name])
+        tokens = response_token_activations(model, prompts, layer=layer, max_norm=max_norm, generations=answers[name],
+                                            batch_size=config.batch_size)
         shows = [f == (name == "aligned") for f in trait_flags(threat_model, answers[name].texts, train)]
         kept = [i for i, f in enumerate(shows) if f]
         filtered = len(kept) >= MIN_FIT_ANSWERS

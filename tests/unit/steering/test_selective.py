@@ -80,6 +80,20 @@ def test_answer_token_residuals_equal_a_cached_forward(tiny_llama_bridge):
     assert set(kept.row.tolist()) == {1} and kept.n_tokens == int((got.row == 1).sum())
 
 
+def test_answers_of_different_lengths_read_in_batches_equal_each_alone(tiny_llama_bridge):
+    from dataclasses import replace
+
+    prompts = [ChatPrompt(user=u) for u in ("ab", "a longer one", "mid one", "x")]
+    gens = lensteer.generate(tiny_llama_bridge, prompts, max_new_tokens=5)
+    cut = replace(gens, tokens=(gens.tokens[0][:2], gens.tokens[1], gens.tokens[2][:0], gens.tokens[3][:4]))
+    got = response_token_activations(tiny_llama_bridge, prompts, layer=1, generations=cut, batch_size=3)
+    assert [int((got.row == i).sum()) for i in range(4)] == [3, 6, 1, 5]
+    for i, (p, a) in enumerate(zip(cut.prompt_tokens, cut.tokens, strict=True)):
+        _, cache = tiny_llama_bridge.run_with_cache(torch.cat([p, a])[None])
+        want = cache["blocks.1.hook_resid_post"][0, answer_positions(len(p), len(a))]
+        assert torch.allclose(got.acts[got.row == i], want, atol=1e-5)
+
+
 def test_tokens_above_the_norm_limit_are_left_out_of_the_fit(tiny_llama_bridge):
     prompts = [ChatPrompt(user="ab")]
     every = response_token_activations(tiny_llama_bridge, prompts, layer=1, max_new_tokens=4)
