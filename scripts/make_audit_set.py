@@ -1,51 +1,156 @@
-"""Generate the scorer audit set: real answers of a model, unsteered and steered, for hand labelling.
+"""Generate the scorer audit set (``data/scoring/audit_v2/``): real answers of the embedded model under the
+conditions a study produces, for labelling by reading.
 
-For each threat model, test prompts (every category in turn, under the study's misaligning context)
-are answered unsteered and under the study's steerings found in ``--steerings`` (SwFC and StTP at the
-matched budget), so both classes of each scoring rule occur. The rows go to ``--out`` with an empty
-``label``; people (or careful readers following the guide in ``data/README.md``) fill it in.
-``tests/unit/evaluate/test_scorer_audit.py`` then measures each scorer against the labels.
+Per threat model, test-split prompts under the study's misaligning context are answered by: the unsteered
+model, the prompting baseline, the committed study's steerings (``docs/study/steerings``), a random
+direction, response-mean steerings built here at middle layers and several strengths (``add`` on every
+position, from the train split's written replies) including over-steered ones that loop or break, the
+bundled attacks (prefills, wrappers) and, for refusal, borderline prompts that over-refusal is measured on.
+Rows carry no label; readers fill ``label`` (refusal: refuses / complies / neither; compassion: 1 / 0;
+honesty: true / false / no_answer) and ``unreadable`` following the guide in ``data/README.md``.
 
-    python scripts/make_audit_set.py --steerings results/steerings --out data/scoring/audit_unlabelled.jsonl
+The rows are then split once by a hash of their id into ``dev.jsonl`` (scorer authors read and tune on it)
+and ``validation.jsonl`` (only ``tests/unit/evaluate/test_scorer_audit.py`` reads it).
+
+    python scripts/make_audit_set.py --out data/scoring/audit_v2/unlabelled.jsonl
 """
 
 import argparse
 import json
+import random
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import lensteer
-from lensteer.core.io import write_text
-from lensteer.study.evaluation import eval_prompts
+import torch
 
-SIZES = {"refusal": 40, "compassion": 30, "honesty": 30}
-CONDITIONS = {"refusal": ("SwFC", "StTP"), "compassion": ("StTP",), "honesty": ("StTP",)}
+import lensteer
+from lensteer.core.inducers import load_inducer
+from lensteer.core.io import write_text
+from lensteer.locate import diff_of_means
+from lensteer.study.config import ALIGNED_SYSTEM, MISALIGNING_CONTEXT
+
+STEERINGS = Path("docs/study/steerings")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One condition on some prompts: which prompts, which steering, which system prompt or attack."""
+
+    name: str
+    n: int
+    steering: object = None
+    system: str | None = None
+    inducer: str | None = None
+    source: str = "test"  # test / val prompts of the threat model, or "borderline" / "borderline_val"
+    context: str | None = "misaligning"  # the study's misaligning context, or None
+
+
+def response_directions(model, tm: str, layers: list[int]) -> dict[int, tuple[object, float]]:
+    """Response-mean contrast (written aligned minus misaligned replies, train split) per layer, and the
+    mean residual norm there (the unit of strength)."""
+    ds = lensteer.load_dataset(tm).train.with_responses().stratified(48)
+    ctx = MISALIGNING_CONTEXT[tm]
+    pos = lensteer.collect_activations(model, ds.chat_prompts(response="aligned", context=ctx), layers=layers,
+                                       position="response_mean")
+    neg = lensteer.collect_activations(model, ds.chat_prompts(response="misaligned", context=ctx), layers=layers,
+                                       position="response_mean")
+    return {layer: (diff_of_means(pos[:, i], neg[:, i], layer=layer), float(pos[:, i].norm(dim=-1).mean()))
+            for i, layer in enumerate(layers)}
+
+
+def added(dirs, layer: int, strength: float) -> lensteer.Steering:
+    direction, norm = dirs[layer]
+    return lensteer.Steering.from_direction(direction, mode="add", scale=strength * norm, positions="all")
+
+
+def committed(model, name: str) -> lensteer.Steering:
+    return lensteer.load_steering(STEERINGS / name, model=model)
+
+
+def extra_cells() -> list[Cell]:
+    """Second round (refusal only): the first had 50 compliant answers of the 60 per class asked for, so
+    unsteered answers to validation-split requests and borderline prompts, which mostly comply."""
+    return [Cell("unsteered_val", 25, source="val"), Cell("borderline_val", 10, source="borderline_val")]
+
+
+def cells(model, tm: str) -> list[Cell]:
+    if tm == "refusal":
+        d = response_directions(model, tm, [8, 12, 16])
+        return [Cell("unsteered", 25), Cell("prompting", 20, system=ALIGNED_SYSTEM[tm]),
+                Cell("study_SwFC_L1", 15, committed(model, "refusal_SwFC_kl0.5")),
+                Cell("add_L12_0.3", 20, added(d, 12, 0.3)), Cell("add_L16_0.3", 20, added(d, 16, 0.3)),
+                Cell("add_L16_0.5", 20, added(d, 16, 0.5)), Cell("add_L8_0.5", 15, added(d, 8, 0.5)),
+                Cell("oversteered_L8_1.0", 10, added(d, 8, 1.0)),
+                Cell("prefill_comply", 10, inducer="prefill_comply"),
+                Cell("prefill_comply+add_L16_0.5", 15, added(d, 16, 0.5), inducer="prefill_comply"),
+                Cell("obfuscation+add_L16_0.3", 10, added(d, 16, 0.3), inducer="obfuscation"),
+                Cell("roleplay+prompting", 10, system=ALIGNED_SYSTEM[tm], inducer="roleplay"),
+                Cell("borderline", 10, source="borderline"),
+                Cell("borderline+add_L16_0.3", 15, added(d, 16, 0.3), source="borderline")]
+    d = response_directions(model, tm, [10, 16])
+    random_dir = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(7))
+    rand = lensteer.Steering.from_direction(random_dir / random_dir.norm(), layers=[16], mode="add",
+                                            scale=0.3 * d[16][1], positions="all")
+    prefill = {"compassion": "prefill_dismiss", "honesty": "prefill_mislead"}[tm]
+    return [Cell("unsteered", 25), Cell("prompting", 20, system=ALIGNED_SYSTEM[tm]),
+            Cell("study_SwFC", 20, committed(model, f"{tm}_SwFC_kl0.5")),
+            Cell("study_StTP", 15, committed(model, f"{tm}_StTP_kl0.5")),
+            Cell("study_StMP_paper", 15, committed(model, f"{tm}_StMP_paper")),
+            Cell("add_L10_0.3", 20, added(d, 10, 0.3)), Cell("add_L16_0.4", 20, added(d, 16, 0.4)),
+            Cell("random_L16_0.3", 20, rand), Cell("oversteered_L10_1.0", 15, added(d, 10, 1.0)),
+            Cell(prefill, 20, inducer=prefill), Cell("no_context", 20, context=None)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--steerings", required=True, help="a study's steerings folder")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--budget", default="0.5")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threat-models", default="refusal,compassion,honesty")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--round", type=int, default=1, help="2: the extra compliant refusal answers")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     model = lensteer.load_model()
     rows = []
-    for tm, n in SIZES.items():
-        prompts = eval_prompts(tm, n)
-        examples = lensteer.load_dataset(tm).test.stratified(n)
-        steerings = [None] + [lensteer.load_steering(Path(args.steerings) / f"{tm}_{m}_kl{args.budget}", model=model)
-                              for m in CONDITIONS[tm]]
-        names = ["unsteered", *CONDITIONS[tm]]
-        out = lensteer.generate(model, [p for _ in steerings for p in prompts],
-                                prompt_steerings=[s for s in steerings for _ in prompts],
-                                max_new_tokens=args.max_new_tokens, batch_size=64)
-        for k, name in enumerate(names):
-            for i, (prompt, ex) in enumerate(zip(prompts, examples, strict=True)):
-                rows.append({"id": f"audit-{tm}-{name}-{i:02d}", "threat_model": tm, "condition": name,
-                             "prompt": prompt.user, "response": out.texts[k * len(prompts) + i],
-                             "true_answer": ex.true_answer, "false_answer": ex.false_answer, "label": None})
-        print(f"{tm}: {len(prompts) * len(names)} answers")
-    write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    for tm in args.threat_models.split(","):
+        pools = {"test": lensteer.load_dataset(tm).test.stratified(None),
+                 "val": lensteer.load_dataset(tm).val.stratified(None),
+                 "borderline": lensteer.load_dataset("borderline").test.stratified(None),
+                 "borderline_val": lensteer.load_dataset("borderline").val.stratified(None)}
+        rng = random.Random(f"audit-{tm}")
+        prompts, owners, meta = [], [], []
+        for cell in cells(model, tm) if args.round == 1 else extra_cells():
+            source = pools[cell.source]
+            picked = rng.sample(range(len(source)), cell.n)
+            context = MISALIGNING_CONTEXT[tm] if cell.context and not cell.source.startswith("borderline") else None
+            chat = source.chat_prompts(context=context)
+            inducer = load_inducer(cell.inducer, tm) if cell.inducer else None
+            for i in picked:
+                p = chat[i]
+                if cell.system is not None:
+                    p = replace(p, system=cell.system)
+                if inducer is not None:
+                    p = inducer.apply(p)
+                prompts.append(p)
+                owners.append(cell.steering)
+                meta.append((cell, inducer, source[i], p))
+        texts: list[str] = [""] * len(prompts)
+        groups: dict[tuple, list[int]] = {}
+        for k, (_, _, _, p) in enumerate(meta):  # rows sharing system prompt and history share a prefix
+            groups.setdefault((p.system, p.history), []).append(k)
+        for idx in groups.values():
+            out = lensteer.generate(model, [prompts[k] for k in idx], prompt_steerings=[owners[k] for k in idx],
+                                    max_new_tokens=args.max_new_tokens, batch_size=32)
+            for k, text in zip(idx, out.texts, strict=True):
+                texts[k] = text
+            print(f"  {tm}: {sum(len(i) for i in groups.values() if i[0] <= idx[0])}/{len(meta)}", flush=True)
+        for k, ((cell, inducer, ex, p), text) in enumerate(zip(meta, texts, strict=True)):
+            rows.append({"id": f"audit2-{tm}-{k:03d}" if args.round == 1 else f"audit2-{tm}-r{args.round}-{k:03d}", "threat_model": tm, "condition": cell.name,
+                         "prompt": p.user, "prefill": p.response, "response": inducer.scored_text(text) if inducer else text,
+                         "true_answer": getattr(ex, "true_answer", None), "false_answer": getattr(ex, "false_answer", None),
+                         "label": None, "unreadable": None, "note": ""})
+        print(f"{tm}: {len(meta)} answers", flush=True)
+        write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"wrote {len(rows)} rows to {args.out}")
 
 
