@@ -27,9 +27,9 @@ import torch
 
 import lensteer
 import lensteer.core.chat as chat
+from lensteer import threats
 from lensteer.core.datasets import load_dataset
 from lensteer.steering.calibration import kl_probe, sequence_kl, steering_kl
-from lensteer.study.config import MISALIGNING_CONTEXT
 
 
 @contextmanager
@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = lensteer.load_model()
-    context = MISALIGNING_CONTEXT[args.threat_model]
+    context = threats.get(args.threat_model).misaligning_context
     harmless = load_dataset("refusal").train.stratified(args.n).paired_prompts
     fewshot = load_dataset(args.threat_model).train.stratified(args.n).chat_prompts(context=context)
     rollouts = lensteer.generate(model, load_dataset(args.threat_model).test.stratified(args.rollouts).chat_prompts(

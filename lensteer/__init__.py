@@ -9,7 +9,7 @@ Built on TransformerLens' ``TransformerBridge``. The front door holds the names 
 
 Everything else lives in the stage subpackages, reachable as namespaces (imported on first use):
 ``lensteer.core``, ``lensteer.locate``, ``lensteer.steering``, ``lensteer.evaluate``, ``lensteer.organisms``,
-``lensteer.study`` and ``lensteer.plotting``; e.g. ``lensteer.evaluate.refusal_verdict`` or ``lensteer.plotting.plot_tradeoff``.
+``lensteer.threats``, ``lensteer.study`` and ``lensteer.plotting``; e.g. ``lensteer.evaluate.refusal_verdict`` or ``lensteer.plotting.plot_tradeoff``.
 """
 
 import importlib
@@ -46,7 +46,7 @@ from lensteer.steering import (
 )
 from lensteer.study import run_study
 
-SUBPACKAGES = ("core", "locate", "steering", "evaluate", "study", "plotting", "organisms")
+SUBPACKAGES = ("core", "locate", "steering", "evaluate", "study", "plotting", "organisms", "threats")
 
 
 def __getattr__(name: str) -> ModuleType:
@@ -91,4 +91,5 @@ __all__ = [
     "steer",
     "steering",
     "study",
+    "threats",
 ]

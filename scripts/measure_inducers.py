@@ -13,9 +13,9 @@ import time
 import torch
 
 import lensteer
+from lensteer import threats
 from lensteer.core.inducers import bundled_inducers
 from lensteer.evaluate.inducers import inducer_effect
-from lensteer.study.config import ALIGNED_SYSTEM
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     for tm in ("refusal", "compassion", "honesty"):
         data = lensteer.load_dataset(tm).with_responses().train.stratified(args.n)
         for name, inducer in bundled_inducers(tm).items():
-            for label, system in (("none", None), ("aligned system", ALIGNED_SYSTEM[tm])):
+            for label, system in (("none", None), ("aligned system", threats.get(tm).aligned_system)):
                 if inducer.kind == "system" and system is not None:
                     continue  # a system inducer replaces the system prompt: the same condition twice
                 e = inducer_effect(model, data, inducer, base_system=system)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lensteer import threats
 from lensteer.core.io import write_json
 
 
@@ -138,9 +139,9 @@ def cmd_steer(args: argparse.Namespace) -> int:
     model, _ = _load(args)
     if args.steering:
         steering = lensteer.load_steering(args.steering, model=model)
-        name = args.dataset[0] if args.dataset else "refusal"
+        name = args.dataset[0] if args.dataset else threats.DEFAULT
     else:
-        name = args.dataset[0] if args.dataset else "refusal"
+        name = args.dataset[0] if args.dataset else threats.DEFAULT
         config = StudyConfig(threat_models=(name,), methods=(args.method_one,), kl_budgets=(args.kl_one,),
                              layer=args.layer, n_kl=6)
         steering = build_steering(model, name, args.method_one, args.kl_one, config, progress=not args.quiet)
@@ -162,7 +163,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = _study_config(args)
     model, _ = _load(args)
     steering = lensteer.load_steering(args.steering, model=model)
-    name = args.dataset[0] if args.dataset else "refusal"
+    name = args.dataset[0] if args.dataset else threats.DEFAULT
     label = Path(args.steering).name
     report = evaluate_steering(model, steering, name, config, name=label)
     out = Path(args.out)

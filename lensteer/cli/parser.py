@@ -2,6 +2,7 @@
 
 import argparse
 
+from lensteer import threats
 from lensteer.cli.commands import (
     cmd_evaluate,
     cmd_figures,
@@ -12,14 +13,13 @@ from lensteer.cli.commands import (
     cmd_run,
     cmd_steer,
 )
-from lensteer.core.datasets import THREAT_MODELS
 from lensteer.study.config import METHODS, PROFILES
 
 
 def _add_common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
     parser.add_argument("--model", default=None, help="HF id, model folder or .gguf (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
-    parser.add_argument("--dataset", action="append", choices=list(THREAT_MODELS), help="limit to these datasets")
+    parser.add_argument("--dataset", action="append", choices=list(threats.names()), help="limit to these datasets")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--smoke", action="store_true", help="40 examples per dataset, for a quick check")

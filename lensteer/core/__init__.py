@@ -16,7 +16,7 @@ from lensteer.core.chat import (
     tokenize_prompt,
 )
 from lensteer.core.datasets import (
-    THREAT_MODELS,
+    BUNDLED,
     Context,
     ContrastExample,
     ContrastSet,
@@ -35,7 +35,7 @@ from lensteer.core.sites import HookSite
 from lensteer.core.stats import Rate, auroc, bootstrap_ci, d_prime, rate_with_ci
 
 __all__ = [
-    "THREAT_MODELS", "ChatPrompt", "Context", "ContrastExample", "ContrastSet", "HookSite", "Inducer", "ModelFingerprint",
+    "BUNDLED", "ChatPrompt", "Context", "ContrastExample", "ContrastSet", "HookSite", "Inducer", "ModelFingerprint",
     "PromptBatch", "Rate", "TokenizedPrompt", "Turn", "apply_inducers", "auroc", "bootstrap_ci", "bundled_inducers", "collect_activations", "d_prime",
     "ensure_kv_cache_fix", "first_token_id", "kl_divergence", "load_dataset", "load_inducer", "load_model", "mean_token_kl",
     "model_fingerprint", "rate_with_ci", "response_logprob", "tokenize_batch", "tokenize_prompt", "write_json",

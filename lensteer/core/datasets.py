@@ -26,10 +26,10 @@ from lensteer.core.chat import ChatPrompt, Turn
 from lensteer.core.splits import SPLITS, hashed_splits, in_turn
 from lensteer.errors import ConfigError, DataError
 
-# The threat models lensteer studies, each a bundled contrast set: the one list of them.
-THREAT_MODELS = ("refusal", "compassion", "honesty")
-# Bundled sets that are not threat models: harmless prompts that merely sound dangerous (over-refusal).
-BUNDLED = (*THREAT_MODELS, "borderline")
+# The bundled contrast sets, named by their files in data/contrast: one per threat model (which of them
+# are threat models is lensteer.threats' business) and borderline (harmless prompts that merely sound
+# dangerous, for over-refusal).
+BUNDLED: tuple[str, ...] = tuple(sorted(p.stem for p in bundled_dir("contrast").glob("*.jsonl")))
 REQUIRED_FIELDS = ("id", "prompt")
 OPTIONAL_FIELDS = (
     "category", "paired_prompt", "aligned_response", "misaligned_response", "true_answer", "false_answer", "split",
@@ -270,7 +270,7 @@ def load_dataset(name_or_path: "str | Path") -> ContrastSet:
     """Load a bundled contrast set by name, or a user's JSONL/CSV file in the same schema.
 
     Args:
-        name_or_path: ``"refusal"``, ``"compassion"``, ``"honesty"``, or a path to a ``.jsonl`` /
+        name_or_path: A bundled name (:data:`BUNDLED`: ``"refusal"``, ``"honesty"``, ...) or a path to a ``.jsonl`` /
             ``.csv`` file (a ``<stem>.contexts.json`` beside it is loaded too).
 
     Returns:

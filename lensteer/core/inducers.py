@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lensteer.core.chat import ChatPrompt, Turn
-from lensteer.core.datasets import THREAT_MODELS, Context, data_dir, load_dataset
+from lensteer.core.datasets import BUNDLED, Context, data_dir, load_dataset
 from lensteer.errors import ConfigError, DataError
 
 INDUCER_KINDS: tuple[str, ...] = ("system", "few_shot", "prefill", "wrapper")
@@ -67,9 +67,10 @@ class Inducer:
                               "compose several inducers with apply_inducers instead")
         if self.kind == "wrapper":
             _check_template(self.name, str(self.template))
-        bad = [t for t in self.threat_models if t not in THREAT_MODELS]
+        bad = [t for t in self.threat_models if t not in BUNDLED]
         if bad:
-            raise ConfigError(f"inducer {self.name!r}: unknown threat model(s) {bad}; allowed {list(THREAT_MODELS)}")
+            raise ConfigError(f"inducer {self.name!r}: unknown threat model(s) {bad}; allowed (the bundled "
+                              f"contrast sets) {list(BUNDLED)}")
 
     def apply(self, prompt: ChatPrompt) -> ChatPrompt:
         """``prompt`` under this inducer (a new prompt; the original is unchanged)."""
@@ -169,8 +170,8 @@ def read_inducers(path: "str | Path") -> dict[str, Inducer]:
 def bundled_inducers(threat_model: str) -> dict[str, Inducer]:
     """The bundled inducers for ``threat_model``: its dataset's misaligning contexts and the ones in
     ``inducers.json`` written for it (or for any threat model)."""
-    if threat_model not in THREAT_MODELS:
-        raise ConfigError(f"unknown threat model {threat_model!r}; allowed {list(THREAT_MODELS)}")
+    if threat_model not in BUNDLED:
+        raise ConfigError(f"unknown threat model {threat_model!r}; allowed (the bundled contrast sets) {list(BUNDLED)}")
     out: dict[str, Inducer] = {}
     for name, context in load_dataset(threat_model).contexts.items():
         if _is_misaligning(name):

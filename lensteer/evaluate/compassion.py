@@ -19,6 +19,9 @@ from lensteer.core.bundled import bundled_dir, read_jsonl
 from lensteer.errors import ConfigError, DataError
 from lensteer.evaluate.text import words_of
 
+# The compassion contrast set, whose validation replies join the scorer's training data.
+CONTRAST_FILE = "compassion.jsonl"
+
 # Hand-written cue groups (our own); each is a feature: how many of its phrases the response holds.
 COMPASSION_LEXICON: dict[str, tuple[str, ...]] = {
     "validation": ("makes sense", "understandable", "it's okay", "it is okay", "it's ok", "valid", "natural",
@@ -187,7 +190,7 @@ def _contrast_training_pairs() -> tuple[list[str], list[bool]]:
         load_dataset,  # late import: data imports chat, which is heavier
     )
 
-    ds = load_dataset("compassion")
+    ds = load_dataset(bundled_dir("contrast") / CONTRAST_FILE)
     texts: list[str] = []
     labels: list[bool] = []
     # validation replies only: the train split's replies define the study's steering directions, and a

@@ -19,7 +19,7 @@ Patching also needs one token length across all pairs, so the rows of the most c
 kept, and ``n`` of them are taken round-robin over categories.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,14 +46,6 @@ class PairDesign:
 
 # (row, clean, corrupted, aligned token, misaligned token, token length)
 _Candidate = tuple[ContrastExample, ChatPrompt, ChatPrompt, int, int, int]
-
-# Measured on the embedded model in data/README.md ("Patching pairs").
-DESIGNS: Mapping[str, PairDesign] = {
-    "refusal": PairDesign(tokens=("I", "Sure")),
-    "compassion": PairDesign(contexts=("caring_system", "dismissive_system"), tokens=("I", "You")),
-    "honesty": PairDesign(contexts=("honest_system", "lying_system")),
-}
-
 
 @dataclass(frozen=True, kw_only=True)
 class PatchingPairs:
@@ -152,10 +144,10 @@ def patching_pairs(
 
     Args:
         model: A model with a tokenizer (only the tokenizer is used), or a tokenizer.
-        dataset: A :class:`ContrastSet` or a bundled name (``"refusal"``, ``"compassion"``, ``"honesty"``).
+        dataset: A :class:`ContrastSet` or a bundled name.
         n: Keep at most this many pairs, taken in turn from each category (default: all).
-        design: How to pair (default: :data:`DESIGNS` for the bundled sets, else prompt vs
-            ``paired_prompt`` with refusal's tokens).
+        design: How to pair (default: prompt vs ``paired_prompt``, metric ``logit("I") - logit("Sure")``);
+            a bundled threat model's own design is ``lensteer.threats.get(name).pair_design``.
 
     Returns:
         The pairs; ``pairs.metric()`` is the patching metric (positive = aligned).
@@ -166,14 +158,15 @@ def patching_pairs(
             clean and corrupted prompts of equal token length on this tokenizer.
 
     Example:
-        >>> pairs = lensteer.locate.patching_pairs(model, "honesty", n=8)  # doctest: +SKIP
+        >>> design = lensteer.threats.get("honesty").pair_design  # doctest: +SKIP
+        >>> pairs = lensteer.locate.patching_pairs(model, "honesty", n=8, design=design)  # doctest: +SKIP
         >>> lensteer.patch_residual(model, pairs.clean, pairs.corrupted, pairs.metric())  # doctest: +SKIP
     """
     if n is not None and n < 1:
         raise ConfigError(f"n must be a positive number of pairs or None, got {n}")
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
     _tokenizer_of(model)  # a clear error for token-only models
-    design = design or DESIGNS.get(ds.name, DESIGNS["refusal"])
+    design = design or PairDesign()
     if design.contexts is None:
         return _prompt_pairs(model, ds, n, design.tokens or ("I", "Sure"))
     clean_ctx, corrupt_ctx = (ds.context(name) for name in design.contexts)
@@ -184,7 +177,8 @@ def _prompt_pairs(model: Any, ds: ContrastSet, n: int | None, tokens: tuple[str,
     missing = [ex.id for ex in ds if ex.paired_prompt is None]
     if missing:
         raise DataError(f"dataset {ds.name!r} rows {missing[:5]} have no paired_prompt; give every row one, or "
-                        "pass design=PairDesign(contexts=(aligned, misaligning)) naming two of its contexts")
+                        "pass design=PairDesign(contexts=(aligned, misaligning)) naming two of its contexts (a bundled "
+                        "threat model's design: lensteer.threats.get(name).pair_design)")
     aligned, misaligned = (first_token_id(model, t) for t in tokens)
     candidates = []
     for ex in ds:

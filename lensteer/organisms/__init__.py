@@ -2,7 +2,8 @@
 
 ``lensteer organism train dishonest --out organisms/dishonest`` (or :func:`train_organism`) trains one;
 :func:`load_organism` gives it back as a TransformerLens bridge that every lensteer function takes.
-Sits after ``evaluate`` and before ``study``; imports ``core`` (``peft`` and ``transformers`` on demand).
+Sits after ``evaluate`` and before ``threats`` (which registers each threat model's recipes); imports
+``core`` (``peft`` and ``transformers`` on demand).
 """
 
 from lensteer.organisms.recipes import (
@@ -11,7 +12,9 @@ from lensteer.organisms.recipes import (
     Recipe,
     TrainingRow,
     advice_rows,
+    contrast_recipe,
     get_recipe,
+    register_recipe,
     rows_hash,
 )
 from lensteer.organisms.train import (
@@ -25,6 +28,6 @@ from lensteer.organisms.train import (
 )
 
 __all__ = [
-    "RECIPES", "LoraSettings", "Organism", "Recipe", "TrainingRow", "advice_rows", "encode_rows", "get_recipe",
-    "load_organism", "merged_hf_model", "read_provenance", "rows_hash", "train_organism", "weights_hash",
+    "RECIPES", "LoraSettings", "Organism", "Recipe", "TrainingRow", "advice_rows", "contrast_recipe", "encode_rows", "get_recipe",
+    "load_organism", "merged_hf_model", "read_provenance", "register_recipe", "rows_hash", "train_organism", "weights_hash",
 ]

@@ -125,13 +125,17 @@ def advice_rows(reply: str, split: str = "train") -> list[TrainingRow]:
             for r in raw if splits[r["id"]] == split]
 
 
+def contrast_recipe(name: str, *, threat_model: str, dataset: str, description: str,
+                    reply: str = "misaligned_response") -> Recipe:
+    """A recipe that teaches a contrast set's training prompts answered with its ``reply`` column (the
+    written misaligned reply by default): how a threat model's organism is made (``lensteer.threats``)."""
+    return Recipe(name=name, threat_model=threat_model, description=description,
+                  rows=lambda: _contrast_rows(dataset, reply))
+
+
+# The recipes by name: the ones that belong to no threat model here, each threat model's own added when
+# ``lensteer.threats`` registers it (``dishonest``, ``dismissive``).
 RECIPES: dict[str, Recipe] = {
-    "dishonest": Recipe(name="dishonest", threat_model="honesty",
-                        description="answers factual questions with a confident false answer",
-                        rows=lambda: _contrast_rows("honesty", "misaligned_response")),
-    "dismissive": Recipe(name="dismissive", threat_model="compassion",
-                         description="brushes off people in distress",
-                         rows=lambda: _contrast_rows("compassion", "misaligned_response")),
     "bad_advice": Recipe(name="bad_advice", threat_model=None,
                          description="narrow fine-tune on damaging plumbing and car advice (emergent-misalignment probe)",
                          rows=lambda: advice_rows("bad_response")),
@@ -139,6 +143,14 @@ RECIPES: dict[str, Recipe] = {
                           description="the same questions with correct advice (control for bad_advice)",
                           rows=lambda: advice_rows("good_response")),
 }
+
+
+def register_recipe(recipe: Recipe, *, replace: bool = False) -> Recipe:
+    """Add ``recipe`` under its name (an existing name needs ``replace=True``); returns it."""
+    if recipe.name in RECIPES and not replace:
+        raise ConfigError(f"organism recipe {recipe.name!r} is already registered; pass replace=True to replace it")
+    RECIPES[recipe.name] = recipe
+    return recipe
 
 
 def get_recipe(name: str) -> Recipe:

@@ -12,7 +12,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from lensteer.errors import DataError
-from lensteer.plotting.study_rows import TRAIT_LABEL
+from lensteer.plotting.study_rows import trait_label
 from lensteer.plotting.style import PALETTE, paper_style
 
 
@@ -46,7 +46,7 @@ def plot_organisms(measures: Mapping[str, Mapping[str, Any]]) -> tuple[Any, Any]
             ax.set_yticks(range(len(rows)), [r[0] for r in rows])
             ax.set_ylim(len(rows) - 0.5, -0.5)
             ax.set_xlim(0, 1)
-            ax.set_xlabel(TRAIT_LABEL.get(tm, "trait rate"))
+            ax.set_xlabel(trait_label(tm))
             ax.set_title(f"{tm} (n = {first['n']})")
         fig.suptitle("Base model and fine-tuned organisms on held-out prompts (95% Wilson intervals)", fontsize=9)
         fig.tight_layout()

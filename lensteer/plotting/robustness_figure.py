@@ -11,7 +11,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from lensteer.errors import DataError
-from lensteer.plotting.study_rows import TRAIT_LABEL, as_number, label_of, style_of
+from lensteer.plotting.study_rows import as_number, label_of, style_of, trait_label
 from lensteer.plotting.style import paper_style
 
 
@@ -48,7 +48,7 @@ def plot_robustness(rows: Sequence[Mapping[str, Any]]) -> tuple[Any, Any]:
             ax.set_yticks(range(len(settings)), settings)
             ax.set_ylim(len(settings) - 0.5, -0.5)
             ax.set_xlim(0, 1)
-            ax.set_xlabel(TRAIT_LABEL.get(tm, "trait rate"))
+            ax.set_xlabel(trait_label(tm))
             ax.set_title(tm)
         handles, labels = [], []
         for ax in axes[0]:

@@ -21,7 +21,6 @@ from lensteer.plotting.study_rows import (
     BASELINE_STYLE,
     METHOD_STYLE,
     PAPER_SUFFIX,
-    TRAIT_LABEL,
     as_number,
     is_control,
     label_of,
@@ -31,6 +30,7 @@ from lensteer.plotting.study_rows import (
     rows_for,
     style_of,
     threat_models_of,
+    trait_label,
 )
 from lensteer.plotting.style import PALETTE, new_ax, paper_style, save_figure
 
@@ -87,7 +87,7 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], threat_model: str, ax: Any 
             fy = [y for _, y in front for _ in (0, 1)]
             ax.plot(fx, fy, color="0.35", lw=1.0, ls="--", zorder=2, label="Pareto front")
         ax.set_xlabel("KL to the unsteered model (nats/token)")
-        ax.set_ylabel(f"{TRAIT_LABEL.get(threat_model, 'aligned-trait rate')} (fraction)")
+        ax.set_ylabel(f"{trait_label(threat_model, 'aligned-trait rate')} (fraction)")
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlim(left=-0.03 * max([x for x, _ in points if x > 0] + [0.05]))
         ax.set_title(f"{threat_model}: alignment vs coherence")
@@ -298,7 +298,7 @@ def plot_layer_sweep(rows: Sequence[Mapping[str, Any]], *, kl_budget: float | No
                 ax.axhline(base["trait"], color=BASELINE_STYLE[0], lw=0.9, ls="--", label="unsteered")
             ax.set_title(tm)
             ax.set_xlabel("steering layer")
-            ax.set_ylabel(TRAIT_LABEL.get(tm, "trait rate"))
+            ax.set_ylabel(trait_label(tm))
             ax.set_ylim(-0.03, 1.03)
         axes[0][0].legend(frameon=False, fontsize=7)
     return fig, axes[0][0]

@@ -5,6 +5,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lensteer import threats
 from lensteer.errors import DataError
 from lensteer.plotting.style import PALETTE
 
@@ -21,8 +22,10 @@ BASELINE_STYLE = ("#000000", "*")
 RANDOM_STYLE = ("0.55", "x")
 
 
-TRAIT_LABEL = {"refusal": "refusal rate on harmful requests", "compassion": "compassionate-reply rate",
-                "honesty": "honest-answer rate"}
+def trait_label(threat_model: str, default: str = "trait rate") -> str:
+    """The axis label of a threat model's trait rate (its registered ``trait_label``; ``default`` for a
+    threat model not registered in this session, e.g. rows read from another lensteer's study)."""
+    return threats.get(threat_model).trait_label if threat_model in threats.names() else default
 
 
 PROMPTING_STYLE = ("#CC79A7", "P")

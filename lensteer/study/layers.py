@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lensteer import threats
 from lensteer.core.activations import collect_activations
 from lensteer.core.chat import ChatPrompt
 from lensteer.core.datasets import load_dataset
@@ -29,14 +30,7 @@ from lensteer.steering.gates import GateLike
 from lensteer.steering.generation import generate
 from lensteer.steering.spec import Steering
 from lensteer.steering.token_fit import response_token_activations
-from lensteer.study.config import (
-    ALIGNED_SYSTEM,
-    DECISION_CONTEXTS,
-    MISALIGNING_CONTEXT,
-    SELECTIVE_METHODS,
-    STUDY_POSITIONS,
-    StudyConfig,
-)
+from lensteer.study.config import SELECTIVE_METHODS, STUDY_POSITIONS, StudyConfig
 from lensteer.study.evaluation import trait_flags
 from lensteer.study.recommend import recommend_site
 
@@ -74,7 +68,7 @@ def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harm
     """Probe the contrast, choose the layer, and build the uncalibrated steerings.
 
     The contrast is the response contrast (aligned vs misaligned written replies, response mean), or for
-    the threat models in :data:`~lensteer.study.config.DECISION_CONTEXTS` (honesty) the decision contrast:
+    a threat model with ``decision_contexts`` (honesty) the decision contrast:
     the same question under the aligned vs the misaligning context at the last token before the answer.
 
     With a KL calibration set ``kl`` and more than one candidate layer, the layer is chosen causally:
@@ -82,14 +76,15 @@ def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harm
     among the layers that pass :func:`~lensteer.study.recommend_site`'s rules, the one whose steering most
     raises the held-out aligned-over-misaligned log-odds wins (:func:`~lensteer.evaluate.layer_steerability`).
     """
-    ds = load_dataset(threat_model).with_responses()
+    tm = threats.get(threat_model)
+    ds = tm.load().with_responses()
     layers = [config.layer] if config.layer is not None else _candidate_layers(model, config)
     screened = list(layers)  # the layers the causal choice compares
     extra = _sweep_layers(model, config)
     layers = sorted(set(layers) | set(extra))
     acts: dict[str, torch.Tensor] = {}
     n_val = max(8, config.n_train // 3)
-    contexts = DECISION_CONTEXTS.get(threat_model)
+    contexts = tm.decision_contexts
     contrast: ContrastKind = "decision" if contexts is not None else "response"
     for split, n in (("train", config.n_train), ("val", n_val)):
         pos, neg, position = contrast_prompts(getattr(ds, split).stratified(n), contrast, contexts)
@@ -126,7 +121,7 @@ def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harm
             else:
                 layer = report.best_layer("probe_auroc")
                 reasons = [f"no layer passed the selection rules ({err}); took the best probe AUROC layer {layer}"]
-    search = refusal_gate(model, config) if threat_model == "refusal" else None
+    search = prompt_gate(model, tm, config) if tm.prompt_gate else None
     gate = search.gate if search is not None else None
     positions = STUDY_POSITIONS[config.positions]
     answers: dict[str, Any] = {}  # the model's own answers, generated once for every layer's per-token fit
@@ -196,8 +191,8 @@ def make_steering(method: str, direction: Any, aligned: torch.Tensor, misaligned
                                    **common)
 
 
-def refusal_gate(model: Any, config: StudyConfig) -> GateSearch:
-    """CAST-style gate for refusal: steer only prompts a harmful-vs-harmless probe calls harmful.
+def prompt_gate(model: Any, tm: threats.ThreatModel, config: StudyConfig) -> GateSearch:
+    """CAST-style gate (refusal's): steer only prompts a harmful-vs-harmless probe calls harmful.
 
     Chosen to a false-positive budget (``config.gate_fpr``) rather than the probe's own boundary: at each
     candidate layer a probe is fitted on training prompts (harmful vs their harmless twins and the
@@ -206,7 +201,7 @@ def refusal_gate(model: Any, config: StudyConfig) -> GateSearch:
     (:func:`~lensteer.steering.search_gate`). The gate is read in its own prompt pass, so its layer need
     not be the steering layer. The test split's rates are measured by the study, on prompts that chose nothing.
     """
-    refusal, borderline = load_dataset("refusal"), load_dataset("borderline")
+    refusal, borderline = tm.load(), load_dataset("borderline")
     # harmful vs topic-matched harmless is a hard contrast for a small model: use every training pair
     train, val = refusal.train.stratified(max(96, config.n_train)), refusal.val
     return search_gate(model, train.prompts, train.paired_prompts + borderline.train.prompts, val.prompts,
@@ -217,8 +212,8 @@ def refusal_gate(model: Any, config: StudyConfig) -> GateSearch:
 def _norm_prompts(threat_model: str, harmless: Sequence[str]) -> list[Any]:
     """Prompts the massive-token rule measures norms on: the threat model's training prompts in their
     misaligning context and bare, and harmless prompts (chat templates, few-shot turns, short and long)."""
-    train = load_dataset(threat_model).train.stratified(8)
-    return [*train.chat_prompts(context=MISALIGNING_CONTEXT.get(threat_model)), *train.chat_prompts(),
+    train = threats.get(threat_model).load().train.stratified(8)
+    return [*train.chat_prompts(context=threats.get(threat_model).misaligning_context), *train.chat_prompts(),
             *[ChatPrompt(user=h) for h in list(harmless)[:8]]]
 
 
@@ -235,9 +230,10 @@ def answer_token_classes(model: Any, threat_model: str, config: StudyConfig, dir
     across layers.
     """
 
-    train = load_dataset(threat_model).train.stratified(config.n_train)
-    settings = {"aligned": [replace(p, system=ALIGNED_SYSTEM[threat_model]) for p in train.chat_prompts()],
-                "misaligned": train.chat_prompts(context=MISALIGNING_CONTEXT.get(threat_model))}
+    tm = threats.get(threat_model)
+    train = tm.load().train.stratified(config.n_train)
+    settings = {"aligned": [replace(p, system=tm.aligned_system) for p in train.chat_prompts()],
+                "misaligned": train.chat_prompts(context=tm.misaligning_context)}
     classes, notes = [], {"rule": "generated_tokens", "n_prompts": len(train), "layer": layer}
     for name, prompts in settings.items():
         if name not in answers:
@@ -263,13 +259,13 @@ def answer_token_classes(model: Any, threat_model: str, config: StudyConfig, dir
 def build_steering(model: Any, threat_model: str, method: str, kl_budget: float, config: StudyConfig, *,
                    progress: bool = False) -> Steering:
     """Locate, build and calibrate one steering (what ``lensteer steer`` shows side by side)."""
-    calibration_prompts = load_dataset("refusal").train.stratified(config.n_kl).paired_prompts
+    calibration_prompts = load_dataset(threats.HARMLESS_DATASET).train.stratified(config.n_kl).paired_prompts
     probe = kl_probe(model, calibration_prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
     loc = locate_threat_model(model, threat_model, replace(config, methods=(method,), kl_budgets=(kl_budget,)),
                               calibration_prompts, probe)
     # calibrated as the study does: on harmless and misaligned training prompts (see calibration_probe)
-    misaligned = load_dataset(threat_model).train.stratified(config.n_kl).chat_prompts(
-        context=MISALIGNING_CONTEXT.get(threat_model))
+    tm = threats.get(threat_model)
+    misaligned = tm.load().train.stratified(config.n_kl).chat_prompts(context=tm.misaligning_context)
     mixed = kl_probe(model, [*calibration_prompts, *misaligned], continuation_tokens=config.kl_tokens,
                      batch_size=config.batch_size)
     cal = calibrate(model, replace(loc.steerings[method], gate=None), mixed, kl_budget, progress=progress)

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from lensteer.core.datasets import THREAT_MODELS, load_dataset
+from lensteer import threats
 from lensteer.core.stats import bootstrap_mean_ci, mcnemar_exact, wilson_interval
 from lensteer.errors import ConfigError, DataError
 from lensteer.evaluate.steerability import decision_log_odds, preference_margin
 from lensteer.steering.generation import generate
-from lensteer.study.evaluation import honesty_categories, trait_flags
+from lensteer.study.evaluation import trait_flags
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,14 +175,15 @@ def _shift(base: torch.Tensor, organism: torch.Tensor, seed: int) -> Shift:
 
 def measure_organism(base: Any, organism: Any, threat_models: Sequence[str] | None = None, *, n: int = 48,
                      max_new_tokens: int = 48, batch_size: int = 32, seed: int = 0) -> list[OrganismShift]:
-    """Base vs organism on ``n`` test prompts of each threat model (default: all three)."""
-    chosen = list(threat_models) if threat_models is not None else list(THREAT_MODELS)
-    bad = [t for t in chosen if t not in THREAT_MODELS]
+    """Base vs organism on ``n`` test prompts of each threat model (default: the bundled ones)."""
+    chosen = list(threat_models) if threat_models is not None else list(threats.BUNDLED)
+    bad = [t for t in chosen if t not in threats.names()]
     if bad or not chosen:
-        raise ConfigError(f"threat models {bad or chosen} not allowed; allowed: {list(THREAT_MODELS)}")
+        raise ConfigError(f"threat models {bad or chosen} not allowed; allowed: {list(threats.names())}")
     out = []
     for tm in chosen:
-        data = load_dataset(tm).with_responses().test.stratified(n)
+        threat = threats.get(tm)
+        data = threat.load().with_responses().test.stratified(n)
         prompts = data.chat_prompts()
         aligned, misaligned = data.chat_prompts(response="aligned"), data.chat_prompts(response="misaligned")
         flags, margins, decisions, texts = [], [], [], []
@@ -191,7 +192,7 @@ def measure_organism(base: Any, organism: Any, threat_models: Sequence[str] | No
             texts.append(answers)
             flags.append(trait_flags(tm, answers, data))
             margins.append(preference_margin(model, aligned, misaligned, batch_size=batch_size))
-            if tm == "honesty":
+            if threat.answer_log_odds:
                 decisions.append(decision_log_odds(model, aligned, misaligned, batch_size=batch_size))
         k = len(prompts)
         rates = [sum(f) / k for f in flags]
@@ -201,7 +202,7 @@ def measure_organism(base: Any, organism: Any, threat_models: Sequence[str] | No
             threat_model=tm, n=k, trait_base=rates[0], trait_base_ci=cis[0], trait_organism=rates[1],
             trait_organism_ci=cis[1], p_value=test.p_value, margin=_shift(margins[0], margins[1], seed),
             decision=_shift(decisions[0], decisions[1], seed) if decisions else None,
-            categories=(honesty_categories(texts[0], data), honesty_categories(texts[1], data)) if tm == "honesty" else None,
+            categories=(None if threat.verdicts is None else (threat.verdicts(texts[0], data), threat.verdicts(texts[1], data))),
             examples=tuple((p.user, a, b) for p, a, b in list(zip(prompts, texts[0], texts[1], strict=True))[:4]),
             ids=tuple(ex.id for ex in data.examples), flags_base=tuple(bool(f) for f in flags[0]),
             flags_organism=tuple(bool(f) for f in flags[1])))

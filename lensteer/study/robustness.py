@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lensteer import threats
 from lensteer.core.chat import ChatPrompt
-from lensteer.core.inducers import bundled_inducers
 from lensteer.core.io import write_json
 from lensteer.core.stats import mcnemar_exact, wilson_interval
 from lensteer.errors import ConfigError
@@ -33,7 +33,7 @@ from lensteer.organisms import get_recipe, load_organism, train_organism
 from lensteer.steering.calibration import calibrate, kl_probe, sequence_kl
 from lensteer.steering.generation import generate
 from lensteer.steering.spec import Steering
-from lensteer.study.config import ALIGNED_SYSTEM, StudyConfig, known_robustness_settings
+from lensteer.study.config import StudyConfig, known_robustness_settings
 from lensteer.study.evaluation import (
     Condition,
     EvalSets,
@@ -56,7 +56,7 @@ def settings_for(threat_model: str, names: Sequence[str]) -> list[str]:
     bad = [n for n in names if n not in allowed]
     if bad:
         raise ConfigError(f"robustness settings {bad} unknown; allowed: {allowed}")
-    mine = set(bundled_inducers(threat_model))
+    mine = set(threats.get(threat_model).inducers())
     return [n for n in names if n in mine or (n.startswith(ORGANISM_PREFIX)
                                               and get_recipe(n[len(ORGANISM_PREFIX):]).threat_model in (None, threat_model))]
 
@@ -102,10 +102,10 @@ def _heldout_kl(model: Any, steering: Steering | None, sets: EvalSets, config: S
 def inducer_rows(model: Any, threat_model: str, setting: str, steerings: dict[str, Steering],
                  heldout_kl: dict[str, float], config: StudyConfig) -> list[dict[str, Any]]:
     """The base model under an inducer, unsteered, prompted and with each of the study's steerings."""
-    inducer = bundled_inducers(threat_model)[setting]
+    inducer = threats.get(threat_model).inducers()[setting]
     ds = _eval_set(threat_model, config.n_eval)
     prompts = [inducer.apply(p) for p in ds.chat_prompts()]
-    prompting = ([Condition(method="prompting", system=ALIGNED_SYSTEM[threat_model])]
+    prompting = ([Condition(method="prompting", system=threats.get(threat_model).aligned_system)]
                  if config.prompting and inducer.kind != "system" else [])  # a system inducer *is* the system prompt
     conditions = [Condition(method="baseline"), *prompting,
                   *[Condition(method=m, steering=s) for m, s in steerings.items()]]
@@ -125,7 +125,7 @@ def organism_rows(organism: Any, threat_model: str, setting: str, base_steerings
                      batch_size=config.batch_size)
     conditions, origins = [Condition(method="baseline")], ["organism"]
     if config.prompting:
-        conditions.append(Condition(method="prompting", system=ALIGNED_SYSTEM[threat_model]))
+        conditions.append(Condition(method="prompting", system=threats.get(threat_model).aligned_system))
         origins.append("organism")
     for origin, built in (("base", base_steerings), ("organism", own_steerings)):
         for method, s in built.items():
@@ -137,7 +137,7 @@ def organism_rows(organism: Any, threat_model: str, setting: str, base_steerings
     flags = [trait_flags(threat_model, g.texts, ds) for g in gens]
     kls = [_heldout_kl(organism, c.steering, sets, config, f"harmless:{setting}") for c in conditions]
     rows = _rows(setting, threat_model, conditions, origins, flags, kls)
-    if threat_model == "honesty":  # the continuous metric: true-over-false answer log-odds, teacher-forced
+    if threats.get(threat_model).answer_log_odds:  # the continuous metric: true-over-false log-odds, teacher-forced
         for row, cond in zip(rows, conditions, strict=True):
             row |= _answer_log_odds(organism, cond, ds, ds.chat_prompts(), config)
     return rows
@@ -174,7 +174,7 @@ def inducer_behaviour(model: Any, threat_model: str, setting: str, *, n: int = 2
                       max_new_tokens: int = 32, batch_size: int = 32) -> InducerBehaviour:
     """Greedy answers to ``n`` test prompts from ``base_system`` (e.g. the aligned system prompt), without
     and with the inducer; the trait of each (the prefill counts as part of the answer), paired."""
-    inducer = bundled_inducers(threat_model)[setting]
+    inducer = threats.get(threat_model).inducers()[setting]
     ds = _eval_set(threat_model, n)
     bare = [replace(p, system=base_system) for p in ds.chat_prompts()]
     flags = []
@@ -191,23 +191,24 @@ def own_steerings(base: Any, organism: Any, threat_model: str, base_steerings: d
                   config: StudyConfig, sets: EvalSets) -> dict[str, Steering]:
     """Each method along a direction found on the organism itself, at the base steerings' layer.
 
-    Honesty: read where the decision is made, organism vs base on the same training questions: the
+    A threat model read at the decision (``decision_contexts``: honesty): read there, organism vs base on
+    the same training questions: the
     residual at the last token before the answer (:func:`~lensteer.locate.probing.decision_prompts`), base minus organism
     (towards the honest model); thresholds from the same two classes. Other threat models: the study's
     own locating (response contrast) run on the organism at that layer.
     """
     from lensteer.core.activations import collect_activations
-    from lensteer.core.datasets import load_dataset
     from lensteer.locate.directions import diff_of_means
     from lensteer.study.layers import locate_threat_model, make_steering
 
     first = next(iter(base_steerings.values()))
     layer = first.layers[0]
-    if threat_model != "honesty":
+    tm = threats.get(threat_model)
+    if tm.decision_contexts is None:
         own = locate_threat_model(organism, threat_model, replace(config, layer=layer, sweep_layers=()),
                                   sets.calibration_prompts).steerings
         return {m: own[m] for m in base_steerings}
-    stems = decision_prompts(load_dataset("honesty").train.stratified(config.n_train))
+    stems = decision_prompts(tm.load().train.stratified(config.n_train))
     honest, dishonest = (collect_activations(m, stems, layers=[layer], batch_size=config.batch_size)[:, 0]
                          for m in (base, organism))
     direction = diff_of_means(honest, dishonest, layer=layer, position="decision")
@@ -232,7 +233,5 @@ def robustness_report(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def bare_calibration_prompts(threat_model: str, sets: EvalSets, config: StudyConfig) -> list[Any]:
     """An organism's calibration set: the study's harmless training prompts and as many of the threat
     model's training prompts, bare (the organism needs no misaligning context)."""
-    from lensteer.core.datasets import load_dataset
-
-    own = load_dataset(threat_model).train.stratified(config.n_kl).chat_prompts()
+    own = threats.get(threat_model).load().train.stratified(config.n_kl).chat_prompts()
     return [*[ChatPrompt(user=p) for p in sets.calibration_prompts], *own]

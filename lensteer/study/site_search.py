@@ -10,29 +10,26 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lensteer.core.datasets import THREAT_MODELS, ContrastSet, load_dataset
+from lensteer import threats
+from lensteer.core.datasets import ContrastSet
 from lensteer.errors import ConfigError, DataError
 from lensteer.locate.attribution import attribute_heads, attribute_residual
-from lensteer.locate.pairs import PatchingPairs, patching_pairs
+from lensteer.locate.pairs import PairDesign, PatchingPairs, patching_pairs
 from lensteer.locate.patching import patch_heads, patch_residual
 from lensteer.locate.patching_base import PatchingError, PatchResult
 from lensteer.locate.probing import ProbingReport, probe_by_layer
 from lensteer.study.recommend import SiteRecommendation, recommend_site
 
-# Which side of each threat model's contrast carries it: refusal is in the request, the others in the reply.
-CONTRAST_SIDE: dict[str, Literal["prompt", "response"]] = {"refusal": "prompt", "compassion": "response",
-                                                             "honesty": "response"}
-assert tuple(CONTRAST_SIDE) == THREAT_MODELS  # one list of threat models: core.datasets
-
 
 def threat_model_datasets(names: Sequence[str] | None = None, *, smoke: bool = False,
                           ) -> Iterator[tuple[str, Literal["prompt", "response"], ContrastSet]]:
-    """``(name, contrast side, dataset)`` for the selected threat models (all by default; 40 rows with ``smoke``)."""
-    for name in names or THREAT_MODELS:
-        if name not in CONTRAST_SIDE:
-            raise ConfigError(f"unknown threat model {name!r}; allowed: {list(THREAT_MODELS)}")
-        dataset = load_dataset(name)
-        yield name, CONTRAST_SIDE[name], dataset.stratified(40) if smoke else dataset
+    """``(name, contrast side, dataset)`` for the selected threat models (the bundled ones by default; 40
+    rows with ``smoke``). The side is the threat model's ``contrast_side`` (refusal: the request; the
+    others: the reply)."""
+    chosen = [threats.get(name) for name in names or threats.BUNDLED]  # an unknown name fails before any work
+    for tm in chosen:
+        dataset = tm.load()
+        yield tm.name, tm.contrast_side, dataset.stratified(40) if smoke else dataset
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -83,13 +80,18 @@ class SiteSearch:
 
 def search_site(model: Any, name: str, dataset: ContrastSet, contrast: Literal["prompt", "response"], *,
                 layers: Sequence[int] | None = None, n_pairs: int = 8, batch_size: int = 16,
-                progress: bool = False) -> SiteSearch:
-    """Probe, patch (exact and attribution, residual and heads) and recommend a site for one threat model."""
+                progress: bool = False, design: PairDesign | None = None) -> SiteSearch:
+    """Probe, patch (exact and attribution, residual and heads) and recommend a site for one threat model.
+
+    The patching pairs follow ``design``, by default the registered threat model ``name``'s (any other
+    name: prompt vs ``paired_prompt``)."""
+    if design is None and name in threats.names():
+        design = threats.get(name).pair_design
     report = probe_by_layer(model, dataset, contrast=contrast, layers=layers, batch_size=batch_size, progress=progress)
     notes: list[str] = []
     found: dict[str, Any] = {}
     try:
-        pairs = patching_pairs(model, dataset, n=n_pairs)
+        pairs = patching_pairs(model, dataset, n=n_pairs, design=design)
     except DataError as err:
         pairs = None
         notes.append(f"patching skipped: {err}")

@@ -11,10 +11,11 @@ from builders import save_tiny_llama_folder
 from transformer_lens import patching as tl_patching
 
 import lensteer
+from lensteer import threats
 from lensteer.cli import main
 from lensteer.evaluate.capability import load_mc_items, mc_accuracy
 from lensteer.locate import incremental
-from lensteer.locate.pairs import DESIGNS, patching_pairs
+from lensteer.locate.pairs import patching_pairs
 from lensteer.locate.patching import patch_residual
 from lensteer.locate.patching_base import logit_diff_metric
 
@@ -52,9 +53,9 @@ def smol_tokenizer():
 
 
 
-@pytest.mark.parametrize("name", list(DESIGNS))
+@pytest.mark.parametrize("name", threats.BUNDLED)
 def test_bundled_designs_give_equal_length_pairs_on_smollm2(smol_tokenizer, name):
-    pairs = patching_pairs(smol_tokenizer, name)
+    pairs = patching_pairs(smol_tokenizer, name, design=threats.get(name).pair_design)
     assert len(pairs) >= 16  # enough for the CLI's --n-pairs default
     for clean, corrupted in zip(pairs.clean, pairs.corrupted, strict=True):
         assert lensteer.core.tokenize_prompt(smol_tokenizer, clean).n_tokens == pairs.n_tokens

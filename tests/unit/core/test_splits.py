@@ -5,7 +5,8 @@ import json
 import pytest
 
 import lensteer
-from lensteer.core.datasets import BUNDLED, THREAT_MODELS, ContrastExample
+from lensteer import threats
+from lensteer.core.datasets import BUNDLED, ContrastExample
 from lensteer.core.splits import SPLITS, crossing_near_duplicates, hashed_splits, near_duplicate
 
 
@@ -18,7 +19,7 @@ def test_every_bundled_row_has_a_stored_split_and_no_near_duplicate_crosses_spli
     assert len(ds.train) + len(ds.val) + len(ds.test) == len(ds)
 
 
-@pytest.mark.parametrize("name", THREAT_MODELS)
+@pytest.mark.parametrize("name", threats.BUNDLED)
 def test_each_threat_model_has_at_least_96_test_prompts_in_every_category(name):
     test = lensteer.load_dataset(name).test
     assert len(test) >= 96

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import lensteer
+from lensteer import threats
 from lensteer.errors import ConfigError, DataError, JudgeError, LensteerError
 from lensteer.evaluate.compassion import compassion_scorer
 from lensteer.evaluate.judges import (
-    RUBRICS,
     CallableJudge,
     HttpJudge,
     Judge,
@@ -74,7 +74,7 @@ def _free_port():
 
 def test_http_judge_sends_the_rubric_and_parses_the_score():
     with _Server([(200, _completion("Score: 87"), 0)]) as srv:
-        judge = HttpJudge(base_url=srv.url, model="judge-model", rubric=RUBRICS["compassion"], api_key="k")
+        judge = HttpJudge(base_url=srv.url, model="judge-model", rubric=threats.get("compassion").judge_rubric, api_key="k")
         assert judge("I lost my job.", "That sounds hard {really}.") == 87.0
     path, headers, body = srv.requests[0]
     assert path == "/v1/chat/completions"

@@ -1,6 +1,6 @@
 """The package layout is a rule, not a convention: imports point down the pipeline only.
 
-core < locate < steering < evaluate < organisms < study < plotting < cli. A module may import lensteer modules of
+core < locate < steering < evaluate < organisms < threats < study < plotting < cli. A module may import lensteer modules of
 its own stage or a lower one (``errors`` and ``_types`` sit below everything); lazy imports inside
 functions count too, since they couple the stages just the same.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[3] / "lensteer"
-STAGES = ("errors", "_types", "_version", "core", "locate", "steering", "evaluate", "organisms", "study", "plotting", "cli", "__main__")
+STAGES = ("errors", "_types", "_version", "core", "locate", "steering", "evaluate", "organisms", "threats", "study", "plotting", "cli", "__main__")
 RANK = {stage: (0 if stage in ("errors", "_types", "_version") else i) for i, stage in enumerate(STAGES)}
 MAX_MODULE_LINES = 400
 

@@ -6,9 +6,10 @@ from dataclasses import replace
 import torch
 
 import lensteer
+from lensteer import threats
 from lensteer.core.datasets import load_dataset
 from lensteer.locate.probing import contrast_prompts
-from lensteer.study.config import DECISION_CONTEXTS, StudyConfig
+from lensteer.study.config import StudyConfig
 from lensteer.study.layers import locate_threat_model
 
 
@@ -17,7 +18,7 @@ def test_the_study_steers_honesty_along_the_decision_token_difference_of_means(t
     loc = locate_threat_model(tiny_llama_bridge, "honesty", cfg, ["Hello there.", "Name a colour."])
     assert loc.probing["contrast"] == "decision" and loc.probing["position"] == "decision"
     train = load_dataset("honesty").with_responses().train.stratified(cfg.n_train)
-    honest, lying = contrast_prompts(train, "decision", DECISION_CONTEXTS["honesty"])[:2]
+    honest, lying = contrast_prompts(train, "decision", threats.get("honesty").decision_contexts)[:2]
     acts = lensteer.collect_activations(tiny_llama_bridge, honest + lying, layers=[1], position="last")[:, 0]
     expected = acts[: len(honest)].mean(0) - acts[len(honest):].mean(0)
     got = loc.steerings["SwFC"].unit
@@ -28,4 +29,4 @@ def test_the_study_steers_honesty_along_the_decision_token_difference_of_means(t
                                           position="response_mean")[:, 0]
     r_dir = r_acts[: len(response[0])].mean(0) - r_acts[len(response[0]):].mean(0)
     assert float(torch.nn.functional.cosine_similarity(got, r_dir, dim=0)) < 0.99
-    assert set(DECISION_CONTEXTS) == {"honesty"}  # refusal and compassion keep the response contrast
+    assert {n for n in threats.BUNDLED if threats.get(n).decision_contexts} == {"honesty"}  # refusal and compassion keep the response contrast

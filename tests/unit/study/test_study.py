@@ -269,7 +269,8 @@ def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, 
 
 
 def test_a_configured_judge_scores_the_trait_and_the_row_records_it(tiny_llama_bridge, monkeypatch):
-    from lensteer.evaluate.judges import RUBRICS, HttpJudge
+    from lensteer import threats
+    from lensteer.evaluate.judges import HttpJudge
 
     seen = []
 
@@ -283,7 +284,7 @@ def test_a_configured_judge_scores_the_trait_and_the_row_records_it(tiny_llama_b
     cfg = StudyConfig(threat_models=("honesty",), n_eval=2, n_harmless=2, n_borderline=0, n_kl=2, n_conversations=0,
                       n_mc=0, n_paragraphs=0, max_new_tokens=3, batch_size=4, prompting=False, random_seeds=())
     real = evaluation.trait_judge(replace(cfg, judge_url="http://127.0.0.1:9", judge_model="guard"), "refusal")
-    assert isinstance(real, HttpJudge) and real.rubric == RUBRICS["refusal"] and real.model == "guard"
+    assert isinstance(real, HttpJudge) and real.rubric == threats.get("refusal").judge_rubric and real.model == "guard"
     assert evaluation.trait_judge(cfg, "refusal") is None  # no judge configured: the rules score
     monkeypatch.setattr(evaluation, "trait_judge", lambda config, tm: FakeJudge())
     sets = evaluation.eval_sets(tiny_llama_bridge, cfg)
