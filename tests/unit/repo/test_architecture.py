@@ -123,3 +123,33 @@ def test_only_steering_installs_steering_hooks():
                  if p.relative_to(PACKAGE).parts[0] not in ("core", "locate", "steering")
                  and "model.hooks(" in p.read_text(encoding="utf-8")]
     assert offenders == []
+
+
+def _threat_model_names() -> tuple[str, ...]:
+    from lensteer import threats
+
+    return threats.BUNDLED
+
+
+def test_only_threats_spells_threat_model_names():
+    """What lensteer knows about a threat model lives in its module under threats/: no other module spells
+    a bundled threat model's name as a string (a lookup keyed by it, an ``if threat_model == ...``); they
+    ask the registry (``lensteer.threats.get``). Docstrings and data files may name them."""
+    names = set(_threat_model_names())
+    spelled = [f"{path.relative_to(PACKAGE)}:{line} {text!r}" for path in _modules()
+               if path.relative_to(PACKAGE).parts[0] != "threats"
+               for line, text in _code_strings(path) if text in names]
+    assert spelled == [], "threat-model names outside lensteer/threats/:\n" + "\n".join(spelled)
+
+
+def test_the_threat_model_name_check_sees_keys_comparisons_and_defaults():
+    names = _threat_model_names()
+    assert len(names) >= 3
+    probe = PACKAGE / "study" / "_name_probe.py"
+    try:
+        probe.write_text(f'"""{names[0]} in a docstring is fine."""\nX = {{"{names[1]}": 1}}\n'
+                         f'def f(tm="{names[2]}"):\n    return tm == "{names[0]}" or "{names[0]}_rows"\n')
+        found = [text for _, text in _code_strings(probe) if text in names]
+    finally:
+        probe.unlink()
+    assert sorted(found) == sorted([names[1], names[2], names[0]])
