@@ -112,6 +112,9 @@ class ThreatModel:
         return out
 
     def inducers(self) -> dict[str, Inducer]:
-        """The bundled inducers written for its dataset (its misaligning contexts and ``inducers.json``'s);
-        none for a dataset of your own."""
-        return bundled_inducers(self.dataset) if self.dataset in BUNDLED else {}
+        """What the robustness table may push it with: for a bundled dataset, the inducers written for it
+        (its misaligning contexts and ``inducers.json``'s); and its ``misaligning_context`` in any case."""
+        out = bundled_inducers(self.dataset) if self.dataset in BUNDLED else {}
+        if self.misaligning_context is not None and self.misaligning_context not in out:
+            out[self.misaligning_context] = Inducer.from_context(self.load().context(self.misaligning_context))
+        return out
