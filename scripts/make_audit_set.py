@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 import lensteer
+from lensteer import threats
 from lensteer.core.inducers import load_inducer
 from lensteer.core.io import write_text
 from lensteer.locate import diff_of_means
-from lensteer.study.config import ALIGNED_SYSTEM, MISALIGNING_CONTEXT
 
 STEERINGS = Path("docs/study/steerings")
 
@@ -49,7 +49,7 @@ def response_directions(model, tm: str, layers: list[int]) -> dict[int, tuple[ob
     """Response-mean contrast (written aligned minus misaligned replies, train split) per layer, and the
     mean residual norm there (the unit of strength)."""
     ds = lensteer.load_dataset(tm).train.with_responses().stratified(48)
-    ctx = MISALIGNING_CONTEXT[tm]
+    ctx = threats.get(tm).misaligning_context
     pos = lensteer.collect_activations(model, ds.chat_prompts(response="aligned", context=ctx), layers=layers,
                                        position="response_mean")
     neg = lensteer.collect_activations(model, ds.chat_prompts(response="misaligned", context=ctx), layers=layers,
@@ -76,7 +76,7 @@ def extra_cells() -> list[Cell]:
 def cells(model, tm: str) -> list[Cell]:
     if tm == "refusal":
         d = response_directions(model, tm, [8, 12, 16])
-        return [Cell("unsteered", 25), Cell("prompting", 20, system=ALIGNED_SYSTEM[tm]),
+        return [Cell("unsteered", 25), Cell("prompting", 20, system=threats.get(tm).aligned_system),
                 Cell("study_SwFC_L1", 15, committed(model, "refusal_SwFC_kl0.5")),
                 Cell("add_L12_0.3", 20, added(d, 12, 0.3)), Cell("add_L16_0.3", 20, added(d, 16, 0.3)),
                 Cell("add_L16_0.5", 20, added(d, 16, 0.5)), Cell("add_L8_0.5", 15, added(d, 8, 0.5)),
@@ -84,7 +84,7 @@ def cells(model, tm: str) -> list[Cell]:
                 Cell("prefill_comply", 10, inducer="prefill_comply"),
                 Cell("prefill_comply+add_L16_0.5", 15, added(d, 16, 0.5), inducer="prefill_comply"),
                 Cell("obfuscation+add_L16_0.3", 10, added(d, 16, 0.3), inducer="obfuscation"),
-                Cell("roleplay+prompting", 10, system=ALIGNED_SYSTEM[tm], inducer="roleplay"),
+                Cell("roleplay+prompting", 10, system=threats.get(tm).aligned_system, inducer="roleplay"),
                 Cell("borderline", 10, source="borderline"),
                 Cell("borderline+add_L16_0.3", 15, added(d, 16, 0.3), source="borderline")]
     d = response_directions(model, tm, [10, 16])
@@ -92,7 +92,7 @@ def cells(model, tm: str) -> list[Cell]:
     rand = lensteer.Steering.from_direction(random_dir / random_dir.norm(), layers=[16], mode="add",
                                             scale=0.3 * d[16][1], positions="all")
     prefill = {"compassion": "prefill_dismiss", "honesty": "prefill_mislead"}[tm]
-    return [Cell("unsteered", 25), Cell("prompting", 20, system=ALIGNED_SYSTEM[tm]),
+    return [Cell("unsteered", 25), Cell("prompting", 20, system=threats.get(tm).aligned_system),
             Cell("study_SwFC", 20, committed(model, f"{tm}_SwFC_kl0.5")),
             Cell("study_StTP", 15, committed(model, f"{tm}_StTP_kl0.5")),
             Cell("study_StMP_paper", 15, committed(model, f"{tm}_StMP_paper")),
@@ -122,7 +122,7 @@ def main() -> None:
         for cell in cells(model, tm) if args.round == 1 else extra_cells():
             source = pools[cell.source]
             picked = rng.sample(range(len(source)), cell.n)
-            context = MISALIGNING_CONTEXT[tm] if cell.context and not cell.source.startswith("borderline") else None
+            context = threats.get(tm).misaligning_context if cell.context and not cell.source.startswith("borderline") else None
             chat = source.chat_prompts(context=context)
             inducer = load_inducer(cell.inducer, tm) if cell.inducer else None
             for i in picked:
