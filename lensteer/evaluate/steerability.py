@@ -154,8 +154,9 @@ def layer_steerability(
     Args:
         steerings: ``{layer: steering}``, e.g. SwFC along each layer's difference of means (gate off:
             the gate is a separate choice).
-        aligned, misaligned: Held-out conversations ending in the aligned / misaligned response, in the
-            context the steering must work in (e.g. with the misaligning few-shot turns).
+        aligned: Held-out conversations ending in the aligned response, in the context the steering
+            must work in (e.g. with the misaligning few-shot turns).
+        misaligned: The same conversations ending in the misaligned response.
         probe: The KL calibration set (harmless prompts), as for :func:`~lensteer.calibrate`.
         kl_budget: Coherence budget (nats per token) every layer is held to.
         tolerance: Relative KL tolerance of the (screening) calibration.

@@ -235,7 +235,8 @@ def patch_residual(
 
     Args:
         model: A ``TransformerBridge`` in eval mode.
-        clean, corrupted: Paired prompts (or ``[n_examples, pos]`` tokens) of one shared token length.
+        clean: Prompts (or ``[n_examples, pos]`` tokens) of one shared token length.
+        corrupted: Their pairs, of the same token length.
         metric: Last-position logits ``[batch, d_vocab]`` -> ``[batch]`` (see :func:`logit_diff_metric`).
         site: ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"`` or ``"mlp_out"``.
         layers: Layers to patch (default: all).

@@ -1,6 +1,6 @@
 """organisms: misaligned model organisms, fine-tuned with LoRA on our own data, saved with provenance.
 
-``lensteer organism train dishonest --out organisms/dishonest`` (or :func:`train_organism`) trains one;
+``lensteer organism dishonest --out organisms/dishonest`` (or :func:`train_organism`) trains one and measures it;
 :func:`load_organism` gives it back as a TransformerLens bridge that every lensteer function takes.
 Sits after ``evaluate`` and before ``threats`` (which registers each threat model's recipes); imports
 ``core`` (``peft`` and ``transformers`` on demand).

@@ -224,15 +224,18 @@ def search_gate(
 
     Args:
         model: A ``TransformerBridge`` in eval mode.
-        positives_train, negatives_train: Prompts the gate should open / stay closed on, to fit directions.
-        positives_val, negatives_val: Held-out prompts, to set the threshold and measure the rates.
+        positives_train: Prompts the gate should open on, to fit directions.
+        negatives_train: Prompts the gate should stay closed on, to fit directions.
+        positives_val: Held-out prompts it should open on, to set the threshold and measure the rates.
+        negatives_val: Held-out prompts it should stay closed on, likewise.
             For a refusal gate the negatives should include harmless prompts that *sound* harmful
             (``load_dataset("borderline")``): those are where a gate over-fires.
         layers: Candidate layers (negative indices count from the end).
         target_fpr: The false-positive budget, in (0, 1). The validation FPR moves in steps of
             ``1/len(negatives_val)``, so small budgets need many negatives (at ``0.05``, fewer than 20
             means an FPR of exactly 0).
-        site, position: Where the prompt is read (as in :func:`~lensteer.collect_activations`).
+        site: Where the prompt is read (as in :func:`~lensteer.collect_activations`).
+        position: Which token of the prompt is read (likewise).
         batch_size: Prompts per forward pass.
         progress: Show progress bars.
 

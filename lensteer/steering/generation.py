@@ -144,7 +144,9 @@ def generate(
         chat: Apply the chat template to strings.
         use_kv_cache: Use the KV cache (``False`` recomputes the whole sequence each step).
         do_sample: Sample instead of greedy decoding.
-        temperature, top_k, top_p: Sampling parameters.
+        temperature: Sampling temperature.
+        top_k: Sample among the ``top_k`` most likely tokens.
+        top_p: Sample within the top-``p`` probability mass (nucleus).
         seed: Sampling seed; prompt ``i`` draws from its own generator seeded ``seed + i``.
         progress: Show a progress bar.
 
@@ -350,7 +352,8 @@ def generate_conversations(
         system: Optional system prompt for every conversation, or one (or ``None``) per conversation.
         steering: Applied on every turn.
             (``prompt_steerings=[...]``, one per conversation, runs several conditions together.)
-        max_new_tokens, **kwargs: Passed to :func:`generate`.
+        max_new_tokens: Passed to :func:`generate`.
+        **kwargs: Passed to :func:`generate`.
 
     Returns:
         ``result[k]`` is the :class:`Generations` of turn ``k`` (one entry per conversation).
