@@ -36,7 +36,8 @@ def outside_links(markdown: str, page: Path, docs: Path) -> tuple[str, list[str]
     return LINK.sub(swap, markdown), missing
 
 
-def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+def on_page_markdown(markdown: str, *, page: Any, config: Any, **_: Any) -> str:
+    """Rewrite the page's links that leave ``docs/``; fail the build on one whose file does not exist."""
     docs = Path(config["docs_dir"])
     text, missing = outside_links(markdown, docs / page.file.src_path, docs)
     if missing:

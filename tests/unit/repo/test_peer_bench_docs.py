@@ -1,4 +1,4 @@
-"""The README's summary of `make bench-peers` is what the committed benchmarks/peers/results.json says."""
+"""The docs' summary of `make bench-peers` (docs/README.md, Speed) is what the committed benchmarks/peers/results.json says."""
 
 import json
 from pathlib import Path
@@ -10,10 +10,10 @@ def _range(ratios, digits):
     return f"{min(ratios):.{digits}f}-{max(ratios):.{digits}f}x"
 
 
-def test_readme_quotes_the_committed_peer_benchmark():
+def test_docs_quote_the_committed_peer_benchmark():
     results = json.loads((ROOT / "benchmarks/peers/results.json").read_text())
     rows = results["rows"]
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    readme = " ".join((ROOT / "docs" / "README.md").read_text().split())
     results_md = (ROOT / "benchmarks/RESULTS.md").read_text()
 
     def ratios(measurement, peer=None, not_peer=None):
@@ -24,6 +24,6 @@ def test_readme_quotes_the_committed_peer_benchmark():
     assert f"patching {_range(ratios('resid_pre patching'), 0)} the peers" in readme
     assert f"steered generation {_range(ratios('steered generation', peer='raw HF'), 2)} raw Hugging Face" in readme
     assert f"{_range(ratios('steered generation', not_peer='raw HF'), 2)} steering-vectors and repeng" in readme
-    assert results["date"] in readme and results["date"] in results_md  # the README links the run it quotes
+    assert results["date"] in readme and results["date"] in results_md  # the docs link the run they quote
     same_tokens = [r["note"].split(": ")[1].removesuffix(" rows").split("/") for r in rows if r["note"]]
     assert len(same_tokens) == 4 and all(a == b for a, b in same_tokens)  # the peers' greedy tokens are ours

@@ -31,6 +31,29 @@ def test_generated_notebooks_match_their_generator():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_notebook_generator_flags_an_edited_or_unpaired_notebook(tmp_path):
+    """One way to edit a notebook: its jupytext twin (notebooks/NN_name.py); the .ipynb is written from it."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "scripts" / "make_notebooks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for path in (ROOT / "notebooks").glob("[0-9][0-9]_*"):
+        shutil.copy(path, tmp_path / path.name)
+    script.NOTEBOOKS = tmp_path
+    twins = sorted(tmp_path.glob("*.py"))
+    assert [p.stem for p in twins] == sorted(p.stem for p in tmp_path.glob("*.ipynb")) and len(twins) == 5
+    assert script.main(["--check"]) == 0
+    source = twins[0]
+    source.write_text(source.read_text() + "\n# %%\nprint('a new cell')\n")
+    assert script.main(["--check"]) == 1
+    assert script.main([]) == 0 and script.main(["--check"]) == 0
+    assert "print('a new cell')" in source.with_suffix(".ipynb").read_text()
+    source.unlink()
+    assert script.main(["--check"]) == 1  # a notebook without its twin
+
+
 def test_no_tracked_file_points_outside_the_repository():
     """The developers' notes folder beside the checkout is not part of lensteer: a user who clones it never has it."""
     import subprocess

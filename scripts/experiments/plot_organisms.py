@@ -1,6 +1,6 @@
 """Draw organisms against their base from their measure.json files (lensteer.plotting.plot_organisms).
 
-    python scripts/plot_organisms.py docs/organisms/good_advice docs/organisms/bad_advice --out figures/organisms
+    python scripts/experiments/plot_organisms.py docs/organisms/good_advice docs/organisms/bad_advice --out figures/organisms
 """
 
 import argparse

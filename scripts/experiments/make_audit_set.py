@@ -12,7 +12,7 @@ honesty: true / false / no_answer) and ``unreadable`` following the guide in ``d
 The rows are then split once by a hash of their id into ``dev.jsonl`` (scorer authors read and tune on it)
 and ``validation.jsonl`` (only ``tests/unit/evaluate/test_scorer_audit.py`` reads it).
 
-    python scripts/make_audit_set.py --out data/scoring/audit_v2/unlabelled.jsonl
+    python scripts/experiments/make_audit_set.py --out data/scoring/audit_v2/unlabelled.jsonl
 """
 
 import argparse

@@ -7,7 +7,7 @@ splits short of 60/20/20 of their category's new total. Finally near-duplicate p
 (:func:`lensteer.core.splits.near_duplicate`) are pulled into the split of the earlier row, so no
 prompt has a paraphrase on the other side of a split.
 
-    python scripts/fix_splits.py data/contrast/refusal.jsonl [...]
+    python scripts/experiments/fix_splits.py data/contrast/refusal.jsonl [...]
 """
 
 import hashlib

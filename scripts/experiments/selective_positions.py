@@ -1,4 +1,4 @@
-"""Does steering the first token (the attention sink) spoil StTP / StMP? (README, "The main study", step 2.)
+"""Does steering the first token (the attention sink) spoil StTP / StMP? (docs/guides/study.md, step 2.)
 
 Builds the study's refusal steerings (response difference of means at layer 13, thresholds from the
 two classes' projections), once steering every token and once every token but the first, calibrates
@@ -6,7 +6,7 @@ each to the same KL budget on harmless prompts, and counts refusals and redirect
 validation harmful requests (no gate, 64 new tokens). Also prints the first token's residual norm
 and projection next to the other tokens'.
 
-Usage: ``python scripts/selective_positions.py [--layer 13] [--kl 0.5] [--n 16]`` (about 2 min on 2 CPU cores).
+Usage: ``python scripts/experiments/selective_positions.py [--layer 13] [--kl 0.5] [--n 16]`` (about 2 min on 2 CPU cores).
 """
 
 import argparse
