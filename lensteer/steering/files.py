@@ -11,7 +11,9 @@ A saved steering is two files side by side::
 No pickle: tensors go through safetensors, everything else through JSON. Both files are written to
 temporary files in the target folder and moved into place (:mod:`lensteer.core.io`), the safetensors
 file first and the JSON last; the JSON names the safetensors file's hash, so a half-replaced pair is
-refused on load instead of silently mixing two steerings. Loading into a model checks the
+refused on load instead of silently mixing two steerings, and ``record_sha256`` covers the JSON itself
+(with that tensor hash): a file edited by hand (a scale changed from 2 to 500) loads only with
+``verify=False``, and then with a warning. Loading into a model checks the
 fingerprint (name, layers, width, vocabulary, processing mode) and refuses another model with an
 :class:`~lensteer.ArtifactMismatchError` that names both.
 """
@@ -21,6 +23,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -28,7 +31,7 @@ from typing import Any
 
 import torch
 
-from lensteer.core.io import atomic_path
+from lensteer.core.io import atomic_path, sha256_file
 from lensteer.core.models import fingerprint_of
 from lensteer.errors import ArtifactMismatchError, ConfigError, DataError, LensteerError
 from lensteer.steering.gates import gate_from_record, gate_to_record
@@ -56,11 +59,14 @@ def artifact_paths(path: "str | os.PathLike[str]") -> tuple[Path, Path]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """SHA-256 of a steering record's canonical JSON without its own ``record_sha256`` (it names the
+    tensor file's hash, so one value covers both files)."""
+    body = json.loads(json.dumps({k: v for k, v in record.items() if k != "record_sha256"}, allow_nan=False))
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def package_versions() -> dict[str, str | None]:
@@ -184,6 +190,7 @@ def save_steerings(steerings: Mapping[str, Steering], path: "str | os.PathLike[s
     with atomic_path(json_path) as json_tmp, atomic_path(st_path) as st_tmp:
         save_file(tensors, str(st_tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         record["safetensors_sha256"] = _sha256(st_tmp)
+        record["record_sha256"] = record_hash(record)
         json_tmp.write_text(json.dumps(record, indent=1, allow_nan=False))
     return st_path, json_path
 
@@ -313,7 +320,31 @@ def _check_model(saved: dict[str, Any] | None, d_model: int, model: Any, file: P
                                     f"d_model {current.d_model}; it was made for another model")
 
 
-def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict: bool = True) -> dict[str, Steering]:
+def _refuse_or_warn(problem: str, verify: bool) -> None:
+    if verify:
+        raise DataError(f"{problem}. Save the steering again, or load it with verify=False if you changed it on "
+                        "purpose")
+    warnings.warn(f"{problem}; loading it anyway (verify=False)", UserWarning, stacklevel=4)
+
+
+def _verify_tensors(record: dict[str, Any], st_path: Path, json_path: Path, verify: bool) -> None:
+    """Refuse a tensor file that is not the one the JSON was saved with (``verify=False``: warn)."""
+    if record["safetensors_sha256"] != _sha256(st_path):
+        _refuse_or_warn(f"{st_path} is not the tensor file {json_path} was saved with (SHA-256 differs); "
+                        "the pair was overwritten or mixed up", verify)
+
+
+def _verify_record(record: dict[str, Any], json_path: Path, verify: bool) -> None:
+    """Refuse a JSON edited after saving (checked once its values decode, so a malformed value is named
+    first; files saved before ``record_sha256`` existed carry none)."""
+    recorded = record.get("record_sha256")
+    if recorded is not None and recorded != record_hash(record):
+        _refuse_or_warn(f"{json_path} was edited after it was saved (its record_sha256 {str(recorded)[:12]}... "
+                        "no longer matches its content)", verify)
+
+
+def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict: bool = True,
+                   verify: bool = True) -> dict[str, Steering]:
     """Load every steering saved by :func:`save_steerings`, by name.
 
     Args:
@@ -322,11 +353,13 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
             another model.
         strict: Compare the whole fingerprint (name, n_layers, d_model, d_vocab, processing mode);
             ``False`` checks only the width.
+        verify: Refuse a pair whose recorded hash does not match (tensors swapped, JSON edited);
+            ``False`` loads it with a warning.
 
     Raises:
         DataError: A missing file, a record that is not this format, a missing key or a bad value
-            (the message names the file and the key), or a safetensors file that is not the one the
-            JSON was written with.
+            (the message names the file and the key), a safetensors file that is not the one the
+            JSON was written with, or a JSON edited after saving (unless ``verify=False``).
         ArtifactMismatchError: The file belongs to another model, or the tensors' width is not the
             JSON's ``d_model``.
     """
@@ -355,9 +388,10 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
             fp.get(key, "str" if key in ("name", "processing_mode") else "int")
         if saved_fp["d_model"] != d_model:
             raise DataError(f"{json_path}: key 'model.d_model' = {saved_fp['d_model']} but 'd_model' = {d_model}")
-    if top.get("safetensors_sha256", "str") != _sha256(st_path):
-        raise DataError(f"{st_path} is not the tensor file {json_path} was saved with (SHA-256 differs); "
-                        "the pair was overwritten or mixed up. Save the steering again")
+    top.get("safetensors_sha256", "str")
+    if "record_sha256" in record:
+        top.get("record_sha256", "str")
+    _verify_tensors(record, st_path, json_path, verify)
     if model is not None:
         _check_model(saved_fp, d_model, model, json_path, strict)
     try:
@@ -373,11 +407,12 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
         if f.get("d_model", "int") != d_model:
             raise DataError(f"{json_path}: key 'steerings.{name}.d_model' = {rec['d_model']} but 'd_model' = {d_model}")
         out[name] = _decode_steering(name, f, tensors, st_path)
+    _verify_record(record, json_path, verify)
     return out
 
 
 def load_steering(path: "str | os.PathLike[str]", *, model: Any = None, name: str | None = None,
-                  strict: bool = True) -> Steering:
+                  strict: bool = True, verify: bool = True) -> Steering:
     """Load one steering saved by :func:`save_steering` (or ``name`` from a :func:`save_steerings` file).
 
     Args:
@@ -385,12 +420,13 @@ def load_steering(path: "str | os.PathLike[str]", *, model: Any = None, name: st
         model: If given, refuse a steering saved for another model (see :func:`load_steerings`).
         name: Which steering, when the file holds several.
         strict: Compare the whole model fingerprint (``False``: only the width).
+        verify: Refuse a file edited after saving (``False``: load it with a warning).
 
     Raises:
-        DataError: Missing or malformed files, or ``name`` not in the file.
+        DataError: Missing or malformed files, an edited file, or ``name`` not in the file.
         ArtifactMismatchError: The steering belongs to another model or width.
     """
-    found = load_steerings(path, model=model, strict=strict)
+    found = load_steerings(path, model=model, strict=strict, verify=verify)
     if name is None:
         if len(found) != 1:
             raise DataError(f"{artifact_paths(path)[1]} holds {len(found)} steerings {sorted(found)}; pass name=")
