@@ -82,10 +82,10 @@ def _study_config(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from lensteer.core.outdir import claim_folder
-    from lensteer.study.identity import STUDY_MARKERS
+    from lensteer.study.identity import STUDY_COMPANIONS, STUDY_MARKERS
 
     config = _study_config(args)
-    with claim_folder(args.out, STUDY_MARKERS, "study"):  # refused before the model loads
+    with claim_folder(args.out, STUDY_MARKERS, "study", STUDY_COMPANIONS):  # refused before the model loads
         return _run(args, config)
 
 

@@ -44,18 +44,20 @@ def forbidden_reason(folder: Path) -> str | None:
     return None
 
 
-def check_output_folder(folder: "str | os.PathLike[str]", markers: Sequence[str], what: str) -> Path:
+def check_output_folder(folder: "str | os.PathLike[str]", markers: Sequence[str], what: str,
+                        companions: Sequence[str] = ()) -> Path:
     """``folder`` as a Path if lensteer may write a ``what`` there; a :class:`ConfigError` naming it and why not.
 
-    Allowed: a folder that does not exist yet, an empty one, or one holding any of ``markers`` (a
-    ``what`` lensteer wrote there before).
+    Allowed: a folder that does not exist yet, one that is empty but for ``companions`` (what other
+    lensteer commands write there by default, e.g. ``results/locate``), or one holding any of ``markers``
+    (a ``what`` lensteer wrote there before).
     """
     path = Path(folder).expanduser()
     reason = forbidden_reason(path)
     if reason is None and path.exists() and not path.is_dir():
         reason = "it is a file, not a folder"
     if reason is None and path.is_dir():
-        entries = [p.name for p in path.iterdir() if p.name != LOCK_FILE]
+        entries = [p.name for p in path.iterdir() if p.name != LOCK_FILE and p.name not in companions]
         if entries and not any((path / m).exists() for m in markers):
             shown = ", ".join(sorted(entries)[:5]) + (" ..." if len(entries) > 5 else "")
             reason = (f"it is not empty ({shown}) and holds no {' or '.join(markers)}, so it is no {what} "
@@ -130,12 +132,13 @@ def folder_lock(folder: "str | os.PathLike[str]") -> Iterator[Path]:
 
 
 @contextmanager
-def claim_folder(folder: "str | os.PathLike[str]", markers: Sequence[str], what: str) -> Iterator[Path]:
+def claim_folder(folder: "str | os.PathLike[str]", markers: Sequence[str], what: str,
+                 companions: Sequence[str] = ()) -> Iterator[Path]:
     """Check ``folder`` may hold a ``what`` (:func:`check_output_folder`) and lock it for the block.
 
     A folder this call created and left empty is removed again when the block ends.
     """
-    path = check_output_folder(folder, markers, what)
+    path = check_output_folder(folder, markers, what, companions)
     created = not path.exists()
     try:
         with folder_lock(path):

@@ -11,19 +11,16 @@ A saved steering is two files side by side::
 No pickle: tensors go through safetensors, everything else through JSON. Both files are written to
 temporary files in the target folder and moved into place (:mod:`lensteer.core.io`), the safetensors
 file first and the JSON last; the JSON names the safetensors file's hash, so a half-replaced pair is
-refused on load instead of silently mixing two steerings, and ``record_sha256`` covers the JSON itself
-(with that tensor hash): a file edited by hand (a scale changed from 2 to 500) loads only with
-``verify=False``, and then with a warning. Loading into a model checks the
+refused on load instead of silently mixing two steerings; ``record_sha256`` covers the JSON too (an
+edited file loads only with ``verify=False``, with a warning: :mod:`.file_hashes`). Loading into a model checks the
 fingerprint (name, layers, width, vocabulary, processing mode) and refuses another model with an
 :class:`~lensteer.ArtifactMismatchError` that names both.
 """
 
-import hashlib
 import json
 import math
 import os
 import re
-import warnings
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,6 +31,7 @@ import torch
 from lensteer.core.io import atomic_path, sha256_file
 from lensteer.core.models import fingerprint_of
 from lensteer.errors import ArtifactMismatchError, ConfigError, DataError, LensteerError
+from lensteer.steering.file_hashes import record_hash, verify_record, verify_tensors
 from lensteer.steering.gates import gate_from_record, gate_to_record
 from lensteer.steering.positions import NAMED_POSITIONS, LastK, Window
 from lensteer.steering.spec import Steering
@@ -56,17 +54,6 @@ def artifact_paths(path: "str | os.PathLike[str]") -> tuple[Path, Path]:
     if not p.name:
         raise ConfigError(f"path {str(path)!r} has no file name; give e.g. 'out/refusal'")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
-
-
-def _sha256(path: Path) -> str:
-    return sha256_file(path)
-
-
-def record_hash(record: Mapping[str, Any]) -> str:
-    """SHA-256 of a steering record's canonical JSON without its own ``record_sha256`` (it names the
-    tensor file's hash, so one value covers both files)."""
-    body = json.loads(json.dumps({k: v for k, v in record.items() if k != "record_sha256"}, allow_nan=False))
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def package_versions() -> dict[str, str | None]:
@@ -189,7 +176,7 @@ def save_steerings(steerings: Mapping[str, Steering], path: "str | os.PathLike[s
     # the JSON block is the outer one, so it is renamed last: a complete JSON means a complete pair
     with atomic_path(json_path) as json_tmp, atomic_path(st_path) as st_tmp:
         save_file(tensors, str(st_tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-        record["safetensors_sha256"] = _sha256(st_tmp)
+        record["safetensors_sha256"] = sha256_file(st_tmp)
         record["record_sha256"] = record_hash(record)
         json_tmp.write_text(json.dumps(record, indent=1, allow_nan=False))
     return st_path, json_path
@@ -320,29 +307,6 @@ def _check_model(saved: dict[str, Any] | None, d_model: int, model: Any, file: P
                                     f"d_model {current.d_model}; it was made for another model")
 
 
-def _refuse_or_warn(problem: str, verify: bool) -> None:
-    if verify:
-        raise DataError(f"{problem}. Save the steering again, or load it with verify=False if you changed it on "
-                        "purpose")
-    warnings.warn(f"{problem}; loading it anyway (verify=False)", UserWarning, stacklevel=4)
-
-
-def _verify_tensors(record: dict[str, Any], st_path: Path, json_path: Path, verify: bool) -> None:
-    """Refuse a tensor file that is not the one the JSON was saved with (``verify=False``: warn)."""
-    if record["safetensors_sha256"] != _sha256(st_path):
-        _refuse_or_warn(f"{st_path} is not the tensor file {json_path} was saved with (SHA-256 differs); "
-                        "the pair was overwritten or mixed up", verify)
-
-
-def _verify_record(record: dict[str, Any], json_path: Path, verify: bool) -> None:
-    """Refuse a JSON edited after saving (checked once its values decode, so a malformed value is named
-    first; files saved before ``record_sha256`` existed carry none)."""
-    recorded = record.get("record_sha256")
-    if recorded is not None and recorded != record_hash(record):
-        _refuse_or_warn(f"{json_path} was edited after it was saved (its record_sha256 {str(recorded)[:12]}... "
-                        "no longer matches its content)", verify)
-
-
 def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict: bool = True,
                    verify: bool = True) -> dict[str, Steering]:
     """Load every steering saved by :func:`save_steerings`, by name.
@@ -388,10 +352,9 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
             fp.get(key, "str" if key in ("name", "processing_mode") else "int")
         if saved_fp["d_model"] != d_model:
             raise DataError(f"{json_path}: key 'model.d_model' = {saved_fp['d_model']} but 'd_model' = {d_model}")
-    top.get("safetensors_sha256", "str")
-    if "record_sha256" in record:
-        top.get("record_sha256", "str")
-    _verify_tensors(record, st_path, json_path, verify)
+    for key in ("safetensors_sha256", "record_sha256") if "record_sha256" in record else ("safetensors_sha256",):
+        top.get(key, "str")  # typed before they are compared
+    verify_tensors(record, st_path, json_path, verify)
     if model is not None:
         _check_model(saved_fp, d_model, model, json_path, strict)
     try:
@@ -407,7 +370,7 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
         if f.get("d_model", "int") != d_model:
             raise DataError(f"{json_path}: key 'steerings.{name}.d_model' = {rec['d_model']} but 'd_model' = {d_model}")
         out[name] = _decode_steering(name, f, tensors, st_path)
-    _verify_record(record, json_path, verify)
+    verify_record(record, json_path, verify)
     return out
 
 

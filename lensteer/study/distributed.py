@@ -38,11 +38,10 @@ from lensteer.core.outdir import claim_folder
 from lensteer.errors import ConfigError, DataError, LensteerError
 from lensteer.study.config import StudyConfig
 from lensteer.study.identity import (
-    STUDY_FILE,
+    STUDY_COMPANIONS,
     STUDY_MARKERS,
+    adopt_identity,
     claim_identity,
-    identity_diff,
-    read_identity,
     study_identity,
 )
 from lensteer.study.robustness import RobustnessTable
@@ -168,7 +167,7 @@ def merge_cell(folder: Path, threat_model: str, config: StudyConfig, table: Swee
     """Merge the finished cell in ``OUT/cells/<tm>/`` into OUT (rows by key, robustness rows, examples,
     steerings; ``finished.json`` last) and return what was located for it. Merging twice changes nothing."""
     cell = folder / CELLS_DIR / threat_model
-    _check_cell_identity(folder, cell)
+    adopt_identity(folder, cell)
     merged = {SweepTable.key(r): r for r in table.rows} | {SweepTable.key(r): r for r in SweepTable(cell).rows}
     rows = _by_threat_model(list(merged.values()), config)
     table.rows = rows[:-1]
@@ -189,22 +188,6 @@ def merge_cell(folder: Path, threat_model: str, config: StudyConfig, table: Swee
     located: dict[str, Any] = read_json(cell / FINISHED_FILE, {})[threat_model]["located"]
     mark_finished(folder, finished, threat_model, config, located)
     return located
-
-
-def _check_cell_identity(folder: Path, cell: Path) -> None:
-    """A cell's ``study.json`` (the worker loaded the model, so it has the weights hash) must be OUT's; the
-    first cell of a new OUT gives OUT its identity."""
-    mine = read_identity(cell)
-    if mine is None:
-        raise DataError(f"cell {cell} has no {STUDY_FILE}; it was not written by this lensteer's run_study")
-    out = read_identity(folder)
-    if out is None:
-        write_json(folder / STUDY_FILE, mine)
-        return
-    differ = identity_diff(out, mine)
-    if differ:
-        raise ConfigError(f"cell {cell} was computed for another study than {folder} holds; differs: "
-                          f"{'; '.join(differ)}. Use a new --out folder, or --force to start {folder} afresh")
 
 
 def _cell_finished(folder: Path, threat_model: str, config: StudyConfig) -> bool:
@@ -281,7 +264,7 @@ def run_study_distributed(
         raise ConfigError(f"threads must be >= 1 (or absent: the CPUs shared among the workers), got {threads}")
     if not cell_timeout_s > 0:
         raise ConfigError(f"cell_timeout_s must be > 0 seconds, got {cell_timeout_s!r}")
-    with claim_folder(out, STUDY_MARKERS, "study") as folder:
+    with claim_folder(out, STUDY_MARKERS, "study", STUDY_COMPANIONS) as folder:
         claim_identity(folder, study_identity(config, {}), force=force, log=log, skip=("model",))
         return _run_distributed(model, config, folder, address=address, workers=workers, threads=threads,
                                 retries=retries, scratch=scratch, progress=progress, log=log, run_cell=run_cell,

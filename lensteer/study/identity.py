@@ -32,6 +32,9 @@ FORMAT = "lensteer.study"
 RESULT_FILES = ("report.json", "results.json", "results.csv", "robustness.json", "finished.json", "examples.json",
                 "timing.json", "cells")
 STUDY_MARKERS = (STUDY_FILE, *RESULT_FILES)
+# What the other subcommands write under ``results/`` (run's default OUT) by default, and run's own
+# figures: a folder holding only these is no foreign folder.
+STUDY_COMPANIONS = ("probe", "steer", "evaluate", "locate", "figures", "steerings")
 DATA_FOLDERS = ("contrast", "scoring", "capability")  # the bundled data a study reads
 
 
@@ -139,3 +142,19 @@ def claim_identity(folder: Path, identity: dict[str, Any], *, force: bool = Fals
         write_json(folder / STUDY_FILE, identity)
         return identity_hash(identity)
     return identity_hash(old)
+
+
+def adopt_identity(folder: Path, cell: Path) -> None:
+    """A Ray cell's ``study.json`` (its worker loaded the model, so it has the weights hash) must be the
+    driver's ``folder``'s; the first cell of a new folder gives the folder its identity."""
+    mine = read_identity(cell)
+    if mine is None:
+        raise ConfigError(f"cell {cell} has no {STUDY_FILE}; it was not written by this lensteer's run_study")
+    out = read_identity(folder)
+    if out is None:
+        write_json(folder / STUDY_FILE, mine)
+        return
+    differ = identity_diff(out, mine)
+    if differ:
+        raise ConfigError(f"cell {cell} was computed for another study than {folder} holds; differs: "
+                          f"{'; '.join(differ)}. Use a new --out folder, or --force to start {folder} afresh")

@@ -43,7 +43,15 @@ from lensteer.study.evaluation import (
     eval_sets,
     evaluate_conditions,
 )
-from lensteer.study.identity import STUDY_MARKERS, claim_identity, config_key, study_identity
+from lensteer.study.identity import (
+    STUDY_COMPANIONS,
+    STUDY_MARKERS,
+    claim_identity,
+    config_key,
+    identity_hash,
+    read_identity,
+    study_identity,
+)
 from lensteer.study.layers import _candidate_layers, locate_threat_model, steering_path
 from lensteer.study.report import build_report
 from lensteer.study.robustness import (
@@ -190,6 +198,27 @@ def _rebuild_report(folder: Path) -> dict[str, Any]:
                         old["model"], seconds=old["seconds"])
 
 
+def chosen_steering(out: "str | Path", threat_model: str, method: str, kl_budget: float | None = None) -> Path:
+    """Where a finished study in ``out`` saved ``method``'s steering of ``threat_model`` at its chosen layer
+    (``kl_budget``: the study's first; ``None`` with a ``:paper`` method: the paper regime), as a stem for
+    :func:`~lensteer.load_steering`. A legacy folder (no ``study.json``) has the earlier names."""
+    folder = Path(out)
+    finished = read_json(folder / FINISHED_FILE, {})
+    if threat_model not in finished:
+        raise DataError(f"{folder}: threat model {threat_model!r} did not finish (no entry in {FINISHED_FILE}); "
+                        f"finished: {sorted(finished)}")
+    paper = method.endswith(PAPER_REGIME)
+    name = method.removesuffix(PAPER_REGIME)
+    identity = read_identity(folder)
+    if kl_budget is None and not paper:
+        config = identity["config"] if identity is not None else read_json(folder / "report.json", {}).get("config", {})
+        kl_budget = float(config["kl_budgets"][0])
+    if identity is None:
+        return folder / "steerings" / (f"{threat_model}_{name}_paper" if paper else f"{threat_model}_{name}_kl{kl_budget:g}")
+    layer = int(finished[threat_model]["located"]["layer"])
+    return steering_path(folder, threat_model, name, None if paper else kl_budget, layer, identity_hash(identity))
+
+
 def _random_like(steering: Steering, seed: int) -> Steering:
     """A random unit direction with the same mode, positions, gate and starting scale (to be calibrated)."""
     unit = torch.randn(steering.d_model, generator=torch.Generator().manual_seed(seed))
@@ -214,7 +243,7 @@ def run_study(
     runs), and a rerun must have the first run's identity (:mod:`lensteer.study.identity`): another config,
     model weights, data or lensteer version is refused, or with ``force=True`` starts afresh (the earlier
     results moved aside)."""
-    with claim_folder(out, STUDY_MARKERS, "study") as folder:
+    with claim_folder(out, STUDY_MARKERS, "study", STUDY_COMPANIONS) as folder:
         identity = claim_identity(folder, study_identity(config, model_fingerprint(model).to_dict()), force=force,
                                   log=log)
         assert identity is not None

@@ -104,6 +104,18 @@ def test_organism_and_run_refuse_the_working_directory_home_and_root(where, tmp_
     assert _intact(tmp_path / "work") and _intact(tmp_path / "home")
 
 
+def test_a_study_goes_into_results_beside_other_commands_outputs_but_not_beside_foreign_files(
+        tmp_path, tiny_llama_bridge, no_run):
+    results = tmp_path / "results"
+    (results / "locate").mkdir(parents=True)  # `lensteer locate`'s default --out is results/locate
+    study.run_study(tiny_llama_bridge, CFG, results, **QUIET)
+    assert len(no_run) == 1 and (results / "study.json").exists()
+    (tmp_path / "mine" / "locate").mkdir(parents=True)
+    (tmp_path / "mine" / "draft.md").write_text("notes")
+    with pytest.raises(ConfigError, match=r"'.*mine' refused: it is not empty \(draft.md\) and holds no study.json"):
+        study.run_study(tiny_llama_bridge, CFG, tmp_path / "mine", **QUIET)
+
+
 def test_the_study_training_a_missing_organism_refuses_a_foreign_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(organism_train, "_load_hf", lambda *a, **k: pytest.fail("trained into a foreign folder"))
     folder = _foreign(tmp_path / "organisms" / "dishonest")
@@ -230,6 +242,7 @@ def test_a_legacy_results_folder_is_reported_but_not_resumed(tmp_path, tiny_llam
     after = json.loads((legacy / "report.json").read_text())
     assert after["threat_models"].keys() == before["threat_models"].keys() and not (legacy / ".lock").exists()
     assert not (legacy / "study.json").exists()
+    assert study.chosen_steering(REPO / "docs" / "study", "refusal", "SwFC").name == "refusal_SwFC_kl0.5"  # old names
     with pytest.raises(ConfigError, match="holds results without study.json"):
         study.run_study(tiny_llama_bridge, CFG, legacy, **QUIET)
     assert no_run == []

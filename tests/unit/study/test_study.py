@@ -263,6 +263,8 @@ def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, 
                  f"compassion_StMP_paper_L1_{ident}"):  # every file names its layer, the chosen one too
         assert (tmp_path / "steerings" / f"{name}.json").exists()
     assert lensteer.load_steering(tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L0_{ident}").layers == (0,)
+    assert study.chosen_steering(tmp_path, "compassion", "StMP") == tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L1_{ident}"
+    assert study.chosen_steering(tmp_path, "compassion", "StMP:paper").name == f"compassion_StMP_paper_L1_{ident}"
     from lensteer.plotting import save_study_figures
 
     stems = {p.stem for p in save_study_figures(tmp_path, tmp_path / "figures")}
