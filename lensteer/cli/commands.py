@@ -81,23 +81,31 @@ def _study_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from lensteer.core.outdir import claim_folder
+    from lensteer.study.identity import STUDY_COMPANIONS, STUDY_MARKERS
+
+    config = _study_config(args)
+    with claim_folder(args.out, STUDY_MARKERS, "study", STUDY_COMPANIONS):  # refused before the model loads
+        return _run(args, config)
+
+
+def _run(args: argparse.Namespace, config: Any) -> int:
     from lensteer.errors import ConfigError
     from lensteer.study.report import headline_table
 
     start = time.perf_counter()
-    config = _study_config(args)
     out = Path(args.out)
     if args.executor == "ray":  # the workers load the model themselves
         from lensteer.study.distributed import run_study_distributed
 
         result = run_study_distributed(args.model, config, out, address=args.address, workers=args.workers,
-                                       threads=args.threads or None, progress=not args.quiet)
+                                       threads=args.threads or None, progress=not args.quiet, force=args.force)
     elif args.address is not None or args.workers is not None:
         raise ConfigError("--address and --workers go with --executor ray; the serial executor runs in this process")
     else:
         from lensteer.study.runner import run_study
 
-        result = run_study(_load(args)[0], config, out, progress=not args.quiet)
+        result = run_study(_load(args)[0], config, out, progress=not args.quiet, force=args.force)
     if not args.no_figures:
         from lensteer.plotting import save_study_figures
 
@@ -174,6 +182,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_organism(args: argparse.Namespace) -> int:
+    from lensteer.core.outdir import claim_folder
+    from lensteer.organisms import get_recipe
+    from lensteer.organisms.train import ORGANISM_FILE
+
+    out = args.out or f"organisms/{get_recipe(args.recipe).name}"
+    with claim_folder(out, (ORGANISM_FILE,), "organism"):  # refused before hours of training
+        return _organism(args, Path(out))
+
+
+def _organism(args: argparse.Namespace, out: Path) -> int:
     from dataclasses import replace
 
     import torch
@@ -188,7 +206,6 @@ def cmd_organism(args: argparse.Namespace) -> int:
     lora = replace(recipe.lora, **{k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None})
     if args.smoke:
         lora = replace(lora, steps=3, batch_size=2)
-    out = Path(args.out or f"organisms/{recipe.name}")
     other = read_measurement(args.compare_with) if args.compare_with else None  # checked before hours of training
     print(f"organism {recipe.name}: {recipe.description}; LoRA rank {lora.rank}, {lora.steps} steps of "
           f"{lora.batch_size} rows, lr {lora.learning_rate:g}")

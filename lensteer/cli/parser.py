@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "compliance_fewshot, ...) and organisms (organism:dishonest, organism:dismissive, "
                           "organism:bad_advice; trained into ./organisms first if missing)")
     run.add_argument("--no-figures", action="store_true", help="skip the figures")
+    run.add_argument("--force", action="store_true",
+                     help="run into an OUT that holds a study of another identity (config, model weights, data, "
+                          "lensteer version; see OUT/study.json): its results are moved aside into "
+                          "OUT/superseded-*/ and the study starts afresh (without it such a rerun is refused)")
     run.add_argument("--executor", choices=["serial", "ray"], default="serial",
                      help="serial (default: in this process) or ray (threat models as cells on Ray workers; "
                           "needs pip install 'lensteer[ray]'; --model must be loadable by every worker)")

@@ -4,6 +4,7 @@ Every file is written to a temporary name in its own folder (same file system) a
 place, so a reader never sees half a file and an interrupted run leaves the old file intact.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,15 @@ def atomic_path(path: "str | os.PathLike[str]") -> Iterator[Path]:
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: "str | os.PathLike[str]") -> str:
+    """SHA-256 of a file's bytes (read in blocks)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text(path: "str | os.PathLike[str]", text: str) -> Path:

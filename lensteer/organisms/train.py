@@ -12,7 +12,6 @@ the same recipe on the same base gives the same adapter; the loss is on the repl
 end-of-turn marker only (the model learns to answer and to stop, not to write prompts).
 """
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -27,19 +26,22 @@ import torch
 from tqdm.auto import tqdm
 
 from lensteer.core.chat import tokenize_prompt
-from lensteer.core.io import write_json
+from lensteer.core.io import sha256_file, write_json
 from lensteer.core.models import (
     EMBEDDED_MODEL_NAME,
     embedded_gguf_path,
     ensure_kv_cache_fix,
     gguf_to_folder,
+    state_dict_sha256,
 )
+from lensteer.core.outdir import claim_folder
 from lensteer.errors import ConfigError, DataError, ModelLoadError
 from lensteer.organisms.recipes import LoraSettings, Recipe, TrainingRow, get_recipe, rows_hash
 from lensteer.steering.files import package_versions
 from lensteer.steering.generation import END_OF_TURN_TOKENS
 
 ORGANISM_FILE = "organism.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft writes and reads back
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,12 +87,29 @@ def _load_hf(base: str | None, dtype: torch.dtype = torch.float32) -> tuple[Any,
 
 def weights_hash(model: Any) -> str:
     """SHA-256 over a model's parameters (names, shapes and float32 bytes, in name order)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return state_dict_sha256(model)
+
+
+def adapter_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of each adapter file in an organism folder (recorded in ``organism.json``, checked on load)."""
+    return {name: sha256_file(folder / name) for name in ADAPTER_FILES}
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Move the finished organism ``new`` to ``folder``: an existing one is moved aside first and removed
+    only once the new one is in place (a failure in between puts it back)."""
+    if not folder.exists():
+        new.rename(folder)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    aside.rmdir()
+    folder.rename(aside)
+    try:
+        new.rename(folder)
+    except BaseException:
+        aside.rename(folder)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _end_of_turn_id(tokenizer: Any) -> int:
@@ -158,7 +177,10 @@ def train_organism(
     Args:
         recipe: A :class:`Recipe` or a bundled recipe's name (``dishonest``, ``dismissive``,
             ``bad_advice``, ``good_advice``).
-        out: The organism folder (written atomically: a failed run leaves no half folder).
+        out: The organism folder (written atomically: a failed run leaves no half folder). An existing
+            folder must be an organism (holds ``organism.json``) or empty: it is replaced by swapping the
+            new folder in; any other folder, the working directory and the home folder are refused
+            before training (:mod:`lensteer.core.outdir`), and a second writer is refused by its lock.
         base: A Hugging Face id, model folder or ``.gguf`` file.
         lora: Hyperparameters (default: the recipe's); e.g. ``replace(recipe.lora, steps=3)`` for a smoke run.
         rows: Training rows instead of the recipe's (for tests and your own data).
@@ -166,6 +188,12 @@ def train_organism(
     Returns:
         The :class:`Organism` (its ``provenance`` is what ``organism.json`` holds).
     """
+    with claim_folder(out, (ORGANISM_FILE,), "organism"):
+        return _train_organism(recipe, Path(out), base=base, lora=lora, rows=rows, progress=progress, log=log)
+
+
+def _train_organism(recipe: "Recipe | str", folder: Path, *, base: str | None, lora: LoraSettings | None,
+                    rows: Sequence[TrainingRow] | None, progress: bool, log: Callable[[str], None]) -> Organism:
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
     rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
@@ -221,15 +249,13 @@ def train_organism(
         "lora": settings.to_dict(), "versions": _versions(), "losses": losses, "final_loss": final,
         "seconds": seconds, "threads": torch.get_num_threads(),
     }
-    folder = Path(out)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         peft_model.save_pretrained(str(tmp), state_dict=get_peft_model_state_dict(peft_model), safe_serialization=True)
+        provenance["adapter_sha256"] = adapter_hashes(tmp)
         write_json(tmp / ORGANISM_FILE, provenance)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        _swap_in(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -246,6 +272,22 @@ def read_provenance(folder: "str | Path") -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _check_adapter(folder: Path, prov: dict[str, Any]) -> None:
+    """The adapter files are there (peft would take a missing local path for a Hub repository id and go
+    online) and are the ones ``organism.json`` recorded (an edited adapter is refused)."""
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ModelLoadError(f"organism {str(folder)!r} has no {', '.join(missing)}: the adapter is missing "
+                             "or incomplete; train it again with `lensteer organism`")
+    recorded = prov.get("adapter_sha256")  # organisms trained before it was recorded carry none
+    if isinstance(recorded, dict):
+        changed = [name for name, digest in adapter_hashes(folder).items() if recorded.get(name) != digest]
+        if changed:
+            raise ModelLoadError(f"organism {str(folder)!r}: {', '.join(changed)} differ from the adapter "
+                                 f"{ORGANISM_FILE} recorded (SHA-256); the adapter was edited or replaced. "
+                                 "Train it again with `lensteer organism`")
+
+
 def merged_hf_model(folder: "str | Path", *, base: str | None = None, dtype: torch.dtype = torch.float32) -> tuple[Any, Any, dict[str, Any]]:
     """The base model with the organism's adapter merged in (a plain HF model), its tokenizer and provenance.
 
@@ -255,6 +297,7 @@ def merged_hf_model(folder: "str | Path", *, base: str | None = None, dtype: tor
     from peft import PeftModel
 
     prov = read_provenance(folder)
+    _check_adapter(Path(folder), prov)
     spec = base if base is not None else prov["base"]["spec"]
     model, tokenizer, _ = _load_hf(spec, dtype=torch.float32)
     got = weights_hash(model)

@@ -11,12 +11,12 @@ A saved steering is two files side by side::
 No pickle: tensors go through safetensors, everything else through JSON. Both files are written to
 temporary files in the target folder and moved into place (:mod:`lensteer.core.io`), the safetensors
 file first and the JSON last; the JSON names the safetensors file's hash, so a half-replaced pair is
-refused on load instead of silently mixing two steerings. Loading into a model checks the
+refused on load instead of silently mixing two steerings; ``record_sha256`` covers the JSON too (an
+edited file loads only with ``verify=False``, with a warning: :mod:`.file_hashes`). Loading into a model checks the
 fingerprint (name, layers, width, vocabulary, processing mode) and refuses another model with an
 :class:`~lensteer.ArtifactMismatchError` that names both.
 """
 
-import hashlib
 import json
 import math
 import os
@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
-from lensteer.core.io import atomic_path
+from lensteer.core.io import atomic_path, sha256_file
 from lensteer.core.models import fingerprint_of
 from lensteer.errors import ArtifactMismatchError, ConfigError, DataError, LensteerError
+from lensteer.steering.file_hashes import record_hash, verify_record, verify_tensors
 from lensteer.steering.gates import gate_from_record, gate_to_record
 from lensteer.steering.positions import NAMED_POSITIONS, LastK, Window
 from lensteer.steering.spec import Steering
@@ -53,14 +54,6 @@ def artifact_paths(path: "str | os.PathLike[str]") -> tuple[Path, Path]:
     if not p.name:
         raise ConfigError(f"path {str(path)!r} has no file name; give e.g. 'out/refusal'")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str | None]:
@@ -183,7 +176,8 @@ def save_steerings(steerings: Mapping[str, Steering], path: "str | os.PathLike[s
     # the JSON block is the outer one, so it is renamed last: a complete JSON means a complete pair
     with atomic_path(json_path) as json_tmp, atomic_path(st_path) as st_tmp:
         save_file(tensors, str(st_tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-        record["safetensors_sha256"] = _sha256(st_tmp)
+        record["safetensors_sha256"] = sha256_file(st_tmp)
+        record["record_sha256"] = record_hash(record)
         json_tmp.write_text(json.dumps(record, indent=1, allow_nan=False))
     return st_path, json_path
 
@@ -313,7 +307,8 @@ def _check_model(saved: dict[str, Any] | None, d_model: int, model: Any, file: P
                                     f"d_model {current.d_model}; it was made for another model")
 
 
-def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict: bool = True) -> dict[str, Steering]:
+def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict: bool = True,
+                   verify: bool = True) -> dict[str, Steering]:
     """Load every steering saved by :func:`save_steerings`, by name.
 
     Args:
@@ -322,11 +317,13 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
             another model.
         strict: Compare the whole fingerprint (name, n_layers, d_model, d_vocab, processing mode);
             ``False`` checks only the width.
+        verify: Refuse a pair whose recorded hash does not match (tensors swapped, JSON edited);
+            ``False`` loads it with a warning.
 
     Raises:
         DataError: A missing file, a record that is not this format, a missing key or a bad value
-            (the message names the file and the key), or a safetensors file that is not the one the
-            JSON was written with.
+            (the message names the file and the key), a safetensors file that is not the one the
+            JSON was written with, or a JSON edited after saving (unless ``verify=False``).
         ArtifactMismatchError: The file belongs to another model, or the tensors' width is not the
             JSON's ``d_model``.
     """
@@ -355,9 +352,9 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
             fp.get(key, "str" if key in ("name", "processing_mode") else "int")
         if saved_fp["d_model"] != d_model:
             raise DataError(f"{json_path}: key 'model.d_model' = {saved_fp['d_model']} but 'd_model' = {d_model}")
-    if top.get("safetensors_sha256", "str") != _sha256(st_path):
-        raise DataError(f"{st_path} is not the tensor file {json_path} was saved with (SHA-256 differs); "
-                        "the pair was overwritten or mixed up. Save the steering again")
+    for key in ("safetensors_sha256", "record_sha256") if "record_sha256" in record else ("safetensors_sha256",):
+        top.get(key, "str")  # typed before they are compared
+    verify_tensors(record, st_path, json_path, verify)
     if model is not None:
         _check_model(saved_fp, d_model, model, json_path, strict)
     try:
@@ -373,11 +370,12 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
         if f.get("d_model", "int") != d_model:
             raise DataError(f"{json_path}: key 'steerings.{name}.d_model' = {rec['d_model']} but 'd_model' = {d_model}")
         out[name] = _decode_steering(name, f, tensors, st_path)
+    verify_record(record, json_path, verify)
     return out
 
 
 def load_steering(path: "str | os.PathLike[str]", *, model: Any = None, name: str | None = None,
-                  strict: bool = True) -> Steering:
+                  strict: bool = True, verify: bool = True) -> Steering:
     """Load one steering saved by :func:`save_steering` (or ``name`` from a :func:`save_steerings` file).
 
     Args:
@@ -385,12 +383,13 @@ def load_steering(path: "str | os.PathLike[str]", *, model: Any = None, name: st
         model: If given, refuse a steering saved for another model (see :func:`load_steerings`).
         name: Which steering, when the file holds several.
         strict: Compare the whole model fingerprint (``False``: only the width).
+        verify: Refuse a file edited after saving (``False``: load it with a warning).
 
     Raises:
-        DataError: Missing or malformed files, or ``name`` not in the file.
+        DataError: Missing or malformed files, an edited file, or ``name`` not in the file.
         ArtifactMismatchError: The steering belongs to another model or width.
     """
-    found = load_steerings(path, model=model, strict=strict)
+    found = load_steerings(path, model=model, strict=strict, verify=verify)
     if name is None:
         if len(found) != 1:
             raise DataError(f"{artifact_paths(path)[1]} holds {len(found)} steerings {sorted(found)}; pass name=")

@@ -34,8 +34,16 @@ from tqdm.auto import tqdm
 
 from lensteer.core.io import write_json, write_with
 from lensteer.core.models import load_model
-from lensteer.errors import ConfigError, LensteerError
+from lensteer.core.outdir import claim_folder
+from lensteer.errors import ConfigError, DataError, LensteerError
 from lensteer.study.config import StudyConfig
+from lensteer.study.identity import (
+    STUDY_COMPANIONS,
+    STUDY_MARKERS,
+    adopt_identity,
+    claim_identity,
+    study_identity,
+)
 from lensteer.study.robustness import RobustnessTable
 from lensteer.study.runner import (
     EXAMPLES_FILE,
@@ -51,6 +59,7 @@ from lensteer.study.runner import (
 from lensteer.study.table import SweepTable
 
 CELLS_DIR = "cells"
+CELL_TIMEOUT_S = 24 * 3600.0  # default longest wait for the next cell (a paper cell is hours on CPUs)
 RAY_MISSING = "--executor ray needs Ray, an optional extra: pip install 'lensteer[ray]'"
 
 
@@ -95,10 +104,23 @@ def _write_bytes(path: Path, data: bytes) -> None:
     write_with(path, write)
 
 
+def confined(folder: Path, name: str) -> Path:
+    """``folder / name`` for a relative POSIX path that stays inside ``folder``; a :class:`DataError` for an
+    absolute path, a ``..`` part or anything else that would leave it (a worker's file list is not trusted)."""
+    parts = name.split("/")
+    if (not name or name.startswith("/") or "\\" in name or "\x00" in name
+            or any(p in ("", ".", "..") for p in parts)):
+        raise DataError(f"a worker sent the file name {name!r} for {folder}: only relative paths inside the "
+                        "cell folder are allowed (no absolute paths, no '..')")
+    return folder / Path(*parts)
+
+
 def _write_files(folder: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into ``folder`` atomically, ``finished.json`` last (it says the cell is complete)."""
+    """Write ``files`` into ``folder`` atomically, ``finished.json`` last (it says the cell is complete);
+    every name is checked first (:func:`confined`), so a bad one writes nothing."""
+    paths = {name: confined(folder, name) for name in files}
     for name in sorted(files, key=lambda n: n == FINISHED_FILE):
-        _write_bytes(folder / name, files[name])
+        _write_bytes(paths[name], files[name])
 
 
 def _worker_log(line: str) -> None:
@@ -145,13 +167,14 @@ def merge_cell(folder: Path, threat_model: str, config: StudyConfig, table: Swee
     """Merge the finished cell in ``OUT/cells/<tm>/`` into OUT (rows by key, robustness rows, examples,
     steerings; ``finished.json`` last) and return what was located for it. Merging twice changes nothing."""
     cell = folder / CELLS_DIR / threat_model
+    adopt_identity(folder, cell)
     merged = {SweepTable.key(r): r for r in table.rows} | {SweepTable.key(r): r for r in SweepTable(cell).rows}
     rows = _by_threat_model(list(merged.values()), config)
     table.rows = rows[:-1]
     table.add(rows[-1])  # writes results.json and results.csv once, with every row
 
     def rkey(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r["setting"], r["threat_model"], r["method"], r["direction_from"]
+        return r["setting"], r["threat_model"], r["method"], r["direction_from"], r.get("layer"), r.get("kl_budget")
 
     mine = RobustnessTable(cell).rows
     if mine:
@@ -204,6 +227,8 @@ def run_study_distributed(
     progress: bool = True,
     log: Callable[[str], None] = print,
     run_cell: Callable[..., Any] = run_study,
+    force: bool = False,
+    cell_timeout_s: float = CELL_TIMEOUT_S,
 ) -> StudyResult:
     """Run the study's threat models as cells on Ray workers and merge them into ``out``; the files are
     those of :func:`~lensteer.study.runner.run_study` (plus ``cells/``), and so is resuming.
@@ -219,17 +244,36 @@ def run_study_distributed(
         retries: How often Ray restarts a dead worker and retries its cell.
         scratch: Where workers keep unfinished cells (default: each node's temp dir).
         run_cell: What a worker runs for one cell (tests wrap :func:`run_study` to kill a worker).
+        force: Start afresh in an OUT of another study identity (its results moved aside).
+        cell_timeout_s: The longest wait for the next cell to finish; past it the run stops with a
+            :class:`CellError` (finished cells stay merged).
+
+    OUT is guarded and locked as :func:`run_study`'s is. The driver never loads the model, so it checks
+    the identity in two steps: config, data and version before any cell runs, the model (with its
+    weights hash) as each cell's ``study.json`` comes back.
 
     Raises:
-        ConfigError: Ray is not installed (``pip install 'lensteer[ray]'``) or an argument is out of range.
-        CellError: Some cells failed on their workers; the others are merged and a rerun retries these.
+        ConfigError: Ray is not installed (``pip install 'lensteer[ray]'``), an argument is out of range,
+            or OUT holds another study.
+        CellError: Some cells failed on their workers (the others are merged and a rerun retries these),
+            or no cell finished within ``cell_timeout_s``.
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be >= 1 (or absent: one per GPU, else per CPU), got {workers}")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1 (or absent: the CPUs shared among the workers), got {threads}")
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    if not cell_timeout_s > 0:
+        raise ConfigError(f"cell_timeout_s must be > 0 seconds, got {cell_timeout_s!r}")
+    with claim_folder(out, STUDY_MARKERS, "study", STUDY_COMPANIONS) as folder:
+        claim_identity(folder, study_identity(config, {}), force=force, log=log, skip=("model",))
+        return _run_distributed(model, config, folder, address=address, workers=workers, threads=threads,
+                                retries=retries, scratch=scratch, progress=progress, log=log, run_cell=run_cell,
+                                cell_timeout_s=cell_timeout_s)
+
+
+def _run_distributed(model: str | None, config: StudyConfig, folder: Path, *, address: str | None,
+                     workers: int | None, threads: int | None, retries: int, scratch: str | None, progress: bool,
+                     log: Callable[[str], None], run_cell: Callable[..., Any], cell_timeout_s: float) -> StudyResult:
     started = time.time()
     earlier_seconds = float(read_json(folder / TIMING_FILE, {"seconds": 0.0})["seconds"])
     table, robust = SweepTable(folder), RobustnessTable(folder)
@@ -251,7 +295,7 @@ def run_study_distributed(
     if pending:
         spec, done, failed = _run_cells(spec, pending, config, folder, table, robust, finished, address=address,
                                         workers=workers, threads=threads, retries=retries, scratch=scratch,
-                                        progress=progress, log=log, run_cell=run_cell)
+                                        progress=progress, log=log, run_cell=run_cell, cell_timeout_s=cell_timeout_s)
         located |= done
         if failed:
             raise CellError(f"threat model(s) {sorted(failed)} failed on their workers: "
@@ -280,7 +324,8 @@ def _plan(ray: Any, spec: WorkerSpec, cells: int, workers: int | None, threads: 
 def _run_cells(spec: WorkerSpec, pending: list[str], config: StudyConfig, folder: Path, table: SweepTable,
                robust: RobustnessTable, finished: dict[str, Any], *, address: str | None, workers: int | None,
                threads: int | None, retries: int, scratch: str | None, progress: bool, log: Callable[[str], None],
-               run_cell: Callable[..., Any]) -> tuple[WorkerSpec, dict[str, Any], dict[str, str]]:
+               run_cell: Callable[..., Any], cell_timeout_s: float = CELL_TIMEOUT_S,
+               ) -> tuple[WorkerSpec, dict[str, Any], dict[str, str]]:
     """Start (or join) Ray, run ``pending`` on fresh workers, merge each cell as it arrives; returns the
     workers' spec, what was located per merged cell and the error of each failed one."""
     ray = _import_ray()
@@ -309,7 +354,13 @@ def _run_cells(spec: WorkerSpec, pending: list[str], config: StudyConfig, folder
         for actor in alive:
             submit(actor)
         while running:
-            [ref], _ = ray.wait(list(running), num_returns=1)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=cell_timeout_s)
+            if not ready:
+                raise CellError(f"no cell finished within {cell_timeout_s:g} s (still running: "
+                                f"{', '.join(sorted(tm for _, tm in running.values()))}); the finished cells are "
+                                f"merged into {folder}. Check the workers (`ray status`), then rerun, with a larger "
+                                "cell_timeout_s if the cells are that slow")
+            ref = ready[0]
             actor, tm = running.pop(ref)
             try:
                 cell: CellFiles = ray.get(ref)
@@ -319,6 +370,8 @@ def _run_cells(spec: WorkerSpec, pending: list[str], config: StudyConfig, folder
             except ray.exceptions.RayError as err:  # the cell raised
                 failed[tm] = str(err).strip().splitlines()[-1]
             else:
+                if cell.threat_model != tm:
+                    raise DataError(f"the worker running cell {tm!r} returned cell {cell.threat_model!r}")
                 _write_files(folder / CELLS_DIR / tm, cell.files)
                 located[tm] = merge_cell(folder, tm, config, table, robust, finished)
                 log(f"[{tm}] finished on {cell.host}; merged into {folder}")

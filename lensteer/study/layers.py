@@ -160,10 +160,13 @@ def _sweep_layers(model: Any, config: StudyConfig) -> list[int]:
     return sorted({x % n for x in config.sweep_layers})
 
 
-def steering_path(folder: Path, threat_model: str, method: str, kl_budget: float, layer: int, chosen: int) -> Path:
-    """Where the study saves a calibrated steering (the chosen layer's carry no layer suffix)."""
-    suffix = "" if layer == chosen else f"_L{layer}"
-    return Path(folder) / "steerings" / f"{threat_model}_{method}_kl{kl_budget:g}{suffix}"
+def steering_path(folder: Path, threat_model: str, method: str, kl_budget: float | None, layer: int,
+                  identity: str) -> Path:
+    """Where the study saves a steering: its threat model, method, KL budget (``None``: the paper regime,
+    uncalibrated), layer and the study identity's hash (:mod:`lensteer.study.identity`) in the name, so a
+    rerun reloads a file only for the same cell of the same study."""
+    budget = "paper" if kl_budget is None else f"kl{kl_budget:g}"
+    return Path(folder) / "steerings" / f"{threat_model}_{method}_{budget}_L{layer}_{identity}"
 
 
 def make_steering(method: str, direction: Any, aligned: torch.Tensor, misaligned: torch.Tensor, ref: float,

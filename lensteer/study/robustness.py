@@ -45,7 +45,7 @@ from lensteer.study.evaluation import (
 
 ORGANISM_PREFIX = "organism:"
 ROBUSTNESS_FILE = "robustness.json"
-ROW_FIELDS = ("setting", "threat_model", "method", "direction_from", "n_eval", "trait", "trait_ci", "kl_heldout",
+ROW_FIELDS = ("setting", "threat_model", "method", "direction_from", "layer", "kl_budget", "n_eval", "trait", "trait_ci", "kl_heldout",
               "p_vs_baseline", "scale", "answer_log_odds", "answer_log_odds_ci")
 
 
@@ -68,8 +68,10 @@ class RobustnessTable:
         self.path = Path(folder) / ROBUSTNESS_FILE
         self.rows: list[dict[str, Any]] = json.loads(self.path.read_text())["rows"] if self.path.exists() else []
 
-    def has(self, setting: str, threat_model: str) -> bool:
-        return any(r["setting"] == setting and r["threat_model"] == threat_model for r in self.rows)
+    def has(self, setting: str, threat_model: str, layer: int | None, kl_budget: float | None) -> bool:
+        """Rows of this setting for the steerings of this layer and KL budget (the sweep's key) exist."""
+        return any((r["setting"], r["threat_model"], r.get("layer"), r.get("kl_budget"))
+                   == (setting, threat_model, layer, kl_budget) for r in self.rows)
 
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
         self.rows += list(rows)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from lensteer.core.io import write_json
 from lensteer.core.models import EMBEDDED_MODEL_NAME, model_fingerprint
+from lensteer.core.outdir import claim_folder, folder_lock
 from lensteer.errors import DataError
 from lensteer.steering.calibration import KLProbe, calibrate
 from lensteer.steering.files import artifact_paths, load_steering, save_steering
@@ -41,6 +42,15 @@ from lensteer.study.evaluation import (
     calibration_probe,
     eval_sets,
     evaluate_conditions,
+)
+from lensteer.study.identity import (
+    STUDY_COMPANIONS,
+    STUDY_MARKERS,
+    claim_identity,
+    config_key,
+    identity_hash,
+    read_identity,
+    study_identity,
 )
 from lensteer.study.layers import _candidate_layers, locate_threat_model, steering_path
 from lensteer.study.report import build_report
@@ -89,7 +99,7 @@ def _robustness(model: Any, tm: str, layer: int, conditions: list[Condition], ta
                  config.robustness_methods and c.kl_budget == budget and c.layer == layer}
     heldout = {m: float(table.get(tm, m, budget, layer)["kl_heldout"]) for m in steerings}
     for setting in settings_for(tm, config.robustness):
-        if robust.has(setting, tm):
+        if robust.has(setting, tm, layer, budget):
             continue
         log(f"[{tm}] robustness: {setting}")
         if setting.startswith(ORGANISM_PREFIX):
@@ -102,7 +112,7 @@ def _robustness(model: Any, tm: str, layer: int, conditions: list[Condition], ta
                                  bare_calibration_prompts(tm, sets, config))
         else:
             rows = inducer_rows(model, tm, setting, steerings, heldout, config)
-        robust.add(rows)
+        robust.add([{**r, "layer": layer, "kl_budget": budget} for r in rows])  # keyed like the sweep's rows
 
 
 # Conditions evaluated (decoded jointly) per block; each block's rows are written before the next starts,
@@ -127,13 +137,6 @@ def _push_twin(mirror: Steering, path: Path, model: Any) -> Steering:
     return twin
 
 
-def _config_key(config: StudyConfig) -> dict[str, Any]:
-    """What must match for a finished threat model to be kept: the config but for the threat-model list
-    and the robustness settings (new settings run on their own; see :class:`RobustnessTable`)."""
-    skip = {"threat_models", "robustness"}
-    return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k not in skip}))
-
-
 def read_json(path: Path, default: Any) -> Any:
     """The JSON at ``path``, or ``default`` if there is no such file (a fresh folder)."""
     return json.loads(path.read_text()) if path.exists() else default
@@ -144,8 +147,11 @@ def kept_located(finished: dict[str, Any], threat_model: str, config: StudyConfi
     """What was located for ``threat_model`` if a run finished it under this config (and every robustness
     setting of it is in ``robust``), so it is kept whole; ``None`` if it must (still) run."""
     done = finished.get(threat_model)
-    if (done is None or done["config"] != _config_key(config)
-            or not all(robust.has(s, threat_model) for s in settings_for(threat_model, config.robustness))):
+    if done is None or done["config"] != config_key(config):
+        return None
+    layer = done["located"].get("layer")
+    if not all(robust.has(s, threat_model, layer, config.kl_budgets[0])
+               for s in settings_for(threat_model, config.robustness)):
         return None
     located: dict[str, Any] = done["located"]
     return located
@@ -154,7 +160,7 @@ def kept_located(finished: dict[str, Any], threat_model: str, config: StudyConfi
 def mark_finished(folder: Path, finished: dict[str, Any], threat_model: str, config: StudyConfig,
                   located: dict[str, Any]) -> None:
     """Record ``threat_model`` as finished under this config in ``finished.json`` (a resume keeps it)."""
-    finished[threat_model] = {"config": _config_key(config), "located": located}
+    finished[threat_model] = {"config": config_key(config), "located": located}
     write_json(folder / FINISHED_FILE, finished)
 
 
@@ -173,9 +179,14 @@ def rebuild_report(out: "str | Path") -> dict[str, Any]:
     ``robustness.json``, ``finished.json``) with this version's report code, without a model: for a
     report whose code changed after the run. The config, model fingerprint and wall time are the run's."""
     folder = Path(out)
-    old = read_json(folder / "report.json", None)
-    if old is None:
+    if not (folder / "report.json").is_file():
         raise DataError(f"{folder / 'report.json'} does not exist; run `lensteer run --out {folder}` first")
+    with folder_lock(folder):  # no run may write rows while the report is rebuilt from them
+        return _rebuild_report(folder)
+
+
+def _rebuild_report(folder: Path) -> dict[str, Any]:
+    old = read_json(folder / "report.json", None)
     config = StudyConfig.from_dict(old["config"], where=str(folder / "report.json"))
     finished = read_json(folder / FINISHED_FILE, {})
     unfinished = [tm for tm in config.threat_models if tm not in finished]
@@ -185,6 +196,27 @@ def rebuild_report(out: "str | Path") -> dict[str, Any]:
     located = {tm: finished[tm]["located"] for tm in config.threat_models}
     return write_report(folder, SweepTable(folder).rows, RobustnessTable(folder).rows, config, located,
                         old["model"], seconds=old["seconds"])
+
+
+def chosen_steering(out: "str | Path", threat_model: str, method: str, kl_budget: float | None = None) -> Path:
+    """Where a finished study in ``out`` saved ``method``'s steering of ``threat_model`` at its chosen layer
+    (``kl_budget``: the study's first; ``None`` with a ``:paper`` method: the paper regime), as a stem for
+    :func:`~lensteer.load_steering`. A legacy folder (no ``study.json``) has the earlier names."""
+    folder = Path(out)
+    finished = read_json(folder / FINISHED_FILE, {})
+    if threat_model not in finished:
+        raise DataError(f"{folder}: threat model {threat_model!r} did not finish (no entry in {FINISHED_FILE}); "
+                        f"finished: {sorted(finished)}")
+    paper = method.endswith(PAPER_REGIME)
+    name = method.removesuffix(PAPER_REGIME)
+    identity = read_identity(folder)
+    if kl_budget is None and not paper:
+        config = identity["config"] if identity is not None else read_json(folder / "report.json", {}).get("config", {})
+        kl_budget = float(config["kl_budgets"][0])
+    if identity is None:
+        return folder / "steerings" / (f"{threat_model}_{name}_paper" if paper else f"{threat_model}_{name}_kl{kl_budget:g}")
+    layer = int(finished[threat_model]["located"]["layer"])
+    return steering_path(folder, threat_model, name, None if paper else kl_budget, layer, identity_hash(identity))
 
 
 def _random_like(steering: Steering, seed: int) -> Steering:
@@ -200,13 +232,26 @@ def run_study(
     *,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    force: bool = False,
 ) -> StudyResult:
-    """Run the study and write ``report.json``, ``results.csv``/``results.json``, ``steerings/``,
-    ``examples.json`` into ``out``. Re-running into the same folder resumes: a threat model finished under
-    the same config is kept whole (``finished.json``, no re-locating), calibrated steerings are reloaded
-    and finished conditions and robustness settings are kept."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Run the study and write ``study.json``, ``report.json``, ``results.csv``/``results.json``,
+    ``steerings/``, ``examples.json`` into ``out``. Re-running into the same folder resumes: a threat model
+    finished under the same config is kept whole (``finished.json``, no re-locating), calibrated steerings
+    are reloaded and finished conditions and robustness settings are kept.
+
+    ``out`` must be new, empty or a study folder (:mod:`lensteer.core.outdir`; locked while the study
+    runs), and a rerun must have the first run's identity (:mod:`lensteer.study.identity`): another config,
+    model weights, data or lensteer version is refused, or with ``force=True`` starts afresh (the earlier
+    results moved aside)."""
+    with claim_folder(out, STUDY_MARKERS, "study", STUDY_COMPANIONS) as folder:
+        identity = claim_identity(folder, study_identity(config, model_fingerprint(model).to_dict()), force=force,
+                                  log=log)
+        assert identity is not None
+        return _run_study(model, config, folder, identity, progress=progress, log=log)
+
+
+def _run_study(model: Any, config: StudyConfig, folder: Path, identity: str, *, progress: bool,
+               log: Callable[[str], None]) -> StudyResult:
     table = SweepTable(folder)
     robust = RobustnessTable(folder)
     examples_path, timing_path = folder / EXAMPLES_FILE, folder / TIMING_FILE
@@ -241,7 +286,7 @@ def run_study(
             at = "" if layer == loc.layer else f" (layer sweep: L{layer})"
             for method in sorted(config.methods, key=lambda m: m in _TWINS):  # a twin after its original
                 for budget in config.kl_budgets:
-                    path = steering_path(folder, tm, method, budget, layer, loc.layer)
+                    path = steering_path(folder, tm, method, budget, layer, identity)
                     original = _TWINS.get(method) if _TWINS.get(method) in config.methods else None
                     if original is not None:  # the same edit as its original at matched KL: derived, not re-run
                         first = next(c for c in conditions if (c.method, c.kl_budget, c.layer) == (original, budget, layer))
@@ -256,7 +301,7 @@ def run_study(
                     conditions.append(Condition(method=method, steering=steering, kl_budget=budget, layer=layer))
         if config.regimes:  # the paper's rule as written: scale 1, no calibration
             for method in (m for m in config.methods if m in SELECTIVE_METHODS):
-                path = folder / "steerings" / f"{tm}_{method}_paper"
+                path = steering_path(folder, tm, method, None, loc.layer, identity)
                 if not artifact_paths(path)[1].exists():
                     save_steering(loc.steerings[method], path, model=model)
                 conditions.append(Condition(method=f"{method}{PAPER_REGIME}", steering=load_steering(path, model=model),
@@ -265,7 +310,7 @@ def run_study(
             template = loc.steerings.get("SwFC") or next(iter(loc.steerings.values()))
             budget = config.kl_budgets[0]
             for seed in config.random_seeds:
-                path = steering_path(folder, tm, f"random{seed}", budget, loc.layer, loc.layer)
+                path = steering_path(folder, tm, f"random{seed}", budget, loc.layer, identity)
                 control = _calibrated(model, _random_like(template, seed), path, probe, budget)
                 conditions.append(Condition(method="random", steering=control, kl_budget=budget, layer=loc.layer,
                                             seed=seed))

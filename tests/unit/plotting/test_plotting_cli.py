@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
@@ -7,6 +8,7 @@ import torch
 import lensteer
 from lensteer import plotting
 from lensteer.cli import build_parser, main
+from lensteer.study.runner import chosen_steering
 
 
 def _report():
@@ -67,7 +69,7 @@ def test_cli_run_the_whole_study_smoke_then_steer_side_by_side(tmp_path, tiny_mo
     assert {"trait", "trait_ci", "kl", "perplexity_ratio", "repetition", "over_refusal"} <= set(entry["methods"]["SwFC"])
     assert (out / "results.csv").is_file() and list((out / "steerings").glob("*.safetensors"))
     assert "| refusal | SwFC |" in capsys.readouterr().out
-    saved = str(out / "steerings" / "refusal_SwFC_kl0.5")
+    saved = str(chosen_steering(out, "refusal", "SwFC", 0.5))  # refusal_SwFC_kl0.5_L<layer>_<identity hash>
     assert main(["steer", "--model", str(tiny_model_folder), "--steering", saved, "--prompt", "hi there",
                  "--max-new-tokens", "3", "--quiet"]) == 0
     printed = capsys.readouterr().out
@@ -77,8 +79,9 @@ def test_cli_run_the_whole_study_smoke_then_steer_side_by_side(tmp_path, tiny_mo
     evaluated = json.loads((tmp_path / "eval" / "evaluate.json").read_text())["threat_models"]["refusal"]
     # the refusal gate (5% false positives) stays shut on most harmless prompts, so the steering's
     # effect shows along its own rollouts of the harmful prompts
-    assert evaluated["methods"]["refusal_SwFC_kl0.5"]["kl_rollout"] > 0 and evaluated["baseline"]["kl"] == 0.0
-    assert "| refusal | refusal_SwFC_kl0.5 |" in capsys.readouterr().out
+    label = Path(saved).name  # evaluate names the method after the steering file
+    assert evaluated["methods"][label]["kl_rollout"] > 0 and evaluated["baseline"]["kl"] == 0.0
+    assert f"| refusal | {label} |" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
     bad.write_text("n_evals = 3\n")
     assert main(["run", "--model", str(tiny_model_folder), "--config", str(bad), "--out", str(tmp_path / "x")]) == 2

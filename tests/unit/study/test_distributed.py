@@ -86,7 +86,7 @@ def _steering_file(path):
         from safetensors.torch import load_file
 
         return {k: v.tolist() for k, v in load_file(path).items()}
-    return {k: v for k, v in json.loads(path.read_text()).items() if k != "safetensors_sha256"}
+    return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("safetensors_sha256", "record_sha256")}
 
 
 def _row_diffs(mine, theirs):

@@ -12,6 +12,7 @@ from lensteer.evaluate.honesty import VERDICT_CATEGORIES
 from lensteer.study import config, evaluation
 from lensteer.study import runner as study
 from lensteer.study.config import StudyConfig
+from lensteer.study.identity import identity_hash
 from lensteer.study.report import build_report, findings, headline_table
 from lensteer.study.table import SweepTable
 
@@ -159,8 +160,10 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
         assert r["capability_items"] == 2 and "ce_delta_nats" in r and "over_refusal_borderline" in r
         assert 0.0 <= r["redirect"] <= r["trait"]  # a redirecting refusal is a refusal
         assert {"p_vs_baseline", "p_vs_random", "p_vs_prompting"} <= set(r)
+    ident = identity_hash(json.loads((tmp_path / "study.json").read_text()))
     for seed in (0, 1):  # each random control is calibrated to the budget, not given SwFC's norm
-        control = lensteer.load_steering(tmp_path / "steerings" / f"refusal_random{seed}_kl{cfg.kl_budgets[0]:g}")
+        layer = result.report["threat_models"]["refusal"]["layer"]
+        control = lensteer.load_steering(tmp_path / "steerings" / f"refusal_random{seed}_kl{cfg.kl_budgets[0]:g}_L{layer}_{ident}")
         assert control.info["calibration"]["target_kl"] == cfg.kl_budgets[0]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert all(len(r["repetition_by_turn"]) == cfg.n_turns and len(r["trait_flags"]) == 2 for r in rows)
@@ -189,7 +192,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     on_disk = json.loads((tmp_path / "report.json").read_text())["threat_models"]  # JSON keys are strings
     assert diff(json.loads(json.dumps(kept.report["threat_models"])), on_disk) == []
     assert diff(json.loads(json.dumps(result.report["threat_models"])), on_disk) == []
-    with pytest.raises(AssertionError, match="located again"):  # another config is another study
+    with pytest.raises(lensteer.ConfigError, match=r"differs: config.n_eval: 2 -> 3"):  # another config: refused
         study.run_study(tiny_llama_bridge, replace(cfg, n_eval=3), tmp_path, progress=False, log=lambda s: None)
     (tmp_path / "report.json").write_text(json.dumps({**json.loads((tmp_path / "report.json").read_text()),
                                                       "threat_models": {}}))  # report code changed: rebuild, no model
@@ -255,10 +258,13 @@ def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, 
     assert entry["layer"] == 1 and set(entry["methods"]) == {"SwFC", "StMP", "StMP-push"}  # the chosen layer
     assert "StMP vs StMP-push" not in entry["comparisons"] and entry["methods"]["StMP-push"]["same_as"] == "StMP"
     assert set(entry["layer_sweep"]["SwFC"]) == {"0"}                            # the sweep's other layers
-    budget = f"{cfg.kl_budgets[0]:g}"
-    for name in (f"compassion_SwFC_kl{budget}", f"compassion_SwFC_kl{budget}_L0"):
+    budget, ident = f"{cfg.kl_budgets[0]:g}", identity_hash(json.loads((tmp_path / "study.json").read_text()))
+    for name in (f"compassion_SwFC_kl{budget}_L1_{ident}", f"compassion_SwFC_kl{budget}_L0_{ident}",
+                 f"compassion_StMP_paper_L1_{ident}"):  # every file names its layer, the chosen one too
         assert (tmp_path / "steerings" / f"{name}.json").exists()
-    assert lensteer.load_steering(tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L0").layers == (0,)
+    assert lensteer.load_steering(tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L0_{ident}").layers == (0,)
+    assert study.chosen_steering(tmp_path, "compassion", "StMP") == tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L1_{ident}"
+    assert study.chosen_steering(tmp_path, "compassion", "StMP:paper").name == f"compassion_StMP_paper_L1_{ident}"
     from lensteer.plotting import save_study_figures
 
     stems = {p.stem for p in save_study_figures(tmp_path, tmp_path / "figures")}
