@@ -27,6 +27,25 @@ FOLLOW_UPS = ("Can you say more about that?", "What else should I keep in mind?"
               "Is there anything you would add?")
 
 
+def _is_int(value: Any) -> bool:
+    """An int that is not a bool (TOML ``true`` must not pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, *, low: int | None, optional: bool) -> None:
+    """``value`` is an int (not a bool) ``>= low``, or ``None`` where ``optional``; else a ConfigError naming it."""
+    if value is None and optional:
+        return
+    if not _is_int(value) or (low is not None and value < low):
+        allowed = "an int" + (f" >= {low}" if low is not None else "") + (" or absent (all)" if optional else "")
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+
+
 def known_robustness_settings() -> list[str]:
     """Every robustness setting name: the inducers of all registered threat models and ``organism:<recipe>``."""
     from lensteer.organisms.recipes import RECIPES
@@ -136,37 +155,44 @@ class StudyConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("threat_models", threats.names()), ("methods", METHODS)):
             values = getattr(self, name)
-            if isinstance(values, str) or not values:
+            if isinstance(values, str) or not isinstance(values, (list, tuple)) or not values:
                 raise ConfigError(f"{name} must be a non-empty list drawn from {list(allowed)}, got {values!r}")
             bad = [v for v in values if v not in allowed]
             if bad:
                 raise ConfigError(f"{name}: {bad} not allowed; allowed values: {list(allowed)}")
             object.__setattr__(self, name, tuple(values))
-        budgets = tuple(self.kl_budgets)
-        if not budgets or any(not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0 for b in budgets):
-            raise ConfigError(f"kl_budgets must be positive numbers of nats, got {self.kl_budgets!r}")
+        budgets = self.kl_budgets
+        if _is_number(budgets):  # `kl_budgets = 0.5` in TOML: one budget
+            budgets = (budgets,)
+        if (not isinstance(budgets, (list, tuple)) or not budgets
+                or any(not _is_number(b) or not math.isfinite(b) or b <= 0 for b in budgets)):
+            raise ConfigError(f"kl_budgets must be a list of positive numbers of nats (e.g. [0.25, 0.5]), "
+                              f"got {self.kl_budgets!r}")
         object.__setattr__(self, "kl_budgets", tuple(float(b) for b in budgets))
-        if self.candidate_layers is not None:
-            object.__setattr__(self, "candidate_layers", tuple(self.candidate_layers))
-        if isinstance(self.sweep_layers, (str, int)) or any(isinstance(x, bool) or not isinstance(x, int)
-                                                            for x in self.sweep_layers):
-            raise ConfigError(f"sweep_layers must be a list of layer indices (ints), got {self.sweep_layers!r}")
-        object.__setattr__(self, "sweep_layers", tuple(self.sweep_layers))
+        for name in ("regimes", "prompting"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("sweep_layers", "candidate_layers", "random_seeds"):
+            values = getattr(self, name)
+            if values is None and name == "candidate_layers":
+                continue
+            if not isinstance(values, (list, tuple)) or any(not _is_int(x) for x in values):
+                raise ConfigError(f"{name} must be a list of ints{' or absent (the default layers)' if name == 'candidate_layers' else ''}, got {values!r}")
+            object.__setattr__(self, name, tuple(values))
+        if self.candidate_layers == ():
+            raise ConfigError("candidate_layers must name at least one layer, or be absent (the default layers)")
         for name in ("n_train", "n_kl", "kl_tokens", "max_new_tokens", "batch_size", "n_turns", "layer_stride"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+            _check_int(name, getattr(self, name), low=1, optional=False)
         for name in ("n_eval", "n_harmless"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be an int >= 1 or absent (all), got {value!r}")
-        for name in ("n_borderline", "n_paragraphs"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ConfigError(f"{name} must be an int >= 0 or absent (all), got {value!r}")
+            _check_int(name, getattr(self, name), low=1, optional=True)
+        for name in ("n_borderline", "n_paragraphs", "n_mc"):
+            _check_int(name, getattr(self, name), low=0, optional=True)
+        _check_int("n_conversations", self.n_conversations, low=0, optional=False)
+        _check_int("layer", self.layer, low=None, optional=True)
+        _check_int("seed", self.seed, low=None, optional=False)
         for name in ("robustness", "robustness_methods"):
             values = getattr(self, name)
-            if isinstance(values, str) or any(not isinstance(v, str) for v in values):
+            if not isinstance(values, (list, tuple)) or any(not isinstance(v, str) for v in values):
                 raise ConfigError(f"{name} must be a list of names, got {values!r}")
             object.__setattr__(self, name, tuple(values))
         allowed_settings = known_robustness_settings()
@@ -176,31 +202,43 @@ class StudyConfig:
         missing = [m for m in self.robustness_methods if m not in self.methods]
         if self.robustness and missing:
             raise ConfigError(f"robustness_methods {missing} are not among the study's methods {list(self.methods)}")
-        seeds = self.random_seeds
-        if isinstance(seeds, (str, int)) or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-            raise ConfigError(f"random_seeds must be a list of ints, got {seeds!r}")
-        object.__setattr__(self, "random_seeds", tuple(seeds))
-        if not isinstance(self.n_conversations, int) or self.n_conversations < 0:
-            raise ConfigError(f"n_conversations must be an int >= 0, got {self.n_conversations!r}")
-        if self.positions not in STUDY_POSITIONS:
-            raise ConfigError(f"positions must be one of {list(STUDY_POSITIONS)}, got {self.positions!r}")
-        if self.selective_fit not in SELECTIVE_FITS:
-            raise ConfigError(f"selective_fit must be one of {list(SELECTIVE_FITS)}, got {self.selective_fit!r}")
+        for name, choices in (("positions", list(STUDY_POSITIONS)), ("selective_fit", list(SELECTIVE_FITS))):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
         ratio = self.massive_ratio
-        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 1):
+        if ratio is not None and (not _is_number(ratio) or not math.isfinite(ratio) or not ratio > 1):
             raise ConfigError(f"massive_ratio must be a number > 1 (a multiple of the median norm) or absent, got {ratio!r}")
-        if isinstance(self.gate_fpr, bool) or not isinstance(self.gate_fpr, (int, float)) or not 0 < self.gate_fpr < 1:
+        if not _is_number(self.gate_fpr) or not 0 < self.gate_fpr < 1:
             raise ConfigError(f"gate_fpr must be a rate in (0, 1), got {self.gate_fpr!r}")
-        if self.n_mc is not None and (not isinstance(self.n_mc, int) or self.n_mc < 0):
-            raise ConfigError(f"n_mc must be an int >= 0 or absent (all items), got {self.n_mc!r}")
+        url = self.judge_url
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+            raise ConfigError(f"judge_url must be an http:// or https:// URL or absent, got {url!r}")
+        for name in ("judge_model", "organisms_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+
+    def check_layers(self, n_layers: int) -> None:
+        """Every layer the config names (``layer``, ``candidate_layers``, ``sweep_layers``) exists in an
+        ``n_layers``-layer model (negative indices count from the end); a :class:`ConfigError` names the rest."""
+        named = {"layer": () if self.layer is None else (self.layer,),
+                 "candidate_layers": self.candidate_layers or (), "sweep_layers": self.sweep_layers}
+        for name, layers in named.items():
+            bad = [x for x in layers if not -n_layers <= x < n_layers]
+            if bad:
+                raise ConfigError(f"{name} {bad} are not layers of this {n_layers}-layer model "
+                                  f"(allowed 0..{n_layers - 1}, or -{n_layers}..-1 from the end)")
 
     @classmethod
     def from_toml(cls, path: "str | Path") -> "StudyConfig":
         """Read a config; unknown keys and bad values are errors that name them."""
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError as err:
             raise ConfigError(f"config file {str(path)!r} does not exist") from err
+        except (UnicodeDecodeError, IsADirectoryError) as err:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 TOML text: {err}") from err
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
         return cls.from_dict(raw, where=str(path))
@@ -213,7 +251,10 @@ class StudyConfig:
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys: {allowed}")
         values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items()}
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from err
 
     @classmethod
     def demo(cls) -> "StudyConfig":
