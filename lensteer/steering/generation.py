@@ -40,7 +40,14 @@ from lensteer.steering.assignment import (
     projection_owner,
 )
 from lensteer.steering.gates import gate_rows
-from lensteer.steering.hooks import SteeringContext, StepRecord, plain_steerable, steer, steer_plain
+from lensteer.steering.hooks import (
+    SteeringContext,
+    StepRecord,
+    holding_model_lock,
+    plain_steerable,
+    steer,
+    steer_plain,
+)
 from lensteer.steering.positions import selects_nothing
 from lensteer.steering.prefix import prefill_shared_prefix, shared_prefix
 from lensteer.steering.sampling import check_sampling, sample_token
@@ -112,6 +119,7 @@ def end_of_turn_ids(model: Any) -> set[int]:
     return {int(i) for i in ids}
 
 
+@holding_model_lock  # another thread's steering hooks (on the bridge or the shared plain view) never reach this call
 def generate(
     model: Any,
     prompts: Sequence["str | ChatPrompt"],
