@@ -225,11 +225,11 @@ class HttpJudge:
         conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = conn_cls(parts.hostname or "", parts.port, timeout=self.timeout_s)
         expired = threading.Event()
+        opened: list[socket.socket] = []  # the connection's socket (http.client drops conn.sock on HTTP/1.0)
 
         def cut_off() -> None:
             expired.set()
-            sock = conn.sock
-            if sock is not None:
+            for sock in opened:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
@@ -237,6 +237,10 @@ class HttpJudge:
         timer.daemon = True
         timer.start()
         try:
+            conn.connect()
+            opened.append(conn.sock)
+            if expired.is_set():  # the deadline passed while connecting
+                raise TimeoutError
             conn.request("POST", path, body=body, headers=headers)
             reply = conn.getresponse()
             status = reply.status
