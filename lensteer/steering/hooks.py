@@ -227,7 +227,7 @@ def steer_plain(model: Any, view: PlainView, *steerings: Steering, context: Stee
     PyTorch hooks on the decoder layers (``resid_pre``: a pre-hook on the layer's input; ``resid_post``:
     a hook on its output), so they run in the order the bridge's hook points would. Removed on exit,
     error or not. Callers check :func:`plain_steerable` first."""
-    handles = []
+    handles: list[Any] = []
     with model_lock(model), _removing(handles):
         for name, fn in steering_hooks(model, steerings, context):
             layer = view.layers[layer_of(name)]

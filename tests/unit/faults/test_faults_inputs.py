@@ -2,6 +2,7 @@
 replayed. Each failed on the code before the fix (a raw traceback, a silently wrong result, or a leak);
 each now ends in a clear error (the CLI: ``lensteer: error: ...``, exit 2), a warning, or the right answer."""
 
+import contextlib
 import errno
 import json
 import socket
@@ -161,10 +162,10 @@ def test_a_truncated_organism_json_is_a_data_error(tmp_path):
 
 
 def test_a_truncated_adapter_is_a_lensteer_error_naming_the_organism(tmp_path, tiny_tokenizer):
+    from builders import save_tiny_llama_folder
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from builders import save_tiny_llama_folder
     from lensteer.organisms.train import ORGANISM_FILE, merged_hf_model, weights_hash
 
     base = save_tiny_llama_folder(tmp_path / "base", tiny_tokenizer)
@@ -245,7 +246,7 @@ def test_generate_is_safe_from_two_threads(tiny_llama_bridge):
         try:
             for _ in range(rounds):
                 lensteer.generate(model, prompts, steering=s, max_new_tokens=12)
-        except Exception as err:  # noqa: BLE001 - reported below
+        except Exception as err:
             errors.append(err)
 
     def unsteered():
@@ -253,7 +254,7 @@ def test_generate_is_safe_from_two_threads(tiny_llama_bridge):
             for _ in range(rounds):
                 texts = lensteer.generate(model, prompts, max_new_tokens=12).texts
                 wrong.extend([texts] if texts != solo else [])
-        except Exception as err:  # noqa: BLE001 - reported below
+        except Exception as err:
             errors.append(err)
 
     threads = [threading.Thread(target=steered), threading.Thread(target=unsteered)]
@@ -282,10 +283,8 @@ class _Fake:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.requests.append((self.path, dict(self.headers), body))
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     answer(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
             def log_message(self, *args):
                 pass
@@ -312,11 +311,11 @@ def _reply(handler, status: int, body: bytes, headers: dict | None = None) -> No
 
 
 def test_the_judge_never_follows_a_redirect_with_its_key():
-    with _Fake(lambda h: _reply(h, 200, _completion("Score: 5"))) as other:
-        with _Fake(lambda h: _reply(h, 307, b"", {"Location": other.url + "/v1/chat/completions"})) as srv:
-            judge = HttpJudge(base_url=srv.url, api_key="secret", max_retries=0)
-            with pytest.raises(JudgeError, match="HTTP 307.*redirects are not followed"):
-                judge("p", "r")
+    with _Fake(lambda h: _reply(h, 200, _completion("Score: 5"))) as other, \
+            _Fake(lambda h: _reply(h, 307, b"", {"Location": other.url + "/v1/chat/completions"})) as srv:
+        judge = HttpJudge(base_url=srv.url, api_key="secret", max_retries=0)
+        with pytest.raises(JudgeError, match="HTTP 307.*redirects are not followed"):
+            judge("p", "r")
     assert other.requests == []  # the key never reached the other address
 
 
@@ -340,9 +339,17 @@ def test_a_dripped_reply_is_cut_off_at_the_total_deadline():
 
 
 def test_a_reply_over_the_size_cap_is_refused():
-    with _Fake(lambda h: _reply(h, 200, _completion("Score: 5" + " " * 5000))) as srv:
-        with pytest.raises(JudgeError, match="max_reply_bytes=1000"):
-            HttpJudge(base_url=srv.url, max_reply_bytes=1000, max_retries=0)("p", "r")
+    with _Fake(lambda h: _reply(h, 200, _completion("Score: 5" + " " * 5000))) as srv, \
+            pytest.raises(JudgeError, match="max_reply_bytes=1000"):
+        HttpJudge(base_url=srv.url, max_reply_bytes=1000, max_retries=0)("p", "r")
+
+    def unannounced(h):  # no Content-Length: the body ends when the server closes
+        h.send_response(200)
+        h.end_headers()
+        h.wfile.write(_completion("Score: 5" + " " * 5000))
+
+    with _Fake(unannounced) as srv, pytest.raises(JudgeError, match="more than max_reply_bytes=1000"):
+        HttpJudge(base_url=srv.url, max_reply_bytes=1000, max_retries=0)("p", "r")
 
 
 def test_a_server_that_is_not_http_is_a_judge_error():
