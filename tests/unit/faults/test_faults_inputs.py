@@ -153,6 +153,13 @@ def test_report_on_a_foreign_report_json_exits_2(tmp_path, capsys):
     assert "holds a JSON list, expected a JSON object" in capsys.readouterr().err
 
 
+def test_figures_on_a_half_written_report_json_exits_2_naming_it(tmp_path, capsys):
+    lio.write_json(tmp_path / "results.json", {"rows": [{"threat_model": "refusal"}]})
+    (tmp_path / "report.json").write_text('{"config": {"n_eval": ')
+    assert main(["figures", "--results", str(tmp_path), "--out", str(tmp_path / "figures")]) == 2
+    assert f"{tmp_path / 'report.json'} is not valid JSON" in capsys.readouterr().err
+
+
 def test_a_truncated_organism_json_is_a_data_error(tmp_path):
     from lensteer.organisms.train import ORGANISM_FILE, read_provenance
 
