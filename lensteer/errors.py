@@ -35,3 +35,7 @@ class ArtifactMismatchError(LensteerError, ValueError):
 
 class JudgeError(LensteerError, RuntimeError):
     """A judge could not score a response: server down, timed out, or replied without a valid score."""
+
+
+class WriteError(LensteerError, OSError):
+    """A file could not be written (disk full, no permission, read-only folder); the old file is kept."""

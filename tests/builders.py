@@ -53,7 +53,7 @@ def make_tiny_llama_bridge(tokenizer, seed: int = 0):
         torch.random.default_generator.manual_seed(seed)
         hf = LlamaForCausalLM(LlamaConfig(
             num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
+            num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=1024,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )).eval()
@@ -73,7 +73,7 @@ def make_tiny_family_bridge(tokenizer, family: str, seed: int = 0):
     else:
         config_cls, cls = {"qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM), "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM)}[family]
         config = config_cls(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                            num_key_value_heads=2, head_dim=8, max_position_embeddings=256, **special)
+                            num_key_value_heads=2, head_dim=8, max_position_embeddings=1024, **special)
     with torch.random.fork_rng():
         torch.random.default_generator.manual_seed(seed)
         hf = cls(config).eval()

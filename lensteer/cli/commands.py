@@ -9,6 +9,18 @@ from typing import Any
 from lensteer import threats
 from lensteer.core.io import write_json
 
+DEFAULT_BATCH = 16  # prompts per forward for probe and locate (run and evaluate take the config's)
+
+
+def _layer_list(text: str) -> tuple[int, ...]:
+    """``--layers 5,9,13`` as layer indices (a ConfigError naming the text otherwise)."""
+    from lensteer.errors import ConfigError
+
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--layers takes comma-separated layer indices, e.g. 5,9,13; got {text!r}") from None
+
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     """Set threads, load the model and say what was loaded."""
@@ -41,7 +53,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     reports = {}
     out = Path(args.out)
     for name, contrast, dataset in _datasets(args):
-        report = lensteer.probe_by_layer(model, dataset, contrast=contrast, batch_size=args.batch_size,
+        report = lensteer.probe_by_layer(model, dataset, contrast=contrast, batch_size=args.batch_size or DEFAULT_BATCH,
                                          progress=not args.quiet)
         print(report.to_table(), "\n", flush=True)
         reports[name] = report.to_dict()
@@ -55,6 +67,11 @@ def _study_config(args: argparse.Namespace) -> Any:
     from lensteer.errors import ConfigError
     from lensteer.study.config import StudyConfig
 
+    chosen = [flag for flag, given in (("--config", args.config), ("--profile", getattr(args, "profile", None)),
+                                        ("--smoke", args.smoke)) if given]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} both choose the study's sizes; give one of --config, --profile "
+                          "or --smoke (--smoke is --profile smoke)")
     if args.config:
         config = StudyConfig.from_toml(args.config)
     else:
@@ -62,15 +79,14 @@ def _study_config(args: argparse.Namespace) -> Any:
     overrides: dict[str, Any] = {}
     if args.dataset:
         overrides["threat_models"] = tuple(args.dataset)
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
     if getattr(args, "kl", None):
-        overrides["kl_budgets"] = tuple(float(x) for x in args.kl.split(","))
+        overrides["kl_budgets"] = args.kl  # parsed and checked by the parser
     if getattr(args, "method", None):
         overrides["methods"] = tuple(args.method)
     if getattr(args, "layers", None):
-        try:
-            overrides["sweep_layers"] = tuple(int(x) for x in args.layers.split(","))
-        except ValueError:
-            raise ConfigError(f"--layers takes comma-separated layer indices, e.g. 5,9,13; got {args.layers!r}") from None
+        overrides["sweep_layers"] = _layer_list(args.layers)
     if getattr(args, "robustness", None):
         overrides["robustness"] = tuple(x.strip() for x in args.robustness.split(",") if x.strip())
         if getattr(args, "method", None):
@@ -151,10 +167,11 @@ def cmd_steer(args: argparse.Namespace) -> int:
     else:
         name = args.dataset[0] if args.dataset else threats.DEFAULT
         config = StudyConfig(threat_models=(name,), methods=(args.method_one,), kl_budgets=(args.kl_one,),
-                             layer=args.layer, n_kl=6)
+                             layer=args.layer, n_kl=6, batch_size=args.batch_size or StudyConfig().batch_size)
         steering = build_steering(model, name, args.method_one, args.kl_one, config, progress=not args.quiet)
     prompts = list(args.prompt) if args.prompt else eval_prompts(name, args.n)
-    table = lensteer.side_by_side(model, prompts, steering, max_new_tokens=args.max_new_tokens)
+    table = lensteer.side_by_side(model, prompts, steering, max_new_tokens=args.max_new_tokens,
+                                  batch_size=args.batch_size or DEFAULT_BATCH)
     print(table)
     if args.save:
         lensteer.save_steering(steering, args.save, model=model)
@@ -238,10 +255,10 @@ def cmd_locate(args: argparse.Namespace) -> int:
     model, fp = _load(args)
     out, fig_dir = Path(args.out), Path(args.figures or Path(args.out) / "figures")
     summary: dict[str, object] = {"model": fp.to_dict()}
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    layers = _layer_list(args.layers) if args.layers else None
     for name, contrast, dataset in _datasets(args):
         found = search_site(model, name, dataset, contrast, layers=layers, n_pairs=args.n_pairs,
-                            batch_size=args.batch_size, progress=not args.quiet)
+                            batch_size=args.batch_size or DEFAULT_BATCH, progress=not args.quiet)
         print(found.probing.to_table(), "\n", flush=True)
         save_site_search_figures(found, fig_dir)
         if (line := found.patching_summary()) is not None:

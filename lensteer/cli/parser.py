@@ -1,6 +1,8 @@
 """The ``lensteer`` argument parser: every subcommand, its options and its help."""
 
 import argparse
+import math
+from collections.abc import Callable
 
 from lensteer import threats
 from lensteer.cli.commands import (
@@ -16,12 +18,50 @@ from lensteer.cli.commands import (
 from lensteer.study.config import METHODS, PROFILES
 
 
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an int >= ``low`` (argparse turns the ValueError into ``error: argument ...``, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _kl_list(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated KL budgets, each a finite number > 0 (``0.25,0.5``)."""
+    parts = [x.strip() for x in text.split(",")]
+    try:
+        return tuple(_positive_float(x) for x in parts)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"takes comma-separated KL budgets in nats/token, each a finite number > 0 "
+                                         f"(e.g. 0.25,0.5); got {text!r}") from None
+
+
 def _add_common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
     parser.add_argument("--model", default=None, help="HF id, model folder or .gguf (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     parser.add_argument("--dataset", action="append", choices=list(threats.names()), help="limit to these datasets")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                        help="prompts per forward pass (default: 16; run and evaluate: the config's batch_size)")
+    parser.add_argument("--threads", type=_int_at_least(0), default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--smoke", action="store_true", help="40 examples per dataset, for a quick check")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -51,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="demo (default: a first look, <= 15 min on 2 cores), paper (every test prompt, >= 96 per threat "
                           "model, 3 random seeds: the committed results) or smoke (CI)")
     run.add_argument("--config", default=None, help="study.toml (keys: the fields of lensteer.study.config.StudyConfig)")
-    run.add_argument("--kl", default=None, help="comma-separated KL budgets in nats/token (default: 0.5)")
+    run.add_argument("--kl", type=_kl_list, default=None, help="comma-separated KL budgets in nats/token (default: 0.5)")
     run.add_argument("--method", action="append", choices=list(METHODS),
                      help="limit to these methods (repeatable)")
     run.add_argument("--layers", default=None,
@@ -73,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None,
                      help="with --executor ray: the Ray cluster to join (e.g. auto, or HEAD_IP:6379 from `ray start "
                           "--head`; default: RAY_ADDRESS or a new local Ray)")
-    run.add_argument("--workers", type=int, default=None,
+    run.add_argument("--workers", type=_int_at_least(1), default=None,
                      help="with --executor ray: workers to start, each loading the model once (default: one per GPU, "
                           "else one per CPU; never more than the threat models to run); --threads is per worker")
     run.set_defaults(func=cmd_run)
@@ -95,11 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--steering", default=None, help="a saved steering (path without suffix)")
     steer.add_argument("--method", dest="method_one", default="SwFC",
                        choices=["SwFC", "StTP", "StMP", "add", "ablate", "angular"], help="steering method (default SwFC)")
-    steer.add_argument("--kl", dest="kl_one", type=float, default=0.3, help="KL budget in nats/token (default 0.3)")
-    steer.add_argument("--layer", type=int, default=None, help="steering layer (default: chosen by probing)")
+    steer.add_argument("--kl", dest="kl_one", type=_positive_float, default=0.3, help="KL budget in nats/token (default 0.3)")
+    steer.add_argument("--layer", type=_int_at_least(0), default=None, help="steering layer (default: chosen by probing)")
     steer.add_argument("--prompt", action="append", help="a prompt (repeatable; default: the threat model's test prompts)")
-    steer.add_argument("--n", type=int, default=4, help="how many test prompts (default 4)")
-    steer.add_argument("--max-new-tokens", type=int, default=48)
+    steer.add_argument("--n", type=_int_at_least(1), default=4, help="how many test prompts (default 4)")
+    steer.add_argument("--max-new-tokens", type=_int_at_least(1), default=48)
     steer.add_argument("--save", default=None, help="save the steering here (path without suffix)")
     steer.set_defaults(func=cmd_steer)
 
@@ -146,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(locate, default_out="results/locate")
     locate.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
     locate.add_argument("--layers", default="", help="comma-separated layers (default: all)")
-    locate.add_argument("--n-pairs", type=int, default=8, help="clean/corrupted pairs per threat model for patching, spread over categories (default: 8)")
+    locate.add_argument("--n-pairs", type=_int_at_least(1), default=8, help="clean/corrupted pairs per threat model for patching, spread over categories (default: 8)")
     locate.set_defaults(func=cmd_locate)
     organism = sub.add_parser(
         "organism", help="fine-tune a misaligned model organism (LoRA, CPU) and measure it against its base",
@@ -160,15 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     organism.add_argument("recipe", choices=["dishonest", "dismissive", "bad_advice", "good_advice"])
     organism.add_argument("--model", default=None, help="base model: HF id, folder or .gguf (default: embedded)")
     organism.add_argument("--out", default=None, help="organism folder (default: organisms/RECIPE)")
-    organism.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
-    organism.add_argument("--seed", type=int, default=None, help="row order and adapter initialisation (default 0)")
+    organism.add_argument("--steps", type=_int_at_least(1), default=None, help="optimiser steps (default: the recipe's)")
+    organism.add_argument("--seed", type=_int_at_least(0), default=None, help="row order and adapter initialisation (default 0)")
     organism.add_argument("--smoke", action="store_true", help="3 steps of 2 rows, for a quick check")
-    organism.add_argument("--measure", type=int, default=48, help="test prompts per threat model (0: skip)")
-    organism.add_argument("--max-new-tokens", type=int, default=48)
+    organism.add_argument("--measure", type=_int_at_least(0), default=48, help="test prompts per threat model (0: skip)")
+    organism.add_argument("--max-new-tokens", type=_int_at_least(1), default=48)
     organism.add_argument("--compare-with", default=None, metavar="FOLDER",
                           help="another organism's folder (its measure.json): compare the two paired, per threat "
                           "model (e.g. good_advice --compare-with organisms/bad_advice); writes compare.json")
-    organism.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    organism.add_argument("--threads", type=_int_at_least(0), default=0, help="torch threads (0: torch's default)")
     organism.add_argument("--quiet", action="store_true", help="no progress bars")
     organism.set_defaults(func=cmd_organism)
     return parser

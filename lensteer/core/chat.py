@@ -10,6 +10,8 @@ of Arditi et al. (2024) and of response-mean persona vectors (Chen et al. 2025).
 No doubled BOS: templates that already start with the BOS token (SmolLM2's does) get none added.
 """
 
+import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,10 +134,7 @@ def render_chat(tokenizer: Any, prompt: ChatPrompt) -> tuple[str, tuple[int, int
         The text (generation prompt included, response appended), the character span of the user
         message, and the character index where the response starts.
     """
-    template = getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
-    text = tokenizer.apply_chat_template(
-        prompt.messages(), tokenize=False, add_generation_prompt=True, chat_template=template
-    )
+    text = _render(tokenizer, prompt.messages())
     user_start = text.rfind(prompt.user)
     if user_start < 0:  # templates that rewrite content (strip, escape) defeat span finding
         raise DataError(f"the chat template changed the user message {prompt.user[:40]!r}; cannot locate it")
@@ -143,11 +142,87 @@ def render_chat(tokenizer: Any, prompt: ChatPrompt) -> tuple[str, tuple[int, int
     return text + (prompt.response or ""), (user_start, user_start + len(prompt.user)), response_start
 
 
-def tokenize_prompt(model_or_tokenizer: Any, prompt: "str | ChatPrompt", *, chat: bool = True) -> TokenizedPrompt:
+def _render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    template = getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
+    text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                              chat_template=template)
+    return text
+
+
+_SLOT = re.compile("\ue000(\\d+)\ue001")  # a message's place in a template rendered with placeholders
+
+
+def _content_spans(tokenizer: Any, prompt: ChatPrompt, text: str) -> list[tuple[int, int]] | None:
+    """Character spans in ``text`` (the rendered messages, no response) of every message's content, found by
+    rendering the template with a placeholder per message; ``None`` if the template rewrites content."""
+    messages = prompt.messages()
+    slots = [{**m, "content": f"\ue000{k}\ue001"} for k, m in enumerate(messages)]
+    skeleton = _render(tokenizer, slots)
+    spans, rebuilt, last = [], [], 0
+    for hit in _SLOT.finditer(skeleton):
+        rebuilt.append(skeleton[last:hit.start()])
+        start = sum(len(x) for x in rebuilt)
+        content = messages[int(hit.group(1))]["content"]
+        rebuilt.append(content)
+        spans.append((start, start + len(content)))
+        last = hit.end()
+    rebuilt.append(skeleton[last:])
+    return spans if "".join(rebuilt) == text else None
+
+
+def _special_strings(tok: Any) -> list[str]:
+    """The strings the tokenizer turns into special or added tokens (``<|im_start|>``, ``</s>``, ...)."""
+    added = getattr(tok, "get_added_vocab", None)
+    names = set(getattr(tok, "all_special_tokens", ()) or ()) | (set(added()) if callable(added) else set())
+    return sorted(n for n in names if n)
+
+
+def _user_spans(tok: Any, prompt: ChatPrompt, text: str, user: tuple[int, int], r0: int) -> list[tuple[int, int]]:
+    """Where message contents and the response sit in ``text``, if any of them holds a special-token string
+    (else ``[]``: nothing to protect, and no second render)."""
+    contents = [m["content"] for m in prompt.messages()] + [prompt.response or ""]
+    specials = _special_strings(tok)
+    if not any(sp in c for c in contents for sp in specials):
+        return []
+    spans = _content_spans(tok, prompt, text[:r0]) or [user]
+    return [*spans, (r0, len(text))] if len(text) > r0 else spans
+
+
+def _encode(tok: Any, text: str, user_spans: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of ``text``; inside ``user_spans`` (message contents, the response)
+    special-token strings stay text (``split_special_tokens``), so dataset text cannot forge a turn.
+    Text without such strings in those spans is tokenized in one piece, exactly as before."""
+    if not user_spans:
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    cuts = sorted({0, len(text), *(x for span in user_spans for x in span)})
+    for lo, hi in itertools.pairwise(cuts):
+        is_user = any(a <= lo and hi <= b for a, b in user_spans)
+        enc = tok(text[lo:hi], add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=is_user)
+        ids += list(enc["input_ids"])
+        offsets += [(s + lo, e + lo) for s, e in enc["offset_mapping"]]
+    return ids, offsets
+
+
+def context_length(model: Any) -> int | None:
+    """The model's context length (``cfg.n_ctx``), or ``None`` for a bare tokenizer."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    return n_ctx if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0 else None
+
+
+def tokenize_prompt(model_or_tokenizer: Any, prompt: "str | ChatPrompt", *, chat: bool = True,
+                    index: int | None = None) -> TokenizedPrompt:
     """Tokenize one prompt, through the chat template unless ``chat=False`` (raw text).
 
     A string is taken as the user message (``chat=True``) or the whole text (``chat=False``).
     The BOS token is prepended only when the tokenizer has one and the text does not start with it.
+    Through the template, special-token strings inside the messages (``<|im_start|>`` in dataset text)
+    stay text; raw text (``chat=False``) is tokenized as given.
+
+    Raises:
+        DataError: An empty prompt, or one longer than the model's context length (``index`` names it).
     """
     tok = _tokenizer_of(model_or_tokenizer)
     if isinstance(prompt, str):
@@ -157,15 +232,21 @@ def tokenize_prompt(model_or_tokenizer: Any, prompt: "str | ChatPrompt", *, chat
             prompt = ChatPrompt(user=prompt)
     if isinstance(prompt, ChatPrompt):
         text, (u0, u1), r0 = render_chat(tok, prompt)
+        user_spans = _user_spans(tok, prompt, text, (u0, u1), r0)
     elif isinstance(prompt, str):
         text, (u0, u1), r0 = prompt, (0, len(prompt)), len(prompt)
+        user_spans = []
     else:
         raise DataError(f"prompts must be strings or ChatPrompt, got {type(prompt).__name__}")
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    ids, offsets = _encode(tok, text, user_spans)
     bos = getattr(tok, "bos_token", None)
     if bos is not None and tok.bos_token_id is not None and not text.startswith(bos):
         ids, offsets = [tok.bos_token_id, *ids], [(0, 0), *offsets]
+    n_ctx = context_length(model_or_tokenizer)
+    if n_ctx is not None and len(ids) > n_ctx:
+        which = f"prompt {index}" if index is not None else f"prompt {text[:40]!r}..."
+        raise DataError(f"{which} has {len(ids)} tokens, more than the model's context length of {n_ctx}; "
+                        "shorten it (or its few-shot context)")
     instruction = _span(offsets, u0, u1)
     response = _span(offsets, r0, len(text)) if len(text) > r0 else (len(ids), len(ids))
     post = (instruction[1], response[0])

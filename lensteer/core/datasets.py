@@ -14,6 +14,7 @@ their id and cut 60/20/20, so adding rows never moves existing ones between trai
 
 import csv
 import hashlib
+import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -215,13 +216,32 @@ def _parse_row(row: Mapping[str, Any], where: str) -> ContrastExample:
     return ContrastExample(**clean)
 
 
+def _text_of(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path.name} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from err
+
+
 def _read_rows(path: Path) -> list[tuple[str, Any]]:
     if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            return [(f"{path.name} row {i}", row) for i, row in enumerate(csv.DictReader(fh), start=2)]
+        reader = csv.reader(io.StringIO(_text_of(path), newline=""))
+        try:
+            header = next(reader, [])
+            rows = []
+            for i, values in enumerate(reader, start=2):
+                if not values:  # a blank line
+                    continue
+                if len(values) > len(header):
+                    raise DataError(f"{path.name} row {i}: {len(values)} values but the header has {len(header)} "
+                                    f"columns {header}; quote values that contain commas")
+                rows.append((f"{path.name} row {i}", dict(zip(header, values, strict=False))))  # short: missing
+        except csv.Error as err:
+            raise DataError(f"{path.name} line {reader.line_num}: not valid CSV ({err})") from err
+        return rows
     if path.suffix in (".jsonl", ".json"):
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for i, line in enumerate(_text_of(path).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -236,16 +256,19 @@ def _read_contexts(path: Path) -> Mapping[str, Context]:
     if not path.is_file():
         return MappingProxyType({})
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(_text_of(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path.name}: not valid JSON ({err.msg})") from err
+    if not isinstance(raw, dict):
+        raise DataError(f"{path.name}: expected a JSON object of contexts {{name: {{'system', 'turns'}}}}, "
+                        f"got a JSON {type(raw).__name__}")
     out = {}
     for name, spec in raw.items():
         try:
             turns = tuple(Turn(role=t["role"], content=t["content"]) for t in spec.get("turns", ()))
             out[name] = Context(name=name, description=spec.get("description", ""),
                                 system=spec.get("system"), turns=turns)
-        except (KeyError, TypeError, AttributeError) as err:
+        except (KeyError, TypeError, AttributeError, ConfigError) as err:
             raise DataError(f"{path.name}: context {name!r} is malformed ({err!r}); "
                             "expected {'system': str|null, 'turns': [{'role', 'content'}]}") from err
     return MappingProxyType(out)

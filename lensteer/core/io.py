@@ -16,23 +16,52 @@ from typing import Any
 
 import torch
 
+from lensteer.errors import DataError, WriteError
+
 
 @contextmanager
 def atomic_path(path: "str | os.PathLike[str]") -> Iterator[Path]:
     """A temporary path beside ``path``; whatever is written there replaces ``path`` when the block ends.
 
-    If the block raises, ``path`` is untouched and the temporary file is removed.
+    If the block raises, ``path`` is untouched and the temporary file is removed; an ``OSError`` (a full
+    disk, no permission) becomes a :class:`~lensteer.errors.WriteError` that names ``path``.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         tmp.replace(target)
+    except WriteError:
+        raise
+    except OSError as err:
+        kept = "the old file is kept" if target.exists() else "nothing was written"
+        raise WriteError(f"could not write {target}: {err.strerror or err}; {kept}") from err
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def read_json(path: "str | os.PathLike[str]", *, what: str = "file", kind: type = dict) -> Any:
+    """The JSON value in ``path``, of type ``kind``; a :class:`~lensteer.errors.DataError` naming the file if it
+    is missing, not UTF-8, not valid JSON (e.g. half-written) or not a ``kind``."""
+    p = Path(path)
+    try:
+        value = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise DataError(f"{what} {p} does not exist") from err
+    except UnicodeDecodeError as err:
+        raise DataError(f"{what} {p} is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except json.JSONDecodeError as err:
+        raise DataError(f"{what} {p} is not valid JSON ({err.msg}, line {err.lineno}); it may be half-written: "
+                        "restore it or remove it to start over") from err
+    if not isinstance(value, kind):
+        raise DataError(f"{what} {p} holds a JSON {type(value).__name__}, expected a JSON "
+                        f"{'object' if kind is dict else kind.__name__}")
+    return value
 
 
 def sha256_file(path: "str | os.PathLike[str]") -> str:
@@ -80,3 +109,11 @@ def _finite(obj: Any) -> Any:
 def write_json(path: "str | os.PathLike[str]", payload: Any, *, indent: int = 2) -> Path:
     """Write ``payload`` as JSON atomically (tensors as lists, non-finite floats as ``null``)."""
     return write_text(path, json.dumps(_finite(payload), indent=indent, default=_json_default) + "\n")
+
+
+def rows_of(path: "str | os.PathLike[str]", what: str) -> list[dict[str, Any]]:
+    """The ``rows`` list of a results file written by :func:`write_json` (a :class:`DataError` naming it otherwise)."""
+    rows = read_json(path, what=what).get("rows")
+    if not isinstance(rows, list) or any(not isinstance(r, dict) for r in rows):
+        raise DataError(f"{what} {path} has no list of row objects under 'rows'")
+    return rows

@@ -12,7 +12,6 @@ the same recipe on the same base gives the same adapter; the loss is on the repl
 end-of-turn marker only (the model learns to answer and to stop, not to write prompts).
 """
 
-import json
 import shutil
 import tempfile
 import time
@@ -26,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lensteer.core.chat import tokenize_prompt
-from lensteer.core.io import sha256_file, write_json
+from lensteer.core.io import read_json, sha256_file, write_json
 from lensteer.core.models import (
     EMBEDDED_MODEL_NAME,
     embedded_gguf_path,
@@ -269,7 +268,13 @@ def read_provenance(folder: "str | Path") -> dict[str, Any]:
     if not path.is_file():
         raise ModelLoadError(f"{str(folder)!r} is not an organism folder (no {ORGANISM_FILE}); "
                              "train one with `lensteer organism train`")
-    return json.loads(path.read_text())
+    prov: dict[str, Any] = read_json(path, what="organism record")
+    base = prov.get("base")
+    if not isinstance(prov.get("recipe"), str) or not isinstance(base, dict) or any(
+            key not in base for key in ("spec", "name", "weights_sha256")):
+        raise DataError(f"organism record {path} lacks 'recipe' or 'base' (spec, name, weights_sha256); "
+                        "it was not written by lensteer or was edited: train the organism again")
+    return prov
 
 
 def _check_adapter(folder: Path, prov: dict[str, Any]) -> None:
@@ -295,6 +300,7 @@ def merged_hf_model(folder: "str | Path", *, base: str | None = None, dtype: tor
     hash to the recorded value.
     """
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     prov = read_provenance(folder)
     _check_adapter(Path(folder), prov)
@@ -305,7 +311,11 @@ def merged_hf_model(folder: "str | Path", *, base: str | None = None, dtype: tor
         raise ModelLoadError(f"base model {spec or EMBEDDED_MODEL_NAME!r} has weights {got[:12]}..., but organism "
                              f"{str(folder)!r} was trained on {prov['base']['name']!r} with weights "
                              f"{prov['base']['weights_sha256'][:12]}...; pass the base it was trained on")
-    merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    try:
+        merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as err:  # truncated or foreign adapter
+        raise DataError(f"organism {str(folder)!r}: its adapter could not be loaded ({type(err).__name__}: {err}); "
+                        "train it again") from err
     return merged.to(dtype).eval(), tokenizer, prov
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from lensteer.core.io import read_json
 from lensteer.errors import ConfigError, DataError
 from lensteer.plotting.examples import plot_examples
 from lensteer.plotting.robustness_figure import plot_robustness
@@ -335,16 +336,16 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
     folder, out = Path(results_dir), Path(out_dir)
     rows_path = folder / "results.json"
     try:
-        rows = json.loads(rows_path.read_text())["rows"]
+        rows = json.loads(rows_path.read_text(encoding="utf-8"))["rows"]
     except FileNotFoundError as err:
         raise DataError(f"{rows_path} does not exist; run `lensteer run --out {folder}` first") from err
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise DataError(f"{rows_path} is not a study table ({{'rows': [...]}}): {err!r}") from err
     if not isinstance(rows, list) or not rows:
         raise DataError(f"{rows_path} has no rows")
     budget, report = None, None
     if (folder / "report.json").exists():
-        report = json.loads((folder / "report.json").read_text())
+        report = read_json(folder / "report.json", what="study report")
         budget = as_number(report.get("matched_kl_budget"))
     swept = rows
     rows = _chosen_layer_rows(rows, report)
@@ -377,7 +378,7 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
         save("robustness", lambda: plot_robustness(report["robustness"]))
     examples_path = folder / "examples.json"
     if examples_path.exists():
-        examples = json.loads(examples_path.read_text())
+        examples = read_json(examples_path, what="examples file")
         for tm in examples:
             save(f"examples_{tm}", functools.partial(plot_examples, examples, tm))
     else:

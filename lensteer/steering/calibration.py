@@ -29,6 +29,7 @@ from lensteer.errors import ConfigError, DataError
 from lensteer.steering.gates import gate_rows
 from lensteer.steering.generation import generate
 from lensteer.steering.hooks import SteeringContext
+from lensteer.steering.positions import position_mask
 from lensteer.steering.prefix import teacher_forced_states
 from lensteer.steering.spec import Steering
 
@@ -266,6 +267,23 @@ def _max_scale(steering: Steering) -> float:
     return 180.0 if steering.mode == "angular" else math.inf
 
 
+def _check_positions_reach(steering: Steering, probe: KLProbe) -> None:
+    """A :class:`ConfigError` if the steering's positions select no token that can move the probe's KL (none
+    at or before a scored position of any row): its KL would be 0 at every scale."""
+    lengths = []
+    for b in probe.batches:
+        sel = position_mask(steering.positions, prompt_lens=b.prompt_lens, pads=b.pads, offset=0,
+                            seq_len=int(b.tokens.shape[1]))
+        scored = b.mask.int()
+        upto_scored = torch.flip(torch.cummax(torch.flip(scored, [-1]), -1).values, [-1]).bool()
+        if bool((sel & upto_scored & b.attention_mask.bool()).any()):
+            return
+        lengths += (b.attention_mask.sum(-1)).tolist()
+    raise ConfigError(f"steering positions {steering.positions!r} select no token of the calibration prompts "
+                      f"({min(lengths)}-{max(lengths)} tokens with their continuations), so no scale changes the "
+                      "KL; use positions inside the prompts (e.g. 'all', LastK(k) or a window that starts earlier)")
+
+
 def calibrate(
     model: Any,
     steering: Steering,
@@ -302,6 +320,7 @@ def calibrate(
     if steering.mode == "ace":
         raise ConfigError("mode 'ace' changes activations even at scale 0 (it moves the projection to the "
                           "reference); calibrate its reference instead, or use add/swfc/ablate/angular/sttp/stmp")
+    _check_positions_reach(steering, probe)
     history: list[tuple[float, float]] = []
     bar = tqdm(total=max_evals, desc=f"calibrate {steering.mode} to KL {target_kl:g}", disable=not progress)
 

@@ -229,7 +229,13 @@ def _decode_max_norm(f: _Fields) -> float | tuple[float, ...] | None:
     if f.obj.get("max_norm") is None:
         return None
     value = f.obj["max_norm"]
-    return tuple(float(v) for v in value) if isinstance(value, list) else f.get("max_norm", "float")
+    if not isinstance(value, list):
+        return float(f.get("max_norm", "float"))
+    if not value or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
+        label = f"{f.where}.max_norm" if f.where else "max_norm"
+        raise DataError(f"{f.file}: key {label!r} = {value!r} is not allowed; expected a number, a non-empty list "
+                        "of numbers (one per layer) or null")
+    return tuple(float(v) for v in value)
 
 
 def _decode_positions(f: _Fields) -> Any:

@@ -5,11 +5,14 @@ come off on any exit, error or not. The edit itself (:func:`steer_resid`) is a p
 on its own; the hooks only compute the position mask and call it.
 """
 
+import functools
 import math
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, ParamSpec, TypeVar
+from weakref import WeakKeyDictionary
 
 import torch
 from jaxtyping import Bool, Float
@@ -20,6 +23,34 @@ from lensteer.core.sites import layer_of, site_of
 from lensteer.errors import ConfigError
 from lensteer.steering.positions import position_mask
 from lensteer.steering.spec import Steering
+
+_LOCKS: "WeakKeyDictionary[Any, threading.RLock]" = WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The model's lock: held by :func:`steer`, :func:`steer_plain` and :func:`lensteer.generate` while their
+    hooks are on the model (or on its shared plain view), so a call in another thread never runs under
+    them. Re-entrant: a ``generate`` inside a ``steer()`` block of the same thread goes ahead."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+def holding_model_lock(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn(model, ...)`` holding :func:`model_lock` of its first argument."""
+
+    @functools.wraps(fn)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        model = args[0] if args else kwargs["model"]
+        with model_lock(model):
+            return fn(*args, **kwargs)
+
+    return locked
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,8 +227,8 @@ def steer_plain(model: Any, view: PlainView, *steerings: Steering, context: Stee
     PyTorch hooks on the decoder layers (``resid_pre``: a pre-hook on the layer's input; ``resid_post``:
     a hook on its output), so they run in the order the bridge's hook points would. Removed on exit,
     error or not. Callers check :func:`plain_steerable` first."""
-    handles = []
-    try:
+    handles: list[Any] = []
+    with model_lock(model), _removing(handles):
         for name, fn in steering_hooks(model, steerings, context):
             layer = view.layers[layer_of(name)]
             if site_of(name) == "resid_pre":
@@ -205,6 +236,13 @@ def steer_plain(model: Any, view: PlainView, *steerings: Steering, context: Stee
             else:
                 handles.append(layer.register_forward_hook(_on_output(fn)))
         yield context
+
+
+@contextmanager
+def _removing(handles: list[Any]) -> Iterator[None]:
+    """Remove every hook handle in ``handles`` on exit, error or not."""
+    try:
+        yield
     finally:
         for handle in handles:
             handle.remove()
@@ -256,12 +294,14 @@ def steer(model: Any, *steerings: Steering, context: SteeringContext | None = No
     def read_mask(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:  # noqa: ARG001
         ctx.seen_mask = kwargs.get("attention_mask")
 
-    # a plain PyTorch pre-hook that only reads the mask; removed with the steering hooks, error or not
-    reader = model.register_forward_pre_hook(read_mask, with_kwargs=True) if hasattr(model, "register_forward_pre_hook") else None
-    try:
-        with model.hooks(fwd_hooks=hooks):
-            yield ctx
-    finally:
-        if reader is not None:
-            reader.remove()
-        ctx.seen_mask = None
+    with model_lock(model):  # no call in another thread runs under these hooks
+        # a plain PyTorch pre-hook that only reads the mask; removed with the steering hooks, error or not
+        reader = (model.register_forward_pre_hook(read_mask, with_kwargs=True)
+                  if hasattr(model, "register_forward_pre_hook") else None)
+        try:
+            with model.hooks(fwd_hooks=hooks):
+                yield ctx
+        finally:
+            if reader is not None:
+                reader.remove()
+            ctx.seen_mask = None

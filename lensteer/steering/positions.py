@@ -114,3 +114,15 @@ def position_mask(
                                 f"(0..n-1, or -n..-1 from its end)")
         sel = real & (t[:, :, None] == absolute[:, None, :]).any(-1)
     return sel
+
+
+def selects_nothing(positions: Positions, prompt_lens: list[int], total_lens: list[int]) -> list[int]:
+    """The rows where ``positions`` selects no token among the first ``total_lens[i]`` tokens (the prompt's
+    ``prompt_lens[i]`` and what follows it): a window that starts past the text fires on nothing."""
+    if not isinstance(positions, Window):  # named scopes and LastK always select; indices outside raise
+        return []
+    width = max(total_lens)
+    lens = torch.tensor(prompt_lens)
+    sel = position_mask(positions, prompt_lens=lens, pads=torch.zeros_like(lens), offset=0, seq_len=width)
+    within = torch.arange(width)[None, :] < torch.tensor(total_lens)[:, None]
+    return [i for i in range(len(prompt_lens)) if not bool((sel[i] & within[i]).any())]

@@ -27,12 +27,101 @@ FOLLOW_UPS = ("Can you say more about that?", "What else should I keep in mind?"
               "Is there anything you would add?")
 
 
+def _is_int(value: Any) -> bool:
+    """An int that is not a bool (TOML ``true`` must not pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, *, low: int | None, optional: bool) -> None:
+    """``value`` is an int (not a bool) ``>= low``, or ``None`` where ``optional``; else a ConfigError naming it."""
+    if value is None and optional:
+        return
+    if not _is_int(value) or (low is not None and value < low):
+        allowed = "an int" + (f" >= {low}" if low is not None else "") + (" or absent (all)" if optional else "")
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+
+
 def known_robustness_settings() -> list[str]:
     """Every robustness setting name: the inducers of all registered threat models and ``organism:<recipe>``."""
     from lensteer.organisms.recipes import RECIPES
 
     inducers = {n for tm in threats.names() for n in threats.get(tm).inducers()}
     return sorted(inducers) + [f"organism:{r}" for r in RECIPES]
+
+
+def checked_values(v: dict[str, Any]) -> dict[str, Any]:
+    """Every :class:`StudyConfig` field of ``v`` checked (a :class:`ConfigError` naming the field, the value and
+    what is allowed) and normalised (lists as tuples, budgets as floats, a single KL budget as a list of one).
+    Run before the dataclass is built, so a TOML value of the wrong type never reaches it."""
+    v = dict(v)
+    for name, allowed in (("threat_models", threats.names()), ("methods", METHODS)):
+        given = v[name]
+        if isinstance(given, str) or not isinstance(given, (list, tuple)) or not given:
+            raise ConfigError(f"{name} must be a non-empty list drawn from {list(allowed)}, got {given!r}")
+        bad = [x for x in given if x not in allowed]
+        if bad:
+            raise ConfigError(f"{name}: {bad} not allowed; allowed values: {list(allowed)}")
+        v[name] = tuple(given)
+    budgets = (v["kl_budgets"],) if _is_number(v["kl_budgets"]) else v["kl_budgets"]  # `kl_budgets = 0.5`
+    if (not isinstance(budgets, (list, tuple)) or not budgets
+            or any(not _is_number(b) or not math.isfinite(b) or b <= 0 for b in budgets)):
+        raise ConfigError(f"kl_budgets must be a list of positive numbers of nats (e.g. [0.25, 0.5]), "
+                          f"got {v['kl_budgets']!r}")
+    v["kl_budgets"] = tuple(float(b) for b in budgets)
+    for name in ("regimes", "prompting"):
+        if not isinstance(v[name], bool):
+            raise ConfigError(f"{name} must be true or false, got {v[name]!r}")
+    for name in ("sweep_layers", "candidate_layers", "random_seeds"):
+        given = v[name]
+        if given is None and name == "candidate_layers":
+            continue
+        if not isinstance(given, (list, tuple)) or any(not _is_int(x) for x in given):
+            absent = " or absent (the default layers)" if name == "candidate_layers" else ""
+            raise ConfigError(f"{name} must be a list of ints{absent}, got {given!r}")
+        v[name] = tuple(given)
+    if v["candidate_layers"] == ():
+        raise ConfigError("candidate_layers must name at least one layer, or be absent (the default layers)")
+    for name in ("n_train", "n_kl", "kl_tokens", "max_new_tokens", "batch_size", "n_turns", "layer_stride"):
+        _check_int(name, v[name], low=1, optional=False)
+    for name in ("n_eval", "n_harmless"):
+        _check_int(name, v[name], low=1, optional=True)
+    for name in ("n_borderline", "n_paragraphs", "n_mc"):
+        _check_int(name, v[name], low=0, optional=True)
+    _check_int("n_conversations", v["n_conversations"], low=0, optional=False)
+    _check_int("layer", v["layer"], low=None, optional=True)
+    _check_int("seed", v["seed"], low=None, optional=False)
+    for name in ("robustness", "robustness_methods"):
+        given = v[name]
+        if not isinstance(given, (list, tuple)) or any(not isinstance(x, str) for x in given):
+            raise ConfigError(f"{name} must be a list of names, got {given!r}")
+        v[name] = tuple(given)
+    allowed_settings = known_robustness_settings()
+    unknown = [n for n in v["robustness"] if n not in allowed_settings]
+    if unknown:
+        raise ConfigError(f"robustness settings {unknown} unknown; allowed: {allowed_settings}")
+    missing = [m for m in v["robustness_methods"] if m not in v["methods"]]
+    if v["robustness"] and missing:
+        raise ConfigError(f"robustness_methods {missing} are not among the study's methods {list(v['methods'])}")
+    for name, choices in (("positions", list(STUDY_POSITIONS)), ("selective_fit", list(SELECTIVE_FITS))):
+        if not isinstance(v[name], str) or v[name] not in choices:
+            raise ConfigError(f"{name} must be one of {choices}, got {v[name]!r}")
+    ratio = v["massive_ratio"]
+    if ratio is not None and (not _is_number(ratio) or not math.isfinite(ratio) or not ratio > 1):
+        raise ConfigError(f"massive_ratio must be a number > 1 (a multiple of the median norm) or absent, got {ratio!r}")
+    if not _is_number(v["gate_fpr"]) or not 0 < v["gate_fpr"] < 1:
+        raise ConfigError(f"gate_fpr must be a rate in (0, 1), got {v['gate_fpr']!r}")
+    url = v["judge_url"]
+    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+        raise ConfigError(f"judge_url must be an http:// or https:// URL or absent, got {url!r}")
+    for name in ("judge_model", "organisms_dir"):
+        if not isinstance(v[name], str) or not v[name]:
+            raise ConfigError(f"{name} must be a non-empty string, got {v[name]!r}")
+    return v
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,73 +223,29 @@ class StudyConfig:
     organisms_dir: str = "organisms"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("threat_models", threats.names()), ("methods", METHODS)):
-            values = getattr(self, name)
-            if isinstance(values, str) or not values:
-                raise ConfigError(f"{name} must be a non-empty list drawn from {list(allowed)}, got {values!r}")
-            bad = [v for v in values if v not in allowed]
+        for name, value in checked_values({f.name: getattr(self, f.name) for f in fields(self)}).items():
+            object.__setattr__(self, name, value)
+
+    def check_layers(self, n_layers: int) -> None:
+        """Every layer the config names (``layer``, ``candidate_layers``, ``sweep_layers``) exists in an
+        ``n_layers``-layer model (negative indices count from the end); a :class:`ConfigError` names the rest."""
+        named = {"layer": () if self.layer is None else (self.layer,),
+                 "candidate_layers": self.candidate_layers or (), "sweep_layers": self.sweep_layers}
+        for name, layers in named.items():
+            bad = [x for x in layers if not -n_layers <= x < n_layers]
             if bad:
-                raise ConfigError(f"{name}: {bad} not allowed; allowed values: {list(allowed)}")
-            object.__setattr__(self, name, tuple(values))
-        budgets = tuple(self.kl_budgets)
-        if not budgets or any(not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0 for b in budgets):
-            raise ConfigError(f"kl_budgets must be positive numbers of nats, got {self.kl_budgets!r}")
-        object.__setattr__(self, "kl_budgets", tuple(float(b) for b in budgets))
-        if self.candidate_layers is not None:
-            object.__setattr__(self, "candidate_layers", tuple(self.candidate_layers))
-        if isinstance(self.sweep_layers, (str, int)) or any(isinstance(x, bool) or not isinstance(x, int)
-                                                            for x in self.sweep_layers):
-            raise ConfigError(f"sweep_layers must be a list of layer indices (ints), got {self.sweep_layers!r}")
-        object.__setattr__(self, "sweep_layers", tuple(self.sweep_layers))
-        for name in ("n_train", "n_kl", "kl_tokens", "max_new_tokens", "batch_size", "n_turns", "layer_stride"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
-        for name in ("n_eval", "n_harmless"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be an int >= 1 or absent (all), got {value!r}")
-        for name in ("n_borderline", "n_paragraphs"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ConfigError(f"{name} must be an int >= 0 or absent (all), got {value!r}")
-        for name in ("robustness", "robustness_methods"):
-            values = getattr(self, name)
-            if isinstance(values, str) or any(not isinstance(v, str) for v in values):
-                raise ConfigError(f"{name} must be a list of names, got {values!r}")
-            object.__setattr__(self, name, tuple(values))
-        allowed_settings = known_robustness_settings()
-        unknown = [n for n in self.robustness if n not in allowed_settings]
-        if unknown:
-            raise ConfigError(f"robustness settings {unknown} unknown; allowed: {allowed_settings}")
-        missing = [m for m in self.robustness_methods if m not in self.methods]
-        if self.robustness and missing:
-            raise ConfigError(f"robustness_methods {missing} are not among the study's methods {list(self.methods)}")
-        seeds = self.random_seeds
-        if isinstance(seeds, (str, int)) or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-            raise ConfigError(f"random_seeds must be a list of ints, got {seeds!r}")
-        object.__setattr__(self, "random_seeds", tuple(seeds))
-        if not isinstance(self.n_conversations, int) or self.n_conversations < 0:
-            raise ConfigError(f"n_conversations must be an int >= 0, got {self.n_conversations!r}")
-        if self.positions not in STUDY_POSITIONS:
-            raise ConfigError(f"positions must be one of {list(STUDY_POSITIONS)}, got {self.positions!r}")
-        if self.selective_fit not in SELECTIVE_FITS:
-            raise ConfigError(f"selective_fit must be one of {list(SELECTIVE_FITS)}, got {self.selective_fit!r}")
-        ratio = self.massive_ratio
-        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 1):
-            raise ConfigError(f"massive_ratio must be a number > 1 (a multiple of the median norm) or absent, got {ratio!r}")
-        if isinstance(self.gate_fpr, bool) or not isinstance(self.gate_fpr, (int, float)) or not 0 < self.gate_fpr < 1:
-            raise ConfigError(f"gate_fpr must be a rate in (0, 1), got {self.gate_fpr!r}")
-        if self.n_mc is not None and (not isinstance(self.n_mc, int) or self.n_mc < 0):
-            raise ConfigError(f"n_mc must be an int >= 0 or absent (all items), got {self.n_mc!r}")
+                raise ConfigError(f"{name} {bad} are not layers of this {n_layers}-layer model "
+                                  f"(allowed 0..{n_layers - 1}, or -{n_layers}..-1 from the end)")
 
     @classmethod
     def from_toml(cls, path: "str | Path") -> "StudyConfig":
         """Read a config; unknown keys and bad values are errors that name them."""
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError as err:
             raise ConfigError(f"config file {str(path)!r} does not exist") from err
+        except (UnicodeDecodeError, IsADirectoryError) as err:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 TOML text: {err}") from err
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
         return cls.from_dict(raw, where=str(path))
@@ -212,8 +257,11 @@ class StudyConfig:
         unknown = sorted(set(raw) - set(allowed))
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys: {allowed}")
-        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items()}
-        return cls(**values)
+        defaults = {f.name: f.default for f in fields(cls)}  # every field has a plain default
+        try:  # checked before the dataclass sees them (a runtime type checker would name no allowed values)
+            return cls(**{k: v for k, v in checked_values({**defaults, **raw}).items() if k in raw})
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from err
 
     @classmethod
     def demo(cls) -> "StudyConfig":

@@ -54,12 +54,9 @@ class _Located:
 
 def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
     n = int(model.cfg.n_layers)
+    config.check_layers(n)
     if config.candidate_layers is not None:
-        picked = sorted({layer % n for layer in config.candidate_layers if -n <= layer < n})
-        if not picked:
-            raise ConfigError(f"candidate_layers {list(config.candidate_layers)} has no layer of this "
-                              f"{n}-layer model (allowed 0..{n - 1})")
-        return picked
+        return sorted({layer % n for layer in config.candidate_layers})
     return list(range(1, max(2, int(n * 0.8)), config.layer_stride))
 
 
@@ -76,6 +73,7 @@ def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harm
     among the layers that pass :func:`~lensteer.study.recommend_site`'s rules, the one whose steering most
     raises the held-out aligned-over-misaligned log-odds wins (:func:`~lensteer.evaluate.layer_steerability`).
     """
+    config.check_layers(int(model.cfg.n_layers))
     tm = threats.get(threat_model)
     ds = tm.load().with_responses()
     layers = [config.layer] if config.layer is not None else _candidate_layers(model, config)
@@ -154,9 +152,7 @@ def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harm
 
 def _sweep_layers(model: Any, config: StudyConfig) -> list[int]:
     n = int(model.cfg.n_layers)
-    bad = [x for x in config.sweep_layers if not -n <= x < n]
-    if bad:
-        raise ConfigError(f"sweep_layers {bad} are not layers of this {n}-layer model (allowed 0..{n - 1})")
+    config.check_layers(n)
     return sorted({x % n for x in config.sweep_layers})
 
 

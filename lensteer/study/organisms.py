@@ -13,7 +13,6 @@ misaligning context (the organism is meant to be misaligned by itself):
 For the emergent-misalignment probe (a recipe without a threat model) all three are measured.
 """
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from lensteer import threats
+from lensteer.core.io import read_json
 from lensteer.core.stats import bootstrap_mean_ci, mcnemar_exact, wilson_interval
 from lensteer.errors import ConfigError, DataError
 from lensteer.evaluate.steerability import decision_log_odds, preference_margin
@@ -129,7 +129,7 @@ def read_measurement(folder: "str | os.PathLike[str]") -> dict[str, Any]:
     path = Path(folder) / "measure.json"
     if not path.is_file():
         raise ConfigError(f"--compare-with {str(folder)!r}: no measure.json there (measure that organism first)")
-    measured: dict[str, Any] = json.loads(path.read_text())
+    measured: dict[str, Any] = read_json(path, what="measurement")
     lacking = [s["threat_model"] for s in measured.get("shifts", []) if not s.get("flags_organism")]
     if lacking or not measured.get("shifts"):
         raise ConfigError(f"--compare-with {str(folder)!r}: its measure.json has no per-prompt flags for "

@@ -17,7 +17,6 @@ Each row: trait with its Wilson interval, the exact McNemar p against the unstee
 setting, and the held-out KL (harmless test prompts, gate on, on the model that answered).
 """
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from lensteer import threats
 from lensteer.core.chat import ChatPrompt
-from lensteer.core.io import write_json
+from lensteer.core.io import rows_of, write_json
 from lensteer.core.stats import mcnemar_exact, wilson_interval
 from lensteer.errors import ConfigError
 from lensteer.locate.probing import decision_prompts
@@ -66,7 +65,7 @@ class RobustnessTable:
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / ROBUSTNESS_FILE
-        self.rows: list[dict[str, Any]] = json.loads(self.path.read_text())["rows"] if self.path.exists() else []
+        self.rows: list[dict[str, Any]] = rows_of(self.path, "robustness file") if self.path.exists() else []
 
     def has(self, setting: str, threat_model: str, layer: int | None, kl_budget: float | None) -> bool:
         """Rows of this setting for the steerings of this layer and KL budget (the sweep's key) exist."""

@@ -17,7 +17,6 @@ Results go into one tidy table (one row per threat model x condition x KL budget
 as soon as a block of a threat model's conditions is evaluated, so an interrupted sweep resumes with what is done.
 """
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lensteer.core.io import read_json as read_json_file
 from lensteer.core.io import write_json
 from lensteer.core.models import EMBEDDED_MODEL_NAME, model_fingerprint
 from lensteer.core.outdir import claim_folder, folder_lock
@@ -138,8 +138,9 @@ def _push_twin(mirror: Steering, path: Path, model: Any) -> Steering:
 
 
 def read_json(path: Path, default: Any) -> Any:
-    """The JSON at ``path``, or ``default`` if there is no such file (a fresh folder)."""
-    return json.loads(path.read_text()) if path.exists() else default
+    """The JSON object at ``path``, or ``default`` if there is no such file (a fresh folder); a half-written
+    or foreign file is a :class:`DataError` naming it."""
+    return read_json_file(path, what="study file") if path.exists() else default
 
 
 def kept_located(finished: dict[str, Any], threat_model: str, config: StudyConfig,
@@ -187,6 +188,9 @@ def rebuild_report(out: "str | Path") -> dict[str, Any]:
 
 def _rebuild_report(folder: Path) -> dict[str, Any]:
     old = read_json(folder / "report.json", None)
+    missing = [key for key in ("config", "model", "seconds") if key not in old]
+    if missing or not isinstance(old["config"], dict):
+        raise DataError(f"{folder / 'report.json'} lacks {missing or ['config']}; it is not a finished study's report")
     config = StudyConfig.from_dict(old["config"], where=str(folder / "report.json"))
     finished = read_json(folder / FINISHED_FILE, {})
     unfinished = [tm for tm in config.threat_models if tm not in finished]

@@ -2,11 +2,10 @@
 cell, so an interrupted sweep resumes where it stopped and never loses a finished cell.
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
-from lensteer.core.io import write_json, write_with
+from lensteer.core.io import rows_of, write_json, write_with
 
 ROW_KEY = ("threat_model", "method", "kl_budget", "layer")
 
@@ -21,7 +20,7 @@ class SweepTable:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.path = self.folder / "results.json"
-        self.rows: list[dict[str, Any]] = json.loads(self.path.read_text())["rows"] if self.path.exists() else []
+        self.rows: list[dict[str, Any]] = rows_of(self.path, "results file") if self.path.exists() else []
 
     @staticmethod
     def key(row: dict[str, Any]) -> tuple[Any, ...]:

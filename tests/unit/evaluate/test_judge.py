@@ -86,7 +86,7 @@ def test_http_judge_sends_the_rubric_and_parses_the_score():
 
 
 def test_http_judge_retries_transient_failures_then_succeeds():
-    replies = [(503, {"error": "loading"}, 0), (500, b"oops", 0), (200, _completion("I'd say 42 out of 100."), 0)]
+    replies = [(503, {"error": "loading"}, 0), (500, b"oops", 0), (200, _completion("I'd say... Score: 42 out of 100."), 0)]
     with _Server(replies) as srv:
         judge = HttpJudge(base_url=srv.url + "/v1", max_retries=3, backoff_s=0.01)
         assert judge("p", "r") == 42.0
@@ -121,7 +121,7 @@ def test_http_judge_times_out_and_retries():
 @pytest.mark.parametrize(("status", "payload", "match"), [
     (200, b"<html>not json</html>", "malformed reply"),
     (200, {"choices": []}, "malformed reply"),
-    (200, _completion("I refuse to give a number."), "no number"),
+    (200, _completion("I refuse to give a number."), "no .Score: N. label"),
     (200, _completion("Score: 250"), "outside"),
     (400, {"error": "bad request"}, "HTTP 400"),
 ])
