@@ -5,6 +5,7 @@ prompt; gates then decide, prompt by prompt, whether a steering is let through. 
 either form into ``[n_steerings, n_prompts]`` masks the hooks use, and report back per prompt.
 """
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from jaxtyping import Bool, Int
 from lensteer.core.chat import TokenizedPrompt
 from lensteer.errors import ConfigError
 from lensteer.steering.gates import gate_rows
+from lensteer.steering.positions import selects_nothing
 from lensteer.steering.spec import Steering
 
 
@@ -88,3 +90,23 @@ def projection_owner(owner: torch.Tensor | None, n_steerings: int, n: int) -> In
     for j in range(owner.shape[0]):  # at most one owner per prompt
         which[owner[j]] = j
     return which
+
+
+def warn_if_positions_select_nothing(steerings: Sequence[Steering], owner: torch.Tensor | None,
+                                      tokenized: Sequence[TokenizedPrompt],
+                                      max_new_tokens: int) -> None:
+    """Warn when a steering's positions select no token of some prompt it applies to (a window past the
+    prompt and the tokens generated after it): those prompts are answered unsteered."""
+    for k, s in enumerate(steerings):
+        rows = [i for i in range(len(tokenized)) if owner is None or bool(owner[k, i])]
+        if not rows:
+            continue
+        # the last generated token is never fed back, so the forwards see prompt + max_new_tokens - 1 tokens
+        empty = selects_nothing(s.positions, [tokenized[i].n_tokens for i in rows],
+                                [tokenized[i].n_tokens + max_new_tokens - 1 for i in rows])
+        if empty:
+            hit = [rows[j] for j in empty]
+            warnings.warn(f"steering positions {s.positions!r} select no token of prompt(s) {hit[:10]} "
+                          f"({tokenized[hit[0]].n_tokens} prompt tokens + {max_new_tokens} new at most): "
+                          "they are answered unsteered; use a window that starts inside the text",
+                          UserWarning, stacklevel=3)

@@ -2,8 +2,7 @@
 
 A saved steering is two files side by side::
 
-    refusal.safetensors   the unit vectors (``<name>/unit``; a gate's ``<name>/gate_unit``, ``.0``, ``.1`` ...
-                          suffixes for the members of a composite gate)
+    refusal.safetensors   unit vectors (``<name>/unit``, a gate's ``<name>/gate_unit``, ``.0``, ``.1`` ...)
     refusal.json          everything else: layers, site, positions, mode, scale, reference norm,
                           thresholds, gate, provenance, the model fingerprint, d_model, the SHA-256 of
                           the safetensors file and the versions of the packages that wrote it
@@ -11,9 +10,8 @@ A saved steering is two files side by side::
 No pickle: tensors go through safetensors, everything else through JSON. Both files are written to
 temporary files in the target folder and moved into place (:mod:`lensteer.core.io`), the safetensors
 file first and the JSON last; the JSON names the safetensors file's hash, so a half-replaced pair is
-refused on load instead of silently mixing two steerings; ``record_sha256`` covers the JSON too (an
-edited file loads only with ``verify=False``, with a warning: :mod:`.file_hashes`). Loading into a model checks the
-fingerprint (name, layers, width, vocabulary, processing mode) and refuses another model with an
+refused on load; ``record_sha256`` covers the JSON too (an edited file loads only with ``verify=False``,
+with a warning: :mod:`.file_hashes`). Loading into a model checks the fingerprint (name, layers, width, vocabulary, processing mode) and refuses another model with an
 :class:`~lensteer.ArtifactMismatchError` that names both.
 """
 
@@ -43,8 +41,6 @@ _FINGERPRINT_KEYS = ("name", "n_layers", "d_model", "d_vocab", "processing_mode"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-# -- paths ---------------------------------------------------------------------
-
 
 def artifact_paths(path: "str | os.PathLike[str]") -> tuple[Path, Path]:
     """The ``(<stem>.safetensors, <stem>.json)`` pair for ``path`` (either suffix, or none, is accepted)."""
@@ -66,8 +62,6 @@ def package_versions() -> dict[str, str | None]:
             out[dist] = None
     return out
 
-
-# -- encoding ------------------------------------------------------------------------------------
 
 
 def _encode_positions(positions: Any) -> dict[str, Any]:
@@ -193,8 +187,6 @@ def save_steering(steering: Steering, path: "str | os.PathLike[str]", *, model: 
     return save_steerings({"steering": steering}, path, model=model)
 
 
-# -- decoding and validation -----------------------------------------------------------------------
-
 _KINDS: dict[str, tuple[type, ...]] = {
     "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,), "dict": (dict,),
 }
@@ -231,11 +223,10 @@ def _decode_max_norm(f: _Fields) -> float | tuple[float, ...] | None:
     value = f.obj["max_norm"]
     if not isinstance(value, list):
         return float(f.get("max_norm", "float"))
-    if not value or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
-        label = f"{f.where}.max_norm" if f.where else "max_norm"
-        raise DataError(f"{f.file}: key {label!r} = {value!r} is not allowed; expected a number, a non-empty list "
-                        "of numbers (one per layer) or null")
-    return tuple(float(v) for v in value)
+    if value and all(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+        return tuple(float(v) for v in value)
+    raise DataError(f"{f.file}: key {f'{f.where}.max_norm' if f.where else 'max_norm'!r} = {value!r} is not allowed; "
+                    "expected a number, a non-empty list of numbers (one per layer) or null")
 
 
 def _decode_positions(f: _Fields) -> Any:

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from lensteer.core.chat import (
     ChatPrompt,
-    TokenizedPrompt,
     Turn,
     length_sorted_batches,
     pad_id_of,
@@ -38,6 +37,7 @@ from lensteer.steering.assignment import (
     gated_flags,
     owned_gate_rows,
     projection_owner,
+    warn_if_positions_select_nothing,
 )
 from lensteer.steering.gates import gate_rows
 from lensteer.steering.hooks import (
@@ -48,7 +48,6 @@ from lensteer.steering.hooks import (
     steer,
     steer_plain,
 )
-from lensteer.steering.positions import selects_nothing
 from lensteer.steering.prefix import prefill_shared_prefix, shared_prefix
 from lensteer.steering.sampling import check_sampling, sample_token
 from lensteer.steering.spec import Steering
@@ -185,7 +184,7 @@ def generate(
     if use_kv_cache:
         ensure_kv_cache_fix()  # also for bridges built outside load_model
     tokenized = [tokenize_prompt(model, p, chat=chat, index=i) for i, p in enumerate(prompts)]
-    _warn_if_positions_select_nothing(steerings, owner, tokenized, max_new_tokens)
+    warn_if_positions_select_nothing(steerings, owner, tokenized, max_new_tokens)
     gates: torch.Tensor | None  # [n_prompts] (every steering) or [n_steerings, n_prompts] (each its own rows)
     if owner is None:
         gates = gate_rows(model, [s.gate for s in steerings], tokenized) if any(s.gate for s in steerings) else None
@@ -219,26 +218,6 @@ def generate(
         prompt_fired_share=tuple(results[i][4] for i in range(len(tokenized))),
         gated=gated_flags(gates, owner, steerings, len(tokenized)),
     )
-
-
-def _warn_if_positions_select_nothing(steerings: Sequence[Steering], owner: torch.Tensor | None,
-                                      tokenized: Sequence[TokenizedPrompt],
-                                      max_new_tokens: int) -> None:
-    """Warn when a steering's positions select no token of some prompt it applies to (a window past the
-    prompt and the tokens generated after it): those prompts are answered unsteered."""
-    for k, s in enumerate(steerings):
-        rows = [i for i in range(len(tokenized)) if owner is None or bool(owner[k, i])]
-        if not rows:
-            continue
-        # the last generated token is never fed back, so the forwards see prompt + max_new_tokens - 1 tokens
-        empty = selects_nothing(s.positions, [tokenized[i].n_tokens for i in rows],
-                                [tokenized[i].n_tokens + max_new_tokens - 1 for i in rows])
-        if empty:
-            hit = [rows[j] for j in empty]
-            warnings.warn(f"steering positions {s.positions!r} select no token of prompt(s) {hit[:10]} "
-                          f"({tokenized[hit[0]].n_tokens} prompt tokens + {max_new_tokens} new at most): "
-                          "they are answered unsteered; use a window that starts inside the text",
-                          UserWarning, stacklevel=3)
 
 
 def _decode_batch(
