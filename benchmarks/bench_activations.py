@@ -19,6 +19,7 @@ import sys
 import time
 
 import torch
+from _machine import machine_line
 
 import lensteer
 from lensteer.core.chat import length_sorted_batches, pad_id_of, tokenize_prompt
@@ -74,6 +75,7 @@ def main() -> None:
         memory_child(args.n_prompts, args.threads, args.memory_child)
         return
     torch.set_num_threads(args.threads)
+    print(machine_line(args.threads), flush=True)
     model = lensteer.load_model()
     prompts = _prompts(args.n_prompts)
     n_layers = model.cfg.n_layers

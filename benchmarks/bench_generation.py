@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _machine import machine_line
 
 import lensteer
 import lensteer.steering.generation as generation
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--swfc-scale", type=float, default=0.1, help="SwFC coefficient / mean residual norm")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(machine_line(args.threads), flush=True)
     model = lensteer.load_model()
     from transformers import AutoModelForCausalLM
 

@@ -12,6 +12,8 @@ import statistics
 import subprocess
 import sys
 
+from _machine import machine_line
+
 CHILD = """
 import json, time
 t0 = time.perf_counter()
@@ -28,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    print(machine_line(), flush=True)
     subprocess.run([sys.executable, "-c", CHILD], check=True, capture_output=True)  # make sure the cache exists
     runs = [json.loads(subprocess.run([sys.executable, "-c", CHILD], check=True, capture_output=True, text=True)
                        .stdout.strip().splitlines()[-1]) for _ in range(args.runs)]

@@ -19,6 +19,7 @@ import platform
 import time
 
 import torch
+from _machine import machine_line
 from transformer_lens import patching as tl_patching
 
 import lensteer
@@ -52,6 +53,7 @@ def main() -> None:
                         help="skip TransformerLens: attribution vs exact patching, residual cells and heads, 2 rounds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(machine_line(args.threads), flush=True)
     model = lensteer.load_model()
     ds = lensteer.load_dataset("refusal")
     idx = lensteer.locate.equal_length_pairs(model, ds.prompts, ds.paired_prompts)[: args.n_pairs]

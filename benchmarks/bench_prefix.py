@@ -16,6 +16,7 @@ import statistics
 import time
 
 import torch
+from _machine import machine_line
 
 import lensteer
 import lensteer.steering.prefix as prefix
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=32, help="new tokens per prompt")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(machine_line(args.threads), flush=True)
     model = lensteer.load_model()
     ds = lensteer.load_dataset("compassion")
     prompts = ds.test.head(args.n).chat_prompts(context="dismissive_fewshot")

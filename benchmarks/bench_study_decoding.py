@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+from _machine import machine_line
 
 import lensteer
 from lensteer.study.evaluation import eval_prompts
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--single-batch", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(machine_line(args.threads), flush=True)
     model = lensteer.load_model()
     prompts = eval_prompts(args.threat_model, args.prompts)
     d = int(model.cfg.d_model)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from _machine import machine_line
 
 import lensteer
 import lensteer.core.chat as chat
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(machine_line(args.threads), flush=True)
     model = lensteer.load_model()
     context = threats.get(args.threat_model).misaligning_context
     harmless = load_dataset("refusal").train.stratified(args.n).paired_prompts

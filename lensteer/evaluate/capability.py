@@ -8,6 +8,7 @@ capability cost is the change in it.
 """
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,21 @@ from typing import Any
 import torch
 
 from lensteer.core.bundled import bundled_dir, read_jsonl
-from lensteer.core.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
-from lensteer.core.forward import response_logprob
+from lensteer.core.chat import (
+    ChatPrompt,
+    left_pad,
+    length_sorted_batches,
+    pad_id_of,
+    tokenize_prompt,
+)
+from lensteer.core.forward import response_logprob, unembed
+from lensteer.core.plain import plain_view
 from lensteer.core.splits import in_turn
 from lensteer.core.stats import rate_with_ci
 from lensteer.errors import DataError
+from lensteer.steering.hooks import SteeringContext, plain_steerable, steer
+from lensteer.steering.prefix import teacher_forced_states
+from lensteer.steering.spec import Steering
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,18 +91,31 @@ class MCResult:
 
 
 def mc_accuracy(model: Any, items: Sequence[MCItem], *, batch_size: int = 16, seed: int = 0,
-                system: str | None = None) -> MCResult:
+                system: str | None = None, steering: Steering | None = None) -> MCResult:
     """Multiple-choice accuracy by log-likelihood (no generation).
 
     Each option is scored as the assistant's reply to the question, chat-formatted (the question is
     the user message, the option the response), by its **mean log-probability per token** given the
     question (length-normalised, so long options are not penalised for their length). The item is
     correct when the right option scores highest.
+
+    The options of an item share the question (the chat-formatted prompt): when the model's plain
+    view is usable (no hook on the model: pass ``steering`` here rather than wrapping the call in
+    :func:`~lensteer.steering.hooks.steer`), the question runs once per item and the options branch
+    from its keys and values (:func:`~lensteer.steering.prefix.teacher_forced_states`); otherwise
+    every option runs with its question, ``batch_size`` rows at a time. Both give the same scores
+    (tested, steered or not). ``steering`` is applied at every position, teacher-forced (no gate).
     """
     if isinstance(items, MCItem) or len(items) == 0:
         raise DataError("mc_accuracy needs a non-empty list of MCItem")
     chats = [ChatPrompt(user=it.question, response=opt, system=system) for it in items for opt in it.options]
-    scores = response_logprob(model, chats, batch_size=batch_size).tolist()
+    view = plain_view(model)
+    steerings = () if steering is None else (steering,)
+    if view is not None and plain_steerable(model, steerings):
+        scores = _shared_question_scores(model, items, chats, steerings, view)
+    else:
+        with steer(model, *steerings) if steerings else nullcontext():
+            scores = response_logprob(model, chats, batch_size=batch_size).tolist()
     correct, per_item, k = [], [], 0
     for it in items:
         s = tuple(scores[k : k + len(it.options)])
@@ -107,6 +131,40 @@ def mc_accuracy(model: Any, items: Sequence[MCItem], *, batch_size: int = 16, se
         chance=sum(1 / len(it.options) for it in items) / len(items), correct=tuple(correct),
         option_logprobs=tuple(per_item),
     )
+
+
+def _shared_question_scores(model: Any, items: Sequence[MCItem], chats: Sequence[ChatPrompt],
+                            steerings: tuple[Steering, ...], view: Any) -> list[float]:
+    """Mean log-prob per token of each option (flattened in item order), one batch per item: its options
+    left-padded together, the question they share computed once at batch 1 and its cache copied to
+    every option (an item's rows are exactly the question plus one option each)."""
+    tokenized = [tokenize_prompt(model, c) for c in chats]
+    for i, tp in enumerate(tokenized):
+        if tp.response[1] <= tp.response[0]:
+            raise DataError(f"option {i} tokenizes to nothing; options must be non-empty text")
+    device = next(iter(model.parameters())).device
+    pad_id, scores, k = pad_id_of(model), [], 0
+    for it in items:
+        rows = tokenized[k : k + len(it.options)]
+        k += len(it.options)
+        batch = left_pad(rows, pad_id)
+        pads = torch.tensor(batch.pad_lengths)
+        where = torch.zeros(batch.tokens.shape, dtype=torch.bool)  # position t predicts token t + 1
+        for j, tp in enumerate(rows):
+            where[j, pads[j] + tp.response[0] - 1 : pads[j] + tp.response[1] - 1] = True
+        ctx = SteeringContext(prompt_lens=torch.tensor([tp.n_tokens for tp in rows]), pads=pads, record=False)
+        with torch.inference_mode():
+            states = teacher_forced_states(model, steerings, batch.tokens.to(device),
+                                           batch.attention_mask.to(device), where, ctx, view=view)
+            logprobs = torch.log_softmax(unembed(model, states).float(), dim=-1)
+            targets = batch.tokens[:, 1:][where[:, :-1]].to(device)
+            picked = logprobs.gather(-1, targets[:, None])[:, 0].cpu()
+        start = 0
+        for tp in rows:
+            n = tp.response[1] - tp.response[0]
+            scores.append(float(picked[start : start + n].mean()))
+            start += n
+    return scores
 
 
 def load_paragraphs(path: "str | Path | None" = None) -> list[str]:

@@ -113,8 +113,10 @@ def teacher_forced_states(model: Any, steerings: Sequence[Steering], tokens: Int
     if view is not None and plain_steerable(model, steerings) and tokens.shape[0] > 1:
         prefix = shared_prefix(tokens, attn, steerings, ctx)
         pads = (tokens.shape[1] - attn.sum(1)).cpu()
-        if prefix and bool((where.cpu() & (torch.arange(tokens.shape[1])[None, :] - pads[:, None] < prefix)).any()):
-            prefix = 0  # a position to read lies inside the prefix (rows that differ only after it)
+        read = torch.arange(tokens.shape[1])[None, :] - pads[:, None]  # token index within each row
+        first = int(read[where.cpu()].min()) if prefix and bool(where.any()) else prefix
+        if first < prefix:  # a position to read lies inside the prefix (options that start alike): stop before it
+            prefix = first if first >= MIN_SHARED_PREFIX else 0
     if prefix and view is not None:
         with steer_plain(model, view, *steerings, context=ctx), warnings.catch_warnings():
             # transformers 5.24 renames past_key_values to cache (as in generation._decode_batch)

@@ -185,3 +185,34 @@ def test_paragraphs_cover_every_topic_first_and_cross_entropy_is_the_mean_token_
         by_hand += float(torch.nn.functional.cross_entropy(logits, tokens[0, 1:], reduction="sum"))
         count += tokens.shape[1] - 1
     assert ce == pytest.approx(by_hand / count, rel=1e-4)
+
+
+@pytest.mark.parametrize("steered", [False, True])
+def test_mc_accuracy_computes_each_question_once_with_the_scores_of_one_pass_per_option(tiny_llama_bridge, monkeypatch,
+                                                                                       steered):
+    import lensteer.steering.prefix as prefix_module
+    from lensteer.core.forward import response_logprob
+    from lensteer.steering import Steering, Window
+
+    seen: list[int] = []  # the shared prefixes run once (a spy)
+    real = prefix_module.prefill_shared_prefix
+    monkeypatch.setattr(prefix_module, "prefill_shared_prefix", lambda *a: seen.append(a[3]) or real(*a))
+    unit = torch.randn(tiny_llama_bridge.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    steering = Steering(unit=unit / unit.norm(), layers=(1,), mode="add", scale=4.0, positions=Window(1, None))
+    system = "You answer each question with the single best option, and nothing else at all."
+    items = [MCItem(id="a", category="c", question="Which is a colour?", options=("red", "really red", "re"), answer=0),
+             MCItem(id="b", category="k", question="What is two plus two?", options=("four", "4", "five"), answer=1)]
+    result = mc_accuracy(tiny_llama_bridge, items, system=system, steering=steering if steered else None)
+    chats = [ChatPrompt(user=it.question, response=o, system=system) for it in items for o in it.options]
+    if steered:  # the reference: every option with its question, through the bridge under steer()
+        with lensteer.steer(tiny_llama_bridge, steering):
+            expected = response_logprob(tiny_llama_bridge, chats)
+        unsteered = response_logprob(tiny_llama_bridge, chats)
+        assert (expected - unsteered).abs().max() > 1e-2  # the steering changes the scores it is tested on
+    else:
+        expected = response_logprob(tiny_llama_bridge, chats)
+    flat = torch.tensor([v for row in result.option_logprobs for v in row])
+    torch.testing.assert_close(flat, expected, rtol=1e-5, atol=1e-5)
+    questions = [tokenize_prompt(tiny_llama_bridge, c) for c in chats[::3]]
+    # each question once, up to the token that predicts the first option token (options "re"/"red" start alike)
+    assert seen == [q.response[0] - 1 for q in questions]
