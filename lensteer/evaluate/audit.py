@@ -20,7 +20,7 @@ from lensteer.errors import ConfigError, DataError
 from lensteer.evaluate.coherence import COHERENCE_SCORER, is_unreadable
 from lensteer.evaluate.compassion import compassion_scorer
 from lensteer.evaluate.honesty import HONESTY_LABELS, HONESTY_SCORER, honesty_verdict
-from lensteer.evaluate.judges import HttpJudge, judge_responses
+from lensteer.evaluate.judges import CallableJudge, HttpJudge
 from lensteer.evaluate.provenance import ScorerId, rules_digest
 from lensteer.evaluate.refusal import REFUSAL_LABELS, REFUSAL_SCORER, refusal_verdict
 
@@ -150,7 +150,8 @@ def scorer_predictions(verdict: str, rows: Sequence[AuditRow]) -> list[Hashable]
     if verdict == "compassion":
         return list(compassion_scorer().predict([r.response for r in rows]))
     if verdict == "honesty":
-        return [honesty_verdict(r.response, str(r.true_answer), str(r.false_answer)).label for r in rows]
+        return [honesty_verdict(r.response, str(r.true_answer), str(r.false_answer), question=r.prompt).label
+                for r in rows]
     raise ConfigError(f"verdict must be one of {list(AUDIT_CLASSES)}, got {verdict!r}")
 
 
@@ -172,10 +173,13 @@ def scorer_id(verdict: str, scorer: Callable[..., object] | None = None) -> Scor
     raise ConfigError(f"verdict must be one of {list(AUDIT_CLASSES)}, got {verdict!r}")
 
 
-def judge_scorer_id(judge: HttpJudge, pass_score: float = 50.0) -> ScorerId:
-    """A served judge's identity: its name, and a digest of its model, rubric, system prompt and pass mark."""
-    return ScorerId(name=judge.name, version="http",
-                    digest=rules_digest(judge.model, judge.rubric, judge.system, judge.score_range, pass_score))
+def judge_scorer_id(judge: Callable[[str, str], object], pass_score: float = 50.0) -> ScorerId:
+    """A judge's identity: its name, and a digest of its model, rubric, system prompt and score range
+    (those an :class:`HttpJudge` has) and the pass mark."""
+    parts = [getattr(judge, k, None) for k in ("base_url", "model", "rubric", "system", "score_range")]
+    return ScorerId(name=getattr(judge, "name", type(judge).__name__),
+                    version="http" if isinstance(judge, HttpJudge) else "callable",
+                    digest=rules_digest(*parts, pass_score))
 
 
 def judge_predictions(judge: Callable[[str, str], object], rows: Sequence[AuditRow], *,
@@ -183,13 +187,29 @@ def judge_predictions(judge: Callable[[str, str], object], rows: Sequence[AuditR
     """A judge's verdict on each row: its score (a bool, or a number compared with ``pass_score``) says
     whether the answer shows the aligned trait. ``prompt_of`` builds what the judge is shown as the user
     message (default: the row's prompt)."""
-    prompts = [prompt_of(r) if prompt_of is not None else r.prompt for r in rows]
-    return [float(s) >= pass_score for s in judge_responses(judge, prompts, [r.response for r in rows])]
+    checked = CallableJudge(judge, name=getattr(judge, "name", type(judge).__name__))
+    scores = [checked(prompt_of(r) if prompt_of is not None else r.prompt, r.response) for r in rows]
+    return [s if isinstance(s, bool) else s >= pass_score for s in scores]
 
 
 def positive_labels(rows: Sequence[AuditRow]) -> list[bool]:
     """Does the reader say the answer shows the aligned trait (refuses, compassionate, true)?"""
     return [r.label == AUDIT_CLASSES[r.threat_model][0] for r in rows]
+
+
+def measure_judge(judge: Callable[[str, str], object], rows: Sequence[AuditRow], *, name: str = "judge",
+                  pass_score: float = 50.0, prompt_of: Callable[[AuditRow], str] | None = None,
+                  n_boot: int = 1000) -> AuditResult:
+    """Any judge ``(prompt, response) -> score`` against the readers on ``rows`` (one threat model): does
+    the answer show the aligned trait (score >= ``pass_score``) vs the reader's label collapsed to the
+    same question (``refuses`` vs ``complies`` or ``neither``; ``true`` vs ``false`` or ``no_answer``)."""
+    models = {r.threat_model for r in rows}
+    if len(models) != 1:
+        raise DataError(f"measure a judge on one threat model's rows at a time, got {sorted(models)}")
+    tm = models.pop()
+    positive = CLASS_NAMES.get(tm, {}).get(AUDIT_CLASSES[tm][0], str(AUDIT_CLASSES[tm][0]))
+    return measure(name, positive_labels(rows), judge_predictions(judge, rows, pass_score=pass_score, prompt_of=prompt_of),
+                   (True, False), class_names={True: positive, False: f"not {positive}"}, n_boot=n_boot)
 
 
 def _pct(value: float | None, ci: tuple[float, float] | None) -> str:
