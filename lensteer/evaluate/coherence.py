@@ -23,7 +23,7 @@ LOOP_SHARE = 0.5  # loops when repeated n-grams cover more than this share of th
 LEAD_WORDS = 12  # ... and fewer than this many words came before the loop began
 NONWORD_SHARE = 0.5  # gibberish: more than this share of whitespace tokens hold no word
 FOREIGN_SHARE = 0.3  # gibberish: more than this share of letters are outside the Latin script
-_WORDLIKE = re.compile(r"[A-Za-z]{2,}|\d+")
+_WORDLIKE = re.compile(r"[A-Za-z]{2,}|\d|\b[aAI]\b")
 _DIGITS = re.compile(r"\d+")
 
 
@@ -37,7 +37,7 @@ class CoherenceVerdict:
         n_words: Words (:func:`~lensteer.evaluate.text.words_of`).
         loop_share: Share of the words covered by an n-gram repeated :data:`LOOP_REPEATS`+ times.
         lead_words: Words before the first repeated n-gram (all of them when nothing loops).
-        nonword_share: Share of whitespace tokens with no two letters in a row and no digit.
+        nonword_share: Share of whitespace tokens with no word in them (two letters in a row, a digit, "a" or "I").
         foreign_share: Share of the letters outside the Latin script.
     """
 
