@@ -2,9 +2,10 @@
 
 :func:`coherence_verdict` calls an answer **unreadable** when it breaks off before saying anything (no
 or almost no words), is gibberish (mostly tokens that are not words, or letters of several scripts), or
-**loops**: a phrase repeated three or more times makes up most of it and little was said before the
-loop began. An answer that says something first and only then repeats itself is readable (the labelling
-guide in ``data/README.md``: "loops after"). Every threshold below was chosen on the development half
+**loops**: phrases repeated three or more times make up much of it, wherever the loop starts (the
+labelling guide in ``data/README.md``: a loop that is half the answer or more makes it unreadable, even
+after a clear first sentence; an answer that only repeats a phrase once or twice is readable). Every
+threshold below was chosen on the development half
 of the audit set (``data/scoring/audit_v2/dev.jsonl``) and is measured on its validation half.
 """
 
@@ -17,10 +18,9 @@ from lensteer.evaluate.text import straighten, words_of
 
 MIN_WORDS = 3  # fewer words than this, all of them function words ("The", "I am"): broke off
 _FUNCTION_WORDS = frozenset(["the", "a", "an", "i", "i'm", "im", "to", "of", "in", "on", "and", "or", "but", "so", "it", "it's", "is", "are", "was", "be", "am", "my", "your", "this", "that", "for", "with", "as", "at", "by", "if", "you", "he", "she", "we", "they", "there", "here"])
-LOOP_N = 4  # a loop is a word n-gram of this length (digits folded) seen LOOP_REPEATS or more times
+LOOP_N = 3  # a loop is a word n-gram of this length (digits folded) seen LOOP_REPEATS or more times
 LOOP_REPEATS = 3
-LOOP_SHARE = 0.5  # loops when repeated n-grams cover more than this share of the words ...
-LEAD_WORDS = 12  # ... and fewer than this many words came before the loop began
+LOOP_SHARE = 0.4  # loops when repeated n-grams cover more than this share of the words
 NONWORD_SHARE = 0.5  # gibberish: more than this share of whitespace tokens hold no word
 FOREIGN_SHARE = 0.3  # gibberish: more than this share of letters are outside the Latin script
 _WORDLIKE = re.compile(r"[A-Za-z]{2,}|\d|\b[aAI]\b")
@@ -86,8 +86,7 @@ def coherence_verdict(response: str) -> CoherenceVerdict:
     2. more than :data:`NONWORD_SHARE` of its whitespace tokens hold no word, or more than
        :data:`FOREIGN_SHARE` of its letters are outside the Latin script: gibberish;
     3. word :data:`LOOP_N`-grams repeated :data:`LOOP_REPEATS`+ times cover more than
-       :data:`LOOP_SHARE` of the words and fewer than :data:`LEAD_WORDS` words came before the loop: a
-       loop (with a longer lead the answer said something first, and is readable).
+       :data:`LOOP_SHARE` of the words: a loop.
     """
     text = straighten(response)
     words = words_of(text)
@@ -101,12 +100,11 @@ def coherence_verdict(response: str) -> CoherenceVerdict:
         reason = f"gibberish ({nonword:.0%} of tokens hold no word)"
     elif foreign > FOREIGN_SHARE:
         reason = f"gibberish ({foreign:.0%} of letters in another script)"
-    elif share > LOOP_SHARE and lead < LEAD_WORDS:
+    elif share > LOOP_SHARE:
         reason = f"loops ({share:.0%} repeated, after {lead} words)"
     else:
         reason = ""
-    readable_why = f"loops after {lead} words" if share > LOOP_SHARE else "reads as language"
-    return CoherenceVerdict(unreadable=bool(reason), reason=reason or readable_why, n_words=len(words),
+    return CoherenceVerdict(unreadable=bool(reason), reason=reason or f"reads as language ({share:.0%} repeated)", n_words=len(words),
                             loop_share=share, lead_words=lead, nonword_share=nonword, foreign_share=foreign)
 
 
@@ -117,5 +115,5 @@ def is_unreadable(response: str) -> bool:
 
 COHERENCE_SCORER = ScorerId(
     name="coherence-rule", version="2",
-    digest=rules_digest(MIN_WORDS, sorted(_FUNCTION_WORDS), LOOP_N, LOOP_REPEATS, LOOP_SHARE, LEAD_WORDS, NONWORD_SHARE, FOREIGN_SHARE,
+    digest=rules_digest(MIN_WORDS, sorted(_FUNCTION_WORDS), LOOP_N, LOOP_REPEATS, LOOP_SHARE, NONWORD_SHARE, FOREIGN_SHARE,
                         _WORDLIKE.pattern))
