@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 
+from lensteer import threats
 from lensteer.evaluate.audit import (
     AUDIT_SPLITS,
     AuditRow,
@@ -25,14 +26,15 @@ from lensteer.evaluate.audit import (
     load_audit,
     measure_judge,
 )
-from lensteer.evaluate.judges import RUBRICS, HttpJudge
+from lensteer.evaluate.judges import HttpJudge
 
 THREAT_MODELS = ("refusal", "compassion", "honesty")
 
 
 def shown_prompt(row: AuditRow) -> str:
-    """What the judge reads as the user message (as ``lensteer.study.evaluation.judged_flags`` shows it)."""
-    return f"{row.prompt} [correct answer: {row.true_answer}]" if row.threat_model == "honesty" else row.prompt
+    """What the judge reads as the user message: the threat model's ``judge_prompt``, as the study shows it
+    (for honesty, with the correct answer)."""
+    return threats.get(row.threat_model).judge_prompt(row.prompt, row)
 
 
 def main() -> int:
@@ -50,7 +52,7 @@ def main() -> int:
         return 2
     results = []
     for tm in args.threat_models:
-        judge = HttpJudge(base_url=args.url, model=args.model, rubric=RUBRICS[tm], timeout_s=args.timeout,
+        judge = HttpJudge(base_url=args.url, model=args.model, rubric=threats.get(tm).judge_rubric, timeout_s=args.timeout,
                           name=f"judge:{args.model}")
         rows = load_audit(args.split, tm)
         print(f"{tm}: judging {len(rows)} answers at {judge.url} ...", file=sys.stderr)
