@@ -30,14 +30,14 @@ def results() -> dict[str, AuditResult]:
     return {r.scorer: r for r in measured}
 
 
-def test_the_validation_half_has_power_for_every_verdict():
-    rows = load_audit("validation")
-    dev_ids = {r.id for r in load_audit("dev")}
-    assert not dev_ids & {r.id for r in rows}  # split once, by id
-    for tm in ("refusal", "compassion", "honesty"):
-        mine = [r for r in rows if r.threat_model == tm]
-        assert len(mine) >= 100, tm
-        assert {r.label for r in mine} >= set(AUDIT_CLASSES[tm][:2]), tm  # at least the two main classes
+def test_the_audit_set_has_power_for_every_verdict():
+    validation, dev = load_audit("validation"), load_audit("dev")
+    assert not {r.id for r in dev} & {r.id for r in validation}  # split once, by id
+    for tm in ("refusal", "compassion", "honesty"):  # the issue: >= 200 answers, >= 60 of each class
+        labels = [r.label for r in dev + validation if r.threat_model == tm]
+        assert len(labels) >= 200, tm
+        assert all(labels.count(c) >= 60 for c in AUDIT_CLASSES[tm]), tm
+        assert {r.label for r in validation if r.threat_model == tm} == set(AUDIT_CLASSES[tm]), tm
 
 
 def test_refusal_finds_refusals_and_agrees_three_ways(results):
