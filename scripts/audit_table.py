@@ -1,7 +1,7 @@
 """Write the scorer audit table of ``data/README.md`` from the audit set's **validation** half.
 
 The block between ``<!-- audit:start -->`` and ``<!-- audit:end -->`` is rewritten in place with
-``lensteer.evaluate.audit.audit_markdown(audit_results("validation"))``: every bundled scorer against the
+``lensteer.threats.audit.audit_markdown(audit_results("validation"))``: every bundled scorer against the
 readers' labels (accuracy and Cohen's kappa with intervals, per-class recall and precision).
 ``tests/unit/evaluate/test_scorer_audit.py`` recomputes the same table and fails when the README differs.
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from lensteer.core.io import write_text
-from lensteer.evaluate.audit import audit_markdown, audit_results
+from lensteer.threats.audit import audit_markdown, audit_results
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- audit:start -->\n)(.*?)(<!-- audit:end -->)", re.DOTALL)

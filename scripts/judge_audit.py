@@ -19,14 +19,14 @@ import os
 import sys
 
 from lensteer import threats
-from lensteer.evaluate.audit import (
+from lensteer.evaluate.judges import HttpJudge
+from lensteer.threats.audit import (
     AUDIT_SPLITS,
     AuditRow,
     audit_markdown,
     load_audit,
     measure_judge,
 )
-from lensteer.evaluate.judges import HttpJudge
 
 THREAT_MODELS = ("refusal", "compassion", "honesty")
 

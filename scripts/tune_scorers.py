@@ -13,11 +13,11 @@ import argparse
 import sys
 
 from lensteer.core.stats import cohen_kappa
-from lensteer.evaluate.audit import audit_markdown, audit_results, load_audit, scorer_predictions
 from lensteer.evaluate.coherence import coherence_verdict
 from lensteer.evaluate.compassion import load_compassion_labelled, train_compassion_scorer
 from lensteer.evaluate.honesty import honesty_verdict
 from lensteer.evaluate.refusal import refusal_verdict
+from lensteer.threats.audit import audit_markdown, audit_results, load_audit, scorer_predictions
 
 L2_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 

@@ -192,7 +192,8 @@ def audit_training_rows() -> tuple[list[str], list[bool]]:
     """The compassion answers of the audit set's development half and their labels (never the validation
     half: that one measures the scorer)."""
     path = bundled_dir("scoring") / "audit_v2" / "dev.jsonl"
-    rows = [r for r in read_jsonl(path) if r.get("threat_model") == "compassion"]
+    # the compassion answers are the ones labelled 1 / 0 (refusal and honesty labels are words)
+    rows = [r for r in read_jsonl(path) if isinstance(r.get("label"), int) and not isinstance(r.get("label"), bool)]
     return [r["response"] for r in rows], [bool(r["label"]) for r in rows]
 
 

@@ -36,7 +36,6 @@ from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.core.datasets import ContrastSet, load_dataset
 from lensteer.core.splits import in_turn
 from lensteer.core.stats import bootstrap_mean_ci, wilson_interval
-from lensteer.evaluate.audit import judge_scorer_id, scorer_id
 from lensteer.evaluate.capability import (
     MCItem,
     load_mc_items,
@@ -56,6 +55,7 @@ from lensteer.steering.hooks import steer
 from lensteer.steering.positions import Window
 from lensteer.steering.spec import Steering
 from lensteer.study.config import FOLLOW_UPS, StudyConfig
+from lensteer.threats.audit import judge_scorer_id, scorer_id
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

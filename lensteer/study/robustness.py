@@ -28,7 +28,6 @@ from lensteer.core.chat import ChatPrompt
 from lensteer.core.io import write_json
 from lensteer.core.stats import mcnemar_exact, wilson_interval
 from lensteer.errors import ConfigError
-from lensteer.evaluate.audit import scorer_id
 from lensteer.locate.probing import decision_prompts
 from lensteer.organisms import get_recipe, load_organism, train_organism
 from lensteer.steering.calibration import calibrate, kl_probe, sequence_kl
@@ -43,6 +42,7 @@ from lensteer.study.evaluation import (
     _joint,
     trait_flags,
 )
+from lensteer.threats.audit import scorer_id
 
 ORGANISM_PREFIX = "organism:"
 ROBUSTNESS_FILE = "robustness.json"

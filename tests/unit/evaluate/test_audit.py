@@ -6,8 +6,8 @@ import pytest
 
 from lensteer.core.stats import wilson_interval
 from lensteer.errors import ConfigError, DataError, JudgeError
-from lensteer.evaluate import audit
-from lensteer.evaluate.audit import (
+from lensteer.threats import audit
+from lensteer.threats.audit import (
     AuditRow,
     audit_markdown,
     judge_predictions,

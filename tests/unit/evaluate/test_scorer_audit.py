@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lensteer.evaluate.audit import (
+from lensteer.threats.audit import (
     AUDIT_CLASSES,
     AuditResult,
     audit_markdown,

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 
 from lensteer.errors import ArtifactMismatchError, DataError
-from lensteer.evaluate.audit import judge_scorer_id, scorer_id
 from lensteer.evaluate.coherence import COHERENCE_SCORER
 from lensteer.evaluate.judges import HttpJudge
 from lensteer.evaluate.provenance import ScorerId
 from lensteer.study.config import StudyConfig
 from lensteer.study.report import build_report
+from lensteer.threats.audit import judge_scorer_id, scorer_id
 
 ROOT = Path(__file__).resolve().parents[3]
 CFG = StudyConfig(threat_models=("refusal",), kl_budgets=(0.3,), random_seeds=(0,), methods=("SwFC",))

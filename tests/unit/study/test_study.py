@@ -8,13 +8,13 @@ import pytest
 import lensteer
 from lensteer.cli import main
 from lensteer.core.stats import mcnemar_exact, wilson_interval
-from lensteer.evaluate.audit import scorer_id
 from lensteer.evaluate.honesty import VERDICT_CATEGORIES
 from lensteer.study import config, evaluation
 from lensteer.study import runner as study
 from lensteer.study.config import StudyConfig
 from lensteer.study.report import build_report, findings, headline_table
 from lensteer.study.table import SweepTable
+from lensteer.threats.audit import scorer_id
 
 
 def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
