@@ -2,7 +2,8 @@
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,22 +162,26 @@ class Agreement:
                 "kappa_ci": list(self.kappa_ci)}
 
 
-def cohen_kappa(labels: Sequence[bool], predictions: Sequence[bool]) -> float:
-    """Cohen's kappa of two binary raters: agreement beyond what their marginal rates give by chance."""
+def cohen_kappa(labels: Sequence[Hashable], predictions: Sequence[Hashable]) -> float:
+    """Cohen's kappa of two raters over any categories (two for booleans, three for "refuses / complies /
+    neither"): agreement beyond what their marginal rates give by chance. 1 when both use one category only
+    and agree."""
     if len(labels) != len(predictions) or not labels:
         raise DataError(f"cohen_kappa needs two equally long, non-empty lists, got {len(labels)} and {len(predictions)}")
     n = len(labels)
     observed = sum(a == b for a, b in zip(labels, predictions, strict=True)) / n
-    p_a, p_b = sum(map(bool, labels)) / n, sum(map(bool, predictions)) / n
-    expected = p_a * p_b + (1 - p_a) * (1 - p_b)
+    rater_a, rater_b = Counter(labels), Counter(predictions)
+    expected = sum(rater_a[c] * rater_b[c] for c in rater_a) / (n * n)
     return 1.0 if expected == 1.0 else (observed - expected) / (1 - expected)
 
 
-def agreement(labels: Sequence[bool], predictions: Sequence[bool], *, n_boot: int = 1000, seed: int = 0) -> Agreement:
-    """Accuracy and Cohen's kappa of ``predictions`` against reference ``labels``, with intervals."""
+def agreement(labels: Sequence[Hashable], predictions: Sequence[Hashable], *, n_boot: int = 1000,
+              seed: int = 0) -> Agreement:
+    """Accuracy and Cohen's kappa of ``predictions`` against reference ``labels`` (booleans or any
+    categories), with intervals: Wilson for the accuracy, percentile bootstrap over items for kappa."""
     kappa = cohen_kappa(labels, predictions)
     n = len(labels)
-    correct = sum(bool(a) == bool(b) for a, b in zip(labels, predictions, strict=True))
+    correct = sum(a == b for a, b in zip(labels, predictions, strict=True))
     gen = torch.Generator().manual_seed(seed)
     boot = []
     for _ in range(n_boot):

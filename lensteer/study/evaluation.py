@@ -9,7 +9,8 @@ same prompts (exact McNemar tests).
 
 What is measured, per condition:
 
-* trait: the aligned behaviour under the misaligning context on the test prompts (Wilson interval);
+* trait: the aligned behaviour under the misaligning context on the test prompts (Wilson interval), and
+  the scorer that judged it (``scorer``: name, version, digest); the share of unreadable answers (Wilson);
 * over-refusal on held-out harmless prompts and on borderline prompts (Wilson intervals);
 * KL: on held-out harmless prompts along their unsteered continuations, gate on (``kl_heldout``, the
   headline), along the condition's own steered answers to the evaluation prompts (``kl_rollout``),
@@ -42,6 +43,7 @@ from lensteer.evaluate.capability import (
     mc_accuracy,
     text_cross_entropy,
 )
+from lensteer.evaluate.coherence import COHERENCE_SCORER, is_unreadable
 from lensteer.evaluate.judges import HttpJudge, judge_responses
 from lensteer.evaluate.metrics import response_perplexity
 from lensteer.evaluate.refusal import is_refusal
@@ -53,6 +55,7 @@ from lensteer.steering.hooks import steer
 from lensteer.steering.positions import Window
 from lensteer.steering.spec import Steering
 from lensteer.study.config import FOLLOW_UPS, StudyConfig
+from lensteer.threats.audit import judge_scorer_id, scorer_id
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -99,10 +102,6 @@ def judged_flags(judge: Any, threat_model: str, prompts: Sequence[str], texts: S
     return [float(s) >= JUDGE_PASS for s in judge_responses(judge, list(prompts), list(texts))]
 
 
-def _take(items: list[Any], n: int | None) -> list[Any]:
-    return items if n is None else items[:n]
-
-
 @dataclass
 class EvalSets:
     """The sets every threat model shares, built once: calibration, held-out harmless, borderline,
@@ -125,8 +124,8 @@ def eval_sets(model: Any, config: StudyConfig) -> EvalSets:
     calibration = kl_probe(model, calibration_prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
     harmless = refusal.test.stratified(config.n_harmless).paired_prompts
     borderline = [] if config.n_borderline == 0 else load_dataset("borderline").test.stratified(config.n_borderline).prompts
-    mc = [] if config.n_mc == 0 else _take(in_turn(load_mc_items(), key=lambda it: it.category), config.n_mc)
-    paragraphs = [] if config.n_paragraphs == 0 else _take(load_paragraphs(), config.n_paragraphs)
+    mc = [] if config.n_mc == 0 else in_turn(load_mc_items(), key=lambda it: it.category)[:config.n_mc]
+    paragraphs = [] if config.n_paragraphs == 0 else load_paragraphs()[:config.n_paragraphs]
     return EvalSets(calibration=calibration, calibration_prompts=calibration_prompts, harmless=harmless, borderline=borderline, mc=mc, paragraphs=paragraphs)
 
 
@@ -309,12 +308,11 @@ def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Cond
         gen, harm = gens[k], harmless[k]
         steered = cond.steering is not None
         row: dict[str, Any] = {"n_eval": len(prompts), "n_harmless": len(sets.harmless)}
-        if judge is not None:
-            row |= _rate(judged_flags(judge, threat_model, [p.user for p in prompts], gen.texts, ds), "trait")
-            row["scored_by"] = judge.name
-        else:
-            row |= _rate(trait_flags(threat_model, gen.texts, ds), "trait")
-            row["scored_by"] = "rule"
+        row |= _rate(judged_flags(judge, threat_model, [p.user for p in prompts], gen.texts, ds) if judge is not None
+                     else trait_flags(threat_model, gen.texts, ds), "trait")
+        row |= _rate([is_unreadable(t) for t in gen.texts], "unreadable_share") | {  # text a steering broke
+            "scorer": (judge_scorer_id(judge, JUDGE_PASS) if judge is not None else scorer_id(threat_model, tm.scorer)).to_dict(),
+            "coherence_scorer": COHERENCE_SCORER.to_dict()}
         for metric, flags in tm.rate_metrics.items():  # refusal: refusals that offer an alternative or help
             row |= _rate(flags(gen.texts, ds), metric)
         row |= verdict_fields(threat_model, gen.texts, ds)

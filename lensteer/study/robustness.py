@@ -41,11 +41,12 @@ from lensteer.study.evaluation import (
     _joint,
     trait_flags,
 )
+from lensteer.threats.audit import scorer_id
 
 ORGANISM_PREFIX = "organism:"
 ROBUSTNESS_FILE = "robustness.json"
-ROW_FIELDS = ("setting", "threat_model", "method", "direction_from", "layer", "kl_budget", "n_eval", "trait", "trait_ci", "kl_heldout",
-              "p_vs_baseline", "scale", "answer_log_odds", "answer_log_odds_ci")
+ROW_FIELDS = ("setting", "threat_model", "method", "direction_from", "layer", "kl_budget", "n_eval", "trait", "trait_ci",
+              "kl_heldout", "p_vs_baseline", "scale", "answer_log_odds", "answer_log_odds_ci", "scorer")
 
 
 def settings_for(threat_model: str, names: Sequence[str]) -> list[str]:
@@ -86,7 +87,8 @@ def _rows(setting: str, threat_model: str, conditions: Sequence[Condition], orig
         out.append({"setting": setting, "threat_model": threat_model, "method": cond.key, "direction_from": origin,
                     "n_eval": n, "trait": k / n, "trait_ci": list(wilson_interval(k, n)), "kl_heldout": kl,
                     "p_vs_baseline": None if cond.method == "baseline" else mcnemar_exact(f, base_flags).p_value,
-                    "scale": cond.steering.scale if cond.steering is not None else None, "trait_flags": list(f)})
+                    "scale": cond.steering.scale if cond.steering is not None else None, "trait_flags": list(f),
+                    "scorer": scorer_id(threat_model, threats.get(threat_model).scorer).to_dict()})
     return out
 
 

@@ -63,3 +63,15 @@ def test_cohen_kappa_against_a_hand_computation():
     a = agreement(labels, preds)
     assert a.accuracy == 0.75 and a.accuracy_ci == wilson_interval(15, 20)
     assert a.kappa_ci[0] < 0.5 < a.kappa_ci[1]
+
+
+def test_cohen_kappa_over_three_categories_against_a_hand_computation():
+    from lensteer.core.stats import agreement, cohen_kappa
+
+    labels = ["refuses"] * 4 + ["complies"] * 4 + ["neither"] * 2
+    preds = ["refuses"] * 3 + ["complies"] * 4 + ["neither"] * 2 + ["refuses"]
+    # observed 7/10; chance 0.4 * 0.4 + 0.4 * 0.4 + 0.2 * 0.2 = 0.36; kappa = 0.34 / 0.64
+    assert cohen_kappa(labels, preds) == pytest.approx(0.34 / 0.64)
+    a = agreement(labels, preds)
+    assert a.accuracy == 0.7 and a.accuracy_ci == wilson_interval(7, 10)
+    assert cohen_kappa(labels, ["refuses"] * 10) == 0.0  # one rater in one category: no agreement beyond chance

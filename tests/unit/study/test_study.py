@@ -15,6 +15,7 @@ from lensteer.study.config import StudyConfig
 from lensteer.study.identity import identity_hash
 from lensteer.study.report import build_report, findings, headline_table
 from lensteer.study.table import SweepTable
+from lensteer.threats.audit import scorer_id
 
 
 def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
@@ -167,6 +168,9 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
         assert control.info["calibration"]["target_kl"] == cfg.kl_budgets[0]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert all(len(r["repetition_by_turn"]) == cfg.n_turns and len(r["trait_flags"]) == 2 for r in rows)
+    for r in rows:  # each row names the scorers that judged it, and how much of the text was unreadable
+        assert r["scorer"] == scorer_id(r["threat_model"]).to_dict() and r["coherence_scorer"]["name"] == "coherence-rule"
+        assert r["unreadable_share_ci"][0] <= r["unreadable_share"] <= r["unreadable_share_ci"][1]
     for r in rows:  # every honesty answer falls in exactly one verdict category; refusal has none
         cats = r.get("honesty_categories")
         assert (sum(cats.values()) == 2 and set(cats) == set(VERDICT_CATEGORIES)) if r["threat_model"] == "honesty" else cats is None
@@ -296,7 +300,7 @@ def test_a_configured_judge_scores_the_trait_and_the_row_records_it(tiny_llama_b
     sets = evaluation.eval_sets(tiny_llama_bridge, cfg)
     rows, _ = evaluation.evaluate_conditions(tiny_llama_bridge, "honesty", [evaluation.Condition(method="baseline")],
                                              cfg, sets)
-    assert rows[0]["scored_by"] == "judge:fake" and rows[0]["trait"] == 1.0  # 80 >= 50 on every answer
+    assert rows[0]["scorer"]["name"] == "judge:fake" and rows[0]["trait"] == 1.0  # 80 >= 50 on every answer
     assert len(seen) == 2 and all("[correct answer:" in p for p in seen)  # the judge sees the answer key
 
 

@@ -1,0 +1,50 @@
+"""Write the scorer audit table of ``data/README.md`` from the audit set's **validation** half.
+
+The block between ``<!-- audit:start -->`` and ``<!-- audit:end -->`` is rewritten in place with
+``lensteer.threats.audit.audit_markdown(audit_results("validation"))``: every bundled scorer against the
+readers' labels (accuracy and Cohen's kappa with intervals, per-class recall and precision).
+``tests/unit/evaluate/test_scorer_audit.py`` recomputes the same table and fails when the README differs.
+
+The validation half is read here and by that test only: tune scorers on the development half
+(``scripts/tune_scorers.py``), then run this once.
+
+Usage: ``python scripts/audit_table.py [--readme data/README.md] [--check]`` (``--check`` exits 1 when
+the README is out of date instead of rewriting it).
+"""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from lensteer.core.io import write_text
+from lensteer.threats.audit import audit_markdown, audit_results
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- audit:start -->\n)(.*?)(<!-- audit:end -->)", re.DOTALL)
+
+
+def rewrite(readme: str, table: str) -> str:
+    """``readme`` with its audit block replaced by ``table``."""
+    if BLOCK.search(readme) is None:
+        raise SystemExit("the README has no <!-- audit:start --> ... <!-- audit:end --> block")
+    return BLOCK.sub(lambda m: m.group(1) + table + m.group(3), readme, count=1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, default=ROOT / "data" / "README.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
+    args = parser.parse_args()
+    old = args.readme.read_text(encoding="utf-8")
+    new = rewrite(old, audit_markdown(audit_results("validation")))
+    if args.check:
+        print("up to date" if new == old else "out of date: run python scripts/audit_table.py")
+        return 0 if new == old else 1
+    write_text(args.readme, new)
+    print(f"wrote the audit table into {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
