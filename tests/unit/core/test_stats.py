@@ -63,3 +63,41 @@ def test_cohen_kappa_against_a_hand_computation():
     a = agreement(labels, preds)
     assert a.accuracy == 0.75 and a.accuracy_ci == wilson_interval(15, 20)
     assert a.kappa_ci[0] < 0.5 < a.kappa_ci[1]
+
+
+def test_holm_matches_hand_computed_adjustments():
+    from lensteer.core.stats import holm
+
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.6, 0.7, 0.01]) == pytest.approx([1.0, 1.0, 0.03])  # capped at 1, monotone
+    assert holm([0.02]) == [0.02] and holm([]) == []
+    with pytest.raises(lensteer.DataError, match=r"\[0, 1\]"):
+        holm([0.1, 1.5])
+    with pytest.raises(lensteer.DataError, match=r"\[0, 1\]"):
+        holm([float("nan")])
+
+
+def test_holm_agrees_with_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p = torch.rand(40, generator=torch.Generator().manual_seed(1)).pow(3).tolist()
+    from lensteer.core.stats import holm
+
+    assert holm(p) == pytest.approx(list(multitest.multipletests(p, method="holm")[1]))
+
+
+def test_paired_permutation_test_finds_a_consistent_shift_and_not_a_symmetric_one():
+    from lensteer.core.stats import paired_permutation_test
+
+    b = torch.linspace(-1, 1, 12)
+    up = paired_permutation_test(b + 0.5 + 0.1 * torch.arange(12) % 3, b, alternative="greater")
+    assert up.n == 12 and up.mean_difference > 0.5 and up.p_value < 0.01 and up.ci[0] > 0
+    down = paired_permutation_test(b - 0.5, b, alternative="greater")
+    assert down.p_value > 0.99  # the wrong direction is never "greater"
+    sym = paired_permutation_test(b + torch.tensor([1.0, -1.0] * 6), b)
+    assert sym.mean_difference == pytest.approx(0.0, abs=1e-9) and sym.p_value > 0.9
+    assert set(up.to_dict()) == {"n", "mean_difference", "ci", "p_value", "alternative"}
+    with pytest.raises(lensteer.DataError, match="equally long"):
+        paired_permutation_test(b, b[:3])
+    with pytest.raises(lensteer.DataError, match="alternative"):
+        paired_permutation_test(b, b, alternative="less")
