@@ -95,7 +95,7 @@ def top_patching_layers(result: PatchResult, k: int = 3, *, columns: Sequence[in
     return tuple(sorted(ranked[:k]))
 
 
-def patch_pairs(model: Any, pairs: PatchingPairs, *, method: Literal["attribution", "exact"] = "attribution",
+def patch_pairs(model: Any, pairs: PatchingPairs, *, method: str = "attribution",
                 site: str = "resid_post", layers: Sequence[int] | None = None) -> PatchResult:
     """Residual patching (denoising: clean into corrupted) of a threat model's patching pairs at every
     (layer, position), by attribution (one backward, a first-order estimate) or exactly."""
