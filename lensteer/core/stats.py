@@ -190,3 +190,78 @@ def agreement(labels: Sequence[Hashable], predictions: Sequence[Hashable], *, n_
     values = torch.tensor(boot)
     return Agreement(n=n, accuracy=correct / n, accuracy_ci=wilson_interval(correct, n), kappa=kappa,
                      kappa_ci=(float(values.quantile(0.025)), float(values.quantile(0.975))))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (Holm 1979), in the order given.
+
+    Sort the ``m`` p-values ascending; the ``i``-th smallest (0-based) is multiplied by ``m - i``, a running
+    maximum keeps the adjusted values monotone, and each is capped at 1. Rejecting where the adjusted value
+    is below ``alpha`` controls the family-wise error rate at ``alpha`` under any dependence. The same
+    numbers as ``statsmodels.stats.multitest.multipletests(p, method="holm")[1]``.
+    """
+    if isinstance(pvalues, str):
+        raise DataError("holm needs a list of p-values, not a string")
+    values = [float(p) for p in pvalues]
+    bad = [p for p in values if not 0.0 <= p <= 1.0]  # also catches NaN
+    if bad:
+        raise DataError(f"p-values must lie in [0, 1], got {bad[0]!r}")
+    m = len(values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda k: values[k])):
+        running = max(running, min(1.0, (m - rank) * values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairedDifference:
+    """A sign-flip permutation test of the mean paired difference ``a - b`` (the same items under two conditions).
+
+    ``ci`` is the percentile-bootstrap interval of the mean difference; ``p_value`` is one-sided
+    (``alternative="greater"``: is ``a`` larger?) or two-sided, with the ``+1`` correction of Phipson &
+    Smyth (2010), so it is never 0.
+    """
+
+    n: int
+    mean_difference: float
+    ci: tuple[float, float]
+    p_value: float
+    alternative: str
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return self.p_value < alpha
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "mean_difference": self.mean_difference, "ci": list(self.ci), "p_value": self.p_value,
+                "alternative": self.alternative}
+
+
+def paired_permutation_test(
+    a: Float[torch.Tensor, " n_a"], b: Float[torch.Tensor, " n_b"], *, alternative: str = "two-sided",
+    n_perm: int = 10_000, n_boot: int = 1000, seed: int = 0,
+) -> PairedDifference:
+    """Is the mean of ``a - b`` over paired items different from 0 (``"two-sided"``) or above it (``"greater"``)?
+
+    Under H0 each item's difference is as likely to have either sign, so the null distribution of the
+    mean is drawn by flipping signs at random (exact in distribution for symmetric differences, no normality
+    assumed): the paired test for continuous scores, as :func:`mcnemar_exact` is for successes.
+    """
+    if alternative not in ("two-sided", "greater"):
+        raise DataError(f"alternative must be 'two-sided' or 'greater', got {alternative!r}")
+    if a.shape != b.shape or a.ndim != 1 or a.numel() == 0:
+        raise DataError(f"paired_permutation_test needs two equally long, non-empty 1-d tensors, got shapes "
+                        f"{tuple(a.shape)} and {tuple(b.shape)}")
+    diff = a.double() - b.double()
+    if not torch.isfinite(diff).all():
+        raise DataError("paired_permutation_test got NaN or Inf scores")
+    observed = float(diff.mean())
+    gen = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (n_perm, len(diff)), generator=gen).double() * 2 - 1
+    null = (signs * diff).mean(-1)
+    tol = 1e-12 * max(1.0, abs(observed))  # a flip that reproduces the observed mean counts as extreme
+    extreme = null >= observed - tol if alternative == "greater" else null.abs() >= abs(observed) - tol
+    p = (int(extreme.sum()) + 1) / (n_perm + 1)
+    return PairedDifference(n=len(diff), mean_difference=observed, ci=bootstrap_mean_ci(diff.float(), n_boot=n_boot, seed=seed),
+                            p_value=p, alternative=alternative)

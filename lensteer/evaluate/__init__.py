@@ -1,6 +1,6 @@
 """evaluate: how good a steered model is. Owns the metrics (perplexity, over-refusal), repetition,
-multiple-choice capability, inducer effects, the trait scorers (refusal, honesty, compassion), judges, steerability
-and side-by-side comparison. Imports ``core``, ``locate`` and ``steering``.
+multiple-choice capability, inducer effects, the trait scorers (refusal, honesty, compassion), judges, steerability,
+the first-token decision and side-by-side comparison. Imports ``core``, ``locate`` and ``steering``.
 """
 
 from lensteer.evaluate.capability import MCItem, MCResult, load_mc_items, mc_accuracy
@@ -10,6 +10,7 @@ from lensteer.evaluate.compassion import (
     compassion_scorer,
     train_compassion_scorer,
 )
+from lensteer.evaluate.decision import opening_log_odds
 from lensteer.evaluate.honesty import HonestyVerdict, honesty_verdict
 from lensteer.evaluate.inducers import InducerEffect, inducer_effect, reply_logprob
 from lensteer.evaluate.judges import CallableJudge, HttpJudge, Judge, judge_responses
@@ -41,7 +42,7 @@ __all__ = [
     "MCResult", "Perplexity", "RefusalVerdict", "RepetitionReport", "SideBySide", "Steerability",
     "TurnRepetition", "compassion_scorer", "conversation_repetition", "decision_log_odds", "distinct_n",
     "honesty_verdict", "inducer_effect", "is_redirecting_refusal", "is_refusal", "judge_responses",
-    "layer_steerability", "load_mc_items", "mc_accuracy", "over_refusal_rate", "preference_margin",
+    "layer_steerability", "load_mc_items", "mc_accuracy", "opening_log_odds", "over_refusal_rate", "preference_margin",
     "refusal_verdict", "rep_n", "repetition_report", "reply_logprob", "response_perplexity", "side_by_side",
     "steering_effect", "train_compassion_scorer",
 ]

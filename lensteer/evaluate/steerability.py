@@ -18,19 +18,12 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from lensteer.core.chat import (
-    ChatPrompt,
-    TokenizedPrompt,
-    length_sorted_batches,
-    pad_id_of,
-    tokenize_prompt,
-)
-from lensteer.core.forward import response_logprob, unembed
-from lensteer.core.plain import plain_view
+from lensteer.core.chat import ChatPrompt, TokenizedPrompt, tokenize_prompt
+from lensteer.core.forward import response_logprob
 from lensteer.errors import ConfigError, DataError
+from lensteer.evaluate.decision import opening_log_odds
 from lensteer.steering.calibration import KLProbe, calibrate
-from lensteer.steering.hooks import SteeringContext, steer
-from lensteer.steering.prefix import teacher_forced_states
+from lensteer.steering.hooks import steer
 from lensteer.steering.spec import Steering
 
 
@@ -78,22 +71,9 @@ def decision_log_odds(
         k = int(differ[0])
         stems.append(TokenizedPrompt(tokens=ta[:k], instruction=(0, 0), post_instruction=(0, 0), response=(k, k)))
         pairs.append((int(ta[k]), int(tm[k])))
-    forced = (replace(steering, positions="all", gate=None),) if steering is not None else ()
-    out = torch.empty(len(stems))
-    view, device = plain_view(model), next(iter(model.parameters())).device
-    with torch.inference_mode():
-        # a few-shot context the stems share runs once per batch (teacher_forced_states)
-        for rows, batch in length_sorted_batches(stems, batch_size, pad_id_of(model)):
-            lens = batch.attention_mask.sum(1)
-            where = torch.zeros(batch.tokens.shape, dtype=torch.bool)
-            where[:, -1] = True
-            ctx = SteeringContext(prompt_lens=lens, pads=batch.tokens.shape[1] - lens, record=False)
-            states = teacher_forced_states(model, forced, batch.tokens.to(device), batch.attention_mask.to(device),
-                                           where, ctx, view=view)
-            logp = torch.log_softmax(unembed(model, states).float(), dim=-1).cpu()
-            for j, i in enumerate(rows):
-                out[i] = logp[j, pairs[i][0]] - logp[j, pairs[i][1]]
-    return out
+    forced = replace(steering, positions="all", gate=None) if steering is not None else None
+    return opening_log_odds(model, stems, [[a] for a, _ in pairs], [[m] for _, m in pairs], steering=forced,
+                            batch_size=batch_size)
 
 
 def steering_effect(

@@ -75,3 +75,33 @@ def test_cohen_kappa_over_three_categories_against_a_hand_computation():
     a = agreement(labels, preds)
     assert a.accuracy == 0.7 and a.accuracy_ci == wilson_interval(7, 10)
     assert cohen_kappa(labels, ["refuses"] * 10) == 0.0  # one rater in one category: no agreement beyond chance
+
+
+def test_holm_matches_hand_computed_adjustments():
+    from lensteer.core.stats import holm
+
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.6, 0.7, 0.01]) == pytest.approx([1.0, 1.0, 0.03])  # capped at 1, monotone
+    assert holm([0.02]) == [0.02] and holm([]) == []
+    with pytest.raises(lensteer.DataError, match=r"\[0, 1\]"):
+        holm([0.1, 1.5])
+    with pytest.raises(lensteer.DataError, match=r"\[0, 1\]"):
+        holm([float("nan")])
+
+
+def test_paired_permutation_test_finds_a_consistent_shift_and_not_a_symmetric_one():
+    from lensteer.core.stats import paired_permutation_test
+
+    b = torch.linspace(-1, 1, 12)
+    up = paired_permutation_test(b + 0.5 + 0.1 * torch.arange(12) % 3, b, alternative="greater")
+    assert up.n == 12 and up.mean_difference > 0.5 and up.p_value < 0.01 and up.ci[0] > 0
+    down = paired_permutation_test(b - 0.5, b, alternative="greater")
+    assert down.p_value > 0.99  # the wrong direction is never "greater"
+    sym = paired_permutation_test(b + torch.tensor([1.0, -1.0] * 6), b)
+    assert sym.mean_difference == pytest.approx(0.0, abs=1e-9) and sym.p_value > 0.9
+    assert set(up.to_dict()) == {"n", "mean_difference", "ci", "p_value", "alternative"}
+    with pytest.raises(lensteer.DataError, match="equally long"):
+        paired_permutation_test(b, b[:3])
+    with pytest.raises(lensteer.DataError, match="alternative"):
+        paired_permutation_test(b, b, alternative="less")

@@ -1,0 +1,55 @@
+"""The site-selection figure: every candidate's first-token decision shift, by layer, position and source."""
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+from lensteer.errors import DataError
+from lensteer.plotting.style import PALETTE, new_ax, paper_style, save_figure
+
+_SOURCES = ("prompt_contrast", "response_mean", "probe")
+
+
+def plot_selection(selection: Any, ax: Any = None) -> tuple[Any, Any]:
+    """Decision shift (nats) with its bootstrap CI per candidate, at its layer: colour = source, a small offset
+    per read position; candidates that fail a filter are hollow, the chosen one is starred.
+
+    ``selection``: a :class:`~lensteer.study.selection.Selection` or its ``to_dict()`` (as in report.json).
+    """
+    data = selection.to_dict() if hasattr(selection, "to_dict") else selection
+    rows = [c for c in data.get("candidates", []) if c.get("decision_shift") is not None]
+    if not rows:
+        raise DataError("the selection has no scored candidate to draw")
+    positions = sorted({c["position"] for c in rows})
+    width = 0.8 / max(1, len(positions) * len(_SOURCES))
+    chosen = data.get("chosen")
+    with paper_style():
+        fig, ax = new_ax(ax, figsize=(6.5, 3.4))
+        for s, source in enumerate(_SOURCES):
+            mine = [c for c in rows if c["source"] == source]
+            for c in mine:
+                k = s * len(positions) + positions.index(c["position"])
+                x = c["layer"] - 0.4 + (k + 0.5) * width
+                lo, hi = c["decision_shift_ci"]
+                face = PALETTE[s] if c.get("passes", True) else "white"
+                ax.errorbar(x, c["decision_shift"], yerr=[[c["decision_shift"] - lo], [hi - c["decision_shift"]]],
+                            fmt="o", color=PALETTE[s], mfc=face, ms=4, lw=1)
+                if chosen is not None and all(chosen[key] == c[key] for key in ("source", "layer", "position")):
+                    ax.plot(x, hi, marker="*", color=PALETTE[3], ms=12, zorder=5, label="chosen")
+            if mine:
+                ax.plot([], [], "o", color=PALETTE[s], label=source.replace("_", " "))
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("layer (offset: read position)")
+        ax.set_ylabel("decision log-odds shift (nats)")
+        ax.set_title("candidate sites: first-token decision shift at the KL budget (hollow: fails a filter)")
+        ax.legend(loc="best")
+    return fig, ax
+
+
+def save_selection_figure(selection: Any, stem: "str | Path") -> tuple[Path, Path]:
+    """:func:`plot_selection` saved as ``stem.pdf`` and ``stem.png``."""
+    fig, _ = plot_selection(selection)
+    paths = save_figure(fig, stem)
+    plt.close(fig)
+    return paths
