@@ -183,11 +183,18 @@ def test_a_second_writer_of_a_folder_is_refused_with_the_holders_pid(tmp_path, t
 
 
 def test_stress_two_lensteer_run_processes_on_one_folder_the_second_is_refused(tmp_path, capsys):
-    """A `lensteer run` holds OUT (another process); a second `lensteer run` on it is refused at once, naming
-    the first one's pid, before it loads a model; once the first is gone the folder is free."""
+    """A real `lensteer run` process claims OUT (it does so before loading a model); a second `lensteer run`
+    on it is refused at once, naming the first one's pid; once the first is gone the folder is free."""
     out = tmp_path / "study"
-    first = _hold_lock(out)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "lensteer", "run", "--smoke", "--threads", "1", "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
+        deadline = time.perf_counter() + 120
+        while not ((out / ".lock").is_file() and (out / ".lock").read_text().strip() == str(first.pid)):
+            assert first.poll() is None, "the first lensteer run ended before it claimed the folder"
+            assert time.perf_counter() < deadline, "the first lensteer run never claimed the folder"
+            time.sleep(0.05)
         started = time.perf_counter()
         for _ in range(3):
             assert main(["run", "--smoke", "--out", str(out)]) == 2
