@@ -57,8 +57,9 @@ def opening_log_odds(
     Args:
         prompts: Chat prompts (a ``response`` is a prefill: the decision is read right after it), or
             already tokenized prompts.
-        aligned_ids, misaligned_ids: Token ids of the aligned / misaligned openings (disjoint), one list for
-            every prompt or one list per prompt (e.g. each question's true and false answer token).
+        aligned_ids: Token ids of the aligned openings, one list for every prompt or one list per prompt
+            (e.g. each question's true answer token).
+        misaligned_ids: The same for the misaligned openings (disjoint from the aligned ones).
         steering: Applied as deployed: its own positions and gate (``"generated"`` steers the last prompt
             token, the one whose output picks the first generated token), on one teacher-forced forward.
 
