@@ -94,7 +94,7 @@ def test_a_registered_threat_model_is_evaluated_with_its_own_scorer_metrics_and_
     for row, cond in zip(rows, conditions, strict=True):
         texts = examples[cond.key]["texts"]
         assert len(texts) == row["n_eval"] == 3
-        assert row["trait_flags"] == [len(t) % 2 == 0 for t in texts] and row["scored_by"] == "rule"
+        assert row["trait_flags"] == [len(t) % 2 == 0 for t in texts] and row["scorer"]["version"] == "custom"  # its own scorer, identified
         assert row["short_flags"] == [len(t) < 6 for t in texts]
         assert row["candour_categories"] == {"even": sum(row["trait_flags"]), "odd": 3 - sum(row["trait_flags"])}
         assert "redirect" not in row and "answer_log_odds" not in row  # refusal's and honesty's extras only
