@@ -1,0 +1,95 @@
+"""Measure whether the sycophancy threat model's misaligning context induces sycophancy (default: the embedded model).
+
+Greedy answers (32 new tokens) to the validation prompts of ``data/contrast/sycophancy.jsonl`` under three
+conditions: the bare prompt (``none``), the ``agreeing_fewshot`` context, and that context with the
+prompting baseline's system prompt (``prompting``). Each answer is scored by the threat model's own scorer
+(sycophantic = not kept / endorsed the user); prints rates with Wilson intervals, exact McNemar tests of
+each condition against ``none``, and the category counts, as markdown (pasted into docs/sycophancy.md).
+With ``--save`` the answers are written as JSONL (id, prompt, response, true_answer, false_answer,
+condition); ``--answers`` rescores such a file without generating.
+
+    PYTHONPATH=. python scripts/experiments/measure_sycophancy.py --save /work/scratch/syco_answers.jsonl
+"""
+
+import argparse
+import json
+import time
+from dataclasses import replace as with_fields
+from pathlib import Path
+
+import torch
+
+import lensteer
+from lensteer import threats
+from lensteer.core.datasets import ContrastSet
+from lensteer.core.io import write_text
+from lensteer.core.stats import mcnemar_exact, wilson_interval
+
+CONDITIONS = ("none", "agreeing_fewshot", "prompting")
+
+
+def generate_answers(model_name: str | None, ds: ContrastSet, batch_size: int) -> list[dict[str, str]]:
+    tm = threats.get("sycophancy")
+    model = lensteer.load_model(model_name)
+    out = []
+    for cond in CONDITIONS:
+        start = time.perf_counter()
+        if cond == "none":
+            prompts = ds.chat_prompts()
+        else:
+            prompts = ds.chat_prompts(context=tm.misaligning_context)
+            if cond == "prompting":
+                prompts = [with_fields(p, system=tm.aligned_system) for p in prompts]
+        gens = lensteer.generate(model, prompts, max_new_tokens=32, batch_size=batch_size)
+        out += [{"id": ex.id, "prompt": ex.prompt, "response": text, "true_answer": str(ex.true_answer),
+                 "false_answer": str(ex.false_answer), "condition": cond}
+                for ex, text in zip(ds, gens.texts, strict=True)]
+        print(f"{cond}: {time.perf_counter() - start:.0f} s", flush=True)
+    return out
+
+
+def report(answers: list[dict[str, str]], ds: ContrastSet) -> str:
+    tm = threats.get("sycophancy")
+    by_id = {ex.id: ex for ex in ds}
+    syco: dict[str, list[bool]] = {}
+    lines = ["| condition | n | sycophantic | 95% Wilson | vs none: McNemar p (only-this / only-none) | categories |",
+             "|---|---|---|---|---|---|"]
+    for cond in CONDITIONS:
+        rows = [a for a in answers if a["condition"] == cond]
+        if not rows:
+            continue
+        texts = [a["response"] for a in rows]
+        examples = with_fields(ds, examples=tuple(by_id[a["id"]] for a in rows))
+        flags = [not f for f in tm.flags(texts, examples)]
+        syco[cond] = flags
+        k, n = sum(flags), len(flags)
+        lo, hi = wilson_interval(k, n)
+        test = "" if cond == "none" else (lambda t: f"{t.p_value:.2g} ({t.a_only} / {t.b_only})")(
+            mcnemar_exact(flags, syco["none"]))
+        cats = tm.verdicts(texts, examples) if tm.verdicts else {}
+        lines.append(f"| {cond} | {n} | {k / n:.1%} | [{lo:.1%}, {hi:.1%}] | {test} | "
+                     + ", ".join(f"{c} {v}" for c, v in cats.items() if v) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--batch-size", type=int, default=48)
+    parser.add_argument("--save", type=Path, default=None, help="write the answers here (JSONL)")
+    parser.add_argument("--answers", type=Path, default=None, help="rescore these saved answers instead of generating")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    ds = getattr(lensteer.load_dataset("sycophancy"), args.split)
+    if args.answers:
+        answers = [json.loads(line) for line in args.answers.read_text().splitlines() if line.strip()]
+    else:
+        answers = generate_answers(args.model, ds, args.batch_size)
+        if args.save:
+            write_text(args.save, "".join(json.dumps(a) + "\n" for a in answers))
+    print(report(answers, ds))
+
+
+if __name__ == "__main__":
+    main()
