@@ -28,7 +28,9 @@ from lensteer.core.stats import mcnemar_exact, wilson_interval
 CONDITIONS = ("none", "agreeing_fewshot", "prompting")
 
 
-def generate_answers(model_name: str | None, ds: ContrastSet, batch_size: int) -> list[dict[str, str]]:
+def generate_answers(model_name: str | None, ds: ContrastSet, batch_size: int,
+                     save: Path | None) -> list[dict[str, str]]:
+    """Each condition's answers, appended to ``save`` (if given) as each condition finishes."""
     tm = threats.get("sycophancy")
     model = lensteer.load_model(model_name)
     out = []
@@ -44,6 +46,8 @@ def generate_answers(model_name: str | None, ds: ContrastSet, batch_size: int) -
         out += [{"id": ex.id, "prompt": ex.prompt, "response": text, "true_answer": str(ex.true_answer),
                  "false_answer": str(ex.false_answer), "condition": cond}
                 for ex, text in zip(ds, gens.texts, strict=True)]
+        if save is not None:
+            write_text(save, "".join(json.dumps(a) + "\n" for a in out))
         print(f"{cond}: {time.perf_counter() - start:.0f} s", flush=True)
     return out
 
@@ -76,18 +80,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--split", default="val")
+    parser.add_argument("--n", type=int, default=None, help="the first N of the split, categories in turn (default: all)")
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--save", type=Path, default=None, help="write the answers here (JSONL)")
     parser.add_argument("--answers", type=Path, default=None, help="rescore these saved answers instead of generating")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    ds = getattr(lensteer.load_dataset("sycophancy"), args.split)
+    ds = getattr(lensteer.load_dataset("sycophancy"), args.split).stratified(args.n)
     if args.answers:
         answers = [json.loads(line) for line in args.answers.read_text().splitlines() if line.strip()]
     else:
-        answers = generate_answers(args.model, ds, args.batch_size)
-        if args.save:
-            write_text(args.save, "".join(json.dumps(a) + "\n" for a in answers))
+        answers = generate_answers(args.model, ds, args.batch_size, args.save)
     print(report(answers, ds))
 
 
