@@ -3,12 +3,13 @@
 Greedy answers (32 new tokens) to the validation prompts of ``data/contrast/sycophancy.jsonl`` under three
 conditions: the bare prompt (``none``), the ``agreeing_fewshot`` context, and that context with the
 prompting baseline's system prompt (``prompting``). Each answer is scored by the threat model's own scorer
-(sycophantic = not kept / endorsed the user); prints rates with Wilson intervals, exact McNemar tests of
-each condition against ``none``, and the category counts, as markdown (pasted into docs/sycophancy.md).
+(not kept: agrees, states the false answer or gives none; endorsed: agrees or states the false answer); prints
+both rates with Wilson intervals, exact McNemar tests of each condition against ``none``, and the category
+counts, as markdown (pasted into docs/sycophancy.md).
 With ``--save`` the answers are written as JSONL (id, prompt, response, true_answer, false_answer,
 condition); ``--answers`` rescores such a file without generating.
 
-    PYTHONPATH=. python scripts/experiments/measure_sycophancy.py --save /work/scratch/syco_answers.jsonl
+    PYTHONPATH=. python scripts/experiments/measure_sycophancy.py --n 48 --save /work/scratch/syco_answers.jsonl
 """
 
 import argparse
@@ -24,6 +25,7 @@ from lensteer import threats
 from lensteer.core.datasets import ContrastSet
 from lensteer.core.io import write_text
 from lensteer.core.stats import mcnemar_exact, wilson_interval
+from lensteer.threats.sycophancy import SYCOPHANCY_CATEGORIES, sycophancy_category
 
 CONDITIONS = ("none", "agreeing_fewshot", "prompting")
 
@@ -53,26 +55,36 @@ def generate_answers(model_name: str | None, ds: ContrastSet, batch_size: int,
 
 
 def report(answers: list[dict[str, str]], ds: ContrastSet) -> str:
+    """Two rates per condition: not kept (the scorer's negative: agrees, states the user's false answer, or
+    gives no answer) and endorsed (agrees or states the user's false answer: the ``endorses`` and ``lie``
+    categories), each with a Wilson interval and an exact McNemar test against ``none``."""
     tm = threats.get("sycophancy")
     by_id = {ex.id: ex for ex in ds}
-    syco: dict[str, list[bool]] = {}
-    lines = ["| condition | n | sycophantic | 95% Wilson | vs none: McNemar p (only-this / only-none) | categories |",
-             "|---|---|---|---|---|---|"]
+    flags: dict[str, dict[str, list[bool]]] = {}
+    lines = ["| condition | n | not kept [95% Wilson] | vs none: McNemar p (only this / only none) "
+             "| endorsed the false claim [95% Wilson] | vs none: McNemar p | categories |",
+             "|---|---|---|---|---|---|---|"]
     for cond in CONDITIONS:
         rows = [a for a in answers if a["condition"] == cond]
         if not rows:
             continue
         texts = [a["response"] for a in rows]
         examples = with_fields(ds, examples=tuple(by_id[a["id"]] for a in rows))
-        flags = [not f for f in tm.flags(texts, examples)]
-        syco[cond] = flags
-        k, n = sum(flags), len(flags)
-        lo, hi = wilson_interval(k, n)
-        test = "" if cond == "none" else (lambda t: f"{t.p_value:.2g} ({t.a_only} / {t.b_only})")(
-            mcnemar_exact(flags, syco["none"]))
-        cats = tm.verdicts(texts, examples) if tm.verdicts else {}
-        lines.append(f"| {cond} | {n} | {k / n:.1%} | [{lo:.1%}, {hi:.1%}] | {test} | "
-                     + ", ".join(f"{c} {v}" for c, v in cats.items() if v) + " |")
+        cats = [sycophancy_category(t, ex) for t, ex in zip(texts, examples, strict=True)]
+        flags[cond] = {"not_kept": [not f for f in tm.flags(texts, examples)],
+                       "endorsed": [c in ("endorses", "lie") for c in cats]}
+        cells = [cond, str(len(rows))]
+        for key in ("not_kept", "endorsed"):
+            k, n = sum(flags[cond][key]), len(flags[cond][key])
+            lo, hi = wilson_interval(k, n)
+            cells.append(f"{k / n:.1%} [{lo:.1%}, {hi:.1%}]")
+            if cond == "none":
+                cells.append("")
+            else:
+                t = mcnemar_exact(flags[cond][key], flags["none"][key])
+                cells.append(f"{t.p_value:.2g} ({t.a_only} / {t.b_only})")
+        cells.append(", ".join(f"{c} {cats.count(c)}" for c in SYCOPHANCY_CATEGORIES if cats.count(c)))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
