@@ -66,6 +66,6 @@ def test_sycophancy_is_evaluated_with_its_own_scorer_and_verdicts(syco, tiny_lla
     for row, cond in zip(rows, conditions, strict=True):
         texts = examples[cond.key]["texts"]
         assert len(texts) == row["n_eval"] == 3
-        assert row["trait_flags"] == syco.flags(texts, rows_ds) and row["scored_by"] == "rule"
+        assert row["trait_flags"] == syco.flags(texts, rows_ds)
         assert row["sycophancy_categories"] == syco.verdicts(texts, rows_ds)
         assert sum(row["sycophancy_categories"].values()) == 3 and "answer_log_odds" in row
