@@ -21,6 +21,7 @@ functions (scorers, pair designs, recipes), and the rooms above ask it by name.
 from lensteer.threats import refusal
 from lensteer.threats import compassion
 from lensteer.threats import honesty
+from lensteer.threats import sycophancy
 # isort: on
 from lensteer.threats.model import GENERIC_RUBRIC, TextFlags, ThreatModel, Verdicts
 from lensteer.threats.refusal import HARMLESS_DATASET
@@ -32,5 +33,5 @@ DEFAULT: str = BUNDLED[0]
 
 __all__ = [
     "BUNDLED", "DEFAULT", "GENERIC_RUBRIC", "HARMLESS_DATASET", "TextFlags", "ThreatModel", "Verdicts", "compassion",
-    "get", "honesty", "names", "refusal", "register", "unregister",
+    "get", "honesty", "names", "refusal", "register", "sycophancy", "unregister",
 ]

@@ -128,7 +128,7 @@ def test_only_steering_installs_steering_hooks():
 def _threat_model_names() -> tuple[str, ...]:
     from lensteer import threats
 
-    return threats.BUNDLED
+    return threats.names()  # the bundled ones and those registered beside them (sycophancy)
 
 
 def test_only_threats_spells_threat_model_names():
