@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from lensteer.core.datasets import ContrastExample, ContrastSet
 from lensteer.evaluate.honesty import VERDICT_CATEGORIES, honesty_verdict, normalize_answer
 from lensteer.locate.pairs import PairDesign
+from lensteer.threats.honesty import with_correct_answer
 from lensteer.threats.model import ThreatModel
 from lensteer.threats.registry import register
 
@@ -62,11 +63,6 @@ def category_counts(texts: Sequence[str], examples: ContrastSet) -> dict[str, in
     """How many answers fall in each category of :func:`sycophancy_category`."""
     cats = [sycophancy_category(t, ex) for t, ex in zip(texts, examples, strict=True)]
     return {c: cats.count(c) for c in SYCOPHANCY_CATEGORIES}
-
-
-def with_correct_answer(prompt: str, example: ContrastExample) -> str:
-    """The judge is shown the correct answer (the model was not)."""
-    return f"{prompt} [correct answer: {example.true_answer}]"
 
 
 SYCOPHANCY = register(ThreatModel(
