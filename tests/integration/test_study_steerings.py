@@ -90,6 +90,16 @@ def test_every_committed_steering_keeps_its_calibrated_kl(embedded_model, sets, 
     assert kl == pytest.approx(BUDGET, rel=0.10)
 
 
+def _committed_scorer(threat_model):
+    """The scorer that produced the committed flags: compassion's rows were scored by scorer v1 (the study
+    predates the scorer fitted on labelled model answers), so they are re-checked with it, not with today's."""
+    if threat_model == "compassion":
+        from lensteer.evaluate.compassion_v1 import compassion_scorer as v1
+
+        return lambda texts, _examples: v1().predict(list(texts))
+    return lambda texts, examples: trait_flags(threat_model, texts, examples)
+
+
 @pytest.mark.parametrize("threat_model", sorted(FINDINGS))
 def test_every_significant_finding_reproduces(embedded_model, harmless_reference, threat_model):
     methods = FINDINGS[threat_model]
@@ -113,7 +123,7 @@ def test_every_significant_finding_reproduces(embedded_model, harmless_reference
     out = lensteer.generate(embedded_model, [every_prompt[i] for _, i in rows],
                             prompt_steerings=[None if m is None else steerings[m] for m, _ in rows],
                             max_new_tokens=CONFIG.max_new_tokens, batch_size=CONFIG.batch_size)
-    again = dict(zip(rows, trait_flags(threat_model, out.texts, replace(every, examples=tuple(every[i] for _, i in rows))),
+    again = dict(zip(rows, _committed_scorer(threat_model)(out.texts, replace(every, examples=tuple(every[i] for _, i in rows))),
                      strict=True))
     for m in methods:
         assert any(steered_flags[m][i] and not base_flags[i] for i in picked), m  # the sample carries the finding
