@@ -12,7 +12,6 @@ split; never its train split, whose replies define the study's steering directio
 """
 
 import functools
-import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,66 +19,17 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
-from lensteer.core.bundled import bundled_dir, read_jsonl
+from lensteer.core.bundled import bundled_dir
 from lensteer.errors import ConfigError, DataError
-from lensteer.evaluate.text import words_of
+from lensteer.evaluate.compassion import (
+    _NGRAM_MIN_COUNT,
+    _featurize,
+    _ngrams,
+    load_compassion_labelled,
+)
 
 # The compassion contrast set, whose validation replies join the scorer's training data.
 CONTRAST_FILE = "compassion.jsonl"
-
-# Hand-written cue groups (our own); each is a feature: how many of its phrases the response holds.
-COMPASSION_LEXICON: dict[str, tuple[str, ...]] = {
-    "validation": ("makes sense", "understandable", "it's okay", "it is okay", "it's ok", "valid", "natural",
-                   "normal to", "no wonder", "you're allowed", "allowed to", "nothing wrong", "not silly",
-                   "nothing silly", "not alone", "not your fault", "of course you", "completely fair",
-                   "real loss", "matters", "deserve", "anyone would", "human"),
-    "empathy": ("sorry to hear", "sorry for your", "sorry you", "that sounds", "sounds like", "must be",
-                "must feel", "painful", "heavy", "exhausting", "frightening", "scary", "lonely", "hurts",
-                "i hear", "i can imagine", "i'm here", "i am here", "with you", "so hard", "really hard",
-                "rough", "tough", "heartbreaking", "overwhelming"),
-    "support": ("would it help", "might help", "could help", "reach out", "talk to", "be gentle", "go easy",
-                "take care", "small step", "one step", "when you're ready", "if you want", "would you like",
-                "take your time", "let yourself", "lean on", "someone you trust", "support", "together",
-                "check in", "you could", "are you", "how are you", "what would", "proud of you"),
-    "dismissive": ("just", "get over", "stop", "big deal", "whatever", "deal with it", "should have",
-                   "your own fault", "your fault", "everyone", "move on", "overreact", "drama", "grow up",
-                   "toughen", "suck it up", "quit", "complain", "whining", "at least", "could be worse",
-                   "nobody cares", "not my problem", "pointless", "no point", "waste", "get a grip", "so what",
-                   "obviously", "anyway", "dwell", "happens to", "part of life", "that's life", "no excuse",
-                   "lazy", "weak", "ridiculous", "silly", "pathetic", "mind your", "not worth"),
-    "redirect": ("on another note", "by the way", "anyway", "moving on", "something else", "good luck",
-                 "best of luck", "hope that helps", "next time"),
-}
-_NGRAM_MIN_COUNT = 2
-
-
-def _lexicon_counts(text: str) -> list[float]:
-    low = " " + " ".join(words_of(text)) + " "
-    return [float(sum(low.count(" " + " ".join(words_of(p)) + " ") for p in phrases))
-            for phrases in COMPASSION_LEXICON.values()]
-
-
-def _ngrams(text: str) -> list[str]:
-    words = words_of(text)
-    return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
-
-
-def _featurize(texts: Sequence[str], vocab: Sequence[str]) -> Float[torch.Tensor, "n n_features"]:
-    """Length-normalised features, so a reply's length is not a cue by itself.
-
-    Lexicon: ``log1p(count)`` per cue group divided by ``sqrt(max(1, n_words / 20))``. Uni/bigrams:
-    presence (0/1) scaled to unit L2 norm per response.
-    """
-    index = {g: i for i, g in enumerate(vocab)}
-    n_lex = len(COMPASSION_LEXICON)
-    x = torch.zeros(len(texts), n_lex + len(vocab), dtype=torch.float64)
-    for row, text in enumerate(texts):
-        scale = max(1.0, len(words_of(text)) / 20) ** 0.5
-        x[row, :n_lex] = torch.log1p(torch.tensor(_lexicon_counts(text), dtype=torch.float64)) / scale
-        present = [n_lex + index[g] for g in set(_ngrams(text)) if g in index]
-        if present:
-            x[row, present] = 1.0 / len(present) ** 0.5
-    return x
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -154,40 +104,6 @@ def train_compassion_scorer(
 
     opt.step(closure)  # type: ignore[no-untyped-call]
     return CompassionScorer(vocab=vocab, weights=w.detach(), bias=float(b.detach()))
-
-
-@dataclass(frozen=True, kw_only=True)
-class LabelledResponse:
-    """One labelled response of ``data/scoring/compassion_labelled.jsonl``."""
-
-    id: str
-    split: str
-    kind: str
-    prompt: str
-    response: str
-    compassionate: bool
-
-
-def load_compassion_labelled(split: str | None = None) -> list[LabelledResponse]:
-    """The bundled labelled responses.
-
-    Args:
-        split: ``"train"``, ``"heldout"`` (new prompts, never trained on), ``"stress"`` (written to
-            defeat surface cues, never trained on) or ``None`` for all.
-    """
-    if split not in (None, "train", "heldout", "stress"):
-        raise ConfigError(f"split must be 'train', 'heldout', 'stress' or None, got {split!r}")
-    path = bundled_dir("scoring") / "compassion_labelled.jsonl"
-    out = []
-    for i, row in enumerate(read_jsonl(path), start=1):
-        try:
-            item = LabelledResponse(id=row["id"], split=row["split"], kind=row["kind"], prompt=row["prompt"],
-                                    response=row["response"], compassionate=bool(row["label"]))
-        except KeyError as err:
-            raise DataError(f"{path.name} line {i}: missing field {err}") from err
-        if split is None or item.split == split:
-            out.append(item)
-    return out
 
 
 def _contrast_training_pairs() -> tuple[list[str], list[bool]]:
