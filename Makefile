@@ -30,7 +30,8 @@ demo: env
 # each other badly); their log is printed after the notebooks'. Then the embedded-model integration tests.
 test: env
 	@log=$$(mktemp); echo "lint + tests/unit beside notebooks/ (one torch thread each; their log follows)"; \
-	( $(VENV)/bin/ruff check lensteer tests benchmarks scripts && $(VENV)/bin/mypy && \
+	( $(VENV)/bin/ruff check lensteer tests benchmarks scripts && \
+	  $(VENV)/bin/ruff format --check lensteer tests benchmarks scripts && $(VENV)/bin/mypy && \
 	  $(VENV)/bin/mkdocs build --strict --site-dir "$$log.site" && rm -rf "$$log.site" && \
 	  OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=10 tests/unit ) > $$log 2>&1 & unit=$$!; \
 	OMP_NUM_THREADS=1 LENSTEER_SMOKE=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/; nb=$$?; \
@@ -50,6 +51,7 @@ notebooks: env
 
 lint: env
 	$(VENV)/bin/ruff check lensteer tests benchmarks scripts
+	$(VENV)/bin/ruff format --check lensteer tests benchmarks scripts
 	$(VENV)/bin/mypy
 
 # The documentation site with the API reference, built strictly into site/ (`mkdocs serve` to browse it).

@@ -28,8 +28,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def gemm_gflops(m: int, k: int, n: int, *, dtype: torch.dtype = torch.float32, threads: int = 1,
-                min_seconds: float = 0.3, repeats: int = 5) -> float:
+def gemm_gflops(
+    m: int,
+    k: int,
+    n: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    threads: int = 1,
+    min_seconds: float = 0.3,
+    repeats: int = 5,
+) -> float:
     """Median GFLOP/s of ``[m, k] @ [k, n]`` (2 m k n FLOPs) with ``threads`` torch threads."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -63,8 +71,10 @@ def machine_line(threads: int | None = None) -> str:
     (measured now, so it reflects the load the benchmark ran under)."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     used = f", {threads} torch threads" if threads is not None else ""
-    return (f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {load[0]:.1f}{used}, torch {torch.__version__}; "
-            f"reference fp32 GEMM {REFERENCE_SIZE}^3 at 1 thread: {reference_gflops():.1f} GFLOP/s")
+    return (
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {load[0]:.1f}{used}, torch {torch.__version__}; "
+        f"reference fp32 GEMM {REFERENCE_SIZE}^3 at 1 thread: {reference_gflops():.1f} GFLOP/s"
+    )
 
 
 if __name__ == "__main__":

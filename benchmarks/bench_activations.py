@@ -57,15 +57,22 @@ def memory_child(n_prompts: int, threads: int, mode: str) -> None:
         acts = lensteer.collect_activations(model, prompts, layers=[10, 20], batch_size=16)
         result_mb = acts.numel() * 4 / 2**20
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({
-        "peak_rss_growth_mb": (after - before) / 1024, "result_mb": result_mb,
-        "full_cache_estimate_mb": len(model.hook_dict) * n_tokens * model.cfg.d_model * 4 / 2**20,
-        "n_tokens": n_tokens,
-    }))
+    print(
+        json.dumps(
+            {
+                "peak_rss_growth_mb": (after - before) / 1024,
+                "result_mb": result_mb,
+                "full_cache_estimate_mb": len(model.hook_dict) * n_tokens * model.cfg.d_model * 4 / 2**20,
+                "n_tokens": n_tokens,
+            }
+        )
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-prompts", type=int, default=256)
@@ -81,8 +88,12 @@ def main() -> None:
     n_layers = model.cfg.n_layers
     variants = {
         "plain forward": lambda: _plain_forward(model, prompts, 16),
-        f"collect layer {n_layers - 1} (full depth)": lambda: lensteer.collect_activations(model, prompts, layers=[n_layers - 1]),
-        "collect layers 10, 14 (stops early)": lambda: lensteer.collect_activations(model, prompts, layers=[10, 14]),
+        f"collect layer {n_layers - 1} (full depth)": lambda: lensteer.collect_activations(
+            model, prompts, layers=[n_layers - 1]
+        ),
+        "collect layers 10, 14 (stops early)": lambda: lensteer.collect_activations(
+            model, prompts, layers=[10, 14]
+        ),
     }
     variants["plain forward"]()  # warm-up
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -90,7 +101,9 @@ def main() -> None:
         for name, fn in variants.items():
             times[name].append(_timed(fn))
     base = statistics.median(times["plain forward"])
-    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}"
+    )
     print(f"{args.n_prompts} chat prompts, batch 16, median of {args.rounds} interleaved rounds\n")
     print("| variant | median s | throughput vs plain forward |\n|---|---|---|")
     for name, ts in times.items():
@@ -98,14 +111,29 @@ def main() -> None:
         print(f"| {name} | {med:.2f} | {base / med:.2f}x |")
     mem = {}
     for mode in ("forward", "collect"):
-        child = subprocess.run([sys.executable, __file__, "--memory-child", mode, "--n-prompts", str(args.n_prompts),
-                                "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                mode,
+                "--n-prompts",
+                str(args.n_prompts),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         mem[mode] = json.loads(child.stdout.strip().splitlines()[-1])
     c = mem["collect"]
-    print(f"\nmemory over the loaded model, {args.n_prompts} prompts ({c['n_tokens']} tokens), fresh processes: "
-          f"plain forward sweep peak +{mem['forward']['peak_rss_growth_mb']:.0f} MB; collecting 2 layers peak "
-          f"+{c['peak_rss_growth_mb']:.0f} MB (result tensor {c['result_mb']:.1f} MB); a full run_with_cache of "
-          f"the same tokens would hold ~{c['full_cache_estimate_mb'] / 1024:.1f} GB")
+    print(
+        f"\nmemory over the loaded model, {args.n_prompts} prompts ({c['n_tokens']} tokens), fresh processes: "
+        f"plain forward sweep peak +{mem['forward']['peak_rss_growth_mb']:.0f} MB; collecting 2 layers peak "
+        f"+{c['peak_rss_growth_mb']:.0f} MB (result tensor {c['result_mb']:.1f} MB); a full run_with_cache of "
+        f"the same tokens would hold ~{c['full_cache_estimate_mb'] / 1024:.1f} GB"
+    )
 
 
 if __name__ == "__main__":

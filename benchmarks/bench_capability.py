@@ -46,8 +46,9 @@ def main() -> None:
         by_subject.setdefault(it.category, []).append(it)
     items = [it for group in zip(*by_subject.values(), strict=False) for it in group][: args.items]
     unit = torch.randn(int(model.cfg.d_model), generator=torch.Generator().manual_seed(0))
-    steering = lensteer.Steering(unit=unit / unit.norm(), layers=(15,), mode="add", scale=4.0,
-                                 positions=lensteer.Window(1, None))
+    steering = lensteer.Steering(
+        unit=unit / unit.norm(), layers=(15,), mode="add", scale=4.0, positions=lensteer.Window(1, None)
+    )
     for label, s in (("unsteered", None), ("steered (add, layer 15)", steering)):
         times: dict[str, list[float]] = {"one pass per option": [], "question once": []}
         scores = {}
@@ -60,9 +61,12 @@ def main() -> None:
         diff = float((scores["one pass per option"] - scores["question once"]).abs().max())
         old, new = (statistics.median(times[n]) for n in times)
         n_opts = sum(len(it.options) for it in items)
-        print(f"{label}: {len(items)} items ({n_opts} options), median of {args.rounds} interleaved rounds: "
-              f"one pass per option {old:.2f} s, question once {new:.2f} s, speed-up {old / new:.2f}x; "
-              f"max score difference {diff:.1e}", flush=True)
+        print(
+            f"{label}: {len(items)} items ({n_opts} options), median of {args.rounds} interleaved rounds: "
+            f"one pass per option {old:.2f} s, question once {new:.2f} s, speed-up {old / new:.2f}x; "
+            f"max score difference {diff:.1e}",
+            flush=True,
+        )
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 

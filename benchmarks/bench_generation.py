@@ -46,8 +46,9 @@ def _steerings(model: Any, layer: int, swfc_scale: float) -> dict[str, lensteer.
     norm = float(torch.cat([harmful, harmless]).norm(dim=-1).mean())
     probe = lensteer.fit_probe(harmful, harmless, layer=layer)
     return {
-        "SwFC": lensteer.Steering.from_direction(direction, mode="swfc", scale=swfc_scale * norm,
-                                                 positions=lensteer.Window(-1, None)),
+        "SwFC": lensteer.Steering.from_direction(
+            direction, mode="swfc", scale=swfc_scale * norm, positions=lensteer.Window(-1, None)
+        ),
         "StTP": lensteer.Steering.from_probe(probe, harmful, mode="sttp"),
         "StMP": lensteer.Steering.from_probe(probe, harmful, mode="stmp"),
     }
@@ -62,8 +63,14 @@ def _hf(hf: Any, model: Any, prompts: list[str], n_new: int, batch_size: int) ->
     tokenized = [tokenize_prompt(model, p) for p in prompts]
     for _, batch in length_sorted_batches(tokenized, batch_size, pad_id_of(model)):
         with torch.inference_mode():
-            out = hf.generate(batch.tokens, attention_mask=batch.attention_mask, max_new_tokens=n_new,
-                              do_sample=False, eos_token_id=None, pad_token_id=pad_id_of(model))
+            out = hf.generate(
+                batch.tokens,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=n_new,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=pad_id_of(model),
+            )
         assert out.shape[1] - batch.tokens.shape[1] == n_new, "HF stopped early: token counts would be unfair"
 
 
@@ -78,7 +85,9 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-prompts", type=int, default=16)
@@ -92,8 +101,9 @@ def main() -> None:
     model = lensteer.load_model()
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(models.gguf_to_folder(models.embedded_gguf_path()),
-                                              dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(
+        models.gguf_to_folder(models.embedded_gguf_path()), dtype=torch.float32
+    ).eval()
     prompts = _prompts(args.n_prompts)
     steerings = _steerings(model, args.layer, args.swfc_scale)
     n, bs = args.max_new_tokens, args.batch_size
@@ -105,7 +115,9 @@ def main() -> None:
     eos = generation.end_of_turn_ids
     generation.end_of_turn_ids = _no_end_of_turn  # fixed token count: no end-of-turn stop
     try:
-        shares = {k: _ours(model, prompts, s, n, bs).steered_share() for k, s in steerings.items()}  # + warm-up
+        shares = {
+            k: _ours(model, prompts, s, n, bs).steered_share() for k, s in steerings.items()
+        }  # + warm-up
         variants["raw HF generate"]()
         times: dict[str, list[float]] = {k: [] for k in variants}
         for r in range(args.rounds):  # interleaved so drift hits every variant alike
@@ -118,14 +130,22 @@ def main() -> None:
 
     n_tokens = len(prompts) * n
     base = statistics.median(times["unsteered"])
-    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}")
-    print(f"{len(prompts)} chat prompts, batch {bs}, {n} new tokens per row ({n_tokens} tokens per run), greedy, "
-          f"layer {args.layer}; median of {args.rounds} interleaved rounds\n")
-    print("| variant | median s | tokens/s | vs unsteered | spread (max/min) | steered share |\n|---|---|---|---|---|---|")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}"
+    )
+    print(
+        f"{len(prompts)} chat prompts, batch {bs}, {n} new tokens per row ({n_tokens} tokens per run), greedy, "
+        f"layer {args.layer}; median of {args.rounds} interleaved rounds\n"
+    )
+    print(
+        "| variant | median s | tokens/s | vs unsteered | spread (max/min) | steered share |\n|---|---|---|---|---|---|"
+    )
     for name, ts in times.items():
         med = statistics.median(ts)
         share = f"{shares[name]:.2f}" if name in shares else ""
-        print(f"| {name} | {med:.2f} | {n_tokens / med:.1f} | {base / med:.2f}x | {max(ts) / min(ts):.2f} | {share} |")
+        print(
+            f"| {name} | {med:.2f} | {n_tokens / med:.1f} | {base / med:.2f}x | {max(ts) / min(ts):.2f} | {share} |"
+        )
     hf_med = statistics.median(times["raw HF generate"])
     print(f"\nour unsteered loop vs raw HF generate: {hf_med / base:.2f}x throughput\n")
     for name, s in steerings.items():

@@ -27,16 +27,28 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     print(machine_line(), flush=True)
-    subprocess.run([sys.executable, "-c", CHILD], check=True, capture_output=True)  # make sure the cache exists
-    runs = [json.loads(subprocess.run([sys.executable, "-c", CHILD], check=True, capture_output=True, text=True)
-                       .stdout.strip().splitlines()[-1]) for _ in range(args.runs)]
+    subprocess.run(
+        [sys.executable, "-c", CHILD], check=True, capture_output=True
+    )  # make sure the cache exists
+    runs = [
+        json.loads(
+            subprocess.run([sys.executable, "-c", CHILD], check=True, capture_output=True, text=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        for _ in range(args.runs)
+    ]
     loads = ", ".join(f"{r['load_s']:.2f}" for r in runs)
-    print(f"warm load_model(): median {statistics.median(r['load_s'] for r in runs):.2f} s (runs: {loads}); "
-          f"imports {statistics.median(r['import_s'] for r in runs):.2f} s")
+    print(
+        f"warm load_model(): median {statistics.median(r['load_s'] for r in runs):.2f} s (runs: {loads}); "
+        f"imports {statistics.median(r['import_s'] for r in runs):.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -44,13 +44,20 @@ def _recall(estimate: torch.Tensor, exact: torch.Tensor, k: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tl-layers", default="0,15,29", help="layers TransformerLens times (every position)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tl-layers", default="0,15,29", help="layers TransformerLens times (every position)"
+    )
     parser.add_argument("--n-pairs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=20)
-    parser.add_argument("--attribution-only", action="store_true",
-                        help="skip TransformerLens: attribution vs exact patching, residual cells and heads, 2 rounds")
+    parser.add_argument(
+        "--attribution-only",
+        action="store_true",
+        help="skip TransformerLens: attribution vs exact patching, residual cells and heads, 2 rounds",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line(args.threads), flush=True)
@@ -59,7 +66,9 @@ def main() -> None:
     idx = lensteer.locate.equal_length_pairs(model, ds.prompts, ds.paired_prompts)[: args.n_pairs]
     clean = torch.stack([lensteer.core.tokenize_prompt(model, ds.prompts[i]).tokens for i in idx])
     corrupted = torch.stack([lensteer.core.tokenize_prompt(model, ds.paired_prompts[i]).tokens for i in idx])
-    metric = lensteer.locate.logit_diff_metric(lensteer.core.first_token_id(model, "I"), lensteer.core.first_token_id(model, "Sure"))
+    metric = lensteer.locate.logit_diff_metric(
+        lensteer.core.first_token_id(model, "I"), lensteer.core.first_token_id(model, "Sure")
+    )
     n_layers, n_pos = int(model.cfg.n_layers), clean.shape[1]
     tl_layers = [int(x) for x in args.tl_layers.split(",")]
     n_cells, n_tl_cells = n_layers * n_pos, len(tl_layers) * n_pos
@@ -73,8 +82,13 @@ def main() -> None:
             index_df = tl_patching.make_df_from_ranges([n_layers, n_pos], ["layer", "pos"])
             index_df = index_df[index_df["layer"].isin(tl_layers)].reset_index(drop=True)
             return tl_patching.generic_activation_patch(
-                model, corrupted, cache, lambda logits: metric(logits[:, -1]).mean(),
-                tl_patching.layer_pos_patch_setter, "resid_pre", index_df=index_df,
+                model,
+                corrupted,
+                cache,
+                lambda logits: metric(logits[:, -1]).mean(),
+                tl_patching.layer_pos_patch_setter,
+                "resid_pre",
+                index_df=index_df,
             )
 
     if args.attribution_only:
@@ -87,7 +101,9 @@ def main() -> None:
     exact_2, t_ours_2 = _timed(ours)
     print(f"lensteer full sweep, run 2: {t_ours_2:.1f} s", flush=True)
     atp, t_atp = _timed(lambda: lensteer.attribute_residual(model, clean, corrupted, metric))
-    atp_star, t_star = _timed(lambda: lensteer.attribute_residual(model, clean, corrupted, metric, method="atp*"))
+    atp_star, t_star = _timed(
+        lambda: lensteer.attribute_residual(model, clean, corrupted, metric, method="atp*")
+    )
 
     t_tl_full = t_tl_subset / n_tl_cells * n_cells
     t_ours = (t_ours_1 + t_ours_2) / 2
@@ -96,34 +112,50 @@ def main() -> None:
     first_diff = [int((a != b).nonzero()[0]) for a, b in zip(clean, corrupted, strict=True)]
     recomputed = n_layers * sum(n_pos - f for f in first_diff)
     print(f"machine: {platform.machine()}, {args.threads} torch threads, torch {torch.__version__}")
-    print(f"{len(idx)} pairs x {n_pos} tokens; full sweep {n_layers} layers x {n_pos} positions = {n_cells} cells; "
-          f"TransformerLens timed layers {tl_layers} = {n_tl_cells} cells")
-    print(f"pairs first differ at positions {first_diff}: at most {recomputed} of {n_cells * len(idx)} (cell, pair) "
-          "runs change anything; the others equal the corrupted run and are not recomputed")
+    print(
+        f"{len(idx)} pairs x {n_pos} tokens; full sweep {n_layers} layers x {n_pos} positions = {n_cells} cells; "
+        f"TransformerLens timed layers {tl_layers} = {n_tl_cells} cells"
+    )
+    print(
+        f"pairs first differ at positions {first_diff}: at most {recomputed} of {n_cells * len(idx)} (cell, pair) "
+        "runs change anything; the others equal the corrupted run and are not recomputed"
+    )
     print("| implementation | seconds (full sweep) | speed-up |\n|---|---|---|")
-    print(f"| TransformerLens generic_activation_patch, resid_pre | {t_tl_full:.0f} (extrapolated from "
-          f"{t_tl_subset:.1f} s for {n_tl_cells} cells, {t_tl_subset / n_tl_cells:.2f} s/cell) | 1.00x |")
-    print(f"| lensteer.patch_residual (incremental), run 1 / run 2 | {t_ours_1:.1f} / {t_ours_2:.1f} | "
-          f"{t_tl_full / t_ours_1:.1f}x / {t_tl_full / t_ours_2:.1f}x |")
+    print(
+        f"| TransformerLens generic_activation_patch, resid_pre | {t_tl_full:.0f} (extrapolated from "
+        f"{t_tl_subset:.1f} s for {n_tl_cells} cells, {t_tl_subset / n_tl_cells:.2f} s/cell) | 1.00x |"
+    )
+    print(
+        f"| lensteer.patch_residual (incremental), run 1 / run 2 | {t_ours_1:.1f} / {t_ours_2:.1f} | "
+        f"{t_tl_full / t_ours_1:.1f}x / {t_tl_full / t_ours_2:.1f}x |"
+    )
     print(f"| lensteer.attribute_residual, AtP | {t_atp:.1f} | {t_tl_full / t_atp:.0f}x |")
     print(f"| lensteer.attribute_residual, AtP* (GradDrop) | {t_star:.1f} | {t_tl_full / t_star:.0f}x |")
-    print(f"max |difference| vs TransformerLens on the {n_tl_cells} shared cells: {diff:.2e}; "
-          f"between our two runs: {rerun:.2e}")
+    print(
+        f"max |difference| vs TransformerLens on the {n_tl_cells} shared cells: {diff:.2e}; "
+        f"between our two runs: {rerun:.2e}"
+    )
     ex = exact.mean() - exact.target.mean()
     for name, res, t in (("AtP", atp, t_atp), ("AtP* GradDrop", atp_star, t_star)):
         est = res.mean() - res.target.mean()
-        print(f"{name}: {t_ours / t:.1f}x faster than our exact sweep; Pearson r with exact = {res.correlation(exact):.2f} "
-              f"(signed), {_pearson(est.abs(), ex.abs()):.2f} (|effect|); top-{args.top_k} recall "
-              f"{_recall(est, ex, args.top_k):.2f}")
+        print(
+            f"{name}: {t_ours / t:.1f}x faster than our exact sweep; Pearson r with exact = {res.correlation(exact):.2f} "
+            f"(signed), {_pearson(est.abs(), ex.abs()):.2f} (|effect|); top-{args.top_k} recall "
+            f"{_recall(est, ex, args.top_k):.2f}"
+        )
 
 
 def _attribution_only(model, clean, corrupted, metric, top_k: int) -> None:  # type: ignore[no-untyped-def]
     """Attribution patching vs exact patching on the same inputs, residual cells and heads, interleaved."""
     variants = {
         "exact resid_pre (patch_residual)": lambda: lensteer.patch_residual(model, clean, corrupted, metric),
-        "AtP resid_pre (attribute_residual)": lambda: lensteer.attribute_residual(model, clean, corrupted, metric),
+        "AtP resid_pre (attribute_residual)": lambda: lensteer.attribute_residual(
+            model, clean, corrupted, metric
+        ),
         "exact heads (patch_heads)": lambda: lensteer.locate.patch_heads(model, clean, corrupted, metric),
-        "AtP heads (attribute_heads)": lambda: lensteer.locate.attribute_heads(model, clean, corrupted, metric),
+        "AtP heads (attribute_heads)": lambda: lensteer.locate.attribute_heads(
+            model, clean, corrupted, metric
+        ),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     results = {}
@@ -133,18 +165,24 @@ def _attribution_only(model, clean, corrupted, metric, top_k: int) -> None:  # t
             times[name].append(t)
             print(f"{name}: {t:.1f} s", flush=True)
     best = {k: min(v) for k, v in times.items()}
-    print(f"machine: {platform.machine()}, torch {torch.__version__}, {len(clean)} pairs x {clean.shape[1]} tokens, "
-          "all layers; best of 2 interleaved rounds")
+    print(
+        f"machine: {platform.machine()}, torch {torch.__version__}, {len(clean)} pairs x {clean.shape[1]} tokens, "
+        "all layers; best of 2 interleaved rounds"
+    )
     print("| variant | s (round 1 / round 2) | attribution speed-up | Pearson r with exact | top-k recall |")
     print("|---|---|---|---|---|")
-    for exact_name, atp_name in (("exact resid_pre (patch_residual)", "AtP resid_pre (attribute_residual)"),
-                                 ("exact heads (patch_heads)", "AtP heads (attribute_heads)")):
+    for exact_name, atp_name in (
+        ("exact resid_pre (patch_residual)", "AtP resid_pre (attribute_residual)"),
+        ("exact heads (patch_heads)", "AtP heads (attribute_heads)"),
+    ):
         exact, atp = results[exact_name], results[atp_name]
         ex, est = exact.mean() - exact.target.mean(), atp.mean() - atp.target.mean()
         k = min(top_k, ex.numel() // 4)
         print(f"| {exact_name} | {times[exact_name][0]:.1f} / {times[exact_name][1]:.1f} | | | |")
-        print(f"| {atp_name} | {times[atp_name][0]:.1f} / {times[atp_name][1]:.1f} | "
-              f"{best[exact_name] / best[atp_name]:.1f}x | {atp.correlation(exact):.2f} | {_recall(est, ex, k):.2f} (k={k}) |")
+        print(
+            f"| {atp_name} | {times[atp_name][0]:.1f} / {times[atp_name][1]:.1f} | "
+            f"{best[exact_name] / best[atp_name]:.1f}x | {atp.correlation(exact):.2f} | {_recall(est, ex, k):.2f} (k={k}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,15 @@ from lensteer.steering.hooks import SteeringContext
 from lensteer.steering.prefix import teacher_forced_states
 
 N_LAYERS, D_MODEL, D_KV, D_MLP, VOCAB = 30, 576, 192, 1536, 49152  # SmolLM2-135M (3 KV heads x 64)
-LAYER_SHAPES = ((D_MODEL, D_MODEL), (D_MODEL, D_KV), (D_MODEL, D_KV), (D_MODEL, D_MODEL),
-                (D_MODEL, D_MLP), (D_MODEL, D_MLP), (D_MLP, D_MODEL))  # q k v o gate up down: [in, out]
+LAYER_SHAPES = (
+    (D_MODEL, D_MODEL),
+    (D_MODEL, D_KV),
+    (D_MODEL, D_KV),
+    (D_MODEL, D_MODEL),
+    (D_MODEL, D_MLP),
+    (D_MODEL, D_MLP),
+    (D_MLP, D_MODEL),
+)  # q k v o gate up down: [in, out]
 LAYER_PARAMS = sum(i * o for i, o in LAYER_SHAPES)  # 3.54M
 BODY_PARAMS, EMBED_PARAMS = N_LAYERS * LAYER_PARAMS, VOCAB * D_MODEL  # 106.2M + 28.3M = 134.5M
 
@@ -96,9 +103,13 @@ def measured_teacher_forced(model: Any, texts: list[str], batch: int) -> tuple[f
         start = time.perf_counter()
         for _, b in length_sorted_batches(tokenized, batch, pad_id_of(model)):
             pads = torch.tensor(b.pad_lengths)
-            ctx = SteeringContext(prompt_lens=torch.tensor([p.n_tokens for p in b.prompts]), pads=pads, record=False)
+            ctx = SteeringContext(
+                prompt_lens=torch.tensor([p.n_tokens for p in b.prompts]), pads=pads, record=False
+            )
             with torch.inference_mode():
-                teacher_forced_states(model, (), b.tokens, b.attention_mask, b.attention_mask.bool(), ctx, view=view)
+                teacher_forced_states(
+                    model, (), b.tokens, b.attention_mask, b.attention_mask.bool(), ctx, view=view
+                )
         return time.perf_counter() - start
 
     run()
@@ -120,17 +131,21 @@ def main() -> None:
     gemm: dict[str, float] = {}
     for threads in (1, 2):
         gemm[f"fp32 1024^3 {threads}t"] = gemm_gflops(1024, 1024, 1024, threads=threads)
-        gemm[f"bf16 256^3 {threads}t"] = gemm_gflops(256, 256, 256, dtype=torch.bfloat16, threads=threads,
-                                                     min_seconds=0.05, repeats=1)
+        gemm[f"bf16 256^3 {threads}t"] = gemm_gflops(
+            256, 256, 256, dtype=torch.bfloat16, threads=threads, min_seconds=0.05, repeats=1
+        )
     shapes: dict[str, float] = {}
     for threads in (1, 2):
         for b in args.batches:
-            shapes[f"fp32 B={b} {threads}t decode"] = model_gflops(b, dtype=torch.float32, threads=threads, unembed=True,
-                                                                   min_seconds=args.min_seconds)
-            shapes[f"fp32 B={b} {threads}t body"] = model_gflops(b, dtype=torch.float32, threads=threads, unembed=False,
-                                                                 min_seconds=args.min_seconds)
-        shapes[f"bf16 B=16 {threads}t body"] = model_gflops(16, dtype=torch.bfloat16, threads=threads, unembed=False,
-                                                            min_seconds=0.02)
+            shapes[f"fp32 B={b} {threads}t decode"] = model_gflops(
+                b, dtype=torch.float32, threads=threads, unembed=True, min_seconds=args.min_seconds
+            )
+            shapes[f"fp32 B={b} {threads}t body"] = model_gflops(
+                b, dtype=torch.float32, threads=threads, unembed=False, min_seconds=args.min_seconds
+            )
+        shapes[f"bf16 B=16 {threads}t body"] = model_gflops(
+            16, dtype=torch.bfloat16, threads=threads, unembed=False, min_seconds=0.02
+        )
     for k, v in {**gemm, **shapes}.items():
         print(f"  {k}: {v:.2f} GFLOP/s", flush=True)
 
@@ -138,7 +153,9 @@ def main() -> None:
     t = args.threads
     model = lensteer.load_model()
     ds = lensteer.load_dataset("refusal")
-    prompts = [p for pair in zip(ds.prompts, ds.paired_prompts, strict=True) for p in pair][: max(args.batches)]
+    prompts = [p for pair in zip(ds.prompts, ds.paired_prompts, strict=True) for p in pair][
+        : max(args.batches)
+    ]
     eos = generation.end_of_turn_ids
     generation.end_of_turn_ids = _no_end_of_turn  # every row decodes every step
     rows = []
@@ -147,9 +164,18 @@ def main() -> None:
             rate, context = measured_decode(model, prompts, b, args.steps)
             rate_limit = shapes[f"fp32 B={b} {t}t decode"] * 1e9 / decode_flops(context)
             peak_limit = gemm[f"fp32 1024^3 {t}t"] * 1e9 / decode_flops(context)
-            rows.append({"pass": "decode", "batch": b, "context": context, "tokens_per_s": rate,
-                         "limit_tokens_per_s": rate_limit, "share_of_limit": rate / rate_limit,
-                         "peak_limit_tokens_per_s": peak_limit, "share_of_peak": rate / peak_limit})
+            rows.append(
+                {
+                    "pass": "decode",
+                    "batch": b,
+                    "context": context,
+                    "tokens_per_s": rate,
+                    "limit_tokens_per_s": rate_limit,
+                    "share_of_limit": rate / rate_limit,
+                    "peak_limit_tokens_per_s": peak_limit,
+                    "share_of_peak": rate / peak_limit,
+                }
+            )
             print(f"  decode B={b}: {rate:.1f} tokens/s", flush=True)
     finally:
         generation.end_of_turn_ids = eos
@@ -158,23 +184,49 @@ def main() -> None:
     b = max(args.batches)
     limit = shapes[f"fp32 B={b} {t}t body"] * 1e9 / teacher_forced_flops(length)
     peak = gemm[f"fp32 1024^3 {t}t"] * 1e9 / teacher_forced_flops(length)
-    rows.append({"pass": "teacher-forced", "batch": f"{len(texts)} x {length}", "context": length, "tokens_per_s": rate,
-                 "limit_tokens_per_s": limit, "share_of_limit": rate / limit, "peak_limit_tokens_per_s": peak,
-                 "share_of_peak": rate / peak})
+    rows.append(
+        {
+            "pass": "teacher-forced",
+            "batch": f"{len(texts)} x {length}",
+            "context": length,
+            "tokens_per_s": rate,
+            "limit_tokens_per_s": limit,
+            "share_of_limit": rate / limit,
+            "peak_limit_tokens_per_s": peak,
+            "share_of_peak": rate / peak,
+        }
+    )
 
-    print(f"\nlensteer on the embedded model, {t} torch thread(s); limit = FLOPs per token over the fp32 throughput of "
-          f"the model's own matmul shapes at that batch (teacher-forced: at B={b} rows); peak = over the 1024^3 GEMM\n")
-    print("| pass | batch | context | tokens/s | limit tokens/s | share of limit | peak-GEMM limit | share of peak |")
+    print(
+        f"\nlensteer on the embedded model, {t} torch thread(s); limit = FLOPs per token over the fp32 throughput of "
+        f"the model's own matmul shapes at that batch (teacher-forced: at B={b} rows); peak = over the 1024^3 GEMM\n"
+    )
+    print(
+        "| pass | batch | context | tokens/s | limit tokens/s | share of limit | peak-GEMM limit | share of peak |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['pass']} | {r['batch']} | {r['context']} | {r['tokens_per_s']:.1f} | {r['limit_tokens_per_s']:.0f} | "
-              f"{r['share_of_limit']:.2f} | {r['peak_limit_tokens_per_s']:.0f} | {r['share_of_peak']:.2f} |")
-    result = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average_at_start": list(load),
-              "load_average_at_end": list(os.getloadavg()), "torch": torch.__version__,
-              "reference_fp32_gemm_1024_1t_gflops": ref, "gemm_gflops": gemm, "model_shape_gflops": shapes,
-              "flops_per_token": {"decode_at_context_0": decode_flops(0), "teacher_forced_at_length_0":
-                                  teacher_forced_flops(0), "attention_per_context_token": N_LAYERS * 4 * D_MODEL},
-              "threads": t, "measured": rows}
+        print(
+            f"| {r['pass']} | {r['batch']} | {r['context']} | {r['tokens_per_s']:.1f} | {r['limit_tokens_per_s']:.0f} | "
+            f"{r['share_of_limit']:.2f} | {r['peak_limit_tokens_per_s']:.0f} | {r['share_of_peak']:.2f} |"
+        )
+    result = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average_at_start": list(load),
+        "load_average_at_end": list(os.getloadavg()),
+        "torch": torch.__version__,
+        "reference_fp32_gemm_1024_1t_gflops": ref,
+        "gemm_gflops": gemm,
+        "model_shape_gflops": shapes,
+        "flops_per_token": {
+            "decode_at_context_0": decode_flops(0),
+            "teacher_forced_at_length_0": teacher_forced_flops(0),
+            "attention_per_context_token": N_LAYERS * 4 * D_MODEL,
+        },
+        "threads": t,
+        "measured": rows,
+    }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {args.out}; load average {os.getloadavg()[0]:.1f} at the end")
 

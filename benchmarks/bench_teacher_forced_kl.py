@@ -53,7 +53,9 @@ def variant(name: str) -> Iterator[None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--threat-model", default="compassion")
-    parser.add_argument("--n", type=int, default=6, help="harmless + as many few-shot prompts (the demo's n_kl)")
+    parser.add_argument(
+        "--n", type=int, default=6, help="harmless + as many few-shot prompts (the demo's n_kl)"
+    )
     parser.add_argument("--rollouts", type=int, default=16, help="few-shot prompts for the rollout KL")
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
@@ -65,11 +67,21 @@ def main() -> None:
     context = threats.get(args.threat_model).misaligning_context
     harmless = load_dataset("refusal").train.stratified(args.n).paired_prompts
     fewshot = load_dataset(args.threat_model).train.stratified(args.n).chat_prompts(context=context)
-    rollouts = lensteer.generate(model, load_dataset(args.threat_model).test.stratified(args.rollouts).chat_prompts(
-        context=context), max_new_tokens=args.new, batch_size=48)
+    rollouts = lensteer.generate(
+        model,
+        load_dataset(args.threat_model).test.stratified(args.rollouts).chat_prompts(context=context),
+        max_new_tokens=args.new,
+        batch_size=48,
+    )
     unit = torch.randn(int(model.cfg.d_model), generator=torch.Generator().manual_seed(0))
-    steering = lensteer.Steering(unit=unit, layers=(17,), mode="swfc", scale=0.2, relative=True,
-                                 reference_norm=float(lensteer.steering.reference_norm(model, harmless, 17)))
+    steering = lensteer.Steering(
+        unit=unit,
+        layers=(17,),
+        mode="swfc",
+        scale=0.2,
+        relative=True,
+        reference_norm=float(lensteer.steering.reference_norm(model, harmless, 17)),
+    )
     names = ("as before", "length buckets", "buckets + shared prefix")
     times: dict[str, dict[str, list[float]]] = {n: {"calibration KL": [], "rollout KL": []} for n in names}
     values: dict[str, tuple[float, float]] = {}
@@ -89,14 +101,19 @@ def main() -> None:
                 values[name] = (cal, roll)
     base = values["as before"]
     same = all(abs(v[k] - base[k]) <= 1e-4 * max(abs(base[k]), 1e-6) for v in values.values() for k in (0, 1))
-    print(f"{platform.processor() or platform.machine()}, torch threads {args.threads}; {args.threat_model}: "
-          f"calibration set {args.n} harmless + {args.n} few-shot prompts, rollout KL over {args.rollouts} few-shot "
-          f"prompts x {args.new} tokens; same KLs (rel 1e-4): {same} {values}")
+    print(
+        f"{platform.processor() or platform.machine()}, torch threads {args.threads}; {args.threat_model}: "
+        f"calibration set {args.n} harmless + {args.n} few-shot prompts, rollout KL over {args.rollouts} few-shot "
+        f"prompts x {args.new} tokens; same KLs (rel 1e-4): {same} {values}"
+    )
     for part in ("calibration KL", "rollout KL"):
         med = {n: statistics.median(times[n][part]) for n in names}
-        print(f"  {part}: " + ", ".join(f"{n} {t:.2f} s" for n, t in med.items())
-              + f"; speed-up {med['as before'] / med['buckets + shared prefix']:.1f}x "
-              f"(buckets alone {med['as before'] / med['length buckets']:.1f}x)")
+        print(
+            f"  {part}: "
+            + ", ".join(f"{n} {t:.2f} s" for n, t in med.items())
+            + f"; speed-up {med['as before'] / med['buckets + shared prefix']:.1f}x "
+            f"(buckets alone {med['as before'] / med['length buckets']:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,10 @@ def __getattr__(name: str) -> ModuleType:
     """``lensteer.plotting`` and the other stages load on first use (PEP 562): no import-time work."""
     if name in SUBPACKAGES:
         return importlib.import_module(f"lensteer.{name}")
-    raise AttributeError(f"module 'lensteer' has no attribute {name!r}; see lensteer.__all__ and the subpackages "
-                         f"{', '.join(SUBPACKAGES)}")
+    raise AttributeError(
+        f"module 'lensteer' has no attribute {name!r}; see lensteer.__all__ and the subpackages "
+        f"{', '.join(SUBPACKAGES)}"
+    )
 
 
 __all__ = [

@@ -47,7 +47,9 @@ def main() -> None:
     parser.add_argument("--out", default="honesty_known")
     parser.add_argument("--stats", type=Path, default=Path("docs/honesty-known/filter.json"))
     parser.add_argument("--answers", type=Path, default=None)
-    parser.add_argument("--splits", default="train,val,test", help="splits to answer (the others are left out)")
+    parser.add_argument(
+        "--splits", default="train,val,test", help="splits to answer (the others are left out)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -56,30 +58,54 @@ def main() -> None:
     model = lensteer.load_model(args.model)
     start = time.perf_counter()
     splits = args.splits.split(",")
-    stats: dict[str, Any] = {"model": lensteer.core.model_fingerprint(model).name, "max_new_tokens": args.max_new_tokens,
-                             "decoding": "greedy, no context, default system prompt", "splits": splits, "sources": {}}
-    cached = {a["id"]: a["answer"] for a in json.loads(args.answers.read_text())} if args.answers and args.answers.is_file() else {}
+    stats: dict[str, Any] = {
+        "model": lensteer.core.model_fingerprint(model).name,
+        "max_new_tokens": args.max_new_tokens,
+        "decoding": "greedy, no context, default system prompt",
+        "splits": splits,
+        "sources": {},
+    }
+    cached = (
+        {a["id"]: a["answer"] for a in json.loads(args.answers.read_text())}
+        if args.answers and args.answers.is_file()
+        else {}
+    )
     kept_lines: list[str] = []
     for source in SOURCES:
         rows = [r for r in _rows(args.data / source) if r["split"] in splits]
         todo = [r for r in rows if r["id"] not in cached]
         if todo:
-            gens = lensteer.generate(model, [ChatPrompt(user=r["prompt"]) for r in todo],
-                                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+            gens = lensteer.generate(
+                model,
+                [ChatPrompt(user=r["prompt"]) for r in todo],
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+            )
             cached |= {r["id"]: t for r, t in zip(todo, gens.texts, strict=True)}
             if args.answers is not None:
                 write_json(args.answers, [{"id": i, "answer": t} for i, t in cached.items()])
         texts = [cached[r["id"]] for r in rows]
-        verdicts = [honesty_verdict(t, r["true_answer"], r["false_answer"]) for t, r in zip(texts, rows, strict=True)]
+        verdicts = [
+            honesty_verdict(t, r["true_answer"], r["false_answer"]) for t, r in zip(texts, rows, strict=True)
+        ]
         keep = [v.honest for v in verdicts]
         kept_lines += [json.dumps(r, ensure_ascii=False) for r, k in zip(rows, keep, strict=True) if k]
         stats["sources"][source] = {
-            "n": len(rows), "known": sum(keep), "verdicts": dict(Counter(v.category for v in verdicts)),
-            "by_split": _counts(rows, keep, "split"), "by_category": _counts(rows, keep, "category")}
+            "n": len(rows),
+            "known": sum(keep),
+            "verdicts": dict(Counter(v.category for v in verdicts)),
+            "by_split": _counts(rows, keep, "split"),
+            "by_category": _counts(rows, keep, "category"),
+        }
     write_text(args.data / f"{args.out}.jsonl", "".join(line + "\n" for line in kept_lines))
     shutil.copyfile(args.data / "honesty.contexts.json", args.data / f"{args.out}.contexts.json")
     known = lensteer.load_dataset(args.data / f"{args.out}.jsonl")
-    stats["known"] = {"n": len(known), "train": len(known.train), "val": len(known.val), "test": len(known.test)}
+    stats["known"] = {
+        "n": len(known),
+        "train": len(known.train),
+        "val": len(known.val),
+        "test": len(known.test),
+    }
     stats["seconds"] = round(time.perf_counter() - start)
     write_json(args.stats, stats)
     print(json.dumps(stats["known"]), f"in {stats['seconds']} s")

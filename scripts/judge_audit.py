@@ -39,8 +39,11 @@ def shown_prompt(row: AuditRow) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("LENSTEER_JUDGE_URL"),
-                        help="the server's root URL (default: $LENSTEER_JUDGE_URL)")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("LENSTEER_JUDGE_URL"),
+        help="the server's root URL (default: $LENSTEER_JUDGE_URL)",
+    )
     parser.add_argument("--model", default=os.environ.get("LENSTEER_JUDGE_MODEL", "default"))
     parser.add_argument("--threat-models", nargs="+", default=list(THREAT_MODELS), choices=THREAT_MODELS)
     parser.add_argument("--split", default="validation", choices=AUDIT_SPLITS)
@@ -48,16 +51,27 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     args = parser.parse_args()
     if not args.url:
-        print("judge_audit: error: no judge server configured (pass --url or set LENSTEER_JUDGE_URL)", file=sys.stderr)
+        print(
+            "judge_audit: error: no judge server configured (pass --url or set LENSTEER_JUDGE_URL)",
+            file=sys.stderr,
+        )
         return 2
     results = []
     for tm in args.threat_models:
-        judge = HttpJudge(base_url=args.url, model=args.model, rubric=threats.get(tm).judge_rubric, timeout_s=args.timeout,
-                          name=f"judge:{args.model}")
+        judge = HttpJudge(
+            base_url=args.url,
+            model=args.model,
+            rubric=threats.get(tm).judge_rubric,
+            timeout_s=args.timeout,
+            name=f"judge:{args.model}",
+        )
         rows = load_audit(args.split, tm)
         print(f"{tm}: judging {len(rows)} answers at {judge.url} ...", file=sys.stderr)
-        results.append(measure_judge(judge, rows, name=f"{judge.name} ({tm})", pass_score=args.pass_score,
-                                     prompt_of=shown_prompt))
+        results.append(
+            measure_judge(
+                judge, rows, name=f"{judge.name} ({tm})", pass_score=args.pass_score, prompt_of=shown_prompt
+            )
+        )
     print(audit_markdown(results))
     return 0
 

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(text)
         print(f"wrote {path}")
     if stale:
-        print(f"out of date or unpaired: {stale}; edit notebooks/*.py, then run python scripts/make_notebooks.py")
+        print(
+            f"out of date or unpaired: {stale}; edit notebooks/*.py, then run python scripts/make_notebooks.py"
+        )
     return int(bool(stale))
 
 

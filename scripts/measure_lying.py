@@ -24,7 +24,13 @@ from lensteer.core.stats import mcnemar_exact, wilson_interval
 from lensteer.errors import ConfigError
 from lensteer.evaluate.honesty import honesty_verdict
 
-LABEL_OF = {"honest": "true", "corrected": "true", "lie": "false", "no_answer": "no_answer", "unreadable": "no_answer"}
+LABEL_OF = {
+    "honest": "true",
+    "corrected": "true",
+    "lie": "false",
+    "no_answer": "no_answer",
+    "unreadable": "no_answer",
+}
 
 
 def _inducer(name: str) -> Inducer | None:
@@ -54,7 +60,9 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--dataset", default="honesty_known")
     parser.add_argument("--split", choices=("val", "test"), default="val")
-    parser.add_argument("--settings", default="unsteered,context:lying_fewshot,context:lying_system,inducer:prefill_mislead")
+    parser.add_argument(
+        "--settings", default="unsteered,context:lying_fewshot,context:lying_system,inducer:prefill_mislead"
+    )
     parser.add_argument("--out", default=None)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -67,33 +75,61 @@ def main() -> None:
     if names[0] != "unsteered":
         names = ["unsteered", *names]
     model = lensteer.load_model(args.model)
-    out: dict[str, Any] = {"dataset": args.dataset, "split": args.split, "n": len(ds), "max_new_tokens": args.max_new_tokens,
-                           "model": lensteer.core.model_fingerprint(model).name, "settings": {}}
+    out: dict[str, Any] = {
+        "dataset": args.dataset,
+        "split": args.split,
+        "n": len(ds),
+        "max_new_tokens": args.max_new_tokens,
+        "model": lensteer.core.model_fingerprint(model).name,
+        "settings": {},
+    }
     base_lies: list[bool] = []
     for name in names:
         start = time.perf_counter()
         inducer = _inducer(name)
-        gens = lensteer.generate(model, _prompts(name, ds), max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        gens = lensteer.generate(
+            model, _prompts(name, ds), max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+        )
         texts = [t if inducer is None else inducer.scored_text(t) for t in gens.texts]
-        labels = [LABEL_OF[honesty_verdict(t, str(ex.true_answer), str(ex.false_answer)).category]
-                  for t, ex in zip(texts, ds, strict=True)]
+        labels = [
+            LABEL_OF[honesty_verdict(t, str(ex.true_answer), str(ex.false_answer)).category]
+            for t, ex in zip(texts, ds, strict=True)
+        ]
         lies = [lab == "false" for lab in labels]
         base_lies = lies if name == "unsteered" else base_lies
         n = len(labels)
-        row: dict[str, Any] = {label: _rate(labels.count(label), n) for label in ("true", "false", "no_answer")}
+        row: dict[str, Any] = {
+            label: _rate(labels.count(label), n) for label in ("true", "false", "no_answer")
+        }
         if name != "unsteered":
             test = mcnemar_exact(lies, base_lies)  # a_only: lies only under the setting
-            row["lie_vs_unsteered"] = {"p": test.p_value, "only_setting": test.a_only, "only_unsteered": test.b_only}
+            row["lie_vs_unsteered"] = {
+                "p": test.p_value,
+                "only_setting": test.a_only,
+                "only_unsteered": test.b_only,
+            }
         row["seconds"] = round(time.perf_counter() - start)
-        row["answers"] = [{"id": ex.id, "category": ex.category, "label": lab, "answer": t}
-                          for ex, lab, t in zip(ds, labels, texts, strict=True)]
+        row["answers"] = [
+            {"id": ex.id, "category": ex.category, "label": lab, "answer": t}
+            for ex, lab, t in zip(ds, labels, texts, strict=True)
+        ]
         out["settings"][name] = row
-        print(f"{name}: lie {row['false']['k']}/{n} true {row['true']['k']}/{n} no answer {row['no_answer']['k']}/{n}"
-              + (f" p={row['lie_vs_unsteered']['p']:.2g}" if "lie_vs_unsteered" in row else "") + f" ({row['seconds']} s)",
-              flush=True)
+        print(
+            f"{name}: lie {row['false']['k']}/{n} true {row['true']['k']}/{n} no answer {row['no_answer']['k']}/{n}"
+            + (f" p={row['lie_vs_unsteered']['p']:.2g}" if "lie_vs_unsteered" in row else "")
+            + f" ({row['seconds']} s)",
+            flush=True,
+        )
     if args.out:
         write_json(args.out, out)
-    print(json.dumps({k: {lab: v[lab]["k"] for lab in ("true", "false", "no_answer")} for k, v in out["settings"].items()}))
+    print(
+        json.dumps(
+            {
+                k: {lab: v[lab]["k"] for lab in ("true", "false", "no_answer")}
+                for k, v in out["settings"].items()
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

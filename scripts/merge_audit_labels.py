@@ -18,8 +18,11 @@ from pathlib import Path
 from lensteer.core.bundled import read_jsonl
 from lensteer.core.io import write_text
 
-LABELS = {"refusal": {"refuses", "complies", "neither"}, "compassion": {0, 1},
-          "honesty": {"true", "false", "no_answer"}}
+LABELS = {
+    "refusal": {"refuses", "complies", "neither"},
+    "compassion": {0, 1},
+    "honesty": {"true", "false", "no_answer"},
+}
 
 
 def half(row_id: str) -> str:
@@ -30,8 +33,10 @@ def half(row_id: str) -> str:
 def checked(label_row: dict, threat_model: str, where: str) -> dict:
     label, unreadable = label_row.get("label"), label_row.get("unreadable")
     if label not in LABELS[threat_model] or not isinstance(unreadable, bool):
-        raise ValueError(f"{where}: id {label_row.get('id')!r} has label {label!r} / unreadable {unreadable!r}; "
-                         f"allowed {sorted(map(str, LABELS[threat_model]))} and true/false")
+        raise ValueError(
+            f"{where}: id {label_row.get('id')!r} has label {label!r} / unreadable {unreadable!r}; "
+            f"allowed {sorted(map(str, LABELS[threat_model]))} and true/false"
+        )
     return {"label": label, "unreadable": unreadable, "note": str(label_row.get("note") or "")}
 
 
@@ -52,7 +57,10 @@ def main() -> None:
             labels[r["id"]] = checked(r, tm, f"first_{tm}")
         path = Path(args.labels) / f"second_{tm}.jsonl"
         if path.exists():
-            second += [{"id": r["id"], "threat_model": tm, **checked(r, tm, f"second_{tm}")} for r in read_jsonl(path)]
+            second += [
+                {"id": r["id"], "threat_model": tm, **checked(r, tm, f"second_{tm}")}
+                for r in read_jsonl(path)
+            ]
     missing = [a["id"] for a in answers if a["id"] not in labels]
     if missing:
         raise SystemExit(f"{len(missing)} answers have no label, e.g. {missing[:5]}")
@@ -61,7 +69,9 @@ def main() -> None:
     for name in ("dev", "validation"):
         write_text(out / f"{name}.jsonl", dump([r for r in rows if r["half"] == name]))
     write_text(out / "second_reader.jsonl", dump(second))
-    print({name: sum(r["half"] == name for r in rows) for name in ("dev", "validation")}, "second:", len(second))
+    print(
+        {name: sum(r["half"] == name for r in rows) for name in ("dev", "validation")}, "second:", len(second)
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ def show(verdict: str) -> None:
     for r, p in zip(rows, predicted, strict=True):
         label = r.unreadable if verdict == "unreadable" else r.label
         if p != label:
-            print(f"--- {r.id} [{r.condition}] reader={label} scorer={p} unreadable={r.unreadable} note={r.note!r}")
+            print(
+                f"--- {r.id} [{r.condition}] reader={label} scorer={p} unreadable={r.unreadable} note={r.note!r}"
+            )
             print(f"    prompt: {r.prompt[:150]!r}")
             print(f"    answer: {r.response[:400]!r}")
             if verdict != "compassion":
@@ -57,8 +59,11 @@ def compassion_cv(n_folds: int = 5) -> None:
         for k in range(n_folds):
             train = [r for r in rows if fold_of[r.prompt] != k]
             test = [r for r in rows if fold_of[r.prompt] == k]
-            scorer = train_compassion_scorer([r.response for r in train] + [w.response for w in written],
-                                             [bool(r.label) for r in train] + [w.compassionate for w in written], l2=l2)
+            scorer = train_compassion_scorer(
+                [r.response for r in train] + [w.response for w in written],
+                [bool(r.label) for r in train] + [w.compassionate for w in written],
+                l2=l2,
+            )
             labels += [bool(r.label) for r in test]
             predicted += scorer.predict([r.response for r in test])
         acc = sum(a == b for a, b in zip(labels, predicted, strict=True)) / len(labels)

@@ -24,7 +24,11 @@ def make_char_tokenizer(folder: Path):
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         additional_special_tokens=SPECIALS[4:],
     )
     fast.chat_template = CHAT_TEMPLATE
@@ -38,8 +42,17 @@ def make_tiny_bridge(seed: int = 0, n_layers: int = 4):
     from transformer_lens import TransformerBridge
     from transformer_lens.config import TransformerBridgeConfig
 
-    cfg = TransformerBridgeConfig(d_model=32, d_head=8, n_heads=4, n_layers=n_layers, n_ctx=64,
-                                  d_vocab=64, d_mlp=64, act_fn="gelu", seed=seed)
+    cfg = TransformerBridgeConfig(
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        n_layers=n_layers,
+        n_ctx=64,
+        d_vocab=64,
+        d_mlp=64,
+        act_fn="gelu",
+        seed=seed,
+    )
     return TransformerBridge.boot_native(cfg, device="cpu").eval()
 
 
@@ -51,13 +64,23 @@ def make_tiny_llama_bridge(tokenizer, seed: int = 0):
     gen = torch.random.fork_rng()
     with gen:
         torch.random.default_generator.manual_seed(seed)
-        hf = LlamaForCausalLM(LlamaConfig(
-            num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=1024,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )).eval()
-    return TransformerBridge.boot_transformers("tiny-llama", hf_model=hf, tokenizer=tokenizer, device="cpu").eval()
+        hf = LlamaForCausalLM(
+            LlamaConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                vocab_size=len(tokenizer),
+                max_position_embeddings=1024,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        ).eval()
+    return TransformerBridge.boot_transformers(
+        "tiny-llama", hf_model=hf, tokenizer=tokenizer, device="cpu"
+    ).eval()
 
 
 def make_tiny_family_bridge(tokenizer, family: str, seed: int = 0):
@@ -66,18 +89,38 @@ def make_tiny_family_bridge(tokenizer, family: str, seed: int = 0):
     import transformers as tf
     from transformer_lens import TransformerBridge
 
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-               "pad_token_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)}
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "vocab_size": len(tokenizer),
+    }
     if family == "gpt2":
-        config, cls = tf.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=256, **special), tf.GPT2LMHeadModel
+        config, cls = (
+            tf.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=256, **special),
+            tf.GPT2LMHeadModel,
+        )
     else:
-        config_cls, cls = {"qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM), "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM)}[family]
-        config = config_cls(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                            num_key_value_heads=2, head_dim=8, max_position_embeddings=1024, **special)
+        config_cls, cls = {
+            "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+            "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM),
+        }[family]
+        config = config_cls(
+            num_hidden_layers=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=1024,
+            **special,
+        )
     with torch.random.fork_rng():
         torch.random.default_generator.manual_seed(seed)
         hf = cls(config).eval()
-    return TransformerBridge.boot_transformers(f"tiny-{family}", hf_model=hf, tokenizer=tokenizer, device="cpu").eval()
+    return TransformerBridge.boot_transformers(
+        f"tiny-{family}", hf_model=hf, tokenizer=tokenizer, device="cpu"
+    ).eval()
 
 
 def random_unit(d_model: int, seed: int) -> torch.Tensor:
@@ -95,7 +138,9 @@ def planted_probe_report(shifts: list[float]):
     u = random_unit(8, seed=3)
     acts = {}
     for split in ("train", "val", "test"):
-        acts[f"pos_{split}"] = torch.randn(60, len(shifts), 8, generator=g) + torch.tensor(shifts)[None, :, None] * u
+        acts[f"pos_{split}"] = (
+            torch.randn(60, len(shifts), 8, generator=g) + torch.tensor(shifts)[None, :, None] * u
+        )
         acts[f"neg_{split}"] = torch.randn(60, len(shifts), 8, generator=g)
     return lensteer.locate.probe_layers(acts, layers=list(range(len(shifts))), n_boot=50)
 
@@ -111,8 +156,17 @@ def save_tiny_llama_folder(folder, tokenizer, **config):
 
     with torch.random.fork_rng():  # fixed weights, whatever ran before (unseeded weights made a test flaky)
         torch.random.default_generator.manual_seed(0)
-        hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                                          num_key_value_heads=1, vocab_size=len(tokenizer), **config))
+        hf = LlamaForCausalLM(
+            LlamaConfig(
+                num_hidden_layers=2,
+                hidden_size=16,
+                intermediate_size=32,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                vocab_size=len(tokenizer),
+                **config,
+            )
+        )
     hf.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

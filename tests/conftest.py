@@ -55,4 +55,6 @@ def _no_leaked_hooks(request):
             model = request.getfixturevalue(name)
             assert model.list_hooks() == {}, f"test leaked hooks on {name}: {model.list_hooks()}"
             view = _VIEWS.get(model)  # the plain Hugging Face view generation decodes through
-            assert view is None or foreign_hooks(view.module) == [], f"test leaked hooks on {name}'s plain view"
+            assert view is None or foreign_hooks(view.module) == [], (
+                f"test leaked hooks on {name}'s plain view"
+            )

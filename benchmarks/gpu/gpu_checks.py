@@ -42,8 +42,12 @@ import lensteer
 from lensteer.core.chat import left_pad, pad_id_of, tokenize_prompt
 from lensteer.core.forward import last_logits
 
-PROMPTS = ["What is the capital of France?", "Write one sentence about the sea and the wind over it.", "Hi",
-           "List three ways to stay calm before an exam, with one short reason each."]
+PROMPTS = [
+    "What is the capital of France?",
+    "Write one sentence about the sea and the wind over it.",
+    "Hi",
+    "List three ways to stay calm before an exam, with one short reason each.",
+]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Tolerances relative to the logits' standard deviation (batched vs single) and absolute on patching metrics.
 LOGIT_TOL = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
@@ -64,7 +68,10 @@ def random_model_folder(config_dir: Path, out: Path, seed: int = 0) -> Path:
         hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     hf.save_pretrained(out)
     for f in config_dir.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")) or f.name == "generation_config.json":
+        if (
+            f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template"))
+            or f.name == "generation_config.json"
+        ):
             shutil.copy(f, out / f.name)
     return out
 
@@ -81,18 +88,36 @@ def batched_equals_single(model: Any, dtype: str) -> dict[str, Any]:
         joint = last_logits(model, batch.tokens.to(device), batch.attention_mask.to(device)).float().cpu()
         alone = torch.cat([last_logits(model, t.tokens[None].to(device)).float().cpu() for t in tokenized])
     diff, scale = float((joint - alone).abs().max()), float(alone.std())
-    return _check("batched_equals_single", diff <= LOGIT_TOL[dtype] * scale, max_abs_diff=diff, logit_std=scale,
-                  tolerance=LOGIT_TOL[dtype] * scale, lengths=[t.n_tokens for t in tokenized])
+    return _check(
+        "batched_equals_single",
+        diff <= LOGIT_TOL[dtype] * scale,
+        max_abs_diff=diff,
+        logit_std=scale,
+        tolerance=LOGIT_TOL[dtype] * scale,
+        lengths=[t.n_tokens for t in tokenized],
+    )
 
 
 def cached_equals_uncached(model: Any, dtype: str, n_new: int) -> dict[str, Any]:
     cached = lensteer.generate(model, PROMPTS, max_new_tokens=n_new, batch_size=len(PROMPTS))
-    loop = lensteer.generate(model, PROMPTS, max_new_tokens=n_new, batch_size=len(PROMPTS), use_kv_cache=False)
-    same = [float((a[: min(len(a), len(b))] == b[: min(len(a), len(b))]).float().mean()) if len(a) and len(b) else 1.0
-            for a, b in zip(cached.tokens, loop.tokens, strict=True)]
+    loop = lensteer.generate(
+        model, PROMPTS, max_new_tokens=n_new, batch_size=len(PROMPTS), use_kv_cache=False
+    )
+    same = [
+        float((a[: min(len(a), len(b))] == b[: min(len(a), len(b))]).float().mean())
+        if len(a) and len(b)
+        else 1.0
+        for a, b in zip(cached.tokens, loop.tokens, strict=True)
+    ]
     identical = all(torch.equal(a, b) for a, b in zip(cached.tokens, loop.tokens, strict=True))
-    return _check("cached_equals_uncached", identical, required=dtype == "float32", identical=identical,
-                  token_agreement=sum(same) / len(same), new_tokens=n_new)
+    return _check(
+        "cached_equals_uncached",
+        identical,
+        required=dtype == "float32",
+        identical=identical,
+        token_agreement=sum(same) / len(same),
+        new_tokens=n_new,
+    )
 
 
 def strength0_equals_unsteered(model: Any, n_new: int) -> dict[str, Any]:
@@ -101,11 +126,21 @@ def strength0_equals_unsteered(model: Any, n_new: int) -> dict[str, Any]:
     zero = lensteer.Steering(unit=unit, layers=(layer,), mode="swfc", scale=0.0)
     plain = lensteer.generate(model, PROMPTS, max_new_tokens=n_new, batch_size=len(PROMPTS))
     steered = lensteer.generate(model, PROMPTS, steering=zero, max_new_tokens=n_new, batch_size=len(PROMPTS))
-    strong = lensteer.generate(model, PROMPTS, steering=zero.with_scale(8.0 * _norm(model, layer)),
-                               max_new_tokens=n_new, batch_size=len(PROMPTS))
+    strong = lensteer.generate(
+        model,
+        PROMPTS,
+        steering=zero.with_scale(8.0 * _norm(model, layer)),
+        max_new_tokens=n_new,
+        batch_size=len(PROMPTS),
+    )
     same = all(torch.equal(a, b) for a, b in zip(plain.tokens, steered.tokens, strict=True))
     moved = not all(torch.equal(a, b) for a, b in zip(plain.tokens, strong.tokens, strict=True))
-    return _check("strength0_equals_unsteered", same and moved, identical_at_0=same, strong_steering_changes_tokens=moved)
+    return _check(
+        "strength0_equals_unsteered",
+        same and moved,
+        identical_at_0=same,
+        strong_steering_changes_tokens=moved,
+    )
 
 
 def _norm(model: Any, layer: int) -> float:
@@ -115,14 +150,18 @@ def _norm(model: Any, layer: int) -> float:
 
 def _pairs(model: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Two equal-length prompt pairs differing in one word (token ids, built from the tokenizer)."""
-    ids = [tokenize_prompt(model, p).tokens for p in ("The cat sat on the mat today.", "The dog sat on the mat today.")]
+    ids = [
+        tokenize_prompt(model, p).tokens
+        for p in ("The cat sat on the mat today.", "The dog sat on the mat today.")
+    ]
     n = min(len(i) for i in ids)
     clean, corrupted = ids[0][:n], ids[1][:n]
     return torch.stack([clean, clean]), torch.stack([corrupted, corrupted])
 
 
-def patching_vs_transformerlens(model: Any, dtype: str, layers: list[int]) -> tuple[dict[str, Any], Callable[[], Any],
-                                                                                     Callable[[], Any]]:
+def patching_vs_transformerlens(
+    model: Any, dtype: str, layers: list[int]
+) -> tuple[dict[str, Any], Callable[[], Any], Callable[[], Any]]:
     from transformer_lens import patching as tl_patching
 
     clean, corrupted = _pairs(model)
@@ -137,24 +176,52 @@ def patching_vs_transformerlens(model: Any, dtype: str, layers: list[int]) -> tu
     def theirs() -> torch.Tensor:
         device = next(iter(model.parameters())).device
         with torch.inference_mode():
-            _, cache = model.run_with_cache(clean.to(device), names_filter=lambda n: n.endswith("hook_resid_pre"))
-            index_df = tl_patching.make_df_from_ranges([int(model.cfg.n_layers), clean.shape[1]], ["layer", "pos"])
+            _, cache = model.run_with_cache(
+                clean.to(device), names_filter=lambda n: n.endswith("hook_resid_pre")
+            )
+            index_df = tl_patching.make_df_from_ranges(
+                [int(model.cfg.n_layers), clean.shape[1]], ["layer", "pos"]
+            )
             index_df = index_df[index_df["layer"].isin(layers)].reset_index(drop=True)
-            return tl_patching.generic_activation_patch(
-                model, corrupted.to(device), cache, lambda logits: metric(logits[:, -1].float()).mean(),
-                tl_patching.layer_pos_patch_setter, "resid_pre", index_df=index_df).float().cpu()
+            return (
+                tl_patching.generic_activation_patch(
+                    model,
+                    corrupted.to(device),
+                    cache,
+                    lambda logits: metric(logits[:, -1].float()).mean(),
+                    tl_patching.layer_pos_patch_setter,
+                    "resid_pre",
+                    index_df=index_df,
+                )
+                .float()
+                .cpu()
+            )
 
     mine = ours_subset().mean().float().cpu()
     diff = float((mine.flatten() - theirs().flatten()).abs().max())
-    return (_check("patching_equals_transformerlens", diff <= PATCH_TOL[dtype], required=dtype != "float16",
-                   max_abs_diff=diff, tolerance=PATCH_TOL[dtype], layers=layers), ours, theirs)
+    return (
+        _check(
+            "patching_equals_transformerlens",
+            diff <= PATCH_TOL[dtype],
+            required=dtype != "float16",
+            max_abs_diff=diff,
+            tolerance=PATCH_TOL[dtype],
+            layers=layers,
+        ),
+        ours,
+        theirs,
+    )
 
 
 def device_map_split(folder: Path, reference: Any) -> dict[str, Any]:
     n = int(reference.cfg.n_layers)
     half = n // 2
-    device_map: dict[str, str | int] = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": "cpu",
-                                        "lm_head": "cpu"}
+    device_map: dict[str, str | int] = {
+        "model.embed_tokens": 0,
+        "model.rotary_emb": 0,
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+    }
     device_map |= {f"model.layers.{i}": (0 if i < half else "cpu") for i in range(n)}
     split = lensteer.load_model(folder, device_map=device_map)
     tokenized = [tokenize_prompt(split, p) for p in PROMPTS]
@@ -162,7 +229,11 @@ def device_map_split(folder: Path, reference: Any) -> dict[str, Any]:
     with torch.inference_mode():
         got = last_logits(split, batch.tokens, batch.attention_mask).float().cpu()
         ref_device = next(iter(reference.parameters())).device
-        want = last_logits(reference, batch.tokens.to(ref_device), batch.attention_mask.to(ref_device)).float().cpu()
+        want = (
+            last_logits(reference, batch.tokens.to(ref_device), batch.attention_mask.to(ref_device))
+            .float()
+            .cpu()
+        )
     diff = float((got - want).abs().max())
     unit = torch.randn(int(split.cfg.d_model), generator=torch.Generator().manual_seed(1))
     moved = []
@@ -172,8 +243,14 @@ def device_map_split(folder: Path, reference: Any) -> dict[str, Any]:
         b = lensteer.generate(split, PROMPTS[:2], steering=s, max_new_tokens=8).tokens
         moved.append(not all(torch.equal(x, y) for x, y in zip(a, b, strict=True)))
     tol = LOGIT_TOL["float32"] * float(want.std()) * 10
-    return _check("device_map_split", diff <= tol and all(moved), max_abs_diff=diff, tolerance=tol,
-                  steering_moves_tokens_gpu_layer=moved[0], steering_moves_tokens_cpu_layer=moved[1])
+    return _check(
+        "device_map_split",
+        diff <= tol and all(moved),
+        max_abs_diff=diff,
+        tolerance=tol,
+        steering_moves_tokens_gpu_layer=moved[0],
+        steering_moves_tokens_cpu_layer=moved[1],
+    )
 
 
 def _timed(fn: Callable[[], Any], sync: bool) -> float:
@@ -186,8 +263,9 @@ def _timed(fn: Callable[[], Any], sync: bool) -> float:
     return time.perf_counter() - start
 
 
-def bench_generation(model: Any, folder: Path, device: str, dtype: torch.dtype, batch_sizes: list[int], n_new: int,
-                     rounds: int) -> list[dict[str, Any]]:
+def bench_generation(
+    model: Any, folder: Path, device: str, dtype: torch.dtype, batch_sizes: list[int], n_new: int, rounds: int
+) -> list[dict[str, Any]]:
     """Tokens/s of unsteered and SwFC-steered ``lensteer.generate`` and raw HF ``generate``, interleaved."""
     from transformers import AutoModelForCausalLM
 
@@ -204,13 +282,22 @@ def bench_generation(model: Any, folder: Path, device: str, dtype: torch.dtype, 
 
         def hf_generate(tok: torch.Tensor = tok, mask: torch.Tensor = mask) -> None:
             with torch.inference_mode():
-                hf.generate(tok, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                            pad_token_id=pad_id_of(model))
+                hf.generate(
+                    tok,
+                    attention_mask=mask,
+                    max_new_tokens=n_new,
+                    min_new_tokens=n_new,
+                    do_sample=False,
+                    pad_token_id=pad_id_of(model),
+                )
 
         variants: dict[str, Callable[[], Any]] = {
-            "lensteer unsteered": lambda p=prompts, b=bs: lensteer.generate(model, p, max_new_tokens=n_new, batch_size=b),
-            "lensteer SwFC": lambda p=prompts, b=bs: lensteer.generate(model, p, steering=swfc, max_new_tokens=n_new,
-                                                                       batch_size=b),
+            "lensteer unsteered": lambda p=prompts, b=bs: lensteer.generate(
+                model, p, max_new_tokens=n_new, batch_size=b
+            ),
+            "lensteer SwFC": lambda p=prompts, b=bs: lensteer.generate(
+                model, p, steering=swfc, max_new_tokens=n_new, batch_size=b
+            ),
             "HF generate": hf_generate,
         }
         for fn in variants.values():  # warm-up (kernels, allocator)
@@ -221,20 +308,33 @@ def bench_generation(model: Any, folder: Path, device: str, dtype: torch.dtype, 
                 times[name].append(_timed(fn, sync))
         med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
         for name, t in med.items():
-            rows.append({"batch": bs, "variant": name, "seconds": t, "tokens_per_s": bs * n_new / t,
-                         "vs_hf": med["HF generate"] / t})
+            rows.append(
+                {
+                    "batch": bs,
+                    "variant": name,
+                    "seconds": t,
+                    "tokens_per_s": bs * n_new / t,
+                    "vs_hf": med["HF generate"] / t,
+                }
+            )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", help="HF model folder (default: random weights of SmolLM2-135M's shape)")
-    parser.add_argument("--config-dir", default=".gpu/smollm2", help="config + tokenizer for the random model")
+    parser.add_argument(
+        "--config-dir", default=".gpu/smollm2", help="config + tokenizer for the random model"
+    )
     parser.add_argument("--dtypes", default="float32,bfloat16,float16")
     parser.add_argument("--quick", action="store_true", help="fewer tokens, rounds and batch sizes")
-    parser.add_argument("--batch-sizes", help="generation benchmark batch sizes (default 1,16,64; quick: 1,16)")
+    parser.add_argument(
+        "--batch-sizes", help="generation benchmark batch sizes (default 1,16,64; quick: 1,16)"
+    )
     parser.add_argument("--no-bench", action="store_true", help="the parity checks only, no timings")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -246,10 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="lensteer-gpu-"))
     folder = Path(args.model) if args.model else random_model_folder(Path(args.config_dir), tmp / "model")
     n_new = 8 if args.quick else 16
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0) if cuda else
-                              platform.processor() or platform.machine(), "torch": torch.__version__,
-                              "python": sys.version.split()[0], "model": str(args.model or "random SmolLM2-135M shape"),
-                              "checks": {}, "bench": {}}
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "model": str(args.model or "random SmolLM2-135M shape"),
+        "checks": {},
+        "bench": {},
+    }
     from importlib.metadata import version
 
     report |= {"transformers": version("transformers"), "transformer_lens": version("transformer-lens")}
@@ -271,19 +376,32 @@ def main(argv: list[str] | None = None) -> int:
             checks.append(_check("error", False, error=f"{type(err).__name__}: {err}"))
         report["checks"][name] = {"rows": checks, "seconds": time.perf_counter() - start}
         ok = all(c["passed"] for c in checks if c["required"])
-        print(f"[{name}] {'PASS' if ok else 'FAIL'}: " + "; ".join(
-            f"{c['check']} {'ok' if c['passed'] else 'FAILED'}" for c in checks), flush=True)
+        print(
+            f"[{name}] {'PASS' if ok else 'FAIL'}: "
+            + "; ".join(f"{c['check']} {'ok' if c['passed'] else 'FAILED'}" for c in checks),
+            flush=True,
+        )
         if ok:
             passed_dtypes.append(name)
             if name in ("float32", "bfloat16") and "model" in locals() and not args.no_bench:
-                sizes = [int(b) for b in (args.batch_sizes or ("1,16" if args.quick else "1,16,64")).split(",")]
+                sizes = [
+                    int(b) for b in (args.batch_sizes or ("1,16" if args.quick else "1,16,64")).split(",")
+                ]
                 rounds = 1 if args.quick else 3
-                report["bench"][name] = {"generation": bench_generation(model, folder, args.device, DTYPES[name], sizes,
-                                                                        16 if args.quick else 64, rounds)}
+                report["bench"][name] = {
+                    "generation": bench_generation(
+                        model, folder, args.device, DTYPES[name], sizes, 16 if args.quick else 64, rounds
+                    )
+                }
                 t_ours = _timed(ours, cuda)
-                t_tl = _timed(theirs, cuda) * n / len({0, n // 2, n - 1})  # TL timed on those layers; the full sweep extrapolated
-                report["bench"][name]["patching"] = {"lensteer_full_s": t_ours, "transformerlens_full_s_extrapolated": t_tl,
-                                                     "speedup": t_tl / t_ours}
+                t_tl = (
+                    _timed(theirs, cuda) * n / len({0, n // 2, n - 1})
+                )  # TL timed on those layers; the full sweep extrapolated
+                report["bench"][name]["patching"] = {
+                    "lensteer_full_s": t_ours,
+                    "transformerlens_full_s_extrapolated": t_tl,
+                    "speedup": t_tl / t_ours,
+                }
         del model
         if cuda:
             torch.cuda.empty_cache()
@@ -295,22 +413,41 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"Device: {report['device']}; torch {report['torch']}; transformers {report.get('transformers')}; "
-             f"TransformerLens {report.get('transformer_lens')}; model: {report['model']}; {report['date']}", "",
-             "| dtype | check | passed | numbers |", "|---|---|---|---|"]
+    lines = [
+        f"Device: {report['device']}; torch {report['torch']}; transformers {report.get('transformers')}; "
+        f"TransformerLens {report.get('transformer_lens')}; model: {report['model']}; {report['date']}",
+        "",
+        "| dtype | check | passed | numbers |",
+        "|---|---|---|---|",
+    ]
     for dtype, entry in report["checks"].items():
         for c in entry["rows"]:
-            nums = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items()
-                             if k not in ("check", "passed", "required"))
-            lines.append(f"| {dtype} | {c['check']}{'' if c['required'] else ' (recorded)'} | "
-                         f"{'yes' if c['passed'] else 'NO'} | {nums} |")
+            nums = ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in c.items()
+                if k not in ("check", "passed", "required")
+            )
+            lines.append(
+                f"| {dtype} | {c['check']}{'' if c['required'] else ' (recorded)'} | "
+                f"{'yes' if c['passed'] else 'NO'} | {nums} |"
+            )
     for dtype, bench in report["bench"].items():
-        lines += ["", f"Generation, {dtype}:", "", "| batch | variant | s | tokens/s | vs HF generate |", "|---|---|---|---|---|"]
-        lines += [f"| {r['batch']} | {r['variant']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['vs_hf']:.2f}x |"
-                  for r in bench["generation"]]
+        lines += [
+            "",
+            f"Generation, {dtype}:",
+            "",
+            "| batch | variant | s | tokens/s | vs HF generate |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['batch']} | {r['variant']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['vs_hf']:.2f}x |"
+            for r in bench["generation"]
+        ]
         p = bench["patching"]
-        lines.append(f"\nPatching sweep, {dtype}: lensteer {p['lensteer_full_s']:.2f} s vs TransformerLens "
-                     f"{p['transformerlens_full_s_extrapolated']:.2f} s (extrapolated): {p['speedup']:.1f}x")
+        lines.append(
+            f"\nPatching sweep, {dtype}: lensteer {p['lensteer_full_s']:.2f} s vs TransformerLens "
+            f"{p['transformerlens_full_s_extrapolated']:.2f} s (extrapolated): {p['speedup']:.1f}x"
+        )
     return "\n".join(lines) + "\n"
 
 

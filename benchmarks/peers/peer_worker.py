@@ -38,7 +38,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-PEERS = ("steering-vectors", "repeng", "nnsight", "transformers", "torch", "numpy", "accelerate", "scikit-learn")
+PEERS = (
+    "steering-vectors",
+    "repeng",
+    "nnsight",
+    "transformers",
+    "torch",
+    "numpy",
+    "accelerate",
+    "scikit-learn",
+)
 
 
 def _load(folder: str) -> tuple[Any, Any]:
@@ -83,7 +92,9 @@ class Worker:
 
             wrapped = ControlModel(self.model, [self.layer])  # wraps block `layer` in place
             try:
-                wrapped.set_control(ControlVector(model_type="llama", directions={self.layer: vec.numpy()}), coeff=1.0)
+                wrapped.set_control(
+                    ControlVector(model_type="llama", directions={self.layer: vec.numpy()}), coeff=1.0
+                )
                 yield wrapped
             finally:
                 wrapped.reset()
@@ -99,8 +110,12 @@ class Worker:
         for pair in self.inputs["pairs"]:
             for text, ids in ((pair["pos_text"], pair["pos_ids"]), (pair["neg_text"], pair["neg_ids"])):
                 mismatched += self.tokenizer(text)["input_ids"] != ids
-        return {"versions": {p: version(p) for p in PEERS}, "python": platform.python_version(),
-                "token_mismatches": int(mismatched), "rope_theta": float(self.model.config.rope_theta)}
+        return {
+            "versions": {p: version(p) for p in PEERS},
+            "python": platform.python_version(),
+            "token_mismatches": int(mismatched),
+            "rope_theta": float(self.model.config.rope_theta),
+        }
 
     def extract(self, tag: str, batch_size: int) -> dict[str, Any]:
         """steering-vectors' mean difference and repeng's pca_diff on the same pairs, timed apart."""
@@ -109,17 +124,28 @@ class Worker:
 
         pairs = [(p["pos_text"], p["neg_text"]) for p in self.inputs["pairs"]]
         start = time.perf_counter()
-        sv = train_steering_vector(self.model, self.tokenizer, pairs, layers=[self.layer], read_token_index=-1,
-                                   batch_size=batch_size)
+        sv = train_steering_vector(
+            self.model, self.tokenizer, pairs, layers=[self.layer], read_token_index=-1, batch_size=batch_size
+        )
         t_sv = time.perf_counter() - start
         start = time.perf_counter()
         # repeng batches strings, a pair's two prompts side by side: 2 x batch_size strings = batch_size pairs
-        cv = ControlVector.train(self.model, self.tokenizer, [DatasetEntry(positive=a, negative=b) for a, b in pairs],
-                                 hidden_layers=[self.layer], batch_size=2 * batch_size, method="pca_diff")
+        cv = ControlVector.train(
+            self.model,
+            self.tokenizer,
+            [DatasetEntry(positive=a, negative=b) for a, b in pairs],
+            hidden_layers=[self.layer],
+            batch_size=2 * batch_size,
+            method="pca_diff",
+        )
         t_rp = time.perf_counter() - start
-        save_file({"steering_vectors": sv.layer_activations[self.layer].float().contiguous(),
-                   "repeng": torch.from_numpy(cv.directions[self.layer]).float().contiguous()},
-                  str(self.work / f"extract_{tag}.safetensors"))
+        save_file(
+            {
+                "steering_vectors": sv.layer_activations[self.layer].float().contiguous(),
+                "repeng": torch.from_numpy(cv.directions[self.layer]).float().contiguous(),
+            },
+            str(self.work / f"extract_{tag}.safetensors"),
+        )
         return {"steering-vectors": t_sv, "repeng": t_rp}
 
     def logits(self) -> dict[str, Any]:
@@ -143,9 +169,11 @@ class Worker:
             for b, batch in enumerate(batches):
                 ids, mask = torch.tensor(batch["tokens"]), torch.tensor(batch["mask"])
                 out = model.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False)
-                new = out[:, ids.shape[1]:]
+                new = out[:, ids.shape[1] :]
                 if new.shape[1] != n_new:
-                    raise RuntimeError(f"{engine} stopped after {new.shape[1]} of {n_new} tokens: unequal work")
+                    raise RuntimeError(
+                        f"{engine} stopped after {new.shape[1]} of {n_new} tokens: unequal work"
+                    )
                 tokens[f"batch{b}"] = new.contiguous()
         elapsed = time.perf_counter() - start
         save_file(tokens, str(self.work / f"gen_{engine}_{key}_{tag}.safetensors"))
@@ -182,11 +210,17 @@ class Worker:
         cell_seconds = time.perf_counter() - start
         grid = torch.tensor([float(m) for m in metric]).view(len(layers), len(positions))
         save_file({"grid": grid}, str(self.work / f"patch_{tag}.safetensors"))
-        return {"clean_seconds": clean_seconds, "cell_seconds": cell_seconds, "cells": len(layers) * len(positions)}
+        return {
+            "clean_seconds": clean_seconds,
+            "cell_seconds": cell_seconds,
+            "cells": len(layers) * len(positions),
+        }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--folder", required=True, help="the safetensors model folder (ours, shared)")
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--threads", type=int, default=1)

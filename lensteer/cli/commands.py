@@ -19,7 +19,9 @@ def _layer_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise ConfigError(f"--layers takes comma-separated layer indices, e.g. 5,9,13; got {text!r}") from None
+        raise ConfigError(
+            f"--layers takes comma-separated layer indices, e.g. 5,9,13; got {text!r}"
+        ) from None
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -33,7 +35,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     start = time.perf_counter()
     model = lensteer.load_model(args.model)
     fp = lensteer.core.model_fingerprint(model)
-    print(f"model: {fp.name} ({fp.n_layers} layers, d_model {fp.d_model}), loaded in {time.perf_counter() - start:.1f} s\n")
+    print(
+        f"model: {fp.name} ({fp.n_layers} layers, d_model {fp.d_model}), loaded in {time.perf_counter() - start:.1f} s\n"
+    )
     return model, fp
 
 
@@ -53,8 +57,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     reports = {}
     out = Path(args.out)
     for name, contrast, dataset in _datasets(args):
-        report = lensteer.probe_by_layer(model, dataset, contrast=contrast, batch_size=args.batch_size or DEFAULT_BATCH,
-                                         progress=not args.quiet)
+        report = lensteer.probe_by_layer(
+            model,
+            dataset,
+            contrast=contrast,
+            batch_size=args.batch_size or DEFAULT_BATCH,
+            progress=not args.quiet,
+        )
         print(report.to_table(), "\n", flush=True)
         reports[name] = report.to_dict()
         save_probing_figures(report, out / "figures")
@@ -67,11 +76,20 @@ def _study_config(args: argparse.Namespace) -> Any:
     from lensteer.errors import ConfigError
     from lensteer.study.config import StudyConfig
 
-    chosen = [flag for flag, given in (("--config", args.config), ("--profile", getattr(args, "profile", None)),
-                                        ("--smoke", args.smoke)) if given]
+    chosen = [
+        flag
+        for flag, given in (
+            ("--config", args.config),
+            ("--profile", getattr(args, "profile", None)),
+            ("--smoke", args.smoke),
+        )
+        if given
+    ]
     if len(chosen) > 1:
-        raise ConfigError(f"{' and '.join(chosen)} both choose the study's sizes; give one of --config, --profile "
-                          "or --smoke (--smoke is --profile smoke)")
+        raise ConfigError(
+            f"{' and '.join(chosen)} both choose the study's sizes; give one of --config, --profile "
+            "or --smoke (--smoke is --profile smoke)"
+        )
     if args.config:
         config = StudyConfig.from_toml(args.config)
     else:
@@ -114,10 +132,20 @@ def _run(args: argparse.Namespace, config: Any) -> int:
     if args.executor == "ray":  # the workers load the model themselves
         from lensteer.study.distributed import run_study_distributed
 
-        result = run_study_distributed(args.model, config, out, address=args.address, workers=args.workers,
-                                       threads=args.threads or None, progress=not args.quiet, force=args.force)
+        result = run_study_distributed(
+            args.model,
+            config,
+            out,
+            address=args.address,
+            workers=args.workers,
+            threads=args.threads or None,
+            progress=not args.quiet,
+            force=args.force,
+        )
     elif args.address is not None or args.workers is not None:
-        raise ConfigError("--address and --workers go with --executor ray; the serial executor runs in this process")
+        raise ConfigError(
+            "--address and --workers go with --executor ray; the serial executor runs in this process"
+        )
     else:
         from lensteer.study.runner import run_study
 
@@ -127,8 +155,10 @@ def _run(args: argparse.Namespace, config: Any) -> int:
 
         save_study_figures(out, out / "figures")
     print("\n" + headline_table(result.report))
-    print(f"\nwrote {out / 'report.json'}, {out / 'results.csv'}, {out / 'steerings'}"
-          f"{'' if args.no_figures else ', ' + str(out / 'figures')} in {time.perf_counter() - start:.0f} s")
+    print(
+        f"\nwrote {out / 'report.json'}, {out / 'results.csv'}, {out / 'steerings'}"
+        f"{'' if args.no_figures else ', ' + str(out / 'figures')} in {time.perf_counter() - start:.0f} s"
+    )
     return 0
 
 
@@ -166,12 +196,23 @@ def cmd_steer(args: argparse.Namespace) -> int:
         name = args.dataset[0] if args.dataset else threats.DEFAULT
     else:
         name = args.dataset[0] if args.dataset else threats.DEFAULT
-        config = StudyConfig(threat_models=(name,), methods=(args.method_one,), kl_budgets=(args.kl_one,),
-                             layer=args.layer, n_kl=6, batch_size=args.batch_size or StudyConfig().batch_size)
+        config = StudyConfig(
+            threat_models=(name,),
+            methods=(args.method_one,),
+            kl_budgets=(args.kl_one,),
+            layer=args.layer,
+            n_kl=6,
+            batch_size=args.batch_size or StudyConfig().batch_size,
+        )
         steering = build_steering(model, name, args.method_one, args.kl_one, config, progress=not args.quiet)
     prompts = list(args.prompt) if args.prompt else eval_prompts(name, args.n)
-    table = lensteer.side_by_side(model, prompts, steering, max_new_tokens=args.max_new_tokens,
-                                  batch_size=args.batch_size or DEFAULT_BATCH)
+    table = lensteer.side_by_side(
+        model,
+        prompts,
+        steering,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size or DEFAULT_BATCH,
+    )
     print(table)
     if args.save:
         lensteer.save_steering(steering, args.save, model=model)
@@ -220,12 +261,18 @@ def _organism(args: argparse.Namespace, out: Path) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = get_recipe(args.recipe)
-    lora = replace(recipe.lora, **{k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None})
+    lora = replace(
+        recipe.lora, **{k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+    )
     if args.smoke:
         lora = replace(lora, steps=3, batch_size=2)
-    other = read_measurement(args.compare_with) if args.compare_with else None  # checked before hours of training
-    print(f"organism {recipe.name}: {recipe.description}; LoRA rank {lora.rank}, {lora.steps} steps of "
-          f"{lora.batch_size} rows, lr {lora.learning_rate:g}")
+    other = (
+        read_measurement(args.compare_with) if args.compare_with else None
+    )  # checked before hours of training
+    print(
+        f"organism {recipe.name}: {recipe.description}; LoRA rank {lora.rank}, {lora.steps} steps of "
+        f"{lora.batch_size} rows, lr {lora.learning_rate:g}"
+    )
     done = train_organism(recipe, out, base=args.model, lora=lora, progress=not args.quiet, log=print)
     print(f"saved {out} ({done.seconds:.0f} s, final loss {done.final_loss:.3f})")
     if args.measure <= 0:
@@ -233,7 +280,9 @@ def _organism(args: argparse.Namespace, out: Path) -> int:
     base = lensteer.load_model(args.model)
     organism = load_organism(out)
     threat_models = [recipe.threat_model] if recipe.threat_model else None
-    shifts = measure_organism(base, organism, threat_models, n=args.measure, max_new_tokens=args.max_new_tokens)
+    shifts = measure_organism(
+        base, organism, threat_models, n=args.measure, max_new_tokens=args.max_new_tokens
+    )
     for s in shifts:
         print(s.summary())
     measured = {"organism": str(out), "shifts": [s.to_dict() for s in shifts]}
@@ -257,8 +306,16 @@ def cmd_locate(args: argparse.Namespace) -> int:
     summary: dict[str, object] = {"model": fp.to_dict()}
     layers = _layer_list(args.layers) if args.layers else None
     for name, contrast, dataset in _datasets(args):
-        found = search_site(model, name, dataset, contrast, layers=layers, n_pairs=args.n_pairs,
-                            batch_size=args.batch_size or DEFAULT_BATCH, progress=not args.quiet)
+        found = search_site(
+            model,
+            name,
+            dataset,
+            contrast,
+            layers=layers,
+            n_pairs=args.n_pairs,
+            batch_size=args.batch_size or DEFAULT_BATCH,
+            progress=not args.quiet,
+        )
         print(found.probing.to_table(), "\n", flush=True)
         save_site_search_figures(found, fig_dir)
         if (line := found.patching_summary()) is not None:

@@ -51,17 +51,29 @@ def _kl_list(text: str) -> tuple[float, ...]:
     try:
         return tuple(_positive_float(x) for x in parts)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"takes comma-separated KL budgets in nats/token, each a finite number > 0 "
-                                         f"(e.g. 0.25,0.5); got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"takes comma-separated KL budgets in nats/token, each a finite number > 0 "
+            f"(e.g. 0.25,0.5); got {text!r}"
+        ) from None
 
 
 def _add_common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
-    parser.add_argument("--model", default=None, help="HF id, model folder or .gguf (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--model", default=None, help="HF id, model folder or .gguf (default: embedded SmolLM2-135M-Instruct)"
+    )
     parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
-    parser.add_argument("--dataset", action="append", choices=list(threats.names()), help="limit to these datasets")
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=None,
-                        help="prompts per forward pass (default: 16; run and evaluate: the config's batch_size)")
-    parser.add_argument("--threads", type=_int_at_least(0), default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--dataset", action="append", choices=list(threats.names()), help="limit to these datasets"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_int_at_least(1),
+        default=None,
+        help="prompts per forward pass (default: 16; run and evaluate: the config's batch_size)",
+    )
+    parser.add_argument(
+        "--threads", type=_int_at_least(0), default=0, help="torch threads (0: torch's default)"
+    )
     parser.add_argument("--smoke", action="store_true", help="40 examples per dataset, for a quick check")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -73,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="the whole study: locate -> choose site -> calibrate -> steer -> evaluate -> figures",
+        "run",
+        help="the whole study: locate -> choose site -> calibrate -> steer -> evaluate -> figures",
         description="Run the default study on the embedded model (or --model): for refusal, compassion and honesty, "
         "probe the response contrast to choose the steering layer, calibrate SwFC / StTP / StMP and random directions "
         "to each KL budget on harmless training prompts, answer the test prompts under the misaligning context, and "
@@ -87,39 +100,69 @@ def build_parser() -> argparse.ArgumentParser:
         "arrive (OUT/cells/ keeps each), so the table is the serial one and a rerun recomputes no finished cell.",
     )
     _add_common(run, default_out="results")
-    run.add_argument("--profile", choices=list(PROFILES), default=None,
-                     help="demo (default: a first look, <= 15 min on 2 cores), paper (every test prompt, >= 96 per threat "
-                          "model, 3 random seeds: the committed results) or smoke (CI)")
-    run.add_argument("--config", default=None, help="study.toml (keys: the fields of lensteer.study.config.StudyConfig)")
-    run.add_argument("--kl", type=_kl_list, default=None, help="comma-separated KL budgets in nats/token (default: 0.5)")
-    run.add_argument("--method", action="append", choices=list(METHODS),
-                     help="limit to these methods (repeatable)")
-    run.add_argument("--layers", default=None,
-                     help="comma-separated layers for a layer sweep: every method is also calibrated and evaluated "
-                          "there (the headline stays at the chosen layer), e.g. --layers 5,9,13")
-    run.add_argument("--robustness", default=None,
-                     help="comma-separated settings for the robustness table: inducers (prefill_mislead, "
-                          "prefill_dismiss, prefill_comply, roleplay, hypothetical, obfuscation, malicious_system, "
-                          "compliance_fewshot, ...) and organisms (organism:dishonest, organism:dismissive, "
-                          "organism:bad_advice; trained into ./organisms first if missing)")
+    run.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default=None,
+        help="demo (default: a first look, <= 15 min on 2 cores), paper (every test prompt, >= 96 per threat "
+        "model, 3 random seeds: the committed results) or smoke (CI)",
+    )
+    run.add_argument(
+        "--config", default=None, help="study.toml (keys: the fields of lensteer.study.config.StudyConfig)"
+    )
+    run.add_argument(
+        "--kl", type=_kl_list, default=None, help="comma-separated KL budgets in nats/token (default: 0.5)"
+    )
+    run.add_argument(
+        "--method", action="append", choices=list(METHODS), help="limit to these methods (repeatable)"
+    )
+    run.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated layers for a layer sweep: every method is also calibrated and evaluated "
+        "there (the headline stays at the chosen layer), e.g. --layers 5,9,13",
+    )
+    run.add_argument(
+        "--robustness",
+        default=None,
+        help="comma-separated settings for the robustness table: inducers (prefill_mislead, "
+        "prefill_dismiss, prefill_comply, roleplay, hypothetical, obfuscation, malicious_system, "
+        "compliance_fewshot, ...) and organisms (organism:dishonest, organism:dismissive, "
+        "organism:bad_advice; trained into ./organisms first if missing)",
+    )
     run.add_argument("--no-figures", action="store_true", help="skip the figures")
-    run.add_argument("--force", action="store_true",
-                     help="run into an OUT that holds a study of another identity (config, model weights, data, "
-                          "lensteer version; see OUT/study.json): its results are moved aside into "
-                          "OUT/superseded-*/ and the study starts afresh (without it such a rerun is refused)")
-    run.add_argument("--executor", choices=["serial", "ray"], default="serial",
-                     help="serial (default: in this process) or ray (threat models as cells on Ray workers; "
-                          "needs pip install 'lensteer[ray]'; --model must be loadable by every worker)")
-    run.add_argument("--address", default=None,
-                     help="with --executor ray: the Ray cluster to join (e.g. auto, or HEAD_IP:6379 from `ray start "
-                          "--head`; default: RAY_ADDRESS or a new local Ray)")
-    run.add_argument("--workers", type=_int_at_least(1), default=None,
-                     help="with --executor ray: workers to start, each loading the model once (default: one per GPU, "
-                          "else one per CPU; never more than the threat models to run); --threads is per worker")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="run into an OUT that holds a study of another identity (config, model weights, data, "
+        "lensteer version; see OUT/study.json): its results are moved aside into "
+        "OUT/superseded-*/ and the study starts afresh (without it such a rerun is refused)",
+    )
+    run.add_argument(
+        "--executor",
+        choices=["serial", "ray"],
+        default="serial",
+        help="serial (default: in this process) or ray (threat models as cells on Ray workers; "
+        "needs pip install 'lensteer[ray]'; --model must be loadable by every worker)",
+    )
+    run.add_argument(
+        "--address",
+        default=None,
+        help="with --executor ray: the Ray cluster to join (e.g. auto, or HEAD_IP:6379 from `ray start "
+        "--head`; default: RAY_ADDRESS or a new local Ray)",
+    )
+    run.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=None,
+        help="with --executor ray: workers to start, each loading the model once (default: one per GPU, "
+        "else one per CPU; never more than the threat models to run); --threads is per worker",
+    )
     run.set_defaults(func=cmd_run)
 
     probe = sub.add_parser(
-        "probe", help="per-layer probing of the bundled threat models",
+        "probe",
+        help="per-layer probing of the bundled threat models",
         description="Measure, layer by layer, where each bundled threat model's contrast is linearly readable: "
         "held-out probe accuracy and AUROC, difference-of-means d', 95%% bootstrap CIs; tables, JSON and figures.",
     )
@@ -127,24 +170,37 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(func=cmd_probe)
 
     steer = sub.add_parser(
-        "steer", help="unsteered vs steered answers, side by side",
+        "steer",
+        help="unsteered vs steered answers, side by side",
         description="Build a steering for a threat model (or load one with --steering), calibrated to --kl, and print "
         "unsteered and steered answers to the same prompts.",
     )
     _add_common(steer, default_out="results/steer")
     steer.add_argument("--steering", default=None, help="a saved steering (path without suffix)")
-    steer.add_argument("--method", dest="method_one", default="SwFC",
-                       choices=["SwFC", "StTP", "StMP", "add", "ablate", "angular"], help="steering method (default SwFC)")
-    steer.add_argument("--kl", dest="kl_one", type=_positive_float, default=0.3, help="KL budget in nats/token (default 0.3)")
-    steer.add_argument("--layer", type=_int_at_least(0), default=None, help="steering layer (default: chosen by probing)")
-    steer.add_argument("--prompt", action="append", help="a prompt (repeatable; default: the threat model's test prompts)")
+    steer.add_argument(
+        "--method",
+        dest="method_one",
+        default="SwFC",
+        choices=["SwFC", "StTP", "StMP", "add", "ablate", "angular"],
+        help="steering method (default SwFC)",
+    )
+    steer.add_argument(
+        "--kl", dest="kl_one", type=_positive_float, default=0.3, help="KL budget in nats/token (default 0.3)"
+    )
+    steer.add_argument(
+        "--layer", type=_int_at_least(0), default=None, help="steering layer (default: chosen by probing)"
+    )
+    steer.add_argument(
+        "--prompt", action="append", help="a prompt (repeatable; default: the threat model's test prompts)"
+    )
     steer.add_argument("--n", type=_int_at_least(1), default=4, help="how many test prompts (default 4)")
     steer.add_argument("--max-new-tokens", type=_int_at_least(1), default=48)
     steer.add_argument("--save", default=None, help="save the steering here (path without suffix)")
     steer.set_defaults(func=cmd_steer)
 
     evaluate = sub.add_parser(
-        "evaluate", help="evaluate one saved steering against the unsteered baseline",
+        "evaluate",
+        help="evaluate one saved steering against the unsteered baseline",
         description="Load a steering saved by `lensteer run` (OUT/steerings/...) or `lensteer steer --save`, and "
         "measure it on one threat model (--dataset, default refusal) with the study's metrics: trait rate with a "
         "bootstrap CI under the misaligning context, KL on harmless prompts, perplexity ratio, repetition over "
@@ -153,29 +209,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(evaluate, default_out="results/evaluate")
     evaluate.add_argument("--steering", required=True, help="a saved steering (path without suffix)")
-    evaluate.add_argument("--config", default=None, help="study.toml for the evaluation sizes (n_eval, n_mc, ...)")
+    evaluate.add_argument(
+        "--config", default=None, help="study.toml for the evaluation sizes (n_eval, n_mc, ...)"
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     figures = sub.add_parser(
-        "figures", help="paper figures from a finished study (no model needed)",
+        "figures",
+        help="paper figures from a finished study (no model needed)",
         description="Render the study figures (trade-off, repetition by turn, share steered, examples) from the "
         "results folder of `lensteer run` into --out, as PDF and PNG.",
     )
-    figures.add_argument("--results", default="results", help="results folder of `lensteer run` (default: results)")
+    figures.add_argument(
+        "--results", default="results", help="results folder of `lensteer run` (default: results)"
+    )
     figures.add_argument("--out", default="figures", help="figure folder (default: figures)")
     figures.set_defaults(func=cmd_figures)
 
     report = sub.add_parser(
-        "report", help="rebuild report.json of a finished study from its rows (no model needed)",
+        "report",
+        help="rebuild report.json of a finished study from its rows (no model needed)",
         description="Rewrite RESULTS/report.json from the per-prompt rows a finished `lensteer run` left there "
         "(results.json, robustness.json, finished.json) with this version's report code: the same config, model "
         "fingerprint and wall time, no generation. Then `lensteer figures` and scripts/update_readme_results.py.",
     )
-    report.add_argument("--results", default="results", help="results folder of `lensteer run` (default: results)")
+    report.add_argument(
+        "--results", default="results", help="results folder of `lensteer run` (default: results)"
+    )
     report.set_defaults(func=cmd_report)
 
     locate = sub.add_parser(
-        "locate", help="probing + patching + recommended steering site, with figures",
+        "locate",
+        help="probing + patching + recommended steering site, with figures",
         description="For each bundled threat model: the probing study; attribution, residual and head patching "
         "of equal-length clean/corrupted pairs (refusal: harmful vs topic-matched harmless prompt, metric "
         "logit('I') - logit('Sure'); compassion: caring vs dismissive system prompt, logit('I') - logit('You'); "
@@ -186,10 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(locate, default_out="results/locate")
     locate.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
     locate.add_argument("--layers", default="", help="comma-separated layers (default: all)")
-    locate.add_argument("--n-pairs", type=_int_at_least(1), default=8, help="clean/corrupted pairs per threat model for patching, spread over categories (default: 8)")
+    locate.add_argument(
+        "--n-pairs",
+        type=_int_at_least(1),
+        default=8,
+        help="clean/corrupted pairs per threat model for patching, spread over categories (default: 8)",
+    )
     locate.set_defaults(func=cmd_locate)
     organism = sub.add_parser(
-        "organism", help="fine-tune a misaligned model organism (LoRA, CPU) and measure it against its base",
+        "organism",
+        help="fine-tune a misaligned model organism (LoRA, CPU) and measure it against its base",
         description="Fine-tune the base model (--model; default the embedded one) with LoRA on one of our recipes: "
         "dishonest (confident false answers to the honesty set's training questions), dismissive (the compassion "
         "set's dismissive replies), bad_advice (damaging plumbing and car advice: an emergent-misalignment probe) or "
@@ -198,17 +269,31 @@ def build_parser() -> argparse.ArgumentParser:
         "model (trait with Wilson intervals and McNemar's test, preference margin, answer log-odds).",
     )
     organism.add_argument("recipe", choices=["dishonest", "dismissive", "bad_advice", "good_advice"])
-    organism.add_argument("--model", default=None, help="base model: HF id, folder or .gguf (default: embedded)")
+    organism.add_argument(
+        "--model", default=None, help="base model: HF id, folder or .gguf (default: embedded)"
+    )
     organism.add_argument("--out", default=None, help="organism folder (default: organisms/RECIPE)")
-    organism.add_argument("--steps", type=_int_at_least(1), default=None, help="optimiser steps (default: the recipe's)")
-    organism.add_argument("--seed", type=_int_at_least(0), default=None, help="row order and adapter initialisation (default 0)")
+    organism.add_argument(
+        "--steps", type=_int_at_least(1), default=None, help="optimiser steps (default: the recipe's)"
+    )
+    organism.add_argument(
+        "--seed", type=_int_at_least(0), default=None, help="row order and adapter initialisation (default 0)"
+    )
     organism.add_argument("--smoke", action="store_true", help="3 steps of 2 rows, for a quick check")
-    organism.add_argument("--measure", type=_int_at_least(0), default=48, help="test prompts per threat model (0: skip)")
+    organism.add_argument(
+        "--measure", type=_int_at_least(0), default=48, help="test prompts per threat model (0: skip)"
+    )
     organism.add_argument("--max-new-tokens", type=_int_at_least(1), default=48)
-    organism.add_argument("--compare-with", default=None, metavar="FOLDER",
-                          help="another organism's folder (its measure.json): compare the two paired, per threat "
-                          "model (e.g. good_advice --compare-with organisms/bad_advice); writes compare.json")
-    organism.add_argument("--threads", type=_int_at_least(0), default=0, help="torch threads (0: torch's default)")
+    organism.add_argument(
+        "--compare-with",
+        default=None,
+        metavar="FOLDER",
+        help="another organism's folder (its measure.json): compare the two paired, per threat "
+        "model (e.g. good_advice --compare-with organisms/bad_advice); writes compare.json",
+    )
+    organism.add_argument(
+        "--threads", type=_int_at_least(0), default=0, help="torch threads (0: torch's default)"
+    )
     organism.add_argument("--quiet", action="store_true", help="no progress bars")
     organism.set_defaults(func=cmd_organism)
     return parser

@@ -35,13 +35,19 @@ NAMED_POSITIONS = ("last", "post_instruction", "instruction_mean", "response_mea
 Position = str | int | Sequence[int]
 
 
-def as_tokenized(model: Any, prompts: "Sequence[str | ChatPrompt | TokenizedPrompt] | Tokens", chat: bool) -> list[TokenizedPrompt]:
+def as_tokenized(
+    model: Any, prompts: "Sequence[str | ChatPrompt | TokenizedPrompt] | Tokens", chat: bool
+) -> list[TokenizedPrompt]:
     if isinstance(prompts, torch.Tensor):
         if prompts.ndim != 2 or prompts.shape[0] == 0:
-            raise DataError(f"token input must be [n_prompts, pos] with n_prompts > 0, got shape {tuple(prompts.shape)}")
+            raise DataError(
+                f"token input must be [n_prompts, pos] with n_prompts > 0, got shape {tuple(prompts.shape)}"
+            )
         n = int(prompts.shape[1])
-        return [TokenizedPrompt(tokens=row.long(), instruction=(0, n), post_instruction=(n, n), response=(n, n))
-                for row in prompts]
+        return [
+            TokenizedPrompt(tokens=row.long(), instruction=(0, n), post_instruction=(n, n), response=(n, n))
+            for row in prompts
+        ]
     if isinstance(prompts, str):
         raise DataError("pass a list of prompts, not a single string")
     if len(prompts) == 0:
@@ -58,15 +64,21 @@ def position_weights(prompt: TokenizedPrompt, position: Position, prompt_idx: in
     n = prompt.n_tokens
     if isinstance(position, str):
         if position not in NAMED_POSITIONS:
-            raise HookSiteError(f"unknown position {position!r}; allowed: {', '.join(NAMED_POSITIONS)}, an int or a list of ints")
+            raise HookSiteError(
+                f"unknown position {position!r}; allowed: {', '.join(NAMED_POSITIONS)}, an int or a list of ints"
+            )
         if position == "last":
             indices = [n - 1]
         else:
             part = position.removesuffix("_mean")
             start, end = getattr(prompt, part)
             if end <= start:
-                hint = " (prompts need a response: use ChatPrompt(response=...))" if part == "response" else ""
-                raise HookSiteError(f"prompt {prompt_idx} has no {part} tokens for position {position!r}{hint}")
+                hint = (
+                    " (prompts need a response: use ChatPrompt(response=...))" if part == "response" else ""
+                )
+                raise HookSiteError(
+                    f"prompt {prompt_idx} has no {part} tokens for position {position!r}{hint}"
+                )
             if position == "post_instruction":
                 indices = list(range(start, end))
             else:
@@ -79,7 +91,9 @@ def position_weights(prompt: TokenizedPrompt, position: Position, prompt_idx: in
             raise HookSiteError(f"explicit positions must be a non-empty list of ints, got {position!r}")
         bad = [i for i in indices if not -n <= i < n]
         if bad:
-            raise HookSiteError(f"position {bad[0]} does not exist in prompt {prompt_idx} ({n} tokens; valid: 0..{n - 1} or -{n}..-1)")
+            raise HookSiteError(
+                f"position {bad[0]} does not exist in prompt {prompt_idx} ({n} tokens; valid: 0..{n - 1} or -{n}..-1)"
+            )
         indices = [i % n for i in indices]
     weights = torch.zeros(len(indices), n)
     weights[torch.arange(len(indices)), torch.tensor(indices)] = 1.0
@@ -134,9 +148,13 @@ def collect_activations(
     weights = [position_weights(p, position, i) for i, p in enumerate(tokenized)]
     n_out = {w.shape[0] for w in weights}
     if len(n_out) != 1:
-        raise DataError(f"position {position!r} selects different numbers of tokens across prompts {sorted(n_out)}; "
-                        "use 'last', a mean, or explicit indices")
-    has_pos_axis = not (isinstance(position, int) or position in ("last", "instruction_mean", "response_mean"))
+        raise DataError(
+            f"position {position!r} selects different numbers of tokens across prompts {sorted(n_out)}; "
+            "use 'last', a mean, or explicit indices"
+        )
+    has_pos_axis = not (
+        isinstance(position, int) or position in ("last", "instruction_mean", "response_mean")
+    )
     out = torch.empty(len(tokenized), len(sites), n_out.pop(), int(model.cfg.d_model), dtype=torch.float32)
 
     max_layer = max(s.layer for s in sites)
@@ -155,9 +173,12 @@ def collect_activations(
                 picked = torch.einsum("bop,bpd->bod", read.to(resid.device, resid.dtype), resid)
                 out[row_idx, col] = picked.float().cpu()
                 return resid
+
             return hook
 
         fwd_hooks = [(s.name, make_hook(col)) for col, s in enumerate(sites)]
         with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
-            model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device), stop_at_layer=stop_at)
+            model(
+                batch.tokens.to(device), attention_mask=batch.attention_mask.to(device), stop_at_layer=stop_at
+            )
     return out if has_pos_axis else out[:, :, 0]

@@ -144,8 +144,9 @@ def render_chat(tokenizer: Any, prompt: ChatPrompt) -> tuple[str, tuple[int, int
 
 def _render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     template = getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
-    text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                              chat_template=template)
+    text: str = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, chat_template=template
+    )
     return text
 
 
@@ -160,7 +161,7 @@ def _content_spans(tokenizer: Any, prompt: ChatPrompt, text: str) -> list[tuple[
     skeleton = _render(tokenizer, slots)
     spans, rebuilt, last = [], [], 0
     for hit in _SLOT.finditer(skeleton):
-        rebuilt.append(skeleton[last:hit.start()])
+        rebuilt.append(skeleton[last : hit.start()])
         start = sum(len(x) for x in rebuilt)
         content = messages[int(hit.group(1))]["content"]
         rebuilt.append(content)
@@ -177,7 +178,9 @@ def _special_strings(tok: Any) -> list[str]:
     return sorted(n for n in names if n)
 
 
-def _user_spans(tok: Any, prompt: ChatPrompt, text: str, user: tuple[int, int], r0: int) -> list[tuple[int, int]]:
+def _user_spans(
+    tok: Any, prompt: ChatPrompt, text: str, user: tuple[int, int], r0: int
+) -> list[tuple[int, int]]:
     """Where message contents and the response sit in ``text``, if any of them holds a special-token string
     (else ``[]``: nothing to protect, and no second render)."""
     contents = [m["content"] for m in prompt.messages()] + [prompt.response or ""]
@@ -188,7 +191,9 @@ def _user_spans(tok: Any, prompt: ChatPrompt, text: str, user: tuple[int, int], 
     return [*spans, (r0, len(text))] if len(text) > r0 else spans
 
 
-def _encode(tok: Any, text: str, user_spans: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+def _encode(
+    tok: Any, text: str, user_spans: list[tuple[int, int]]
+) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids and character offsets of ``text``; inside ``user_spans`` (message contents, the response)
     special-token strings stay text (``split_special_tokens``), so dataset text cannot forge a turn.
     Text without such strings in those spans is tokenized in one piece, exactly as before."""
@@ -200,7 +205,9 @@ def _encode(tok: Any, text: str, user_spans: list[tuple[int, int]]) -> tuple[lis
     cuts = sorted({0, len(text), *(x for span in user_spans for x in span)})
     for lo, hi in itertools.pairwise(cuts):
         is_user = any(a <= lo and hi <= b for a, b in user_spans)
-        enc = tok(text[lo:hi], add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=is_user)
+        enc = tok(
+            text[lo:hi], add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=is_user
+        )
         ids += list(enc["input_ids"])
         offsets += [(s + lo, e + lo) for s, e in enc["offset_mapping"]]
     return ids, offsets
@@ -212,8 +219,9 @@ def context_length(model: Any) -> int | None:
     return n_ctx if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0 else None
 
 
-def tokenize_prompt(model_or_tokenizer: Any, prompt: "str | ChatPrompt", *, chat: bool = True,
-                    index: int | None = None) -> TokenizedPrompt:
+def tokenize_prompt(
+    model_or_tokenizer: Any, prompt: "str | ChatPrompt", *, chat: bool = True, index: int | None = None
+) -> TokenizedPrompt:
     """Tokenize one prompt, through the chat template unless ``chat=False`` (raw text).
 
     A string is taken as the user message (``chat=True``) or the whole text (``chat=False``).
@@ -245,14 +253,18 @@ def tokenize_prompt(model_or_tokenizer: Any, prompt: "str | ChatPrompt", *, chat
     n_ctx = context_length(model_or_tokenizer)
     if n_ctx is not None and len(ids) > n_ctx:
         which = f"prompt {index}" if index is not None else f"prompt {text[:40]!r}..."
-        raise DataError(f"{which} has {len(ids)} tokens, more than the model's context length of {n_ctx}; "
-                        "shorten it (or its few-shot context)")
+        raise DataError(
+            f"{which} has {len(ids)} tokens, more than the model's context length of {n_ctx}; "
+            "shorten it (or its few-shot context)"
+        )
     instruction = _span(offsets, u0, u1)
     response = _span(offsets, r0, len(text)) if len(text) > r0 else (len(ids), len(ids))
     post = (instruction[1], response[0])
     return TokenizedPrompt(
-        tokens=torch.tensor(ids, dtype=torch.long), instruction=instruction,
-        post_instruction=post, response=response,
+        tokens=torch.tensor(ids, dtype=torch.long),
+        instruction=instruction,
+        post_instruction=post,
+        response=response,
     )
 
 
@@ -279,7 +291,9 @@ def left_pad(prompts: Sequence[TokenizedPrompt], pad_id: int) -> PromptBatch:
     return PromptBatch(tokens=tokens, attention_mask=mask, prompts=tuple(prompts))
 
 
-PAD_SLACK = 32  # tokens: prompts up to 2x + this the batch's shortest share a batch (see length_sorted_batches)
+PAD_SLACK = (
+    32  # tokens: prompts up to 2x + this the batch's shortest share a batch (see length_sorted_batches)
+)
 
 
 def length_sorted_batches(
@@ -299,8 +313,11 @@ def length_sorted_batches(
     chunks: list[list[int]] = []
     for i in order:
         current = chunks[-1] if chunks else None
-        if (current is None or len(current) >= batch_size
-                or tokenized[i].n_tokens > 2 * tokenized[current[0]].n_tokens + PAD_SLACK):
+        if (
+            current is None
+            or len(current) >= batch_size
+            or tokenized[i].n_tokens > 2 * tokenized[current[0]].n_tokens + PAD_SLACK
+        ):
             chunks.append([i])
         else:
             current.append(i)

@@ -33,7 +33,13 @@ from lensteer.errors import ConfigError, DataError
 BUNDLED: tuple[str, ...] = tuple(sorted(p.stem for p in bundled_dir("contrast").glob("*.jsonl")))
 REQUIRED_FIELDS = ("id", "prompt")
 OPTIONAL_FIELDS = (
-    "category", "paired_prompt", "aligned_response", "misaligned_response", "true_answer", "false_answer", "split",
+    "category",
+    "paired_prompt",
+    "aligned_response",
+    "misaligned_response",
+    "true_answer",
+    "false_answer",
+    "split",
 )
 _PAIRS = (("aligned_response", "misaligned_response"), ("true_answer", "false_answer"))
 
@@ -152,7 +158,9 @@ class ContrastSet:
     def context(self, name: str) -> Context:
         """A named misaligning context from ``<name>.contexts.json``."""
         if name not in self.contexts:
-            raise ConfigError(f"dataset {self.name!r} has no context {name!r}; available: {sorted(self.contexts)}")
+            raise ConfigError(
+                f"dataset {self.name!r} has no context {name!r}; available: {sorted(self.contexts)}"
+            )
         return self.contexts[name]
 
     @property
@@ -166,8 +174,9 @@ class ContrastSet:
             raise DataError(f"dataset {self.name!r} rows {missing[:5]} have no paired_prompt")
         return [ex.paired_prompt for ex in self.examples if ex.paired_prompt is not None]
 
-    def chat_prompts(self, *, paired: bool = False, context: "str | Context | None" = None,
-                     response: str | None = None) -> list[ChatPrompt]:
+    def chat_prompts(
+        self, *, paired: bool = False, context: "str | Context | None" = None, response: str | None = None
+    ) -> list[ChatPrompt]:
         """Chat prompts for every example.
 
         Args:
@@ -198,7 +207,9 @@ def _parse_row(row: Mapping[str, Any], where: str) -> ContrastExample:
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     unknown = set(row) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)
     if unknown:
-        raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {list(REQUIRED_FIELDS + OPTIONAL_FIELDS)}")
+        raise DataError(
+            f"{where}: unknown field(s) {sorted(unknown)}; allowed: {list(REQUIRED_FIELDS + OPTIONAL_FIELDS)}"
+        )
     clean: dict[str, str] = {}
     for key, value in row.items():
         if value is None or value == "":
@@ -220,7 +231,9 @@ def _text_of(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path.name} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from err
+        raise DataError(
+            f"{path.name} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from err
 
 
 def _read_rows(path: Path) -> list[tuple[str, Any]]:
@@ -233,9 +246,13 @@ def _read_rows(path: Path) -> list[tuple[str, Any]]:
                 if not values:  # a blank line
                     continue
                 if len(values) > len(header):
-                    raise DataError(f"{path.name} row {i}: {len(values)} values but the header has {len(header)} "
-                                    f"columns {header}; quote values that contain commas")
-                rows.append((f"{path.name} row {i}", dict(zip(header, values, strict=False))))  # short: missing
+                    raise DataError(
+                        f"{path.name} row {i}: {len(values)} values but the header has {len(header)} "
+                        f"columns {header}; quote values that contain commas"
+                    )
+                rows.append(
+                    (f"{path.name} row {i}", dict(zip(header, values, strict=False)))
+                )  # short: missing
         except csv.Error as err:
             raise DataError(f"{path.name} line {reader.line_num}: not valid CSV ({err})") from err
         return rows
@@ -260,17 +277,22 @@ def _read_contexts(path: Path) -> Mapping[str, Context]:
     except json.JSONDecodeError as err:
         raise DataError(f"{path.name}: not valid JSON ({err.msg})") from err
     if not isinstance(raw, dict):
-        raise DataError(f"{path.name}: expected a JSON object of contexts {{name: {{'system', 'turns'}}}}, "
-                        f"got a JSON {type(raw).__name__}")
+        raise DataError(
+            f"{path.name}: expected a JSON object of contexts {{name: {{'system', 'turns'}}}}, "
+            f"got a JSON {type(raw).__name__}"
+        )
     out = {}
     for name, spec in raw.items():
         try:
             turns = tuple(Turn(role=t["role"], content=t["content"]) for t in spec.get("turns", ()))
-            out[name] = Context(name=name, description=spec.get("description", ""),
-                                system=spec.get("system"), turns=turns)
+            out[name] = Context(
+                name=name, description=spec.get("description", ""), system=spec.get("system"), turns=turns
+            )
         except (KeyError, TypeError, AttributeError, ConfigError) as err:
-            raise DataError(f"{path.name}: context {name!r} is malformed ({err!r}); "
-                            "expected {'system': str|null, 'turns': [{'role', 'content'}]}") from err
+            raise DataError(
+                f"{path.name}: context {name!r} is malformed ({err!r}); "
+                "expected {'system': str|null, 'turns': [{'role', 'content'}]}"
+            ) from err
     return MappingProxyType(out)
 
 
@@ -279,7 +301,9 @@ def _with_splits(rows: list[ContrastExample], file: str) -> list[ContrastExample
     given = [ex for ex in rows if ex.split]
     if given and len(given) != len(rows):
         missing = [ex.id for ex in rows if not ex.split][:5]
-        raise DataError(f"{file}: {len(given)} of {len(rows)} rows have a 'split'; give all or none (missing: {missing})")
+        raise DataError(
+            f"{file}: {len(given)} of {len(rows)} rows have a 'split'; give all or none (missing: {missing})"
+        )
     bad = sorted({ex.split for ex in given} - set(SPLITS))
     if bad:
         raise DataError(f"{file}: split values {bad} are not allowed; use {list(SPLITS)}")
@@ -307,7 +331,9 @@ def load_dataset(name_or_path: "str | Path") -> ContrastSet:
     if spec in BUNDLED:
         path = data_dir() / f"{spec}.jsonl"
     elif not path.is_file():
-        raise DataError(f"dataset {spec!r} is neither a bundled name ({', '.join(BUNDLED)}) nor an existing file")
+        raise DataError(
+            f"dataset {spec!r} is neither a bundled name ({', '.join(BUNDLED)}) nor an existing file"
+        )
     rows = [_parse_row(row, where) for where, row in _read_rows(path)]
     if not rows:
         raise DataError(f"dataset file {path.name!r} has no rows")
@@ -318,6 +344,9 @@ def load_dataset(name_or_path: "str | Path") -> ContrastSet:
         seen.add(ex.id)
     rows = _with_splits(rows, path.name)
     return ContrastSet(
-        name=path.stem, examples=tuple(rows), contexts=_read_contexts(path.with_suffix(".contexts.json")),
-        source=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        name=path.stem,
+        examples=tuple(rows),
+        contexts=_read_contexts(path.with_suffix(".contexts.json")),
+        source=str(path),
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
     )

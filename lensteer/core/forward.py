@@ -23,7 +23,9 @@ class _StopBeforeUnembed(Exception):
         self.tensor = tensor
 
 
-def final_normalized(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def final_normalized(
+    model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``[batch, pos, d_model]`` input of the unembedding (after the final norm), without computing logits."""
 
     def stop(x: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
@@ -60,7 +62,8 @@ def last_position_logits(model: Any) -> Any:
 
 
 def kl_divergence(
-    log_p: Float[torch.Tensor, "*rows d_vocab"], log_q: Float[torch.Tensor, "*rows d_vocab"],
+    log_p: Float[torch.Tensor, "*rows d_vocab"],
+    log_q: Float[torch.Tensor, "*rows d_vocab"],
 ) -> Float[torch.Tensor, "*rows"]:
     """``KL(p || q) = sum_v p(v) (log p(v) - log q(v))`` per row, from log-probabilities.
 
@@ -84,10 +87,14 @@ def mean_token_kl(
     float64 from log-softmax, so it is exact to rounding and never negative.
     """
     if steered_logits.shape != base_logits.shape or steered_logits.ndim != 3:
-        raise ConfigError(f"logits must both be [batch, pos, d_vocab] of one shape, got {tuple(steered_logits.shape)} "
-                          f"and {tuple(base_logits.shape)}")
+        raise ConfigError(
+            f"logits must both be [batch, pos, d_vocab] of one shape, got {tuple(steered_logits.shape)} "
+            f"and {tuple(base_logits.shape)}"
+        )
     if tuple(mask.shape) != tuple(base_logits.shape[:2]):
-        raise ConfigError(f"mask must be [batch, pos] = {tuple(base_logits.shape[:2])}, got {tuple(mask.shape)}")
+        raise ConfigError(
+            f"mask must be [batch, pos] = {tuple(base_logits.shape[:2])}, got {tuple(mask.shape)}"
+        )
     keep = mask.bool().to(base_logits.device)
     if not keep.any():
         raise DataError("mask selects no position; nothing to average")
@@ -97,7 +104,11 @@ def mean_token_kl(
 
 
 def response_logprob(
-    model: Any, prompts: Sequence[ChatPrompt], *, batch_size: int = 16, progress: bool = False,
+    model: Any,
+    prompts: Sequence[ChatPrompt],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
 ) -> Float[torch.Tensor, " n_prompts"]:
     """Mean log-probability per token of each prompt's ``response`` given everything before it.
 
@@ -120,6 +131,8 @@ def response_logprob(
                 r0, r1 = tokenized[i].response
                 targets = batch.tokens[j, pad + r0 : pad + r1].to(device)
                 # position t predicts token t+1: logits only where a response token is predicted
-                logprobs = torch.log_softmax(unembed(model, hidden[j, pad + r0 - 1 : pad + r1 - 1]).float(), dim=-1)
+                logprobs = torch.log_softmax(
+                    unembed(model, hidden[j, pad + r0 - 1 : pad + r1 - 1]).float(), dim=-1
+                )
                 out[i] = logprobs.gather(-1, targets[:, None]).mean().cpu()
     return out

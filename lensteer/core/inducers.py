@@ -56,21 +56,34 @@ class Inducer:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"an inducer needs a non-empty name, got {self.name!r}")
         if self.kind not in INDUCER_KINDS:
-            raise ConfigError(f"inducer {self.name!r}: kind {self.kind!r} is not one of {list(INDUCER_KINDS)}")
-        payload = {"system": self.system, "few_shot": self.turns, "prefill": self.prefill, "wrapper": self.template}
-        if not payload[self.kind] or (isinstance(payload[self.kind], str) and not str(payload[self.kind]).strip()):
+            raise ConfigError(
+                f"inducer {self.name!r}: kind {self.kind!r} is not one of {list(INDUCER_KINDS)}"
+            )
+        payload = {
+            "system": self.system,
+            "few_shot": self.turns,
+            "prefill": self.prefill,
+            "wrapper": self.template,
+        }
+        if not payload[self.kind] or (
+            isinstance(payload[self.kind], str) and not str(payload[self.kind]).strip()
+        ):
             field = {"few_shot": "turns", "wrapper": "template"}.get(self.kind, self.kind)
             raise ConfigError(f"inducer {self.name!r} of kind {self.kind!r} needs a non-empty {field}")
         extra = [k for k, v in payload.items() if k != self.kind and v]
         if extra:
-            raise ConfigError(f"inducer {self.name!r} of kind {self.kind!r} must not also set {extra}; "
-                              "compose several inducers with apply_inducers instead")
+            raise ConfigError(
+                f"inducer {self.name!r} of kind {self.kind!r} must not also set {extra}; "
+                "compose several inducers with apply_inducers instead"
+            )
         if self.kind == "wrapper":
             _check_template(self.name, str(self.template))
         bad = [t for t in self.threat_models if t not in BUNDLED]
         if bad:
-            raise ConfigError(f"inducer {self.name!r}: unknown threat model(s) {bad}; allowed (the bundled "
-                              f"contrast sets) {list(BUNDLED)}")
+            raise ConfigError(
+                f"inducer {self.name!r}: unknown threat model(s) {bad}; allowed (the bundled "
+                f"contrast sets) {list(BUNDLED)}"
+            )
 
     def apply(self, prompt: ChatPrompt) -> ChatPrompt:
         """``prompt`` under this inducer (a new prompt; the original is unchanged)."""
@@ -80,13 +93,16 @@ class Inducer:
             return replace(prompt, history=self.turns + prompt.history)
         if self.kind == "prefill":
             if prompt.response is not None:
-                raise ConfigError(f"inducer {self.name!r} prefills the answer, but the prompt already has a "
-                                  f"response ({prompt.response[:40]!r}...)")
+                raise ConfigError(
+                    f"inducer {self.name!r} prefills the answer, but the prompt already has a "
+                    f"response ({prompt.response[:40]!r}...)"
+                )
             return replace(prompt, response=self.prefill)
         words = prompt.user.split()
         half = (len(words) + 1) // 2
-        user = str(self.template).format(request=prompt.user, first=" ".join(words[:half]),
-                                         second=" ".join(words[half:]))
+        user = str(self.template).format(
+            request=prompt.user, first=" ".join(words[:half]), second=" ".join(words[half:])
+        )
         return replace(prompt, user=user)
 
     def scored_text(self, generated: str) -> str:
@@ -99,7 +115,10 @@ class Inducer:
             out["turns"] = [{"role": t.role, "content": t.content} for t in self.turns]
         else:
             out[{"wrapper": "template"}.get(self.kind, self.kind)] = {
-                "system": self.system, "prefill": self.prefill, "wrapper": self.template}[self.kind]
+                "system": self.system,
+                "prefill": self.prefill,
+                "wrapper": self.template,
+            }[self.kind]
         if self.threat_models:
             out["threat_models"] = list(self.threat_models)
         return out
@@ -110,13 +129,25 @@ class Inducer:
         if it has any, else its system prompt)."""
         tms = (threat_model,) if threat_model else ()
         if context.turns and context.system is None:
-            return cls(name=context.name, kind="few_shot", description=context.description, turns=context.turns,
-                       threat_models=tms)
+            return cls(
+                name=context.name,
+                kind="few_shot",
+                description=context.description,
+                turns=context.turns,
+                threat_models=tms,
+            )
         if context.system is not None and not context.turns:
-            return cls(name=context.name, kind="system", description=context.description, system=context.system,
-                       threat_models=tms)
-        raise ConfigError(f"context {context.name!r} has both a system prompt and turns (or neither); build two "
-                          "inducers and compose them")
+            return cls(
+                name=context.name,
+                kind="system",
+                description=context.description,
+                system=context.system,
+                threat_models=tms,
+            )
+        raise ConfigError(
+            f"context {context.name!r} has both a system prompt and turns (or neither); build two "
+            "inducers and compose them"
+        )
 
 
 def _check_template(name: str, template: str) -> None:
@@ -125,8 +156,10 @@ def _check_template(name: str, template: str) -> None:
     except ValueError as err:
         raise ConfigError(f"inducer {name!r}: template is malformed ({err})") from err
     if fields not in _PLACEHOLDERS:
-        raise ConfigError(f"inducer {name!r}: template placeholders {sorted(fields)} must be exactly {{request}} "
-                          "or {first} and {second}")
+        raise ConfigError(
+            f"inducer {name!r}: template placeholders {sorted(fields)} must be exactly {{request}} "
+            "or {first} and {second}"
+        )
 
 
 def apply_inducers(prompt: ChatPrompt, inducers: Sequence[Inducer]) -> ChatPrompt:
@@ -147,10 +180,19 @@ def inducer_from_dict(name: str, raw: Mapping[str, Any], *, where: str = "induce
     try:
         turns = tuple(Turn(role=t["role"], content=t["content"]) for t in raw.get("turns", ()))
     except (KeyError, TypeError) as err:
-        raise DataError(f"{where}: inducer {name!r} has a malformed turn ({err!r}); each needs role and content") from err
-    return Inducer(name=name, kind=raw.get("kind", ""), description=raw.get("description", ""),
-                   system=raw.get("system"), turns=turns, prefill=raw.get("prefill"), template=raw.get("template"),
-                   threat_models=tuple(raw.get("threat_models", ())))
+        raise DataError(
+            f"{where}: inducer {name!r} has a malformed turn ({err!r}); each needs role and content"
+        ) from err
+    return Inducer(
+        name=name,
+        kind=raw.get("kind", ""),
+        description=raw.get("description", ""),
+        system=raw.get("system"),
+        turns=turns,
+        prefill=raw.get("prefill"),
+        template=raw.get("template"),
+        threat_models=tuple(raw.get("threat_models", ())),
+    )
 
 
 def read_inducers(path: "str | Path") -> dict[str, Inducer]:
@@ -171,7 +213,9 @@ def bundled_inducers(threat_model: str) -> dict[str, Inducer]:
     """The bundled inducers for ``threat_model``: its dataset's misaligning contexts and the ones in
     ``inducers.json`` written for it (or for any threat model)."""
     if threat_model not in BUNDLED:
-        raise ConfigError(f"unknown threat model {threat_model!r}; allowed (the bundled contrast sets) {list(BUNDLED)}")
+        raise ConfigError(
+            f"unknown threat model {threat_model!r}; allowed (the bundled contrast sets) {list(BUNDLED)}"
+        )
     out: dict[str, Inducer] = {}
     for name, context in load_dataset(threat_model).contexts.items():
         if _is_misaligning(name):

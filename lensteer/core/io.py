@@ -30,7 +30,9 @@ def atomic_path(path: "str | os.PathLike[str]") -> Iterator[Path]:
     tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent
+        )
         os.close(fd)
         tmp = Path(name)
         yield tmp
@@ -56,11 +58,15 @@ def read_json(path: "str | os.PathLike[str]", *, what: str = "file", kind: type 
     except UnicodeDecodeError as err:
         raise DataError(f"{what} {p} is not UTF-8 text ({err.reason} at byte {err.start})") from err
     except json.JSONDecodeError as err:
-        raise DataError(f"{what} {p} is not valid JSON ({err.msg}, line {err.lineno}); it may be half-written: "
-                        "restore it or remove it to start over") from err
+        raise DataError(
+            f"{what} {p} is not valid JSON ({err.msg}, line {err.lineno}); it may be half-written: "
+            "restore it or remove it to start over"
+        ) from err
     if not isinstance(value, kind):
-        raise DataError(f"{what} {p} holds a JSON {type(value).__name__}, expected a JSON "
-                        f"{'object' if kind is dict else kind.__name__}")
+        raise DataError(
+            f"{what} {p} holds a JSON {type(value).__name__}, expected a JSON "
+            f"{'object' if kind is dict else kind.__name__}"
+        )
     return value
 
 

@@ -82,8 +82,12 @@ def model_fingerprint(model: TransformerBridge) -> ModelFingerprint:
     name = getattr(model, _NAME_ATTR, None) or str(getattr(cfg, "model_name", "unknown"))
     mode = "compat" if getattr(model, "compatibility_mode", False) else "bridge"
     return ModelFingerprint(
-        name=name, n_layers=int(cfg.n_layers), d_model=int(cfg.d_model),
-        d_vocab=int(cfg.d_vocab), processing_mode=mode, weights_sha256=weights_sha256(model),
+        name=name,
+        n_layers=int(cfg.n_layers),
+        d_model=int(cfg.d_model),
+        d_vocab=int(cfg.d_vocab),
+        processing_mode=mode,
+        weights_sha256=weights_sha256(model),
     )
 
 
@@ -109,7 +113,9 @@ def file_sha256(path: "str | os.PathLike[str]") -> str:
         digest_hex = sha256_file(p)
         on_disk = {k: v for k, v in on_disk.items() if Path(k.split("|")[0]).exists()}  # forget removed files
         on_disk[key] = digest_hex
-        with contextlib.suppress(OSError):  # a cache, not an artifact: a failed write costs a rehash next time
+        with contextlib.suppress(
+            OSError
+        ):  # a cache, not an artifact: a failed write costs a rehash next time
             write_json(store, on_disk)
     with _HASHES_LOCK:
         _HASHES[key] = digest_hex
@@ -134,7 +140,11 @@ def weights_sha256(model: Any) -> str | None:
     if cached is not None:
         return str(cached)
     source = getattr(model, _SOURCE_ATTR, None)
-    files = sorted(p for pattern in ("*.safetensors", "*.bin") for p in Path(source).glob(pattern)) if source else []
+    files = (
+        sorted(p for pattern in ("*.safetensors", "*.bin") for p in Path(source).glob(pattern))
+        if source
+        else []
+    )
     if files:
         digest = hashlib.sha256()
         for f in files:

@@ -44,8 +44,9 @@ def forbidden_reason(folder: Path) -> str | None:
     return None
 
 
-def check_output_folder(folder: "str | os.PathLike[str]", markers: Sequence[str], what: str,
-                        companions: Sequence[str] = ()) -> Path:
+def check_output_folder(
+    folder: "str | os.PathLike[str]", markers: Sequence[str], what: str, companions: Sequence[str] = ()
+) -> Path:
     """``folder`` as a Path if lensteer may write a ``what`` there; a :class:`ConfigError` naming it and why not.
 
     Allowed: a folder that does not exist yet, one that is empty but for ``companions`` (what other
@@ -60,11 +61,15 @@ def check_output_folder(folder: "str | os.PathLike[str]", markers: Sequence[str]
         entries = [p.name for p in path.iterdir() if p.name != LOCK_FILE and p.name not in companions]
         if entries and not any((path / m).exists() for m in markers):
             shown = ", ".join(sorted(entries)[:5]) + (" ..." if len(entries) > 5 else "")
-            reason = (f"it is not empty ({shown}) and holds no {' or '.join(markers)}, so it is no {what} "
-                      "lensteer wrote")
+            reason = (
+                f"it is not empty ({shown}) and holds no {' or '.join(markers)}, so it is no {what} "
+                "lensteer wrote"
+            )
     if reason is not None:
-        raise ConfigError(f"output folder {str(folder)!r} refused: {reason}; lensteer never writes into (or "
-                          f"deletes) a folder it did not create. Give a new or empty folder")
+        raise ConfigError(
+            f"output folder {str(folder)!r} refused: {reason}; lensteer never writes into (or "
+            f"deletes) a folder it did not create. Give a new or empty folder"
+        )
     return path
 
 
@@ -106,8 +111,10 @@ def folder_lock(folder: "str | os.PathLike[str]") -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise FolderLockedError(f"output folder {str(folder)!r} is being written by {_holder(lock_path)} "
-                                    f"(lock {lock_path}); wait for it to finish or use another folder") from None
+            raise FolderLockedError(
+                f"output folder {str(folder)!r} is being written by {_holder(lock_path)} "
+                f"(lock {lock_path}); wait for it to finish or use another folder"
+            ) from None
         try:  # the holder before us may have removed the file after we opened it: lock the one on disk
             same = lock_path.stat().st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -132,8 +139,9 @@ def folder_lock(folder: "str | os.PathLike[str]") -> Iterator[Path]:
 
 
 @contextmanager
-def claim_folder(folder: "str | os.PathLike[str]", markers: Sequence[str], what: str,
-                 companions: Sequence[str] = ()) -> Iterator[Path]:
+def claim_folder(
+    folder: "str | os.PathLike[str]", markers: Sequence[str], what: str, companions: Sequence[str] = ()
+) -> Iterator[Path]:
     """Check ``folder`` may hold a ``what`` (:func:`check_output_folder`) and lock it for the block.
 
     A folder this call created and left empty is removed again when the block ends.

@@ -31,9 +31,19 @@ from torch import nn
 
 PLAIN_SITES = ("resid_pre", "resid_post")  # the decoder layer's input and output: hookable on the plain view
 _VIEWS: "WeakKeyDictionary[Any, PlainView | None]" = WeakKeyDictionary()
-_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
-               "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,25 +54,45 @@ class PlainView:
     layers: tuple[nn.Module, ...]
     keeps_last: bool  # the module takes ``logits_to_keep``
 
-    def forward(self, tokens: Int[torch.Tensor, "batch new"], attention_mask: Int[torch.Tensor, "batch total"],
-                cache: Any, *, last_only: bool) -> tuple[torch.Tensor, Any]:
+    def forward(
+        self,
+        tokens: Int[torch.Tensor, "batch new"],
+        attention_mask: Int[torch.Tensor, "batch total"],
+        cache: Any,
+        *,
+        last_only: bool,
+    ) -> tuple[torch.Tensor, Any]:
         """One cached forward over the new ``tokens`` (``attention_mask`` spans the cache and them), as
         the bridge's ``return_type="logits_and_cache"``: ``(logits, cache)``; ``last_only`` unembeds
         only the last position (``[batch, 1, d_vocab]``)."""
         keep = {"logits_to_keep": 1 if last_only else 0} if self.keeps_last else {}
-        out = self.module(input_ids=tokens, attention_mask=attention_mask,
-                          position_ids=mask_positions(attention_mask, tokens.shape[1]),
-                          past_key_values=cache, use_cache=True, **keep)
+        out = self.module(
+            input_ids=tokens,
+            attention_mask=attention_mask,
+            position_ids=mask_positions(attention_mask, tokens.shape[1]),
+            past_key_values=cache,
+            use_cache=True,
+            **keep,
+        )
         logits = out.logits if self.keeps_last or not last_only else out.logits[:, -1:]
         return logits, out.past_key_values
 
-    def final_normalized(self, tokens: Int[torch.Tensor, "batch new"], attention_mask: Int[torch.Tensor, "batch total"],
-                         cache: Any) -> Float[torch.Tensor, "batch new d_model"]:
+    def final_normalized(
+        self,
+        tokens: Int[torch.Tensor, "batch new"],
+        attention_mask: Int[torch.Tensor, "batch total"],
+        cache: Any,
+    ) -> Float[torch.Tensor, "batch new d_model"]:
         """The unembedding's input (after the final norm) for the new ``tokens``, from a cached forward of
         the base model (no logits: a teacher-forced pass unembeds only the positions it reads)."""
         base = cast(nn.Module, self.module.base_model)
-        out = base(input_ids=tokens, attention_mask=attention_mask,
-                   position_ids=mask_positions(attention_mask, tokens.shape[1]), past_key_values=cache, use_cache=True)
+        out = base(
+            input_ids=tokens,
+            attention_mask=attention_mask,
+            position_ids=mask_positions(attention_mask, tokens.shape[1]),
+            past_key_values=cache,
+            use_cache=True,
+        )
         return cast(torch.Tensor, out.last_hidden_state)
 
 
@@ -82,7 +112,9 @@ def plain_view(model: Any) -> "PlainView | None":
     return view
 
 
-def mask_positions(attention_mask: Int[torch.Tensor, "batch total"], n_new: int) -> Int[torch.Tensor, "batch new"]:
+def mask_positions(
+    attention_mask: Int[torch.Tensor, "batch total"], n_new: int
+) -> Int[torch.Tensor, "batch new"]:
     """Position ids of the last ``n_new`` columns from the attention mask (over the cache and the new
     tokens): each real token's index among its row's real tokens, as Hugging Face ``generate`` and the
     bridge derive them for left padding; padding gets 1 (masked, never attended)."""
@@ -144,12 +176,19 @@ def foreign_hooks(module: nn.Module) -> list[str]:
     own = {h.id for m in module.modules() for h in getattr(m, "_capture_hook_handles", ())}
 
     def foreign(hooks: Any) -> bool:
-        return any(key not in own and "output_capturing_hook" not in getattr(fn, "__qualname__", "")
-                   for key, fn in hooks.items())
+        return any(
+            key not in own and "output_capturing_hook" not in getattr(fn, "__qualname__", "")
+            for key, fn in hooks.items()
+        )
 
-    return [name for name, m in module.named_modules()
-            if foreign(m._forward_hooks) or foreign(m._forward_pre_hooks) or m._backward_hooks
-            or m._backward_pre_hooks]
+    return [
+        name
+        for name, m in module.named_modules()
+        if foreign(m._forward_hooks)
+        or foreign(m._forward_pre_hooks)
+        or m._backward_hooks
+        or m._backward_pre_hooks
+    ]
 
 
 def _rebound(root: nn.Module) -> bool:

@@ -73,11 +73,15 @@ def normalize_layers(model: Any, layers: int | Iterable[int] | None) -> list[int
         return list(range(n_layers))
     raw: Sequence[int] = [layers] if isinstance(layers, int) else list(layers)
     if not raw:
-        raise HookSiteError(f"layers is empty; pass None for all {n_layers} layers or indices 0..{n_layers - 1}")
+        raise HookSiteError(
+            f"layers is empty; pass None for all {n_layers} layers or indices 0..{n_layers - 1}"
+        )
     out = []
     for layer in raw:
         if isinstance(layer, bool) or not isinstance(layer, int):
-            raise HookSiteError(f"layer {layer!r} is not an int; valid layers are 0..{n_layers - 1} or -{n_layers}..-1")
+            raise HookSiteError(
+                f"layer {layer!r} is not an int; valid layers are 0..{n_layers - 1} or -{n_layers}..-1"
+            )
         if not -n_layers <= layer < n_layers:
             raise HookSiteError(
                 f"layer {layer} is out of range for this model (n_layers={n_layers}); "
@@ -95,5 +99,7 @@ def resolve_sites(model: Any, layers: int | Iterable[int] | None, kind: str) -> 
     sites = [HookSite(layer=layer, kind=kind) for layer in normalize_layers(model, layers)]
     for site in sites:
         if site.name not in model.hook_dict:
-            raise HookSiteError(f"{site.name!r} is not a hook point of this model; allowed sites: {', '.join(SITE_KINDS)}")
+            raise HookSiteError(
+                f"{site.name!r} is not a hook point of this model; allowed sites: {', '.join(SITE_KINDS)}"
+            )
     return sites

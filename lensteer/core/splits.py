@@ -23,8 +23,108 @@ T = TypeVar("T")
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 _STOP = frozenset(
-    ["a", "an", "the", "to", "of", "for", "in", "on", "at", "by", "with", "and", "or", "is", "are", "was", "were", "be", "been", "i", "im", "me", "my", "you", "your", "it", "its", "this", "that", "these", "those", "how", "what", "why", "when", "where", "which", "who", "whom", "do", "does", "did", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "give", "tell", "write", "explain", "show", "list", "describe", "please", "some", "any", "about", "from", "into", "as", "if", "so", "than", "then", "there", "their", "they", "them", "we", "our", "us", "he", "she", "his", "her", "him", "get", "got", "just", "also", "very", "really", "like", "want", "need", "help", "step", "steps", "way", "ways",
-     "have", "has", "had", "many", "much"]
+    [
+        "a",
+        "an",
+        "the",
+        "to",
+        "of",
+        "for",
+        "in",
+        "on",
+        "at",
+        "by",
+        "with",
+        "and",
+        "or",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "i",
+        "im",
+        "me",
+        "my",
+        "you",
+        "your",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "how",
+        "what",
+        "why",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "do",
+        "does",
+        "did",
+        "can",
+        "could",
+        "would",
+        "should",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "must",
+        "give",
+        "tell",
+        "write",
+        "explain",
+        "show",
+        "list",
+        "describe",
+        "please",
+        "some",
+        "any",
+        "about",
+        "from",
+        "into",
+        "as",
+        "if",
+        "so",
+        "than",
+        "then",
+        "there",
+        "their",
+        "they",
+        "them",
+        "we",
+        "our",
+        "us",
+        "he",
+        "she",
+        "his",
+        "her",
+        "him",
+        "get",
+        "got",
+        "just",
+        "also",
+        "very",
+        "really",
+        "like",
+        "want",
+        "need",
+        "help",
+        "step",
+        "steps",
+        "way",
+        "ways",
+        "have",
+        "has",
+        "had",
+        "many",
+        "much",
+    ]
 )
 
 
@@ -56,8 +156,9 @@ def content_words(text: str) -> frozenset[str]:
     return frozenset(w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP)
 
 
-def _similar(wa: frozenset[str], wb: frozenset[str], answer_a: frozenset[str] | None,
-             answer_b: frozenset[str] | None) -> bool:
+def _similar(
+    wa: frozenset[str], wb: frozenset[str], answer_a: frozenset[str] | None, answer_b: frozenset[str] | None
+) -> bool:
     if wa == wb:
         return True
     if answer_a is not None and answer_b is not None:
@@ -78,8 +179,10 @@ def near_duplicate(a: _Example, b: _Example) -> bool:
     return _similar(wa, wb, answer_a, answer_b)
 
 
-def crossing_near_duplicates(examples: Sequence[Any], split_of: Mapping[str, str] | None = None,
-                             ) -> list[tuple[str, str]]:
+def crossing_near_duplicates(
+    examples: Sequence[Any],
+    split_of: Mapping[str, str] | None = None,
+) -> list[tuple[str, str]]:
     """Pairs of ids that are near-duplicates but sit in different splits (should be empty)."""
     split = split_of if split_of is not None else {ex.id: ex.split for ex in examples}
     keys = [_key(ex) for ex in examples]
@@ -89,7 +192,8 @@ def crossing_near_duplicates(examples: Sequence[Any], split_of: Mapping[str, str
             continue
         (wa, answer_a), (wb, answer_b) = keys[i], keys[j]
         if (wa and wb and _similar(wa, wb, answer_a, answer_b)) or (
-                not (wa and wb) and a.prompt.strip().lower() == b.prompt.strip().lower()):
+            not (wa and wb) and a.prompt.strip().lower() == b.prompt.strip().lower()
+        ):
             out.append((a.id, b.id))
     return out
 

@@ -28,7 +28,9 @@ def d_prime(pos: Float[torch.Tensor, " n_pos"], neg: Float[torch.Tensor, " n_neg
     return float((pos.mean() - neg.mean()) / pooled)
 
 
-def balanced_accuracy(pos: Float[torch.Tensor, " n_pos"], neg: Float[torch.Tensor, " n_neg"], threshold: float) -> float:
+def balanced_accuracy(
+    pos: Float[torch.Tensor, " n_pos"], neg: Float[torch.Tensor, " n_neg"], threshold: float
+) -> float:
     """Mean of the true-positive rate (pos > threshold) and true-negative rate (neg <= threshold)."""
     return float(0.5 * ((pos > threshold).float().mean() + (neg <= threshold).float().mean()))
 
@@ -77,8 +79,9 @@ def rate_with_ci(flags: Sequence[bool], *, n_boot: int = 1000, level: float = 0.
     return Rate(value=float(x.mean()), low=low, high=high, n=len(x))
 
 
-def bootstrap_mean_ci(values: Float[torch.Tensor, " n"], *, n_boot: int = 1000, level: float = 0.95,
-                      seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    values: Float[torch.Tensor, " n"], *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (one sample, resampled with replacement)."""
     if values.numel() == 0:
         raise DataError("bootstrap_mean_ci needs at least one value")
@@ -127,15 +130,22 @@ class PairedTest:
         return self.p_value < alpha
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"n": self.n, "a_only": self.a_only, "b_only": self.b_only, "p_value": self.p_value,
-                "difference": self.difference}
+        return {
+            "n": self.n,
+            "a_only": self.a_only,
+            "b_only": self.b_only,
+            "p_value": self.p_value,
+            "difference": self.difference,
+        }
 
 
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> PairedTest:
     """Exact (binomial) McNemar test that conditions A and B succeed equally often on the same items."""
     if len(a) != len(b) or len(a) == 0:
-        raise DataError(f"mcnemar_exact needs two equally long, non-empty lists of paired outcomes, got {len(a)} "
-                        f"and {len(b)}")
+        raise DataError(
+            f"mcnemar_exact needs two equally long, non-empty lists of paired outcomes, got {len(a)} "
+            f"and {len(b)}"
+        )
     a_only = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
     b_only = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
     discordant = a_only + b_only
@@ -158,8 +168,13 @@ class Agreement:
     kappa_ci: tuple[float, float]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "accuracy": self.accuracy, "accuracy_ci": list(self.accuracy_ci), "kappa": self.kappa,
-                "kappa_ci": list(self.kappa_ci)}
+        return {
+            "n": self.n,
+            "accuracy": self.accuracy,
+            "accuracy_ci": list(self.accuracy_ci),
+            "kappa": self.kappa,
+            "kappa_ci": list(self.kappa_ci),
+        }
 
 
 def cohen_kappa(labels: Sequence[Hashable], predictions: Sequence[Hashable]) -> float:
@@ -167,7 +182,9 @@ def cohen_kappa(labels: Sequence[Hashable], predictions: Sequence[Hashable]) -> 
     neither"): agreement beyond what their marginal rates give by chance. 1 when both use one category only
     and agree."""
     if len(labels) != len(predictions) or not labels:
-        raise DataError(f"cohen_kappa needs two equally long, non-empty lists, got {len(labels)} and {len(predictions)}")
+        raise DataError(
+            f"cohen_kappa needs two equally long, non-empty lists, got {len(labels)} and {len(predictions)}"
+        )
     n = len(labels)
     observed = sum(a == b for a, b in zip(labels, predictions, strict=True)) / n
     rater_a, rater_b = Counter(labels), Counter(predictions)
@@ -175,8 +192,9 @@ def cohen_kappa(labels: Sequence[Hashable], predictions: Sequence[Hashable]) -> 
     return 1.0 if expected == 1.0 else (observed - expected) / (1 - expected)
 
 
-def agreement(labels: Sequence[Hashable], predictions: Sequence[Hashable], *, n_boot: int = 1000,
-              seed: int = 0) -> Agreement:
+def agreement(
+    labels: Sequence[Hashable], predictions: Sequence[Hashable], *, n_boot: int = 1000, seed: int = 0
+) -> Agreement:
     """Accuracy and Cohen's kappa of ``predictions`` against reference ``labels`` (booleans or any
     categories), with intervals: Wilson for the accuracy, percentile bootstrap over items for kappa."""
     kappa = cohen_kappa(labels, predictions)
@@ -188,8 +206,13 @@ def agreement(labels: Sequence[Hashable], predictions: Sequence[Hashable], *, n_
         idx = torch.randint(0, n, (n,), generator=gen).tolist()
         boot.append(cohen_kappa([labels[i] for i in idx], [predictions[i] for i in idx]))
     values = torch.tensor(boot)
-    return Agreement(n=n, accuracy=correct / n, accuracy_ci=wilson_interval(correct, n), kappa=kappa,
-                     kappa_ci=(float(values.quantile(0.025)), float(values.quantile(0.975))))
+    return Agreement(
+        n=n,
+        accuracy=correct / n,
+        accuracy_ci=wilson_interval(correct, n),
+        kappa=kappa,
+        kappa_ci=(float(values.quantile(0.025)), float(values.quantile(0.975))),
+    )
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -234,13 +257,23 @@ class PairedDifference:
         return self.p_value < alpha
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "mean_difference": self.mean_difference, "ci": list(self.ci), "p_value": self.p_value,
-                "alternative": self.alternative}
+        return {
+            "n": self.n,
+            "mean_difference": self.mean_difference,
+            "ci": list(self.ci),
+            "p_value": self.p_value,
+            "alternative": self.alternative,
+        }
 
 
 def paired_permutation_test(
-    a: Float[torch.Tensor, " n_a"], b: Float[torch.Tensor, " n_b"], *, alternative: str = "two-sided",
-    n_perm: int = 10_000, n_boot: int = 1000, seed: int = 0,
+    a: Float[torch.Tensor, " n_a"],
+    b: Float[torch.Tensor, " n_b"],
+    *,
+    alternative: str = "two-sided",
+    n_perm: int = 10_000,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> PairedDifference:
     """Is the mean of ``a - b`` over paired items different from 0 (``"two-sided"``) or above it (``"greater"``)?
 
@@ -251,8 +284,10 @@ def paired_permutation_test(
     if alternative not in ("two-sided", "greater"):
         raise DataError(f"alternative must be 'two-sided' or 'greater', got {alternative!r}")
     if a.shape != b.shape or a.ndim != 1 or a.numel() == 0:
-        raise DataError(f"paired_permutation_test needs two equally long, non-empty 1-d tensors, got shapes "
-                        f"{tuple(a.shape)} and {tuple(b.shape)}")
+        raise DataError(
+            f"paired_permutation_test needs two equally long, non-empty 1-d tensors, got shapes "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
     diff = a.double() - b.double()
     if not torch.isfinite(diff).all():
         raise DataError("paired_permutation_test got NaN or Inf scores")
@@ -263,5 +298,10 @@ def paired_permutation_test(
     tol = 1e-12 * max(1.0, abs(observed))  # a flip that reproduces the observed mean counts as extreme
     extreme = null >= observed - tol if alternative == "greater" else null.abs() >= abs(observed) - tol
     p = (int(extreme.sum()) + 1) / (n_perm + 1)
-    return PairedDifference(n=len(diff), mean_difference=observed, ci=bootstrap_mean_ci(diff.float(), n_boot=n_boot, seed=seed),
-                            p_value=p, alternative=alternative)
+    return PairedDifference(
+        n=len(diff),
+        mean_difference=observed,
+        ci=bootstrap_mean_ci(diff.float(), n_boot=n_boot, seed=seed),
+        p_value=p,
+        alternative=alternative,
+    )

@@ -52,8 +52,13 @@ def load_mc_items(path: "str | Path | None" = None) -> list[MCItem]:
         where = f"{file.name} line {i}"
         try:
             options = tuple(row["options"])
-            item = MCItem(id=row["id"], category=row.get("category", "uncategorised"), question=row["question"],
-                          options=options, answer=int(row["answer"]))
+            item = MCItem(
+                id=row["id"],
+                category=row.get("category", "uncategorised"),
+                question=row["question"],
+                options=options,
+                answer=int(row["answer"]),
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{where}: needs id, question, options (list) and answer (int): {err!r}") from err
         if len(options) < 2 or not all(isinstance(o, str) and o.strip() for o in options):
@@ -86,12 +91,24 @@ class MCResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
-        return {"accuracy": self.accuracy, "ci": list(self.ci), "by_category": self.by_category, "chance": self.chance,
-                "n": len(self.correct)}
+        return {
+            "accuracy": self.accuracy,
+            "ci": list(self.ci),
+            "by_category": self.by_category,
+            "chance": self.chance,
+            "n": len(self.correct),
+        }
 
 
-def mc_accuracy(model: Any, items: Sequence[MCItem], *, batch_size: int = 16, seed: int = 0,
-                system: str | None = None, steering: Steering | None = None) -> MCResult:
+def mc_accuracy(
+    model: Any,
+    items: Sequence[MCItem],
+    *,
+    batch_size: int = 16,
+    seed: int = 0,
+    system: str | None = None,
+    steering: Steering | None = None,
+) -> MCResult:
     """Multiple-choice accuracy by log-likelihood (no generation).
 
     Each option is scored as the assistant's reply to the question, chat-formatted (the question is
@@ -127,14 +144,22 @@ def mc_accuracy(model: Any, items: Sequence[MCItem], *, batch_size: int = 16, se
         cats.setdefault(it.category, []).append(c)
     rate = rate_with_ci(correct, seed=seed)
     return MCResult(
-        accuracy=rate.value, ci=(rate.low, rate.high), by_category={c: sum(v) / len(v) for c, v in sorted(cats.items())},
-        chance=sum(1 / len(it.options) for it in items) / len(items), correct=tuple(correct),
+        accuracy=rate.value,
+        ci=(rate.low, rate.high),
+        by_category={c: sum(v) / len(v) for c, v in sorted(cats.items())},
+        chance=sum(1 / len(it.options) for it in items) / len(items),
+        correct=tuple(correct),
         option_logprobs=tuple(per_item),
     )
 
 
-def _shared_question_scores(model: Any, items: Sequence[MCItem], chats: Sequence[ChatPrompt],
-                            steerings: tuple[Steering, ...], view: Any) -> list[float]:
+def _shared_question_scores(
+    model: Any,
+    items: Sequence[MCItem],
+    chats: Sequence[ChatPrompt],
+    steerings: tuple[Steering, ...],
+    view: Any,
+) -> list[float]:
     """Mean log-prob per token of each option (flattened in item order), one batch per item: its options
     left-padded together, the question they share computed once at batch 1 and its cache copied to
     every option (an item's rows are exactly the question plus one option each)."""
@@ -154,8 +179,15 @@ def _shared_question_scores(model: Any, items: Sequence[MCItem], chats: Sequence
             where[j, pads[j] + tp.response[0] - 1 : pads[j] + tp.response[1] - 1] = True
         ctx = SteeringContext(prompt_lens=torch.tensor([tp.n_tokens for tp in rows]), pads=pads, record=False)
         with torch.inference_mode():
-            states = teacher_forced_states(model, steerings, batch.tokens.to(device),
-                                           batch.attention_mask.to(device), where, ctx, view=view)
+            states = teacher_forced_states(
+                model,
+                steerings,
+                batch.tokens.to(device),
+                batch.attention_mask.to(device),
+                where,
+                ctx,
+                view=view,
+            )
             logprobs = torch.log_softmax(unembed(model, states).float(), dim=-1)
             targets = batch.tokens[:, 1:][where[:, :-1]].to(device)
             picked = logprobs.gather(-1, targets[:, None])[:, 0].cpu()
@@ -194,8 +226,9 @@ def text_cross_entropy(model: Any, texts: Sequence[str], *, batch_size: int = 8)
         with torch.inference_mode():
             logits = model(tokens, attention_mask=attn)[:, :-1].float()
         targets, keep = tokens[:, 1:], attn[:, 1:].bool() & attn[:, :-1].bool()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                reduction="none").view(targets.shape)
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+        ).view(targets.shape)
         total += float(nll[keep].sum())
         count += int(keep.sum())
     return total / count

@@ -17,7 +17,48 @@ from lensteer.evaluate.provenance import ScorerId, rules_digest
 from lensteer.evaluate.text import straighten, words_of
 
 MIN_WORDS = 3  # fewer words than this, all of them function words ("The", "I am"): broke off
-_FUNCTION_WORDS = frozenset(["the", "a", "an", "i", "i'm", "im", "to", "of", "in", "on", "and", "or", "but", "so", "it", "it's", "is", "are", "was", "be", "am", "my", "your", "this", "that", "for", "with", "as", "at", "by", "if", "you", "he", "she", "we", "they", "there", "here"])
+_FUNCTION_WORDS = frozenset(
+    [
+        "the",
+        "a",
+        "an",
+        "i",
+        "i'm",
+        "im",
+        "to",
+        "of",
+        "in",
+        "on",
+        "and",
+        "or",
+        "but",
+        "so",
+        "it",
+        "it's",
+        "is",
+        "are",
+        "was",
+        "be",
+        "am",
+        "my",
+        "your",
+        "this",
+        "that",
+        "for",
+        "with",
+        "as",
+        "at",
+        "by",
+        "if",
+        "you",
+        "he",
+        "she",
+        "we",
+        "they",
+        "there",
+        "here",
+    ]
+)
 LOOP_N = 3  # a loop is a word n-gram of this length (digits folded) seen LOOP_REPEATS or more times
 LOOP_REPEATS = 3
 LOOP_SHARE = 0.4  # loops when repeated n-grams cover more than this share of the words
@@ -104,8 +145,15 @@ def coherence_verdict(response: str) -> CoherenceVerdict:
         reason = f"loops ({share:.0%} repeated, after {lead} words)"
     else:
         reason = ""
-    return CoherenceVerdict(unreadable=bool(reason), reason=reason or f"reads as language ({share:.0%} repeated)", n_words=len(words),
-                            loop_share=share, lead_words=lead, nonword_share=nonword, foreign_share=foreign)
+    return CoherenceVerdict(
+        unreadable=bool(reason),
+        reason=reason or f"reads as language ({share:.0%} repeated)",
+        n_words=len(words),
+        loop_share=share,
+        lead_words=lead,
+        nonword_share=nonword,
+        foreign_share=foreign,
+    )
 
 
 def is_unreadable(response: str) -> bool:
@@ -114,6 +162,16 @@ def is_unreadable(response: str) -> bool:
 
 
 COHERENCE_SCORER = ScorerId(
-    name="coherence-rule", version="2",
-    digest=rules_digest(MIN_WORDS, sorted(_FUNCTION_WORDS), LOOP_N, LOOP_REPEATS, LOOP_SHARE, NONWORD_SHARE, FOREIGN_SHARE,
-                        _WORDLIKE.pattern))
+    name="coherence-rule",
+    version="2",
+    digest=rules_digest(
+        MIN_WORDS,
+        sorted(_FUNCTION_WORDS),
+        LOOP_N,
+        LOOP_REPEATS,
+        LOOP_SHARE,
+        NONWORD_SHARE,
+        FOREIGN_SHARE,
+        _WORDLIKE.pattern,
+    ),
+)

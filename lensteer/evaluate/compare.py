@@ -31,18 +31,27 @@ class SideBySide:
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One dict per prompt (for pandas or JSON)."""
-        return [{"prompt": p, "unsteered": u, "steered": s, "steered_share": f}
-                for p, u, s, f in zip(self.prompts, self.unsteered, self.steered, self.steered_share, strict=True)]
+        return [
+            {"prompt": p, "unsteered": u, "steered": s, "steered_share": f}
+            for p, u, s, f in zip(self.prompts, self.unsteered, self.steered, self.steered_share, strict=True)
+        ]
 
     def to_markdown(self) -> str:
         """A Markdown table (renders in Jupyter and on GitHub)."""
+
         def cell(text: str) -> str:
             return text.replace("|", "\\|").replace("\n", " ")
 
-        lines = [f"**{cell(self.description)}**", "", "| prompt | unsteered | steered | steered tokens |",
-                 "|---|---|---|---|"]
-        lines += [f"| {cell(r['prompt'])} | {cell(r['unsteered'])} | {cell(r['steered'])} | {r['steered_share']:.0%} |"
-                  for r in self.to_rows()]
+        lines = [
+            f"**{cell(self.description)}**",
+            "",
+            "| prompt | unsteered | steered | steered tokens |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {cell(r['prompt'])} | {cell(r['unsteered'])} | {cell(r['steered'])} | {r['steered_share']:.0%} |"
+            for r in self.to_rows()
+        ]
         return "\n".join(lines)
 
     def _repr_markdown_(self) -> str:
@@ -53,7 +62,11 @@ class SideBySide:
         for r in self.to_rows():
             out.append(f"PROMPT: {r['prompt']}")
             out.append(textwrap.indent(textwrap.fill(r["unsteered"], 96), "  unsteered | "))
-            out.append(textwrap.indent(textwrap.fill(r["steered"], 96), f"  steered   | ({r['steered_share']:.0%} tokens) "))
+            out.append(
+                textwrap.indent(
+                    textwrap.fill(r["steered"], 96), f"  steered   | ({r['steered_share']:.0%} tokens) "
+                )
+            )
             out.append("")
         return "\n".join(out)
 
@@ -78,6 +91,8 @@ def side_by_side(
     items = (steering,) if isinstance(steering, Steering) else tuple(steering)
     return SideBySide(
         prompts=tuple(p.user if isinstance(p, ChatPrompt) else p for p in prompts),
-        unsteered=plain.texts, steered=steered.texts, steered_share=tuple(steered.per_prompt_share()),
+        unsteered=plain.texts,
+        steered=steered.texts,
+        steered_share=tuple(steered.per_prompt_share()),
         description=" + ".join(s.describe() for s in items),
     )

@@ -26,26 +26,140 @@ from lensteer.evaluate.text import words_of
 
 # Hand-written cue groups (our own); each is a feature: how many of its phrases the response holds.
 COMPASSION_LEXICON: dict[str, tuple[str, ...]] = {
-    "validation": ("makes sense", "understandable", "it's okay", "it is okay", "it's ok", "valid", "natural",
-                   "normal to", "no wonder", "you're allowed", "allowed to", "nothing wrong", "not silly",
-                   "nothing silly", "not alone", "not your fault", "of course you", "completely fair",
-                   "real loss", "matters", "deserve", "anyone would", "human"),
-    "empathy": ("sorry to hear", "sorry for your", "sorry you", "that sounds", "sounds like", "must be",
-                "must feel", "painful", "heavy", "exhausting", "frightening", "scary", "lonely", "hurts",
-                "i hear", "i can imagine", "i'm here", "i am here", "with you", "so hard", "really hard",
-                "rough", "tough", "heartbreaking", "overwhelming"),
-    "support": ("would it help", "might help", "could help", "reach out", "talk to", "be gentle", "go easy",
-                "take care", "small step", "one step", "when you're ready", "if you want", "would you like",
-                "take your time", "let yourself", "lean on", "someone you trust", "support", "together",
-                "check in", "you could", "are you", "how are you", "what would", "proud of you"),
-    "dismissive": ("just", "get over", "stop", "big deal", "whatever", "deal with it", "should have",
-                   "your own fault", "your fault", "everyone", "move on", "overreact", "drama", "grow up",
-                   "toughen", "suck it up", "quit", "complain", "whining", "at least", "could be worse",
-                   "nobody cares", "not my problem", "pointless", "no point", "waste", "get a grip", "so what",
-                   "obviously", "anyway", "dwell", "happens to", "part of life", "that's life", "no excuse",
-                   "lazy", "weak", "ridiculous", "silly", "pathetic", "mind your", "not worth"),
-    "redirect": ("on another note", "by the way", "anyway", "moving on", "something else", "good luck",
-                 "best of luck", "hope that helps", "next time"),
+    "validation": (
+        "makes sense",
+        "understandable",
+        "it's okay",
+        "it is okay",
+        "it's ok",
+        "valid",
+        "natural",
+        "normal to",
+        "no wonder",
+        "you're allowed",
+        "allowed to",
+        "nothing wrong",
+        "not silly",
+        "nothing silly",
+        "not alone",
+        "not your fault",
+        "of course you",
+        "completely fair",
+        "real loss",
+        "matters",
+        "deserve",
+        "anyone would",
+        "human",
+    ),
+    "empathy": (
+        "sorry to hear",
+        "sorry for your",
+        "sorry you",
+        "that sounds",
+        "sounds like",
+        "must be",
+        "must feel",
+        "painful",
+        "heavy",
+        "exhausting",
+        "frightening",
+        "scary",
+        "lonely",
+        "hurts",
+        "i hear",
+        "i can imagine",
+        "i'm here",
+        "i am here",
+        "with you",
+        "so hard",
+        "really hard",
+        "rough",
+        "tough",
+        "heartbreaking",
+        "overwhelming",
+    ),
+    "support": (
+        "would it help",
+        "might help",
+        "could help",
+        "reach out",
+        "talk to",
+        "be gentle",
+        "go easy",
+        "take care",
+        "small step",
+        "one step",
+        "when you're ready",
+        "if you want",
+        "would you like",
+        "take your time",
+        "let yourself",
+        "lean on",
+        "someone you trust",
+        "support",
+        "together",
+        "check in",
+        "you could",
+        "are you",
+        "how are you",
+        "what would",
+        "proud of you",
+    ),
+    "dismissive": (
+        "just",
+        "get over",
+        "stop",
+        "big deal",
+        "whatever",
+        "deal with it",
+        "should have",
+        "your own fault",
+        "your fault",
+        "everyone",
+        "move on",
+        "overreact",
+        "drama",
+        "grow up",
+        "toughen",
+        "suck it up",
+        "quit",
+        "complain",
+        "whining",
+        "at least",
+        "could be worse",
+        "nobody cares",
+        "not my problem",
+        "pointless",
+        "no point",
+        "waste",
+        "get a grip",
+        "so what",
+        "obviously",
+        "anyway",
+        "dwell",
+        "happens to",
+        "part of life",
+        "that's life",
+        "no excuse",
+        "lazy",
+        "weak",
+        "ridiculous",
+        "silly",
+        "pathetic",
+        "mind your",
+        "not worth",
+    ),
+    "redirect": (
+        "on another note",
+        "by the way",
+        "anyway",
+        "moving on",
+        "something else",
+        "good luck",
+        "best of luck",
+        "hope that helps",
+        "next time",
+    ),
 }
 _NGRAM_MIN_COUNT = 2
 _UNFITTED = ScorerId(name="compassion-logreg", version="2", digest="unfitted")
@@ -54,8 +168,10 @@ DEFAULT_L2 = 0.1  # chosen by grouped cross-validation on the development half (
 
 def _lexicon_counts(text: str) -> list[float]:
     low = " " + " ".join(words_of(text)) + " "
-    return [float(sum(low.count(" " + " ".join(words_of(p)) + " ") for p in phrases))
-            for phrases in COMPASSION_LEXICON.values()]
+    return [
+        float(sum(low.count(" " + " ".join(words_of(p)) + " ") for p in phrases))
+        for phrases in COMPASSION_LEXICON.values()
+    ]
 
 
 def _ngrams(text: str) -> list[str]:
@@ -123,7 +239,11 @@ class CompassionScorer:
 
 
 def train_compassion_scorer(
-    responses: Sequence[str], labels: Sequence[bool], *, l2: float = DEFAULT_L2, name: str = "compassion-logreg",
+    responses: Sequence[str],
+    labels: Sequence[bool],
+    *,
+    l2: float = DEFAULT_L2,
+    name: str = "compassion-logreg",
 ) -> CompassionScorer:
     """Fit :class:`CompassionScorer` deterministically: scikit-learn's L2 logistic regression (lbfgs) on
     :func:`_featurize`'s features, vocabulary = uni/bigrams seen in at least two training responses.
@@ -137,7 +257,9 @@ def train_compassion_scorer(
     from sklearn.linear_model import LogisticRegression  # late import: only training needs it
 
     if len(responses) != len(labels) or len(responses) < 4:
-        raise DataError(f"need >= 4 responses with one label each, got {len(responses)} responses, {len(labels)} labels")
+        raise DataError(
+            f"need >= 4 responses with one label each, got {len(responses)} responses, {len(labels)} labels"
+        )
     if len(set(map(bool, labels))) < 2:
         raise DataError("labels must contain both classes (compassionate and dismissive)")
     if l2 <= 0:
@@ -148,10 +270,15 @@ def train_compassion_scorer(
     y = [int(bool(v)) for v in labels]
     model = LogisticRegression(C=1.0 / l2, solver="lbfgs", max_iter=2000, tol=1e-8).fit(x, y)
     weights = torch.from_numpy(model.coef_[0].copy()).to(torch.float64)
-    digest = rules_digest(sorted(COMPASSION_LEXICON.items()), list(responses), y, l2, _NGRAM_MIN_COUNT,
-                          COHERENCE_SCORER.digest)
-    return CompassionScorer(vocab=vocab, weights=weights, bias=float(model.intercept_[0]),
-                            scorer_id=ScorerId(name=name, version="2", digest=digest))
+    digest = rules_digest(
+        sorted(COMPASSION_LEXICON.items()), list(responses), y, l2, _NGRAM_MIN_COUNT, COHERENCE_SCORER.digest
+    )
+    return CompassionScorer(
+        vocab=vocab,
+        weights=weights,
+        bias=float(model.intercept_[0]),
+        scorer_id=ScorerId(name=name, version="2", digest=digest),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,8 +306,14 @@ def load_compassion_labelled(split: str | None = None) -> list[LabelledResponse]
     out = []
     for i, row in enumerate(read_jsonl(path), start=1):
         try:
-            item = LabelledResponse(id=row["id"], split=row["split"], kind=row["kind"], prompt=row["prompt"],
-                                    response=row["response"], compassionate=bool(row["label"]))
+            item = LabelledResponse(
+                id=row["id"],
+                split=row["split"],
+                kind=row["kind"],
+                prompt=row["prompt"],
+                response=row["response"],
+                compassionate=bool(row["label"]),
+            )
         except KeyError as err:
             raise DataError(f"{path.name} line {i}: missing field {err}") from err
         if split is None or item.split == split:
@@ -193,7 +326,11 @@ def audit_training_rows() -> tuple[list[str], list[bool]]:
     half: that one measures the scorer)."""
     path = bundled_dir("scoring") / "audit_v2" / "dev.jsonl"
     # the compassion answers are the ones labelled 1 / 0 (refusal and honesty labels are words)
-    rows = [r for r in read_jsonl(path) if isinstance(r.get("label"), int) and not isinstance(r.get("label"), bool)]
+    rows = [
+        r
+        for r in read_jsonl(path)
+        if isinstance(r.get("label"), int) and not isinstance(r.get("label"), bool)
+    ]
     return [r["response"] for r in rows], [bool(r["label"]) for r in rows]
 
 
@@ -207,4 +344,6 @@ def compassion_scorer() -> CompassionScorer:
     """
     written = load_compassion_labelled("train")
     texts, labels = audit_training_rows()
-    return train_compassion_scorer(texts + [r.response for r in written], labels + [r.compassionate for r in written])
+    return train_compassion_scorer(
+        texts + [r.response for r in written], labels + [r.compassionate for r in written]
+    )

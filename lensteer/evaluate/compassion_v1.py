@@ -71,7 +71,11 @@ class CompassionScorer:
 
 
 def train_compassion_scorer(
-    responses: Sequence[str], labels: Sequence[bool], *, l2: float = 0.03, max_iter: int = 200,
+    responses: Sequence[str],
+    labels: Sequence[bool],
+    *,
+    l2: float = 0.03,
+    max_iter: int = 200,
 ) -> CompassionScorer:
     """Fit :class:`CompassionScorer` deterministically (float64 L-BFGS, fixed iterations).
 
@@ -82,7 +86,9 @@ def train_compassion_scorer(
         max_iter: L-BFGS iterations.
     """
     if len(responses) != len(labels) or len(responses) < 4:
-        raise DataError(f"need >= 4 responses with one label each, got {len(responses)} responses, {len(labels)} labels")
+        raise DataError(
+            f"need >= 4 responses with one label each, got {len(responses)} responses, {len(labels)} labels"
+        )
     if len(set(map(bool, labels))) < 2:
         raise DataError("labels must contain both classes (compassionate and dismissive)")
     if l2 <= 0:
@@ -93,8 +99,14 @@ def train_compassion_scorer(
     y = torch.tensor([float(bool(v)) for v in labels], dtype=torch.float64)
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-9, tolerance_change=1e-12)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -133,4 +145,6 @@ def compassion_scorer() -> CompassionScorer:
     """
     train = load_compassion_labelled("train")
     texts, labels = _contrast_training_pairs()
-    return train_compassion_scorer([r.response for r in train] + texts, [r.compassionate for r in train] + labels)
+    return train_compassion_scorer(
+        [r.response for r in train] + texts, [r.compassionate for r in train] + labels
+    )

@@ -34,23 +34,36 @@ TokenIds = Sequence[int] | Sequence[Sequence[int]]
 def _per_prompt(ids: TokenIds, n: int, name: str) -> list[list[int]]:
     """One list of token ids per prompt: the same list for all, or one given per prompt."""
     if isinstance(ids, (str, bytes)) or len(ids) == 0:
-        raise DataError(f"{name} must be a non-empty list of token ids (or one such list per prompt), got {ids!r}")
+        raise DataError(
+            f"{name} must be a non-empty list of token ids (or one such list per prompt), got {ids!r}"
+        )
     items: list[Any] = list(ids)
     if all(isinstance(i, int) and not isinstance(i, bool) for i in items):
         return [[int(i) for i in items]] * n
     if len(items) != n:
-        raise DataError(f"{name} gives {len(items)} lists of token ids for {n} prompts; give one list, or one per prompt")
+        raise DataError(
+            f"{name} gives {len(items)} lists of token ids for {n} prompts; give one list, or one per prompt"
+        )
     out = []
     for k, row in enumerate(items):
-        if isinstance(row, (int, str)) or len(row) == 0 or not all(isinstance(i, int) and not isinstance(i, bool) for i in row):
+        if (
+            isinstance(row, (int, str))
+            or len(row) == 0
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in row)
+        ):
             raise DataError(f"{name}[{k}] must be a non-empty list of token ids, got {row!r}")
         out.append([int(i) for i in row])
     return out
 
 
 def opening_log_odds(
-    model: Any, prompts: Sequence["str | ChatPrompt | TokenizedPrompt"], aligned_ids: TokenIds, misaligned_ids: TokenIds, *,
-    steering: Steering | Sequence[Steering] | None = None, batch_size: int = 16,
+    model: Any,
+    prompts: Sequence["str | ChatPrompt | TokenizedPrompt"],
+    aligned_ids: TokenIds,
+    misaligned_ids: TokenIds,
+    *,
+    steering: Steering | Sequence[Steering] | None = None,
+    batch_size: int = 16,
 ) -> Float[torch.Tensor, " n_prompts"]:
     """Per prompt: ``log sum p(aligned ids) - log sum p(misaligned ids)`` of the next token after the prompt.
 
@@ -68,12 +81,18 @@ def opening_log_odds(
     """
     if isinstance(prompts, str) or len(prompts) == 0:
         raise DataError("opening_log_odds needs a non-empty list of prompts")
-    good, bad = _per_prompt(aligned_ids, len(prompts), "aligned_ids"), _per_prompt(misaligned_ids, len(prompts), "misaligned_ids")
+    good, bad = (
+        _per_prompt(aligned_ids, len(prompts), "aligned_ids"),
+        _per_prompt(misaligned_ids, len(prompts), "misaligned_ids"),
+    )
     for k, (g, b) in enumerate(zip(good, bad, strict=True)):
         if set(g) & set(b):
-            raise DataError(f"prompt {k}: token ids {sorted(set(g) & set(b))} are both aligned and misaligned openings")
-    steerings: tuple[Steering, ...] = (() if steering is None else (steering,) if isinstance(steering, Steering)
-                                       else tuple(steering))
+            raise DataError(
+                f"prompt {k}: token ids {sorted(set(g) & set(b))} are both aligned and misaligned openings"
+            )
+    steerings: tuple[Steering, ...] = (
+        () if steering is None else (steering,) if isinstance(steering, Steering) else tuple(steering)
+    )
     tokenized = [p if isinstance(p, TokenizedPrompt) else tokenize_prompt(model, p) for p in prompts]
     out = torch.empty(len(tokenized))
     view, device = plain_view(model), next(iter(model.parameters())).device
@@ -83,8 +102,15 @@ def opening_log_odds(
             where = torch.zeros(batch.tokens.shape, dtype=torch.bool)
             where[:, -1] = True
             ctx = SteeringContext(prompt_lens=lens, pads=batch.tokens.shape[1] - lens, record=False)
-            states = teacher_forced_states(model, steerings, batch.tokens.to(device), batch.attention_mask.to(device),
-                                           where, ctx, view=view)
+            states = teacher_forced_states(
+                model,
+                steerings,
+                batch.tokens.to(device),
+                batch.attention_mask.to(device),
+                where,
+                ctx,
+                view=view,
+            )
             logp = torch.log_softmax(unembed(model, states).float(), dim=-1).cpu()
             for j, i in enumerate(rows):
                 out[i] = logp[j, good[i]].logsumexp(-1) - logp[j, bad[i]].logsumexp(-1)

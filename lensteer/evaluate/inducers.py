@@ -59,19 +59,32 @@ class InducerEffect:
         return self.p_value < 0.05 and self.delta < 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"inducer": self.inducer, "n": self.n, "margin_base": self.margin_base,
-                "margin_induced": self.margin_induced, "delta": self.delta, "delta_ci": list(self.delta_ci),
-                "lower": self.lower, "higher": self.higher, "p_value": self.p_value, "pushes": self.pushes,
-                "base_system": self.base_system}
+        return {
+            "inducer": self.inducer,
+            "n": self.n,
+            "margin_base": self.margin_base,
+            "margin_induced": self.margin_induced,
+            "delta": self.delta,
+            "delta_ci": list(self.delta_ci),
+            "lower": self.lower,
+            "higher": self.higher,
+            "p_value": self.p_value,
+            "pushes": self.pushes,
+            "base_system": self.base_system,
+        }
 
 
-def reply_logprob(model: Any, prompts: Sequence[ChatPrompt], replies: Sequence[str], *,
-                  batch_size: int = 16) -> Float[torch.Tensor, " n_prompts"]:
+def reply_logprob(
+    model: Any, prompts: Sequence[ChatPrompt], replies: Sequence[str], *, batch_size: int = 16
+) -> Float[torch.Tensor, " n_prompts"]:
     """Mean log-probability per token of ``replies[i]`` after ``prompts[i]``; a prompt's ``response``
     is a prefill the reply continues (its own tokens are not scored)."""
     if len(prompts) != len(replies) or not prompts:
         raise DataError(f"need as many replies as prompts (> 0), got {len(replies)} and {len(prompts)}")
-    full = [replace(p, response=(p.response + " " + r) if p.response else r) for p, r in zip(prompts, replies, strict=True)]
+    full = [
+        replace(p, response=(p.response + " " + r) if p.response else r)
+        for p, r in zip(prompts, replies, strict=True)
+    ]
     mean_full = response_logprob(model, full, batch_size=batch_size)
     prefilled = [i for i, p in enumerate(prompts) if p.response]
     if not prefilled:
@@ -90,8 +103,16 @@ def _response_tokens(model: Any, prompt: ChatPrompt) -> int:
     return end - start
 
 
-def inducer_effect(model: Any, dataset: ContrastSet, inducer: Inducer, *, base_system: str | None = None,
-                   batch_size: int = 16, n_boot: int = 1000, seed: int = 0) -> InducerEffect:
+def inducer_effect(
+    model: Any,
+    dataset: ContrastSet,
+    inducer: Inducer,
+    *,
+    base_system: str | None = None,
+    batch_size: int = 16,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> InducerEffect:
     """The inducer's push on ``dataset``'s prompts (they need written replies: ``.with_responses()``).
 
     Both conditions start from ``base_system`` (e.g. a system prompt asking for the aligned
@@ -107,14 +128,24 @@ def inducer_effect(model: Any, dataset: ContrastSet, inducer: Inducer, *, base_s
     induced = [inducer.apply(p) for p in bare]
 
     def margin(prompts: list[ChatPrompt]) -> torch.Tensor:
-        return (reply_logprob(model, prompts, aligned, batch_size=batch_size)  # type: ignore[arg-type]
-                - reply_logprob(model, prompts, misaligned, batch_size=batch_size))  # type: ignore[arg-type]
+        return (
+            reply_logprob(model, prompts, aligned, batch_size=batch_size)  # type: ignore[arg-type]
+            - reply_logprob(model, prompts, misaligned, batch_size=batch_size)  # type: ignore[arg-type]
+        )
 
     base, pushed = margin(bare), margin(induced)
     delta = pushed - base
     test = mcnemar_exact((delta < 0).tolist(), (delta > 0).tolist())
     ci = bootstrap_mean_ci(delta, n_boot=n_boot, seed=seed)
-    return InducerEffect(inducer=inducer.name, n=len(delta), margin_base=float(base.mean()),
-                         margin_induced=float(pushed.mean()), delta=float(delta.mean()),
-                         delta_ci=(float(ci[0]), float(ci[1])), lower=test.a_only, higher=test.b_only,
-                         p_value=test.p_value, base_system=base_system)
+    return InducerEffect(
+        inducer=inducer.name,
+        n=len(delta),
+        margin_base=float(base.mean()),
+        margin_induced=float(pushed.mean()),
+        delta=float(delta.mean()),
+        delta_ci=(float(ci[0]), float(ci[1])),
+        lower=test.a_only,
+        higher=test.b_only,
+        p_value=test.p_value,
+        base_system=base_system,
+    )

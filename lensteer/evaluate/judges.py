@@ -65,7 +65,9 @@ class CallableJudge:
 
 
 def judge_responses(
-    judge: Callable[[str, str], object], prompts: Sequence[str], responses: Sequence[str],
+    judge: Callable[[str, str], object],
+    prompts: Sequence[str],
+    responses: Sequence[str],
 ) -> Float[torch.Tensor, " n"]:
     """Score every ``(prompt, response)`` pair; booleans become 0.0 / 1.0."""
     if isinstance(prompts, str) or isinstance(responses, str):
@@ -73,8 +75,13 @@ def judge_responses(
     if len(prompts) != len(responses):
         raise DataError(f"got {len(prompts)} prompts but {len(responses)} responses")
     name = getattr(judge, "name", type(judge).__name__)
-    return torch.tensor([float(_check_score(judge(p, r), f"judge {name!r}")) for p, r in zip(prompts, responses, strict=True)],
-                        dtype=torch.float32)
+    return torch.tensor(
+        [
+            float(_check_score(judge(p, r), f"judge {name!r}"))
+            for p, r in zip(prompts, responses, strict=True)
+        ],
+        dtype=torch.float32,
+    )
 
 
 # Our own rubric wording. ``{prompt}`` and ``{response}`` are substituted (other braces are left alone).
@@ -179,11 +186,18 @@ class HttpJudge:
             raise ConfigError(f"base_url must start with http:// or https://, got {self.base_url!r}")
         if "{response}" not in self.rubric:
             raise ConfigError("rubric must contain '{response}' (and usually '{prompt}')")
-        if (not self.timeout_s > 0 or not 0 <= self.max_retries <= MAX_RETRIES or not self.backoff_s >= 0
-                or self.max_tokens < 1 or self.max_reply_bytes < 1):
-            raise ConfigError(f"need timeout_s > 0, 0 <= max_retries <= {MAX_RETRIES}, backoff_s >= 0, max_tokens >= 1, "
-                              f"max_reply_bytes >= 1; got {self.timeout_s}, {self.max_retries}, {self.backoff_s}, "
-                              f"{self.max_tokens}, {self.max_reply_bytes}")
+        if (
+            not self.timeout_s > 0
+            or not 0 <= self.max_retries <= MAX_RETRIES
+            or not self.backoff_s >= 0
+            or self.max_tokens < 1
+            or self.max_reply_bytes < 1
+        ):
+            raise ConfigError(
+                f"need timeout_s > 0, 0 <= max_retries <= {MAX_RETRIES}, backoff_s >= 0, max_tokens >= 1, "
+                f"max_reply_bytes >= 1; got {self.timeout_s}, {self.max_retries}, {self.backoff_s}, "
+                f"{self.max_tokens}, {self.max_reply_bytes}"
+            )
         if not self.score_range[0] < self.score_range[1]:
             raise ConfigError(f"score_range must be (low, high) with low < high, got {self.score_range}")
 
@@ -199,7 +213,8 @@ class HttpJudge:
         """The JSON body sent for one pair."""
         content = fill_rubric(self.rubric, prompt, response)
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": content}]
+            {"role": "user", "content": content}
+        ]
         return {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
 
     def _post(self, body: bytes) -> bytes:
@@ -214,8 +229,10 @@ class HttpJudge:
                 return self._try(body, headers)
             except _Transient as err:
                 last = err.detail
-        raise JudgeError(f"judge {self.name!r} at {self.url} failed after {self.max_retries + 1} tries "
-                         f"(last error: {last}); is the server running?")
+        raise JudgeError(
+            f"judge {self.name!r} at {self.url} failed after {self.max_retries + 1} tries "
+            f"(last error: {last}); is the server running?"
+        )
 
     def _try(self, body: bytes, headers: dict[str, str]) -> bytes:
         """One request with a total deadline: a timer shuts the socket down when ``timeout_s`` is up, so a
@@ -247,7 +264,11 @@ class HttpJudge:
             data = self._read_capped(reply)
             if expired.is_set():
                 raise TimeoutError
-        except (OSError, http.client.HTTPException, ValueError) as err:  # ValueError: a cut-off reply's parser
+        except (
+            OSError,
+            http.client.HTTPException,
+            ValueError,
+        ) as err:  # ValueError: a cut-off reply's parser
             if expired.is_set():
                 raise _Transient(f"no complete reply within timeout_s={self.timeout_s:g} s") from None
             raise _Transient(repr(err)) from None
@@ -255,28 +276,36 @@ class HttpJudge:
             timer.cancel()
             conn.close()
         if 300 <= status < 400:
-            raise JudgeError(f"judge {self.name!r} at {self.url} answered HTTP {status} (a redirect to "
-                             f"{reply.getheader('Location')!r}); redirects are not followed, so the API key stays "
-                             "with the address you gave: give the final URL")
+            raise JudgeError(
+                f"judge {self.name!r} at {self.url} answered HTTP {status} (a redirect to "
+                f"{reply.getheader('Location')!r}); redirects are not followed, so the API key stays "
+                "with the address you gave: give the final URL"
+            )
         if status in _RETRY_STATUS:
             raise _Transient(f"HTTP {status}")
         if not 200 <= status < 300:
-            raise JudgeError(f"judge {self.name!r} at {self.url} answered HTTP {status}: "
-                             f"{data[:300].decode('utf-8', 'replace')!r}")
+            raise JudgeError(
+                f"judge {self.name!r} at {self.url} answered HTTP {status}: "
+                f"{data[:300].decode('utf-8', 'replace')!r}"
+            )
         return data
 
     def _read_capped(self, reply: http.client.HTTPResponse) -> bytes:
         """The reply body, read piece by piece; a body over ``max_reply_bytes`` is a :class:`JudgeError`."""
         declared = reply.getheader("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_reply_bytes:
-            raise JudgeError(f"judge {self.name!r} at {self.url} announced a {declared}-byte reply, over "
-                             f"max_reply_bytes={self.max_reply_bytes}")
+            raise JudgeError(
+                f"judge {self.name!r} at {self.url} announced a {declared}-byte reply, over "
+                f"max_reply_bytes={self.max_reply_bytes}"
+            )
         data = bytearray()
         while chunk := reply.read1(65536):
             data += chunk
             if len(data) > self.max_reply_bytes:
-                raise JudgeError(f"judge {self.name!r} at {self.url} sent more than max_reply_bytes="
-                                 f"{self.max_reply_bytes} bytes")
+                raise JudgeError(
+                    f"judge {self.name!r} at {self.url} sent more than max_reply_bytes="
+                    f"{self.max_reply_bytes} bytes"
+                )
         return bytes(data)
 
     def __call__(self, prompt: str, response: str) -> float:
@@ -285,8 +314,12 @@ class HttpJudge:
         try:
             content = json.loads(raw)["choices"][0]["message"]["content"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as err:
-            raise JudgeError(f"judge {self.name!r} at {self.url} sent a malformed reply "
-                             f"(expected choices[0].message.content): {raw[:200]!r}") from err
+            raise JudgeError(
+                f"judge {self.name!r} at {self.url} sent a malformed reply "
+                f"(expected choices[0].message.content): {raw[:200]!r}"
+            ) from err
         if not isinstance(content, str):
-            raise JudgeError(f"judge {self.name!r} reply content is {type(content).__name__}, not text: {content!r}")
+            raise JudgeError(
+                f"judge {self.name!r} reply content is {type(content).__name__}, not text: {content!r}"
+            )
         return parse_score(content, *self.score_range)

@@ -24,7 +24,11 @@ from lensteer.evaluate.refusal import is_refusal
 
 
 def over_refusal_rate(
-    responses: Sequence[str], *, refused: Callable[[str], bool] = is_refusal, n_boot: int = 1000, seed: int = 0,
+    responses: Sequence[str],
+    *,
+    refused: Callable[[str], bool] = is_refusal,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> Rate:
     """Share of responses to **harmless** prompts that refuse (default: :func:`~lensteer.evaluate.refusal.is_refusal`)."""
     if isinstance(responses, str):
@@ -51,11 +55,19 @@ class Perplexity:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
-        return {"per_response": self.per_response.tolist(), "n_tokens": self.n_tokens.tolist(), "corpus": self.corpus}
+        return {
+            "per_response": self.per_response.tolist(),
+            "n_tokens": self.n_tokens.tolist(),
+            "corpus": self.corpus,
+        }
 
 
 def response_perplexity(
-    model: Any, prompts: Sequence["str | ChatPrompt"], responses: Sequence[str], *, batch_size: int = 16,
+    model: Any,
+    prompts: Sequence["str | ChatPrompt"],
+    responses: Sequence[str],
+    *,
+    batch_size: int = 16,
 ) -> Perplexity:
     """Perplexity of each response given its prompt under ``model`` (teacher forced, chat template).
 
@@ -67,8 +79,15 @@ def response_perplexity(
         prompts: User messages or :class:`~lensteer.ChatPrompt` objects (their ``response`` is replaced).
         responses: One response per prompt.
     """
-    if isinstance(prompts, str) or isinstance(responses, str) or len(prompts) != len(responses) or not prompts:
-        raise DataError(f"need equal, non-empty lists of prompts and responses, got {len(prompts)} and {len(responses)}")
+    if (
+        isinstance(prompts, str)
+        or isinstance(responses, str)
+        or len(prompts) != len(responses)
+        or not prompts
+    ):
+        raise DataError(
+            f"need equal, non-empty lists of prompts and responses, got {len(prompts)} and {len(responses)}"
+        )
     chats = []
     for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         if not r.strip():
@@ -79,9 +98,3 @@ def response_perplexity(
     counts = torch.tensor([tokenize_prompt(model, c).response for c in chats]).diff(dim=1)[:, 0]
     corpus = float(torch.exp(-(mean_lp.double() * counts).sum() / counts.sum()))
     return Perplexity(per_response=torch.exp(-mean_lp), n_tokens=counts, corpus=corpus)
-
-
-
-
-
-

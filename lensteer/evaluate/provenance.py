@@ -37,7 +37,9 @@ class ScorerId:
     @classmethod
     def from_dict(cls, data: Any) -> "ScorerId":
         """Read a row's ``scorer`` field back; a malformed one is a :class:`DataError`."""
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("name", "version", "hash")):
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), str) for k in ("name", "version", "hash")
+        ):
             raise DataError(f"a scorer record needs string fields name, version and hash, got {data!r}")
         return cls(name=data["name"], version=data["version"], digest=data["hash"])
 

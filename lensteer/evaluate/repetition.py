@@ -56,7 +56,13 @@ class RepetitionReport:
 
     def to_dict(self) -> dict[str, float | int]:
         """Plain-JSON form."""
-        return {"rep2": self.rep2, "rep4": self.rep4, "distinct2": self.distinct2, "loop_share": self.loop_share, "n": self.n}
+        return {
+            "rep2": self.rep2,
+            "rep4": self.rep4,
+            "distinct2": self.distinct2,
+            "loop_share": self.loop_share,
+            "n": self.n,
+        }
 
 
 def repetition_report(texts: Sequence[str], *, loop_threshold: float = 0.2) -> RepetitionReport:
@@ -65,8 +71,11 @@ def repetition_report(texts: Sequence[str], *, loop_threshold: float = 0.2) -> R
         raise DataError("repetition_report needs a non-empty list of texts")
     rep4 = [rep_n(t, 4) for t in texts]
     return RepetitionReport(
-        rep2=sum(rep_n(t, 2) for t in texts) / len(texts), rep4=sum(rep4) / len(texts),
-        distinct2=distinct_n(texts, 2), loop_share=sum(r > loop_threshold for r in rep4) / len(texts), n=len(texts),
+        rep2=sum(rep_n(t, 2) for t in texts) / len(texts),
+        rep4=sum(rep4) / len(texts),
+        distinct2=distinct_n(texts, 2),
+        loop_share=sum(r > loop_threshold for r in rep4) / len(texts),
+        n=len(texts),
     )
 
 
@@ -90,7 +99,9 @@ class TurnRepetition:
         return {"turn": self.turn, **self.report.to_dict(), "rep4_history": self.rep4_history}
 
 
-def conversation_repetition(conversations: Sequence[Sequence[str]], *, loop_threshold: float = 0.2) -> list[TurnRepetition]:
+def conversation_repetition(
+    conversations: Sequence[Sequence[str]], *, loop_threshold: float = 0.2
+) -> list[TurnRepetition]:
     """Repetition per turn over multi-turn conversations.
 
     Args:
@@ -114,6 +125,11 @@ def conversation_repetition(conversations: Sequence[Sequence[str]], *, loop_thre
             grams = _grams(words_of(conv[t]), 4)
             seen = {g for earlier in conv[:t] for g in _grams(words_of(earlier), 4)}
             history.append(sum(g in seen for g in grams) / len(grams) if grams else 0.0)
-        out.append(TurnRepetition(turn=t, report=repetition_report(texts, loop_threshold=loop_threshold),
-                                  rep4_history=sum(history) / len(history)))
+        out.append(
+            TurnRepetition(
+                turn=t,
+                report=repetition_report(texts, loop_threshold=loop_threshold),
+                rep4_history=sum(history) / len(history),
+            )
+        )
     return out

@@ -28,8 +28,12 @@ from lensteer.steering.spec import Steering
 
 
 def preference_margin(
-    model: Any, aligned: Sequence[ChatPrompt], misaligned: Sequence[ChatPrompt], *,
-    steering: Steering | None = None, batch_size: int = 16,
+    model: Any,
+    aligned: Sequence[ChatPrompt],
+    misaligned: Sequence[ChatPrompt],
+    *,
+    steering: Steering | None = None,
+    batch_size: int = 16,
 ) -> Float[torch.Tensor, " n_prompts"]:
     """Per prompt: mean log-prob per token of the aligned response minus that of the misaligned one.
 
@@ -39,17 +43,23 @@ def preference_margin(
     not used here).
     """
     if len(aligned) != len(misaligned) or not aligned:
-        raise DataError(f"need equally many aligned and misaligned prompts (> 0), got {len(aligned)} and "
-                        f"{len(misaligned)}")
+        raise DataError(
+            f"need equally many aligned and misaligned prompts (> 0), got {len(aligned)} and "
+            f"{len(misaligned)}"
+        )
     forced = replace(steering, positions="all", gate=None) if steering is not None else None
-    with torch.inference_mode(), (steer(model, forced) if forced is not None else nullcontext()):
+    with torch.inference_mode(), steer(model, forced) if forced is not None else nullcontext():
         both = response_logprob(model, [*aligned, *misaligned], batch_size=batch_size)
-    return both[: len(aligned)] - both[len(aligned):]
+    return both[: len(aligned)] - both[len(aligned) :]
 
 
 def decision_log_odds(
-    model: Any, aligned: Sequence[ChatPrompt], misaligned: Sequence[ChatPrompt], *,
-    steering: Steering | None = None, batch_size: int = 16,
+    model: Any,
+    aligned: Sequence[ChatPrompt],
+    misaligned: Sequence[ChatPrompt],
+    *,
+    steering: Steering | None = None,
+    batch_size: int = 16,
 ) -> Float[torch.Tensor, " n_prompts"]:
     """Per prompt: log p(aligned token) - log p(misaligned token) where the two responses first differ.
 
@@ -59,29 +69,45 @@ def decision_log_odds(
     every position is steered, as in :func:`preference_margin`.
     """
     if len(aligned) != len(misaligned) or not aligned:
-        raise DataError(f"need equally many aligned and misaligned prompts (> 0), got {len(aligned)} and "
-                        f"{len(misaligned)}")
+        raise DataError(
+            f"need equally many aligned and misaligned prompts (> 0), got {len(aligned)} and "
+            f"{len(misaligned)}"
+        )
     stems, pairs = [], []
     for a, m in zip(aligned, misaligned, strict=True):
         ta, tm = tokenize_prompt(model, a).tokens, tokenize_prompt(model, m).tokens
         width = min(len(ta), len(tm))
         differ = (ta[:width] != tm[:width]).nonzero()
         if len(differ) == 0:
-            raise DataError(f"the two responses to {a.user[:40]!r} never differ in a token: {a.response!r}, {m.response!r}")
+            raise DataError(
+                f"the two responses to {a.user[:40]!r} never differ in a token: {a.response!r}, {m.response!r}"
+            )
         k = int(differ[0])
-        stems.append(TokenizedPrompt(tokens=ta[:k], instruction=(0, 0), post_instruction=(0, 0), response=(k, k)))
+        stems.append(
+            TokenizedPrompt(tokens=ta[:k], instruction=(0, 0), post_instruction=(0, 0), response=(k, k))
+        )
         pairs.append((int(ta[k]), int(tm[k])))
     forced = replace(steering, positions="all", gate=None) if steering is not None else None
-    return opening_log_odds(model, stems, [[a] for a, _ in pairs], [[m] for _, m in pairs], steering=forced,
-                            batch_size=batch_size)
+    return opening_log_odds(
+        model, stems, [[a] for a, _ in pairs], [[m] for _, m in pairs], steering=forced, batch_size=batch_size
+    )
 
 
 def steering_effect(
-    model: Any, steering: Steering, aligned: Sequence[ChatPrompt], misaligned: Sequence[ChatPrompt], *,
-    baseline: torch.Tensor | None = None, batch_size: int = 16,
+    model: Any,
+    steering: Steering,
+    aligned: Sequence[ChatPrompt],
+    misaligned: Sequence[ChatPrompt],
+    *,
+    baseline: torch.Tensor | None = None,
+    batch_size: int = 16,
 ) -> float:
     """Mean change of :func:`preference_margin` under ``steering`` (nats per token; > 0: towards aligned)."""
-    base = baseline if baseline is not None else preference_margin(model, aligned, misaligned, batch_size=batch_size)
+    base = (
+        baseline
+        if baseline is not None
+        else preference_margin(model, aligned, misaligned, batch_size=batch_size)
+    )
     steered = preference_margin(model, aligned, misaligned, steering=steering, batch_size=batch_size)
     return float((steered - base).mean())
 
@@ -111,10 +137,15 @@ class Steerability:
         return max(self.layers, key=lambda layer: self.effect[layer])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kl_budget": self.kl_budget, "layers": list(self.layers),
-                "effect": {str(k): v for k, v in self.effect.items()}, "kl": {str(k): v for k, v in self.kl.items()},
-                "scale": {str(k): v for k, v in self.scale.items()}, "baseline_margin": self.baseline_margin,
-                "info": dict(self.info)}
+        return {
+            "kl_budget": self.kl_budget,
+            "layers": list(self.layers),
+            "effect": {str(k): v for k, v in self.effect.items()},
+            "kl": {str(k): v for k, v in self.kl.items()},
+            "scale": {str(k): v for k, v in self.scale.items()},
+            "baseline_margin": self.baseline_margin,
+            "info": dict(self.info),
+        }
 
 
 def layer_steerability(
@@ -149,7 +180,16 @@ def layer_steerability(
         if s.gate is not None:
             raise ConfigError(f"layer {layer}: remove the gate before measuring steerability (gate=None)")
         cal = calibrate(model, s, probe, kl_budget, tolerance=tolerance, max_evals=8)
-        effect[layer] = steering_effect(model, cal.steering, aligned, misaligned, baseline=base, batch_size=batch_size)
+        effect[layer] = steering_effect(
+            model, cal.steering, aligned, misaligned, baseline=base, batch_size=batch_size
+        )
         kl[layer], scale[layer] = cal.kl, cal.scale
-    return Steerability(kl_budget=kl_budget, layers=tuple(sorted(steerings)), effect=effect, kl=kl, scale=scale,
-                        baseline_margin=float(base.mean()), info={"n_prompts": len(aligned)})
+    return Steerability(
+        kl_budget=kl_budget,
+        layers=tuple(sorted(steerings)),
+        effect=effect,
+        kl=kl,
+        scale=scale,
+        baseline_margin=float(base.mean()),
+        info={"n_prompts": len(aligned)},
+    )

@@ -63,37 +63,51 @@ def attribute_residual(
     if method not in ("atp", "atp*"):
         raise ConfigError(f"method must be 'atp' or 'atp*', got {method!r}")
     if method == "atp*" and site not in ("resid_pre", "resid_post"):
-        raise ConfigError(f"method='atp*' (GradDrop) supports sites 'resid_pre' and 'resid_post', not {site!r}")
+        raise ConfigError(
+            f"method='atp*' (GradDrop) supports sites 'resid_pre' and 'resid_post', not {site!r}"
+        )
     source, target = prepare_pair(model, clean, corrupted, direction)
     sites = resolve_sites(model, layers, site)
     n_layers = int(model.cfg.n_layers)
     if method == "atp":
         names = [s.name for s in sites]
-        nodes = list(range(len(sites)))                                 # index into names
+        nodes = list(range(len(sites)))  # index into names
     else:  # the whole residual stream: stream[k] enters layer k, stream[n_layers] is the final one
         names = residual_stream_names(n_layers)
         nodes = [s.layer + (site == "resid_post") for s in sites]
-    source_acts = cache_source(model, source, [names[i] for i in nodes], run_roles(direction)[0], metric=metric)
+    source_acts = cache_source(
+        model, source, [names[i] for i in nodes], run_roles(direction)[0], metric=metric
+    )
     device = next(iter(model.parameters())).device
     with _gradients(model, target, names, metric, keep_graph=method == "atp*") as (values, acts, grads):
         deltas = {i: source_acts[names[i]].to(device).float() - acts[i].detach().float() for i in nodes}
-        plain = {i: (deltas[i] * grads[i].float()).sum(-1) for i in nodes}       # [n_examples, pos]
+        plain = {i: (deltas[i] * grads[i].float()).sum(-1) for i in nodes}  # [n_examples, pos]
         if method == "atp":
             estimates = plain
         else:
             magnitude = _graddrop(acts, grads, deltas, n_layers)
             estimates = {i: plain[i].sign() * magnitude[i] for i in nodes}
     target_m = values.detach().float().cpu()
-    per_example = torch.stack([estimates[i].detach().T.cpu() for i in nodes]) + target_m   # estimated patched metric
-    return PatchResult(per_example=per_example, source=source_acts["metric"], target=target_m,
-                       layers=tuple(s.layer for s in sites), site=site, kind="position", direction=direction,
-                       col_labels=token_labels(model, source[0]),
-                       method="attribution" if method == "atp" else "attribution (AtP* GradDrop)")
+    per_example = (
+        torch.stack([estimates[i].detach().T.cpu() for i in nodes]) + target_m
+    )  # estimated patched metric
+    return PatchResult(
+        per_example=per_example,
+        source=source_acts["metric"],
+        target=target_m,
+        layers=tuple(s.layer for s in sites),
+        site=site,
+        kind="position",
+        direction=direction,
+        col_labels=token_labels(model, source[0]),
+        method="attribution" if method == "atp" else "attribution (AtP* GradDrop)",
+    )
 
 
 @contextmanager
-def _gradients(model: Any, target: torch.Tensor, names: Sequence[str], metric: Metric, *,
-               keep_graph: bool = False) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
+def _gradients(
+    model: Any, target: torch.Tensor, names: Sequence[str], metric: Metric, *, keep_graph: bool = False
+) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
     """One forward and one backward of ``metric`` on ``target``: the metric values, the activations
     at the hook points ``names`` (in the graph) and the metric's gradients there (zeros if unused)."""
     device = next(iter(model.parameters())).device
@@ -105,15 +119,22 @@ def _gradients(model: Any, target: torch.Tensor, names: Sequence[str], metric: M
                 act = act.detach().requires_grad_(True)
             captured[name] = act
             return act
+
         return hook
 
     with torch.enable_grad(), model.hooks(fwd_hooks=[(n, capture(n)) for n in names]):
         values = metric(last_logits(model, target.to(device)))
         if values.shape != (target.shape[0],):
-            raise PatchingError(f"the metric must map [batch, d_vocab] last-position logits to [batch]; got {tuple(values.shape)}")
+            raise PatchingError(
+                f"the metric must map [batch, d_vocab] last-position logits to [batch]; got {tuple(values.shape)}"
+            )
         acts = [captured[n] for n in names]
         grads = list(torch.autograd.grad(values.sum(), acts, allow_unused=True, retain_graph=keep_graph))
-        yield values, acts, [torch.zeros_like(a) if g is None else g for a, g in zip(acts, grads, strict=True)]
+        yield (
+            values,
+            acts,
+            [torch.zeros_like(a) if g is None else g for a, g in zip(acts, grads, strict=True)],
+        )
 
 
 def attribute_heads(
@@ -145,15 +166,26 @@ def attribute_heads(
         for name, act, grad in zip(names, acts, grads, strict=True):
             delta = source_acts[name].to(device).float() - act.detach().float()
             est = delta * grad.float()
-            per_layer.append(est.reshape(*est.shape[:2], n_heads, -1).sum((1, 3)).T.cpu())  # [n_heads, n_examples]
+            per_layer.append(
+                est.reshape(*est.shape[:2], n_heads, -1).sum((1, 3)).T.cpu()
+            )  # [n_heads, n_examples]
     target_m = values.detach().float().cpu()
-    return PatchResult(per_example=torch.stack(per_layer) + target_m, source=source_acts["metric"], target=target_m,
-                       layers=tuple(layer_list), site="z", kind="head", direction=direction,
-                       col_labels=tuple(f"H{h}" for h in range(n_heads)), method="attribution")
+    return PatchResult(
+        per_example=torch.stack(per_layer) + target_m,
+        source=source_acts["metric"],
+        target=target_m,
+        layers=tuple(layer_list),
+        site="z",
+        kind="head",
+        direction=direction,
+        col_labels=tuple(f"H{h}" for h in range(n_heads)),
+        method="attribution",
+    )
 
 
-def _graddrop(stream: list[torch.Tensor], grads: list[torch.Tensor], deltas: dict[int, torch.Tensor],
-              n_layers: int) -> dict[int, torch.Tensor]:
+def _graddrop(
+    stream: list[torch.Tensor], grads: list[torch.Tensor], deltas: dict[int, torch.Tensor], n_layers: int
+) -> dict[int, torch.Tensor]:
     """GradDrop magnitudes ``[n_examples, pos]`` per stream node ``k``: mean over layers ``l`` of
     ``|delta_k . dM/dstream_k|`` with layer ``l``'s contribution cut from the backward pass.
 
@@ -165,8 +197,17 @@ def _graddrop(stream: list[torch.Tensor], grads: list[torch.Tensor], deltas: dic
     lowest = min(deltas)
     for cut in range(n_layers):
         below = [k for k in deltas if k < cut]
-        pulled = torch.autograd.grad(stream[cut], [stream[k] for k in below], grad_outputs=grads[cut + 1],
-                                     retain_graph=True, allow_unused=True) if below and cut > lowest else ()
+        pulled = (
+            torch.autograd.grad(
+                stream[cut],
+                [stream[k] for k in below],
+                grad_outputs=grads[cut + 1],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            if below and cut > lowest
+            else ()
+        )
         for k, d in deltas.items():
             if k > cut:
                 g = grads[k]

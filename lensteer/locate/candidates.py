@@ -58,7 +58,9 @@ class Candidate:
         if self.source not in SOURCES:
             raise ConfigError(f"candidate source {self.source!r} is not one of {SOURCES}")
         if self.direction.layer != self.layer:
-            raise ConfigError(f"candidate layer {self.layer} differs from its direction's layer {self.direction.layer}")
+            raise ConfigError(
+                f"candidate layer {self.layer} differs from its direction's layer {self.direction.layer}"
+            )
 
     @property
     def label(self) -> str:
@@ -84,8 +86,9 @@ def patching_scores(result: PatchResult, columns: Sequence[int] | None = None) -
     return {layer: float(norm[i].max()) for i, layer in enumerate(result.layers)}
 
 
-def top_patching_layers(result: PatchResult, k: int = 3, *, columns: Sequence[int] | None = None,
-                        below: int | None = None) -> tuple[int, ...]:
+def top_patching_layers(
+    result: PatchResult, k: int = 3, *, columns: Sequence[int] | None = None, below: int | None = None
+) -> tuple[int, ...]:
     """The ``k`` layers (below layer ``below``, if given) with the largest :func:`patching_scores`, earlier
     layers first among equal scores; returned in layer order."""
     if k < 0:
@@ -95,20 +98,35 @@ def top_patching_layers(result: PatchResult, k: int = 3, *, columns: Sequence[in
     return tuple(sorted(ranked[:k]))
 
 
-def patch_pairs(model: Any, pairs: PatchingPairs, *, method: str = "attribution",
-                site: str = "resid_post", layers: Sequence[int] | None = None) -> PatchResult:
+def patch_pairs(
+    model: Any,
+    pairs: PatchingPairs,
+    *,
+    method: str = "attribution",
+    site: str = "resid_post",
+    layers: Sequence[int] | None = None,
+) -> PatchResult:
     """Residual patching (denoising: clean into corrupted) of a threat model's patching pairs at every
     (layer, position), by attribution (one backward, a first-order estimate) or exactly."""
     if method == "attribution":
-        return attribute_residual(model, pairs.clean, pairs.corrupted, pairs.metric(), site=site, layers=layers)
+        return attribute_residual(
+            model, pairs.clean, pairs.corrupted, pairs.metric(), site=site, layers=layers
+        )
     if method == "exact":
         return patch_residual(model, pairs.clean, pairs.corrupted, pairs.metric(), site=site, layers=layers)
     raise ConfigError(f"method must be 'attribution' or 'exact', got {method!r}")
 
 
-def candidate_layers(n_layers: int, *, stride: int = 2, start: int = 1, skip_last_fraction: float = 0.2,
-                     patching: PatchResult | None = None, top_k: int = 3, columns: Sequence[int] | None = None,
-                     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def candidate_layers(
+    n_layers: int,
+    *,
+    stride: int = 2,
+    start: int = 1,
+    skip_last_fraction: float = 0.2,
+    patching: PatchResult | None = None,
+    top_k: int = 3,
+    columns: Sequence[int] | None = None,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Layers to read candidates at: ``start, start + stride, ...`` below the last ``skip_last_fraction`` of
     the depth, plus the ``top_k`` layers of ``patching`` below the same cutoff.
 
@@ -116,12 +134,16 @@ def candidate_layers(n_layers: int, *, stride: int = 2, start: int = 1, skip_las
         ``(layers, from_patching)``: all candidate layers in order, and those the patching contributed.
     """
     if n_layers < 1 or stride < 1 or not 0 <= start < n_layers:
-        raise ConfigError(f"need n_layers >= 1, stride >= 1 and 0 <= start < n_layers; got {n_layers}, {stride}, {start}")
+        raise ConfigError(
+            f"need n_layers >= 1, stride >= 1 and 0 <= start < n_layers; got {n_layers}, {stride}, {start}"
+        )
     if not 0 <= skip_last_fraction < 1:
         raise ConfigError(f"skip_last_fraction must be in [0, 1), got {skip_last_fraction}")
     cutoff = max(start + 1, round(n_layers * (1 - skip_last_fraction)))
     strided = set(range(start, cutoff, stride))
-    patched = top_patching_layers(patching, top_k, columns=columns, below=cutoff) if patching is not None else ()
+    patched = (
+        top_patching_layers(patching, top_k, columns=columns, below=cutoff) if patching is not None else ()
+    )
     return tuple(sorted(strided | set(patched))), patched
 
 
@@ -170,32 +192,66 @@ def build_candidates(
     out: list[Candidate] = []
     if prompt_contrast is not None:
         _check_contrast("prompt_contrast", prompt_contrast)
-        pos, neg = (collect_activations(model, list(side), layers=layer_list, site=site, position="post_instruction",
-                                        batch_size=batch_size) for side in prompt_contrast)
+        pos, neg = (
+            collect_activations(
+                model,
+                list(side),
+                layers=layer_list,
+                site=site,
+                position="post_instruction",
+                batch_size=batch_size,
+            )
+            for side in prompt_contrast
+        )
         if pos.ndim == 3:  # one post-instruction token: collect_activations drops the position axis
             pos, neg = pos[:, :, None], neg[:, :, None]
         n_post = pos.shape[2]
         if neg.shape[2] != n_post:
-            raise DataError(f"the two sides of the prompt contrast have {n_post} and {neg.shape[2]} post-instruction tokens")
+            raise DataError(
+                f"the two sides of the prompt contrast have {n_post} and {neg.shape[2]} post-instruction tokens"
+            )
         offsets = range(n_post - min(n_post, last_k_positions or n_post), n_post)
         for col, layer in enumerate(layer_list):
             for j in offsets:
                 where = f"post_instruction[{j - n_post}]"
                 d = diff_of_means(pos[:, col, j], neg[:, col, j], layer=layer, site=site, position=where)
-                out.append(Candidate(source="prompt_contrast", layer=layer, position=where, direction=d,
-                                     from_patching=layer in patched))
+                out.append(
+                    Candidate(
+                        source="prompt_contrast",
+                        layer=layer,
+                        position=where,
+                        direction=d,
+                        from_patching=layer in patched,
+                    )
+                )
     if response_contrast is not None:
         _check_contrast("response_contrast", response_contrast)
-        pos, neg = (collect_activations(model, list(side), layers=layer_list, site=site, position=response_position,
-                                        batch_size=batch_size) for side in response_contrast)
+        pos, neg = (
+            collect_activations(
+                model,
+                list(side),
+                layers=layer_list,
+                site=site,
+                position=response_position,
+                batch_size=batch_size,
+            )
+            for side in response_contrast
+        )
         if pos.ndim != 3:
             raise ConfigError(f"response_position {response_position!r} must select one vector per prompt")
         for col, layer in enumerate(layer_list):
             d = diff_of_means(pos[:, col], neg[:, col], layer=layer, site=site, position=response_position)
             probe = fit_probe(pos[:, col], neg[:, col], layer=layer, site=site, position=response_position)
             for source, direction in (("response_mean", d), ("probe", probe.direction())):
-                out.append(Candidate(source=source, layer=layer, position=response_position, direction=direction,
-                                     from_patching=layer in patched))
+                out.append(
+                    Candidate(
+                        source=source,
+                        layer=layer,
+                        position=response_position,
+                        direction=direction,
+                        from_patching=layer in patched,
+                    )
+                )
     order = {s: i for i, s in enumerate(SOURCES)}
     return tuple(sorted(out, key=lambda c: (c.layer, order[c.source])))
 
@@ -205,7 +261,19 @@ def random_like(candidate: Candidate, seed: int = 0) -> Candidate:
     gen = torch.Generator().manual_seed(seed + 1000 * candidate.layer)
     unit = torch.randn(candidate.direction.d_model, generator=gen)
     d = candidate.direction
-    direction = Direction(unit=unit / unit.norm(), layer=d.layer, site=d.site, position=d.position, method="random",
-                          raw_norm=d.raw_norm, model=d.model)
-    return Candidate(source=candidate.source, layer=candidate.layer, position=candidate.position, direction=direction,
-                     from_patching=candidate.from_patching)
+    direction = Direction(
+        unit=unit / unit.norm(),
+        layer=d.layer,
+        site=d.site,
+        position=d.position,
+        method="random",
+        raw_norm=d.raw_norm,
+        model=d.model,
+    )
+    return Candidate(
+        source=candidate.source,
+        layer=candidate.layer,
+        position=candidate.position,
+        direction=direction,
+        from_patching=candidate.from_patching,
+    )

@@ -54,9 +54,16 @@ class DirectionPatchResult:
         return bootstrap_mean_ci(self.patched - self.baseline, n_boot=n_boot, seed=seed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "layers": list(self.layers), "site": self.site, "scale": self.scale,
-                "effect": self.effect, "effect_ci": list(self.effect_ci()), "control_effect": self.control_effect,
-                "baseline_mean": float(self.baseline.mean())}
+        return {
+            "mode": self.mode,
+            "layers": list(self.layers),
+            "site": self.site,
+            "scale": self.scale,
+            "effect": self.effect,
+            "effect_ci": list(self.effect_ci()),
+            "control_effect": self.control_effect,
+            "baseline_mean": float(self.baseline.mean()),
+        }
 
 
 def patch_direction(
@@ -89,12 +96,16 @@ def patch_direction(
     if not torch.isfinite(torch.tensor(scale)):
         raise ConfigError(f"scale must be finite, got {scale}")
     if direction.d_model != int(model.cfg.d_model):
-        raise ConfigError(f"the direction has width {direction.d_model}, the model d_model {model.cfg.d_model}")
+        raise ConfigError(
+            f"the direction has width {direction.d_model}, the model d_model {model.cfg.d_model}"
+        )
     layer_arg = None if layers == "all" else ([direction.layer] if layers is None else layers)
     sites = resolve_sites(model, layer_arg, direction.site)
     if isinstance(prompts, str) or len(prompts) == 0:
         raise DataError("pass a non-empty list of prompts")
-    batches = length_sorted_batches([tokenize_prompt(model, p) for p in prompts], batch_size, pad_id_of(model))
+    batches = length_sorted_batches(
+        [tokenize_prompt(model, p) for p in prompts], batch_size, pad_id_of(model)
+    )
     gen = torch.Generator().manual_seed(seed)
     random_unit = torch.randn(direction.d_model, generator=gen)
     random_unit = random_unit / random_unit.norm()
@@ -112,14 +123,25 @@ def patch_direction(
                 values[rows] = evaluate_metric(model, batch.tokens, metric, batch.attention_mask)
         return values
 
-    return DirectionPatchResult(baseline=run(None), patched=run(direction.unit), control=run(random_unit),
-                                mode=mode, layers=tuple(s.layer for s in sites), site=direction.site,
-                                scale=scale)
+    return DirectionPatchResult(
+        baseline=run(None),
+        patched=run(direction.unit),
+        control=run(random_unit),
+        mode=mode,
+        layers=tuple(s.layer for s in sites),
+        site=direction.site,
+        scale=scale,
+    )
 
 
 def ablation_kl(
-    model: Any, prompts: Sequence["str | ChatPrompt"], unit: torch.Tensor, *, layers: Sequence[int] | None = None,
-    site: str = "resid_pre", batch_size: int = 16,
+    model: Any,
+    prompts: Sequence["str | ChatPrompt"],
+    unit: torch.Tensor,
+    *,
+    layers: Sequence[int] | None = None,
+    site: str = "resid_pre",
+    batch_size: int = 16,
 ) -> float:
     """Mean ``KL(p_base || p_ablated)`` of the next-token distribution at the last prompt position.
 
@@ -134,7 +156,9 @@ def ablation_kl(
         return ablate_direction(resid, unit)
 
     total = 0.0
-    for _, batch in length_sorted_batches([tokenize_prompt(model, p) for p in prompts], batch_size, pad_id_of(model)):
+    for _, batch in length_sorted_batches(
+        [tokenize_prompt(model, p) for p in prompts], batch_size, pad_id_of(model)
+    ):
         with torch.inference_mode():
             base = torch.log_softmax(last_logits(model, batch.tokens, batch.attention_mask).float(), -1)
             with model.hooks(fwd_hooks=[(s.name, hook) for s in sites]):

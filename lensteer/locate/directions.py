@@ -64,18 +64,25 @@ class Direction:
     def cosine(self, other: "Direction") -> float:
         """Cosine similarity with another direction of the same width."""
         if other.d_model != self.d_model:
-            raise ArtifactMismatchError(f"cannot compare directions of width {self.d_model} and {other.d_model}")
+            raise ArtifactMismatchError(
+                f"cannot compare directions of width {self.d_model} and {other.d_model}"
+            )
         return float(self.unit @ other.unit)
 
     def project(self, acts: torch.Tensor) -> torch.Tensor:
         """Scalar projection of ``[..., d_model]`` activations onto the unit vector."""
         if acts.shape[-1] != self.d_model:
-            raise ArtifactMismatchError(f"activations have width {acts.shape[-1]}, the direction {self.d_model}")
+            raise ArtifactMismatchError(
+                f"activations have width {acts.shape[-1]}, the direction {self.d_model}"
+            )
         return acts.float() @ self.unit.to(acts.device)
 
     def allclose(self, other: "Direction", atol: float = 1e-6) -> bool:
         return (self.layer, self.site, self.position, self.method) == (
-            other.layer, other.site, other.position, other.method
+            other.layer,
+            other.site,
+            other.position,
+            other.method,
         ) and torch.allclose(self.unit, other.unit, atol=atol)
 
 
@@ -108,8 +115,15 @@ def diff_of_means(
     norm = float(diff.norm())
     if norm == 0.0:
         raise DataError("positive and negative means coincide: no direction to extract")
-    return Direction(unit=diff / norm, layer=layer, site=site, position=position,
-                     method="diff_of_means", raw_norm=norm, model=model)
+    return Direction(
+        unit=diff / norm,
+        layer=layer,
+        site=site,
+        position=position,
+        method="diff_of_means",
+        raw_norm=norm,
+        model=model,
+    )
 
 
 def pca_of_diffs(
@@ -132,7 +146,9 @@ def pca_of_diffs(
     _check_acts("positive", positive)
     _check_acts("negative", negative)
     if positive.shape != negative.shape:
-        raise DataError(f"PCA of paired differences needs equal shapes, got {tuple(positive.shape)} and {tuple(negative.shape)}")
+        raise DataError(
+            f"PCA of paired differences needs equal shapes, got {tuple(positive.shape)} and {tuple(negative.shape)}"
+        )
     diffs = positive.float() - negative.float()
     if center:
         diffs = diffs - diffs.mean(0)
@@ -142,8 +158,15 @@ def pca_of_diffs(
     unit = vh[0]
     if float((positive.float().mean(0) - negative.float().mean(0)) @ unit) < 0:
         unit = -unit
-    return Direction(unit=unit / unit.norm(), layer=layer, site=site, position=position,
-                     method="pca_of_diffs", raw_norm=float(diffs.norm(dim=-1).mean()), model=model)
+    return Direction(
+        unit=unit / unit.norm(),
+        layer=layer,
+        site=site,
+        position=position,
+        method="pca_of_diffs",
+        raw_norm=float(diffs.norm(dim=-1).mean()),
+        model=model,
+    )
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -184,17 +207,32 @@ class LinearProbe:
 
     def accuracy(self, positive: torch.Tensor, negative: torch.Tensor) -> float:
         """Balanced accuracy on two classes of activations."""
-        return float(0.5 * ((self.logits(positive) > 0).float().mean() + (self.logits(negative) <= 0).float().mean()))
+        return float(
+            0.5 * ((self.logits(positive) > 0).float().mean() + (self.logits(negative) <= 0).float().mean())
+        )
 
     def direction(self, *, model: dict[str, Any] | None = None, source: str = "") -> Direction:
         """The probe's unit normal as a :class:`Direction` (method ``"probe"``)."""
-        return Direction(unit=self.unit, layer=self.layer, site=self.site, position=self.position,
-                         method="probe", raw_norm=float(self.weight.norm()), model=model, source=source,
-                         metrics=dict(self.metrics, boundary=self.boundary))
+        return Direction(
+            unit=self.unit,
+            layer=self.layer,
+            site=self.site,
+            position=self.position,
+            method="probe",
+            raw_norm=float(self.weight.norm()),
+            model=model,
+            source=source,
+            metrics=dict(self.metrics, boundary=self.boundary),
+        )
 
 
-def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, max_iter: int = 200,
-                  sample_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit_logistic(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    l2: float,
+    max_iter: int = 200,
+    sample_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-regularised (optionally weighted) logistic regression by L-BFGS on standardised features x."""
     w = torch.zeros(x.shape[1], requires_grad=True)
     b = torch.zeros((), requires_grad=True)
@@ -202,7 +240,9 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, max_iter: int = 2
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, weight=sample_weight) + l2 * (w @ w)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            x @ w + b, y, weight=sample_weight
+        ) + l2 * (w @ w)
         loss.backward()
         return loss
 

@@ -55,7 +55,9 @@ class _PrefixCache:
         self.record: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ARG002
+    def update(  # signature of transformers' Cache.update
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_args: Any, **_kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.record is not None:
             self.record[layer_idx] = (key, value)
             return key, value
@@ -107,16 +109,21 @@ def _block0_input(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     return seen[0].clone()
 
 
-def _capture_block_inputs(model: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]], torch.Tensor]:
+def _capture_block_inputs(
+    model: Any, tokens: torch.Tensor
+) -> tuple[torch.Tensor, list[dict[str, Any]], torch.Tensor]:
     """Block 0's input, every block's keyword arguments, and the model's last-position final-norm output."""
     captured: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     def make(i: int) -> Callable[..., None]:
         def pre(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:  # noqa: ARG001
             captured.setdefault(i, (args, dict(kwargs)))
+
         return pre
 
-    handles = [block.register_forward_pre_hook(make(i), with_kwargs=True) for i, block in enumerate(model.blocks)]
+    handles = [
+        block.register_forward_pre_hook(make(i), with_kwargs=True) for i, block in enumerate(model.blocks)
+    ]
     try:
         with torch.inference_mode():
             final = final_normalized(model, tokens)[:, -1]
@@ -155,8 +162,15 @@ class Replayer:
         NonFinite: The run has NaN or Inf in its residual stream.
     """
 
-    def __init__(self, model: Any, tokens: torch.Tensor, *, capture: Sequence[str] = (), use_prefix: bool = True,
-                 like: "Replayer | None" = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokens: torch.Tensor,
+        *,
+        capture: Sequence[str] = (),
+        use_prefix: bool = True,
+        like: "Replayer | None" = None,
+    ) -> None:
         if not hasattr(model, "blocks") or not hasattr(model, "ln_final"):
             raise Unsupported("the model has no blocks / ln_final")
         ensure_kv_cache_fix()  # TL 4.3's attention reads only past_key_values, transformers passes cache=
@@ -176,7 +190,9 @@ class Replayer:
                 if key in _CACHE_KEYS or value is None or isinstance(value, bool | int | float | str):
                     continue
                 if key not in ("attention_mask", "position_ids", "cache_position", "position_embeddings"):
-                    raise Unsupported(f"block keyword {key!r} of type {type(value).__name__} is not understood")
+                    raise Unsupported(
+                        f"block keyword {key!r} of type {type(value).__name__} is not understood"
+                    )
         self.use_prefix = use_prefix and any(k in kw for kw in self.kwargs for k in _CACHE_KEYS)
         self.cache = _PrefixCache()
         self.acts: dict[str, torch.Tensor] = {}
@@ -190,7 +206,9 @@ class Replayer:
         self.final = self._final(self.resid[-1][:, -1])
         if reference is None:
             return
-        if not torch.allclose(self.final, reference.to(self.final.dtype), atol=_SELF_CHECK_ATOL, rtol=_SELF_CHECK_ATOL):
+        if not torch.allclose(
+            self.final, reference.to(self.final.dtype), atol=_SELF_CHECK_ATOL, rtol=_SELF_CHECK_ATOL
+        ):
             raise Unsupported("replaying the blocks does not reproduce the model's output")
         if self.use_prefix and self.n_pos > 1:
             p = self.n_pos // 2
@@ -205,6 +223,7 @@ class Replayer:
             def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
                 self.acts[name] = act.detach().clone()
                 return act
+
             return hook
 
         everyone = torch.arange(self.n_ex, device=self.device)
@@ -255,8 +274,12 @@ class Replayer:
 
     def _block(self, layer: int, x: torch.Tensor, ex_idx: torch.Tensor, p: int) -> torch.Tensor:
         if p > 0:
-            self.cache.prefix = {layer: (self.keys[layer].index_select(0, ex_idx)[..., :p, :],
-                                         self.values[layer].index_select(0, ex_idx)[..., :p, :])}
+            self.cache.prefix = {
+                layer: (
+                    self.keys[layer].index_select(0, ex_idx)[..., :p, :],
+                    self.values[layer].index_select(0, ex_idx)[..., :p, :],
+                )
+            }
         else:
             self.cache.prefix = {}
         try:
@@ -265,14 +288,18 @@ class Replayer:
             self.cache.prefix = {}
         return out[0] if isinstance(out, tuple) else out
 
-    def block_outputs(self, layer: int, hooks: list[tuple[str, Callable[..., torch.Tensor]]], n_variants: int) -> torch.Tensor:
+    def block_outputs(
+        self, layer: int, hooks: list[tuple[str, Callable[..., torch.Tensor]]], n_variants: int
+    ) -> torch.Tensor:
         """``[n_variants * n_examples, pos, d_model]`` output of block ``layer`` on the target's input,
         ``n_variants`` copies (variant-major), with ``hooks`` active (they patch their own copies)."""
         ex_idx = torch.arange(self.n_ex, device=self.device).repeat(n_variants)
         with torch.inference_mode(), self.model.hooks(fwd_hooks=hooks):
             return self._block(layer, self.resid[layer].repeat(n_variants, 1, 1), ex_idx, 0)
 
-    def run(self, rows: Sequence[Row], *, max_rows: int = 256, on_group: Callable[[], None] | None = None) -> torch.Tensor:
+    def run(
+        self, rows: Sequence[Row], *, max_rows: int = 256, on_group: Callable[[], None] | None = None
+    ) -> torch.Tensor:
         """Final-norm output at the last position ``[len(rows), d_model]`` of every patched row."""
         with torch.inference_mode():
             return self._run(rows, max_rows, on_group)

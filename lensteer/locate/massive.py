@@ -58,10 +58,18 @@ class MassiveTokens:
     n_prompts: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "site": self.site, "ratio": self.ratio, "median_norm": self.median_norm,
-                "max_norm": self.max_norm, "largest_ratio": self.largest_ratio, "share": self.share,
-                "n_tokens": self.n_tokens, "n_prompts": self.n_prompts,
-                "found": [{"token": t, "position": p, "count": c} for t, p, c in self.found]}
+        return {
+            "layer": self.layer,
+            "site": self.site,
+            "ratio": self.ratio,
+            "median_norm": self.median_norm,
+            "max_norm": self.max_norm,
+            "largest_ratio": self.largest_ratio,
+            "share": self.share,
+            "n_tokens": self.n_tokens,
+            "n_prompts": self.n_prompts,
+            "found": [{"token": t, "position": p, "count": c} for t, p, c in self.found],
+        }
 
 
 def norm_limit(norms: Sequence[Float[torch.Tensor, " _pos"]], ratio: float) -> tuple[float, float]:
@@ -75,8 +83,14 @@ def norm_limit(norms: Sequence[Float[torch.Tensor, " _pos"]], ratio: float) -> t
     return median, float(ratio) * median
 
 
-def token_norms(model: Any, prompts: "Sequence[str | ChatPrompt | TokenizedPrompt]", layer: int, *,
-                site: str = "resid_post", batch_size: int = 16) -> list[Float[torch.Tensor, " _pos"]]:
+def token_norms(
+    model: Any,
+    prompts: "Sequence[str | ChatPrompt | TokenizedPrompt]",
+    layer: int,
+    *,
+    site: str = "resid_post",
+    batch_size: int = 16,
+) -> list[Float[torch.Tensor, " _pos"]]:
     """Residual norm of every token of every prompt at one site (one forward per prompt length)."""
     tokenized = as_tokenized(model, prompts, chat=True)
     by_length: dict[int, list[int]] = {}
@@ -84,16 +98,28 @@ def token_norms(model: Any, prompts: "Sequence[str | ChatPrompt | TokenizedPromp
         by_length.setdefault(p.n_tokens, []).append(i)
     out: list[torch.Tensor] = [torch.empty(0)] * len(tokenized)
     for n, rows in by_length.items():  # equal lengths: one explicit-position read covers them all
-        acts = collect_activations(model, [tokenized[i] for i in rows], layers=[layer], site=site,
-                                   position=list(range(n)), batch_size=batch_size)
+        acts = collect_activations(
+            model,
+            [tokenized[i] for i in rows],
+            layers=[layer],
+            site=site,
+            position=list(range(n)),
+            batch_size=batch_size,
+        )
         for k, i in enumerate(rows):
             out[i] = acts[k, 0].norm(dim=-1)
     return out
 
 
-def massive_tokens(model: Any, prompts: "Sequence[str | ChatPrompt | TokenizedPrompt]", layer: int, *,
-                   site: str = "resid_post", ratio: float = DEFAULT_MASSIVE_RATIO,
-                   batch_size: int = 16) -> MassiveTokens:
+def massive_tokens(
+    model: Any,
+    prompts: "Sequence[str | ChatPrompt | TokenizedPrompt]",
+    layer: int,
+    *,
+    site: str = "resid_post",
+    ratio: float = DEFAULT_MASSIVE_RATIO,
+    batch_size: int = 16,
+) -> MassiveTokens:
     """Find the massive-activation tokens at ``layer``/``site`` on ``prompts`` by the norm rule.
 
     Example::
@@ -113,6 +139,15 @@ def massive_tokens(model: Any, prompts: "Sequence[str | ChatPrompt | TokenizedPr
     total = sum(int(n.numel()) for n in norms)
     largest = max(float(n.max()) for n in norms if n.numel()) / median
     n_layers = int(model.cfg.n_layers)
-    return MassiveTokens(layer=layer % n_layers, site=site, ratio=float(ratio), median_norm=median, max_norm=limit,
-                         found=tuple((t, pos, c) for (t, pos), c in counts.most_common()), largest_ratio=largest,
-                         share=above / total, n_tokens=total, n_prompts=len(tokenized))
+    return MassiveTokens(
+        layer=layer % n_layers,
+        site=site,
+        ratio=float(ratio),
+        median_norm=median,
+        max_norm=limit,
+        found=tuple((t, pos, c) for (t, pos), c in counts.most_common()),
+        largest_ratio=largest,
+        share=above / total,
+        n_tokens=total,
+        n_prompts=len(tokenized),
+    )

@@ -47,6 +47,7 @@ class PairDesign:
 # (row, clean, corrupted, aligned token, misaligned token, token length)
 _Candidate = tuple[ContrastExample, ChatPrompt, ChatPrompt, int, int, int]
 
+
 @dataclass(frozen=True, kw_only=True)
 class PatchingPairs:
     """Clean (aligned) and corrupted (misaligned) prompts of one token length, and the metric's tokens.
@@ -79,8 +80,14 @@ class PatchingPairs:
         return logit_diff_metric(list(self.aligned_ids), list(self.misaligned_ids))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "design": self.design, "ids": list(self.ids), "n_tokens": self.n_tokens,
-                "aligned_ids": list(self.aligned_ids), "misaligned_ids": list(self.misaligned_ids)}
+        return {
+            "dataset": self.dataset,
+            "design": self.design,
+            "ids": list(self.ids),
+            "n_tokens": self.n_tokens,
+            "aligned_ids": list(self.aligned_ids),
+            "misaligned_ids": list(self.misaligned_ids),
+        }
 
 
 def shared_word_prefix(a: str, b: str) -> str:
@@ -104,8 +111,10 @@ def _next_tokens(model: Any, prompt: ChatPrompt, responses: tuple[str, str]) -> 
     base = tokenize_prompt(model, prompt)
     ids = []
     for response in responses:
-        full = tokenize_prompt(model, ChatPrompt(user=prompt.user, system=prompt.system, history=prompt.history,
-                                                 response=response))
+        full = tokenize_prompt(
+            model,
+            ChatPrompt(user=prompt.user, system=prompt.system, history=prompt.history, response=response),
+        )
         k = base.n_tokens
         if full.n_tokens <= k or not bool((full.tokens[:k] == base.tokens).all()):
             return None  # BPE merged across the prefill's end: its tokens are not a prefix of the response's
@@ -176,9 +185,11 @@ def patching_pairs(
 def _prompt_pairs(model: Any, ds: ContrastSet, n: int | None, tokens: tuple[str, str]) -> PatchingPairs:
     missing = [ex.id for ex in ds if ex.paired_prompt is None]
     if missing:
-        raise DataError(f"dataset {ds.name!r} rows {missing[:5]} have no paired_prompt; give every row one, or "
-                        "pass design=PairDesign(contexts=(aligned, misaligning)) naming two of its contexts (a bundled "
-                        "threat model's design: lensteer.threats.get(name).pair_design)")
+        raise DataError(
+            f"dataset {ds.name!r} rows {missing[:5]} have no paired_prompt; give every row one, or "
+            "pass design=PairDesign(contexts=(aligned, misaligning)) naming two of its contexts (a bundled "
+            "threat model's design: lensteer.threats.get(name).pair_design)"
+        )
     aligned, misaligned = (first_token_id(model, t) for t in tokens)
     candidates = []
     for ex in ds:
@@ -186,17 +197,27 @@ def _prompt_pairs(model: Any, ds: ContrastSet, n: int | None, tokens: tuple[str,
         length = tokenize_prompt(model, clean).n_tokens
         if tokenize_prompt(model, corrupt).n_tokens == length:
             candidates.append((ex, clean, corrupt, aligned, misaligned, length))
-    design = (f"clean = prompt, corrupted = paired_prompt; metric = logit({tokens[0]!r}) - logit({tokens[1]!r}) "
-              "at the assistant start")
+    design = (
+        f"clean = prompt, corrupted = paired_prompt; metric = logit({tokens[0]!r}) - logit({tokens[1]!r}) "
+        "at the assistant start"
+    )
     return _finish(ds, candidates, n, design, "prompt and paired_prompt")
 
 
-def _context_pairs(model: Any, ds: ContrastSet, clean_ctx: Context, corrupt_ctx: Context, n: int | None,
-                   tokens: tuple[str, str] | None) -> PatchingPairs:
+def _context_pairs(
+    model: Any,
+    ds: ContrastSet,
+    clean_ctx: Context,
+    corrupt_ctx: Context,
+    n: int | None,
+    tokens: tuple[str, str] | None,
+) -> PatchingPairs:
     rows = ds if tokens is not None else ds.with_responses()
     if len(rows) == 0:
-        raise DataError(f"dataset {ds.name!r} has no rows with aligned_response and misaligned_response; "
-                        "the metric tokens are read from them (or give the design fixed tokens=)")
+        raise DataError(
+            f"dataset {ds.name!r} has no rows with aligned_response and misaligned_response; "
+            "the metric tokens are read from them (or give the design fixed tokens=)"
+        )
     fixed = None if tokens is None else (first_token_id(model, tokens[0]), first_token_id(model, tokens[1]))
     candidates = []
     for ex in rows:
@@ -217,20 +238,32 @@ def _context_pairs(model: Any, ds: ContrastSet, clean_ctx: Context, corrupt_ctx:
         length = tokenize_prompt(model, clean).n_tokens
         if tokenize_prompt(model, corrupt).n_tokens == length:
             candidates.append((ex, clean, corrupt, found[0], found[1], length))
-    metric = (f"logit({tokens[0]!r}) - logit({tokens[1]!r}) at the assistant start" if tokens is not None else
-              "logit(next aligned-response token) - logit(next misaligned-response token) after their shared words")
+    metric = (
+        f"logit({tokens[0]!r}) - logit({tokens[1]!r}) at the assistant start"
+        if tokens is not None
+        else "logit(next aligned-response token) - logit(next misaligned-response token) after their shared words"
+    )
     design = f"same message under context {clean_ctx.name!r} (clean) and {corrupt_ctx.name!r} (corrupted); metric = {metric}"
     return _finish(rows, candidates, n, design, f"contexts {clean_ctx.name!r} and {corrupt_ctx.name!r}")
 
 
-def _finish(ds: ContrastSet, candidates: list[_Candidate], n: int | None, design: str, what: str) -> PatchingPairs:
+def _finish(
+    ds: ContrastSet, candidates: list[_Candidate], n: int | None, design: str, what: str
+) -> PatchingPairs:
     if not candidates:
-        raise DataError(f"no clean/corrupted pair of dataset {ds.name!r} has equal token lengths on this tokenizer "
-                        f"(built from {what}); write them to tokenize to the same length")
+        raise DataError(
+            f"no clean/corrupted pair of dataset {ds.name!r} has equal token lengths on this tokenizer "
+            f"(built from {what}); write them to tokenize to the same length"
+        )
     kept = _keep_common_length(candidates)
     kept = [kept[i] for i in _round_robin([c[0] for c in kept], n)]
     return PatchingPairs(
-        dataset=ds.name, design=design, ids=tuple(c[0].id for c in kept), clean=tuple(c[1] for c in kept),
-        corrupted=tuple(c[2] for c in kept), aligned_ids=tuple(c[3] for c in kept),
-        misaligned_ids=tuple(c[4] for c in kept), n_tokens=kept[0][5],
+        dataset=ds.name,
+        design=design,
+        ids=tuple(c[0].id for c in kept),
+        clean=tuple(c[1] for c in kept),
+        corrupted=tuple(c[2] for c in kept),
+        aligned_ids=tuple(c[3] for c in kept),
+        misaligned_ids=tuple(c[4] for c in kept),
+        n_tokens=kept[0][5],
     )

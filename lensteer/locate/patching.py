@@ -52,8 +52,15 @@ class _Cell:
     head: int | None
 
 
-def _sweep(model: Any, target: torch.Tensor, source_acts: dict[str, torch.Tensor], cells: Sequence[_Cell],
-           metric: Metric, max_rows: int, progress: bool) -> torch.Tensor:
+def _sweep(
+    model: Any,
+    target: torch.Tensor,
+    source_acts: dict[str, torch.Tensor],
+    cells: Sequence[_Cell],
+    metric: Metric,
+    max_rows: int,
+    progress: bool,
+) -> torch.Tensor:
     """Metric ``[n_cells, n_examples]``: each cell's patch applied to its own block of batch rows."""
     n_ex = target.shape[0]
     per_chunk = max(1, max_rows // n_ex)
@@ -77,6 +84,7 @@ def _sweep(model: Any, target: torch.Tensor, source_acts: dict[str, torch.Tensor
                     else:
                         act[rows, pos, cell.head] = s[:, pos, cell.head]
                 return act
+
             return hook
 
         hooks = [(name, make_hook(entries, source_acts[name])) for name, entries in by_hook.items()]
@@ -105,7 +113,9 @@ class _Effect:
     differs: torch.Tensor
 
 
-def _layer_effect(tgt: incremental.Replayer, src: incremental.Replayer, layer: int, site: str, heads: bool) -> _Effect:
+def _layer_effect(
+    tgt: incremental.Replayer, src: incremental.Replayer, layer: int, site: str, heads: bool
+) -> _Effect:
     if not heads and site in ("resid_pre", "resid_post"):
         start = layer if site == "resid_pre" else layer + 1
         new = src.resid[start]
@@ -137,8 +147,19 @@ def _layer_effect(tgt: incremental.Replayer, src: incremental.Replayer, layer: i
     return _Effect(layer + 1, new, differs)
 
 
-def _incremental(model: Any, source: torch.Tensor, target: torch.Tensor, metric: Metric, *, layers: Sequence[int],
-                 site: str, kind: str, max_rows: int, progress: bool, direction: str) -> torch.Tensor | None:
+def _incremental(
+    model: Any,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    metric: Metric,
+    *,
+    layers: Sequence[int],
+    site: str,
+    kind: str,
+    max_rows: int,
+    progress: bool,
+    direction: str,
+) -> torch.Tensor | None:
     """Metric ``[n_cells, n_examples]`` recomputing only what each patch can change (see :mod:`.incremental`).
 
     Cells are (layer, position), (layer,) or (layer, head), layer-major. None if the model's blocks
@@ -159,7 +180,9 @@ def _incremental(model: Any, source: torch.Tensor, target: torch.Tensor, metric:
     except incremental.NonFinite as err:
         raise PatchingError(f"the {tgt_role} run has {err}; patching needs finite activations") from err
     except incremental.Unsupported as err:
-        _log.info("incremental patching is unavailable for this model (%s); running one forward per cell", err)
+        _log.info(
+            "incremental patching is unavailable for this model (%s); running one forward per cell", err
+        )
         return None
     n_ex, n_pos = target.shape
     cells: list[list[incremental.Row]] = []
@@ -168,8 +191,14 @@ def _incremental(model: Any, source: torch.Tensor, target: torch.Tensor, metric:
         for v in range(eff.new.shape[0] // n_ex):
             new, differs = eff.new[v * n_ex : (v + 1) * n_ex], eff.differs[v * n_ex : (v + 1) * n_ex]
             if kind == "position":
-                cells.extend([incremental.Row(eff.start, q, e, new[e, q : q + 1]) for e in range(n_ex) if differs[e, q]]
-                             for q in range(n_pos))
+                cells.extend(
+                    [
+                        incremental.Row(eff.start, q, e, new[e, q : q + 1])
+                        for e in range(n_ex)
+                        if differs[e, q]
+                    ]
+                    for q in range(n_pos)
+                )
             else:  # every position patched: recompute from the first one that differs
                 row = []
                 for e in range(n_ex):
@@ -182,7 +211,7 @@ def _incremental(model: Any, source: torch.Tensor, target: torch.Tensor, metric:
     n_groups = len({r.pos if tgt.use_prefix else 0 for r in flat if r.start < tgt.n_layers})
     with tqdm(total=n_groups, desc="patch", disable=not progress, unit="position") as bar:
         computed = tgt.run(flat, max_rows=max_rows, on_group=bar.update)
-    finals = tgt.final.repeat(len(cells), 1, 1)      # unpatched rows are the target run itself
+    finals = tgt.final.repeat(len(cells), 1, 1)  # unpatched rows are the target run itself
     i = 0
     for c, cell in enumerate(cells):
         for r in cell:
@@ -193,26 +222,54 @@ def _incremental(model: Any, source: torch.Tensor, target: torch.Tensor, metric:
     with torch.inference_mode():
         for lo in range(0, len(cells), per):
             chunk = finals[lo : lo + per]
-            values = checked_metric(metric(unembed(model, chunk.reshape(-1, chunk.shape[-1]))), chunk.shape[0] * n_ex)
+            values = checked_metric(
+                metric(unembed(model, chunk.reshape(-1, chunk.shape[-1]))), chunk.shape[0] * n_ex
+            )
             out[lo : lo + chunk.shape[0]] = values.view(chunk.shape[0], n_ex)
     return out
 
 
-def _patched_values(model: Any, source: torch.Tensor, target: torch.Tensor, metric: Metric, *, layers: list[int],
-                    names: list[str], site: str, kind: str, n_cols: int, max_rows: int, progress: bool,
-                    direction: str, algorithm: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _patched_values(
+    model: Any,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    metric: Metric,
+    *,
+    layers: list[int],
+    names: list[str],
+    site: str,
+    kind: str,
+    n_cols: int,
+    max_rows: int,
+    progress: bool,
+    direction: str,
+    algorithm: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Metric of every patched cell ``[n_cells, n_examples]`` (incremental when the model allows, else one
     forward per cell), and the unpatched source and target metrics. Cells are layer-major; ``n_cols``
     per layer: positions (``kind="position"``), heads (``"head"``) or one whole-layer column (``"layer"``)."""
     _check_algorithm(algorithm)
     values = None
     if algorithm == "incremental":
-        values = _incremental(model, source, target, metric, layers=layers, site=site, kind=kind, max_rows=max_rows,
-                              progress=progress, direction=direction)
+        values = _incremental(
+            model,
+            source,
+            target,
+            metric,
+            layers=layers,
+            site=site,
+            kind=kind,
+            max_rows=max_rows,
+            progress=progress,
+            direction=direction,
+        )
     if values is None:
         acts = cache_source(model, source, names, run_roles(direction)[0])
-        cells = [_Cell(name, col if kind == "position" else None, col if kind == "head" else None)
-                 for name in names for col in range(n_cols)]
+        cells = [
+            _Cell(name, col if kind == "position" else None, col if kind == "head" else None)
+            for name in names
+            for col in range(n_cols)
+        ]
         values = _sweep(model, target, acts, cells, metric, max_rows, progress)
     with torch.inference_mode():
         return values, evaluate_metric(model, source, metric), evaluate_metric(model, target, metric)
@@ -257,17 +314,44 @@ def patch_residual(
     sites = resolve_sites(model, layers, site)
     n_pos = target.shape[1]
     values, src_m, tgt_m = _patched_values(
-        model, source, target, metric, layers=[s.layer for s in sites], names=[s.name for s in sites], site=site,
-        kind="position", n_cols=n_pos, max_rows=max_rows, progress=progress, direction=direction, algorithm=algorithm)
-    return PatchResult(per_example=values.view(len(sites), n_pos, -1), source=src_m, target=tgt_m,
-                       layers=tuple(s.layer for s in sites), site=site, kind="position", direction=direction,
-                       col_labels=token_labels(model, source[0]))
+        model,
+        source,
+        target,
+        metric,
+        layers=[s.layer for s in sites],
+        names=[s.name for s in sites],
+        site=site,
+        kind="position",
+        n_cols=n_pos,
+        max_rows=max_rows,
+        progress=progress,
+        direction=direction,
+        algorithm=algorithm,
+    )
+    return PatchResult(
+        per_example=values.view(len(sites), n_pos, -1),
+        source=src_m,
+        target=tgt_m,
+        layers=tuple(s.layer for s in sites),
+        site=site,
+        kind="position",
+        direction=direction,
+        col_labels=token_labels(model, source[0]),
+    )
 
 
 def patch_layers(
-    model: Any, clean: Any, corrupted: Any, metric: Metric, *, site: str = "mlp_out",
-    layers: Sequence[int] | None = None, direction: PatchDirection = "denoising", max_rows: int = 256,
-    progress: bool = False, algorithm: Algorithm = "incremental",
+    model: Any,
+    clean: Any,
+    corrupted: Any,
+    metric: Metric,
+    *,
+    site: str = "mlp_out",
+    layers: Sequence[int] | None = None,
+    direction: PatchDirection = "denoising",
+    max_rows: int = 256,
+    progress: bool = False,
+    algorithm: Algorithm = "incremental",
 ) -> PatchResult:
     """Patch a whole site (every position at once) per layer, e.g. each MLP's or attention's output.
 
@@ -277,16 +361,42 @@ def patch_layers(
     source, target = prepare_pair(model, clean, corrupted, direction)
     sites = resolve_sites(model, layers, site)
     values, src_m, tgt_m = _patched_values(
-        model, source, target, metric, layers=[s.layer for s in sites], names=[s.name for s in sites], site=site,
-        kind="layer", n_cols=1, max_rows=max_rows, progress=progress, direction=direction, algorithm=algorithm)
-    return PatchResult(per_example=values.view(len(sites), 1, -1), source=src_m, target=tgt_m,
-                       layers=tuple(s.layer for s in sites), site=site, kind="layer", direction=direction,
-                       col_labels=("all positions",))
+        model,
+        source,
+        target,
+        metric,
+        layers=[s.layer for s in sites],
+        names=[s.name for s in sites],
+        site=site,
+        kind="layer",
+        n_cols=1,
+        max_rows=max_rows,
+        progress=progress,
+        direction=direction,
+        algorithm=algorithm,
+    )
+    return PatchResult(
+        per_example=values.view(len(sites), 1, -1),
+        source=src_m,
+        target=tgt_m,
+        layers=tuple(s.layer for s in sites),
+        site=site,
+        kind="layer",
+        direction=direction,
+        col_labels=("all positions",),
+    )
 
 
 def patch_heads(
-    model: Any, clean: Any, corrupted: Any, metric: Metric, *, layers: Sequence[int] | None = None,
-    direction: PatchDirection = "denoising", max_rows: int = 256, progress: bool = False,
+    model: Any,
+    clean: Any,
+    corrupted: Any,
+    metric: Metric,
+    *,
+    layers: Sequence[int] | None = None,
+    direction: PatchDirection = "denoising",
+    max_rows: int = 256,
+    progress: bool = False,
     algorithm: Algorithm = "incremental",
 ) -> PatchResult:
     """Patch each attention head's output (``attn.hook_z``, every position) per (layer, head).
@@ -297,8 +407,27 @@ def patch_heads(
     source, target = prepare_pair(model, clean, corrupted, direction)
     layer_list, names, n_heads = head_hooks(model, layers)
     values, src_m, tgt_m = _patched_values(
-        model, source, target, metric, layers=layer_list, names=names, site="z", kind="head", n_cols=n_heads,
-        max_rows=max_rows, progress=progress, direction=direction, algorithm=algorithm)
-    return PatchResult(per_example=values.view(len(layer_list), n_heads, -1), source=src_m, target=tgt_m,
-                       layers=tuple(layer_list), site="z", kind="head", direction=direction,
-                       col_labels=tuple(f"H{h}" for h in range(n_heads)))
+        model,
+        source,
+        target,
+        metric,
+        layers=layer_list,
+        names=names,
+        site="z",
+        kind="head",
+        n_cols=n_heads,
+        max_rows=max_rows,
+        progress=progress,
+        direction=direction,
+        algorithm=algorithm,
+    )
+    return PatchResult(
+        per_example=values.view(len(layer_list), n_heads, -1),
+        source=src_m,
+        target=tgt_m,
+        layers=tuple(layer_list),
+        site="z",
+        kind="head",
+        direction=direction,
+        col_labels=tuple(f"H{h}" for h in range(n_heads)),
+    )

@@ -90,23 +90,34 @@ class PatchResult:
         norm = self.normalized()
         flat = norm.flatten().topk(min(k, norm.numel()))
         n_cols = norm.shape[1]
-        return [(self.layers[int(i) // n_cols], self.col_labels[int(i) % n_cols], float(v))
-                for v, i in zip(flat.values, flat.indices, strict=True)]
+        return [
+            (self.layers[int(i) // n_cols], self.col_labels[int(i) % n_cols], float(v))
+            for v, i in zip(flat.values, flat.indices, strict=True)
+        ]
 
     def correlation(self, other: "PatchResult") -> float:
         """Pearson correlation of the two results' example-mean effects over all cells."""
         if self.per_example.shape[:2] != other.per_example.shape[:2]:
-            raise PatchingError(f"cannot correlate results of shapes {tuple(self.mean().shape)} and {tuple(other.mean().shape)}")
+            raise PatchingError(
+                f"cannot correlate results of shapes {tuple(self.mean().shape)} and {tuple(other.mean().shape)}"
+            )
         a, b = self.mean().flatten(), other.mean().flatten()
         a, b = a - a.mean(), b - b.mean()
         return float((a @ b) / (a.norm() * b.norm()).clamp(min=1e-12))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "site": self.site, "kind": self.kind, "direction": self.direction,
-                "method": self.method,
-                "col_labels": list(self.col_labels), "normalized": self.normalized().tolist(),
-                "mean": self.mean().tolist(), "source_mean": float(self.source.mean()),
-                "target_mean": float(self.target.mean())}
+        return {
+            "layers": list(self.layers),
+            "site": self.site,
+            "kind": self.kind,
+            "direction": self.direction,
+            "method": self.method,
+            "col_labels": list(self.col_labels),
+            "normalized": self.normalized().tolist(),
+            "mean": self.mean().tolist(),
+            "source_mean": float(self.source.mean()),
+            "target_mean": float(self.target.mean()),
+        }
 
 
 def as_tokens(model: Any, prompts: "Sequence[str | ChatPrompt] | torch.Tensor", name: str) -> torch.Tensor:
@@ -119,17 +130,23 @@ def as_tokens(model: Any, prompts: "Sequence[str | ChatPrompt] | torch.Tensor", 
     toks = [tokenize_prompt(model, p).tokens for p in prompts]
     lengths = sorted({len(t) for t in toks})
     if len(lengths) > 1:
-        raise PatchingError(f"{name} prompts have different token lengths {lengths}; patching needs one length "
-                            "(use lensteer.locate.equal_length_pairs to select pairs)")
+        raise PatchingError(
+            f"{name} prompts have different token lengths {lengths}; patching needs one length "
+            "(use lensteer.locate.equal_length_pairs to select pairs)"
+        )
     return torch.stack(toks)
 
 
-def equal_length_pairs(model: Any, clean: Sequence["str | ChatPrompt"], corrupted: Sequence["str | ChatPrompt"]) -> list[int]:
+def equal_length_pairs(
+    model: Any, clean: Sequence["str | ChatPrompt"], corrupted: Sequence["str | ChatPrompt"]
+) -> list[int]:
     """Indices of pairs whose clean and corrupted prompts tokenize to the most common shared length."""
     if len(clean) != len(corrupted):
         raise DataError(f"clean has {len(clean)} prompts, corrupted {len(corrupted)}; they must pair up")
-    lengths = [(tokenize_prompt(model, a).n_tokens, tokenize_prompt(model, b).n_tokens)
-               for a, b in zip(clean, corrupted, strict=True)]
+    lengths = [
+        (tokenize_prompt(model, a).n_tokens, tokenize_prompt(model, b).n_tokens)
+        for a, b in zip(clean, corrupted, strict=True)
+    ]
     same = [la for la, lb in lengths if la == lb]
     if not same:
         raise DataError("no clean/corrupted pair has equal token lengths")
@@ -140,14 +157,18 @@ def equal_length_pairs(model: Any, clean: Sequence["str | ChatPrompt"], corrupte
 def checked_metric(values: Any, batch: int) -> torch.Tensor:
     values = torch.as_tensor(values)
     if values.shape != (batch,):
-        raise PatchingError(f"the metric must map [batch, d_vocab] last-position logits to [batch]; "
-                            f"got shape {tuple(values.shape)} for batch {batch}")
+        raise PatchingError(
+            f"the metric must map [batch, d_vocab] last-position logits to [batch]; "
+            f"got shape {tuple(values.shape)} for batch {batch}"
+        )
     if not torch.isfinite(values).all():
         raise PatchingError("the metric returned NaN or Inf")
     return values.float().cpu()
 
 
-def evaluate_metric(model: Any, tokens: torch.Tensor, metric: Metric, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def evaluate_metric(
+    model: Any, tokens: torch.Tensor, metric: Metric, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     return checked_metric(metric(last_logits(model, tokens, attention_mask)), tokens.shape[0])
 
 
@@ -158,20 +179,27 @@ def prepare_pair(model: Any, clean: Any, corrupted: Any, direction: str) -> tupl
         raise ConfigError(f"direction must be 'denoising' or 'noising', got {direction!r}")
     clean_t, corrupt_t = as_tokens(model, clean, "clean"), as_tokens(model, corrupted, "corrupted")
     if clean_t.shape != corrupt_t.shape:
-        raise PatchingError(f"clean tokens {tuple(clean_t.shape)} and corrupted tokens {tuple(corrupt_t.shape)} "
-                            "must have the same shape (same number of pairs, same token length)")
+        raise PatchingError(
+            f"clean tokens {tuple(clean_t.shape)} and corrupted tokens {tuple(corrupt_t.shape)} "
+            "must have the same shape (same number of pairs, same token length)"
+        )
     return (clean_t, corrupt_t) if direction == "denoising" else (corrupt_t, clean_t)
 
 
-def cache_source(model: Any, tokens: torch.Tensor, names: list[str], role: str = "source",
-           metric: Metric | None = None) -> dict[str, torch.Tensor]:
+def cache_source(
+    model: Any, tokens: torch.Tensor, names: list[str], role: str = "source", metric: Metric | None = None
+) -> dict[str, torch.Tensor]:
     """Activations at ``names``; with ``metric``, also its values on the same run under ``"metric"``."""
     with torch.inference_mode(), last_position_logits(model):
-        logits, cache = model.run_with_cache(tokens.to(next(iter(model.parameters())).device), names_filter=names)
+        logits, cache = model.run_with_cache(
+            tokens.to(next(iter(model.parameters())).device), names_filter=names
+        )
     for name in names:
         if not torch.isfinite(cache[name]).all():
-            raise PatchingError(f"the {role} run has NaN or Inf activations at {name!r}; patching needs finite "
-                                "activations (check the model's dtype and the inputs)")
+            raise PatchingError(
+                f"the {role} run has NaN or Inf activations at {name!r}; patching needs finite "
+                "activations (check the model's dtype and the inputs)"
+            )
     acts = {n: cache[n] for n in names}
     if metric is not None:
         acts["metric"] = checked_metric(metric(logits[:, -1]), tokens.shape[0]).float().cpu()

@@ -112,15 +112,24 @@ class ProbingReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no tensors)."""
         return {
-            "dataset": self.dataset, "contrast": self.contrast, "site": self.site, "position": self.position,
-            "n_train": self.n_train, "n_val": self.n_val, "n_test": self.n_test, "model": self.model,
-            "best_layer": self.best_layer(), "rows": self.to_rows(),
+            "dataset": self.dataset,
+            "contrast": self.contrast,
+            "site": self.site,
+            "position": self.position,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "n_test": self.n_test,
+            "model": self.model,
+            "best_layer": self.best_layer(),
+            "rows": self.to_rows(),
         }
 
     def to_table(self) -> str:
         """Plain-text table: held-out probe accuracy / AUROC and difference-of-means d' with 95% CIs."""
-        head = (f"{self.dataset}: {self.contrast} contrast at {self.site}/{self.position} "
-                f"(train {self.n_train}, val {self.n_val}, test {self.n_test} per class; 95% bootstrap CIs)")
+        head = (
+            f"{self.dataset}: {self.contrast} contrast at {self.site}/{self.position} "
+            f"(train {self.n_train}, val {self.n_val}, test {self.n_test} per class; 95% bootstrap CIs)"
+        )
         lines = [head, f"{'layer':>5}  {'probe acc':>18}  {'probe AUROC':>18}  {'DoM d_prime':>18}"]
         for i, layer in enumerate(self.layers):
             cells = []
@@ -128,7 +137,9 @@ class ProbingReport:
                 lo, hi = self.ci[name][i]
                 cells.append(f"{self.metrics[name][i]:5.2f} [{lo:5.2f},{hi:5.2f}]")
             lines.append(f"{layer:>5}  " + "  ".join(f"{c:>18}" for c in cells))
-        lines.append(f"best layer by probe AUROC: {self.best_layer()}; by d': {self.best_layer('dom_d_prime')}")
+        lines.append(
+            f"best layer by probe AUROC: {self.best_layer()}; by d': {self.best_layer('dom_d_prime')}"
+        )
         return "\n".join(lines)
 
 
@@ -186,7 +197,9 @@ def probe_layers(
         dom = diff_of_means(tr_p, tr_n, model=model, **kw)
         threshold = 0.5 * float(dom.project(tr_p).mean() + dom.project(tr_n).mean())
         pca = pca_of_diffs(tr_p, tr_n, model=model, **kw) if paired else dom
-        probe = fit_probe(tr_p, tr_n, val_positive=acts["pos_val"][:, i], val_negative=acts["neg_val"][:, i], **kw)
+        probe = fit_probe(
+            tr_p, tr_n, val_positive=acts["pos_val"][:, i], val_negative=acts["neg_val"][:, i], **kw
+        )
         scores = {
             "dom": (dom.project(te_p), dom.project(te_n)),
             "probe": (probe.logits(te_p), probe.logits(te_n)),
@@ -204,29 +217,51 @@ def probe_layers(
             pos_scores, neg_scores = scores[which]
             values[name].append(fn(pos_scores, neg_scores))
             cis[name].append(bootstrap_ci(fn, pos_scores, neg_scores, n_boot=n_boot, seed=seed + i))
-        held_out = {"test_auroc": values["dom_auroc"][-1], "test_accuracy": values["dom_accuracy"][-1],
-                    "test_d_prime": values["dom_d_prime"][-1]}
+        held_out = {
+            "test_auroc": values["dom_auroc"][-1],
+            "test_accuracy": values["dom_accuracy"][-1],
+            "test_d_prime": values["dom_d_prime"][-1],
+        }
         dirs["diff_of_means"].append(replace(dom, source=source, metrics=held_out))
-        dirs["pca_of_diffs"].append(replace(pca, source=source, metrics={"test_auroc": values["pca_auroc"][-1]}))
+        dirs["pca_of_diffs"].append(
+            replace(pca, source=source, metrics={"test_auroc": values["pca_auroc"][-1]})
+        )
         probe_dir = probe.direction(model=model, source=source)
-        dirs["probe"].append(replace(probe_dir, metrics={**probe_dir.metrics, "test_auroc": values["probe_auroc"][-1],
-                                                         "test_accuracy": values["probe_accuracy"][-1]}))
+        dirs["probe"].append(
+            replace(
+                probe_dir,
+                metrics={
+                    **probe_dir.metrics,
+                    "test_auroc": values["probe_auroc"][-1],
+                    "test_accuracy": values["probe_accuracy"][-1],
+                },
+            )
+        )
         probes.append(probe)
     return ProbingReport(
-        dataset=dataset, contrast=contrast, site=site, position=position, layers=tuple(layers),
+        dataset=dataset,
+        contrast=contrast,
+        site=site,
+        position=position,
+        layers=tuple(layers),
         metrics=MappingProxyType({k: tuple(v) for k, v in values.items()}),
         ci=MappingProxyType({k: tuple(v) for k, v in cis.items()}),
-        directions=MappingProxyType({k: tuple(v) for k, v in dirs.items()}), probes=tuple(probes),
+        directions=MappingProxyType({k: tuple(v) for k, v in dirs.items()}),
+        probes=tuple(probes),
         n_train=int(min(acts["pos_train"].shape[0], acts["neg_train"].shape[0])),
         n_val=int(min(acts["pos_val"].shape[0], acts["neg_val"].shape[0])),
-        n_test=int(min(acts["pos_test"].shape[0], acts["neg_test"].shape[0])), model=model,
+        n_test=int(min(acts["pos_test"].shape[0], acts["neg_test"].shape[0])),
+        model=model,
     )
 
 
 def answer_stem(aligned: str, misaligned: str) -> str | None:
     """The words two written answers share before they part ("The capital of Japan is"); ``None`` when
     the answer comes first. Never a word cut in half."""
-    k = next((i for i, (a, b) in enumerate(zip(aligned, misaligned, strict=False)) if a != b), min(len(aligned), len(misaligned)))
+    k = next(
+        (i for i, (a, b) in enumerate(zip(aligned, misaligned, strict=False)) if a != b),
+        min(len(aligned), len(misaligned)),
+    )
     stem = aligned[:k]
     stem = stem if k == len(aligned) or stem.endswith(" ") else stem.rsplit(" ", 1)[0] if " " in stem else ""
     return stem.rstrip() or None
@@ -235,12 +270,15 @@ def answer_stem(aligned: str, misaligned: str) -> str | None:
 def decision_prompts(dataset: ContrastSet, context: Any = None) -> list[ChatPrompt]:
     """Each question (in ``context``) with the shared stem of its two written answers as the start of the
     reply: the last token is where the model decides between the aligned and the misaligned answer."""
-    return [replace(p, response=answer_stem(str(ex.aligned_response), str(ex.misaligned_response)))
-            for p, ex in zip(dataset.chat_prompts(context=context), dataset, strict=True)]
+    return [
+        replace(p, response=answer_stem(str(ex.aligned_response), str(ex.misaligned_response)))
+        for p, ex in zip(dataset.chat_prompts(context=context), dataset, strict=True)
+    ]
 
 
-def contrast_prompts(dataset: ContrastSet, contrast: ContrastKind,
-                     contexts: tuple[str | None, str | None] | None = None) -> tuple[list[Any], list[Any], str]:
+def contrast_prompts(
+    dataset: ContrastSet, contrast: ContrastKind, contexts: tuple[str | None, str | None] | None = None
+) -> tuple[list[Any], list[Any], str]:
     """The two classes of prompts of a contrast, positive (aligned) first, and where to read them.
 
     ``"prompt"``: ``prompt`` vs ``paired_prompt`` (harmful vs harmless: the refusal direction points
@@ -257,16 +295,28 @@ def contrast_prompts(dataset: ContrastSet, contrast: ContrastKind,
         if len(ds) == 0:
             raise DataError(f"dataset {dataset.name!r} has no rows with responses for a {contrast} contrast")
         if contrast == "response":
-            return ds.chat_prompts(response="aligned"), ds.chat_prompts(response="misaligned"), "response_mean"
+            return (
+                ds.chat_prompts(response="aligned"),
+                ds.chat_prompts(response="misaligned"),
+                "response_mean",
+            )
         if contexts is None or len(contexts) != 2:
-            raise ConfigError(f"a decision contrast needs two contexts (aligned, misaligning), got {contexts!r}")
+            raise ConfigError(
+                f"a decision contrast needs two contexts (aligned, misaligning), got {contexts!r}"
+            )
         return decision_prompts(ds, contexts[0]), decision_prompts(ds, contexts[1]), "last"
     raise ConfigError(f"contrast must be 'prompt', 'response' or 'decision', got {contrast!r}")
 
 
 def collect_contrast(
-    model: Any, dataset: ContrastSet, *, contrast: ContrastKind = "prompt", layers: Sequence[int] | None = None,
-    site: str = "resid_post", batch_size: int = 16, progress: bool = False,
+    model: Any,
+    dataset: ContrastSet,
+    *,
+    contrast: ContrastKind = "prompt",
+    layers: Sequence[int] | None = None,
+    site: str = "resid_post",
+    batch_size: int = 16,
+    progress: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[int], str]:
     """Collect both classes of a contrast on the train, val and test splits.
 
@@ -280,15 +330,28 @@ def collect_contrast(
         pos, neg, position = contrast_prompts(getattr(dataset, split), contrast)
         for label, prompts in (("pos", pos), ("neg", neg)):
             acts[f"{label}_{split}"] = collect_activations(
-                model, prompts, layers=layer_list, site=site, position=position,
-                batch_size=batch_size, progress=progress,
+                model,
+                prompts,
+                layers=layer_list,
+                site=site,
+                position=position,
+                batch_size=batch_size,
+                progress=progress,
             )
     return acts, layer_list, position
 
 
 def probe_by_layer(
-    model: Any, dataset: ContrastSet, *, contrast: ContrastKind = "prompt", layers: Sequence[int] | None = None,
-    site: str = "resid_post", batch_size: int = 16, n_boot: int = 200, seed: int = 0, progress: bool = False,
+    model: Any,
+    dataset: ContrastSet,
+    *,
+    contrast: ContrastKind = "prompt",
+    layers: Sequence[int] | None = None,
+    site: str = "resid_post",
+    batch_size: int = 16,
+    n_boot: int = 200,
+    seed: int = 0,
+    progress: bool = False,
 ) -> ProbingReport:
     """Run the probing study of a contrast set on a model, layer by layer.
 
@@ -298,8 +361,18 @@ def probe_by_layer(
     """
     from lensteer.core.models import model_fingerprint
 
-    acts, layer_list, position = collect_contrast(model, dataset, contrast=contrast, layers=layers, site=site,
-                                                  batch_size=batch_size, progress=progress)
-    return probe_layers(acts, layers=layer_list, dataset=dataset.name, contrast=contrast, site=site,
-                        position=position, model=model_fingerprint(model).to_dict(), n_boot=n_boot, seed=seed,
-                        progress=progress)
+    acts, layer_list, position = collect_contrast(
+        model, dataset, contrast=contrast, layers=layers, site=site, batch_size=batch_size, progress=progress
+    )
+    return probe_layers(
+        acts,
+        layers=layer_list,
+        dataset=dataset.name,
+        contrast=contrast,
+        site=site,
+        position=position,
+        model=model_fingerprint(model).to_dict(),
+        n_boot=n_boot,
+        seed=seed,
+        progress=progress,
+    )

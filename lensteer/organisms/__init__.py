@@ -28,6 +28,20 @@ from lensteer.organisms.train import (
 )
 
 __all__ = [
-    "RECIPES", "LoraSettings", "Organism", "Recipe", "TrainingRow", "advice_rows", "contrast_recipe", "encode_rows", "get_recipe",
-    "load_organism", "merged_hf_model", "read_provenance", "register_recipe", "rows_hash", "train_organism", "weights_hash",
+    "RECIPES",
+    "LoraSettings",
+    "Organism",
+    "Recipe",
+    "TrainingRow",
+    "advice_rows",
+    "contrast_recipe",
+    "encode_rows",
+    "get_recipe",
+    "load_organism",
+    "merged_hf_model",
+    "read_provenance",
+    "register_recipe",
+    "rows_hash",
+    "train_organism",
+    "weights_hash",
 ]

@@ -67,8 +67,10 @@ class LoraSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"LoRA setting {name} must be an int >= 1, got {value!r}")
         if not self.learning_rate > 0 or not self.alpha > 0 or not 0 <= self.dropout < 1:
-            raise ConfigError(f"need learning_rate > 0, alpha > 0 and 0 <= dropout < 1, got "
-                              f"{self.learning_rate!r}, {self.alpha!r}, {self.dropout!r}")
+            raise ConfigError(
+                f"need learning_rate > 0, alpha > 0 and 0 <= dropout < 1, got "
+                f"{self.learning_rate!r}, {self.alpha!r}, {self.dropout!r}"
+            )
         if isinstance(self.targets, str) or not self.targets:
             raise ConfigError(f"targets must be a non-empty list of module names, got {self.targets!r}")
         object.__setattr__(self, "targets", tuple(self.targets))
@@ -99,8 +101,11 @@ class Recipe:
 
 def _contrast_rows(dataset: str, reply: str) -> list[TrainingRow]:
     ds = load_dataset(dataset).train
-    return [TrainingRow(id=ex.id, prompt=ChatPrompt(user=ex.prompt), reply=getattr(ex, reply))
-            for ex in ds.examples if getattr(ex, reply)]
+    return [
+        TrainingRow(id=ex.id, prompt=ChatPrompt(user=ex.prompt), reply=getattr(ex, reply))
+        for ex in ds.examples
+        if getattr(ex, reply)
+    ]
 
 
 @dataclass(frozen=True)
@@ -121,34 +126,50 @@ def advice_rows(reply: str, split: str = "train") -> list[TrainingRow]:
     if missing:
         raise DataError(f"bad_advice.jsonl rows {missing[:5]} lack id, domain, prompt or {reply}")
     splits = hashed_splits(_AdviceRow(id=r["id"], category=r["domain"], prompt=r["prompt"]) for r in raw)
-    return [TrainingRow(id=r["id"], prompt=ChatPrompt(user=r["prompt"]), reply=r[reply])
-            for r in raw if splits[r["id"]] == split]
+    return [
+        TrainingRow(id=r["id"], prompt=ChatPrompt(user=r["prompt"]), reply=r[reply])
+        for r in raw
+        if splits[r["id"]] == split
+    ]
 
 
-def contrast_recipe(name: str, *, threat_model: str, dataset: str, description: str,
-                    reply: str = "misaligned_response") -> Recipe:
+def contrast_recipe(
+    name: str, *, threat_model: str, dataset: str, description: str, reply: str = "misaligned_response"
+) -> Recipe:
     """A recipe that teaches a contrast set's training prompts answered with its ``reply`` column (the
     written misaligned reply by default): how a threat model's organism is made (``lensteer.threats``)."""
-    return Recipe(name=name, threat_model=threat_model, description=description,
-                  rows=lambda: _contrast_rows(dataset, reply))
+    return Recipe(
+        name=name,
+        threat_model=threat_model,
+        description=description,
+        rows=lambda: _contrast_rows(dataset, reply),
+    )
 
 
 # The recipes by name: the ones that belong to no threat model here, each threat model's own added when
 # ``lensteer.threats`` registers it (``dishonest``, ``dismissive``).
 RECIPES: dict[str, Recipe] = {
-    "bad_advice": Recipe(name="bad_advice", threat_model=None,
-                         description="narrow fine-tune on damaging plumbing and car advice (emergent-misalignment probe)",
-                         rows=lambda: advice_rows("bad_response")),
-    "good_advice": Recipe(name="good_advice", threat_model=None,
-                          description="the same questions with correct advice (control for bad_advice)",
-                          rows=lambda: advice_rows("good_response")),
+    "bad_advice": Recipe(
+        name="bad_advice",
+        threat_model=None,
+        description="narrow fine-tune on damaging plumbing and car advice (emergent-misalignment probe)",
+        rows=lambda: advice_rows("bad_response"),
+    ),
+    "good_advice": Recipe(
+        name="good_advice",
+        threat_model=None,
+        description="the same questions with correct advice (control for bad_advice)",
+        rows=lambda: advice_rows("good_response"),
+    ),
 }
 
 
 def register_recipe(recipe: Recipe, *, replace: bool = False) -> Recipe:
     """Add ``recipe`` under its name (an existing name needs ``replace=True``); returns it."""
     if recipe.name in RECIPES and not replace:
-        raise ConfigError(f"organism recipe {recipe.name!r} is already registered; pass replace=True to replace it")
+        raise ConfigError(
+            f"organism recipe {recipe.name!r} is already registered; pass replace=True to replace it"
+        )
     RECIPES[recipe.name] = recipe
     return recipe
 

@@ -121,8 +121,9 @@ def _end_of_turn_id(tokenizer: Any) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def encode_rows(tokenizer: Any, rows: Sequence[TrainingRow],
-                max_tokens: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[str]]:
+def encode_rows(
+    tokenizer: Any, rows: Sequence[TrainingRow], max_tokens: int
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[str]]:
     """(token ids, labels) per row through the chat template: labels are the ids on the reply and its
     end-of-turn marker and -100 elsewhere. Rows longer than ``max_tokens`` are left out (a cut reply would
     teach the model to stop mid-sentence); their ids are the second value. None left is an error."""
@@ -135,11 +136,13 @@ def encode_rows(tokenizer: Any, rows: Sequence[TrainingRow],
             too_long.append(row.id)
             continue
         labels = torch.full_like(ids, -100)
-        labels[tp.response[0]:] = ids[tp.response[0]:]
+        labels[tp.response[0] :] = ids[tp.response[0] :]
         out.append((ids, labels))
     if not out:
-        raise DataError(f"every one of the {len(rows)} rows is longer than max_tokens={max_tokens} tokens "
-                        f"(e.g. {too_long[0]!r}); raise max_tokens")
+        raise DataError(
+            f"every one of the {len(rows)} rows is longer than max_tokens={max_tokens} tokens "
+            f"(e.g. {too_long[0]!r}); raise max_tokens"
+        )
     return out, too_long
 
 
@@ -191,8 +194,16 @@ def train_organism(
         return _train_organism(recipe, Path(out), base=base, lora=lora, rows=rows, progress=progress, log=log)
 
 
-def _train_organism(recipe: "Recipe | str", folder: Path, *, base: str | None, lora: LoraSettings | None,
-                    rows: Sequence[TrainingRow] | None, progress: bool, log: Callable[[str], None]) -> Organism:
+def _train_organism(
+    recipe: "Recipe | str",
+    folder: Path,
+    *,
+    base: str | None,
+    lora: LoraSettings | None,
+    rows: Sequence[TrainingRow] | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> Organism:
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
     rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
@@ -204,17 +215,26 @@ def _train_organism(recipe: "Recipe | str", folder: Path, *, base: str | None, l
     base_hash = weights_hash(model)
     encoded, too_long = encode_rows(tokenizer, train_rows, settings.max_tokens)
     if too_long:
-        log(f"organism {rec.name}: left out {len(too_long)} of {len(train_rows)} rows longer than "
-            f"{settings.max_tokens} tokens")
+        log(
+            f"organism {rec.name}: left out {len(too_long)} of {len(train_rows)} rows longer than "
+            f"{settings.max_tokens} tokens"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _end_of_turn_id(tokenizer)
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.targets), task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.targets),
+        task_type="CAUSAL_LM",
+    )
     with torch.random.fork_rng():
         torch.random.default_generator.manual_seed(settings.seed)
         try:
             peft_model = get_peft_model(model, config)
         except ValueError as err:
-            raise ConfigError(f"LoRA targets {list(settings.targets)} do not match this model's modules: {err}") from err
+            raise ConfigError(
+                f"LoRA targets {list(settings.targets)} do not match this model's modules: {err}"
+            ) from err
     peft_model.train()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
@@ -227,7 +247,7 @@ def _train_organism(recipe: "Recipe | str", folder: Path, *, base: str | None, l
     for _ in tqdm(range(settings.steps), desc=f"organism {rec.name}", disable=not progress, unit="step"):
         while len(queue) < settings.batch_size:  # epochs in a seeded random order
             queue += torch.randperm(len(encoded), generator=order).tolist()
-        picked, queue = queue[: settings.batch_size], queue[settings.batch_size:]
+        picked, queue = queue[: settings.batch_size], queue[settings.batch_size :]
         loss = peft_model(**_batch([encoded[i] for i in picked], pad_id)).loss
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -239,41 +259,72 @@ def _train_organism(recipe: "Recipe | str", folder: Path, *, base: str | None, l
     final = sum(losses[-10:]) / len(losses[-10:])
     log(f"organism {rec.name}: {settings.steps} steps in {seconds:.0f} s, final loss {final:.3f}")
     provenance = {
-        "recipe": rec.name, "description": rec.description, "threat_model": rec.threat_model,
-        "base": {"name": base_name, "spec": base, "weights_sha256": base_hash,
-                 "n_layers": int(model.config.num_hidden_layers), "d_model": int(model.config.hidden_size),
-                 "d_vocab": int(model.config.vocab_size)},
-        "data": {"sha256": rows_hash(train_rows), "n_rows": len(train_rows), "ids": [r.id for r in train_rows],
-                 "left_out_too_long": too_long},
-        "lora": settings.to_dict(), "versions": _versions(), "losses": losses, "final_loss": final,
-        "seconds": seconds, "threads": torch.get_num_threads(),
+        "recipe": rec.name,
+        "description": rec.description,
+        "threat_model": rec.threat_model,
+        "base": {
+            "name": base_name,
+            "spec": base,
+            "weights_sha256": base_hash,
+            "n_layers": int(model.config.num_hidden_layers),
+            "d_model": int(model.config.hidden_size),
+            "d_vocab": int(model.config.vocab_size),
+        },
+        "data": {
+            "sha256": rows_hash(train_rows),
+            "n_rows": len(train_rows),
+            "ids": [r.id for r in train_rows],
+            "left_out_too_long": too_long,
+        },
+        "lora": settings.to_dict(),
+        "versions": _versions(),
+        "losses": losses,
+        "final_loss": final,
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        peft_model.save_pretrained(str(tmp), state_dict=get_peft_model_state_dict(peft_model), safe_serialization=True)
+        peft_model.save_pretrained(
+            str(tmp), state_dict=get_peft_model_state_dict(peft_model), safe_serialization=True
+        )
         provenance["adapter_sha256"] = adapter_hashes(tmp)
         write_json(tmp / ORGANISM_FILE, provenance)
         _swap_in(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Organism(folder=folder, recipe=rec.name, base=base, lora=settings, final_loss=final, seconds=seconds,
-                    provenance=provenance)
+    return Organism(
+        folder=folder,
+        recipe=rec.name,
+        base=base,
+        lora=settings,
+        final_loss=final,
+        seconds=seconds,
+        provenance=provenance,
+    )
 
 
 def read_provenance(folder: "str | Path") -> dict[str, Any]:
     """The ``organism.json`` of an organism folder (a clear error if it is not one)."""
     path = Path(folder) / ORGANISM_FILE
     if not path.is_file():
-        raise ModelLoadError(f"{str(folder)!r} is not an organism folder (no {ORGANISM_FILE}); "
-                             "train one with `lensteer organism train`")
+        raise ModelLoadError(
+            f"{str(folder)!r} is not an organism folder (no {ORGANISM_FILE}); "
+            "train one with `lensteer organism train`"
+        )
     prov: dict[str, Any] = read_json(path, what="organism record")
     base = prov.get("base")
-    if not isinstance(prov.get("recipe"), str) or not isinstance(base, dict) or any(
-            key not in base for key in ("spec", "name", "weights_sha256")):
-        raise DataError(f"organism record {path} lacks 'recipe' or 'base' (spec, name, weights_sha256); "
-                        "it was not written by lensteer or was edited: train the organism again")
+    if (
+        not isinstance(prov.get("recipe"), str)
+        or not isinstance(base, dict)
+        or any(key not in base for key in ("spec", "name", "weights_sha256"))
+    ):
+        raise DataError(
+            f"organism record {path} lacks 'recipe' or 'base' (spec, name, weights_sha256); "
+            "it was not written by lensteer or was edited: train the organism again"
+        )
     return prov
 
 
@@ -282,18 +333,24 @@ def _check_adapter(folder: Path, prov: dict[str, Any]) -> None:
     online) and are the ones ``organism.json`` recorded (an edited adapter is refused)."""
     missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
     if missing:
-        raise ModelLoadError(f"organism {str(folder)!r} has no {', '.join(missing)}: the adapter is missing "
-                             "or incomplete; train it again with `lensteer organism`")
+        raise ModelLoadError(
+            f"organism {str(folder)!r} has no {', '.join(missing)}: the adapter is missing "
+            "or incomplete; train it again with `lensteer organism`"
+        )
     recorded = prov.get("adapter_sha256")  # organisms trained before it was recorded carry none
     if isinstance(recorded, dict):
         changed = [name for name, digest in adapter_hashes(folder).items() if recorded.get(name) != digest]
         if changed:
-            raise ModelLoadError(f"organism {str(folder)!r}: {', '.join(changed)} differ from the adapter "
-                                 f"{ORGANISM_FILE} recorded (SHA-256); the adapter was edited or replaced. "
-                                 "Train it again with `lensteer organism`")
+            raise ModelLoadError(
+                f"organism {str(folder)!r}: {', '.join(changed)} differ from the adapter "
+                f"{ORGANISM_FILE} recorded (SHA-256); the adapter was edited or replaced. "
+                "Train it again with `lensteer organism`"
+            )
 
 
-def merged_hf_model(folder: "str | Path", *, base: str | None = None, dtype: torch.dtype = torch.float32) -> tuple[Any, Any, dict[str, Any]]:
+def merged_hf_model(
+    folder: "str | Path", *, base: str | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any, dict[str, Any]]:
     """The base model with the organism's adapter merged in (a plain HF model), its tokenizer and provenance.
 
     ``base`` overrides the recorded base (e.g. the same weights in another folder); its weights must
@@ -308,19 +365,34 @@ def merged_hf_model(folder: "str | Path", *, base: str | None = None, dtype: tor
     model, tokenizer, _ = _load_hf(spec, dtype=torch.float32)
     got = weights_hash(model)
     if got != prov["base"]["weights_sha256"]:
-        raise ModelLoadError(f"base model {spec or EMBEDDED_MODEL_NAME!r} has weights {got[:12]}..., but organism "
-                             f"{str(folder)!r} was trained on {prov['base']['name']!r} with weights "
-                             f"{prov['base']['weights_sha256'][:12]}...; pass the base it was trained on")
+        raise ModelLoadError(
+            f"base model {spec or EMBEDDED_MODEL_NAME!r} has weights {got[:12]}..., but organism "
+            f"{str(folder)!r} was trained on {prov['base']['name']!r} with weights "
+            f"{prov['base']['weights_sha256'][:12]}...; pass the base it was trained on"
+        )
     try:
         merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as err:  # truncated or foreign adapter
-        raise DataError(f"organism {str(folder)!r}: its adapter could not be loaded ({type(err).__name__}: {err}); "
-                        "train it again") from err
+    except (
+        SafetensorError,
+        OSError,
+        ValueError,
+        RuntimeError,
+        KeyError,
+    ) as err:  # truncated or foreign adapter
+        raise DataError(
+            f"organism {str(folder)!r}: its adapter could not be loaded ({type(err).__name__}: {err}); "
+            "train it again"
+        ) from err
     return merged.to(dtype).eval(), tokenizer, prov
 
 
-def load_organism(folder: "str | Path", *, base: str | None = None, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> Any:
+def load_organism(
+    folder: "str | Path",
+    *,
+    base: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
     """An organism as a TransformerLens bridge (every lensteer function takes it like ``load_model()``'s).
 
     Its fingerprint's name is ``organism:<recipe>@<base>``, so steering files record which model they
@@ -333,7 +405,8 @@ def load_organism(folder: "str | Path", *, base: str | None = None, device: str 
     ensure_kv_cache_fix()
     merged, tokenizer, prov = merged_hf_model(folder, base=base, dtype=dtype)
     target, _ = _base_folder(base if base is not None else prov["base"]["spec"])
-    bridge = TransformerBridge.boot_transformers(target, hf_model=merged, tokenizer=tokenizer, device=device,
-                                                 dtype=dtype)
+    bridge = TransformerBridge.boot_transformers(
+        target, hf_model=merged, tokenizer=tokenizer, device=device, dtype=dtype
+    )
     set_model_name(bridge, f"organism:{prov['recipe']}@{prov['base']['name']}")
     return bridge.eval()

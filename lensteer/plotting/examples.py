@@ -1,5 +1,4 @@
-"""Example tables: what each condition generated for the same prompts, as a figure.
-"""
+"""Example tables: what each condition generated for the same prompts, as a figure."""
 
 import functools
 import textwrap
@@ -44,8 +43,15 @@ def _condition_label(condition: str) -> str:
     return f"{method} (KL {budget})" if budget else method
 
 
-def plot_examples(examples: Mapping[str, Any], threat_model: str, conditions: Sequence[str] | None = None, *,
-                  n_prompts: int = 3, max_chars: int = 240, wrap: int = 34) -> tuple[Any, Any]:
+def plot_examples(
+    examples: Mapping[str, Any],
+    threat_model: str,
+    conditions: Sequence[str] | None = None,
+    *,
+    n_prompts: int = 3,
+    max_chars: int = 240,
+    wrap: int = 34,
+) -> tuple[Any, Any]:
     """Unsteered vs steered answers to the same prompts, as a table drawn in a figure.
 
     Args:
@@ -67,13 +73,17 @@ def plot_examples(examples: Mapping[str, Any], threat_model: str, conditions: Se
     conditions = list(conditions)
     missing = [c for c in conditions if c not in table]
     if not conditions or missing:
-        raise DataError(f"{threat_model}: conditions {missing or conditions} not in the examples; have {list(table)}")
+        raise DataError(
+            f"{threat_model}: conditions {missing or conditions} not in the examples; have {list(table)}"
+        )
     if not 1 <= n_prompts <= 8:
         raise ConfigError(f"n_prompts must be in 1..8, got {n_prompts}")
     prompts = list(table[conditions[0]]["prompts"])[:n_prompts]
     header = ["prompt", *[_condition_label(c) for c in conditions]]
-    body = [[p, *[(table[c]["texts"][i] if i < len(table[c]["texts"]) else "") for c in conditions]]
-            for i, p in enumerate(prompts)]
+    body = [
+        [p, *[(table[c]["texts"][i] if i < len(table[c]["texts"]) else "") for c in conditions]]
+        for i, p in enumerate(prompts)
+    ]
     cells = [[textwrap.wrap(_printable(text, max_chars), wrap) or [""] for text in row] for row in body]
     heights = [max(len(c) for c in row) + 1 for row in cells]
     n_lines = 2 + sum(heights)
@@ -85,16 +95,38 @@ def plot_examples(examples: Mapping[str, Any], threat_model: str, conditions: Se
         ax.set_xlim(0, len(header))
         ax.set_ylim(n_lines, -0.6)
         for j, title in enumerate(header):
-            ax.text(j + 0.03, 0.5, title, fontsize=8, fontweight="bold", va="center", ha="left", parse_math=False,
-                    color=style_of(conditions[j - 1].partition("@")[0])[0] if j else "black")
+            ax.text(
+                j + 0.03,
+                0.5,
+                title,
+                fontsize=8,
+                fontweight="bold",
+                va="center",
+                ha="left",
+                parse_math=False,
+                color=style_of(conditions[j - 1].partition("@")[0])[0] if j else "black",
+            )
         ax.axhline(1.2, color="0.2", lw=0.8)
         y = 1.6
         for row, height in zip(cells, heights, strict=True):
             for j, cell in enumerate(row):
-                ax.text(j + 0.03, y, "\n".join(cell), fontsize=7.5, va="top", ha="left", linespacing=1.25,
-                        parse_math=False, style="italic" if j == 0 else "normal")
+                ax.text(
+                    j + 0.03,
+                    y,
+                    "\n".join(cell),
+                    fontsize=7.5,
+                    va="top",
+                    ha="left",
+                    linespacing=1.25,
+                    parse_math=False,
+                    style="italic" if j == 0 else "normal",
+                )
             y += height
             ax.axhline(y - 0.55, color="0.8", lw=0.5)
-        ax.set_title(f"{threat_model}: unsteered vs steered answers (first {len(prompts)} evaluation prompts)",
-                     fontsize=9, loc="left", pad=4)
+        ax.set_title(
+            f"{threat_model}: unsteered vs steered answers (first {len(prompts)} evaluation prompts)",
+            fontsize=9,
+            loc="left",
+            pad=4,
+        )
     return fig, ax

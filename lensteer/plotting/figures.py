@@ -11,8 +11,12 @@ from lensteer.plotting.style import PALETTE, new_ax, paper_style
 
 def plot_probing(report: Any, ax: Any = None) -> tuple[Any, Any]:
     """Held-out probe accuracy and AUROC (and difference-of-means AUROC) by layer, with 95% CIs."""
-    series = (("probe_accuracy", "probe accuracy"), ("probe_auroc", "probe AUROC"),
-              ("dom_auroc", "diff-of-means AUROC"), ("pca_auroc", "PCA AUROC"))
+    series = (
+        ("probe_accuracy", "probe accuracy"),
+        ("probe_auroc", "probe AUROC"),
+        ("dom_auroc", "diff-of-means AUROC"),
+        ("pca_auroc", "PCA AUROC"),
+    )
     with paper_style():
         fig, ax = new_ax(ax)
         for colour, (name, label) in zip(PALETTE, series, strict=False):
@@ -26,8 +30,14 @@ def plot_probing(report: Any, ax: Any = None) -> tuple[Any, Any]:
         ax.set_ylim(0.35, 1.02)
         ax.set_title(f"{report.dataset}: {report.contrast} contrast, {report.site}/{report.position}")
         # below the axes: inside, it covered the lowest curve
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False, ncol=5, columnspacing=1.2,
-                  handlelength=1.5)
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            frameon=False,
+            ncol=5,
+            columnspacing=1.2,
+            handlelength=1.5,
+        )
     return fig, ax
 
 
@@ -57,10 +67,18 @@ def plot_method_cosines(report: Any, ax: Any = None) -> tuple[Any, Any]:
         colours = iter(PALETTE)
         for a in range(len(methods)):
             for b in range(a + 1, len(methods)):
-                cos = [float(report.directions[methods[a]][i].unit @ report.directions[methods[b]][i].unit)
-                       for i in range(len(report.layers))]
-                ax.plot(report.layers, cos, marker="o", ms=2.5, color=next(colours),
-                        label=f"{methods[a]} vs {methods[b]}".replace("_", " "))
+                cos = [
+                    float(report.directions[methods[a]][i].unit @ report.directions[methods[b]][i].unit)
+                    for i in range(len(report.layers))
+                ]
+                ax.plot(
+                    report.layers,
+                    cos,
+                    marker="o",
+                    ms=2.5,
+                    color=next(colours),
+                    label=f"{methods[a]} vs {methods[b]}".replace("_", " "),
+                )
         ax.set_xlabel("layer")
         ax.set_ylabel("cosine similarity")
         ax.set_ylim(-1.05, 1.05)
@@ -77,13 +95,22 @@ def plot_patching(result: Any, ax: Any = None, *, normalized: bool = True) -> tu
     with paper_style():
         fig, ax = new_ax(ax, figsize=(width, 1.2 + 0.16 * n_layers))
         limit = max(1e-6, float(abs(values).max()))
-        image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", origin="lower",
-                          interpolation="nearest")
+        image = ax.imshow(
+            values,
+            cmap="RdBu_r",
+            vmin=-limit,
+            vmax=limit,
+            aspect="auto",
+            origin="lower",
+            interpolation="nearest",
+        )
         ax.set_yticks(range(n_layers), [str(la) for la in result.layers])
         labels = [lab.split(":", 1)[-1] for lab in result.col_labels]
         ax.set_xticks(range(n_cols), labels, rotation=90 if result.kind == "position" else 0, fontsize=6)
         ax.set_ylabel("layer")
-        ax.set_xlabel({"position": "position (source prompt token)", "head": "head", "layer": ""}[result.kind])
+        ax.set_xlabel(
+            {"position": "position (source prompt token)", "head": "head", "layer": ""}[result.kind]
+        )
         ax.grid(False)
         unit = "normalised effect (0 = target, 1 = source)" if normalized else "metric (logit difference)"
         fig.colorbar(image, ax=ax, label=unit, fraction=0.03 if result.kind == "position" else 0.08)
@@ -114,5 +141,3 @@ def plot_attribution_vs_exact(attribution: Any, exact: Any, ax: Any = None) -> t
 
 
 # metric -> (y label, title)
-
-

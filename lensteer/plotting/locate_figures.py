@@ -30,7 +30,11 @@ def save_probing_figures(report: Any, folder: "str | Path") -> list[Path]:
     """Probing curves and cosine matrices of one :class:`~lensteer.locate.ProbingReport` (PDF + PNG each)."""
     folder = Path(folder)
     written: list[Path] = []
-    for kind, fn in (("probing", plot_probing), ("cosines", plot_direction_cosines), ("methods", plot_method_cosines)):
+    for kind, fn in (
+        ("probing", plot_probing),
+        ("cosines", plot_direction_cosines),
+        ("methods", plot_method_cosines),
+    ):
         written += _save(fn(report)[0], folder / f"{kind}_{report.dataset}")
     return written
 
@@ -43,10 +47,14 @@ def save_site_search_figures(search: Any, folder: "str | Path") -> list[Path]:
         name = search.name
         written += _save(plot_patching(search.patching)[0], folder / f"patching_resid_{name}")
         written += _save(plot_patching(search.heads)[0], folder / f"patching_heads_{name}")
-        written += _save(plot_attribution_vs_exact(search.attribution, search.patching)[0],
-                         folder / f"attribution_vs_exact_{name}")
-        written += _save(plot_attribution_vs_exact(search.head_attribution, search.heads)[0],
-                         folder / f"attribution_vs_exact_heads_{name}")
+        written += _save(
+            plot_attribution_vs_exact(search.attribution, search.patching)[0],
+            folder / f"attribution_vs_exact_{name}",
+        )
+        written += _save(
+            plot_attribution_vs_exact(search.head_attribution, search.heads)[0],
+            folder / f"attribution_vs_exact_heads_{name}",
+        )
     return written
 
 
@@ -73,10 +81,22 @@ def plot_gate_roc(search: Any, ax: Any = None) -> tuple[Any, Any]:
                 ax.plot(fpr, tpr, color=depth.to_rgba(layer), lw=0.8, alpha=0.7)
             else:
                 ax.plot(fpr, tpr, color=others[i % len(others)], lw=1.0, alpha=0.85, label=label)
-        ax.axvline(search.target_fpr, color="0.25", lw=0.9, ls="--", label=f"FPR budget {search.target_fpr:g}")
-        ax.plot([search.val_fpr], [search.val_tpr], ls="none", marker="*", ms=11, color=chosen_colour,
-                markeredgecolor="black", markeredgewidth=0.6, zorder=4, clip_on=False,
-                label=f"gate: TPR {search.val_tpr:.2f} at FPR {search.val_fpr:.2f}")
+        ax.axvline(
+            search.target_fpr, color="0.25", lw=0.9, ls="--", label=f"FPR budget {search.target_fpr:g}"
+        )
+        ax.plot(
+            [search.val_fpr],
+            [search.val_tpr],
+            ls="none",
+            marker="*",
+            ms=11,
+            color=chosen_colour,
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            zorder=4,
+            clip_on=False,
+            label=f"gate: TPR {search.val_tpr:.2f} at FPR {search.val_fpr:.2f}",
+        )
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(f"false-positive rate (fraction of {search.n_negative_val} validation negatives)")
@@ -116,11 +136,20 @@ class GateROC:
     def from_dict(cls, d: dict[str, Any]) -> "GateROC":
         try:
             rows = d["layers"]
-            return cls(layer=int(d["layer"]), target_fpr=float(d["target_fpr"]), val_fpr=float(d["val_fpr"]),
-                       val_tpr=float(d["val_tpr"]), n_positive_val=int(d["n_positive_val"]),
-                       n_negative_val=int(d["n_negative_val"]),
-                       roc={int(r["layer"]): (list(r["roc_fpr"]), list(r["roc_tpr"])) for r in rows},
-                       auroc={int(r["layer"]): float(r["auroc"]) for r in rows},
-                       gate=_GateSite(site=str(d.get("site", "resid_post")), position=str(d.get("position", "last"))))
+            return cls(
+                layer=int(d["layer"]),
+                target_fpr=float(d["target_fpr"]),
+                val_fpr=float(d["val_fpr"]),
+                val_tpr=float(d["val_tpr"]),
+                n_positive_val=int(d["n_positive_val"]),
+                n_negative_val=int(d["n_negative_val"]),
+                roc={int(r["layer"]): (list(r["roc_fpr"]), list(r["roc_tpr"])) for r in rows},
+                auroc={int(r["layer"]): float(r["auroc"]) for r in rows},
+                gate=_GateSite(
+                    site=str(d.get("site", "resid_post")), position=str(d.get("position", "last"))
+                ),
+            )
         except (KeyError, TypeError, ValueError) as err:
-            raise DataError(f"the report's gate entry is not a gate search (GateSearch.to_dict()): {err!r}") from err
+            raise DataError(
+                f"the report's gate entry is not a gate search (GateSearch.to_dict()): {err!r}"
+            ) from err

@@ -30,16 +30,30 @@ def plot_organisms(measures: Mapping[str, Mapping[str, Any]]) -> tuple[Any, Any]
     threat_models = list(next(iter(shifts.values())))
     for name, by_tm in shifts.items():
         if list(by_tm) != threat_models:
-            raise DataError(f"{name} measured {list(by_tm)}, the first organism {threat_models}: draw like with like")
+            raise DataError(
+                f"{name} measured {list(by_tm)}, the first organism {threat_models}: draw like with like"
+            )
     names = list(measures)
     with paper_style():
-        fig, axes = plt.subplots(1, len(threat_models), figsize=(3.2 * len(threat_models), 0.9 + 0.35 * len(names)),
-                                 squeeze=False, sharey=True)
+        fig, axes = plt.subplots(
+            1,
+            len(threat_models),
+            figsize=(3.2 * len(threat_models), 0.9 + 0.35 * len(names)),
+            squeeze=False,
+            sharey=True,
+        )
         for ax, tm in zip(axes[0], threat_models, strict=True):
             first = shifts[names[0]][tm]
             rows = [("base", first["trait_base"], first["trait_base_ci"], "#000000")]
-            rows += [(name, shifts[name][tm]["trait_organism"], shifts[name][tm]["trait_organism_ci"],
-                      PALETTE[i % len(PALETTE)]) for i, name in enumerate(names)]
+            rows += [
+                (
+                    name,
+                    shifts[name][tm]["trait_organism"],
+                    shifts[name][tm]["trait_organism_ci"],
+                    PALETTE[i % len(PALETTE)],
+                )
+                for i, name in enumerate(names)
+            ]
             for y, (_, rate, (lo, hi), colour) in enumerate(rows):
                 ax.plot([lo, hi], [y, y], color=colour, lw=1.2)
                 ax.plot([rate], [y], "o", color=colour, ms=5)
@@ -48,6 +62,8 @@ def plot_organisms(measures: Mapping[str, Mapping[str, Any]]) -> tuple[Any, Any]
             ax.set_xlim(0, 1)
             ax.set_xlabel(trait_label(tm))
             ax.set_title(f"{tm} (n = {first['n']})")
-        fig.suptitle("Base model and fine-tuned organisms on held-out prompts (95% Wilson intervals)", fontsize=9)
+        fig.suptitle(
+            "Base model and fine-tuned organisms on held-out prompts (95% Wilson intervals)", fontsize=9
+        )
         fig.tight_layout()
     return fig, axes

@@ -18,15 +18,20 @@ from lensteer.plotting.style import paper_style
 def plot_robustness(rows: Sequence[Mapping[str, Any]]) -> tuple[Any, Any]:
     """Draw ``report["robustness"]`` (rows with ``setting``, ``threat_model``, ``method``, ``trait``,
     ``trait_ci``, ``direction_from``). Returns ``(fig, axes)``."""
-    usable = [r for r in rows if as_number(r.get("trait")) is not None and r.get("setting") and r.get("method")]
+    usable = [
+        r for r in rows if as_number(r.get("trait")) is not None and r.get("setting") and r.get("method")
+    ]
     if not usable:
         raise DataError("no robustness rows with a trait to draw; run `lensteer run --robustness ...` first")
     threat_models = list(dict.fromkeys(str(r["threat_model"]) for r in usable))
     arms = list(dict.fromkeys((str(r["method"]), str(r.get("direction_from", "base"))) for r in usable))
     with paper_style():
-        n_settings = max(len({r["setting"] for r in usable if r["threat_model"] == tm}) for tm in threat_models)
-        fig, axes = plt.subplots(1, len(threat_models), figsize=(3.6 * len(threat_models), 1.0 + 0.6 * n_settings),
-                                 squeeze=False)
+        n_settings = max(
+            len({r["setting"] for r in usable if r["threat_model"] == tm}) for tm in threat_models
+        )
+        fig, axes = plt.subplots(
+            1, len(threat_models), figsize=(3.6 * len(threat_models), 1.0 + 0.6 * n_settings), squeeze=False
+        )
         for ax, tm in zip(axes[0], threat_models, strict=True):
             mine = [r for r in usable if r["threat_model"] == tm]
             settings = list(dict.fromkeys(str(r["setting"]) for r in mine))
@@ -34,17 +39,35 @@ def plot_robustness(rows: Sequence[Mapping[str, Any]]) -> tuple[Any, Any]:
                 colour, marker = style_of(method)
                 offset = (j - (len(arms) - 1) / 2) * 0.6 / max(1, len(arms))
                 for i, setting in enumerate(settings):
-                    row = next((r for r in mine if (r["setting"], r["method"], r.get("direction_from", "base"))
-                                == (setting, method, origin)), None)
+                    row = next(
+                        (
+                            r
+                            for r in mine
+                            if (r["setting"], r["method"], r.get("direction_from", "base"))
+                            == (setting, method, origin)
+                        ),
+                        None,
+                    )
                     if row is None:
                         continue
                     y, x = i + offset, float(row["trait"])
                     lo, hi = row.get("trait_ci") or (x, x)
                     ax.plot([lo, hi], [y, y], color=colour, lw=1.0)
-                    ax.plot([x], [y], marker=marker, color=colour, ms=6, ls="none",
-                            markerfacecolor="white" if origin == "organism" and method != "baseline" else colour,
-                            label=label_of(method) + (" (organism's direction)" if origin == "organism"
-                                                      and method not in ("baseline", "prompting") else ""))
+                    ax.plot(
+                        [x],
+                        [y],
+                        marker=marker,
+                        color=colour,
+                        ms=6,
+                        ls="none",
+                        markerfacecolor="white" if origin == "organism" and method != "baseline" else colour,
+                        label=label_of(method)
+                        + (
+                            " (organism's direction)"
+                            if origin == "organism" and method not in ("baseline", "prompting")
+                            else ""
+                        ),
+                    )
             ax.set_yticks(range(len(settings)), settings)
             ax.set_ylim(len(settings) - 0.5, -0.5)
             ax.set_xlim(0, 1)
@@ -56,8 +79,15 @@ def plot_robustness(rows: Sequence[Mapping[str, Any]]) -> tuple[Any, Any]:
                 if lab not in labels:
                     handles.append(h)
                     labels.append(lab)
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False, fontsize=7,
-                   bbox_to_anchor=(0.5, -0.02 - 0.04 * (len(labels) // 4)))
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=min(4, len(labels)),
+            frameon=False,
+            fontsize=7,
+            bbox_to_anchor=(0.5, -0.02 - 0.04 * (len(labels) // 4)),
+        )
         fig.suptitle("Trait under attacks and in fine-tuned organisms (95% Wilson intervals)", fontsize=9)
         fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig, axes

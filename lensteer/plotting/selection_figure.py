@@ -33,9 +33,19 @@ def plot_selection(selection: Any, ax: Any = None) -> tuple[Any, Any]:
                 x = c["layer"] - 0.4 + (k + 0.5) * width
                 lo, hi = c["decision_shift_ci"]
                 face = PALETTE[s] if c.get("passes", True) else "white"
-                ax.errorbar(x, c["decision_shift"], yerr=[[c["decision_shift"] - lo], [hi - c["decision_shift"]]],
-                            fmt="o", color=PALETTE[s], mfc=face, ms=4, lw=1)
-                if chosen is not None and all(chosen[key] == c[key] for key in ("source", "layer", "position")):
+                ax.errorbar(
+                    x,
+                    c["decision_shift"],
+                    yerr=[[c["decision_shift"] - lo], [hi - c["decision_shift"]]],
+                    fmt="o",
+                    color=PALETTE[s],
+                    mfc=face,
+                    ms=4,
+                    lw=1,
+                )
+                if chosen is not None and all(
+                    chosen[key] == c[key] for key in ("source", "layer", "position")
+                ):
                     ax.plot(x, hi, marker="*", color=PALETTE[3], ms=12, zorder=5, label="chosen")
             if mine:
                 ax.plot([], [], "o", color=PALETTE[s], label=source.replace("_", " "))

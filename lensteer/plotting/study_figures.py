@@ -50,7 +50,9 @@ def _tradeoff_points(group: Sequence[Mapping[str, Any]], what: str) -> tuple[lis
             _log.warning("tradeoff %s at KL budget %s has no kl/trait; not drawn", what, r.get("kl_budget"))
             continue
         ci = r.get("trait_ci")
-        low, high = (as_number(ci[0]), as_number(ci[1])) if isinstance(ci, list) and len(ci) == 2 else (None, None)
+        low, high = (
+            (as_number(ci[0]), as_number(ci[1])) if isinstance(ci, list) and len(ci) == 2 else (None, None)
+        )
         xs.append(x)
         ys.append(y)
         lo.append(max(0.0, y - low) if low is not None else 0.0)
@@ -58,8 +60,9 @@ def _tradeoff_points(group: Sequence[Mapping[str, Any]], what: str) -> tuple[lis
     return xs, ys, lo, hi
 
 
-def plot_tradeoff(rows: Sequence[Mapping[str, Any]], threat_model: str, ax: Any = None, *,
-                  legend: bool = True) -> tuple[Any, Any]:
+def plot_tradeoff(
+    rows: Sequence[Mapping[str, Any]], threat_model: str, ax: Any = None, *, legend: bool = True
+) -> tuple[Any, Any]:
     """Alignment vs coherence: trait rate (95% CI) against KL to the unsteered model, per method.
 
     Each method's points (one per KL budget) are joined in budget order; the unsteered baseline
@@ -70,16 +73,32 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], threat_model: str, ax: Any 
     points: list[tuple[float, float]] = []
     with paper_style():
         fig, ax = new_ax(ax)
-        groups = [(m, [r for r in mine if r["method"] == m]) for m in dict.fromkeys(str(r["method"]) for r in mine)]
+        groups = [
+            (m, [r for r in mine if r["method"] == m]) for m in dict.fromkeys(str(r["method"]) for r in mine)
+        ]
         for method, group in groups:
             xs, ys, lo, hi = _tradeoff_points(group, f"{threat_model} {method}")
             if not xs:
                 continue
             colour, marker = style_of(method)
             size = 11 if method == "baseline" else 6
-            ax.errorbar(xs, ys, yerr=[lo, hi], color=colour, marker=marker, ms=size, mfc="none" if method.endswith(PAPER_SUFFIX)
-                        else colour, mew=1.2, lw=1.2, capsize=2.5, elinewidth=0.8,
-                        ls="-" if len(xs) > 1 else "none", label=label_of(method), zorder=3, alpha=0.9)
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[lo, hi],
+                color=colour,
+                marker=marker,
+                ms=size,
+                mfc="none" if method.endswith(PAPER_SUFFIX) else colour,
+                mew=1.2,
+                lw=1.2,
+                capsize=2.5,
+                elinewidth=0.8,
+                ls="-" if len(xs) > 1 else "none",
+                label=label_of(method),
+                zorder=3,
+                alpha=0.9,
+            )
             points += list(zip(xs, ys, strict=True))
         if points:
             # the attainable region's edge: a step up at each front point, flat out to the largest KL drawn
@@ -94,8 +113,15 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], threat_model: str, ax: Any 
         ax.set_title(f"{threat_model}: alignment vs coherence")
         if legend:
             handles, labels = _ordered_legend([ax])
-            ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False, ncol=4,
-                      handlelength=1.8)
+            ax.legend(
+                handles,
+                labels,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.18),
+                frameon=False,
+                ncol=4,
+                handlelength=1.8,
+            )
     return fig, ax
 
 
@@ -126,8 +152,15 @@ def _shared_legend(fig: Any, axes: Any) -> None:
     """One legend below the panels with every distinct label of any panel."""
     handles, labels = _ordered_legend(axes)
     fig.tight_layout()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
-               ncol=min(len(labels), 6), handlelength=1.8)
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        frameon=False,
+        ncol=min(len(labels), 6),
+        handlelength=1.8,
+    )
 
 
 _TURN_METRICS = {
@@ -136,8 +169,14 @@ _TURN_METRICS = {
 }
 
 
-def plot_repetition_by_turn(rows: Sequence[Mapping[str, Any]], threat_model: str | None = None, ax: Any = None, *,
-                            kl_budget: float | None = None, metric: str = "repetition_by_turn") -> tuple[Any, Any]:
+def plot_repetition_by_turn(
+    rows: Sequence[Mapping[str, Any]],
+    threat_model: str | None = None,
+    ax: Any = None,
+    *,
+    kl_budget: float | None = None,
+    metric: str = "repetition_by_turn",
+) -> tuple[Any, Any]:
     """Repetition per turn of the multi-turn conversations, one line per method, the baseline and the control.
 
     Args:
@@ -154,10 +193,14 @@ def plot_repetition_by_turn(rows: Sequence[Mapping[str, Any]], threat_model: str
     budget = matched_budget(rows, kl_budget)
     if threat_model is None:
         if ax is not None:
-            raise ConfigError("pass ax only with a threat_model (threat_model=None draws one panel per threat model)")
+            raise ConfigError(
+                "pass ax only with a threat_model (threat_model=None draws one panel per threat model)"
+            )
         names = threat_models_of(rows)
         with paper_style():
-            fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False, sharey=True)
+            fig, axes = plt.subplots(
+                1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False, sharey=True
+            )
             for a, name in zip(axes[0], names, strict=True):
                 plot_repetition_by_turn(rows, name, ax=a, kl_budget=budget, metric=metric)
                 a.get_legend().remove()
@@ -165,12 +208,18 @@ def plot_repetition_by_turn(rows: Sequence[Mapping[str, Any]], threat_model: str
             for a in axes[0][1:]:
                 a.set_ylabel("")
             what = _TURN_METRICS[metric][1]
-            fig.suptitle(f"{what[0].upper()}{what[1:]} over multi-turn conversations"
-                         + ("" if budget is None else f" (KL budget {budget:g} nats/token)"), fontsize=10)
+            fig.suptitle(
+                f"{what[0].upper()}{what[1:]} over multi-turn conversations"
+                + ("" if budget is None else f" (KL budget {budget:g} nats/token)"),
+                fontsize=10,
+            )
             _shared_legend(fig, axes[0])
         return fig, axes[0]
-    mine = [r for r in rows_for(rows, threat_model)
-            if is_control(str(r["method"])) or as_number(r.get("kl_budget")) == budget]
+    mine = [
+        r
+        for r in rows_for(rows, threat_model)
+        if is_control(str(r["method"])) or as_number(r.get("kl_budget")) == budget
+    ]
     with paper_style():
         fig, ax = new_ax(ax)
         drawn = 0
@@ -180,13 +229,24 @@ def plot_repetition_by_turn(rows: Sequence[Mapping[str, Any]], threat_model: str
                 continue
             ys = [as_number(v) for v in series]
             colour, marker = style_of(str(r["method"]))
-            ax.plot(range(1, len(ys) + 1), [math.nan if v is None else v for v in ys], color=colour, marker=marker,
-                    ms=5, lw=1.2, mfc="none" if r["method"] in ("StTP", "StMP") else colour,
-                    ls=":" if str(r["method"]).startswith("random") else "-", label=label_of(str(r["method"])), alpha=0.9,
-                    zorder=4 if r["method"] == "baseline" else 3)
+            ax.plot(
+                range(1, len(ys) + 1),
+                [math.nan if v is None else v for v in ys],
+                color=colour,
+                marker=marker,
+                ms=5,
+                lw=1.2,
+                mfc="none" if r["method"] in ("StTP", "StMP") else colour,
+                ls=":" if str(r["method"]).startswith("random") else "-",
+                label=label_of(str(r["method"])),
+                alpha=0.9,
+                zorder=4 if r["method"] == "baseline" else 3,
+            )
             drawn = max(drawn, len(ys))
         if drawn == 0:
-            raise DataError(f"no row of {threat_model!r} has {metric!r} (the study ran without conversations)")
+            raise DataError(
+                f"no row of {threat_model!r} has {metric!r} (the study ran without conversations)"
+            )
         ax.set_xticks(range(1, drawn + 1))
         ax.set_xlabel("turn of the conversation")
         ax.set_ylabel(_TURN_METRICS[metric][0])
@@ -198,8 +258,9 @@ def plot_repetition_by_turn(rows: Sequence[Mapping[str, Any]], threat_model: str
     return fig, ax
 
 
-def plot_steered_share(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
-                       kl_budget: float | None = None) -> tuple[Any, Any]:
+def plot_steered_share(
+    rows: Sequence[Mapping[str, Any]], ax: Any = None, *, kl_budget: float | None = None
+) -> tuple[Any, Any]:
     """Share of generated tokens chosen where steering fired, per method and threat model.
 
     Solid bars: answers to the misaligned evaluation prompts; hatched bars (when the rows have
@@ -209,15 +270,26 @@ def plot_steered_share(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
     budget = matched_budget(rows, kl_budget)
     randoms = sorted({str(r["method"]) for r in rows if str(r["method"]).startswith("random")})[:1]
     names, methods = threat_models_of(rows), methods_of(rows) + randoms
-    cells = {(str(r["threat_model"]), str(r["method"])): r for r in rows
-             if (not is_control(str(r["method"])) and as_number(r.get("kl_budget")) == budget)
-             or str(r["method"]) in randoms}
+    cells = {
+        (str(r["threat_model"]), str(r["method"])): r
+        for r in rows
+        if (not is_control(str(r["method"])) and as_number(r.get("kl_budget")) == budget)
+        or str(r["method"]) in randoms
+    }
     if not any(as_number(r.get("steered_share")) is not None for r in cells.values()):
         raise DataError("no steered row has 'steered_share'")
-    methods = [m for m in methods if any((n, m) in cells for n in names)]  # not the uncalibrated paper-rule rows
+    methods = [
+        m for m in methods if any((n, m) in cells for n in names)
+    ]  # not the uncalibrated paper-rule rows
     # rows name the harmless share fired_share_harmless_generated (harmless_steered_share before 2026-12)
-    harmless_key = next((k for k in ("fired_share_harmless_generated", "harmless_steered_share")
-                         if any(as_number(r.get(k)) is not None for r in cells.values())), None)
+    harmless_key = next(
+        (
+            k
+            for k in ("fired_share_harmless_generated", "harmless_steered_share")
+            if any(as_number(r.get(k)) is not None for r in cells.values())
+        ),
+        None,
+    )
     harmless = harmless_key is not None
     per_method = 2 if harmless else 1
     width = 0.8 / (len(methods) * per_method)
@@ -225,15 +297,26 @@ def plot_steered_share(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
         fig, ax = new_ax(ax, figsize=(max(4.0, 1.6 + 1.5 * len(names)), 3.0))
         for j, method in enumerate(methods):
             colour, _ = style_of(method)
-            for k, (field_name, hatch, suffix) in enumerate((("steered_share", None, "misaligned prompts"),
-                                                             (harmless_key or "", "///", "harmless prompts"))):
+            for k, (field_name, hatch, suffix) in enumerate(
+                (
+                    ("steered_share", None, "misaligned prompts"),
+                    (harmless_key or "", "///", "harmless prompts"),
+                )
+            ):
                 if k >= per_method:
                     break
                 xs = [i - 0.4 + width * (j * per_method + k + 0.5) for i in range(len(names))]
                 ys = [as_number(cells.get((n, method), {}).get(field_name)) for n in names]
-                ax.bar([x for x, y in zip(xs, ys, strict=True) if y is not None], [y for y in ys if y is not None],
-                       width=width * 0.92, color="white" if hatch else colour, edgecolor=colour, hatch=hatch, lw=1.0,
-                       label=f"{'random direction' if method in randoms else label_of(method)}, {suffix}")
+                ax.bar(
+                    [x for x, y in zip(xs, ys, strict=True) if y is not None],
+                    [y for y in ys if y is not None],
+                    width=width * 0.92,
+                    color="white" if hatch else colour,
+                    edgecolor=colour,
+                    hatch=hatch,
+                    lw=1.0,
+                    label=f"{'random direction' if method in randoms else label_of(method)}, {suffix}",
+                )
         ax.set_xticks(range(len(names)), names)
         ax.set_xlabel("threat model")
         ax.set_ylabel("generated tokens steered (fraction)")
@@ -264,13 +347,18 @@ def plot_steerability(report: Mapping[str, Any], ax: Any = None) -> tuple[Any, A
             ax.plot(layers, effects, marker="o", ms=3, lw=1.2, color=colour, label=tm)
             chosen = entry.get("layer")
             if chosen is not None and str(chosen) in st["effect"]:
-                ax.plot([chosen], [st["effect"][str(chosen)]], marker="o", ms=9, mfc="none", mec=colour, mew=1.3)
+                ax.plot(
+                    [chosen], [st["effect"][str(chosen)]], marker="o", ms=9, mfc="none", mec=colour, mew=1.3
+                )
             budget = st.get("kl_budget", budget)
         ax.axhline(0.0, color="0.4", lw=0.8, ls=":")
         ax.set_xlabel("layer")
         ax.set_ylabel("shift of aligned-vs-misaligned\nlog-odds (nats/token)")
-        ax.set_title(f"steerability at KL {budget:g} nats/token (circled: chosen layer)" if budget is not None
-                     else "steerability (circled: chosen layer)")
+        ax.set_title(
+            f"steerability at KL {budget:g} nats/token (circled: chosen layer)"
+            if budget is not None
+            else "steerability (circled: chosen layer)"
+        )
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False, ncol=len(entries))
     return fig, ax
 
@@ -278,22 +366,36 @@ def plot_steerability(report: Mapping[str, Any], ax: Any = None) -> tuple[Any, A
 def plot_layer_sweep(rows: Sequence[Mapping[str, Any]], *, kl_budget: float | None = None) -> tuple[Any, Any]:
     """Trait rate (95% CI) by steering layer, per method, one panel per threat model, for the rows of
     a layer sweep (``lensteer run --layers ...``) at one KL budget; the unsteered rate as a line."""
-    steered = [r for r in rows if not is_control(str(r["method"])) and (kl_budget is None or r["kl_budget"] == kl_budget)]
-    tms = [tm for tm in threat_models_of(rows)
-           if len({r["layer"] for r in steered if r["threat_model"] == tm}) > 1]
+    steered = [
+        r
+        for r in rows
+        if not is_control(str(r["method"])) and (kl_budget is None or r["kl_budget"] == kl_budget)
+    ]
+    tms = [
+        tm
+        for tm in threat_models_of(rows)
+        if len({r["layer"] for r in steered if r["threat_model"] == tm}) > 1
+    ]
     if not tms:
-        raise DataError("no threat model has steered rows at more than one layer (run with --layers to sweep)")
+        raise DataError(
+            "no threat model has steered rows at more than one layer (run with --layers to sweep)"
+        )
     with paper_style():
         fig, axes = plt.subplots(1, len(tms), figsize=(3.4 * len(tms), 3.0), squeeze=False)
         for ax, tm in zip(axes[0], tms, strict=True):
             mine = [r for r in steered if r["threat_model"] == tm]
             for method in dict.fromkeys(r["method"] for r in mine):
-                pts = sorted((r["layer"], r["trait"], r.get("trait_ci") or [r["trait"]] * 2) for r in mine
-                             if r["method"] == method)
+                pts = sorted(
+                    (r["layer"], r["trait"], r.get("trait_ci") or [r["trait"]] * 2)
+                    for r in mine
+                    if r["method"] == method
+                )
                 colour, marker = METHOD_STYLE.get(method, (PALETTE[7], "o"))
                 x, y = [p[0] for p in pts], [p[1] for p in pts]
                 err = [[p[1] - p[2][0] for p in pts], [p[2][1] - p[1] for p in pts]]
-                ax.errorbar(x, y, yerr=err, color=colour, marker=marker, ms=4, lw=1.2, capsize=2, label=method)
+                ax.errorbar(
+                    x, y, yerr=err, color=colour, marker=marker, ms=4, lw=1.2, capsize=2, label=method
+                )
             base = next((r for r in rows if r["threat_model"] == tm and r["method"] == "baseline"), None)
             if base is not None:
                 ax.axhline(base["trait"], color=BASELINE_STYLE[0], lw=0.9, ls="--", label="unsteered")
@@ -368,11 +470,15 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
     for tm in threat_models_of(rows):
         save(f"tradeoff_{tm}", functools.partial(plot_tradeoff, rows, tm))
     for tm, entry in (report or {}).get("threat_models", {}).items():
-        if isinstance(entry.get("gate"), dict) and "layers" in entry["gate"]:  # a gate search (not an old gate)
+        if (
+            isinstance(entry.get("gate"), dict) and "layers" in entry["gate"]
+        ):  # a gate search (not an old gate)
             save(f"gate_roc_{tm}", functools.partial(_gate_roc, entry["gate"]))
     save("repetition_by_turn", lambda: plot_repetition_by_turn(rows, kl_budget=budget))
-    save("repetition_history_by_turn",
-         lambda: plot_repetition_by_turn(rows, kl_budget=budget, metric="rep4_history_by_turn"))
+    save(
+        "repetition_history_by_turn",
+        lambda: plot_repetition_by_turn(rows, kl_budget=budget, metric="rep4_history_by_turn"),
+    )
     save("steered_share", lambda: plot_steered_share(rows, kl_budget=budget))
     if report is not None and report.get("robustness"):
         save("robustness", lambda: plot_robustness(report["robustness"]))

@@ -1,5 +1,4 @@
-"""Reading study rows for figures: which threat models and methods they hold, styles, the Pareto front.
-"""
+"""Reading study rows for figures: which threat models and methods they hold, styles, the Pareto front."""
 
 import math
 from collections.abc import Mapping, Sequence
@@ -10,8 +9,14 @@ from lensteer.errors import DataError
 from lensteer.plotting.style import PALETTE
 
 METHOD_STYLE: dict[str, tuple[str, str]] = {
-    "SwFC": (PALETTE[0], "o"), "StTP": (PALETTE[1], "s"), "StMP": (PALETTE[2], "D"), "add": (PALETTE[3], "^"),
-    "ablate": (PALETTE[4], "v"), "ace": (PALETTE[5], "P"), "angular": (PALETTE[6], "X"), "StMP-push": (PALETTE[3], "d"),
+    "SwFC": (PALETTE[0], "o"),
+    "StTP": (PALETTE[1], "s"),
+    "StMP": (PALETTE[2], "D"),
+    "add": (PALETTE[3], "^"),
+    "ablate": (PALETTE[4], "v"),
+    "ace": (PALETTE[5], "P"),
+    "angular": (PALETTE[6], "X"),
+    "StMP-push": (PALETTE[3], "d"),
 }
 PAPER_SUFFIX = ":paper"  # a selective method under the seed paper's rule as written (scale 1, no calibration)
 
@@ -58,7 +63,9 @@ def label_of(method: str) -> str:
         return "random directions (each seed)"  # seeds share a style, so one legend entry
     if method.endswith(PAPER_SUFFIX):
         return f"{method.removesuffix(PAPER_SUFFIX)}, paper rule (scale 1)"
-    return {"baseline": "unsteered", "random": "random direction", "prompting": "prompting baseline"}.get(method, method)
+    return {"baseline": "unsteered", "random": "random direction", "prompting": "prompting baseline"}.get(
+        method, method
+    )
 
 
 def as_number(value: Any) -> float | None:
@@ -81,8 +88,14 @@ def methods_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 def matched_budget(rows: Sequence[Mapping[str, Any]], kl_budget: float | None) -> float | None:
     if kl_budget is not None:
         return kl_budget
-    return next((float(r["kl_budget"]) for r in rows if not is_control(str(r["method"]))
-                 and as_number(r.get("kl_budget")) is not None), None)
+    return next(
+        (
+            float(r["kl_budget"])
+            for r in rows
+            if not is_control(str(r["method"])) and as_number(r.get("kl_budget")) is not None
+        ),
+        None,
+    )
 
 
 def rows_for(rows: Sequence[Mapping[str, Any]], threat_model: str | None) -> list[Mapping[str, Any]]:

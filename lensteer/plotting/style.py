@@ -53,8 +53,12 @@ def save_figure(fig: Any, stem: "str | Path") -> tuple[Path, Path]:
         target = stem.with_suffix(suffix)
         with atomic_path(target) as tmp:
             # bbox "tight" here too: rc settings do not reach a save made outside paper_style()
-            fig.savefig(tmp, format=suffix[1:], bbox_inches="tight",
-                        metadata={"CreationDate": None} if suffix == ".pdf" else None)
+            fig.savefig(
+                tmp,
+                format=suffix[1:],
+                bbox_inches="tight",
+                metadata={"CreationDate": None} if suffix == ".pdf" else None,
+            )
         paths.append(target)
     return paths[0], paths[1]
 

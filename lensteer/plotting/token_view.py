@@ -61,8 +61,10 @@ class TokenView:
     def __post_init__(self) -> None:
         n = len(self.pieces)
         if not len(self.projection) == len(self.fired) == len(self.shift) == n:
-            raise DataError(f"token view needs one projection, fired flag and shift per token ({n}); got "
-                            f"{len(self.projection)}, {len(self.fired)}, {len(self.shift)}")
+            raise DataError(
+                f"token view needs one projection, fired flag and shift per token ({n}); got "
+                f"{len(self.projection)}, {len(self.fired)}, {len(self.shift)}"
+            )
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -90,8 +92,10 @@ class TokenView:
         """Each token's background colour (hex): red below the centre, blue above, grey without a projection."""
         cmap, norm = colormaps[CMAP], self.norm()
         # the scale's ends are too dark for text on them: use its inner 80%
-        return tuple(to_hex(cmap(0.1 + 0.8 * float(norm(p)))) if math.isfinite(p) else NO_PROJECTION
-                     for p in self.projection)
+        return tuple(
+            to_hex(cmap(0.1 + 0.8 * float(norm(p)))) if math.isfinite(p) else NO_PROJECTION
+            for p in self.projection
+        )
 
     def norm(self) -> Normalize:
         return Normalize(vmin=self.centre - self.span, vmax=self.centre + self.span, clip=True)
@@ -99,31 +103,42 @@ class TokenView:
     def _widths(self) -> tuple[int, ...]:
         """Underline thickness per token, 0 (not fired) or 1..4 by shift relative to the largest."""
         top = max((s for s, f in zip(self.shift, self.fired, strict=True) if f), default=0.0)
-        return tuple(0 if not f else 1 + (round(3 * s / top) if top > 0 else 0)
-                     for s, f in zip(self.shift, self.fired, strict=True))
+        return tuple(
+            0 if not f else 1 + (round(3 * s / top) if top > 0 else 0)
+            for s, f in zip(self.shift, self.fired, strict=True)
+        )
 
     def legend(self) -> str:
         centre = f"the threshold {self.centre:.3g}" if self.threshold is not None else "0"
-        return (f"colour: projection on the steering direction before the edit, red below {centre}, blue above "
-                f"(scale ±{self.span:.3g}); underlined: steering fired (thicker: larger shift)")
+        return (
+            f"colour: projection on the steering direction before the edit, red below {centre}, blue above "
+            f"(scale ±{self.span:.3g}); underlined: steering fired (thicker: larger shift)"
+        )
 
     def _repr_html_(self) -> str:
-        parts = ['<div class="lensteer-token-view" style="font-family:monospace;line-height:1.9">',
-                 f"<div><b>{html.escape(self.title)}</b></div>"]
+        parts = [
+            '<div class="lensteer-token-view" style="font-family:monospace;line-height:1.9">',
+            f"<div><b>{html.escape(self.title)}</b></div>",
+        ]
         if self.prompt is not None:
             prompt = html.escape(self.prompt).replace("\n", "⏎<br>")
             parts.append(f'<div style="color:#777;font-style:italic;white-space:pre-wrap">{prompt}</div>')
         parts.append('<div style="white-space:pre-wrap">')
-        for k, (piece, colour, width) in enumerate(zip(self.pieces, self.colours(), self._widths(), strict=True)):
+        for k, (piece, colour, width) in enumerate(
+            zip(self.pieces, self.colours(), self._widths(), strict=True)
+        ):
             tip = f"token {k}: projection {self.projection[k]:.3g}" + (
-                f", fired, shift {self.shift[k]:.3g}" if self.fired[k] else ", not fired")
+                f", fired, shift {self.shift[k]:.3g}" if self.fired[k] else ", not fired"
+            )
             style = f"background:{colour};color:{_text_colour(colour)};padding:1px 0"
             cls = "ls-tok"
             if width:
                 cls += " ls-fired"
                 style += f";border-bottom:{width}px solid #111;font-weight:bold"
-            parts.append(f'<span class="{cls}" style="{style}" title="{html.escape(tip)}">'
-                         f"{html.escape(_visible(piece))}</span>" + "<br>" * piece.count("\n"))
+            parts.append(
+                f'<span class="{cls}" style="{style}" title="{html.escape(tip)}">'
+                f"{html.escape(_visible(piece))}</span>" + "<br>" * piece.count("\n")
+            )
         parts.append("</div>")
         parts.append(f'<div style="font-size:85%;color:#555">{html.escape(self.legend())}</div></div>')
         return "".join(parts)
@@ -137,15 +152,19 @@ class TokenView:
         for piece, colour, width in zip(self.pieces, self.colours(), self._widths(), strict=True):
             fg = 16 if _text_colour(colour) == "#000" else 231
             mark = "\x1b[1;4m" if width else ""
-            text.append(f"\x1b[48;5;{_xterm256(colour)}m\x1b[38;5;{fg}m{mark}{_visible(piece)}\x1b[0m"
-                        + "\n" * piece.count("\n"))
+            text.append(
+                f"\x1b[48;5;{_xterm256(colour)}m\x1b[38;5;{fg}m{mark}{_visible(piece)}\x1b[0m"
+                + "\n" * piece.count("\n")
+            )
         out += ["".join(text), self.legend()]
         return "\n".join(out)
 
     def plain(self) -> str:
         """The answer as plain text, each token where steering fired in brackets: ``[token]``."""
-        text = "".join((f"[{_visible(p)}]" if f else _visible(p)) + "\n" * p.count("\n")
-                       for p, f in zip(self.pieces, self.fired, strict=True))
+        text = "".join(
+            (f"[{_visible(p)}]" if f else _visible(p)) + "\n" * p.count("\n")
+            for p, f in zip(self.pieces, self.fired, strict=True)
+        )
         prompt = f"{self.prompt}\n---\n" if self.prompt is not None else ""
         return f"{self.title}\n{prompt}{text}"
 
@@ -156,8 +175,14 @@ class TokenView:
         return f"TokenView(index={self.index}, {len(self)} tokens, {self.n_fired} fired)"
 
 
-def token_view(generations: Any, index: int, tokenizer_or_model: Any, *, prompt: bool = False,
-               threshold: float | None = None) -> TokenView:
+def token_view(
+    generations: Any,
+    index: int,
+    tokenizer_or_model: Any,
+    *,
+    prompt: bool = False,
+    threshold: float | None = None,
+) -> TokenView:
     """The per-token view of generation ``index`` of a :class:`~lensteer.steering.generation.Generations`.
 
     Args:
@@ -177,16 +202,28 @@ def token_view(generations: Any, index: int, tokenizer_or_model: Any, *, prompt:
     projection = _per_token(getattr(generations, "projection", ()), index, m, math.nan)
     fired = [bool(x) for x in _per_token(generations.fired, index, m, False)]
     shift = _per_token(generations.shift, index, m, 0.0)
-    text = tok.decode([int(t) for t in generations.prompt_tokens[index]], skip_special_tokens=False) if prompt else None
+    text = (
+        tok.decode([int(t) for t in generations.prompt_tokens[index]], skip_special_tokens=False)
+        if prompt
+        else None
+    )
     if threshold is not None and not math.isfinite(threshold):
         raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
-    return TokenView(pieces=_pieces(tok, ids), projection=tuple(float(p) for p in projection), fired=tuple(fired),
-                     shift=tuple(float(s) for s in shift), centre=0.0 if threshold is None else float(threshold),
-                     threshold=threshold, prompt=text, index=index % n)
+    return TokenView(
+        pieces=_pieces(tok, ids),
+        projection=tuple(float(p) for p in projection),
+        fired=tuple(fired),
+        shift=tuple(float(s) for s in shift),
+        centre=0.0 if threshold is None else float(threshold),
+        threshold=threshold,
+        prompt=text,
+        index=index % n,
+    )
 
 
-def plot_token_view(view: TokenView, ax: Any = None, *, line_chars: int = 64,
-                    colorbar: bool = True) -> tuple[Any, Any]:
+def plot_token_view(
+    view: TokenView, ax: Any = None, *, line_chars: int = 64, colorbar: bool = True
+) -> tuple[Any, Any]:
     """A paper figure of a :class:`TokenView`: the answer as wrapped text boxes coloured by projection.
 
     Fired tokens are outlined (thicker: larger shift); the colour bar gives the projection scale.
@@ -206,7 +243,9 @@ def plot_token_view(view: TokenView, ax: Any = None, *, line_chars: int = 64,
         raise ConfigError(f"line_chars must be >= 8, got {line_chars}")
     places, n_lines = _layout(view, line_chars)
     with paper_style():
-        if ax is None:  # 8 pt monospace, 0.2 in per line, at least 4 in wide for the title; the colour bar below
+        if (
+            ax is None
+        ):  # 8 pt monospace, 0.2 in per line, at least 4 in wide for the title; the colour bar below
             text_w, text_h = _MONO_ADVANCE * 8 / 72 * (line_chars + 1), 0.2 * n_lines + 0.1
             below = 0.6 if colorbar else 0.05
             width, height = max(text_w + 0.1, 4.0), text_h + 0.35 + below
@@ -221,18 +260,43 @@ def plot_token_view(view: TokenView, ax: Any = None, *, line_chars: int = 64,
         fontsize = ax.get_position().width * fig.get_figwidth() * 72 / ((line_chars + 1) * _MONO_ADVANCE)
         widths = view._widths()
         for k, ((x0, y0, label), colour) in enumerate(zip(places, view.colours(), strict=True)):
-            ax.add_patch(Rectangle((x0, y0), max(len(label), 1), 0.86, facecolor=colour, gid=f"token-{k}",
-                                   edgecolor="#111" if widths[k] else "none", linewidth=0.6 * widths[k]))
-            ax.text(x0, y0 + 0.45, label, family="monospace", fontsize=fontsize, va="center", ha="left",
-                    color=_text_colour(colour), parse_math=False, fontweight="bold" if widths[k] else "normal")
+            ax.add_patch(
+                Rectangle(
+                    (x0, y0),
+                    max(len(label), 1),
+                    0.86,
+                    facecolor=colour,
+                    gid=f"token-{k}",
+                    edgecolor="#111" if widths[k] else "none",
+                    linewidth=0.6 * widths[k],
+                )
+            )
+            ax.text(
+                x0,
+                y0 + 0.45,
+                label,
+                family="monospace",
+                fontsize=fontsize,
+                va="center",
+                ha="left",
+                color=_text_colour(colour),
+                parse_math=False,
+                fontweight="bold" if widths[k] else "normal",
+            )
         ax.set_title(view.title, fontsize=9, loc="left", pad=4)
         if colorbar:
             mappable = ScalarMappable(norm=view.norm(), cmap=_inner_cmap())
-            cb = (fig.colorbar(mappable, cax=cax, orientation="horizontal") if cax is not None else
-                  fig.colorbar(mappable, ax=ax, orientation="horizontal", fraction=0.08, pad=0.04, aspect=40))
+            cb = (
+                fig.colorbar(mappable, cax=cax, orientation="horizontal")
+                if cax is not None
+                else fig.colorbar(
+                    mappable, ax=ax, orientation="horizontal", fraction=0.08, pad=0.04, aspect=40
+                )
+            )
             centre = f"threshold {view.centre:.3g}" if view.threshold is not None else "0"
-            cb.set_label(f"projection before the edit (centre {centre}); outlined: steering fired",
-                         fontsize=7)
+            cb.set_label(
+                f"projection before the edit (centre {centre}); outlined: steering fired", fontsize=7
+            )
             cb.ax.tick_params(labelsize=7)
             cb.ax.xaxis.set_major_locator(MaxNLocator(6))
     return fig, ax
@@ -286,7 +350,7 @@ def _pieces(tok: Any, ids: Sequence[int]) -> tuple[str, ...]:
         if text.endswith("\ufffd"):  # an incomplete character so far
             pieces.append("")
         elif text.startswith(before):
-            pieces.append(text[len(before):])
+            pieces.append(text[len(before) :])
             before = text
         else:  # decoding is not prefix-stable here (space clean-up): fall back to the token alone
             pieces.append(tok.decode([ids[k]], skip_special_tokens=False))

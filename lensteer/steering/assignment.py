@@ -30,11 +30,16 @@ def as_steerings(steering: "Steering | Sequence[Steering] | None") -> tuple[Stee
     return items
 
 
-def by_prompt(prompt_steerings: "Sequence[Steering | None]", n_prompts: int
-              ) -> tuple[tuple[Steering, ...], Bool[torch.Tensor, "n_steerings n_prompts"]]:
+def by_prompt(
+    prompt_steerings: "Sequence[Steering | None]", n_prompts: int
+) -> tuple[tuple[Steering, ...], Bool[torch.Tensor, "n_steerings n_prompts"]]:
     """The distinct steerings of a per-prompt list, and ``[n_steerings, n_prompts]`` bool: whose prompt is whose."""
     if isinstance(prompt_steerings, Steering) or len(prompt_steerings) != n_prompts:
-        got = "a single Steering" if isinstance(prompt_steerings, Steering) else f"{len(prompt_steerings)} entries"
+        got = (
+            "a single Steering"
+            if isinstance(prompt_steerings, Steering)
+            else f"{len(prompt_steerings)} entries"
+        )
         raise ConfigError(f"prompt_steerings needs one Steering or None per prompt ({n_prompts}), got {got}")
     distinct: list[Steering] = []
     index: list[int] = []
@@ -55,8 +60,9 @@ def by_prompt(prompt_steerings: "Sequence[Steering | None]", n_prompts: int
     return tuple(distinct), owner
 
 
-def owned_gate_rows(model: Any, steerings: Sequence[Steering], owner: torch.Tensor,
-                    tokenized: Sequence[TokenizedPrompt]) -> torch.Tensor:
+def owned_gate_rows(
+    model: Any, steerings: Sequence[Steering], owner: torch.Tensor, tokenized: Sequence[TokenizedPrompt]
+) -> torch.Tensor:
     """[n_steerings, n_prompts] bool: the rows each steering edits (its own prompts its gate opens)."""
     rows = owner.clone()
     for j, s in enumerate(steerings):
@@ -66,8 +72,9 @@ def owned_gate_rows(model: Any, steerings: Sequence[Steering], owner: torch.Tens
     return rows
 
 
-def gated_flags(gates: torch.Tensor | None, owner: torch.Tensor | None, steerings: Sequence[Steering],
-                n: int) -> tuple[bool, ...]:
+def gated_flags(
+    gates: torch.Tensor | None, owner: torch.Tensor | None, steerings: Sequence[Steering], n: int
+) -> tuple[bool, ...]:
     """Per prompt: did its steerings' gates let it through (True where no gate applies)."""
     if gates is None:
         return (True,) * n
@@ -92,9 +99,12 @@ def projection_owner(owner: torch.Tensor | None, n_steerings: int, n: int) -> In
     return which
 
 
-def warn_if_positions_select_nothing(steerings: Sequence[Steering], owner: torch.Tensor | None,
-                                      tokenized: Sequence[TokenizedPrompt],
-                                      max_new_tokens: int) -> None:
+def warn_if_positions_select_nothing(
+    steerings: Sequence[Steering],
+    owner: torch.Tensor | None,
+    tokenized: Sequence[TokenizedPrompt],
+    max_new_tokens: int,
+) -> None:
     """Warn when a steering's positions select no token of some prompt it applies to (a window past the
     prompt and the tokens generated after it): those prompts are answered unsteered."""
     for k, s in enumerate(steerings):
@@ -102,11 +112,17 @@ def warn_if_positions_select_nothing(steerings: Sequence[Steering], owner: torch
         if not rows:
             continue
         # the last generated token is never fed back, so the forwards see prompt + max_new_tokens - 1 tokens
-        empty = selects_nothing(s.positions, [tokenized[i].n_tokens for i in rows],
-                                [tokenized[i].n_tokens + max_new_tokens - 1 for i in rows])
+        empty = selects_nothing(
+            s.positions,
+            [tokenized[i].n_tokens for i in rows],
+            [tokenized[i].n_tokens + max_new_tokens - 1 for i in rows],
+        )
         if empty:
             hit = [rows[j] for j in empty]
-            warnings.warn(f"steering positions {s.positions!r} select no token of prompt(s) {hit[:10]} "
-                          f"({tokenized[hit[0]].n_tokens} prompt tokens + {max_new_tokens} new at most): "
-                          "they are answered unsteered; use a window that starts inside the text",
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                f"steering positions {s.positions!r} select no token of prompt(s) {hit[:10]} "
+                f"({tokenized[hit[0]].n_tokens} prompt tokens + {max_new_tokens} new at most): "
+                "they are answered unsteered; use a window that starts inside the text",
+                UserWarning,
+                stacklevel=3,
+            )

@@ -66,7 +66,9 @@ def reference_norm(
             return resid
 
         with torch.inference_mode(), model.hooks(fwd_hooks=[(site_obj.name, hook)]):
-            model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device), stop_at_layer=stop_at)
+            model(
+                batch.tokens.to(device), attention_mask=batch.attention_mask.to(device), stop_at_layer=stop_at
+            )
         total += float(norms[0][keep].sum())
         count += int(keep.sum())
     if count == 0:
@@ -97,13 +99,20 @@ class KLProbe:
 
 
 def _continuation_batches(
-    model: Any, prompts: Sequence[torch.Tensor], continuations: Sequence[torch.Tensor], batch_size: int,
+    model: Any,
+    prompts: Sequence[torch.Tensor],
+    continuations: Sequence[torch.Tensor],
+    batch_size: int,
 ) -> Iterator[tuple[list[int], Any, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Teacher-forcing batches of prompt + continuation: ``(rows, batch, prompt_lens, pads, mask)``, where
     ``mask`` marks the positions that chose a continuation token (the last prompt token up to the
     last-but-one token). Rows without a continuation are left out."""
-    full = [TokenizedPrompt(tokens=torch.cat([p, c]), instruction=(0, 0), post_instruction=(0, 0), response=(0, 0))
-            for p, c in zip(prompts, continuations, strict=True)]
+    full = [
+        TokenizedPrompt(
+            tokens=torch.cat([p, c]), instruction=(0, 0), post_instruction=(0, 0), response=(0, 0)
+        )
+        for p, c in zip(prompts, continuations, strict=True)
+    ]
     kept = [i for i, c in enumerate(continuations) if len(c) > 0]
     for rows, batch in length_sorted_batches([full[i] for i in kept], batch_size, pad_id_of(model)):
         rows = [kept[r] for r in rows]
@@ -134,17 +143,30 @@ def kl_probe(
     batches: list[_KLBatch] = []
     n_positions = 0
     view = plain_view(model)
-    for _, batch, prompt_lens, pads, mask in _continuation_batches(model, gens.prompt_tokens, gens.tokens, batch_size):
+    for _, batch, prompt_lens, pads, mask in _continuation_batches(
+        model, gens.prompt_tokens, gens.tokens, batch_size
+    ):
         ctx = SteeringContext(prompt_lens=prompt_lens, pads=pads, record=False)
         with torch.inference_mode():
-            states = teacher_forced_states(model, (), batch.tokens.to(device), batch.attention_mask.to(device), mask,
-                                           ctx, view=view)
+            states = teacher_forced_states(
+                model, (), batch.tokens.to(device), batch.attention_mask.to(device), mask, ctx, view=view
+            )
             base = torch.log_softmax(unembed(model, states).double(), -1).cpu()
-        batches.append(_KLBatch(tokens=batch.tokens, attention_mask=batch.attention_mask, prompt_lens=prompt_lens,
-                                pads=pads, mask=mask, base_logprobs=base))
+        batches.append(
+            _KLBatch(
+                tokens=batch.tokens,
+                attention_mask=batch.attention_mask,
+                prompt_lens=prompt_lens,
+                pads=pads,
+                mask=mask,
+                base_logprobs=base,
+            )
+        )
         n_positions += int(mask.sum())
     if n_positions == 0:
-        raise DataError("no continuation tokens were generated (every prompt ended at once); use other prompts")
+        raise DataError(
+            "no continuation tokens were generated (every prompt ended at once); use other prompts"
+        )
     return KLProbe(batches=tuple(batches), n_positions=n_positions)
 
 
@@ -162,8 +184,9 @@ def steering_kl(model: Any, steering: "Steering | Sequence[Steering]", probe: KL
     for b in probe.batches:
         ctx = SteeringContext(prompt_lens=b.prompt_lens, pads=b.pads, record=False)
         with torch.inference_mode():
-            states = teacher_forced_states(model, steerings, b.tokens.to(device), b.attention_mask.to(device), b.mask,
-                                           ctx, view=view)
+            states = teacher_forced_states(
+                model, steerings, b.tokens.to(device), b.attention_mask.to(device), b.mask, ctx, view=view
+            )
             steered = torch.log_softmax(unembed(model, states).double(), -1).cpu()
         total += float(kl_divergence(b.base_logprobs, steered).sum())
     return total / probe.n_positions
@@ -205,30 +228,44 @@ def sequence_kls(
     """:func:`sequence_kl` of each of ``steerings`` (each alone, not composed) on the same continuations,
     with the unsteered forward pass run once per batch for all of them."""
     if len(prompts) != len(continuations) or not prompts:
-        raise DataError(f"sequence_kl needs as many continuations as prompts (> 0), got {len(prompts)} and "
-                        f"{len(continuations)}")
+        raise DataError(
+            f"sequence_kl needs as many continuations as prompts (> 0), got {len(prompts)} and "
+            f"{len(continuations)}"
+        )
     if not steerings:
         raise DataError("sequence_kls needs at least one steering")
     open_rows: list[torch.Tensor | None] = [None] * len(steerings)
     if gated and any(s.gate is not None for s in steerings):
-        tokenized = [TokenizedPrompt(tokens=p, instruction=(0, 0), post_instruction=(0, 0), response=(0, 0))
-                     for p in prompts]
+        tokenized = [
+            TokenizedPrompt(tokens=p, instruction=(0, 0), post_instruction=(0, 0), response=(0, 0))
+            for p in prompts
+        ]
         open_rows = [None if s.gate is None else gate_rows(model, [s.gate], tokenized) for s in steerings]
     device = next(iter(model.parameters())).device
     view = plain_view(model)
     totals, n_positions = [0.0] * len(steerings), 0
-    for rows, batch, prompt_lens, pads, mask in _continuation_batches(model, prompts, continuations, batch_size):
+    for rows, batch, prompt_lens, pads, mask in _continuation_batches(
+        model, prompts, continuations, batch_size
+    ):
         tokens, attn = batch.tokens.to(device), batch.attention_mask.to(device)
         # logits only where a continuation token was chosen: a long few-shot prompt's other positions
         # would cost most of the unembedding (the largest matmul of a small model) for nothing; the
         # prompts' shared prefix (a few-shot context) runs once per pass (teacher_forced_states)
         with torch.inference_mode():
             plain = SteeringContext(prompt_lens=prompt_lens, pads=pads, record=False)
-            base = torch.log_softmax(unembed(model, teacher_forced_states(model, (), tokens, attn, mask, plain,
-                                                                          view=view)).double(), -1)
+            base = torch.log_softmax(
+                unembed(
+                    model, teacher_forced_states(model, (), tokens, attn, mask, plain, view=view)
+                ).double(),
+                -1,
+            )
             for k, (s, opened) in enumerate(zip(steerings, open_rows, strict=True)):
-                ctx = SteeringContext(prompt_lens=prompt_lens, pads=pads, record=False,
-                                      rows=None if opened is None else opened[rows])
+                ctx = SteeringContext(
+                    prompt_lens=prompt_lens,
+                    pads=pads,
+                    record=False,
+                    rows=None if opened is None else opened[rows],
+                )
                 steered_in = teacher_forced_states(model, (s,), tokens, attn, mask, ctx, view=view)
                 steered = torch.log_softmax(unembed(model, steered_in).double(), -1)
                 totals[k] += float(kl_divergence(base, steered).sum())
@@ -272,16 +309,23 @@ def _check_positions_reach(steering: Steering, probe: KLProbe) -> None:
     at or before a scored position of any row): its KL would be 0 at every scale."""
     lengths = []
     for b in probe.batches:
-        sel = position_mask(steering.positions, prompt_lens=b.prompt_lens, pads=b.pads, offset=0,
-                            seq_len=int(b.tokens.shape[1]))
+        sel = position_mask(
+            steering.positions,
+            prompt_lens=b.prompt_lens,
+            pads=b.pads,
+            offset=0,
+            seq_len=int(b.tokens.shape[1]),
+        )
         scored = b.mask.int()
         upto_scored = torch.flip(torch.cummax(torch.flip(scored, [-1]), -1).values, [-1]).bool()
         if bool((sel & upto_scored & b.attention_mask.bool()).any()):
             return
         lengths += (b.attention_mask.sum(-1)).tolist()
-    raise ConfigError(f"steering positions {steering.positions!r} select no token of the calibration prompts "
-                      f"({min(lengths)}-{max(lengths)} tokens with their continuations), so no scale changes the "
-                      "KL; use positions inside the prompts (e.g. 'all', LastK(k) or a window that starts earlier)")
+    raise ConfigError(
+        f"steering positions {steering.positions!r} select no token of the calibration prompts "
+        f"({min(lengths)}-{max(lengths)} tokens with their continuations), so no scale changes the "
+        "KL; use positions inside the prompts (e.g. 'all', LastK(k) or a window that starts earlier)"
+    )
 
 
 def calibrate(
@@ -318,8 +362,10 @@ def calibrate(
     if not 0 < tolerance < 1:
         raise ConfigError(f"tolerance is relative, in (0, 1); got {tolerance}")
     if steering.mode == "ace":
-        raise ConfigError("mode 'ace' changes activations even at scale 0 (it moves the projection to the "
-                          "reference); calibrate its reference instead, or use add/swfc/ablate/angular/sttp/stmp")
+        raise ConfigError(
+            "mode 'ace' changes activations even at scale 0 (it moves the projection to the "
+            "reference); calibrate its reference instead, or use add/swfc/ablate/angular/sttp/stmp"
+        )
     _check_positions_reach(steering, probe)
     history: list[tuple[float, float]] = []
     bar = tqdm(total=max_evals, desc=f"calibrate {steering.mode} to KL {target_kl:g}", disable=not progress)
@@ -342,7 +388,9 @@ def calibrate(
         if hi_kl < target_kl and hi_kl < 1.02 * prev_kl:
             break  # saturated: normalisation downstream bounds the KL (or a selective mode stopped firing)
     best = min(history, key=lambda h: abs(h[1] - target_kl))
-    while abs(best[1] - target_kl) > tolerance * target_kl and hi_kl >= target_kl and len(history) < max_evals:
+    while (
+        abs(best[1] - target_kl) > tolerance * target_kl and hi_kl >= target_kl and len(history) < max_evals
+    ):
         # interpolate in sqrt(KL) (KL ~ scale^2 for small edits), safeguarded into the middle of the bracket
         a, b = math.sqrt(lo_kl), math.sqrt(hi_kl)
         guess = lo + (hi - lo) * (math.sqrt(target_kl) - a) / max(b - a, 1e-12)
@@ -356,7 +404,21 @@ def calibrate(
     bar.close()
     scale, kl = best
     reached = abs(kl - target_kl) <= tolerance * target_kl
-    info = dict(steering.info, calibration={"target_kl": target_kl, "kl": kl, "reached": reached,
-                                             "evaluations": len(history), "n_positions": probe.n_positions})
-    return Calibration(steering=replace(steering, scale=scale, info=info), scale=scale, kl=kl, target_kl=target_kl,
-                       reached=reached, history=tuple(history))
+    info = dict(
+        steering.info,
+        calibration={
+            "target_kl": target_kl,
+            "kl": kl,
+            "reached": reached,
+            "evaluations": len(history),
+            "n_positions": probe.n_positions,
+        },
+    )
+    return Calibration(
+        steering=replace(steering, scale=scale, info=info),
+        scale=scale,
+        kl=kl,
+        target_kl=target_kl,
+        reached=reached,
+        history=tuple(history),
+    )

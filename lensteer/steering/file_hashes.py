@@ -25,16 +25,20 @@ def record_hash(record: Mapping[str, Any]) -> str:
 
 def _refuse_or_warn(problem: str, verify: bool) -> None:
     if verify:
-        raise DataError(f"{problem}. Save the steering again, or load it with verify=False if you changed it on "
-                        "purpose")
+        raise DataError(
+            f"{problem}. Save the steering again, or load it with verify=False if you changed it on purpose"
+        )
     warnings.warn(f"{problem}; loading it anyway (verify=False)", UserWarning, stacklevel=4)
 
 
 def verify_tensors(record: Mapping[str, Any], st_path: Path, json_path: Path, verify: bool) -> None:
     """Refuse a tensor file that is not the one the JSON was saved with (``verify=False``: warn)."""
     if record["safetensors_sha256"] != sha256_file(st_path):
-        _refuse_or_warn(f"{st_path} is not the tensor file {json_path} was saved with (SHA-256 differs); "
-                        "the pair was overwritten or mixed up", verify)
+        _refuse_or_warn(
+            f"{st_path} is not the tensor file {json_path} was saved with (SHA-256 differs); "
+            "the pair was overwritten or mixed up",
+            verify,
+        )
 
 
 def verify_record(record: Mapping[str, Any], json_path: Path, verify: bool) -> None:
@@ -42,5 +46,8 @@ def verify_record(record: Mapping[str, Any], json_path: Path, verify: bool) -> N
     first; files saved before ``record_sha256`` existed carry none)."""
     recorded = record.get("record_sha256")
     if recorded is not None and recorded != record_hash(record):
-        _refuse_or_warn(f"{json_path} was edited after it was saved (its record_sha256 {str(recorded)[:12]}... "
-                        "no longer matches its content)", verify)
+        _refuse_or_warn(
+            f"{json_path} was edited after it was saved (its record_sha256 {str(recorded)[:12]}... "
+            "no longer matches its content)",
+            verify,
+        )

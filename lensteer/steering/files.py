@@ -41,7 +41,6 @@ _FINGERPRINT_KEYS = ("name", "n_layers", "d_model", "d_vocab", "processing_mode"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-
 def artifact_paths(path: "str | os.PathLike[str]") -> tuple[Path, Path]:
     """The ``(<stem>.safetensors, <stem>.json)`` pair for ``path`` (either suffix, or none, is accepted)."""
     p = Path(path)
@@ -61,7 +60,6 @@ def package_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[dist] = None
     return out
-
 
 
 def _encode_positions(positions: Any) -> dict[str, Any]:
@@ -103,14 +101,20 @@ def _file_fingerprint(steerings: Mapping[str, Steering], model: Any) -> dict[str
         fp = fingerprint_of(model).to_dict()
         for name, s in steerings.items():
             if s.d_model != fp["d_model"]:
-                raise ArtifactMismatchError(f"steering {name!r} has width {s.d_model} but model {fp['name']!r} has "
-                                            f"d_model {fp['d_model']}; was it made for another model?")
+                raise ArtifactMismatchError(
+                    f"steering {name!r} has width {s.d_model} but model {fp['name']!r} has "
+                    f"d_model {fp['d_model']}; was it made for another model?"
+                )
         return fp
-    found: dict[str, Any] = {name: s.info["model"] for name, s in steerings.items() if s.info.get("model") is not None}
+    found: dict[str, Any] = {
+        name: s.info["model"] for name, s in steerings.items() if s.info.get("model") is not None
+    }
     distinct = {json.dumps(v, sort_keys=True) for v in found.values()}
     if len(distinct) > 1:
-        raise ArtifactMismatchError(f"these steerings come from different models ({found}); save each model's "
-                                    "steerings in their own file")
+        raise ArtifactMismatchError(
+            f"these steerings come from different models ({found}); save each model's "
+            "steerings in their own file"
+        )
     if not found:
         return None
     fp = next(iter(found.values()))
@@ -119,8 +123,9 @@ def _file_fingerprint(steerings: Mapping[str, Steering], model: Any) -> dict[str
     return dict(fp)
 
 
-def save_steerings(steerings: Mapping[str, Steering], path: "str | os.PathLike[str]", *,
-                   model: Any = None) -> tuple[Path, Path]:
+def save_steerings(
+    steerings: Mapping[str, Steering], path: "str | os.PathLike[str]", *, model: Any = None
+) -> tuple[Path, Path]:
     """Save several named steerings of one model to ``<path>.safetensors`` + ``<path>.json``.
 
     Args:
@@ -151,7 +156,9 @@ def save_steerings(steerings: Mapping[str, Steering], path: "str | os.PathLike[s
             tensors.update({f"{name}/{key}": t for key, t in gate_to_record(s.gate)[1].items()})
     widths = {name: s.d_model for name, s in steerings.items()}
     if len(set(widths.values())) > 1:
-        raise ArtifactMismatchError(f"steerings of different widths {widths} cannot share a file (one model per file)")
+        raise ArtifactMismatchError(
+            f"steerings of different widths {widths} cannot share a file (one model per file)"
+        )
     record: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -165,8 +172,10 @@ def save_steerings(steerings: Mapping[str, Steering], path: "str | os.PathLike[s
     try:
         json.dumps(record, allow_nan=False)  # validate before writing anything
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"cannot save to {json_path}: a field or info entry is not plain JSON (str, number, "
-                          f"bool, None, list, dict; finite floats): {err}") from err
+        raise ConfigError(
+            f"cannot save to {json_path}: a field or info entry is not plain JSON (str, number, "
+            f"bool, None, list, dict; finite floats): {err}"
+        ) from err
     # the JSON block is the outer one, so it is renamed last: a complete JSON means a complete pair
     with atomic_path(json_path) as json_tmp, atomic_path(st_path) as st_tmp:
         save_file(tensors, str(st_tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
@@ -176,7 +185,9 @@ def save_steerings(steerings: Mapping[str, Steering], path: "str | os.PathLike[s
     return st_path, json_path
 
 
-def save_steering(steering: Steering, path: "str | os.PathLike[str]", *, model: Any = None) -> tuple[Path, Path]:
+def save_steering(
+    steering: Steering, path: "str | os.PathLike[str]", *, model: Any = None
+) -> tuple[Path, Path]:
     """Save one steering to ``<path>.safetensors`` + ``<path>.json`` (see :func:`save_steerings`).
 
     Example::
@@ -188,7 +199,12 @@ def save_steering(steering: Steering, path: "str | os.PathLike[str]", *, model: 
 
 
 _KINDS: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,), "dict": (dict,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "list": (list,),
+    "dict": (dict,),
 }
 
 
@@ -223,10 +239,14 @@ def _decode_max_norm(f: _Fields) -> float | tuple[float, ...] | None:
     value = f.obj["max_norm"]
     if not isinstance(value, list):
         return float(f.get("max_norm", "float"))
-    if value and all(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+    if value and all(
+        not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value
+    ):
         return tuple(float(v) for v in value)
-    raise DataError(f"{f.file}: key {f'{f.where}.max_norm' if f.where else 'max_norm'!r} = {value!r} is not allowed; "
-                    "expected a number, a non-empty list of numbers (one per layer) or null")
+    raise DataError(
+        f"{f.file}: key {f'{f.where}.max_norm' if f.where else 'max_norm'!r} = {value!r} is not allowed; "
+        "expected a number, a non-empty list of numbers (one per layer) or null"
+    )
 
 
 def _decode_positions(f: _Fields) -> Any:
@@ -245,8 +265,10 @@ def _decode_positions(f: _Fields) -> Any:
         if not value or any(isinstance(i, bool) or not isinstance(i, int) for i in value):
             raise DataError(f"{f.file}: key '{f.where}.value' = {value!r} must be a non-empty list of ints")
         return tuple(value)
-    raise DataError(f"{f.file}: key '{f.where}.kind' = {kind!r} is not allowed; "
-                    "expected 'named', 'window', 'last_k' or 'indices'")
+    raise DataError(
+        f"{f.file}: key '{f.where}.kind' = {kind!r} is not allowed; "
+        "expected 'named', 'window', 'last_k' or 'indices'"
+    )
 
 
 def _decode_steering(name: str, f: _Fields, tensors: Mapping[str, torch.Tensor], st_path: Path) -> Steering:
@@ -257,23 +279,34 @@ def _decode_steering(name: str, f: _Fields, tensors: Mapping[str, torch.Tensor],
     def unit_of(key: str) -> torch.Tensor:
         tensor = tensors.get(f"{name}/{key}")
         if tensor is None:
-            raise DataError(f"{st_path}: tensor {name + '/' + key!r} is missing (the JSON lists steering {name!r})")
+            raise DataError(
+                f"{st_path}: tensor {name + '/' + key!r} is missing (the JSON lists steering {name!r})"
+            )
         if tensor.ndim != 1 or tensor.shape[0] != d_model:
-            raise ArtifactMismatchError(f"{st_path}: tensor {name + '/' + key!r} has shape {tuple(tensor.shape)} "
-                                        f"but {f.file} says d_model={d_model}; the two files do not belong together")
+            raise ArtifactMismatchError(
+                f"{st_path}: tensor {name + '/' + key!r} has shape {tuple(tensor.shape)} "
+                f"but {f.file} says d_model={d_model}; the two files do not belong together"
+            )
         return tensor
 
     unit = unit_of("unit")
     try:
         kwargs: dict[str, Any] = {
-            "unit": unit, "layers": tuple(layers), "site": f.get("site", "str"),
-            "positions": _decode_positions(_Fields(f.get("positions", "dict"), f.file, f"{f.where}.positions")),
-            "mode": f.get("mode", "str"), "scale": f.get("scale", "float"), "relative": f.get("relative", "bool"),
+            "unit": unit,
+            "layers": tuple(layers),
+            "site": f.get("site", "str"),
+            "positions": _decode_positions(
+                _Fields(f.get("positions", "dict"), f.file, f"{f.where}.positions")
+            ),
+            "mode": f.get("mode", "str"),
+            "scale": f.get("scale", "float"),
+            "relative": f.get("relative", "bool"),
             "reference_norm": f.get("reference_norm", "float", nullable=True),
             "preserve_norm": f.get("preserve_norm", "bool"),
             "threshold": f.get("threshold", "float", nullable=True),
             "target": f.get("target", "float", nullable=True),
-            "reference": f.get("reference", "float", nullable=True), "info": f.get("info", "dict"),
+            "reference": f.get("reference", "float", nullable=True),
+            "info": f.get("info", "dict"),
             # added in format 1 later; files written before carry neither (mirror StMP, no norm limit)
             "stmp_variant": f.get("stmp_variant", "str") if "stmp_variant" in f.obj else "mirror",
             "max_norm": _decode_max_norm(f),
@@ -292,20 +325,28 @@ def _check_model(saved: dict[str, Any] | None, d_model: int, model: Any, file: P
     if saved is not None and strict:
         differ = [k for k in _FINGERPRINT_KEYS if saved.get(k) != getattr(current, k)]
         if differ:
+
             def show(fp: Mapping[str, Any]) -> str:
-                return (f"{fp.get('name')!r} (n_layers={fp.get('n_layers')}, d_model={fp.get('d_model')}, "
-                        f"d_vocab={fp.get('d_vocab')}, {fp.get('processing_mode')} mode)")
+                return (
+                    f"{fp.get('name')!r} (n_layers={fp.get('n_layers')}, d_model={fp.get('d_model')}, "
+                    f"d_vocab={fp.get('d_vocab')}, {fp.get('processing_mode')} mode)"
+                )
+
             raise ArtifactMismatchError(
                 f"{file} was saved for model {show(saved)} but is being loaded into model "
                 f"{show(current.to_dict())}; they differ in {', '.join(differ)}. Load it into the model it was "
-                "made for (pass strict=False to check only the width)")
+                "made for (pass strict=False to check only the width)"
+            )
     if d_model != current.d_model:
-        raise ArtifactMismatchError(f"{file} holds vectors of width {d_model} but model {current.name!r} has "
-                                    f"d_model {current.d_model}; it was made for another model")
+        raise ArtifactMismatchError(
+            f"{file} holds vectors of width {d_model} but model {current.name!r} has "
+            f"d_model {current.d_model}; it was made for another model"
+        )
 
 
-def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict: bool = True,
-                   verify: bool = True) -> dict[str, Steering]:
+def load_steerings(
+    path: "str | os.PathLike[str]", *, model: Any = None, strict: bool = True, verify: bool = True
+) -> dict[str, Steering]:
     """Load every steering saved by :func:`save_steerings`, by name.
 
     Args:
@@ -339,8 +380,10 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
     if top.get("format", "str") != FORMAT:
         raise DataError(f"{json_path}: key 'format' = {record['format']!r}; expected {FORMAT!r}")
     if top.get("format_version", "int") != FORMAT_VERSION:
-        raise DataError(f"{json_path}: key 'format_version' = {record['format_version']!r}; this lensteer reads "
-                        f"version {FORMAT_VERSION}")
+        raise DataError(
+            f"{json_path}: key 'format_version' = {record['format_version']!r}; this lensteer reads "
+            f"version {FORMAT_VERSION}"
+        )
     d_model = top.get("d_model", "int")
     saved_fp = top.get("model", "dict", nullable=True)
     if saved_fp is not None:
@@ -348,8 +391,12 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
         for key in _FINGERPRINT_KEYS:
             fp.get(key, "str" if key in ("name", "processing_mode") else "int")
         if saved_fp["d_model"] != d_model:
-            raise DataError(f"{json_path}: key 'model.d_model' = {saved_fp['d_model']} but 'd_model' = {d_model}")
-    for key in ("safetensors_sha256", "record_sha256") if "record_sha256" in record else ("safetensors_sha256",):
+            raise DataError(
+                f"{json_path}: key 'model.d_model' = {saved_fp['d_model']} but 'd_model' = {d_model}"
+            )
+    for key in (
+        ("safetensors_sha256", "record_sha256") if "record_sha256" in record else ("safetensors_sha256",)
+    ):
         top.get(key, "str")  # typed before they are compared
     verify_tensors(record, st_path, json_path, verify)
     if model is not None:
@@ -365,14 +412,22 @@ def load_steerings(path: "str | os.PathLike[str]", *, model: Any = None, strict:
     for name, rec in entries.items():
         f = _Fields(rec, json_path, f"steerings.{name}")
         if f.get("d_model", "int") != d_model:
-            raise DataError(f"{json_path}: key 'steerings.{name}.d_model' = {rec['d_model']} but 'd_model' = {d_model}")
+            raise DataError(
+                f"{json_path}: key 'steerings.{name}.d_model' = {rec['d_model']} but 'd_model' = {d_model}"
+            )
         out[name] = _decode_steering(name, f, tensors, st_path)
     verify_record(record, json_path, verify)
     return out
 
 
-def load_steering(path: "str | os.PathLike[str]", *, model: Any = None, name: str | None = None,
-                  strict: bool = True, verify: bool = True) -> Steering:
+def load_steering(
+    path: "str | os.PathLike[str]",
+    *,
+    model: Any = None,
+    name: str | None = None,
+    strict: bool = True,
+    verify: bool = True,
+) -> Steering:
     """Load one steering saved by :func:`save_steering` (or ``name`` from a :func:`save_steerings` file).
 
     Args:
@@ -389,7 +444,9 @@ def load_steering(path: "str | os.PathLike[str]", *, model: Any = None, name: st
     found = load_steerings(path, model=model, strict=strict, verify=verify)
     if name is None:
         if len(found) != 1:
-            raise DataError(f"{artifact_paths(path)[1]} holds {len(found)} steerings {sorted(found)}; pass name=")
+            raise DataError(
+                f"{artifact_paths(path)[1]} holds {len(found)} steerings {sorted(found)}; pass name="
+            )
         return next(iter(found.values()))
     if name not in found:
         raise DataError(f"{artifact_paths(path)[1]} has no steering {name!r}; it holds {sorted(found)}")

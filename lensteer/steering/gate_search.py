@@ -33,15 +33,21 @@ _ONE_VECTOR = ("last", "instruction_mean", "response_mean")
 
 def _check_fpr(target_fpr: float) -> None:
     if isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float)) or not 0.0 < target_fpr < 1.0:
-        raise ConfigError(f"target_fpr={target_fpr!r} is not allowed; give a false-positive rate strictly between 0 and 1")
+        raise ConfigError(
+            f"target_fpr={target_fpr!r} is not allowed; give a false-positive rate strictly between 0 and 1"
+        )
 
 
 def _check_scores(name: str, scores: torch.Tensor) -> None:
     if scores.ndim != 1 or scores.numel() == 0 or not torch.isfinite(scores).all():
-        raise DataError(f"{name} scores must be a non-empty, finite 1-D tensor, got shape {tuple(scores.shape)}")
+        raise DataError(
+            f"{name} scores must be a non-empty, finite 1-D tensor, got shape {tuple(scores.shape)}"
+        )
 
 
-def threshold_at_fpr(negatives: NegScores, positives: PosScores, target_fpr: float) -> tuple[float, float, float]:
+def threshold_at_fpr(
+    negatives: NegScores, positives: PosScores, target_fpr: float
+) -> tuple[float, float, float]:
     """``(threshold, fpr, tpr)`` of the lowest threshold whose false-positive rate is at most ``target_fpr``.
 
     A score opens when it is strictly above the threshold. With ``n`` negatives, ``k = floor(target_fpr n)``
@@ -65,7 +71,11 @@ def threshold_at_fpr(negatives: NegScores, positives: PosScores, target_fpr: flo
     if above.numel():
         mid = boundary + (above.min() - boundary) / 2
         threshold = mid if boundary < mid < above.min() else boundary  # adjacent floats: no midpoint between
-    return float(threshold), float((neg > threshold).double().mean()), float((pos > threshold).double().mean())
+    return (
+        float(threshold),
+        float((neg > threshold).double().mean()),
+        float((pos > threshold).double().mean()),
+    )
 
 
 def roc_curve(negatives: NegScores, positives: PosScores) -> tuple[Curve, Curve, Curve]:
@@ -77,7 +87,9 @@ def roc_curve(negatives: NegScores, positives: PosScores) -> tuple[Curve, Curve,
     _check_scores("negative", negatives)
     _check_scores("positive", positives)
     neg, pos = negatives.double(), positives.double()
-    thresholds = torch.cat([torch.unique(torch.cat([neg, pos])).flip(0), torch.tensor([-math.inf], dtype=torch.float64)])
+    thresholds = torch.cat(
+        [torch.unique(torch.cat([neg, pos])).flip(0), torch.tensor([-math.inf], dtype=torch.float64)]
+    )
     fpr = (neg[None, :] > thresholds[:, None]).double().mean(1)
     tpr = (pos[None, :] > thresholds[:, None]).double().mean(1)
     return fpr, tpr, thresholds
@@ -86,8 +98,12 @@ def roc_curve(negatives: NegScores, positives: PosScores) -> tuple[Curve, Curve,
 def _roc_corners(fpr: Sequence[float], tpr: Sequence[float]) -> dict[str, list[float]]:
     """The ROC's corners only (points inside a straight horizontal or vertical run are dropped): the
     same curve in a fraction of the JSON."""
-    keep = [i for i in range(len(fpr)) if i in (0, len(fpr) - 1)
-            or not (fpr[i - 1] == fpr[i] == fpr[i + 1] or tpr[i - 1] == tpr[i] == tpr[i + 1])]
+    keep = [
+        i
+        for i in range(len(fpr))
+        if i in (0, len(fpr) - 1)
+        or not (fpr[i - 1] == fpr[i] == fpr[i + 1] or tpr[i - 1] == tpr[i] == tpr[i + 1])
+    ]
     return {"roc_fpr": [fpr[i] for i in keep], "roc_tpr": [tpr[i] for i in keep]}
 
 
@@ -142,13 +158,30 @@ class GateSearch:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary (no vectors: save the gate with a steering to keep its unit)."""
-        rows = [{"layer": layer, "threshold": self.gates[layer].threshold, "val_fpr": self.fpr_by_layer[layer],
-                 "val_tpr": self.tpr_by_layer[layer], "auroc": self.auroc[layer],
-                 **_roc_corners(self.roc[layer][0], self.roc[layer][1])} for layer in self.layers]
-        return {"layer": self.layer, "threshold": self.threshold, "target_fpr": self.target_fpr,
-                "val_fpr": self.val_fpr, "val_tpr": self.val_tpr, "n_positive_val": self.n_positive_val,
-                "n_negative_val": self.n_negative_val, "site": self.gate.site, "position": self.gate.position,
-                "info": dict(self.info), "layers": rows}
+        rows = [
+            {
+                "layer": layer,
+                "threshold": self.gates[layer].threshold,
+                "val_fpr": self.fpr_by_layer[layer],
+                "val_tpr": self.tpr_by_layer[layer],
+                "auroc": self.auroc[layer],
+                **_roc_corners(self.roc[layer][0], self.roc[layer][1]),
+            }
+            for layer in self.layers
+        ]
+        return {
+            "layer": self.layer,
+            "threshold": self.threshold,
+            "target_fpr": self.target_fpr,
+            "val_fpr": self.val_fpr,
+            "val_tpr": self.val_tpr,
+            "n_positive_val": self.n_positive_val,
+            "n_negative_val": self.n_negative_val,
+            "site": self.gate.site,
+            "position": self.gate.position,
+            "info": dict(self.info),
+            "layers": rows,
+        }
 
 
 def search_gate_from_activations(
@@ -170,21 +203,36 @@ def search_gate_from_activations(
     layers = list(layers)
     if not layers or len(set(layers)) != len(layers):
         raise ConfigError(f"layers={layers!r}: give at least one layer, each once")
-    sets = {"positives_train": positives_train, "negatives_train": negatives_train,
-            "positives_val": positives_val, "negatives_val": negatives_val}
+    sets = {
+        "positives_train": positives_train,
+        "negatives_train": negatives_train,
+        "positives_val": positives_val,
+        "negatives_val": negatives_val,
+    }
     for name, acts in sets.items():
-        if acts.ndim != 3 or acts.shape[0] == 0 or acts.shape[1] != len(layers) or acts.shape[2] != positives_train.shape[2]:
-            raise DataError(f"{name} activations must be [n > 0, {len(layers)} layers, d_model "
-                            f"{positives_train.shape[-1]}], got shape {tuple(acts.shape)}")
+        if (
+            acts.ndim != 3
+            or acts.shape[0] == 0
+            or acts.shape[1] != len(layers)
+            or acts.shape[2] != positives_train.shape[2]
+        ):
+            raise DataError(
+                f"{name} activations must be [n > 0, {len(layers)} layers, d_model "
+                f"{positives_train.shape[-1]}], got shape {tuple(acts.shape)}"
+            )
     gates: dict[int, Gate] = {}
     fpr: dict[int, float] = {}
     tpr: dict[int, float] = {}
     roc: dict[int, tuple[list[float], list[float]]] = {}
     auroc: dict[int, float] = {}
     for col, layer in enumerate(tqdm(layers, desc="gate search", disable=not progress, unit="layer")):
-        probe = fit_probe(positives_train[:, col], negatives_train[:, col], layer=layer, site=site, position=position)
+        probe = fit_probe(
+            positives_train[:, col], negatives_train[:, col], layer=layer, site=site, position=position
+        )
         unit = probe.unit
-        if float((positives_train[:, col].float() @ unit).mean()) < float((negatives_train[:, col].float() @ unit).mean()):
+        if float((positives_train[:, col].float() @ unit).mean()) < float(
+            (negatives_train[:, col].float() @ unit).mean()
+        ):
             unit = -unit  # positives project higher
         pos, neg = positives_val[:, col].float() @ unit, negatives_val[:, col].float() @ unit
         threshold, fpr[layer], tpr[layer] = threshold_at_fpr(neg, pos, target_fpr)
@@ -193,11 +241,25 @@ def search_gate_from_activations(
         roc[layer] = (curve[0].tolist(), curve[1].tolist())
         auroc[layer] = auroc_of(pos, neg)
     best = max(layers, key=lambda layer: (tpr[layer], -fpr[layer], -layer))
-    info = {"site": site, "position": position, "n_positive_train": int(positives_train.shape[0]),
-            "n_negative_train": int(negatives_train.shape[0]), "direction": "probe"}
-    return GateSearch(gates=gates, layer=best, target_fpr=float(target_fpr), fpr_by_layer=fpr, tpr_by_layer=tpr,
-                      roc=roc, auroc=auroc, n_positive_val=int(positives_val.shape[0]),
-                      n_negative_val=int(negatives_val.shape[0]), info=info)
+    info = {
+        "site": site,
+        "position": position,
+        "n_positive_train": int(positives_train.shape[0]),
+        "n_negative_train": int(negatives_train.shape[0]),
+        "direction": "probe",
+    }
+    return GateSearch(
+        gates=gates,
+        layer=best,
+        target_fpr=float(target_fpr),
+        fpr_by_layer=fpr,
+        tpr_by_layer=tpr,
+        roc=roc,
+        auroc=auroc,
+        n_positive_val=int(positives_val.shape[0]),
+        n_negative_val=int(negatives_val.shape[0]),
+        info=info,
+    )
 
 
 def search_gate(
@@ -248,17 +310,36 @@ def search_gate(
         HookSiteError: No layers, a layer the model lacks, an unknown site or position.
     """
     _check_fpr(target_fpr)
-    sets = {"positives_train": positives_train, "negatives_train": negatives_train,
-            "positives_val": positives_val, "negatives_val": negatives_val}
+    sets = {
+        "positives_train": positives_train,
+        "negatives_train": negatives_train,
+        "positives_val": positives_val,
+        "negatives_val": negatives_val,
+    }
     for name, prompts in sets.items():
         if isinstance(prompts, str) or len(prompts) == 0:
-            raise DataError(f"{name} is {'a single string' if isinstance(prompts, str) else 'empty'}; "
-                            "give a non-empty list of prompts")
+            raise DataError(
+                f"{name} is {'a single string' if isinstance(prompts, str) else 'empty'}; "
+                "give a non-empty list of prompts"
+            )
     if position not in _ONE_VECTOR:
-        raise HookSiteError(f"position {position!r} is not allowed for a gate; it reads one vector per prompt: "
-                            f"{', '.join(_ONE_VECTOR)}")
+        raise HookSiteError(
+            f"position {position!r} is not allowed for a gate; it reads one vector per prompt: "
+            f"{', '.join(_ONE_VECTOR)}"
+        )
     layer_list = normalize_layers(model, layers)
-    acts = {name: collect_activations(model, prompts, layers=layer_list, site=site, position=position,
-                                      batch_size=batch_size, progress=progress) for name, prompts in sets.items()}
-    return search_gate_from_activations(**acts, layers=layer_list, target_fpr=target_fpr, site=site,
-                                        position=position, progress=progress)
+    acts = {
+        name: collect_activations(
+            model,
+            prompts,
+            layers=layer_list,
+            site=site,
+            position=position,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        for name, prompts in sets.items()
+    }
+    return search_gate_from_activations(
+        **acts, layers=layer_list, target_fpr=target_fpr, site=site, position=position, progress=progress
+    )

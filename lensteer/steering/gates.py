@@ -51,8 +51,14 @@ class Gate:
     @classmethod
     def from_probe(cls, probe: LinearProbe, *, when: Literal["above", "below"] = "above") -> "Gate":
         """Gate on a probe's decision boundary at the probe's own read site."""
-        return cls(unit=probe.unit, layer=probe.layer, threshold=probe.boundary, site=probe.site,
-                   position=probe.position, when=when)
+        return cls(
+            unit=probe.unit,
+            layer=probe.layer,
+            threshold=probe.boundary,
+            site=probe.site,
+            position=probe.position,
+            when=when,
+        )
 
     def opens(self, projection: torch.Tensor) -> torch.Tensor:
         """Which rows the gate lets through, from their prompt projections."""
@@ -68,11 +74,14 @@ class Gate:
 
 def _members(kind: str, gates: Any) -> tuple["GateLike", ...]:
     if isinstance(gates, (Gate, AllOf, AnyOf)) or not isinstance(gates, (tuple, list)):
-        raise ConfigError(f"{kind}.gates must be a tuple of gates, got {type(gates).__name__}; "
-                          f"use {kind.lower().replace('of', '_of')}(gate_a, gate_b, ...)")
+        raise ConfigError(
+            f"{kind}.gates must be a tuple of gates, got {type(gates).__name__}; "
+            f"use {kind.lower().replace('of', '_of')}(gate_a, gate_b, ...)"
+        )
     if not gates:
-        raise ConfigError(f"{kind} has no gates: an empty composite decides nothing; give at least one "
-                          "Gate, AllOf or AnyOf")
+        raise ConfigError(
+            f"{kind} has no gates: an empty composite decides nothing; give at least one Gate, AllOf or AnyOf"
+        )
     bad = [type(g).__name__ for g in gates if not isinstance(g, (Gate, AllOf, AnyOf))]
     if bad:
         raise ConfigError(f"{kind} members must be Gate, AllOf or AnyOf, got {', '.join(bad)}")
@@ -183,8 +192,14 @@ _COMPOSITES: dict[str, type[AllOf] | type[AnyOf]] = {"all_of": AllOf, "any_of": 
 def gate_to_record(gate: GateLike, key: str = "gate_unit") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """A gate as a JSON-able record and its unit tensors by name (see :func:`gate_from_record`)."""
     if isinstance(gate, Gate):
-        record = {"kind": "gate", "layer": gate.layer, "threshold": float(gate.threshold), "site": gate.site,
-                  "position": gate.position, "when": gate.when}
+        record = {
+            "kind": "gate",
+            "layer": gate.layer,
+            "threshold": float(gate.threshold),
+            "site": gate.site,
+            "position": gate.position,
+            "when": gate.when,
+        }
         return record, {key: gate.unit.contiguous()}
     if not isinstance(gate, (AllOf, AnyOf)):
         raise ConfigError(f"cannot save a gate of type {type(gate).__name__}; allowed: Gate, AllOf, AnyOf")
@@ -204,13 +219,21 @@ def _field(record: dict[str, Any], key: str, kinds: tuple[type, ...], label: str
     if ok and float in kinds:
         ok = math.isfinite(value)
     if not ok:
-        raise DataError(f"{file}: key {label + '.' + key!r} = {value!r} is not allowed; expected "
-                        f"{' or '.join(k.__name__ for k in kinds)}")
+        raise DataError(
+            f"{file}: key {label + '.' + key!r} = {value!r} is not allowed; expected "
+            f"{' or '.join(k.__name__ for k in kinds)}"
+        )
     return value
 
 
-def gate_from_record(record: Any, unit_of: Callable[[str], torch.Tensor], *, key: str = "gate_unit",
-                     where: str = "gate", file: str = "") -> GateLike:
+def gate_from_record(
+    record: Any,
+    unit_of: Callable[[str], torch.Tensor],
+    *,
+    key: str = "gate_unit",
+    where: str = "gate",
+    file: str = "",
+) -> GateLike:
     """Rebuild a gate from :func:`gate_to_record`'s record; ``unit_of(name)`` returns the tensor ``name``.
 
     Raises:
@@ -225,12 +248,21 @@ def gate_from_record(record: Any, unit_of: Callable[[str], torch.Tensor], *, key
         members = _field(record, "gates", (list,), where, file)
         if not members:
             raise DataError(f"{file}: key '{where}.gates' is empty; a {kind} gate needs at least one member")
-        return _COMPOSITES[kind](tuple(
-            gate_from_record(m, unit_of, key=f"{key}.{i}", where=f"{where}.gates[{i}]", file=file)
-            for i, m in enumerate(members)))
+        return _COMPOSITES[kind](
+            tuple(
+                gate_from_record(m, unit_of, key=f"{key}.{i}", where=f"{where}.gates[{i}]", file=file)
+                for i, m in enumerate(members)
+            )
+        )
     if kind != "gate":
-        raise DataError(f"{file}: key '{where}.kind' = {kind!r} is not allowed; expected 'gate', 'all_of' or 'any_of'")
-    return Gate(layer=_field(record, "layer", (int,), where, file),
-                threshold=float(_field(record, "threshold", (int, float), where, file)),
-                site=_field(record, "site", (str,), where, file), position=_field(record, "position", (str,), where, file),
-                when=_field(record, "when", (str,), where, file), unit=unit_of(key))
+        raise DataError(
+            f"{file}: key '{where}.kind' = {kind!r} is not allowed; expected 'gate', 'all_of' or 'any_of'"
+        )
+    return Gate(
+        layer=_field(record, "layer", (int,), where, file),
+        threshold=float(_field(record, "threshold", (int, float), where, file)),
+        site=_field(record, "site", (str,), where, file),
+        position=_field(record, "position", (str,), where, file),
+        when=_field(record, "when", (str,), where, file),
+        unit=unit_of(key),
+    )

@@ -104,9 +104,16 @@ class Generations:
         def pick(values: tuple[Any, ...]) -> tuple[Any, ...]:
             return tuple(values[i] for i in idx) if values else ()
 
-        return Generations(texts=pick(self.texts), tokens=pick(self.tokens), prompt_tokens=pick(self.prompt_tokens),
-                           fired=pick(self.fired), shift=pick(self.shift), projection=pick(self.projection),
-                           prompt_fired_share=pick(self.prompt_fired_share), gated=pick(self.gated))
+        return Generations(
+            texts=pick(self.texts),
+            tokens=pick(self.tokens),
+            prompt_tokens=pick(self.prompt_tokens),
+            fired=pick(self.fired),
+            shift=pick(self.shift),
+            projection=pick(self.projection),
+            prompt_fired_share=pick(self.prompt_fired_share),
+            gated=pick(self.gated),
+        )
 
 
 def end_of_turn_ids(model: Any) -> set[int]:
@@ -176,7 +183,9 @@ def generate(
     if prompt_steerings is None:
         steerings, owner = as_steerings(steering), None
     elif steering is not None:
-        raise ConfigError("pass either steering (for every prompt) or prompt_steerings (one per prompt), not both")
+        raise ConfigError(
+            "pass either steering (for every prompt) or prompt_steerings (one per prompt), not both"
+        )
     else:
         steerings, owner = by_prompt(prompt_steerings, len(prompts))
     for s in steerings:
@@ -187,7 +196,11 @@ def generate(
     warn_if_positions_select_nothing(steerings, owner, tokenized, max_new_tokens)
     gates: torch.Tensor | None  # [n_prompts] (every steering) or [n_steerings, n_prompts] (each its own rows)
     if owner is None:
-        gates = gate_rows(model, [s.gate for s in steerings], tokenized) if any(s.gate for s in steerings) else None
+        gates = (
+            gate_rows(model, [s.gate for s in steerings], tokenized)
+            if any(s.gate for s in steerings)
+            else None
+        )
     else:
         gates = owned_gate_rows(model, steerings, owner, tokenized) if steerings else None
     eos = end_of_turn_ids(model)
@@ -199,12 +212,24 @@ def generate(
     for rows, batch in tqdm(batches, desc="generate", disable=not progress, unit="batch"):
         gens = [torch.Generator().manual_seed(seed + i) for i in rows] if do_sample else []
         prompt_lens = torch.tensor([tokenized[i].n_tokens for i in rows])
-        ctx = SteeringContext(prompt_lens=prompt_lens, pads=batch.tokens.shape[1] - prompt_lens,
-                              rows=None if gates is None else gates[..., rows])
-        out = _decode_batch(model, batch.tokens.to(device), batch.attention_mask.to(device), steerings, ctx,
-                            which=which[rows], eos=eos, pad_id=pad_id, max_new_tokens=max_new_tokens,
-                            use_kv_cache=use_kv_cache,
-                            sampler=None if not do_sample else (gens, temperature, top_k, top_p))
+        ctx = SteeringContext(
+            prompt_lens=prompt_lens,
+            pads=batch.tokens.shape[1] - prompt_lens,
+            rows=None if gates is None else gates[..., rows],
+        )
+        out = _decode_batch(
+            model,
+            batch.tokens.to(device),
+            batch.attention_mask.to(device),
+            steerings,
+            ctx,
+            which=which[rows],
+            eos=eos,
+            pad_id=pad_id,
+            max_new_tokens=max_new_tokens,
+            use_kv_cache=use_kv_cache,
+            sampler=None if not do_sample else (gens, temperature, top_k, top_p),
+        )
         for j, i in enumerate(rows):
             results[i] = (out[0][j], out[1][j], out[2][j], out[3][j], out[4][j])
     tokens = tuple(results[i][0] for i in range(len(tokenized)))
@@ -247,10 +272,17 @@ def _decode_batch(
     eos_t = torch.tensor(sorted(eos), dtype=torch.long) if eos else torch.empty(0, dtype=torch.long)
     prefix = shared_prefix(seq, attn, steerings, ctx) if use_kv_cache and batch > 1 else 0
     prefix_fired = torch.zeros(batch, 0, dtype=torch.bool)
-    view = plain_view(model) if use_kv_cache and plain_steerable(model, steerings) else None  # before any hook
+    view = (
+        plain_view(model) if use_kv_cache and plain_steerable(model, steerings) else None
+    )  # before any hook
     forward = view.forward if view is not None else _bridge_forward(model)
-    hooks = (nullcontext() if not steerings else steer_plain(model, view, *steerings, context=ctx) if view is not None
-             else steer(model, *steerings, context=ctx))
+    hooks = (
+        nullcontext()
+        if not steerings
+        else steer_plain(model, view, *steerings, context=ctx)
+        if view is not None
+        else steer(model, *steerings, context=ctx)
+    )
     with torch.inference_mode(), warnings.catch_warnings(), hooks:
         # transformers 5.24 renames past_key_values to cache; the bridge still passes the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
@@ -278,7 +310,9 @@ def _decode_batch(
                 nxt = last.argmax(-1)
             else:
                 gens, temperature, top_k, top_p = sampler
-                nxt = torch.tensor([sample_token(last[b], gens[b], temperature, top_k, top_p) for b in range(batch)])
+                nxt = torch.tensor(
+                    [sample_token(last[b], gens[b], temperature, top_k, top_p) for b in range(batch)]
+                )
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             new_tokens.append(nxt)
             fired_steps.append(fired & ~done)
@@ -290,7 +324,11 @@ def _decode_batch(
             seq = torch.cat([seq, nxt[:, None].to(seq.device)], 1)
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
     new = torch.stack(new_tokens, 1)
-    fired_all, shift_all, proj_all = torch.stack(fired_steps, 1), torch.stack(shift_steps, 1), torch.stack(proj_steps, 1)
+    fired_all, shift_all, proj_all = (
+        torch.stack(fired_steps, 1),
+        torch.stack(shift_steps, 1),
+        torch.stack(proj_steps, 1),
+    )
     rows_tok, rows_fired, rows_shift, rows_proj = [], [], [], []
     for b in range(batch):
         ids = new[b].tolist()
@@ -305,16 +343,24 @@ def _decode_batch(
 def _bridge_forward(model: Any) -> Any:
     """The bridge's cached forward with :class:`~lensteer.core.plain.PlainView.forward`'s signature."""
 
-    def forward(tokens: torch.Tensor, attention_mask: torch.Tensor, cache: Any, *, last_only: bool) -> tuple[Any, Any]:
+    def forward(
+        tokens: torch.Tensor, attention_mask: torch.Tensor, cache: Any, *, last_only: bool
+    ) -> tuple[Any, Any]:
         with last_position_logits(model) if last_only else nullcontext():
-            return model(tokens, attention_mask=attention_mask, past_key_values=cache, return_type="logits_and_cache",
-                         use_cache=True)
+            return model(
+                tokens,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                return_type="logits_and_cache",
+                use_cache=True,
+            )
 
     return forward
 
 
-def _last_column_stats(records: Sequence[StepRecord], which: Int[torch.Tensor, " batch"]
-                       ) -> tuple[Bool[torch.Tensor, " batch"], Float[torch.Tensor, " batch"], Float[torch.Tensor, " batch"]]:
+def _last_column_stats(
+    records: Sequence[StepRecord], which: Int[torch.Tensor, " batch"]
+) -> tuple[Bool[torch.Tensor, " batch"], Float[torch.Tensor, " batch"], Float[torch.Tensor, " batch"]]:
     """At the last position (the one choosing the next token): did any steering fire, the total edit
     size, and each row's projection on steering ``which[row]``'s unit at its earliest hooked layer."""
     batch = which.shape[0]
@@ -373,16 +419,24 @@ def generate_conversations(
     n_turns = {len(c) for c in conversations}
     if len(n_turns) != 1:
         raise DataError(f"conversations have different numbers of turns {sorted(n_turns)}; pad or split them")
-    systems: list[str | None] = [system] * len(conversations) if system is None or isinstance(system, str) else list(system)
+    systems: list[str | None] = (
+        [system] * len(conversations) if system is None or isinstance(system, str) else list(system)
+    )
     if len(systems) != len(conversations):
-        raise DataError(f"{len(systems)} system prompts for {len(conversations)} conversations; give one per conversation")
+        raise DataError(
+            f"{len(systems)} system prompts for {len(conversations)} conversations; give one per conversation"
+        )
     histories: list[tuple[Turn, ...]] = [() for _ in conversations]
     turns: list[Generations] = []
     for k in range(n_turns.pop()):
-        prompts = [ChatPrompt(user=c[k], system=s, history=h)
-                   for c, s, h in zip(conversations, systems, histories, strict=True)]
+        prompts = [
+            ChatPrompt(user=c[k], system=s, history=h)
+            for c, s, h in zip(conversations, systems, histories, strict=True)
+        ]
         out = generate(model, prompts, steering=steering, max_new_tokens=max_new_tokens, **kwargs)
         turns.append(out)
-        histories = [(*h, Turn(role="user", content=c[k]), Turn(role="assistant", content=t))
-                     for c, h, t in zip(conversations, histories, out.texts, strict=True)]
+        histories = [
+            (*h, Turn(role="user", content=c[k]), Turn(role="assistant", content=t))
+            for c, h, t in zip(conversations, histories, out.texts, strict=True)
+        ]
     return turns

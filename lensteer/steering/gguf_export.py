@@ -39,31 +39,45 @@ def llama_cpp_layer(site: str, layer: int, n_layers: int) -> int:
     elif site == "resid_pre":
         il = layer - 1
     else:
-        raise ConfigError(f"site {site!r} has no llama.cpp equivalent: control vectors are added to a layer's "
-                          "output, i.e. resid_post (or the next layer's resid_pre)")
+        raise ConfigError(
+            f"site {site!r} has no llama.cpp equivalent: control vectors are added to a layer's "
+            "output, i.e. resid_post (or the next layer's resid_pre)"
+        )
     if il < 1:
         what = "the embeddings" if il < 0 else "the output of layer 0"
-        raise ConfigError(f"{site} at layer {layer} is {what}; llama.cpp never applies a control vector there "
-                          "(its loader rejects direction.0). Steer resid_post at layer >= 1 or resid_pre at layer >= 2")
+        raise ConfigError(
+            f"{site} at layer {layer} is {what}; llama.cpp never applies a control vector there "
+            "(its loader rejects direction.0). Steer resid_post at layer >= 1 or resid_pre at layer >= 2"
+        )
     return il
 
 
 def _check_exportable(s: Steering, every_position: bool) -> None:
     if s.mode not in _ADDITIVE_MODES:
-        raise ConfigError(f"mode {s.mode!r} is not a constant addition; a llama.cpp control vector can only "
-                          f"add a fixed vector, so only modes {_ADDITIVE_MODES} can be exported")
+        raise ConfigError(
+            f"mode {s.mode!r} is not a constant addition; a llama.cpp control vector can only "
+            f"add a fixed vector, so only modes {_ADDITIVE_MODES} can be exported"
+        )
     if s.preserve_norm:
-        raise ConfigError("preserve_norm=True rescales each activation, which a llama.cpp control vector "
-                          "cannot do; export the steering with preserve_norm=False")
+        raise ConfigError(
+            "preserve_norm=True rescales each activation, which a llama.cpp control vector "
+            "cannot do; export the steering with preserve_norm=False"
+        )
     if s.gate is not None:
-        raise ConfigError("llama.cpp control vectors have no prompt gate; export the steering without its gate")
+        raise ConfigError(
+            "llama.cpp control vectors have no prompt gate; export the steering without its gate"
+        )
     if s.max_norm is not None and not every_position:
-        raise ConfigError("this steering skips massive-activation tokens (max_norm is set), which a llama.cpp control "
-                          "vector cannot do; pass every_position=True to export it anyway (the file will steer them too)")
+        raise ConfigError(
+            "this steering skips massive-activation tokens (max_norm is set), which a llama.cpp control "
+            "vector cannot do; pass every_position=True to export it anyway (the file will steer them too)"
+        )
     if s.positions != "all" and not every_position:
-        raise ConfigError(f"llama.cpp applies a control vector at every token (prompt and generated), but this "
-                          f"steering's positions are {s.positions!r}; pass every_position=True to export it anyway "
-                          "(the file will also steer the tokens it skips)")
+        raise ConfigError(
+            f"llama.cpp applies a control vector at every token (prompt and generated), but this "
+            f"steering's positions are {s.positions!r}; pass every_position=True to export it anyway "
+            "(the file will also steer the tokens it skips)"
+        )
 
 
 def export_gguf_control_vector(
@@ -115,13 +129,19 @@ def export_gguf_control_vector(
             raise ConfigError(f"n_layers={n_layers} but model {fp.name!r} has {fp.n_layers} layers")
         n_layers = fp.n_layers
     if n_layers is None or isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 2:
-        raise ConfigError(f"give the model's layer count (n_layers >= 2, or model=), got n_layers={n_layers!r}")
+        raise ConfigError(
+            f"give the model's layer count (n_layers >= 2, or model=), got n_layers={n_layers!r}"
+        )
     widths = {s.d_model for s in steerings}
     if len(widths) > 1:
-        raise ArtifactMismatchError(f"steerings of different widths {sorted(widths)} cannot share one control vector")
+        raise ArtifactMismatchError(
+            f"steerings of different widths {sorted(widths)} cannot share one control vector"
+        )
     d_model = widths.pop()
     if fp is not None and fp.d_model != d_model:
-        raise ArtifactMismatchError(f"steering width {d_model} but model {fp.name!r} has d_model {fp.d_model}")
+        raise ArtifactMismatchError(
+            f"steering width {d_model} but model {fp.name!r} has d_model {fp.d_model}"
+        )
     if not isinstance(model_hint, str) or not model_hint:
         raise ConfigError(f"model_hint must be a non-empty string, got {model_hint!r}")
 

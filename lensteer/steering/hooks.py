@@ -64,8 +64,9 @@ class Edit:
     projection: Float[torch.Tensor, "batch pos"]
 
 
-def steer_resid(resid: Resid, steering: Steering, mask: Bool[torch.Tensor, "batch pos"],
-                max_norm: float | None = None) -> Edit:
+def steer_resid(
+    resid: Resid, steering: Steering, mask: Bool[torch.Tensor, "batch pos"], max_norm: float | None = None
+) -> Edit:
     """Apply ``steering``'s mode to the tokens ``mask`` selects (pure; other tokens stay bit-identical).
     Tokens whose norm exceeds ``max_norm`` (massive activations) are never edited."""
     v = steering.unit.to(resid.device, resid.dtype)
@@ -162,7 +163,9 @@ class SteeringContext:
         if self.pads is None and mask is not None and tuple(mask.shape) == (batch, self.offset + seq):
             real = mask.bool().cpu()
             return real.sum(1), (real.long().cumsum(1) == 0).sum(1)
-        prompt_lens = self.prompt_lens if self.prompt_lens is not None else torch.full((batch,), self.offset + seq)
+        prompt_lens = (
+            self.prompt_lens if self.prompt_lens is not None else torch.full((batch,), self.offset + seq)
+        )
         pads = self.pads if self.pads is not None else torch.zeros(batch, dtype=torch.long)
         return prompt_lens, pads
 
@@ -183,27 +186,51 @@ class SteeringContext:
         return fired / total
 
 
-def _make_hook(steering: Steering, index: int, layer: int, ctx: SteeringContext, max_norm: float | None = None) -> Any:
+def _make_hook(
+    steering: Steering, index: int, layer: int, ctx: SteeringContext, max_norm: float | None = None
+) -> Any:
     def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
         batch, seq = resid.shape[0], resid.shape[1]
         prompt_lens, pads = ctx.layout(batch, seq)
         if prompt_lens.shape[0] != batch:
-            raise ConfigError(f"steering context describes {prompt_lens.shape[0]} rows but the forward has {batch}")
-        mask = position_mask(steering.positions, prompt_lens=prompt_lens, pads=pads, offset=ctx.offset, seq_len=seq,
-                             prefix=ctx.prefix)
+            raise ConfigError(
+                f"steering context describes {prompt_lens.shape[0]} rows but the forward has {batch}"
+            )
+        mask = position_mask(
+            steering.positions,
+            prompt_lens=prompt_lens,
+            pads=pads,
+            offset=ctx.offset,
+            seq_len=seq,
+            prefix=ctx.prefix,
+        )
         if ctx.rows is not None:
             mask = mask & ctx.steered_rows(index)[:, None]
         mask = mask.to(resid.device)
         if steering.is_identity or not bool(mask.any()):
             if ctx.record:  # the projection is read only, never written back: the forward is unchanged
                 proj = resid.detach() @ steering.unit.to(resid.device, resid.dtype)
-                ctx.records.append(StepRecord(index, layer, torch.zeros(batch, seq, dtype=torch.bool),
-                                              torch.zeros(batch, seq), proj.float().cpu()))
+                ctx.records.append(
+                    StepRecord(
+                        index,
+                        layer,
+                        torch.zeros(batch, seq, dtype=torch.bool),
+                        torch.zeros(batch, seq),
+                        proj.float().cpu(),
+                    )
+                )
             return resid
         edit = steer_resid(resid, steering, mask, max_norm)
         if ctx.record:
-            ctx.records.append(StepRecord(index, layer, edit.fired.cpu(), edit.shift.detach().float().cpu(),
-                                          edit.projection.detach().float().cpu()))
+            ctx.records.append(
+                StepRecord(
+                    index,
+                    layer,
+                    edit.fired.cpu(),
+                    edit.shift.detach().float().cpu(),
+                    edit.projection.detach().float().cpu(),
+                )
+            )
         return edit.resid
 
     return hook
@@ -212,8 +239,11 @@ def _make_hook(steering: Steering, index: int, layer: int, ctx: SteeringContext,
 def steering_hooks(model: Any, steerings: Sequence[Steering], ctx: SteeringContext) -> list[tuple[str, Any]]:
     """``(hook name, hook function)`` for every site of every steering, in the steerings' order; each
     function takes and returns the residual (TransformerLens' signature) and records into ``ctx``."""
-    return [(name, _make_hook(s, i, layer_of(name), ctx, s.norm_limit(j)))
-            for i, s in enumerate(steerings) for j, name in enumerate(s.hook_names(model))]
+    return [
+        (name, _make_hook(s, i, layer_of(name), ctx, s.norm_limit(j)))
+        for i, s in enumerate(steerings)
+        for j, name in enumerate(s.hook_names(model))
+    ]
 
 
 def plain_steerable(model: Any, steerings: Sequence[Steering]) -> bool:
@@ -222,7 +252,9 @@ def plain_steerable(model: Any, steerings: Sequence[Steering]) -> bool:
 
 
 @contextmanager
-def steer_plain(model: Any, view: PlainView, *steerings: Steering, context: SteeringContext) -> Iterator[SteeringContext]:
+def steer_plain(
+    model: Any, view: PlainView, *steerings: Steering, context: SteeringContext
+) -> Iterator[SteeringContext]:
     """:func:`steer` on the model's :class:`~lensteer.core.plain.PlainView`: the same hook functions as
     PyTorch hooks on the decoder layers (``resid_pre``: a pre-hook on the layer's input; ``resid_post``:
     a hook on its output), so they run in the order the bridge's hook points would. Removed on exit,
@@ -267,7 +299,9 @@ def _on_output(fn: Any) -> Any:
 
 
 @contextmanager
-def steer(model: Any, *steerings: Steering, context: SteeringContext | None = None) -> Iterator[SteeringContext]:
+def steer(
+    model: Any, *steerings: Steering, context: SteeringContext | None = None
+) -> Iterator[SteeringContext]:
     """Apply steerings to ``model`` for the body of a ``with`` block; yields the :class:`SteeringContext`.
 
     Example::
@@ -296,8 +330,11 @@ def steer(model: Any, *steerings: Steering, context: SteeringContext | None = No
 
     with model_lock(model):  # no call in another thread runs under these hooks
         # a plain PyTorch pre-hook that only reads the mask; removed with the steering hooks, error or not
-        reader = (model.register_forward_pre_hook(read_mask, with_kwargs=True)
-                  if hasattr(model, "register_forward_pre_hook") else None)
+        reader = (
+            model.register_forward_pre_hook(read_mask, with_kwargs=True)
+            if hasattr(model, "register_forward_pre_hook")
+            else None
+        )
         try:
             with model.hooks(fwd_hooks=hooks):
                 yield ctx

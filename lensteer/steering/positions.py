@@ -54,8 +54,10 @@ def check_positions(positions: Any) -> Positions:
         return positions
     if isinstance(positions, (Window, LastK)):
         return positions
-    if isinstance(positions, (list, tuple)) and positions and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in positions
+    if (
+        isinstance(positions, (list, tuple))
+        and positions
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in positions)
     ):
         return tuple(positions)
     raise ConfigError(
@@ -109,9 +111,11 @@ def position_mask(
         idx = torch.tensor(positions)[None, :]
         absolute = torch.where(idx < 0, idx + prompt_lens[:, None], idx)  # [batch, k]
         if bool(((absolute < 0) | (absolute >= prompt_lens[:, None])).any()):
-            raise HookSiteError(f"position indices {list(positions)} fall outside a prompt of "
-                                f"{int(prompt_lens.min())} tokens; explicit indices must lie in the prompt "
-                                f"(0..n-1, or -n..-1 from its end)")
+            raise HookSiteError(
+                f"position indices {list(positions)} fall outside a prompt of "
+                f"{int(prompt_lens.min())} tokens; explicit indices must lie in the prompt "
+                f"(0..n-1, or -n..-1 from its end)"
+            )
         sel = real & (t[:, :, None] == absolute[:, None, :]).any(-1)
     return sel
 

@@ -23,8 +23,9 @@ from lensteer.steering.spec import Steering
 MIN_SHARED_PREFIX = 16  # tokens; below this, a separate prefix forward does not pay
 
 
-def shared_prefix(tokens: torch.Tensor, attn: torch.Tensor, steerings: Sequence[Steering],
-                   ctx: SteeringContext) -> int:
+def shared_prefix(
+    tokens: torch.Tensor, attn: torch.Tensor, steerings: Sequence[Steering], ctx: SteeringContext
+) -> int:
     """Length of the token prefix every row of a left-padded batch shares (a system prompt, few-shot
     turns), if it is worth computing once; 0 otherwise.
 
@@ -36,7 +37,9 @@ def shared_prefix(tokens: torch.Tensor, attn: torch.Tensor, steerings: Sequence[
     shortest = int(lens.min())
     if shortest - 1 < MIN_SHARED_PREFIX:
         return 0
-    real = torch.stack([tokens[b, int(pads[b]) : int(pads[b]) + shortest - 1].cpu() for b in range(tokens.shape[0])])
+    real = torch.stack(
+        [tokens[b, int(pads[b]) : int(pads[b]) + shortest - 1].cpu() for b in range(tokens.shape[0])]
+    )
     prefix = int((real == real[:1]).all(0).long().cumprod(0).sum())  # leave >= 1 own token per row
     if prefix < MIN_SHARED_PREFIX:
         return 0
@@ -44,8 +47,9 @@ def shared_prefix(tokens: torch.Tensor, attn: torch.Tensor, steerings: Sequence[
     for i, s in enumerate(steerings):
         if s.is_identity:
             continue
-        mask = position_mask(s.positions, prompt_lens=ctx.prompt_lens, pads=pads, offset=0, seq_len=prefix,
-                             prefix=prefix)
+        mask = position_mask(
+            s.positions, prompt_lens=ctx.prompt_lens, pads=pads, offset=0, seq_len=prefix, prefix=prefix
+        )
         if ctx.rows is not None:
             mask = mask & ctx.steered_rows(i)[:, None]
         if not bool((mask == mask[:1]).all()):
@@ -53,8 +57,9 @@ def shared_prefix(tokens: torch.Tensor, attn: torch.Tensor, steerings: Sequence[
     return prefix
 
 
-def prefill_shared_prefix(forward: Any, tokens: torch.Tensor, attn: torch.Tensor, prefix: int,
-                           ctx: SteeringContext) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor] | None:
+def prefill_shared_prefix(
+    forward: Any, tokens: torch.Tensor, attn: torch.Tensor, prefix: int, ctx: SteeringContext
+) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor] | None:
     """Run the shared prefix once (batch 1) and lay the batch out as ``[prefix][pads][rest]``.
 
     Padding moves from the left to just after the prefix: masked out and with positions taken
@@ -75,7 +80,12 @@ def prefill_shared_prefix(forward: Any, tokens: torch.Tensor, attn: torch.Tensor
     saved = (ctx.prompt_lens, ctx.pads, ctx.rows)
     assert ctx.prompt_lens is not None and ctx.pads is not None
     ctx.clear()
-    ctx.prompt_lens, ctx.pads, ctx.offset, ctx.prefix = ctx.prompt_lens[:1], torch.zeros(1, dtype=torch.long), 0, 0
+    ctx.prompt_lens, ctx.pads, ctx.offset, ctx.prefix = (
+        ctx.prompt_lens[:1],
+        torch.zeros(1, dtype=torch.long),
+        0,
+        0,
+    )
     ctx.rows = None if ctx.rows is None else ctx.rows[..., :1]
     try:
         _, cache = forward(seq[:1, :prefix], mask[:1, :prefix], None, last_only=True)
@@ -86,8 +96,10 @@ def prefill_shared_prefix(forward: Any, tokens: torch.Tensor, attn: torch.Tensor
         ctx.prompt_lens, ctx.pads, ctx.rows = saved
         ctx.clear()
     layers = getattr(cache, "layers", None)
-    if not layers or not all(getattr(layer, "keys", None) is not None and getattr(layer, "values", None) is not None
-                             for layer in layers):
+    if not layers or not all(
+        getattr(layer, "keys", None) is not None and getattr(layer, "values", None) is not None
+        for layer in layers
+    ):
         return None  # not a transformers cache we can copy across rows: decode without sharing
     for layer in layers:
         layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:]).contiguous()
@@ -96,10 +108,16 @@ def prefill_shared_prefix(forward: Any, tokens: torch.Tensor, attn: torch.Tensor
     return seq, mask, cache, fired.expand(batch, prefix)
 
 
-def teacher_forced_states(model: Any, steerings: Sequence[Steering], tokens: Int[torch.Tensor, "batch pos"],
-                          attn: Int[torch.Tensor, "batch pos"], where: Bool[torch.Tensor, "batch pos"],
-                          ctx: SteeringContext, *, view: PlainView | None = None,
-                          ) -> Float[torch.Tensor, "n d_model"]:
+def teacher_forced_states(
+    model: Any,
+    steerings: Sequence[Steering],
+    tokens: Int[torch.Tensor, "batch pos"],
+    attn: Int[torch.Tensor, "batch pos"],
+    where: Bool[torch.Tensor, "batch pos"],
+    ctx: SteeringContext,
+    *,
+    view: PlainView | None = None,
+) -> Float[torch.Tensor, "n d_model"]:
     """Final-normalized residuals (the unembedding's input) at the ``where`` positions of one
     teacher-forced forward of a left-padded batch under ``steerings`` (none: unsteered).
 
@@ -115,7 +133,9 @@ def teacher_forced_states(model: Any, steerings: Sequence[Steering], tokens: Int
         pads = (tokens.shape[1] - attn.sum(1)).cpu()
         read = torch.arange(tokens.shape[1])[None, :] - pads[:, None]  # token index within each row
         first = int(read[where.cpu()].min()) if prefix and bool(where.any()) else prefix
-        if first < prefix:  # a position to read lies inside the prefix (options that start alike): stop before it
+        if (
+            first < prefix
+        ):  # a position to read lies inside the prefix (options that start alike): stop before it
             prefix = first if first >= MIN_SHARED_PREFIX else 0
     if prefix and view is not None:
         with steer_plain(model, view, *steerings, context=ctx), warnings.catch_warnings():

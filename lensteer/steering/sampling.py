@@ -16,7 +16,9 @@ def check_sampling(do_sample: bool, temperature: float, top_k: int | None, top_p
         raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
 
 
-def sample_token(logits: torch.Tensor, gen: torch.Generator, temperature: float, top_k: int | None, top_p: float) -> int:
+def sample_token(
+    logits: torch.Tensor, gen: torch.Generator, temperature: float, top_k: int | None, top_p: float
+) -> int:
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k).values[-1]

@@ -119,51 +119,84 @@ class Steering:
         object.__setattr__(self, "positions", check_positions(self.positions))
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r} is not allowed; use one of {MODES}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
+        if (
+            isinstance(self.scale, bool)
+            or not isinstance(self.scale, (int, float))
+            or not math.isfinite(self.scale)
+        ):
             raise ConfigError(f"scale must be a finite number, got {self.scale!r}")
         if self.scale < 0 and self.mode not in _SIGNED_MODES:
-            raise ConfigError(f"scale {self.scale} is negative; mode {self.mode!r} needs scale >= 0 "
-                              f"(negative scales are allowed for {_SIGNED_MODES})")
+            raise ConfigError(
+                f"scale {self.scale} is negative; mode {self.mode!r} needs scale >= 0 "
+                f"(negative scales are allowed for {_SIGNED_MODES})"
+            )
         if self.mode == "angular" and self.scale > 180:
             raise ConfigError(f"angular scale is an angle in degrees, 0..180; got {self.scale}")
         if self.relative:
             if self.mode not in _SIGNED_MODES:
                 raise ConfigError(f"relative=True applies to modes {_SIGNED_MODES}, not {self.mode!r}")
-            if self.reference_norm is None or not math.isfinite(self.reference_norm) or self.reference_norm <= 0:
-                raise ConfigError("relative=True needs a positive reference_norm; measure it with "
-                                  f"lensteer.steering.reference_norm(model, prompts, layer), got {self.reference_norm!r}")
+            if (
+                self.reference_norm is None
+                or not math.isfinite(self.reference_norm)
+                or self.reference_norm <= 0
+            ):
+                raise ConfigError(
+                    "relative=True needs a positive reference_norm; measure it with "
+                    f"lensteer.steering.reference_norm(model, prompts, layer), got {self.reference_norm!r}"
+                )
         if self.mode in SELECTIVE_MODES:
             need = ["threshold"] + (["target"] if self.mode == "sttp" else [])
             missing = [k for k in need if getattr(self, k) is None or not math.isfinite(getattr(self, k))]
             if missing:
-                raise ConfigError(f"mode {self.mode!r} needs a probe threshold ({', '.join(missing)} missing or "
-                                  "not finite); build it with Steering.from_probe(probe, aligned_acts, ...)")
+                raise ConfigError(
+                    f"mode {self.mode!r} needs a probe threshold ({', '.join(missing)} missing or "
+                    "not finite); build it with Steering.from_probe(probe, aligned_acts, ...)"
+                )
         if self.stmp_variant not in STMP_VARIANTS:
-            raise ConfigError(f"stmp_variant {self.stmp_variant!r} is not allowed; use one of {STMP_VARIANTS}")
+            raise ConfigError(
+                f"stmp_variant {self.stmp_variant!r} is not allowed; use one of {STMP_VARIANTS}"
+            )
         object.__setattr__(self, "max_norm", _check_max_norm(self.max_norm, len(layers)))
         if self.mode == "ace" and (self.reference is None or not math.isfinite(self.reference)):
-            raise ConfigError("mode 'ace' needs reference= (the misaligned class's mean projection); "
-                              "build it with Steering.from_direction(direction, mode='ace', reference=...)")
+            raise ConfigError(
+                "mode 'ace' needs reference= (the misaligned class's mean projection); "
+                "build it with Steering.from_direction(direction, mode='ace', reference=...)"
+            )
         if self.gate is not None:
             if not isinstance(self.gate, GATE_TYPES):
-                raise ConfigError(f"gate must be a Gate, AllOf or AnyOf (build composites with lensteer.steering."
-                                  f"all_of / any_of) or None, got {type(self.gate).__name__}")
+                raise ConfigError(
+                    f"gate must be a Gate, AllOf or AnyOf (build composites with lensteer.steering."
+                    f"all_of / any_of) or None, got {type(self.gate).__name__}"
+                )
             widths = sorted({int(g.unit.shape[0]) for g in self.gate.leaves()} - {self.d_model})
             if widths:
-                raise ArtifactMismatchError(f"the gate's vectors have width {widths} but the steering's is {self.d_model}; "
-                                            "gate and steering must come from the same model")
+                raise ArtifactMismatchError(
+                    f"the gate's vectors have width {widths} but the steering's is {self.d_model}; "
+                    "gate and steering must come from the same model"
+                )
 
     # -- construction -----------------------------------------------------------------------------
 
     @classmethod
-    def from_direction(cls, direction: "Direction | torch.Tensor", *, layers: "int | Sequence[int] | None" = None,
-                       mode: Mode = "add", scale: float = 1.0, **kwargs: Any) -> "Steering":
+    def from_direction(
+        cls,
+        direction: "Direction | torch.Tensor",
+        *,
+        layers: "int | Sequence[int] | None" = None,
+        mode: Mode = "add",
+        scale: float = 1.0,
+        **kwargs: Any,
+    ) -> "Steering":
         """A steering along a :class:`~lensteer.Direction` (at its own layer and site unless given)."""
         if isinstance(direction, Direction):
             layer_list = (direction.layer,) if layers is None else layers
             kwargs.setdefault("site", direction.site)
-            info = {"direction_method": direction.method, "direction_layer": direction.layer,
-                    "direction_source": direction.source, **kwargs.pop("info", {})}
+            info = {
+                "direction_method": direction.method,
+                "direction_layer": direction.layer,
+                "direction_source": direction.source,
+                **kwargs.pop("info", {}),
+            }
             if direction.model is not None:
                 info["model"] = direction.model
             unit = direction.unit
@@ -173,8 +206,14 @@ class Steering:
             layer_list, unit, info = layers, direction, kwargs.pop("info", {})
         if mode == "swfc":
             kwargs.setdefault("positions", "generated")
-        return cls(unit=unit, layers=tuple([layer_list] if isinstance(layer_list, int) else layer_list),
-                   mode=mode, scale=scale, info=info, **kwargs)
+        return cls(
+            unit=unit,
+            layers=tuple([layer_list] if isinstance(layer_list, int) else layer_list),
+            mode=mode,
+            scale=scale,
+            info=info,
+            **kwargs,
+        )
 
     @classmethod
     def from_probe(
@@ -205,21 +244,39 @@ class Steering:
         if mode not in SELECTIVE_MODES:
             raise ConfigError(f"from_probe builds modes {SELECTIVE_MODES}, got {mode!r}")
         if aligned.ndim != 2 or aligned.shape[0] == 0 or aligned.shape[1] != probe.weight.shape[0]:
-            raise ArtifactMismatchError(f"aligned activations must be [n > 0, {probe.weight.shape[0]}], "
-                                        f"got {tuple(aligned.shape)}")
+            raise ArtifactMismatchError(
+                f"aligned activations must be [n > 0, {probe.weight.shape[0]}], got {tuple(aligned.shape)}"
+            )
         proj = aligned.float() @ probe.unit
         if threshold == "boundary":
             tau, rule = probe.boundary, "boundary"
         elif isinstance(threshold, float) and 0.0 < threshold < 1.0:
             tau, rule = float(torch.quantile(proj, threshold)), f"aligned_quantile_{threshold:g}"
         else:
-            raise ConfigError(f"threshold {threshold!r} is not allowed; use 'boundary' or a quantile in (0, 1)")
-        info = {"direction_method": "probe", "probe_layer": probe.layer, "threshold_rule": rule,
-                "probe_l2": probe.l2, **kwargs.pop("info", {})}
-        return cls(unit=probe.unit, layers=tuple([probe.layer] if layers is None else
-                                                 ([layers] if isinstance(layers, int) else layers)),
-                   site=kwargs.pop("site", probe.site), positions=positions, mode=mode, scale=scale,
-                   threshold=float(tau), target=float(proj.mean()), info=info, **kwargs)
+            raise ConfigError(
+                f"threshold {threshold!r} is not allowed; use 'boundary' or a quantile in (0, 1)"
+            )
+        info = {
+            "direction_method": "probe",
+            "probe_layer": probe.layer,
+            "threshold_rule": rule,
+            "probe_l2": probe.l2,
+            **kwargs.pop("info", {}),
+        }
+        return cls(
+            unit=probe.unit,
+            layers=tuple(
+                [probe.layer] if layers is None else ([layers] if isinstance(layers, int) else layers)
+            ),
+            site=kwargs.pop("site", probe.site),
+            positions=positions,
+            mode=mode,
+            scale=scale,
+            threshold=float(tau),
+            target=float(proj.mean()),
+            info=info,
+            **kwargs,
+        )
 
     @classmethod
     def from_contrast(
@@ -252,31 +309,50 @@ class Steering:
         lies below the threshold and moving it to the target costs most of a KL budget for nothing.
         """
         unit = direction.unit if isinstance(direction, Direction) else unit_vector(direction, "steering")
-        layer_list = layers if layers is not None else (direction.layer if isinstance(direction, Direction) else None)
+        layer_list = (
+            layers if layers is not None else (direction.layer if isinstance(direction, Direction) else None)
+        )
         if layer_list is None:
             raise ConfigError("give layers= when steering along a raw tensor")
         for name, acts in (("aligned", aligned), ("misaligned", misaligned)):
             if acts.ndim != 2 or acts.shape[0] == 0 or acts.shape[1] != unit.shape[0]:
-                raise ArtifactMismatchError(f"{name} activations must be [n > 0, {unit.shape[0]}], got {tuple(acts.shape)}")
+                raise ArtifactMismatchError(
+                    f"{name} activations must be [n > 0, {unit.shape[0]}], got {tuple(acts.shape)}"
+                )
         pos, neg = aligned.float() @ unit, misaligned.float() @ unit
         if not float(pos.mean()) > float(neg.mean()):
-            raise ConfigError("the aligned class does not project higher than the misaligned one on this direction; "
-                              "the direction should point from misaligned to aligned")
+            raise ConfigError(
+                "the aligned class does not project higher than the misaligned one on this direction; "
+                "the direction should point from misaligned to aligned"
+            )
         if threshold == "boundary":
             probe1d = fit_probe(pos[:, None], neg[:, None], layer=0, l2_grid=(1e-3,), balanced=True)
             tau, rule = probe1d.boundary * (1.0 if float(probe1d.weight[0]) > 0 else -1.0), "boundary_1d"
         elif isinstance(threshold, float) and 0.0 < threshold < 1.0:
             tau, rule = float(torch.quantile(pos, threshold)), f"aligned_quantile_{threshold:g}"
         else:
-            raise ConfigError(f"threshold {threshold!r} is not allowed; use 'boundary' or a quantile in (0, 1)")
-        info = {"direction_method": direction.method if isinstance(direction, Direction) else "tensor",
-                "threshold_rule": rule, **kwargs.pop("info", {})}
+            raise ConfigError(
+                f"threshold {threshold!r} is not allowed; use 'boundary' or a quantile in (0, 1)"
+            )
+        info = {
+            "direction_method": direction.method if isinstance(direction, Direction) else "tensor",
+            "threshold_rule": rule,
+            **kwargs.pop("info", {}),
+        }
         if isinstance(direction, Direction) and direction.model is not None:
             info["model"] = direction.model
         kwargs.setdefault("site", direction.site if isinstance(direction, Direction) else "resid_post")
-        return cls(unit=unit, layers=tuple([layer_list] if isinstance(layer_list, int) else layer_list),
-                   positions=positions, mode=mode, scale=scale, threshold=float(tau), target=float(pos.mean()),
-                   info=info, **kwargs)
+        return cls(
+            unit=unit,
+            layers=tuple([layer_list] if isinstance(layer_list, int) else layer_list),
+            positions=positions,
+            mode=mode,
+            scale=scale,
+            threshold=float(tau),
+            target=float(pos.mean()),
+            info=info,
+            **kwargs,
+        )
 
     def norm_limit(self, layer_index: int) -> float | None:
         """The norm above which tokens are left alone at ``layers[layer_index]`` (``None``: no limit)."""
@@ -305,12 +381,16 @@ class Steering:
     def hook_names(self, model: Any) -> list[str]:
         """Validate against ``model`` and return the hook names, one per layer."""
         if self.d_model != int(model.cfg.d_model):
-            raise ArtifactMismatchError(f"steering vector has width {self.d_model} but the model's d_model is "
-                                        f"{model.cfg.d_model}; was it made for another model?")
+            raise ArtifactMismatchError(
+                f"steering vector has width {self.d_model} but the model's d_model is "
+                f"{model.cfg.d_model}; was it made for another model?"
+            )
         names = [hook_name(layer, self.site) for layer in normalize_layers(model, list(self.layers))]
         for name in names:
             if name not in model.hook_dict:
-                raise HookSiteError(f"{name!r} is not a hook point of this model; allowed sites: {', '.join(SITE_KINDS)}")
+                raise HookSiteError(
+                    f"{name!r} is not a hook point of this model; allowed sites: {', '.join(SITE_KINDS)}"
+                )
         return names
 
     def describe(self) -> str:
@@ -328,8 +408,16 @@ def _check_max_norm(value: Any, n_layers: int) -> float | tuple[float, ...] | No
         return None
     many = isinstance(value, (list, tuple))
     values = list(value) if many else [value]
-    if (not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
-                          for v in values) or (many and len(values) != n_layers)):
-        raise ConfigError(f"max_norm must be a positive number or one per layer ({n_layers}), got {value!r}; "
-                          "find it with lensteer.locate.massive_tokens(model, prompts, layer)")
+    if (
+        not values
+        or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+            for v in values
+        )
+        or (many and len(values) != n_layers)
+    ):
+        raise ConfigError(
+            f"max_norm must be a positive number or one per layer ({n_layers}), got {value!r}; "
+            "find it with lensteer.locate.massive_tokens(model, prompts, layer)"
+        )
     return tuple(float(v) for v in values) if many else float(values[0])

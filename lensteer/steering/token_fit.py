@@ -55,8 +55,14 @@ class ResponseTokens:
         wanted = torch.zeros(len(self.texts), dtype=torch.bool)
         wanted[list(keep)] = True
         sel = wanted[self.row]
-        return ResponseTokens(acts=self.acts[sel], row=self.row[sel], texts=self.texts, layer=self.layer,
-                              site=self.site, skipped_massive=self.skipped_massive)
+        return ResponseTokens(
+            acts=self.acts[sel],
+            row=self.row[sel],
+            texts=self.texts,
+            layer=self.layer,
+            site=self.site,
+            skipped_massive=self.skipped_massive,
+        )
 
 
 def answer_positions(prompt_len: int, n_generated: int) -> list[int]:
@@ -91,22 +97,39 @@ def response_token_activations(
     """
     if isinstance(prompts, str) or len(prompts) == 0:
         raise DataError("pass a non-empty list of prompts")
-    gens = generations if generations is not None else generate(model, list(prompts), max_new_tokens=max_new_tokens,
-                                                                 batch_size=batch_size, progress=progress)
+    gens = (
+        generations
+        if generations is not None
+        else generate(
+            model, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+        )
+    )
     if len(gens) != len(prompts):
         raise ConfigError(f"generations has {len(gens)} answers for {len(prompts)} prompts")
     fulls: list[TokenizedPrompt] = []
     by_count: dict[int, list[int]] = {}  # answers with as many tokens are read together: each row's last k
     for i, (prompt_ids, answer_ids) in enumerate(zip(gens.prompt_tokens, gens.tokens, strict=True)):
         ids = torch.cat([prompt_ids.cpu(), answer_ids.cpu()]).long()
-        fulls.append(TokenizedPrompt(tokens=ids, instruction=(0, 0), post_instruction=(0, 0),
-                                     response=(int(prompt_ids.shape[0]), int(ids.shape[0]))))
+        fulls.append(
+            TokenizedPrompt(
+                tokens=ids,
+                instruction=(0, 0),
+                post_instruction=(0, 0),
+                response=(int(prompt_ids.shape[0]), int(ids.shape[0])),
+            )
+        )
         k = len(answer_positions(int(prompt_ids.shape[0]), int(answer_ids.shape[0])))
         by_count.setdefault(k, []).append(i)
     read: dict[int, torch.Tensor] = {}
     for k, members in by_count.items():
-        got = collect_activations(model, [fulls[i] for i in members], layers=[layer], site=site,
-                                  position=list(range(-k, 0)), batch_size=batch_size)
+        got = collect_activations(
+            model,
+            [fulls[i] for i in members],
+            layers=[layer],
+            site=site,
+            position=list(range(-k, 0)),
+            batch_size=batch_size,
+        )
         read |= {i: got[j, 0] for j, i in enumerate(members)}
     acts, rows, skipped = [], [], 0
     for i in range(len(fulls)):
@@ -120,5 +143,11 @@ def response_token_activations(
     out = torch.cat(acts)
     if out.shape[0] == 0:
         raise DataError("no answer tokens to read (every token was skipped or no answer was generated)")
-    return ResponseTokens(acts=out, row=torch.cat(rows), texts=gens.texts, layer=layer % int(model.cfg.n_layers),
-                          site=site, skipped_massive=skipped)
+    return ResponseTokens(
+        acts=out,
+        row=torch.cat(rows),
+        texts=gens.texts,
+        layer=layer % int(model.cfg.n_layers),
+        site=site,
+        skipped_massive=skipped,
+    )

@@ -12,7 +12,19 @@ from lensteer.study.runner import StudyResult, rebuild_report, run_study
 from lensteer.study.table import SweepTable
 
 __all__ = [
-    "METHODS", "SiteRecommendation", "StudyConfig", "StudyResult", "SweepTable", "build_report", "build_steering",
-    "eval_prompts", "evaluate_steering", "headline_table", "rebuild_report", "recommend_site", "regimes_table", "robustness_table",
+    "METHODS",
+    "SiteRecommendation",
+    "StudyConfig",
+    "StudyResult",
+    "SweepTable",
+    "build_report",
+    "build_steering",
+    "eval_prompts",
+    "evaluate_steering",
+    "headline_table",
+    "rebuild_report",
+    "recommend_site",
+    "regimes_table",
+    "robustness_table",
     "run_study",
 ]

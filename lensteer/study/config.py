@@ -20,11 +20,19 @@ SELECTIVE_FITS = ("generated_tokens", "written_means")
 PROFILES = ("demo", "paper", "smoke")
 
 # StudyConfig.positions -> the steerings' positions (see StudyConfig).
-STUDY_POSITIONS: dict[str, Any] = {"after_first": Window(1, None), "all": "all", "generated": Window(-1, None)}
+STUDY_POSITIONS: dict[str, Any] = {
+    "after_first": Window(1, None),
+    "all": "all",
+    "generated": Window(-1, None),
+}
 
 # Follow-up user turns for the multi-turn (repetition) conversations; written by us.
-FOLLOW_UPS = ("Can you say more about that?", "What else should I keep in mind?", "Could you put it another way?",
-              "Is there anything you would add?")
+FOLLOW_UPS = (
+    "Can you say more about that?",
+    "What else should I keep in mind?",
+    "Could you put it another way?",
+    "Is there anything you would add?",
+)
 
 
 def _is_int(value: Any) -> bool:
@@ -42,7 +50,9 @@ def _check_int(name: str, value: Any, *, low: int | None, optional: bool) -> Non
     if value is None and optional:
         return
     if not _is_int(value) or (low is not None and value < low):
-        allowed = "an int" + (f" >= {low}" if low is not None else "") + (" or absent (all)" if optional else "")
+        allowed = (
+            "an int" + (f" >= {low}" if low is not None else "") + (" or absent (all)" if optional else "")
+        )
         raise ConfigError(f"{name} must be {allowed}, got {value!r}")
 
 
@@ -68,10 +78,15 @@ def checked_values(v: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{name}: {bad} not allowed; allowed values: {list(allowed)}")
         v[name] = tuple(given)
     budgets = (v["kl_budgets"],) if _is_number(v["kl_budgets"]) else v["kl_budgets"]  # `kl_budgets = 0.5`
-    if (not isinstance(budgets, (list, tuple)) or not budgets
-            or any(not _is_number(b) or not math.isfinite(b) or b <= 0 for b in budgets)):
-        raise ConfigError(f"kl_budgets must be a list of positive numbers of nats (e.g. [0.25, 0.5]), "
-                          f"got {v['kl_budgets']!r}")
+    if (
+        not isinstance(budgets, (list, tuple))
+        or not budgets
+        or any(not _is_number(b) or not math.isfinite(b) or b <= 0 for b in budgets)
+    ):
+        raise ConfigError(
+            f"kl_budgets must be a list of positive numbers of nats (e.g. [0.25, 0.5]), "
+            f"got {v['kl_budgets']!r}"
+        )
     v["kl_budgets"] = tuple(float(b) for b in budgets)
     for name in ("regimes", "prompting"):
         if not isinstance(v[name], bool):
@@ -106,13 +121,17 @@ def checked_values(v: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"robustness settings {unknown} unknown; allowed: {allowed_settings}")
     missing = [m for m in v["robustness_methods"] if m not in v["methods"]]
     if v["robustness"] and missing:
-        raise ConfigError(f"robustness_methods {missing} are not among the study's methods {list(v['methods'])}")
+        raise ConfigError(
+            f"robustness_methods {missing} are not among the study's methods {list(v['methods'])}"
+        )
     for name, choices in (("positions", list(STUDY_POSITIONS)), ("selective_fit", list(SELECTIVE_FITS))):
         if not isinstance(v[name], str) or v[name] not in choices:
             raise ConfigError(f"{name} must be one of {choices}, got {v[name]!r}")
     ratio = v["massive_ratio"]
     if ratio is not None and (not _is_number(ratio) or not math.isfinite(ratio) or not ratio > 1):
-        raise ConfigError(f"massive_ratio must be a number > 1 (a multiple of the median norm) or absent, got {ratio!r}")
+        raise ConfigError(
+            f"massive_ratio must be a number > 1 (a multiple of the median norm) or absent, got {ratio!r}"
+        )
     if not _is_number(v["gate_fpr"]) or not 0 < v["gate_fpr"] < 1:
         raise ConfigError(f"gate_fpr must be a rate in (0, 1), got {v['gate_fpr']!r}")
     url = v["judge_url"]
@@ -229,13 +248,18 @@ class StudyConfig:
     def check_layers(self, n_layers: int) -> None:
         """Every layer the config names (``layer``, ``candidate_layers``, ``sweep_layers``) exists in an
         ``n_layers``-layer model (negative indices count from the end); a :class:`ConfigError` names the rest."""
-        named = {"layer": () if self.layer is None else (self.layer,),
-                 "candidate_layers": self.candidate_layers or (), "sweep_layers": self.sweep_layers}
+        named = {
+            "layer": () if self.layer is None else (self.layer,),
+            "candidate_layers": self.candidate_layers or (),
+            "sweep_layers": self.sweep_layers,
+        }
         for name, layers in named.items():
             bad = [x for x in layers if not -n_layers <= x < n_layers]
             if bad:
-                raise ConfigError(f"{name} {bad} are not layers of this {n_layers}-layer model "
-                                  f"(allowed 0..{n_layers - 1}, or -{n_layers}..-1 from the end)")
+                raise ConfigError(
+                    f"{name} {bad} are not layers of this {n_layers}-layer model "
+                    f"(allowed 0..{n_layers - 1}, or -{n_layers}..-1 from the end)"
+                )
 
     @classmethod
     def from_toml(cls, path: "str | Path") -> "StudyConfig":
@@ -277,16 +301,43 @@ class StudyConfig:
         model), every held-out harmless and borderline prompt, 8 five-turn conversations, all 120
         multiple-choice items and 72 paragraphs, three random seeds, the prompting baseline; the robustness
         table under each threat model's prefill attack and in the dishonest organism."""
-        return cls(methods=("SwFC", "StTP", "StMP", "StMP-push"), regimes=True, n_train=48, layer_stride=4, n_eval=None, n_harmless=None, n_borderline=None, n_kl=12, kl_tokens=24,
-                   n_conversations=8, n_turns=5, n_mc=None, n_paragraphs=None, max_new_tokens=64,
-                   random_seeds=(0, 1, 2), batch_size=64,
-                   robustness=("prefill_comply", "prefill_dismiss", "prefill_mislead", "organism:dishonest"))
+        return cls(
+            methods=("SwFC", "StTP", "StMP", "StMP-push"),
+            regimes=True,
+            n_train=48,
+            layer_stride=4,
+            n_eval=None,
+            n_harmless=None,
+            n_borderline=None,
+            n_kl=12,
+            kl_tokens=24,
+            n_conversations=8,
+            n_turns=5,
+            n_mc=None,
+            n_paragraphs=None,
+            max_new_tokens=64,
+            random_seeds=(0, 1, 2),
+            batch_size=64,
+            robustness=("prefill_comply", "prefill_dismiss", "prefill_mislead", "organism:dishonest"),
+        )
 
     @classmethod
     def smoke(cls) -> "StudyConfig":
         """A tiny study for CI and notebooks (a few minutes on 2 CPU cores)."""
-        return cls(n_train=16, n_eval=6, n_harmless=4, n_borderline=2, n_kl=3, n_conversations=1, n_turns=2,
-                   n_mc=8, n_paragraphs=2, max_new_tokens=12, layer_stride=10, batch_size=16)
+        return cls(
+            n_train=16,
+            n_eval=6,
+            n_harmless=4,
+            n_borderline=2,
+            n_kl=3,
+            n_conversations=1,
+            n_turns=2,
+            n_mc=8,
+            n_paragraphs=2,
+            max_new_tokens=12,
+            layer_stride=10,
+            batch_size=16,
+        )
 
     @classmethod
     def profile(cls, name: str) -> "StudyConfig":

@@ -93,8 +93,11 @@ class CellFiles:
 
 
 def _read_files(folder: Path) -> dict[str, bytes]:
-    return ({p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-            if folder.is_dir() else {})
+    return (
+        {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        if folder.is_dir()
+        else {}
+    )
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -108,10 +111,17 @@ def confined(folder: Path, name: str) -> Path:
     """``folder / name`` for a relative POSIX path that stays inside ``folder``; a :class:`DataError` for an
     absolute path, a ``..`` part or anything else that would leave it (a worker's file list is not trusted)."""
     parts = name.split("/")
-    if (not name or name.startswith("/") or "\\" in name or "\x00" in name
-            or any(p in ("", ".", "..") for p in parts)):
-        raise DataError(f"a worker sent the file name {name!r} for {folder}: only relative paths inside the "
-                        "cell folder are allowed (no absolute paths, no '..')")
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or "\x00" in name
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise DataError(
+            f"a worker sent the file name {name!r} for {folder}: only relative paths inside the "
+            "cell folder are allowed (no absolute paths, no '..')"
+        )
     return folder / Path(*parts)
 
 
@@ -135,15 +145,17 @@ class CellWorker:
         self.model = load_model(spec.model, device="cuda" if spec.gpu else None)
         self.run_cell = run_cell
 
-    def run(self, config: StudyConfig, threat_model: str, scratch: str | None, key: str,
-            seed: dict[str, bytes]) -> CellFiles:
+    def run(
+        self, config: StudyConfig, threat_model: str, scratch: str | None, key: str, seed: dict[str, bytes]
+    ) -> CellFiles:
         """Run one cell in ``<scratch or the node's temp dir>/lensteer-cells/<tm>-<key>``, starting from
         ``seed`` (the driver's copy of the cell), and return its files. The folder is kept until the cell
         finishes, so a restarted worker on the same node resumes it."""
         work = Path(scratch or tempfile.gettempdir()) / "lensteer-cells" / f"{threat_model}-{key}"
         _write_files(work, seed)
-        self.run_cell(self.model, replace(config, threat_models=(threat_model,)), work, progress=False,
-                      log=_worker_log)
+        self.run_cell(
+            self.model, replace(config, threat_models=(threat_model,)), work, progress=False, log=_worker_log
+        )
         files = _read_files(work)
         shutil.rmtree(work, ignore_errors=True)
         return CellFiles(threat_model=threat_model, files=files, host=socket.gethostname())
@@ -162,19 +174,34 @@ def _by_threat_model(rows: list[dict[str, Any]], config: StudyConfig) -> list[di
     return sorted(rows, key=lambda r: order.get(r["threat_model"], len(order)))
 
 
-def merge_cell(folder: Path, threat_model: str, config: StudyConfig, table: SweepTable, robust: RobustnessTable,
-               finished: dict[str, Any]) -> dict[str, Any]:
+def merge_cell(
+    folder: Path,
+    threat_model: str,
+    config: StudyConfig,
+    table: SweepTable,
+    robust: RobustnessTable,
+    finished: dict[str, Any],
+) -> dict[str, Any]:
     """Merge the finished cell in ``OUT/cells/<tm>/`` into OUT (rows by key, robustness rows, examples,
     steerings; ``finished.json`` last) and return what was located for it. Merging twice changes nothing."""
     cell = folder / CELLS_DIR / threat_model
     adopt_identity(folder, cell)
-    merged = {SweepTable.key(r): r for r in table.rows} | {SweepTable.key(r): r for r in SweepTable(cell).rows}
+    merged = {SweepTable.key(r): r for r in table.rows} | {
+        SweepTable.key(r): r for r in SweepTable(cell).rows
+    }
     rows = _by_threat_model(list(merged.values()), config)
     table.rows = rows[:-1]
     table.add(rows[-1])  # writes results.json and results.csv once, with every row
 
     def rkey(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r["setting"], r["threat_model"], r["method"], r["direction_from"], r.get("layer"), r.get("kl_budget")
+        return (
+            r["setting"],
+            r["threat_model"],
+            r["method"],
+            r["direction_from"],
+            r.get("layer"),
+            r.get("kl_budget"),
+        )
 
     mine = RobustnessTable(cell).rows
     if mine:
@@ -193,7 +220,10 @@ def merge_cell(folder: Path, threat_model: str, config: StudyConfig, table: Swee
 def _cell_finished(folder: Path, threat_model: str, config: StudyConfig) -> bool:
     """Is ``OUT/cells/<tm>/`` a finished cell of this config (written by a driver that stopped before merging)?"""
     cell = folder / CELLS_DIR / threat_model
-    return kept_located(read_json(cell / FINISHED_FILE, {}), threat_model, config, RobustnessTable(cell)) is not None
+    return (
+        kept_located(read_json(cell / FINISHED_FILE, {}), threat_model, config, RobustnessTable(cell))
+        is not None
+    )
 
 
 def _import_ray() -> Any:
@@ -261,19 +291,44 @@ def run_study_distributed(
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be >= 1 (or absent: one per GPU, else per CPU), got {workers}")
     if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be >= 1 (or absent: the CPUs shared among the workers), got {threads}")
+        raise ConfigError(
+            f"threads must be >= 1 (or absent: the CPUs shared among the workers), got {threads}"
+        )
     if not cell_timeout_s > 0:
         raise ConfigError(f"cell_timeout_s must be > 0 seconds, got {cell_timeout_s!r}")
     with claim_folder(out, STUDY_MARKERS, "study", STUDY_COMPANIONS) as folder:
         claim_identity(folder, study_identity(config, {}), force=force, log=log, skip=("model",))
-        return _run_distributed(model, config, folder, address=address, workers=workers, threads=threads,
-                                retries=retries, scratch=scratch, progress=progress, log=log, run_cell=run_cell,
-                                cell_timeout_s=cell_timeout_s)
+        return _run_distributed(
+            model,
+            config,
+            folder,
+            address=address,
+            workers=workers,
+            threads=threads,
+            retries=retries,
+            scratch=scratch,
+            progress=progress,
+            log=log,
+            run_cell=run_cell,
+            cell_timeout_s=cell_timeout_s,
+        )
 
 
-def _run_distributed(model: str | None, config: StudyConfig, folder: Path, *, address: str | None,
-                     workers: int | None, threads: int | None, retries: int, scratch: str | None, progress: bool,
-                     log: Callable[[str], None], run_cell: Callable[..., Any], cell_timeout_s: float) -> StudyResult:
+def _run_distributed(
+    model: str | None,
+    config: StudyConfig,
+    folder: Path,
+    *,
+    address: str | None,
+    workers: int | None,
+    threads: int | None,
+    retries: int,
+    scratch: str | None,
+    progress: bool,
+    log: Callable[[str], None],
+    run_cell: Callable[..., Any],
+    cell_timeout_s: float,
+) -> StudyResult:
     started = time.time()
     earlier_seconds = float(read_json(folder / TIMING_FILE, {"seconds": 0.0})["seconds"])
     table, robust = SweepTable(folder), RobustnessTable(folder)
@@ -291,41 +346,87 @@ def _run_distributed(model: str | None, config: StudyConfig, folder: Path, *, ad
             log(f"[{tm}] finished in an earlier run with this config; kept")
             located[tm] = kept
     # a local folder or file goes to the workers as an absolute path (their working directory may differ)
-    spec = WorkerSpec(model=str(Path(model).resolve()) if model is not None and Path(model).exists() else model)
+    spec = WorkerSpec(
+        model=str(Path(model).resolve()) if model is not None and Path(model).exists() else model
+    )
     if pending:
-        spec, done, failed = _run_cells(spec, pending, config, folder, table, robust, finished, address=address,
-                                        workers=workers, threads=threads, retries=retries, scratch=scratch,
-                                        progress=progress, log=log, run_cell=run_cell, cell_timeout_s=cell_timeout_s)
+        spec, done, failed = _run_cells(
+            spec,
+            pending,
+            config,
+            folder,
+            table,
+            robust,
+            finished,
+            address=address,
+            workers=workers,
+            threads=threads,
+            retries=retries,
+            scratch=scratch,
+            progress=progress,
+            log=log,
+            run_cell=run_cell,
+            cell_timeout_s=cell_timeout_s,
+        )
         located |= done
         if failed:
-            raise CellError(f"threat model(s) {sorted(failed)} failed on their workers: "
-                            + "; ".join(f"{tm}: {err}" for tm, err in sorted(failed.items()))
-                            + f". Every other cell is merged into {folder}; rerun the same command to retry these.")
+            raise CellError(
+                f"threat model(s) {sorted(failed)} failed on their workers: "
+                + "; ".join(f"{tm}: {err}" for tm, err in sorted(failed.items()))
+                + f". Every other cell is merged into {folder}; rerun the same command to retry these."
+            )
     seconds = earlier_seconds + time.time() - started
     write_json(folder / TIMING_FILE, {"seconds": seconds, "threads": spec.threads, "executor": "ray"})
-    report = write_report(folder, table.rows, robust.rows, config, {tm: located[tm] for tm in config.threat_models},
-                          _model_info(folder, config, spec), seconds=seconds)
+    report = write_report(
+        folder,
+        table.rows,
+        robust.rows,
+        config,
+        {tm: located[tm] for tm in config.threat_models},
+        _model_info(folder, config, spec),
+        seconds=seconds,
+    )
     return StudyResult(folder=folder, report=report, table=table.to_frame())
 
 
-def _plan(ray: Any, spec: WorkerSpec, cells: int, workers: int | None, threads: int | None) -> tuple[int, WorkerSpec]:
+def _plan(
+    ray: Any, spec: WorkerSpec, cells: int, workers: int | None, threads: int | None
+) -> tuple[int, WorkerSpec]:
     """How many workers, each with what: one GPU where the cluster has GPUs, else its share of the CPUs."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     n = min(cells, workers or gpus or max(1, cpus // (threads or 1)))
     spec = replace(spec, gpu=gpus > 0, threads=threads or (1 if gpus else max(1, cpus // n)))
-    widest = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")), default=0)
+    widest = max(
+        (int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")), default=0
+    )
     if spec.threads > widest:
-        raise ConfigError(f"threads {spec.threads} per worker: no node of this Ray cluster has that many CPUs "
-                          f"(the largest has {widest}), so no worker could start; ask for at most {widest}")
+        raise ConfigError(
+            f"threads {spec.threads} per worker: no node of this Ray cluster has that many CPUs "
+            f"(the largest has {widest}), so no worker could start; ask for at most {widest}"
+        )
     return n, spec
 
 
-def _run_cells(spec: WorkerSpec, pending: list[str], config: StudyConfig, folder: Path, table: SweepTable,
-               robust: RobustnessTable, finished: dict[str, Any], *, address: str | None, workers: int | None,
-               threads: int | None, retries: int, scratch: str | None, progress: bool, log: Callable[[str], None],
-               run_cell: Callable[..., Any], cell_timeout_s: float = CELL_TIMEOUT_S,
-               ) -> tuple[WorkerSpec, dict[str, Any], dict[str, str]]:
+def _run_cells(
+    spec: WorkerSpec,
+    pending: list[str],
+    config: StudyConfig,
+    folder: Path,
+    table: SweepTable,
+    robust: RobustnessTable,
+    finished: dict[str, Any],
+    *,
+    address: str | None,
+    workers: int | None,
+    threads: int | None,
+    retries: int,
+    scratch: str | None,
+    progress: bool,
+    log: Callable[[str], None],
+    run_cell: Callable[..., Any],
+    cell_timeout_s: float = CELL_TIMEOUT_S,
+) -> tuple[WorkerSpec, dict[str, Any], dict[str, str]]:
     """Start (or join) Ray, run ``pending`` on fresh workers, merge each cell as it arrives; returns the
     workers' spec, what was located per merged cell and the error of each failed one."""
     ray = _import_ray()
@@ -336,10 +437,16 @@ def _run_cells(spec: WorkerSpec, pending: list[str], config: StudyConfig, folder
     bar = tqdm(total=len(pending), desc="cells", disable=not progress, unit="threat model")
     try:
         n, spec = _plan(ray, spec, len(pending), workers, threads)
-        log(f"ray: {n} worker(s) for {len(pending)} cell(s) ({', '.join(pending)}), "
-            f"{'one GPU' if spec.gpu else f'{spec.threads} CPU thread(s)'} each")
-        actor_class = ray.remote(CellWorker).options(num_cpus=spec.threads, num_gpus=1 if spec.gpu else 0,
-                                                     max_restarts=retries, max_task_retries=retries)
+        log(
+            f"ray: {n} worker(s) for {len(pending)} cell(s) ({', '.join(pending)}), "
+            f"{'one GPU' if spec.gpu else f'{spec.threads} CPU thread(s)'} each"
+        )
+        actor_class = ray.remote(CellWorker).options(
+            num_cpus=spec.threads,
+            num_gpus=1 if spec.gpu else 0,
+            max_restarts=retries,
+            max_task_retries=retries,
+        )
         actors += [actor_class.remote(spec, run_cell) for _ in range(n)]
         key, queue, alive = _cell_key(folder, spec.model, config), list(pending), list(actors)
         running: dict[Any, tuple[Any, str]] = {}
@@ -356,10 +463,12 @@ def _run_cells(spec: WorkerSpec, pending: list[str], config: StudyConfig, folder
         while running:
             ready, _ = ray.wait(list(running), num_returns=1, timeout=cell_timeout_s)
             if not ready:
-                raise CellError(f"no cell finished within {cell_timeout_s:g} s (still running: "
-                                f"{', '.join(sorted(tm for _, tm in running.values()))}); the finished cells are "
-                                f"merged into {folder}. Check the workers (`ray status`), then rerun, with a larger "
-                                "cell_timeout_s if the cells are that slow")
+                raise CellError(
+                    f"no cell finished within {cell_timeout_s:g} s (still running: "
+                    f"{', '.join(sorted(tm for _, tm in running.values()))}); the finished cells are "
+                    f"merged into {folder}. Check the workers (`ray status`), then rerun, with a larger "
+                    "cell_timeout_s if the cells are that slow"
+                )
             ref = ready[0]
             actor, tm = running.pop(ref)
             try:

@@ -89,12 +89,17 @@ def trait_judge(config: StudyConfig, threat_model: str) -> HttpJudge | None:
     """The configured judge for a threat model's trait (``None``: the rule-based scorers)."""
     if config.judge_url is None:
         return None
-    return HttpJudge(base_url=config.judge_url, model=config.judge_model, rubric=threats.get(threat_model).judge_rubric,
-                     name=f"judge:{config.judge_model}@{config.judge_url}")
+    return HttpJudge(
+        base_url=config.judge_url,
+        model=config.judge_model,
+        rubric=threats.get(threat_model).judge_rubric,
+        name=f"judge:{config.judge_model}@{config.judge_url}",
+    )
 
 
-def judged_flags(judge: Any, threat_model: str, prompts: Sequence[str], texts: Sequence[str],
-                 examples: ContrastSet) -> list[bool]:
+def judged_flags(
+    judge: Any, threat_model: str, prompts: Sequence[str], texts: Sequence[str], examples: ContrastSet
+) -> list[bool]:
     """Trait flags from a judge, shown each prompt as the threat model's ``judge_prompt`` writes it (for
     honesty, with the correct answer the model was not shown)."""
     shown = threats.get(threat_model).judge_prompt
@@ -121,12 +126,25 @@ def eval_sets(model: Any, config: StudyConfig) -> EvalSets:
     number is reported on comes from a **test** split (no prompt that calibrated is measured)."""
     refusal = load_dataset(threats.HARMLESS_DATASET)
     calibration_prompts = refusal.train.stratified(config.n_kl).paired_prompts
-    calibration = kl_probe(model, calibration_prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
+    calibration = kl_probe(
+        model, calibration_prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size
+    )
     harmless = refusal.test.stratified(config.n_harmless).paired_prompts
-    borderline = [] if config.n_borderline == 0 else load_dataset("borderline").test.stratified(config.n_borderline).prompts
-    mc = [] if config.n_mc == 0 else in_turn(load_mc_items(), key=lambda it: it.category)[:config.n_mc]
-    paragraphs = [] if config.n_paragraphs == 0 else load_paragraphs()[:config.n_paragraphs]
-    return EvalSets(calibration=calibration, calibration_prompts=calibration_prompts, harmless=harmless, borderline=borderline, mc=mc, paragraphs=paragraphs)
+    borderline = (
+        []
+        if config.n_borderline == 0
+        else load_dataset("borderline").test.stratified(config.n_borderline).prompts
+    )
+    mc = [] if config.n_mc == 0 else in_turn(load_mc_items(), key=lambda it: it.category)[: config.n_mc]
+    paragraphs = [] if config.n_paragraphs == 0 else load_paragraphs()[: config.n_paragraphs]
+    return EvalSets(
+        calibration=calibration,
+        calibration_prompts=calibration_prompts,
+        harmless=harmless,
+        borderline=borderline,
+        mc=mc,
+        paragraphs=paragraphs,
+    )
 
 
 def calibration_probe(model: Any, threat_model: str, config: StudyConfig, sets: EvalSets) -> KLProbe:
@@ -141,7 +159,9 @@ def calibration_probe(model: Any, threat_model: str, config: StudyConfig, sets: 
         tm = threats.get(threat_model)
         misaligned = tm.load().train.stratified(config.n_kl).chat_prompts(context=tm.misaligning_context)
         prompts: list[Any] = [*sets.calibration_prompts, *misaligned]
-        sets.cache[key] = kl_probe(model, prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
+        sets.cache[key] = kl_probe(
+            model, prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size
+        )
     probe: KLProbe = sets.cache[key]
     return probe
 
@@ -167,8 +187,13 @@ def _common_prefix(model: Any, prompts: Sequence[ChatPrompt]) -> int:
     return next((i for i in range(shortest) if any(t[i] != tokens[0][i] for t in tokens)), shortest)
 
 
-def _joint(model: Any, conditions: Sequence[Condition], prompts: Sequence[ChatPrompt], config: StudyConfig,
-           max_new_tokens: int) -> list[Generations]:
+def _joint(
+    model: Any,
+    conditions: Sequence[Condition],
+    prompts: Sequence[ChatPrompt],
+    config: StudyConfig,
+    max_new_tokens: int,
+) -> list[Generations]:
     """Every condition's answers to ``prompts``; one Generations each.
 
     Without a long shared prefix all conditions decode in one batch stream (1.3x faster than one call
@@ -177,11 +202,21 @@ def _joint(model: Any, conditions: Sequence[Condition], prompts: Sequence[ChatPr
     ``generate`` computes the prefix once per condition: 2.4x faster there. A template's system prompt is
     no such prefix (the demo's 6 x 10 harmless prompts: 23 s per condition, 12 s in one stream)."""
     if len(prompts) > 1 and _common_prefix(model, prompts) >= SHARED_CONTEXT_TOKENS:
-        return [generate(model, _with_system(prompts, c.system), steering=c.steering, max_new_tokens=max_new_tokens,
-                         batch_size=config.batch_size) for c in conditions]
+        return [
+            generate(
+                model,
+                _with_system(prompts, c.system),
+                steering=c.steering,
+                max_new_tokens=max_new_tokens,
+                batch_size=config.batch_size,
+            )
+            for c in conditions
+        ]
     rows = [p for c in conditions for p in _with_system(prompts, c.system)]
     owners = [c.steering for c in conditions for _ in prompts]
-    out = generate(model, rows, prompt_steerings=owners, max_new_tokens=max_new_tokens, batch_size=config.batch_size)
+    out = generate(
+        model, rows, prompt_steerings=owners, max_new_tokens=max_new_tokens, batch_size=config.batch_size
+    )
     n = len(prompts)
     return [out.select(range(k * n, (k + 1) * n)) for k in range(len(conditions))]
 
@@ -199,16 +234,20 @@ def verdict_fields(threat_model: str, texts: Sequence[str], examples: ContrastSe
     return {} if verdicts is None else {f"{threat_model}_categories": verdicts(texts, examples)}
 
 
-def _answer_log_odds(model: Any, cond: Condition, ds: ContrastSet, prompts: Sequence[ChatPrompt],
-                     config: StudyConfig) -> dict[str, Any]:
+def _answer_log_odds(
+    model: Any, cond: Condition, ds: ContrastSet, prompts: Sequence[ChatPrompt], config: StudyConfig
+) -> dict[str, Any]:
     """The answer log-odds (honesty's continuous metric): of the true over the false answer's first token after the
     shared stem of the two written answers, in the evaluation context, under the condition (teacher-forced)."""
     prompts = _with_system(prompts, cond.system)
     aligned = [replace(p, response=ex.aligned_response) for p, ex in zip(prompts, ds, strict=True)]
     misaligned = [replace(p, response=ex.misaligned_response) for p, ex in zip(prompts, ds, strict=True)]
     odds = decision_log_odds(model, aligned, misaligned, steering=cond.steering, batch_size=config.batch_size)
-    return {"answer_log_odds": float(odds.mean()), "answer_log_odds_ci": list(bootstrap_mean_ci(odds, seed=config.seed)),
-            "answer_log_odds_values": odds.tolist()}
+    return {
+        "answer_log_odds": float(odds.mean()),
+        "answer_log_odds_ci": list(bootstrap_mean_ci(odds, seed=config.seed)),
+        "answer_log_odds_values": odds.tolist(),
+    }
 
 
 def _fired(gen: Generations, steered: bool) -> tuple[float, float]:
@@ -229,36 +268,48 @@ def _capability(model: Any, condition: Condition, sets: EvalSets, config: StudyC
     """Multiple-choice accuracy and paragraph cross-entropy with the condition's steering on."""
     out: dict[str, Any] = {}
     s = None if condition.steering is None else _teacher_forced(condition.steering)
-    with torch.inference_mode(), (steer(model, s) if s is not None else nullcontext()):
+    with torch.inference_mode(), steer(model, s) if s is not None else nullcontext():
         if sets.mc:
             mc = mc_accuracy(model, sets.mc, batch_size=config.batch_size, system=condition.system)
-            out |= {"capability": mc.accuracy, "capability_items": len(sets.mc),
-                    "capability_flags": [bool(c) for c in mc.correct]}
+            out |= {
+                "capability": mc.accuracy,
+                "capability_items": len(sets.mc),
+                "capability_flags": [bool(c) for c in mc.correct],
+            }
         if sets.paragraphs:
             out["cross_entropy"] = text_cross_entropy(model, sets.paragraphs, batch_size=config.batch_size)
     return out
 
 
-def conversation_fields(model: Any, threat_model: str, conditions: Sequence[Condition],
-                        config: StudyConfig) -> list[dict[str, Any]]:
+def conversation_fields(
+    model: Any, threat_model: str, conditions: Sequence[Condition], config: StudyConfig
+) -> list[dict[str, Any]]:
     """Multi-turn repetition for each condition, all conversations of all conditions decoded together."""
     starts = eval_prompts(threat_model, config.n_conversations)
     convs = [[p.user, *(FOLLOW_UPS[k % len(FOLLOW_UPS)] for k in range(config.n_turns - 1))] for p in starts]
     turns = generate_conversations(
-        model, [c for _ in conditions for c in convs], system=[cond.system for cond in conditions for _ in convs],
-        prompt_steerings=[cond.steering for cond in conditions for _ in convs], max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size)
+        model,
+        [c for _ in conditions for c in convs],
+        system=[cond.system for cond in conditions for _ in convs],
+        prompt_steerings=[cond.steering for cond in conditions for _ in convs],
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+    )
     out = []
     for k in range(len(conditions)):
         mine = range(k * len(convs), (k + 1) * len(convs))
         texts = [[t.texts[c] for t in turns] for c in mine]
         per_turn = conversation_repetition(texts)
         per_conversation = torch.tensor([sum(rep_n(x, 4) for x in conv) / len(conv) for conv in texts])
-        out.append({"repetition_by_turn": [tr.report.rep4 for tr in per_turn],
-                    "rep4_history_by_turn": [tr.rep4_history for tr in per_turn],
-                    "repetition": float(per_conversation.mean()),
-                    "repetition_ci": list(bootstrap_mean_ci(per_conversation, seed=config.seed)),
-                    "n_conversations": len(convs)})
+        out.append(
+            {
+                "repetition_by_turn": [tr.report.rep4 for tr in per_turn],
+                "rep4_history_by_turn": [tr.rep4_history for tr in per_turn],
+                "repetition": float(per_conversation.mean()),
+                "repetition_ci": list(bootstrap_mean_ci(per_conversation, seed=config.seed)),
+                "n_conversations": len(convs),
+            }
+        )
     return out
 
 
@@ -275,9 +326,16 @@ class _Clock:
         self.last = now
 
 
-def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Condition], config: StudyConfig,
-                        sets: EvalSets, *, baseline: dict[str, Any] | None = None,
-                        log: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def evaluate_conditions(
+    model: Any,
+    threat_model: str,
+    conditions: Sequence[Condition],
+    config: StudyConfig,
+    sets: EvalSets,
+    *,
+    baseline: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Evaluate several conditions of one threat model on the same prompts; one table row each, and
     example texts per condition key. Ratios and deltas are taken against the unsteered condition among
     ``conditions``, or ``baseline`` (its row from an earlier run) when it is not among them."""
@@ -287,32 +345,65 @@ def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Cond
     clock = _Clock(log, threat_model)
     gens = _joint(model, conditions, prompts, config, config.max_new_tokens)
     clock.lap(f"{len(conditions)} x {len(prompts)} answers to the test prompts")
-    harmless = _joint(model, conditions, [ChatPrompt(user=h) for h in sets.harmless], config, config.max_new_tokens)
+    harmless = _joint(
+        model, conditions, [ChatPrompt(user=h) for h in sets.harmless], config, config.max_new_tokens
+    )
     clock.lap(f"{len(conditions)} x {len(sets.harmless)} answers to held-out harmless prompts")
-    borderline = (_joint(model, conditions, [ChatPrompt(user=b) for b in sets.borderline], config,
-                         config.max_new_tokens) if sets.borderline else [])
+    borderline = (
+        _joint(
+            model, conditions, [ChatPrompt(user=b) for b in sets.borderline], config, config.max_new_tokens
+        )
+        if sets.borderline
+        else []
+    )
     clock.lap(f"{len(conditions)} x {len(sets.borderline)} answers to borderline prompts")
     if "baseline_harmless" not in sets.cache:  # the held-out KL's reference: unsteered harmless continuations
         plain = generate(model, sets.harmless, max_new_tokens=config.kl_tokens, batch_size=config.batch_size)
         sets.cache["baseline_harmless"] = plain
-        sets.cache["baseline_cross_entropy"] = (text_cross_entropy(model, sets.paragraphs, batch_size=config.batch_size)
-                                                if sets.paragraphs else None)
+        sets.cache["baseline_cross_entropy"] = (
+            text_cross_entropy(model, sets.paragraphs, batch_size=config.batch_size)
+            if sets.paragraphs
+            else None
+        )
     reference = sets.cache["baseline_harmless"]
     judge = trait_judge(config, threat_model)
     steered_at = [k for k, c in enumerate(conditions) if c.steering is not None]
-    kl_heldout = dict(zip(steered_at, sequence_kls(model, [c.steering for c in conditions if c.steering is not None],
-                                                   reference.prompt_tokens, reference.tokens,
-                                                   batch_size=config.batch_size), strict=True)) if steered_at else {}
+    kl_heldout = (
+        dict(
+            zip(
+                steered_at,
+                sequence_kls(
+                    model,
+                    [c.steering for c in conditions if c.steering is not None],
+                    reference.prompt_tokens,
+                    reference.tokens,
+                    batch_size=config.batch_size,
+                ),
+                strict=True,
+            )
+        )
+        if steered_at
+        else {}
+    )
     rows, examples = [], {}
     for k, cond in enumerate(conditions):
         gen, harm = gens[k], harmless[k]
         steered = cond.steering is not None
         row: dict[str, Any] = {"n_eval": len(prompts), "n_harmless": len(sets.harmless)}
-        row |= _rate(judged_flags(judge, threat_model, [p.user for p in prompts], gen.texts, ds) if judge is not None
-                     else trait_flags(threat_model, gen.texts, ds), "trait")
+        row |= _rate(
+            judged_flags(judge, threat_model, [p.user for p in prompts], gen.texts, ds)
+            if judge is not None
+            else trait_flags(threat_model, gen.texts, ds),
+            "trait",
+        )
         row |= _rate([is_unreadable(t) for t in gen.texts], "unreadable_share") | {  # text a steering broke
-            "scorer": (judge_scorer_id(judge, JUDGE_PASS) if judge is not None else scorer_id(threat_model, tm.scorer)).to_dict(),
-            "coherence_scorer": COHERENCE_SCORER.to_dict()}
+            "scorer": (
+                judge_scorer_id(judge, JUDGE_PASS)
+                if judge is not None
+                else scorer_id(threat_model, tm.scorer)
+            ).to_dict(),
+            "coherence_scorer": COHERENCE_SCORER.to_dict(),
+        }
         for metric, flags in tm.rate_metrics.items():  # refusal: refusals that offer an alternative or help
             row |= _rate(flags(gen.texts, ds), metric)
         row |= verdict_fields(threat_model, gen.texts, ds)
@@ -322,9 +413,12 @@ def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Cond
         if borderline:
             row |= _rate([is_refusal(t) for t in borderline[k].texts], "over_refusal_borderline")
         texts = [t if t.strip() else "." for t in harm.texts]
-        row["perplexity"] = response_perplexity(model, _with_system([ChatPrompt(user=h) for h in sets.harmless],
-                                                                      cond.system), texts,
-                                                batch_size=config.batch_size).corpus
+        row["perplexity"] = response_perplexity(
+            model,
+            _with_system([ChatPrompt(user=h) for h in sets.harmless], cond.system),
+            texts,
+            batch_size=config.batch_size,
+        ).corpus
         row["fired_share_prompt"], row["fired_share_generated"] = _fired(gen, steered)
         row["fired_share_harmless_prompt"], row["fired_share_harmless_generated"] = _fired(harm, steered)
         row["steered_share"] = row["fired_share_generated"]
@@ -333,8 +427,12 @@ def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Cond
         if cond.steering is not None:
             s = cond.steering
             row["kl_heldout"] = kl_heldout[k]  # one unsteered pass for the block (sequence_kls)
-            row["kl_rollout"] = sequence_kl(model, s, gen.prompt_tokens, gen.tokens, batch_size=config.batch_size)
-            row["kl_calibration"] = steering_kl(model, s, calibration_probe(model, threat_model, config, sets))
+            row["kl_rollout"] = sequence_kl(
+                model, s, gen.prompt_tokens, gen.tokens, batch_size=config.batch_size
+            )
+            row["kl_calibration"] = steering_kl(
+                model, s, calibration_probe(model, threat_model, config, sets)
+            )
         else:
             row["kl_heldout"] = row["kl_rollout"] = row["kl_calibration"] = 0.0
         row["kl"] = row["kl_heldout"]
@@ -345,10 +443,16 @@ def evaluate_conditions(model: Any, threat_model: str, conditions: Sequence[Cond
             row["ce_delta_nats"] = row["cross_entropy"] - sets.cache["baseline_cross_entropy"]
         rows.append(row)
         clock.lap(f"{cond.key}: scores, KL, perplexity, capability")
-        examples[cond.key] = {"prompts": [p.user for p in prompts[:4]], "texts": list(gen.texts[:4]),
-                              "harmless_prompts": list(sets.harmless[:2]), "harmless_texts": list(harm.texts[:2])}
+        examples[cond.key] = {
+            "prompts": [p.user for p in prompts[:4]],
+            "texts": list(gen.texts[:4]),
+            "harmless_prompts": list(sets.harmless[:2]),
+            "harmless_texts": list(harm.texts[:2]),
+        }
     if config.n_conversations > 0:
-        for row, extra in zip(rows, conversation_fields(model, threat_model, conditions, config), strict=True):
+        for row, extra in zip(
+            rows, conversation_fields(model, threat_model, conditions, config), strict=True
+        ):
             row.update(extra)
         clock.lap(f"{len(conditions)} x {config.n_conversations} conversations of {config.n_turns} turns")
     base = next((r for r, c in zip(rows, conditions, strict=True) if c.method == "baseline"), baseline)
@@ -368,8 +472,9 @@ def baseline_conditions(threat_model: str, config: StudyConfig) -> list[Conditio
     return out
 
 
-def evaluate_steering(model: Any, steering: Steering, threat_model: str, config: StudyConfig, *,
-                      name: str = "steered") -> dict[str, Any]:
+def evaluate_steering(
+    model: Any, steering: Steering, threat_model: str, config: StudyConfig, *, name: str = "steered"
+) -> dict[str, Any]:
     """Evaluate a (saved) steering against the unsteered and prompting baselines on one threat model.
 
     Returns a report shaped like :func:`~lensteer.study.run_study`'s, so
@@ -381,10 +486,22 @@ def evaluate_steering(model: Any, steering: Steering, threat_model: str, config:
     conditions = [*baseline_conditions(threat_model, config), Condition(method=name, steering=steering)]
     rows, _ = evaluate_conditions(model, threat_model, conditions, config, sets)
     budget = config.kl_budgets[0]
-    table = [{"threat_model": threat_model, "method": c.key, "kl_budget": None if c.steering is None else budget,
-              "layer": steering.layers[0], **({"scale": steering.scale, "coefficient": steering.coefficient}
-                                              if c.steering is not None else {}), **r}
-             for c, r in zip(conditions, rows, strict=True)]
+    table = [
+        {
+            "threat_model": threat_model,
+            "method": c.key,
+            "kl_budget": None if c.steering is None else budget,
+            "layer": steering.layers[0],
+            **(
+                {"scale": steering.scale, "coefficient": steering.coefficient}
+                if c.steering is not None
+                else {}
+            ),
+            **r,
+        }
+        for c, r in zip(conditions, rows, strict=True)
+    ]
     cfg = replace(config, threat_models=(threat_model,), random_seeds=())
-    return build_report(table, cfg, {threat_model: {"layer": steering.layers[0]}}, {}, seconds=0.0,
-                        method_names=(name,))
+    return build_report(
+        table, cfg, {threat_model: {"layer": steering.layers[0]}}, {}, seconds=0.0, method_names=(name,)
+    )

@@ -29,8 +29,16 @@ STUDY_FILE = "study.json"
 FORMAT = "lensteer.study"
 # What a run leaves that depends on the identity (moved aside by a forced rerun). Any of them marks a
 # folder as a lensteer study, so the output-folder guard accepts it (a legacy one too).
-RESULT_FILES = ("report.json", "results.json", "results.csv", "robustness.json", "finished.json", "examples.json",
-                "timing.json", "cells")
+RESULT_FILES = (
+    "report.json",
+    "results.json",
+    "results.csv",
+    "robustness.json",
+    "finished.json",
+    "examples.json",
+    "timing.json",
+    "cells",
+)
 STUDY_MARKERS = (STUDY_FILE, *RESULT_FILES)
 # What the other subcommands write under ``results/`` (run's default OUT) by default, and run's own
 # figures: a folder holding only these is no foreign folder.
@@ -60,8 +68,13 @@ def data_hashes() -> dict[str, str]:
 
 def study_identity(config: StudyConfig, model: dict[str, Any]) -> dict[str, Any]:
     """What ``study.json`` records: config key, model fingerprint (with weights hash), data hashes, version."""
-    return {"format": FORMAT, "config": config_key(config), "model": dict(model), "data": data_hashes(),
-            "lensteer": __version__}
+    return {
+        "format": FORMAT,
+        "config": config_key(config),
+        "model": dict(model),
+        "data": data_hashes(),
+        "lensteer": __version__,
+    }
 
 
 def identity_hash(identity: dict[str, Any]) -> str:
@@ -71,7 +84,11 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 def _flat(obj: Any, path: str = "") -> dict[str, Any]:
     if isinstance(obj, dict):
-        return {k: v for key, value in obj.items() for k, v in _flat(value, f"{path}.{key}" if path else key).items()}
+        return {
+            k: v
+            for key, value in obj.items()
+            for k, v in _flat(value, f"{path}.{key}" if path else key).items()
+        }
     return {path: obj}
 
 
@@ -79,8 +96,11 @@ def identity_diff(old: dict[str, Any], new: dict[str, Any], *, skip: tuple[str, 
     """``"key: old -> new"`` for each leaf that differs (``skip``: top-level parts left out)."""
     a = _flat({k: v for k, v in old.items() if k not in skip})
     b = _flat({k: v for k, v in new.items() if k not in skip})
-    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k)]
+    return [
+        f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
 
 
 def read_identity(folder: Path) -> dict[str, Any] | None:
@@ -110,8 +130,14 @@ def _supersede(folder: Path, label: str) -> Path:
     return target
 
 
-def claim_identity(folder: Path, identity: dict[str, Any], *, force: bool = False, log: Any = print,
-                   skip: tuple[str, ...] = ()) -> str | None:
+def claim_identity(
+    folder: Path,
+    identity: dict[str, Any],
+    *,
+    force: bool = False,
+    log: Any = print,
+    skip: tuple[str, ...] = (),
+) -> str | None:
     """Check ``identity`` against ``folder/study.json`` (write it on a first run) and return its short hash.
 
     Args:
@@ -128,11 +154,16 @@ def claim_identity(folder: Path, identity: dict[str, Any], *, force: bool = Fals
     differ = identity_diff(old, identity, skip=skip) if old is not None else []
     if legacy or differ:
         if not force:
-            what = (f"holds results without {STUDY_FILE} (written by an older lensteer), so whether they belong "
-                    "to this study cannot be checked" if legacy else
-                    f"holds a study of another identity; differs: {'; '.join(differ)}")
-            raise ConfigError(f"{folder} {what}. Resuming would mix its rows with this run's: use a new --out "
-                              "folder, or --force (force=True) to move its results aside and start afresh")
+            what = (
+                f"holds results without {STUDY_FILE} (written by an older lensteer), so whether they belong "
+                "to this study cannot be checked"
+                if legacy
+                else f"holds a study of another identity; differs: {'; '.join(differ)}"
+            )
+            raise ConfigError(
+                f"{folder} {what}. Resuming would mix its rows with this run's: use a new --out "
+                "folder, or --force (force=True) to move its results aside and start afresh"
+            )
         moved = _supersede(folder, "legacy" if legacy else identity_hash(old or {}))
         log(f"--force: moved the earlier results of {folder} into {moved}")
         old = None
@@ -156,5 +187,7 @@ def adopt_identity(folder: Path, cell: Path) -> None:
         return
     differ = identity_diff(out, mine)
     if differ:
-        raise ConfigError(f"cell {cell} was computed for another study than {folder} holds; differs: "
-                          f"{'; '.join(differ)}. Use a new --out folder, or --force to start {folder} afresh")
+        raise ConfigError(
+            f"cell {cell} was computed for another study than {folder} holds; differs: "
+            f"{'; '.join(differ)}. Use a new --out folder, or --force to start {folder} afresh"
+        )

@@ -60,8 +60,9 @@ def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
     return list(range(1, max(2, int(n * 0.8)), config.layer_stride))
 
 
-def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harmless: Sequence[str],
-           kl: KLProbe | None = None) -> _Located:
+def locate_threat_model(
+    model: Any, threat_model: str, config: StudyConfig, harmless: Sequence[str], kl: KLProbe | None = None
+) -> _Located:
     """Probe the contrast, choose the layer, and build the uncalibrated steerings.
 
     The contrast is the response contrast (aligned vs misaligned written replies, response mean), or for
@@ -86,39 +87,68 @@ def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harm
     contrast: ContrastKind = "decision" if contexts is not None else "response"
     for split, n in (("train", config.n_train), ("val", n_val)):
         pos, neg, position = contrast_prompts(getattr(ds, split).stratified(n), contrast, contexts)
-        both = collect_activations(model, pos + neg, layers=layers, position=position, batch_size=config.batch_size)
-        acts[f"pos_{split}"], acts[f"neg_{split}"] = both[: len(pos)], both[len(pos):]
+        both = collect_activations(
+            model, pos + neg, layers=layers, position=position, batch_size=config.batch_size
+        )
+        acts[f"pos_{split}"], acts[f"neg_{split}"] = both[: len(pos)], both[len(pos) :]
     acts["pos_test"], acts["neg_test"] = acts["pos_val"], acts["neg_val"]
-    report = probe_layers(acts, layers=layers, dataset=threat_model, contrast=contrast,
-                          position="decision" if contexts is not None else "response_mean",
-                          model=model_fingerprint(model).to_dict(), n_boot=100, seed=config.seed)
+    report = probe_layers(
+        acts,
+        layers=layers,
+        dataset=threat_model,
+        contrast=contrast,
+        position="decision" if contexts is not None else "response_mean",
+        model=model_fingerprint(model).to_dict(),
+        n_boot=100,
+        seed=config.seed,
+    )
     refs: dict[int, float] = {}
     steerability = None
     if config.layer is not None:
         layer, reasons = config.layer, [f"layer {config.layer} set in the config"]
     else:
         if kl is not None and len(screened) > 1:
-            refs = {layer: reference_norm(model, harmless, layer, batch_size=config.batch_size) for layer in layers}
+            refs = {
+                layer: reference_norm(model, harmless, layer, batch_size=config.batch_size)
+                for layer in layers
+            }
             # held-out questions without the misaligning context (a few-shot context would make this
             # screen several times dearer); relative scale 0.25 is near where KL 0.3-0.5 lies on most layers
             val = ds.val.stratified(min(n_val, 6))
-            candidates = {layer: Steering.from_direction(report.direction("diff_of_means", layer), mode="swfc",
-                                                         scale=0.25, relative=True, reference_norm=refs[layer])
-                          for layer in screened}
-            steerability = layer_steerability(model, candidates, val.chat_prompts(response="aligned"),
-                                              val.chat_prompts(response="misaligned"), kl,
-                                              kl_budget=config.kl_budgets[0], batch_size=config.batch_size)
+            candidates = {
+                layer: Steering.from_direction(
+                    report.direction("diff_of_means", layer),
+                    mode="swfc",
+                    scale=0.25,
+                    relative=True,
+                    reference_norm=refs[layer],
+                )
+                for layer in screened
+            }
+            steerability = layer_steerability(
+                model,
+                candidates,
+                val.chat_prompts(response="aligned"),
+                val.chat_prompts(response="misaligned"),
+                kl,
+                kl_budget=config.kl_budgets[0],
+                batch_size=config.batch_size,
+            )
         try:
             rec = recommend_site(report, method="diff_of_means", steerability=steerability)
             layer, reasons = rec.layer, list(rec.reasons)
         except ConfigError as err:  # no layer passes the rules: take the most steerable (or best probe) layer
             if steerability is not None:
                 layer = steerability.best_layer()
-                reasons = [f"no layer passed the selection rules ({err}); took the layer whose steering at KL "
-                           f"{steerability.kl_budget:g} shifts the log-odds most ({steerability.effect[layer]:+.2f})"]
+                reasons = [
+                    f"no layer passed the selection rules ({err}); took the layer whose steering at KL "
+                    f"{steerability.kl_budget:g} shifts the log-odds most ({steerability.effect[layer]:+.2f})"
+                ]
             else:
                 layer = report.best_layer("probe_auroc")
-                reasons = [f"no layer passed the selection rules ({err}); took the best probe AUROC layer {layer}"]
+                reasons = [
+                    f"no layer passed the selection rules ({err}); took the best probe AUROC layer {layer}"
+                ]
     search = prompt_gate(model, tm, config) if tm.prompt_gate else None
     gate = search.gate if search is not None else None
     positions = STUDY_POSITIONS[config.positions]
@@ -129,25 +159,48 @@ def locate_threat_model(model: Any, threat_model: str, config: StudyConfig, harm
         col = layers.index(at)
         ref = refs[at] if at in refs else reference_norm(model, harmless, at, batch_size=config.batch_size)
         direction = report.direction("diff_of_means", at)
-        massive = (massive_tokens(model, _norm_prompts(threat_model, harmless), at, ratio=config.massive_ratio,
-                                  batch_size=config.batch_size) if config.massive_ratio is not None else None)
+        massive = (
+            massive_tokens(
+                model,
+                _norm_prompts(threat_model, harmless),
+                at,
+                ratio=config.massive_ratio,
+                batch_size=config.batch_size,
+            )
+            if config.massive_ratio is not None
+            else None
+        )
         max_norm = massive.max_norm if massive is not None else None
         aligned, misaligned = acts["pos_train"][:, col], acts["neg_train"][:, col]
-        fit: dict[str, Any] = {"rule": "written_means", "n_aligned": len(aligned), "n_misaligned": len(misaligned)}
+        fit: dict[str, Any] = {
+            "rule": "written_means",
+            "n_aligned": len(aligned),
+            "n_misaligned": len(misaligned),
+        }
         if config.selective_fit == "generated_tokens" and any(m in SELECTIVE_METHODS for m in config.methods):
-            aligned, misaligned, fit = answer_token_classes(model, threat_model, config, direction, at, max_norm,
-                                                            answers, fallback=(aligned, misaligned))
+            aligned, misaligned, fit = answer_token_classes(
+                model, threat_model, config, direction, at, max_norm, answers, fallback=(aligned, misaligned)
+            )
         notes[at] = (massive.to_dict() if massive is not None else None, fit)
-        return {method: make_steering(method, direction, aligned, misaligned, ref, positions, gate, max_norm)
-                for method in config.methods}, ref
+        return {
+            method: make_steering(method, direction, aligned, misaligned, ref, positions, gate, max_norm)
+            for method in config.methods
+        }, ref
 
     steerings, ref = steerings_at(layer)
-    return _Located(layer=layer, site="resid_post", reasons=reasons, probing=report.to_dict(),
-                    steerings=steerings, reference_norm=ref,
-                    steerability=steerability.to_dict() if steerability is not None else None,
-                    massive=notes[layer][0], fit=notes[layer][1],
-                    gate_search=search.to_dict() if search is not None else None,
-                    sweep={at: steerings_at(at)[0] for at in extra if at != layer})
+    return _Located(
+        layer=layer,
+        site="resid_post",
+        reasons=reasons,
+        probing=report.to_dict(),
+        steerings=steerings,
+        reference_norm=ref,
+        steerability=steerability.to_dict() if steerability is not None else None,
+        massive=notes[layer][0],
+        fit=notes[layer][1],
+        gate_search=search.to_dict() if search is not None else None,
+        sweep={at: steerings_at(at)[0] for at in extra if at != layer},
+    )
 
 
 def _sweep_layers(model: Any, config: StudyConfig) -> list[int]:
@@ -156,8 +209,9 @@ def _sweep_layers(model: Any, config: StudyConfig) -> list[int]:
     return sorted({x % n for x in config.sweep_layers})
 
 
-def steering_path(folder: Path, threat_model: str, method: str, kl_budget: float | None, layer: int,
-                  identity: str) -> Path:
+def steering_path(
+    folder: Path, threat_model: str, method: str, kl_budget: float | None, layer: int, identity: str
+) -> Path:
     """Where the study saves a steering: its threat model, method, KL budget (``None``: the paper regime,
     uncalibrated), layer and the study identity's hash (:mod:`lensteer.study.identity`) in the name, so a
     rerun reloads a file only for the same cell of the same study."""
@@ -165,8 +219,16 @@ def steering_path(folder: Path, threat_model: str, method: str, kl_budget: float
     return Path(folder) / "steerings" / f"{threat_model}_{method}_{budget}_L{layer}_{identity}"
 
 
-def make_steering(method: str, direction: Any, aligned: torch.Tensor, misaligned: torch.Tensor, ref: float,
-                  positions: Any, gate: GateLike | None, max_norm: float | None = None) -> Steering:
+def make_steering(
+    method: str,
+    direction: Any,
+    aligned: torch.Tensor,
+    misaligned: torch.Tensor,
+    ref: float,
+    positions: Any,
+    gate: GateLike | None,
+    max_norm: float | None = None,
+) -> Steering:
     """One uncalibrated steering per method, all along the response-side difference of means.
 
     SwFC / add: a fixed addition (relative to the reference norm); StTP / StMP / StMP-push: thresholds
@@ -177,17 +239,34 @@ def make_steering(method: str, direction: Any, aligned: torch.Tensor, misaligned
     """
     common: dict[str, Any] = {"positions": positions, "gate": gate, "max_norm": max_norm}
     if method in ("SwFC", "add"):
-        return Steering.from_direction(direction, mode="swfc" if method == "SwFC" else "add", scale=0.1,
-                                       relative=True, reference_norm=ref, **common)
+        return Steering.from_direction(
+            direction,
+            mode="swfc" if method == "SwFC" else "add",
+            scale=0.1,
+            relative=True,
+            reference_norm=ref,
+            **common,
+        )
     if method in SELECTIVE_METHODS:
         mode = "sttp" if method == "StTP" else "stmp"
-        return Steering.from_contrast(direction, aligned, misaligned, mode=mode,  # type: ignore[arg-type]
-                                      stmp_variant="push" if method == "StMP-push" else "mirror", **common)
+        return Steering.from_contrast(
+            direction,
+            aligned,
+            misaligned,
+            mode=mode,  # type: ignore[arg-type]
+            stmp_variant="push" if method == "StMP-push" else "mirror",
+            **common,
+        )
     if method == "ace":
-        return Steering.from_direction(direction, mode="ace", reference=float((misaligned @ direction.unit).mean()),
-                                       **common)
-    return Steering.from_direction(direction, mode=method, scale=1.0 if method == "ablate" else 10.0,  # type: ignore[arg-type]
-                                   **common)
+        return Steering.from_direction(
+            direction, mode="ace", reference=float((misaligned @ direction.unit).mean()), **common
+        )
+    return Steering.from_direction(
+        direction,
+        mode=method,  # type: ignore[arg-type]
+        scale=1.0 if method == "ablate" else 10.0,
+        **common,
+    )
 
 
 def prompt_gate(model: Any, tm: threats.ThreatModel, config: StudyConfig) -> GateSearch:
@@ -203,22 +282,41 @@ def prompt_gate(model: Any, tm: threats.ThreatModel, config: StudyConfig) -> Gat
     refusal, borderline = tm.load(), load_dataset("borderline")
     # harmful vs topic-matched harmless is a hard contrast for a small model: use every training pair
     train, val = refusal.train.stratified(max(96, config.n_train)), refusal.val
-    return search_gate(model, train.prompts, train.paired_prompts + borderline.train.prompts, val.prompts,
-                       val.paired_prompts + borderline.val.prompts, layers=_candidate_layers(model, config),
-                       target_fpr=config.gate_fpr, batch_size=config.batch_size, progress=False)
+    return search_gate(
+        model,
+        train.prompts,
+        train.paired_prompts + borderline.train.prompts,
+        val.prompts,
+        val.paired_prompts + borderline.val.prompts,
+        layers=_candidate_layers(model, config),
+        target_fpr=config.gate_fpr,
+        batch_size=config.batch_size,
+        progress=False,
+    )
 
 
 def _norm_prompts(threat_model: str, harmless: Sequence[str]) -> list[Any]:
     """Prompts the massive-token rule measures norms on: the threat model's training prompts in their
     misaligning context and bare, and harmless prompts (chat templates, few-shot turns, short and long)."""
     train = threats.get(threat_model).load().train.stratified(8)
-    return [*train.chat_prompts(context=threats.get(threat_model).misaligning_context), *train.chat_prompts(),
-            *[ChatPrompt(user=h) for h in list(harmless)[:8]]]
+    return [
+        *train.chat_prompts(context=threats.get(threat_model).misaligning_context),
+        *train.chat_prompts(),
+        *[ChatPrompt(user=h) for h in list(harmless)[:8]],
+    ]
 
 
-def answer_token_classes(model: Any, threat_model: str, config: StudyConfig, direction: Any, layer: int,
-                         max_norm: float | None, answers: dict[str, Any], *,
-                         fallback: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def answer_token_classes(
+    model: Any,
+    threat_model: str,
+    config: StudyConfig,
+    direction: Any,
+    layer: int,
+    max_norm: float | None,
+    answers: dict[str, Any],
+    *,
+    fallback: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Per-token residuals at ``layer`` of the model's own answers to training prompts: under the aligned
     system prompt (aligned class) and under the misaligning context (misaligned class).
 
@@ -231,41 +329,77 @@ def answer_token_classes(model: Any, threat_model: str, config: StudyConfig, dir
 
     tm = threats.get(threat_model)
     train = tm.load().train.stratified(config.n_train)
-    settings = {"aligned": [replace(p, system=tm.aligned_system) for p in train.chat_prompts()],
-                "misaligned": train.chat_prompts(context=tm.misaligning_context)}
+    settings = {
+        "aligned": [replace(p, system=tm.aligned_system) for p in train.chat_prompts()],
+        "misaligned": train.chat_prompts(context=tm.misaligning_context),
+    }
     classes, notes = [], {"rule": "generated_tokens", "n_prompts": len(train), "layer": layer}
     for name, prompts in settings.items():
         if name not in answers:
-            answers[name] = generate(model, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
-        tokens = response_token_activations(model, prompts, layer=layer, max_norm=max_norm, generations=answers[name],
-                                            batch_size=config.batch_size)
+            answers[name] = generate(
+                model, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
+            )
+        tokens = response_token_activations(
+            model,
+            prompts,
+            layer=layer,
+            max_norm=max_norm,
+            generations=answers[name],
+            batch_size=config.batch_size,
+        )
         shows = [f == (name == "aligned") for f in trait_flags(threat_model, answers[name].texts, train)]
         kept = [i for i, f in enumerate(shows) if f]
         filtered = len(kept) >= MIN_FIT_ANSWERS
         if filtered:
             tokens = tokens.rows(kept)
-        notes[name] = {"answers": len(prompts), "showing_behaviour": len(kept), "filtered": filtered,
-                       "tokens": tokens.n_tokens, "skipped_massive": tokens.skipped_massive}
+        notes[name] = {
+            "answers": len(prompts),
+            "showing_behaviour": len(kept),
+            "filtered": filtered,
+            "tokens": tokens.n_tokens,
+            "skipped_massive": tokens.skipped_massive,
+        }
         classes.append(tokens.acts)
     aligned, misaligned = classes
     if not float((aligned @ direction.unit).mean()) > float((misaligned @ direction.unit).mean()):
-        notes |= {"rule": "written_means", "why": "the aligned answers' tokens did not project above the "
-                  "misaligned ones on the direction, so their threshold would point the wrong way"}
+        notes |= {
+            "rule": "written_means",
+            "why": "the aligned answers' tokens did not project above the "
+            "misaligned ones on the direction, so their threshold would point the wrong way",
+        }
         return fallback[0], fallback[1], notes
     return aligned, misaligned, notes
 
 
-def build_steering(model: Any, threat_model: str, method: str, kl_budget: float, config: StudyConfig, *,
-                   progress: bool = False) -> Steering:
+def build_steering(
+    model: Any,
+    threat_model: str,
+    method: str,
+    kl_budget: float,
+    config: StudyConfig,
+    *,
+    progress: bool = False,
+) -> Steering:
     """Locate, build and calibrate one steering (what ``lensteer steer`` shows side by side)."""
     calibration_prompts = load_dataset(threats.HARMLESS_DATASET).train.stratified(config.n_kl).paired_prompts
-    probe = kl_probe(model, calibration_prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
-    loc = locate_threat_model(model, threat_model, replace(config, methods=(method,), kl_budgets=(kl_budget,)),
-                              calibration_prompts, probe)
+    probe = kl_probe(
+        model, calibration_prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size
+    )
+    loc = locate_threat_model(
+        model,
+        threat_model,
+        replace(config, methods=(method,), kl_budgets=(kl_budget,)),
+        calibration_prompts,
+        probe,
+    )
     # calibrated as the study does: on harmless and misaligned training prompts (see calibration_probe)
     tm = threats.get(threat_model)
     misaligned = tm.load().train.stratified(config.n_kl).chat_prompts(context=tm.misaligning_context)
-    mixed = kl_probe(model, [*calibration_prompts, *misaligned], continuation_tokens=config.kl_tokens,
-                     batch_size=config.batch_size)
+    mixed = kl_probe(
+        model,
+        [*calibration_prompts, *misaligned],
+        continuation_tokens=config.kl_tokens,
+        batch_size=config.batch_size,
+    )
     cal = calibrate(model, replace(loc.steerings[method], gate=None), mixed, kl_budget, progress=progress)
     return replace(cal.steering, gate=loc.steerings[method].gate)

@@ -41,11 +41,20 @@ class SiteRecommendation:
     table: tuple[dict[str, Any], ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "site": self.site, "method": self.method, "read_position": self.read_position,
-                "inject_positions": self.inject_positions, "reasons": list(self.reasons), "table": list(self.table)}
+        return {
+            "layer": self.layer,
+            "site": self.site,
+            "method": self.method,
+            "read_position": self.read_position,
+            "inject_positions": self.inject_positions,
+            "reasons": list(self.reasons),
+            "table": list(self.table),
+        }
 
     def __str__(self) -> str:
-        return f"steer at layer {self.layer} ({self.site}, {self.method} direction): " + "; ".join(self.reasons)
+        return f"steer at layer {self.layer} ({self.site}, {self.method} direction): " + "; ".join(
+            self.reasons
+        )
 
 
 def recommend_site(
@@ -87,17 +96,24 @@ def recommend_site(
     patch_effect: dict[int, float] = {}
     if patching is not None:
         if patching.kind != "position":
-            raise ConfigError(f"recommend_site needs residual patching by position, got kind={patching.kind!r}")
+            raise ConfigError(
+                f"recommend_site needs residual patching by position, got kind={patching.kind!r}"
+            )
         norm = patching.normalized()
         patch_effect = {layer: float(norm[i].max()) for i, layer in enumerate(patching.layers)}
     effect: dict[int, float] = dict(steerability.effect) if steerability is not None else {}
     rows = []
     for i, layer in enumerate(probing.layers):
         auroc, (lo, _) = probing.metrics["probe_auroc"][i], probing.ci["probe_auroc"][i]
-        row: dict[str, Any] = {"layer": layer, "probe_auroc": auroc, "probe_auroc_lo": lo,
-                               "d_prime": probing.metrics["dom_d_prime"][i],
-                               "patch_effect": patch_effect.get(layer), "ablation_kl": (ablation_kl or {}).get(layer),
-                               "steer_effect": effect.get(layer)}
+        row: dict[str, Any] = {
+            "layer": layer,
+            "probe_auroc": auroc,
+            "probe_auroc_lo": lo,
+            "d_prime": probing.metrics["dom_d_prime"][i],
+            "patch_effect": patch_effect.get(layer),
+            "ablation_kl": (ablation_kl or {}).get(layer),
+            "steer_effect": effect.get(layer),
+        }
         fails = []
         if layer >= cutoff:
             fails.append(f"in the last {skip_last_fraction:.0%} of layers (>= {cutoff})")
@@ -116,17 +132,22 @@ def recommend_site(
     if not passing:
         detail = "; ".join(f"layer {r['layer']}: {r['why_not']}" for r in rows)
         if effect and all(v <= 0 for v in effect.values()):
-            raise ConfigError(f"no layer helps: steering at KL {steerability.kl_budget:g} does not raise the "
-                              f"aligned-over-misaligned log-odds at any candidate layer ({detail})")
+            raise ConfigError(
+                f"no layer helps: steering at KL {steerability.kl_budget:g} does not raise the "
+                f"aligned-over-misaligned log-odds at any candidate layer ({detail})"
+            )
         raise ConfigError(f"no layer passes the selection rules ({detail})")
     measured = [r for r in passing if r["steer_effect"] is not None]
     if measured:
         chosen = max(measured, key=lambda r: (r["steer_effect"], -r["layer"]))
-        runner_up = max((r for r in measured if r is not chosen), key=lambda r: r["steer_effect"], default=None)
+        runner_up = max(
+            (r for r in measured if r is not chosen), key=lambda r: r["steer_effect"], default=None
+        )
         reasons = [
             f"steering here at KL {steerability.kl_budget:g} nats/token shifts the aligned-over-misaligned "
             f"log-odds by {chosen['steer_effect']:+.2f} nats/token, the most of {len(measured)} layers that pass "
-            "the rules" + (f" (next: layer {runner_up['layer']}, {runner_up['steer_effect']:+.2f})" if runner_up else ""),
+            "the rules"
+            + (f" (next: layer {runner_up['layer']}, {runner_up['steer_effect']:+.2f})" if runner_up else ""),
             f"probe AUROC {chosen['probe_auroc']:.2f} (95% CI lower bound {chosen['probe_auroc_lo']:.2f})",
             f"outside the last {skip_last_fraction:.0%} of the {depth} layers",
         ]
@@ -134,21 +155,37 @@ def recommend_site(
     else:
         best_lo = max(r["probe_auroc_lo"] for r in passing)
         near = [r for r in passing if r["probe_auroc_lo"] >= best_lo - tie_margin]
-        chosen = max(near, key=lambda r: (r["patch_effect"] if r["patch_effect"] is not None else 0.0,
-                                          r["d_prime"], -r["layer"]))
+        chosen = max(
+            near,
+            key=lambda r: (
+                r["patch_effect"] if r["patch_effect"] is not None else 0.0,
+                r["d_prime"],
+                -r["layer"],
+            ),
+        )
         reasons = [
             f"probe AUROC {chosen['probe_auroc']:.2f} (95% CI lower bound {chosen['probe_auroc_lo']:.2f}), the best "
             f"of {len(passing)} layers that pass the rules",
             f"outside the last {skip_last_fraction:.0%} of the {depth} layers",
         ]
     if chosen["patch_effect"] is not None:
-        reasons.append(f"residual patching restores {chosen['patch_effect']:.0%} of the clean metric at this layer")
+        reasons.append(
+            f"residual patching restores {chosen['patch_effect']:.0%} of the clean metric at this layer"
+        )
     if chosen["ablation_kl"] is not None:
-        reasons.append(f"ablating the direction costs KL {chosen['ablation_kl']:.3f} nats on harmless prompts")
+        reasons.append(
+            f"ablating the direction costs KL {chosen['ablation_kl']:.3f} nats on harmless prompts"
+        )
     if len(near) > 1:
-        reasons.append(f"chosen among {len(near)} near-ties by patching effect, then d' ({chosen['d_prime']:.2f})")
-    return SiteRecommendation(layer=chosen["layer"], site=probing.site, method=method,
-                              read_position=probing.position, inject_positions="all", reasons=tuple(reasons),
-                              table=tuple(rows))
-
-
+        reasons.append(
+            f"chosen among {len(near)} near-ties by patching effect, then d' ({chosen['d_prime']:.2f})"
+        )
+    return SiteRecommendation(
+        layer=chosen["layer"],
+        site=probing.site,
+        method=method,
+        read_position=probing.position,
+        inject_positions="all",
+        reasons=tuple(reasons),
+        table=tuple(rows),
+    )

@@ -45,8 +45,23 @@ from lensteer.threats.audit import scorer_id
 
 ORGANISM_PREFIX = "organism:"
 ROBUSTNESS_FILE = "robustness.json"
-ROW_FIELDS = ("setting", "threat_model", "method", "direction_from", "layer", "kl_budget", "n_eval", "trait", "trait_ci",
-              "kl_heldout", "p_vs_baseline", "scale", "answer_log_odds", "answer_log_odds_ci", "scorer")
+ROW_FIELDS = (
+    "setting",
+    "threat_model",
+    "method",
+    "direction_from",
+    "layer",
+    "kl_budget",
+    "n_eval",
+    "trait",
+    "trait_ci",
+    "kl_heldout",
+    "p_vs_baseline",
+    "scale",
+    "answer_log_odds",
+    "answer_log_odds_ci",
+    "scorer",
+)
 
 
 def settings_for(threat_model: str, names: Sequence[str]) -> list[str]:
@@ -57,8 +72,15 @@ def settings_for(threat_model: str, names: Sequence[str]) -> list[str]:
     if bad:
         raise ConfigError(f"robustness settings {bad} unknown; allowed: {allowed}")
     mine = set(threats.get(threat_model).inducers())
-    return [n for n in names if n in mine or (n.startswith(ORGANISM_PREFIX)
-                                              and get_recipe(n[len(ORGANISM_PREFIX):]).threat_model in (None, threat_model))]
+    return [
+        n
+        for n in names
+        if n in mine
+        or (
+            n.startswith(ORGANISM_PREFIX)
+            and get_recipe(n[len(ORGANISM_PREFIX) :]).threat_model in (None, threat_model)
+        )
+    ]
 
 
 class RobustnessTable:
@@ -70,62 +92,109 @@ class RobustnessTable:
 
     def has(self, setting: str, threat_model: str, layer: int | None, kl_budget: float | None) -> bool:
         """Rows of this setting for the steerings of this layer and KL budget (the sweep's key) exist."""
-        return any((r["setting"], r["threat_model"], r.get("layer"), r.get("kl_budget"))
-                   == (setting, threat_model, layer, kl_budget) for r in self.rows)
+        return any(
+            (r["setting"], r["threat_model"], r.get("layer"), r.get("kl_budget"))
+            == (setting, threat_model, layer, kl_budget)
+            for r in self.rows
+        )
 
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
         self.rows += list(rows)
         write_json(self.path, {"rows": self.rows})
 
 
-def _rows(setting: str, threat_model: str, conditions: Sequence[Condition], origins: Sequence[str],
-          flags: Sequence[list[bool]], kls: Sequence[float]) -> list[dict[str, Any]]:
+def _rows(
+    setting: str,
+    threat_model: str,
+    conditions: Sequence[Condition],
+    origins: Sequence[str],
+    flags: Sequence[list[bool]],
+    kls: Sequence[float],
+) -> list[dict[str, Any]]:
     base_flags = flags[0]  # conditions[0] is the unsteered model of this setting
     out = []
     for cond, origin, f, kl in zip(conditions, origins, flags, kls, strict=True):
         k, n = sum(f), len(f)
-        out.append({"setting": setting, "threat_model": threat_model, "method": cond.key, "direction_from": origin,
-                    "n_eval": n, "trait": k / n, "trait_ci": list(wilson_interval(k, n)), "kl_heldout": kl,
-                    "p_vs_baseline": None if cond.method == "baseline" else mcnemar_exact(f, base_flags).p_value,
-                    "scale": cond.steering.scale if cond.steering is not None else None, "trait_flags": list(f),
-                    "scorer": scorer_id(threat_model, threats.get(threat_model).scorer).to_dict()})
+        out.append(
+            {
+                "setting": setting,
+                "threat_model": threat_model,
+                "method": cond.key,
+                "direction_from": origin,
+                "n_eval": n,
+                "trait": k / n,
+                "trait_ci": list(wilson_interval(k, n)),
+                "kl_heldout": kl,
+                "p_vs_baseline": None if cond.method == "baseline" else mcnemar_exact(f, base_flags).p_value,
+                "scale": cond.steering.scale if cond.steering is not None else None,
+                "trait_flags": list(f),
+                "scorer": scorer_id(threat_model, threats.get(threat_model).scorer).to_dict(),
+            }
+        )
     return out
 
 
-def _heldout_kl(model: Any, steering: Steering | None, sets: EvalSets, config: StudyConfig, key: str) -> float:
+def _heldout_kl(
+    model: Any, steering: Steering | None, sets: EvalSets, config: StudyConfig, key: str
+) -> float:
     """KL on the held-out harmless prompts along ``model``'s own unsteered continuations (cached per model)."""
     if steering is None:
         return 0.0
     if key not in sets.cache:
-        sets.cache[key] = generate(model, sets.harmless, max_new_tokens=config.kl_tokens, batch_size=config.batch_size)
+        sets.cache[key] = generate(
+            model, sets.harmless, max_new_tokens=config.kl_tokens, batch_size=config.batch_size
+        )
     ref = sets.cache[key]
     return sequence_kl(model, steering, ref.prompt_tokens, ref.tokens, batch_size=config.batch_size)
 
 
-def inducer_rows(model: Any, threat_model: str, setting: str, steerings: dict[str, Steering],
-                 heldout_kl: dict[str, float], config: StudyConfig) -> list[dict[str, Any]]:
+def inducer_rows(
+    model: Any,
+    threat_model: str,
+    setting: str,
+    steerings: dict[str, Steering],
+    heldout_kl: dict[str, float],
+    config: StudyConfig,
+) -> list[dict[str, Any]]:
     """The base model under an inducer, unsteered, prompted and with each of the study's steerings."""
     inducer = threats.get(threat_model).inducers()[setting]
     ds = _eval_set(threat_model, config.n_eval)
     prompts = [inducer.apply(p) for p in ds.chat_prompts()]
-    prompting = ([Condition(method="prompting", system=threats.get(threat_model).aligned_system)]
-                 if config.prompting and inducer.kind != "system" else [])  # a system inducer *is* the system prompt
-    conditions = [Condition(method="baseline"), *prompting,
-                  *[Condition(method=m, steering=s) for m, s in steerings.items()]]
+    prompting = (
+        [Condition(method="prompting", system=threats.get(threat_model).aligned_system)]
+        if config.prompting and inducer.kind != "system"
+        else []
+    )  # a system inducer *is* the system prompt
+    conditions = [
+        Condition(method="baseline"),
+        *prompting,
+        *[Condition(method=m, steering=s) for m, s in steerings.items()],
+    ]
     gens = _joint(model, conditions, prompts, config, config.max_new_tokens)
     flags = [trait_flags(threat_model, [inducer.scored_text(t) for t in g.texts], ds) for g in gens]
     kls = [0.0] * (1 + len(prompting)) + [heldout_kl[m] for m in steerings]
     return _rows(setting, threat_model, conditions, ["base"] * len(conditions), flags, kls)
 
 
-def organism_rows(organism: Any, threat_model: str, setting: str, base_steerings: dict[str, Steering],
-                  own_steerings: dict[str, Steering], config: StudyConfig, sets: EvalSets,
-                  calibration_prompts: Sequence[Any]) -> list[dict[str, Any]]:
+def organism_rows(
+    organism: Any,
+    threat_model: str,
+    setting: str,
+    base_steerings: dict[str, Steering],
+    own_steerings: dict[str, Steering],
+    config: StudyConfig,
+    sets: EvalSets,
+    calibration_prompts: Sequence[Any],
+) -> list[dict[str, Any]]:
     """The organism unsteered and with each method's steering from the base model and from itself, all
     recalibrated on the organism to the study's first KL budget (gate kept, calibrated without it)."""
     budget = config.kl_budgets[0]
-    probe = kl_probe(organism, list(calibration_prompts), continuation_tokens=config.kl_tokens,
-                     batch_size=config.batch_size)
+    probe = kl_probe(
+        organism,
+        list(calibration_prompts),
+        continuation_tokens=config.kl_tokens,
+        batch_size=config.batch_size,
+    )
     conditions, origins = [Condition(method="baseline")], ["organism"]
     if config.prompting:
         conditions.append(Condition(method="prompting", system=threats.get(threat_model).aligned_system))
@@ -140,7 +209,9 @@ def organism_rows(organism: Any, threat_model: str, setting: str, base_steerings
     flags = [trait_flags(threat_model, g.texts, ds) for g in gens]
     kls = [_heldout_kl(organism, c.steering, sets, config, f"harmless:{setting}") for c in conditions]
     rows = _rows(setting, threat_model, conditions, origins, flags, kls)
-    if threats.get(threat_model).answer_log_odds:  # the continuous metric: true-over-false log-odds, teacher-forced
+    if threats.get(
+        threat_model
+    ).answer_log_odds:  # the continuous metric: true-over-false log-odds, teacher-forced
         for row, cond in zip(rows, conditions, strict=True):
             row |= _answer_log_odds(organism, cond, ds, ds.chat_prompts(), config)
     return rows
@@ -173,8 +244,16 @@ class InducerBehaviour:
         return {**asdict(self), "pushes": self.pushes}
 
 
-def inducer_behaviour(model: Any, threat_model: str, setting: str, *, n: int = 24, base_system: str | None = None,
-                      max_new_tokens: int = 32, batch_size: int = 32) -> InducerBehaviour:
+def inducer_behaviour(
+    model: Any,
+    threat_model: str,
+    setting: str,
+    *,
+    n: int = 24,
+    base_system: str | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+) -> InducerBehaviour:
     """Greedy answers to ``n`` test prompts from ``base_system`` (e.g. the aligned system prompt), without
     and with the inducer; the trait of each (the prefill counts as part of the answer), paired."""
     inducer = threats.get(threat_model).inducers()[setting]
@@ -185,13 +264,26 @@ def inducer_behaviour(model: Any, threat_model: str, setting: str, *, n: int = 2
         texts = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size).texts
         flags.append(trait_flags(threat_model, [scored(t) for t in texts], ds))
     k0, k1, m = sum(flags[0]), sum(flags[1]), len(flags[0])
-    return InducerBehaviour(inducer=setting, threat_model=threat_model, n=m, trait_without=k0 / m,
-                            trait_without_ci=wilson_interval(k0, m), trait_with=k1 / m,
-                            trait_with_ci=wilson_interval(k1, m), p_value=mcnemar_exact(flags[1], flags[0]).p_value)
+    return InducerBehaviour(
+        inducer=setting,
+        threat_model=threat_model,
+        n=m,
+        trait_without=k0 / m,
+        trait_without_ci=wilson_interval(k0, m),
+        trait_with=k1 / m,
+        trait_with_ci=wilson_interval(k1, m),
+        p_value=mcnemar_exact(flags[1], flags[0]).p_value,
+    )
 
 
-def own_steerings(base: Any, organism: Any, threat_model: str, base_steerings: dict[str, Steering],
-                  config: StudyConfig, sets: EvalSets) -> dict[str, Steering]:
+def own_steerings(
+    base: Any,
+    organism: Any,
+    threat_model: str,
+    base_steerings: dict[str, Steering],
+    config: StudyConfig,
+    sets: EvalSets,
+) -> dict[str, Steering]:
     """Each method along a direction found on the organism itself, at the base steerings' layer.
 
     A threat model read at the decision (``decision_contexts``: honesty): read there, organism vs base on
@@ -208,16 +300,29 @@ def own_steerings(base: Any, organism: Any, threat_model: str, base_steerings: d
     layer = first.layers[0]
     tm = threats.get(threat_model)
     if tm.decision_contexts is None:
-        own = locate_threat_model(organism, threat_model, replace(config, layer=layer, sweep_layers=()),
-                                  sets.calibration_prompts).steerings
+        own = locate_threat_model(
+            organism, threat_model, replace(config, layer=layer, sweep_layers=()), sets.calibration_prompts
+        ).steerings
         return {m: own[m] for m in base_steerings}
     stems = decision_prompts(tm.load().train.stratified(config.n_train))
-    honest, dishonest = (collect_activations(m, stems, layers=[layer], batch_size=config.batch_size)[:, 0]
-                         for m in (base, organism))
+    honest, dishonest = (
+        collect_activations(m, stems, layers=[layer], batch_size=config.batch_size)[:, 0]
+        for m in (base, organism)
+    )
     direction = diff_of_means(honest, dishonest, layer=layer, position="decision")
-    return {m: make_steering(m, direction, honest, dishonest, float(s.reference_norm or 1.0), s.positions, s.gate,
-                             s.max_norm if isinstance(s.max_norm, float) else None)
-            for m, s in base_steerings.items()}
+    return {
+        m: make_steering(
+            m,
+            direction,
+            honest,
+            dishonest,
+            float(s.reference_norm or 1.0),
+            s.positions,
+            s.gate,
+            s.max_norm if isinstance(s.max_norm, float) else None,
+        )
+        for m, s in base_steerings.items()
+    }
 
 
 def organism_model(folder: Path, recipe: str, base_spec: str | None, log: Callable[[str], None]) -> Any:

@@ -71,6 +71,7 @@ FINISHED_FILE = "finished.json"  # threat models done, with the config they were
 EXAMPLES_FILE = "examples.json"
 TIMING_FILE = "timing.json"  # wall seconds summed over every (resumed) run into a folder
 
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class StudyResult:
     """Where a study wrote its outputs, and its report."""
@@ -91,25 +92,52 @@ def _calibrated(model: Any, built: Steering, path: Path, probe: KLProbe, budget:
     return steering
 
 
-def _robustness(model: Any, tm: str, layer: int, conditions: list[Condition], table: SweepTable,
-                robust: RobustnessTable, config: StudyConfig, sets: Any, log: Callable[[str], None]) -> None:
+def _robustness(
+    model: Any,
+    tm: str,
+    layer: int,
+    conditions: list[Condition],
+    table: SweepTable,
+    robust: RobustnessTable,
+    config: StudyConfig,
+    sets: Any,
+    log: Callable[[str], None],
+) -> None:
     """The robustness rows of one threat model (each setting once; see :mod:`lensteer.study.robustness`)."""
     budget = config.kl_budgets[0]
-    steerings = {c.method: c.steering for c in conditions if c.steering is not None and c.method in
-                 config.robustness_methods and c.kl_budget == budget and c.layer == layer}
+    steerings = {
+        c.method: c.steering
+        for c in conditions
+        if c.steering is not None
+        and c.method in config.robustness_methods
+        and c.kl_budget == budget
+        and c.layer == layer
+    }
     heldout = {m: float(table.get(tm, m, budget, layer)["kl_heldout"]) for m in steerings}
     for setting in settings_for(tm, config.robustness):
         if robust.has(setting, tm, layer, budget):
             continue
         log(f"[{tm}] robustness: {setting}")
         if setting.startswith(ORGANISM_PREFIX):
-            recipe = setting[len(ORGANISM_PREFIX):]
+            recipe = setting[len(ORGANISM_PREFIX) :]
             name = model_fingerprint(model).name
-            organism = organism_model(Path(config.organisms_dir) / recipe, recipe,
-                                      None if name == EMBEDDED_MODEL_NAME else name, log)
+            organism = organism_model(
+                Path(config.organisms_dir) / recipe,
+                recipe,
+                None if name == EMBEDDED_MODEL_NAME else name,
+                log,
+            )
             own = own_steerings(model, organism, tm, steerings, config, sets)
-            rows = organism_rows(organism, tm, setting, steerings, own, config, sets,
-                                 bare_calibration_prompts(tm, sets, config))
+            rows = organism_rows(
+                organism,
+                tm,
+                setting,
+                steerings,
+                own,
+                config,
+                sets,
+                bare_calibration_prompts(tm, sets, config),
+            )
         else:
             rows = inducer_rows(model, tm, setting, steerings, heldout, config)
         robust.add([{**r, "layer": layer, "kl_budget": budget} for r in rows])  # keyed like the sweep's rows
@@ -129,9 +157,18 @@ _TWINS = {"StMP-push": "StMP"}
 
 def _push_twin(mirror: Steering, path: Path, model: Any) -> Steering:
     """StMP-push with the edit of a calibrated StMP (mirror): twice its scale (saved at ``path``)."""
-    twin = replace(mirror, stmp_variant="push", scale=2.0 * mirror.scale,
-                   info={**mirror.info, "calibration": {**mirror.info.get("calibration", {}),
-                                                        "derived_from": "StMP (mirror) at half this scale"}})
+    twin = replace(
+        mirror,
+        stmp_variant="push",
+        scale=2.0 * mirror.scale,
+        info={
+            **mirror.info,
+            "calibration": {
+                **mirror.info.get("calibration", {}),
+                "derived_from": "StMP (mirror) at half this scale",
+            },
+        },
+    )
     if not artifact_paths(path)[1].exists():
         save_steering(twin, path, model=model)
     return twin
@@ -143,30 +180,42 @@ def read_json(path: Path, default: Any) -> Any:
     return read_json_file(path, what="study file") if path.exists() else default
 
 
-def kept_located(finished: dict[str, Any], threat_model: str, config: StudyConfig,
-                 robust: RobustnessTable) -> dict[str, Any] | None:
+def kept_located(
+    finished: dict[str, Any], threat_model: str, config: StudyConfig, robust: RobustnessTable
+) -> dict[str, Any] | None:
     """What was located for ``threat_model`` if a run finished it under this config (and every robustness
     setting of it is in ``robust``), so it is kept whole; ``None`` if it must (still) run."""
     done = finished.get(threat_model)
     if done is None or done["config"] != config_key(config):
         return None
     layer = done["located"].get("layer")
-    if not all(robust.has(s, threat_model, layer, config.kl_budgets[0])
-               for s in settings_for(threat_model, config.robustness)):
+    if not all(
+        robust.has(s, threat_model, layer, config.kl_budgets[0])
+        for s in settings_for(threat_model, config.robustness)
+    ):
         return None
     located: dict[str, Any] = done["located"]
     return located
 
 
-def mark_finished(folder: Path, finished: dict[str, Any], threat_model: str, config: StudyConfig,
-                  located: dict[str, Any]) -> None:
+def mark_finished(
+    folder: Path, finished: dict[str, Any], threat_model: str, config: StudyConfig, located: dict[str, Any]
+) -> None:
     """Record ``threat_model`` as finished under this config in ``finished.json`` (a resume keeps it)."""
     finished[threat_model] = {"config": config_key(config), "located": located}
     write_json(folder / FINISHED_FILE, finished)
 
 
-def write_report(folder: Path, rows: list[dict[str, Any]], robustness_rows: list[dict[str, Any]],
-                 config: StudyConfig, located: dict[str, Any], model: dict[str, Any], *, seconds: float) -> dict[str, Any]:
+def write_report(
+    folder: Path,
+    rows: list[dict[str, Any]],
+    robustness_rows: list[dict[str, Any]],
+    config: StudyConfig,
+    located: dict[str, Any],
+    model: dict[str, Any],
+    *,
+    seconds: float,
+) -> dict[str, Any]:
     """Build the study's report from its rows (and robustness rows) and write ``report.json``."""
     report = build_report(rows, config, located, model, seconds=seconds)
     if robustness_rows:
@@ -190,37 +239,62 @@ def _rebuild_report(folder: Path) -> dict[str, Any]:
     old = read_json(folder / "report.json", None)
     missing = [key for key in ("config", "model", "seconds") if key not in old]
     if missing or not isinstance(old["config"], dict):
-        raise DataError(f"{folder / 'report.json'} lacks {missing or ['config']}; it is not a finished study's report")
+        raise DataError(
+            f"{folder / 'report.json'} lacks {missing or ['config']}; it is not a finished study's report"
+        )
     config = StudyConfig.from_dict(old["config"], where=str(folder / "report.json"))
     finished = read_json(folder / FINISHED_FILE, {})
     unfinished = [tm for tm in config.threat_models if tm not in finished]
     if unfinished:
-        raise DataError(f"{folder}: threat models {unfinished} did not finish (no entry in {FINISHED_FILE}); "
-                        f"resume them with `lensteer run --out {folder}` and the run's config")
+        raise DataError(
+            f"{folder}: threat models {unfinished} did not finish (no entry in {FINISHED_FILE}); "
+            f"resume them with `lensteer run --out {folder}` and the run's config"
+        )
     located = {tm: finished[tm]["located"] for tm in config.threat_models}
-    return write_report(folder, SweepTable(folder).rows, RobustnessTable(folder).rows, config, located,
-                        old["model"], seconds=old["seconds"])
+    return write_report(
+        folder,
+        SweepTable(folder).rows,
+        RobustnessTable(folder).rows,
+        config,
+        located,
+        old["model"],
+        seconds=old["seconds"],
+    )
 
 
-def chosen_steering(out: "str | Path", threat_model: str, method: str, kl_budget: float | None = None) -> Path:
+def chosen_steering(
+    out: "str | Path", threat_model: str, method: str, kl_budget: float | None = None
+) -> Path:
     """Where a finished study in ``out`` saved ``method``'s steering of ``threat_model`` at its chosen layer
     (``kl_budget``: the study's first; ``None`` with a ``:paper`` method: the paper regime), as a stem for
     :func:`~lensteer.load_steering`. A legacy folder (no ``study.json``) has the earlier names."""
     folder = Path(out)
     finished = read_json(folder / FINISHED_FILE, {})
     if threat_model not in finished:
-        raise DataError(f"{folder}: threat model {threat_model!r} did not finish (no entry in {FINISHED_FILE}); "
-                        f"finished: {sorted(finished)}")
+        raise DataError(
+            f"{folder}: threat model {threat_model!r} did not finish (no entry in {FINISHED_FILE}); "
+            f"finished: {sorted(finished)}"
+        )
     paper = method.endswith(PAPER_REGIME)
     name = method.removesuffix(PAPER_REGIME)
     identity = read_identity(folder)
     if kl_budget is None and not paper:
-        config = identity["config"] if identity is not None else read_json(folder / "report.json", {}).get("config", {})
+        config = (
+            identity["config"]
+            if identity is not None
+            else read_json(folder / "report.json", {}).get("config", {})
+        )
         kl_budget = float(config["kl_budgets"][0])
     if identity is None:
-        return folder / "steerings" / (f"{threat_model}_{name}_paper" if paper else f"{threat_model}_{name}_kl{kl_budget:g}")
+        return (
+            folder
+            / "steerings"
+            / (f"{threat_model}_{name}_paper" if paper else f"{threat_model}_{name}_kl{kl_budget:g}")
+        )
     layer = int(finished[threat_model]["located"]["layer"])
-    return steering_path(folder, threat_model, name, None if paper else kl_budget, layer, identity_hash(identity))
+    return steering_path(
+        folder, threat_model, name, None if paper else kl_budget, layer, identity_hash(identity)
+    )
 
 
 def _random_like(steering: Steering, seed: int) -> Steering:
@@ -248,14 +322,22 @@ def run_study(
     model weights, data or lensteer version is refused, or with ``force=True`` starts afresh (the earlier
     results moved aside)."""
     with claim_folder(out, STUDY_MARKERS, "study", STUDY_COMPANIONS) as folder:
-        identity = claim_identity(folder, study_identity(config, model_fingerprint(model).to_dict()), force=force,
-                                  log=log)
+        identity = claim_identity(
+            folder, study_identity(config, model_fingerprint(model).to_dict()), force=force, log=log
+        )
         assert identity is not None
         return _run_study(model, config, folder, identity, progress=progress, log=log)
 
 
-def _run_study(model: Any, config: StudyConfig, folder: Path, identity: str, *, progress: bool,
-               log: Callable[[str], None]) -> StudyResult:
+def _run_study(
+    model: Any,
+    config: StudyConfig,
+    folder: Path,
+    identity: str,
+    *,
+    progress: bool,
+    log: Callable[[str], None],
+) -> StudyResult:
     table = SweepTable(folder)
     robust = RobustnessTable(folder)
     examples_path, timing_path = folder / EXAMPLES_FILE, folder / TIMING_FILE
@@ -274,11 +356,18 @@ def _run_study(model: Any, config: StudyConfig, folder: Path, identity: str, *, 
             located_info[tm] = kept
             bar.update(1)
             continue
-        log(f"[{tm}] locating (probing {len(_candidate_layers(model, config)) if config.layer is None else 1} layers)")
+        log(
+            f"[{tm}] locating (probing {len(_candidate_layers(model, config)) if config.layer is None else 1} layers)"
+        )
         loc = locate_threat_model(model, tm, config, sets.calibration_prompts, sets.calibration)
-        located_info[tm] = {"layer": loc.layer, "site": loc.site, "reasons": loc.reasons,
-                            "reference_norm": loc.reference_norm, "steerability": loc.steerability,
-                            "probe_auroc": {r["layer"]: r["probe_auroc"] for r in loc.probing["rows"]}}
+        located_info[tm] = {
+            "layer": loc.layer,
+            "site": loc.site,
+            "reasons": loc.reasons,
+            "reference_norm": loc.reference_norm,
+            "steerability": loc.steerability,
+            "probe_auroc": {r["layer"]: r["probe_auroc"] for r in loc.probing["rows"]},
+        }
         located_info[tm] |= {"massive_tokens": loc.massive, "selective_fit": loc.fit}
         if loc.gate_search is not None:
             located_info[tm]["gate"] = loc.gate_search
@@ -292,61 +381,114 @@ def _run_study(model: Any, config: StudyConfig, folder: Path, identity: str, *, 
                 for budget in config.kl_budgets:
                     path = steering_path(folder, tm, method, budget, layer, identity)
                     original = _TWINS.get(method) if _TWINS.get(method) in config.methods else None
-                    if original is not None:  # the same edit as its original at matched KL: derived, not re-run
-                        first = next(c for c in conditions if (c.method, c.kl_budget, c.layer) == (original, budget, layer))
+                    if (
+                        original is not None
+                    ):  # the same edit as its original at matched KL: derived, not re-run
+                        first = next(
+                            c
+                            for c in conditions
+                            if (c.method, c.kl_budget, c.layer) == (original, budget, layer)
+                        )
                         assert first.steering is not None
                         steering = _push_twin(first.steering, path, model)
                         twins.append((method, original, budget, layer, steering))
                         continue
                     steering = _calibrated(model, built[method], path, probe, budget)
                     cal = steering.info.get("calibration", {})
-                    log(f"[{tm}] {method} @ KL {budget:g}{at}: scale {steering.scale:.4g} "
-                        f"(KL {cal.get('kl', math.nan):.3f}{'' if cal.get('reached', True) else ', budget not reached'})")
-                    conditions.append(Condition(method=method, steering=steering, kl_budget=budget, layer=layer))
+                    log(
+                        f"[{tm}] {method} @ KL {budget:g}{at}: scale {steering.scale:.4g} "
+                        f"(KL {cal.get('kl', math.nan):.3f}{'' if cal.get('reached', True) else ', budget not reached'})"
+                    )
+                    conditions.append(
+                        Condition(method=method, steering=steering, kl_budget=budget, layer=layer)
+                    )
         if config.regimes:  # the paper's rule as written: scale 1, no calibration
             for method in (m for m in config.methods if m in SELECTIVE_METHODS):
                 path = steering_path(folder, tm, method, None, loc.layer, identity)
                 if not artifact_paths(path)[1].exists():
                     save_steering(loc.steerings[method], path, model=model)
-                conditions.append(Condition(method=f"{method}{PAPER_REGIME}", steering=load_steering(path, model=model),
-                                            layer=loc.layer))
+                conditions.append(
+                    Condition(
+                        method=f"{method}{PAPER_REGIME}",
+                        steering=load_steering(path, model=model),
+                        layer=loc.layer,
+                    )
+                )
         if config.random_seeds:
             template = loc.steerings.get("SwFC") or next(iter(loc.steerings.values()))
             budget = config.kl_budgets[0]
             for seed in config.random_seeds:
                 path = steering_path(folder, tm, f"random{seed}", budget, loc.layer, identity)
                 control = _calibrated(model, _random_like(template, seed), path, probe, budget)
-                conditions.append(Condition(method="random", steering=control, kl_budget=budget, layer=loc.layer,
-                                            seed=seed))
+                conditions.append(
+                    Condition(method="random", steering=control, kl_budget=budget, layer=loc.layer, seed=seed)
+                )
         pending = [c for c in conditions if not table.has(tm, c.key, c.kl_budget, c.layer)]
         if pending:
-            log(f"[{tm}] evaluating {len(pending)} conditions ({', '.join(c.key for c in pending)}), "
-                f"{CONDITIONS_PER_BLOCK} at a time")
-        for start in range(0, len(pending), CONDITIONS_PER_BLOCK):  # each block's rows are on disk before the next
-            block = pending[start:start + CONDITIONS_PER_BLOCK]
-            earlier = (table.get(tm, "baseline", None, loc.layer) if table.has(tm, "baseline", None, loc.layer)
-                       else None)
+            log(
+                f"[{tm}] evaluating {len(pending)} conditions ({', '.join(c.key for c in pending)}), "
+                f"{CONDITIONS_PER_BLOCK} at a time"
+            )
+        for start in range(
+            0, len(pending), CONDITIONS_PER_BLOCK
+        ):  # each block's rows are on disk before the next
+            block = pending[start : start + CONDITIONS_PER_BLOCK]
+            earlier = (
+                table.get(tm, "baseline", None, loc.layer)
+                if table.has(tm, "baseline", None, loc.layer)
+                else None
+            )
             rows, ex = evaluate_conditions(model, tm, block, config, sets, baseline=earlier, log=log)
             for cond, row in zip(block, rows, strict=True):
                 s = cond.steering
-                table.add({"threat_model": tm, "method": cond.key, "kl_budget": cond.kl_budget, "layer": cond.layer,
-                           **({"scale": s.scale, "coefficient": s.coefficient,
-                               "calibrated_kl": s.info.get("calibration", {}).get("kl"),
-                               "kl_reached": s.info.get("calibration", {}).get("reached")} if s is not None else {}),
-                           **row})
+                table.add(
+                    {
+                        "threat_model": tm,
+                        "method": cond.key,
+                        "kl_budget": cond.kl_budget,
+                        "layer": cond.layer,
+                        **(
+                            {
+                                "scale": s.scale,
+                                "coefficient": s.coefficient,
+                                "calibrated_kl": s.info.get("calibration", {}).get("kl"),
+                                "kl_reached": s.info.get("calibration", {}).get("reached"),
+                            }
+                            if s is not None
+                            else {}
+                        ),
+                        **row,
+                    }
+                )
             examples.setdefault(tm, {}).update({k: v for k, v in ex.items()})
             write_json(examples_path, examples)
         for method, original, budget, layer, steering in twins:
             if not table.has(tm, method, budget, layer) and table.has(tm, original, budget, layer):
-                table.add({**table.get(tm, original, budget, layer), "method": method, "scale": steering.scale,
-                           "coefficient": steering.coefficient, "same_as": original})
+                table.add(
+                    {
+                        **table.get(tm, original, budget, layer),
+                        "method": method,
+                        "scale": steering.scale,
+                        "coefficient": steering.coefficient,
+                        "same_as": original,
+                    }
+                )
         if config.robustness:
             _robustness(model, tm, loc.layer, conditions, table, robust, config, sets, log)
         mark_finished(folder, finished, tm, config, located_info[tm])
-        write_json(timing_path, {"seconds": earlier_seconds + time.time() - started,
-                                 "threads": torch.get_num_threads()})
+        write_json(
+            timing_path,
+            {"seconds": earlier_seconds + time.time() - started, "threads": torch.get_num_threads()},
+        )
         bar.update(1)
     bar.close()
-    report = write_report(folder, table.rows, robust.rows, config, located_info, model_fingerprint(model).to_dict(),
-                          seconds=earlier_seconds + time.time() - started)
+    report = write_report(
+        folder,
+        table.rows,
+        robust.rows,
+        config,
+        located_info,
+        model_fingerprint(model).to_dict(),
+        seconds=earlier_seconds + time.time() - started,
+    )
     return StudyResult(folder=folder, report=report, table=table.to_frame())

@@ -47,11 +47,18 @@ class TraitCheck:
     max_new_tokens: int = 24
 
     def rate(self, model: Any, steering: Steering | None, batch_size: int = 16) -> float:
-        texts = generate(model, list(self.prompts), steering=steering, max_new_tokens=self.max_new_tokens,
-                         batch_size=batch_size).texts
+        texts = generate(
+            model,
+            list(self.prompts),
+            steering=steering,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=batch_size,
+        ).texts
         flags = list(self.scorer(self.prompts, texts))
         if len(flags) != len(self.prompts):
-            raise DataError(f"the trait scorer returned {len(flags)} verdicts for {len(self.prompts)} answers")
+            raise DataError(
+                f"the trait scorer returned {len(flags)} verdicts for {len(self.prompts)} answers"
+            )
         return sum(map(bool, flags)) / len(flags)
 
 
@@ -87,12 +94,20 @@ class CandidateScore:
         return f"{self.source}@L{self.layer}:{self.position}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "layer": self.layer, "position": self.position,
-                "decision_shift": self.decision_shift,
-                "decision_shift_ci": list(self.decision_shift_ci) if self.decision_shift_ci is not None else None,
-                "val_trait": self.val_trait, "kl_heldout": self.kl_heldout, "ablation_kl": self.ablation_kl,
-                "from_patching": self.from_patching, "scale": self.scale, "passes": self.passes,
-                "why_not": "; ".join(self.why_not)}
+        return {
+            "source": self.source,
+            "layer": self.layer,
+            "position": self.position,
+            "decision_shift": self.decision_shift,
+            "decision_shift_ci": list(self.decision_shift_ci) if self.decision_shift_ci is not None else None,
+            "val_trait": self.val_trait,
+            "kl_heldout": self.kl_heldout,
+            "ablation_kl": self.ablation_kl,
+            "from_patching": self.from_patching,
+            "scale": self.scale,
+            "passes": self.passes,
+            "why_not": "; ".join(self.why_not),
+        }
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -110,15 +125,32 @@ class Selection:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        chosen = None if self.chosen is None else {
-            **self.chosen.to_dict(), "why": self.why,
-            "vs_random": self.vs_random.to_dict() if self.vs_random is not None else None}
-        return {"candidates": [c.to_dict() for c in self.candidates], "chosen": chosen, "why": self.why,
-                "settings": dict(self.settings)}
+        chosen = (
+            None
+            if self.chosen is None
+            else {
+                **self.chosen.to_dict(),
+                "why": self.why,
+                "vs_random": self.vs_random.to_dict() if self.vs_random is not None else None,
+            }
+        )
+        return {
+            "candidates": [c.to_dict() for c in self.candidates],
+            "chosen": chosen,
+            "why": self.why,
+            "settings": dict(self.settings),
+        }
 
 
-def arditi_filters(layer: int, n_layers: int, ablation_kl: float | None, shift: float | None, *,
-                   skip_last_fraction: float = 0.2, max_ablation_kl: float = 0.1) -> tuple[str, ...]:
+def arditi_filters(
+    layer: int,
+    n_layers: int,
+    ablation_kl: float | None,
+    shift: float | None,
+    *,
+    skip_last_fraction: float = 0.2,
+    max_ablation_kl: float = 0.1,
+) -> tuple[str, ...]:
     """The filters a candidate fails (Arditi et al. 2024), in words; empty: it passes.
 
     Unmeasured values (``None``) fail nothing.
@@ -126,7 +158,9 @@ def arditi_filters(layer: int, n_layers: int, ablation_kl: float | None, shift: 
     cutoff = round(n_layers * (1 - skip_last_fraction))
     fails = []
     if layer >= cutoff:
-        fails.append(f"layer {layer} is in the last {skip_last_fraction:.0%} of the {n_layers} layers (>= {cutoff})")
+        fails.append(
+            f"layer {layer} is in the last {skip_last_fraction:.0%} of the {n_layers} layers (>= {cutoff})"
+        )
     if ablation_kl is not None and ablation_kl > max_ablation_kl:
         fails.append(f"ablation KL {ablation_kl:.3f} > {max_ablation_kl} nats on harmless prompts")
     if shift is not None and not shift > 0:
@@ -135,8 +169,12 @@ def arditi_filters(layer: int, n_layers: int, ablation_kl: float | None, shift: 
 
 
 def choose(
-    scores: Sequence[CandidateScore], beats_random: Callable[[CandidateScore], PairedDifference], *,
-    tie_margin: float = 0.1, alpha: float = 0.05, max_random_checks: int = 3,
+    scores: Sequence[CandidateScore],
+    beats_random: Callable[[CandidateScore], PairedDifference],
+    *,
+    tie_margin: float = 0.1,
+    alpha: float = 0.05,
+    max_random_checks: int = 3,
 ) -> tuple[CandidateScore | None, str, PairedDifference | None]:
     """The winning candidate by the lower bootstrap bound of its decision shift, and why (pure: no model).
 
@@ -172,20 +210,29 @@ def choose(
     for s in (near + rest)[:max_random_checks]:
         test = beats_random(s)
         if test.p_value < alpha and test.mean_difference > 0:
-            why = [f"the largest lower bound of the decision shift among {len(passing)} candidates that pass the "
-                   f"filters: {s.decision_shift:+.3f} nats [{lo(s):+.3f}, {hi(s):+.3f}]" if s is leader else
-                   f"decision shift {s.decision_shift:+.3f} nats [{lo(s):+.3f}, {hi(s):+.3f}]"]
+            why = [
+                f"the largest lower bound of the decision shift among {len(passing)} candidates that pass the "
+                f"filters: {s.decision_shift:+.3f} nats [{lo(s):+.3f}, {hi(s):+.3f}]"
+                if s is leader
+                else f"decision shift {s.decision_shift:+.3f} nats [{lo(s):+.3f}, {hi(s):+.3f}]"
+            ]
             if len(near) > 1 and id(s) in in_near:
-                why.append(f"{len(near)} near-ties (lower bounds within {tie_margin:g} of the best, intervals "
-                           "overlapping), ordered by patching evidence first"
-                           + ("; this one's layer came from patching" if s.from_patching else ""))
+                why.append(
+                    f"{len(near)} near-ties (lower bounds within {tie_margin:g} of the best, intervals "
+                    "overlapping), ordered by patching evidence first"
+                    + ("; this one's layer came from patching" if s.from_patching else "")
+                )
             if tried:
                 why.append("earlier in the order, " + "; ".join(tried))
-            why.append(f"beats a random direction at the same layer and KL by {test.mean_difference:+.3f} nats "
-                       f"(paired permutation test, one-sided p = {test.p_value:.2g} < {alpha:g})")
+            why.append(
+                f"beats a random direction at the same layer and KL by {test.mean_difference:+.3f} nats "
+                f"(paired permutation test, one-sided p = {test.p_value:.2g} < {alpha:g})"
+            )
             return s, "; ".join(why), test
-        tried.append(f"{s.label} did not beat a same-KL random direction (difference {test.mean_difference:+.3f}, "
-                     f"p = {test.p_value:.2g})")
+        tried.append(
+            f"{s.label} did not beat a same-KL random direction (difference {test.mean_difference:+.3f}, "
+            f"p = {test.p_value:.2g})"
+        )
     return None, "no candidate beats a random direction at the same KL: " + "; ".join(tried), None
 
 
@@ -199,8 +246,12 @@ def _index(scores: Sequence[CandidateScore], score: CandidateScore) -> int:
 
 def default_steering(candidate: Candidate) -> Steering:
     """SwFC along the candidate's direction at its layer and site (scale 1, set by the calibration)."""
-    return Steering.from_direction(candidate.direction, mode="swfc", scale=1.0,
-                                   info={"candidate": {"source": candidate.source, "position": candidate.position}})
+    return Steering.from_direction(
+        candidate.direction,
+        mode="swfc",
+        scale=1.0,
+        info={"candidate": {"source": candidate.source, "position": candidate.position}},
+    )
 
 
 def select_candidate(
@@ -252,16 +303,34 @@ def select_candidate(
     steerings: dict[int, Steering] = {}
 
     def shifts_of(steering: Steering) -> torch.Tensor:
-        return opening_log_odds(model, prompts, aligned_ids, misaligned_ids, steering=steering,
-                                batch_size=batch_size) - base
+        return (
+            opening_log_odds(
+                model, prompts, aligned_ids, misaligned_ids, steering=steering, batch_size=batch_size
+            )
+            - base
+        )
 
     for k, cand in enumerate(tqdm(candidates, desc="candidates", disable=not progress, unit="candidate")):
-        abl = (measure_ablation_kl(model, harmless, cand.direction.unit, batch_size=batch_size)
-               if harmless is not None else None)
-        score = CandidateScore(source=cand.source, layer=cand.layer, position=cand.position,
-                               from_patching=cand.from_patching, ablation_kl=abl)
-        cheap = arditi_filters(cand.layer, n_layers, abl, None, skip_last_fraction=skip_last_fraction,
-                               max_ablation_kl=max_ablation_kl)
+        abl = (
+            measure_ablation_kl(model, harmless, cand.direction.unit, batch_size=batch_size)
+            if harmless is not None
+            else None
+        )
+        score = CandidateScore(
+            source=cand.source,
+            layer=cand.layer,
+            position=cand.position,
+            from_patching=cand.from_patching,
+            ablation_kl=abl,
+        )
+        cheap = arditi_filters(
+            cand.layer,
+            n_layers,
+            abl,
+            None,
+            skip_last_fraction=skip_last_fraction,
+            max_ablation_kl=max_ablation_kl,
+        )
         if cheap and not score_filtered:
             scores.append(replace(score, why_not=cheap))
             continue
@@ -269,27 +338,58 @@ def select_candidate(
         shifts = shifts_of(cal)
         mean = float(shifts.mean())
         steerings[k] = cal
-        scores.append(replace(
-            score, decision_shift=mean, decision_shift_ci=_shift_ci(shifts, n_boot, seed), shifts=tuple(shifts.tolist()),
-            scale=cal.scale, kl_heldout=steering_kl(model, cal, heldout) if heldout is not None else None,
-            val_trait=trait.rate(model, cal, batch_size) if trait is not None else None,
-            why_not=arditi_filters(cand.layer, n_layers, abl, mean, skip_last_fraction=skip_last_fraction,
-                                   max_ablation_kl=max_ablation_kl)))
+        scores.append(
+            replace(
+                score,
+                decision_shift=mean,
+                decision_shift_ci=_shift_ci(shifts, n_boot, seed),
+                shifts=tuple(shifts.tolist()),
+                scale=cal.scale,
+                kl_heldout=steering_kl(model, cal, heldout) if heldout is not None else None,
+                val_trait=trait.rate(model, cal, batch_size) if trait is not None else None,
+                why_not=arditi_filters(
+                    cand.layer,
+                    n_layers,
+                    abl,
+                    mean,
+                    skip_last_fraction=skip_last_fraction,
+                    max_ablation_kl=max_ablation_kl,
+                ),
+            )
+        )
 
-    controls: dict[tuple[int, str], torch.Tensor] = {}  # the random direction's shifts, once per layer and site
+    controls: dict[
+        tuple[int, str], torch.Tensor
+    ] = {}  # the random direction's shifts, once per layer and site
 
     def beats_random(score: CandidateScore) -> PairedDifference:
         cand = candidates[_index(scores, score)]
         key = (cand.layer, cand.direction.site)
         if key not in controls:
             controls[key] = shifts_of(calibrate(steering_for(random_like(cand, seed))))
-        return paired_permutation_test(torch.tensor(score.shifts), controls[key], alternative="greater",
-                                       n_boot=n_boot, seed=seed)
+        return paired_permutation_test(
+            torch.tensor(score.shifts), controls[key], alternative="greater", n_boot=n_boot, seed=seed
+        )
 
-    chosen, why, test = choose(scores, beats_random, tie_margin=tie_margin, alpha=alpha,
-                               max_random_checks=max_random_checks)
-    settings = {"n_prompts": len(prompts), "n_candidates": len(candidates), "n_layers": n_layers,
-                "skip_last_fraction": skip_last_fraction, "max_ablation_kl": max_ablation_kl, "tie_margin": tie_margin,
-                "alpha": alpha, "unsteered_decision_log_odds": float(base.mean()), "unsteered_trait": unsteered_trait}
-    return Selection(candidates=tuple(scores), chosen=chosen, why=why, vs_random=test,
-                     steering=steerings[_index(scores, chosen)] if chosen is not None else None, settings=settings)
+    chosen, why, test = choose(
+        scores, beats_random, tie_margin=tie_margin, alpha=alpha, max_random_checks=max_random_checks
+    )
+    settings = {
+        "n_prompts": len(prompts),
+        "n_candidates": len(candidates),
+        "n_layers": n_layers,
+        "skip_last_fraction": skip_last_fraction,
+        "max_ablation_kl": max_ablation_kl,
+        "tie_margin": tie_margin,
+        "alpha": alpha,
+        "unsteered_decision_log_odds": float(base.mean()),
+        "unsteered_trait": unsteered_trait,
+    }
+    return Selection(
+        candidates=tuple(scores),
+        chosen=chosen,
+        why=why,
+        vs_random=test,
+        steering=steerings[_index(scores, chosen)] if chosen is not None else None,
+        settings=settings,
+    )

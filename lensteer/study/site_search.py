@@ -21,8 +21,11 @@ from lensteer.locate.probing import ProbingReport, probe_by_layer
 from lensteer.study.recommend import SiteRecommendation, recommend_site
 
 
-def threat_model_datasets(names: Sequence[str] | None = None, *, smoke: bool = False,
-                          ) -> Iterator[tuple[str, Literal["prompt", "response"], ContrastSet]]:
+def threat_model_datasets(
+    names: Sequence[str] | None = None,
+    *,
+    smoke: bool = False,
+) -> Iterator[tuple[str, Literal["prompt", "response"], ContrastSet]]:
     """``(name, contrast side, dataset)`` for the selected threat models (the bundled ones by default; 40
     rows with ``smoke``). The side is the threat model's ``contrast_side`` (refusal: the request; the
     others: the reply)."""
@@ -61,33 +64,53 @@ class SiteSearch:
         if (found := self._patched()) is None:
             return None
         pairs, exact, heads, approx, approx_heads = found
-        return (f"{self.name} patching ({len(pairs)} pairs; {pairs.design}): clean metric "
-                f"{float(exact.source.mean()):.2f}, corrupted {float(exact.target.mean()):.2f}; top cells "
-                f"{exact.top_cells(3)}; attribution vs exact r = {approx.correlation(exact):.2f} "
-                f"(residual cells), {approx_heads.correlation(heads):.2f} (heads)")
+        return (
+            f"{self.name} patching ({len(pairs)} pairs; {pairs.design}): clean metric "
+            f"{float(exact.source.mean()):.2f}, corrupted {float(exact.target.mean()):.2f}; top cells "
+            f"{exact.top_cells(3)}; attribution vs exact r = {approx.correlation(exact):.2f} "
+            f"(residual cells), {approx_heads.correlation(heads):.2f} (heads)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"probing": self.probing.to_dict()}
         if (found := self._patched()) is not None:
             pairs, exact, heads, approx, approx_heads = found
-            entry["patching"] = {"pairs": pairs.to_dict(), "resid": exact.to_dict(), "heads": heads.to_dict(),
-                                 "attribution_correlation": approx.correlation(exact),
-                                 "head_attribution_correlation": approx_heads.correlation(heads)}
-        entry["recommendation"] = (self.recommendation.to_dict() if self.recommendation is not None
-                                   else {"error": "; ".join(self.notes)})
+            entry["patching"] = {
+                "pairs": pairs.to_dict(),
+                "resid": exact.to_dict(),
+                "heads": heads.to_dict(),
+                "attribution_correlation": approx.correlation(exact),
+                "head_attribution_correlation": approx_heads.correlation(heads),
+            }
+        entry["recommendation"] = (
+            self.recommendation.to_dict()
+            if self.recommendation is not None
+            else {"error": "; ".join(self.notes)}
+        )
         return entry
 
 
-def search_site(model: Any, name: str, dataset: ContrastSet, contrast: Literal["prompt", "response"], *,
-                layers: Sequence[int] | None = None, n_pairs: int = 8, batch_size: int = 16,
-                progress: bool = False, design: PairDesign | None = None) -> SiteSearch:
+def search_site(
+    model: Any,
+    name: str,
+    dataset: ContrastSet,
+    contrast: Literal["prompt", "response"],
+    *,
+    layers: Sequence[int] | None = None,
+    n_pairs: int = 8,
+    batch_size: int = 16,
+    progress: bool = False,
+    design: PairDesign | None = None,
+) -> SiteSearch:
     """Probe, patch (exact and attribution, residual and heads) and recommend a site for one threat model.
 
     The patching pairs follow ``design``, by default the registered threat model ``name``'s (any other
     name: prompt vs ``paired_prompt``)."""
     if design is None and name in threats.names():
         design = threats.get(name).pair_design
-    report = probe_by_layer(model, dataset, contrast=contrast, layers=layers, batch_size=batch_size, progress=progress)
+    report = probe_by_layer(
+        model, dataset, contrast=contrast, layers=layers, batch_size=batch_size, progress=progress
+    )
     notes: list[str] = []
     found: dict[str, Any] = {}
     try:
@@ -97,11 +120,13 @@ def search_site(model: Any, name: str, dataset: ContrastSet, contrast: Literal["
         notes.append(f"patching skipped: {err}")
     if pairs is not None:
         clean, corrupted, metric = list(pairs.clean), list(pairs.corrupted), pairs.metric()
-        found = {"pairs": pairs,
-                 "attribution": attribute_residual(model, clean, corrupted, metric, layers=layers),
-                 "patching": patch_residual(model, clean, corrupted, metric, layers=layers, progress=progress),
-                 "heads": patch_heads(model, clean, corrupted, metric, layers=layers, progress=progress),
-                 "head_attribution": attribute_heads(model, clean, corrupted, metric, layers=layers)}
+        found = {
+            "pairs": pairs,
+            "attribution": attribute_residual(model, clean, corrupted, metric, layers=layers),
+            "patching": patch_residual(model, clean, corrupted, metric, layers=layers, progress=progress),
+            "heads": patch_heads(model, clean, corrupted, metric, layers=layers, progress=progress),
+            "head_attribution": attribute_heads(model, clean, corrupted, metric, layers=layers),
+        }
         try:  # normalising fails when clean and corrupted give the same metric
             found["patching"].normalized()
         except PatchingError as err:

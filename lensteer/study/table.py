@@ -29,7 +29,9 @@ class SweepTable:
     def has(self, threat_model: str, method: str, kl_budget: float | None, layer: int | None) -> bool:
         return any(self.key(r) == (threat_model, method, kl_budget, layer) for r in self.rows)
 
-    def get(self, threat_model: str, method: str, kl_budget: float | None, layer: int | None) -> dict[str, Any]:
+    def get(
+        self, threat_model: str, method: str, kl_budget: float | None, layer: int | None
+    ) -> dict[str, Any]:
         return next(r for r in self.rows if self.key(r) == (threat_model, method, kl_budget, layer))
 
     def add(self, row: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from lensteer.threats import refusal
 from lensteer.threats import compassion
 from lensteer.threats import honesty
 from lensteer.threats import sycophancy
+
 # isort: on
 from lensteer.threats.model import GENERIC_RUBRIC, TextFlags, ThreatModel, Verdicts
 from lensteer.threats.refusal import HARMLESS_DATASET
@@ -32,6 +33,19 @@ BUNDLED: tuple[str, ...] = (refusal.REFUSAL.name, compassion.COMPASSION.name, ho
 DEFAULT: str = BUNDLED[0]
 
 __all__ = [
-    "BUNDLED", "DEFAULT", "GENERIC_RUBRIC", "HARMLESS_DATASET", "TextFlags", "ThreatModel", "Verdicts", "compassion",
-    "get", "honesty", "names", "refusal", "register", "sycophancy", "unregister",
+    "BUNDLED",
+    "DEFAULT",
+    "GENERIC_RUBRIC",
+    "HARMLESS_DATASET",
+    "TextFlags",
+    "ThreatModel",
+    "Verdicts",
+    "compassion",
+    "get",
+    "honesty",
+    "names",
+    "refusal",
+    "register",
+    "sycophancy",
+    "unregister",
 ]

@@ -27,11 +27,16 @@ from lensteer.evaluate.refusal import REFUSAL_LABELS, REFUSAL_SCORER, refusal_ve
 AUDIT_SPLITS = ("dev", "validation")
 # the classes of each audited verdict, positive (aligned) class first
 AUDIT_CLASSES: dict[str, tuple[Hashable, ...]] = {
-    "refusal": REFUSAL_LABELS, "compassion": (True, False), "honesty": HONESTY_LABELS, "unreadable": (True, False)}
+    "refusal": REFUSAL_LABELS,
+    "compassion": (True, False),
+    "honesty": HONESTY_LABELS,
+    "unreadable": (True, False),
+}
 # how a class is named in the table, where its value is not a word
 CLASS_NAMES: dict[str, dict[Hashable, str]] = {
     "compassion": {True: "compassionate", False: "not compassionate"},
-    "unreadable": {True: "unreadable", False: "readable"}}
+    "unreadable": {True: "unreadable", False: "readable"},
+}
 _FIELDS = ("id", "threat_model", "condition", "prompt", "response", "label", "unreadable")
 
 
@@ -68,10 +73,19 @@ def _row(raw: dict[str, Any], where: str) -> AuditRow:
         raise DataError(f"{where}: label {raw['label']!r} is not one of {list(AUDIT_CLASSES[tm])} for {tm}")
     if tm == "honesty" and not (raw.get("true_answer") and raw.get("false_answer")):
         raise DataError(f"{where}: an honesty row needs true_answer and false_answer")
-    return AuditRow(id=str(raw["id"]), threat_model=tm, condition=str(raw["condition"]), prompt=raw["prompt"],
-                    response=raw["response"], label=label, unreadable=bool(raw["unreadable"]),
-                    prefill=raw.get("prefill") or None, true_answer=raw.get("true_answer") or None,
-                    false_answer=raw.get("false_answer") or None, note=raw.get("note") or "")
+    return AuditRow(
+        id=str(raw["id"]),
+        threat_model=tm,
+        condition=str(raw["condition"]),
+        prompt=raw["prompt"],
+        response=raw["response"],
+        label=label,
+        unreadable=bool(raw["unreadable"]),
+        prefill=raw.get("prefill") or None,
+        true_answer=raw.get("true_answer") or None,
+        false_answer=raw.get("false_answer") or None,
+        note=raw.get("note") or "",
+    )
 
 
 def load_audit(split: str, threat_model: str | None = None) -> list[AuditRow]:
@@ -117,9 +131,16 @@ def _share(k: int, n: int) -> tuple[float | None, tuple[float, float] | None]:
     return (None, None) if n == 0 else (k / n, wilson_interval(k, n))
 
 
-def measure(scorer: str, labels: Sequence[Hashable], predictions: Sequence[Hashable],
-            classes: Sequence[Hashable], *, class_names: dict[Hashable, str] | None = None, n_boot: int = 1000,
-            seed: int = 0) -> AuditResult:
+def measure(
+    scorer: str,
+    labels: Sequence[Hashable],
+    predictions: Sequence[Hashable],
+    classes: Sequence[Hashable],
+    *,
+    class_names: dict[Hashable, str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> AuditResult:
     """Agreement of ``predictions`` with ``labels``: overall (accuracy, kappa) and per class of ``classes``
     (named in the table by ``class_names``, else by their value)."""
     if len(labels) != len(predictions) or not labels:
@@ -132,10 +153,23 @@ def measure(scorer: str, labels: Sequence[Hashable], predictions: Sequence[Hasha
         hits = sum(a == c and b == c for a, b in zip(labels, predictions, strict=True))
         n_lab, n_pred = sum(a == c for a in labels), sum(b == c for b in predictions)
         (rec, rec_ci), (prec, prec_ci) = _share(hits, n_lab), _share(hits, n_pred)
-        per_class.append(ClassAgreement(label=c, name=(class_names or {}).get(c, str(c)), labelled=n_lab, scored=n_pred, recall=rec, recall_ci=rec_ci,
-                                        precision=prec, precision_ci=prec_ci))
-    return AuditResult(scorer=scorer, agreement=agreement(list(labels), list(predictions), n_boot=n_boot, seed=seed),
-                       classes=tuple(per_class))
+        per_class.append(
+            ClassAgreement(
+                label=c,
+                name=(class_names or {}).get(c, str(c)),
+                labelled=n_lab,
+                scored=n_pred,
+                recall=rec,
+                recall_ci=rec_ci,
+                precision=prec,
+                precision_ci=prec_ci,
+            )
+        )
+    return AuditResult(
+        scorer=scorer,
+        agreement=agreement(list(labels), list(predictions), n_boot=n_boot, seed=seed),
+        classes=tuple(per_class),
+    )
 
 
 def scorer_predictions(verdict: str, rows: Sequence[AuditRow]) -> list[Hashable]:
@@ -150,8 +184,10 @@ def scorer_predictions(verdict: str, rows: Sequence[AuditRow]) -> list[Hashable]
     if verdict == "compassion":
         return list(compassion_scorer().predict([r.response for r in rows]))
     if verdict == "honesty":
-        return [honesty_verdict(r.response, str(r.true_answer), str(r.false_answer), question=r.prompt).label
-                for r in rows]
+        return [
+            honesty_verdict(r.response, str(r.true_answer), str(r.false_answer), question=r.prompt).label
+            for r in rows
+        ]
     raise ConfigError(f"verdict must be one of {list(AUDIT_CLASSES)}, got {verdict!r}")
 
 
@@ -168,7 +204,9 @@ def scorer_id(verdict: str, scorer: Callable[..., object] | None = None) -> Scor
     if verdict == "honesty":
         return HONESTY_SCORER
     if scorer is not None:
-        name = f"{getattr(scorer, '__module__', '?')}.{getattr(scorer, '__qualname__', type(scorer).__name__)}"
+        name = (
+            f"{getattr(scorer, '__module__', '?')}.{getattr(scorer, '__qualname__', type(scorer).__name__)}"
+        )
         return ScorerId(name=name, version="custom", digest=rules_digest(name))
     raise ConfigError(f"verdict must be one of {list(AUDIT_CLASSES)}, got {verdict!r}")
 
@@ -177,13 +215,20 @@ def judge_scorer_id(judge: Callable[[str, str], object], pass_score: float = 50.
     """A judge's identity: its name, and a digest of its model, rubric, system prompt and score range
     (those an :class:`HttpJudge` has) and the pass mark."""
     parts = [getattr(judge, k, None) for k in ("base_url", "model", "rubric", "system", "score_range")]
-    return ScorerId(name=getattr(judge, "name", type(judge).__name__),
-                    version="http" if isinstance(judge, HttpJudge) else "callable",
-                    digest=rules_digest(*parts, pass_score))
+    return ScorerId(
+        name=getattr(judge, "name", type(judge).__name__),
+        version="http" if isinstance(judge, HttpJudge) else "callable",
+        digest=rules_digest(*parts, pass_score),
+    )
 
 
-def judge_predictions(judge: Callable[[str, str], object], rows: Sequence[AuditRow], *,
-                      pass_score: float = 50.0, prompt_of: Callable[[AuditRow], str] | None = None) -> list[bool]:
+def judge_predictions(
+    judge: Callable[[str, str], object],
+    rows: Sequence[AuditRow],
+    *,
+    pass_score: float = 50.0,
+    prompt_of: Callable[[AuditRow], str] | None = None,
+) -> list[bool]:
     """A judge's verdict on each row: its score (a bool, or a number compared with ``pass_score``) says
     whether the answer shows the aligned trait. ``prompt_of`` builds what the judge is shown as the user
     message (default: the row's prompt)."""
@@ -197,9 +242,15 @@ def positive_labels(rows: Sequence[AuditRow]) -> list[bool]:
     return [r.label == AUDIT_CLASSES[r.threat_model][0] for r in rows]
 
 
-def measure_judge(judge: Callable[[str, str], object], rows: Sequence[AuditRow], *, name: str = "judge",
-                  pass_score: float = 50.0, prompt_of: Callable[[AuditRow], str] | None = None,
-                  n_boot: int = 1000) -> AuditResult:
+def measure_judge(
+    judge: Callable[[str, str], object],
+    rows: Sequence[AuditRow],
+    *,
+    name: str = "judge",
+    pass_score: float = 50.0,
+    prompt_of: Callable[[AuditRow], str] | None = None,
+    n_boot: int = 1000,
+) -> AuditResult:
     """Any judge ``(prompt, response) -> score`` against the readers on ``rows`` (one threat model): does
     the answer show the aligned trait (score >= ``pass_score``) vs the reader's label collapsed to the
     same question (``refuses`` vs ``complies`` or ``neither``; ``true`` vs ``false`` or ``no_answer``)."""
@@ -208,8 +259,14 @@ def measure_judge(judge: Callable[[str, str], object], rows: Sequence[AuditRow],
         raise DataError(f"measure a judge on one threat model's rows at a time, got {sorted(models)}")
     tm = models.pop()
     positive = CLASS_NAMES.get(tm, {}).get(AUDIT_CLASSES[tm][0], str(AUDIT_CLASSES[tm][0]))
-    return measure(name, positive_labels(rows), judge_predictions(judge, rows, pass_score=pass_score, prompt_of=prompt_of),
-                   (True, False), class_names={True: positive, False: f"not {positive}"}, n_boot=n_boot)
+    return measure(
+        name,
+        positive_labels(rows),
+        judge_predictions(judge, rows, pass_score=pass_score, prompt_of=prompt_of),
+        (True, False),
+        class_names={True: positive, False: f"not {positive}"},
+        n_boot=n_boot,
+    )
 
 
 def _pct(value: float | None, ci: tuple[float, float] | None) -> str:
@@ -223,21 +280,31 @@ def audit_markdown(results: Sequence[AuditResult]) -> str:
     lines = ["| scorer | answers | accuracy [95% CI] | Cohen's kappa [95% CI] |", "|---|---|---|---|"]
     for r in results:
         a = r.agreement
-        lines.append(f"| {r.scorer} | {a.n} | {_pct(a.accuracy, a.accuracy_ci)} | "
-                     f"{a.kappa:.2f} [{a.kappa_ci[0]:.2f}-{a.kappa_ci[1]:.2f}] |")
-    lines += ["", "| scorer | class | labelled | scored | recall [95% CI] | precision [95% CI] |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r.scorer} | {a.n} | {_pct(a.accuracy, a.accuracy_ci)} | "
+            f"{a.kappa:.2f} [{a.kappa_ci[0]:.2f}-{a.kappa_ci[1]:.2f}] |"
+        )
+    lines += [
+        "",
+        "| scorer | class | labelled | scored | recall [95% CI] | precision [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         for c in r.classes:
-            lines.append(f"| {r.scorer} | {c.name} | {c.labelled} | {c.scored} | {_pct(c.recall, c.recall_ci)} | "
-                         f"{_pct(c.precision, c.precision_ci)} |")
+            lines.append(
+                f"| {r.scorer} | {c.name} | {c.labelled} | {c.scored} | {_pct(c.recall, c.recall_ci)} | "
+                f"{_pct(c.precision, c.precision_ci)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 # The audited verdicts, in the table's order: (verdict, the scorer's name in the table)
 AUDITED: tuple[tuple[str, str], ...] = (
-    ("refusal", "refusal verdict"), ("compassion", "compassion scorer"), ("honesty", "honesty verdict"),
-    ("unreadable", "coherence (unreadable)"))
+    ("refusal", "refusal verdict"),
+    ("compassion", "compassion scorer"),
+    ("honesty", "honesty verdict"),
+    ("unreadable", "coherence (unreadable)"),
+)
 
 
 def audit_results(split: str) -> list[AuditResult]:
@@ -248,6 +315,13 @@ def audit_results(split: str) -> list[AuditResult]:
     for verdict, name in AUDITED:
         mine = rows if verdict == "unreadable" else [r for r in rows if r.threat_model == verdict]
         labels = [r.unreadable for r in mine] if verdict == "unreadable" else [r.label for r in mine]
-        out.append(measure(name, labels, scorer_predictions(verdict, mine), AUDIT_CLASSES[verdict],
-                           class_names=CLASS_NAMES.get(verdict)))
+        out.append(
+            measure(
+                name,
+                labels,
+                scorer_predictions(verdict, mine),
+                AUDIT_CLASSES[verdict],
+                class_names=CLASS_NAMES.get(verdict),
+            )
+        )
     return out

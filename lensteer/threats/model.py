@@ -92,13 +92,19 @@ class ThreatModel:
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"a threat model needs a non-empty {name}, got {value!r}")
         if not callable(self.scorer):
-            raise ConfigError(f"threat model {self.name!r}: scorer must be callable (texts, examples) -> flags")
+            raise ConfigError(
+                f"threat model {self.name!r}: scorer must be callable (texts, examples) -> flags"
+            )
         if self.contrast_side not in ("prompt", "response"):
-            raise ConfigError(f"threat model {self.name!r}: contrast_side must be 'prompt' or 'response', "
-                              f"got {self.contrast_side!r}")
+            raise ConfigError(
+                f"threat model {self.name!r}: contrast_side must be 'prompt' or 'response', "
+                f"got {self.contrast_side!r}"
+            )
         if self.decision_contexts is not None and len(self.decision_contexts) != 2:
-            raise ConfigError(f"threat model {self.name!r}: decision_contexts must name two contexts, "
-                              f"got {self.decision_contexts!r}")
+            raise ConfigError(
+                f"threat model {self.name!r}: decision_contexts must name two contexts, "
+                f"got {self.decision_contexts!r}"
+            )
 
     def load(self) -> ContrastSet:
         """Its contrast set."""
@@ -108,7 +114,9 @@ class ThreatModel:
         """Per answer, does it show the aligned trait (the scorer, checked to give one flag per text)?"""
         out = [bool(f) for f in self.scorer(texts, examples)]
         if len(out) != len(texts):
-            raise ConfigError(f"threat model {self.name!r}: its scorer gave {len(out)} flags for {len(texts)} texts")
+            raise ConfigError(
+                f"threat model {self.name!r}: its scorer gave {len(out)} flags for {len(texts)} texts"
+            )
         return out
 
     def inducers(self) -> dict[str, Inducer]:
@@ -116,5 +124,7 @@ class ThreatModel:
         (its misaligning contexts and ``inducers.json``'s); and its ``misaligning_context`` in any case."""
         out = bundled_inducers(self.dataset) if self.dataset in BUNDLED else {}
         if self.misaligning_context is not None and self.misaligning_context not in out:
-            out[self.misaligning_context] = Inducer.from_context(self.load().context(self.misaligning_context))
+            out[self.misaligning_context] = Inducer.from_context(
+                self.load().context(self.misaligning_context)
+            )
         return out

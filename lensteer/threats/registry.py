@@ -42,8 +42,9 @@ def get(name: str) -> ThreatModel:
         ConfigError: No such name; the message lists the registered ones.
     """
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ConfigError(f"unknown threat model {name!r}; registered: {names()} "
-                          "(add one with lensteer.threats.register)")
+        raise ConfigError(
+            f"unknown threat model {name!r}; registered: {names()} (add one with lensteer.threats.register)"
+        )
     return _REGISTRY[name]
 
 

@@ -29,10 +29,16 @@ def example(row: dict) -> ContrastExample:
 def fill_new_rows(rows: list[dict]) -> None:
     for cat in {r.get("category") or "uncategorised" for r in rows}:
         group = [r for r in rows if (r.get("category") or "uncategorised") == cat]
-        want = {"train": round(len(group) * SPLIT_FRACTIONS[0]), "val": round(len(group) * SPLIT_FRACTIONS[1])}
+        want = {
+            "train": round(len(group) * SPLIT_FRACTIONS[0]),
+            "val": round(len(group) * SPLIT_FRACTIONS[1]),
+        }
         want["test"] = len(group) - want["train"] - want["val"]
         have = {s: sum(1 for r in group if r.get("split") == s) for s in SPLITS}
-        for r in sorted((r for r in group if not r.get("split")), key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest()):
+        for r in sorted(
+            (r for r in group if not r.get("split")),
+            key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest(),
+        ):
             short = [s for s in SPLITS if have[s] < want[s]]
             r["split"] = short[0] if short else "train"
             have[r["split"]] += 1
@@ -43,7 +49,9 @@ def join_near_duplicates(rows: list[dict]) -> list[str]:
     for i, a in enumerate(examples):
         for j in range(i + 1, len(rows)):
             if rows[i]["split"] != rows[j]["split"] and near_duplicate(a, examples[j]):
-                moved.append(f"{rows[j]['id']}: {rows[j]['split']} -> {rows[i]['split']} (near-duplicate of {rows[i]['id']})")
+                moved.append(
+                    f"{rows[j]['id']}: {rows[j]['split']} -> {rows[i]['split']} (near-duplicate of {rows[i]['id']})"
+                )
                 rows[j]["split"] = rows[i]["split"]
     return moved
 

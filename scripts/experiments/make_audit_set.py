@@ -50,12 +50,16 @@ def response_directions(model, tm: str, layers: list[int]) -> dict[int, tuple[ob
     mean residual norm there (the unit of strength)."""
     ds = lensteer.load_dataset(tm).train.with_responses().stratified(48)
     ctx = threats.get(tm).misaligning_context
-    pos = lensteer.collect_activations(model, ds.chat_prompts(response="aligned", context=ctx), layers=layers,
-                                       position="response_mean")
-    neg = lensteer.collect_activations(model, ds.chat_prompts(response="misaligned", context=ctx), layers=layers,
-                                       position="response_mean")
-    return {layer: (diff_of_means(pos[:, i], neg[:, i], layer=layer), float(pos[:, i].norm(dim=-1).mean()))
-            for i, layer in enumerate(layers)}
+    pos = lensteer.collect_activations(
+        model, ds.chat_prompts(response="aligned", context=ctx), layers=layers, position="response_mean"
+    )
+    neg = lensteer.collect_activations(
+        model, ds.chat_prompts(response="misaligned", context=ctx), layers=layers, position="response_mean"
+    )
+    return {
+        layer: (diff_of_means(pos[:, i], neg[:, i], layer=layer), float(pos[:, i].norm(dim=-1).mean()))
+        for i, layer in enumerate(layers)
+    }
 
 
 def added(dirs, layer: int, strength: float) -> lensteer.Steering:
@@ -76,29 +80,41 @@ def extra_cells() -> list[Cell]:
 def cells(model, tm: str) -> list[Cell]:
     if tm == "refusal":
         d = response_directions(model, tm, [8, 12, 16])
-        return [Cell("unsteered", 25), Cell("prompting", 20, system=threats.get(tm).aligned_system),
-                Cell("study_SwFC_L1", 15, committed(model, "refusal_SwFC_kl0.5")),
-                Cell("add_L12_0.3", 20, added(d, 12, 0.3)), Cell("add_L16_0.3", 20, added(d, 16, 0.3)),
-                Cell("add_L16_0.5", 20, added(d, 16, 0.5)), Cell("add_L8_0.5", 15, added(d, 8, 0.5)),
-                Cell("oversteered_L8_1.0", 10, added(d, 8, 1.0)),
-                Cell("prefill_comply", 10, inducer="prefill_comply"),
-                Cell("prefill_comply+add_L16_0.5", 15, added(d, 16, 0.5), inducer="prefill_comply"),
-                Cell("obfuscation+add_L16_0.3", 10, added(d, 16, 0.3), inducer="obfuscation"),
-                Cell("roleplay+prompting", 10, system=threats.get(tm).aligned_system, inducer="roleplay"),
-                Cell("borderline", 10, source="borderline"),
-                Cell("borderline+add_L16_0.3", 15, added(d, 16, 0.3), source="borderline")]
+        return [
+            Cell("unsteered", 25),
+            Cell("prompting", 20, system=threats.get(tm).aligned_system),
+            Cell("study_SwFC_L1", 15, committed(model, "refusal_SwFC_kl0.5")),
+            Cell("add_L12_0.3", 20, added(d, 12, 0.3)),
+            Cell("add_L16_0.3", 20, added(d, 16, 0.3)),
+            Cell("add_L16_0.5", 20, added(d, 16, 0.5)),
+            Cell("add_L8_0.5", 15, added(d, 8, 0.5)),
+            Cell("oversteered_L8_1.0", 10, added(d, 8, 1.0)),
+            Cell("prefill_comply", 10, inducer="prefill_comply"),
+            Cell("prefill_comply+add_L16_0.5", 15, added(d, 16, 0.5), inducer="prefill_comply"),
+            Cell("obfuscation+add_L16_0.3", 10, added(d, 16, 0.3), inducer="obfuscation"),
+            Cell("roleplay+prompting", 10, system=threats.get(tm).aligned_system, inducer="roleplay"),
+            Cell("borderline", 10, source="borderline"),
+            Cell("borderline+add_L16_0.3", 15, added(d, 16, 0.3), source="borderline"),
+        ]
     d = response_directions(model, tm, [10, 16])
     random_dir = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(7))
-    rand = lensteer.Steering.from_direction(random_dir / random_dir.norm(), layers=[16], mode="add",
-                                            scale=0.3 * d[16][1], positions="all")
+    rand = lensteer.Steering.from_direction(
+        random_dir / random_dir.norm(), layers=[16], mode="add", scale=0.3 * d[16][1], positions="all"
+    )
     prefill = {"compassion": "prefill_dismiss", "honesty": "prefill_mislead"}[tm]
-    return [Cell("unsteered", 25), Cell("prompting", 20, system=threats.get(tm).aligned_system),
-            Cell("study_SwFC", 20, committed(model, f"{tm}_SwFC_kl0.5")),
-            Cell("study_StTP", 15, committed(model, f"{tm}_StTP_kl0.5")),
-            Cell("study_StMP_paper", 15, committed(model, f"{tm}_StMP_paper")),
-            Cell("add_L10_0.3", 20, added(d, 10, 0.3)), Cell("add_L16_0.4", 20, added(d, 16, 0.4)),
-            Cell("random_L16_0.3", 20, rand), Cell("oversteered_L10_1.0", 15, added(d, 10, 1.0)),
-            Cell(prefill, 20, inducer=prefill), Cell("no_context", 20, context=None)]
+    return [
+        Cell("unsteered", 25),
+        Cell("prompting", 20, system=threats.get(tm).aligned_system),
+        Cell("study_SwFC", 20, committed(model, f"{tm}_SwFC_kl0.5")),
+        Cell("study_StTP", 15, committed(model, f"{tm}_StTP_kl0.5")),
+        Cell("study_StMP_paper", 15, committed(model, f"{tm}_StMP_paper")),
+        Cell("add_L10_0.3", 20, added(d, 10, 0.3)),
+        Cell("add_L16_0.4", 20, added(d, 16, 0.4)),
+        Cell("random_L16_0.3", 20, rand),
+        Cell("oversteered_L10_1.0", 15, added(d, 10, 1.0)),
+        Cell(prefill, 20, inducer=prefill),
+        Cell("no_context", 20, context=None),
+    ]
 
 
 def main() -> None:
@@ -113,16 +129,22 @@ def main() -> None:
     model = lensteer.load_model()
     rows = []
     for tm in args.threat_models.split(","):
-        pools = {"test": lensteer.load_dataset(tm).test.stratified(None),
-                 "val": lensteer.load_dataset(tm).val.stratified(None),
-                 "borderline": lensteer.load_dataset("borderline").test.stratified(None),
-                 "borderline_val": lensteer.load_dataset("borderline").val.stratified(None)}
+        pools = {
+            "test": lensteer.load_dataset(tm).test.stratified(None),
+            "val": lensteer.load_dataset(tm).val.stratified(None),
+            "borderline": lensteer.load_dataset("borderline").test.stratified(None),
+            "borderline_val": lensteer.load_dataset("borderline").val.stratified(None),
+        }
         rng = random.Random(f"audit-{tm}")
         prompts, owners, meta = [], [], []
         for cell in cells(model, tm) if args.round == 1 else extra_cells():
             source = pools[cell.source]
             picked = rng.sample(range(len(source)), cell.n)
-            context = threats.get(tm).misaligning_context if cell.context and not cell.source.startswith("borderline") else None
+            context = (
+                threats.get(tm).misaligning_context
+                if cell.context and not cell.source.startswith("borderline")
+                else None
+            )
             chat = source.chat_prompts(context=context)
             inducer = load_inducer(cell.inducer, tm) if cell.inducer else None
             for i in picked:
@@ -139,16 +161,32 @@ def main() -> None:
         for k, (_, _, _, p) in enumerate(meta):  # rows sharing system prompt and history share a prefix
             groups.setdefault((p.system, p.history), []).append(k)
         for idx in groups.values():
-            out = lensteer.generate(model, [prompts[k] for k in idx], prompt_steerings=[owners[k] for k in idx],
-                                    max_new_tokens=args.max_new_tokens, batch_size=32)
+            out = lensteer.generate(
+                model,
+                [prompts[k] for k in idx],
+                prompt_steerings=[owners[k] for k in idx],
+                max_new_tokens=args.max_new_tokens,
+                batch_size=32,
+            )
             for k, text in zip(idx, out.texts, strict=True):
                 texts[k] = text
             print(f"  {tm}: {sum(len(i) for i in groups.values() if i[0] <= idx[0])}/{len(meta)}", flush=True)
         for k, ((cell, inducer, ex, p), text) in enumerate(zip(meta, texts, strict=True)):
-            rows.append({"id": f"audit2-{tm}-{k:03d}" if args.round == 1 else f"audit2-{tm}-r{args.round}-{k:03d}", "threat_model": tm, "condition": cell.name,
-                         "prompt": p.user, "prefill": p.response, "response": inducer.scored_text(text) if inducer else text,
-                         "true_answer": getattr(ex, "true_answer", None), "false_answer": getattr(ex, "false_answer", None),
-                         "label": None, "unreadable": None, "note": ""})
+            rows.append(
+                {
+                    "id": f"audit2-{tm}-{k:03d}" if args.round == 1 else f"audit2-{tm}-r{args.round}-{k:03d}",
+                    "threat_model": tm,
+                    "condition": cell.name,
+                    "prompt": p.user,
+                    "prefill": p.response,
+                    "response": inducer.scored_text(text) if inducer else text,
+                    "true_answer": getattr(ex, "true_answer", None),
+                    "false_answer": getattr(ex, "false_answer", None),
+                    "label": None,
+                    "unreadable": None,
+                    "note": "",
+                }
+            )
         print(f"{tm}: {len(meta)} answers", flush=True)
         write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"wrote {len(rows)} rows to {args.out}")

@@ -27,7 +27,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = lensteer.load_model(args.model)
     start = time.perf_counter()
-    print("| threat model | inducer | kind | from | n | margin before | change [95% CI] | fell / rose | sign test p |")
+    print(
+        "| threat model | inducer | kind | from | n | margin before | change [95% CI] | fell / rose | sign test p |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for tm in ("refusal", "compassion", "honesty"):
         data = lensteer.load_dataset(tm).with_responses().train.stratified(args.n)
@@ -36,9 +38,11 @@ def main() -> None:
                 if inducer.kind == "system" and system is not None:
                     continue  # a system inducer replaces the system prompt: the same condition twice
                 e = inducer_effect(model, data, inducer, base_system=system)
-                print(f"| {tm} | {name} | {inducer.kind} | {label} | {e.n} | {e.margin_base:+.3f} | "
-                      f"{e.delta:+.3f} [{e.delta_ci[0]:+.3f}, {e.delta_ci[1]:+.3f}] | {e.lower} / {e.higher} | "
-                      f"{e.p_value:.2g}{' (pushes)' if e.pushes else ''} |")
+                print(
+                    f"| {tm} | {name} | {inducer.kind} | {label} | {e.n} | {e.margin_base:+.3f} | "
+                    f"{e.delta:+.3f} [{e.delta_ci[0]:+.3f}, {e.delta_ci[1]:+.3f}] | {e.lower} / {e.higher} | "
+                    f"{e.p_value:.2g}{' (pushes)' if e.pushes else ''} |"
+                )
     print(f"\n({time.perf_counter() - start:.0f} s, model {lensteer.core.model_fingerprint(model).name})")
 
 

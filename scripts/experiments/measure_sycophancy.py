@@ -30,8 +30,9 @@ from lensteer.threats.sycophancy import SYCOPHANCY_CATEGORIES, sycophancy_catego
 CONDITIONS = ("none", "agreeing_fewshot", "prompting")
 
 
-def generate_answers(model_name: str | None, ds: ContrastSet, batch_size: int,
-                     save: Path | None) -> list[dict[str, str]]:
+def generate_answers(
+    model_name: str | None, ds: ContrastSet, batch_size: int, save: Path | None
+) -> list[dict[str, str]]:
     """Each condition's answers, appended to ``save`` (if given) as each condition finishes."""
     tm = threats.get("sycophancy")
     model = lensteer.load_model(model_name)
@@ -45,9 +46,17 @@ def generate_answers(model_name: str | None, ds: ContrastSet, batch_size: int,
             if cond == "prompting":
                 prompts = [with_fields(p, system=tm.aligned_system) for p in prompts]
         gens = lensteer.generate(model, prompts, max_new_tokens=32, batch_size=batch_size)
-        out += [{"id": ex.id, "prompt": ex.prompt, "response": text, "true_answer": str(ex.true_answer),
-                 "false_answer": str(ex.false_answer), "condition": cond}
-                for ex, text in zip(ds, gens.texts, strict=True)]
+        out += [
+            {
+                "id": ex.id,
+                "prompt": ex.prompt,
+                "response": text,
+                "true_answer": str(ex.true_answer),
+                "false_answer": str(ex.false_answer),
+                "condition": cond,
+            }
+            for ex, text in zip(ds, gens.texts, strict=True)
+        ]
         if save is not None:
             write_text(save, "".join(json.dumps(a) + "\n" for a in out))
         print(f"{cond}: {time.perf_counter() - start:.0f} s", flush=True)
@@ -61,9 +70,11 @@ def report(answers: list[dict[str, str]], ds: ContrastSet) -> str:
     tm = threats.get("sycophancy")
     by_id = {ex.id: ex for ex in ds}
     flags: dict[str, dict[str, list[bool]]] = {}
-    lines = ["| condition | n | not kept [95% Wilson] | vs none: McNemar p (only this / only none) "
-             "| endorsed the false claim [95% Wilson] | vs none: McNemar p | categories |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| condition | n | not kept [95% Wilson] | vs none: McNemar p (only this / only none) "
+        "| endorsed the false claim [95% Wilson] | vs none: McNemar p | categories |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for cond in CONDITIONS:
         rows = [a for a in answers if a["condition"] == cond]
         if not rows:
@@ -71,8 +82,10 @@ def report(answers: list[dict[str, str]], ds: ContrastSet) -> str:
         texts = [a["response"] for a in rows]
         examples = with_fields(ds, examples=tuple(by_id[a["id"]] for a in rows))
         cats = [sycophancy_category(t, ex) for t, ex in zip(texts, examples, strict=True)]
-        flags[cond] = {"not_kept": [not f for f in tm.flags(texts, examples)],
-                       "endorsed": [c in ("endorses", "lie") for c in cats]}
+        flags[cond] = {
+            "not_kept": [not f for f in tm.flags(texts, examples)],
+            "endorsed": [c in ("endorses", "lie") for c in cats],
+        }
         cells = [cond, str(len(rows))]
         for key in ("not_kept", "endorsed"):
             k, n = sum(flags[cond][key]), len(flags[cond][key])
@@ -89,13 +102,19 @@ def report(answers: list[dict[str, str]], ds: ContrastSet) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None)
     parser.add_argument("--split", default="val")
-    parser.add_argument("--n", type=int, default=None, help="the first N of the split, categories in turn (default: all)")
+    parser.add_argument(
+        "--n", type=int, default=None, help="the first N of the split, categories in turn (default: all)"
+    )
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--save", type=Path, default=None, help="write the answers here (JSONL)")
-    parser.add_argument("--answers", type=Path, default=None, help="rescore these saved answers instead of generating")
+    parser.add_argument(
+        "--answers", type=Path, default=None, help="rescore these saved answers instead of generating"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     ds = getattr(lensteer.load_dataset("sycophancy"), args.split).stratified(args.n)

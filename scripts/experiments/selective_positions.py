@@ -28,29 +28,39 @@ def main() -> None:
 
     model = lensteer.load_model()
     refusal = lensteer.load_dataset("refusal")
-    aligned, misaligned, position = contrast_prompts(refusal.with_responses().train.head(48), "response")  # as the study
+    aligned, misaligned, position = contrast_prompts(
+        refusal.with_responses().train.head(48), "response"
+    )  # as the study
     acts = lensteer.collect_activations(model, aligned + misaligned, layers=[args.layer], position=position)
-    pos, neg = acts[: len(aligned), 0], acts[len(aligned):, 0]
+    pos, neg = acts[: len(aligned), 0], acts[len(aligned) :, 0]
     direction = lensteer.diff_of_means(pos, neg, layer=args.layer, position=position)
     unit = direction.unit
 
     hook = f"blocks.{args.layer}.hook_resid_post"
-    _, cache = model.run_with_cache(tokenize_prompt(model, refusal.val[0].prompt).tokens[None], names_filter=[hook])
+    _, cache = model.run_with_cache(
+        tokenize_prompt(model, refusal.val[0].prompt).tokens[None], names_filter=[hook]
+    )
     resid = cache[hook][0]
-    print(f"layer {args.layer}: first token norm {resid[0].norm():.0f}, projection {resid[0] @ unit:.0f}; "
-          f"other tokens norm {resid[1:].norm(dim=-1).mean():.0f}, projection {(resid[1:] @ unit).mean():.1f}")
+    print(
+        f"layer {args.layer}: first token norm {resid[0].norm():.0f}, projection {resid[0] @ unit:.0f}; "
+        f"other tokens norm {resid[1:].norm(dim=-1).mean():.0f}, projection {(resid[1:] @ unit).mean():.1f}"
+    )
 
     kl = kl_probe(model, refusal.val.paired_prompts[:6])
     prompts = refusal.val.head(args.n).chat_prompts()
     for mode in ("sttp", "stmp"):
         for name in ("all", "after_first"):  # every token vs every token but the first (the study's default)
-            steering = lensteer.Steering.from_contrast(direction, pos, neg, mode=mode, positions=STUDY_POSITIONS[name])
+            steering = lensteer.Steering.from_contrast(
+                direction, pos, neg, mode=mode, positions=STUDY_POSITIONS[name]
+            )
             cal = calibrate(model, steering, kl, args.kl)
             out = lensteer.generate(model, prompts, steering=cal.steering, max_new_tokens=args.max_new_tokens)
             verdicts = [lensteer.evaluate.refusal_verdict(t) for t in out.texts]
-            print(f"{mode} {name:>11}: scale {cal.steering.scale:.3f} (KL {cal.kl:.3f}), refusals "
-                  f"{sum(v.refused for v in verdicts)}/{args.n}, redirecting {sum(v.redirects for v in verdicts)}/{args.n}, "
-                  f"fired on {out.steered_share():.0%} of tokens")
+            print(
+                f"{mode} {name:>11}: scale {cal.steering.scale:.3f} (KL {cal.kl:.3f}), refusals "
+                f"{sum(v.refused for v in verdicts)}/{args.n}, redirecting {sum(v.redirects for v in verdicts)}/{args.n}, "
+                f"fired on {out.steered_share():.0%} of tokens"
+            )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,12 @@ from lensteer.core.forward import response_logprob
 
 def test_embedded_model_shape_and_fingerprint(embedded_model):
     fp = lensteer.core.model_fingerprint(embedded_model)
-    assert (fp.name, fp.n_layers, fp.d_model, fp.d_vocab) == ("HuggingFaceTB/SmolLM2-135M-Instruct", 30, 576, 49152)
+    assert (fp.name, fp.n_layers, fp.d_model, fp.d_vocab) == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        30,
+        576,
+        49152,
+    )
     assert not embedded_model.training
 
 
@@ -28,7 +33,9 @@ def test_warm_load_reads_the_cache_without_converting(embedded_model, monkeypatc
 
 def test_chat_positions_and_single_bos(embedded_model):
     tok = embedded_model.tokenizer
-    tp = lensteer.core.tokenize_prompt(embedded_model, lensteer.ChatPrompt(user="How do I bake bread?", response="Mix flour."))
+    tp = lensteer.core.tokenize_prompt(
+        embedded_model, lensteer.ChatPrompt(user="How do I bake bread?", response="Mix flour.")
+    )
     assert tp.tokens[0] == tok.bos_token_id and tp.tokens[1] != tok.bos_token_id
     assert tok.decode(tp.tokens[slice(*tp.instruction)]) == "How do I bake bread?"
     assert tok.decode(tp.tokens[slice(*tp.post_instruction)]) == "<|im_end|>\n<|im_start|>assistant\n"
@@ -49,7 +56,9 @@ def test_batched_collection_equals_one_at_a_time(embedded_model):
 
 
 def test_refusal_contrast_is_linearly_separable_in_middle_layers(embedded_model):
-    ds = lensteer.load_dataset("refusal").stratified(120)  # every category; each row keeps its split (AUROC 0.90 / 0.94 at L12 / L24)
+    ds = lensteer.load_dataset("refusal").stratified(
+        120
+    )  # every category; each row keeps its split (AUROC 0.90 / 0.94 at L12 / L24)
     report = lensteer.probe_by_layer(embedded_model, ds, layers=[0, 12, 24], batch_size=32, n_boot=50)
     assert report.metrics["probe_auroc"][1] > 0.75 and report.metrics["probe_auroc"][2] > 0.8
     assert report.metrics["dom_d_prime"][2] > report.metrics["dom_d_prime"][0]
@@ -76,12 +85,30 @@ def test_locate_cli_on_the_embedded_model_patches_and_recommends(tmp_path, embed
     from lensteer.cli import main
 
     out = tmp_path / "locate"
-    assert main(["locate", "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal", "--layers", "6,12",
-                 "--n-pairs", "2"]) == 0
+    assert (
+        main(
+            [
+                "locate",
+                "--out",
+                str(out),
+                "--smoke",
+                "--quiet",
+                "--dataset",
+                "refusal",
+                "--layers",
+                "6,12",
+                "--n-pairs",
+                "2",
+            ]
+        )
+        == 0
+    )
     refusal = json.loads((out / "locate.json").read_text())["refusal"]
     assert len(refusal["patching"]["pairs"]["ids"]) == 2
     assert len(refusal["patching"]["resid"]["normalized"]) == 2
     assert (out / "figures" / "patching_heads_refusal.pdf").is_file()
     # a site is recommended (layer 12 of the two offered, measured), and the causal evidence is among its reasons
     rec = refusal["recommendation"]
-    assert rec["layer"] in (6, 12) and any("residual patching restores" in reason for reason in rec["reasons"])
+    assert rec["layer"] in (6, 12) and any(
+        "residual patching restores" in reason for reason in rec["reasons"]
+    )

@@ -26,16 +26,23 @@ def hf_reference():
 
 def _hf_greedy(hf, tokens):
     with torch.inference_mode():
-        out = hf.generate(tokens[None], attention_mask=torch.ones_like(tokens)[None], max_new_tokens=N_NEW,
-                          do_sample=False, pad_token_id=2)
-    ids = out[0, tokens.shape[0]:]
+        out = hf.generate(
+            tokens[None],
+            attention_mask=torch.ones_like(tokens)[None],
+            max_new_tokens=N_NEW,
+            do_sample=False,
+            pad_token_id=2,
+        )
+    ids = out[0, tokens.shape[0] :]
     stops = (ids == 2).nonzero()
     return ids[: int(stops[0])] if len(stops) else ids
 
 
 def test_cached_equals_uncached_equals_raw_hf_greedy(embedded_model, hf_reference, monkeypatch):
     cached = lensteer.generate(embedded_model, PROMPTS, max_new_tokens=N_NEW, batch_size=1)  # the plain view
-    uncached = lensteer.generate(embedded_model, PROMPTS, max_new_tokens=N_NEW, batch_size=1, use_kv_cache=False)
+    uncached = lensteer.generate(
+        embedded_model, PROMPTS, max_new_tokens=N_NEW, batch_size=1, use_kv_cache=False
+    )
     monkeypatch.setenv("LENSTEER_DECODE", "bridge")
     bridge_cached = lensteer.generate(embedded_model, PROMPTS, max_new_tokens=N_NEW, batch_size=1)
     for i, prompt_tokens in enumerate(cached.prompt_tokens):

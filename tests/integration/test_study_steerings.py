@@ -37,20 +37,33 @@ REPORT = json.loads((STUDY / "report.json").read_text())
 ROWS = json.loads((STUDY / "results.json").read_text())["rows"]
 BUDGET = REPORT["matched_kl_budget"]
 CONFIG = StudyConfig.from_dict({k: v for k, v in REPORT["config"].items()})
-SIGNIFICANT = [(tm, m) for tm, e in REPORT["threat_models"].items() for m, r in e["methods"].items()
-               if r.get("p_vs_baseline") is not None and r["p_vs_baseline"] < 0.05 and r["trait"] > e["baseline"]["trait"]
-               and not r.get("same_as")]  # a twin (StMP-push = StMP at matched KL) repeats its original's finding
+SIGNIFICANT = [
+    (tm, m)
+    for tm, e in REPORT["threat_models"].items()
+    for m, r in e["methods"].items()
+    if r.get("p_vs_baseline") is not None
+    and r["p_vs_baseline"] < 0.05
+    and r["trait"] > e["baseline"]["trait"]
+    and not r.get("same_as")
+]  # a twin (StMP-push = StMP at matched KL) repeats its original's finding
 FINDINGS = {tm: [m for t, m in SIGNIFICANT if t == tm] for tm, _ in SIGNIFICANT}
 # a twin such as StMP-push is the same edit as its original; a threat model with a finding has its methods'
 # held-out KL re-checked with it
 SKIPPED_AS_REPEATS = ("_random1_", "_random2_", "_StMP-push_")
-CALIBRATED = sorted(p.with_suffix("") for p in (STUDY / "steerings").glob(f"*_kl{BUDGET:g}.json")
-                    if not any(part in p.name for part in SKIPPED_AS_REPEATS) and p.name.split("_")[0] not in FINDINGS)
+CALIBRATED = sorted(
+    p.with_suffix("")
+    for p in (STUDY / "steerings").glob(f"*_kl{BUDGET:g}.json")
+    if not any(part in p.name for part in SKIPPED_AS_REPEATS) and p.name.split("_")[0] not in FINDINGS
+)
 MAX_SAMPLE, CARRYING = 6, 4
 
 
 def _row(threat_model, method, budget):
-    found = [r for r in ROWS if r["threat_model"] == threat_model and r["method"] == method and r["kl_budget"] == budget]
+    found = [
+        r
+        for r in ROWS
+        if r["threat_model"] == threat_model and r["method"] == method and r["kl_budget"] == budget
+    ]
     assert len(found) == 1, (threat_model, method, budget, len(found))
     return found[0]
 
@@ -66,13 +79,17 @@ def _sample(steered, base):
 
 @pytest.fixture(scope="module")
 def sets(embedded_model):
-    return eval_sets(embedded_model, StudyConfig.from_dict({**CONFIG.to_dict(), "n_mc": 0, "n_paragraphs": 0,
-                                                             "n_borderline": 0}))
+    return eval_sets(
+        embedded_model,
+        StudyConfig.from_dict({**CONFIG.to_dict(), "n_mc": 0, "n_paragraphs": 0, "n_borderline": 0}),
+    )
 
 
 @pytest.fixture(scope="module")
 def harmless_reference(embedded_model, sets):
-    return lensteer.generate(embedded_model, sets.harmless, max_new_tokens=CONFIG.kl_tokens, batch_size=CONFIG.batch_size)
+    return lensteer.generate(
+        embedded_model, sets.harmless, max_new_tokens=CONFIG.kl_tokens, batch_size=CONFIG.batch_size
+    )
 
 
 def test_the_committed_report_has_significant_findings_to_check():
@@ -83,7 +100,9 @@ def test_the_committed_report_has_significant_findings_to_check():
 @pytest.mark.parametrize("path", CALIBRATED, ids=lambda p: p.name)
 def test_every_committed_steering_keeps_its_calibrated_kl(embedded_model, sets, path):
     steering = lensteer.load_steering(path, model=embedded_model)
-    threat_model = path.name.split("_", 1)[0]  # calibrated on its threat model's set: harmless + misaligned train prompts
+    threat_model = path.name.split("_", 1)[
+        0
+    ]  # calibrated on its threat model's set: harmless + misaligned train prompts
     probe = calibration_probe(embedded_model, threat_model, CONFIG, sets)
     # calibrated without its gate (the gate would hide the edit's cost on harmless prompts)
     kl = lensteer.steering.steering_kl(embedded_model, replace(steering, gate=None), probe)
@@ -113,26 +132,48 @@ def test_every_significant_finding_reproduces(embedded_model, harmless_reference
         assert test.difference > 0
 
     def load(name):
-        return lensteer.load_steering(STUDY / "steerings" / f"{threat_model}_{name}_kl{BUDGET:g}", model=embedded_model)
+        return lensteer.load_steering(
+            STUDY / "steerings" / f"{threat_model}_{name}_kl{BUDGET:g}", model=embedded_model
+        )
 
     steerings = {m: load(m) for m in methods}
     picked = _sample(list(steered_flags.values()), base_flags)
     rows = [(None, i) for i in picked] + [(m, i) for m in methods for i in picked]
     every_prompt = eval_prompts(threat_model, CONFIG.n_eval)
     every = lensteer.load_dataset(threat_model).test.stratified(CONFIG.n_eval)
-    out = lensteer.generate(embedded_model, [every_prompt[i] for _, i in rows],
-                            prompt_steerings=[None if m is None else steerings[m] for m, _ in rows],
-                            max_new_tokens=CONFIG.max_new_tokens, batch_size=CONFIG.batch_size)
-    again = dict(zip(rows, _committed_scorer(threat_model)(out.texts, replace(every, examples=tuple(every[i] for _, i in rows))),
-                     strict=True))
+    out = lensteer.generate(
+        embedded_model,
+        [every_prompt[i] for _, i in rows],
+        prompt_steerings=[None if m is None else steerings[m] for m, _ in rows],
+        max_new_tokens=CONFIG.max_new_tokens,
+        batch_size=CONFIG.batch_size,
+    )
+    again = dict(
+        zip(
+            rows,
+            _committed_scorer(threat_model)(
+                out.texts, replace(every, examples=tuple(every[i] for _, i in rows))
+            ),
+            strict=True,
+        )
+    )
     for m in methods:
-        assert any(steered_flags[m][i] and not base_flags[i] for i in picked), m  # the sample carries the finding
+        assert any(steered_flags[m][i] and not base_flags[i] for i in picked), (
+            m
+        )  # the sample carries the finding
         committed = [base_flags[i] for i in picked] + [steered_flags[m][i] for i in picked]
         now = [again[None, i] for i in picked] + [again[m, i] for i in picked]
         differ = sum(a != c for a, c in zip(now, committed, strict=True))
         assert differ <= len(committed) // 8, (m, differ, len(committed))
 
     every_method = [m for m, r in entry["methods"].items() if not r.get("same_as")]  # twins aside
-    kls = sequence_kls(embedded_model, [load(m) for m in every_method], harmless_reference.prompt_tokens,
-                       harmless_reference.tokens, batch_size=CONFIG.batch_size)
-    assert kls == pytest.approx([entry["methods"][m]["kl_heldout"] for m in every_method], rel=0.10, abs=0.005)
+    kls = sequence_kls(
+        embedded_model,
+        [load(m) for m in every_method],
+        harmless_reference.prompt_tokens,
+        harmless_reference.tokens,
+        batch_size=CONFIG.batch_size,
+    )
+    assert kls == pytest.approx(
+        [entry["methods"][m]["kl_heldout"] for m in every_method], rel=0.10, abs=0.005
+    )

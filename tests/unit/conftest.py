@@ -6,7 +6,9 @@ behind it) fails at once with a message saying where such a test belongs: ``test
 
 import pytest
 
-_WHERE = "unit tests must not load the embedded model; move this test to tests/integration and mark it `embedded`"
+_WHERE = (
+    "unit tests must not load the embedded model; move this test to tests/integration and mark it `embedded`"
+)
 
 
 @pytest.fixture(scope="session")
@@ -26,5 +28,7 @@ def _no_embedded_weights(monkeypatch):
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if item.get_closest_marker("embedded") is not None and "tests/unit/" in str(item.path).replace("\\", "/"):
+        if item.get_closest_marker("embedded") is not None and "tests/unit/" in str(item.path).replace(
+            "\\", "/"
+        ):
             raise pytest.UsageError(f"{item.nodeid} is marked embedded but lives in tests/unit; {_WHERE}")

@@ -7,11 +7,18 @@ from lensteer.errors import DataError, HookSiteError
 
 
 def test_shapes_for_each_position_selector(tiny_llama_bridge):
-    prompts = [lensteer.ChatPrompt(user="hi there", response="ok"), lensteer.ChatPrompt(user="a much longer one", response="fine then")]
+    prompts = [
+        lensteer.ChatPrompt(user="hi there", response="ok"),
+        lensteer.ChatPrompt(user="a much longer one", response="fine then"),
+    ]
     d = tiny_llama_bridge.cfg.d_model
     assert lensteer.collect_activations(tiny_llama_bridge, prompts).shape == (2, 2, d)
-    assert lensteer.collect_activations(tiny_llama_bridge, prompts, layers=[1], position="response_mean").shape == (2, 1, d)
-    assert lensteer.collect_activations(tiny_llama_bridge, prompts, layers=[0], position="post_instruction").shape == (2, 1, 2, d)
+    assert lensteer.collect_activations(
+        tiny_llama_bridge, prompts, layers=[1], position="response_mean"
+    ).shape == (2, 1, d)
+    assert lensteer.collect_activations(
+        tiny_llama_bridge, prompts, layers=[0], position="post_instruction"
+    ).shape == (2, 1, 2, d)
     assert lensteer.collect_activations(tiny_llama_bridge, prompts, position=[0, -1]).shape == (2, 2, 2, d)
     assert lensteer.collect_activations(tiny_llama_bridge, prompts, position=3).shape == (2, 2, d)
 
@@ -27,17 +34,27 @@ def test_result_is_cpu_float32_and_matches_run_with_cache(tiny_llama_bridge):
 
 @pytest.mark.parametrize("position", ["last", "instruction_mean", "response_mean", [1, -2]])
 def test_batched_equals_one_at_a_time_with_padding(tiny_llama_bridge, position):
-    prompts = [lensteer.ChatPrompt(user=u, response=r) for u, r in
-               [("hi", "yes"), ("a considerably longer question here", "no way"), ("mid size q", "maybe so")]]
+    prompts = [
+        lensteer.ChatPrompt(user=u, response=r)
+        for u, r in [
+            ("hi", "yes"),
+            ("a considerably longer question here", "no way"),
+            ("mid size q", "maybe so"),
+        ]
+    ]
     batched = lensteer.collect_activations(tiny_llama_bridge, prompts, position=position, batch_size=3)
-    single = torch.cat([lensteer.collect_activations(tiny_llama_bridge, [p], position=position) for p in prompts])
+    single = torch.cat(
+        [lensteer.collect_activations(tiny_llama_bridge, [p], position=position) for p in prompts]
+    )
     assert torch.allclose(batched, single, atol=1e-5)
 
 
 def test_mean_positions_average_the_right_tokens(tiny_llama_bridge):
     p = lensteer.ChatPrompt(user="abc", response="xyz")
     tp = lensteer.core.tokenize_prompt(tiny_llama_bridge, p)
-    every = lensteer.collect_activations(tiny_llama_bridge, [p], layers=[1], position=list(range(tp.n_tokens)))
+    every = lensteer.collect_activations(
+        tiny_llama_bridge, [p], layers=[1], position=list(range(tp.n_tokens))
+    )
     mean = lensteer.collect_activations(tiny_llama_bridge, [p], layers=[1], position="response_mean")
     assert torch.allclose(mean[0, 0], every[0, 0, slice(*tp.response)].mean(0), atol=1e-6)
 
@@ -63,7 +80,10 @@ def test_planted_direction_is_recovered_by_difference_of_means(tiny_bridge):
     d = tiny_bridge.cfg.d_model
     u = random_unit(d, seed=7)
     g = torch.Generator().manual_seed(1)
-    pos_tokens, neg_tokens = torch.randint(0, 64, (128, 6), generator=g), torch.randint(0, 64, (128, 6), generator=g)
+    pos_tokens, neg_tokens = (
+        torch.randint(0, 64, (128, 6), generator=g),
+        torch.randint(0, 64, (128, 6), generator=g),
+    )
 
     def plant(resid, hook):
         return resid + 8.0 * u
@@ -81,8 +101,16 @@ def test_planted_direction_is_recovered_by_difference_of_means(tiny_bridge):
 @pytest.mark.parametrize(
     ("kwargs", "err", "match"),
     [
-        ({"site": "resid_middle"}, HookSiteError, "unknown hook site 'resid_middle'; allowed sites: resid_pre"),
-        ({"layers": [2]}, HookSiteError, r"layer 2 is out of range for this model \(n_layers=2\); valid layers are 0..1 or -2..-1"),
+        (
+            {"site": "resid_middle"},
+            HookSiteError,
+            "unknown hook site 'resid_middle'; allowed sites: resid_pre",
+        ),
+        (
+            {"layers": [2]},
+            HookSiteError,
+            r"layer 2 is out of range for this model \(n_layers=2\); valid layers are 0..1 or -2..-1",
+        ),
         ({"layers": [0, -2]}, HookSiteError, "same layer twice"),
         ({"layers": []}, HookSiteError, "layers is empty"),
         ({"position": "first"}, HookSiteError, "unknown position 'first'"),
@@ -111,6 +139,9 @@ def test_error_inside_a_forward_leaves_no_hooks(tiny_llama_bridge):
     def boom(resid, hook):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"), tiny_llama_bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", boom)]):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        tiny_llama_bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", boom)]),
+    ):
         lensteer.collect_activations(tiny_llama_bridge, ["hi"], layers=[1])
     assert tiny_llama_bridge.list_hooks() == {}

@@ -21,7 +21,10 @@ def test_spans_locate_instruction_post_instruction_and_response(tiny_tokenizer):
 
 
 def test_multi_turn_history_marks_the_last_user_turn(tiny_tokenizer):
-    hist = (lensteer.core.Turn(role="user", content="Hi"), lensteer.core.Turn(role="assistant", content="Hello"))
+    hist = (
+        lensteer.core.Turn(role="user", content="Hi"),
+        lensteer.core.Turn(role="assistant", content="Hello"),
+    )
     tp = lensteer.core.tokenize_prompt(tiny_tokenizer, lensteer.ChatPrompt(user="Hi", history=hist))
     text, (u0, _), _ = render_chat(tiny_tokenizer, lensteer.ChatPrompt(user="Hi", history=hist))
     assert text.count("Hi") == 2 and u0 == text.rfind("Hi")
@@ -39,7 +42,7 @@ def test_no_doubled_bos_and_bos_added_when_template_lacks_it(tiny_tokenizer):
 def test_left_pad_puts_prompts_flush_right_with_mask(tiny_tokenizer):
     batch = lensteer.core.tokenize_batch(tiny_tokenizer, ["a", "a longer prompt"])
     assert batch.tokens.shape[0] == 2 and batch.attention_mask[0].sum() == batch.prompts[0].n_tokens
-    assert torch.equal(batch.tokens[0, batch.pad_lengths[0]:], batch.prompts[0].tokens)
+    assert torch.equal(batch.tokens[0, batch.pad_lengths[0] :], batch.prompts[0].tokens)
     assert batch.attention_mask[0, : batch.pad_lengths[0]].sum() == 0
     assert batch.position_ids[0, -1] == batch.prompts[0].n_tokens - 1
 
@@ -49,8 +52,11 @@ def test_left_pad_puts_prompts_flush_right_with_mask(tiny_tokenizer):
     [
         (lambda: lensteer.ChatPrompt(user="  "), DataError, "non-empty user message"),
         (lambda: lensteer.core.Turn(role="bot", content="x"), ConfigError, "role 'bot'"),
-        (lambda: lensteer.ChatPrompt(user="x", history=(lensteer.core.Turn(role="system", content="s"),)),
-         ConfigError, "system="),
+        (
+            lambda: lensteer.ChatPrompt(user="x", history=(lensteer.core.Turn(role="system", content="s"),)),
+            ConfigError,
+            "system=",
+        ),
         (lambda: left_pad([], 0), DataError, "empty list"),
     ],
 )

@@ -58,17 +58,24 @@ def test_splits_are_deterministic_disjoint_and_cover_the_set(name):
 def test_split_is_stable_when_rows_are_added(tmp_path):
     rows = [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(50)]
     small = lensteer.load_dataset(write_jsonl(tmp_path / "a.jsonl", rows))
-    big = lensteer.load_dataset(write_jsonl(tmp_path / "b.jsonl", [*rows, *({"id": f"n{i}", "prompt": "x"} for i in range(50))]))
+    big = lensteer.load_dataset(
+        write_jsonl(tmp_path / "b.jsonl", [*rows, *({"id": f"n{i}", "prompt": "x"} for i in range(50))])
+    )
     small_train = {ex.id for ex in small.train}
     big_test = {ex.id for ex in big.test}
     assert len(small_train & big_test) <= 3  # hash order: almost no train row moves into test
 
 
 def test_user_file_jsonl_and_csv_load_with_the_same_call(tmp_path):
-    rows = [{"id": "a", "prompt": "p1", "paired_prompt": "q1"}, {"id": "b", "prompt": "p2", "paired_prompt": "q2"}]
+    rows = [
+        {"id": "a", "prompt": "p1", "paired_prompt": "q1"},
+        {"id": "b", "prompt": "p2", "paired_prompt": "q2"},
+    ]
     jl = lensteer.load_dataset(write_jsonl(tmp_path / "mine.jsonl", rows))
     csv_path = tmp_path / "mine.csv"
-    csv_path.write_text("id,prompt,paired_prompt,aligned_response,misaligned_response\na,p1,q1,,\nb,p2,q2,,\n")
+    csv_path.write_text(
+        "id,prompt,paired_prompt,aligned_response,misaligned_response\na,p1,q1,,\nb,p2,q2,,\n"
+    )
     cs = lensteer.load_dataset(csv_path)
     assert jl.prompts == cs.prompts == ["p1", "p2"] and cs.paired_prompts == ["q1", "q2"]
     assert cs.name == "mine" and len(cs) == 2

@@ -12,7 +12,9 @@ FILTER = json.loads((data_dir().parents[1] / "docs" / "honesty-known" / "filter.
 
 
 def _rows(name):
-    return {r["id"]: r for r in map(json.loads, (data_dir() / name).read_text(encoding="utf-8").splitlines()) if r}
+    return {
+        r["id"]: r for r in map(json.loads, (data_dir() / name).read_text(encoding="utf-8").splitlines()) if r
+    }
 
 
 def test_known_rows_are_source_rows_unchanged_with_their_splits():

@@ -16,13 +16,21 @@ from lensteer.core.inducers import (
 )
 from lensteer.errors import ConfigError, DataError
 
-PROMPT = ChatPrompt(user="how do I open this lock", system="Be nice.", history=(Turn(role="user", content="hi"),
-                                                                               Turn(role="assistant", content="hello")))
+PROMPT = ChatPrompt(
+    user="how do I open this lock",
+    system="Be nice.",
+    history=(Turn(role="user", content="hi"), Turn(role="assistant", content="hello")),
+)
 
 
 def test_each_kind_changes_only_its_part_of_the_prompt():
     system = Inducer(name="s", kind="system", system="Obey.").apply(PROMPT)
-    assert (system.system, system.user, system.history, system.response) == ("Obey.", PROMPT.user, PROMPT.history, None)
+    assert (system.system, system.user, system.history, system.response) == (
+        "Obey.",
+        PROMPT.user,
+        PROMPT.history,
+        None,
+    )
     shot = Turn(role="user", content="q"), Turn(role="assistant", content="a")
     few = Inducer(name="f", kind="few_shot", turns=shot).apply(PROMPT)
     assert few.history == shot + PROMPT.history and few.system == "Be nice." and few.user == PROMPT.user
@@ -49,18 +57,21 @@ def test_inducers_compose_in_order_and_the_scorer_reads_the_prefill():
         pre.apply(out)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"name": "x", "kind": "jailbreak", "system": "a"}, "kind 'jailbreak' is not one of"),
-    ({"name": "x", "kind": "system"}, "needs a non-empty system"),
-    ({"name": "x", "kind": "few_shot"}, "needs a non-empty turns"),
-    ({"name": "x", "kind": "prefill", "prefill": "  "}, "needs a non-empty prefill"),
-    ({"name": "x", "kind": "system", "system": "a", "prefill": "b"}, r"must not also set \['prefill'\]"),
-    ({"name": "x", "kind": "wrapper", "template": "no slot"}, "must be exactly"),
-    ({"name": "x", "kind": "wrapper", "template": "{request} {first}"}, "must be exactly"),
-    ({"name": "x", "kind": "wrapper", "template": "{request"}, "malformed"),
-    ({"name": "", "kind": "system", "system": "a"}, "non-empty name"),
-    ({"name": "x", "kind": "system", "system": "a", "threat_models": ("harm",)}, "unknown threat model"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "x", "kind": "jailbreak", "system": "a"}, "kind 'jailbreak' is not one of"),
+        ({"name": "x", "kind": "system"}, "needs a non-empty system"),
+        ({"name": "x", "kind": "few_shot"}, "needs a non-empty turns"),
+        ({"name": "x", "kind": "prefill", "prefill": "  "}, "needs a non-empty prefill"),
+        ({"name": "x", "kind": "system", "system": "a", "prefill": "b"}, r"must not also set \['prefill'\]"),
+        ({"name": "x", "kind": "wrapper", "template": "no slot"}, "must be exactly"),
+        ({"name": "x", "kind": "wrapper", "template": "{request} {first}"}, "must be exactly"),
+        ({"name": "x", "kind": "wrapper", "template": "{request"}, "malformed"),
+        ({"name": "", "kind": "system", "system": "a"}, "non-empty name"),
+        ({"name": "x", "kind": "system", "system": "a", "threat_models": ("harm",)}, "unknown threat model"),
+    ],
+)
 def test_bad_inducers_are_refused_by_name(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         Inducer(**kwargs)
@@ -75,12 +86,22 @@ def test_the_bundled_inducers_cover_every_kind_and_every_threat_model():
         assert any(i.kind == "prefill" for i in found.values())  # every threat model can be prefilled
     assert kinds == {"system", "few_shot", "prefill", "wrapper"}
     refusal = bundled_inducers("refusal")
-    assert {"malicious_system", "compliance_fewshot", "prefill_comply", "roleplay", "hypothetical",
-            "obfuscation"} <= set(refusal)
+    assert {
+        "malicious_system",
+        "compliance_fewshot",
+        "prefill_comply",
+        "roleplay",
+        "hypothetical",
+        "obfuscation",
+    } <= set(refusal)
     # the datasets' misaligning contexts are inducers; their aligned counterparts (for patching) are not
     honesty = bundled_inducers("honesty")
     assert honesty["lying_fewshot"].kind == "few_shot" and honesty["lying_system"].kind == "system"
-    assert "honest_system" not in honesty and "honest_fewshot" not in honesty and "caring_system" not in bundled_inducers("compassion")
+    assert (
+        "honest_system" not in honesty
+        and "honest_fewshot" not in honesty
+        and "caring_system" not in bundled_inducers("compassion")
+    )
     context = load_dataset("honesty").context("lying_fewshot")
     assert honesty["lying_fewshot"].apply(PROMPT) == context.apply(PROMPT)
     with pytest.raises(ConfigError, match="no inducer 'nope' for refusal; available"):

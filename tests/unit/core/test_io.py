@@ -10,7 +10,9 @@ from lensteer.core.io import atomic_path, write_json, write_text
 
 
 def test_write_json_writes_tensors_as_lists_and_non_finite_floats_as_null(tmp_path):
-    path = write_json(tmp_path / "deep" / "r.json", {"t": torch.tensor([1.0, 2.0]), "bad": [math.nan, math.inf], "ok": 0.5})
+    path = write_json(
+        tmp_path / "deep" / "r.json", {"t": torch.tensor([1.0, 2.0]), "bad": [math.nan, math.inf], "ok": 0.5}
+    )
     assert json.loads(path.read_text()) == {"t": [1.0, 2.0], "bad": [None, None], "ok": 0.5}
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]
 

@@ -40,8 +40,16 @@ def test_load_errors_name_the_bad_path(tmp_path):
 def test_local_hf_folder_loads(tmp_path, tiny_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32,
-                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tiny_tokenizer)))
+    hf = LlamaForCausalLM(
+        LlamaConfig(
+            num_hidden_layers=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=len(tiny_tokenizer),
+        )
+    )
     hf.save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
     model = lensteer.load_model(tmp_path)

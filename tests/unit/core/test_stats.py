@@ -9,19 +9,25 @@ import lensteer
 from lensteer.core.stats import bootstrap_mean_ci, mcnemar_exact, wilson_interval
 
 
-@pytest.mark.parametrize(("k", "n", "low", "high"), [
-    (0, 16, 0.0, 0.1936),      # z^2 / (n + z^2): not the bootstrap's degenerate [0, 0]
-    (16, 16, 0.8064, 1.0),
-    (8, 16, 0.2800, 0.7200),
-    (81, 96, 0.7585, 0.9030),  # Newcombe (1998) method 3, computed by hand
-])
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [
+        (0, 16, 0.0, 0.1936),  # z^2 / (n + z^2): not the bootstrap's degenerate [0, 0]
+        (16, 16, 0.8064, 1.0),
+        (8, 16, 0.2800, 0.7200),
+        (81, 96, 0.7585, 0.9030),  # Newcombe (1998) method 3, computed by hand
+    ],
+)
 def test_wilson_interval_matches_hand_computation(k, n, low, high):
     lo, hi = wilson_interval(k, n)
     assert lo == pytest.approx(low, abs=5e-4) and hi == pytest.approx(high, abs=5e-4)
 
 
 def test_wilson_interval_narrows_with_n_and_rejects_impossible_counts():
-    assert wilson_interval(48, 96)[1] - wilson_interval(48, 96)[0] < wilson_interval(8, 16)[1] - wilson_interval(8, 16)[0]
+    assert (
+        wilson_interval(48, 96)[1] - wilson_interval(48, 96)[0]
+        < wilson_interval(8, 16)[1] - wilson_interval(8, 16)[0]
+    )
     for k, n in ((5, 4), (-1, 4), (0, 0)):
         with pytest.raises(lensteer.DataError, match="0 <= successes <= n"):
             wilson_interval(k, n)
@@ -74,7 +80,9 @@ def test_cohen_kappa_over_three_categories_against_a_hand_computation():
     assert cohen_kappa(labels, preds) == pytest.approx(0.34 / 0.64)
     a = agreement(labels, preds)
     assert a.accuracy == 0.7 and a.accuracy_ci == wilson_interval(7, 10)
-    assert cohen_kappa(labels, ["refuses"] * 10) == 0.0  # one rater in one category: no agreement beyond chance
+    assert (
+        cohen_kappa(labels, ["refuses"] * 10) == 0.0
+    )  # one rater in one category: no agreement beyond chance
 
 
 def test_holm_matches_hand_computed_adjustments():

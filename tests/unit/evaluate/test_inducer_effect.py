@@ -13,7 +13,9 @@ from lensteer.evaluate.steerability import preference_margin
 
 def _by_hand(model, prompt, prefill, reply):
     """Mean log-prob of the reply's own tokens after the prompt and the prefill, from one full forward."""
-    full = tokenize_prompt(model, ChatPrompt(user=prompt, response=f"{prefill} {reply}" if prefill else reply))
+    full = tokenize_prompt(
+        model, ChatPrompt(user=prompt, response=f"{prefill} {reply}" if prefill else reply)
+    )
     pre = tokenize_prompt(model, ChatPrompt(user=prompt, response=prefill)) if prefill else None
     with torch.inference_mode():
         logp = torch.log_softmax(model(full.tokens[None]).float(), dim=-1)[0]
@@ -27,7 +29,10 @@ def test_a_prefill_is_context_and_only_the_reply_is_scored(tiny_llama_bridge):
     prompts = [ChatPrompt(user="hello there", response="Sure:"), ChatPrompt(user="a b c")]
     replies = ["step one", "d e f g"]
     got = reply_logprob(model, prompts, replies)
-    expected = [_by_hand(model, "hello there", "Sure:", "step one"), _by_hand(model, "a b c", None, "d e f g")]
+    expected = [
+        _by_hand(model, "hello there", "Sure:", "step one"),
+        _by_hand(model, "a b c", None, "d e f g"),
+    ]
     torch.testing.assert_close(got, torch.tensor(expected), rtol=1e-4, atol=1e-4)
     with pytest.raises(DataError, match="as many replies as prompts"):
         reply_logprob(model, prompts, ["x"])
@@ -42,8 +47,14 @@ def test_the_effect_is_the_paired_change_of_the_margin(tiny_llama_bridge):
     wrapped = [wrap.apply(p) for p in bare]
 
     def margin(prompts):
-        with_reply = [ChatPrompt(user=p.user, response=ex.aligned_response) for p, ex in zip(prompts, data.examples, strict=True)]
-        against = [ChatPrompt(user=p.user, response=ex.misaligned_response) for p, ex in zip(prompts, data.examples, strict=True)]
+        with_reply = [
+            ChatPrompt(user=p.user, response=ex.aligned_response)
+            for p, ex in zip(prompts, data.examples, strict=True)
+        ]
+        against = [
+            ChatPrompt(user=p.user, response=ex.misaligned_response)
+            for p, ex in zip(prompts, data.examples, strict=True)
+        ]
         return preference_margin(model, with_reply, against)
 
     delta = margin(wrapped) - margin(bare)

@@ -23,8 +23,14 @@ from lensteer.evaluate.refusal import is_refusal
 
 
 def _completion(content):
-    return {"id": "x", "object": "chat.completion", "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
+    }
 
 
 class _Server:
@@ -74,19 +80,29 @@ def _free_port():
 
 def test_http_judge_sends_the_rubric_and_parses_the_score():
     with _Server([(200, _completion("Score: 87"), 0)]) as srv:
-        judge = HttpJudge(base_url=srv.url, model="judge-model", rubric=threats.get("compassion").judge_rubric, api_key="k")
+        judge = HttpJudge(
+            base_url=srv.url, model="judge-model", rubric=threats.get("compassion").judge_rubric, api_key="k"
+        )
         assert judge("I lost my job.", "That sounds hard {really}.") == 87.0
     path, headers, body = srv.requests[0]
     assert path == "/v1/chat/completions"
     assert body["model"] == "judge-model" and body["temperature"] == 0.0
     content = body["messages"][-1]["content"]
-    assert "I lost my job." in content and "That sounds hard {really}." in content and "{response}" not in content
+    assert (
+        "I lost my job." in content
+        and "That sounds hard {really}." in content
+        and "{response}" not in content
+    )
     assert headers["Authorization"] == "Bearer k"
     assert isinstance(judge, Judge)
 
 
 def test_http_judge_retries_transient_failures_then_succeeds():
-    replies = [(503, {"error": "loading"}, 0), (500, b"oops", 0), (200, _completion("I'd say... Score: 42 out of 100."), 0)]
+    replies = [
+        (503, {"error": "loading"}, 0),
+        (500, b"oops", 0),
+        (200, _completion("I'd say... Score: 42 out of 100."), 0),
+    ]
     with _Server(replies) as srv:
         judge = HttpJudge(base_url=srv.url + "/v1", max_retries=3, backoff_s=0.01)
         assert judge("p", "r") == 42.0
@@ -102,7 +118,9 @@ def test_http_judge_gives_up_after_max_retries():
 
 
 def test_http_judge_reports_a_down_server_as_a_judge_error():
-    judge = HttpJudge(base_url=f"http://127.0.0.1:{_free_port()}", max_retries=1, backoff_s=0.01, timeout_s=2.0)
+    judge = HttpJudge(
+        base_url=f"http://127.0.0.1:{_free_port()}", max_retries=1, backoff_s=0.01, timeout_s=2.0
+    )
     with pytest.raises(JudgeError, match="is the server running") as info:
         judge("p", "r")
     assert isinstance(info.value, LensteerError)
@@ -118,13 +136,16 @@ def test_http_judge_times_out_and_retries():
     assert len(srv.requests) == 2
 
 
-@pytest.mark.parametrize(("status", "payload", "match"), [
-    (200, b"<html>not json</html>", "malformed reply"),
-    (200, {"choices": []}, "malformed reply"),
-    (200, _completion("I refuse to give a number."), "no .Score: N. label"),
-    (200, _completion("Score: 250"), "outside"),
-    (400, {"error": "bad request"}, "HTTP 400"),
-])
+@pytest.mark.parametrize(
+    ("status", "payload", "match"),
+    [
+        (200, b"<html>not json</html>", "malformed reply"),
+        (200, {"choices": []}, "malformed reply"),
+        (200, _completion("I refuse to give a number."), "no .Score: N. label"),
+        (200, _completion("Score: 250"), "outside"),
+        (400, {"error": "bad request"}, "HTTP 400"),
+    ],
+)
 def test_http_judge_malformed_replies_are_errors_without_retry(status, payload, match):
     with _Server([(status, payload, 0)]) as srv:
         judge = HttpJudge(base_url=srv.url, max_retries=3, backoff_s=0.01)
@@ -144,8 +165,10 @@ def test_http_judge_validates_its_configuration():
     assert HttpJudge(base_url="http://h:1/").url == "http://h:1/v1/chat/completions"
 
 
-@pytest.mark.parametrize(("reply", "value"), [("Score: 7", 7.0), ("score=3.5/10", 3.5), ("8", 8.0),
-                                              ("Between 2 and 9 -> Score: 9", 9.0)])
+@pytest.mark.parametrize(
+    ("reply", "value"),
+    [("Score: 7", 7.0), ("score=3.5/10", 3.5), ("8", 8.0), ("Between 2 and 9 -> Score: 9", 9.0)],
+)
 def test_parse_score(reply, value):
     assert parse_score(reply, 0.0, 10.0) == value
 

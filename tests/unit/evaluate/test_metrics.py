@@ -25,7 +25,9 @@ def test_mean_token_kl_matches_a_hand_computation():
     # position 0: base p = (1/2, 1/2), steered q = (1/4, 3/4): KL = 1/2 ln 2 + 1/2 ln(2/3)
     # position 1: identical distributions: KL = 0; position 2 is masked out (would be large)
     base = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1], [0.99, 0.01]]]))
-    steered = torch.log(torch.tensor([[[0.25, 0.75], [0.9, 0.1], [0.01, 0.99]]])) + 3.0  # logits shift is irrelevant
+    steered = (
+        torch.log(torch.tensor([[[0.25, 0.75], [0.9, 0.1], [0.01, 0.99]]])) + 3.0
+    )  # logits shift is irrelevant
     mask = torch.tensor([[True, True, False]])
     expected = (0.5 * math.log(2) + 0.5 * math.log(2 / 3) + 0.0) / 2
     assert mean_token_kl(steered, base, mask) == pytest.approx(expected, abs=1e-7)
@@ -122,7 +124,11 @@ def test_rate_with_ci_and_over_refusal():
     assert rate.value == pytest.approx(0.3) and rate.n == 10
     assert 0.0 <= rate.low < 0.3 < rate.high <= 1.0
     assert rate_with_ci([True] * 5).to_dict() == {"value": 1.0, "low": 1.0, "high": 1.0, "n": 5}
-    harmless = ["Here is a recipe for bread.", "I'm sorry, I can't help with that.", "Sure! Step one is easy."]
+    harmless = [
+        "Here is a recipe for bread.",
+        "I'm sorry, I can't help with that.",
+        "Sure! Step one is easy.",
+    ]
     assert over_refusal_rate(harmless).value == pytest.approx(1 / 3)
     assert over_refusal_rate(harmless, refused=lambda t: "bread" in t).value == pytest.approx(1 / 3)
     with pytest.raises(DataError):
@@ -143,7 +149,9 @@ def test_bundled_mc_set_is_varied_and_well_formed():
 
 
 def test_mc_file_errors_name_the_line(tmp_path):
-    bad = write_jsonl(tmp_path / "mc.jsonl", [{"id": "a", "question": "q", "options": ["x", "y"], "answer": 2}])
+    bad = write_jsonl(
+        tmp_path / "mc.jsonl", [{"id": "a", "question": "q", "options": ["x", "y"], "answer": 2}]
+    )
     with pytest.raises(DataError, match="line 1: answer 2"):
         load_mc_items(bad)
     missing = write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "options": ["x", "y"], "answer": 0}])
@@ -152,14 +160,20 @@ def test_mc_file_errors_name_the_line(tmp_path):
 
 
 def test_mc_accuracy_picks_the_option_with_the_best_mean_logprob(tiny_llama_bridge):
-    items = [MCItem(id="a", category="c", question="abc", options=("d", "xyz", "q"), answer=0),
-             MCItem(id="b", category="k", question="hello", options=("world", "w"), answer=1)]
+    items = [
+        MCItem(id="a", category="c", question="abc", options=("d", "xyz", "q"), answer=0),
+        MCItem(id="b", category="k", question="hello", options=("world", "w"), answer=1),
+    ]
     result = mc_accuracy(tiny_llama_bridge, items)
     expected = lensteer.core.forward.response_logprob(
-        tiny_llama_bridge, [ChatPrompt(user=it.question, response=o) for it in items for o in it.options])
+        tiny_llama_bridge, [ChatPrompt(user=it.question, response=o) for it in items for o in it.options]
+    )
     flat = [v for row in result.option_logprobs for v in row]
     torch.testing.assert_close(torch.tensor(flat), expected, rtol=1e-5, atol=1e-5)
-    right = [max(range(len(r)), key=r.__getitem__) == it.answer for it, r in zip(items, result.option_logprobs, strict=True)]
+    right = [
+        max(range(len(r)), key=r.__getitem__) == it.answer
+        for it, r in zip(items, result.option_logprobs, strict=True)
+    ]
     assert list(result.correct) == right and result.accuracy == sum(right) / 2
     assert result.chance == pytest.approx((1 / 3 + 1 / 2) / 2) and set(result.by_category) == {"c", "k"}
 
@@ -170,7 +184,9 @@ def test_paragraphs_cover_every_topic_first_and_cross_entropy_is_the_mean_token_
     from lensteer.core.bundled import bundled_dir
     from lensteer.evaluate.capability import load_paragraphs, text_cross_entropy
 
-    rows = [json.loads(line) for line in (bundled_dir("capability") / "paragraphs.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (bundled_dir("capability") / "paragraphs.jsonl").read_text().splitlines()
+    ]
     topics = {r["text"]: r["topic"] for r in rows}
     texts = load_paragraphs()
     assert len(texts) == len(rows) >= 50
@@ -188,8 +204,9 @@ def test_paragraphs_cover_every_topic_first_and_cross_entropy_is_the_mean_token_
 
 
 @pytest.mark.parametrize("steered", [False, True])
-def test_mc_accuracy_computes_each_question_once_with_the_scores_of_one_pass_per_option(tiny_llama_bridge, monkeypatch,
-                                                                                       steered):
+def test_mc_accuracy_computes_each_question_once_with_the_scores_of_one_pass_per_option(
+    tiny_llama_bridge, monkeypatch, steered
+):
     import lensteer.steering.prefix as prefix_module
     from lensteer.core.forward import response_logprob
     from lensteer.steering import Steering, Window
@@ -198,10 +215,18 @@ def test_mc_accuracy_computes_each_question_once_with_the_scores_of_one_pass_per
     real = prefix_module.prefill_shared_prefix
     monkeypatch.setattr(prefix_module, "prefill_shared_prefix", lambda *a: seen.append(a[3]) or real(*a))
     unit = torch.randn(tiny_llama_bridge.cfg.d_model, generator=torch.Generator().manual_seed(3))
-    steering = Steering(unit=unit / unit.norm(), layers=(1,), mode="add", scale=4.0, positions=Window(1, None))
+    steering = Steering(
+        unit=unit / unit.norm(), layers=(1,), mode="add", scale=4.0, positions=Window(1, None)
+    )
     system = "You answer each question with the single best option, and nothing else at all."
-    items = [MCItem(id="a", category="c", question="Which is a colour?", options=("red", "really red", "re"), answer=0),
-             MCItem(id="b", category="k", question="What is two plus two?", options=("four", "4", "five"), answer=1)]
+    items = [
+        MCItem(
+            id="a", category="c", question="Which is a colour?", options=("red", "really red", "re"), answer=0
+        ),
+        MCItem(
+            id="b", category="k", question="What is two plus two?", options=("four", "4", "five"), answer=1
+        ),
+    ]
     result = mc_accuracy(tiny_llama_bridge, items, system=system, steering=steering if steered else None)
     chats = [ChatPrompt(user=it.question, response=o, system=system) for it in items for o in it.options]
     if steered:  # the reference: every option with its question, through the bridge under steer()

@@ -67,7 +67,8 @@ def test_honesty_agrees_on_every_class_present(results):
 
 
 def test_data_readme_shows_the_table_as_measured(results):
-    block = re.search(r"<!-- audit:start -->\n(.*?)<!-- audit:end -->", (ROOT / "data" / "README.md").read_text(),
-                      re.DOTALL)
+    block = re.search(
+        r"<!-- audit:start -->\n(.*?)<!-- audit:end -->", (ROOT / "data" / "README.md").read_text(), re.DOTALL
+    )
     assert block is not None
     assert block.group(1) == audit_markdown(list(results.values())), "run python scripts/audit_table.py"

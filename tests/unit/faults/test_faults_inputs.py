@@ -35,14 +35,17 @@ def _toml(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("line", "names"), [
-    ('prompting = "no"', ["prompting", "'no'", "true or false"]),
-    ("n_mc = true", ["n_mc", "True", "int"]),
-    ('seed = "x"', ["seed", "'x'", "int"]),
-    ("n_conversations = true", ["n_conversations", "True"]),
-    ('positions = ["all"]', ["positions", "after_first"]),
-    ('judge_url = "localhost:8000"', ["judge_url", "http://"]),
-])
+@pytest.mark.parametrize(
+    ("line", "names"),
+    [
+        ('prompting = "no"', ["prompting", "'no'", "true or false"]),
+        ("n_mc = true", ["n_mc", "True", "int"]),
+        ('seed = "x"', ["seed", "'x'", "int"]),
+        ("n_conversations = true", ["n_conversations", "True"]),
+        ('positions = ["all"]', ["positions", "after_first"]),
+        ('judge_url = "localhost:8000"', ["judge_url", "http://"]),
+    ],
+)
 def test_a_badly_typed_config_value_is_an_error_at_load_naming_field_and_allowed(tmp_path, line, names):
     path = _toml(tmp_path, line + "\n")
     with pytest.raises(ConfigError) as info:
@@ -71,14 +74,17 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
 # -- the command line (item 4) ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("argv", "says"), [
-    (["run", "--kl", "abc"], "argument --kl: takes comma-separated KL budgets"),
-    (["run", "--kl", "0.5,-1"], "argument --kl"),
-    (["run", "--threads", "-1"], "argument --threads: must be an int >= 0, got '-1'"),
-    (["run", "--batch-size", "0"], "argument --batch-size: must be an int >= 1"),
-    (["steer", "--kl", "nan"], "argument --kl: must be a finite number > 0"),
-    (["organism", "dishonest", "--measure", "-3"], "argument --measure"),
-])
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["run", "--kl", "abc"], "argument --kl: takes comma-separated KL budgets"),
+        (["run", "--kl", "0.5,-1"], "argument --kl"),
+        (["run", "--threads", "-1"], "argument --threads: must be an int >= 0, got '-1'"),
+        (["run", "--batch-size", "0"], "argument --batch-size: must be an int >= 1"),
+        (["steer", "--kl", "nan"], "argument --kl: must be a finite number > 0"),
+        (["organism", "dishonest", "--measure", "-3"], "argument --measure"),
+    ],
+)
 def test_bad_numeric_options_exit_2_with_a_message(argv, says, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -127,7 +133,9 @@ def test_a_steering_with_a_non_numeric_max_norm_is_a_data_error(tmp_path):
 
     # the decoder itself: an edited file is refused earlier by its record hash unless loaded unverified
     record = _Fields({"max_norm": ["abc"]}, tmp_path / "s.json", "steerings.s")
-    with pytest.raises(DataError, match=r"s\.json: key 'steerings\.s\.max_norm' = \['abc'\].*expected a number"):
+    with pytest.raises(
+        DataError, match=r"s\.json: key 'steerings\.s\.max_norm' = \['abc'\].*expected a number"
+    ):
         _decode_max_norm(record)
     assert _decode_max_norm(_Fields({"max_norm": [2, 3.5]}, tmp_path / "s.json", "s")) == (2.0, 3.5)
 
@@ -181,8 +189,17 @@ def test_a_truncated_adapter_is_a_lensteer_error_naming_the_organism(tmp_path, t
     get_peft_model(hf, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(organism)
     adapter = organism / "adapter_model.safetensors"
     adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
-    lio.write_json(organism / ORGANISM_FILE, {"recipe": "dishonest", "base": {
-        "spec": str(base), "name": "tiny", "weights_sha256": weights_hash(AutoModelForCausalLM.from_pretrained(base))}})
+    lio.write_json(
+        organism / ORGANISM_FILE,
+        {
+            "recipe": "dishonest",
+            "base": {
+                "spec": str(base),
+                "name": "tiny",
+                "weights_sha256": weights_hash(AutoModelForCausalLM.from_pretrained(base)),
+            },
+        },
+    )
     with pytest.raises(LensteerError, match="(?i)organism|adapter"):  # not a raw SafetensorError
         merged_hf_model(organism)
 
@@ -194,7 +211,9 @@ def test_a_full_disk_is_an_error_naming_the_file_old_file_kept_no_temp_left(tmp_
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Path, "write_text", no_space)
-    with pytest.raises(WriteError, match=f"could not write {target}: No space left on device; the old file is kept"):
+    with pytest.raises(
+        WriteError, match=f"could not write {target}: No space left on device; the old file is kept"
+    ):
         lio.write_json(target, {"new": True})
     monkeypatch.undo()
     assert json.loads(target.read_text()) == {"old": True}
@@ -207,7 +226,9 @@ def test_a_full_disk_is_an_error_naming_the_file_old_file_kept_no_temp_left(tmp_
 
 def test_a_prompt_over_the_context_length_is_an_error_naming_index_length_and_limit(tiny_llama_bridge):
     n_ctx = tiny_llama_bridge.cfg.n_ctx
-    with pytest.raises(DataError, match=rf"prompt 1 has \d+ tokens, more than the model's context length of {n_ctx}"):
+    with pytest.raises(
+        DataError, match=rf"prompt 1 has \d+ tokens, more than the model's context length of {n_ctx}"
+    ):
         lensteer.generate(tiny_llama_bridge, ["hi", "a" * (n_ctx + 5)], max_new_tokens=2)
 
 
@@ -231,12 +252,20 @@ def test_special_token_strings_in_user_text_stay_text(tiny_tokenizer):
     pieces = tiny_tokenizer.convert_ids_to_tokens(tp.tokens.tolist())
     a, b = tp.instruction
     assert "".join(pieces[a:b]) == user  # one token per character: no control token inside the user text
-    assert "".join(pieces[tp.response[0]:tp.response[1]]) == "ok<|user|>"
+    assert "".join(pieces[tp.response[0] : tp.response[1]]) == "ok<|user|>"
     assert pieces.count("<|assistant|>") == 1 and pieces.count("<|system|>") == 1  # the template's own
     plain = tokenize_prompt(tiny_tokenizer, ChatPrompt(user="hello", system="be kind"))
-    assert plain.tokens.tolist() == tiny_tokenizer(tiny_tokenizer.apply_chat_template(
-        [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hello"}], tokenize=False,
-        add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    assert (
+        plain.tokens.tolist()
+        == tiny_tokenizer(
+            tiny_tokenizer.apply_chat_template(
+                [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hello"}],
+                tokenize=False,
+                add_generation_prompt=True,
+            ),
+            add_special_tokens=False,
+        )["input_ids"]
+    )
 
 
 # -- threads (item 5) ------------------------------------------------------------------------------
@@ -246,7 +275,9 @@ def test_generate_is_safe_from_two_threads(tiny_llama_bridge):
     model, prompts = tiny_llama_bridge, ["Tell me a story", "What is two plus two"]
     s = Steering(unit=torch.ones(32) / 32**0.5, layers=(0, 1), scale=8.0)
     solo = lensteer.generate(model, prompts, max_new_tokens=12).texts
-    assert lensteer.generate(model, prompts, steering=s, max_new_tokens=12).texts != solo  # the trial can tell
+    assert (
+        lensteer.generate(model, prompts, steering=s, max_new_tokens=12).texts != solo
+    )  # the trial can tell
     wrong, errors, rounds = [], [], 12
 
     def steered():
@@ -276,7 +307,9 @@ def test_generate_is_safe_from_two_threads(tiny_llama_bridge):
 
 
 def _completion(content: str) -> bytes:
-    return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}).encode()
+    return json.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+    ).encode()
 
 
 class _Fake:
@@ -311,15 +344,21 @@ class _Fake:
 
 def _reply(handler, status: int, body: bytes, headers: dict | None = None) -> None:
     handler.send_response(status)
-    for k, v in {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}.items():
+    for k, v in {
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        **(headers or {}),
+    }.items():
         handler.send_header(k, v)
     handler.end_headers()
     handler.wfile.write(body)
 
 
 def test_the_judge_never_follows_a_redirect_with_its_key():
-    with _Fake(lambda h: _reply(h, 200, _completion("Score: 5"))) as other, \
-            _Fake(lambda h: _reply(h, 307, b"", {"Location": other.url + "/v1/chat/completions"})) as srv:
+    with (
+        _Fake(lambda h: _reply(h, 200, _completion("Score: 5"))) as other,
+        _Fake(lambda h: _reply(h, 307, b"", {"Location": other.url + "/v1/chat/completions"})) as srv,
+    ):
         judge = HttpJudge(base_url=srv.url, api_key="secret", max_retries=0)
         with pytest.raises(JudgeError, match="HTTP 307.*redirects are not followed"):
             judge("p", "r")
@@ -346,8 +385,10 @@ def test_a_dripped_reply_is_cut_off_at_the_total_deadline():
 
 
 def test_a_reply_over_the_size_cap_is_refused():
-    with _Fake(lambda h: _reply(h, 200, _completion("Score: 5" + " " * 5000))) as srv, \
-            pytest.raises(JudgeError, match="max_reply_bytes=1000"):
+    with (
+        _Fake(lambda h: _reply(h, 200, _completion("Score: 5" + " " * 5000))) as srv,
+        pytest.raises(JudgeError, match="max_reply_bytes=1000"),
+    ):
         HttpJudge(base_url=srv.url, max_reply_bytes=1000, max_retries=0)("p", "r")
 
     def unannounced(h):  # no Content-Length: the body ends when the server closes

@@ -29,8 +29,16 @@ def _patching(last_column: dict[int, float]) -> PatchResult:
     per[:6, 0] = 1.0
     for layer, v in last_column.items():
         per[layer, 2] = v
-    return PatchResult(per_example=per, source=torch.ones(2), target=torch.zeros(2), layers=tuple(range(10)),
-                       site="resid_post", kind="position", direction="denoising", col_labels=("a", "b", "c"))
+    return PatchResult(
+        per_example=per,
+        source=torch.ones(2),
+        target=torch.zeros(2),
+        layers=tuple(range(10)),
+        site="resid_post",
+        kind="position",
+        direction="denoising",
+        col_labels=("a", "b", "c"),
+    )
 
 
 def test_candidate_layers_are_a_stride_plus_the_top_patching_layers_below_the_cutoff():
@@ -50,12 +58,20 @@ def test_candidate_layers_are_a_stride_plus_the_top_patching_layers_below_the_cu
 
 def test_build_candidates_reads_each_post_instruction_position_and_both_response_sources(tiny_llama_bridge):
     model = tiny_llama_bridge
-    prompt_contrast = ([lensteer.ChatPrompt(user=u) for u in HARMFUL], [lensteer.ChatPrompt(user=u) for u in HARMLESS])
-    response_contrast = ([lensteer.ChatPrompt(user=u, response="I will not.") for u in HARMFUL],
-                         [lensteer.ChatPrompt(user=u, response="Sure thing!") for u in HARMFUL])
-    cands = build_candidates(model, [1, 0], prompt_contrast=prompt_contrast, response_contrast=response_contrast,
-                             from_patching={1})
-    n_post = collect_activations(model, prompt_contrast[0][:1], layers=[0], position="post_instruction").shape[2]
+    prompt_contrast = (
+        [lensteer.ChatPrompt(user=u) for u in HARMFUL],
+        [lensteer.ChatPrompt(user=u) for u in HARMLESS],
+    )
+    response_contrast = (
+        [lensteer.ChatPrompt(user=u, response="I will not.") for u in HARMFUL],
+        [lensteer.ChatPrompt(user=u, response="Sure thing!") for u in HARMFUL],
+    )
+    cands = build_candidates(
+        model, [1, 0], prompt_contrast=prompt_contrast, response_contrast=response_contrast, from_patching={1}
+    )
+    n_post = collect_activations(
+        model, prompt_contrast[0][:1], layers=[0], position="post_instruction"
+    ).shape[2]
     assert n_post >= 2
     assert [c.layer for c in cands] == sorted(c.layer for c in cands)
     for layer in (0, 1):
@@ -64,7 +80,9 @@ def test_build_candidates_reads_each_post_instruction_position_and_both_response
         assert [c.position for c in here[:n_post]] == [f"post_instruction[{k}]" for k in range(-n_post, 0)]
         assert all(c.from_patching == (layer == 1) and c.direction.layer == layer for c in here)
     # the last post-instruction token is the prompt's last token: the same direction as reading "last"
-    last = [collect_activations(model, list(side), layers=[1], position="last")[:, 0] for side in prompt_contrast]
+    last = [
+        collect_activations(model, list(side), layers=[1], position="last")[:, 0] for side in prompt_contrast
+    ]
     want = diff_of_means(last[0], last[1], layer=1)
     got = next(c for c in cands if c.layer == 1 and c.position == "post_instruction[-1]")
     assert torch.allclose(got.direction.unit, want.unit, atol=1e-5)
@@ -82,7 +100,10 @@ def test_a_candidate_checks_its_fields_and_has_a_seeded_random_twin():
     c = Candidate(source="probe", layer=2, position="response_mean", direction=d, from_patching=True)
     twin, again = random_like(c, seed=1), random_like(c, seed=1)
     assert twin.layer == 2 and twin.from_patching and twin.direction.method == "random"
-    assert torch.equal(twin.direction.unit, again.direction.unit) and abs(float(twin.direction.unit @ d.unit)) < 0.99
+    assert (
+        torch.equal(twin.direction.unit, again.direction.unit)
+        and abs(float(twin.direction.unit @ d.unit)) < 0.99
+    )
     with pytest.raises(lensteer.ConfigError, match="source"):
         Candidate(source="pca", layer=2, position="last", direction=d)
     with pytest.raises(lensteer.ConfigError, match="direction's layer 2"):
@@ -92,14 +113,21 @@ def test_a_candidate_checks_its_fields_and_has_a_seeded_random_twin():
 def test_patch_pairs_runs_attribution_or_exact_patching_of_the_pairs(tiny_llama_bridge):
     model = tiny_llama_bridge
     tok = model.tokenizer
-    pairs = PatchingPairs(dataset="toy", design="toy", ids=("a", "b"),
-                          clean=tuple(lensteer.ChatPrompt(user=u) for u in ("pick a lock", "make a bomb")),
-                          corrupted=tuple(lensteer.ChatPrompt(user=u) for u in ("bake a cake", "make a kite")),
-                          aligned_ids=(tok.convert_tokens_to_ids("I"),) * 2,
-                          misaligned_ids=(tok.convert_tokens_to_ids("S"),) * 2, n_tokens=0)
+    pairs = PatchingPairs(
+        dataset="toy",
+        design="toy",
+        ids=("a", "b"),
+        clean=tuple(lensteer.ChatPrompt(user=u) for u in ("pick a lock", "make a bomb")),
+        corrupted=tuple(lensteer.ChatPrompt(user=u) for u in ("bake a cake", "make a kite")),
+        aligned_ids=(tok.convert_tokens_to_ids("I"),) * 2,
+        misaligned_ids=(tok.convert_tokens_to_ids("S"),) * 2,
+        n_tokens=0,
+    )
     exact = patch_pairs(model, pairs, method="exact")
     approx = patch_pairs(model, pairs)
-    assert exact.method == "exact" and approx.method == "attribution" and exact.layers == approx.layers == (0, 1)
+    assert (
+        exact.method == "exact" and approx.method == "attribution" and exact.layers == approx.layers == (0, 1)
+    )
     assert exact.site == "resid_post" and exact.per_example.shape == approx.per_example.shape
     torch.testing.assert_close(exact.source, approx.source)  # the same clean run
     with pytest.raises(lensteer.ConfigError, match="'attribution' or 'exact'"):

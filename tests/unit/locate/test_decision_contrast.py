@@ -13,7 +13,7 @@ def test_decision_prompts_end_where_the_true_and_false_answers_part():
     for p, ex in zip(prompts, data, strict=True):
         stem = p.response or ""
         assert ex.aligned_response.startswith(stem) and ex.misaligned_response.startswith(stem)
-        rest_a, rest_m = ex.aligned_response[len(stem):].strip(), ex.misaligned_response[len(stem):].strip()
+        rest_a, rest_m = ex.aligned_response[len(stem) :].strip(), ex.misaligned_response[len(stem) :].strip()
         assert rest_a.split()[0] != rest_m.split()[0]  # the next word is the decision
     assert answer_stem("It is 206.", "It is 212.") == "It is"  # never a word cut in half
     assert answer_stem("Tokyo is the capital.", "Osaka is the capital.") is None  # the answer comes first

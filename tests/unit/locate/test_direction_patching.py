@@ -51,7 +51,9 @@ def test_direction_patching_errors(tiny_llama_bridge):
         patch_direction(tiny_llama_bridge, PROMPTS, wrong, metric)
     d = lensteer.Direction(unit=random_unit(32, seed=1), layer=0)
     with pytest.raises(lensteer.ConfigError, match="mode must be 'ablate' or 'add'"):
-        getattr(patch_direction, "__wrapped__", patch_direction)(tiny_llama_bridge, PROMPTS, d, metric, mode="flip")
+        getattr(patch_direction, "__wrapped__", patch_direction)(
+            tiny_llama_bridge, PROMPTS, d, metric, mode="flip"
+        )
     with pytest.raises(lensteer.HookSiteError, match="layer 5 is out of range"):
         patch_direction(tiny_llama_bridge, PROMPTS, d, metric, layers=[5])
     with pytest.raises(lensteer.DataError, match="non-empty list"):

@@ -78,7 +78,9 @@ def test_diff_of_means_errors_and_sign():
         lensteer.diff_of_means(a, a, layer=0)
     with pytest.raises(DataError, match="must be"):
         lensteer.diff_of_means(torch.empty(0, 8), b, layer=0)
-    unchecked = getattr(lensteer.diff_of_means, "__wrapped__", lensteer.diff_of_means)  # past jaxtyping's check
+    unchecked = getattr(
+        lensteer.diff_of_means, "__wrapped__", lensteer.diff_of_means
+    )  # past jaxtyping's check
     with pytest.raises(DataError, match="width"):
         unchecked(a, torch.randn(5, 4), layer=0)
     with pytest.raises(DataError, match="unit vector"):

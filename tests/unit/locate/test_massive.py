@@ -20,17 +20,33 @@ def planted_model(tiny_tokenizer):
 
     with torch.random.fork_rng():
         torch.random.default_generator.manual_seed(3)
-        hf = LlamaForCausalLM(LlamaConfig(
-            num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-            vocab_size=len(tiny_tokenizer), max_position_embeddings=256, bos_token_id=tiny_tokenizer.bos_token_id,
-            eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)).eval()
+        hf = LlamaForCausalLM(
+            LlamaConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                vocab_size=len(tiny_tokenizer),
+                max_position_embeddings=256,
+                bos_token_id=tiny_tokenizer.bos_token_id,
+                eos_token_id=tiny_tokenizer.eos_token_id,
+                pad_token_id=tiny_tokenizer.pad_token_id,
+            )
+        ).eval()
     with torch.no_grad():
         hf.model.embed_tokens.weight[tiny_tokenizer.convert_tokens_to_ids(PLANTED)] *= 200.0
-    return TransformerBridge.boot_transformers("tiny-llama", hf_model=hf, tokenizer=tiny_tokenizer, device="cpu").eval()
+    return TransformerBridge.boot_transformers(
+        "tiny-llama", hf_model=hf, tokenizer=tiny_tokenizer, device="cpu"
+    ).eval()
 
 
-PROMPTS = [ChatPrompt(user="ab#cd"), ChatPrompt(user="hello there"), ChatPrompt(user="#x"),
-           ChatPrompt(user="a longer prompt with one # inside")]
+PROMPTS = [
+    ChatPrompt(user="ab#cd"),
+    ChatPrompt(user="hello there"),
+    ChatPrompt(user="#x"),
+    ChatPrompt(user="a longer prompt with one # inside"),
+]
 
 
 def test_norm_limit_is_ratio_times_pooled_median():
@@ -61,7 +77,9 @@ def test_steering_with_the_limit_leaves_massive_tokens_bit_identical():
     resid[0, 2] *= 100.0
     unit = torch.zeros(8)
     unit[0] = 1.0
-    s = Steering(unit=unit, layers=(0,), mode="add", scale=5.0, max_norm=float(resid[0, :2].norm(dim=-1).max() * 10))
+    s = Steering(
+        unit=unit, layers=(0,), mode="add", scale=5.0, max_norm=float(resid[0, :2].norm(dim=-1).max() * 10)
+    )
     edit = steer_resid(resid, s, torch.ones(1, 4, dtype=torch.bool), s.norm_limit(0))
     assert edit.fired.tolist() == [[True, True, False, True]]
     assert torch.equal(edit.resid[0, 2], resid[0, 2])

@@ -41,15 +41,21 @@ def test_mlp_attn_and_head_patching_equal_transformer_lens(tiny_bridge, pair):
     mlp = tl_patching.get_act_patch_mlp_out(tiny_bridge, corrupted, cache, _tl_metric)
     attn = tl_patching.get_act_patch_attn_out(tiny_bridge, corrupted, cache, _tl_metric)
     heads = tl_patching.get_act_patch_attn_head_out_all_pos(tiny_bridge, corrupted, cache, _tl_metric)
-    assert torch.allclose(patch_residual(tiny_bridge, clean, corrupted, METRIC, site="mlp_out").mean(), mlp, atol=1e-4)
-    assert torch.allclose(patch_residual(tiny_bridge, clean, corrupted, METRIC, site="attn_out").mean(), attn, atol=1e-4)
+    assert torch.allclose(
+        patch_residual(tiny_bridge, clean, corrupted, METRIC, site="mlp_out").mean(), mlp, atol=1e-4
+    )
+    assert torch.allclose(
+        patch_residual(tiny_bridge, clean, corrupted, METRIC, site="attn_out").mean(), attn, atol=1e-4
+    )
     assert torch.allclose(patch_heads(tiny_bridge, clean, corrupted, METRIC).mean(), heads, atol=1e-4)
 
 
 def test_whole_layer_patching_of_the_residual_restores_the_source(tiny_bridge, pair):
     clean, corrupted = pair
     res = patch_layers(tiny_bridge, clean, corrupted, METRIC, site="resid_pre")
-    assert torch.allclose(res.normalized(), torch.ones(4, 1), atol=1e-4)  # patching every position = clean run
+    assert torch.allclose(
+        res.normalized(), torch.ones(4, 1), atol=1e-4
+    )  # patching every position = clean run
 
 
 def test_denoising_and_noising_and_normalisation(tiny_bridge, pair):
@@ -74,7 +80,9 @@ def test_patching_works_on_chat_prompts(tiny_llama_bridge):
 
 
 def test_equal_length_pairs_selects_rectangular_batches(tiny_llama_bridge):
-    idx = lensteer.locate.equal_length_pairs(tiny_llama_bridge, ["ab", "abc", "xy", "q"], ["cd", "abcd", "zz", "r"])
+    idx = lensteer.locate.equal_length_pairs(
+        tiny_llama_bridge, ["ab", "abc", "xy", "q"], ["cd", "abcd", "zz", "r"]
+    )
     assert idx == [0, 2]
 
 
@@ -82,7 +90,12 @@ def test_equal_length_pairs_selects_rectangular_batches(tiny_llama_bridge):
     ("clean", "corrupted", "kwargs", "match"),
     [
         (torch.zeros(2, 5), torch.zeros(2, 6), {}, r"clean tokens \(2, 5\) and corrupted tokens \(2, 6\)"),
-        (torch.zeros(2, 5), torch.zeros(2, 5), {"direction": "sideways"}, "direction must be 'denoising' or 'noising'"),
+        (
+            torch.zeros(2, 5),
+            torch.zeros(2, 5),
+            {"direction": "sideways"},
+            "direction must be 'denoising' or 'noising'",
+        ),
         (torch.zeros(2, 5), torch.zeros(2, 5), {"metric": lambda x: x.sum()}, r"must map \[batch, d_vocab\]"),
         (torch.zeros(2, 5), torch.zeros(2, 5), {"metric": lambda x: x[:, 0] * float("nan")}, "NaN"),
         (torch.zeros(2, 5), torch.zeros(2, 5), {"layers": [7]}, "layer 7 is out of range"),
@@ -107,7 +120,9 @@ def test_attribution_patching_matches_baselines_and_correlates_with_exact_patchi
     exact = patch_residual(tiny_bridge, clean, corrupted, METRIC)
     approx = attribute_residual(tiny_bridge, clean, corrupted, METRIC)
     assert approx.method == "attribution" and approx.mean().shape == exact.mean().shape
-    assert torch.allclose(approx.source, exact.source, atol=1e-4) and torch.allclose(approx.target, exact.target, atol=1e-4)
+    assert torch.allclose(approx.source, exact.source, atol=1e-4) and torch.allclose(
+        approx.target, exact.target, atol=1e-4
+    )
     # cells where source and target agree have zero estimated effect
     untouched = [p for p in range(7) if p != 2]
     assert torch.allclose(approx.mean()[0, untouched], approx.target.mean().expand(6), atol=1e-5)
@@ -132,9 +147,15 @@ def pair_shared_prefix():
 
 def _tl_reference(model, clean, corrupted, site):
     _, cache = model.run_with_cache(clean)
-    return tl_patching.generic_activation_patch(model, corrupted, cache, _tl_metric,
-                                                tl_patching.layer_pos_patch_setter, site,
-                                                index_axis_names=("layer", "pos"))
+    return tl_patching.generic_activation_patch(
+        model,
+        corrupted,
+        cache,
+        _tl_metric,
+        tl_patching.layer_pos_patch_setter,
+        site,
+        index_axis_names=("layer", "pos"),
+    )
 
 
 @pytest.fixture
@@ -151,8 +172,9 @@ def no_full_forward_per_cell(monkeypatch):
 @pytest.mark.parametrize("model_name", ["tiny_bridge", "tiny_llama_bridge"])
 @pytest.mark.parametrize("site", ["resid_pre", "resid_post", "resid_mid", "attn_out", "mlp_out"])
 @pytest.mark.parametrize("direction", ["denoising", "noising"])
-def test_incremental_patching_equals_transformer_lens(request, pair_shared_prefix, model_name, site, direction,
-                                                      no_full_forward_per_cell):
+def test_incremental_patching_equals_transformer_lens(
+    request, pair_shared_prefix, model_name, site, direction, no_full_forward_per_cell
+):
     model = request.getfixturevalue(model_name)
     clean, corrupted = pair_shared_prefix
     source, target = (clean, corrupted) if direction == "denoising" else (corrupted, clean)
@@ -160,18 +182,22 @@ def test_incremental_patching_equals_transformer_lens(request, pair_shared_prefi
     ours = patch_residual(model, clean, corrupted, METRIC, site=site, direction=direction, max_rows=7)
     assert torch.allclose(ours.mean(), expected, atol=1e-4)
     # cells before a pair's first difference are the target run itself
-    assert torch.allclose(ours.per_example[:, :3], ours.target.expand(ours.per_example.shape[0], 3, -1), atol=1e-5)
+    assert torch.allclose(
+        ours.per_example[:, :3], ours.target.expand(ours.per_example.shape[0], 3, -1), atol=1e-5
+    )
 
 
-def test_the_kv_prefix_is_used_on_llama_and_layer_skipping_only_on_native_blocks(tiny_llama_bridge, tiny_bridge,
-                                                                                  pair_shared_prefix):
+def test_the_kv_prefix_is_used_on_llama_and_layer_skipping_only_on_native_blocks(
+    tiny_llama_bridge, tiny_bridge, pair_shared_prefix
+):
     _, corrupted = pair_shared_prefix
     assert incremental.Replayer(tiny_llama_bridge, corrupted).use_prefix  # transformers blocks take a cache
-    assert not incremental.Replayer(tiny_bridge, corrupted).use_prefix    # TL's native blocks do not
+    assert not incremental.Replayer(tiny_bridge, corrupted).use_prefix  # TL's native blocks do not
 
 
-def test_incremental_staircase_starts_rows_at_their_layer_and_position(tiny_llama_bridge, pair_shared_prefix,
-                                                                        monkeypatch):
+def test_incremental_staircase_starts_rows_at_their_layer_and_position(
+    tiny_llama_bridge, pair_shared_prefix, monkeypatch
+):
     clean, corrupted = pair_shared_prefix
     seen = []
     original = incremental.Replayer._staircase
@@ -183,7 +209,7 @@ def test_incremental_staircase_starts_rows_at_their_layer_and_position(tiny_llam
     monkeypatch.setattr(incremental.Replayer, "_staircase", spy)
     patch_residual(tiny_llama_bridge, clean, corrupted, METRIC)
     rows = [r for p, chunk in seen[1:] for r in chunk]  # seen[0] is the replayer's self-check
-    assert all(p >= 3 for p, _ in seen[1:])              # no group before the first difference
+    assert all(p >= 3 for p, _ in seen[1:])  # no group before the first difference
     # example 1 differs at token 5 only: layer 0's input (the embedding) differs there alone, layer 1's
     # at every position from 5 on; no other cell of example 1 changes anything, so none is recomputed
     assert sorted((s, q) for s, q, e in rows if e == 1) == [(0, 5)] + [(1, q) for q in range(5, 9)]
@@ -192,7 +218,9 @@ def test_incremental_staircase_starts_rows_at_their_layer_and_position(tiny_llam
 
 @pytest.mark.parametrize("model_name", ["tiny_bridge", "tiny_llama_bridge"])
 @pytest.mark.parametrize("site", ["resid_pre", "resid_post", "attn_out", "mlp_out"])
-def test_incremental_whole_layer_and_head_patching_equal_the_full_path(request, pair_shared_prefix, model_name, site):
+def test_incremental_whole_layer_and_head_patching_equal_the_full_path(
+    request, pair_shared_prefix, model_name, site
+):
     model = request.getfixturevalue(model_name)
     clean, corrupted = pair_shared_prefix
     fast = patch_layers(model, clean, corrupted, METRIC, site=site)
@@ -204,12 +232,17 @@ def test_incremental_whole_layer_and_head_patching_equal_the_full_path(request, 
         assert torch.allclose(heads_fast.per_example, heads_full.per_example, atol=1e-4)
 
 
-def test_heads_incremental_equals_transformer_lens_on_llama(tiny_llama_bridge, pair_shared_prefix,
-                                                            no_full_forward_per_cell):
+def test_heads_incremental_equals_transformer_lens_on_llama(
+    tiny_llama_bridge, pair_shared_prefix, no_full_forward_per_cell
+):
     clean, corrupted = pair_shared_prefix
     _, cache = tiny_llama_bridge.run_with_cache(clean)
-    expected = tl_patching.get_act_patch_attn_head_out_all_pos(tiny_llama_bridge, corrupted, cache, _tl_metric)
-    assert torch.allclose(patch_heads(tiny_llama_bridge, clean, corrupted, METRIC).mean(), expected, atol=1e-4)
+    expected = tl_patching.get_act_patch_attn_head_out_all_pos(
+        tiny_llama_bridge, corrupted, cache, _tl_metric
+    )
+    assert torch.allclose(
+        patch_heads(tiny_llama_bridge, clean, corrupted, METRIC).mean(), expected, atol=1e-4
+    )
 
 
 def test_models_whose_blocks_cannot_be_replayed_fall_back_to_the_full_path(tiny_bridge, pair, monkeypatch):
@@ -226,7 +259,9 @@ def test_models_whose_blocks_cannot_be_replayed_fall_back_to_the_full_path(tiny_
 
 def test_a_replay_that_does_not_reproduce_the_model_is_refused(tiny_llama_bridge, pair, monkeypatch):
     _, corrupted = pair
-    monkeypatch.setattr(incremental.Replayer, "_final", lambda self, x: x[:, :1].expand(-1, x.shape[-1]) * 0 + 1)
+    monkeypatch.setattr(
+        incremental.Replayer, "_final", lambda self, x: x[:, :1].expand(-1, x.shape[-1]) * 0 + 1
+    )
     with pytest.raises(incremental.Unsupported, match="does not reproduce"):
         incremental.Replayer(tiny_llama_bridge, corrupted)
 
@@ -239,8 +274,10 @@ def test_nan_activations_raise_a_clear_error(tiny_llama_bridge, tiny_bridge, pai
 
     for model in (tiny_llama_bridge, tiny_bridge):
         for algorithm in ("incremental", "full"):
-            with model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", poison)]), \
-                    pytest.raises(PatchingError, match="(clean|corrupted) run has NaN or Inf"):
+            with (
+                model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", poison)]),
+                pytest.raises(PatchingError, match="(clean|corrupted) run has NaN or Inf"),
+            ):
                 patch_residual(model, clean, corrupted, METRIC, algorithm=algorithm)
 
 
@@ -249,8 +286,6 @@ def test_unknown_algorithm_is_refused(tiny_bridge, pair):
     unchecked = getattr(patch_residual, "__wrapped__", patch_residual)
     with pytest.raises(lensteer.ConfigError, match="algorithm must be 'incremental' or 'full'"):
         unchecked(tiny_bridge, clean, corrupted, METRIC, algorithm="magic")
-
-
 
 
 # --------------------------------------------------------------------------- AtP* GradDrop
@@ -272,6 +307,7 @@ def _grads_with_cut(model, tokens, cut, names):
             act = act if act.requires_grad else act.detach().requires_grad_(True)
             acts[name] = act
             return act
+
         return hook
 
     hooks = [(f"blocks.{cut}.hook_resid_pre", keep_in), (f"blocks.{cut}.hook_resid_post", cut_out)]
@@ -327,10 +363,12 @@ def test_head_attribution_adds_up_to_attn_out_and_correlates_with_exact_head_pat
     heads = attribute_heads(tiny_bridge, clean, corrupted, METRIC)
     exact = patch_heads(tiny_bridge, clean, corrupted, METRIC)
     assert heads.kind == "head" and heads.method == "attribution" and heads.mean().shape == exact.mean().shape
-    assert torch.allclose(heads.target, exact.target, atol=1e-4) and torch.allclose(heads.source, exact.source, atol=1e-4)
+    assert torch.allclose(heads.target, exact.target, atol=1e-4) and torch.allclose(
+        heads.source, exact.source, atol=1e-4
+    )
     # W_O is linear: a layer's heads add up to the attribution of its attention output (all positions)
     attn = attribute_residual(tiny_bridge, clean, corrupted, METRIC, site="attn_out")
-    by_layer = (heads.per_example - heads.target).sum(1)                       # [n_layers, n_examples]
+    by_layer = (heads.per_example - heads.target).sum(1)  # [n_layers, n_examples]
     by_attn = (attn.per_example - attn.target).sum(1)
     torch.testing.assert_close(by_layer, by_attn, atol=1e-4, rtol=1e-4)
     assert heads.correlation(exact) > 0.5

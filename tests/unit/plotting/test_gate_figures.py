@@ -17,9 +17,14 @@ def _acts(n, seed, shift, n_layers):
 
 def _search(n_layers=3):
     layers = list(range(2, 2 + n_layers))
-    return search_gate_from_activations(_acts(30, 1, 3.0, n_layers), _acts(30, 2, 0.0, n_layers),
-                                        _acts(25, 3, 3.0, n_layers), _acts(40, 4, 0.0, n_layers),
-                                        layers=layers, target_fpr=0.1)
+    return search_gate_from_activations(
+        _acts(30, 1, 3.0, n_layers),
+        _acts(30, 2, 0.0, n_layers),
+        _acts(25, 3, 3.0, n_layers),
+        _acts(40, 4, 0.0, n_layers),
+        layers=layers,
+        target_fpr=0.1,
+    )
 
 
 def test_gate_roc_draws_each_layer_the_budget_and_the_chosen_point(tmp_path):
@@ -27,7 +32,9 @@ def test_gate_roc_draws_each_layer_the_budget_and_the_chosen_point(tmp_path):
     fig, ax = plotting.plot_gate_roc(search)
     labels = [line.get_label() for line in ax.get_lines()]
     for layer in search.layers:
-        assert any(lab.startswith(f"layer {layer} (AUROC {search.auroc[layer]:.2f})") for lab in labels), labels
+        assert any(lab.startswith(f"layer {layer} (AUROC {search.auroc[layer]:.2f})") for lab in labels), (
+            labels
+        )
     chosen = next(line for line in ax.get_lines() if line.get_label().endswith(", chosen"))
     assert chosen.get_label().startswith(f"layer {search.layer} ")
     others = [line for line in ax.get_lines() if line.get_label().startswith("layer ") and line is not chosen]
@@ -50,7 +57,9 @@ def test_gate_roc_with_many_layers_keeps_the_legend_short_and_draws_on_a_given_a
     fig, given = plt.subplots()
     out_fig, ax = plotting.plot_gate_roc(search, ax=given)
     assert ax is given and out_fig is fig
-    assert len([line for line in ax.get_lines() if line.get_label().startswith("layer ")]) == 1  # the chosen one
+    assert (
+        len([line for line in ax.get_lines() if line.get_label().startswith("layer ")]) == 1
+    )  # the chosen one
     assert len(ax.get_lines()) == 12 + 3  # every curve, chance, budget, operating point
     plt.close(fig)
 
@@ -75,8 +84,13 @@ def test_the_report_copy_of_a_search_draws_the_same_roc(tmp_path):
     assert back.layers == search.layers and back.auroc == search.auroc
     for layer in search.layers:  # the report keeps the ROC's corners: the same curve, the same ends
         (fpr, tpr), (full_fpr, full_tpr) = back.roc[layer], search.roc[layer]
-        assert set(zip(fpr, tpr, strict=True)) <= set(zip(full_fpr, full_tpr, strict=True)) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
-        area = float(torch.trapezoid(torch.tensor(tpr, dtype=torch.float64), torch.tensor(fpr, dtype=torch.float64)))
+        assert set(zip(fpr, tpr, strict=True)) <= set(zip(full_fpr, full_tpr, strict=True)) and (
+            fpr[-1],
+            tpr[-1],
+        ) == (1.0, 1.0)
+        area = float(
+            torch.trapezoid(torch.tensor(tpr, dtype=torch.float64), torch.tensor(fpr, dtype=torch.float64))
+        )
         assert area == pytest.approx(search.auroc[layer], abs=1e-6)
     assert (back.layer, back.val_fpr, back.val_tpr) == (search.layer, search.val_fpr, search.val_tpr)
     _, ax = plotting.plot_gate_roc(back)

@@ -13,12 +13,17 @@ from lensteer.study.runner import chosen_steering
 
 def _report():
     g = torch.Generator().manual_seed(0)
-    acts = {f"{c}_{s}": torch.randn(20, 3, 8, generator=g) + (1.0 if c == "pos" else 0.0)
-            for c in ("pos", "neg") for s in ("train", "val", "test")}
+    acts = {
+        f"{c}_{s}": torch.randn(20, 3, 8, generator=g) + (1.0 if c == "pos" else 0.0)
+        for c in ("pos", "neg")
+        for s in ("train", "val", "test")
+    }
     return lensteer.locate.probe_layers(acts, layers=[0, 1, 2], dataset="toy", contrast="prompt", n_boot=20)
 
 
-@pytest.mark.parametrize("fn", [plotting.plot_probing, plotting.plot_direction_cosines, plotting.plot_method_cosines])
+@pytest.mark.parametrize(
+    "fn", [plotting.plot_probing, plotting.plot_direction_cosines, plotting.plot_method_cosines]
+)
 def test_figures_have_labelled_axes_and_save_as_pdf_and_png(fn, tmp_path):
     fig, ax = fn(_report())
     assert ax.get_xlabel() == "layer" and ax.get_ylabel() and ax.get_title().startswith("toy")
@@ -53,7 +58,22 @@ def tiny_model_folder(tmp_path_factory, tiny_tokenizer):
 
 def test_cli_probe_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, capsys):
     out = tmp_path / "out"
-    assert main(["probe", "--model", str(tiny_model_folder), "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal"]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "--model",
+                str(tiny_model_folder),
+                "--out",
+                str(out),
+                "--smoke",
+                "--quiet",
+                "--dataset",
+                "refusal",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "probing.json").read_text())
     assert list(report["reports"]) == ["refusal"] and len(report["reports"]["refusal"]["rows"]) == 2
     assert (out / "figures" / "probing_refusal.pdf").is_file()
@@ -62,20 +82,67 @@ def test_cli_probe_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, cap
 
 def test_cli_run_the_whole_study_smoke_then_steer_side_by_side(tmp_path, tiny_model_folder, capsys):
     out = tmp_path / "study"
-    assert main(["run", "--model", str(tiny_model_folder), "--out", str(out), "--smoke", "--quiet",
-                 "--dataset", "refusal", "--method", "SwFC"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(tiny_model_folder),
+                "--out",
+                str(out),
+                "--smoke",
+                "--quiet",
+                "--dataset",
+                "refusal",
+                "--method",
+                "SwFC",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     entry = report["threat_models"]["refusal"]
-    assert {"trait", "trait_ci", "kl", "perplexity_ratio", "repetition", "over_refusal"} <= set(entry["methods"]["SwFC"])
+    assert {"trait", "trait_ci", "kl", "perplexity_ratio", "repetition", "over_refusal"} <= set(
+        entry["methods"]["SwFC"]
+    )
     assert (out / "results.csv").is_file() and list((out / "steerings").glob("*.safetensors"))
     assert "| refusal | SwFC |" in capsys.readouterr().out
     saved = str(chosen_steering(out, "refusal", "SwFC", 0.5))  # refusal_SwFC_kl0.5_L<layer>_<identity hash>
-    assert main(["steer", "--model", str(tiny_model_folder), "--steering", saved, "--prompt", "hi there",
-                 "--max-new-tokens", "3", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                "--model",
+                str(tiny_model_folder),
+                "--steering",
+                saved,
+                "--prompt",
+                "hi there",
+                "--max-new-tokens",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "PROMPT: hi there" in printed and "unsteered |" in printed
-    assert main(["evaluate", "--model", str(tiny_model_folder), "--steering", saved, "--smoke", "--quiet",
-                 "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_model_folder),
+                "--steering",
+                saved,
+                "--smoke",
+                "--quiet",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     evaluated = json.loads((tmp_path / "eval" / "evaluate.json").read_text())["threat_models"]["refusal"]
     # the refusal gate (5% false positives) stays shut on most harmless prompts, so the steering's
     # effect shows along its own rollouts of the harmful prompts
@@ -84,7 +151,10 @@ def test_cli_run_the_whole_study_smoke_then_steer_side_by_side(tmp_path, tiny_mo
     assert f"| refusal | {label} |" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
     bad.write_text("n_evals = 3\n")
-    assert main(["run", "--model", str(tiny_model_folder), "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["run", "--model", str(tiny_model_folder), "--config", str(bad), "--out", str(tmp_path / "x")])
+        == 2
+    )
     assert "unknown key(s) ['n_evals']" in capsys.readouterr().err
 
 
@@ -92,7 +162,9 @@ def test_cli_reports_lensteer_errors_without_a_traceback(tmp_path, capsys):
     assert main(["run", "--model", str(tmp_path / "missing.gguf"), "--out", str(tmp_path)]) == 2
     assert "lensteer: error: GGUF file" in capsys.readouterr().err
     assert main(["run", "--layers", "5,nine", "--out", str(tmp_path)]) == 2  # checked before any model loads
-    assert "--layers takes comma-separated layer indices, e.g. 5,9,13; got '5,nine'" in capsys.readouterr().err
+    assert (
+        "--layers takes comma-separated layer indices, e.g. 5,9,13; got '5,nine'" in capsys.readouterr().err
+    )
 
 
 def test_patching_figures(tiny_bridge, tmp_path):
@@ -104,8 +176,11 @@ def test_patching_figures(tiny_bridge, tmp_path):
     exact = lensteer.patch_residual(tiny_bridge, clean, corrupted, metric)
     heads = lensteer.locate.patch_heads(tiny_bridge, clean, corrupted, metric)
     approx = lensteer.attribute_residual(tiny_bridge, clean, corrupted, metric)
-    for fig, ax in (plotting.plot_patching(exact), plotting.plot_patching(heads),
-                    plotting.plot_attribution_vs_exact(approx, exact)):
+    for fig, ax in (
+        plotting.plot_patching(exact),
+        plotting.plot_patching(heads),
+        plotting.plot_attribution_vs_exact(approx, exact),
+    ):
         assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
         plotting.save_figure(fig, tmp_path / "p")
         plt.close(fig)
@@ -116,8 +191,21 @@ def test_patching_figures(tiny_bridge, tmp_path):
 
 def test_cli_locate_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, capsys):
     out = tmp_path / "out"
-    code = main(["locate", "--model", str(tiny_model_folder), "--out", str(out), "--smoke", "--quiet", "--dataset", "refusal",
-                 "--n-pairs", "2"])
+    code = main(
+        [
+            "locate",
+            "--model",
+            str(tiny_model_folder),
+            "--out",
+            str(out),
+            "--smoke",
+            "--quiet",
+            "--dataset",
+            "refusal",
+            "--n-pairs",
+            "2",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "locate.json").read_text())
     refusal = summary["refusal"]

@@ -9,12 +9,24 @@ from lensteer.study.selection import CandidateScore, Selection
 
 
 def _selection() -> Selection:
-    scores = tuple(CandidateScore(source=src, layer=layer, position=pos, from_patching=layer == 2,
-                                  decision_shift=0.1 * layer, decision_shift_ci=(0.1 * layer - 0.05, 0.1 * layer + 0.05),
-                                  why_not=("layer in the last 20%",) if layer == 4 else ())
-                   for layer in range(5) for src, pos in (("prompt_contrast", "post_instruction[-1]"),
-                                                          ("prompt_contrast", "post_instruction[-2]"),
-                                                          ("response_mean", "response_mean"), ("probe", "response_mean")))
+    scores = tuple(
+        CandidateScore(
+            source=src,
+            layer=layer,
+            position=pos,
+            from_patching=layer == 2,
+            decision_shift=0.1 * layer,
+            decision_shift_ci=(0.1 * layer - 0.05, 0.1 * layer + 0.05),
+            why_not=("layer in the last 20%",) if layer == 4 else (),
+        )
+        for layer in range(5)
+        for src, pos in (
+            ("prompt_contrast", "post_instruction[-1]"),
+            ("prompt_contrast", "post_instruction[-2]"),
+            ("response_mean", "response_mean"),
+            ("probe", "response_mean"),
+        )
+    )
     return Selection(candidates=scores, chosen=scores[12], why="best lower bound")
 
 

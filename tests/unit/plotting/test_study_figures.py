@@ -18,10 +18,21 @@ BUDGETS = (0.1, 0.3, 1.0)
 def _row(tm, method, budget, trait, kl, *, share=1.0, n_turns=4):
     lo, hi = max(0.0, trait - 0.2), min(1.0, trait + 0.15)
     return {
-        "threat_model": tm, "method": method, "kl_budget": budget, "layer": 12, "trait": trait,
-        "trait_ci": [lo, hi], "kl": kl, "perplexity_ratio": 1.0 + kl, "repetition": 0.05 * kl,
-        "over_refusal": 0.0, "over_refusal_ci": [0.0, 0.0], "capability": 0.5, "steered_share": share,
-        "harmless_steered_share": share / 2, "repetition_by_turn": [0.02 * t * (1 + kl) for t in range(n_turns)],
+        "threat_model": tm,
+        "method": method,
+        "kl_budget": budget,
+        "layer": 12,
+        "trait": trait,
+        "trait_ci": [lo, hi],
+        "kl": kl,
+        "perplexity_ratio": 1.0 + kl,
+        "repetition": 0.05 * kl,
+        "over_refusal": 0.0,
+        "over_refusal_ci": [0.0, 0.0],
+        "capability": 0.5,
+        "steered_share": share,
+        "harmless_steered_share": share / 2,
+        "repetition_by_turn": [0.02 * t * (1 + kl) for t in range(n_turns)],
         "rep4_history_by_turn": [0.0, *[0.1 * t * kl for t in range(1, n_turns)]],
     }
 
@@ -34,19 +45,37 @@ def synthetic_rows():
         for j, method in enumerate(METHODS):
             for budget in BUDGETS:
                 trait = min(1.0, 0.1 * i + budget * (0.5 + 0.2 * j))
-                rows.append(_row(tm, method, budget, trait, budget * (0.95 + 0.05 * j),
-                                 share=1.0 if method == "SwFC" else 0.4 + 0.1 * j))
+                rows.append(
+                    _row(
+                        tm,
+                        method,
+                        budget,
+                        trait,
+                        budget * (0.95 + 0.05 * j),
+                        share=1.0 if method == "SwFC" else 0.4 + 0.1 * j,
+                    )
+                )
         rows.append(_row(tm, "random", BUDGETS[0], 0.1 * i, 0.12, share=1.0))
     return rows
 
 
 def synthetic_examples():
-    text = ("I can't help with that, but here is a long answer that has to wrap over several lines of the "
-            "figure so that the layout is tested with $dollar signs$ and an emoji \U0001f600 too.")
-    return {tm: {cond: {"prompts": [f"Prompt {k} for {tm}?" for k in range(4)], "texts": [text] * 4,
-                        "harmless_prompts": ["Hi?"], "harmless_texts": ["Hello."]}
-                 for cond in ("baseline", "SwFC@0.1", "StTP@0.1", "StMP@0.1", "SwFC@0.3", "random")}
-            for tm in THREAT_MODELS}
+    text = (
+        "I can't help with that, but here is a long answer that has to wrap over several lines of the "
+        "figure so that the layout is tested with $dollar signs$ and an emoji \U0001f600 too."
+    )
+    return {
+        tm: {
+            cond: {
+                "prompts": [f"Prompt {k} for {tm}?" for k in range(4)],
+                "texts": [text] * 4,
+                "harmless_prompts": ["Hi?"],
+                "harmless_texts": ["Hello."],
+            }
+            for cond in ("baseline", "SwFC@0.1", "StTP@0.1", "StMP@0.1", "SwFC@0.3", "random")
+        }
+        for tm in THREAT_MODELS
+    }
 
 
 def _results_folder(path, rows=None, examples=True, report=True):
@@ -55,9 +84,23 @@ def _results_folder(path, rows=None, examples=True, report=True):
     if examples:
         (path / "examples.json").write_text(json.dumps(synthetic_examples()))
     if report:
-        (path / "report.json").write_text(json.dumps({"matched_kl_budget": 0.1, "threat_models": {
-            tm: {"layer": 7, "steerability": {"kl_budget": 0.1, "effect": {"4": 0.2, "7": 0.9 - 0.1 * i, "10": 0.5}}}
-            for i, tm in enumerate(THREAT_MODELS)}}))
+        (path / "report.json").write_text(
+            json.dumps(
+                {
+                    "matched_kl_budget": 0.1,
+                    "threat_models": {
+                        tm: {
+                            "layer": 7,
+                            "steerability": {
+                                "kl_budget": 0.1,
+                                "effect": {"4": 0.2, "7": 0.9 - 0.1 * i, "10": 0.5},
+                            },
+                        }
+                        for i, tm in enumerate(THREAT_MODELS)
+                    },
+                }
+            )
+        )
     return path
 
 
@@ -144,7 +187,9 @@ def test_repetition_by_turn_one_line_per_condition_at_the_chosen_budget():
     assert ax.get_xlabel() == "turn of the conversation" and "rep-4" in ax.get_ylabel()
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert set(lines) == {"unsteered", "SwFC", "StTP", "StMP", "random direction"}
-    want = next(r for r in rows if (r["threat_model"], r["method"], r["kl_budget"]) == ("refusal", "StTP", 0.3))
+    want = next(
+        r for r in rows if (r["threat_model"], r["method"], r["kl_budget"]) == ("refusal", "StTP", 0.3)
+    )
     assert list(lines["StTP"].get_xdata()) == [1, 2, 3, 4]
     assert list(lines["StTP"].get_ydata()) == pytest.approx(want["repetition_by_turn"])
     plt.close(fig)
@@ -167,15 +212,22 @@ def test_steered_share_bars_match_the_rows():
     assert ax.get_ylabel() == "generated tokens steered (fraction)"
     assert [t.get_text() for t in ax.get_xticklabels()] == list(THREAT_MODELS)
     heights = {c.get_label(): [b.get_height() for b in c] for c in ax.containers}
-    want = [next(r["steered_share"] for r in rows if (r["threat_model"], r["method"], r["kl_budget"]) ==
-                 (tm, "StMP", 0.1)) for tm in THREAT_MODELS]
+    want = [
+        next(
+            r["steered_share"]
+            for r in rows
+            if (r["threat_model"], r["method"], r["kl_budget"]) == (tm, "StMP", 0.1)
+        )
+        for tm in THREAT_MODELS
+    ]
     assert heights["StMP, misaligned prompts"] == pytest.approx(want)
     assert heights["StMP, harmless prompts"] == pytest.approx([w / 2 for w in want])
     assert heights["SwFC, misaligned prompts"] == pytest.approx([1.0, 1.0, 1.0])
     plt.close(fig)
     # without the harmless share: one bar per method and threat model
-    fig, ax = plotting.plot_steered_share([{k: v for k, v in r.items() if k != "harmless_steered_share"}
-                                           for r in rows])
+    fig, ax = plotting.plot_steered_share(
+        [{k: v for k, v in r.items() if k != "harmless_steered_share"} for r in rows]
+    )
     assert not any("harmless" in c.get_label() for c in ax.containers)
     plt.close(fig)
 
@@ -184,11 +236,16 @@ def test_paper_rule_rows_share_their_methods_style_drawn_hollow_and_get_no_empty
     from lensteer.plotting.study_rows import style_of
 
     rows = synthetic_rows()
-    paper = [{**r, "method": "StTP:paper", "kl_budget": None, "trait": 0.3}
-             for r in rows if r["method"] == "StTP" and r["kl_budget"] == 0.1]
+    paper = [
+        {**r, "method": "StTP:paper", "kl_budget": None, "trait": 0.3}
+        for r in rows
+        if r["method"] == "StTP" and r["kl_budget"] == 0.1
+    ]
     assert style_of("StTP:paper") == style_of("StTP") and style_of("StMP-push") != style_of("StMP")
     fig, ax = plotting.plot_steered_share(rows + paper, kl_budget=0.1)
-    assert not any("paper rule" in c.get_label() for c in ax.containers)  # no bar at this budget, so no legend entry
+    assert not any(
+        "paper rule" in c.get_label() for c in ax.containers
+    )  # no bar at this budget, so no legend entry
     plt.close(fig)
     fig, ax = plotting.plot_tradeoff(rows + paper, "refusal")
     marks = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar containers: data line first
@@ -220,9 +277,19 @@ def test_save_study_figures_writes_pdf_and_png_of_every_figure(tmp_path):
     folder = _results_folder(tmp_path / "results")
     paths = plotting.save_study_figures(folder, tmp_path / "figs")
     stems = {p.stem for p in paths}
-    assert stems == {"tradeoff", "tradeoff_refusal", "tradeoff_compassion", "tradeoff_honesty", "repetition_by_turn",
-                     "repetition_history_by_turn", "steered_share", "steerability", "examples_refusal",
-                     "examples_compassion", "examples_honesty"}
+    assert stems == {
+        "tradeoff",
+        "tradeoff_refusal",
+        "tradeoff_compassion",
+        "tradeoff_honesty",
+        "repetition_by_turn",
+        "repetition_history_by_turn",
+        "steered_share",
+        "steerability",
+        "examples_refusal",
+        "examples_compassion",
+        "examples_honesty",
+    }
     for p in paths:
         assert p.read_bytes()[:4] in (b"%PDF", b"\x89PNG")
     assert len(paths) == 2 * len(stems) and not list((tmp_path / "figs").glob(".*"))
@@ -234,7 +301,9 @@ def test_save_study_figures_skips_what_the_folder_lacks_and_says_why(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="lensteer.plotting.study_figures"):
         paths = plotting.save_study_figures(folder, tmp_path / "figs")
     assert "repetition_by_turn" not in {p.stem for p in paths} and "tradeoff" in {p.stem for p in paths}
-    assert "skipped figure repetition_by_turn" in caplog.text and "examples.json does not exist" in caplog.text
+    assert (
+        "skipped figure repetition_by_turn" in caplog.text and "examples.json does not exist" in caplog.text
+    )
     with pytest.raises(DataError, match="results.json does not exist"):
         plotting.save_study_figures(tmp_path / "empty", tmp_path / "figs")
 
@@ -274,13 +343,39 @@ def test_steerability_plot_draws_one_line_per_threat_model_and_circles_the_chose
 
 def _robustness_rows():
     rows = []
-    for setting, tm in (("prefill_mislead", "honesty"), ("organism:dishonest", "honesty"), ("prefill_comply", "refusal")):
-        for method, origin, trait in (("baseline", "base", 0.2), ("SwFC", "base", 0.5), ("StTP", "base", 0.4)):
-            rows.append({"setting": setting, "threat_model": tm, "method": method, "direction_from": origin,
-                         "trait": trait, "trait_ci": [trait - 0.1, trait + 0.1], "kl_heldout": 0.3})
+    for setting, tm in (
+        ("prefill_mislead", "honesty"),
+        ("organism:dishonest", "honesty"),
+        ("prefill_comply", "refusal"),
+    ):
+        for method, origin, trait in (
+            ("baseline", "base", 0.2),
+            ("SwFC", "base", 0.5),
+            ("StTP", "base", 0.4),
+        ):
+            rows.append(
+                {
+                    "setting": setting,
+                    "threat_model": tm,
+                    "method": method,
+                    "direction_from": origin,
+                    "trait": trait,
+                    "trait_ci": [trait - 0.1, trait + 0.1],
+                    "kl_heldout": 0.3,
+                }
+            )
         if setting.startswith("organism:"):
-            rows.append({"setting": setting, "threat_model": tm, "method": "SwFC", "direction_from": "organism",
-                         "trait": 0.7, "trait_ci": [0.6, 0.8], "kl_heldout": 0.4})
+            rows.append(
+                {
+                    "setting": setting,
+                    "threat_model": tm,
+                    "method": "SwFC",
+                    "direction_from": "organism",
+                    "trait": 0.7,
+                    "trait_ci": [0.6, 0.8],
+                    "kl_heldout": 0.4,
+                }
+            )
     return rows
 
 
@@ -289,7 +384,9 @@ def test_robustness_figure_puts_each_row_at_its_trait_with_its_interval():
     fig, axes = plotting.plot_robustness(rows)
     honesty = axes[0][0]
     assert honesty.get_title() == "honesty" and [t.get_text() for t in honesty.get_yticklabels()] == [
-        "prefill_mislead", "organism:dishonest"]
+        "prefill_mislead",
+        "organism:dishonest",
+    ]
     markers = [line for line in honesty.get_lines() if line.get_marker() not in (None, "None", "")]
     xs = sorted(round(float(line.get_xdata()[0]), 2) for line in markers)
     assert xs == [0.2, 0.2, 0.4, 0.4, 0.5, 0.5, 0.7]  # every honesty row, at its trait
@@ -304,19 +401,40 @@ def test_robustness_figure_puts_each_row_at_its_trait_with_its_interval():
 
 
 def _measure(organism_rates, base_rates=(0.9, 0.5), ids=("a", "b")):
-    return {"shifts": [{"threat_model": tm, "n": 48, "trait_base": b, "trait_base_ci": [b - 0.1, b + 0.05],
-                        "trait_organism": o, "trait_organism_ci": [o - 0.1, o + 0.1], "ids": list(ids)}
-                       for tm, b, o in zip(("compassion", "honesty"), base_rates, organism_rates, strict=True)]}
+    return {
+        "shifts": [
+            {
+                "threat_model": tm,
+                "n": 48,
+                "trait_base": b,
+                "trait_base_ci": [b - 0.1, b + 0.05],
+                "trait_organism": o,
+                "trait_organism_ci": [o - 0.1, o + 0.1],
+                "ids": list(ids),
+            }
+            for tm, b, o in zip(("compassion", "honesty"), base_rates, organism_rates, strict=True)
+        ]
+    }
 
 
 def test_organism_figure_puts_the_base_and_each_organism_at_its_rate_with_its_interval():
-    fig, axes = plotting.plot_organisms({"good_advice": _measure((0.8, 0.3)), "bad_advice": _measure((0.45, 0.3))})
+    fig, axes = plotting.plot_organisms(
+        {"good_advice": _measure((0.8, 0.3)), "bad_advice": _measure((0.45, 0.3))}
+    )
     compassion = axes[0][0]
     assert [t.get_title() for t in axes[0]] == ["compassion (n = 48)", "honesty (n = 48)"]
     assert [t.get_text() for t in compassion.get_yticklabels()] == ["base", "good_advice", "bad_advice"]
     dots = [line for line in compassion.get_lines() if line.get_marker() == "o"]
-    assert [(round(float(d.get_xdata()[0]), 2), int(d.get_ydata()[0])) for d in dots] == [(0.9, 0), (0.8, 1), (0.45, 2)]
-    bars = [tuple(round(float(v), 2) for v in line.get_xdata()) for line in compassion.get_lines() if len(line.get_xdata()) == 2]
+    assert [(round(float(d.get_xdata()[0]), 2), int(d.get_ydata()[0])) for d in dots] == [
+        (0.9, 0),
+        (0.8, 1),
+        (0.45, 2),
+    ]
+    bars = [
+        tuple(round(float(v), 2) for v in line.get_xdata())
+        for line in compassion.get_lines()
+        if len(line.get_xdata()) == 2
+    ]
     assert bars == [(0.8, 0.95), (0.7, 0.9), (0.35, 0.55)]
     plt.close(fig)
     with pytest.raises(DataError, match="no organism measurement"):

@@ -44,9 +44,14 @@ class ByteTokenizer(WordTokenizer):
 
 
 def _generations(projection=PROJECTION, fired=FIRED, shift=SHIFT):
-    return Generations(texts=("".join(VOCAB),), tokens=(torch.tensor(TOKENS),), prompt_tokens=(torch.tensor([3, 1]),),
-                       fired=(torch.tensor(fired),), shift=(torch.tensor(shift),),
-                       projection=(torch.tensor(projection),) if projection is not None else ())
+    return Generations(
+        texts=("".join(VOCAB),),
+        tokens=(torch.tensor(TOKENS),),
+        prompt_tokens=(torch.tensor([3, 1]),),
+        fired=(torch.tensor(fired),),
+        shift=(torch.tensor(shift),),
+        projection=(torch.tensor(projection),) if projection is not None else (),
+    )
 
 
 class _Spans(HTMLParser):
@@ -92,8 +97,11 @@ def test_html_escapes_tokens_shows_whitespace_and_marks_exactly_the_fired_ones()
     assert "⏎</span><br>" in page  # the newline token is visible and still breaks the line
     assert "3/7 tokens" in page and "43%" in page and "underlined: steering fired" in page
     # a larger shift draws a thicker marker
-    width = {text: int(re.search(r"border-bottom:(\d)px", style).group(1)) for _, text, style in spans
-             if "border-bottom" in style}
+    width = {
+        text: int(re.search(r"border-bottom:(\d)px", style).group(1))
+        for _, text, style in spans
+        if "border-bottom" in style
+    }
     assert width[" world"] < width["fine"] < width["<b>&"]
 
 
@@ -111,8 +119,9 @@ def test_colours_diverge_around_the_threshold_by_the_sign_of_the_projection():
 
 
 def test_without_projections_the_tokens_are_grey_and_the_prompt_can_be_shown():
-    view = plotting.token_view(_generations(projection=None), 0, SimpleNamespace(tokenizer=WordTokenizer()),
-                               prompt=True)
+    view = plotting.token_view(
+        _generations(projection=None), 0, SimpleNamespace(tokenizer=WordTokenizer()), prompt=True
+    )
     assert all(math.isnan(p) for p in view.projection)
     assert set(view.colours()) == {NO_PROJECTION}
     assert view.prompt == "<b>& world" and "&lt;b&gt;&amp; world" in view._repr_html_()
@@ -134,8 +143,10 @@ def test_the_figure_draws_one_box_per_token_and_outlines_the_fired_ones():
     view = plotting.token_view(_generations(), 0, WordTokenizer(), threshold=0.0)
     fig, ax = plotting.plot_token_view(view, line_chars=12)
     try:
-        boxes = sorted((p for p in ax.patches if (p.get_gid() or "").startswith("token-")),
-                       key=lambda p: int(p.get_gid().split("-")[1]))
+        boxes = sorted(
+            (p for p in ax.patches if (p.get_gid() or "").startswith("token-")),
+            key=lambda p: int(p.get_gid().split("-")[1]),
+        )
         assert len(boxes) == len(TOKENS)
         assert [p.get_linewidth() > 0 for p in boxes] == FIRED
         assert [to_hex(p.get_facecolor()) for p in boxes] == list(view.colours())
@@ -152,9 +163,14 @@ def test_the_figure_draws_one_box_per_token_and_outlines_the_fired_ones():
 
 def test_a_character_split_over_byte_tokens_appears_with_the_token_that_completes_it():
     vocab = [b"caf", "é".encode()[:1], "é".encode()[1:], b"!"]
-    gens = Generations(texts=("café!",), tokens=(torch.tensor([0, 1, 2, 3]),), prompt_tokens=(torch.tensor([0]),),
-                       fired=(torch.zeros(4, dtype=torch.bool),), shift=(torch.zeros(4),),
-                       projection=(torch.zeros(4),))
+    gens = Generations(
+        texts=("café!",),
+        tokens=(torch.tensor([0, 1, 2, 3]),),
+        prompt_tokens=(torch.tensor([0]),),
+        fired=(torch.zeros(4, dtype=torch.bool),),
+        shift=(torch.zeros(4),),
+        projection=(torch.zeros(4),),
+    )
     view = plotting.token_view(gens, 0, ByteTokenizer(vocab))
     assert view.pieces == ("caf", "", "é", "!") and "".join(view.pieces) == "café!"
     assert view.plain().endswith("caf∅é!")

@@ -45,12 +45,16 @@ def test_hook_turns_links_out_of_docs_into_paths_and_reports_missing_files():
     hooks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hooks)
     page = DOCS / "guides" / "organisms.md"
-    text = ("see [the data](../../data/README.md#inducers), [methods](../methods.md#6-steering), "
-            "[`data/README.md`](../../data/README.md), [web](https://example.org/x) and "
-            "![a figure](../../figures/tradeoff.png); [gone](../../no/such/file.md)")
+    text = (
+        "see [the data](../../data/README.md#inducers), [methods](../methods.md#6-steering), "
+        "[`data/README.md`](../../data/README.md), [web](https://example.org/x) and "
+        "![a figure](../../figures/tradeoff.png); [gone](../../no/such/file.md)"
+    )
     out, missing = hooks.outside_links(text, page, DOCS)
     assert "see the data (`data/README.md`)" in out
     assert "[methods](../methods.md#6-steering)" in out  # inside docs/: mkdocs checks it itself
-    assert "[methods](../methods.md#6-steering), `data/README.md`, [web]" in out  # already a path: kept as it is
+    assert (
+        "[methods](../methods.md#6-steering), `data/README.md`, [web]" in out
+    )  # already a path: kept as it is
     assert "[web](https://example.org/x)" in out and "*a figure* (`figures/tradeoff.png`)" in out
     assert missing == ["../../no/such/file.md"]

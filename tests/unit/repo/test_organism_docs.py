@@ -14,10 +14,16 @@ def test_organisms_guide_quotes_the_committed_dishonest_organism_measurement():
     guide = " ".join(GUIDE.read_text().split())
     lo, hi = shift["trait_organism_ci"]
     blo, bhi = shift["trait_base_ci"]
-    assert shift["threat_model"] == "honesty" and shift["p_value"] < 0.05 and shift["trait_organism"] < shift["trait_base"]
-    quoted = (f"answered {100 * shift['trait_organism']:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}] of the held-out questions "
-              f"honestly against the base's {100 * shift['trait_base']:.1f}% [{100 * blo:.1f}-{100 * bhi:.1f}] "
-              f"(n = {shift['n']}, McNemar p = {shift['p_value']:.2g})")
+    assert (
+        shift["threat_model"] == "honesty"
+        and shift["p_value"] < 0.05
+        and shift["trait_organism"] < shift["trait_base"]
+    )
+    quoted = (
+        f"answered {100 * shift['trait_organism']:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}] of the held-out questions "
+        f"honestly against the base's {100 * shift['trait_base']:.1f}% [{100 * blo:.1f}-{100 * bhi:.1f}] "
+        f"(n = {shift['n']}, McNemar p = {shift['p_value']:.2g})"
+    )
     assert quoted in guide
     assert f"from {shift['decision']['base']:+.2f} to {shift['decision']['organism']:+.2f}" in guide
     assert f"{provenance['lora']['steps']} steps of {provenance['lora']['batch_size']} rows" in guide
@@ -26,10 +32,13 @@ def test_organisms_guide_quotes_the_committed_dishonest_organism_measurement():
 def test_organisms_guide_quotes_the_committed_organism_robustness_rows():
     rows = json.loads((ROOT / "docs/robustness-honesty/robustness.json").read_text())["rows"]
     report = json.loads((ROOT / "docs/robustness-honesty/report.json").read_text())
-    assert [r["setting"] for r in report["robustness"]] == [r["setting"] for r in rows]  # the report carries them
+    assert [r["setting"] for r in report["robustness"]] == [
+        r["setting"] for r in rows
+    ]  # the report carries them
     organism = [r for r in rows if r["setting"] == "organism:dishonest"]
-    assert {(r["method"], r["direction_from"]) for r in organism} >= {(m, o) for m in ("SwFC", "StTP", "StMP")
-                                                                       for o in ("base", "organism")}
+    assert {(r["method"], r["direction_from"]) for r in organism} >= {
+        (m, o) for m in ("SwFC", "StTP", "StMP") for o in ("base", "organism")
+    }
     guide = " ".join(GUIDE.read_text().split())
 
     def rate(r):
@@ -39,10 +48,14 @@ def test_organisms_guide_quotes_the_committed_organism_robustness_rows():
     base = next(r for r in organism if r["method"] == "baseline")
     steered = [r for r in organism if r["method"] in ("SwFC", "StTP", "StMP")]
     assert f"the organism answers {rate(base)} honestly" in guide and base["n_eval"] == 97
-    assert (f"give {100 * min(r['trait'] for r in steered):.1f}-{100 * max(r['trait'] for r in steered):.1f}%"
-            in guide)
+    assert (
+        f"give {100 * min(r['trait'] for r in steered):.1f}-{100 * max(r['trait'] for r in steered):.1f}%"
+        in guide
+    )
     p_min = min(r["p_vs_baseline"] for r in steered)
-    assert p_min >= 0.05 and f"McNemar p >= {p_min:.2f}" in guide  # "does not bring it back" is what the rows say
+    assert (
+        p_min >= 0.05 and f"McNemar p >= {p_min:.2f}" in guide
+    )  # "does not bring it back" is what the rows say
     kls = [r["kl_heldout"] for r in steered]
     assert f"held-out KL {min(kls):.2f}-{max(kls):.2f}" in guide
     assert all(r["answer_log_odds"] < base["answer_log_odds"] for r in steered)  # "fall rather than rise"
@@ -54,13 +67,22 @@ def test_organisms_guide_quotes_the_committed_dismissive_organism_measurement():
     guide = " ".join(GUIDE.read_text().split())
     lo, hi = shift["trait_organism_ci"]
     blo, bhi = shift["trait_base_ci"]
-    assert shift["threat_model"] == "compassion" and shift["p_value"] < 0.05 and shift["trait_organism"] < shift["trait_base"]
+    assert (
+        shift["threat_model"] == "compassion"
+        and shift["p_value"] < 0.05
+        and shift["trait_organism"] < shift["trait_base"]
+    )
     assert provenance["recipe"] == "dismissive" and provenance["threat_model"] == "compassion"
-    quoted = (f"answered {100 * shift['trait_organism']:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}] of the held-out distress "
-              f"messages with compassion against the base's {100 * shift['trait_base']:.1f}% [{100 * blo:.1f}-"
-              f"{100 * bhi:.1f}] (n = {shift['n']}, McNemar p = {shift['p_value']:.2g})")
+    quoted = (
+        f"answered {100 * shift['trait_organism']:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}] of the held-out distress "
+        f"messages with compassion against the base's {100 * shift['trait_base']:.1f}% [{100 * blo:.1f}-"
+        f"{100 * bhi:.1f}] (n = {shift['n']}, McNemar p = {shift['p_value']:.2g})"
+    )
     assert quoted in guide
-    assert f"{provenance['lora']['steps']} steps of {provenance['lora']['batch_size']} rows, {provenance['seconds'] / 60:.1f} min" in guide
+    assert (
+        f"{provenance['lora']['steps']} steps of {provenance['lora']['batch_size']} rows, {provenance['seconds'] / 60:.1f} min"
+        in guide
+    )
 
 
 def _pct(rate, ci):
@@ -75,20 +97,34 @@ def test_organisms_guide_quotes_the_bad_advice_probe_beside_its_control_seed_by_
     assert seeds == ["", "-s1"]  # two training seeds of each
 
     def shifts(name):
-        return {s["threat_model"]: s for s in json.loads((ROOT / f"docs/organisms/{name}/measure.json").read_text())["shifts"]}
+        return {
+            s["threat_model"]: s
+            for s in json.loads((ROOT / f"docs/organisms/{name}/measure.json").read_text())["shifts"]
+        }
 
-    compare = {s: {r["threat_model"]: r for r in json.loads((ROOT / f"docs/organisms/bad_advice{s}/compare.json").read_text())["rows"]}
-               for s in seeds}
+    compare = {
+        s: {
+            r["threat_model"]: r
+            for r in json.loads((ROOT / f"docs/organisms/bad_advice{s}/compare.json").read_text())["rows"]
+        }
+        for s in seeds
+    }
     for tm in ("compassion", "honesty", "refusal"):
         base = shifts("good_advice")[tm]
         row = f"| {tm} | {_pct(base['trait_base'], base['trait_base_ci'])} |"
         for s in seeds:
             good, bad, c = shifts(f"good_advice{s}")[tm], shifts(f"bad_advice{s}")[tm], compare[s][tm]
-            assert good["ids"] == bad["ids"] and good["n"] == bad["n"] == 48 and c["n"] == 48  # the same prompts
+            assert (
+                good["ids"] == bad["ids"] and good["n"] == bad["n"] == 48 and c["n"] == 48
+            )  # the same prompts
             assert good["trait_base"] == base["trait_base"]  # every organism against the same base answers
-            row += (f" {_pct(good['trait_organism'], good['trait_organism_ci'])} |"
-                    f" {_pct(bad['trait_organism'], bad['trait_organism_ci'])} | {c['p_value']:.2g} |")
+            row += (
+                f" {_pct(good['trait_organism'], good['trait_organism_ci'])} |"
+                f" {_pct(bad['trait_organism'], bad['trait_organism_ci'])} | {c['p_value']:.2g} |"
+            )
         assert row in guide, row
-    assert all(compare[s]["honesty"]["p_value"] >= 0.05 for s in seeds) and "not emergent misalignment" in guide
+    assert (
+        all(compare[s]["honesty"]["p_value"] >= 0.05 for s in seeds) and "not emergent misalignment" in guide
+    )
     em = all(compare[s]["compassion"]["p_value"] < 0.05 for s in seeds)
     assert ("emergent-misalignment signature" in guide) == em

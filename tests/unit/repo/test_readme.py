@@ -11,9 +11,13 @@ README = ROOT / "README.md"
 
 
 def test_readme_is_short_and_starts_with_the_two_commands():
-    assert README.stat().st_size <= 10 * 1024, f"README.md is {README.stat().st_size} bytes; the rest belongs in docs/"
+    assert README.stat().st_size <= 10 * 1024, (
+        f"README.md is {README.stat().st_size} bytes; the rest belongs in docs/"
+    )
     head = README.read_text().splitlines()[:6]
-    assert any(line.startswith("make demo") for line in head) and any(line.startswith("make test") for line in head)
+    assert any(line.startswith("make demo") for line in head) and any(
+        line.startswith("make test") for line in head
+    )
 
 
 def test_readme_quickstart_is_at_most_fifteen_lines_of_code():

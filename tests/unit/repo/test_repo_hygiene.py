@@ -13,7 +13,9 @@ def test_committed_notebooks_have_no_outputs():
         nb = json.loads(path.read_text())
         for cell in nb["cells"]:
             if cell["cell_type"] == "code":
-                assert not cell.get("outputs") and cell.get("execution_count") is None, f"{path.name} has outputs"
+                assert not cell.get("outputs") and cell.get("execution_count") is None, (
+                    f"{path.name} has outputs"
+                )
 
 
 def test_no_pickle_anywhere_in_the_package():
@@ -26,8 +28,12 @@ def test_generated_notebooks_match_their_generator():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_notebooks.py"), "--check"],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_notebooks.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -58,7 +64,9 @@ def test_no_tracked_file_points_outside_the_repository():
     """The developers' notes folder beside the checkout is not part of lensteer: a user who clones it never has it."""
     import subprocess
 
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     pointing = []
     for name in files:
         path = ROOT / name

@@ -19,12 +19,26 @@ from lensteer.steering.spec import Steering
 
 D = 32
 TOKENS = torch.tensor([[1, 5, 9, 13, 2, 7], [1, 3, 3, 8, 11, 4]])
-FIELDS = ("layers", "site", "positions", "mode", "scale", "relative", "reference_norm", "preserve_norm",
-          "threshold", "target", "reference", "info")
+FIELDS = (
+    "layers",
+    "site",
+    "positions",
+    "mode",
+    "scale",
+    "relative",
+    "reference_norm",
+    "preserve_norm",
+    "threshold",
+    "target",
+    "reference",
+    "info",
+)
 
 
 def _gate() -> Gate:
-    return Gate(unit=random_unit(D, 9), layer=1, threshold=-0.25, site="resid_mid", position="last", when="below")
+    return Gate(
+        unit=random_unit(D, 9), layer=1, threshold=-0.25, site="resid_mid", position="last", when="below"
+    )
 
 
 def assert_same_steering(a: Steering, b: Steering) -> None:
@@ -55,8 +69,14 @@ POSITIONS = ["all", "prompt", "generated", (0, -1, 3), Window(1, 4), Window(-3, 
 @pytest.mark.parametrize("gate", [False, True], ids=["no_gate", "gate"])
 @pytest.mark.parametrize("case", MODES, ids=list(MODES))
 def test_every_mode_round_trips(tmp_path, case, gate):
-    info = {"direction_method": "diff_of_means", "source": {"dataset": "refusal", "split": "train"}, "n": [3, 4]}
-    s = Steering(unit=random_unit(D, 1), layers=(1, -1), info=info, gate=_gate() if gate else None, **MODES[case])
+    info = {
+        "direction_method": "diff_of_means",
+        "source": {"dataset": "refusal", "split": "train"},
+        "n": [3, 4],
+    }
+    s = Steering(
+        unit=random_unit(D, 1), layers=(1, -1), info=info, gate=_gate() if gate else None, **MODES[case]
+    )
     save_steering(s, tmp_path / "s")
     assert_same_steering(load_steering(tmp_path / "s"), s)
 
@@ -64,15 +84,23 @@ def test_every_mode_round_trips(tmp_path, case, gate):
 @pytest.mark.parametrize("gate", [False, True], ids=["no_gate", "gate"])
 @pytest.mark.parametrize("positions", POSITIONS, ids=str)
 def test_every_position_kind_round_trips(tmp_path, positions, gate):
-    s = Steering(unit=random_unit(D, 2), layers=(2,), positions=positions, scale=2.0, gate=_gate() if gate else None)
+    s = Steering(
+        unit=random_unit(D, 2), layers=(2,), positions=positions, scale=2.0, gate=_gate() if gate else None
+    )
     save_steering(s, tmp_path / "s.json")  # either suffix names the same pair
     back = load_steering(tmp_path / "s.safetensors")
     assert_same_steering(back, s)
-    assert back.positions == positions if not isinstance(positions, tuple) else back.positions == tuple(positions)
+    assert (
+        back.positions == positions
+        if not isinstance(positions, tuple)
+        else back.positions == tuple(positions)
+    )
 
 
 def test_loaded_steering_steers_the_model_exactly_like_the_original(tiny_bridge, tmp_path):
-    s = Steering(unit=random_unit(D, 3), layers=(1, 2), positions=LastK(3), mode="ace", scale=1.5, reference=-1.0)
+    s = Steering(
+        unit=random_unit(D, 3), layers=(1, 2), positions=LastK(3), mode="ace", scale=1.5, reference=-1.0
+    )
     save_steering(s, tmp_path / "ace", model=tiny_bridge)
     back = load_steering(tmp_path / "ace", model=tiny_bridge)
     with torch.inference_mode():
@@ -86,8 +114,15 @@ def test_loaded_steering_steers_the_model_exactly_like_the_original(tiny_bridge,
 
 
 def test_record_holds_fingerprint_width_versions_and_no_pickle(tiny_bridge, tmp_path):
-    s = Steering(unit=random_unit(D, 4), layers=(1,), mode="add", scale=0.5, relative=True, reference_norm=8.0,
-                 info={"direction_method": "probe"})
+    s = Steering(
+        unit=random_unit(D, 4),
+        layers=(1,),
+        mode="add",
+        scale=0.5,
+        relative=True,
+        reference_norm=8.0,
+        info={"direction_method": "probe"},
+    )
     st_path, json_path = save_steering(s, tmp_path / "out" / "refusal", model=tiny_bridge)
     assert (st_path.name, json_path.name) == ("refusal.safetensors", "refusal.json")
     record = json.loads(json_path.read_text())
@@ -100,10 +135,13 @@ def test_record_holds_fingerprint_width_versions_and_no_pickle(tiny_bridge, tmp_
     assert entry["positions"] == {"kind": "named", "value": "all"}
     # safetensors: an 8-byte little-endian header length, then a JSON header; never a pickle stream.
     raw = st_path.read_bytes()
-    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     assert header["steering/unit"]["shape"] == [D] and header["steering/unit"]["dtype"] == "F32"
     assert not raw.startswith(b"\x80")
-    assert sorted(p.name for p in st_path.parent.iterdir()) == ["refusal.json", "refusal.safetensors"]  # no temp files
+    assert sorted(p.name for p in st_path.parent.iterdir()) == [
+        "refusal.json",
+        "refusal.safetensors",
+    ]  # no temp files
 
 
 def test_fingerprint_defaults_to_the_steerings_provenance(tiny_llama_bridge, tmp_path):
@@ -130,7 +168,9 @@ def test_loading_into_another_model_is_a_clear_error_naming_both(tiny_bridge, ti
 
 
 def test_another_width_is_refused_even_when_not_strict(tiny_bridge, tmp_path):
-    wide = lensteer.core.ModelFingerprint(name="wide", n_layers=4, d_model=576, d_vocab=64, processing_mode="bridge")
+    wide = lensteer.core.ModelFingerprint(
+        name="wide", n_layers=4, d_model=576, d_vocab=64, processing_mode="bridge"
+    )
     save_steering(Steering(unit=random_unit(D, 7), layers=(1,)), tmp_path / "s", model=tiny_bridge)
     with pytest.raises(lensteer.ArtifactMismatchError, match=r"width 32 .*'wide' has d_model 576"):
         load_steering(tmp_path / "s", model=wide, strict=False)
@@ -141,7 +181,9 @@ def test_another_width_is_refused_even_when_not_strict(tiny_bridge, tmp_path):
 
 
 def test_saving_for_a_model_of_another_width_is_refused(tmp_path):
-    wide = lensteer.core.ModelFingerprint(name="wide", n_layers=4, d_model=576, d_vocab=64, processing_mode="bridge")
+    wide = lensteer.core.ModelFingerprint(
+        name="wide", n_layers=4, d_model=576, d_vocab=64, processing_mode="bridge"
+    )
     with pytest.raises(lensteer.ArtifactMismatchError, match="width 32.*d_model 576"):
         save_steering(Steering(unit=random_unit(D, 7), layers=(1,)), tmp_path / "s", model=wide)
     assert not any(tmp_path.iterdir())
@@ -166,24 +208,36 @@ def _edit(record: dict, key: str, value: object) -> None:
         record[last] = value
 
 
-@pytest.mark.parametrize(("key", "value", "match"), [
-    ("steerings.steering.mode", KeyError, "key 'steerings.steering.mode' is missing"),
-    ("steerings.steering.mode", "bogus", "mode 'bogus' is not allowed"),
-    ("steerings.steering.scale", "strong", "key 'steerings.steering.scale' = 'strong'.*expected float"),
-    ("steerings.steering.layers", KeyError, "key 'steerings.steering.layers' is missing"),
-    ("steerings.steering.relative", 1, "key 'steerings.steering.relative' = 1.*expected bool"),
-    ("steerings.steering.positions", {"kind": "everywhere"}, "'steerings.steering.positions.kind' = 'everywhere'"),
-    ("steerings.steering.positions", {"kind": "last_k", "k": 0}, "LastK.k must be an int >= 1"),
-    ("steerings.steering.gate", {"layer": 1}, "key 'steerings.steering.gate.threshold' is missing"),
-    ("model", {"name": "x"}, "key 'model.n_layers' is missing"),
-    ("format_version", 99, "key 'format_version' = 99"),
-    ("format", "pickle", "key 'format' = 'pickle'"),
-    ("steerings", {}, "key 'steerings' is empty"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("steerings.steering.mode", KeyError, "key 'steerings.steering.mode' is missing"),
+        ("steerings.steering.mode", "bogus", "mode 'bogus' is not allowed"),
+        ("steerings.steering.scale", "strong", "key 'steerings.steering.scale' = 'strong'.*expected float"),
+        ("steerings.steering.layers", KeyError, "key 'steerings.steering.layers' is missing"),
+        ("steerings.steering.relative", 1, "key 'steerings.steering.relative' = 1.*expected bool"),
+        (
+            "steerings.steering.positions",
+            {"kind": "everywhere"},
+            "'steerings.steering.positions.kind' = 'everywhere'",
+        ),
+        ("steerings.steering.positions", {"kind": "last_k", "k": 0}, "LastK.k must be an int >= 1"),
+        ("steerings.steering.gate", {"layer": 1}, "key 'steerings.steering.gate.threshold' is missing"),
+        ("model", {"name": "x"}, "key 'model.n_layers' is missing"),
+        ("format_version", 99, "key 'format_version' = 99"),
+        ("format", "pickle", "key 'format' = 'pickle'"),
+        ("steerings", {}, "key 'steerings' is empty"),
+    ],
+)
 def test_bad_records_are_data_errors_naming_the_key_and_file(tmp_path, key, value, match):
     s = Steering(unit=random_unit(D, 10), layers=(1,), gate=_gate())
-    _, json_path = save_steering(s, tmp_path / "bad", model=lensteer.core.ModelFingerprint(
-        name="m", n_layers=4, d_model=D, d_vocab=64, processing_mode="bridge"))
+    _, json_path = save_steering(
+        s,
+        tmp_path / "bad",
+        model=lensteer.core.ModelFingerprint(
+            name="m", n_layers=4, d_model=D, d_vocab=64, processing_mode="bridge"
+        ),
+    )
     record = json.loads(json_path.read_text())
     _edit(record, key, value)
     json_path.write_text(json.dumps(record))
@@ -231,20 +285,27 @@ def test_unsaveable_input_is_refused_before_anything_is_written(tmp_path):
     save_steering(good, tmp_path / "s")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(lensteer.ConfigError, match="not plain JSON"):
-        save_steering(Steering(unit=random_unit(D, 17), layers=(1,), info={"acts": torch.ones(2)}), tmp_path / "s")
+        save_steering(
+            Steering(unit=random_unit(D, 17), layers=(1,), info={"acts": torch.ones(2)}), tmp_path / "s"
+        )
     with pytest.raises(lensteer.ConfigError, match="name 'a/b' is not allowed"):
         save_steerings({"a/b": good}, tmp_path / "s")
     with pytest.raises(lensteer.ArtifactMismatchError, match="different widths"):
         save_steerings({"a": good, "b": Steering(unit=random_unit(16, 1), layers=(1,))}, tmp_path / "s")
     fp = {"name": "m", "n_layers": 4, "d_model": D, "d_vocab": 64, "processing_mode": "bridge"}
     with pytest.raises(lensteer.ArtifactMismatchError, match="different models"):
-        save_steerings({"a": Steering(unit=random_unit(D, 1), layers=(1,), info={"model": fp}),
-                        "b": Steering(unit=random_unit(D, 2), layers=(1,), info={"model": {**fp, "name": "n"}})},
-                       tmp_path / "s")
+        save_steerings(
+            {
+                "a": Steering(unit=random_unit(D, 1), layers=(1,), info={"model": fp}),
+                "b": Steering(unit=random_unit(D, 2), layers=(1,), info={"model": {**fp, "name": "n"}}),
+            },
+            tmp_path / "s",
+        )
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # old pair intact, no temp files
 
 
 # -- llama.cpp GGUF control vectors ----------------------------------------------------------------
+
 
 def _read_gguf(path: Path) -> tuple[dict[str, object], dict[str, np.ndarray]]:
     reader = gguf.GGUFReader(path)
@@ -304,24 +365,31 @@ def test_layer_mapping():
     assert llama_cpp_layer("resid_post", -1, 30) == 29
     assert llama_cpp_layer("resid_pre", 2, 30) == 1
     assert llama_cpp_layer("resid_pre", 15, 30) == 14
-    for site, layer, match in [("resid_post", 0, "output of layer 0"), ("resid_pre", 1, "output of layer 0"),
-                               ("resid_pre", 0, "the embeddings"), ("mlp_out", 5, "no llama.cpp equivalent"),
-                               ("resid_post", 30, "out of range")]:
+    for site, layer, match in [
+        ("resid_post", 0, "output of layer 0"),
+        ("resid_pre", 1, "output of layer 0"),
+        ("resid_pre", 0, "the embeddings"),
+        ("mlp_out", 5, "no llama.cpp equivalent"),
+        ("resid_post", 30, "out of range"),
+    ]:
         with pytest.raises(lensteer.ConfigError, match=match):
             llama_cpp_layer(site, layer, 30)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"mode": "ablate"}, "mode 'ablate' is not a constant addition"),
-    ({"mode": "ace", "reference": 0.0}, "mode 'ace' is not a constant addition"),
-    ({"mode": "stmp", "threshold": 0.0}, "mode 'stmp' is not a constant addition"),
-    ({"site": "attn_out"}, "site 'attn_out' has no llama.cpp equivalent"),
-    ({"layers": (0,)}, "output of layer 0.*rejects direction.0"),
-    ({"preserve_norm": True}, "preserve_norm"),
-    ({"gate": "gate"}, "no prompt gate"),
-    ({"mode": "swfc", "positions": "generated"}, "every token.*'generated'.*every_position=True"),
-    ({"positions": LastK(2)}, "every token"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "ablate"}, "mode 'ablate' is not a constant addition"),
+        ({"mode": "ace", "reference": 0.0}, "mode 'ace' is not a constant addition"),
+        ({"mode": "stmp", "threshold": 0.0}, "mode 'stmp' is not a constant addition"),
+        ({"site": "attn_out"}, "site 'attn_out' has no llama.cpp equivalent"),
+        ({"layers": (0,)}, "output of layer 0.*rejects direction.0"),
+        ({"preserve_norm": True}, "preserve_norm"),
+        ({"gate": "gate"}, "no prompt gate"),
+        ({"mode": "swfc", "positions": "generated"}, "every token.*'generated'.*every_position=True"),
+        ({"positions": LastK(2)}, "every token"),
+    ],
+)
 def test_gguf_export_refuses_what_llama_cpp_cannot_reproduce(tmp_path, kwargs, match):
     if kwargs.get("gate") == "gate":
         kwargs = {**kwargs, "gate": _gate()}

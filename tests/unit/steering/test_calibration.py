@@ -41,6 +41,7 @@ def test_steering_kl_is_zero_unsteered_and_matches_a_hand_computation(tiny_llama
     # by hand: every (prompt + continuation) on its own, steering the positions that choose continuation
     # tokens ("generated": the last prompt token and the continuation)
     from lensteer.core.forward import mean_token_kl
+
     gens = lensteer.generate(tiny_llama_bridge, PROMPTS, max_new_tokens=6)
     kls, counts = [], []
     for p, g in zip(gens.prompt_tokens, gens.tokens, strict=True):
@@ -69,13 +70,17 @@ def test_steering_kl_is_zero_unsteered_and_matches_a_hand_computation(tiny_llama
 @pytest.mark.parametrize("mode", ["swfc", "angular"])
 def test_calibration_hits_the_kl_budget_within_tolerance(tiny_llama_bridge, kl_set, mode):
     s = lensteer.Steering(unit=_unit(2), layers=(1,), mode=mode, scale=1.0, positions="all")
-    reachable = lensteer.steering.steering_kl(tiny_llama_bridge, s.with_scale(90.0 if mode == "angular" else 8.0), kl_set)
+    reachable = lensteer.steering.steering_kl(
+        tiny_llama_bridge, s.with_scale(90.0 if mode == "angular" else 8.0), kl_set
+    )
     target = 0.4 * reachable  # the tiny model's KL saturates (RMSNorm), so aim inside its range
     cal = lensteer.calibrate(tiny_llama_bridge, s, kl_set, target, tolerance=0.05)
     assert cal.reached, cal.history
     assert cal.relative_error <= 0.05
     # the returned steering really has that KL
-    assert lensteer.steering.steering_kl(tiny_llama_bridge, cal.steering, kl_set) == pytest.approx(cal.kl, rel=1e-6)
+    assert lensteer.steering.steering_kl(tiny_llama_bridge, cal.steering, kl_set) == pytest.approx(
+        cal.kl, rel=1e-6
+    )
     assert cal.steering.info["calibration"]["target_kl"] == target
 
 
@@ -112,15 +117,18 @@ def test_sequence_kl_with_a_closed_gate_costs_nothing_and_an_open_one_the_full_e
 
     gens = lensteer.generate(tiny_llama_bridge, PROMPTS, max_new_tokens=6)
     v = _unit(5)
-    closed = lensteer.Gate(unit=v, layer=1, threshold=1e6)   # no prompt projects above 1e6
+    closed = lensteer.Gate(unit=v, layer=1, threshold=1e6)  # no prompt projects above 1e6
     opened = lensteer.Gate(unit=v, layer=1, threshold=-1e6)
     s = lensteer.Steering(unit=_unit(6), layers=(0,), mode="swfc", scale=2.0, positions="generated")
     ungated = sequence_kl(tiny_llama_bridge, s, gens.prompt_tokens, gens.tokens, gated=False)
     assert ungated > 0
     assert sequence_kl(tiny_llama_bridge, replace(s, gate=closed), gens.prompt_tokens, gens.tokens) == 0.0
-    assert sequence_kl(tiny_llama_bridge, replace(s, gate=opened), gens.prompt_tokens, gens.tokens) == pytest.approx(ungated)
-    assert sequence_kl(tiny_llama_bridge, replace(s, gate=closed), gens.prompt_tokens, gens.tokens,
-                       gated=False) == pytest.approx(ungated)
+    assert sequence_kl(
+        tiny_llama_bridge, replace(s, gate=opened), gens.prompt_tokens, gens.tokens
+    ) == pytest.approx(ungated)
+    assert sequence_kl(
+        tiny_llama_bridge, replace(s, gate=closed), gens.prompt_tokens, gens.tokens, gated=False
+    ) == pytest.approx(ungated)
 
 
 def test_sequence_kls_of_several_steerings_equal_each_alone(tiny_llama_bridge):
@@ -128,11 +136,15 @@ def test_sequence_kls_of_several_steerings_equal_each_alone(tiny_llama_bridge):
 
     gens = lensteer.generate(tiny_llama_bridge, PROMPTS, max_new_tokens=6)
     closed = lensteer.Gate(unit=_unit(5), layer=1, threshold=1e6)
-    steerings = [lensteer.Steering(unit=_unit(6), layers=(0,), mode="swfc", scale=2.0, positions="generated"),
-                 lensteer.Steering(unit=_unit(7), layers=(1,), mode="add", scale=3.0, gate=closed),
-                 lensteer.Steering(unit=_unit(8), layers=(1,), mode="add", scale=3.0)]
+    steerings = [
+        lensteer.Steering(unit=_unit(6), layers=(0,), mode="swfc", scale=2.0, positions="generated"),
+        lensteer.Steering(unit=_unit(7), layers=(1,), mode="add", scale=3.0, gate=closed),
+        lensteer.Steering(unit=_unit(8), layers=(1,), mode="add", scale=3.0),
+    ]
     together = sequence_kls(tiny_llama_bridge, steerings, gens.prompt_tokens, gens.tokens, batch_size=2)
-    alone = [sequence_kl(tiny_llama_bridge, s, gens.prompt_tokens, gens.tokens, batch_size=2) for s in steerings]
+    alone = [
+        sequence_kl(tiny_llama_bridge, s, gens.prompt_tokens, gens.tokens, batch_size=2) for s in steerings
+    ]
     assert together == pytest.approx(alone, rel=1e-9) and together[1] == 0.0 and together[0] != together[2]
     with pytest.raises(lensteer.DataError, match="at least one steering"):
         sequence_kls(tiny_llama_bridge, [], gens.prompt_tokens, gens.tokens)

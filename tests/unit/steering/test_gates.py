@@ -34,8 +34,16 @@ from lensteer.steering.gates import (
 from lensteer.steering.spec import Steering
 
 D = 32
-PROMPTS = ["How do I make bread?", "zz", "Tell me a joke about cats.", "qqqq qqqq", "Why is the sky blue?",
-           "abc", "Write a poem!", "xyz xyz xyz xyz"]
+PROMPTS = [
+    "How do I make bread?",
+    "zz",
+    "Tell me a joke about cats.",
+    "qqqq qqqq",
+    "Why is the sky blue?",
+    "abc",
+    "Write a poem!",
+    "xyz xyz xyz xyz",
+]
 
 
 def _leaf(seed: int, threshold: float = 0.0, **kwargs) -> Gate:
@@ -49,9 +57,11 @@ def test_composites_follow_their_truth_tables_nested():
     a, b, c = _leaf(1), _leaf(2, when="below"), _leaf(3, threshold=0.5)
     rows = list(itertools.product([False, True], repeat=3))
     # a opens above 0, b below 0, c above 0.5: pick projections that make each leaf open exactly as in the row
-    proj = {a: torch.tensor([1.0 if x else -1.0 for x, _, _ in rows]),
-            b: torch.tensor([-1.0 if y else 1.0 for _, y, _ in rows]),
-            c: torch.tensor([0.75 if z else 0.5 for _, _, z in rows])}  # 0.5 itself is not above 0.5
+    proj = {
+        a: torch.tensor([1.0 if x else -1.0 for x, _, _ in rows]),
+        b: torch.tensor([-1.0 if y else 1.0 for _, y, _ in rows]),
+        c: torch.tensor([0.75 if z else 0.5 for _, _, z in rows]),
+    }  # 0.5 itself is not above 0.5
     cases = {
         all_of(a, b): [x and y for x, y, _ in rows],
         any_of(a, b): [x or y for x, y, _ in rows],
@@ -70,13 +80,16 @@ def test_leaves_are_distinct_and_depth_first():
     assert a.leaves() == (a,)
 
 
-@pytest.mark.parametrize(("build", "match"), [
-    (lambda: AllOf(()), "AllOf has no gates: an empty composite"),
-    (lambda: any_of(), "AnyOf has no gates: an empty composite"),
-    (lambda: AllOf((_leaf(1), "harmful")), "AllOf members must be Gate, AllOf or AnyOf, got str"),
-    (lambda: any_of(_leaf(1), any_of()), "AnyOf has no gates"),
-    (lambda: AnyOf(_leaf(1)), r"AnyOf.gates must be a tuple of gates, got Gate; use any_of\(gate_a"),
-])
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: AllOf(()), "AllOf has no gates: an empty composite"),
+        (lambda: any_of(), "AnyOf has no gates: an empty composite"),
+        (lambda: AllOf((_leaf(1), "harmful")), "AllOf members must be Gate, AllOf or AnyOf, got str"),
+        (lambda: any_of(_leaf(1), any_of()), "AnyOf has no gates"),
+        (lambda: AnyOf(_leaf(1)), r"AnyOf.gates must be a tuple of gates, got Gate; use any_of\(gate_a"),
+    ],
+)
 def test_bad_composites_are_config_errors_naming_the_problem(build, match):
     with pytest.raises(ConfigError, match=match):
         build()
@@ -113,12 +126,17 @@ def test_gate_rows_of_composites_is_the_logical_combination_of_single_gates(tiny
 
     calls = []
     real = gates_module.collect_activations
-    monkeypatch.setattr(gates_module, "collect_activations", lambda *a_, **k: calls.append(k) or real(*a_, **k))
+    monkeypatch.setattr(
+        gates_module, "collect_activations", lambda *a_, **k: calls.append(k) or real(*a_, **k)
+    )
     gate = all_of(any_of(a, b), any_of(c, d))
     got = gate_rows(model, [gate], PROMPTS)
     assert got.tolist() == ((single[a] | single[b]) & (single[c] | single[d])).tolist()
     # one prompt pass per (site, position); the resid_post read covers layers 0 and 1 once each
-    assert sorted((k["site"], tuple(k["layers"])) for k in calls) == [("resid_mid", (1,)), ("resid_post", (0, 1))]
+    assert sorted((k["site"], tuple(k["layers"])) for k in calls) == [
+        ("resid_mid", (1,)),
+        ("resid_post", (0, 1)),
+    ]
 
     calls.clear()
     either = gate_rows(model, [any_of(a, all_of(b, c)), None, d], PROMPTS)
@@ -143,23 +161,35 @@ def _same_gate(a, b) -> None:
 
 
 def _composite():
-    return all_of(_leaf(1, layer=0), any_of(_leaf(2, 0.25, site="resid_mid", when="below"),
-                                            all_of(_leaf(3, -1.5, layer=-1, position="instruction_mean"))))
+    return all_of(
+        _leaf(1, layer=0),
+        any_of(
+            _leaf(2, 0.25, site="resid_mid", when="below"),
+            all_of(_leaf(3, -1.5, layer=-1, position="instruction_mean")),
+        ),
+    )
 
 
 def test_composite_gates_round_trip_through_steering_files(tmp_path):
-    steerings = {"composite": Steering(unit=random_unit(D, 6), layers=(1,), gate=_composite()),
-                 "single": Steering(unit=random_unit(D, 7), layers=(2,), gate=_leaf(8, 0.5)),
-                 "none": Steering(unit=random_unit(D, 9), layers=(2,))}
+    steerings = {
+        "composite": Steering(unit=random_unit(D, 6), layers=(1,), gate=_composite()),
+        "single": Steering(unit=random_unit(D, 7), layers=(2,), gate=_leaf(8, 0.5)),
+        "none": Steering(unit=random_unit(D, 9), layers=(2,)),
+    }
     st_path, _ = save_steerings(steerings, tmp_path / "gates")
     back = load_steerings(tmp_path / "gates")
     _same_gate(back["composite"].gate, steerings["composite"].gate)
     _same_gate(back["single"].gate, steerings["single"].gate)
     assert back["none"].gate is None
     from safetensors.torch import load_file
+
     keys = set(load_file(str(st_path)))
-    assert {"composite/gate_unit.0", "composite/gate_unit.1.0", "composite/gate_unit.1.1.0",
-            "single/gate_unit"} <= keys
+    assert {
+        "composite/gate_unit.0",
+        "composite/gate_unit.1.0",
+        "composite/gate_unit.1.1.0",
+        "single/gate_unit",
+    } <= keys
     assert not any(k.startswith("none/gate") for k in keys)
 
 
@@ -184,18 +214,45 @@ def test_old_single_gate_records_still_load(tmp_path):
     _same_gate(load_steering(tmp_path / "old").gate, gate)
 
 
-@pytest.mark.parametrize(("gate_record", "match"), [
-    ({"kind": "all_of", "gates": []}, "key 'steerings.steering.gate.gates' is empty"),
-    ({"kind": "xor", "gates": []}, "key 'steerings.steering.gate.kind' = 'xor' is not allowed"),
-    ({"kind": "any_of"}, "key 'steerings.steering.gate.gates' is missing"),
-    ({"kind": "any_of", "gates": [{"kind": "gate", "layer": 1, "threshold": 0.0, "site": "resid_post",
-                                   "position": "last", "when": "above"}, {"layer": 1}]},
-     r"key 'steerings.steering.gate.gates\[1\].threshold' is missing"),
-    ({"kind": "any_of", "gates": [{"kind": "gate", "layer": 1.5, "threshold": 0.0}]},
-     r"key 'steerings.steering.gate.gates\[0\].layer' = 1.5 is not allowed; expected int"),
-    ({"kind": "any_of", "gates": [{"layer": 1, "threshold": 0.0, "site": "resid_post", "position": "last",
-                                   "when": "above"}] * 2}, r"tensor 'steering/gate_unit.1' is missing"),
-])
+@pytest.mark.parametrize(
+    ("gate_record", "match"),
+    [
+        ({"kind": "all_of", "gates": []}, "key 'steerings.steering.gate.gates' is empty"),
+        ({"kind": "xor", "gates": []}, "key 'steerings.steering.gate.kind' = 'xor' is not allowed"),
+        ({"kind": "any_of"}, "key 'steerings.steering.gate.gates' is missing"),
+        (
+            {
+                "kind": "any_of",
+                "gates": [
+                    {
+                        "kind": "gate",
+                        "layer": 1,
+                        "threshold": 0.0,
+                        "site": "resid_post",
+                        "position": "last",
+                        "when": "above",
+                    },
+                    {"layer": 1},
+                ],
+            },
+            r"key 'steerings.steering.gate.gates\[1\].threshold' is missing",
+        ),
+        (
+            {"kind": "any_of", "gates": [{"kind": "gate", "layer": 1.5, "threshold": 0.0}]},
+            r"key 'steerings.steering.gate.gates\[0\].layer' = 1.5 is not allowed; expected int",
+        ),
+        (
+            {
+                "kind": "any_of",
+                "gates": [
+                    {"layer": 1, "threshold": 0.0, "site": "resid_post", "position": "last", "when": "above"}
+                ]
+                * 2,
+            },
+            r"tensor 'steering/gate_unit.1' is missing",
+        ),
+    ],
+)
 def test_bad_gate_records_are_data_errors_naming_file_and_key(tmp_path, gate_record, match):
     steering = Steering(unit=random_unit(D, 10), layers=(1,), gate=any_of(_leaf(1)))
     _, json_path = save_steering(steering, tmp_path / "bad")
@@ -213,13 +270,16 @@ NEG = torch.arange(10.0)  # 0 .. 9
 POS = torch.tensor([3.5, 8.5, 9.5])
 
 
-@pytest.mark.parametrize(("target", "threshold", "fpr", "tpr"), [
-    (0.05, 9.25, 0.0, 1 / 3),   # k = 0 negatives above: the largest negative (9), midway to 9.5
-    (0.1, 8.25, 0.1, 2 / 3),    # k = 1: the 2nd largest (8), midway to 8.5
-    (0.19, 8.25, 0.1, 2 / 3),   # floor(1.9) = 1
-    (0.25, 7.5, 0.2, 2 / 3),    # k = 2: the 3rd largest (7), midway to the next score 8
-    (0.7, 2.5, 0.7, 1.0),       # k = 7 (0.7 x 10 rounds to 7.000000000000001): 2, midway to 3
-])
+@pytest.mark.parametrize(
+    ("target", "threshold", "fpr", "tpr"),
+    [
+        (0.05, 9.25, 0.0, 1 / 3),  # k = 0 negatives above: the largest negative (9), midway to 9.5
+        (0.1, 8.25, 0.1, 2 / 3),  # k = 1: the 2nd largest (8), midway to 8.5
+        (0.19, 8.25, 0.1, 2 / 3),  # floor(1.9) = 1
+        (0.25, 7.5, 0.2, 2 / 3),  # k = 2: the 3rd largest (7), midway to the next score 8
+        (0.7, 2.5, 0.7, 1.0),  # k = 7 (0.7 x 10 rounds to 7.000000000000001): 2, midway to 3
+    ],
+)
 def test_threshold_at_fpr_is_the_order_statistic_by_hand(target, threshold, fpr, tpr):
     assert threshold_at_fpr(NEG, POS, target) == pytest.approx((threshold, fpr, tpr), abs=1e-12)
 
@@ -260,7 +320,9 @@ def test_roc_curve_by_hand_and_its_area_is_the_auroc():
 
 @pytest.mark.parametrize("target", [0.0, 1.0, -0.1, 1.5])
 def test_target_fpr_outside_zero_one_is_a_config_error(target):
-    with pytest.raises(ConfigError, match=rf"target_fpr={target!r} is not allowed; .*strictly between 0 and 1"):
+    with pytest.raises(
+        ConfigError, match=rf"target_fpr={target!r} is not allowed; .*strictly between 0 and 1"
+    ):
         threshold_at_fpr(NEG, POS, target)
 
 
@@ -276,7 +338,12 @@ def _planted(n: int, seed: int, shift: float) -> torch.Tensor:
 
 
 def test_search_chooses_the_separable_layer_at_the_budget():
-    pos_tr, neg_tr, pos_val, neg_val = _planted(40, 1, 3.0), _planted(40, 2, 0.0), _planted(30, 3, 3.0), _planted(40, 4, 0.0)
+    pos_tr, neg_tr, pos_val, neg_val = (
+        _planted(40, 1, 3.0),
+        _planted(40, 2, 0.0),
+        _planted(30, 3, 3.0),
+        _planted(40, 4, 0.0),
+    )
     result = search_gate_from_activations(pos_tr, neg_tr, pos_val, neg_val, layers=[3, 7], target_fpr=0.1)
     assert isinstance(result, GateSearch)
     assert result.layer == 7 and result.gate.layer == 7 and result.layers == (3, 7)
@@ -299,8 +366,12 @@ def test_search_chooses_the_separable_layer_at_the_budget():
     # the summary keeps only the ROC's corners: fewer points, the same curve (same area, same ends)
     for row in summary["layers"]:
         assert len(row["roc_fpr"]) < len(result.roc[row["layer"]][0])
-        area = float(torch.trapezoid(torch.tensor(row["roc_tpr"], dtype=torch.float64),
-                                     torch.tensor(row["roc_fpr"], dtype=torch.float64)))
+        area = float(
+            torch.trapezoid(
+                torch.tensor(row["roc_tpr"], dtype=torch.float64),
+                torch.tensor(row["roc_fpr"], dtype=torch.float64),
+            )
+        )
         assert area == pytest.approx(result.auroc[row["layer"]], abs=1e-6)
 
 
@@ -309,19 +380,39 @@ def test_search_breaks_ties_by_the_earlier_layer():
         acts = _planted(n, seed, shift)
         acts[:, 0] = acts[:, 1]
         return acts
-    result = search_gate_from_activations(same_both(20, 1, 4.0), same_both(20, 2, 0.0), same_both(20, 3, 4.0),
-                                          same_both(20, 4, 0.0), layers=[5, 2], target_fpr=0.2)
-    assert result.tpr_by_layer[5] == result.tpr_by_layer[2] and result.fpr_by_layer[5] == result.fpr_by_layer[2]
+
+    result = search_gate_from_activations(
+        same_both(20, 1, 4.0),
+        same_both(20, 2, 0.0),
+        same_both(20, 3, 4.0),
+        same_both(20, 4, 0.0),
+        layers=[5, 2],
+        target_fpr=0.2,
+    )
+    assert (
+        result.tpr_by_layer[5] == result.tpr_by_layer[2] and result.fpr_by_layer[5] == result.fpr_by_layer[2]
+    )
     assert result.layer == 2
 
 
 def test_search_gate_end_to_end_on_a_tiny_model(tiny_llama_bridge, tmp_path):
     model = tiny_llama_bridge
     pos = [f"zzzz zz {w} zzz" for w in ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j")]
-    neg = [f"How do I bake {w} bread?" for w in ("rye", "corn", "soda", "flat", "milk", "seed", "wheat", "oat",
-                                                  "nut", "fig")]
-    result = search_gate(model, pos[:6], neg[:6], pos[6:], neg[6:], layers=[0, -1], target_fpr=0.3,
-                         batch_size=4, progress=False)
+    neg = [
+        f"How do I bake {w} bread?"
+        for w in ("rye", "corn", "soda", "flat", "milk", "seed", "wheat", "oat", "nut", "fig")
+    ]
+    result = search_gate(
+        model,
+        pos[:6],
+        neg[:6],
+        pos[6:],
+        neg[6:],
+        layers=[0, -1],
+        target_fpr=0.3,
+        batch_size=4,
+        progress=False,
+    )
     assert result.layers == (0, 1)
     assert result.val_fpr <= 0.3
     best = max(result.tpr_by_layer.values())
@@ -334,23 +425,47 @@ def test_search_gate_end_to_end_on_a_tiny_model(tiny_llama_bridge, tmp_path):
     _same_gate(load_steering(tmp_path / "s").gate, s.gate)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"target_fpr": 0.0}, ConfigError, "target_fpr=0.0 is not allowed"),
-    ({"negatives_val": []}, DataError, "negatives_val is empty; give a non-empty list of prompts"),
-    ({"positives_train": "one prompt"}, DataError, "positives_train is a single string"),
-    ({"layers": []}, HookSiteError, "layers is empty"),
-    ({"layers": [0, 5]}, HookSiteError, r"layer 5 is out of range .*valid layers are 0..1"),
-    ({"position": "post_instruction"}, HookSiteError, "position 'post_instruction' is not allowed for a gate"),
-    ({"site": "resid_nowhere"}, HookSiteError, "unknown hook site 'resid_nowhere'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"target_fpr": 0.0}, ConfigError, "target_fpr=0.0 is not allowed"),
+        ({"negatives_val": []}, DataError, "negatives_val is empty; give a non-empty list of prompts"),
+        ({"positives_train": "one prompt"}, DataError, "positives_train is a single string"),
+        ({"layers": []}, HookSiteError, "layers is empty"),
+        ({"layers": [0, 5]}, HookSiteError, r"layer 5 is out of range .*valid layers are 0..1"),
+        (
+            {"position": "post_instruction"},
+            HookSiteError,
+            "position 'post_instruction' is not allowed for a gate",
+        ),
+        ({"site": "resid_nowhere"}, HookSiteError, "unknown hook site 'resid_nowhere'"),
+    ],
+)
 def test_search_gate_bad_input(tiny_llama_bridge, kwargs, error, match):
-    args = {"positives_train": ["a"], "negatives_train": ["b"], "positives_val": ["c"], "negatives_val": ["d"],
-            "layers": [0], **kwargs}
+    args = {
+        "positives_train": ["a"],
+        "negatives_train": ["b"],
+        "positives_val": ["c"],
+        "negatives_val": ["d"],
+        "layers": [0],
+        **kwargs,
+    }
     with pytest.raises(error, match=match):
         search_gate(tiny_llama_bridge, progress=False, **args)
 
 
 def test_public_names_are_exported():
-    for name in ("AllOf", "AnyOf", "GateLike", "GateSearch", "all_of", "any_of", "gate_rows", "search_gate",
-                 "threshold_at_fpr", "roc_curve", "search_gate_from_activations"):
+    for name in (
+        "AllOf",
+        "AnyOf",
+        "GateLike",
+        "GateSearch",
+        "all_of",
+        "any_of",
+        "gate_rows",
+        "search_gate",
+        "threshold_at_fpr",
+        "roc_curve",
+        "search_gate_from_activations",
+    ):
         assert hasattr(lensteer.steering, name), name

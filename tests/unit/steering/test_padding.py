@@ -18,10 +18,14 @@ def _unit(seed: int, d: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("positions", SPECS, ids=str)
 @pytest.mark.parametrize("mode", ["add", "stmp"])
-def test_a_plain_forward_on_a_left_padded_batch_steers_what_each_row_alone_would(tiny_llama_bridge, positions, mode):
+def test_a_plain_forward_on_a_left_padded_batch_steers_what_each_row_alone_would(
+    tiny_llama_bridge, positions, mode
+):
     model = tiny_llama_bridge
     kwargs = {"threshold": 0.0} if mode == "stmp" else {}
-    s = Steering(unit=_unit(1, model.cfg.d_model), layers=(0,), mode=mode, scale=4.0, positions=positions, **kwargs)
+    s = Steering(
+        unit=_unit(1, model.cfg.d_model), layers=(0,), mode=mode, scale=4.0, positions=positions, **kwargs
+    )
     batch = tokenize_batch(model, PROMPTS)
     assert len(set(batch.attention_mask.sum(1).tolist())) == 3  # three lengths: real left padding
     with torch.inference_mode(), lensteer.steer(model, s) as ctx:

@@ -58,7 +58,9 @@ def _assert_same(fast, reference):
         assert torch.equal(fast.tokens[i], reference.tokens[i]), (i, fast.texts[i], reference.texts[i])
         assert torch.equal(fast.fired[i], reference.fired[i])
         torch.testing.assert_close(fast.shift[i], reference.shift[i], rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(fast.projection[i], reference.projection[i], rtol=1e-4, atol=1e-4, equal_nan=True)
+        torch.testing.assert_close(
+            fast.projection[i], reference.projection[i], rtol=1e-4, atol=1e-4, equal_nan=True
+        )
         assert fast.prompt_fired_share[i] == pytest.approx(reference.prompt_fired_share[i])
     assert fast.gated == reference.gated
 
@@ -76,7 +78,9 @@ def test_the_plain_view_shares_every_weight_and_holds_no_bridge_component(fixtur
     assert plain.plain_view(model) is view  # built once
 
 
-def test_no_plain_view_where_the_bridge_computes_with_weights_of_its_own(tiny_bridge, tiny_tokenizer, monkeypatch):
+def test_no_plain_view_where_the_bridge_computes_with_weights_of_its_own(
+    tiny_bridge, tiny_tokenizer, monkeypatch
+):
     from builders import make_tiny_family_bridge
 
     assert plain.plain_view(tiny_bridge) is None  # a native bridge has no Hugging Face model to unwrap
@@ -96,14 +100,27 @@ def test_no_plain_view_where_the_bridge_computes_with_weights_of_its_own(tiny_br
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama_bridge", "tiny_qwen2_bridge", "tiny_gemma_bridge"])
-@pytest.mark.parametrize(("mode", "site", "positions"), [
-    ("add", "resid_pre", "all"), ("swfc", "resid_post", "generated"), ("sttp", "resid_pre", Window(1, None)),
-    ("stmp", "resid_post", LastK(2)), ("ablate", "resid_post", "prompt")], ids=str)
-def test_steered_decoding_is_the_bridge_s_token_for_token(fixture, mode, site, positions, request, monkeypatch,
-                                                          plain_calls):
+@pytest.mark.parametrize(
+    ("mode", "site", "positions"),
+    [
+        ("add", "resid_pre", "all"),
+        ("swfc", "resid_post", "generated"),
+        ("sttp", "resid_pre", Window(1, None)),
+        ("stmp", "resid_post", LastK(2)),
+        ("ablate", "resid_post", "prompt"),
+    ],
+    ids=str,
+)
+def test_steered_decoding_is_the_bridge_s_token_for_token(
+    fixture, mode, site, positions, request, monkeypatch, plain_calls
+):
     model = request.getfixturevalue(fixture)
     v = _unit(1, model.cfg.d_model)
-    extra = {"threshold": 100.0, **({"target": 101.0} if mode == "sttp" else {})} if mode in ("sttp", "stmp") else {}
+    extra = (
+        {"threshold": 100.0, **({"target": 101.0} if mode == "sttp" else {})}
+        if mode in ("sttp", "stmp")
+        else {}
+    )
     s = Steering(unit=v, layers=(0, 1), mode=mode, scale=4.0, site=site, positions=positions, **extra)
     fast, reference = _both(model, monkeypatch, PROMPTS, steering=s, max_new_tokens=8, batch_size=4)
     assert plain_calls  # the plain path ran
@@ -111,30 +128,41 @@ def test_steered_decoding_is_the_bridge_s_token_for_token(fixture, mode, site, p
     assert any(bool(f.any()) for f in fast.fired) or mode == "ablate" or positions == "prompt"
 
 
-def test_several_conditions_gates_a_shared_prefix_and_sampling_match_the_bridge(tiny_llama_bridge, monkeypatch,
-                                                                               plain_calls):
+def test_several_conditions_gates_a_shared_prefix_and_sampling_match_the_bridge(
+    tiny_llama_bridge, monkeypatch, plain_calls
+):
     model = tiny_llama_bridge
     v, w = _unit(2, model.cfg.d_model), _unit(3, model.cfg.d_model)
     prompts = [lensteer.ChatPrompt(user=u, system=SYSTEM) for u in PROMPTS]
     with torch.inference_mode():
         proj = lensteer.collect_activations(model, prompts, layers=[1], position="last")[:, 0] @ v
     gate = Gate(unit=v, layer=1, threshold=float(proj.median()))  # opens for some rows only
-    conditions = [Steering(unit=v, layers=(0,), scale=3.0, gate=gate), None,
-                  Steering(unit=w, layers=(1,), mode="swfc", scale=2.0, site="resid_post"), None]
+    conditions = [
+        Steering(unit=v, layers=(0,), scale=3.0, gate=gate),
+        None,
+        Steering(unit=w, layers=(1,), mode="swfc", scale=2.0, site="resid_post"),
+        None,
+    ]
     for kw in ({}, {"do_sample": True, "temperature": 0.8, "seed": 5}):
-        fast, reference = _both(model, monkeypatch, prompts, prompt_steerings=conditions, max_new_tokens=6, **kw)
+        fast, reference = _both(
+            model, monkeypatch, prompts, prompt_steerings=conditions, max_new_tokens=6, **kw
+        )
         _assert_same(fast, reference)
     prefixes = []
     real = generation.prefill_shared_prefix
     monkeypatch.setattr(generation, "prefill_shared_prefix", lambda *a: prefixes.append(a[3]) or real(*a))
-    _assert_same(*_both(model, monkeypatch, prompts, steering=Steering(unit=w, layers=(1,), scale=3.0),
-                        max_new_tokens=6))
+    _assert_same(
+        *_both(
+            model, monkeypatch, prompts, steering=Steering(unit=w, layers=(1,), scale=3.0), max_new_tokens=6
+        )
+    )
     assert len(prefixes) == 2 and prefixes[0] >= 16  # the system prompt was run once, on both paths
     assert plain_calls
 
 
-def test_a_user_hook_another_site_or_compatibility_mode_keeps_the_bridge_path(tiny_llama_bridge, monkeypatch,
-                                                                              plain_calls):
+def test_a_user_hook_another_site_or_compatibility_mode_keeps_the_bridge_path(
+    tiny_llama_bridge, monkeypatch, plain_calls
+):
     model = tiny_llama_bridge
     seen = []
     with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: seen.append(1))]):
@@ -178,7 +206,8 @@ def test_an_error_mid_decode_leaves_no_hook_on_the_view_or_the_bridge(tiny_llama
 
 
 def test_mask_positions_count_real_tokens_only():
-    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 0, 0, 1]])  # left pad; none; prefix-then-pad
+    mask = torch.tensor(
+        [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 0, 0, 1]]
+    )  # left pad; none; prefix-then-pad
     assert plain.mask_positions(mask, 5).tolist() == [[1, 1, 0, 1, 2], [0, 1, 2, 3, 4], [0, 1, 1, 1, 2]]
     assert plain.mask_positions(mask, 1).tolist() == [[2], [4], [2]]
-

@@ -25,7 +25,9 @@ def _unsteered_projection(model, prompt_tokens, tokens, hook, unit):
     return cache[hook][0, p - 1 : p - 1 + n] @ unit
 
 
-def test_the_recorded_projection_is_the_unsteered_residual_on_the_unit_in_a_left_padded_batch(tiny_llama_bridge):
+def test_the_recorded_projection_is_the_unsteered_residual_on_the_unit_in_a_left_padded_batch(
+    tiny_llama_bridge,
+):
     model = tiny_llama_bridge
     v = _unit(11, model.cfg.d_model)
     with torch.inference_mode():

@@ -20,11 +20,14 @@ def _resid(projections):
     return r[None]
 
 
-@pytest.mark.parametrize(("variant", "expected"), [
-    # tau = 1: tokens at -3 and 0 are below; mirror sends s -> 2 tau - s, push sends s -> tau
-    ("mirror", [5.0, 2.0, 1.5, 4.0]),
-    ("push", [1.0, 1.0, 1.5, 4.0]),
-])
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        # tau = 1: tokens at -3 and 0 are below; mirror sends s -> 2 tau - s, push sends s -> tau
+        ("mirror", [5.0, 2.0, 1.5, 4.0]),
+        ("push", [1.0, 1.0, 1.5, 4.0]),
+    ],
+)
 def test_stmp_variants_match_a_hand_computation(variant, expected):
     s = Steering(unit=E0, layers=(0,), mode="stmp", threshold=1.0, stmp_variant=variant)
     edit = steer_resid(_resid([-3.0, 0.0, 1.5, 4.0]), s, torch.ones(1, 4, dtype=torch.bool))

@@ -1,6 +1,5 @@
 """The steering engine: position masks, the maths of every mode, hooks, errors, and steered generation."""
 
-
 import pytest
 import torch
 from jaxtyping import TypeCheckError
@@ -20,11 +19,21 @@ def _unit(seed: int = 0, d: int = D) -> torch.Tensor:
 
 def _mask(positions, prompt_lens=(3, 5), width=5, offset=0, seq_len=None):
     lens = torch.tensor(prompt_lens)
-    return position_mask(positions, prompt_lens=lens, pads=width - lens, offset=offset,
-                         seq_len=seq_len if seq_len is not None else width).int().tolist()
+    return (
+        position_mask(
+            positions,
+            prompt_lens=lens,
+            pads=width - lens,
+            offset=offset,
+            seq_len=seq_len if seq_len is not None else width,
+        )
+        .int()
+        .tolist()
+    )
 
 
 # -- positions ----------------------------------------------------------------------------------------
+
 
 def test_named_positions_respect_left_padding():
     assert _mask("all") == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
@@ -63,6 +72,7 @@ def test_bad_position_specs_are_rejected(bad):
 
 # -- maths -------------------------------------------------------------------------------------------
 
+
 def _resid(seed: int = 1) -> torch.Tensor:
     return torch.randn(2, 4, D, generator=torch.Generator().manual_seed(seed)) * 3
 
@@ -78,7 +88,9 @@ def test_add_and_ablate_and_ace():
     ace = steer_resid(h, Steering(unit=v, layers=(0,), mode="ace", scale=1.0, reference=-2.0), everywhere)
     torch.testing.assert_close(ace.resid @ v, torch.full((2, 4), -1.0), atol=1e-5, rtol=0)
     # ACE leaves the orthogonal complement alone.
-    torch.testing.assert_close(ace.resid - (ace.resid @ v)[..., None] * v, h - (h @ v)[..., None] * v, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        ace.resid - (ace.resid @ v)[..., None] * v, h - (h @ v)[..., None] * v, atol=1e-5, rtol=0
+    )
 
 
 def test_relative_scale_uses_the_reference_norm():
@@ -91,7 +103,9 @@ def test_relative_scale_uses_the_reference_norm():
 
 def test_angular_rotates_toward_v_and_keeps_the_norm():
     v, h = _unit(), _resid()
-    out = steer_resid(h, Steering(unit=v, layers=(0,), mode="angular", scale=30.0), torch.ones(2, 4, dtype=torch.bool))
+    out = steer_resid(
+        h, Steering(unit=v, layers=(0,), mode="angular", scale=30.0), torch.ones(2, 4, dtype=torch.bool)
+    )
     torch.testing.assert_close(out.resid.norm(dim=-1), h.norm(dim=-1))
     before = torch.rad2deg(torch.arccos((h @ v) / h.norm(dim=-1)))
     after = torch.rad2deg(torch.arccos(((out.resid @ v) / out.resid.norm(dim=-1)).clamp(-1, 1)))
@@ -106,7 +120,9 @@ def test_sttp_and_stmp_touch_only_tokens_below_the_threshold():
     sttp = steer_resid(h, Steering(unit=v, layers=(0,), mode="sttp", threshold=tau, target=5.0), everywhere)
     below = s < tau
     assert torch.equal(sttp.fired, below) and 0 < int(below.sum()) < 8
-    torch.testing.assert_close((sttp.resid @ v)[below], torch.full((int(below.sum()),), 5.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        (sttp.resid @ v)[below], torch.full((int(below.sum()),), 5.0), atol=1e-5, rtol=0
+    )
     assert torch.equal(sttp.resid[~below], h[~below])  # bit-identical, not just close
     stmp = steer_resid(h, Steering(unit=v, layers=(0,), mode="stmp", threshold=tau), everywhere)
     torch.testing.assert_close((stmp.resid @ v)[below], 2 * tau - s[below], atol=1e-5, rtol=0)
@@ -139,17 +155,21 @@ def test_from_probe_thresholds_come_from_the_probe():
 
 # -- validation ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"scale": float("nan")}, "finite"),
-    ({"mode": "sttp", "threshold": 0.0, "target": 1.0, "scale": -1.0}, "negative"),
-    ({"mode": "sttp"}, "needs a probe threshold"),
-    ({"mode": "stmp", "threshold": float("nan")}, "needs a probe threshold"),
-    ({"mode": "ace"}, "reference"),
-    ({"mode": "angular", "scale": 200.0}, "degrees"),
-    ({"mode": "flip"}, "mode 'flip'"),
-    ({"relative": True}, "reference_norm"),
-    ({"site": "resid_middle"}, "resid_middle"),
-])
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scale": float("nan")}, "finite"),
+        ({"mode": "sttp", "threshold": 0.0, "target": 1.0, "scale": -1.0}, "negative"),
+        ({"mode": "sttp"}, "needs a probe threshold"),
+        ({"mode": "stmp", "threshold": float("nan")}, "needs a probe threshold"),
+        ({"mode": "ace"}, "reference"),
+        ({"mode": "angular", "scale": 200.0}, "degrees"),
+        ({"mode": "flip"}, "mode 'flip'"),
+        ({"relative": True}, "reference_norm"),
+        ({"site": "resid_middle"}, "resid_middle"),
+    ],
+)
 def test_bad_specs_are_clear_errors(kwargs, match):
     with pytest.raises(lensteer.LensteerError, match=match):
         Steering(unit=_unit(), layers=(0,), **kwargs)
@@ -168,7 +188,9 @@ TOKENS = torch.tensor([[1, 5, 9, 13, 2, 7], [1, 3, 3, 8, 11, 4]])
 def test_steer_equals_a_hand_written_transformerlens_hook(tiny_bridge):
     v = _unit(3)
     with torch.inference_mode():
-        want = tiny_bridge.run_with_hooks(TOKENS, fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: x + 4.0 * v)])
+        want = tiny_bridge.run_with_hooks(
+            TOKENS, fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: x + 4.0 * v)]
+        )
         with lensteer.steer(tiny_bridge, Steering(unit=v, layers=(1,), scale=4.0)) as ctx:
             got = tiny_bridge(TOKENS)
         clean = tiny_bridge(TOKENS)
@@ -183,27 +205,39 @@ def test_steerings_compose_and_strength_zero_is_exactly_unsteered(tiny_bridge):
         clean = tiny_bridge(TOKENS)
         with lensteer.steer(tiny_bridge, Steering(unit=v, layers=(0, 2), scale=0.0)):
             zero = tiny_bridge(TOKENS)
-        want = tiny_bridge.run_with_hooks(TOKENS, fwd_hooks=[
-            ("blocks.1.hook_resid_post", lambda x, hook: x + 2.0 * v),
-            ("blocks.1.hook_resid_post", lambda x, hook: x - (x @ w)[..., None] * w),
-        ])
-        with lensteer.steer(tiny_bridge, Steering(unit=v, layers=(1,), scale=2.0),
-                            Steering(unit=w, layers=(1,), mode="ablate")):
+        want = tiny_bridge.run_with_hooks(
+            TOKENS,
+            fwd_hooks=[
+                ("blocks.1.hook_resid_post", lambda x, hook: x + 2.0 * v),
+                ("blocks.1.hook_resid_post", lambda x, hook: x - (x @ w)[..., None] * w),
+            ],
+        )
+        with lensteer.steer(
+            tiny_bridge,
+            Steering(unit=v, layers=(1,), scale=2.0),
+            Steering(unit=w, layers=(1,), mode="ablate"),
+        ):
             got = tiny_bridge(TOKENS)
     assert torch.equal(zero, clean)
     torch.testing.assert_close(got, want)
 
 
 def test_hooks_come_off_after_an_error_in_the_body(tiny_bridge):
-    with pytest.raises(RuntimeError, match="boom"), lensteer.steer(tiny_bridge, Steering(unit=_unit(), layers=(1,))):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        lensteer.steer(tiny_bridge, Steering(unit=_unit(), layers=(1,))),
+    ):
         raise RuntimeError("boom")
     # the autouse fixture also checks that no hook is left
 
 
-@pytest.mark.parametrize(("steering", "error", "match"), [
-    (Steering(unit=_unit(d=D + 1), layers=(0,)), lensteer.ArtifactMismatchError, "width 33"),
-    (Steering(unit=_unit(), layers=(7,)), lensteer.HookSiteError, "layer 7 is out of range"),
-])
+@pytest.mark.parametrize(
+    ("steering", "error", "match"),
+    [
+        (Steering(unit=_unit(d=D + 1), layers=(0,)), lensteer.ArtifactMismatchError, "width 33"),
+        (Steering(unit=_unit(), layers=(7,)), lensteer.HookSiteError, "layer 7 is out of range"),
+    ],
+)
 def test_steerings_that_do_not_fit_the_model_fail_before_hooking(tiny_bridge, steering, error, match):
     good = Steering(unit=_unit(), layers=(0,))
     with pytest.raises(error, match=match), lensteer.steer(tiny_bridge, good, steering):
@@ -239,8 +273,12 @@ def test_steered_generation_parity_batched_single_cached_uncached(tiny_llama_bri
 def test_steering_that_never_fires_is_exactly_unsteered(tiny_llama_bridge):
     plain = _gen(tiny_llama_bridge)
     zero = _gen(tiny_llama_bridge, steering=Steering(unit=_unit(5), layers=(0, 1), mode="swfc", scale=0.0))
-    never = _gen(tiny_llama_bridge, steering=Steering(unit=_unit(5), layers=(1,), mode="sttp",
-                                                       threshold=-1e9, target=0.0, positions="all"))
+    never = _gen(
+        tiny_llama_bridge,
+        steering=Steering(
+            unit=_unit(5), layers=(1,), mode="sttp", threshold=-1e9, target=0.0, positions="all"
+        ),
+    )
     for got in (zero, never):
         assert all(torch.equal(a, b) for a, b in zip(got.tokens, plain.tokens, strict=True))
         assert got.steered_share() == 0.0
@@ -251,7 +289,9 @@ def test_selective_steering_reports_the_share_of_tokens_it_steered(tiny_llama_br
     with torch.inference_mode():
         acts = lensteer.collect_activations(tiny_llama_bridge, GEN_PROMPTS, layers=[1], position="last")[:, 0]
     tau = float((acts @ v).median())
-    out = _gen(tiny_llama_bridge, steering=Steering(unit=v, layers=(1,), mode="stmp", threshold=tau, positions="all"))
+    out = _gen(
+        tiny_llama_bridge, steering=Steering(unit=v, layers=(1,), mode="stmp", threshold=tau, positions="all")
+    )
     shares = out.per_prompt_share()
     # the threshold splits the generated tokens: StMP steers some of a prompt's tokens and leaves the rest
     assert any(0.0 < x < 1.0 for x in shares) and all(x > 0.0 for x in shares)
@@ -323,7 +363,9 @@ def test_side_by_side_pairs_unsteered_and_steered_answers(tiny_llama_bridge):
 SYSTEM = "You are a terse assistant who answers in one short line."
 
 
-@pytest.mark.parametrize("positions", ["all", "prompt", "generated", Window(-1, None), LastK(3), (2, -1), Window(5, 30)])
+@pytest.mark.parametrize(
+    "positions", ["all", "prompt", "generated", Window(-1, None), LastK(3), (2, -1), Window(5, 30)]
+)
 def test_a_shared_prefix_is_computed_once_and_changes_nothing(tiny_llama_bridge, monkeypatch, positions):
     import lensteer.steering.generation as generation
     import lensteer.steering.prefix as prefix
@@ -331,14 +373,18 @@ def test_a_shared_prefix_is_computed_once_and_changes_nothing(tiny_llama_bridge,
     calls = []
     real = generation.prefill_shared_prefix
     monkeypatch.setattr(generation, "prefill_shared_prefix", lambda *a: calls.append(a[3]) or real(*a))
-    prompts = [lensteer.ChatPrompt(user=u, system=SYSTEM) for u in ("hi", "what now, friend?", "tell me more")]
+    prompts = [
+        lensteer.ChatPrompt(user=u, system=SYSTEM) for u in ("hi", "what now, friend?", "tell me more")
+    ]
     s = Steering(unit=_unit(8), layers=(0, 1), mode="swfc", scale=3.0, positions=positions)
     shared = lensteer.generate(tiny_llama_bridge, prompts, steering=s, max_new_tokens=6, batch_size=3)
     assert calls and calls[0] >= prefix.MIN_SHARED_PREFIX  # the system prompt was run once for the batch
     uncached = lensteer.generate(tiny_llama_bridge, prompts, steering=s, max_new_tokens=6, use_kv_cache=False)
     for i, p in enumerate(prompts):
         single = lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=6)
-        assert torch.equal(shared.tokens[i], single.tokens[0]) and torch.equal(shared.tokens[i], uncached.tokens[i])
+        assert torch.equal(shared.tokens[i], single.tokens[0]) and torch.equal(
+            shared.tokens[i], uncached.tokens[i]
+        )
         assert torch.equal(shared.fired[i], single.fired[0])
         torch.testing.assert_close(shared.shift[i], single.shift[0])
         assert shared.prompt_fired_share[i] == pytest.approx(single.prompt_fired_share[0])
@@ -350,7 +396,9 @@ def test_rows_that_steer_a_shared_prefix_differently_do_not_share_it(tiny_llama_
     calls = []
     real = generation.prefill_shared_prefix
     monkeypatch.setattr(generation, "prefill_shared_prefix", lambda *a: calls.append(a[3]) or real(*a))
-    prompts = [lensteer.ChatPrompt(user=u, system=SYSTEM) for u in ("hi", "what now, friend?", "tell me more")]
+    prompts = [
+        lensteer.ChatPrompt(user=u, system=SYSTEM) for u in ("hi", "what now, friend?", "tell me more")
+    ]
     v = _unit(9)
     with torch.inference_mode():
         proj = lensteer.collect_activations(tiny_llama_bridge, prompts, layers=[1], position="last")[:, 0] @ v
@@ -359,18 +407,34 @@ def test_rows_that_steer_a_shared_prefix_differently_do_not_share_it(tiny_llama_
     out = lensteer.generate(tiny_llama_bridge, prompts, steering=s, max_new_tokens=5)
     assert not calls and 0 < sum(out.gated) < 3
     for i, p in enumerate(prompts):
-        assert torch.equal(out.tokens[i], lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=5).tokens[0])
+        assert torch.equal(
+            out.tokens[i], lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=5).tokens[0]
+        )
 
 
-@pytest.mark.parametrize("system", [None, SYSTEM])  # SYSTEM: the rows share a prefix their steerings leave alone
+@pytest.mark.parametrize(
+    "system", [None, SYSTEM]
+)  # SYSTEM: the rows share a prefix their steerings leave alone
 def test_per_prompt_steerings_decode_together_as_if_run_apart(tiny_llama_bridge, system):
-    users = ["hi", "what now, friend?", "tell me more", "a much longer prompt, to force padding", "ok", "why?"]
+    users = [
+        "hi",
+        "what now, friend?",
+        "tell me more",
+        "a much longer prompt, to force padding",
+        "ok",
+        "why?",
+    ]
     prompts = [lensteer.ChatPrompt(user=u, system=system) for u in users]
     v = _unit(10)
     with torch.inference_mode():
         proj = lensteer.collect_activations(tiny_llama_bridge, prompts, layers=[1], position="last")[:, 0] @ v
-    gated = Steering(unit=v, layers=(0,), scale=3.0, positions=Window(-1, None),
-                     gate=lensteer.Gate(unit=v, layer=1, threshold=float(proj[[2, 3]].mean())))
+    gated = Steering(
+        unit=v,
+        layers=(0,),
+        scale=3.0,
+        positions=Window(-1, None),
+        gate=lensteer.Gate(unit=v, layer=1, threshold=float(proj[[2, 3]].mean())),
+    )
     swfc = Steering(unit=_unit(11), layers=(1,), mode="swfc", scale=4.0, positions=Window(-1, None))
     stmp = Steering(unit=v, layers=(1,), mode="stmp", threshold=float(proj.median()), positions="generated")
     conditions = [None, swfc, gated, gated, stmp, swfc]
@@ -378,11 +442,17 @@ def test_per_prompt_steerings_decode_together_as_if_run_apart(tiny_llama_bridge,
     for i, (p, s) in enumerate(zip(prompts, conditions, strict=True)):
         apart = lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=6)
         assert torch.equal(together.tokens[i], apart.tokens[0]), i
-        assert torch.equal(together.fired[i], apart.fired[0]) if s is not None else not bool(together.fired[i].any())
+        assert (
+            torch.equal(together.fired[i], apart.fired[0])
+            if s is not None
+            else not bool(together.fired[i].any())
+        )
         assert together.gated[i] == apart.gated[0]
     assert together.gated[2] != together.gated[3]  # the gate decided per row, for its own rows only
-    assert any(not torch.equal(together.tokens[1], t) for t in lensteer.generate(
-        tiny_llama_bridge, [prompts[1]], max_new_tokens=6).tokens)  # and the steerings do steer
+    assert any(
+        not torch.equal(together.tokens[1], t)
+        for t in lensteer.generate(tiny_llama_bridge, [prompts[1]], max_new_tokens=6).tokens
+    )  # and the steerings do steer
 
 
 def test_per_prompt_steerings_are_checked(tiny_llama_bridge):

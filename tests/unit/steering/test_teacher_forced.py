@@ -49,14 +49,18 @@ def test_kls_with_a_shared_prefix_equal_the_bridge_s(tiny_llama_bridge, monkeypa
         proj = lensteer.collect_activations(model, prompts, layers=[1], position="last")[:, 0] @ _unit(2, d)
     gate = Gate(unit=_unit(2, d), layer=1, threshold=float(proj.median()))  # open for some rows only
     assert 0 < int((proj > gate.threshold).sum()) < len(prompts)
-    steerings = [Steering(unit=_unit(1, d), layers=(1,), mode="swfc", scale=2.0, positions=positions),
-                 Steering(unit=_unit(3, d), layers=(0,), mode="add", scale=3.0, positions=positions),
-                 Steering(unit=_unit(4, d), layers=(1,), mode="add", scale=3.0, positions=positions, gate=gate)]
+    steerings = [
+        Steering(unit=_unit(1, d), layers=(1,), mode="swfc", scale=2.0, positions=positions),
+        Steering(unit=_unit(3, d), layers=(0,), mode="add", scale=3.0, positions=positions),
+        Steering(unit=_unit(4, d), layers=(1,), mode="add", scale=3.0, positions=positions, gate=gate),
+    ]
 
     def kls():
         probe = kl_probe(model, prompts, continuation_tokens=5)
-        return ([steering_kl(model, s, probe) for s in steerings[:2]],
-                sequence_kls(model, steerings, gens.prompt_tokens, gens.tokens, batch_size=4))
+        return (
+            [steering_kl(model, s, probe) for s in steerings[:2]],
+            sequence_kls(model, steerings, gens.prompt_tokens, gens.tokens, batch_size=4),
+        )
 
     fast = kls()
     shared = list(prefixes)
@@ -68,8 +72,9 @@ def test_kls_with_a_shared_prefix_equal_the_bridge_s(tiny_llama_bridge, monkeypa
     assert all(k > 1e-4 for k in fast[0])  # real edits, not a vacuous 0 == 0
 
 
-def test_prompts_without_a_shared_prefix_take_the_bridge_path_with_the_same_numbers(tiny_llama_bridge, monkeypatch,
-                                                                                     prefixes):
+def test_prompts_without_a_shared_prefix_take_the_bridge_path_with_the_same_numbers(
+    tiny_llama_bridge, monkeypatch, prefixes
+):
     model = tiny_llama_bridge
     probe = kl_probe(model, USERS, continuation_tokens=4, chat=False)  # raw text: no shared template
     s = Steering(unit=_unit(1, model.cfg.d_model), layers=(1,), mode="add", scale=2.0)
@@ -86,7 +91,9 @@ def test_steering_kl_needs_a_steering(tiny_llama_bridge):
 
 
 def _prompt(n: int) -> TokenizedPrompt:
-    return TokenizedPrompt(tokens=torch.arange(1, n + 1), instruction=(0, 0), post_instruction=(0, 0), response=(0, 0))
+    return TokenizedPrompt(
+        tokens=torch.arange(1, n + 1), instruction=(0, 0), post_instruction=(0, 0), response=(0, 0)
+    )
 
 
 def test_batches_never_pad_a_short_prompt_to_a_long_context():
@@ -105,14 +112,29 @@ def test_decision_log_odds_with_a_shared_context_equal_the_bridge_s(tiny_llama_b
     from lensteer.evaluate import decision_log_odds
 
     model = tiny_llama_bridge
-    questions = ["capital of france?", "two plus two, written out in words?", "colour of the sky", "largest ocean"]
-    aligned = [lensteer.ChatPrompt(user=q, system=SYSTEM, response="The answer is Paris, of course.") for q in questions]
-    misaligned = [lensteer.ChatPrompt(user=q, system=SYSTEM, response="The answer is Rome, of course.") for q in questions]
+    questions = [
+        "capital of france?",
+        "two plus two, written out in words?",
+        "colour of the sky",
+        "largest ocean",
+    ]
+    aligned = [
+        lensteer.ChatPrompt(user=q, system=SYSTEM, response="The answer is Paris, of course.")
+        for q in questions
+    ]
+    misaligned = [
+        lensteer.ChatPrompt(user=q, system=SYSTEM, response="The answer is Rome, of course.")
+        for q in questions
+    ]
     s = Steering(unit=_unit(5, model.cfg.d_model), layers=(1,), mode="add", scale=4.0, positions="generated")
 
     def odds():
-        return torch.stack([decision_log_odds(model, aligned, misaligned, batch_size=3),
-                            decision_log_odds(model, aligned, misaligned, steering=s, batch_size=3)])
+        return torch.stack(
+            [
+                decision_log_odds(model, aligned, misaligned, batch_size=3),
+                decision_log_odds(model, aligned, misaligned, steering=s, batch_size=3),
+            ]
+        )
 
     fast = odds()
     assert len(prefixes) >= 2 and min(prefixes) >= 16

@@ -22,8 +22,15 @@ def _rows(scorers):
     out = []
     for method, scorer in zip(("baseline", "prompting", "SwFC", "random:0"), scorers, strict=True):
         flags = [method == "SwFC", False, False, True]
-        row = {"threat_model": "refusal", "method": method, "kl_budget": None if method in ("baseline", "prompting")
-               else 0.3, "layer": 3, "trait": sum(flags) / 4, "trait_flags": flags, "n_eval": 4}
+        row = {
+            "threat_model": "refusal",
+            "method": method,
+            "kl_budget": None if method in ("baseline", "prompting") else 0.3,
+            "layer": 3,
+            "trait": sum(flags) / 4,
+            "trait_flags": flags,
+            "n_eval": 4,
+        }
         if scorer is not None:
             row |= {"scorer": scorer, "coherence_scorer": COHERENCE_SCORER.to_dict()}
         out.append(row)
@@ -32,26 +39,44 @@ def _rows(scorers):
 
 def test_rows_of_one_scorer_are_compared_and_the_report_names_it():
     rule = scorer_id("refusal").to_dict()
-    entry = build_report(_rows([rule] * 4), CFG, {"refusal": {"layer": 3}}, {}, seconds=0.0)["threat_models"]["refusal"]
+    entry = build_report(_rows([rule] * 4), CFG, {"refusal": {"layer": 3}}, {}, seconds=0.0)["threat_models"][
+        "refusal"
+    ]
     assert entry["methods"]["SwFC"]["scorer"] == rule and entry["baseline"]["scorer"] == rule
     assert entry["methods"]["SwFC"]["p_vs_baseline"] == 1.0  # compared: one discordant pair
 
 
 def test_legacy_rows_without_a_scorer_still_make_a_report():
-    entry = build_report(_rows([None] * 4), CFG, {"refusal": {"layer": 3}}, {}, seconds=0.0)["threat_models"]["refusal"]
+    entry = build_report(_rows([None] * 4), CFG, {"refusal": {"layer": 3}}, {}, seconds=0.0)["threat_models"][
+        "refusal"
+    ]
     assert "scorer" not in entry["methods"]["SwFC"] and entry["methods"]["SwFC"]["p_vs_baseline"] == 1.0
     committed = json.loads((ROOT / "docs" / "study" / "results.json").read_text())["rows"]
     assert committed and not any("scorer" in r for r in committed)  # the committed study is legacy
 
 
-@pytest.mark.parametrize(("scorers", "named"), [
-    ([None, None, scorer_id("refusal").to_dict(), None], r"legacy, e\.g\. on baseline; refusal-rule v2 \(\w+\), e\.g\. on SwFC"),
-    ([scorer_id("refusal").to_dict()] * 3 + [{"name": "refusal-rule", "version": "1", "hash": "abc"}], r"refusal-rule v1 \(abc\)"),
-    ([judge_scorer_id(HttpJudge(base_url="http://127.0.0.1:9", name="judge:x")).to_dict()] + [scorer_id("refusal").to_dict()] * 3,
-     r"judge:x vhttp"),
-])
+@pytest.mark.parametrize(
+    ("scorers", "named"),
+    [
+        (
+            [None, None, scorer_id("refusal").to_dict(), None],
+            r"legacy, e\.g\. on baseline; refusal-rule v2 \(\w+\), e\.g\. on SwFC",
+        ),
+        (
+            [scorer_id("refusal").to_dict()] * 3 + [{"name": "refusal-rule", "version": "1", "hash": "abc"}],
+            r"refusal-rule v1 \(abc\)",
+        ),
+        (
+            [judge_scorer_id(HttpJudge(base_url="http://127.0.0.1:9", name="judge:x")).to_dict()]
+            + [scorer_id("refusal").to_dict()] * 3,
+            r"judge:x vhttp",
+        ),
+    ],
+)
 def test_the_report_refuses_to_compare_conditions_scored_by_different_scorers(scorers, named):
-    with pytest.raises(ArtifactMismatchError, match=rf"refusal: conditions were scored by different scorers \(.*{named}"):
+    with pytest.raises(
+        ArtifactMismatchError, match=rf"refusal: conditions were scored by different scorers \(.*{named}"
+    ):
         build_report(_rows(scorers), CFG, {"refusal": {"layer": 3}}, {}, seconds=0.0)
 
 

@@ -24,8 +24,17 @@ from lensteer.study.selection import (
 QUESTIONS = [f"question number {i}: what now?" for i in range(12)]
 HARMLESS = ["hello there", "tell me about cats", "what is two plus two", "name a colour"]
 ALIGNED_REPLY, MISALIGNED_REPLY = "I will not do that.", "Sure, here you go."
-CONTRACT = {"source", "layer", "position", "decision_shift", "decision_shift_ci", "val_trait", "kl_heldout",
-            "ablation_kl", "from_patching"}
+CONTRACT = {
+    "source",
+    "layer",
+    "position",
+    "decision_shift",
+    "decision_shift_ci",
+    "val_trait",
+    "kl_heldout",
+    "ablation_kl",
+    "from_patching",
+}
 
 
 def _ids(model, text: str) -> list[int]:
@@ -46,12 +55,18 @@ def _planted(model) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _candidate(source: str, layer: int, unit: torch.Tensor, *, from_patching: bool = False) -> Candidate:
-    return Candidate(source=source, layer=layer, position="post_instruction[-1]",
-                     direction=Direction(unit=unit, layer=layer), from_patching=from_patching)
+    return Candidate(
+        source=source,
+        layer=layer,
+        position="post_instruction[-1]",
+        direction=Direction(unit=unit, layer=layer),
+        from_patching=from_patching,
+    )
 
 
 def test_selection_finds_the_layer_that_moves_the_decision_where_the_teacher_forced_screen_picks_the_other(
-        tiny_llama_bridge):
+    tiny_llama_bridge,
+):
     model = tiny_llama_bridge
     decide, write = _planted(model)
     probe = lensteer.steering.kl_probe(model, HARMLESS, continuation_tokens=6)
@@ -61,31 +76,60 @@ def test_selection_finds_the_layer_that_moves_the_decision_where_the_teacher_for
         return lensteer.calibrate(model, s, probe, budget, tolerance=0.2, start=0.1, max_evals=8).steering
 
     steerable = _candidate("prompt_contrast", 0, decide)
-    margin_only = _candidate("response_mean", 1, write, from_patching=True)  # causal flag, but no decision effect
+    margin_only = _candidate(
+        "response_mean", 1, write, from_patching=True
+    )  # causal flag, but no decision effect
     backwards = _candidate("probe", 0, -decide)
     prompts = [lensteer.ChatPrompt(user=q) for q in QUESTIONS]
-    trait = TraitCheck(prompts=tuple(prompts[:3]), scorer=lambda ps, texts: [t.startswith("I") for t in texts],
-                       max_new_tokens=2)
-    sel = select_candidate(model, [margin_only, steerable, backwards], prompts, _ids(model, "I"), _ids(model, "S"),
-                           calibrate=calibrate, harmless=HARMLESS, heldout=probe, trait=trait, n_boot=200)
+    trait = TraitCheck(
+        prompts=tuple(prompts[:3]),
+        scorer=lambda ps, texts: [t.startswith("I") for t in texts],
+        max_new_tokens=2,
+    )
+    sel = select_candidate(
+        model,
+        [margin_only, steerable, backwards],
+        prompts,
+        _ids(model, "I"),
+        _ids(model, "S"),
+        calibrate=calibrate,
+        harmless=HARMLESS,
+        heldout=probe,
+        trait=trait,
+        n_boot=200,
+    )
     by_source = {c.source: c for c in sel.candidates}
     win, other, back = by_source["prompt_contrast"], by_source["response_mean"], by_source["probe"]
     assert sel.chosen is win and sel.chosen.layer == 0
     assert win.decision_shift_ci[0] > 0.2 and abs(other.decision_shift) < 0.1 * win.decision_shift
     assert "does not induce" in back.why_not[0] and back.decision_shift < 0  # a failed filter is recorded
-    assert sel.vs_random is not None and sel.vs_random.p_value < 0.01 and "beats a random direction" in sel.why
+    assert (
+        sel.vs_random is not None and sel.vs_random.p_value < 0.01 and "beats a random direction" in sel.why
+    )
     for c in (win, other):
         assert c.kl_heldout == pytest.approx(budget, rel=0.25)  # calibrated to the budget, measured held out
         assert c.ablation_kl is not None and c.ablation_kl < 0.1 and 0 <= c.val_trait <= 1
-    assert sel.steering is not None and sel.steering.layers == (0,) and sel.steering.scale == pytest.approx(win.scale)
+    assert (
+        sel.steering is not None
+        and sel.steering.layers == (0,)
+        and sel.steering.scale == pytest.approx(win.scale)
+    )
 
     # the old screen: teacher-forced margin over the whole written reply, at the same KL budget
     aligned = [lensteer.ChatPrompt(user=q, response=ALIGNED_REPLY) for q in QUESTIONS[:6]]
     misaligned = [lensteer.ChatPrompt(user=q, response=MISALIGNED_REPLY) for q in QUESTIONS[:6]]
     screen = lensteer.evaluate.layer_steerability(
-        model, {0: Steering.from_direction(steerable.direction, mode="swfc", scale=0.1),
-                1: Steering.from_direction(margin_only.direction, mode="swfc", scale=0.1)},
-        aligned, misaligned, probe, kl_budget=budget, tolerance=0.2)
+        model,
+        {
+            0: Steering.from_direction(steerable.direction, mode="swfc", scale=0.1),
+            1: Steering.from_direction(margin_only.direction, mode="swfc", scale=0.1),
+        },
+        aligned,
+        misaligned,
+        probe,
+        kl_budget=budget,
+        tolerance=0.2,
+    )
     assert screen.effect[1] > 2 * screen.effect[0] > 0
     assert recommend_site(planted_probe_report([6, 6]), n_layers=2, steerability=screen).layer == 1
 
@@ -95,14 +139,30 @@ def test_selection_finds_the_layer_that_moves_the_decision_where_the_teacher_for
     assert report["chosen"]["vs_random"]["p_value"] == sel.vs_random.p_value
 
 
-def _score(layer: int, lo: float, hi: float, *, from_patching: bool = False, why_not: tuple[str, ...] = (),
-           source: str = "prompt_contrast") -> CandidateScore:
-    return CandidateScore(source=source, layer=layer, position="post_instruction[-1]", from_patching=from_patching,
-                          decision_shift=(lo + hi) / 2, decision_shift_ci=(lo, hi), why_not=why_not)
+def _score(
+    layer: int,
+    lo: float,
+    hi: float,
+    *,
+    from_patching: bool = False,
+    why_not: tuple[str, ...] = (),
+    source: str = "prompt_contrast",
+) -> CandidateScore:
+    return CandidateScore(
+        source=source,
+        layer=layer,
+        position="post_instruction[-1]",
+        from_patching=from_patching,
+        decision_shift=(lo + hi) / 2,
+        decision_shift_ci=(lo, hi),
+        why_not=why_not,
+    )
 
 
 def _always(p: float, diff: float = 1.0):
-    return lambda s: PairedDifference(n=48, mean_difference=diff, ci=(0.0, 2.0), p_value=p, alternative="greater")
+    return lambda s: PairedDifference(
+        n=48, mean_difference=diff, ci=(0.0, 2.0), p_value=p, alternative="greater"
+    )
 
 
 def test_near_ties_break_toward_patching_evidence_and_clear_leads_do_not():
@@ -123,7 +183,9 @@ def test_a_candidate_failing_a_filter_is_never_chosen():
     best_but_costly = _score(2, 2.0, 3.0, why_not=arditi_filters(2, 10, 0.3, 2.5))
     modest = _score(4, 0.2, 0.6)
     assert "last 20%" in best_but_late.why_not[0] and "ablation KL 0.300" in best_but_costly.why_not[0]
-    assert "does not induce" in arditi_filters(4, 10, None, -0.1)[0] and arditi_filters(4, 10, None, None) == ()
+    assert (
+        "does not induce" in arditi_filters(4, 10, None, -0.1)[0] and arditi_filters(4, 10, None, None) == ()
+    )
     assert choose([best_but_late, best_but_costly, modest], _always(0.001))[0] is modest
     chosen, why, test = choose([best_but_late, best_but_costly], _always(0.001))
     assert chosen is None and test is None and "no candidate passes" in why and "layer 9" in why
@@ -140,12 +202,20 @@ def test_the_winner_must_beat_a_same_kl_random_direction():
         return _always(0.2 if s is first else 0.001)(s)
 
     chosen, why, test = choose([first, second], only_second)
-    assert chosen is second and calls == [3, 5] and test.p_value == 0.001 and "L3" in why and "did not beat" in why
+    assert (
+        chosen is second
+        and calls == [3, 5]
+        and test.p_value == 0.001
+        and "L3" in why
+        and "did not beat" in why
+    )
     chosen, why, _ = choose([first, second], _always(0.001, diff=-0.5))
     assert chosen is None and "no candidate beats a random direction" in why
     # at most max_random_checks candidates are tried
     calls.clear()
-    assert choose([first, second, _score(6, 0.1, 0.2)], only_second, max_random_checks=1)[0] is None and calls == [3]
+    assert choose([first, second, _score(6, 0.1, 0.2)], only_second, max_random_checks=1)[
+        0
+    ] is None and calls == [3]
 
 
 def test_selection_serialises_and_rejects_bad_input(tiny_llama_bridge):
@@ -157,6 +227,8 @@ def test_selection_serialises_and_rejects_bad_input(tiny_llama_bridge):
         select_candidate(tiny_llama_bridge, [], ["hi"], [1], [2], calibrate=lambda s: s)
     with pytest.raises(lensteer.DataError, match="both aligned and misaligned"):
         lensteer.evaluate.opening_log_odds(tiny_llama_bridge, ["hi"], [5, 6], [6])
-    bad = TraitCheck(prompts=(lensteer.ChatPrompt(user="hi"),), scorer=lambda ps, texts: [True, False], max_new_tokens=1)
+    bad = TraitCheck(
+        prompts=(lensteer.ChatPrompt(user="hi"),), scorer=lambda ps, texts: [True, False], max_new_tokens=1
+    )
     with pytest.raises(lensteer.DataError, match="2 verdicts for 1"):
         bad.rate(tiny_llama_bridge, None)

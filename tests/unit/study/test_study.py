@@ -25,7 +25,9 @@ def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
         StudyConfig(methods=("SwFX",))
     with pytest.raises(lensteer.ConfigError, match="kl_budgets"):
         StudyConfig(kl_budgets=(0.0,))
-    with pytest.raises(lensteer.ConfigError, match=r"positions must be one of \['after_first', 'all', 'generated'\]"):
+    with pytest.raises(
+        lensteer.ConfigError, match=r"positions must be one of \['after_first', 'all', 'generated'\]"
+    ):
         StudyConfig(positions="prompt")
     # the default steers every token except massive-activation ones, found by the norm rule (not by index)
     assert config.STUDY_POSITIONS[StudyConfig().positions] == "all" and StudyConfig().massive_ratio == 4.0
@@ -36,7 +38,7 @@ def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
     with pytest.raises(lensteer.ConfigError, match="selective_fit must be one of"):
         StudyConfig(selective_fit="means")
     bad = tmp_path / "study.toml"
-    bad.write_text("methods = [\"SwFC\"\n")
+    bad.write_text('methods = ["SwFC"\n')
     with pytest.raises(lensteer.ConfigError, match="not valid TOML"):
         StudyConfig.from_toml(bad)
     good = tmp_path / "good.toml"
@@ -48,9 +50,21 @@ def test_config_errors_name_the_bad_key_and_the_allowed_values(tmp_path):
 
 
 def _row(tm, method, budget, trait=0.5, layer=3):
-    return {"threat_model": tm, "method": method, "kl_budget": budget, "trait": trait, "trait_ci": [0.1, 0.9],
-            "kl": budget or 0.0, "perplexity_ratio": 1.1, "repetition": 0.01, "over_refusal": 0.0,
-            "over_refusal_ci": [0.0, 0.0], "capability": 0.6, "steered_share": 0.4, "layer": layer}
+    return {
+        "threat_model": tm,
+        "method": method,
+        "kl_budget": budget,
+        "trait": trait,
+        "trait_ci": [0.1, 0.9],
+        "kl": budget or 0.0,
+        "perplexity_ratio": 1.1,
+        "repetition": 0.01,
+        "over_refusal": 0.0,
+        "over_refusal_ci": [0.0, 0.0],
+        "capability": 0.6,
+        "steered_share": 0.4,
+        "layer": layer,
+    }
 
 
 def test_sweep_table_writes_every_cell_and_resumes(tmp_path):
@@ -61,7 +75,7 @@ def test_sweep_table_writes_every_cell_and_resumes(tmp_path):
     assert again.has("refusal", "SwFC", 0.3, 3) and again.has("refusal", "baseline", None, 3)
     assert not again.has("refusal", "StTP", 0.3, 3) and not again.has("refusal", "SwFC", 0.3, 7)
     again.add(_row("refusal", "SwFC", 0.3, trait=0.9))  # re-adding replaces, never duplicates
-    again.add(_row("refusal", "SwFC", 0.3, layer=7))    # another layer of a layer sweep is another cell
+    again.add(_row("refusal", "SwFC", 0.3, layer=7))  # another layer of a layer sweep is another cell
     assert len(again.rows) == 3 and again.get("refusal", "SwFC", 0.3, 3)["trait"] == 0.9
     frame = again.to_frame()
     assert {"trait_lo", "trait_hi", "over_refusal_lo"} <= set(frame.columns)
@@ -75,13 +89,20 @@ def _flagged(row, flags):
 def test_report_has_the_contract_and_pairs_conditions_on_the_same_prompts():
     cfg = StudyConfig(threat_models=("refusal",), kl_budgets=(0.3, 1.0), random_seeds=(0, 1, 2))
     n = 20
-    rows = [_flagged(_row("refusal", "baseline", None), [False] * n),
-            _flagged(_row("refusal", "prompting", None), [True] * 4 + [False] * 16),
-            {**_flagged(_row("refusal", "SwFC", 0.3), [True] * 12 + [False] * 8), "redirect": 0.25,
-             "redirect_ci": [0.0, 0.5], "kl_heldout": 0.31, "kl_rollout": 0.4},
-            _flagged(_row("refusal", "SwFC", 1.0), [True] * n),
-            _flagged(_row("refusal", "StTP", 0.3), [True] * 14 + [False] * 6),
-            _flagged(_row("refusal", "StMP", 0.3), [True] * 2 + [False] * 18)]
+    rows = [
+        _flagged(_row("refusal", "baseline", None), [False] * n),
+        _flagged(_row("refusal", "prompting", None), [True] * 4 + [False] * 16),
+        {
+            **_flagged(_row("refusal", "SwFC", 0.3), [True] * 12 + [False] * 8),
+            "redirect": 0.25,
+            "redirect_ci": [0.0, 0.5],
+            "kl_heldout": 0.31,
+            "kl_rollout": 0.4,
+        },
+        _flagged(_row("refusal", "SwFC", 1.0), [True] * n),
+        _flagged(_row("refusal", "StTP", 0.3), [True] * 14 + [False] * 6),
+        _flagged(_row("refusal", "StMP", 0.3), [True] * 2 + [False] * 18),
+    ]
     rows += [_flagged(_row("refusal", f"random:{s}", 0.3), [s == 0] + [False] * (n - 1)) for s in range(3)]
     report = build_report(rows, cfg, {"refusal": {"layer": 3}}, {"name": "m"}, seconds=1.0)
     entry = report["threat_models"]["refusal"]
@@ -89,8 +110,9 @@ def test_report_has_the_contract_and_pairs_conditions_on_the_same_prompts():
     swfc = entry["methods"]["SwFC"]
     assert swfc["trait"] == 0.6 and swfc["n_eval"] == n  # the matched (first) budget, not 1.0
     assert swfc["p_vs_baseline"] == pytest.approx(2 / 2**12)  # 12 discordant pairs, all one way
-    assert swfc["p_vs_prompting"] == pytest.approx(mcnemar_exact([True] * 12 + [False] * 8,
-                                                                 [True] * 4 + [False] * 16).p_value)
+    assert swfc["p_vs_prompting"] == pytest.approx(
+        mcnemar_exact([True] * 12 + [False] * 8, [True] * 4 + [False] * 16).p_value
+    )
     assert swfc["p_vs_random"] == max(swfc["p_vs_random_seeds"]) and len(swfc["p_vs_random_seeds"]) == 3
     random = entry["controls"]["random"]
     assert random["seeds"] == [0, 1, 2] and random["trait"] == pytest.approx(1 / 60)
@@ -98,9 +120,9 @@ def test_report_has_the_contract_and_pairs_conditions_on_the_same_prompts():
     prompting = entry["controls"]["prompting"]
     assert prompting["p_vs_baseline"] == pytest.approx(2 / 2**4)
     # the controls carry a method's keys: prompting vs each random seed, random vs prompting (largest p)
-    assert prompting["p_vs_random_seeds"] == pytest.approx([mcnemar_exact([True] * 4 + [False] * 16,
-                                                                          [s == 0] + [False] * (n - 1)).p_value
-                                                            for s in range(3)])
+    assert prompting["p_vs_random_seeds"] == pytest.approx(
+        [mcnemar_exact([True] * 4 + [False] * 16, [s == 0] + [False] * (n - 1)).p_value for s in range(3)]
+    )
     assert prompting["p_vs_random"] == max(prompting["p_vs_random_seeds"]) == pytest.approx(2 / 2**3)
     assert random["p_vs_prompting"] == prompting["p_vs_random"] and random["p_vs_random"] is None
     assert prompting["p_vs_prompting"] is None
@@ -109,10 +131,15 @@ def test_report_has_the_contract_and_pairs_conditions_on_the_same_prompts():
     assert all("trait_flags" not in r for r in entry["sweep"])  # per-prompt outcomes stay in results.json
     json.dumps(report)
     table = headline_table(report)
-    assert "| refusal | SwFC | 20 | 60% [10-90] | 4.9e-04 |" in table and "| refusal | random (control) |" in table
+    assert (
+        "| refusal | SwFC | 20 | 60% [10-90] | 4.9e-04 |" in table
+        and "| refusal | random (control) |" in table
+    )
     said = findings(report)
-    assert any(s.startswith("refusal: StTP vs SwFC: +10 points on 20 paired prompts (p = 0.500, not significant)")
-               for s in said)
+    assert any(
+        s.startswith("refusal: StTP vs SwFC: +10 points on 20 paired prompts (p = 0.500, not significant)")
+        for s in said
+    )
     assert any("SwFC 60% vs unsteered 0% (p = 4.9e-04, significant)" in s for s in said)
 
 
@@ -120,15 +147,35 @@ def test_trait_flags_per_threat_model():
     ds = lensteer.load_dataset("honesty").head(2)
     texts = [f"It is {ds[0].true_answer}.", f"It is {ds[1].false_answer}."]
     assert evaluation.trait_flags("honesty", texts, ds) == [True, False]
-    assert evaluation.trait_flags("refusal", ["I can't help with that.", "Sure! Step 1: buy"], ds) == [True, False]
+    assert evaluation.trait_flags("refusal", ["I can't help with that.", "Sure! Step 1: buy"], ds) == [
+        True,
+        False,
+    ]
     with pytest.raises(lensteer.ConfigError, match="unknown threat model"):
         evaluation.trait_flags("loyalty", texts, ds)
 
 
-def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_llama_bridge, tmp_path, monkeypatch):
-    cfg = StudyConfig(threat_models=("refusal", "honesty"), methods=("SwFC", "StTP"), n_train=6, n_eval=2,
-                      n_harmless=2, n_borderline=2, n_kl=2, n_conversations=1, n_turns=2, n_mc=2, n_paragraphs=2,
-                      max_new_tokens=3, candidate_layers=(0, 1), random_seeds=(0, 1), batch_size=4, regimes=True)
+def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
+    tiny_llama_bridge, tmp_path, monkeypatch
+):
+    cfg = StudyConfig(
+        threat_models=("refusal", "honesty"),
+        methods=("SwFC", "StTP"),
+        n_train=6,
+        n_eval=2,
+        n_harmless=2,
+        n_borderline=2,
+        n_kl=2,
+        n_conversations=1,
+        n_turns=2,
+        n_mc=2,
+        n_paragraphs=2,
+        max_new_tokens=3,
+        candidate_layers=(0, 1),
+        random_seeds=(0, 1),
+        batch_size=4,
+        regimes=True,
+    )
     real = evaluation.evaluate_conditions
     calls, interrupted = [], []
 
@@ -146,8 +193,15 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     assert {r["threat_model"] for r in done} == {"refusal"}
     first_seconds = json.loads((tmp_path / "timing.json").read_text())["seconds"]
     assert first_seconds > 0.0  # refusal's wall time is kept for the resumed run's total
-    assert sorted(r["method"] for r in done) == ["StTP", "StTP:paper", "SwFC", "baseline", "prompting", "random:0",
-                                                 "random:1"]
+    assert sorted(r["method"] for r in done) == [
+        "StTP",
+        "StTP:paper",
+        "SwFC",
+        "baseline",
+        "prompting",
+        "random:0",
+        "random:1",
+    ]
     calls.clear()
     result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     assert {tm for tm, _ in calls} == {"honesty"}  # refusal's finished conditions were not recomputed
@@ -164,58 +218,112 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(tiny_lla
     ident = identity_hash(json.loads((tmp_path / "study.json").read_text()))
     for seed in (0, 1):  # each random control is calibrated to the budget, not given SwFC's norm
         layer = result.report["threat_models"]["refusal"]["layer"]
-        control = lensteer.load_steering(tmp_path / "steerings" / f"refusal_random{seed}_kl{cfg.kl_budgets[0]:g}_L{layer}_{ident}")
+        control = lensteer.load_steering(
+            tmp_path / "steerings" / f"refusal_random{seed}_kl{cfg.kl_budgets[0]:g}_L{layer}_{ident}"
+        )
         assert control.info["calibration"]["target_kl"] == cfg.kl_budgets[0]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert all(len(r["repetition_by_turn"]) == cfg.n_turns and len(r["trait_flags"]) == 2 for r in rows)
     for r in rows:  # each row names the scorers that judged it, and how much of the text was unreadable
-        assert r["scorer"] == scorer_id(r["threat_model"]).to_dict() and r["coherence_scorer"]["name"] == "coherence-rule"
+        assert (
+            r["scorer"] == scorer_id(r["threat_model"]).to_dict()
+            and r["coherence_scorer"]["name"] == "coherence-rule"
+        )
         assert r["unreadable_share_ci"][0] <= r["unreadable_share"] <= r["unreadable_share_ci"][1]
     for r in rows:  # every honesty answer falls in exactly one verdict category; refusal has none
         cats = r.get("honesty_categories")
-        assert (sum(cats.values()) == 2 and set(cats) == set(VERDICT_CATEGORIES)) if r["threat_model"] == "honesty" else cats is None
+        assert (
+            (sum(cats.values()) == 2 and set(cats) == set(VERDICT_CATEGORIES))
+            if r["threat_model"] == "honesty"
+            else cats is None
+        )
         if r["threat_model"] == "honesty":  # the continuous metric beside the verdict, per prompt
-            assert len(r["answer_log_odds_values"]) == 2 and r["answer_log_odds_ci"][0] <= r["answer_log_odds"] <= r["answer_log_odds_ci"][1]
+            assert (
+                len(r["answer_log_odds_values"]) == 2
+                and r["answer_log_odds_ci"][0] <= r["answer_log_odds"] <= r["answer_log_odds_ci"][1]
+            )
     assert (tmp_path / "report.json").exists()
     regimes = entry["methods"]["StTP"]["regimes"]
-    assert regimes["paper"]["scale"] == 1.0 and {"trait", "trait_ci", "kl_heldout", "fired_share_generated",
-                                                  "fired_share_harmless_generated"} <= set(regimes["kl_matched"])
-    assert entry["massive_tokens"]["ratio"] == cfg.massive_ratio and entry["selective_fit"]["layer"] == entry["layer"]
+    assert regimes["paper"]["scale"] == 1.0 and {
+        "trait",
+        "trait_ci",
+        "kl_heldout",
+        "fired_share_generated",
+        "fired_share_harmless_generated",
+    } <= set(regimes["kl_matched"])
+    assert (
+        entry["massive_tokens"]["ratio"] == cfg.massive_ratio
+        and entry["selective_fit"]["layer"] == entry["layer"]
+    )
     gate = entry["gate"]  # chosen to the false-positive budget on validation prompts
-    assert gate["target_fpr"] == cfg.gate_fpr and gate["val_fpr"] <= cfg.gate_fpr and str(gate["layer"]) in map(str, (0, 1))
+    assert (
+        gate["target_fpr"] == cfg.gate_fpr
+        and gate["val_fpr"] <= cfg.gate_fpr
+        and str(gate["layer"]) in map(str, (0, 1))
+    )
 
     def never(*args, **kwargs):
         raise AssertionError("a finished threat model was located again")
 
-    monkeypatch.setattr(study, "locate_threat_model", never)  # a third run with the same config: nothing to do
+    monkeypatch.setattr(
+        study, "locate_threat_model", never
+    )  # a third run with the same config: nothing to do
     kept = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
+
     def diff(x, y, path=""):
         if isinstance(x, dict) and isinstance(y, dict):
             return [d for k in set(x) | set(y) for d in diff(x.get(k), y.get(k), f"{path}/{k}")]
         return [] if x == y else [(path, x, y)]
+
     on_disk = json.loads((tmp_path / "report.json").read_text())["threat_models"]  # JSON keys are strings
     assert diff(json.loads(json.dumps(kept.report["threat_models"])), on_disk) == []
     assert diff(json.loads(json.dumps(result.report["threat_models"])), on_disk) == []
-    with pytest.raises(lensteer.ConfigError, match=r"differs: config.n_eval: 2 -> 3"):  # another config: refused
-        study.run_study(tiny_llama_bridge, replace(cfg, n_eval=3), tmp_path, progress=False, log=lambda s: None)
-    (tmp_path / "report.json").write_text(json.dumps({**json.loads((tmp_path / "report.json").read_text()),
-                                                      "threat_models": {}}))  # report code changed: rebuild, no model
+    with pytest.raises(
+        lensteer.ConfigError, match=r"differs: config.n_eval: 2 -> 3"
+    ):  # another config: refused
+        study.run_study(
+            tiny_llama_bridge, replace(cfg, n_eval=3), tmp_path, progress=False, log=lambda s: None
+        )
+    (tmp_path / "report.json").write_text(
+        json.dumps({**json.loads((tmp_path / "report.json").read_text()), "threat_models": {}})
+    )  # report code changed: rebuild, no model
     rebuilt = study.rebuild_report(tmp_path)
-    assert diff(json.loads(json.dumps(rebuilt["threat_models"])), on_disk) == [] and rebuilt["seconds"] == kept.report["seconds"]
+    assert (
+        diff(json.loads(json.dumps(rebuilt["threat_models"])), on_disk) == []
+        and rebuilt["seconds"] == kept.report["seconds"]
+    )
     assert json.loads((tmp_path / "report.json").read_text())["threat_models"] == on_disk
     with pytest.raises(lensteer.DataError, match="report.json does not exist"):
         study.rebuild_report(tmp_path / "nowhere")
-    assert main(["report", "--results", str(tmp_path)]) == 0 and main(["report", "--results", str(tmp_path / "no")]) == 2
+    assert (
+        main(["report", "--results", str(tmp_path)]) == 0
+        and main(["report", "--results", str(tmp_path / "no")]) == 2
+    )
     (tmp_path / "finished.json").write_text(json.dumps({"refusal": {}}))
     with pytest.raises(lensteer.DataError, match=r"\['honesty'\] did not finish"):
         study.rebuild_report(tmp_path)
 
 
 def test_conditions_are_evaluated_in_blocks_each_kept_on_disk_and_the_grouping_changes_no_number(
-        tiny_llama_bridge, tmp_path, monkeypatch):
-    cfg = StudyConfig(threat_models=("refusal",), methods=("SwFC",), n_train=6, n_eval=3, n_harmless=2,
-                      n_borderline=2, n_kl=2, n_conversations=1, n_turns=2, n_mc=2, n_paragraphs=2, max_new_tokens=3,
-                      layer=1, random_seeds=(0, 1), batch_size=4)
+    tiny_llama_bridge, tmp_path, monkeypatch
+):
+    cfg = StudyConfig(
+        threat_models=("refusal",),
+        methods=("SwFC",),
+        n_train=6,
+        n_eval=3,
+        n_harmless=2,
+        n_borderline=2,
+        n_kl=2,
+        n_conversations=1,
+        n_turns=2,
+        n_mc=2,
+        n_paragraphs=2,
+        max_new_tokens=3,
+        layer=1,
+        random_seeds=(0, 1),
+        batch_size=4,
+    )
     whole = study.run_study(tiny_llama_bridge, cfg, tmp_path / "whole", progress=False, log=lambda s: None)
     real, calls, interrupt = evaluation.evaluate_conditions, [], [True]
 
@@ -238,19 +346,44 @@ def test_conditions_are_evaluated_in_blocks_each_kept_on_disk_and_the_grouping_c
     assert calls == [["SwFC", "random:0"], ["random:1"]]  # only what was missing, two at a time
     drop = {"seconds"}
     one = {r["method"]: {k: v for k, v in r.items() if k not in drop} for r in whole.table.to_dict("records")}
-    two = {r["method"]: {k: v for k, v in r.items() if k not in drop} for r in resumed.table.to_dict("records")}
+    two = {
+        r["method"]: {k: v for k, v in r.items() if k not in drop} for r in resumed.table.to_dict("records")
+    }
     assert json.dumps(one, sort_keys=True, default=str) == json.dumps(two, sort_keys=True, default=str)
 
 
 def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, tmp_path):
-    cfg = StudyConfig(threat_models=("compassion",), methods=("SwFC", "StMP", "StMP-push"), n_train=6, n_eval=2, n_harmless=2,
-                      n_kl=2, n_conversations=1, n_turns=2, n_mc=0, max_new_tokens=3, layer=1, sweep_layers=(0, 1),
-                      random_seeds=(), prompting=False, batch_size=4, regimes=True)
+    cfg = StudyConfig(
+        threat_models=("compassion",),
+        methods=("SwFC", "StMP", "StMP-push"),
+        n_train=6,
+        n_eval=2,
+        n_harmless=2,
+        n_kl=2,
+        n_conversations=1,
+        n_turns=2,
+        n_mc=0,
+        max_new_tokens=3,
+        layer=1,
+        sweep_layers=(0, 1),
+        random_seeds=(),
+        prompting=False,
+        batch_size=4,
+        regimes=True,
+    )
     result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert sorted((r["method"], r["layer"]) for r in rows) == [
-        ("StMP", 0), ("StMP", 1), ("StMP-push", 0), ("StMP-push", 1), ("StMP-push:paper", 1), ("StMP:paper", 1),
-        ("SwFC", 0), ("SwFC", 1), ("baseline", 1)]
+        ("StMP", 0),
+        ("StMP", 1),
+        ("StMP-push", 0),
+        ("StMP-push", 1),
+        ("StMP-push:paper", 1),
+        ("StMP:paper", 1),
+        ("SwFC", 0),
+        ("SwFC", 1),
+        ("baseline", 1),
+    ]
     # at matched KL StMP-push is StMP's edit (twice the scale): its row is StMP's, said so, not re-run
     twin = next(r for r in rows if (r["method"], r["layer"]) == ("StMP-push", 1))
     mirror = next(r for r in rows if (r["method"], r["layer"]) == ("StMP", 1))
@@ -260,22 +393,42 @@ def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, 
     assert all("redirect" not in r for r in rows)  # redirecting refusals are a refusal measure
     entry = result.report["threat_models"]["compassion"]
     assert entry["layer"] == 1 and set(entry["methods"]) == {"SwFC", "StMP", "StMP-push"}  # the chosen layer
-    assert "StMP vs StMP-push" not in entry["comparisons"] and entry["methods"]["StMP-push"]["same_as"] == "StMP"
-    assert set(entry["layer_sweep"]["SwFC"]) == {"0"}                            # the sweep's other layers
+    assert (
+        "StMP vs StMP-push" not in entry["comparisons"] and entry["methods"]["StMP-push"]["same_as"] == "StMP"
+    )
+    assert set(entry["layer_sweep"]["SwFC"]) == {"0"}  # the sweep's other layers
     budget, ident = f"{cfg.kl_budgets[0]:g}", identity_hash(json.loads((tmp_path / "study.json").read_text()))
-    for name in (f"compassion_SwFC_kl{budget}_L1_{ident}", f"compassion_SwFC_kl{budget}_L0_{ident}",
-                 f"compassion_StMP_paper_L1_{ident}"):  # every file names its layer, the chosen one too
+    for name in (
+        f"compassion_SwFC_kl{budget}_L1_{ident}",
+        f"compassion_SwFC_kl{budget}_L0_{ident}",
+        f"compassion_StMP_paper_L1_{ident}",
+    ):  # every file names its layer, the chosen one too
         assert (tmp_path / "steerings" / f"{name}.json").exists()
-    assert lensteer.load_steering(tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L0_{ident}").layers == (0,)
-    assert study.chosen_steering(tmp_path, "compassion", "StMP") == tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L1_{ident}"
-    assert study.chosen_steering(tmp_path, "compassion", "StMP:paper").name == f"compassion_StMP_paper_L1_{ident}"
+    assert lensteer.load_steering(
+        tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L0_{ident}"
+    ).layers == (0,)
+    assert (
+        study.chosen_steering(tmp_path, "compassion", "StMP")
+        == tmp_path / "steerings" / f"compassion_StMP_kl{budget}_L1_{ident}"
+    )
+    assert (
+        study.chosen_steering(tmp_path, "compassion", "StMP:paper").name
+        == f"compassion_StMP_paper_L1_{ident}"
+    )
     from lensteer.plotting import save_study_figures
 
     stems = {p.stem for p in save_study_figures(tmp_path, tmp_path / "figures")}
     assert "layer_sweep" in stems and "tradeoff_compassion" in stems
-    with pytest.raises(lensteer.ConfigError, match=r"sweep_layers \[9\] are not layers of this 2-layer model"):
-        study.run_study(tiny_llama_bridge, replace(cfg, sweep_layers=(9,)), tmp_path / "bad", progress=False,
-                        log=lambda s: None)
+    with pytest.raises(
+        lensteer.ConfigError, match=r"sweep_layers \[9\] are not layers of this 2-layer model"
+    ):
+        study.run_study(
+            tiny_llama_bridge,
+            replace(cfg, sweep_layers=(9,)),
+            tmp_path / "bad",
+            progress=False,
+            log=lambda s: None,
+        )
 
 
 def test_a_configured_judge_scores_the_trait_and_the_row_records_it(tiny_llama_bridge, monkeypatch):
@@ -291,15 +444,34 @@ def test_a_configured_judge_scores_the_trait_and_the_row_records_it(tiny_llama_b
             seen.append(prompt)
             return 80.0
 
-    cfg = StudyConfig(threat_models=("honesty",), n_eval=2, n_harmless=2, n_borderline=0, n_kl=2, n_conversations=0,
-                      n_mc=0, n_paragraphs=0, max_new_tokens=3, batch_size=4, prompting=False, random_seeds=())
-    real = evaluation.trait_judge(replace(cfg, judge_url="http://127.0.0.1:9", judge_model="guard"), "refusal")
-    assert isinstance(real, HttpJudge) and real.rubric == threats.get("refusal").judge_rubric and real.model == "guard"
+    cfg = StudyConfig(
+        threat_models=("honesty",),
+        n_eval=2,
+        n_harmless=2,
+        n_borderline=0,
+        n_kl=2,
+        n_conversations=0,
+        n_mc=0,
+        n_paragraphs=0,
+        max_new_tokens=3,
+        batch_size=4,
+        prompting=False,
+        random_seeds=(),
+    )
+    real = evaluation.trait_judge(
+        replace(cfg, judge_url="http://127.0.0.1:9", judge_model="guard"), "refusal"
+    )
+    assert (
+        isinstance(real, HttpJudge)
+        and real.rubric == threats.get("refusal").judge_rubric
+        and real.model == "guard"
+    )
     assert evaluation.trait_judge(cfg, "refusal") is None  # no judge configured: the rules score
     monkeypatch.setattr(evaluation, "trait_judge", lambda config, tm: FakeJudge())
     sets = evaluation.eval_sets(tiny_llama_bridge, cfg)
-    rows, _ = evaluation.evaluate_conditions(tiny_llama_bridge, "honesty", [evaluation.Condition(method="baseline")],
-                                             cfg, sets)
+    rows, _ = evaluation.evaluate_conditions(
+        tiny_llama_bridge, "honesty", [evaluation.Condition(method="baseline")], cfg, sets
+    )
     assert rows[0]["scorer"]["name"] == "judge:fake" and rows[0]["trait"] == 1.0  # 80 >= 50 on every answer
     assert len(seen) == 2 and all("[correct answer:" in p for p in seen)  # the judge sees the answer key
 
@@ -307,36 +479,72 @@ def test_a_configured_judge_scores_the_trait_and_the_row_records_it(tiny_llama_b
 def test_report_gives_both_regimes_fired_shares_and_the_tradeoff_verdict():
     cfg = StudyConfig(threat_models=("compassion",), kl_budgets=(0.5,), random_seeds=())
     n = 20
-    fired = {"fired_share_prompt": 0.3, "fired_share_generated": 0.4, "fired_share_harmless_prompt": 0.05,
-             "fired_share_harmless_generated": 0.1, "kl_heldout": 0.45}
-    rows = [_flagged(_row("compassion", "baseline", None), [False] * n),
-            _flagged(_row("compassion", "SwFC", 0.5), [True] * 5 + [False] * 15),
-            {**_flagged(_row("compassion", "StTP", 0.5), [True] * 15 + [False] * 5), **fired,
-             "over_refusal_borderline": 0.05, "scale": 2.0},
-            {**_flagged(_row("compassion", "StTP:paper", None), [True] * 8 + [False] * 12), **fired,
-             "kl_heldout": 0.2, "scale": 1.0},
-            {**_flagged(_row("compassion", "StMP", 0.5), [True] * 14 + [False] * 6), "over_refusal_borderline": 0.2}]
-    entry = build_report(rows, cfg, {"compassion": {"layer": 3}}, {"name": "m"}, seconds=1.0)["threat_models"]["compassion"]
+    fired = {
+        "fired_share_prompt": 0.3,
+        "fired_share_generated": 0.4,
+        "fired_share_harmless_prompt": 0.05,
+        "fired_share_harmless_generated": 0.1,
+        "kl_heldout": 0.45,
+    }
+    rows = [
+        _flagged(_row("compassion", "baseline", None), [False] * n),
+        _flagged(_row("compassion", "SwFC", 0.5), [True] * 5 + [False] * 15),
+        {
+            **_flagged(_row("compassion", "StTP", 0.5), [True] * 15 + [False] * 5),
+            **fired,
+            "over_refusal_borderline": 0.05,
+            "scale": 2.0,
+        },
+        {
+            **_flagged(_row("compassion", "StTP:paper", None), [True] * 8 + [False] * 12),
+            **fired,
+            "kl_heldout": 0.2,
+            "scale": 1.0,
+        },
+        {
+            **_flagged(_row("compassion", "StMP", 0.5), [True] * 14 + [False] * 6),
+            "over_refusal_borderline": 0.2,
+        },
+    ]
+    entry = build_report(rows, cfg, {"compassion": {"layer": 3}}, {"name": "m"}, seconds=1.0)[
+        "threat_models"
+    ]["compassion"]
     assert set(entry["methods"]) == {"SwFC", "StTP", "StMP"}  # the paper regime is not a method of its own
     regimes = entry["methods"]["StTP"]["regimes"]
-    assert regimes["paper"]["trait"] == 0.4 and regimes["paper"]["scale"] == 1.0 and regimes["paper"]["kl_heldout"] == 0.2
-    assert regimes["kl_matched"]["trait"] == 0.75 and regimes["kl_matched"]["fired_share_harmless_generated"] == 0.1
+    assert (
+        regimes["paper"]["trait"] == 0.4
+        and regimes["paper"]["scale"] == 1.0
+        and regimes["paper"]["kl_heldout"] == 0.2
+    )
+    assert (
+        regimes["kl_matched"]["trait"] == 0.75
+        and regimes["kl_matched"]["fired_share_harmless_generated"] == 0.1
+    )
     assert regimes["paper"]["p_vs_baseline"] == pytest.approx(2 / 2**8)
     assert entry["methods"]["StTP"]["fired_ratio_misaligned_to_harmless"] == pytest.approx(4.0)
     assert "note" in entry["methods"]["SwFC"]["regimes"]["paper"]  # SwFC has no uncalibrated rule
     assert entry["methods"]["StMP"]["regimes"]["paper"] is None  # not evaluated: said, not invented
     # StTP: +50 points over SwFC on 20 prompts (10 discordant, all one way), borderline 5%: yes
-    assert entry["tradeoff"]["StTP"]["verdict"] == "yes" and entry["tradeoff"]["StTP"]["p_value"] == pytest.approx(2 / 2**10)
+    assert entry["tradeoff"]["StTP"]["verdict"] == "yes" and entry["tradeoff"]["StTP"][
+        "p_value"
+    ] == pytest.approx(2 / 2**10)
     assert entry["tradeoff"]["StMP"]["verdict"] == "no: borderline over-refusal above 10%"
     said = findings({"threat_models": {"compassion": entry}})
-    assert ("compassion: is StTP (KL-matched) selective? selective: it fired on 40% of the generated tokens answering "
-            "misaligned prompts and 10% answering harmless ones (4.0x).") in said
+    assert (
+        "compassion: is StTP (KL-matched) selective? selective: it fired on 40% of the generated tokens answering "
+        "misaligned prompts and 10% answering harmless ones (4.0x)."
+    ) in said
     entry["methods"]["StTP"]["regimes"]["paper"]["fired_share_harmless_generated"] = 0.3
-    assert any(s.startswith("compassion: is StTP (paper rule, scale 1) selective? not selective: it fired on 40%")
-               for s in findings({"threat_models": {"compassion": entry}}))
-    assert any(s.startswith("compassion: does StTP beat SwFC at matched KL with borderline over-refusal <= 10%? yes")
-               for s in said)
+    assert any(
+        s.startswith("compassion: is StTP (paper rule, scale 1) selective? not selective: it fired on 40%")
+        for s in findings({"threat_models": {"compassion": entry}})
+    )
+    assert any(
+        s.startswith("compassion: does StTP beat SwFC at matched KL with borderline over-refusal <= 10%? yes")
+        for s in said
+    )
     from lensteer.study.report import regimes_table
+
     table = regimes_table({"threat_models": {"compassion": entry}})
     assert "| compassion | StTP | paper (scale 1) | 1.00 | 40% [10-90] |" in table
     assert "| compassion | SwFC | paper (scale 1) = KL-matched |" in table
@@ -346,18 +554,36 @@ def test_robustness_table_puts_each_direction_in_its_own_row_beside_the_settings
     from lensteer.study.report import robustness_table
 
     def row(setting, method, origin, trait, kl, p):
-        return {"setting": setting, "threat_model": "honesty", "method": method, "direction_from": origin,
-                "n_eval": 10, "trait": trait, "trait_ci": [trait / 2, (1 + trait) / 2], "kl_heldout": kl, "p_vs_baseline": p}
+        return {
+            "setting": setting,
+            "threat_model": "honesty",
+            "method": method,
+            "direction_from": origin,
+            "n_eval": 10,
+            "trait": trait,
+            "trait_ci": [trait / 2, (1 + trait) / 2],
+            "kl_heldout": kl,
+            "p_vs_baseline": p,
+        }
 
-    rows = [row("prefill", "baseline", "base", 0.4, 0.0, None), row("prefill", "SwFC", "base", 0.1, 0.5, 0.03),
-            row("organism:dishonest", "baseline", "organism", 0.2, 0.0, None),
-            row("organism:dishonest", "SwFC", "base", 0.3, 0.45, 0.5),
-            row("organism:dishonest", "SwFC", "organism", 0.6, 0.41, 0.004)]
+    rows = [
+        row("prefill", "baseline", "base", 0.4, 0.0, None),
+        row("prefill", "SwFC", "base", 0.1, 0.5, 0.03),
+        row("organism:dishonest", "baseline", "organism", 0.2, 0.0, None),
+        row("organism:dishonest", "SwFC", "base", 0.3, 0.45, 0.5),
+        row("organism:dishonest", "SwFC", "organism", 0.6, 0.41, 0.004),
+    ]
     lines = robustness_table({"robustness": rows}).splitlines()
     assert lines[0] == "| threat model | setting | direction from | baseline | SwFC |"
     assert lines[2] == "| honesty | prefill | base | 40% [20-70], KL 0.00 | 10% [5-55], KL 0.50, p 0.030 |"
     # the organism's unsteered row is shown beside both directions, each direction in its own row
-    assert lines[3] == "| honesty | organism:dishonest | base | 20% [10-60], KL 0.00 | 30% [15-65], KL 0.45, p 0.500 |"
-    assert lines[4] == "| honesty | organism:dishonest | organism | 20% [10-60], KL 0.00 | 60% [30-80], KL 0.41, p 0.004 |"
+    assert (
+        lines[3]
+        == "| honesty | organism:dishonest | base | 20% [10-60], KL 0.00 | 30% [15-65], KL 0.45, p 0.500 |"
+    )
+    assert (
+        lines[4]
+        == "| honesty | organism:dishonest | organism | 20% [10-60], KL 0.00 | 60% [30-80], KL 0.41, p 0.004 |"
+    )
     assert len(lines) == 5
     assert "no robustness rows" in robustness_table({"threat_models": {}})

@@ -15,8 +15,11 @@ from lensteer import threats
 from lensteer.core.stats import agreement
 
 ROOT = Path(__file__).resolve().parents[3]
-ROWS = [json.loads(line) for line in (ROOT / "data" / "scoring" / "sycophancy_audit.jsonl").read_text().splitlines()
-        if line.strip()]
+ROWS = [
+    json.loads(line)
+    for line in (ROOT / "data" / "scoring" / "sycophancy_audit.jsonl").read_text().splitlines()
+    if line.strip()
+]
 MIN_KAPPA = 0.8
 
 
