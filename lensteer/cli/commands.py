@@ -114,13 +114,55 @@ def _study_config(args: argparse.Namespace) -> Any:
     return config
 
 
+def _eval_sets(args: argparse.Namespace, studied: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The ``--eval-set`` files, read and checked before any model loads (for ``run``: each must measure a
+    threat model the study runs)."""
+    from lensteer.errors import ConfigError
+    from lensteer.evaluate.public_sets import load_eval_sets
+
+    sets = load_eval_sets(args.eval_set or [])
+    for key, public in sets.items():
+        name = threats.for_benchmark(public.format).name
+        if studied is not None and name not in studied:
+            raise ConfigError(
+                f"--eval-set {key} measures threat model {name!r}, which this run does not study "
+                f"(it runs {list(studied)}); add --dataset {name} or leave the set out"
+            )
+    return sets
+
+
+def _write_eval_sets(out: Path, model: Any, sets: dict[str, Any], conditions_of: Any, config: Any) -> None:
+    from lensteer.study.public_eval import evaluate_public_sets, public_table
+
+    reports = evaluate_public_sets(model, sets, conditions_of, config)
+    write_json(out / "eval_sets.json", {"model": model_summary(model), "eval_sets": reports})
+    for report in reports.values():
+        print("\n" + public_table(report))
+    print(f"\nwrote {out / 'eval_sets.json'}")
+
+
+def model_summary(model: Any) -> dict[str, Any]:
+    import lensteer
+
+    return dict(lensteer.core.model_fingerprint(model).to_dict())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from lensteer.core.outdir import claim_folder
     from lensteer.study.identity import STUDY_COMPANIONS, STUDY_MARKERS
 
     config = _study_config(args)
+    sets = _eval_sets(args, config.threat_models)
     with claim_folder(args.out, STUDY_MARKERS, "study", STUDY_COMPANIONS):  # refused before the model loads
-        return _run(args, config)
+        code = _run(args, config)
+        if sets:  # the study's saved steerings, in the locked folder
+            from lensteer.study.public_eval import study_conditions
+
+            model, _ = _load(args)
+            _write_eval_sets(
+                Path(args.out), model, sets, lambda tm: study_conditions(model, args.out, tm, config), config
+            )
+    return code
 
 
 def _run(args: argparse.Namespace, config: Any) -> int:
@@ -227,10 +269,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     config = _study_config(args)
+    sets = _eval_sets(args)
     model, _ = _load(args)
     steering = lensteer.load_steering(args.steering, model=model)
     name = args.dataset[0] if args.dataset else threats.DEFAULT
     label = Path(args.steering).name
+    if sets:
+        from lensteer.study.public_eval import steering_conditions
+
+        _write_eval_sets(
+            Path(args.out),
+            model,
+            sets,
+            lambda tm: steering_conditions(model, steering, tm, config, name=label),
+            config,
+        )
+        print(f"in {time.perf_counter() - start:.0f} s")
+        return 0
     report = evaluate_steering(model, steering, name, config, name=label)
     out = Path(args.out)
     write_json(out / "evaluate.json", report)

@@ -15,6 +15,7 @@ from lensteer.cli.commands import (
     cmd_run,
     cmd_steer,
 )
+from lensteer.evaluate.public_sets import FORMATS
 from lensteer.study.config import METHODS, PROFILES
 
 
@@ -76,6 +77,19 @@ def _add_common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="40 examples per dataset, for a quick check")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_eval_sets(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--eval-set",
+        action="append",
+        default=None,
+        metavar="FORMAT=PATH",
+        help=f"a public benchmark file as published (repeatable): {', '.join(sorted(FORMATS))}; {what} "
+        "on it against the unsteered model, the prompting baseline and random directions of the same KL "
+        "(trait and over-refusal with Wilson intervals, exact McNemar tests); the data is never bundled, "
+        "pass your own copy",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --executor ray: workers to start, each loading the model once (default: one per GPU, "
         "else one per CPU; never more than the threat models to run); --threads is per worker",
     )
+    _add_eval_sets(
+        run, "after the study, its steerings at the first KL budget are measured (OUT/eval_sets.json)"
+    )
     run.set_defaults(func=cmd_run)
 
     probe = sub.add_parser(
@@ -211,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--steering", required=True, help="a saved steering (path without suffix)")
     evaluate.add_argument(
         "--config", default=None, help="study.toml for the evaluation sizes (n_eval, n_mc, ...)"
+    )
+    _add_eval_sets(
+        evaluate, "the steering is measured on these instead of the bundled set (OUT/eval_sets.json)"
     )
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -26,7 +26,7 @@ from lensteer.threats import sycophancy
 # isort: on
 from lensteer.threats.model import GENERIC_RUBRIC, TextFlags, ThreatModel, Verdicts
 from lensteer.threats.refusal import HARMLESS_DATASET
-from lensteer.threats.registry import get, names, register, unregister
+from lensteer.threats.registry import for_benchmark, get, names, register, unregister
 
 # The threat models lensteer bundles (a study's default), in order; the CLI's default is the first.
 BUNDLED: tuple[str, ...] = (refusal.REFUSAL.name, compassion.COMPASSION.name, honesty.HONESTY.name)
@@ -41,6 +41,7 @@ __all__ = [
     "ThreatModel",
     "Verdicts",
     "compassion",
+    "for_benchmark",
     "get",
     "honesty",
     "names",

@@ -65,6 +65,7 @@ HONESTY = register(
         answer_log_odds=True,
         judge_rubric=RUBRIC,
         judge_prompt=with_correct_answer,
+        benchmarks=("truthfulqa",),
         recipes=(
             contrast_recipe(
                 "dishonest",

@@ -13,6 +13,7 @@ from typing import Literal
 from lensteer.core.datasets import BUNDLED, ContrastExample, ContrastSet, load_dataset
 from lensteer.core.inducers import Inducer, bundled_inducers
 from lensteer.errors import ConfigError
+from lensteer.evaluate.public_sets import FORMATS
 from lensteer.locate.pairs import PairDesign
 from lensteer.organisms.recipes import Recipe
 
@@ -67,6 +68,8 @@ class ThreatModel:
         judge_prompt: What the judge is shown as the user message, from the prompt and its row (e.g. the
             correct answer in brackets).
         recipes: Organism recipes whose fine-tune should lose this trait (registered with the threat model).
+        benchmarks: Public benchmark formats (:data:`lensteer.evaluate.public_sets.FORMATS`) whose files
+            measure this trait and its over-refusal (``lensteer evaluate --eval-set FORMAT=PATH``).
     """
 
     name: str
@@ -85,6 +88,7 @@ class ThreatModel:
     judge_rubric: str = GENERIC_RUBRIC
     judge_prompt: Callable[[str, ContrastExample], str] = _as_is
     recipes: tuple[Recipe, ...] = ()
+    benchmarks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("name", "dataset", "aligned_system"):
@@ -99,6 +103,11 @@ class ThreatModel:
             raise ConfigError(
                 f"threat model {self.name!r}: contrast_side must be 'prompt' or 'response', "
                 f"got {self.contrast_side!r}"
+            )
+        unknown = sorted(set(self.benchmarks) - set(FORMATS))
+        if unknown:
+            raise ConfigError(
+                f"threat model {self.name!r}: unknown benchmark formats {unknown}; known: {sorted(FORMATS)}"
             )
         if self.decision_contexts is not None and len(self.decision_contexts) != 2:
             raise ConfigError(

@@ -47,6 +47,16 @@ REFUSAL = register(
         prompt_gate=True,
         rate_metrics={"redirect": redirects},
         judge_rubric=RUBRIC,
+        benchmarks=(
+            "harmbench",
+            "jailbreakbench",
+            "jailbreakbench-benign",
+            "advbench",
+            "xstest",
+            "strongreject",
+            "orbench",
+            "orbench-toxic",
+        ),
     )
 )
 

@@ -22,6 +22,10 @@ def register(tm: ThreatModel, *, replace: bool = False) -> ThreatModel:
         raise ConfigError(f"register takes a ThreatModel, got {type(tm).__name__}")
     if tm.name in _REGISTRY and not replace:
         raise ConfigError(f"threat model {tm.name!r} is already registered; pass replace=True to replace it")
+    taken = {b: other.name for other in _REGISTRY.values() if other.name != tm.name for b in other.benchmarks}
+    clash = sorted(f"{b} (by {taken[b]!r})" for b in tm.benchmarks if b in taken)
+    if clash:
+        raise ConfigError(f"threat model {tm.name!r}: benchmarks already measured by another: {clash}")
     for recipe in tm.recipes:
         register_recipe(recipe, replace=replace)
     _REGISTRY[tm.name] = tm
@@ -51,3 +55,16 @@ def get(name: str) -> ThreatModel:
 def names() -> tuple[str, ...]:
     """The registered threat models' names, in order of registration."""
     return tuple(_REGISTRY)
+
+
+def for_benchmark(fmt: str) -> ThreatModel:
+    """The threat model a public benchmark format measures (its ``benchmarks`` name it).
+
+    Raises:
+        ConfigError: No registered threat model names ``fmt``; the message lists those that are named.
+    """
+    for tm in _REGISTRY.values():
+        if fmt in tm.benchmarks:
+            return tm
+    named = sorted(b for tm in _REGISTRY.values() for b in tm.benchmarks)
+    raise ConfigError(f"no threat model measures benchmark {fmt!r}; benchmarks with one: {named}")

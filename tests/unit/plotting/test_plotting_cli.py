@@ -82,6 +82,8 @@ def test_cli_probe_smoke_on_a_tiny_model_folder(tmp_path, tiny_model_folder, cap
 
 def test_cli_run_the_whole_study_smoke_then_steer_side_by_side(tmp_path, tiny_model_folder, capsys):
     out = tmp_path / "study"
+    advbench = tmp_path / "harmful_behaviors.csv"  # invented rows in AdvBench's layout
+    advbench.write_text("goal,target\nWrite a rude poem about the mayor,Sure\nSteal the cake,Sure\n")
     assert (
         main(
             [
@@ -96,9 +98,17 @@ def test_cli_run_the_whole_study_smoke_then_steer_side_by_side(tmp_path, tiny_mo
                 "refusal",
                 "--method",
                 "SwFC",
+                "--eval-set",
+                f"advbench={advbench}",
             ]
         )
         == 0
+    )
+    public = json.loads((out / "eval_sets.json").read_text())["eval_sets"]["advbench:harmful_behaviors.csv"]
+    # the study's own steerings and random control, on the public file
+    assert list(public["conditions"]) == ["baseline", "prompting", "SwFC", "random:0"]
+    assert (
+        public["conditions"]["SwFC"]["n_trait"] == 2 and "trait_p_vs_random" in public["conditions"]["SwFC"]
     )
     report = json.loads((out / "report.json").read_text())
     entry = report["threat_models"]["refusal"]
