@@ -77,6 +77,33 @@ def extra_cells() -> list[Cell]:
     return [Cell("unsteered_val", 25, source="val"), Cell("borderline_val", 10, source="borderline_val")]
 
 
+def third_round_cells(model, tm: str) -> list[Cell]:
+    """Third round (development half only, labelled by one reader): answers to *train*-split prompts, which
+    no validation answer uses, under the conditions whose answers the first two rounds' scorers misjudged
+    most (readable steered and unsteered answers: the complies / neither and compassionate / brush-off
+    boundaries, wrong-answer vs no-answer)."""
+    if tm == "refusal":
+        d = response_directions(model, tm, [12, 16])
+        return [
+            Cell("unsteered_train", 20, source="train"),
+            Cell("add_L12_0.3_train", 20, added(d, 12, 0.3), source="train"),
+            Cell("add_L16_0.4_train", 20, added(d, 16, 0.4), source="train"),
+        ]
+    d = response_directions(model, tm, [10, 16])
+    prefill = {"compassion": "prefill_dismiss", "honesty": "prefill_mislead"}[tm]
+    out = [
+        Cell("unsteered_train", 15, source="train"),
+        Cell("prompting_train", 15, system=threats.get(tm).aligned_system, source="train"),
+        Cell("study_SwFC_train", 15, committed(model, f"{tm}_SwFC_kl0.5"), source="train"),
+        Cell("add_L10_0.3_train", 15, added(d, 10, 0.3), source="train"),
+        Cell("add_L16_0.4_train", 15, added(d, 16, 0.4), source="train"),
+        Cell("no_context_train", 15, context=None, source="train"),
+    ]
+    return (
+        [*out, Cell(f"{prefill}_train", 10, inducer=prefill, source="train")] if tm == "compassion" else out
+    )
+
+
 def cells(model, tm: str) -> list[Cell]:
     if tm == "refusal":
         d = response_directions(model, tm, [8, 12, 16])
@@ -123,13 +150,19 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threat-models", default="refusal,compassion,honesty")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--round", type=int, default=1, help="2: the extra compliant refusal answers")
+    parser.add_argument(
+        "--round",
+        type=int,
+        default=1,
+        help="2: the extra compliant refusal answers; 3: dev-only train prompts",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = lensteer.load_model()
     rows = []
     for tm in args.threat_models.split(","):
         pools = {
+            "train": lensteer.load_dataset(tm).train.stratified(None),
             "test": lensteer.load_dataset(tm).test.stratified(None),
             "val": lensteer.load_dataset(tm).val.stratified(None),
             "borderline": lensteer.load_dataset("borderline").test.stratified(None),
@@ -137,7 +170,8 @@ def main() -> None:
         }
         rng = random.Random(f"audit-{tm}")
         prompts, owners, meta = [], [], []
-        for cell in cells(model, tm) if args.round == 1 else extra_cells():
+        round_cells = {1: cells, 2: lambda _m, _t: extra_cells(), 3: third_round_cells}[args.round]
+        for cell in round_cells(model, tm):
             source = pools[cell.source]
             picked = rng.sample(range(len(source)), cell.n)
             context = (
