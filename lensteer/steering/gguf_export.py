@@ -52,7 +52,8 @@ def llama_cpp_layer(site: str, layer: int, n_layers: int) -> int:
     return il
 
 
-def _check_exportable(s: Steering, every_position: bool) -> None:
+def check_exportable(s: Steering, every_position: bool) -> None:
+    """Refuse a steering a constant per-layer addition cannot reproduce (llama.cpp and the peers' vectors)."""
     if s.mode not in _ADDITIVE_MODES:
         raise ConfigError(
             f"mode {s.mode!r} is not a constant addition; a llama.cpp control vector can only "
@@ -147,7 +148,7 @@ def export_gguf_control_vector(
 
     directions = np.zeros((n_layers, d_model), dtype=np.float64)  # row il = direction.il; row 0 unused
     for s in steerings:
-        _check_exportable(s, every_position)
+        check_exportable(s, every_position)
         vec = (s.coefficient * s.unit.double()).numpy()
         for layer in s.layers:
             directions[llama_cpp_layer(s.site, layer, n_layers)] += vec
