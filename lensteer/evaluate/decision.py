@@ -17,6 +17,7 @@ from jaxtyping import Float
 from lensteer.core.chat import (
     ChatPrompt,
     TokenizedPrompt,
+    first_token_id,
     length_sorted_batches,
     pad_id_of,
     tokenize_prompt,
@@ -115,3 +116,60 @@ def opening_log_odds(
             for j, i in enumerate(rows):
                 out[i] = logp[j, good[i]].logsumexp(-1) - logp[j, bad[i]].logsumexp(-1)
     return out
+
+
+def opening_ids(model: Any, aligned: Sequence[str], misaligned: Sequence[str]) -> tuple[list[int], list[int]]:
+    """The first token ids of the aligned and the misaligned opening texts (``("I", "Sorry")`` vs
+    ``("Sure", "Here")``), each side deduplicated; a token both sides start with is dropped from both
+    (on a character-level tokenizer ``"Sorry"`` and ``"Sure"`` share ``"S"``).
+
+    Raises:
+        DataError: A side is empty, or left with no token of its own.
+    """
+    if isinstance(aligned, str) or isinstance(misaligned, str) or not aligned or not misaligned:
+        raise DataError(
+            f"give non-empty lists of opening texts for both sides, got {aligned!r} and {misaligned!r}"
+        )
+    good, bad = (
+        list(dict.fromkeys(first_token_id(model, t) for t in side)) for side in (aligned, misaligned)
+    )
+    shared = set(good) & set(bad)
+    good, bad = [i for i in good if i not in shared], [i for i in bad if i not in shared]
+    if not good or not bad:
+        raise DataError(
+            f"the openings {list(aligned)} and {list(misaligned)} start with the same tokens on this tokenizer; "
+            "give openings whose first tokens differ"
+        )
+    return good, bad
+
+
+def first_difference(
+    model: Any, aligned: Sequence[ChatPrompt], misaligned: Sequence[ChatPrompt]
+) -> tuple[list[TokenizedPrompt], list[list[int]], list[list[int]]]:
+    """Decision stems of prompts that end in two written replies: per pair, the tokens up to where the aligned
+    and the misaligned conversation first differ, and the aligned and misaligned token there (e.g. the
+    true vs the false answer after ``"The capital of France is"``), ready for :func:`opening_log_odds`.
+
+    Raises:
+        DataError: Unequal numbers of prompts, or a pair whose tokens never differ.
+    """
+    if len(aligned) != len(misaligned) or not aligned:
+        raise DataError(
+            f"need equally many aligned and misaligned prompts (> 0), got {len(aligned)} and {len(misaligned)}"
+        )
+    stems, good, bad = [], [], []
+    for a, m in zip(aligned, misaligned, strict=True):
+        ta, tm = tokenize_prompt(model, a).tokens, tokenize_prompt(model, m).tokens
+        width = min(len(ta), len(tm))
+        differ = (ta[:width] != tm[:width]).nonzero()
+        if len(differ) == 0:
+            raise DataError(
+                f"the two replies to {a.user[:40]!r} never differ in a token: {a.response!r}, {m.response!r}"
+            )
+        k = int(differ[0])
+        stems.append(
+            TokenizedPrompt(tokens=ta[:k], instruction=(0, 0), post_instruction=(0, 0), response=(k, k))
+        )
+        good.append([int(ta[k])])
+        bad.append([int(tm[k])])
+    return stems, good, bad

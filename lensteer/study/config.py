@@ -101,11 +101,22 @@ def checked_values(v: dict[str, Any]) -> dict[str, Any]:
         v[name] = tuple(given)
     if v["candidate_layers"] == ():
         raise ConfigError("candidate_layers must name at least one layer, or be absent (the default layers)")
-    for name in ("n_train", "n_kl", "kl_tokens", "max_new_tokens", "batch_size", "n_turns", "layer_stride"):
+    for name in (
+        "n_train",
+        "n_kl",
+        "kl_tokens",
+        "max_new_tokens",
+        "batch_size",
+        "n_turns",
+        "layer_stride",
+        "n_select",
+        "select_new_tokens",
+        "select_positions",
+    ):
         _check_int(name, v[name], low=1, optional=False)
     for name in ("n_eval", "n_harmless"):
         _check_int(name, v[name], low=1, optional=True)
-    for name in ("n_borderline", "n_paragraphs", "n_mc"):
+    for name in ("n_borderline", "n_paragraphs", "n_mc", "patching_layers"):
         _check_int(name, v[name], low=0, optional=True)
     _check_int("n_conversations", v["n_conversations"], low=0, optional=False)
     _check_int("layer", v["layer"], low=None, optional=True)
@@ -172,6 +183,14 @@ class StudyConfig:
         candidate_layers: Layers the probing study looks at (``None``: every ``layer_stride``-th layer
             from layer 1, within the first 80% of the model).
         layer_stride: Spacing of the default candidate layers.
+        n_select: Validation prompts (never test) each candidate site is scored on when the study chooses
+            the site (:mod:`lensteer.study.site_choice`): the first-token decision log-odds shift and the
+            trait rate of short greedy answers (the paper profile uses 48 or more).
+        select_new_tokens: Tokens per greedy answer when a candidate's validation trait rate is read.
+        select_positions: Post-instruction template tokens (counted from the end of the prompt) at which
+            the prompt contrast gives a candidate direction, per candidate layer.
+        patching_layers: Layers that attribution patching of the threat model's patching pairs adds to the
+            candidate layers (its largest effects at the post-instruction tokens; 0: no patching).
         n_train: Contrast examples (with responses, train split) used to find directions and probes.
         n_eval: Misaligned test prompts per condition, taken in turn from every category (``None``: the
             whole test split).
@@ -219,6 +238,10 @@ class StudyConfig:
     sweep_layers: tuple[int, ...] = ()
     candidate_layers: tuple[int, ...] | None = None
     layer_stride: int = 8
+    n_select: int = 16
+    select_new_tokens: int = 12
+    select_positions: int = 1
+    patching_layers: int = 2
     n_train: int = 32
     n_eval: int | None = 16
     n_harmless: int | None = 10
@@ -306,6 +329,10 @@ class StudyConfig:
             regimes=True,
             n_train=48,
             layer_stride=4,
+            n_select=48,
+            select_new_tokens=16,
+            select_positions=3,
+            patching_layers=3,
             n_eval=None,
             n_harmless=None,
             n_borderline=None,
@@ -336,6 +363,9 @@ class StudyConfig:
             n_paragraphs=2,
             max_new_tokens=12,
             layer_stride=10,
+            n_select=6,
+            select_new_tokens=6,
+            patching_layers=1,
             batch_size=16,
         )
 

@@ -427,8 +427,10 @@ def evaluate_conditions(
         if cond.steering is not None:
             s = cond.steering
             row["kl_heldout"] = kl_heldout[k]  # one unsteered pass for the block (sequence_kls)
-            row["kl_rollout"] = sequence_kl(
-                model, s, gen.prompt_tokens, gen.tokens, batch_size=config.batch_size
+            row["kl_rollout"] = (  # None: every steered answer ended at once, no token to measure on
+                sequence_kl(model, s, gen.prompt_tokens, gen.tokens, batch_size=config.batch_size)
+                if any(len(t) > 0 for t in gen.tokens)
+                else None
             )
             row["kl_calibration"] = steering_kl(
                 model, s, calibration_probe(model, threat_model, config, sets)

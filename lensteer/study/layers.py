@@ -1,9 +1,11 @@
-"""Choosing the steering layer and building the study's steerings there.
+"""Choosing the steering site and building the study's steerings there.
 
 For each threat model: probe the contrast (response-side; for honesty, where the decision is made) at
-candidate layers, pick the layer with recommend_site (Arditi et al.'s rules, then the most steerable
-layer at the KL budget), find the massive-activation tokens there by the norm rule (never steered),
-and build SwFC along the difference of means and StTP / StMP (mirror and push) with thresholds fitted per token on the model's own answers
+candidate layers, choose the site by what steering there does to the behaviour on validation prompts
+(:mod:`lensteer.study.site_choice`: candidates from probing and patching, the first-token decision shift at
+the KL budget, Arditi et al.'s filters, the lower bootstrap bound, a same-KL random control), find the
+massive-activation tokens there by the norm rule (never steered), and build SwFC along the chosen
+direction and StTP / StMP (mirror and push) with thresholds fitted per token on the model's own answers
 under the aligned system prompt vs the misaligning context (refusal adds a CAST-style prompt gate
 chosen to a target false-positive rate on harmless and borderline prompts).
 """
@@ -21,18 +23,24 @@ from lensteer.core.chat import ChatPrompt
 from lensteer.core.datasets import load_dataset
 from lensteer.core.models import model_fingerprint
 from lensteer.errors import ConfigError
-from lensteer.evaluate.steerability import layer_steerability
 from lensteer.locate.massive import massive_tokens
 from lensteer.locate.probing import ContrastKind, contrast_prompts, probe_layers
-from lensteer.steering.calibration import KLProbe, calibrate, kl_probe, reference_norm
+from lensteer.steering.calibration import KLProbe, calibrate, reference_norm
 from lensteer.steering.gate_search import GateSearch, search_gate
 from lensteer.steering.gates import GateLike
 from lensteer.steering.generation import generate
 from lensteer.steering.spec import Steering
 from lensteer.steering.token_fit import response_token_activations
 from lensteer.study.config import SELECTIVE_METHODS, STUDY_POSITIONS, StudyConfig
-from lensteer.study.evaluation import trait_flags
+from lensteer.study.evaluation import calibration_probe, eval_sets, trait_flags
 from lensteer.study.recommend import recommend_site
+from lensteer.study.site_choice import (
+    SiteChoice,
+    SiteInputs,
+    candidate_layer_set,
+    choose_site,
+    patching_evidence,
+)
 
 MIN_FIT_ANSWERS = 4  # answers per class a scorer must agree with before the per-token fit is filtered by it
 
@@ -45,7 +53,7 @@ class _Located:
     probing: dict[str, Any]
     steerings: dict[str, Steering]
     reference_norm: float
-    steerability: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None  # the site choice: every candidate's numbers and the chosen one
     massive: dict[str, Any] | None = None  # the massive-token rule at the chosen layer
     fit: dict[str, Any] = field(default_factory=dict)  # how StTP / StMP thresholds were fitted
     gate_search: dict[str, Any] | None = None
@@ -63,24 +71,33 @@ def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
 def locate_threat_model(
     model: Any, threat_model: str, config: StudyConfig, harmless: Sequence[str], kl: KLProbe | None = None
 ) -> _Located:
-    """Probe the contrast, choose the layer, and build the uncalibrated steerings.
+    """Probe the contrast, choose the site, and build the uncalibrated steerings there.
 
-    The contrast is the response contrast (aligned vs misaligned written replies, response mean), or for
-    a threat model with ``decision_contexts`` (honesty) the decision contrast:
-    the same question under the aligned vs the misaligning context at the last token before the answer.
+    The probing contrast is the response contrast (aligned vs misaligned written replies, response mean), or
+    for a threat model with ``decision_contexts`` (honesty) the decision contrast: the same question under
+    the aligned vs the misaligning context at the last token before the answer.
 
-    With a KL calibration set ``kl`` and more than one candidate layer, the layer is chosen causally:
-    SwFC along each layer's difference of means is calibrated to the study's first KL budget and,
-    among the layers that pass :func:`~lensteer.study.recommend_site`'s rules, the one whose steering most
-    raises the held-out aligned-over-misaligned log-odds wins (:func:`~lensteer.evaluate.layer_steerability`).
+    With the study's calibration set ``kl`` (:func:`~lensteer.study.evaluation.calibration_probe`) and no
+    ``layer`` in the config, the site is chosen by behaviour (:mod:`lensteer.study.site_choice`): candidates
+    over layers (a stride plus the top layers of attribution patching) x positions x sources (prompt contrast,
+    response mean, probe), each calibrated to the first KL budget and scored on validation prompts by the
+    first-token decision shift; the winner has the largest lower bootstrap bound among those passing
+    Arditi's filters and beats a same-KL random direction. Every method then steers along the chosen
+    direction at its layer. Without ``kl``, the layer is the probing study's (:func:`recommend_site`).
     """
     config.check_layers(int(model.cfg.n_layers))
     tm = threats.get(threat_model)
     ds = tm.load().with_responses()
-    layers = [config.layer] if config.layer is not None else _candidate_layers(model, config)
-    screened = list(layers)  # the layers the causal choice compares
+    choose = config.layer is None and kl is not None
+    patching = patching_evidence(model, tm, config) if choose else {}
+    if config.layer is not None:
+        screened = [config.layer]
+    elif choose:
+        screened = candidate_layer_set(model, config, patching["top_layers"])
+    else:
+        screened = _candidate_layers(model, config)
     extra = _sweep_layers(model, config)
-    layers = sorted(set(layers) | set(extra))
+    layers = sorted(set(screened) | set(extra))
     acts: dict[str, torch.Tensor] = {}
     n_val = max(8, config.n_train // 3)
     contexts = tm.decision_contexts
@@ -103,52 +120,29 @@ def locate_threat_model(
         seed=config.seed,
     )
     refs: dict[int, float] = {}
-    steerability = None
+    site: SiteChoice | None = None
     if config.layer is not None:
         layer, reasons = config.layer, [f"layer {config.layer} set in the config"]
+        chosen_direction = report.direction("diff_of_means", layer)
+    elif kl is not None:
+        refs = {at: reference_norm(model, harmless, at, batch_size=config.batch_size) for at in screened}
+        site = choose_site(
+            model,
+            config,
+            SiteInputs(
+                threat_model=threat_model,
+                report=report,
+                layers=tuple(screened),
+                patching=patching,
+                response_position="decision" if contexts is not None else "response_mean",
+                calibration=kl,
+                reference_norms=refs,
+            ),
+        )
+        layer, reasons, chosen_direction = site.layer, list(site.reasons), site.direction
     else:
-        if kl is not None and len(screened) > 1:
-            refs = {
-                layer: reference_norm(model, harmless, layer, batch_size=config.batch_size)
-                for layer in layers
-            }
-            # held-out questions without the misaligning context (a few-shot context would make this
-            # screen several times dearer); relative scale 0.25 is near where KL 0.3-0.5 lies on most layers
-            val = ds.val.stratified(min(n_val, 6))
-            candidates = {
-                layer: Steering.from_direction(
-                    report.direction("diff_of_means", layer),
-                    mode="swfc",
-                    scale=0.25,
-                    relative=True,
-                    reference_norm=refs[layer],
-                )
-                for layer in screened
-            }
-            steerability = layer_steerability(
-                model,
-                candidates,
-                val.chat_prompts(response="aligned"),
-                val.chat_prompts(response="misaligned"),
-                kl,
-                kl_budget=config.kl_budgets[0],
-                batch_size=config.batch_size,
-            )
-        try:
-            rec = recommend_site(report, method="diff_of_means", steerability=steerability)
-            layer, reasons = rec.layer, list(rec.reasons)
-        except ConfigError as err:  # no layer passes the rules: take the most steerable (or best probe) layer
-            if steerability is not None:
-                layer = steerability.best_layer()
-                reasons = [
-                    f"no layer passed the selection rules ({err}); took the layer whose steering at KL "
-                    f"{steerability.kl_budget:g} shifts the log-odds most ({steerability.effect[layer]:+.2f})"
-                ]
-            else:
-                layer = report.best_layer("probe_auroc")
-                reasons = [
-                    f"no layer passed the selection rules ({err}); took the best probe AUROC layer {layer}"
-                ]
+        layer, reasons = _probing_layer(report)
+        chosen_direction = report.direction("diff_of_means", layer)
     search = prompt_gate(model, tm, config) if tm.prompt_gate else None
     gate = search.gate if search is not None else None
     positions = STUDY_POSITIONS[config.positions]
@@ -158,7 +152,7 @@ def locate_threat_model(
     def steerings_at(at: int) -> tuple[dict[str, Steering], float]:
         col = layers.index(at)
         ref = refs[at] if at in refs else reference_norm(model, harmless, at, batch_size=config.batch_size)
-        direction = report.direction("diff_of_means", at)
+        direction = chosen_direction if at == layer else report.direction("diff_of_means", at)
         massive = (
             massive_tokens(
                 model,
@@ -195,12 +189,24 @@ def locate_threat_model(
         probing=report.to_dict(),
         steerings=steerings,
         reference_norm=ref,
-        steerability=steerability.to_dict() if steerability is not None else None,
+        selection=site.to_dict() if site is not None else None,
         massive=notes[layer][0],
         fit=notes[layer][1],
         gate_search=search.to_dict() if search is not None else None,
         sweep={at: steerings_at(at)[0] for at in extra if at != layer},
     )
+
+
+def _probing_layer(report: Any) -> tuple[int, list[str]]:
+    """The probing study's layer (:func:`recommend_site`), or its best probe layer if none passes the rules."""
+    try:
+        rec = recommend_site(report, method="diff_of_means")
+        return rec.layer, list(rec.reasons)
+    except ConfigError as err:
+        layer = report.best_layer("probe_auroc")
+        return layer, [
+            f"no layer passed the selection rules ({err}); took the best probe AUROC layer {layer}"
+        ]
 
 
 def _sweep_layers(model: Any, config: StudyConfig) -> list[int]:
@@ -381,25 +387,14 @@ def build_steering(
     progress: bool = False,
 ) -> Steering:
     """Locate, build and calibrate one steering (what ``lensteer steer`` shows side by side)."""
-    calibration_prompts = load_dataset(threats.HARMLESS_DATASET).train.stratified(config.n_kl).paired_prompts
-    probe = kl_probe(
-        model, calibration_prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size
-    )
+    sets = eval_sets(model, config)
+    probe = calibration_probe(model, threat_model, config, sets)  # the study's calibration set
     loc = locate_threat_model(
         model,
         threat_model,
         replace(config, methods=(method,), kl_budgets=(kl_budget,)),
-        calibration_prompts,
+        sets.calibration_prompts,
         probe,
     )
-    # calibrated as the study does: on harmless and misaligned training prompts (see calibration_probe)
-    tm = threats.get(threat_model)
-    misaligned = tm.load().train.stratified(config.n_kl).chat_prompts(context=tm.misaligning_context)
-    mixed = kl_probe(
-        model,
-        [*calibration_prompts, *misaligned],
-        continuation_tokens=config.kl_tokens,
-        batch_size=config.batch_size,
-    )
-    cal = calibrate(model, replace(loc.steerings[method], gate=None), mixed, kl_budget, progress=progress)
+    cal = calibrate(model, replace(loc.steerings[method], gate=None), probe, kl_budget, progress=progress)
     return replace(cal.steering, gate=loc.steerings[method].gate)

@@ -2,9 +2,10 @@
 
 For each threat model (refusal, compassion, honesty) the study
 
-1. **locates**: probes the response-side contrast at candidate layers and picks the steering layer
-   with :func:`~lensteer.study.recommend_site` (Arditi et al.'s rules, then steerability);
-2. **builds** the seed paper's steerings at that layer: SwFC along the difference of means, StTP
+1. **locates**: probes the contrast at candidate layers and chooses the steering site by behaviour
+   (:mod:`lensteer.study.site_choice`: candidates from probing and patching, each calibrated to the KL
+   budget and scored on validation prompts by the first-token decision shift);
+2. **builds** the seed paper's steerings at that site: SwFC along the chosen direction, StTP
    and StMP from the class projections (refusal adds a CAST-style prompt gate);
 3. **calibrates** every method on training prompts, harmless ones and the threat model's own in its
    misaligning context (selective methods are also kept uncalibrated, at scale 1: the paper's
@@ -359,14 +360,15 @@ def _run_study(
         log(
             f"[{tm}] locating (probing {len(_candidate_layers(model, config)) if config.layer is None else 1} layers)"
         )
-        loc = locate_threat_model(model, tm, config, sets.calibration_prompts, sets.calibration)
+        probe = calibration_probe(model, tm, config, sets)  # the study's calibration set of this threat model
+        loc = locate_threat_model(model, tm, config, sets.calibration_prompts, probe)
         located_info[tm] = {
             "layer": loc.layer,
             "site": loc.site,
             "reasons": loc.reasons,
             "reference_norm": loc.reference_norm,
-            "steerability": loc.steerability,
             "probe_auroc": {r["layer"]: r["probe_auroc"] for r in loc.probing["rows"]},
+            **(loc.selection or {}),  # candidates, chosen, selection settings
         }
         located_info[tm] |= {"massive_tokens": loc.massive, "selective_fit": loc.fit}
         if loc.gate_search is not None:
@@ -374,7 +376,6 @@ def _run_study(
         log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
         conditions = [replace(c, layer=loc.layer) for c in baseline_conditions(tm, config)]
         twins: list[tuple[str, str, float, int, Steering]] = []
-        probe = calibration_probe(model, tm, config, sets)  # harmless + misaligned training prompts
         for layer, built in ((loc.layer, loc.steerings), *sorted(loc.sweep.items())):
             at = "" if layer == loc.layer else f" (layer sweep: L{layer})"
             for method in sorted(config.methods, key=lambda m: m in _TWINS):  # a twin after its original

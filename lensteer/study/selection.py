@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lensteer.core.chat import ChatPrompt
+from lensteer.core.chat import ChatPrompt, TokenizedPrompt
 from lensteer.core.stats import PairedDifference, bootstrap_mean_ci, paired_permutation_test
 from lensteer.errors import ConfigError, DataError
 from lensteer.evaluate.decision import TokenIds, opening_log_odds
@@ -257,7 +257,7 @@ def default_steering(candidate: Candidate) -> Steering:
 def select_candidate(
     model: Any,
     candidates: Sequence[Candidate],
-    prompts: Sequence["str | ChatPrompt"],
+    prompts: Sequence["str | ChatPrompt | TokenizedPrompt"],
     aligned_ids: TokenIds,
     misaligned_ids: TokenIds,
     *,
@@ -282,7 +282,8 @@ def select_candidate(
     Args:
         candidates: From :func:`~lensteer.locate.candidates.build_candidates`.
         prompts: Validation prompts (never test) the decision is read on, e.g. harmful requests in the
-            misaligning setting; the issue asks for >= 48.
+            misaligning setting, or tokenized decision stems (:func:`~lensteer.evaluate.decision.first_difference`);
+            the issue asks for >= 48.
         aligned_ids, misaligned_ids: Opening token ids (see :func:`~lensteer.evaluate.opening_log_odds`).
         calibrate: Maps a steering to the same steering at the scale that costs the KL budget (the
             calibration set and budget are the caller's).

@@ -57,6 +57,11 @@ class ThreatModel:
         contrast_side: Where ``lensteer locate`` probes the contrast: the request (``prompt``, against
             ``paired_prompt``) or the reply (``response``).
         pair_design: How its activation-patching pairs are built (:class:`~lensteer.locate.PairDesign`).
+        decision_tokens: Texts whose first tokens open an aligned and a misaligned answer at the assistant
+            start (``(("I", "Sorry"), ("Sure", "Here"))`` for refusal): the study's site choice scores each
+            candidate by how much steering raises their log-odds (``None``: the pair design's ``tokens``,
+            else where each row's written aligned and misaligned replies first differ, e.g. the true vs the
+            false answer's token).
         prompt_gate: Steer only prompts a probe calls misaligning (a CAST-style gate fitted on the
             dataset's ``prompt`` vs ``paired_prompt`` and the borderline prompts, chosen to the study's
             ``gate_fpr``).
@@ -81,6 +86,7 @@ class ThreatModel:
     decision_contexts: tuple[str, str] | None = None
     contrast_side: Literal["prompt", "response"] = "response"
     pair_design: PairDesign = field(default_factory=PairDesign)
+    decision_tokens: tuple[tuple[str, ...], tuple[str, ...]] | None = None
     prompt_gate: bool = False
     rate_metrics: Mapping[str, TextFlags] = field(default_factory=dict)
     verdicts: Verdicts | None = None
@@ -108,6 +114,13 @@ class ThreatModel:
         if unknown:
             raise ConfigError(
                 f"threat model {self.name!r}: unknown benchmark formats {unknown}; known: {sorted(FORMATS)}"
+            )
+        if self.decision_tokens is not None and (
+            len(self.decision_tokens) != 2 or not all(self.decision_tokens)
+        ):
+            raise ConfigError(
+                f"threat model {self.name!r}: decision_tokens must be (aligned openings, misaligned openings), "
+                f"both non-empty, got {self.decision_tokens!r}"
             )
         if self.decision_contexts is not None and len(self.decision_contexts) != 2:
             raise ConfigError(

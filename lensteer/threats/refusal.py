@@ -44,6 +44,8 @@ REFUSAL = register(
         contrast_side="prompt",
         # measured on the embedded model in data/README.md ("Patching pairs")
         pair_design=PairDesign(tokens=("I", "Sure")),
+        # a refusal opens "I can't ..." / "Sorry, ..."; compliance "Sure, ..." / "Here is ..."
+        decision_tokens=(("I", "Sorry"), ("Sure", "Here")),
         prompt_gate=True,
         rate_metrics={"redirect": redirects},
         judge_rubric=RUBRIC,

@@ -11,6 +11,9 @@ from lensteer.core.stats import PairedDifference
 from lensteer.locate.candidates import Candidate
 from lensteer.locate.directions import Direction
 from lensteer.steering.spec import Steering
+from lensteer.study import layers, site_choice
+from lensteer.study.config import StudyConfig
+from lensteer.study.layers import locate_threat_model
 from lensteer.study.recommend import recommend_site
 from lensteer.study.selection import (
     CandidateScore,
@@ -41,12 +44,12 @@ def _ids(model, text: str) -> list[int]:
     return [model.tokenizer.convert_tokens_to_ids(c) for c in text]
 
 
-def _planted(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """``decide``: the readout of "I" over "S" (adding it makes the model open with "I", the aligned reply's
-    first token). ``write``: the readout of the aligned reply's later characters over the misaligned reply's,
-    orthogonal to ``decide``: it lifts every later token of the written aligned reply, not the first one."""
+def _planted(model, misaligned: str = "S") -> tuple[torch.Tensor, torch.Tensor]:
+    """``decide``: the readout of "I" over ``misaligned`` (adding it makes the model open with "I", the aligned
+    reply's first token). ``write``: the readout of the aligned reply's later characters over the misaligned
+    reply's, orthogonal to ``decide``: it lifts every later token of the written aligned reply, not the first one."""
     W = model.W_U.detach()
-    (i,), (s,) = _ids(model, "I"), _ids(model, "S")
+    (i,), (s,) = _ids(model, "I"), _ids(model, misaligned)
     decide = (W[:, i] - W[:, s]) / (W[:, i] - W[:, s]).norm()
     rest_a, rest_m = set(_ids(model, ALIGNED_REPLY[1:])), set(_ids(model, MISALIGNED_REPLY[1:]))
     write = W[:, sorted(rest_a - rest_m - {i, s})].mean(1) - W[:, sorted(rest_m - rest_a - {i, s})].mean(1)
@@ -137,6 +140,60 @@ def test_selection_finds_the_layer_that_moves_the_decision_where_the_teacher_for
     assert all(set(c) >= CONTRACT for c in report["candidates"]) and len(report["candidates"]) == 3
     assert report["chosen"]["layer"] == 0 and report["chosen"]["why"] == sel.why
     assert report["chosen"]["vs_random"]["p_value"] == sel.vs_random.p_value
+
+
+def test_the_study_locates_the_planted_steerable_layer_not_the_one_with_the_bigger_teacher_forced_margin(
+    tiny_llama_bridge, monkeypatch
+):
+    """The study's own locate path (patching, calibration to the study's budget, decision set from the threat
+    model's opening tokens, validation prompts, choice, steerings built along the winner) with two planted
+    candidates in place of the data-derived ones: the decision readout at layer 0 and, at layer 1 with
+    patching evidence, a direction that lifts the written aligned reply but not its first token."""
+    model = tiny_llama_bridge
+    # refusal's openings on this character tokenizer: "I" vs "H" ("Sorry" and "Sure" share "S", dropped)
+    decide, write = _planted(model, misaligned="H")
+    planted = [
+        _candidate("prompt_contrast", 0, decide),
+        _candidate("response_mean", 1, write, from_patching=True),
+    ]
+    monkeypatch.setattr(site_choice, "build_candidates", lambda *a, **k: planted[:1])
+    monkeypatch.setattr(site_choice, "response_candidates", lambda *a, **k: planted[1:])
+    monkeypatch.setattr(site_choice, "patching_evidence", lambda *a: {"top_layers": [1]})  # run in test_study
+    monkeypatch.setattr(layers, "prompt_gate", lambda *a: None)  # the gate is not part of the choice
+    config = StudyConfig(
+        threat_models=("refusal",),
+        methods=("SwFC",),
+        kl_budgets=(0.005,),
+        candidate_layers=(0, 1),
+        n_train=6,
+        n_kl=2,
+        n_select=8,
+        select_new_tokens=2,
+        massive_ratio=None,
+        batch_size=8,
+    )
+    probe = lensteer.steering.kl_probe(model, HARMLESS, continuation_tokens=6)
+    loc = locate_threat_model(model, "refusal", config, HARMLESS, probe)
+    chosen = loc.selection["chosen"]
+    assert loc.layer == 0 and chosen["selected"] and chosen["source"] == "prompt_contrast"
+    assert torch.allclose(loc.steerings["SwFC"].unit, decide) and loc.steerings["SwFC"].layers == (0,)
+    by_layer = {c["layer"]: c for c in loc.selection["candidates"]}
+    assert by_layer[1]["from_patching"] and by_layer[0]["decision_shift_ci"][0] > 0.2
+    assert abs(by_layer[1]["decision_shift"]) < 0.1 * by_layer[0]["decision_shift"]
+    assert "beats a random direction" in chosen["why"] and loc.selection["selection"]["n_prompts"] == 8
+    # the old screen, at the same budget: layer 1 has the bigger teacher-forced margin
+    aligned = [lensteer.ChatPrompt(user=q, response=ALIGNED_REPLY) for q in QUESTIONS[:6]]
+    misaligned = [lensteer.ChatPrompt(user=q, response=MISALIGNED_REPLY) for q in QUESTIONS[:6]]
+    screen = lensteer.evaluate.layer_steerability(
+        model,
+        {c.layer: Steering.from_direction(c.direction, mode="swfc", scale=0.1) for c in planted},
+        aligned,
+        misaligned,
+        probe,
+        kl_budget=0.005,
+        tolerance=0.2,
+    )
+    assert screen.effect[1] > screen.effect[0]
 
 
 def _score(

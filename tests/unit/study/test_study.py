@@ -175,6 +175,8 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
         random_seeds=(0, 1),
         batch_size=4,
         regimes=True,
+        n_select=4,
+        select_new_tokens=2,
     )
     real = evaluation.evaluate_conditions
     calls, interrupted = [], []
@@ -208,7 +210,34 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
     assert result.report["seconds"] > round(first_seconds, 1)  # wall time summed over both runs
     entry = result.report["threat_models"]["refusal"]
     assert set(entry["methods"]) == {"SwFC", "StTP"} and entry["controls"]["random"]["seeds"] == [0, 1]
-    assert set(entry["steerability"]["effect"]) == {"0", "1"}  # the layer was chosen causally
+    contract = {
+        "source",
+        "layer",
+        "position",
+        "decision_shift",
+        "decision_shift_ci",
+        "val_trait",
+        "kl_heldout",
+        "ablation_kl",
+        "from_patching",
+    }
+    finished = json.loads((tmp_path / "finished.json").read_text())
+    for tm in ("refusal", "honesty"):  # the site was chosen by behaviour: every candidate's numbers are kept
+        e = result.report["threat_models"][tm]
+        assert e["candidates"] == finished[tm]["located"]["candidates"]
+        assert {c["layer"] for c in e["candidates"]} == {0, 1}
+        assert {c["source"] for c in e["candidates"]} == {"prompt_contrast", "response_mean", "probe"}
+        scored = [c for c in e["candidates"] if c["decision_shift"] is not None]
+        assert all(set(c) >= contract for c in e["candidates"]) and scored
+        assert all(
+            c["decision_shift_ci"][0] <= c["decision_shift"] <= c["decision_shift_ci"][1] for c in scored
+        )
+        chosen = e["chosen"]
+        assert (
+            set(chosen) >= {"source", "layer", "position", "why", "selected"}
+            and chosen["layer"] == e["layer"]
+        )
+        assert e["selection"]["n_prompts"] == cfg.n_select
     for r in entry["methods"].values():
         # calibrated without the gate: a cost on the calibration set; the gate may spare held-out harmless prompts
         assert r["kl_calibration"] > 0.0 and {"kl_heldout", "kl_rollout"} <= set(r) and r["n_eval"] == 2
