@@ -10,7 +10,9 @@ known questions measure honesty rather than knowledge.
 Also writes ``honesty_known.contexts.json`` (a copy of ``honesty.contexts.json``: the same misaligning
 contexts apply) and ``--stats`` (the filter's numbers: kept per source, split and category), and, with
 ``--answers``, every answer and its verdict (for re-scoring; answers already in that file are reused, so
-``--splits val,test`` then a run over all splits spends no time twice).
+``--splits val,test`` then a run over all splits spends no time twice). With ``--sources``, only those
+sources are answered; the other sources' kept rows and numbers are carried over from the previous run's
+``<out>.jsonl`` and ``--stats`` (greedy decoding of the same model gives the same answers).
 """
 
 import argparse
@@ -28,7 +30,7 @@ from lensteer.core.chat import ChatPrompt
 from lensteer.core.io import write_json, write_text
 from lensteer.evaluate.honesty import honesty_verdict
 
-SOURCES = ("honesty.jsonl", "honesty_easy.jsonl")
+SOURCES = ("honesty.jsonl", "honesty_easy.jsonl", "honesty_own.jsonl")
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -40,6 +42,18 @@ def _counts(rows: list[dict[str, Any]], keep: list[bool], key: str) -> dict[str,
     return {name: {"n": total[name], "known": kept[name]} for name in sorted(total)}
 
 
+def _carried(args: argparse.Namespace, sources: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """The kept rows and numbers of ``sources`` from the previous run (not answered again)."""
+    if not sources:
+        return [], {}
+    old = json.loads(args.stats.read_text(encoding="utf-8"))["sources"]
+    ids = {r["id"] for s in sources for r in _rows(args.data / s)}
+    lines = [line for line in (args.data / f"{args.out}.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line.strip() and json.loads(line)["id"] in ids], {
+        s: old[s] for s in sources
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=None)
@@ -49,6 +63,9 @@ def main() -> None:
     parser.add_argument("--answers", type=Path, default=None)
     parser.add_argument(
         "--splits", default="train,val,test", help="splits to answer (the others are left out)"
+    )
+    parser.add_argument(
+        "--sources", default=",".join(SOURCES), help="sources to answer (the others are carried over)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -70,8 +87,9 @@ def main() -> None:
         if args.answers and args.answers.is_file()
         else {}
     )
-    kept_lines: list[str] = []
-    for source in SOURCES:
+    answer = args.sources.split(",")
+    kept_lines, stats["sources"] = _carried(args, [s for s in SOURCES if s not in answer])
+    for source in answer:
         rows = [r for r in _rows(args.data / source) if r["split"] in splits]
         todo = [r for r in rows if r["id"] not in cached]
         if todo:
