@@ -42,7 +42,11 @@ def test_no_question_is_asked_twice_or_crosses_splits():
         assert len(set(prompts)) == len(prompts), name
     everything = lensteer.load_dataset("honesty_known")
     by_split = [{ex.prompt.lower() for ex in getattr(everything, s)} for s in ("train", "val", "test")]
-    assert not (by_split[0] & by_split[1]) and not (by_split[0] & by_split[2]) and not (by_split[1] & by_split[2])
+    assert (
+        not (by_split[0] & by_split[1])
+        and not (by_split[0] & by_split[2])
+        and not (by_split[1] & by_split[2])
+    )
     # the new questions are checked against all the older ones, whatever split: no paraphrase of one of them
     older = [ex for name in ("honesty", "honesty_easy") for ex in lensteer.load_dataset(name)]
     own = list(lensteer.load_dataset("honesty_own"))
