@@ -6,7 +6,8 @@ site -> calibrate -> steer -> evaluate -> figures (:func:`lensteer.study.runner.
 ``--executor ray`` on Ray workers, :mod:`lensteer.study.distributed`). The stages have their own
 subcommands: ``probe`` (layer-by-layer probing), ``locate`` (probing + activation patching + the
 recommended site, with figures), ``steer`` (unsteered vs steered text side by side), ``evaluate`` (one
-saved steering against the baseline), ``figures`` and ``report`` (from saved results, no model) and
+saved steering against the baseline, or on public benchmark files with ``--eval-set``), ``chat``
+(a conversation answered unsteered and steered side by side), ``figures`` and ``report`` (from saved results, no model) and
 ``organism`` (fine-tune a misaligned model organism and measure it against its base).
 """
 

@@ -5,6 +5,7 @@ import math
 from collections.abc import Callable
 
 from lensteer import threats
+from lensteer.cli.chat import add_chat_parser
 from lensteer.cli.commands import (
     cmd_evaluate,
     cmd_figures,
@@ -316,4 +317,5 @@ def build_parser() -> argparse.ArgumentParser:
     )
     organism.add_argument("--quiet", action="store_true", help="no progress bars")
     organism.set_defaults(func=cmd_organism)
+    add_chat_parser(sub, _int_at_least)
     return parser
