@@ -319,3 +319,34 @@ def load_easyedit_vectors(
     if not vectors:
         raise DataError(f"{str(root)!r} holds no EasyEdit2 vectors (files named layer_<L>.pt)")
     return vectors_to_steerings(vectors, model, coefficient=multiplier, source=f"EasyEdit2 {root}")
+
+
+# -- lm-evaluation-harness "steered" model ---------------------------------------------------------------
+
+
+def lm_eval_steer_config(
+    steerings: "Steering | Sequence[Steering]", model: Any, *, hookpoint: str = "layers.{layer}"
+) -> dict[str, dict[str, Any]]:
+    """Additive steerings as the steer config of lm-evaluation-harness's ``steered`` model (its PR #2749,
+    ``lm_eval/models/hf_steered.py``): ``{hookpoint: {"action": "add", "steering_vector": Tensor,
+    "steering_coefficient": 1.0, "bias": None, "head_index": None}}``, where ``hookpoint`` names decoder
+    block ``L`` among ``model.base_model.named_modules()`` of the Hugging Face model lm-eval loads
+    (``layers.{layer}`` for Llama, Mistral, Qwen, Gemma, GPT-NeoX; ``h.{layer}`` for GPT-2). lm-eval adds
+    ``steering_coefficient * steering_vector`` to that module's output at every position.
+
+    lm-eval reads the config from a ``.pt`` file (``torch.load``); lensteer writes no pickles, so save it
+    yourself (``scripts/export_lm_eval.py`` does) and run
+    ``lm_eval --model steered --model_args pretrained=MODEL,steer_path=FILE.pt --tasks TASK``.
+    """
+    if "{layer}" not in hookpoint:
+        raise ConfigError(f"hookpoint must contain '{{layer}}' (e.g. 'layers.{{layer}}'), got {hookpoint!r}")
+    return {
+        hookpoint.format(layer=layer): {
+            "action": "add",
+            "steering_vector": vec.clone(),
+            "steering_coefficient": 1.0,
+            "bias": None,
+            "head_index": None,
+        }
+        for layer, vec in steerings_to_vectors(steerings, model).items()
+    }
