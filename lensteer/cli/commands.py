@@ -228,9 +228,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_steer(args: argparse.Namespace) -> int:
     import lensteer
+    from lensteer.study.coherence import build_steering
     from lensteer.study.config import StudyConfig
     from lensteer.study.evaluation import eval_prompts
-    from lensteer.study.layers import build_steering
 
     model, _ = _load(args)
     if args.steering:

@@ -103,8 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the whole study: locate -> choose site -> calibrate -> steer -> evaluate -> figures",
         description="Run the default study on the embedded model (or --model): for refusal, compassion and honesty, "
-        "probe the response contrast to choose the steering layer, calibrate SwFC / StTP / StMP and random directions "
-        "to each KL budget on harmless training prompts, answer the test prompts under the misaligning context, and "
+        "probe the response contrast to choose the steering layer, choose refusal's prompt-gate false-positive "
+        "budget by its borderline over-refusal on validation prompts, calibrate SwFC / StTP / StMP and random "
+        "directions to each KL budget on held-apart harmless and borderline prompts (gate on, as deployed; never "
+        "on the threat model's own prompts) within fluency bounds on their answers to held-apart target prompts "
+        "(perplexity ratio, rep-4), answer the test prompts under the misaligning context, and "
         "score trait (Wilson intervals, exact McNemar tests), held-out and rollout KL, perplexity ratio, repetition "
         "over multi-turn chats, over-refusal on harmless and borderline prompts, multiple-choice accuracy and "
         "paragraph cross-entropy, against the unsteered and prompting baselines and the random controls. "

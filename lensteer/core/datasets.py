@@ -24,7 +24,7 @@ from typing import Any
 
 from lensteer.core.bundled import bundled_dir
 from lensteer.core.chat import ChatPrompt, Turn
-from lensteer.core.splits import SPLITS, hashed_splits, in_turn
+from lensteer.core.splits import SPLITS, hashed_splits, held_apart_ids, in_turn
 from lensteer.errors import ConfigError, DataError
 
 # The bundled contrast sets, named by their files in data/contrast: one per threat model (which of them
@@ -129,6 +129,22 @@ class ContrastSet:
     @property
     def test(self) -> "ContrastSet":
         return self._split("test")
+
+    @property
+    def held_apart(self) -> "ContrastSet":
+        """The training rows kept from every fit (:func:`~lensteer.core.splits.held_apart_ids`: a fixed 20%
+        of each category, by id): the study prices a steering's coherence on them, so no prompt that
+        fitted a direction, probe or gate, and none that a number is reported on, sets its scale."""
+        train = self.train
+        ids = held_apart_ids(train.examples)
+        return replace(train, examples=tuple(ex for ex in train.examples if ex.id in ids), split="held_apart")
+
+    @property
+    def fit(self) -> "ContrastSet":
+        """The training rows without :attr:`held_apart`: what directions, probes and gates are fitted on."""
+        train = self.train
+        ids = held_apart_ids(train.examples)
+        return replace(train, examples=tuple(ex for ex in train.examples if ex.id not in ids), split="fit")
 
     @property
     def categories(self) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 T = TypeVar("T")
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+HELD_APART_SHARE = 0.2  # of each category's training rows, kept from every fit for coherence calibration
 _STOP = frozenset(
     [
         "a",
@@ -149,6 +150,20 @@ def hashed_splits(examples: Iterable[Any]) -> dict[str, str]:
         for i, ex in enumerate(rows):
             out[ex.id] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
     return out
+
+
+def held_apart_ids(examples: Iterable[Any], share: float = HELD_APART_SHARE) -> frozenset[str]:
+    """The ids held apart from a (training) split: per category, the ``share`` of rows ranked first by the
+    SHA-256 of ``"held-apart:" + id`` (deterministic, independent of which other rows are loaded with them
+    beyond their category, and unrelated to the train/val/test ranking)."""
+    by_category: dict[str, list[Any]] = {}
+    for ex in examples:
+        by_category.setdefault(ex.category, []).append(ex)
+    out: set[str] = set()
+    for rows in by_category.values():
+        rows = sorted(rows, key=lambda ex: hashlib.sha256(f"held-apart:{ex.id}".encode()).hexdigest())
+        out |= {ex.id for ex in rows[: max(1, round(len(rows) * share))]}
+    return frozenset(out)
 
 
 def content_words(text: str) -> frozenset[str]:

@@ -170,19 +170,54 @@ def kl_probe(
     return KLProbe(batches=tuple(batches), n_positions=n_positions)
 
 
-def steering_kl(model: Any, steering: "Steering | Sequence[Steering]", probe: KLProbe) -> float:
+def probe_gate_rows(
+    model: Any, steerings: Sequence[Steering], probe: KLProbe
+) -> tuple[torch.Tensor | None, ...]:
+    """Per batch of ``probe``, which rows each steering's gate lets through (``[n_steerings, batch]`` bool;
+    ``None`` for a batch when no steering has a gate): the prompts' own pass, as in :func:`lensteer.generate`.
+    A gate does not depend on the scale, so :func:`calibrate` decides it once for every scale it tries."""
+    if all(s.gate is None for s in steerings):
+        return tuple(None for _ in probe.batches)
+    out: list[torch.Tensor | None] = []
+    for b in probe.batches:
+        prompts = [
+            TokenizedPrompt(
+                tokens=b.tokens[i, int(b.pads[i]) : int(b.pads[i]) + int(b.prompt_lens[i])],
+                instruction=(0, 0),
+                post_instruction=(0, 0),
+                response=(0, 0),
+            )
+            for i in range(b.tokens.shape[0])
+        ]
+        out.append(torch.stack([gate_rows(model, [s.gate], prompts) for s in steerings]))
+    return tuple(out)
+
+
+def steering_kl(
+    model: Any,
+    steering: "Steering | Sequence[Steering]",
+    probe: KLProbe,
+    *,
+    gated: bool = True,
+    open_rows: Sequence[torch.Tensor | None] | None = None,
+) -> float:
     """Mean per-token ``KL(p_unsteered || p_steered)`` in nats over the probe's continuation positions.
 
-    Gates are not applied: calibration measures what the edit costs wherever it acts (use
-    :func:`sequence_kl` with ``gated=True`` for what a gated steering costs on given prompts)."""
+    With ``gated`` (the default) each steering's gate decides per prompt whether it acts, as deployed
+    (a closed gate costs 0 there); ``gated=False`` measures the edit wherever it could act. ``open_rows``:
+    the gates' decisions from :func:`probe_gate_rows`, when the caller already has them."""
     steerings = (steering,) if isinstance(steering, Steering) else tuple(steering)
     if not steerings or not all(isinstance(s, Steering) for s in steerings):
         raise ConfigError(f"steering_kl takes a Steering or a non-empty list of them, got {steering!r}")
+    if not gated:
+        rows: Sequence[torch.Tensor | None] = tuple(None for _ in probe.batches)
+    else:
+        rows = open_rows if open_rows is not None else probe_gate_rows(model, steerings, probe)
     device = next(iter(model.parameters())).device
     view = plain_view(model)
     total = 0.0
-    for b in probe.batches:
-        ctx = SteeringContext(prompt_lens=b.prompt_lens, pads=b.pads, record=False)
+    for b, opened in zip(probe.batches, rows, strict=True):
+        ctx = SteeringContext(prompt_lens=b.prompt_lens, pads=b.pads, record=False, rows=opened)
         with torch.inference_mode():
             states = teacher_forced_states(
                 model, steerings, b.tokens.to(device), b.attention_mask.to(device), b.mask, ctx, view=view
@@ -341,6 +376,12 @@ def calibrate(
 ) -> Calibration:
     """Find the scale at which ``steering`` costs ``target_kl`` nats per token, by bisection.
 
+    The cost is measured as deployed: the steering's gate, if it has one, decides per prompt whether it
+    acts (:func:`steering_kl`), so a gate that stays closed on the probe's prompts spares them (to price
+    the bare edit, calibrate ``replace(steering, gate=None)``).
+    The probe should hold prompts whose answers must not change (harmless, borderline): pricing the edit on
+    the prompts it is meant to change would shrink the scale the better the direction works.
+
     KL grows with the scale (for every mode, from 0 at scale 0), so the scale is bracketed by
     doubling from ``start`` and then bisected until the KL is within ``tolerance`` (relative) of
     the budget. The KL may saturate below the budget (selective modes stop firing; normalisation
@@ -367,11 +408,12 @@ def calibrate(
             "reference); calibrate its reference instead, or use add/swfc/ablate/angular/sttp/stmp"
         )
     _check_positions_reach(steering, probe)
+    opened = probe_gate_rows(model, [steering], probe)
     history: list[tuple[float, float]] = []
     bar = tqdm(total=max_evals, desc=f"calibrate {steering.mode} to KL {target_kl:g}", disable=not progress)
 
     def kl_at(scale: float) -> float:
-        value = steering_kl(model, steering.with_scale(scale), probe)
+        value = steering_kl(model, steering.with_scale(scale), probe, open_rows=opened)
         history.append((scale, value))
         bar.update(1)
         return value
@@ -385,7 +427,7 @@ def calibrate(
         lo, lo_kl = hi, hi_kl
         hi = min(hi * 2.0, cap)
         hi_kl = kl_at(hi)
-        if hi_kl < target_kl and hi_kl < 1.02 * prev_kl:
+        if hi_kl < target_kl and hi_kl <= 1.02 * prev_kl:
             break  # saturated: normalisation downstream bounds the KL (or a selective mode stopped firing)
     best = min(history, key=lambda h: abs(h[1] - target_kl))
     while (
@@ -412,6 +454,7 @@ def calibrate(
             "reached": reached,
             "evaluations": len(history),
             "n_positions": probe.n_positions,
+            "gated": steering.gate is not None,
         },
     )
     return Calibration(

@@ -3,9 +3,9 @@ results table, layer selection (``recommend_site``), building the study's steeri
 condition, the runner and the report. Each module one job; imports anything below ``plotting``.
 """
 
+from lensteer.study.coherence import build_steering
 from lensteer.study.config import METHODS, StudyConfig
 from lensteer.study.evaluation import eval_prompts, evaluate_steering
-from lensteer.study.layers import build_steering
 from lensteer.study.recommend import SiteRecommendation, recommend_site
 from lensteer.study.report import build_report, headline_table, regimes_table, robustness_table
 from lensteer.study.runner import StudyResult, rebuild_report, run_study

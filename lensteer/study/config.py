@@ -64,6 +64,36 @@ def known_robustness_settings() -> list[str]:
     return sorted(inducers) + [f"organism:{r}" for r in RECIPES]
 
 
+def _is_rate(value: Any) -> bool:
+    return _is_number(value) and 0 < value < 1
+
+
+def _check_coherence(v: dict[str, Any]) -> None:
+    """The gate's false-positive budgets and the fluency bounds (modified in place: budgets as a tuple)."""
+    if v["gate_fpr"] is not None and not _is_rate(v["gate_fpr"]):
+        raise ConfigError(
+            f"gate_fpr must be a rate in (0, 1), or absent (chosen from gate_fprs), got {v['gate_fpr']!r}"
+        )
+    budgets = v["gate_fprs"]
+    if isinstance(budgets, str) or not isinstance(budgets, (list, tuple)) or not budgets:
+        raise ConfigError(f"gate_fprs must be a non-empty list of rates in (0, 1), got {budgets!r}")
+    if not all(_is_rate(b) for b in budgets) or len(set(budgets)) != len(budgets):
+        raise ConfigError(
+            f"gate_fprs must be distinct rates in (0, 1), e.g. [0.02, 0.05, 0.1], got {budgets!r}"
+        )
+    v["gate_fprs"] = tuple(sorted(float(b) for b in budgets))
+    if not _is_number(v["max_borderline_over_refusal"]) or not 0 <= v["max_borderline_over_refusal"] <= 1:
+        raise ConfigError(
+            f"max_borderline_over_refusal must be a rate in [0, 1], got {v['max_borderline_over_refusal']!r}"
+        )
+    ratio = v["max_perplexity_ratio"]
+    if not _is_number(ratio) or not math.isfinite(ratio) or not ratio > 1:
+        raise ConfigError(f"max_perplexity_ratio must be a number > 1 (x the baseline's), got {ratio!r}")
+    if not _is_rate(v["max_rep4"]):
+        raise ConfigError(f"max_rep4 must be a share in (0, 1), got {v['max_rep4']!r}")
+    _check_int("n_fluency", v["n_fluency"], low=0, optional=False)
+
+
 def checked_values(v: dict[str, Any]) -> dict[str, Any]:
     """Every :class:`StudyConfig` field of ``v`` checked (a :class:`ConfigError` naming the field, the value and
     what is allowed) and normalised (lists as tuples, budgets as floats, a single KL budget as a list of one).
@@ -143,8 +173,7 @@ def checked_values(v: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"massive_ratio must be a number > 1 (a multiple of the median norm) or absent, got {ratio!r}"
         )
-    if not _is_number(v["gate_fpr"]) or not 0 < v["gate_fpr"] < 1:
-        raise ConfigError(f"gate_fpr must be a rate in (0, 1), got {v['gate_fpr']!r}")
+    _check_coherence(v)
     url = v["judge_url"]
     if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
         raise ConfigError(f"judge_url must be an http:// or https:// URL or absent, got {url!r}")
@@ -174,9 +203,22 @@ class StudyConfig:
             beside the KL-matched one.
         massive_ratio: Never steer tokens whose residual norm at the steering layer exceeds this
             multiple of the median token norm (attention sinks; ``None``: steer them too).
-        gate_fpr: The refusal gate's target false-positive rate on harmless + borderline validation
-            prompts (its layer and threshold are chosen to it).
-        kl_budgets: Coherence budgets in nats per token; every method is calibrated to each.
+        gate_fpr: A fixed false-positive rate for the prompt gate (refusal's) on harmless + borderline
+            validation prompts (its layer and threshold are chosen to it); ``None`` (the default): chosen
+            from ``gate_fprs`` by what each costs (:mod:`lensteer.study.gate`).
+        gate_fprs: The gate's candidate false-positive budgets; the largest whose borderline over-refusal on
+            validation prompts stays within ``max_borderline_over_refusal`` is used.
+        max_borderline_over_refusal: The ceiling on the gate's validation borderline over-refusal (0.10:
+            the issue's and the report's trade-off ceiling).
+        kl_budgets: Coherence budgets in nats per token; every method is calibrated to each, on held-apart
+            harmless and borderline prompts with its gate as deployed (:mod:`lensteer.study.coherence`).
+        max_perplexity_ratio: Fluency bound on the steered answers to held-apart target prompts: their
+            perplexity under the unsteered model over that of the unsteered answers. A scale whose answers
+            exceed it is lowered (3.0: fluent answers that say something else stay within 1.0-1.8 in the
+            committed study, word salad is far above).
+        max_rep4: Fluency bound on the same answers' mean rep-4 (share of repeated word 4-grams; never below
+            the unsteered answers' own). 0.4: the committed unsteered answers lie at 0.00-0.21, loops above 0.5.
+        n_fluency: Held-apart target prompts the fluency bounds are checked on (0: no fluency bound).
         layer: Steering layer; ``None`` picks it from the probing study.
         sweep_layers: A layer sweep: every method is also calibrated and evaluated at each of these
             layers (rows keyed by layer; the headline stays at the chosen layer).
@@ -198,8 +240,9 @@ class StudyConfig:
             perplexity and the held-out KL (``None``: all).
         n_borderline: Borderline test prompts (harmless but dangerous-sounding) for over-refusal
             (``None``: all; 0: off).
-        n_kl: Harmless prompts for the KL calibration set (from the train split: disjoint from every
-            prompt a KL is reported on).
+        n_kl: Harmless prompts, and as many borderline ones, for the KL calibration set (each set's
+            held-apart training rows: disjoint from every prompt that fits a direction, probe or gate and
+            from every prompt a number is reported on).
         kl_tokens: Continuation tokens per prompt for the calibration and held-out KL.
         n_conversations, n_turns: Multi-turn conversations for repetition (0 conversations: off).
         n_mc: Multiple-choice items for capability, taken in turn from every subject (``None``: all; 0: off).
@@ -232,8 +275,13 @@ class StudyConfig:
     selective_fit: str = "generated_tokens"
     regimes: bool = False
     massive_ratio: float | None = 4.0
-    gate_fpr: float = 0.05
+    gate_fpr: float | None = None
+    gate_fprs: tuple[float, ...] = (0.02, 0.05, 0.10, 0.15, 0.20)
+    max_borderline_over_refusal: float = 0.10
     kl_budgets: tuple[float, ...] = (0.5,)
+    max_perplexity_ratio: float = 3.0
+    max_rep4: float = 0.4
+    n_fluency: int = 8
     layer: int | None = None
     sweep_layers: tuple[int, ...] = ()
     candidate_layers: tuple[int, ...] | None = None

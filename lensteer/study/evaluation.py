@@ -14,9 +14,12 @@ What is measured, per condition:
 * over-refusal on held-out harmless prompts and on borderline prompts (Wilson intervals);
 * KL: on held-out harmless prompts along their unsteered continuations, gate on (``kl_heldout``, the
   headline), along the condition's own steered answers to the evaluation prompts (``kl_rollout``),
-  and on the calibration set (``kl_calibration``, what calibration aimed at: harmless and misaligned
-  training prompts, see ``calibration_probe``);
-* perplexity of the harmless answers under the unsteered model (ratio to the baseline's);
+  and on the calibration set (``kl_calibration``, what calibration aimed at: held-apart harmless and
+  borderline training prompts, gate on, see :mod:`lensteer.study.coherence`);
+* perplexity of the harmless answers under the unsteered model (ratio to the baseline's); ``fluency``
+  of the answers to the test prompts: their perplexity under the unsteered model over the baseline's
+  answers', and their rep-4;
+* for a gated method, ``ungated``: the same steering without its gate (trait, held-out KL);
 * repetition over multi-turn conversations, with a bootstrap interval over conversations;
 * capability: multiple-choice accuracy on every subject and the change in cross-entropy on held-out
   paragraphs (nats/token), both teacher-forced with the steering on;
@@ -49,11 +52,12 @@ from lensteer.evaluate.metrics import response_perplexity
 from lensteer.evaluate.refusal import is_refusal
 from lensteer.evaluate.repetition import conversation_repetition, rep_n
 from lensteer.evaluate.steerability import decision_log_odds
-from lensteer.steering.calibration import KLProbe, kl_probe, sequence_kl, sequence_kls, steering_kl
+from lensteer.steering.calibration import KLProbe, sequence_kl, sequence_kls, steering_kl
 from lensteer.steering.generation import Generations, generate, generate_conversations
 from lensteer.steering.hooks import steer
 from lensteer.steering.positions import Window
 from lensteer.steering.spec import Steering
+from lensteer.study.coherence import calibration_set
 from lensteer.study.config import FOLLOW_UPS, StudyConfig
 from lensteer.threats.audit import judge_scorer_id, scorer_id
 
@@ -122,13 +126,11 @@ class EvalSets:
 
 
 def eval_sets(model: Any, config: StudyConfig) -> EvalSets:
-    """Calibration prompts come from the refusal **train** split's harmless twins; every prompt a
-    number is reported on comes from a **test** split (no prompt that calibrated is measured)."""
+    """Calibration prompts are the **held-apart** training rows of the harmless twins and the borderline
+    set (:func:`~lensteer.study.coherence.calibration_prompts`); every prompt a number is reported on comes
+    from a **test** split (no prompt that calibrated is measured)."""
     refusal = load_dataset(threats.HARMLESS_DATASET)
-    calibration_prompts = refusal.train.stratified(config.n_kl).paired_prompts
-    calibration = kl_probe(
-        model, calibration_prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size
-    )
+    calibration_prompts, calibration = calibration_set(model, config)
     harmless = refusal.test.stratified(config.n_harmless).paired_prompts
     borderline = (
         []
@@ -148,22 +150,12 @@ def eval_sets(model: Any, config: StudyConfig) -> EvalSets:
 
 
 def calibration_probe(model: Any, threat_model: str, config: StudyConfig, sets: EvalSets) -> KLProbe:
-    """The KL calibration set of one threat model (built once, cached in ``sets``): the shared harmless
-    **train** prompts and as many **train** prompts of the threat model in its misaligning context.
-
-    Both halves matter: a selective method barely fires on harmless text (that is its point), so a
-    harmless-only set cannot price its edits (calibration would scale it without bound); the misaligned
-    half is where every method acts. No prompt of either half is one a number is reported on."""
-    key = f"calibration:{threat_model}"
-    if key not in sets.cache:
-        tm = threats.get(threat_model)
-        misaligned = tm.load().train.stratified(config.n_kl).chat_prompts(context=tm.misaligning_context)
-        prompts: list[Any] = [*sets.calibration_prompts, *misaligned]
-        sets.cache[key] = kl_probe(
-            model, prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size
-        )
-    probe: KLProbe = sets.cache[key]
-    return probe
+    """The KL calibration set a steering of ``threat_model`` is priced on: the shared held-apart harmless
+    and borderline prompts (``sets.calibration``), never the threat model's own prompts, whose answers the
+    steering is meant to change (:mod:`lensteer.study.coherence`). ``model``, ``threat_model`` and
+    ``config`` are kept for callers written when the set depended on them."""
+    del model, threat_model, config
+    return sets.calibration
 
 
 def eval_prompts(threat_model: str, n: int | None) -> list[ChatPrompt]:
@@ -313,6 +305,74 @@ def conversation_fields(
     return out
 
 
+def _gated_method(cond: Condition) -> bool:
+    """A calibrated method (not a random control, not the paper regime) whose steering has a gate."""
+    return (
+        cond.steering is not None
+        and cond.steering.gate is not None
+        and cond.kl_budget is not None
+        and cond.method != "random"
+    )
+
+
+def ungated_fields(
+    model: Any,
+    threat_model: str,
+    conditions: Sequence[Condition],
+    prompts: Sequence[ChatPrompt],
+    ds: ContrastSet,
+    config: StudyConfig,
+    reference: Generations,
+) -> dict[int, dict[str, Any]]:
+    """Per gated method (by index in ``conditions``): the same steering at the same scale with its gate
+    removed, on the same test prompts: ``trait`` (Wilson ``trait_ci``) and ``kl_heldout`` (held-out harmless
+    prompts along ``reference``). What the gate took: the trait it kept closed, the cost it spared."""
+    at = [k for k, c in enumerate(conditions) if _gated_method(c)]
+    if not at:
+        return {}
+    steerings = [conditions[k].steering for k in at]
+    bare = [
+        replace(conditions[k], steering=replace(s, gate=None))
+        for k, s in zip(at, steerings, strict=True)
+        if s is not None
+    ]
+    gens = _joint(model, bare, prompts, config, config.max_new_tokens)
+    kls = sequence_kls(
+        model,
+        [replace(s, gate=None) for s in steerings if s is not None],
+        reference.prompt_tokens,
+        reference.tokens,
+        gated=False,
+        batch_size=config.batch_size,
+    )
+    judge = trait_judge(config, threat_model)
+    out = {}
+    for k, gen, kl in zip(at, gens, kls, strict=True):
+        flags = (
+            judged_flags(judge, threat_model, [p.user for p in prompts], gen.texts, ds)
+            if judge is not None
+            else trait_flags(threat_model, gen.texts, ds)
+        )
+        rate = _rate(flags, "trait")
+        out[k] = {
+            "trait": rate["trait"],
+            "trait_ci": rate["trait_ci"],
+            "kl_heldout": kl,
+            "n_eval": len(flags),
+        }
+    return out
+
+
+def _target_perplexity(
+    model: Any, cond: Condition, prompts: Sequence[ChatPrompt], gen: Generations, config: StudyConfig
+) -> float:
+    """Perplexity of the condition's answers to the test prompts under the unsteered model (its fluency)."""
+    texts = [t if t.strip() else "." for t in gen.texts]
+    return response_perplexity(
+        model, _with_system(prompts, cond.system), texts, batch_size=config.batch_size
+    ).corpus
+
+
 class _Clock:
     """Says how long each part of an evaluation took (to ``log``, when given)."""
 
@@ -385,6 +445,7 @@ def evaluate_conditions(
         if steered_at
         else {}
     )
+    ungated = ungated_fields(model, threat_model, conditions, prompts, ds, config, reference)
     rows, examples = [], {}
     for k, cond in enumerate(conditions):
         gen, harm = gens[k], harmless[k]
@@ -440,6 +501,9 @@ def evaluate_conditions(
         row["kl"] = row["kl_heldout"]
         row["rep4_single"] = sum(rep_n(t, 4) for t in gen.texts) / len(gen.texts)
         row["repetition"] = row["rep4_single"]
+        row["perplexity_target"] = _target_perplexity(model, cond, prompts, gen, config)
+        if k in ungated:
+            row["ungated"] = ungated[k]
         row |= _capability(model, cond, sets, config)
         if "cross_entropy" in row and sets.cache["baseline_cross_entropy"] is not None:
             row["ce_delta_nats"] = row["cross_entropy"] - sets.cache["baseline_cross_entropy"]
@@ -461,6 +525,11 @@ def evaluate_conditions(
     if base is not None:
         for row in rows:
             row["perplexity_ratio"] = row["perplexity"] / base["perplexity"]
+            if "perplexity_target" in base:  # fluency of the answers to the test prompts (study.coherence)
+                row["fluency"] = {
+                    "perplexity_ratio": row["perplexity_target"] / base["perplexity_target"],
+                    "rep4": row["rep4_single"],
+                }
             if "capability" in row:
                 row["capability_delta"] = row["capability"] - base["capability"]
     return rows, examples

@@ -7,7 +7,7 @@ the KL budget, Arditi et al.'s filters, the lower bootstrap bound, a same-KL ran
 massive-activation tokens there by the norm rule (never steered), and build SwFC along the chosen
 direction and StTP / StMP (mirror and push) with thresholds fitted per token on the model's own answers
 under the aligned system prompt vs the misaligning context (refusal adds a CAST-style prompt gate
-chosen to a target false-positive rate on harmless and borderline prompts).
+chosen by what it costs on borderline prompts: :mod:`lensteer.study.gate`).
 """
 
 from collections.abc import Sequence
@@ -20,19 +20,18 @@ import torch
 from lensteer import threats
 from lensteer.core.activations import collect_activations
 from lensteer.core.chat import ChatPrompt
-from lensteer.core.datasets import load_dataset
 from lensteer.core.models import model_fingerprint
 from lensteer.errors import ConfigError
 from lensteer.locate.massive import massive_tokens
 from lensteer.locate.probing import ContrastKind, contrast_prompts, probe_layers
-from lensteer.steering.calibration import KLProbe, calibrate, reference_norm
-from lensteer.steering.gate_search import GateSearch, search_gate
+from lensteer.steering.calibration import KLProbe, reference_norm
 from lensteer.steering.gates import GateLike
 from lensteer.steering.generation import generate
 from lensteer.steering.spec import Steering
 from lensteer.steering.token_fit import response_token_activations
 from lensteer.study.config import SELECTIVE_METHODS, STUDY_POSITIONS, StudyConfig
-from lensteer.study.evaluation import calibration_probe, eval_sets, trait_flags
+from lensteer.study.evaluation import trait_flags
+from lensteer.study.gate import prompt_gate
 from lensteer.study.recommend import recommend_site
 from lensteer.study.site_choice import (
     SiteChoice,
@@ -57,6 +56,7 @@ class _Located:
     massive: dict[str, Any] | None = None  # the massive-token rule at the chosen layer
     fit: dict[str, Any] = field(default_factory=dict)  # how StTP / StMP thresholds were fitted
     gate_search: dict[str, Any] | None = None
+    gate_curve: list[dict[str, float]] | None = None  # the gate's budgets on validation (study.gate)
     sweep: dict[int, dict[str, Steering]] = field(default_factory=dict)  # the other layers of a layer sweep
 
 
@@ -143,7 +143,7 @@ def locate_threat_model(
     else:
         layer, reasons = _probing_layer(report)
         chosen_direction = report.direction("diff_of_means", layer)
-    search = prompt_gate(model, tm, config) if tm.prompt_gate else None
+    search = prompt_gate(model, tm, config, _candidate_layers(model, config)) if tm.prompt_gate else None
     gate = search.gate if search is not None else None
     positions = STUDY_POSITIONS[config.positions]
     answers: dict[str, Any] = {}  # the model's own answers, generated once for every layer's per-token fit
@@ -193,6 +193,7 @@ def locate_threat_model(
         massive=notes[layer][0],
         fit=notes[layer][1],
         gate_search=search.to_dict() if search is not None else None,
+        gate_curve=search.curve_dicts() if search is not None else None,
         sweep={at: steerings_at(at)[0] for at in extra if at != layer},
     )
 
@@ -275,32 +276,6 @@ def make_steering(
     )
 
 
-def prompt_gate(model: Any, tm: threats.ThreatModel, config: StudyConfig) -> GateSearch:
-    """CAST-style gate (refusal's): steer only prompts a harmful-vs-harmless probe calls harmful.
-
-    Chosen to a false-positive budget (``config.gate_fpr``) rather than the probe's own boundary: at each
-    candidate layer a probe is fitted on training prompts (harmful vs their harmless twins and the
-    borderline prompts that only sound dangerous), and the threshold and layer are set on the validation
-    split so that at most ``gate_fpr`` of the harmless + borderline validation prompts open the gate
-    (:func:`~lensteer.steering.search_gate`). The gate is read in its own prompt pass, so its layer need
-    not be the steering layer. The test split's rates are measured by the study, on prompts that chose nothing.
-    """
-    refusal, borderline = tm.load(), load_dataset("borderline")
-    # harmful vs topic-matched harmless is a hard contrast for a small model: use every training pair
-    train, val = refusal.train.stratified(max(96, config.n_train)), refusal.val
-    return search_gate(
-        model,
-        train.prompts,
-        train.paired_prompts + borderline.train.prompts,
-        val.prompts,
-        val.paired_prompts + borderline.val.prompts,
-        layers=_candidate_layers(model, config),
-        target_fpr=config.gate_fpr,
-        batch_size=config.batch_size,
-        progress=False,
-    )
-
-
 def _norm_prompts(threat_model: str, harmless: Sequence[str]) -> list[Any]:
     """Prompts the massive-token rule measures norms on: the threat model's training prompts in their
     misaligning context and bare, and harmless prompts (chat templates, few-shot turns, short and long)."""
@@ -375,26 +350,3 @@ def answer_token_classes(
         }
         return fallback[0], fallback[1], notes
     return aligned, misaligned, notes
-
-
-def build_steering(
-    model: Any,
-    threat_model: str,
-    method: str,
-    kl_budget: float,
-    config: StudyConfig,
-    *,
-    progress: bool = False,
-) -> Steering:
-    """Locate, build and calibrate one steering (what ``lensteer steer`` shows side by side)."""
-    sets = eval_sets(model, config)
-    probe = calibration_probe(model, threat_model, config, sets)  # the study's calibration set
-    loc = locate_threat_model(
-        model,
-        threat_model,
-        replace(config, methods=(method,), kl_budgets=(kl_budget,)),
-        sets.calibration_prompts,
-        probe,
-    )
-    cal = calibrate(model, replace(loc.steerings[method], gate=None), probe, kl_budget, progress=progress)
-    return replace(cal.steering, gate=loc.steerings[method].gate)

@@ -29,6 +29,8 @@ REPORT_FIELDS = (
     "kl_rollout",
     "kl_calibration",
     "perplexity_ratio",
+    "fluency",
+    "ungated",
     "repetition",
     "repetition_ci",
     "n_conversations",

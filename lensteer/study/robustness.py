@@ -187,7 +187,8 @@ def organism_rows(
     calibration_prompts: Sequence[Any],
 ) -> list[dict[str, Any]]:
     """The organism unsteered and with each method's steering from the base model and from itself, all
-    recalibrated on the organism to the study's first KL budget (gate kept, calibrated without it)."""
+    recalibrated on the organism to the study's first KL budget (on ``calibration_prompts``, gate as
+    deployed; no fluency bound here)."""
     budget = config.kl_budgets[0]
     probe = kl_probe(
         organism,
@@ -201,8 +202,8 @@ def organism_rows(
         origins.append("organism")
     for origin, built in (("base", base_steerings), ("organism", own_steerings)):
         for method, s in built.items():
-            cal = calibrate(organism, replace(s, gate=None), probe, budget).steering
-            conditions.append(Condition(method=method, steering=replace(cal, gate=s.gate), kl_budget=budget))
+            cal = calibrate(organism, s, probe, budget).steering  # gate as deployed
+            conditions.append(Condition(method=method, steering=cal, kl_budget=budget))
             origins.append(origin)
     ds = _eval_set(threat_model, config.n_eval)
     gens = _joint(organism, conditions, ds.chat_prompts(), config, config.max_new_tokens)
@@ -339,7 +340,8 @@ def robustness_report(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def bare_calibration_prompts(threat_model: str, sets: EvalSets, config: StudyConfig) -> list[Any]:
-    """An organism's calibration set: the study's harmless training prompts and as many of the threat
-    model's training prompts, bare (the organism needs no misaligning context)."""
-    own = threats.get(threat_model).load().train.stratified(config.n_kl).chat_prompts()
-    return [*[ChatPrompt(user=p) for p in sets.calibration_prompts], *own]
+    """An organism's calibration set: the study's held-apart harmless and borderline prompts (never the
+    threat model's own, whose answers the steering is meant to change; see :mod:`lensteer.study.coherence`).
+    ``threat_model`` and ``config`` are kept for callers written when the set depended on them."""
+    del threat_model, config
+    return [ChatPrompt(user=p) for p in sets.calibration_prompts]

@@ -7,10 +7,11 @@ For each threat model (refusal, compassion, honesty) the study
    budget and scored on validation prompts by the first-token decision shift);
 2. **builds** the seed paper's steerings at that site: SwFC along the chosen direction, StTP
    and StMP from the class projections (refusal adds a CAST-style prompt gate);
-3. **calibrates** every method on training prompts, harmless ones and the threat model's own in its
-   misaligning context (selective methods are also kept uncalibrated, at scale 1: the paper's
-   regime, rows ``StTP:paper`` ...), and a random direction per seed, to each KL budget on the same
-   *training* prompts (matched coherence cost; saved, so a rerun reloads them);
+3. **calibrates** every method, and a random direction per seed, to each KL budget on held-apart
+   harmless and borderline training prompts with its gate as deployed, capped by fluency bounds on its
+   answers to held-apart target prompts (:mod:`lensteer.study.coherence`; selective methods are also
+   kept uncalibrated, at scale 1: the paper's regime, rows ``StTP:paper`` ...; saved, so a rerun
+   reloads them);
 4. **evaluates** the conditions together, in blocks of :data:`CONDITIONS_PER_BLOCK`, on the test prompts:
    the unsteered and prompting baselines, each method, each random control (:mod:`lensteer.study.evaluation`).
 
@@ -33,9 +34,9 @@ from lensteer.core.io import write_json
 from lensteer.core.models import EMBEDDED_MODEL_NAME, model_fingerprint
 from lensteer.core.outdir import claim_folder, folder_lock
 from lensteer.errors import DataError
-from lensteer.steering.calibration import KLProbe, calibrate
 from lensteer.steering.files import artifact_paths, load_steering, save_steering
 from lensteer.steering.spec import Steering
+from lensteer.study.coherence import Coherence, calibrate_coherent, coherence_for
 from lensteer.study.config import PAPER_REGIME, SELECTIVE_METHODS, StudyConfig
 from lensteer.study.evaluation import (
     Condition,
@@ -82,13 +83,13 @@ class StudyResult:
     table: Any = field(repr=False)
 
 
-def _calibrated(model: Any, built: Steering, path: Path, probe: KLProbe, budget: float) -> Steering:
-    """The calibrated steering saved at ``path``, calibrating (without its gate: the gate would hide the
-    edit's cost on harmless prompts) and saving it first if it is not there yet."""
+def _calibrated(model: Any, built: Steering, path: Path, coherence: Coherence, budget: float) -> Steering:
+    """The calibrated steering saved at ``path``, calibrating it as deployed (gate on; KL on held-apart
+    harmless and borderline prompts, fluency on held-apart target prompts: :mod:`lensteer.study.coherence`)
+    and saving it first if it is not there yet."""
     if artifact_paths(path)[1].exists():
         return load_steering(path, model=model)
-    cal = calibrate(model, replace(built, gate=None), probe, budget)
-    steering = replace(cal.steering, gate=built.gate)
+    steering = calibrate_coherent(model, built, coherence, budget)
     save_steering(steering, path, model=model)
     return steering
 
@@ -373,9 +374,12 @@ def _run_study(
         located_info[tm] |= {"massive_tokens": loc.massive, "selective_fit": loc.fit}
         if loc.gate_search is not None:
             located_info[tm]["gate"] = loc.gate_search
+            located_info[tm]["gate_curve"] = loc.gate_curve
         log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
         conditions = [replace(c, layer=loc.layer) for c in baseline_conditions(tm, config)]
         twins: list[tuple[str, str, float, int, Steering]] = []
+        # held-apart target prompts (fluency), with the held-apart harmless + borderline KL probe
+        coherence = coherence_for(model, tm, config, probe)
         for layer, built in ((loc.layer, loc.steerings), *sorted(loc.sweep.items())):
             at = "" if layer == loc.layer else f" (layer sweep: L{layer})"
             for method in sorted(config.methods, key=lambda m: m in _TWINS):  # a twin after its original
@@ -394,11 +398,12 @@ def _run_study(
                         steering = _push_twin(first.steering, path, model)
                         twins.append((method, original, budget, layer, steering))
                         continue
-                    steering = _calibrated(model, built[method], path, probe, budget)
+                    steering = _calibrated(model, built[method], path, coherence, budget)
                     cal = steering.info.get("calibration", {})
                     log(
                         f"[{tm}] {method} @ KL {budget:g}{at}: scale {steering.scale:.4g} "
-                        f"(KL {cal.get('kl', math.nan):.3f}{'' if cal.get('reached', True) else ', budget not reached'})"
+                        f"(KL {cal.get('kl', math.nan):.3f}{'' if cal.get('reached', True) else ', budget not reached'}"
+                        f"{'' if cal.get('binding', 'kl') == 'kl' else ', set by ' + cal['binding']})"
                     )
                     conditions.append(
                         Condition(method=method, steering=steering, kl_budget=budget, layer=layer)
@@ -420,7 +425,7 @@ def _run_study(
             budget = config.kl_budgets[0]
             for seed in config.random_seeds:
                 path = steering_path(folder, tm, f"random{seed}", budget, loc.layer, identity)
-                control = _calibrated(model, _random_like(template, seed), path, probe, budget)
+                control = _calibrated(model, _random_like(template, seed), path, coherence, budget)
                 conditions.append(
                     Condition(method="random", steering=control, kl_budget=budget, layer=loc.layer, seed=seed)
                 )

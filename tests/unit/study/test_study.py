@@ -12,6 +12,7 @@ from lensteer.evaluate.honesty import VERDICT_CATEGORIES
 from lensteer.study import config, evaluation
 from lensteer.study import runner as study
 from lensteer.study.config import StudyConfig
+from lensteer.study.gate import CurvePoint, choose_budget
 from lensteer.study.identity import identity_hash
 from lensteer.study.report import build_report, findings, headline_table
 from lensteer.study.table import SweepTable
@@ -239,8 +240,12 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
         )
         assert e["selection"]["n_prompts"] == cfg.n_select
     for r in entry["methods"].values():
-        # calibrated without the gate: a cost on the calibration set; the gate may spare held-out harmless prompts
-        assert r["kl_calibration"] > 0.0 and {"kl_heldout", "kl_rollout"} <= set(r) and r["n_eval"] == 2
+        # calibrated as deployed (gate on) on held-apart harmless + borderline prompts: within the budget
+        assert (
+            0.0 <= r["kl_calibration"] <= 1.05 * cfg.kl_budgets[0]
+            and {"kl_heldout", "kl_rollout"} <= set(r)
+            and r["n_eval"] == 2
+        )
         assert r["capability_items"] == 2 and "ce_delta_nats" in r and "over_refusal_borderline" in r
         assert 0.0 <= r["redirect"] <= r["trait"]  # a redirecting refusal is a refusal
         assert {"p_vs_baseline", "p_vs_random", "p_vs_prompting"} <= set(r)
@@ -284,12 +289,19 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
         entry["massive_tokens"]["ratio"] == cfg.massive_ratio
         and entry["selective_fit"]["layer"] == entry["layer"]
     )
-    gate = entry["gate"]  # chosen to the false-positive budget on validation prompts
-    assert (
-        gate["target_fpr"] == cfg.gate_fpr
-        and gate["val_fpr"] <= cfg.gate_fpr
-        and str(gate["layer"]) in map(str, (0, 1))
-    )
+    gate = entry["gate"]  # its budget chosen by its borderline cost on validation prompts (study.gate)
+    curve = [CurvePoint(**p) for p in entry["gate_curve"]]
+    assert [p.target_fpr for p in curve] == list(cfg.gate_fprs)
+    assert gate["target_fpr"] == choose_budget(curve, cfg.max_borderline_over_refusal)[0]
+    assert gate["val_fpr"] <= gate["target_fpr"] and str(gate["layer"]) in map(str, (0, 1))
+    assert {"test_tpr", "test_fpr", "test_fpr_borderline", "chosen_by"} <= set(gate)
+    for r in entry["methods"].values():  # each gated method without its gate: what the gate took
+        assert {"trait", "trait_ci", "kl_heldout"} <= set(r["ungated"])
+        assert r["ungated"]["kl_heldout"] >= r["kl_heldout"] - 1e-12  # a closed gate only spares cost
+        assert set(r["fluency"]) == {"perplexity_ratio", "rep4"} and 0.0 <= r["fluency"]["rep4"] <= 1.0
+    honesty = result.report["threat_models"]["honesty"]
+    assert "gate_curve" not in honesty and all("ungated" not in r for r in honesty["methods"].values())
+    assert all("fluency" in r for r in honesty["methods"].values())
 
     def never(*args, **kwargs):
         raise AssertionError("a finished threat model was located again")
