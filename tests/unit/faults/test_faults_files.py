@@ -242,7 +242,9 @@ def test_stress_two_lensteer_run_processes_on_one_folder_the_second_is_refused(t
                 in err.err
             )
             assert "model:" not in err.out
-        assert time.perf_counter() - started < 5
+        # Refused before any model loads ("model:" never printed, above); the bound only catches a refusal
+        # that waits on the first process, and is loose because a loaded 2-core CI machine took 6 s for three.
+        assert time.perf_counter() - started < 30
     finally:
         first.kill()
         first.wait()
