@@ -4,6 +4,7 @@ patching; returns result objects. Imports only ``core``; never ``steering`` or a
 """
 
 from lensteer.locate.attribution import attribute_heads, attribute_residual
+from lensteer.locate.dataset_projection import ProjectionScreen, dataset_projection
 from lensteer.locate.direction_patching import DirectionPatchResult, ablation_kl, patch_direction
 from lensteer.locate.directions import (
     Direction,
@@ -19,6 +20,7 @@ from lensteer.locate.massive import (
     norm_limit,
     token_norms,
 )
+from lensteer.locate.organism_shift import ActivationShift, organism_shift
 from lensteer.locate.pairs import PairDesign, PatchingPairs, patching_pairs
 from lensteer.locate.patching import patch_heads, patch_layers, patch_residual
 from lensteer.locate.patching_base import (
@@ -31,6 +33,7 @@ from lensteer.locate.probing import ProbingReport, collect_contrast, probe_by_la
 
 __all__ = [
     "DEFAULT_MASSIVE_RATIO",
+    "ActivationShift",
     "Direction",
     "DirectionPatchResult",
     "LinearProbe",
@@ -40,16 +43,19 @@ __all__ = [
     "PatchingError",
     "PatchingPairs",
     "ProbingReport",
+    "ProjectionScreen",
     "ablation_kl",
     "attribute_heads",
     "attribute_residual",
     "collect_contrast",
+    "dataset_projection",
     "diff_of_means",
     "equal_length_pairs",
     "fit_probe",
     "logit_diff_metric",
     "massive_tokens",
     "norm_limit",
+    "organism_shift",
     "patch_direction",
     "patch_heads",
     "patch_layers",

@@ -13,6 +13,7 @@ from lensteer.plotting.figures import (
 )
 from lensteer.plotting.locate_figures import plot_gate_roc
 from lensteer.plotting.organism_figure import plot_organisms
+from lensteer.plotting.persona_figure import plot_dataset_projection
 from lensteer.plotting.robustness_figure import plot_robustness
 from lensteer.plotting.study_figures import (
     plot_layer_sweep,
@@ -34,6 +35,7 @@ __all__ = [
     "paper_style",
     "pareto_front",
     "plot_attribution_vs_exact",
+    "plot_dataset_projection",
     "plot_direction_cosines",
     "plot_examples",
     "plot_gate_roc",
