@@ -235,10 +235,14 @@ def _answer_log_odds(
     aligned = [replace(p, response=ex.aligned_response) for p, ex in zip(prompts, ds, strict=True)]
     misaligned = [replace(p, response=ex.misaligned_response) for p, ex in zip(prompts, ds, strict=True)]
     odds = decision_log_odds(model, aligned, misaligned, steering=cond.steering, batch_size=config.batch_size)
+    mean, ci = float(odds.mean()), list(bootstrap_mean_ci(odds, seed=config.seed))
     return {
-        "answer_log_odds": float(odds.mean()),
-        "answer_log_odds_ci": list(bootstrap_mean_ci(odds, seed=config.seed)),
+        "answer_log_odds": mean,
+        "answer_log_odds_ci": ci,
         "answer_log_odds_values": odds.tolist(),
+        # the same numbers under report.json's name for them (issue 28: decision log-odds of true vs false)
+        "decision_log_odds": mean,
+        "decision_log_odds_ci": ci,
     }
 
 

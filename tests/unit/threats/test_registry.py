@@ -22,7 +22,7 @@ def test_the_bundled_threat_models_are_registered_in_order_with_their_designs():
     refusal, honesty = threats.get("refusal"), threats.get("honesty")
     assert refusal.contrast_side == "prompt" and refusal.prompt_gate and refusal.misaligning_context is None
     assert honesty.pair_design == PairDesign(contexts=("honest_system", "lying_system"))
-    assert honesty.decision_contexts == ("honest_fewshot", "lying_fewshot") and honesty.answer_log_odds
+    assert honesty.decision_contexts == ("honest_game", "lying_game") and honesty.answer_log_odds
     ds = honesty.load().head(2)
     assert honesty.flags([f"It is {ds[0].true_answer}.", f"It is {ds[1].false_answer}."], ds) == [True, False]
     assert "redirect" in refusal.rate_metrics and "prefill_comply" in refusal.inducers()
