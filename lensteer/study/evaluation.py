@@ -26,10 +26,11 @@ What is measured, per condition:
 * where steering fired: on prompt tokens and generated tokens, on misaligned and harmless prompts.
 """
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -260,20 +261,55 @@ def _teacher_forced(steering: Steering) -> Steering:
     return replace(steering, positions=Window(1, None), gate=None)
 
 
+def _edit_key(steering: Steering | None) -> str:
+    """A content key of what a teacher-forced capability score depends on: the edit (direction and every
+    field but the gate and provenance; ``_teacher_forced`` drops the gate anyway), or ``unsteered``. Two
+    conditions with equal edits (a KL-matched twin equal to another steering) share the key."""
+    if steering is None:
+        return "unsteered"
+    unit = torch.round(steering.unit.detach().cpu().double() * 1e6).to(
+        torch.int64
+    )  # renormalising is no change
+    digest = hashlib.sha256(unit.numpy().tobytes())
+    for f in fields(steering):
+        if f.name not in ("unit", "gate", "info"):
+            digest.update(f"{f.name}={getattr(steering, f.name)!r};".encode())
+    return digest.hexdigest()
+
+
+def _paragraph_cross_entropy(
+    model: Any, steering: Steering | None, sets: EvalSets, config: StudyConfig
+) -> float:
+    """Cross-entropy of the held-out paragraphs with ``steering`` on (teacher-forced), once per distinct
+    edit (cached in ``sets``: the unsteered value serves the baseline, the prompting baseline and every delta)."""
+    key = f"cross_entropy:{_edit_key(steering)}"
+    if key not in sets.cache:
+        with torch.inference_mode(), steer(model, steering) if steering is not None else nullcontext():
+            sets.cache[key] = text_cross_entropy(model, sets.paragraphs, batch_size=config.batch_size)
+    value: float = sets.cache[key]
+    return value
+
+
 def _capability(model: Any, condition: Condition, sets: EvalSets, config: StudyConfig) -> dict[str, Any]:
-    """Multiple-choice accuracy and paragraph cross-entropy with the condition's steering on."""
+    """Multiple-choice accuracy and paragraph cross-entropy with the condition's steering on, each once per
+    distinct (edit, system prompt): the multiple-choice items pass the steering to ``mc_accuracy``, so each
+    question runs once and its options branch from it (``benchmarks/bench_capability.py``: 1.6-2x)."""
     out: dict[str, Any] = {}
     s = None if condition.steering is None else _teacher_forced(condition.steering)
-    with torch.inference_mode(), steer(model, s) if s is not None else nullcontext():
-        if sets.mc:
-            mc = mc_accuracy(model, sets.mc, batch_size=config.batch_size, system=condition.system)
-            out |= {
-                "capability": mc.accuracy,
-                "capability_items": len(sets.mc),
-                "capability_flags": [bool(c) for c in mc.correct],
-            }
-        if sets.paragraphs:
-            out["cross_entropy"] = text_cross_entropy(model, sets.paragraphs, batch_size=config.batch_size)
+    if sets.mc:
+        key = f"mc:{_edit_key(s)}:{condition.system!r}"
+        if key not in sets.cache:
+            sets.cache[key] = mc_accuracy(
+                model, sets.mc, batch_size=config.batch_size, system=condition.system, steering=s
+            )
+        mc = sets.cache[key]
+        out |= {
+            "capability": mc.accuracy,
+            "capability_items": len(sets.mc),
+            "capability_flags": [bool(c) for c in mc.correct],
+        }
+    if sets.paragraphs:
+        out["cross_entropy"] = _paragraph_cross_entropy(model, s, sets, config)
     return out
 
 
@@ -378,16 +414,71 @@ def _target_perplexity(
 
 
 class _Clock:
-    """Says how long each part of an evaluation took (to ``log``, when given)."""
+    """Says how long each part of an evaluation took (to ``log``, when given) and adds each lap's seconds
+    to its stage in ``stages`` (``timing.json``'s per-stage record, :data:`STAGES`), when given."""
 
-    def __init__(self, log: Callable[[str], None] | None, label: str) -> None:
-        self.log, self.label, self.last = log, label, time.perf_counter()
+    def __init__(
+        self, log: Callable[[str], None] | None, label: str, stages: dict[str, float] | None = None
+    ) -> None:
+        self.log, self.label, self.last, self.stages = log, label, time.perf_counter(), stages
 
-    def lap(self, what: str) -> None:
+    def lap(self, what: str, stage: str) -> None:
         now = time.perf_counter()
         if self.log is not None:
             self.log(f"[{self.label}]   {what}: {now - self.last:.0f} s")
+        if self.stages is not None:
+            self.stages[stage] = self.stages.get(stage, 0.0) + now - self.last
         self.last = now
+
+
+def _unsteered_reference(model: Any, sets: EvalSets, config: StudyConfig) -> Generations:
+    """The held-out KL's reference, built once for the study (cached in ``sets``): the unsteered
+    continuations of the held-out harmless prompts; the unsteered paragraph cross-entropy beside it."""
+    if "baseline_harmless" not in sets.cache:
+        sets.cache["baseline_harmless"] = generate(
+            model, sets.harmless, max_new_tokens=config.kl_tokens, batch_size=config.batch_size
+        )
+        sets.cache["baseline_cross_entropy"] = (
+            _paragraph_cross_entropy(model, None, sets, config) if sets.paragraphs else None
+        )
+    reference: Generations = sets.cache["baseline_harmless"]
+    return reference
+
+
+def _heldout_kls(
+    model: Any, conditions: Sequence[Condition], reference: Generations, config: StudyConfig
+) -> dict[int, float]:
+    """Held-out KL of every steered condition (by index), along the unsteered harmless continuations
+    ``reference``: one unsteered pass for all of them (``sequence_kls``)."""
+    steered_at = [k for k, c in enumerate(conditions) if c.steering is not None]
+    if not steered_at:
+        return {}
+    kls = sequence_kls(
+        model,
+        [c.steering for c in conditions if c.steering is not None],
+        reference.prompt_tokens,
+        reference.tokens,
+        batch_size=config.batch_size,
+    )
+    return dict(zip(steered_at, kls, strict=True))
+
+
+def _against_baseline(
+    rows: list[dict[str, Any]], conditions: Sequence[Condition], baseline: dict[str, Any] | None
+) -> None:
+    """Ratios and deltas of every row against the unsteered condition's row (or ``baseline``, its row
+    from an earlier run), in place."""
+    base = next((r for r, c in zip(rows, conditions, strict=True) if c.method == "baseline"), baseline)
+    if base is not None:
+        for row in rows:
+            row["perplexity_ratio"] = row["perplexity"] / base["perplexity"]
+            if "perplexity_target" in base:  # fluency of the answers to the test prompts (study.coherence)
+                row["fluency"] = {
+                    "perplexity_ratio": row["perplexity_target"] / base["perplexity_target"],
+                    "rep4": row["rep4_single"],
+                }
+            if "capability" in row:
+                row["capability_delta"] = row["capability"] - base["capability"]
 
 
 def evaluate_conditions(
@@ -399,20 +490,22 @@ def evaluate_conditions(
     *,
     baseline: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    stages: dict[str, float] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Evaluate several conditions of one threat model on the same prompts; one table row each, and
     example texts per condition key. Ratios and deltas are taken against the unsteered condition among
-    ``conditions``, or ``baseline`` (its row from an earlier run) when it is not among them."""
+    ``conditions``, or ``baseline`` (its row from an earlier run) when it is not among them. ``stages``, when
+    given, gets the seconds spent decoding, scoring and in conversations added to those keys."""
     tm = threats.get(threat_model)
     ds = _eval_set(threat_model, config.n_eval)
     prompts = ds.chat_prompts(context=tm.misaligning_context)
-    clock = _Clock(log, threat_model)
+    clock = _Clock(log, threat_model, stages)
     gens = _joint(model, conditions, prompts, config, config.max_new_tokens)
-    clock.lap(f"{len(conditions)} x {len(prompts)} answers to the test prompts")
+    clock.lap(f"{len(conditions)} x {len(prompts)} answers to the test prompts", "decode")
     harmless = _joint(
         model, conditions, [ChatPrompt(user=h) for h in sets.harmless], config, config.max_new_tokens
     )
-    clock.lap(f"{len(conditions)} x {len(sets.harmless)} answers to held-out harmless prompts")
+    clock.lap(f"{len(conditions)} x {len(sets.harmless)} answers to held-out harmless prompts", "decode")
     borderline = (
         _joint(
             model, conditions, [ChatPrompt(user=b) for b in sets.borderline], config, config.max_new_tokens
@@ -420,36 +513,14 @@ def evaluate_conditions(
         if sets.borderline
         else []
     )
-    clock.lap(f"{len(conditions)} x {len(sets.borderline)} answers to borderline prompts")
-    if "baseline_harmless" not in sets.cache:  # the held-out KL's reference: unsteered harmless continuations
-        plain = generate(model, sets.harmless, max_new_tokens=config.kl_tokens, batch_size=config.batch_size)
-        sets.cache["baseline_harmless"] = plain
-        sets.cache["baseline_cross_entropy"] = (
-            text_cross_entropy(model, sets.paragraphs, batch_size=config.batch_size)
-            if sets.paragraphs
-            else None
-        )
-    reference = sets.cache["baseline_harmless"]
+    clock.lap(f"{len(conditions)} x {len(sets.borderline)} answers to borderline prompts", "decode")
+    reference = _unsteered_reference(model, sets, config)
     judge = trait_judge(config, threat_model)
-    steered_at = [k for k, c in enumerate(conditions) if c.steering is not None]
-    kl_heldout = (
-        dict(
-            zip(
-                steered_at,
-                sequence_kls(
-                    model,
-                    [c.steering for c in conditions if c.steering is not None],
-                    reference.prompt_tokens,
-                    reference.tokens,
-                    batch_size=config.batch_size,
-                ),
-                strict=True,
-            )
-        )
-        if steered_at
-        else {}
-    )
+    kl_heldout = _heldout_kls(model, conditions, reference, config)
     ungated = ungated_fields(model, threat_model, conditions, prompts, ds, config, reference)
+    clock.lap(
+        f"held-out KL of {len(kl_heldout)} steered conditions (one unsteered pass), ungated twins", "score"
+    )
     rows, examples = [], {}
     for k, cond in enumerate(conditions):
         gen, harm = gens[k], harmless[k]
@@ -512,7 +583,7 @@ def evaluate_conditions(
         if "cross_entropy" in row and sets.cache["baseline_cross_entropy"] is not None:
             row["ce_delta_nats"] = row["cross_entropy"] - sets.cache["baseline_cross_entropy"]
         rows.append(row)
-        clock.lap(f"{cond.key}: scores, KL, perplexity, capability")
+        clock.lap(f"{cond.key}: scores, KL, perplexity, capability", "score")
         examples[cond.key] = {
             "prompts": [p.user for p in prompts[:4]],
             "texts": list(gen.texts[:4]),
@@ -524,18 +595,11 @@ def evaluate_conditions(
             rows, conversation_fields(model, threat_model, conditions, config), strict=True
         ):
             row.update(extra)
-        clock.lap(f"{len(conditions)} x {config.n_conversations} conversations of {config.n_turns} turns")
-    base = next((r for r, c in zip(rows, conditions, strict=True) if c.method == "baseline"), baseline)
-    if base is not None:
-        for row in rows:
-            row["perplexity_ratio"] = row["perplexity"] / base["perplexity"]
-            if "perplexity_target" in base:  # fluency of the answers to the test prompts (study.coherence)
-                row["fluency"] = {
-                    "perplexity_ratio": row["perplexity_target"] / base["perplexity_target"],
-                    "rep4": row["rep4_single"],
-                }
-            if "capability" in row:
-                row["capability_delta"] = row["capability"] - base["capability"]
+        clock.lap(
+            f"{len(conditions)} x {config.n_conversations} conversations of {config.n_turns} turns",
+            "conversations",
+        )
+    _against_baseline(rows, conditions, baseline)
     return rows, examples
 
 
