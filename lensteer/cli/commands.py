@@ -152,6 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lensteer.study.identity import STUDY_COMPANIONS, STUDY_MARKERS
 
     config = _study_config(args)
+    if args.plan:  # what would run, and an estimate per stage; writes nothing
+        return _plan(args, config)
     sets = _eval_sets(args, config.threat_models)
     with claim_folder(args.out, STUDY_MARKERS, "study", STUDY_COMPANIONS):  # refused before the model loads
         code = _run(args, config)
@@ -163,6 +165,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 Path(args.out), model, sets, lambda tm: study_conditions(model, args.out, tm, config), config
             )
     return code
+
+
+def _plan(args: argparse.Namespace, config: Any) -> int:
+    from lensteer.study.layers import _candidate_layers
+    from lensteer.study.plan import format_plan, probe_rates, study_plan
+
+    model = _load(args)[0]
+    n_candidates = 1 if config.layer is not None else len(_candidate_layers(model, config))
+    plans, stages = study_plan(model, config, n_candidates)
+    print(format_plan(plans, stages, probe_rates(model, config)))
+    return 0
 
 
 def _run(args: argparse.Namespace, config: Any) -> int:

@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-figures", action="store_true", help="skip the figures")
     run.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the conditions, prompts and work of each stage with an estimated time (from a few "
+        "seconds' probe of this machine), and run nothing",
+    )
+    run.add_argument(
         "--force",
         action="store_true",
         help="run into an OUT that holds a study of another identity (config, model weights, data, "

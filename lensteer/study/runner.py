@@ -71,7 +71,10 @@ from lensteer.study.table import SweepTable
 
 FINISHED_FILE = "finished.json"  # threat models done, with the config they were done under
 EXAMPLES_FILE = "examples.json"
-TIMING_FILE = "timing.json"  # wall seconds summed over every (resumed) run into a folder
+TIMING_FILE = "timing.json"  # wall seconds summed over every (resumed) run into a folder, and per stage
+# timing.json's stages, per threat model (``sets``: the evaluation sets every threat model shares, under "shared");
+# ``lensteer run --plan`` estimates the same ones
+STAGES = ("sets", "locate", "calibrate", "decode", "score", "conversations", "robustness")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -174,6 +177,14 @@ def _push_twin(mirror: Steering, path: Path, model: Any) -> Steering:
     if not artifact_paths(path)[1].exists():
         save_steering(twin, path, model=model)
     return twin
+
+
+def _add_stage(stages: dict[str, dict[str, float]], where: str, stage: str, since: float) -> float:
+    """Add the wall seconds since ``since`` to ``stages[where][stage]`` (one of :data:`STAGES`); returns now."""
+    now = time.time()
+    mine = stages.setdefault(where, {})
+    mine[stage] = mine.get(stage, 0.0) + now - since
+    return now
 
 
 def read_json(path: Path, default: Any) -> Any:
@@ -344,10 +355,13 @@ def _run_study(
     robust = RobustnessTable(folder)
     examples_path, timing_path = folder / EXAMPLES_FILE, folder / TIMING_FILE
     examples: dict[str, Any] = read_json(examples_path, {})
-    earlier_seconds = float(read_json(timing_path, {"seconds": 0.0})["seconds"])
+    earlier = read_json(timing_path, {"seconds": 0.0})
+    earlier_seconds = float(earlier["seconds"])
+    stages: dict[str, dict[str, float]] = earlier.get("stages", {})
     started = time.time()
     log(f"building the KL calibration set ({config.n_kl} harmless training prompts) and the evaluation sets")
     sets = eval_sets(model, config)
+    _add_stage(stages, "shared", "sets", started)
     located_info: dict[str, Any] = {}
     bar = tqdm(total=len(config.threat_models), desc="study", disable=not progress, unit="threat model")
     finished: dict[str, Any] = read_json(folder / FINISHED_FILE, {})  # a resume skips these whole
@@ -361,8 +375,10 @@ def _run_study(
         log(
             f"[{tm}] locating (probing {len(_candidate_layers(model, config)) if config.layer is None else 1} layers)"
         )
+        mark = time.time()
         probe = calibration_probe(model, tm, config, sets)  # the study's calibration set of this threat model
         loc = locate_threat_model(model, tm, config, sets.calibration_prompts, probe)
+        mark = _add_stage(stages, tm, "locate", mark)
         located_info[tm] = {
             "layer": loc.layer,
             "site": loc.site,
@@ -429,6 +445,7 @@ def _run_study(
                 conditions.append(
                     Condition(method="random", steering=control, kl_budget=budget, layer=loc.layer, seed=seed)
                 )
+        mark = _add_stage(stages, tm, "calibrate", mark)
         pending = [c for c in conditions if not table.has(tm, c.key, c.kl_budget, c.layer)]
         if pending:
             log(
@@ -444,7 +461,9 @@ def _run_study(
                 if table.has(tm, "baseline", None, loc.layer)
                 else None
             )
-            rows, ex = evaluate_conditions(model, tm, block, config, sets, baseline=earlier, log=log)
+            rows, ex = evaluate_conditions(
+                model, tm, block, config, sets, baseline=earlier, log=log, stages=stages.setdefault(tm, {})
+            )
             for cond, row in zip(block, rows, strict=True):
                 s = cond.steering
                 table.add(
@@ -480,11 +499,17 @@ def _run_study(
                     }
                 )
         if config.robustness:
+            mark = time.time()
             _robustness(model, tm, loc.layer, conditions, table, robust, config, sets, log)
+            _add_stage(stages, tm, "robustness", mark)
         mark_finished(folder, finished, tm, config, located_info[tm])
         write_json(
             timing_path,
-            {"seconds": earlier_seconds + time.time() - started, "threads": torch.get_num_threads()},
+            {
+                "seconds": earlier_seconds + time.time() - started,
+                "threads": torch.get_num_threads(),
+                "stages": stages,
+            },
         )
         bar.update(1)
     bar.close()
