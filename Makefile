@@ -27,20 +27,23 @@ $(STAMP): pyproject.toml
 demo: env
 	$(VENV)/bin/lensteer run --out results --threads 2
 
-# Lint, the strict docs build (API reference from the docstrings: a broken reference fails; ~10 s, into a
-# temporary folder) and the unit tests (tiny models: one core's work) run beside the notebooks, one torch
-# thread each, so both cores work without oversubscription (two 2-thread torch processes on 2 cores slow
-# each other badly); their log is printed after the notebooks'. Then the embedded-model integration tests.
+# Lint and the strict docs build (API reference from the docstrings: a broken reference fails; ~1 min
+# together, into a temporary folder) run beside the tests; their log is printed after the tests'. The tests
+# (notebooks in smoke mode, tests/integration on the embedded model, tests/unit on tiny models) run in one
+# pytest on two pytest-xdist workers, one torch thread each (two 2-thread torch processes on 2 cores slow
+# each other badly), whole files handed out in the order given: the long ones first (notebooks,
+# integration, the Ray tests), then the many short unit files, which fill whatever the long ones leave, so
+# both cores stay busy to the end (the run before this took notebooks || unit, then integration: 14.0 min).
+TEST_ORDER := notebooks tests/integration tests/unit/study/test_distributed.py tests/unit
 test: env
-	@log=$$(mktemp); echo "lint + tests/unit beside notebooks/ (one torch thread each; their log follows)"; \
+	@log=$$(mktemp); echo "lint + docs beside the tests (their log follows)"; \
 	( $(VENV)/bin/ruff check lensteer tests benchmarks scripts && \
 	  $(VENV)/bin/ruff format --check lensteer tests benchmarks scripts && $(VENV)/bin/mypy && \
-	  $(VENV)/bin/mkdocs build --strict --site-dir "$$log.site" && rm -rf "$$log.site" && \
-	  OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=10 tests/unit ) > $$log 2>&1 & unit=$$!; \
-	OMP_NUM_THREADS=1 LENSTEER_SMOKE=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/; nb=$$?; \
-	wait $$unit; status=$$?; echo "--- lint + tests/unit ---"; cat $$log; rm -f $$log; \
-	[ $$status -eq 0 ] && [ $$nb -eq 0 ]
-	$(PY) -m pytest -q --durations=10 tests/integration
+	  $(VENV)/bin/mkdocs build --strict --site-dir "$$log.site" && rm -rf "$$log.site" ) > $$log 2>&1 & lint=$$!; \
+	OMP_NUM_THREADS=1 LENSTEER_SMOKE=1 $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder \
+	  --durations=15 --nbmake --nbmake-timeout=900 $(TEST_ORDER); tests=$$?; \
+	wait $$lint; status=$$?; echo "--- lint + docs ---"; cat $$log; rm -f $$log; \
+	[ $$status -eq 0 ] && [ $$tests -eq 0 ]
 
 # Unit tests alone: tiny random models, never the embedded one (a few minutes on 2 cores); the ones marked
 # `ray` start a local 2-worker Ray (~2 min of it); -m "not real_model and not ray" leaves them out.
