@@ -15,7 +15,11 @@
 Prints a table and writes ``benchmarks/roofline.json``. bf16 is measured on small shapes only: on a CPU
 without bf16 instructions it runs at a fraction of fp32 (the numbers say how small).
 
-    python benchmarks/bench_roofline.py [--threads 1] [--batches 1 16 64]
+4. With ``--study DIR`` (a finished study: ``report.json`` and ``timing.json``), each stage of that study as a
+   share of the limit: its FLOPs (``lensteer.study.plan``'s tokens decoded and run teacher-forced) over its
+   wall seconds.
+
+    python benchmarks/bench_roofline.py [--threads 1] [--batches 1 16 64] [--study results]
 """
 
 import argparse
@@ -116,6 +120,40 @@ def measured_teacher_forced(model: Any, texts: list[str], batch: int) -> tuple[f
     return n_tokens / min(run() for _ in range(2)), n_tokens // len(tokenized)
 
 
+def study_stage_shares(
+    model: Any, folder: Path, limit_gflops: float, context: int = 100
+) -> list[dict[str, Any]]:
+    """Each stage of a finished study (``folder``: its ``report.json`` config and ``timing.json`` stages) as a
+    share of the limit: the stage's FLOPs (``lensteer.study.plan``'s tokens decoded and run teacher-forced,
+    at a typical ``context``) over its wall seconds, over ``limit_gflops`` (the model's shapes at B=64)."""
+    from lensteer.study.config import StudyConfig
+    from lensteer.study.layers import _candidate_layers
+    from lensteer.study.plan import study_plan
+
+    config = StudyConfig.from_dict(json.loads((folder / "report.json").read_text())["config"])
+    timing = json.loads((folder / "timing.json").read_text()).get("stages", {})
+    n_candidates = 1 if config.layer is not None else len(_candidate_layers(model, config))
+    rows = []
+    for stage in study_plan(model, config, n_candidates)[1]:
+        seconds = timing.get(stage.where, {}).get(stage.stage)
+        if not seconds:
+            continue
+        flops = stage.decode_tokens * decode_flops(context) + stage.forward_tokens * teacher_forced_flops(
+            context
+        )
+        rate = flops / seconds / 1e9
+        rows.append(
+            {
+                "where": stage.where,
+                "stage": stage.stage,
+                "seconds": seconds,
+                "gflops": rate,
+                "share_of_limit": rate / limit_gflops,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for lensteer's measured runs")
@@ -124,6 +162,11 @@ def main() -> None:
     parser.add_argument("--paragraphs", type=int, default=8)
     parser.add_argument("--min-seconds", type=float, default=0.2, help="per fp32 matmul timing")
     parser.add_argument("--out", default=str(Path(__file__).with_name("roofline.json")))
+    parser.add_argument(
+        "--study",
+        default=None,
+        help="a finished study folder (report.json, timing.json): each stage as a share of the limit",
+    )
     args = parser.parse_args()
     load = os.getloadavg()
     print(machine_line(args.threads), flush=True)
@@ -210,6 +253,18 @@ def main() -> None:
             f"| {r['pass']} | {r['batch']} | {r['context']} | {r['tokens_per_s']:.1f} | {r['limit_tokens_per_s']:.0f} | "
             f"{r['share_of_limit']:.2f} | {r['peak_limit_tokens_per_s']:.0f} | {r['share_of_peak']:.2f} |"
         )
+    stage_rows = (
+        []
+        if args.study is None
+        else study_stage_shares(model, Path(args.study), shapes[f"fp32 B={b} {t}t body"])
+    )
+    if stage_rows:
+        print(f"\nthe study in {args.study}, each stage as a share of the B={b} limit\n")
+        print("| threat model | stage | seconds | GFLOP/s | share of limit |\n|---|---|---|---|---|")
+        for r in stage_rows:
+            print(
+                f"| {r['where']} | {r['stage']} | {r['seconds']:.0f} | {r['gflops']:.2f} | {r['share_of_limit']:.2f} |"
+            )
     result = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -226,6 +281,7 @@ def main() -> None:
         },
         "threads": t,
         "measured": rows,
+        "study_stages": stage_rows,
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {args.out}; load average {os.getloadavg()[0]:.1f} at the end")
