@@ -31,10 +31,10 @@ demo: env
 # together, into a temporary folder) run beside the tests; their log is printed after the tests'. The tests
 # (notebooks in smoke mode, tests/integration on the embedded model, tests/unit on tiny models) run in one
 # pytest on two pytest-xdist workers, one torch thread each (two 2-thread torch processes on 2 cores slow
-# each other badly), whole files handed out in the order given: the long ones first (notebooks,
-# integration, the Ray tests), then the many short unit files, which fill whatever the long ones leave, so
-# both cores stay busy to the end (the run before this took notebooks || unit, then integration: 14.0 min).
-TEST_ORDER := notebooks tests/integration tests/unit/study/test_distributed.py tests/unit
+# each other badly), whole files handed out in collection order, which tests/conftest.py sorts long ones
+# first (notebooks, integration, the Ray tests), so the many short unit files fill whatever the long ones
+# leave and both cores stay busy to the end (notebooks || unit, then integration took 14.0 min).
+TEST_ORDER := notebooks tests/integration tests/unit
 test: env
 	@log=$$(mktemp); echo "lint + docs beside the tests (their log follows)"; \
 	( $(VENV)/bin/ruff check lensteer tests benchmarks scripts && \

@@ -19,6 +19,20 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 MODEL_FIXTURES = ("tiny_bridge", "tiny_llama_bridge", "embedded_model")
 
 
+def pytest_collection_modifyitems(items):
+    """Long files first (``make test`` hands whole files to two pytest-xdist workers in this order, so the
+    many short unit files come last and fill whatever the long ones leave): the notebooks, the embedded-model
+    integration tests, the files with Ray tests (a local Ray cluster each), then the rest as collected."""
+    ray_files = {item.path for item in items if item.get_closest_marker("ray")}
+
+    def rank(item):
+        path = str(item.path).replace("\\", "/")
+        firsts = (path.endswith(".ipynb"), "/tests/integration/" in path, item.path in ray_files)
+        return next((k for k, first in enumerate(firsts) if first), len(firsts))
+
+    items.sort(key=rank)  # stable: collection order within a rank
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     from builders import make_char_tokenizer
