@@ -26,11 +26,9 @@ What is measured, per condition:
 * where steering fired: on prompt tokens and generated tokens, on misaligned and harmless prompts.
 """
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -44,8 +42,6 @@ from lensteer.evaluate.capability import (
     MCItem,
     load_mc_items,
     load_paragraphs,
-    mc_accuracy,
-    text_cross_entropy,
 )
 from lensteer.evaluate.coherence import COHERENCE_SCORER, is_unreadable
 from lensteer.evaluate.judges import HttpJudge, judge_responses
@@ -55,9 +51,8 @@ from lensteer.evaluate.repetition import conversation_repetition, rep_n
 from lensteer.evaluate.steerability import decision_log_odds
 from lensteer.steering.calibration import KLProbe, sequence_kl, sequence_kls, steering_kl
 from lensteer.steering.generation import Generations, generate, generate_conversations
-from lensteer.steering.hooks import steer
-from lensteer.steering.positions import Window
 from lensteer.steering.spec import Steering
+from lensteer.study.capability import capability_fields, paragraph_cross_entropy
 from lensteer.study.coherence import calibration_set
 from lensteer.study.config import FOLLOW_UPS, StudyConfig
 from lensteer.threats.audit import judge_scorer_id, scorer_id
@@ -255,64 +250,6 @@ def _fired(gen: Generations, steered: bool) -> tuple[float, float]:
     return prompt, gen.steered_share()
 
 
-def _teacher_forced(steering: Steering) -> Steering:
-    """Capability is teacher-forced, so every position (but the attention-sink first token, which is
-    never a generated one) stands in for a generated one; no gate (the items are harmless anyway)."""
-    return replace(steering, positions=Window(1, None), gate=None)
-
-
-def _edit_key(steering: Steering | None) -> str:
-    """A content key of what a teacher-forced capability score depends on: the edit (direction and every
-    field but the gate and provenance; ``_teacher_forced`` drops the gate anyway), or ``unsteered``. Two
-    conditions with equal edits (a KL-matched twin equal to another steering) share the key."""
-    if steering is None:
-        return "unsteered"
-    unit = torch.round(steering.unit.detach().cpu().double() * 1e6).to(
-        torch.int64
-    )  # renormalising is no change
-    digest = hashlib.sha256(unit.numpy().tobytes())
-    for f in fields(steering):
-        if f.name not in ("unit", "gate", "info"):
-            digest.update(f"{f.name}={getattr(steering, f.name)!r};".encode())
-    return digest.hexdigest()
-
-
-def _paragraph_cross_entropy(
-    model: Any, steering: Steering | None, sets: EvalSets, config: StudyConfig
-) -> float:
-    """Cross-entropy of the held-out paragraphs with ``steering`` on (teacher-forced), once per distinct
-    edit (cached in ``sets``: the unsteered value serves the baseline, the prompting baseline and every delta)."""
-    key = f"cross_entropy:{_edit_key(steering)}"
-    if key not in sets.cache:
-        with torch.inference_mode(), steer(model, steering) if steering is not None else nullcontext():
-            sets.cache[key] = text_cross_entropy(model, sets.paragraphs, batch_size=config.batch_size)
-    value: float = sets.cache[key]
-    return value
-
-
-def _capability(model: Any, condition: Condition, sets: EvalSets, config: StudyConfig) -> dict[str, Any]:
-    """Multiple-choice accuracy and paragraph cross-entropy with the condition's steering on, each once per
-    distinct (edit, system prompt): the multiple-choice items pass the steering to ``mc_accuracy``, so each
-    question runs once and its options branch from it (``benchmarks/bench_capability.py``: 1.6-2x)."""
-    out: dict[str, Any] = {}
-    s = None if condition.steering is None else _teacher_forced(condition.steering)
-    if sets.mc:
-        key = f"mc:{_edit_key(s)}:{condition.system!r}"
-        if key not in sets.cache:
-            sets.cache[key] = mc_accuracy(
-                model, sets.mc, batch_size=config.batch_size, system=condition.system, steering=s
-            )
-        mc = sets.cache[key]
-        out |= {
-            "capability": mc.accuracy,
-            "capability_items": len(sets.mc),
-            "capability_flags": [bool(c) for c in mc.correct],
-        }
-    if sets.paragraphs:
-        out["cross_entropy"] = _paragraph_cross_entropy(model, s, sets, config)
-    return out
-
-
 def conversation_fields(
     model: Any, threat_model: str, conditions: Sequence[Condition], config: StudyConfig
 ) -> list[dict[str, Any]]:
@@ -439,7 +376,9 @@ def _unsteered_reference(model: Any, sets: EvalSets, config: StudyConfig) -> Gen
             model, sets.harmless, max_new_tokens=config.kl_tokens, batch_size=config.batch_size
         )
         sets.cache["baseline_cross_entropy"] = (
-            _paragraph_cross_entropy(model, None, sets, config) if sets.paragraphs else None
+            paragraph_cross_entropy(model, None, sets.paragraphs, sets.cache, config)
+            if sets.paragraphs
+            else None
         )
     reference: Generations = sets.cache["baseline_harmless"]
     return reference
@@ -579,7 +518,7 @@ def evaluate_conditions(
         row["perplexity_target"] = _target_perplexity(model, cond, prompts, gen, config)
         if k in ungated:
             row["ungated"] = ungated[k]
-        row |= _capability(model, cond, sets, config)
+        row |= capability_fields(model, cond.steering, cond.system, sets, config)
         if "cross_entropy" in row and sets.cache["baseline_cross_entropy"] is not None:
             row["ce_delta_nats"] = row["cross_entropy"] - sets.cache["baseline_cross_entropy"]
         rows.append(row)

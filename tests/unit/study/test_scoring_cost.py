@@ -8,7 +8,7 @@ import torch
 
 import lensteer
 from lensteer.evaluate.capability import mc_accuracy, text_cross_entropy
-from lensteer.study import evaluation
+from lensteer.study import capability, evaluation
 from lensteer.study.config import StudyConfig
 
 
@@ -42,10 +42,10 @@ def test_capability_is_scored_once_per_distinct_edit_with_the_numbers_of_one_pas
     assert [c.method for c in conditions] == ["baseline", "prompting", "add", "add-twin"]
     mc_calls, ce_calls = [], []
     monkeypatch.setattr(
-        evaluation, "mc_accuracy", lambda *a, **k: mc_calls.append(k.get("system")) or mc_accuracy(*a, **k)
+        capability, "mc_accuracy", lambda *a, **k: mc_calls.append(k.get("system")) or mc_accuracy(*a, **k)
     )
     monkeypatch.setattr(
-        evaluation, "text_cross_entropy", lambda *a, **k: ce_calls.append(1) or text_cross_entropy(*a, **k)
+        capability, "text_cross_entropy", lambda *a, **k: ce_calls.append(1) or text_cross_entropy(*a, **k)
     )
     rows, _ = evaluation.evaluate_conditions(model, "refusal", conditions, cfg, sets)
     # baseline, prompting (its system prompt) and the edit; the twin reuses the edit's, and the paragraphs'
@@ -55,7 +55,7 @@ def test_capability_is_scored_once_per_distinct_edit_with_the_numbers_of_one_pas
     for cond, row in zip(
         conditions, rows, strict=True
     ):  # the reference: the bridge under steer(), per condition
-        s = None if cond.steering is None else evaluation._teacher_forced(cond.steering)
+        s = None if cond.steering is None else capability.teacher_forced(cond.steering)
         with lensteer.steer(model, s) if s is not None else nullcontext():
             mc = mc_accuracy(model, sets.mc, batch_size=4, system=cond.system)
             ce = text_cross_entropy(model, sets.paragraphs, batch_size=4)
