@@ -103,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the whole study: locate -> choose site -> calibrate -> steer -> evaluate -> figures",
         description="Run the default study on the embedded model (or --model): for refusal, compassion and honesty, "
-        "probe the response contrast to choose the steering layer, choose refusal's prompt-gate false-positive "
+        "choose the steering site by behaviour (candidate directions from the prompt contrast, the response mean and a "
+        "probe, at strided layers and the top layers of attribution patching, each calibrated to the first KL budget "
+        "and scored on validation prompts by the shift of the first-token decision log-odds: the largest lower "
+        "bootstrap bound that beats a same-KL random direction), choose refusal's prompt-gate false-positive "
         "budget by its borderline over-refusal on validation prompts, calibrate SwFC / StTP / StMP and random "
         "directions to each KL budget on held-apart harmless and borderline prompts (gate on, as deployed; never "
         "on the threat model's own prompts) within fluency bounds on their answers to held-apart target prompts "
@@ -215,7 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--kl", dest="kl_one", type=_positive_float, default=0.3, help="KL budget in nats/token (default 0.3)"
     )
     steer.add_argument(
-        "--layer", type=_int_at_least(0), default=None, help="steering layer (default: chosen by probing)"
+        "--layer",
+        type=_int_at_least(0),
+        default=None,
+        help="steering layer (default: chosen as `lensteer run` chooses the site)",
     )
     steer.add_argument(
         "--prompt", action="append", help="a prompt (repeatable; default: the threat model's test prompts)"

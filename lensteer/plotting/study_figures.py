@@ -18,6 +18,7 @@ from lensteer.core.io import read_json
 from lensteer.errors import ConfigError, DataError
 from lensteer.plotting.examples import plot_examples
 from lensteer.plotting.robustness_figure import plot_robustness
+from lensteer.plotting.selection_figure import plot_selection
 from lensteer.plotting.study_rows import (
     BASELINE_STYLE,
     METHOD_STYLE,
@@ -425,8 +426,9 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
 
     Reads ``results.json`` (required), ``report.json`` (for the matched KL budget, if present) and
     ``examples.json`` (if present). Writes ``tradeoff`` (all threat models), ``tradeoff_<tm>``,
-    ``repetition_by_turn``, ``repetition_history_by_turn``, ``steered_share``, ``steerability`` (from the
-    report), ``gate_roc_<tm>`` (the gate search's ROC per layer, from the report), ``robustness`` (the report's
+    ``repetition_by_turn``, ``repetition_history_by_turn``, ``steered_share``, ``selection_<tm>`` (the site
+    choice's candidates by layer, position and source, from the report), ``steerability`` (the teacher-forced
+    screen of studies run before the site choice), ``gate_roc_<tm>`` (the gate search's ROC per layer, from the report), ``robustness`` (the report's
     robustness table), ``layer_sweep`` (if the study swept layers) and ``examples_<tm>``. The other figures show
     each threat model's chosen layer.
     A figure whose data the folder lacks is skipped with a warning on the ``lensteer.plotting.figures``
@@ -463,17 +465,22 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
         plt.close(fig)
 
     save("tradeoff", lambda: plot_tradeoff_grid(rows))
-    if report is not None:
+    entries = (report or {}).get("threat_models", {})
+    if report is not None and any(
+        e.get("steerability") for e in entries.values()
+    ):  # studies before the site choice
         save("steerability", lambda: plot_steerability(report))
     if len(swept) > len(rows):
         save("layer_sweep", lambda: plot_layer_sweep(swept, kl_budget=budget))
     for tm in threat_models_of(rows):
         save(f"tradeoff_{tm}", functools.partial(plot_tradeoff, rows, tm))
-    for tm, entry in (report or {}).get("threat_models", {}).items():
+    for tm, entry in entries.items():
         if (
             isinstance(entry.get("gate"), dict) and "layers" in entry["gate"]
         ):  # a gate search (not an old gate)
             save(f"gate_roc_{tm}", functools.partial(_gate_roc, entry["gate"]))
+        if entry.get("candidates"):  # the site choice: every candidate by layer, position and source
+            save(f"selection_{tm}", functools.partial(plot_selection, entry))
     save("repetition_by_turn", lambda: plot_repetition_by_turn(rows, kl_budget=budget))
     save(
         "repetition_history_by_turn",

@@ -78,6 +78,24 @@ def synthetic_examples():
     }
 
 
+_SITE_CHOICE = {  # the site choice's report keys (lensteer.study.site_choice), two candidates
+    "candidates": [
+        {
+            "source": src,
+            "layer": layer,
+            "position": pos,
+            "decision_shift": d,
+            "decision_shift_ci": [d - 0.1, d + 0.1],
+        }
+        for src, layer, pos, d in (
+            ("prompt_contrast", 4, "post_instruction[-1]", 0.8),
+            ("probe", 7, "response_mean", 0.2),
+        )
+    ],
+    "chosen": {"source": "prompt_contrast", "layer": 4, "position": "post_instruction[-1]", "why": "largest"},
+}
+
+
 def _results_folder(path, rows=None, examples=True, report=True):
     path.mkdir(parents=True, exist_ok=True)
     (path / "results.json").write_text(json.dumps({"rows": rows if rows is not None else synthetic_rows()}))
@@ -95,6 +113,7 @@ def _results_folder(path, rows=None, examples=True, report=True):
                                 "kl_budget": 0.1,
                                 "effect": {"4": 0.2, "7": 0.9 - 0.1 * i, "10": 0.5},
                             },
+                            **(_SITE_CHOICE if tm == "refusal" else {}),
                         }
                         for i, tm in enumerate(THREAT_MODELS)
                     },
@@ -286,6 +305,7 @@ def test_save_study_figures_writes_pdf_and_png_of_every_figure(tmp_path):
         "repetition_history_by_turn",
         "steered_share",
         "steerability",
+        "selection_refusal",
         "examples_refusal",
         "examples_compassion",
         "examples_honesty",

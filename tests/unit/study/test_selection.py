@@ -289,3 +289,26 @@ def test_selection_serialises_and_rejects_bad_input(tiny_llama_bridge):
     )
     with pytest.raises(lensteer.DataError, match="2 verdicts for 1"):
         bad.rate(tiny_llama_bridge, None)
+
+
+def test_decision_tokens_drop_shared_openings_and_stems_stop_where_replies_part(tiny_llama_bridge):
+    model = tiny_llama_bridge
+    good, bad = lensteer.evaluate.decision.opening_ids(model, ["I", "Sorry"], ["Sure", "Here"])
+    assert good == _ids(model, "I") and bad == _ids(model, "H")  # "S" opens both sides on this tokenizer
+    with pytest.raises(lensteer.DataError, match="start with the same tokens"):
+        lensteer.evaluate.decision.opening_ids(model, ["Sorry"], ["Sure"])
+    aligned = [lensteer.ChatPrompt(user="capital?", response="It is Paris.")]
+    stems, g, b = lensteer.evaluate.decision.first_difference(
+        model, aligned, [lensteer.ChatPrompt(user="capital?", response="It is Lyon.")]
+    )
+    full = lensteer.core.chat.tokenize_prompt(model, aligned[0]).tokens
+    k = stems[0].n_tokens
+    assert torch.equal(stems[0].tokens, full[:k]) and g == [[int(full[k])]] and b == [_ids(model, "L")]
+    with pytest.raises(lensteer.DataError, match="never differ"):
+        lensteer.evaluate.decision.first_difference(model, aligned, aligned)
+
+
+def test_the_paper_profile_scores_sites_on_at_least_48_validation_prompts():
+    assert StudyConfig.paper().n_select >= 48 > StudyConfig.demo().n_select
+    with pytest.raises(lensteer.ConfigError, match="n_select"):
+        StudyConfig(n_select=0)
