@@ -12,8 +12,10 @@ what steering there does to the behaviour on validation prompts (issue 28, items
    activations (collected once per threat model; read at the decision for a threat model with
    ``decision_contexts``).
 3. **Scoring** (:func:`~lensteer.study.selection.select_candidate`): SwFC along each candidate, at the
-   study's positions, is calibrated to the first KL budget by the study's own calibration
-   (:func:`~lensteer.study.evaluation.calibration_probe`, without a gate), then scored on ``n_select``
+   study's positions, is calibrated to the first KL budget on the study's KL calibration set
+   (:func:`~lensteer.study.evaluation.calibration_probe`: held-apart harmless and borderline prompts; no
+   gate; the KL step of :func:`~lensteer.study.coherence.calibrate_coherent`, whose fluency bounds the
+   study then applies to the chosen steering only, as they cost generations), then scored on ``n_select``
    **validation** prompts in the misaligning setting by the shift of the first-token decision log-odds
    (:func:`~lensteer.evaluate.opening_log_odds`: the threat model's aligned vs misaligned openings, or the
    true vs false answer token) and by the trait rate of ``select_new_tokens``-token greedy answers; its KL and
