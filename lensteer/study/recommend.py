@@ -19,6 +19,12 @@ Selection rules (after Arditi et al. 2024; ``docs/methods.md``), applied in orde
    d' still measures the margin between the classes), then the earlier layer.
 
 Every rule's outcome is recorded per layer, so the choice can be audited.
+
+``lensteer run`` no longer chooses its site here: :mod:`lensteer.study.site_choice` scores calibrated
+candidates by the first-token decision on validation prompts, with intervals, a random control and the
+lower bootstrap bound (a teacher-forced steerability is a point estimate, and the written reply's later
+tokens can raise it where the model does not decide any differently). This stays the rule set of
+:func:`~lensteer.study.site_search.search_site` and of a study whose site is not chosen (no calibration set).
 """
 
 from collections.abc import Mapping
