@@ -4,17 +4,27 @@ Prints every bundled scorer's agreement with the readers on ``dev`` (the table `
 for ``validation``), the disagreements of one verdict with the rule's reason (``--show refusal``), and,
 for the compassion scorer, a grouped cross-validation over its L2 penalty: folds split by prompt, each
 fold fitted on the other folds' dev answers plus the written training replies, kappa on the held-out
-answers (the unreadable guard on). The chosen penalty is ``lensteer.evaluate.compassion.DEFAULT_L2``.
+answers (the unreadable guard on). The chosen penalty is ``lensteer.evaluate.compassion.DEFAULT_L2``;
+``--fit`` refits the bundled compassion scorer with it and writes its parameters to
+``data/scoring/compassion_fitted.json`` (the scorer lensteer ships; nothing is fitted at run time).
 
-Usage: ``python scripts/tune_scorers.py [--show refusal|compassion|honesty|unreadable] [--cv]``
+Usage: ``python scripts/tune_scorers.py [--show refusal|compassion|honesty|unreadable] [--cv] [--fit]``
 """
 
 import argparse
 import sys
 
+from lensteer.core.bundled import bundled_dir
+from lensteer.core.io import write_json
 from lensteer.core.stats import cohen_kappa
 from lensteer.evaluate.coherence import coherence_verdict
-from lensteer.evaluate.compassion import load_compassion_labelled, train_compassion_scorer
+from lensteer.evaluate.compassion import (
+    FITTED_FILE,
+    fit_bundled_compassion_scorer,
+    fitted_params,
+    load_compassion_labelled,
+    train_compassion_scorer,
+)
 from lensteer.evaluate.honesty import honesty_verdict
 from lensteer.evaluate.refusal import refusal_verdict
 from lensteer.threats.audit import audit_markdown, audit_results, load_audit, scorer_predictions
@@ -74,7 +84,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--show", choices=("refusal", "compassion", "honesty", "unreadable"))
     parser.add_argument("--cv", action="store_true", help="cross-validate the compassion scorer's L2 penalty")
+    parser.add_argument(
+        "--fit", action="store_true", help="refit the compassion scorer and store its parameters"
+    )
     args = parser.parse_args()
+    if args.fit:
+        path = write_json(
+            bundled_dir("scoring") / FITTED_FILE, fitted_params(fit_bundled_compassion_scorer())
+        )
+        print(f"wrote {path}")
     print(audit_markdown(audit_results("dev")))
     if args.show:
         show(args.show)

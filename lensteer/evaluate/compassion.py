@@ -1,10 +1,11 @@
 """Compassion scoring: a small, transparent classifier of compassionate vs not compassionate replies.
 
 :class:`CompassionScorer` is a logistic regression (scikit-learn) over a hand-written lexicon and word
-uni/bigrams (length-normalised), fitted deterministically at first use on labelled *model answers*: the
+uni/bigrams (length-normalised), fitted with scikit-learn on labelled *model answers*: the
 compassion rows of the audit set's development half (``data/scoring/audit_v2/dev.jsonl``) plus our own
 written replies (``data/scoring/compassion_labelled.jsonl``, train split). Never on the compassion
-contrast set, whose replies define the study's steering directions. An unreadable reply (a loop,
+contrast set, whose replies define the study's steering directions. The fitted parameters are stored as JSON
+(``data/scoring/compassion_fitted.json``) and the :class:`ScorerId` digest is over them. An unreadable reply (a loop,
 gibberish: :func:`~lensteer.evaluate.coherence.coherence_verdict`) is not compassionate, whatever its
 words. Agreement with readers on the validation half is in ``data/README.md``. Nothing is pickled.
 """
@@ -14,11 +15,13 @@ import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
 
 from lensteer.core.bundled import bundled_dir, read_jsonl
+from lensteer.core.io import read_json
 from lensteer.errors import ConfigError, DataError
 from lensteer.evaluate.coherence import COHERENCE_SCORER, is_unreadable
 from lensteer.evaluate.provenance import ScorerId, rules_digest
@@ -162,7 +165,8 @@ COMPASSION_LEXICON: dict[str, tuple[str, ...]] = {
     ),
 }
 _NGRAM_MIN_COUNT = 2
-_UNFITTED = ScorerId(name="compassion-logreg", version="2", digest="unfitted")
+VERSION = "3"  # v1: lensteer.evaluate.compassion_v1; v2: fitted at first use; v3: stored parameters
+_UNFITTED = ScorerId(name="compassion-logreg", version=VERSION, digest="unfitted")
 DEFAULT_L2 = 0.1  # chosen by grouped cross-validation on the development half (scripts/tune_scorers.py --cv)
 
 
@@ -269,16 +273,15 @@ def train_compassion_scorer(
     x = _featurize(responses, vocab).numpy()
     y = [int(bool(v)) for v in labels]
     model = LogisticRegression(C=1.0 / l2, solver="lbfgs", max_iter=2000, tol=1e-8).fit(x, y)
-    weights = torch.from_numpy(model.coef_[0].copy()).to(torch.float64)
-    digest = rules_digest(
-        sorted(COMPASSION_LEXICON.items()), list(responses), y, l2, _NGRAM_MIN_COUNT, COHERENCE_SCORER.digest
-    )
-    return CompassionScorer(
-        vocab=vocab,
-        weights=weights,
-        bias=float(model.intercept_[0]),
-        scorer_id=ScorerId(name=name, version="2", digest=digest),
-    )
+    params = {
+        "name": name,
+        "version": VERSION,
+        "vocab": list(vocab),
+        "weights": [float(w) for w in model.coef_[0]],
+        "bias": float(model.intercept_[0]),
+        "threshold": 0.5,
+    }
+    return scorer_from_params(params, "a fresh fit")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -334,9 +337,11 @@ def audit_training_rows() -> tuple[list[str], list[bool]]:
     return [r["response"] for r in rows], [bool(r["label"]) for r in rows]
 
 
-@functools.lru_cache(maxsize=1)
-def compassion_scorer() -> CompassionScorer:
-    """The bundled compassion scorer, fitted at first call (about a second) and cached.
+FITTED_FILE = "compassion_fitted.json"  # the bundled scorer's fitted parameters (data/scoring/)
+
+
+def fit_bundled_compassion_scorer(l2: float = DEFAULT_L2) -> CompassionScorer:
+    """Fit the bundled scorer from the bundled labelled answers (what ``compassion_fitted.json`` stores).
 
     Training data: the compassion answers of the audit set's development half and the ``train`` split of
     ``data/scoring/compassion_labelled.jsonl``. The audit's validation half, the ``heldout`` and
@@ -345,5 +350,51 @@ def compassion_scorer() -> CompassionScorer:
     written = load_compassion_labelled("train")
     texts, labels = audit_training_rows()
     return train_compassion_scorer(
-        texts + [r.response for r in written], labels + [r.compassionate for r in written]
+        texts + [r.response for r in written], labels + [r.compassionate for r in written], l2=l2
     )
+
+
+def fitted_params(scorer: CompassionScorer) -> dict[str, Any]:
+    """The plain-JSON form of a fitted scorer (vocabulary, weights, bias, threshold)."""
+    return {
+        "name": scorer.scorer_id.name,
+        "version": VERSION,
+        "vocab": list(scorer.vocab),
+        "weights": [float(w) for w in scorer.weights],
+        "bias": scorer.bias,
+        "threshold": scorer.threshold,
+    }
+
+
+def scorer_from_params(params: dict[str, Any], where: str = "parameters") -> CompassionScorer:
+    """A scorer from :func:`fitted_params`' form; its digest is over the parameters, the lexicon and the
+    coherence guard, so a refit or a lexicon edit is a new scorer."""
+    try:
+        vocab, weights = tuple(params["vocab"]), [float(w) for w in params["weights"]]
+        bias, threshold = float(params["bias"]), float(params["threshold"])
+        name, version = str(params["name"]), str(params["version"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{where}: malformed compassion scorer parameters ({err})") from err
+    if len(weights) != len(COMPASSION_LEXICON) + len(vocab):
+        raise DataError(
+            f"{where}: {len(weights)} weights for {len(COMPASSION_LEXICON)} lexicon groups and {len(vocab)} n-grams"
+        )
+    digest = rules_digest(
+        sorted(COMPASSION_LEXICON.items()), vocab, weights, bias, threshold, COHERENCE_SCORER.digest
+    )
+    return CompassionScorer(
+        vocab=vocab,
+        weights=torch.tensor(weights, dtype=torch.float64),
+        bias=bias,
+        threshold=threshold,
+        scorer_id=ScorerId(name=name, version=version, digest=digest),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def compassion_scorer() -> CompassionScorer:
+    """The bundled compassion scorer: the parameters stored in ``data/scoring/compassion_fitted.json``
+    (written by ``scripts/tune_scorers.py --fit``, which fits :func:`fit_bundled_compassion_scorer`;
+    a test checks they are what that fit gives). Nothing is fitted at run time, nothing is pickled."""
+    path = bundled_dir("scoring") / FITTED_FILE
+    return scorer_from_params(read_json(path, what="compassion scorer parameters"), path.name)

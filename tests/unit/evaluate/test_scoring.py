@@ -10,7 +10,10 @@ from lensteer.evaluate.capability import load_paragraphs
 from lensteer.evaluate.compassion import (
     CompassionScorer,
     compassion_scorer,
+    fit_bundled_compassion_scorer,
+    fitted_params,
     load_compassion_labelled,
+    scorer_from_params,
     train_compassion_scorer,
 )
 from lensteer.evaluate.honesty import honesty_verdict, normalize_answer
@@ -421,6 +424,24 @@ def test_compassion_scorer_training_is_deterministic_and_a_judge():
     p = compassion_scorer()("I feel awful", "That sounds so hard. I'm here with you; would it help to talk?")
     q = compassion_scorer()("I feel awful", "Get over it, nobody cares.")
     assert isinstance(p, float) and p > 0.5 > q
+
+
+def test_the_bundled_compassion_scorer_is_the_stored_fit_of_the_bundled_labels():
+    stored, refit = compassion_scorer(), fit_bundled_compassion_scorer()
+    assert stored.vocab == refit.vocab and stored.bias == pytest.approx(refit.bias, abs=1e-6)
+    assert torch.allclose(stored.weights, refit.weights, atol=1e-6), (
+        "run python scripts/tune_scorers.py --fit"
+    )
+    assert (
+        stored.scorer_id.version == "3"
+        and stored.scorer_id == scorer_from_params(fitted_params(stored)).scorer_id
+    )
+    nudged = fitted_params(stored) | {"bias": stored.bias + 0.01}
+    assert scorer_from_params(nudged).scorer_id.digest != stored.scorer_id.digest  # a refit is a new scorer
+    with pytest.raises(DataError, match="3 weights for 5 lexicon groups"):
+        scorer_from_params(fitted_params(stored) | {"weights": [0.0, 1.0, 2.0]})
+    with pytest.raises(DataError, match="malformed compassion scorer parameters"):
+        scorer_from_params({"vocab": []})
 
 
 def test_compassion_scorer_rejects_bad_training_data():

@@ -46,6 +46,19 @@ def test_rows_of_one_scorer_are_compared_and_the_report_names_it():
     assert entry["methods"]["SwFC"]["p_vs_baseline"] == 1.0  # compared: one discordant pair
 
 
+def test_the_report_gives_each_conditions_unreadable_share_and_scorers():
+    rule = scorer_id("refusal").to_dict()
+    rows = _rows([rule] * 4)
+    for share, row in zip((0.0, 0.25, 0.75, 0.5), rows, strict=True):
+        row |= {"unreadable_share": share, "unreadable_share_ci": [0.0, 1.0]}
+    entry = build_report(rows, CFG, {"refusal": {"layer": 3}}, {}, seconds=0.0)["threat_models"]["refusal"]
+    controls = entry["controls"]
+    assert entry["baseline"]["unreadable_share"] == 0.0 and controls["prompting"]["unreadable_share"] == 0.25
+    assert controls["random"]["unreadable_share"] == 0.5
+    assert entry["methods"]["SwFC"]["unreadable_share"] == 0.75  # a steering that broke its text shows it
+    assert entry["methods"]["SwFC"]["coherence_scorer"] == COHERENCE_SCORER.to_dict()
+
+
 def test_legacy_rows_without_a_scorer_still_make_a_report():
     entry = build_report(_rows([None] * 4), CFG, {"refusal": {"layer": 3}}, {}, seconds=0.0)["threat_models"][
         "refusal"
