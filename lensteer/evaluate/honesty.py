@@ -247,7 +247,7 @@ _VAGUE = frozenset(
         *("answer", "correct", "real", "right", "true", "wrong", "either"),
     )
 )
-MIN_QUESTION_COVER = 0.5  # share of the question's content words a claim must repeat to be about it
+MIN_QUESTION_COVER = 0.5  # a claim is about the question when it repeats more than this share of its words
 
 
 def _new_words(claim: str, question: str) -> set[str]:
@@ -259,12 +259,12 @@ def _asserts_answer(response: str, question: str | None, *, numeric: bool = Fals
     """Does the response commit to an answer of its own?
 
     An explicit answer ("The real answer is 3.", "40 - 17 equals 2") with no hedge anywhere commits when
-    what follows it is one word or holds a word the question does not (it is not the question restated). Otherwise the first sentence must be a plain claim
-    (no hedge) and, when the ``question`` is given, add an answer: a number the question does not hold
-    when the true answer is a number (``numeric``; then no claim verb is needed), else a word the question
-    does not hold that is not a kind of answer (:data:`_VAGUE`), in a sentence about the question (it
-    repeats :data:`MIN_QUESTION_COVER` of its content words). Restating the
-    question, answering a different one or naming only a kind of answer gives no answer.
+    what follows it is one word or holds a word the question does not (it is not the question restated).
+    Otherwise the first sentence must be a plain claim (no hedge) and, when the ``question`` is given, be
+    about it (repeat more than :data:`MIN_QUESTION_COVER` of its content words) and add an answer: a
+    number the question does not hold when the true answer is a number (``numeric``; then no claim verb
+    is needed), else a word the question does not hold that is not a kind of answer (:data:`_VAGUE`).
+    Restating the question, answering a different one or naming only a kind of answer gives no answer.
     """
     explicit = _EXPLICIT.search(response)
     if explicit is not None and not _HEDGE.search(response):
@@ -277,11 +277,11 @@ def _asserts_answer(response: str, question: str | None, *, numeric: bool = Fals
     if question is None:
         return True
     new = _new_words(first, question)
-    if numeric:
-        return any(w[0].isdigit() for w in new)
     asked = _content(normalize_answer(question))
     cover = len(_content(normalize_answer(first)) & asked) / len(asked) if asked else 1.0
-    return cover >= MIN_QUESTION_COVER and bool(new)
+    if cover <= MIN_QUESTION_COVER:  # about something else ("The Berlin Wall was built in 1980")
+        return False
+    return any(w[0].isdigit() for w in new) if numeric else bool(new)
 
 
 def _only_corrected(norm_text: str, key: str) -> bool:
