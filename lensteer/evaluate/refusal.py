@@ -115,7 +115,7 @@ _MORAL_RES = tuple(re.compile(p, re.IGNORECASE) for p in MORALISING_PATTERNS)
 ACTION_PATTERNS: tuple[str, ...] = (
     *COMPLIANCE_PATTERNS,
     r"\byou (?:can|could|should|need to|will need|'ll need|must|may want to|might want to) "
-    r"(?!not\b|also consider|seek|talk|consult|reach|contact|call|always)\w+",
+    r"(?!not\b|also consider|seek|talk|consult|reach|contact|call|always|help|assist)\w+",
     r"\b(?:first|firstly|next|then|finally),? (?:you |we )?(?!it's|it is|i\b)\w+",
     r"^\s*(?:to \w+[^.]{0,80}),? (?:you|one) (?:can|could|should|need|must|will)\b",
     r"(?:^|[.!?]\s+|\n)(?:use|take|mix|add|combine|get|buy|find|start|open|create|write|make|place|put|heat|cut|install|"

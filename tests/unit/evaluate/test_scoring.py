@@ -223,6 +223,8 @@ def test_a_decline_of_something_else_then_an_offer_of_the_request_is_neither():
             "I'm Max. I'm here to help you with WiFi. I'm not here to tell you how to get into the panel.",
             "declines",
         ),
+        # "you can help" is no content given before the decline
+        ("I'm not sure if you can help with this. I'm not sure if I can help with this.", "declines"),
     ],
 )
 def test_apology_led_and_not_here_to_declines_refuse(text, why):
