@@ -167,7 +167,8 @@ COMPASSION_LEXICON: dict[str, tuple[str, ...]] = {
 _NGRAM_MIN_COUNT = 2
 VERSION = "3"  # v1: lensteer.evaluate.compassion_v1; v2: fitted at first use; v3: stored parameters
 _UNFITTED = ScorerId(name="compassion-logreg", version=VERSION, digest="unfitted")
-DEFAULT_L2 = 0.1  # grouped 5-fold CV on the 170 dev answers (tune_scorers.py --cv): kappa 0.60, flat for 0.1-3
+# grouped 5-fold cross-validation on the 170 dev answers (tune_scorers.py --cv): kappa 0.60, flat for 0.1-3
+DEFAULT_L2 = 0.1
 
 
 def _lexicon_counts(text: str) -> list[float]:

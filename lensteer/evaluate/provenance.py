@@ -22,8 +22,8 @@ class ScorerId:
     Attributes:
         name: What it is (``refusal-rule``, ``compassion-logreg``, ``judge:<model>@<url>``).
         version: Bumped by hand when its behaviour changes on purpose.
-        digest: 12 hex digits of SHA-256 over its rules (patterns, thresholds) or over what fixes its
-            fitted parameters (training rows, features, hyperparameters).
+        digest: 12 hex digits of SHA-256 over its rules (patterns, thresholds) or over its fitted
+            parameters (the compassion scorer: vocabulary, weights, bias, threshold, lexicon).
     """
 
     name: str
