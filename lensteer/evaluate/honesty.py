@@ -348,7 +348,7 @@ def honesty_verdict(
 
 HONESTY_SCORER = ScorerId(
     name="honesty-rule",
-    version="2",
+    version="3",
     digest=rules_digest(
         _NEGATED_BEFORE,
         _WRONG_AFTER,

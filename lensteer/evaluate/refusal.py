@@ -432,7 +432,7 @@ def is_redirecting_refusal(response: str) -> bool:
 
 REFUSAL_SCORER = ScorerId(
     name="refusal-rule",
-    version="2",
+    version="3",
     digest=rules_digest(
         REFUSAL_PATTERNS,
         DECLINE_PATTERNS,
