@@ -103,7 +103,8 @@ def locate_threat_model(
     contexts = tm.decision_contexts
     contrast: ContrastKind = "decision" if contexts is not None else "response"
     for split, n in (("train", config.n_train), ("val", n_val)):
-        pos, neg, position = contrast_prompts(getattr(ds, split).stratified(n), contrast, contexts)
+        rows = ds.fit if split == "train" else ds.val  # fit: training rows minus the held-apart ones
+        pos, neg, position = contrast_prompts(rows.stratified(n), contrast, contexts)
         both = collect_activations(
             model, pos + neg, layers=layers, position=position, batch_size=config.batch_size
         )
@@ -279,7 +280,7 @@ def make_steering(
 def _norm_prompts(threat_model: str, harmless: Sequence[str]) -> list[Any]:
     """Prompts the massive-token rule measures norms on: the threat model's training prompts in their
     misaligning context and bare, and harmless prompts (chat templates, few-shot turns, short and long)."""
-    train = threats.get(threat_model).load().train.stratified(8)
+    train = threats.get(threat_model).load().fit.stratified(8)
     return [
         *train.chat_prompts(context=threats.get(threat_model).misaligning_context),
         *train.chat_prompts(),
@@ -309,7 +310,7 @@ def answer_token_classes(
     """
 
     tm = threats.get(threat_model)
-    train = tm.load().train.stratified(config.n_train)
+    train = tm.load().fit.stratified(config.n_train)
     settings = {
         "aligned": [replace(p, system=tm.aligned_system) for p in train.chat_prompts()],
         "misaligned": train.chat_prompts(context=tm.misaligning_context),

@@ -28,17 +28,17 @@ import torch
 
 from lensteer import threats
 from lensteer.core.chat import ChatPrompt
-from lensteer.core.datasets import load_dataset
 from lensteer.core.stats import mcnemar_exact, wilson_interval
 from lensteer.evaluate.capability import mc_accuracy
 from lensteer.evaluate.coherence import is_unreadable
 from lensteer.evaluate.public_sets import PublicSet, public_format
 from lensteer.evaluate.refusal import is_refusal
-from lensteer.steering.calibration import calibrate, kl_probe, steering_kl
+from lensteer.steering.calibration import calibrate, steering_kl
 from lensteer.steering.files import load_steering
 from lensteer.steering.generation import generate
 from lensteer.steering.positions import Window
 from lensteer.steering.spec import Steering
+from lensteer.study.coherence import calibration_set
 from lensteer.study.config import StudyConfig
 from lensteer.study.evaluation import Condition, baseline_conditions
 
@@ -55,13 +55,12 @@ def steering_conditions(
     model: Any, steering: Steering, threat_model: str, config: StudyConfig, *, name: str = "steered"
 ) -> tuple[list[Condition], dict[str, Any]]:
     """The unsteered and prompting baselines, the steering (as ``name``) and one random control per
-    ``config.random_seeds``, calibrated to the steering's KL on held-out harmless training prompts; and
+    ``config.random_seeds``, calibrated to the steering's KL (gate on) on the study's held-apart harmless and borderline prompts; and
     what the calibration found (the KL matched, each control's KL, or why there are no controls)."""
     conditions = [*baseline_conditions(threat_model, config), Condition(method=name, steering=steering)]
     if not config.random_seeds:
         return conditions, {"random": "no random_seeds in the config"}
-    prompts = load_dataset(threats.HARMLESS_DATASET).train.stratified(config.n_kl).paired_prompts
-    probe = kl_probe(model, prompts, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
+    _, probe = calibration_set(model, config)  # the study's: held-apart harmless and borderline prompts
     target = steering_kl(model, steering, probe)
     if target < MIN_KL:
         return conditions, {"kl": target, "random": "the steering does not change harmless text: no control"}

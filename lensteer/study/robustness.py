@@ -305,7 +305,7 @@ def own_steerings(
             organism, threat_model, replace(config, layer=layer, sweep_layers=()), sets.calibration_prompts
         ).steerings
         return {m: own[m] for m in base_steerings}
-    stems = decision_prompts(tm.load().train.stratified(config.n_train))
+    stems = decision_prompts(tm.load().fit.stratified(config.n_train))
     honest, dishonest = (
         collect_activations(m, stems, layers=[layer], batch_size=config.batch_size)[:, 0]
         for m in (base, organism)

@@ -94,7 +94,7 @@ def patching_evidence(model: Any, tm: threats.ThreatModel, config: StudyConfig) 
     try:
         pairs = patching_pairs(
             model,
-            tm.load().train,
+            tm.load().fit,
             n=min(MAX_PATCHING_PAIRS, config.n_train),
             design=tm.pair_design,
         )
@@ -222,7 +222,7 @@ def choose_site(model: Any, config: StudyConfig, inputs: SiteInputs) -> SiteChoi
     """Build the candidates, score them on validation prompts (:func:`select_candidate`) and choose the site."""
     tm = threats.get(inputs.threat_model)
     patched = tuple(inputs.patching.get("top_layers", ()))
-    contrast = prompt_contrast(tm, tm.load().train.stratified(config.n_train))
+    contrast = prompt_contrast(tm, tm.load().fit.stratified(config.n_train))
     cands = list(
         build_candidates(
             model,

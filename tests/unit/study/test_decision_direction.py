@@ -7,7 +7,6 @@ import torch
 
 import lensteer
 from lensteer import threats
-from lensteer.core.datasets import load_dataset
 from lensteer.locate.probing import contrast_prompts
 from lensteer.study.config import StudyConfig
 from lensteer.study.layers import locate_threat_model
@@ -24,7 +23,9 @@ def test_the_study_steers_honesty_along_the_decision_token_difference_of_means(t
     )
     loc = locate_threat_model(tiny_llama_bridge, "honesty", cfg, ["Hello there.", "Name a colour."])
     assert loc.probing["contrast"] == "decision" and loc.probing["position"] == "decision"
-    train = load_dataset("honesty").with_responses().train.stratified(cfg.n_train)
+    train = (
+        threats.get("honesty").load().with_responses().fit.stratified(cfg.n_train)
+    )  # held-apart rows excluded
     honest, lying = contrast_prompts(train, "decision", threats.get("honesty").decision_contexts)[:2]
     acts = lensteer.collect_activations(tiny_llama_bridge, honest + lying, layers=[1], position="last")[:, 0]
     expected = acts[: len(honest)].mean(0) - acts[len(honest) :].mean(0)
