@@ -219,9 +219,10 @@ def _run(args: argparse.Namespace, config: Any) -> int:
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from lensteer.plotting import save_study_figures
+    from lensteer.study.folder import RunFolder
 
     results = Path(args.results)
-    if not (results / "report.json").exists():
+    if not RunFolder(results).report_path.exists():
         from lensteer.errors import DataError
 
         raise DataError(f"{results / 'report.json'} does not exist; run `lensteer run --out {results}` first")
@@ -232,10 +233,11 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from lensteer.study import headline_table, rebuild_report
+    from lensteer.study.folder import RunFolder
 
     report = rebuild_report(Path(args.results))
     print(headline_table(report))
-    print(f"\nwrote {Path(args.results) / 'report.json'}")
+    print(f"\nwrote {RunFolder(Path(args.results)).report_path}")
     return 0
 
 
@@ -301,7 +303,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     report = evaluate_steering(model, steering, name, config, name=label)
     out = Path(args.out)
-    write_json(out / "evaluate.json", report)
+    report.to_json(out / "evaluate.json")
     print("\n" + headline_table(report))
     print(f"\nwrote {out / 'evaluate.json'} in {time.perf_counter() - start:.0f} s")
     return 0

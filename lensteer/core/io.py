@@ -112,6 +112,12 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def as_json(payload: Any) -> Any:
+    """``payload`` as it reads back from a file :func:`write_json` wrote (keys as strings, tuples and tensors
+    as lists, non-finite floats as ``None``), so a value built in memory equals the one read from disk."""
+    return json.loads(json.dumps(_finite(payload), default=_json_default))
+
+
 def write_json(path: "str | os.PathLike[str]", payload: Any, *, indent: int = 2) -> Path:
     """Write ``payload`` as JSON atomically (tensors as lists, non-finite floats as ``null``)."""
     return write_text(path, json.dumps(_finite(payload), indent=indent, default=_json_default) + "\n")

@@ -5,7 +5,6 @@ or a report directly, for notebooks.
 """
 
 import functools
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +23,7 @@ from lensteer.plotting.study_rows import (
     METHOD_STYLE,
     PAPER_SUFFIX,
     as_number,
+    as_rows,
     is_control,
     label_of,
     matched_budget,
@@ -35,6 +35,7 @@ from lensteer.plotting.study_rows import (
     trait_label,
 )
 from lensteer.plotting.style import PALETTE, new_ax, paper_style, save_figure
+from lensteer.study.folder import EXAMPLES_FILE, RunFolder
 
 _log = logging.getLogger(__name__)
 
@@ -46,9 +47,11 @@ def _tradeoff_points(group: Sequence[Mapping[str, Any]], what: str) -> tuple[lis
     lo: list[float] = []
     hi: list[float] = []
     for r in sorted(group, key=lambda r: as_number(r.get("kl_budget")) or 0.0):
-        x, y = as_number(r.get("kl")), as_number(r.get("trait"))
+        x, y = as_number(r.get("kl_heldout")), as_number(r.get("trait"))
         if x is None or y is None:
-            _log.warning("tradeoff %s at KL budget %s has no kl/trait; not drawn", what, r.get("kl_budget"))
+            _log.warning(
+                "tradeoff %s at KL budget %s has no kl_heldout/trait; not drawn", what, r.get("kl_budget")
+            )
             continue
         ci = r.get("trait_ci")
         low, high = (
@@ -70,7 +73,7 @@ def plot_tradeoff(
     (a star at KL 0) and the random-direction control (a cross) are marked; the dashed step line is
     the Pareto front over every plotted point (maximum trait rate, minimum KL).
     """
-    mine = rows_for(rows, threat_model)
+    mine = rows_for(as_rows(rows), threat_model)
     points: list[tuple[float, float]] = []
     with paper_style():
         fig, ax = new_ax(ax)
@@ -191,6 +194,7 @@ def plot_repetition_by_turn(
     """
     if metric not in _TURN_METRICS:
         raise ConfigError(f"metric must be one of {list(_TURN_METRICS)}, got {metric!r}")
+    rows = as_rows(rows)
     budget = matched_budget(rows, kl_budget)
     if threat_model is None:
         if ax is not None:
@@ -268,6 +272,7 @@ def plot_steered_share(
     ``fired_share_harmless_generated``): answers to harmless prompts, where a selective method or a gate
     should steer less.
     """
+    rows = as_rows(rows)
     budget = matched_budget(rows, kl_budget)
     randoms = sorted({str(r["method"]) for r in rows if str(r["method"]).startswith("random")})[:1]
     names, methods = threat_models_of(rows), methods_of(rows) + randoms
@@ -282,16 +287,8 @@ def plot_steered_share(
     methods = [
         m for m in methods if any((n, m) in cells for n in names)
     ]  # not the uncalibrated paper-rule rows
-    # rows name the harmless share fired_share_harmless_generated (harmless_steered_share before 2026-12)
-    harmless_key = next(
-        (
-            k
-            for k in ("fired_share_harmless_generated", "harmless_steered_share")
-            if any(as_number(r.get(k)) is not None for r in cells.values())
-        ),
-        None,
-    )
-    harmless = harmless_key is not None
+    harmless_key = "fired_share_harmless_generated"  # an earlier name is migrated by as_rows
+    harmless = any(as_number(r.get(harmless_key)) is not None for r in cells.values())
     per_method = 2 if harmless else 1
     width = 0.8 / (len(methods) * per_method)
     with paper_style():
@@ -301,7 +298,7 @@ def plot_steered_share(
             for k, (field_name, hatch, suffix) in enumerate(
                 (
                     ("steered_share", None, "misaligned prompts"),
-                    (harmless_key or "", "///", "harmless prompts"),
+                    (harmless_key, "///", "harmless prompts"),
                 )
             ):
                 if k >= per_method:
@@ -367,6 +364,7 @@ def plot_steerability(report: Mapping[str, Any], ax: Any = None) -> tuple[Any, A
 def plot_layer_sweep(rows: Sequence[Mapping[str, Any]], *, kl_budget: float | None = None) -> tuple[Any, Any]:
     """Trait rate (95% CI) by steering layer, per method, one panel per threat model, for the rows of
     a layer sweep (``lensteer run --layers ...``) at one KL budget; the unsteered rate as a line."""
+    rows = as_rows(rows)
     steered = [
         r
         for r in rows
@@ -437,19 +435,15 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
     Returns:
         The paths written, PDF and PNG of each figure.
     """
-    folder, out = Path(results_dir), Path(out_dir)
-    rows_path = folder / "results.json"
-    try:
-        rows = json.loads(rows_path.read_text(encoding="utf-8"))["rows"]
-    except FileNotFoundError as err:
-        raise DataError(f"{rows_path} does not exist; run `lensteer run --out {folder}` first") from err
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise DataError(f"{rows_path} is not a study table ({{'rows': [...]}}): {err!r}") from err
-    if not isinstance(rows, list) or not rows:
-        raise DataError(f"{rows_path} has no rows")
+    run, out = RunFolder(Path(results_dir)), Path(out_dir)
+    if not run.results_path.exists():
+        raise DataError(f"{run.results_path} does not exist; run `lensteer run --out {run.root}` first")
+    rows = as_rows(run.table().rows)
+    if not rows:
+        raise DataError(f"{run.results_path} has no rows")
     budget, report = None, None
-    if (folder / "report.json").exists():
-        report = read_json(folder / "report.json", what="study report")
+    if run.report_path.exists():
+        report = run.read_report().to_dict()
         budget = as_number(report.get("matched_kl_budget"))
     swept = rows
     rows = _chosen_layer_rows(rows, report)
@@ -489,7 +483,7 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
     save("steered_share", lambda: plot_steered_share(rows, kl_budget=budget))
     if report is not None and report.get("robustness"):
         save("robustness", lambda: plot_robustness(report["robustness"]))
-    examples_path = folder / "examples.json"
+    examples_path = run.path(EXAMPLES_FILE)
     if examples_path.exists():
         examples = read_json(examples_path, what="examples file")
         for tm in examples:

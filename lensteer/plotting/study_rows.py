@@ -7,6 +7,7 @@ from typing import Any
 from lensteer import threats
 from lensteer.errors import DataError
 from lensteer.plotting.style import PALETTE
+from lensteer.study.records import ConditionResult, as_result
 
 METHOD_STYLE: dict[str, tuple[str, str]] = {
     "SwFC": (PALETTE[0], "o"),
@@ -73,6 +74,12 @@ def as_number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
+
+
+def as_rows(rows: "Sequence[ConditionResult | Mapping[str, Any]]") -> list[dict[str, Any]]:
+    """The rows as JSON objects with today's key names: :class:`~lensteer.study.records.ConditionResult` s,
+    or rows of any lensteer's ``results.json`` (read through it, so an earlier key name is migrated)."""
+    return [as_result(r).to_dict() for r in rows]
 
 
 def threat_models_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:

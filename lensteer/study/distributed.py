@@ -32,11 +32,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lensteer.core.io import write_json, write_with
+from lensteer.core.io import write_with
 from lensteer.core.models import load_model
 from lensteer.core.outdir import claim_folder
 from lensteer.errors import ConfigError, DataError, LensteerError
 from lensteer.study.config import StudyConfig
+from lensteer.study.folder import FINISHED_FILE, REPORT_FILE, RunFolder
 from lensteer.study.identity import (
     STUDY_COMPANIONS,
     STUDY_MARKERS,
@@ -45,20 +46,9 @@ from lensteer.study.identity import (
     study_identity,
 )
 from lensteer.study.robustness import RobustnessTable
-from lensteer.study.runner import (
-    EXAMPLES_FILE,
-    FINISHED_FILE,
-    TIMING_FILE,
-    StudyResult,
-    kept_located,
-    mark_finished,
-    read_json,
-    run_study,
-    write_report,
-)
+from lensteer.study.runner import StudyResult, run_study, write_report
 from lensteer.study.table import SweepTable
 
-CELLS_DIR = "cells"
 CELL_TIMEOUT_S = 24 * 3600.0  # default longest wait for the next cell (a paper cell is hours on CPUs)
 RAY_MISSING = "--executor ray needs Ray, an optional extra: pip install 'lensteer[ray]'"
 
@@ -168,62 +158,47 @@ def _cell_key(folder: Path, model: str | None, config: StudyConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _by_threat_model(rows: list[dict[str, Any]], config: StudyConfig) -> list[dict[str, Any]]:
+def _by_threat_model(rows: list[Any], config: StudyConfig, tm_of: Callable[[Any], str]) -> list[Any]:
     """Rows in the config's threat-model order (stable), as a serial run writes them."""
     order = {tm: i for i, tm in enumerate(config.threat_models)}
-    return sorted(rows, key=lambda r: order.get(r["threat_model"], len(order)))
+    return sorted(rows, key=lambda r: order.get(tm_of(r), len(order)))
+
+
+def _robustness_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        r["setting"],
+        r["threat_model"],
+        r["method"],
+        r["direction_from"],
+        r.get("layer"),
+        r.get("kl_budget"),
+    )
 
 
 def merge_cell(
-    folder: Path,
-    threat_model: str,
-    config: StudyConfig,
-    table: SweepTable,
-    robust: RobustnessTable,
-    finished: dict[str, Any],
+    run: RunFolder, threat_model: str, config: StudyConfig, table: SweepTable, robust: RobustnessTable
 ) -> dict[str, Any]:
     """Merge the finished cell in ``OUT/cells/<tm>/`` into OUT (rows by key, robustness rows, examples,
     steerings; ``finished.json`` last) and return what was located for it. Merging twice changes nothing."""
-    cell = folder / CELLS_DIR / threat_model
-    adopt_identity(folder, cell)
-    merged = {SweepTable.key(r): r for r in table.rows} | {
-        SweepTable.key(r): r for r in SweepTable(cell).rows
-    }
-    rows = _by_threat_model(list(merged.values()), config)
-    table.rows = rows[:-1]
-    table.add(rows[-1])  # writes results.json and results.csv once, with every row
-
-    def rkey(r: dict[str, Any]) -> tuple[Any, ...]:
-        return (
-            r["setting"],
-            r["threat_model"],
-            r["method"],
-            r["direction_from"],
-            r.get("layer"),
-            r.get("kl_budget"),
-        )
-
-    mine = RobustnessTable(cell).rows
+    cell = run.cell(threat_model)
+    adopt_identity(run.root, cell.root)
+    merged = {r.key: r for r in table.rows} | {r.key: r for r in cell.table().rows}
+    table.set_rows(_by_threat_model(list(merged.values()), config, lambda r: r.threat_model))
+    mine = cell.robustness().rows
     if mine:
-        new = {rkey(r) for r in mine}
-        kept, robust.rows = [r for r in robust.rows if rkey(r) not in new], []
-        robust.add(_by_threat_model(kept + mine, config))
-    examples = read_json(folder / EXAMPLES_FILE, {})
-    examples.setdefault(threat_model, {}).update(read_json(cell / EXAMPLES_FILE, {}).get(threat_model, {}))
-    write_json(folder / EXAMPLES_FILE, examples)
-    _write_files(folder / "steerings", _read_files(cell / "steerings"))
-    located: dict[str, Any] = read_json(cell / FINISHED_FILE, {})[threat_model]["located"]
-    mark_finished(folder, finished, threat_model, config, located)
+        new = {_robustness_key(r) for r in mine}
+        kept, robust.rows = [r for r in robust.rows if _robustness_key(r) not in new], []
+        robust.add(_by_threat_model(kept + mine, config, lambda r: r["threat_model"]))
+    run.add_examples(threat_model, cell.examples().get(threat_model, {}))
+    _write_files(run.steerings, _read_files(cell.steerings))
+    located: dict[str, Any] = cell.finished()[threat_model]["located"]
+    run.mark_finished(threat_model, config, located)
     return located
 
 
-def _cell_finished(folder: Path, threat_model: str, config: StudyConfig) -> bool:
+def _cell_finished(run: RunFolder, threat_model: str, config: StudyConfig) -> bool:
     """Is ``OUT/cells/<tm>/`` a finished cell of this config (written by a driver that stopped before merging)?"""
-    cell = folder / CELLS_DIR / threat_model
-    return (
-        kept_located(read_json(cell / FINISHED_FILE, {}), threat_model, config, RobustnessTable(cell))
-        is not None
-    )
+    return run.cell(threat_model).kept(threat_model, config) is not None
 
 
 def _import_ray() -> Any:
@@ -234,13 +209,13 @@ def _import_ray() -> Any:
     return ray
 
 
-def _model_info(folder: Path, config: StudyConfig, spec: WorkerSpec) -> dict[str, Any]:
+def _model_info(run: RunFolder, config: StudyConfig, spec: WorkerSpec) -> dict[str, Any]:
     """The model's fingerprint as the cells recorded it (the driver never loads the model)."""
     for tm in config.threat_models:
-        report = read_json(folder / CELLS_DIR / tm / "report.json", None)
+        report = run.cell(tm).read(REPORT_FILE, None)
         if report is not None:
             return dict(report["model"])
-    earlier = read_json(folder / "report.json", None)
+    earlier = run.read(REPORT_FILE, None)
     return dict(earlier["model"]) if earlier is not None else {"name": spec.model}
 
 
@@ -301,7 +276,7 @@ def run_study_distributed(
         return _run_distributed(
             model,
             config,
-            folder,
+            RunFolder(folder),
             address=address,
             workers=workers,
             threads=threads,
@@ -317,7 +292,7 @@ def run_study_distributed(
 def _run_distributed(
     model: str | None,
     config: StudyConfig,
-    folder: Path,
+    run: RunFolder,
     *,
     address: str | None,
     workers: int | None,
@@ -330,16 +305,15 @@ def _run_distributed(
     cell_timeout_s: float,
 ) -> StudyResult:
     started = time.time()
-    earlier_seconds = float(read_json(folder / TIMING_FILE, {"seconds": 0.0})["seconds"])
-    table, robust = SweepTable(folder), RobustnessTable(folder)
-    finished: dict[str, Any] = read_json(folder / FINISHED_FILE, {})
+    earlier_seconds = run.seconds()
+    table, robust = run.table(), run.robustness()
     located: dict[str, Any] = {}
     pending = []
     for tm in config.threat_models:
-        kept = kept_located(finished, tm, config, robust)
-        if kept is None and _cell_finished(folder, tm, config):
+        kept = run.kept(tm, config)
+        if kept is None and _cell_finished(run, tm, config):
             log(f"[{tm}] finished on a worker in an earlier run; merged")
-            kept = merge_cell(folder, tm, config, table, robust, finished)
+            kept = merge_cell(run, tm, config, table, robust)
         if kept is None:
             pending.append(tm)
         else:
@@ -354,10 +328,9 @@ def _run_distributed(
             spec,
             pending,
             config,
-            folder,
+            run,
             table,
             robust,
-            finished,
             address=address,
             workers=workers,
             threads=threads,
@@ -373,20 +346,20 @@ def _run_distributed(
             raise CellError(
                 f"threat model(s) {sorted(failed)} failed on their workers: "
                 + "; ".join(f"{tm}: {err}" for tm, err in sorted(failed.items()))
-                + f". Every other cell is merged into {folder}; rerun the same command to retry these."
+                + f". Every other cell is merged into {run.root}; rerun the same command to retry these."
             )
     seconds = earlier_seconds + time.time() - started
-    write_json(folder / TIMING_FILE, {"seconds": seconds, "threads": spec.threads, "executor": "ray"})
+    run.write_timing(seconds, spec.threads, executor="ray")
     report = write_report(
-        folder,
+        run,
         table.rows,
         robust.rows,
         config,
         {tm: located[tm] for tm in config.threat_models},
-        _model_info(folder, config, spec),
+        _model_info(run, config, spec),
         seconds=seconds,
     )
-    return StudyResult(folder=folder, report=report, table=table.to_frame())
+    return StudyResult(folder=run.root, report=report, table=table.to_frame())
 
 
 def _plan(
@@ -412,10 +385,9 @@ def _run_cells(
     spec: WorkerSpec,
     pending: list[str],
     config: StudyConfig,
-    folder: Path,
+    run: RunFolder,
     table: SweepTable,
     robust: RobustnessTable,
-    finished: dict[str, Any],
     *,
     address: str | None,
     workers: int | None,
@@ -448,14 +420,14 @@ def _run_cells(
             max_task_retries=retries,
         )
         actors += [actor_class.remote(spec, run_cell) for _ in range(n)]
-        key, queue, alive = _cell_key(folder, spec.model, config), list(pending), list(actors)
+        key, queue, alive = _cell_key(run.root, spec.model, config), list(pending), list(actors)
         running: dict[Any, tuple[Any, str]] = {}
         located: dict[str, Any] = {}
         failed: dict[str, str] = {}
 
         def submit(actor: Any) -> None:
             tm = queue.pop(0)
-            seed = _read_files(folder / CELLS_DIR / tm)
+            seed = _read_files(run.cell(tm).root)
             running[actor.run.remote(config, tm, scratch, key, seed)] = (actor, tm)
 
         for actor in alive:
@@ -466,7 +438,7 @@ def _run_cells(
                 raise CellError(
                     f"no cell finished within {cell_timeout_s:g} s (still running: "
                     f"{', '.join(sorted(tm for _, tm in running.values()))}); the finished cells are "
-                    f"merged into {folder}. Check the workers (`ray status`), then rerun, with a larger "
+                    f"merged into {run.root}. Check the workers (`ray status`), then rerun, with a larger "
                     "cell_timeout_s if the cells are that slow"
                 )
             ref = ready[0]
@@ -481,9 +453,9 @@ def _run_cells(
             else:
                 if cell.threat_model != tm:
                     raise DataError(f"the worker running cell {tm!r} returned cell {cell.threat_model!r}")
-                _write_files(folder / CELLS_DIR / tm, cell.files)
-                located[tm] = merge_cell(folder, tm, config, table, robust, finished)
-                log(f"[{tm}] finished on {cell.host}; merged into {folder}")
+                _write_files(run.cell(tm).root, cell.files)
+                located[tm] = merge_cell(run, tm, config, table, robust)
+                log(f"[{tm}] finished on {cell.host}; merged into {run.root}")
                 bar.update(1)
             if queue and actor in alive:
                 submit(actor)

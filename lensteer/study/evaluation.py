@@ -29,7 +29,7 @@ What is measured, per condition:
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -56,6 +56,9 @@ from lensteer.study.capability import capability_fields, paragraph_cross_entropy
 from lensteer.study.coherence import calibration_set
 from lensteer.study.config import FOLLOW_UPS, StudyConfig
 from lensteer.threats.audit import judge_scorer_id, scorer_id
+
+if TYPE_CHECKING:
+    from lensteer.study.records import StudyReport
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -482,6 +485,8 @@ def evaluate_conditions(
         for metric, flags in tm.rate_metrics.items():  # refusal: refusals that offer an alternative or help
             row |= _rate(flags(gen.texts, ds), metric)
         row |= verdict_fields(threat_model, gen.texts, ds)
+        if tm.subset_of is not None:  # each test prompt's subset, reported beside the whole set
+            row["trait_subsets"] = [tm.subset_of(ex) for ex in ds]
         if tm.answer_log_odds:
             row |= _answer_log_odds(model, cond, ds, prompts, config)
         row |= _rate([is_refusal(t) for t in harm.texts], "over_refusal")
@@ -552,7 +557,7 @@ def baseline_conditions(threat_model: str, config: StudyConfig) -> list[Conditio
 
 def evaluate_steering(
     model: Any, steering: Steering, threat_model: str, config: StudyConfig, *, name: str = "steered"
-) -> dict[str, Any]:
+) -> "StudyReport":
     """Evaluate a (saved) steering against the unsteered and prompting baselines on one threat model.
 
     Returns a report shaped like :func:`~lensteer.study.run_study`'s, so

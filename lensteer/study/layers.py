@@ -12,7 +12,6 @@ chosen by what it costs on borderline prompts: :mod:`lensteer.study.gate`).
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -215,16 +214,6 @@ def _sweep_layers(model: Any, config: StudyConfig) -> list[int]:
     n = int(model.cfg.n_layers)
     config.check_layers(n)
     return sorted({x % n for x in config.sweep_layers})
-
-
-def steering_path(
-    folder: Path, threat_model: str, method: str, kl_budget: float | None, layer: int, identity: str
-) -> Path:
-    """Where the study saves a steering: its threat model, method, KL budget (``None``: the paper regime,
-    uncalibrated), layer and the study identity's hash (:mod:`lensteer.study.identity`) in the name, so a
-    rerun reloads a file only for the same cell of the same study."""
-    budget = "paper" if kl_budget is None else f"kl{kl_budget:g}"
-    return Path(folder) / "steerings" / f"{threat_model}_{method}_{budget}_L{layer}_{identity}"
 
 
 def make_steering(

@@ -8,6 +8,9 @@ tokens **decoded** (generated, each a forward step of the whole batch) and token
 machine's rate of each (:func:`probe_rates`, about 10 s), and each stage's estimate is its work over
 those rates. The stages are the ones ``timing.json`` records (:data:`~lensteer.study.runner.STAGES`).
 
+:func:`plan_conditions` lists the conditions themselves, a pure function of the config, the chosen layer and
+the model's depth, in the order the runner builds, calibrates and evaluates them.
+
 The estimate is coarse (calibration and layer choice take a data-dependent number of passes, answers
 stop early at end of turn): it says whether a run takes minutes or hours, not seconds.
 """
@@ -16,20 +19,101 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lensteer import threats
 from lensteer.core.chat import tokenize_prompt
 from lensteer.core.datasets import load_dataset
 from lensteer.evaluate.capability import load_mc_items, load_paragraphs
-from lensteer.study.config import SELECTIVE_METHODS, StudyConfig
+from lensteer.study.config import PAPER_REGIME, SELECTIVE_METHODS, StudyConfig
 from lensteer.study.evaluation import _common_prefix
 from lensteer.study.robustness import settings_for
 
 CALIBRATION_EVALUATIONS = 10  # KL evaluations per calibrated scale (bracket, then bisect to 5%): typical
-TWINS = {"StMP-push": "StMP"}  # derived from their original at matched KL, never run (runner._TWINS)
+# At matched KL these are the same edit as their original: StMP-push at scale 2a moves a token by
+# 2a (tau - s), exactly as StMP (mirror) at scale a does. They differ only uncalibrated (the paper regime),
+# so a twin is derived from its original, never run.
+TWINS = {"StMP-push": "StMP"}
 MC_OPTION_TOKENS = 8  # an option's tokens, roughly
 PARAGRAPH_TOKENS = 150  # a bundled paragraph's tokens, roughly
+
+
+Kind = Literal["baseline", "prompting", "calibrated", "twin", "paper", "random"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedCondition:
+    """One condition of the plan.
+
+    Attributes:
+        method: The table's method name without a seed (``baseline``, ``prompting``, ``SwFC``, ``StTP:paper``,
+            ``random`` ...).
+        kind: How the runner makes it: no steering (``baseline``, ``prompting``), a steering calibrated to
+            ``kl_budget`` (``calibrated``), derived from the calibrated ``twin_of`` (``twin``: evaluated
+            once, under its original), uncalibrated at scale 1 (``paper``) or a random direction
+            calibrated to ``kl_budget`` (``random``, with its ``seed``).
+        kl_budget: The KL budget (``None``: unsteered or the paper regime).
+        layer: The layer it steers at (the chosen one, or another layer of a layer sweep).
+        seed: The random direction's seed.
+        twin_of: The condition a ``twin`` duplicates at matched KL.
+    """
+
+    method: str
+    kind: Kind
+    layer: int
+    kl_budget: float | None = None
+    seed: int | None = None
+    twin_of: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The table's method column: ``random`` controls carry their seed (``random:1``)."""
+        return f"random:{self.seed}" if self.kind == "random" else self.method
+
+
+def sweep_layers(config: StudyConfig, n_layers: int, chosen: int) -> list[int]:
+    """The other layers of a layer sweep (``config.sweep_layers``, negative from the end), ascending."""
+    return [x for x in sorted({x % n_layers for x in config.sweep_layers}) if x != chosen]
+
+
+def twin_of(method: str, config: StudyConfig) -> str | None:
+    """The method ``method`` duplicates at matched KL, if the study also runs that one."""
+    original = TWINS.get(method)
+    return original if original in config.methods else None
+
+
+def plan_conditions(config: StudyConfig, layer: int, n_layers: int) -> list[PlannedCondition]:
+    """Every condition of one threat model steered at ``layer`` of an ``n_layers``-layer model, in the
+    order the runner builds and evaluates them: the baselines, each method at each KL budget at the chosen
+    layer and then at each swept layer (a twin after its original), the paper regime of the selective
+    methods, the random-direction controls."""
+    out = [PlannedCondition(method="baseline", kind="baseline", layer=layer)]
+    if config.prompting:
+        out.append(PlannedCondition(method="prompting", kind="prompting", layer=layer))
+    for at in (layer, *sweep_layers(config, n_layers, layer)):
+        for method in sorted(config.methods, key=lambda m: m in TWINS):  # a twin after its original
+            original = twin_of(method, config)
+            out += [
+                PlannedCondition(
+                    method=method,
+                    kind="calibrated" if original is None else "twin",
+                    layer=at,
+                    kl_budget=budget,
+                    twin_of=original,
+                )
+                for budget in config.kl_budgets
+            ]
+    if config.regimes:  # the paper's rule as written: scale 1, no calibration
+        out += [
+            PlannedCondition(method=f"{m}{PAPER_REGIME}", kind="paper", layer=layer)
+            for m in config.methods
+            if m in SELECTIVE_METHODS
+        ]
+    out += [
+        PlannedCondition(method="random", kind="random", layer=layer, kl_budget=config.kl_budgets[0], seed=s)
+        for s in config.random_seeds
+    ]
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,18 +4,24 @@ budget with paired tests, the Markdown headline table, and findings stated only 
 Every rate carries its n and a Wilson interval; every comparison is an exact McNemar test on the same
 prompts (``p_vs_baseline``, ``p_vs_prompting``, ``p_vs_random``, and between methods). ``p_vs_random``
 is the largest p-value over the random seeds (a method must beat every random direction).
+
+Beside each raw p-value the report gives its Holm-adjusted value (``p_vs_baseline_holm`` ...), adjusted
+within each threat model over the family :func:`holm_family` lists: the tests of the headline table.
+A threat model whose test rows fall into subsets (refusal: plain and jailbreak-styled requests) also
+reports each condition's trait on each subset (``trait_by_subset``).
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 from typing import Any
 
 from lensteer._version import __version__
-from lensteer.core.stats import mcnemar_exact, wilson_interval
+from lensteer.core.stats import holm, mcnemar_exact, wilson_interval
 from lensteer.errors import ArtifactMismatchError
 from lensteer.evaluate.provenance import LEGACY
 from lensteer.study.config import PAPER_REGIME, SELECTIVE_METHODS, StudyConfig
+from lensteer.study.records import SCHEMA_VERSION, ConditionResult, StudyReport, as_result, migrate_v1
 
 ALPHA = 0.05
 REPORT_FIELDS = (
@@ -185,19 +191,22 @@ def check_same_scorers(threat_model: str, rows: Sequence[dict[str, Any]]) -> Non
 
 
 def build_report(
-    rows: Sequence[dict[str, Any]],
+    results: Sequence[ConditionResult | Mapping[str, Any]],
     config: StudyConfig,
     located: dict[str, Any],
     model: dict[str, Any],
     *,
     seconds: float,
     method_names: Sequence[str] | None = None,
-) -> dict[str, Any]:
+) -> StudyReport:
     """The report: per threat model, the baselines, the controls and each method at the first KL budget
-    and the chosen layer, with paired tests; other budgets and layers stay in ``sweep``."""
+    and the chosen layer, with paired tests (raw and Holm-adjusted); other budgets and layers stay in
+    ``sweep``."""
+    rows = [as_result(r).to_dict() for r in results]
     matched = config.kl_budgets[0]
     methods = tuple(method_names) if method_names is not None else config.methods
     out: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
         "lensteer_version": __version__,
         "model": model,
         "config": config.to_dict(),
@@ -275,8 +284,85 @@ def build_report(
                 sweep.setdefault(r["method"], {})[str(r["layer"])] = _picked(r)
         if sweep:
             entry["layer_sweep"] = sweep
-        out["threat_models"][tm] = entry
+        _add_subsets(entry, by_method, baseline)
+        out["threat_models"][tm] = add_holm(entry)
+    return StudyReport.from_dict(out)
+
+
+HOLM_TESTS = ("p_vs_baseline", "p_vs_random", "p_vs_prompting")
+
+
+def holm_family(entry: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The tests adjusted together within one threat model, as (group, condition, test): every p-value of
+    the headline table, each once: each distinct method against the unsteered and prompting baselines
+    and the random directions (a twin such as StMP-push repeats its original's tests and is left out),
+    the prompting baseline against the unsteered one and the random directions, and the random
+    directions against the unsteered baseline (the random vs prompting test is prompting's)."""
+    family = [
+        ("methods", m, test)
+        for m, r in entry.get("methods", {}).items()
+        if not r.get("same_as")
+        for test in HOLM_TESTS
+        if r.get(test) is not None
+    ]
+    controls = entry.get("controls", {})
+    family += [
+        ("controls", c, test)
+        for c, tests in (("prompting", ("p_vs_baseline", "p_vs_random")), ("random", ("p_vs_baseline",)))
+        for test in tests
+        if controls.get(c, {}).get(test) is not None
+    ]
+    return family
+
+
+def add_holm(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` with a ``<test>_holm`` beside each raw p-value of :func:`holm_family` (``None`` where the raw
+    one is), a twin given its original's, and ``holm_family`` naming the tests adjusted together."""
+    family = holm_family(entry)
+    adjusted = holm([entry[g][c][t] for g, c, t in family])
+    for (group, cond, test), p in zip(family, adjusted, strict=True):
+        entry[group][cond][f"{test}_holm"] = p
+    methods, controls = entry.get("methods", {}), entry.get("controls", {})
+    for r in methods.values():
+        for test in HOLM_TESTS:
+            original = methods.get(r.get("same_as") or "", r)
+            r.setdefault(f"{test}_holm", original.get(f"{test}_holm"))
+    if "random" in controls and "prompting" in controls:
+        controls["random"]["p_vs_prompting_holm"] = controls["prompting"].get("p_vs_random_holm")
+    for c in controls.values():
+        for test in HOLM_TESTS:
+            c.setdefault(f"{test}_holm", None)
+    entry["holm_family"] = [f"{cond} {test}" for _, cond, test in family]
+    return entry
+
+
+def _subset_rates(row: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The row's trait on each subset of the test prompts (``trait_subsets``), with n, Wilson interval and
+    the exact McNemar p against the unsteered baseline on the same prompts."""
+    labels, flags = row.get("trait_subsets"), row.get("trait_flags")
+    if not labels or flags is None or len(labels) != len(flags):
+        return None
+    base = baseline.get("trait_flags") if baseline is not None else None
+    out = {}
+    for name in dict.fromkeys(labels):
+        idx = [i for i, label in enumerate(labels) if label == name]
+        mine = [flags[i] for i in idx]
+        k, n = sum(mine), len(mine)
+        out[name] = {"n_eval": n, "trait": k / n, "trait_ci": list(wilson_interval(k, n))}
+        if base is not None and len(base) == len(flags) and row is not baseline:
+            out[name]["p_vs_baseline"] = mcnemar_exact(mine, [base[i] for i in idx]).p_value
     return out
+
+
+def _add_subsets(entry: dict[str, Any], by_method: Mapping[str, Any], baseline: Any) -> None:
+    """``trait_by_subset`` on the baselines and each method of ``entry`` (threat models with subsets)."""
+    targets: list[tuple[dict[str, Any] | None, str]] = [(entry.get("baseline"), "baseline")]
+    targets.append((entry.get("controls", {}).get("prompting"), "prompting"))
+    targets += [(r, m) for m, r in entry.get("methods", {}).items()]
+    for target, method in targets:
+        split = _subset_rates(by_method.get(method, {}), baseline)
+        if target is not None and split is not None:
+            target["trait_by_subset"] = split
 
 
 def _regimes(
@@ -360,15 +446,46 @@ def _fmt_p(p: Any) -> str:
     return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
 
 
-def headline_table(report: dict[str, Any]) -> str:
+def _fmt_ps(row: Mapping[str, Any], test: str) -> str:
+    """A raw p-value with its Holm-adjusted value in brackets."""
+    raw, adjusted = row.get(test), row.get(f"{test}_holm")
+    return _fmt_p(raw) if raw is None or adjusted is None else f"{_fmt_p(raw)} ({_fmt_p(adjusted)})"
+
+
+def as_report(report: "StudyReport | Mapping[str, Any]") -> dict[str, Any]:
+    """A report as its JSON object: a :class:`StudyReport`, or ``report.json`` as read (migrated if an older
+    lensteer wrote it; a partial one, e.g. only ``threat_models``, will do for the tables)."""
+    if isinstance(report, StudyReport):
+        return report.to_dict()
+    return migrate_v1(report) if report.get("schema_version", 1) < SCHEMA_VERSION else dict(report)
+
+
+def _shown_once(methods: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The methods as the tables name them: a twin (``same_as``) is not shown again but named beside its
+    original (``StMP (= StMP-push)``), as both are one edit at matched KL."""
+    twins: dict[str, list[str]] = {}
+    for m, r in methods.items():
+        if r.get("same_as") in methods:
+            twins.setdefault(r["same_as"], []).append(m)
+    return [
+        (f"{m} (= {', '.join(twins[m])})" if m in twins else m, r)
+        for m, r in methods.items()
+        if r.get("same_as") not in methods
+    ]
+
+
+def headline_table(report: "StudyReport | Mapping[str, Any]") -> str:
     """The README's results table: per threat model, baselines, methods and the random control."""
+    report = as_report(report)
     budget = report.get("matched_kl_budget")
     head = (
         f"Matched KL budget: {budget:g} nats/token (calibrated on training prompts). Rates: share [95% Wilson "
         "interval]; p: exact McNemar test against the condition named, on the same prompts (random: the "
-        "largest p over the seeds). KL: held-out harmless prompts, gate on / along the condition's own "
-        "answers. Over-refusal: plain harmless / borderline prompts. MC: multiple-choice accuracy; "
-        "ΔCE: change in cross-entropy on held-out paragraphs (nats/token).\n\n"
+        "largest p over the seeds), with its Holm-adjusted value (within the threat model) in brackets. "
+        "A method that is the same edit as another at matched KL is shown once, as `A (= B)`. KL: held-out "
+        "harmless prompts, gate on / along the condition's own answers. Over-refusal: plain harmless / "
+        "borderline prompts. MC: multiple-choice accuracy; ΔCE: change in cross-entropy on held-out "
+        "paragraphs (nats/token).\n\n"
     )
     lines = [
         head + "| threat model | condition | n | trait | p vs baseline | p vs prompting | p vs random | "
@@ -376,12 +493,9 @@ def headline_table(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for tm, e in report["threat_models"].items():
-        rows: list[tuple[str, dict[str, Any] | None]] = [("baseline", e.get("baseline"))]
+        rows: list[tuple[str, Mapping[str, Any] | None]] = [("baseline", e.get("baseline"))]
         rows.append(("prompting", e.get("controls", {}).get("prompting")))
-        rows += [
-            (f"{m} (= {r['same_as']} at matched KL)" if r.get("same_as") else m, r)
-            for m, r in e.get("methods", {}).items()
-        ]
+        rows += _shown_once(e.get("methods", {}))
         rows.append(("random (control)", e.get("controls", {}).get("random")))
         for name, r in rows:
             if r is None:
@@ -389,12 +503,33 @@ def headline_table(report: dict[str, Any]) -> str:
             border = _fmt(r.get("over_refusal_borderline"), r.get("over_refusal_borderline_ci"), pct=True)
             lines.append(
                 f"| {tm} | {name} | {r.get('n_eval', '-')} | {_fmt(r.get('trait'), r.get('trait_ci'), pct=True)} | "
-                f"{_fmt_p(r.get('p_vs_baseline'))} | {_fmt_p(r.get('p_vs_prompting'))} | {_fmt_p(r.get('p_vs_random'))} | "
+                f"{_fmt_ps(r, 'p_vs_baseline')} | {_fmt_ps(r, 'p_vs_prompting')} | {_fmt_ps(r, 'p_vs_random')} | "
                 f"{_fmt(r.get('kl_heldout', r.get('kl')))} / {_fmt(r.get('kl_rollout'))} | "
                 f"{_fmt(r.get('perplexity_ratio'))} | {_fmt(r.get('repetition'))} | "
                 f"{_fmt(r.get('over_refusal'), r.get('over_refusal_ci'), pct=True)} / {border} | "
                 f"{_fmt(r.get('capability'), pct=True)} | {_fmt(r.get('ce_delta_nats'))} |"
             )
+    return "\n".join(lines)
+
+
+def subsets_table(report: "StudyReport | Mapping[str, Any]") -> str:
+    """The trait on each subset of the test prompts (refusal: plain and jailbreak-styled requests), per
+    condition, with the exact McNemar p against the unsteered baseline on the same prompts."""
+    report = as_report(report)
+    lines = [
+        "| threat model | condition | subset | n | trait | p vs baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for tm, e in report["threat_models"].items():
+        rows = [("baseline", e.get("baseline")), ("prompting", e.get("controls", {}).get("prompting"))]
+        for name, r in [*rows, *_shown_once(e.get("methods", {}))]:
+            for subset, x in ((r or {}).get("trait_by_subset") or {}).items():
+                lines.append(
+                    f"| {tm} | {name} | {subset} | {x['n_eval']} | {_fmt(x['trait'], x['trait_ci'], pct=True)} | "
+                    f"{_fmt_p(x.get('p_vs_baseline'))} |"
+                )
+    if len(lines) == 2:
+        return "_This report has no subsets of the test prompts (it was made before they were reported)._"
     return "\n".join(lines)
 
 
@@ -426,9 +561,10 @@ def _selectivity(threat_model: str, method: str, row: dict[str, Any]) -> list[st
     return out
 
 
-def findings(report: dict[str, Any]) -> list[str]:
+def findings(report: "StudyReport | Mapping[str, Any]") -> list[str]:
     """One sentence per comparison, each with its paired test; a difference is called a difference only
     where p < ``alpha``, and "not significant" otherwise. The README's claims come from here."""
+    report = as_report(report)
     out = []
     for tm, e in report["threat_models"].items():
         base = e.get("baseline")
@@ -466,9 +602,10 @@ def findings(report: dict[str, Any]) -> list[str]:
     return out
 
 
-def regimes_table(report: dict[str, Any]) -> str:
+def regimes_table(report: "StudyReport | Mapping[str, Any]") -> str:
     """Each method in the paper's regime (scale 1, no calibration) and KL-matched, with where it fired:
     prompt / generated tokens of the misaligned test prompts, and generated tokens of harmless prompts."""
+    report = as_report(report)
     lines = [
         "| threat model | method | regime | scale | trait | p vs baseline | KL held-out | fired: prompt / generated "
         "| fired on harmless answers | borderline over-refusal |",
@@ -478,7 +615,7 @@ def regimes_table(report: dict[str, Any]) -> str:
         for m, r in e.get("methods", {}).items():
             for regime in ("paper", "kl_matched"):
                 row = (r.get("regimes") or {}).get(regime)
-                if row is None:
+                if row is None or (regime == "kl_matched" and r.get("same_as")):  # its original's row
                     continue
                 name = "paper (scale 1)" if regime == "paper" else "KL-matched"
                 if "note" in row:
@@ -502,11 +639,11 @@ def _robustness_cell(row: dict[str, Any] | None) -> str:
     return text + (f", p {_fmt_p(row['p_vs_baseline'])}" if row.get("p_vs_baseline") is not None else "")
 
 
-def robustness_table(report: dict[str, Any]) -> str:
+def robustness_table(report: "StudyReport | Mapping[str, Any]") -> str:
     """The robustness table: one row per (threat model, setting, where the direction was found), one
     column per method; each cell the trait [Wilson interval], the held-out KL and the exact McNemar p
     against the unsteered row of the same setting."""
-    rows = report.get("robustness") or []
+    rows = report.get("robustness") or []  # robustness rows alone will do
     if not rows:
         return "_This report has no robustness rows (run with `--robustness`, as the paper profile does)._"
     methods = list(dict.fromkeys(r["method"] for r in rows))

@@ -41,10 +41,10 @@ from lensteer.study.evaluation import (
     _joint,
     trait_flags,
 )
+from lensteer.study.folder import ROBUSTNESS_FILE
 from lensteer.threats.audit import scorer_id
 
 ORGANISM_PREFIX = "organism:"
-ROBUSTNESS_FILE = "robustness.json"
 ROW_FIELDS = (
     "setting",
     "threat_model",

@@ -29,32 +29,27 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lensteer.core.io import read_json as read_json_file
-from lensteer.core.io import write_json
+from lensteer import threats
 from lensteer.core.models import EMBEDDED_MODEL_NAME, model_fingerprint
 from lensteer.core.outdir import claim_folder, folder_lock
 from lensteer.errors import DataError
 from lensteer.steering.files import artifact_paths, load_steering, save_steering
 from lensteer.steering.spec import Steering
 from lensteer.study.coherence import Coherence, calibrate_coherent, coherence_for
-from lensteer.study.config import PAPER_REGIME, SELECTIVE_METHODS, StudyConfig
-from lensteer.study.evaluation import (
-    Condition,
-    baseline_conditions,
-    calibration_probe,
-    eval_sets,
-    evaluate_conditions,
-)
+from lensteer.study.config import PAPER_REGIME, StudyConfig
+from lensteer.study.evaluation import Condition, calibration_probe, eval_sets, evaluate_conditions
+from lensteer.study.folder import FINISHED_FILE, RunFolder
 from lensteer.study.identity import (
     STUDY_COMPANIONS,
     STUDY_MARKERS,
     claim_identity,
-    config_key,
     identity_hash,
     read_identity,
     study_identity,
 )
-from lensteer.study.layers import _candidate_layers, locate_threat_model, steering_path
+from lensteer.study.layers import _candidate_layers, locate_threat_model
+from lensteer.study.plan import PlannedCondition, plan_conditions
+from lensteer.study.records import ConditionResult, StudyReport
 from lensteer.study.report import build_report
 from lensteer.study.robustness import (
     ORGANISM_PREFIX,
@@ -69,9 +64,6 @@ from lensteer.study.robustness import (
 )
 from lensteer.study.table import SweepTable
 
-FINISHED_FILE = "finished.json"  # threat models done, with the config they were done under
-EXAMPLES_FILE = "examples.json"
-TIMING_FILE = "timing.json"  # wall seconds summed over every (resumed) run into a folder, and per stage
 # timing.json's stages, per threat model (``sets``: the evaluation sets every threat model shares, under "shared");
 # ``lensteer run --plan`` estimates the same ones
 STAGES = ("sets", "locate", "calibrate", "decode", "score", "conversations", "robustness")
@@ -82,7 +74,7 @@ class StudyResult:
     """Where a study wrote its outputs, and its report."""
 
     folder: Path
-    report: dict[str, Any]
+    report: StudyReport
     table: Any = field(repr=False)
 
 
@@ -118,7 +110,7 @@ def _robustness(
         and c.kl_budget == budget
         and c.layer == layer
     }
-    heldout = {m: float(table.get(tm, m, budget, layer)["kl_heldout"]) for m in steerings}
+    heldout = {m: float(table.get(tm, m, budget, layer).get("kl_heldout")) for m in steerings}
     for setting in settings_for(tm, config.robustness):
         if robust.has(setting, tm, layer, budget):
             continue
@@ -155,11 +147,6 @@ def _robustness(
 CONDITIONS_PER_BLOCK = 6
 
 
-# At matched KL these are the same edit as their original: StMP-push at scale 2a moves a token by
-# 2a (tau - s), exactly as StMP (mirror) at scale a does. They differ only uncalibrated (the paper regime).
-_TWINS = {"StMP-push": "StMP"}
-
-
 def _push_twin(mirror: Steering, path: Path, model: Any) -> Steering:
     """StMP-push with the edit of a calibrated StMP (mirror): twice its scale (saved at ``path``)."""
     twin = replace(
@@ -187,91 +174,53 @@ def _add_stage(stages: dict[str, dict[str, float]], where: str, stage: str, sinc
     return now
 
 
-def read_json(path: Path, default: Any) -> Any:
-    """The JSON object at ``path``, or ``default`` if there is no such file (a fresh folder); a half-written
-    or foreign file is a :class:`DataError` naming it."""
-    return read_json_file(path, what="study file") if path.exists() else default
-
-
-def kept_located(
-    finished: dict[str, Any], threat_model: str, config: StudyConfig, robust: RobustnessTable
-) -> dict[str, Any] | None:
-    """What was located for ``threat_model`` if a run finished it under this config (and every robustness
-    setting of it is in ``robust``), so it is kept whole; ``None`` if it must (still) run."""
-    done = finished.get(threat_model)
-    if done is None or done["config"] != config_key(config):
-        return None
-    layer = done["located"].get("layer")
-    if not all(
-        robust.has(s, threat_model, layer, config.kl_budgets[0])
-        for s in settings_for(threat_model, config.robustness)
-    ):
-        return None
-    located: dict[str, Any] = done["located"]
-    return located
-
-
-def mark_finished(
-    folder: Path, finished: dict[str, Any], threat_model: str, config: StudyConfig, located: dict[str, Any]
-) -> None:
-    """Record ``threat_model`` as finished under this config in ``finished.json`` (a resume keeps it)."""
-    finished[threat_model] = {"config": config_key(config), "located": located}
-    write_json(folder / FINISHED_FILE, finished)
-
-
 def write_report(
-    folder: Path,
-    rows: list[dict[str, Any]],
+    run: RunFolder,
+    rows: list[ConditionResult],
     robustness_rows: list[dict[str, Any]],
     config: StudyConfig,
     located: dict[str, Any],
     model: dict[str, Any],
     *,
     seconds: float,
-) -> dict[str, Any]:
+) -> StudyReport:
     """Build the study's report from its rows (and robustness rows) and write ``report.json``."""
     report = build_report(rows, config, located, model, seconds=seconds)
     if robustness_rows:
-        report["robustness"] = robustness_report(robustness_rows)
-    write_json(folder / "report.json", report)
-    return report
+        report = report.with_robustness(robustness_report(robustness_rows))
+    return run.write_report(report)
 
 
-def rebuild_report(out: "str | Path") -> dict[str, Any]:
+def rebuild_report(out: "str | Path") -> StudyReport:
     """Rewrite ``out/report.json`` from the rows a finished run left on disk (``results.json``,
     ``robustness.json``, ``finished.json``) with this version's report code, without a model: for a
     report whose code changed after the run. The config, model fingerprint and wall time are the run's."""
-    folder = Path(out)
-    if not (folder / "report.json").is_file():
-        raise DataError(f"{folder / 'report.json'} does not exist; run `lensteer run --out {folder}` first")
-    with folder_lock(folder):  # no run may write rows while the report is rebuilt from them
-        return _rebuild_report(folder)
+    run = RunFolder(Path(out))
+    if not run.report_path.is_file():
+        raise DataError(f"{run.report_path} does not exist; run `lensteer run --out {run.root}` first")
+    with folder_lock(run.root):  # no run may write rows while the report is rebuilt from them
+        return _rebuild_report(run)
 
 
-def _rebuild_report(folder: Path) -> dict[str, Any]:
-    old = read_json(folder / "report.json", None)
-    missing = [key for key in ("config", "model", "seconds") if key not in old]
-    if missing or not isinstance(old["config"], dict):
-        raise DataError(
-            f"{folder / 'report.json'} lacks {missing or ['config']}; it is not a finished study's report"
-        )
-    config = StudyConfig.from_dict(old["config"], where=str(folder / "report.json"))
-    finished = read_json(folder / FINISHED_FILE, {})
+def _rebuild_report(run: RunFolder) -> StudyReport:
+    old = run.read_report()
+    config = StudyConfig.from_dict(dict(old.config), where=str(run.report_path))
+    finished = run.finished()
     unfinished = [tm for tm in config.threat_models if tm not in finished]
     if unfinished:
         raise DataError(
-            f"{folder}: threat models {unfinished} did not finish (no entry in {FINISHED_FILE}); "
-            f"resume them with `lensteer run --out {folder}` and the run's config"
+            f"{run.root}: threat models {unfinished} did not finish (no entry in {FINISHED_FILE}); "
+            f"resume them with `lensteer run --out {run.root}` and the run's config"
         )
     located = {tm: finished[tm]["located"] for tm in config.threat_models}
     return write_report(
-        folder,
-        SweepTable(folder).rows,
-        RobustnessTable(folder).rows,
+        run,
+        run.table().rows,
+        run.robustness().rows,
         config,
         located,
-        old["model"],
-        seconds=old["seconds"],
+        dict(old.model),
+        seconds=old.seconds,
     )
 
 
@@ -281,33 +230,24 @@ def chosen_steering(
     """Where a finished study in ``out`` saved ``method``'s steering of ``threat_model`` at its chosen layer
     (``kl_budget``: the study's first; ``None`` with a ``:paper`` method: the paper regime), as a stem for
     :func:`~lensteer.load_steering`. A legacy folder (no ``study.json``) has the earlier names."""
-    folder = Path(out)
-    finished = read_json(folder / FINISHED_FILE, {})
+    run = RunFolder(Path(out))
+    finished = run.finished()
     if threat_model not in finished:
         raise DataError(
-            f"{folder}: threat model {threat_model!r} did not finish (no entry in {FINISHED_FILE}); "
+            f"{run.root}: threat model {threat_model!r} did not finish (no entry in {FINISHED_FILE}); "
             f"finished: {sorted(finished)}"
         )
     paper = method.endswith(PAPER_REGIME)
     name = method.removesuffix(PAPER_REGIME)
-    identity = read_identity(folder)
+    identity = read_identity(run.root)
     if kl_budget is None and not paper:
-        config = (
-            identity["config"]
-            if identity is not None
-            else read_json(folder / "report.json", {}).get("config", {})
-        )
+        config = identity["config"] if identity is not None else run.read("report.json", {}).get("config", {})
         kl_budget = float(config["kl_budgets"][0])
+    budget = None if paper else kl_budget
     if identity is None:
-        return (
-            folder
-            / "steerings"
-            / (f"{threat_model}_{name}_paper" if paper else f"{threat_model}_{name}_kl{kl_budget:g}")
-        )
+        return run.legacy_steering_path(threat_model, name, budget)
     layer = int(finished[threat_model]["located"]["layer"])
-    return steering_path(
-        folder, threat_model, name, None if paper else kl_budget, layer, identity_hash(identity)
-    )
+    return run.steering_path(threat_model, name, budget, layer, identity_hash(identity))
 
 
 def _random_like(steering: Steering, seed: int) -> Steering:
@@ -326,9 +266,10 @@ def run_study(
     force: bool = False,
 ) -> StudyResult:
     """Run the study and write ``study.json``, ``report.json``, ``results.csv``/``results.json``,
-    ``steerings/``, ``examples.json`` into ``out``. Re-running into the same folder resumes: a threat model
-    finished under the same config is kept whole (``finished.json``, no re-locating), calibrated steerings
-    are reloaded and finished conditions and robustness settings are kept.
+    ``steerings/``, ``examples.json`` into ``out`` (:class:`~lensteer.study.folder.RunFolder`). Re-running
+    into the same folder resumes: a threat model finished under the same config is kept whole
+    (``finished.json``, no re-locating), calibrated steerings are reloaded and finished conditions and
+    robustness settings are kept.
 
     ``out`` must be new, empty or a study folder (:mod:`lensteer.core.outdir`; locked while the study
     runs), and a rerun must have the first run's identity (:mod:`lensteer.study.identity`): another config,
@@ -339,23 +280,207 @@ def run_study(
             folder, study_identity(config, model_fingerprint(model).to_dict()), force=force, log=log
         )
         assert identity is not None
-        return _run_study(model, config, folder, identity, progress=progress, log=log)
+        return _run_study(model, config, RunFolder(folder), identity, progress=progress, log=log)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Cell:
+    """What running one threat model needs besides its plan (one argument instead of eight)."""
+
+    model: Any
+    threat_model: str
+    config: StudyConfig
+    run: RunFolder
+    identity: str
+    sets: Any
+    log: Callable[[str], None]
+    stages: dict[str, dict[str, float]]  # timing.json's wall seconds per threat model and stage (STAGES)
+
+
+def _located_info(loc: Any) -> dict[str, Any]:
+    """What ``finished.json`` and the report keep of a located threat model."""
+    info = {
+        "layer": loc.layer,
+        "site": loc.site,
+        "reasons": loc.reasons,
+        "reference_norm": loc.reference_norm,
+        "probe_auroc": {r["layer"]: r["probe_auroc"] for r in loc.probing["rows"]},
+        **(loc.selection or {}),  # candidates, chosen, selection settings
+        "massive_tokens": loc.massive,
+        "selective_fit": loc.fit,
+    }
+    if loc.gate_search is not None:
+        info["gate"] = loc.gate_search
+        info["gate_curve"] = loc.gate_curve
+    return info
+
+
+def _make_condition(
+    cell: _Cell,
+    planned: PlannedCondition,
+    loc: Any,
+    coherence: Coherence,
+    made: dict[tuple[Any, ...], Condition],
+) -> Condition:
+    """Build (calibrate, or reload) the steering of one planned condition."""
+    tm, model = cell.threat_model, cell.model
+    key = (planned.method, planned.kl_budget, planned.layer)
+    stem = f"random{planned.seed}" if planned.kind == "random" else planned.method.removesuffix(PAPER_REGIME)
+    path = cell.run.steering_path(tm, stem, planned.kl_budget, planned.layer, cell.identity)
+    if planned.kind in ("baseline", "prompting"):
+        system = threats.get(tm).aligned_system if planned.kind == "prompting" else None
+        return Condition(method=planned.method, system=system, layer=planned.layer)
+    if planned.kind == "twin":  # the same edit as its original at matched KL: derived, not re-run
+        first = made[(planned.twin_of, planned.kl_budget, planned.layer)]
+        assert first.steering is not None
+        steering = _push_twin(first.steering, path, model)
+    elif planned.kind == "paper":
+        if not artifact_paths(path)[1].exists():
+            save_steering(loc.steerings[stem], path, model=model)
+        steering = load_steering(path, model=model)
+    elif planned.kind == "random":
+        assert planned.seed is not None and planned.kl_budget is not None
+        template = loc.steerings.get("SwFC") or next(iter(loc.steerings.values()))
+        steering = _calibrated(
+            model, _random_like(template, planned.seed), path, coherence, planned.kl_budget
+        )
+    else:
+        assert planned.kl_budget is not None
+        built = loc.steerings if planned.layer == loc.layer else loc.sweep[planned.layer]
+        steering = _calibrated(model, built[planned.method], path, coherence, planned.kl_budget)
+        cal = steering.info.get("calibration", {})
+        at = "" if planned.layer == loc.layer else f" (layer sweep: L{planned.layer})"
+        cell.log(
+            f"[{tm}] {planned.method} @ KL {planned.kl_budget:g}{at}: scale {steering.scale:.4g} "
+            f"(KL {cal.get('kl', math.nan):.3f}{'' if cal.get('reached', True) else ', budget not reached'}"
+            f"{'' if cal.get('binding', 'kl') == 'kl' else ', set by ' + cal['binding']})"
+        )
+    condition = Condition(
+        method=planned.method,
+        steering=steering,
+        kl_budget=planned.kl_budget,
+        layer=planned.layer,
+        seed=planned.seed,
+    )
+    made[key] = condition
+    return condition
+
+
+def _result(tm: str, cond: Condition, row: dict[str, Any]) -> ConditionResult:
+    """One evaluated condition as a table row (with its steering's scale and calibration)."""
+    s = cond.steering
+    steering = (
+        {
+            "scale": s.scale,
+            "coefficient": s.coefficient,
+            "calibrated_kl": s.info.get("calibration", {}).get("kl"),
+            "kl_reached": s.info.get("calibration", {}).get("reached"),
+        }
+        if s is not None
+        else {}
+    )
+    head = {"threat_model": tm, "method": cond.key, "kl_budget": cond.kl_budget, "layer": cond.layer}
+    return ConditionResult.from_dict({**head, **steering, **row})
+
+
+def _evaluate(cell: _Cell, conditions: list[Condition], table: SweepTable, layer: int) -> None:
+    """Evaluate the conditions not yet in the table, a block at a time, each block's rows written at once."""
+    tm = cell.threat_model
+    pending = [c for c in conditions if not table.has(tm, c.key, c.kl_budget, c.layer)]
+    if pending:
+        cell.log(
+            f"[{tm}] evaluating {len(pending)} conditions ({', '.join(c.key for c in pending)}), "
+            f"{CONDITIONS_PER_BLOCK} at a time"
+        )
+    for start in range(
+        0, len(pending), CONDITIONS_PER_BLOCK
+    ):  # each block's rows are on disk before the next
+        block = pending[start : start + CONDITIONS_PER_BLOCK]
+        earlier = (
+            table.get(tm, "baseline", None, layer).to_dict()
+            if table.has(tm, "baseline", None, layer)
+            else None
+        )
+        rows, ex = evaluate_conditions(
+            cell.model,
+            tm,
+            block,
+            cell.config,
+            cell.sets,
+            baseline=earlier,
+            log=cell.log,
+            stages=cell.stages.setdefault(tm, {}),
+        )
+        for cond, row in zip(block, rows, strict=True):
+            table.add(_result(tm, cond, row))
+        cell.run.add_examples(tm, ex)
+
+
+def _add_twins(tm: str, twins: list[tuple[Condition, str]], table: SweepTable) -> None:
+    """A twin's row is its original's (the same edit at matched KL), with its own scale and ``same_as``."""
+    for twin, original in twins:
+        mine, theirs = (
+            (tm, twin.method, twin.kl_budget, twin.layer),
+            (tm, original, twin.kl_budget, twin.layer),
+        )
+        if not table.has(*mine) and table.has(*theirs):
+            assert twin.steering is not None
+            table.add(
+                replace(
+                    table.get(*theirs),
+                    method=twin.method,
+                    scale=twin.steering.scale,
+                    coefficient=twin.steering.coefficient,
+                    same_as=original,
+                )
+            )
+
+
+def _run_threat_model(cell: _Cell, table: SweepTable, robust: RobustnessTable) -> dict[str, Any]:
+    """Locate, build, calibrate and evaluate one threat model (and its robustness rows); what was located."""
+    model, tm, config = cell.model, cell.threat_model, cell.config
+    n_probed = len(_candidate_layers(model, config)) if config.layer is None else 1
+    cell.log(f"[{tm}] locating (probing {n_probed} layers)")
+    mark = time.time()
+    probe = calibration_probe(
+        model, tm, config, cell.sets
+    )  # the study's calibration set of this threat model
+    loc = locate_threat_model(model, tm, config, cell.sets.calibration_prompts, probe)
+    mark = _add_stage(cell.stages, tm, "locate", mark)
+    info = _located_info(loc)
+    cell.log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
+    # held-apart target prompts (fluency), with the held-apart harmless + borderline KL probe
+    coherence = coherence_for(model, tm, config, probe)
+    made: dict[tuple[Any, ...], Condition] = {}
+    conditions: list[Condition] = []
+    twins: list[tuple[Condition, str]] = []
+    for planned in plan_conditions(config, loc.layer, int(model.cfg.n_layers)):
+        cond = _make_condition(cell, planned, loc, coherence, made)
+        if planned.twin_of is not None:
+            twins.append((cond, planned.twin_of))
+        else:
+            conditions.append(cond)
+    _add_stage(cell.stages, tm, "calibrate", mark)
+    _evaluate(cell, conditions, table, loc.layer)
+    _add_twins(tm, twins, table)
+    if config.robustness:
+        mark = time.time()
+        _robustness(model, tm, loc.layer, conditions, table, robust, config, cell.sets, cell.log)
+        _add_stage(cell.stages, tm, "robustness", mark)
+    return info
 
 
 def _run_study(
     model: Any,
     config: StudyConfig,
-    folder: Path,
+    run: RunFolder,
     identity: str,
     *,
     progress: bool,
     log: Callable[[str], None],
 ) -> StudyResult:
-    table = SweepTable(folder)
-    robust = RobustnessTable(folder)
-    examples_path, timing_path = folder / EXAMPLES_FILE, folder / TIMING_FILE
-    examples: dict[str, Any] = read_json(examples_path, {})
-    earlier = read_json(timing_path, {"seconds": 0.0})
+    table, robust = run.table(), run.robustness()
+    earlier = run.timing()
     earlier_seconds = float(earlier["seconds"])
     stages: dict[str, dict[str, float]] = earlier.get("stages", {})
     started = time.time()
@@ -364,157 +489,29 @@ def _run_study(
     _add_stage(stages, "shared", "sets", started)
     located_info: dict[str, Any] = {}
     bar = tqdm(total=len(config.threat_models), desc="study", disable=not progress, unit="threat model")
-    finished: dict[str, Any] = read_json(folder / FINISHED_FILE, {})  # a resume skips these whole
     for tm in config.threat_models:
-        kept = kept_located(finished, tm, config, robust)
+        kept = run.kept(tm, config)  # a resume skips these whole
         if kept is not None:
             log(f"[{tm}] finished in an earlier run with this config; kept")
             located_info[tm] = kept
-            bar.update(1)
-            continue
-        log(
-            f"[{tm}] locating (probing {len(_candidate_layers(model, config)) if config.layer is None else 1} layers)"
-        )
-        mark = time.time()
-        probe = calibration_probe(model, tm, config, sets)  # the study's calibration set of this threat model
-        loc = locate_threat_model(model, tm, config, sets.calibration_prompts, probe)
-        mark = _add_stage(stages, tm, "locate", mark)
-        located_info[tm] = {
-            "layer": loc.layer,
-            "site": loc.site,
-            "reasons": loc.reasons,
-            "reference_norm": loc.reference_norm,
-            "probe_auroc": {r["layer"]: r["probe_auroc"] for r in loc.probing["rows"]},
-            **(loc.selection or {}),  # candidates, chosen, selection settings
-        }
-        located_info[tm] |= {"massive_tokens": loc.massive, "selective_fit": loc.fit}
-        if loc.gate_search is not None:
-            located_info[tm]["gate"] = loc.gate_search
-            located_info[tm]["gate_curve"] = loc.gate_curve
-        log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
-        conditions = [replace(c, layer=loc.layer) for c in baseline_conditions(tm, config)]
-        twins: list[tuple[str, str, float, int, Steering]] = []
-        # held-apart target prompts (fluency), with the held-apart harmless + borderline KL probe
-        coherence = coherence_for(model, tm, config, probe)
-        for layer, built in ((loc.layer, loc.steerings), *sorted(loc.sweep.items())):
-            at = "" if layer == loc.layer else f" (layer sweep: L{layer})"
-            for method in sorted(config.methods, key=lambda m: m in _TWINS):  # a twin after its original
-                for budget in config.kl_budgets:
-                    path = steering_path(folder, tm, method, budget, layer, identity)
-                    original = _TWINS.get(method) if _TWINS.get(method) in config.methods else None
-                    if (
-                        original is not None
-                    ):  # the same edit as its original at matched KL: derived, not re-run
-                        first = next(
-                            c
-                            for c in conditions
-                            if (c.method, c.kl_budget, c.layer) == (original, budget, layer)
-                        )
-                        assert first.steering is not None
-                        steering = _push_twin(first.steering, path, model)
-                        twins.append((method, original, budget, layer, steering))
-                        continue
-                    steering = _calibrated(model, built[method], path, coherence, budget)
-                    cal = steering.info.get("calibration", {})
-                    log(
-                        f"[{tm}] {method} @ KL {budget:g}{at}: scale {steering.scale:.4g} "
-                        f"(KL {cal.get('kl', math.nan):.3f}{'' if cal.get('reached', True) else ', budget not reached'}"
-                        f"{'' if cal.get('binding', 'kl') == 'kl' else ', set by ' + cal['binding']})"
-                    )
-                    conditions.append(
-                        Condition(method=method, steering=steering, kl_budget=budget, layer=layer)
-                    )
-        if config.regimes:  # the paper's rule as written: scale 1, no calibration
-            for method in (m for m in config.methods if m in SELECTIVE_METHODS):
-                path = steering_path(folder, tm, method, None, loc.layer, identity)
-                if not artifact_paths(path)[1].exists():
-                    save_steering(loc.steerings[method], path, model=model)
-                conditions.append(
-                    Condition(
-                        method=f"{method}{PAPER_REGIME}",
-                        steering=load_steering(path, model=model),
-                        layer=loc.layer,
-                    )
-                )
-        if config.random_seeds:
-            template = loc.steerings.get("SwFC") or next(iter(loc.steerings.values()))
-            budget = config.kl_budgets[0]
-            for seed in config.random_seeds:
-                path = steering_path(folder, tm, f"random{seed}", budget, loc.layer, identity)
-                control = _calibrated(model, _random_like(template, seed), path, coherence, budget)
-                conditions.append(
-                    Condition(method="random", steering=control, kl_budget=budget, layer=loc.layer, seed=seed)
-                )
-        mark = _add_stage(stages, tm, "calibrate", mark)
-        pending = [c for c in conditions if not table.has(tm, c.key, c.kl_budget, c.layer)]
-        if pending:
-            log(
-                f"[{tm}] evaluating {len(pending)} conditions ({', '.join(c.key for c in pending)}), "
-                f"{CONDITIONS_PER_BLOCK} at a time"
+        else:
+            cell = _Cell(
+                model=model,
+                threat_model=tm,
+                config=config,
+                run=run,
+                identity=identity,
+                sets=sets,
+                log=log,
+                stages=stages,
             )
-        for start in range(
-            0, len(pending), CONDITIONS_PER_BLOCK
-        ):  # each block's rows are on disk before the next
-            block = pending[start : start + CONDITIONS_PER_BLOCK]
-            earlier = (
-                table.get(tm, "baseline", None, loc.layer)
-                if table.has(tm, "baseline", None, loc.layer)
-                else None
-            )
-            rows, ex = evaluate_conditions(
-                model, tm, block, config, sets, baseline=earlier, log=log, stages=stages.setdefault(tm, {})
-            )
-            for cond, row in zip(block, rows, strict=True):
-                s = cond.steering
-                table.add(
-                    {
-                        "threat_model": tm,
-                        "method": cond.key,
-                        "kl_budget": cond.kl_budget,
-                        "layer": cond.layer,
-                        **(
-                            {
-                                "scale": s.scale,
-                                "coefficient": s.coefficient,
-                                "calibrated_kl": s.info.get("calibration", {}).get("kl"),
-                                "kl_reached": s.info.get("calibration", {}).get("reached"),
-                            }
-                            if s is not None
-                            else {}
-                        ),
-                        **row,
-                    }
-                )
-            examples.setdefault(tm, {}).update({k: v for k, v in ex.items()})
-            write_json(examples_path, examples)
-        for method, original, budget, layer, steering in twins:
-            if not table.has(tm, method, budget, layer) and table.has(tm, original, budget, layer):
-                table.add(
-                    {
-                        **table.get(tm, original, budget, layer),
-                        "method": method,
-                        "scale": steering.scale,
-                        "coefficient": steering.coefficient,
-                        "same_as": original,
-                    }
-                )
-        if config.robustness:
-            mark = time.time()
-            _robustness(model, tm, loc.layer, conditions, table, robust, config, sets, log)
-            _add_stage(stages, tm, "robustness", mark)
-        mark_finished(folder, finished, tm, config, located_info[tm])
-        write_json(
-            timing_path,
-            {
-                "seconds": earlier_seconds + time.time() - started,
-                "threads": torch.get_num_threads(),
-                "stages": stages,
-            },
-        )
+            located_info[tm] = _run_threat_model(cell, table, robust)
+            run.mark_finished(tm, config, located_info[tm])
+            run.write_timing(earlier_seconds + time.time() - started, torch.get_num_threads(), stages=stages)
         bar.update(1)
     bar.close()
     report = write_report(
-        folder,
+        run,
         table.rows,
         robust.rows,
         config,
@@ -522,4 +519,4 @@ def _run_study(
         model_fingerprint(model).to_dict(),
         seconds=earlier_seconds + time.time() - started,
     )
-    return StudyResult(folder=folder, report=report, table=table.to_frame())
+    return StudyResult(folder=run.root, report=report, table=table.to_frame())

@@ -75,6 +75,8 @@ class ThreatModel:
         recipes: Organism recipes whose fine-tune should lose this trait (registered with the threat model).
         benchmarks: Public benchmark formats (:data:`lensteer.evaluate.public_sets.FORMATS`) whose files
             measure this trait and its over-refusal (``lensteer evaluate --eval-set FORMAT=PATH``).
+        subset_of: Labels each test row with the subset it is reported in beside the whole set (refusal:
+            ``plain`` or ``styled`` requests); ``None``: the test set is reported whole only.
     """
 
     name: str
@@ -95,6 +97,7 @@ class ThreatModel:
     judge_prompt: Callable[[str, ContrastExample], str] = _as_is
     recipes: tuple[Recipe, ...] = ()
     benchmarks: tuple[str, ...] = ()
+    subset_of: Callable[[ContrastExample], str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("name", "dataset", "aligned_system"):

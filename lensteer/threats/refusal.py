@@ -8,7 +8,7 @@ off harmless prompts. The twins are also the study's shared harmless prompts (:d
 
 from collections.abc import Sequence
 
-from lensteer.core.datasets import ContrastSet
+from lensteer.core.datasets import ContrastExample, ContrastSet
 from lensteer.evaluate.refusal import is_redirecting_refusal, is_refusal
 from lensteer.locate.pairs import PairDesign
 from lensteer.threats.model import ThreatModel
@@ -31,6 +31,18 @@ def refuses(texts: Sequence[str], _examples: ContrastSet) -> list[bool]:
 def redirects(texts: Sequence[str], _examples: ContrastSet) -> list[bool]:
     """Per answer: a refusal that offers an alternative or points to help."""
     return [is_redirecting_refusal(t) for t in texts]
+
+
+# Rows 27-45 of each category vary the style on purpose, as jailbreaks do (role-play and hypothetical
+# framings, "for a school project" excuses, back-stories, typos, lists; data/README.md); rows 1-26 are
+# plain requests. The report gives the refusal rate on each beside the whole test set.
+FIRST_STYLED_ROW = 27
+
+
+def request_style(example: ContrastExample) -> str:
+    """``styled`` for a jailbreak-styled request (row 27 or later of its category), else ``plain``."""
+    number = example.id.rsplit("-", 1)[-1]
+    return "styled" if number.isdigit() and int(number) >= FIRST_STYLED_ROW else "plain"
 
 
 REFUSAL = register(
@@ -59,6 +71,7 @@ REFUSAL = register(
             "orbench",
             "orbench-toxic",
         ),
+        subset_of=request_style,
     )
 )
 

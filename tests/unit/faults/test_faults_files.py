@@ -28,8 +28,8 @@ from lensteer.organisms import train as organism_train
 from lensteer.study import distributed
 from lensteer.study import runner as study
 from lensteer.study.config import StudyConfig
+from lensteer.study.folder import RunFolder
 from lensteer.study.identity import identity_hash
-from lensteer.study.layers import steering_path
 from lensteer.study.robustness import organism_model
 
 REPO = Path(__file__).resolve().parents[3]
@@ -314,10 +314,15 @@ def test_a_legacy_results_folder_is_reported_but_not_resumed(tmp_path, tiny_llam
 
 def test_steering_files_name_their_layer_and_the_identity_the_chosen_layer_and_paper_ones_too(tmp_path):
     # the earlier names: "refusal_SwFC_kl0.5" for whichever layer was chosen, "refusal_StTP_paper" for any
-    chosen0, chosen1 = (steering_path(tmp_path, "refusal", "SwFC", 0.5, layer, "abc") for layer in (0, 1))
+    chosen0, chosen1 = (
+        RunFolder(tmp_path).steering_path("refusal", "SwFC", 0.5, layer, "abc") for layer in (0, 1)
+    )
     assert chosen0 != chosen1 and chosen1.name == "refusal_SwFC_kl0.5_L1_abc"
-    assert steering_path(tmp_path, "refusal", "StTP", None, 1, "abc").name == "refusal_StTP_paper_L1_abc"
-    assert steering_path(tmp_path, "refusal", "SwFC", 0.5, 1, "def") != chosen1
+    assert (
+        RunFolder(tmp_path).steering_path("refusal", "StTP", None, 1, "abc").name
+        == "refusal_StTP_paper_L1_abc"
+    )
+    assert RunFolder(tmp_path).steering_path("refusal", "SwFC", 0.5, 1, "def") != chosen1
     assert identity_hash({"a": 1}) != identity_hash({"a": 2})
 
 

@@ -105,6 +105,11 @@ def _results_folder(path, rows=None, examples=True, report=True):
         (path / "report.json").write_text(
             json.dumps(
                 {
+                    "lensteer_version": "0",
+                    "model": {"name": "tiny"},
+                    "config": {},
+                    "seconds": 1.0,
+                    "alpha": 0.05,
                     "matched_kl_budget": 0.1,
                     "threat_models": {
                         tm: {
@@ -187,7 +192,7 @@ def test_tradeoff_survives_missing_optional_fields_and_says_what_it_dropped(capl
     rows[1]["kl"] = None
     with caplog.at_level(logging.WARNING, logger="lensteer.plotting.study_figures"):
         fig, _ = plotting.plot_tradeoff(rows, "refusal")
-    assert "no kl/trait" in caplog.text
+    assert "no kl_heldout/trait" in caplog.text
     plt.close(fig)
     with pytest.raises(DataError, match="no rows for threat model 'nope'"):
         plotting.plot_tradeoff(rows, "nope")

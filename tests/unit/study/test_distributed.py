@@ -77,7 +77,7 @@ def serial(model_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("serial")
     with _torch_threads(1):  # as the workers run; a sum over 2 threads rounds differently (1e-7, seen in CI)
         result = run_study(load_model(model_folder), CFG, out, **QUIET)
-    return _read(out), json.loads(json.dumps(result.report))
+    return _read(out), result.report.to_dict()
 
 
 @contextmanager
@@ -207,7 +207,7 @@ def test_ray_run_survives_failures_equals_the_serial_run_and_never_recomputes_a_
         "refusal",
     ]  # only the failed one
     _equal_to_serial(out, serial)
-    assert json.loads(json.dumps(result.report))["threat_models"] == serial[1]["threat_models"]
+    assert result.report.to_dict()["threat_models"] == serial[1]["threat_models"]
     assert {p.name for p in (out / "cells").iterdir()} == set(CFG.threat_models)
     assert not list((tmp_path / "scratch").rglob("*.json"))  # a finished cell's scratch is cleared
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*")}

@@ -7,13 +7,14 @@ import pytest
 
 import lensteer
 from lensteer.cli import main
-from lensteer.core.stats import mcnemar_exact, wilson_interval
+from lensteer.core.stats import holm, mcnemar_exact, wilson_interval
 from lensteer.evaluate.honesty import VERDICT_CATEGORIES
 from lensteer.study import config, evaluation
 from lensteer.study import runner as study
 from lensteer.study.config import StudyConfig
 from lensteer.study.gate import CurvePoint, choose_budget
 from lensteer.study.identity import identity_hash
+from lensteer.study.records import ConditionResult, StudyReport
 from lensteer.study.report import build_report, findings, headline_table
 from lensteer.study.table import SweepTable
 from lensteer.threats.audit import scorer_id
@@ -70,14 +71,16 @@ def _row(tm, method, budget, trait=0.5, layer=3):
 
 def test_sweep_table_writes_every_cell_and_resumes(tmp_path):
     table = SweepTable(tmp_path)
-    table.add(_row("refusal", "baseline", None))
-    table.add(_row("refusal", "SwFC", 0.3))
+    table.add(ConditionResult.from_dict(_row("refusal", "baseline", None)))
+    table.add(ConditionResult.from_dict(_row("refusal", "SwFC", 0.3)))
     again = SweepTable(tmp_path)  # a new process after an interruption
     assert again.has("refusal", "SwFC", 0.3, 3) and again.has("refusal", "baseline", None, 3)
     assert not again.has("refusal", "StTP", 0.3, 3) and not again.has("refusal", "SwFC", 0.3, 7)
-    again.add(_row("refusal", "SwFC", 0.3, trait=0.9))  # re-adding replaces, never duplicates
-    again.add(_row("refusal", "SwFC", 0.3, layer=7))  # another layer of a layer sweep is another cell
-    assert len(again.rows) == 3 and again.get("refusal", "SwFC", 0.3, 3)["trait"] == 0.9
+    again.add(
+        ConditionResult.from_dict(_row("refusal", "SwFC", 0.3, trait=0.9))
+    )  # replaces, never duplicates
+    again.add(ConditionResult.from_dict(_row("refusal", "SwFC", 0.3, layer=7)))  # a swept layer: another cell
+    assert len(again.rows) == 3 and again.get("refusal", "SwFC", 0.3, 3).trait == 0.9
     frame = again.to_frame()
     assert {"trait_lo", "trait_hi", "over_refusal_lo"} <= set(frame.columns)
     assert (tmp_path / "results.csv").read_text().count("\n") == 4
@@ -130,10 +133,24 @@ def test_report_has_the_contract_and_pairs_conditions_on_the_same_prompts():
     test = entry["comparisons"]["StTP vs SwFC"]
     assert (test["a_only"], test["b_only"]) == (2, 0) and test["p_value"] == 0.5
     assert all("trait_flags" not in r for r in entry["sweep"])  # per-prompt outcomes stay in results.json
-    json.dumps(report)
+    # Holm within the threat model over the headline table's 12 tests (3 methods x 3, prompting 2, random 1):
+    # the family: each method vs baseline, random, prompting; prompting vs baseline and random; random vs baseline
+    tests = ("p_vs_baseline", "p_vs_random", "p_vs_prompting")
+    family = [(r, t) for r in entry["methods"].values() for t in tests]
+    family += [(prompting, "p_vs_baseline"), (prompting, "p_vs_random"), (random, "p_vs_baseline")]
+    adjusted = holm([r[t] for r, t in family])
+    assert [r[f"{t}_holm"] for r, t in family] == pytest.approx(adjusted) and len(entry["holm_family"]) == 12
+    assert entry["methods"]["StTP"]["p_vs_baseline_holm"] == pytest.approx(12 * 2 / 2**14)  # the smallest
+    assert all(
+        r[f"{t}_holm"] >= r[t]
+        for r in (*entry["methods"].values(), prompting)
+        for t in ("p_vs_baseline", "p_vs_random")
+    )
+    assert random["p_vs_prompting_holm"] == prompting["p_vs_random_holm"]  # one test, adjusted once
+    assert StudyReport.from_json(report.to_json()) == report
     table = headline_table(report)
     assert (
-        "| refusal | SwFC | 20 | 60% [10-90] | 4.9e-04 |" in table
+        f"| refusal | SwFC | 20 | 60% [10-90] | 4.9e-04 ({swfc['p_vs_baseline_holm']:.3f}) |" in table
         and "| refusal | random (control) |" in table
     )
     said = findings(report)
