@@ -218,75 +218,91 @@ def build_report(
     for tm in config.threat_models:
         mine = [r for r in rows if r["threat_model"] == tm]
         check_same_scorers(tm, mine)
-        chosen = located.get(tm, {}).get("layer")
-        by_method = {
-            r["method"]: r for r in mine if r.get("layer") == chosen and r.get("kl_budget") in (None, matched)
-        }
-        baseline, prompting = by_method.get("baseline"), by_method.get("prompting")
-        randoms = [r for m, r in sorted(by_method.items()) if m.startswith("random:")]
-        entry: dict[str, Any] = {
-            **located.get(tm, {}),
-            "methods": {},
-            "controls": {},
-            "comparisons": {},
-            "sweep": [{k: v for k, v in r.items() if not k.endswith("_flags")} for r in mine],
-        }
-        if baseline is not None:
-            entry["baseline"] = _picked(baseline)
-        if prompting is not None:  # p_vs_prompting is None: the control is the prompting
-            p_random, p_seeds = _largest_p(prompting, randoms)
-            entry["controls"]["prompting"] = {
-                **_picked(prompting),
-                "p_vs_baseline": _p(prompting, baseline),
-                "p_vs_random": p_random,
-                "p_vs_random_seeds": p_seeds,
-                "p_vs_prompting": None,
-            }
-        if randoms:
-            entry["controls"]["random"] = _random_control(randoms, baseline, prompting)
-        steered = {m: r for m, r in by_method.items() if m in methods}
-        for m, r in steered.items():
-            p_random, p_seeds = _largest_p(r, randoms)
-            entry["methods"][m] = {
-                **_picked(r),
-                "p_vs_baseline": _p(r, baseline),
-                "p_vs_prompting": _p(r, prompting),
-                "p_vs_random": p_random,
-                "p_vs_random_seeds": p_seeds,
-                "over_refusal_p_vs_baseline": _p(r, baseline, "over_refusal_flags"),
-                "over_refusal_borderline_p_vs_baseline": _p(r, baseline, "over_refusal_borderline_flags"),
-                "capability_p_vs_baseline": _p(r, baseline, "capability_flags"),
-            }
-        for m, r in steered.items():
-            entry["methods"][m]["regimes"] = _regimes(m, r, by_method.get(m + PAPER_REGIME), baseline)
-            harmless = r.get("fired_share_harmless_generated")
-            if harmless is not None and r.get("fired_share_generated") is not None:
-                entry["methods"][m]["fired_ratio_misaligned_to_harmless"] = (
-                    r["fired_share_generated"] / harmless if harmless > 0 else None
-                )
-            if r.get("same_as"):
-                entry["methods"][m]["same_as"] = r["same_as"]
-        distinct = {
-            m: r for m, r in steered.items() if not r.get("same_as")
-        }  # twins add no test of their own
-        if "SwFC" in distinct:
-            entry["tradeoff"] = {
-                m: _tradeoff(r, distinct["SwFC"]) for m, r in distinct.items() if m in SELECTIVE_METHODS
-            }
-        for a, b in combinations(sorted(distinct), 2):
-            if "trait_flags" in distinct[a] and "trait_flags" in distinct[b]:
-                entry["comparisons"][f"{a} vs {b}"] = mcnemar_exact(
-                    distinct[a]["trait_flags"], distinct[b]["trait_flags"]
-                ).to_dict()
-        sweep: dict[str, dict[str, Any]] = {}
-        for r in mine:  # other layers of a layer sweep, at the matched budget
-            if r["method"] in methods and r.get("kl_budget") == matched and r.get("layer") != chosen:
-                sweep.setdefault(r["method"], {})[str(r["layer"])] = _picked(r)
-        if sweep:
-            entry["layer_sweep"] = sweep
-        _add_subsets(entry, by_method, baseline)
-        out["threat_models"][tm] = add_holm(entry)
+        out["threat_models"][tm] = add_holm(_entry(mine, located.get(tm, {}), matched, methods))
     return StudyReport.from_dict(out)
+
+
+def _entry(
+    mine: list[dict[str, Any]], located: dict[str, Any], matched: float, methods: Sequence[str]
+) -> dict[str, Any]:
+    """One threat model's entry: what was located, the baselines, controls and methods at the chosen layer
+    and matched budget with their paired tests, the comparisons between methods and the sweep."""
+    chosen = located.get("layer")
+    by_method = {
+        r["method"]: r for r in mine if r.get("layer") == chosen and r.get("kl_budget") in (None, matched)
+    }
+    baseline, prompting = by_method.get("baseline"), by_method.get("prompting")
+    randoms = [r for m, r in sorted(by_method.items()) if m.startswith("random:")]
+    entry: dict[str, Any] = {
+        **located,
+        "methods": {},
+        "controls": {},
+        "comparisons": {},
+        "sweep": [{k: v for k, v in r.items() if not k.endswith("_flags")} for r in mine],
+    }
+    if baseline is not None:
+        entry["baseline"] = _picked(baseline)
+    if prompting is not None:  # p_vs_prompting is None: the control is the prompting
+        p_random, p_seeds = _largest_p(prompting, randoms)
+        entry["controls"]["prompting"] = {
+            **_picked(prompting),
+            "p_vs_baseline": _p(prompting, baseline),
+            "p_vs_random": p_random,
+            "p_vs_random_seeds": p_seeds,
+            "p_vs_prompting": None,
+        }
+    if randoms:
+        entry["controls"]["random"] = _random_control(randoms, baseline, prompting)
+    steered = {m: r for m, r in by_method.items() if m in methods}
+    for m, r in steered.items():
+        entry["methods"][m] = _method_entry(r, baseline, prompting, randoms)
+        entry["methods"][m]["regimes"] = _regimes(m, r, by_method.get(m + PAPER_REGIME), baseline)
+        harmless = r.get("fired_share_harmless_generated")
+        if harmless is not None and r.get("fired_share_generated") is not None:
+            entry["methods"][m]["fired_ratio_misaligned_to_harmless"] = (
+                r["fired_share_generated"] / harmless if harmless > 0 else None
+            )
+        if r.get("same_as"):
+            entry["methods"][m]["same_as"] = r["same_as"]
+    _compare_methods(entry, {m: r for m, r in steered.items() if not r.get("same_as")})  # twins: no test
+    sweep: dict[str, dict[str, Any]] = {}
+    for r in mine:  # other layers of a layer sweep, at the matched budget
+        if r["method"] in methods and r.get("kl_budget") == matched and r.get("layer") != chosen:
+            sweep.setdefault(r["method"], {})[str(r["layer"])] = _picked(r)
+    if sweep:
+        entry["layer_sweep"] = sweep
+    _add_subsets(entry, by_method, baseline)
+    return entry
+
+
+def _method_entry(
+    r: dict[str, Any], baseline: dict[str, Any] | None, prompting: dict[str, Any] | None, randoms: list[Any]
+) -> dict[str, Any]:
+    """A method's headline numbers and its paired tests against the baselines and the random directions."""
+    p_random, p_seeds = _largest_p(r, randoms)
+    return {
+        **_picked(r),
+        "p_vs_baseline": _p(r, baseline),
+        "p_vs_prompting": _p(r, prompting),
+        "p_vs_random": p_random,
+        "p_vs_random_seeds": p_seeds,
+        "over_refusal_p_vs_baseline": _p(r, baseline, "over_refusal_flags"),
+        "over_refusal_borderline_p_vs_baseline": _p(r, baseline, "over_refusal_borderline_flags"),
+        "capability_p_vs_baseline": _p(r, baseline, "capability_flags"),
+    }
+
+
+def _compare_methods(entry: dict[str, Any], distinct: dict[str, dict[str, Any]]) -> None:
+    """The selective methods' trade-off against SwFC and every pair of distinct methods' paired test."""
+    if "SwFC" in distinct:
+        entry["tradeoff"] = {
+            m: _tradeoff(r, distinct["SwFC"]) for m, r in distinct.items() if m in SELECTIVE_METHODS
+        }
+    for a, b in combinations(sorted(distinct), 2):
+        if "trait_flags" in distinct[a] and "trait_flags" in distinct[b]:
+            entry["comparisons"][f"{a} vs {b}"] = mcnemar_exact(
+                distinct[a]["trait_flags"], distinct[b]["trait_flags"]
+            ).to_dict()
 
 
 HOLM_TESTS = ("p_vs_baseline", "p_vs_random", "p_vs_prompting")

@@ -90,17 +90,10 @@ def _calibrated(model: Any, built: Steering, path: Path, coherence: Coherence, b
 
 
 def _robustness(
-    model: Any,
-    tm: str,
-    layer: int,
-    conditions: list[Condition],
-    table: SweepTable,
-    robust: RobustnessTable,
-    config: StudyConfig,
-    sets: Any,
-    log: Callable[[str], None],
+    cell: "_Cell", layer: int, conditions: list[Condition], table: SweepTable, robust: RobustnessTable
 ) -> None:
     """The robustness rows of one threat model (each setting once; see :mod:`lensteer.study.robustness`)."""
+    model, tm, config, sets, log = cell.model, cell.threat_model, cell.config, cell.sets, cell.log
     budget = config.kl_budgets[0]
     steerings = {
         c.method: c.steering
@@ -465,7 +458,7 @@ def _run_threat_model(cell: _Cell, table: SweepTable, robust: RobustnessTable) -
     _add_twins(tm, twins, table)
     if config.robustness:
         mark = time.time()
-        _robustness(model, tm, loc.layer, conditions, table, robust, config, cell.sets, cell.log)
+        _robustness(cell, loc.layer, conditions, table, robust)
         _add_stage(cell.stages, tm, "robustness", mark)
     return info
 
