@@ -273,10 +273,7 @@ def run_study_distributed(
         raise ConfigError(f"cell_timeout_s must be > 0 seconds, got {cell_timeout_s!r}")
     with claim_folder(out, STUDY_MARKERS, "study", STUDY_COMPANIONS) as folder:
         claim_identity(folder, study_identity(config, {}), force=force, log=log, skip=("model",))
-        return _run_distributed(
-            model,
-            config,
-            RunFolder(folder),
+        driver = _Driver(
             address=address,
             workers=workers,
             threads=threads,
@@ -287,23 +284,26 @@ def run_study_distributed(
             run_cell=run_cell,
             cell_timeout_s=cell_timeout_s,
         )
+        return _run_distributed(model, config, RunFolder(folder), driver)
 
 
-def _run_distributed(
-    model: str | None,
-    config: StudyConfig,
-    run: RunFolder,
-    *,
-    address: str | None,
-    workers: int | None,
-    threads: int | None,
-    retries: int,
-    scratch: str | None,
-    progress: bool,
-    log: Callable[[str], None],
-    run_cell: Callable[..., Any],
-    cell_timeout_s: float,
-) -> StudyResult:
+@dataclass(frozen=True, kw_only=True)
+class _Driver:
+    """How the driver runs the cells (:func:`run_study_distributed`'s arguments of that name)."""
+
+    address: str | None
+    workers: int | None
+    threads: int | None
+    retries: int
+    scratch: str | None
+    progress: bool
+    log: Callable[[str], None]
+    run_cell: Callable[..., Any]
+    cell_timeout_s: float = CELL_TIMEOUT_S
+
+
+def _run_distributed(model: str | None, config: StudyConfig, run: RunFolder, driver: _Driver) -> StudyResult:
+    log = driver.log
     started = time.time()
     earlier_seconds = run.seconds()
     table, robust = run.table(), run.robustness()
@@ -324,23 +324,7 @@ def _run_distributed(
         model=str(Path(model).resolve()) if model is not None and Path(model).exists() else model
     )
     if pending:
-        spec, done, failed = _run_cells(
-            spec,
-            pending,
-            config,
-            run,
-            table,
-            robust,
-            address=address,
-            workers=workers,
-            threads=threads,
-            retries=retries,
-            scratch=scratch,
-            progress=progress,
-            log=log,
-            run_cell=run_cell,
-            cell_timeout_s=cell_timeout_s,
-        )
+        spec, done, failed = _run_cells(spec, pending, config, run, table, robust, driver)
         located |= done
         if failed:
             raise CellError(
@@ -388,19 +372,13 @@ def _run_cells(
     run: RunFolder,
     table: SweepTable,
     robust: RobustnessTable,
-    *,
-    address: str | None,
-    workers: int | None,
-    threads: int | None,
-    retries: int,
-    scratch: str | None,
-    progress: bool,
-    log: Callable[[str], None],
-    run_cell: Callable[..., Any],
-    cell_timeout_s: float = CELL_TIMEOUT_S,
+    driver: _Driver,
 ) -> tuple[WorkerSpec, dict[str, Any], dict[str, str]]:
     """Start (or join) Ray, run ``pending`` on fresh workers, merge each cell as it arrives; returns the
     workers' spec, what was located per merged cell and the error of each failed one."""
+    address, workers, threads, retries = driver.address, driver.workers, driver.threads, driver.retries
+    scratch, progress, log, run_cell = driver.scratch, driver.progress, driver.log, driver.run_cell
+    cell_timeout_s = driver.cell_timeout_s
     ray = _import_ray()
     own_ray = not ray.is_initialized()
     if own_ray:
