@@ -266,7 +266,7 @@ def migrate_v1(data: Mapping[str, Any]) -> dict[str, Any]:
     """A report written before schema 2 as a schema-2 report: the Holm-adjusted p-values are added beside
     the raw ones (from the raw ones, within each threat model, as :func:`~lensteer.study.report.build_report`
     does); nothing that was written changes."""
-    from lensteer.study.report import add_holm  # the report owns the family of tests
+    from lensteer.study.families import add_holm  # the family of tests the report adjusts
 
     out = as_json(dict(data))  # a deep copy, plain JSON
     out["schema_version"] = SCHEMA_VERSION

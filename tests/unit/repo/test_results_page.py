@@ -88,6 +88,7 @@ def test_generator_flags_a_stale_page_rewrites_it_and_fails_on_a_template_withou
         "# title\n\ntext before\n<!-- results-run:start -->\nold run\n<!-- results-run:end -->\n"
         "<!-- findings:start -->\n- old claim\n<!-- findings:end -->\n"
         "<!-- results:start -->\n| old | table |\n<!-- results:end -->\n"
+        "<!-- subsets:start -->\nold subsets\n<!-- subsets:end -->\n"
         "<!-- regimes:start -->\nold regimes\n<!-- regimes:end -->\n"
         "<!-- robustness:start -->\nold robustness\n<!-- robustness:end -->\ntext after\n"
     )
