@@ -30,6 +30,7 @@ from lensteer.study import runner as study
 from lensteer.study.config import StudyConfig
 from lensteer.study.folder import RunFolder
 from lensteer.study.identity import identity_hash
+from lensteer.study.records import StudyReport
 from lensteer.study.robustness import organism_model
 
 REPO = Path(__file__).resolve().parents[3]
@@ -80,9 +81,18 @@ def no_run(monkeypatch):
     """run_study up to its identity check: the study's work itself is not what these trials test."""
     calls = []
 
-    def stop(model, config, folder, identity, **kw):
+    def stop(model, config, run, identity, **kw):
         calls.append(identity)
-        return study.StudyResult(folder=folder, report={}, table=None)
+        empty = StudyReport(
+            lensteer_version="0",
+            model={},
+            config={},
+            matched_kl_budget=0.5,
+            seconds=0.0,
+            alpha=0.05,
+            threat_models={},
+        )
+        return study.StudyResult(folder=run.root, report=empty, table=None)
 
     monkeypatch.setattr(study, "_run_study", stop)
     return calls
