@@ -58,10 +58,12 @@ print(by_hand.describe())
 # %% [markdown]
 # ## The study's steering, calibrated
 #
-# `lensteer.study.layers.build_steering` does what `lensteer run` does for one method: probe the aligned-vs-misaligned response
-# contrast at candidate layers, pick the layer (`recommend_site`), build the SwFC steering along the difference of means
-# (with a CAST-style gate for refusal: only prompts a harmful-vs-harmless probe flags are steered), and calibrate its
-# scale so that it costs `KL_BUDGET` nats per token on harmless prompts.
+# `lensteer.study.build_steering` does what `lensteer run` does for one method: probe the aligned-vs-misaligned
+# contrast at candidate layers, choose the site by what steering there does to the first-token decision on
+# validation prompts (`lensteer.study.site_choice`), build the SwFC steering along the difference of means (with a
+# CAST-style gate for refusal: only prompts a harmful-vs-harmless probe flags are steered), and calibrate its scale
+# so that it costs `KL_BUDGET` nats per token on held-apart harmless and borderline prompts (gate as deployed),
+# within the fluency bounds on held-apart target prompts.
 
 # %%
 from lensteer.study import StudyConfig, build_steering, eval_prompts

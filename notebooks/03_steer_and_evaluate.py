@@ -38,7 +38,9 @@ import lensteer
 from lensteer import plotting
 from lensteer.study.config import StudyConfig
 from lensteer.study.evaluation import eval_prompts, trait_flags
+from lensteer.study.coherence import calibrate_coherent, calibration_prompts as calibration_prompts_of, coherence_for
 from lensteer.study.layers import locate_threat_model
+from lensteer.plotting.selection_figure import plot_selection
 
 config = replace(StudyConfig.smoke() if SMOKE else StudyConfig(), threat_models=(THREAT_MODEL,))
 if SMOKE:   # two methods, four prompts, short answers, short KL continuations
@@ -47,42 +49,44 @@ KL_BUDGET = config.kl_budgets[0]   # nats per token on harmless prompts
 model = lensteer.load_model()
 refusal = lensteer.load_dataset("refusal")
 harmless = refusal.test.stratified(config.n_harmless).paired_prompts    # held-out harmless: over-refusal, perplexity
-calibration = refusal.train.stratified(config.n_kl).paired_prompts     # training prompts: KL calibration only
+calibration_prompts = calibration_prompts_of(config)   # held-apart harmless + borderline: KL calibration only
 print(config)
 
 # %% [markdown]
 # ## Locate
 #
-# Probe the aligned-vs-misaligned *response* contrast (mean over response tokens) at the candidate layers, then choose
-# the layer causally: at each layer, SwFC along that layer's difference of means is calibrated to the KL budget on
-# harmless prompts (the KL calibration set below), and scored by how far it moves the teacher-forced log-odds of
-# held-out aligned over misaligned responses (`lensteer.evaluate.layer_steerability`). `recommend_site` takes the most steerable
-# layer that passes its rules (Arditi et al.: not in the last 20% of layers; a significant probe). Then build the
-# uncalibrated steerings along the difference of means (SwFC) and the probe boundary (StTP, StMP).
+# Probe the aligned-vs-misaligned contrast at the candidate layers, then choose the site by behaviour
+# (`lensteer.study.site_choice`): candidate directions over layers (a stride plus the top layers of attribution
+# patching) x positions x sources (prompt contrast, response mean, probe normal), each calibrated to the KL budget
+# and scored on validation prompts by how far it moves the first-token decision (aligned vs misaligned opening
+# tokens); the winner has the best lower bootstrap bound, passes Arditi et al.'s filters and beats a same-KL random
+# direction. Then build the uncalibrated steerings there (SwFC along the difference of means, StTP / StMP along
+# the probe boundary).
 
 # %%
-probe = lensteer.steering.kl_probe(model, calibration, continuation_tokens=config.kl_tokens, batch_size=config.batch_size)
-loc = locate_threat_model(model, THREAT_MODEL, config, calibration, probe)
+probe = lensteer.steering.kl_probe(model, calibration_prompts, continuation_tokens=config.kl_tokens,
+                                   batch_size=config.batch_size)
+loc = locate_threat_model(model, THREAT_MODEL, config, calibration_prompts, probe)
 print(f"layer {loc.layer} ({loc.site}); reference residual norm {loc.reference_norm:.1f}")
 for reason in loc.reasons:
     print(" -", reason)
-if loc.steerability:
-    fig, _ = plotting.plot_steerability({"threat_models": {THREAT_MODEL: {"layer": loc.layer,
-                                                                          "steerability": loc.steerability}}})
+if loc.selection:   # every candidate's decision shift by layer, position and source; the chosen one starred
+    fig, _ = plot_selection(loc.selection)
     plt.show()
 
 # %% [markdown]
 # ## Calibrate to a KL budget
 #
-# Every method is scaled until it costs the same KL (nats per token, on unsteered continuations of harmless prompts),
-# so the methods are compared at a matched coherence cost.
+# Every method is scaled until it costs the same KL (nats per token, on unsteered continuations of held-apart
+# harmless and borderline prompts, with its gate as deployed: coherence is priced where change is unwanted, never
+# on the prompts whose answers should change), then held to the fluency bounds on held-apart target prompts.
 
 # %%
 steerings = {}
 for method, raw in loc.steerings.items():
-    cal = lensteer.calibrate(model, replace(raw, gate=None), probe, KL_BUDGET)
-    steerings[method] = replace(cal.steering, gate=raw.gate)
-    print(f"{method}: scale {cal.scale:.3g} -> KL {cal.kl:.3f} (reached: {cal.reached}, {len(cal.history)} evaluations)")
+    steerings[method] = calibrate_coherent(model, raw, coherence_for(model, THREAT_MODEL, config, probe), KL_BUDGET)
+    info = steerings[method].info["calibration"]
+    print(f"{method}: scale {steerings[method].scale:.3g} -> KL {info['kl']:.3f} (set by: {info.get('binding', 'kl')})")
 
 # %% [markdown]
 # ## Generate under the misaligning context and score
