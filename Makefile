@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env demo test unit lint docs bench figures notebooks clean
+.PHONY: env demo test test-lm-eval unit lint docs bench figures notebooks clean
 
 env: $(STAMP)
 
@@ -46,7 +46,7 @@ test: env
 	[ $$status -eq 0 ] && [ $$tests -eq 0 ]
 
 # Unit tests alone: tiny random models, never the embedded one (a few minutes on 2 cores); the ones marked
-# `ray` start a local 2-worker Ray (~2 min of it); -m "not real_model and not ray" leaves them out.
+# `ray` start a local 2-worker Ray (~2 min of it); -m "not real_model and not ray and not lm_eval" leaves them out.
 unit: env
 	$(PY) -m pytest -q tests/unit
 
@@ -54,6 +54,12 @@ unit: env
 notebooks: env
 	$(PY) -m pip install -q -e ".[notebooks]"
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+# The lm-evaluation-harness test (the optional `lm-eval` extra, ~30 packages): installed and run on request,
+# never in make test, which deselects it by its marker.
+test-lm-eval: env
+	$(PY) -m pip install -q -e ".[lm-eval]"
+	$(PY) -m pytest -q -m lm_eval tests/unit/steering/test_lm_eval.py
 
 lint: env
 	$(VENV)/bin/ruff check lensteer tests benchmarks scripts

@@ -98,8 +98,9 @@ def _continuation_logprob(model, tokenizer, context, continuation, steering):
     return float(sum(logprobs[len(ctx) - 1 + k, t] for k, t in enumerate(cont)))
 
 
+@pytest.mark.lm_eval  # deselected in make test (see pyproject markers); make test-lm-eval installs and runs it
 def test_a_local_lm_eval_task_runs_under_the_steering(folder, ours, steering, tmp_path, tiny_tokenizer):
-    lm_eval = pytest.importorskip("lm_eval")
+    import lm_eval
     from lm_eval.tasks import TaskManager
 
     rows = [
