@@ -142,7 +142,7 @@ def test_cli_locate_patches_all_three_threat_models(tmp_path, tiny_smol_folder, 
     for name in ("refusal", "compassion", "honesty"):
         entry = summary[name]
         pairs = entry["patching"]["pairs"]
-        assert pairs["dataset"] == name and len(pairs["ids"]) == 2
+        assert pairs["dataset"] == lensteer.threats.get(name).dataset and len(pairs["ids"]) == 2
         resid = entry["patching"]["resid"]
         assert resid["layers"] == [0, 1] and len(resid["col_labels"]) == pairs["n_tokens"]
         assert resid["source_mean"] != resid["target_mean"]

@@ -30,7 +30,7 @@ import lensteer
 from lensteer.core.stats import mcnemar_exact
 from lensteer.steering.calibration import sequence_kls
 from lensteer.study.config import StudyConfig
-from lensteer.study.evaluation import calibration_probe, eval_prompts, eval_sets, trait_flags
+from lensteer.study.evaluation import eval_prompts, eval_sets, trait_flags
 
 STUDY = Path(__file__).resolve().parents[2] / "docs" / "study"
 REPORT = json.loads((STUDY / "report.json").read_text())
@@ -97,13 +97,37 @@ def test_the_committed_report_has_significant_findings_to_check():
     assert len(CALIBRATED) >= 4 and any("_random0_" in p.name for p in CALIBRATED)
 
 
+# The committed steerings were calibrated by their study's protocol (before issue 28 priced coherence on
+# held-apart harmless and borderline prompts): the refusal set's harmless train twins plus as many train
+# prompts of the threat model in its misaligning context, with the dataset and context that study used.
+COMMITTED_CALIBRATION = {
+    "refusal": ("refusal", None),
+    "compassion": ("compassion", "dismissive_fewshot"),
+    "honesty": ("honesty", "lying_fewshot"),
+}
+_committed_probes: dict = {}
+
+
+def _committed_calibration_probe(model, threat_model):
+    if threat_model not in _committed_probes:
+        dataset, context = COMMITTED_CALIBRATION[threat_model]
+        harmless = lensteer.load_dataset("refusal").train.stratified(CONFIG.n_kl).paired_prompts
+        misaligned = (
+            lensteer.load_dataset(dataset).train.stratified(CONFIG.n_kl).chat_prompts(context=context)
+        )
+        _committed_probes[threat_model] = lensteer.steering.kl_probe(
+            model,
+            [*harmless, *misaligned],
+            continuation_tokens=CONFIG.kl_tokens,
+            batch_size=CONFIG.batch_size,
+        )
+    return _committed_probes[threat_model]
+
+
 @pytest.mark.parametrize("path", CALIBRATED, ids=lambda p: p.name)
-def test_every_committed_steering_keeps_its_calibrated_kl(embedded_model, sets, path):
+def test_every_committed_steering_keeps_its_calibrated_kl(embedded_model, path):
     steering = lensteer.load_steering(path, model=embedded_model)
-    threat_model = path.name.split("_", 1)[
-        0
-    ]  # calibrated on its threat model's set: harmless + misaligned train prompts
-    probe = calibration_probe(embedded_model, threat_model, CONFIG, sets)
+    probe = _committed_calibration_probe(embedded_model, path.name.split("_", 1)[0])
     # calibrated without its gate (the gate would hide the edit's cost on harmless prompts)
     kl = lensteer.steering.steering_kl(embedded_model, replace(steering, gate=None), probe)
     assert kl == pytest.approx(BUDGET, rel=0.10)

@@ -142,7 +142,9 @@ def test_a_steering_with_a_non_numeric_max_norm_is_a_data_error(tmp_path):
 
 def _finished_study(folder: Path) -> Path:
     config = StudyConfig.smoke()
-    lio.write_json(folder / "report.json", {"config": config.to_dict(), "model": {}, "seconds": 1.0})
+    report = {"lensteer_version": "0", "config": config.to_dict(), "model": {}, "seconds": 1.0}
+    report |= {"matched_kl_budget": config.kl_budgets[0], "alpha": 0.05, "threat_models": {}}
+    lio.write_json(folder / "report.json", report)
     lio.write_json(folder / "finished.json", {tm: {"located": {}} for tm in config.threat_models})
     return folder
 
@@ -162,7 +164,8 @@ def test_report_on_a_foreign_report_json_exits_2(tmp_path, capsys):
 
 
 def test_figures_on_a_half_written_report_json_exits_2_naming_it(tmp_path, capsys):
-    lio.write_json(tmp_path / "results.json", {"rows": [{"threat_model": "refusal"}]})
+    row = {"threat_model": "refusal", "method": "SwFC", "kl_budget": 0.5, "layer": 1}
+    lio.write_json(tmp_path / "results.json", {"rows": [row]})
     (tmp_path / "report.json").write_text('{"config": {"n_eval": ')
     assert main(["figures", "--results", str(tmp_path), "--out", str(tmp_path / "figures")]) == 2
     assert f"{tmp_path / 'report.json'} is not valid JSON" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The README's promises that need no model: a five-minute read that starts with the two commands.
-(Its quickstart runs in tests/integration/test_readme.py, on the embedded model.)"""
+(Its quickstart runs in tests/integration/test_embedded_readme.py, on the embedded model.)"""
 
 import re
 from pathlib import Path

@@ -88,3 +88,10 @@ def test_docs_pages_link_to_files_that_exist():
             if "://" not in target and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert broken == []
+
+
+def test_test_files_have_distinct_names_across_folders():
+    """make test collects unit, integration and notebooks in one pytest run without __init__.py files, where two
+    test files of the same name stop the whole run ("import file mismatch")."""
+    names = [p.name for p in Path("tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

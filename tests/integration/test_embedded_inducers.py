@@ -4,7 +4,7 @@ The embedded 135M model complies with most harmful requests and ignores lying in
 start, so most bundled inducers have little left to push (data/README.md, Inducers, gives every one's
 measured effect, with its interval and test). Two do push it, and are checked here on small sets: the
 dismissive few-shot context (teacher-forced preference for the dismissive reply, 24 training prompts),
-and, for honesty, the dishonest fine-tuned organism (tests/integration/test_organisms.py and the committed
+and, for honesty, the dishonest fine-tuned organism (tests/integration/test_embedded_organisms.py and the committed
 measurement in docs/organisms/dishonest/).
 """
 
