@@ -127,14 +127,12 @@ def study_stage_shares(
     share of the limit: the stage's FLOPs (``lensteer.study.plan``'s tokens decoded and run teacher-forced,
     at a typical ``context``) over its wall seconds, over ``limit_gflops`` (the model's shapes at B=64)."""
     from lensteer.study.config import StudyConfig
-    from lensteer.study.layers import _candidate_layers
     from lensteer.study.plan import study_plan
 
     config = StudyConfig.from_dict(json.loads((folder / "report.json").read_text())["config"])
     timing = json.loads((folder / "timing.json").read_text()).get("stages", {})
-    n_candidates = 1 if config.layer is not None else len(_candidate_layers(model, config))
     rows = []
-    for stage in study_plan(model, config, n_candidates)[1]:
+    for stage in study_plan(model, config)[1]:
         seconds = timing.get(stage.where, {}).get(stage.stage)
         if not seconds:
             continue

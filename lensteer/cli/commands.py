@@ -168,12 +168,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace, config: Any) -> int:
-    from lensteer.study.layers import _candidate_layers
     from lensteer.study.plan import format_plan, probe_rates, study_plan
 
     model = _load(args)[0]
-    n_candidates = 1 if config.layer is not None else len(_candidate_layers(model, config))
-    plans, stages = study_plan(model, config, n_candidates)
+    plans, stages = study_plan(model, config)
     print(format_plan(plans, stages, probe_rates(model, config)))
     return 0
 

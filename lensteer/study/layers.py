@@ -68,7 +68,13 @@ def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
 
 
 def locate_threat_model(
-    model: Any, threat_model: str, config: StudyConfig, harmless: Sequence[str], kl: KLProbe | None = None
+    model: Any,
+    threat_model: str,
+    config: StudyConfig,
+    harmless: Sequence[str],
+    kl: KLProbe | None = None,
+    *,
+    progress: bool = False,
 ) -> _Located:
     """Probe the contrast, choose the site, and build the uncalibrated steerings there.
 
@@ -83,6 +89,7 @@ def locate_threat_model(
     first-token decision shift; the winner has the largest lower bootstrap bound among those passing
     Arditi's filters and beats a same-KL random direction. Every method then steers along the chosen
     direction at its layer. Without ``kl``, the layer is the probing study's (:func:`recommend_site`).
+    ``progress``: a bar over the site choice's candidates.
     """
     config.check_layers(int(model.cfg.n_layers))
     tm = threats.get(threat_model)
@@ -137,6 +144,7 @@ def locate_threat_model(
                 response_position="decision" if contexts is not None else "response_mean",
                 calibration=kl,
                 reference_norms=refs,
+                progress=progress,
             ),
         )
         layer, reasons, chosen_direction = site.layer, list(site.reasons), site.direction

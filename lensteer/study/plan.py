@@ -1,17 +1,14 @@
 """What a study will run and about how long each stage will take, before it runs (``lensteer run --plan``).
 
-The plan counts, per threat model, the conditions the runner will evaluate (the same rule as
-:mod:`lensteer.study.runner`: baselines, each method per KL budget and layer, twins derived not run, the
-paper regime, random controls), the prompts of every set, and the work of each stage in two units:
-tokens **decoded** (generated, each a forward step of the whole batch) and tokens run **teacher-forced**
-(prompts prefilled, KL, perplexity, capability passes). A short probe on the model measures this
-machine's rate of each (:func:`probe_rates`, about 10 s), and each stage's estimate is its work over
-those rates. The stages are the ones ``timing.json`` records (:data:`~lensteer.study.runner.STAGES`).
+The plan lists, per threat model, the conditions the runner will evaluate (:func:`plan_conditions`, the
+function the runner itself builds them from: baselines, each method per KL budget and layer, twins derived
+not run, the paper regime, random controls) and the prompts of every set, and counts the work of every
+stage ``timing.json`` records (:data:`~lensteer.study.runner.STAGES`, :mod:`lensteer.study.costs`): the
+locate stage with its site choice, calibration, decoding, scoring, conversations, robustness. A short probe
+(:func:`probe_rates`, about 10 s) measures this machine's decoding and teacher-forced speed at the study's
+own shapes (its batch, its prompts), and each stage's estimate is its work at those rates.
 
-:func:`plan_conditions` lists the conditions themselves, a pure function of the config, the chosen layer and
-the model's depth, in the order the runner builds, calibrates and evaluates them.
-
-The estimate is coarse (calibration and layer choice take a data-dependent number of passes, answers
+The estimate is coarse (calibration and the site choice take a data-dependent number of passes, answers
 stop early at end of turn): it says whether a run takes minutes or hours, not seconds.
 """
 
@@ -23,19 +20,30 @@ from typing import Any, Literal
 
 from lensteer import threats
 from lensteer.core.chat import tokenize_prompt
-from lensteer.core.datasets import load_dataset
-from lensteer.evaluate.capability import load_mc_items, load_paragraphs
 from lensteer.study.config import PAPER_REGIME, SELECTIVE_METHODS, StudyConfig
-from lensteer.study.evaluation import _common_prefix
+from lensteer.study.costs import (
+    Block,
+    Rates,
+    Shapes,
+    Shared,
+    Sites,
+    StagePlan,
+    calibrate_stage,
+    conversations_stage,
+    decode_stage,
+    locate_stage,
+    robustness_stage,
+    score_stage,
+    sets_stage,
+)
 from lensteer.study.robustness import settings_for
 
-CALIBRATION_EVALUATIONS = 10  # KL evaluations per calibrated scale (bracket, then bisect to 5%): typical
+__all__ = ["PlannedCondition", "Rates", "StagePlan", "ThreatModelPlan", "plan_conditions", "study_plan"]
+
 # At matched KL these are the same edit as their original: StMP-push at scale 2a moves a token by
 # 2a (tau - s), exactly as StMP (mirror) at scale a does. They differ only uncalibrated (the paper regime),
 # so a twin is derived from its original, never run.
 TWINS = {"StMP-push": "StMP"}
-MC_OPTION_TOKENS = 8  # an option's tokens, roughly
-PARAGRAPH_TOKENS = 150  # a bundled paragraph's tokens, roughly
 
 
 Kind = Literal["baseline", "prompting", "calibrated", "twin", "paper", "random"]
@@ -117,30 +125,6 @@ def plan_conditions(config: StudyConfig, layer: int, n_layers: int) -> list[Plan
 
 
 @dataclass(frozen=True, kw_only=True)
-class Rates:
-    """This machine's throughput on the model, measured by :func:`probe_rates`."""
-
-    decode_tokens_per_s: float  # generated tokens per second (rows x steps), at the study's batch
-    forward_tokens_per_s: float  # teacher-forced tokens per second
-
-
-@dataclass(frozen=True, kw_only=True)
-class StagePlan:
-    """One stage of one threat model (``shared`` for the sets every threat model uses)."""
-
-    where: str
-    stage: str
-    work: str  # what runs, in words
-    decode_tokens: int
-    forward_tokens: int
-
-    def seconds(self, rates: Rates) -> float:
-        return (
-            self.decode_tokens / rates.decode_tokens_per_s + self.forward_tokens / rates.forward_tokens_per_s
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
 class ThreatModelPlan:
     """The conditions and prompt counts of one threat model."""
 
@@ -152,169 +136,166 @@ class ThreatModelPlan:
     n_eval: int
     n_harmless: int
     n_borderline: int
+    labels: tuple[str, ...] = ()  # every row: method @ KL budget, and a swept layer's number
 
 
-def _mean_tokens(model: Any, prompts: Sequence[Any]) -> float:
-    return sum(tokenize_prompt(model, p).n_tokens for p in prompts) / max(len(prompts), 1)
+CHOSEN = -1  # the layer the site choice will pick, unknown before the run
 
 
-def threat_model_plan(threat_model: str, config: StudyConfig) -> ThreatModelPlan:
-    """The rows the runner will write for ``threat_model`` and the sizes of its prompt sets."""
-    methods = [m for m in config.methods if TWINS.get(m) not in config.methods]  # twins are derived
-    layers = 1 + len(config.sweep_layers)
-    calibrated = len(methods) * len(config.kl_budgets) * layers + len(config.random_seeds)
-    twins = (len(config.methods) - len(methods)) * len(config.kl_budgets) * layers
-    regimes = sum(m in SELECTIVE_METHODS for m in config.methods) if config.regimes else 0
-    baselines = 1 + int(config.prompting)
-    refusal = load_dataset(threats.HARMLESS_DATASET)
-    n_borderline = (
-        0
-        if config.n_borderline == 0
-        else len(load_dataset("borderline").test.stratified(config.n_borderline))
-    )
+def chosen_layer(config: StudyConfig, n_layers: int) -> int:
+    """The layer the conditions are planned at: the configured one, else :data:`CHOSEN`."""
+    return CHOSEN if config.layer is None else config.layer % n_layers
+
+
+def condition_label(c: PlannedCondition, chosen: int) -> str:
+    """``SwFC @ 0.1``, ``StTP:paper``, ``SwFC @ 0.1 L7`` (a layer other than ``chosen``), ``random:0 @ 0.1``."""
+    budget = "" if c.kl_budget is None else f" @ {c.kl_budget:g}"
+    return f"{c.key}{budget}{'' if c.layer == chosen else f' L{c.layer}'}"
+
+
+def threat_model_plan(
+    threat_model: str, config: StudyConfig, n_layers: int, shared: Shared | None = None
+) -> ThreatModelPlan:
+    """The rows the runner will write for ``threat_model`` on an ``n_layers``-layer model and the sizes of
+    its prompt sets (with a layer sweep and the site chosen at run time, a swept layer the site choice picks
+    is evaluated once: the run then holds that layer's rows once, the plan lists them twice)."""
+    chosen = chosen_layer(config, n_layers)
+    planned = plan_conditions(config, chosen, n_layers)
+    evaluated = [c for c in planned if c.kind != "twin"]
     return ThreatModelPlan(
         threat_model=threat_model,
-        conditions=baselines + calibrated + twins + regimes,
-        evaluated=baselines + calibrated + regimes,
-        steered=calibrated + regimes,
-        calibrated=calibrated,
+        conditions=len(planned),
+        evaluated=len(evaluated),
+        steered=sum(c.kind not in ("baseline", "prompting") for c in evaluated),
+        calibrated=sum(c.kind in ("calibrated", "random") for c in planned),
         n_eval=len(threats.get(threat_model).load().test.stratified(config.n_eval)),
-        n_harmless=len(refusal.test.stratified(config.n_harmless)),
-        n_borderline=n_borderline,
+        n_harmless=shared.n_harmless if shared is not None else 0,
+        n_borderline=shared.n_borderline if shared is not None else 0,
+        labels=tuple(condition_label(c, chosen) for c in planned),
     )
 
 
-def study_plan(
-    model: Any, config: StudyConfig, n_candidates: int
-) -> tuple[list[ThreatModelPlan], list[StagePlan]]:
-    """Every threat model's conditions and every stage's work (tokens decoded and teacher-forced).
+def _blocks(threat_model: str, config: StudyConfig, n_layers: int, *, first: bool) -> list[Block]:
+    """The evaluated conditions in the runner's blocks (``runner.CONDITIONS_PER_BLOCK``)."""
+    from lensteer.study.runner import CONDITIONS_PER_BLOCK  # the runner imports this module
 
-    ``n_candidates``: the layers the locate stage probes (1 when ``config.layer`` is set)."""
-    refusal = load_dataset(threats.HARMLESS_DATASET)
-    calibration = refusal.train.stratified(config.n_kl).paired_prompts
-    harmless = refusal.test.stratified(config.n_harmless).paired_prompts
-    l_cal, l_harm = _mean_tokens(model, calibration), _mean_tokens(model, harmless)
-    new, kl_new = config.max_new_tokens, config.kl_tokens
-    stages = [
-        StagePlan(
-            where="shared",
-            stage="sets",
-            work=f"{len(calibration)} calibration + {len(harmless)} held-out harmless continuations",
-            decode_tokens=(len(calibration) + len(harmless)) * kl_new,
-            forward_tokens=round(len(calibration) * (l_cal + kl_new) + len(harmless) * l_harm),
-        )
+    gate = threats.get(threat_model).prompt_gate
+    evaluated = [
+        c for c in plan_conditions(config, chosen_layer(config, n_layers), n_layers) if c.kind != "twin"
     ]
+    out = []
+    for start in range(0, len(evaluated), CONDITIONS_PER_BLOCK):
+        block = evaluated[start : start + CONDITIONS_PER_BLOCK]
+        out.append(
+            Block(
+                conditions=len(block),
+                steered=sum(c.kind not in ("baseline", "prompting") for c in block),
+                gated=sum(gate and c.kind == "calibrated" for c in block),
+                cached=0 if first else sum(c.kind == "baseline" for c in block),
+            )
+        )
+    return out
+
+
+def _sites(model: Any, config: StudyConfig) -> Sites:
+    """The candidate layers the site choice screens (the stride's, plus at most ``patching_layers`` more)."""
+    from lensteer.study.site_choice import candidate_layer_set, cutoff_layer
+
+    n = int(model.cfg.n_layers)
+    sweep = len(sweep_layers(config, n, chosen_layer(config, n)))
+    if config.layer is not None:
+        return Sites(screened=1, sweep=sweep)
+    strided = candidate_layer_set(model, config, ())
+    spare = max(cutoff_layer(n) - len(strided), 0)
+    return Sites(screened=len(strided) + min(config.patching_layers, spare), sweep=sweep)
+
+
+def study_plan(model: Any, config: StudyConfig) -> tuple[list[ThreatModelPlan], list[StagePlan]]:
+    """Every threat model's conditions and every stage's work, in the order the runner runs them."""
+    n_layers = int(model.cfg.n_layers)
+    shared = Shared.of(model, config)
+    sites = _sites(model, config)
+    stages = [sets_stage(shared, config)]
     plans = []
-    n_mc = len(load_mc_items()[: config.n_mc]) if config.n_mc != 0 else 0
-    n_par = len(load_paragraphs()[: config.n_paragraphs]) if config.n_paragraphs != 0 else 0
-    for tm in config.threat_models:
-        p = threat_model_plan(tm, config)
+    for k, tm in enumerate(config.threat_models):
+        p = threat_model_plan(tm, config, n_layers, shared)
         plans.append(p)
-        t = threats.get(tm)
-        evals = t.load().test.stratified(config.n_eval).chat_prompts(context=t.misaligning_context)
-        # a context every prompt shares (a few-shot history) is computed once per batch, not once per row
-        shared = _common_prefix(model, evals) if len(evals) > 1 else 0
-        l_eval = _mean_tokens(model, evals) - shared * (1 - 1 / config.batch_size)
-        probe_rows = 2 * len(calibration)  # harmless + misaligned training prompts
-        probe_tokens = probe_rows * ((l_cal + l_eval) / 2 + kl_new)
-        fit = config.n_train * 2  # selective fit: the model's own answers, aligned and misaligned
-        answers = p.n_eval + p.n_harmless + p.n_borderline
-        distinct = p.evaluated  # capability once per distinct edit and system prompt (twins are not run)
+        sh = Shapes.of(model, tm, config)
+        blocks = _blocks(tm, config, n_layers, first=k == 0)
         stages += [
-            StagePlan(
-                where=tm,
-                stage="locate",
-                work=f"{n_candidates} candidate layer(s): probe {config.n_train} pairs, calibrate one steering each",
-                decode_tokens=fit * new,
-                forward_tokens=round(
-                    fit * (l_eval + new) + n_candidates * CALIBRATION_EVALUATIONS * probe_tokens
-                ),
-            ),
-            StagePlan(
-                where=tm,
-                stage="calibrate",
-                work=f"{p.calibrated} steerings to {len(config.kl_budgets)} KL budget(s) on {probe_rows} prompts",
-                decode_tokens=probe_rows * kl_new,
-                forward_tokens=round(p.calibrated * CALIBRATION_EVALUATIONS * probe_tokens),
-            ),
-            StagePlan(
-                where=tm,
-                stage="decode",
-                work=f"{p.evaluated} conditions x {answers} prompts x {new} tokens",
-                decode_tokens=p.evaluated * answers * new,
-                forward_tokens=round(
-                    p.evaluated * (p.n_eval * l_eval + (p.n_harmless + p.n_borderline) * l_harm)
-                ),
-            ),
-            StagePlan(
-                where=tm,
-                stage="score",
-                work=f"KL (held-out, rollout, calibration), perplexity, {n_mc} MC items, {n_par} paragraphs",
-                decode_tokens=0,
-                forward_tokens=round(
-                    p.steered
-                    * (2 * p.n_eval * (l_eval + new) + p.n_harmless * (l_harm + kl_new) + probe_tokens)
-                    + p.evaluated * p.n_harmless * (l_harm + new)
-                    + distinct * (n_mc * 4 * MC_OPTION_TOKENS + n_mc * l_harm + n_par * PARAGRAPH_TOKENS)
-                ),
-            ),
+            locate_stage(sh, shared, config, sites),
+            calibrate_stage(sh, shared, config, p.calibrated),
+            decode_stage(sh, shared, config, blocks),
+            score_stage(sh, shared, config, blocks, first=k == 0),
         ]
         if config.n_conversations > 0:
-            rows = p.evaluated * config.n_conversations
-            stages.append(
-                StagePlan(
-                    where=tm,
-                    stage="conversations",
-                    work=f"{rows} conversations of {config.n_turns} turns",
-                    decode_tokens=rows * config.n_turns * new,
-                    forward_tokens=round(rows * config.n_turns * (l_eval + config.n_turns * new / 2)),
-                )
-            )
-        settings = settings_for(tm, config.robustness)
-        if settings:
-            rows = len(settings) * (1 + len(config.robustness_methods)) * p.n_eval
-            stages.append(
-                StagePlan(
-                    where=tm,
-                    stage="robustness",
-                    work=f"{len(settings)} setting(s) x {1 + len(config.robustness_methods)} conditions",
-                    decode_tokens=rows * new,
-                    forward_tokens=round(rows * (l_eval + new)),
-                )
-            )
+            stages.append(conversations_stage(sh, config, p.evaluated))
+        if config.robustness:  # the runner times the stage whenever robustness is configured
+            stages.append(robustness_stage(sh, config, settings_for(tm, config.robustness)))
     return plans, stages
 
 
-def probe_rates(model: Any, config: StudyConfig, *, rows: int = 16, steps: int = 8) -> Rates:
-    """This machine's decode and teacher-forced rates on ``model`` (about 10 s on the embedded model, 2
-    cores): ``rows`` training harmless prompts decoded ``steps`` tokens in one batch, and the same prompts
-    chat-formatted run teacher-forced, each after a warm-up (the first call through the bridge pays for
-    setting itself up), the faster of two timings."""
+def _probe_prompts(config: StudyConfig, rows: int) -> list[Any]:
+    """``rows`` of the study's test prompts in their misaligning contexts, the threat models in turn."""
+    sets = []
+    for name in config.threat_models:
+        tm = threats.get(name)
+        sets.append(tm.load().test.stratified(None).chat_prompts(context=tm.misaligning_context))
+    mixed = [p for group in zip(*sets, strict=False) for p in group] or [p for s in sets for p in s]
+    return [mixed[i % len(mixed)] for i in range(rows)]
+
+
+def _step_seconds(model: Any, prompts: Sequence[Any], steps: int) -> float:
+    """Seconds per decoding step of one batch of ``prompts``: the extra time of ``steps`` more steps (the
+    prefill cancels), over the steps actually taken (rows may stop at end of turn)."""
+    from lensteer.steering.generation import generate
+
+    def run(n: int) -> tuple[float, int]:
+        start = time.perf_counter()
+        gen = generate(model, prompts, max_new_tokens=n, batch_size=len(prompts))
+        return time.perf_counter() - start, max(len(t) for t in gen.tokens)
+
+    short, n_short = run(2)
+    long, n_long = run(2 + steps)
+    return max(long - short, 1e-6) / max(n_long - n_short, 1)
+
+
+def probe_rates(model: Any, config: StudyConfig, *, steps: int = 6) -> Rates:
+    """This machine's speed on ``model`` at the study's shapes (about 10 s on the embedded model, 2 cores):
+    one batch of ``batch_size`` of the study's test prompts (its contexts, its lengths) and one of an eighth
+    as many decoded ``steps`` more tokens (a step's fixed cost and each row's cost, from the two), and the
+    same ``batch_size`` prompts run teacher-forced, each after a warm-up (the first call through the bridge
+    pays for setting itself up)."""
     from lensteer.evaluate.capability import text_cross_entropy
     from lensteer.steering.generation import generate
 
-    prompts = load_dataset(threats.HARMLESS_DATASET).train.head(rows).paired_prompts[:rows]
-    batch = min(len(prompts), config.batch_size)
-    texts = [model.tokenizer.decode(tokenize_prompt(model, p).tokens) for p in prompts]
+    big = _probe_prompts(config, max(config.batch_size, 2))
+    small = big[: max(1, len(big) // 8)]
+    generate(model, big[:2], max_new_tokens=2, batch_size=2)  # warm-up
+    at_big, at_small = _step_seconds(model, big, steps), _step_seconds(model, small, steps)
+    row = max((at_big - at_small) / (len(big) - len(small)), at_big / len(big) / 10)
+    texts = [model.tokenizer.decode(tokenize_prompt(model, p).tokens) for p in big]
     n_tokens = sum(tokenize_prompt(model, t, chat=False).n_tokens for t in texts)
-    generate(model, prompts[:2], max_new_tokens=2, batch_size=2)  # warm-up
-    text_cross_entropy(model, texts[:2], batch_size=2)
-    decode, forward = 0.0, 0.0
-    for _ in range(2):
-        start = time.perf_counter()
-        generate(model, prompts, max_new_tokens=steps, batch_size=batch)
-        decode = max(decode, len(prompts) * steps / max(time.perf_counter() - start, 1e-6))
-        start = time.perf_counter()
-        text_cross_entropy(model, texts, batch_size=batch)
-        forward = max(forward, n_tokens / max(time.perf_counter() - start, 1e-6))
-    return Rates(decode_tokens_per_s=decode, forward_tokens_per_s=forward)
+    text_cross_entropy(model, texts[:2], batch_size=2)  # warm-up
+    start = time.perf_counter()
+    text_cross_entropy(model, texts, batch_size=len(texts))
+    return Rates(
+        step_seconds=max(at_big - len(big) * row, 0.0),
+        row_seconds=row,
+        forward_tokens_per_s=n_tokens / max(time.perf_counter() - start, 1e-6),
+        batch=len(big),
+        context=round(n_tokens / len(texts)),
+    )
 
 
 def format_plan(plans: Sequence[ThreatModelPlan], stages: Sequence[StagePlan], rates: Rates) -> str:
     """The plan as text: conditions and prompts per threat model, then each stage's work and estimate."""
     lines = [
-        f"rates measured now: {rates.decode_tokens_per_s:.1f} decoded tokens/s, "
-        f"{rates.forward_tokens_per_s:.0f} teacher-forced tokens/s",
+        f"rates measured now at the study's shapes ({rates.context}-token prompts): decoding "
+        f"{rates.decode_tokens_per_s(rates.batch):.0f} tokens/s at {rates.batch} rows a batch, "
+        f"{rates.decode_tokens_per_s(max(rates.batch // 8, 1)):.0f} at {max(rates.batch // 8, 1)} "
+        f"({1000 * rates.step_seconds:.0f} ms a step + {1000 * rates.row_seconds:.1f} ms a row); "
+        f"teacher-forced {rates.forward_tokens_per_s:.0f} tokens/s",
         "",
     ]
     for p in plans:
@@ -322,9 +303,10 @@ def format_plan(plans: Sequence[ThreatModelPlan], stages: Sequence[StagePlan], r
             f"{p.threat_model}: {p.conditions} conditions ({p.steered} steered, {p.calibrated} calibrated); "
             f"{p.n_eval} test, {p.n_harmless} harmless, {p.n_borderline} borderline prompts each"
         )
+        lines.append(f"  {', '.join(p.labels)}")
     lines += [
         "",
-        "| where | stage | work | decoded tokens | teacher-forced tokens | estimate |",
+        "| where | stage | work | decoded tokens (steps) | teacher-forced tokens | estimate |",
         "|---|---|---|---|---|---|",
     ]
     total = 0.0
@@ -332,7 +314,8 @@ def format_plan(plans: Sequence[ThreatModelPlan], stages: Sequence[StagePlan], r
         secs = s.seconds(rates)
         total += secs
         lines.append(
-            f"| {s.where} | {s.stage} | {s.work} | {s.decode_tokens} | {s.forward_tokens} | {_duration(secs)} |"
+            f"| {s.where} | {s.stage} | {s.work} | {s.decode_tokens} ({s.decode_steps}) | {s.forward_tokens} "
+            f"| {_duration(secs)} |"
         )
     lines.append(f"\nestimated total: {_duration(total)} (coarse: minutes or hours, not seconds)")
     return "\n".join(lines)

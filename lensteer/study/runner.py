@@ -288,6 +288,7 @@ class _Cell:
     sets: Any
     log: Callable[[str], None]
     stages: dict[str, dict[str, float]]  # timing.json's wall seconds per threat model and stage (STAGES)
+    progress: bool = False  # a bar with an ETA per stage (totals from the plan's counts)
 
 
 def _located_info(loc: Any) -> dict[str, Any]:
@@ -385,6 +386,7 @@ def _evaluate(cell: _Cell, conditions: list[Condition], table: SweepTable, layer
             f"[{tm}] evaluating {len(pending)} conditions ({', '.join(c.key for c in pending)}), "
             f"{CONDITIONS_PER_BLOCK} at a time"
         )
+    bar = tqdm(total=len(pending), desc=f"{tm} evaluate", disable=not cell.progress, unit="condition")
     for start in range(
         0, len(pending), CONDITIONS_PER_BLOCK
     ):  # each block's rows are on disk before the next
@@ -407,6 +409,8 @@ def _evaluate(cell: _Cell, conditions: list[Condition], table: SweepTable, layer
         for cond, row in zip(block, rows, strict=True):
             table.add(_result(tm, cond, row))
         cell.run.add_examples(tm, ex)
+        bar.update(len(block))
+    bar.close()
 
 
 def _add_twins(tm: str, twins: list[tuple[Condition, str]], table: SweepTable) -> None:
@@ -438,7 +442,7 @@ def _run_threat_model(cell: _Cell, table: SweepTable, robust: RobustnessTable) -
     probe = calibration_probe(
         model, tm, config, cell.sets
     )  # the study's calibration set of this threat model
-    loc = locate_threat_model(model, tm, config, cell.sets.calibration_prompts, probe)
+    loc = locate_threat_model(model, tm, config, cell.sets.calibration_prompts, probe, progress=cell.progress)
     mark = _add_stage(cell.stages, tm, "locate", mark)
     info = _located_info(loc)
     cell.log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
@@ -447,7 +451,8 @@ def _run_threat_model(cell: _Cell, table: SweepTable, robust: RobustnessTable) -
     made: dict[tuple[Any, ...], Condition] = {}
     conditions: list[Condition] = []
     twins: list[tuple[Condition, str]] = []
-    for planned in plan_conditions(config, loc.layer, int(model.cfg.n_layers)):
+    planned_all = plan_conditions(config, loc.layer, int(model.cfg.n_layers))
+    for planned in tqdm(planned_all, desc=f"{tm} calibrate", disable=not cell.progress, unit="condition"):
         cond = _make_condition(cell, planned, loc, coherence, made)
         if planned.twin_of is not None:
             twins.append((cond, planned.twin_of))
@@ -497,6 +502,7 @@ def _run_study(
                 sets=sets,
                 log=log,
                 stages=stages,
+                progress=progress,
             )
             located_info[tm] = _run_threat_model(cell, table, robust)
             run.mark_finished(tm, config, located_info[tm])

@@ -216,6 +216,7 @@ class SiteInputs:
     response_position: str
     calibration: KLProbe
     reference_norms: dict[int, float]
+    progress: bool = False  # a bar over the candidates
 
 
 def choose_site(model: Any, config: StudyConfig, inputs: SiteInputs) -> SiteChoice:
@@ -275,6 +276,7 @@ def choose_site(model: Any, config: StudyConfig, inputs: SiteInputs) -> SiteChoi
         skip_last_fraction=SKIP_LAST_FRACTION,
         seed=config.seed,
         batch_size=config.batch_size,
+        progress=inputs.progress,
     )
     selection = replace(
         selection, settings={**selection.settings, "decision": decision.how, "kl_budget": budget}

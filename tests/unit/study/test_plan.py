@@ -1,11 +1,13 @@
 """`lensteer run --plan` against a real run: the same stages, conditions and prompt counts, nothing written."""
 
 import json
+from dataclasses import replace
 
 from lensteer.cli import commands, main
 from lensteer.study import runner
 from lensteer.study.config import StudyConfig
-from lensteer.study.plan import Rates, format_plan, study_plan
+from lensteer.study.costs import Rates
+from lensteer.study.plan import format_plan, study_plan
 
 CFG = StudyConfig(
     threat_models=("refusal",),
@@ -17,39 +19,89 @@ CFG = StudyConfig(
     n_borderline=1,
     n_kl=2,
     kl_tokens=2,
+    n_fluency=2,
     n_conversations=1,
     n_turns=2,
     n_mc=2,
     n_paragraphs=1,
     max_new_tokens=2,
-    layer=1,
+    n_select=2,
+    select_new_tokens=2,
+    patching_layers=1,  # the site is chosen (no layer set): the plan counts the site choice in locate
     random_seeds=(0,),
     batch_size=4,
 )
+RATES = Rates(step_seconds=0.01, row_seconds=0.001, forward_tokens_per_s=1000.0, batch=4, context=20)
 
 
-def test_the_plan_has_the_stages_conditions_and_prompts_of_a_real_run(
-    tiny_llama_bridge, tmp_path, monkeypatch
+def _label(row: dict, chosen: int) -> str:
+    budget = "" if row["kl_budget"] is None else f" @ {row['kl_budget']:g}"
+    return f"{row['method']}{budget}{'' if row['layer'] == chosen else ' L' + str(row['layer'])}"
+
+
+def test_the_plan_has_the_stages_and_conditions_of_a_real_run_with_a_bar_per_stage(
+    tiny_llama_bridge, tmp_path, capsys
 ):
-    plans, stages = study_plan(tiny_llama_bridge, CFG, n_candidates=1)
-    runner.run_study(tiny_llama_bridge, CFG, tmp_path / "run", progress=False, log=lambda s: None)
+    plans, stages = study_plan(tiny_llama_bridge, CFG)
+    runner.run_study(tiny_llama_bridge, CFG, tmp_path / "run", progress=True, log=lambda s: None)
+    bars = capsys.readouterr().err
     timing = json.loads((tmp_path / "run" / "timing.json").read_text())
-    recorded = {(where, stage) for where, mine in timing["stages"].items() for stage in mine}
-    assert {(s.where, s.stage) for s in stages} == recorded
+    recorded = [(where, stage) for where, mine in timing["stages"].items() for stage in mine]
+    assert sorted((s.where, s.stage) for s in stages) == sorted(recorded)
     assert {stage for _, stage in recorded} <= set(runner.STAGES)
     assert all(v > 0 for mine in timing["stages"].values() for v in mine.values())
-    rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
+
     (plan,) = plans
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    located = report["threat_models"]["refusal"]  # what was located is in the threat model's entry
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
     # baseline, prompting, SwFC, StMP, StMP-push (its twin's row), StMP:paper, StMP-push:paper, random:0
+    assert sorted(plan.labels) == sorted(_label(r, located["layer"]) for r in rows)
     assert plan.conditions == len(rows) == 8
     assert plan.evaluated == len([r for r in rows if not r.get("same_as")])
     assert {(r["n_eval"], r["n_harmless"]) for r in rows} == {(plan.n_eval, plan.n_harmless)}
-    assert all(s.decode_tokens + s.forward_tokens > 0 for s in stages)
-    text = format_plan(plans, stages, Rates(decode_tokens_per_s=10.0, forward_tokens_per_s=100.0))
-    assert "refusal: 8 conditions" in text and "| refusal | score |" in text
 
+    # the site choice ran, and the plan's locate counts it: an upper bound on its candidates
+    locate = next(s for s in stages if s.stage == "locate")
+    n_planned = int(locate.work.split(" candidates")[0].rsplit(" ", 1)[1])
+    assert 0 < len(located["candidates"]) <= n_planned
+    fixed = next(s for s in study_plan(tiny_llama_bridge, replace(CFG, layer=1))[1] if s.stage == "locate")
+    assert locate.decode_steps > fixed.decode_steps and locate.forward_tokens > fixed.forward_tokens
+    assert all(s.decode_tokens + s.forward_tokens > 0 for s in stages if s.stage != "robustness")
+
+    # a bar per stage with the plan's totals (tqdm's rate gives the ETA)
+    assert "refusal calibrate: 100%|" in bars and f"| {plan.conditions}/{plan.conditions} [" in bars
+    assert f"| {plan.evaluated}/{plan.evaluated} [" in bars and "refusal evaluate: 100%|" in bars
+    assert f"candidates: 100%|{'█' * 10}| {len(located['candidates'])}/{len(located['candidates'])} [" in bars
+
+    text = format_plan(plans, stages, RATES)
+    assert "refusal: 8 conditions" in text and "| refusal | score |" in text and "StMP-push:paper" in text
+
+
+def test_the_plan_runs_from_the_cli_and_writes_nothing(tiny_llama_bridge, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(commands, "_load", lambda args: (tiny_llama_bridge, None))
     out = tmp_path / "planned"
     argv = ["run", "--plan", "--out", str(out), "--dataset", "refusal", "--method", "SwFC"]
     assert main([*argv, "--profile", "smoke"]) == 0
     assert not out.exists()  # a plan runs and writes nothing
+    text = capsys.readouterr().out
+    for stage in ("locate", "calibrate", "decode", "score", "conversations"):
+        assert f"| refusal | {stage} |" in text
+    assert "tokens/s at 16 rows a batch" in text  # the smoke profile's batch, probed
+
+
+def test_a_quiet_run_shows_no_bar(tiny_llama_bridge, tmp_path, capsys):
+    cfg = replace(
+        CFG,
+        threat_models=("compassion",),  # no prompt gate to fit
+        layer=1,
+        methods=("SwFC",),
+        regimes=False,
+        random_seeds=(),
+        n_fluency=0,
+        n_conversations=0,
+        n_mc=0,
+        n_paragraphs=0,
+    )
+    runner.run_study(tiny_llama_bridge, cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    assert capsys.readouterr().err == ""
