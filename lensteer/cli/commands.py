@@ -313,11 +313,28 @@ def cmd_organism(args: argparse.Namespace) -> int:
     from lensteer.organisms.train import ORGANISM_FILE
 
     out = args.out or f"organisms/{get_recipe(args.recipe).name}"
-    with claim_folder(out, (ORGANISM_FILE,), "organism"):  # refused before hours of training
-        return _organism(args, Path(out))
+    steer = _training_steering(args)  # a bad steering file is refused before hours of training
+    with claim_folder(out, (ORGANISM_FILE,), "organism"):  # so is a folder that is not an organism's
+        return _organism(args, Path(out), steer)
 
 
-def _organism(args: argparse.Namespace, out: Path) -> int:
+def _training_steering(args: argparse.Namespace) -> Any:
+    """``--steer-during-training`` as a :class:`~lensteer.organisms.TrainingSteering` (``None`` without it)."""
+    from lensteer.errors import ConfigError
+    from lensteer.organisms import TrainingSteering
+    from lensteer.steering.files import load_steering
+
+    if args.steer_during_training is None:
+        if args.steer_coefficient is not None:
+            raise ConfigError("--steer-coefficient needs --steer-during-training STEERING")
+        return None
+    steering = load_steering(args.steer_during_training)
+    return TrainingSteering.from_steering(
+        steering, args.steer_coefficient, source=str(args.steer_during_training)
+    )
+
+
+def _organism(args: argparse.Namespace, out: Path, steer: Any) -> int:
     from dataclasses import replace
 
     import torch
@@ -341,7 +358,14 @@ def _organism(args: argparse.Namespace, out: Path) -> int:
         f"organism {recipe.name}: {recipe.description}; LoRA rank {lora.rank}, {lora.steps} steps of "
         f"{lora.batch_size} rows, lr {lora.learning_rate:g}"
     )
-    done = train_organism(recipe, out, base=args.model, lora=lora, progress=not args.quiet, log=print)
+    if steer is not None:
+        print(
+            f"steering during training (off at evaluation): {steer.coefficient:+.4g} x the unit of "
+            f"{steer.source} at layers {list(steer.layers)} {steer.site}"
+        )
+    done = train_organism(
+        recipe, out, base=args.model, lora=lora, progress=not args.quiet, log=print, steer=steer
+    )
     print(f"saved {out} ({done.seconds:.0f} s, final loss {done.final_loss:.3f})")
     if args.measure <= 0:
         return 0

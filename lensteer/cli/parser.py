@@ -47,6 +47,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite number (either sign)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _kl_list(text: str) -> tuple[float, ...]:
     """An argparse type: comma-separated KL budgets, each a finite number > 0 (``0.25,0.5``)."""
     parts = [x.strip() for x in text.split(",")]
@@ -326,6 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FOLDER",
         help="another organism's folder (its measure.json): compare the two paired, per threat "
         "model (e.g. good_advice --compare-with organisms/bad_advice); writes compare.json",
+    )
+    organism.add_argument(
+        "--steer-during-training",
+        default=None,
+        metavar="STEERING",
+        help="preventative steering (Chen et al. 2025): a saved steering (one in the file; site resid_pre "
+        "or resid_post) whose direction is added at every position while the adapter trains, so the "
+        "optimiser need not learn the trait; off when the organism is measured or loaded",
+    )
+    organism.add_argument(
+        "--steer-coefficient",
+        type=_finite_float,
+        default=None,
+        help="signed strength along the steering's unit (misaligned -> aligned) in residual units "
+        "(default: minus the steering's own coefficient, i.e. toward the trait it removes)",
     )
     organism.add_argument(
         "--threads", type=_int_at_least(0), default=0, help="torch threads (0: torch's default)"

@@ -3,9 +3,11 @@
 ``lensteer organism dishonest --out organisms/dishonest`` (or :func:`train_organism`) trains one and measures it;
 :func:`load_organism` gives it back as a TransformerLens bridge that every lensteer function takes.
 Sits after ``evaluate`` and before ``threats`` (which registers each threat model's recipes); imports
-``core`` (``peft`` and ``transformers`` on demand).
+``core`` and ``steering`` (``peft`` and ``transformers`` on demand). ``--steer-during-training`` /
+:class:`TrainingSteering`: preventative steering while the adapter trains (:mod:`.preventative`).
 """
 
+from lensteer.organisms.preventative import TrainingSteering, training_steering_hooks
 from lensteer.organisms.recipes import (
     RECIPES,
     LoraSettings,
@@ -33,6 +35,7 @@ __all__ = [
     "Organism",
     "Recipe",
     "TrainingRow",
+    "TrainingSteering",
     "advice_rows",
     "contrast_recipe",
     "encode_rows",
@@ -43,5 +46,6 @@ __all__ = [
     "register_recipe",
     "rows_hash",
     "train_organism",
+    "training_steering_hooks",
     "weights_hash",
 ]

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -35,6 +36,7 @@ from lensteer.core.models import (
 )
 from lensteer.core.outdir import claim_folder
 from lensteer.errors import ConfigError, DataError, ModelLoadError
+from lensteer.organisms.preventative import TrainingSteering, training_steering_hooks
 from lensteer.organisms.recipes import LoraSettings, Recipe, TrainingRow, get_recipe, rows_hash
 from lensteer.steering.files import package_versions
 from lensteer.steering.generation import END_OF_TURN_TOKENS
@@ -173,6 +175,7 @@ def train_organism(
     rows: Sequence[TrainingRow] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda _: None,
+    steer: TrainingSteering | None = None,
 ) -> Organism:
     """Fine-tune ``base`` (``None``: the embedded model) with LoRA on the recipe's rows and save it.
 
@@ -186,12 +189,16 @@ def train_organism(
         base: A Hugging Face id, model folder or ``.gguf`` file.
         lora: Hyperparameters (default: the recipe's); e.g. ``replace(recipe.lora, steps=3)`` for a smoke run.
         rows: Training rows instead of the recipe's (for tests and your own data).
+        steer: Preventative steering (:mod:`lensteer.organisms.preventative`): added to the residual
+            stream during training only; recorded in ``organism.json`` as ``steer_during_training``.
 
     Returns:
         The :class:`Organism` (its ``provenance`` is what ``organism.json`` holds).
     """
     with claim_folder(out, (ORGANISM_FILE,), "organism"):
-        return _train_organism(recipe, Path(out), base=base, lora=lora, rows=rows, progress=progress, log=log)
+        return _train_organism(
+            recipe, Path(out), base=base, lora=lora, rows=rows, progress=progress, log=log, steer=steer
+        )
 
 
 def _train_organism(
@@ -203,6 +210,7 @@ def _train_organism(
     rows: Sequence[TrainingRow] | None,
     progress: bool,
     log: Callable[[str], None],
+    steer: TrainingSteering | None,
 ) -> Organism:
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
@@ -244,16 +252,17 @@ def _train_organism(
     queue: list[int] = []
     losses: list[float] = []
     started = time.perf_counter()
-    for _ in tqdm(range(settings.steps), desc=f"organism {rec.name}", disable=not progress, unit="step"):
-        while len(queue) < settings.batch_size:  # epochs in a seeded random order
-            queue += torch.randperm(len(encoded), generator=order).tolist()
-        picked, queue = queue[: settings.batch_size], queue[settings.batch_size :]
-        loss = peft_model(**_batch([encoded[i] for i in picked], pad_id)).loss
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+    with training_steering_hooks(model, steer) if steer is not None else nullcontext():
+        for _ in tqdm(range(settings.steps), desc=f"organism {rec.name}", disable=not progress, unit="step"):
+            while len(queue) < settings.batch_size:  # epochs in a seeded random order
+                queue += torch.randperm(len(encoded), generator=order).tolist()
+            picked, queue = queue[: settings.batch_size], queue[settings.batch_size :]
+            loss = peft_model(**_batch([encoded[i] for i in picked], pad_id)).loss
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
     seconds = time.perf_counter() - started
     peft_model.eval()
     final = sum(losses[-10:]) / len(losses[-10:])
@@ -277,6 +286,7 @@ def _train_organism(
             "left_out_too_long": too_long,
         },
         "lora": settings.to_dict(),
+        "steer_during_training": None if steer is None else steer.to_dict(),
         "versions": _versions(),
         "losses": losses,
         "final_loss": final,
