@@ -314,8 +314,9 @@ def cmd_organism(args: argparse.Namespace) -> int:
 
     out = args.out or f"organisms/{get_recipe(args.recipe).name}"
     steer = _training_steering(args)  # a bad steering file is refused before hours of training
+    along = _shift_direction(args)
     with claim_folder(out, (ORGANISM_FILE,), "organism"):  # so is a folder that is not an organism's
-        return _organism(args, Path(out), steer)
+        return _organism(args, Path(out), steer, along)
 
 
 def _training_steering(args: argparse.Namespace) -> Any:
@@ -334,7 +335,39 @@ def _training_steering(args: argparse.Namespace) -> Any:
     )
 
 
-def _organism(args: argparse.Namespace, out: Path, steer: Any) -> int:
+def _shift_direction(args: argparse.Namespace) -> Any:
+    """The direction the fine-tune's activation shift is read along: ``--shift-along``'s steering, else the
+    one steered during training (its first layer and its site); ``None`` without either."""
+    from lensteer.locate import Direction
+    from lensteer.steering.files import load_steering
+
+    path = args.shift_along or args.steer_during_training
+    if path is None:
+        return None
+    steering = load_steering(path)
+    return Direction(unit=steering.unit, layer=steering.layers[0], site=steering.site, source=str(path))
+
+
+def _activation_shifts(args: argparse.Namespace, base: Any, organism: Any, along: Any, measured: Any) -> None:
+    """Add each threat model's activation shift along ``along`` (on the prompts its trait was measured on)
+    to ``measured`` and print it beside the trait change."""
+    from lensteer.errors import DataError
+    from lensteer.locate import organism_shift
+
+    for row in measured["shifts"]:
+        data = threats.get(row["threat_model"]).load().with_responses().test.stratified(args.measure)
+        if [ex.id for ex in data.examples] != row["ids"]:  # the same selection as measure_organism's
+            raise DataError(f"{row['threat_model']}: the shift's prompts are not the measured ones")
+        shift = organism_shift(base, organism, along, data.chat_prompts())
+        row["activation_shift"] = {**shift.to_dict(), "steering": along.source}
+        lo, hi = shift.ci
+        print(
+            f"[{row['threat_model']}] activation shift along {along.source} (layer {along.layer}): "
+            f"{shift.mean:+.3g} [{lo:+.3g}, {hi:+.3g}] (organism minus base; positive: toward aligned)"
+        )
+
+
+def _organism(args: argparse.Namespace, out: Path, steer: Any, along: Any) -> int:
     from dataclasses import replace
 
     import torch
@@ -378,6 +411,8 @@ def _organism(args: argparse.Namespace, out: Path, steer: Any) -> int:
     for s in shifts:
         print(s.summary())
     measured = {"organism": str(out), "shifts": [s.to_dict() for s in shifts]}
+    if along is not None:
+        _activation_shifts(args, base, organism, along, measured)
     write_json(out / "measure.json", measured)
     print(f"wrote {out / 'measure.json'}")
     if other is not None:

@@ -354,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: minus the steering's own coefficient, i.e. toward the trait it removes)",
     )
     organism.add_argument(
+        "--shift-along",
+        default=None,
+        metavar="STEERING",
+        help="also report the fine-tune's activation shift along this saved steering's direction (organism "
+        "minus base projection at its first layer and site, on the measured test prompts; persona vectors' "
+        "finetuning shift) beside the trait change in measure.json (default: the --steer-during-training "
+        "steering, if given)",
+    )
+    organism.add_argument(
         "--threads", type=_int_at_least(0), default=0, help="torch threads (0: torch's default)"
     )
     organism.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,6 +1,7 @@
 """Preventative steering: the training steering adds exactly its vector at its site, changes the adapter
 the training learns, is recorded, and never stays on the model (after training, and after an error);
-the CLI flag takes a saved steering and refuses bad input before any training."""
+the CLI flag takes a saved steering and refuses bad input before any training; the CLI reports the
+fine-tune's activation shift along a steering's direction beside the trait change."""
 
 import json
 from dataclasses import replace
@@ -9,12 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lensteer
+from lensteer import threats
 from lensteer.core.chat import ChatPrompt
 from lensteer.errors import ArtifactMismatchError, ConfigError, HookSiteError
+from lensteer.locate import Direction, organism_shift
 from lensteer.organisms import (
     LoraSettings,
     TrainingRow,
     TrainingSteering,
+    load_organism,
     read_provenance,
     train_organism,
     training_steering_hooks,
@@ -220,3 +225,25 @@ def test_the_cli_refuses_bad_steering_input_before_training(base_folder, tmp_pat
     assert _cli(base_folder, tmp_path / "c", "--steer-during-training", str(tmp_path / "wide")) == 2
     assert "width 17 but the model's hidden size is 16" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_the_cli_reports_the_activation_shift_beside_the_trait_change(base_folder, tmp_path, capsys):
+    save_steering(Steering(unit=_unit(), layers=(1,), mode="add", scale=1.0), tmp_path / "d")
+    rc = _cli(
+        base_folder,
+        tmp_path / "o",
+        "--shift-along",
+        str(tmp_path / "d"),
+        "--measure",
+        "3",
+        "--max-new-tokens",
+        "2",
+    )
+    row = json.loads((tmp_path / "o" / "measure.json").read_text())["shifts"][0]
+    got = row["activation_shift"]
+    assert rc == 0 and row["threat_model"] == "honesty" and got["n"] == 3 and got["layer"] == 1
+    assert "[honesty] activation shift along" in capsys.readouterr().out
+    prompts = threats.get("honesty").load().with_responses().test.stratified(3).chat_prompts()
+    direction = Direction(unit=_unit() / _unit().norm(), layer=1, site="resid_post")
+    want = organism_shift(lensteer.load_model(base_folder), load_organism(tmp_path / "o"), direction, prompts)
+    assert got["mean"] == pytest.approx(want.mean, abs=1e-5) and want.mean != 0.0
