@@ -17,9 +17,12 @@ without bf16 instructions it runs at a fraction of fp32 (the numbers say how sma
 
 4. With ``--study DIR`` (a finished study: ``report.json`` and ``timing.json``), each stage of that study as a
    share of the limit: its FLOPs (``lensteer.study.plan``'s tokens decoded and run teacher-forced) over its
-   wall seconds.
+   wall seconds, at the limit of the study's own torch threads. With ``--roofline FILE`` as well (a
+   ``roofline.json`` this script wrote), the limit is read from that file and nothing is measured again
+   (a few seconds instead of about five minutes).
 
     python benchmarks/bench_roofline.py [--threads 1] [--batches 1 16 64] [--study results]
+    python benchmarks/bench_roofline.py --study results --roofline benchmarks/roofline.json
 """
 
 import argparse
@@ -152,6 +155,38 @@ def study_stage_shares(
     return rows
 
 
+def print_stage_table(rows: list[dict[str, Any]], title: str) -> None:
+    print(f"\n{title}\n")
+    print("| threat model | stage | seconds | GFLOP/s | share of limit |\n|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['where']} | {r['stage']} | {r['seconds']:.0f} | {r['gflops']:.2f} | {r['share_of_limit']:.2f} |"
+        )
+
+
+def study_from_file(study: Path, roofline: Path) -> None:
+    """``--study`` with ``--roofline``: the stage shares against a roofline measured earlier (its machine
+    reference and load said first), at the study's torch threads."""
+    data = json.loads(roofline.read_text())
+    timing = json.loads((study / "timing.json").read_text())
+    threads = int(timing.get("threads", data["threads"]))
+    key = f"fp32 B=64 {threads}t body"
+    if key not in data["model_shape_gflops"]:
+        raise SystemExit(f"{roofline} has no {key!r}; it has {sorted(data['model_shape_gflops'])}")
+    start, end = data["load_average_at_start"][0], data["load_average_at_end"][0]
+    print(
+        f"roofline {roofline}: {data['cpu']}, {data['cores']} cores, torch {data['torch']}, load average "
+        f"{start:.1f} to {end:.1f}; reference fp32 GEMM 1024^3 at 1 thread: "
+        f"{data['reference_fp32_gemm_1024_1t_gflops']:.1f} GFLOP/s; limit ({key}): "
+        f"{data['model_shape_gflops'][key]:.1f} GFLOP/s"
+    )
+    print(f"study {study}: {timing['seconds']:.0f} s wall, {threads} torch threads; now: {machine_line()}")
+    rows = study_stage_shares(lensteer.load_model(), study, data["model_shape_gflops"][key])
+    print_stage_table(
+        rows, f"the study in {study}, each stage as a share of the B=64 limit at {threads} thread(s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for lensteer's measured runs")
@@ -165,7 +200,17 @@ def main() -> None:
         default=None,
         help="a finished study folder (report.json, timing.json): each stage as a share of the limit",
     )
+    parser.add_argument(
+        "--roofline",
+        default=None,
+        help="with --study: a roofline.json this script wrote, read instead of measuring again",
+    )
     args = parser.parse_args()
+    if args.roofline is not None:
+        if args.study is None:
+            parser.error("--roofline goes with --study (it replaces measuring the limit again)")
+        study_from_file(Path(args.study), Path(args.roofline))
+        return
     load = os.getloadavg()
     print(machine_line(args.threads), flush=True)
     ref = reference_gflops()
@@ -257,12 +302,7 @@ def main() -> None:
         else study_stage_shares(model, Path(args.study), shapes[f"fp32 B={b} {t}t body"])
     )
     if stage_rows:
-        print(f"\nthe study in {args.study}, each stage as a share of the B={b} limit\n")
-        print("| threat model | stage | seconds | GFLOP/s | share of limit |\n|---|---|---|---|---|")
-        for r in stage_rows:
-            print(
-                f"| {r['where']} | {r['stage']} | {r['seconds']:.0f} | {r['gflops']:.2f} | {r['share_of_limit']:.2f} |"
-            )
+        print_stage_table(stage_rows, f"the study in {args.study}, each stage as a share of the B={b} limit")
     result = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
