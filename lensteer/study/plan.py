@@ -36,6 +36,7 @@ from lensteer.study.costs import (
     score_stage,
     sets_stage,
 )
+from lensteer.study.evaluation import _common_prefix
 from lensteer.study.robustness import settings_for
 
 __all__ = ["PlannedCondition", "Rates", "StagePlan", "ThreatModelPlan", "plan_conditions", "study_plan"]
@@ -235,19 +236,31 @@ def study_plan(model: Any, config: StudyConfig) -> tuple[list[ThreatModelPlan], 
     return plans, stages
 
 
-def _probe_prompts(config: StudyConfig, rows: int) -> list[Any]:
-    """``rows`` of the study's test prompts in their misaligning contexts, the threat models in turn."""
+def _probe_prompts(model: Any, config: StudyConfig) -> tuple[list[Any], list[Any]]:
+    """The probe's two batches of the study's test prompts in their misaligning contexts: ``batch_size`` rows
+    of the threat model with the longest shared context (prefilled once per batch, as the study decodes
+    them) and an eighth as many of every threat model in turn (no shared context)."""
     sets = []
     for name in config.threat_models:
         tm = threats.get(name)
         sets.append(tm.load().test.stratified(None).chat_prompts(context=tm.misaligning_context))
-    mixed = [p for group in zip(*sets, strict=False) for p in group] or [p for s in sets for p in s]
-    return [mixed[i % len(mixed)] for i in range(rows)]
+    longest = max(sets, key=lambda group: _common_prefix(model, group[:2]) if len(group) > 1 else 0)
+    mixed = [p for group in zip(*sets, strict=False) for p in group] or longest
+    rows = max(config.batch_size, 2)
+    big = [longest[i % len(longest)] for i in range(rows)]
+    return big, [mixed[i % len(mixed)] for i in range(max(1, rows // 8))]
 
 
-def _step_seconds(model: Any, prompts: Sequence[Any], steps: int) -> float:
-    """Seconds per decoding step of one batch of ``prompts``: the extra time of ``steps`` more steps (the
-    prefill cancels), over the steps actually taken (rows may stop at end of turn)."""
+@dataclass(frozen=True, kw_only=True)
+class _Timed:
+    step: float  # seconds per decoding step of the batch
+    prefill: float  # seconds of the batch's prefill (a teacher-forced pass over its prompts)
+
+
+def _timed_batch(model: Any, prompts: Sequence[Any], steps: int) -> _Timed:
+    """One batch of ``prompts`` decoded 2 and ``2 + steps`` tokens: a step's seconds (the extra time over the
+    steps actually taken: rows may stop at end of turn; the prefill cancels) and the prefill's (the short
+    run less its steps)."""
     from lensteer.steering.generation import generate
 
     def run(n: int) -> tuple[float, int]:
@@ -257,34 +270,31 @@ def _step_seconds(model: Any, prompts: Sequence[Any], steps: int) -> float:
 
     short, n_short = run(2)
     long, n_long = run(2 + steps)
-    return max(long - short, 1e-6) / max(n_long - n_short, 1)
+    step = max(long - short, 1e-6) / max(n_long - n_short, 1)
+    return _Timed(step=step, prefill=max(short - n_short * step, short / 10))
 
 
 def probe_rates(model: Any, config: StudyConfig, *, steps: int = 6) -> Rates:
-    """This machine's speed on ``model`` at the study's shapes (about 10 s on the embedded model, 2 cores):
-    one batch of ``batch_size`` of the study's test prompts (its contexts, its lengths) and one of an eighth
-    as many decoded ``steps`` more tokens (a step's fixed cost and each row's cost, from the two), and the
-    same ``batch_size`` prompts run teacher-forced, each after a warm-up (the first call through the bridge
-    pays for setting itself up)."""
-    from lensteer.evaluate.capability import text_cross_entropy
+    """This machine's speed on ``model`` at the study's shapes (seconds to a minute on the embedded model):
+    a batch of ``batch_size`` of the study's test prompts, its few-shot context shared as the study shares it,
+    and one of an eighth as many decode ``steps`` more tokens than a 2-token run: a step's fixed cost and
+    each row's cost, from the two. The small batch's prefill (every threat model's prompts, their contexts
+    in full) gives the teacher-forced rate. After a warm-up: the first call through the bridge pays for
+    setting itself up."""
     from lensteer.steering.generation import generate
 
-    big = _probe_prompts(config, max(config.batch_size, 2))
-    small = big[: max(1, len(big) // 8)]
-    generate(model, big[:2], max_new_tokens=2, batch_size=2)  # warm-up
-    at_big, at_small = _step_seconds(model, big, steps), _step_seconds(model, small, steps)
-    row = max((at_big - at_small) / (len(big) - len(small)), at_big / len(big) / 10)
-    texts = [model.tokenizer.decode(tokenize_prompt(model, p).tokens) for p in big]
-    n_tokens = sum(tokenize_prompt(model, t, chat=False).n_tokens for t in texts)
-    text_cross_entropy(model, texts[:2], batch_size=2)  # warm-up
-    start = time.perf_counter()
-    text_cross_entropy(model, texts, batch_size=len(texts))
+    big, small = _probe_prompts(model, config)
+    generate(model, small[:2], max_new_tokens=2, batch_size=2)  # warm-up
+    at_big, at_small = _timed_batch(model, big, steps), _timed_batch(model, small, steps)
+    row = max((at_big.step - at_small.step) / max(len(big) - len(small), 1), at_big.step / len(big) / 10)
+    shared = _common_prefix(model, small) if len(small) > 1 else 0  # prefilled once
+    n_tokens = sum(tokenize_prompt(model, p).n_tokens for p in small) - shared * (len(small) - 1)
     return Rates(
-        step_seconds=max(at_big - len(big) * row, 0.0),
+        step_seconds=max(at_big.step - len(big) * row, 0.0),
         row_seconds=row,
-        forward_tokens_per_s=n_tokens / max(time.perf_counter() - start, 1e-6),
+        forward_tokens_per_s=n_tokens / at_small.prefill,
         batch=len(big),
-        context=round(n_tokens / len(texts)),
+        context=round(sum(tokenize_prompt(model, p).n_tokens for p in big) / len(big)),
     )
 
 
