@@ -7,16 +7,20 @@ the steering's direction (:func:`lensteer.locate.organism_shift`, bootstrap 95%)
 tests on the same prompts / items: each organism against the base, and the second organism against the
 first. ``combine`` merges threat models into one JSON (written atomically) and a Markdown table.
 
+    python scripts/experiments/preventative_steering.py train dishonest organisms/dishonest
+    python scripts/experiments/preventative_steering.py train dishonest organisms/dishonest-prevent \\
+        --steer-during-training docs/study/steerings/honesty_SwFC_kl0.5
     python scripts/experiments/preventative_steering.py evaluate --threat-model honesty \\
         --steering docs/study/steerings/honesty_SwFC_kl0.5 \\
         --organism without=organisms/dishonest --organism with=organisms/dishonest-prevent --out honesty.json
     python scripts/experiments/preventative_steering.py combine honesty.json compassion.json \\
-        --out docs/organisms/preventative.json --markdown docs/organisms/preventative-table.md
+        --out docs/organisms/preventative.json --markdown table.md
 """
 
 import argparse
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ from lensteer.core.io import read_json, write_json, write_text
 from lensteer.core.stats import mcnemar_exact, wilson_interval
 from lensteer.evaluate.capability import MCItem, load_mc_items, mc_accuracy
 from lensteer.locate import Direction, organism_shift
-from lensteer.organisms import load_organism, read_provenance
+from lensteer.organisms import TrainingSteering, get_recipe, load_organism, read_provenance, train_organism
 from lensteer.steering.files import load_steering
 from lensteer.steering.generation import generate
 from lensteer.study.evaluation import trait_flags
@@ -134,6 +138,22 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def train(args: argparse.Namespace) -> int:
+    """One organism at the comparison's settings (the same for both members of a pair)."""
+    torch.set_num_threads(args.threads)
+    recipe = get_recipe(args.recipe)
+    lora = replace(
+        recipe.lora, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, warmup=args.warmup
+    )
+    steer = None
+    if args.steer_during_training:
+        steering = load_steering(args.steer_during_training)
+        steer = TrainingSteering.from_steering(steering, source=args.steer_during_training)
+    done = train_organism(recipe, args.out, lora=lora, progress=False, log=print, steer=steer)
+    print(f"{args.out}: {done.seconds:.0f} s, final loss {done.final_loss:.3f}")
+    return 0
+
+
 def _pct(r: dict[str, Any]) -> str:
     return f"{r['rate']:.1%} [{r['ci'][0]:.1%}, {r['ci'][1]:.1%}]"
 
@@ -192,6 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(required=True)
+    tr = sub.add_parser("train", help="train one organism at the comparison's settings")
+    tr.add_argument("recipe", choices=["dishonest", "dismissive"])
+    tr.add_argument("out", type=Path)
+    tr.add_argument("--steer-during-training", default=None, metavar="STEERING")
+    tr.add_argument("--steps", type=int, default=30)
+    tr.add_argument("--batch-size", type=int, default=4)
+    tr.add_argument("--lr", type=float, default=3e-3)
+    tr.add_argument("--warmup", type=int, default=3)
+    tr.add_argument("--threads", type=int, default=1)
+    tr.set_defaults(func=train)
     ev = sub.add_parser("evaluate", help="base and organisms on one threat model's test prompts")
     ev.add_argument("--threat-model", required=True, choices=list(threats.names()))
     ev.add_argument("--steering", required=True, help="the steering whose direction the shift is read on")
