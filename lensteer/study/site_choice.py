@@ -26,6 +26,7 @@ If no candidate passes, the site falls back to the best passing lower bound that
 the best probe layer's difference of means, and ``chosen`` says so (``selected: false``).
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -253,10 +254,22 @@ def choose_site(model: Any, config: StudyConfig, inputs: SiteInputs) -> SiteChoi
             info={"candidate": {"source": cand.source, "position": cand.position}},
         )
 
+    found: list[float] = []  # calibrated scales so far: the next candidate starts from their geometric mean
+
     def calibrated(steering: Steering) -> Steering:
-        return calibrate(
-            model, steering, inputs.calibration, budget, tolerance=CALIBRATION_TOLERANCE, max_evals=10
+        start = math.exp(sum(map(math.log, found)) / len(found)) if found else None
+        out = calibrate(
+            model,
+            steering,
+            inputs.calibration,
+            budget,
+            tolerance=CALIBRATION_TOLERANCE,
+            start=start,
+            max_evals=10,
         ).steering
+        if out.scale and math.isfinite(out.scale) and out.scale > 0:
+            found.append(out.scale)
+        return out
 
     selection = select_candidate(
         model,

@@ -2,6 +2,8 @@
 teacher-forced margin, filters are never overridden, near-ties go to patching evidence, and the winner must beat
 a same-KL random direction."""
 
+import math
+
 import pytest
 import torch
 from builders import planted_probe_report
@@ -173,7 +175,19 @@ def test_the_study_locates_the_planted_steerable_layer_not_the_one_with_the_bigg
         batch_size=8,
     )
     probe = lensteer.steering.kl_probe(model, HARMLESS, continuation_tokens=6)
+    starts: list = []  # each calibration's starting scale and result: later ones start from earlier results
+    real_calibrate = site_choice.calibrate
+
+    def recording(*args, start=None, **kwargs):
+        out = real_calibrate(*args, start=start, **kwargs)
+        starts.append((start, out.steering.scale))
+        return out
+
+    monkeypatch.setattr(site_choice, "calibrate", recording)
     loc = locate_threat_model(model, "refusal", config, HARMLESS, probe)
+    assert starts[0][0] is None and len(starts) >= 3  # two candidates and the random control
+    assert starts[1][0] == pytest.approx(starts[0][1])
+    assert starts[2][0] == pytest.approx(math.sqrt(starts[0][1] * starts[1][1]))
     chosen = loc.selection["chosen"]
     assert loc.layer == 0 and chosen["selected"] and chosen["source"] == "prompt_contrast"
     assert torch.allclose(loc.steerings["SwFC"].unit, decide) and loc.steerings["SwFC"].layers == (0,)
