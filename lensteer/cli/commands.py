@@ -33,7 +33,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model = lensteer.load_model(args.model)
+    model = lensteer.load_model(args.model, device=getattr(args, "device", None))
     fp = lensteer.core.model_fingerprint(model)
     print(
         f"model: {fp.name} ({fp.n_layers} layers, d_model {fp.d_model}), loaded in {time.perf_counter() - start:.1f} s\n"

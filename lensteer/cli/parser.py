@@ -70,9 +70,39 @@ def _kl_list(text: str) -> tuple[float, ...]:
         ) from None
 
 
+def _device(text: str) -> str:
+    """An argparse type: a torch device this machine has (``cpu``, ``cuda``, ``cuda:N``, ``mps``)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"unknown device {text!r}; allowed: cpu, cuda, cuda:N, mps"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if not torch.cuda.is_available() or (device.index or 0) >= count:
+            raise argparse.ArgumentTypeError(
+                f"device {text!r} is not on this machine ({count} CUDA device(s)); allowed: cpu"
+                + (", cuda, " + ", ".join(f"cuda:{i}" for i in range(count)) if count else "")
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"device {text!r} is not on this machine; allowed: cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r}; allowed: cpu, cuda, cuda:N, mps")
+    return text
+
+
 def _add_common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
     parser.add_argument(
         "--model", default=None, help="HF id, model folder or .gguf (default: embedded SmolLM2-135M-Instruct)"
+    )
+    parser.add_argument(
+        "--device",
+        type=_device,
+        default=None,
+        help="torch device to load the model on: cpu (default), cuda, cuda:N or mps",
     )
     parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     parser.add_argument(

@@ -83,6 +83,12 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
         (["run", "--batch-size", "0"], "argument --batch-size: must be an int >= 1"),
         (["steer", "--kl", "nan"], "argument --kl: must be a finite number > 0"),
         (["organism", "dishonest", "--measure", "-3"], "argument --measure"),
+        (
+            ["run", "--device", "gpu"],
+            "argument --device: unknown device 'gpu'; allowed: cpu, cuda, cuda:N, mps",
+        ),
+        (["evaluate", "--steering", "s", "--device", "cuda:99"], "device 'cuda:99' is not on this machine"),
+        (["locate", "--device", "meta"], "unsupported device 'meta'"),
     ],
 )
 def test_bad_numeric_options_exit_2_with_a_message(argv, says, capsys):
@@ -90,6 +96,21 @@ def test_bad_numeric_options_exit_2_with_a_message(argv, says, capsys):
         main(argv)
     assert info.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_the_device_option_reaches_load_model(monkeypatch):
+    from lensteer.cli import commands
+
+    seen = {}
+
+    def fake_load(model=None, **kwargs):
+        seen.update(kwargs, model=model)
+        raise LensteerError("stop after loading")
+
+    monkeypatch.setattr(lensteer, "load_model", fake_load)
+    with pytest.raises(LensteerError, match="stop after loading"):
+        commands._load(build_parser().parse_args(["run", "--device", "cpu"]))
+    assert seen == {"model": None, "device": "cpu"}
 
 
 def test_smoke_beside_profile_is_an_error_not_ignored(capsys):
