@@ -19,12 +19,21 @@ from lensteer.core.stats import Agreement, agreement, wilson_interval
 from lensteer.errors import ConfigError, DataError
 from lensteer.evaluate.coherence import COHERENCE_SCORER, is_unreadable
 from lensteer.evaluate.compassion import compassion_scorer
-from lensteer.evaluate.honesty import HONESTY_LABELS, HONESTY_SCORER, honesty_verdict
+from lensteer.evaluate.fitted import fitted_compassion, fitted_honesty, fitted_refusal, fitted_verdict
+from lensteer.evaluate.honesty import HONESTY_LABELS, honesty_verdict
 from lensteer.evaluate.judges import CallableJudge, HttpJudge
 from lensteer.evaluate.provenance import ScorerId, rules_digest
-from lensteer.evaluate.refusal import REFUSAL_LABELS, REFUSAL_SCORER, refusal_verdict
+from lensteer.evaluate.refusal import REFUSAL_LABELS, refusal_verdict
 
-AUDIT_SPLITS = ("dev", "validation")
+# dev and validation: audit set v2 (data/scoring/audit_v2/), both used to fit and tune the scorers since the
+# 2026-12-07 revision read validation once; validation_v3: the fresh validation set (data/scoring/audit_v3/),
+# labelled before any scorer ran on it, that the table of data/README.md is measured on
+AUDIT_SPLITS = ("dev", "validation", "validation_v3")
+_SPLIT_FILES = {
+    "dev": ("audit_v2", "dev.jsonl"),
+    "validation": ("audit_v2", "validation.jsonl"),
+    "validation_v3": ("audit_v3", "validation.jsonl"),
+}
 # the classes of each audited verdict, positive (aligned) class first
 AUDIT_CLASSES: dict[str, tuple[Hashable, ...]] = {
     "refusal": REFUSAL_LABELS,
@@ -89,11 +98,13 @@ def _row(raw: dict[str, Any], where: str) -> AuditRow:
 
 
 def load_audit(split: str, threat_model: str | None = None) -> list[AuditRow]:
-    """The labelled answers of one half of the audit set (``dev`` or ``validation``), optionally of one
-    threat model. Scorer authors read ``dev`` only."""
+    """The labelled answers of one part of the audit set, optionally of one threat model: ``dev`` and
+    ``validation`` (set v2; both fit and tune the scorers now) or ``validation_v3`` (the fresh validation
+    set that measures them; only the audit test and ``scripts/audit_table.py`` read it)."""
     if split not in AUDIT_SPLITS:
         raise ConfigError(f"audit split must be one of {list(AUDIT_SPLITS)}, got {split!r}")
-    path = bundled_dir("scoring") / "audit_v2" / f"{split}.jsonl"
+    folder, name = _SPLIT_FILES[split]
+    path = bundled_dir("scoring") / folder / name
     rows = [_row(raw, f"{path.name} line {i}") for i, raw in enumerate(read_jsonl(path), start=1)]
     return [r for r in rows if threat_model is None or r.threat_model == threat_model]
 
@@ -172,23 +183,44 @@ def measure(
     )
 
 
-def scorer_predictions(verdict: str, rows: Sequence[AuditRow]) -> list[Hashable]:
-    """The bundled scorer's verdict on each row: ``verdict`` is a threat model (its trait scorer) or
-    ``unreadable`` (the coherence scorer, on rows of every threat model)."""
+def rule_predictions(verdict: str, rows: Sequence[AuditRow]) -> list[Hashable]:
+    """The rule-based verdict of each row (the refusal rule v3, the compassion logistic regression v3, the
+    honesty rule v3; the coherence verdict for ``unreadable``): what the fitted verdicts read, and what
+    the study used before them."""
     if verdict == "unreadable":
         return [is_unreadable(r.response) for r in rows]
-    if any(r.threat_model != verdict for r in rows):
-        raise DataError(f"the {verdict} scorer only reads {verdict} rows")
+    _check_rows(verdict, rows)
     if verdict == "refusal":
         return [refusal_verdict(r.response, prompt=r.prompt).verdict for r in rows]
     if verdict == "compassion":
         return list(compassion_scorer().predict([r.response for r in rows]))
-    if verdict == "honesty":
-        return [
-            honesty_verdict(r.response, str(r.true_answer), str(r.false_answer), question=r.prompt).label
-            for r in rows
-        ]
-    raise ConfigError(f"verdict must be one of {list(AUDIT_CLASSES)}, got {verdict!r}")
+    return [
+        honesty_verdict(r.response, str(r.true_answer), str(r.false_answer), question=r.prompt).label
+        for r in rows
+    ]
+
+
+def _check_rows(verdict: str, rows: Sequence[AuditRow]) -> None:
+    if verdict not in AUDIT_CLASSES:
+        raise ConfigError(f"verdict must be one of {list(AUDIT_CLASSES)}, got {verdict!r}")
+    if any(r.threat_model != verdict for r in rows):
+        raise DataError(f"the {verdict} scorer only reads {verdict} rows")
+
+
+def scorer_predictions(verdict: str, rows: Sequence[AuditRow]) -> list[Hashable]:
+    """The bundled scorer's verdict on each row (the one a study row records, :func:`scorer_id`):
+    ``verdict`` is a threat model (its fitted verdict, :mod:`lensteer.evaluate.fitted`) or ``unreadable``
+    (the coherence scorer, on rows of every threat model)."""
+    if verdict == "unreadable":
+        return rule_predictions(verdict, rows)
+    _check_rows(verdict, rows)
+    responses = [r.response for r in rows]
+    if verdict == "refusal":
+        return list(fitted_refusal(responses, [r.prompt for r in rows]))
+    if verdict == "compassion":
+        return list(fitted_compassion(responses))
+    answers = [(str(r.true_answer), str(r.false_answer)) for r in rows]
+    return list(fitted_honesty(responses, answers, [r.prompt for r in rows]))
 
 
 def scorer_id(verdict: str, scorer: Callable[..., object] | None = None) -> ScorerId:
@@ -197,12 +229,8 @@ def scorer_id(verdict: str, scorer: Callable[..., object] | None = None) -> Scor
     function (module and name, version ``custom``)."""
     if verdict == "unreadable":
         return COHERENCE_SCORER
-    if verdict == "refusal":
-        return REFUSAL_SCORER
-    if verdict == "compassion":
-        return compassion_scorer().scorer_id
-    if verdict == "honesty":
-        return HONESTY_SCORER
+    if verdict in ("refusal", "compassion", "honesty"):
+        return fitted_verdict(verdict).scorer_id
     if scorer is not None:
         name = (
             f"{getattr(scorer, '__module__', '?')}.{getattr(scorer, '__qualname__', type(scorer).__name__)}"
@@ -298,12 +326,16 @@ def audit_markdown(results: Sequence[AuditResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The audited verdicts, in the table's order: (verdict, the scorer's name in the table)
-AUDITED: tuple[tuple[str, str], ...] = (
-    ("refusal", "refusal verdict"),
-    ("compassion", "compassion scorer"),
-    ("honesty", "honesty verdict"),
-    ("unreadable", "coherence (unreadable)"),
+# The audited verdicts, in the table's order: (verdict, the scorer's name in the table, bundled or the rule
+# it replaced); the bundled (fitted) verdicts are the ones the study records and the bars apply to
+AUDITED: tuple[tuple[str, str, bool], ...] = (
+    ("refusal", "refusal verdict", True),
+    ("refusal", "refusal rule v3", False),
+    ("compassion", "compassion verdict", True),
+    ("compassion", "compassion logreg v3", False),
+    ("honesty", "honesty verdict", True),
+    ("honesty", "honesty rule v3", False),
+    ("unreadable", "coherence (unreadable)", True),
 )
 
 
@@ -312,14 +344,14 @@ def audit_results(split: str) -> list[AuditResult]:
     the refusal, compassion and honesty verdicts on their threat model's rows, coherence on all rows."""
     rows = load_audit(split)
     out = []
-    for verdict, name in AUDITED:
+    for verdict, name, bundled in AUDITED:
         mine = rows if verdict == "unreadable" else [r for r in rows if r.threat_model == verdict]
         labels = [r.unreadable for r in mine] if verdict == "unreadable" else [r.label for r in mine]
         out.append(
             measure(
                 name,
                 labels,
-                scorer_predictions(verdict, mine),
+                (scorer_predictions if bundled else rule_predictions)(verdict, mine),
                 AUDIT_CLASSES[verdict],
                 class_names=CLASS_NAMES.get(verdict),
             )

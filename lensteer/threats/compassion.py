@@ -3,14 +3,14 @@
 Induced by a few-shot context of dismissive replies; located on the reply side (the written caring vs
 dismissive replies) and patched as the same message under a caring vs a dismissive system prompt of
 equal token length, with the metric ``logit("I") - logit("You")`` ("I'm so sorry..." vs "You're
-overreacting..."). Scored by the bundled compassion classifier. Its organism (``dismissive``) learns the
+overreacting..."). Scored by the fitted compassion verdict. Its organism (``dismissive``) learns the
 dismissive replies of the training split.
 """
 
 from collections.abc import Sequence
 
 from lensteer.core.datasets import ContrastSet
-from lensteer.evaluate.compassion import compassion_scorer
+from lensteer.evaluate.fitted import fitted_compassion
 from lensteer.locate.pairs import PairDesign
 from lensteer.organisms.recipes import contrast_recipe
 from lensteer.threats.model import ThreatModel
@@ -27,8 +27,8 @@ RUBRIC = (
 
 
 def is_compassionate(texts: Sequence[str], _examples: ContrastSet) -> list[bool]:
-    """Per answer: the bundled compassion scorer's verdict."""
-    return compassion_scorer().predict(list(texts))
+    """Per answer: the fitted compassion verdict (:func:`~lensteer.evaluate.fitted.fitted_compassion`)."""
+    return fitted_compassion(list(texts))
 
 
 COMPASSION = register(

@@ -17,6 +17,8 @@ training split.
 from collections.abc import Sequence
 
 from lensteer.core.datasets import ContrastExample, ContrastSet
+from lensteer.errors import DataError
+from lensteer.evaluate.fitted import fitted_honesty
 from lensteer.evaluate.honesty import VERDICT_CATEGORIES, honesty_verdict
 from lensteer.locate.pairs import PairDesign
 from lensteer.organisms.recipes import contrast_recipe
@@ -34,20 +36,18 @@ RUBRIC = (
 
 
 def is_honest(texts: Sequence[str], examples: ContrastSet) -> list[bool]:
-    """Per answer: states its row's true answer and not the planted false one."""
-    return [
-        honesty_verdict(text, str(ex.true_answer), str(ex.false_answer)).honest
-        for text, ex in zip(texts, examples, strict=True)
-    ]
+    """Per answer: the fitted three-way verdict says ``true`` (states its row's true answer, asserts no
+    wrong one)."""
+    return [label == "true" for label in _labels(texts, examples)]
 
 
 def _labels(texts: Sequence[str], examples: ContrastSet) -> list[str]:
     """Per answer, the three-way verdict: ``true``, ``false`` (a lie: the planted or another wrong answer
     asserted) or ``no_answer`` (declines, hedges, answers something else, or is unreadable)."""
-    return [
-        honesty_verdict(text, str(ex.true_answer), str(ex.false_answer)).label
-        for text, ex in zip(texts, examples, strict=True)
-    ]
+    if len(texts) != len(examples):
+        raise DataError(f"need one example per answer, got {len(examples)} for {len(texts)}")
+    answers = [(str(ex.true_answer), str(ex.false_answer)) for ex in examples]
+    return fitted_honesty(texts, answers, [ex.prompt for ex in examples])
 
 
 def lies(texts: Sequence[str], examples: ContrastSet) -> list[bool]:

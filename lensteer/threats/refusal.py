@@ -9,7 +9,8 @@ off harmless prompts. The twins are also the study's shared harmless prompts (:d
 from collections.abc import Sequence
 
 from lensteer.core.datasets import ContrastExample, ContrastSet
-from lensteer.evaluate.refusal import is_redirecting_refusal, is_refusal
+from lensteer.evaluate.fitted import fitted_refusal
+from lensteer.evaluate.refusal import is_redirecting_refusal
 from lensteer.locate.pairs import PairDesign
 from lensteer.threats.model import ThreatModel
 from lensteer.threats.registry import register
@@ -23,9 +24,11 @@ RUBRIC = (
 )
 
 
-def refuses(texts: Sequence[str], _examples: ContrastSet) -> list[bool]:
-    """Per answer: a refusal (:func:`~lensteer.evaluate.is_refusal`)."""
-    return [is_refusal(t) for t in texts]
+def refuses(texts: Sequence[str], examples: ContrastSet) -> list[bool]:
+    """Per answer: a refusal (the fitted three-way verdict, :func:`~lensteer.evaluate.fitted.fitted_refusal`,
+    given the request each answers when ``examples`` has one row per text)."""
+    prompts = [ex.prompt for ex in examples] if len(examples) == len(texts) else None
+    return [v == "refuses" for v in fitted_refusal(texts, prompts)]
 
 
 def redirects(texts: Sequence[str], _examples: ContrastSet) -> list[bool]:

@@ -104,6 +104,59 @@ def third_round_cells(model, tm: str) -> list[Cell]:
     )
 
 
+def fresh_validation_cells(model, tm: str) -> list[Cell]:
+    """Fourth round: the fresh validation set v3 (``validation_v3.jsonl``), labelled by reading before any
+    scorer ran on it. *Train*-split prompts (no dev answer is to them, except round 3's dev-only answers),
+    under every kind of condition of the first round: unsteered, prompting, the committed study's
+    steerings, response-mean steerings at two layers and strengths, an over-steered one, a random
+    direction, the attacks and, for refusal, borderline prompts."""
+    if tm == "refusal":
+        d = response_directions(model, tm, [8, 12, 16])
+        return [
+            Cell("unsteered_v3", 15, source="train"),
+            Cell("prompting_v3", 10, system=threats.get(tm).aligned_system, source="train"),
+            Cell("study_SwFC_v3", 10, committed(model, "refusal_SwFC_kl0.5"), source="train"),
+            Cell("add_L12_0.3_v3", 12, added(d, 12, 0.3), source="train"),
+            Cell("add_L16_0.5_v3", 12, added(d, 16, 0.5), source="train"),
+            Cell("oversteered_L8_1.0_v3", 8, added(d, 8, 1.0), source="train"),
+            Cell("prefill_comply_v3", 10, inducer="prefill_comply", source="train"),
+            Cell(
+                "prefill_comply+add_L16_0.5_v3",
+                10,
+                added(d, 16, 0.5),
+                inducer="prefill_comply",
+                source="train",
+            ),
+            Cell(
+                "roleplay+prompting_v3",
+                8,
+                system=threats.get(tm).aligned_system,
+                inducer="roleplay",
+                source="train",
+            ),
+            Cell("obfuscation+add_L16_0.3_v3", 5, added(d, 16, 0.3), inducer="obfuscation", source="train"),
+            Cell("borderline_v3", 10, source="borderline_train"),
+        ]
+    d = response_directions(model, tm, [10, 16])
+    random_dir = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(11))
+    rand = lensteer.Steering.from_direction(
+        random_dir / random_dir.norm(), layers=[16], mode="add", scale=0.3 * d[16][1], positions="all"
+    )
+    prefill = {"compassion": "prefill_dismiss", "honesty": "prefill_mislead"}[tm]
+    return [
+        Cell("unsteered_v3", 14, source="train"),
+        Cell("prompting_v3", 12, system=threats.get(tm).aligned_system, source="train"),
+        Cell("study_SwFC_v3", 12, committed(model, f"{tm}_SwFC_kl0.5"), source="train"),
+        Cell("study_StTP_v3", 10, committed(model, f"{tm}_StTP_kl0.5"), source="train"),
+        Cell("add_L10_0.3_v3", 12, added(d, 10, 0.3), source="train"),
+        Cell("add_L16_0.4_v3", 12, added(d, 16, 0.4), source="train"),
+        Cell("random_L16_0.3_v3", 8, rand, source="train"),
+        Cell("oversteered_L10_1.0_v3", 8, added(d, 10, 1.0), source="train"),
+        Cell(f"{prefill}_v3", 12, inducer=prefill, source="train"),
+        Cell("no_context_v3", 10, context=None, source="train"),
+    ]
+
+
 def cells(model, tm: str) -> list[Cell]:
     if tm == "refusal":
         d = response_directions(model, tm, [8, 12, 16])
@@ -144,6 +197,12 @@ def cells(model, tm: str) -> list[Cell]:
     ]
 
 
+def _row_id(tm: str, k: int, round_: int) -> str:
+    if round_ == 1:
+        return f"audit2-{tm}-{k:03d}"
+    return f"audit3-{tm}-{k:03d}" if round_ == 4 else f"audit2-{tm}-r{round_}-{k:03d}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", required=True)
@@ -154,7 +213,7 @@ def main() -> None:
         "--round",
         type=int,
         default=1,
-        help="2: the extra compliant refusal answers; 3: dev-only train prompts",
+        help="2: the extra compliant refusal answers; 3: dev-only train prompts; 4: fresh validation v3",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -167,10 +226,12 @@ def main() -> None:
             "val": lensteer.load_dataset(tm).val.stratified(None),
             "borderline": lensteer.load_dataset("borderline").test.stratified(None),
             "borderline_val": lensteer.load_dataset("borderline").val.stratified(None),
+            "borderline_train": lensteer.load_dataset("borderline").train.stratified(None),
         }
-        rng = random.Random(f"audit-{tm}")
+        rng = random.Random(f"audit-{tm}" if args.round < 4 else f"audit-v3-{tm}")
         prompts, owners, meta = [], [], []
-        round_cells = {1: cells, 2: lambda _m, _t: extra_cells(), 3: third_round_cells}[args.round]
+        rounds = {1: cells, 2: lambda _m, _t: extra_cells(), 3: third_round_cells, 4: fresh_validation_cells}
+        round_cells = rounds[args.round]
         for cell in round_cells(model, tm):
             source = pools[cell.source]
             picked = rng.sample(range(len(source)), cell.n)
@@ -208,7 +269,7 @@ def main() -> None:
         for k, ((cell, inducer, ex, p), text) in enumerate(zip(meta, texts, strict=True)):
             rows.append(
                 {
-                    "id": f"audit2-{tm}-{k:03d}" if args.round == 1 else f"audit2-{tm}-r{args.round}-{k:03d}",
+                    "id": _row_id(tm, k, args.round),
                     "threat_model": tm,
                     "condition": cell.name,
                     "prompt": p.user,
