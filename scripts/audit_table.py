@@ -1,12 +1,12 @@
-"""Write the scorer audit table of ``data/README.md`` from the audit set's **validation** half.
+"""Write the scorer audit table of ``data/README.md`` from the audit set's fresh **validation v3** set.
 
 The block between ``<!-- audit:start -->`` and ``<!-- audit:end -->`` is rewritten in place with
-``lensteer.threats.audit.audit_markdown(audit_results("validation"))``: every bundled scorer against the
-readers' labels (accuracy and Cohen's kappa with intervals, per-class recall and precision).
+``lensteer.threats.audit.audit_markdown(audit_results("validation_v3"))``: every bundled scorer (and the
+rule each fitted verdict replaced) against the readers' labels (accuracy and Cohen's kappa with intervals, per-class recall and precision).
 ``tests/unit/evaluate/test_scorer_audit.py`` recomputes the same table and fails when the README differs.
 
-The validation half is read here and by that test only: tune scorers on the development half
-(``scripts/tune_scorers.py``), then run this once.
+Validation v3 is read here and by that test only: choose and fit scorers on audit set v2
+(``scripts/fit_scorers.py``, ``scripts/tune_scorers.py``), then run this once.
 
 Usage: ``python scripts/audit_table.py [--readme data/README.md] [--check]`` (``--check`` exits 1 when
 the README is out of date instead of rewriting it).
@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
     args = parser.parse_args()
     old = args.readme.read_text(encoding="utf-8")
-    new = rewrite(old, audit_markdown(audit_results("validation")))
+    new = rewrite(old, audit_markdown(audit_results("validation_v3")))
     if args.check:
         print("up to date" if new == old else "out of date: run python scripts/audit_table.py")
         return 0 if new == old else 1

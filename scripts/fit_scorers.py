@@ -7,7 +7,9 @@ fresh validation set that measures the result. ``--cv`` runs a 5-fold cross-vali
 and per-class recall on the held-out folds, with the rule alone as the baseline. ``--fit`` fits the
 chosen setting (:data:`CHOSEN`) on all development data and writes ``data/scoring/<verdict>_fitted_v1.json``.
 
-Usage: ``python scripts/fit_scorers.py [--verdict refusal|honesty|compassion] [--cv] [--fit]``
+``--oof`` prints the chosen settings' out-of-fold agreement with the readers in the audit table's form.
+
+Usage: ``python scripts/fit_scorers.py [--verdict refusal|honesty|compassion] [--cv] [--fit] [--oof]``
 """
 
 import argparse
@@ -29,7 +31,7 @@ from lensteer.evaluate.fitted import (
     params,
     refusal_features,
 )
-from lensteer.threats.audit import AuditRow, load_audit
+from lensteer.threats.audit import AUDIT_CLASSES, CLASS_NAMES, AuditRow, audit_markdown, load_audit, measure
 
 VERDICTS = ("refusal", "honesty", "compassion")
 # Settings tried by --cv: (text features, inverse L2 penalty)
@@ -77,12 +79,40 @@ def rule_label(verdict: str, f: Features) -> str:
     return next(k.removeprefix("rule_") for k, v in f.dense.items() if k.startswith("rule_") and v)
 
 
-def cross_validate(verdict: str, n_folds: int = 5) -> None:
-    rows = development(verdict)
-    feats = features(verdict, rows)
+def out_of_fold(
+    verdict: str,
+    rows: Sequence[AuditRow],
+    feats: Sequence[Features],
+    setting: tuple[TextSpec, float],
+    n_folds: int = 5,
+) -> list[str]:
+    """Each row's prediction by a model fitted on the other folds (folds split by prompt)."""
     labels = [label_of(verdict)(r) for r in rows]
     prompts = sorted({r.prompt for r in rows})
     fold_of = {p: i % n_folds for i, p in enumerate(prompts)}
+    predicted = [""] * len(rows)
+    for k in range(n_folds):
+        train = [i for i, r in enumerate(rows) if fold_of[r.prompt] != k]
+        test = [i for i, r in enumerate(rows) if fold_of[r.prompt] == k]
+        model = fit_verdict(
+            verdict,
+            [feats[i] for i in train],
+            [labels[i] for i in train],
+            spec=setting[0],
+            c=setting[1],
+            rules=RULES[verdict],
+        )
+        for i, p in zip(test, model.predict([feats[i] for i in test]), strict=True):
+            guarded = verdict == "compassion" and feats[i].dense["unreadable"]  # fitted_compassion's guard
+            predicted[i] = "0" if guarded else p
+    return predicted
+
+
+def cross_validate(verdict: str) -> None:
+    """Print the grid's cross-validated kappa and per-class recall, and the rule's, on the development data."""
+    rows = development(verdict)
+    feats = features(verdict, rows)
+    labels = [label_of(verdict)(r) for r in rows]
     classes = sorted(set(labels))
 
     def report(name: str, predicted: list[str]) -> None:
@@ -93,26 +123,28 @@ def cross_validate(verdict: str, n_folds: int = 5) -> None:
         per = " ".join(f"{c}={v:.2f}" for c, v in recall.items())
         print(f"{name:<60} kappa {cohen_kappa(labels, predicted):.3f}  recall {per}", flush=True)
 
-    print(
-        f"{verdict}: {len(rows)} answers, {len(prompts)} prompts, classes {dict((c, labels.count(c)) for c in classes)}"
-    )
+    print(f"{verdict}: {len(rows)} answers, classes {dict((c, labels.count(c)) for c in classes)}")
     report("rule alone", [rule_label(verdict, f) for f in feats])
     for spec, c in GRID:
-        predicted = [""] * len(rows)
-        for k in range(n_folds):
-            train = [i for i, r in enumerate(rows) if fold_of[r.prompt] != k]
-            test = [i for i, r in enumerate(rows) if fold_of[r.prompt] == k]
-            model = fit_verdict(
-                verdict,
-                [feats[i] for i in train],
-                [labels[i] for i in train],
-                spec=spec,
-                c=c,
-                rules=RULES[verdict],
+        report(f"word={spec.word} char={spec.char} C={c}", out_of_fold(verdict, rows, feats, (spec, c)))
+
+
+def chosen_table(verdicts: Sequence[str]) -> str:
+    """The chosen settings' out-of-fold agreement with the readers on the development data (audit table form)."""
+    results = []
+    for verdict in verdicts:
+        rows = development(verdict)
+        predicted = out_of_fold(verdict, rows, features(verdict, rows), CHOSEN[verdict])
+        labels = [label_of(verdict)(r) for r in rows]
+        classes = AUDIT_CLASSES[verdict]
+        if verdict == "compassion":  # labels "1" / "0" -> the audit's True / False
+            labels, predicted = [v == "1" for v in labels], [v == "1" for v in predicted]
+        results.append(
+            measure(
+                f"{verdict} (out of fold)", labels, predicted, classes, class_names=CLASS_NAMES.get(verdict)
             )
-            for i, p in zip(test, model.predict([feats[i] for i in test]), strict=True):
-                predicted[i] = p
-        report(f"word={spec.word} char={spec.char} max={spec.max_features} C={c}", predicted)
+        )
+    return audit_markdown(results)
 
 
 def fit_chosen(verdict: str) -> FittedVerdict:
@@ -142,12 +174,15 @@ def main() -> int:
     parser.add_argument(
         "--fit", action="store_true", help="fit the chosen settings and write their parameters"
     )
+    parser.add_argument("--oof", action="store_true", help="the chosen settings' out-of-fold table on dev")
     args = parser.parse_args()
     for verdict in args.verdict or VERDICTS:
         if args.cv:
             cross_validate(verdict)
         if args.fit:
             fit(verdict)
+    if args.oof:
+        print(chosen_table(args.verdict or VERDICTS))
     return 0
 
 

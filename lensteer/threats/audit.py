@@ -340,12 +340,15 @@ AUDITED: tuple[tuple[str, str, bool], ...] = (
 
 
 def audit_results(split: str) -> list[AuditResult]:
-    """Every bundled scorer against the readers on one half of the audit set (:data:`AUDITED` order):
-    the refusal, compassion and honesty verdicts on their threat model's rows, coherence on all rows."""
+    """Every bundled scorer (and the rule it replaced) against the readers on one part of the audit set
+    (:data:`AUDITED` order): the refusal, compassion and honesty verdicts on their threat model's rows (a
+    threat model with no rows there is left out), coherence on all rows."""
     rows = load_audit(split)
     out = []
     for verdict, name, bundled in AUDITED:
         mine = rows if verdict == "unreadable" else [r for r in rows if r.threat_model == verdict]
+        if not mine:
+            continue
         labels = [r.unreadable for r in mine] if verdict == "unreadable" else [r.label for r in mine]
         out.append(
             measure(
