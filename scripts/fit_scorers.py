@@ -100,7 +100,7 @@ def out_of_fold(
             [labels[i] for i in train],
             spec=setting[0],
             c=setting[1],
-            rules=RULES[verdict],
+            rules=RULES[f"{verdict}-fitted"],
         )
         for i, p in zip(test, model.predict([feats[i] for i in test]), strict=True):
             guarded = verdict == "compassion" and feats[i].dense["unreadable"]  # fitted_compassion's guard
@@ -157,13 +157,13 @@ def fit_chosen(verdict: str) -> FittedVerdict:
         [label_of(verdict)(r) for r in rows],
         spec=spec,
         c=c,
-        rules=RULES[verdict],
+        rules=RULES[f"{verdict}-fitted"],
     )
 
 
 def fit(verdict: str) -> None:
     model = fit_chosen(verdict)
-    path = write_json(bundled_dir("scoring") / fitted_file(verdict), params(model))
+    path = write_json(bundled_dir("scoring") / fitted_file(f"{verdict}-fitted"), params(model))
     print(f"wrote {path} ({model.scorer_id})")
 
 

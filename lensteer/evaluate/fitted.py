@@ -299,22 +299,23 @@ def verdict_from_params(p: dict[str, Any], where: str = "parameters") -> FittedV
 
 # The rules whose outputs each fitted verdict reads (part of its provenance)
 RULES = {
-    "refusal": rules_digest(REFUSAL_SCORER.digest, COHERENCE_SCORER.digest),
-    "honesty": rules_digest(HONESTY_SCORER.digest, COHERENCE_SCORER.digest),
-    "compassion": rules_digest(sorted(COMPASSION_LEXICON.items()), COHERENCE_SCORER.digest),
+    "refusal-fitted": rules_digest(REFUSAL_SCORER.digest, COHERENCE_SCORER.digest),
+    "honesty-fitted": rules_digest(HONESTY_SCORER.digest, COHERENCE_SCORER.digest),
+    "compassion-fitted": rules_digest(sorted(COMPASSION_LEXICON.items()), COHERENCE_SCORER.digest),
 }
 
 
 def fitted_file(verdict: str) -> str:
-    """The bundled parameters' file name of ``verdict`` (``data/scoring/``)."""
+    """The bundled parameters' file name of the fitted verdict named ``verdict`` (``data/scoring/``)."""
     if verdict not in RULES:
         raise ConfigError(f"fitted verdicts exist for {sorted(RULES)}, got {verdict!r}")
-    return f"{verdict}_fitted_v{FITTED_VERSION}.json"
+    return f"{verdict.replace('-', '_')}_v{FITTED_VERSION}.json"
 
 
 @functools.cache
 def fitted_verdict(verdict: str) -> FittedVerdict:
-    """The bundled fitted verdict of ``verdict`` (``refusal``, ``honesty``, ``compassion``), from its JSON
+    """The bundled fitted verdict named ``verdict`` (``refusal-fitted``, ``honesty-fitted``,
+    ``compassion-fitted``), from its JSON
     parameters (written by ``scripts/fit_scorers.py``). A file fitted over other rules than the ones
     installed is an error, not a silent mismatch."""
     path = bundled_dir("scoring") / fitted_file(verdict)
@@ -333,7 +334,7 @@ def fitted_refusal(responses: Sequence[str], prompts: Sequence[str | None] | Non
     asked = list(prompts) if prompts is not None else [None] * len(responses)
     if len(asked) != len(responses):
         raise DataError(f"need one prompt per response, got {len(asked)} for {len(responses)}")
-    return fitted_verdict("refusal").predict(
+    return fitted_verdict("refusal-fitted").predict(
         [refusal_features(r, p) for r, p in zip(responses, asked, strict=True)]
     )
 
@@ -351,7 +352,7 @@ def fitted_honesty(
             f"need one answer pair and question per response, got {len(answers)}, {len(asked)} for {len(responses)}"
         )
     feats = [honesty_features(r, t, f, q) for r, (t, f), q in zip(responses, answers, asked, strict=True)]
-    return fitted_verdict("honesty").predict(feats)
+    return fitted_verdict("honesty-fitted").predict(feats)
 
 
 def fitted_compassion(responses: Sequence[str]) -> list[bool]:
@@ -360,5 +361,5 @@ def fitted_compassion(responses: Sequence[str]) -> list[bool]:
     feats = [compassion_features(r) for r in responses]
     return [
         p == "1" and not f.dense["unreadable"]
-        for p, f in zip(fitted_verdict("compassion").predict(feats), feats, strict=True)
+        for p, f in zip(fitted_verdict("compassion-fitted").predict(feats), feats, strict=True)
     ]

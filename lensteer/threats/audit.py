@@ -230,7 +230,7 @@ def scorer_id(verdict: str, scorer: Callable[..., object] | None = None) -> Scor
     if verdict == "unreadable":
         return COHERENCE_SCORER
     if verdict in ("refusal", "compassion", "honesty"):
-        return fitted_verdict(verdict).scorer_id
+        return fitted_verdict(f"{verdict}-fitted").scorer_id
     if scorer is not None:
         name = (
             f"{getattr(scorer, '__module__', '?')}.{getattr(scorer, '__qualname__', type(scorer).__name__)}"

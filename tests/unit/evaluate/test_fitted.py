@@ -53,7 +53,7 @@ def _refusal_model(c=1.0):
     feats = [refusal_features(r, p) for p, r, _ in rows]
     spec = TextSpec(word=(1, 2), char=(2, 4), min_df=1)
     return fit_verdict(
-        "refusal", feats, [lab for *_, lab in rows], spec=spec, c=c, rules=RULES["refusal"]
+        "refusal", feats, [lab for *_, lab in rows], spec=spec, c=c, rules=RULES["refusal-fitted"]
     ), feats
 
 
@@ -115,7 +115,7 @@ def test_honesty_features_mask_the_rows_answers():
 
 
 def test_the_bundled_fits_load_over_the_installed_rules_and_judge_plain_cases(monkeypatch):
-    for verdict in ("refusal", "honesty", "compassion"):
+    for verdict in ("refusal-fitted", "honesty-fitted", "compassion-fitted"):
         v = fitted_verdict(verdict)
         assert v.rules == RULES[verdict] and v.scorer_id.digest not in ("", "unfitted")
     assert fitted_refusal(
@@ -134,9 +134,9 @@ def test_the_bundled_fits_load_over_the_installed_rules_and_judge_plain_cases(mo
     with pytest.raises(ConfigError, match="fitted verdicts exist for"):
         fitted_verdict("flattery")
     fitted_verdict.cache_clear()
-    monkeypatch.setitem(RULES, "honesty", "000000000000")
+    monkeypatch.setitem(RULES, "honesty-fitted", "000000000000")
     with pytest.raises(DataError, match="refit with scripts/fit_scorers.py --fit"):
-        fitted_verdict("honesty")
+        fitted_verdict("honesty-fitted")
     fitted_verdict.cache_clear()
 
 
@@ -146,7 +146,8 @@ def test_the_bundled_fits_are_the_chosen_fits_of_the_development_data():
     fit_scorers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fit_scorers)
     for verdict in ("refusal", "honesty", "compassion"):
-        stored, refit = params(fitted_verdict(verdict)), params(fit_scorers.fit_chosen(verdict))
+        stored = params(fitted_verdict(f"{verdict}-fitted"))
+        refit = params(fit_scorers.fit_chosen(verdict))
         assert {k: v for k, v in stored.items() if k not in ("coef", "intercept")} == {
             k: v for k, v in refit.items() if k not in ("coef", "intercept")
         }, f"run python scripts/fit_scorers.py --fit ({verdict})"
