@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from lensteer.core.bridge import Bridge
+
 COMMANDS = ("/fired", "/reset", "/quit", "/exit", "/help")
 HELP = "commands: /fired (toggle the per-token view), /reset (new conversation), /quit"
 
@@ -27,14 +29,14 @@ def _lines(stream: Any) -> Iterator[str]:
         yield from (line.rstrip("\n") for line in stream)
 
 
-def _fired_view(turn: Any, model: Any, colour: bool) -> str:
+def _fired_view(turn: Any, model: Bridge, colour: bool) -> str:
     from lensteer.plotting.token_view import token_view
 
     view = token_view(turn.generations, 1, model)
     return view.ansi() if colour else view.plain()
 
 
-def chat_loop(model: Any, steering: Any, args: argparse.Namespace, stream: Any) -> int:
+def chat_loop(model: Bridge, steering: Any, args: argparse.Namespace, stream: Any) -> int:
     """Answer every line of ``stream`` unsteered and steered; print both side by side."""
     from lensteer.evaluate.chat_session import SideBySideChat
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lensteer import threats
+from lensteer.core.bridge import Bridge
 from lensteer.core.io import write_json
 
 DEFAULT_BATCH = 16  # prompts per forward for probe and locate (run and evaluate take the config's)
@@ -131,7 +132,7 @@ def _eval_sets(args: argparse.Namespace, studied: tuple[str, ...] | None = None)
     return sets
 
 
-def _write_eval_sets(out: Path, model: Any, sets: dict[str, Any], conditions_of: Any, config: Any) -> None:
+def _write_eval_sets(out: Path, model: Bridge, sets: dict[str, Any], conditions_of: Any, config: Any) -> None:
     from lensteer.study.public_eval import evaluate_public_sets, public_table
 
     reports = evaluate_public_sets(model, sets, conditions_of, config)
@@ -141,7 +142,7 @@ def _write_eval_sets(out: Path, model: Any, sets: dict[str, Any], conditions_of:
     print(f"\nwrote {out / 'eval_sets.json'}")
 
 
-def model_summary(model: Any) -> dict[str, Any]:
+def model_summary(model: Bridge) -> dict[str, Any]:
     import lensteer
 
     return dict(lensteer.core.model_fingerprint(model).to_dict())

@@ -6,6 +6,7 @@ but ``errors`` and ``_types``.
 """
 
 from lensteer.core.activations import collect_activations
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import (
     ChatPrompt,
     PromptBatch,
@@ -36,6 +37,7 @@ from lensteer.core.stats import Rate, auroc, bootstrap_ci, d_prime, rate_with_ci
 
 __all__ = [
     "BUNDLED",
+    "Bridge",
     "ChatPrompt",
     "Context",
     "ContrastExample",

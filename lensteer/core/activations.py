@@ -21,6 +21,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from lensteer._types import Tokens
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import (
     ChatPrompt,
     TokenizedPrompt,
@@ -36,7 +37,7 @@ Position = str | int | Sequence[int]
 
 
 def as_tokenized(
-    model: Any, prompts: "Sequence[str | ChatPrompt | TokenizedPrompt] | Tokens", chat: bool
+    model: Bridge, prompts: "Sequence[str | ChatPrompt | TokenizedPrompt] | Tokens", chat: bool
 ) -> list[TokenizedPrompt]:
     if isinstance(prompts, torch.Tensor):
         if prompts.ndim != 2 or prompts.shape[0] == 0:
@@ -101,7 +102,7 @@ def position_weights(prompt: TokenizedPrompt, position: Position, prompt_idx: in
 
 
 def collect_activations(
-    model: Any,
+    model: Bridge,
     prompts: "Sequence[str | ChatPrompt | TokenizedPrompt] | Tokens",
     *,
     layers: int | Sequence[int] | None = None,

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Int
 
 from lensteer._types import AttentionMask, Tokens
+from lensteer.core.bridge import Bridge
 from lensteer.errors import ConfigError, DataError
 
 ROLES = ("system", "user", "assistant")
@@ -213,7 +214,7 @@ def _encode(
     return ids, offsets
 
 
-def context_length(model: Any) -> int | None:
+def context_length(model: Bridge) -> int | None:
     """The model's context length (``cfg.n_ctx``), or ``None`` for a bare tokenizer."""
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     return n_ctx if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0 else None
@@ -324,7 +325,7 @@ def length_sorted_batches(
     return [(rows, left_pad([tokenized[i] for i in rows], pad_id)) for rows in chunks]
 
 
-def tokenize_batch(model: Any, prompts: Sequence["str | ChatPrompt"], *, chat: bool = True) -> PromptBatch:
+def tokenize_batch(model: Bridge, prompts: Sequence["str | ChatPrompt"], *, chat: bool = True) -> PromptBatch:
     """Tokenize and left-pad several prompts (see :func:`tokenize_prompt`)."""
     if isinstance(prompts, str):
         raise DataError("pass a list of prompts, not a single string")

@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
 from lensteer.core.sites import UNEMBED_INPUT
 from lensteer.errors import ConfigError, DataError
@@ -24,7 +25,7 @@ class _StopBeforeUnembed(Exception):
 
 
 def final_normalized(
-    model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: Bridge, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``[batch, pos, d_model]`` input of the unembedding (after the final norm), without computing logits."""
 
@@ -39,19 +40,21 @@ def final_normalized(
     raise RuntimeError(f"the model never reached {UNEMBED_INPUT}")
 
 
-def last_logits(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def last_logits(
+    model: Bridge, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``[batch, d_vocab]`` logits at the last position only (left padding keeps it a real token)."""
     return unembed(model, final_normalized(model, tokens, attention_mask)[:, -1])
 
 
-def unembed(model: Any, x: torch.Tensor) -> torch.Tensor:
+def unembed(model: Bridge, x: torch.Tensor) -> torch.Tensor:
     """Logits ``x @ W_U + b_U`` for ``[..., d_model]`` final-normalized residuals."""
     logits = x @ model.W_U.to(x.device, x.dtype)
     b_u = getattr(model, "b_U", None)
     return logits + b_u.to(x.device, x.dtype) if b_u is not None else logits
 
 
-def last_position_logits(model: Any) -> Any:
+def last_position_logits(model: Bridge) -> Any:
     """Hooks (a ``with`` block) that feed the unembedding only the last position: for forwards whose
     caller reads the last logits only (decoding, patching metrics), the rest of the unembedding is waste."""
 
@@ -104,7 +107,7 @@ def mean_token_kl(
 
 
 def response_logprob(
-    model: Any,
+    model: Bridge,
     prompts: Sequence[ChatPrompt],
     *,
     batch_size: int = 16,

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from transformer_lens import TransformerBridge
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.io import sha256_file, write_json
 from lensteer.errors import ConfigError, ModelLoadError
 
@@ -76,7 +77,7 @@ class ModelFingerprint:
         return cls(**data)
 
 
-def model_fingerprint(model: TransformerBridge) -> ModelFingerprint:
+def model_fingerprint(model: Bridge) -> ModelFingerprint:
     """Return the :class:`ModelFingerprint` of a loaded bridge."""
     cfg = model.cfg
     name = getattr(model, _NAME_ATTR, None) or str(getattr(cfg, "model_name", "unknown"))
@@ -132,7 +133,7 @@ def state_dict_sha256(module: Any) -> str:
     return digest.hexdigest()
 
 
-def weights_sha256(model: Any) -> str | None:
+def weights_sha256(model: Bridge) -> str | None:
     """SHA-256 of a loaded model's weights, computed once per model: the weight files of the folder
     :func:`load_model` read (:func:`file_sha256`, cached by path, size and mtime), else its state dict's
     tensors; ``None`` for an object without weights (a stand-in)."""
@@ -161,12 +162,12 @@ def weights_sha256(model: Any) -> str | None:
 # --------------------------------------------------------------------------- KV-cache shim
 
 
-def set_model_name(model: TransformerBridge, name: str) -> None:
+def set_model_name(model: Bridge, name: str) -> None:
     """Record where a bridge came from (the ``name`` of its :func:`model_fingerprint`)."""
     object.__setattr__(model, _NAME_ATTR, name)
 
 
-def fingerprint_of(model: "TransformerBridge | ModelFingerprint") -> ModelFingerprint:
+def fingerprint_of(model: "Bridge | ModelFingerprint") -> ModelFingerprint:
     """A model's fingerprint; a fingerprint passes through (so callers may hold either)."""
     return model if isinstance(model, ModelFingerprint) else model_fingerprint(model)
 

@@ -29,6 +29,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import nn
 
+from lensteer.core.bridge import Bridge
+
 PLAIN_SITES = ("resid_pre", "resid_post")  # the decoder layer's input and output: hookable on the plain view
 _VIEWS: "WeakKeyDictionary[Any, PlainView | None]" = WeakKeyDictionary()
 _HOOK_DICTS = (
@@ -96,7 +98,7 @@ class PlainView:
         return cast(torch.Tensor, out.last_hidden_state)
 
 
-def plain_view(model: Any) -> "PlainView | None":
+def plain_view(model: Bridge) -> "PlainView | None":
     """The plain view of ``model`` if decoding may use it now, else ``None`` (see the module docstring).
 
     Built once per bridge (cached weakly); the checks for hooks, compatibility mode and rebound forwards
@@ -123,7 +125,7 @@ def mask_positions(
     return pos[:, -n_new:]
 
 
-def _build(model: Any) -> "PlainView | None":
+def _build(model: Bridge) -> "PlainView | None":
     from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
     from transformer_lens.utilities.position_ids import accepts_mask_derived_position_ids
     from transformers import PreTrainedModel
@@ -163,11 +165,11 @@ def _build(model: Any) -> "PlainView | None":
     return PlainView(module=module, layers=layers, keeps_last=keeps_last)  # type: ignore[arg-type]
 
 
-def _has_hooks(model: nn.Module) -> bool:
+def _has_hooks(model: Bridge) -> bool:
     return bool(foreign_hooks(model))
 
 
-def foreign_hooks(module: nn.Module) -> list[str]:
+def foreign_hooks(module: "nn.Module | Bridge") -> list[str]:
     """Names of the submodules of ``module`` that carry a hook of anyone's (a user's, TransformerLens'
     hook points, ``steer()``) except the two kinds libraries keep for themselves and that change nothing
     here: the capture hooks TransformerLens' blocks wire on first use (they feed its own hook points) and
@@ -197,5 +199,5 @@ def _rebound(root: nn.Module) -> bool:
     return any("forward" in vars(m) or hasattr(m, "_hf_hook") for m in root.modules())
 
 
-def _compatibility_mode(model: nn.Module) -> bool:
+def _compatibility_mode(model: Bridge) -> bool:
     return any(getattr(m, "compatibility_mode", False) for m in model.modules())

@@ -6,8 +6,9 @@ for them here, so a renamed hook point is a one-line fix.
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
+from lensteer.core.bridge import Bridge
 from lensteer.errors import HookSiteError
 
 SiteKind = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
@@ -63,7 +64,7 @@ def validate_site_kind(kind: str) -> str:
     return kind
 
 
-def normalize_layers(model: Any, layers: int | Iterable[int] | None) -> list[int]:
+def normalize_layers(model: Bridge, layers: int | Iterable[int] | None) -> list[int]:
     """Turn ``None`` (all layers), an int or a list of ints into non-negative layer indices, in the order given.
 
     Negative indices count from the end, as in Python. Duplicates are an error.
@@ -93,7 +94,7 @@ def normalize_layers(model: Any, layers: int | Iterable[int] | None) -> list[int
     return out
 
 
-def resolve_sites(model: Any, layers: int | Iterable[int] | None, kind: str) -> list[HookSite]:
+def resolve_sites(model: Bridge, layers: int | Iterable[int] | None, kind: str) -> list[HookSite]:
     """Validate ``kind`` and ``layers`` against ``model`` and return the hook sites, in the order given."""
     validate_site_kind(kind)
     sites = [HookSite(layer=layer, kind=kind) for layer in normalize_layers(model, layers)]

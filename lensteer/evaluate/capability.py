@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.bundled import bundled_dir, read_jsonl
 from lensteer.core.chat import (
     ChatPrompt,
@@ -101,7 +102,7 @@ class MCResult:
 
 
 def mc_accuracy(
-    model: Any,
+    model: Bridge,
     items: Sequence[MCItem],
     *,
     batch_size: int = 16,
@@ -154,7 +155,7 @@ def mc_accuracy(
 
 
 def _shared_question_scores(
-    model: Any,
+    model: Bridge,
     items: Sequence[MCItem],
     chats: Sequence[ChatPrompt],
     steerings: tuple[Steering, ...],
@@ -210,7 +211,7 @@ def load_paragraphs(path: "str | Path | None" = None) -> list[str]:
     return [row["text"] for row in in_turn(rows, key=lambda row: str(row.get("topic", "")))]
 
 
-def text_cross_entropy(model: Any, texts: Sequence[str], *, batch_size: int = 8) -> float:
+def text_cross_entropy(model: Bridge, texts: Sequence[str], *, batch_size: int = 8) -> float:
     """Mean next-token cross-entropy (nats per token) of plain ``texts`` under ``model``, teacher-forced.
 
     Every token but the first is predicted; padding is masked. Wrap the call in

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Any
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, Turn
 from lensteer.errors import ConfigError
 from lensteer.steering.generation import Generations, generate
@@ -90,7 +91,7 @@ class SideBySideChat:
         generate_kwargs: Further :func:`~lensteer.generate` arguments (sampling, ``batch_size``, ...).
     """
 
-    model: Any
+    model: Bridge
     steering: "Steering | Sequence[Steering]"
     system: str | None = None
     max_new_tokens: int = 64

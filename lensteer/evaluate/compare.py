@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
 from lensteer.errors import DataError
 from lensteer.steering.generation import generate
@@ -72,7 +73,7 @@ class SideBySide:
 
 
 def side_by_side(
-    model: Any,
+    model: Bridge,
     prompts: Sequence["str | ChatPrompt"],
     steering: "Steering | Sequence[Steering]",
     *,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import (
     ChatPrompt,
     TokenizedPrompt,
@@ -58,7 +59,7 @@ def _per_prompt(ids: TokenIds, n: int, name: str) -> list[list[int]]:
 
 
 def opening_log_odds(
-    model: Any,
+    model: Bridge,
     prompts: Sequence["str | ChatPrompt | TokenizedPrompt"],
     aligned_ids: TokenIds,
     misaligned_ids: TokenIds,
@@ -118,7 +119,9 @@ def opening_log_odds(
     return out
 
 
-def opening_ids(model: Any, aligned: Sequence[str], misaligned: Sequence[str]) -> tuple[list[int], list[int]]:
+def opening_ids(
+    model: Bridge, aligned: Sequence[str], misaligned: Sequence[str]
+) -> tuple[list[int], list[int]]:
     """The first token ids of the aligned and the misaligned opening texts (``("I", "Sorry")`` vs
     ``("Sure", "Here")``), each side deduplicated; a token both sides start with is dropped from both
     (on a character-level tokenizer ``"Sorry"`` and ``"Sure"`` share ``"S"``).
@@ -144,7 +147,7 @@ def opening_ids(model: Any, aligned: Sequence[str], misaligned: Sequence[str]) -
 
 
 def first_difference(
-    model: Any, aligned: Sequence[ChatPrompt], misaligned: Sequence[ChatPrompt]
+    model: Bridge, aligned: Sequence[ChatPrompt], misaligned: Sequence[ChatPrompt]
 ) -> tuple[list[TokenizedPrompt], list[list[int]], list[list[int]]]:
     """Decision stems of prompts that end in two written replies: per pair, the tokens up to where the aligned
     and the misaligned conversation first differ, and the aligned and misaligned token there (e.g. the

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.core.datasets import ContrastSet
 from lensteer.core.forward import response_logprob
@@ -75,7 +76,7 @@ class InducerEffect:
 
 
 def reply_logprob(
-    model: Any, prompts: Sequence[ChatPrompt], replies: Sequence[str], *, batch_size: int = 16
+    model: Bridge, prompts: Sequence[ChatPrompt], replies: Sequence[str], *, batch_size: int = 16
 ) -> Float[torch.Tensor, " n_prompts"]:
     """Mean log-probability per token of ``replies[i]`` after ``prompts[i]``; a prompt's ``response``
     is a prefill the reply continues (its own tokens are not scored)."""
@@ -98,13 +99,13 @@ def reply_logprob(
     return out
 
 
-def _response_tokens(model: Any, prompt: ChatPrompt) -> int:
+def _response_tokens(model: Bridge, prompt: ChatPrompt) -> int:
     start, end = tokenize_prompt(model, prompt).response
     return end - start
 
 
 def inducer_effect(
-    model: Any,
+    model: Bridge,
     dataset: ContrastSet,
     inducer: Inducer,
     *,

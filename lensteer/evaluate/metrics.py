@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.core.forward import response_logprob
 from lensteer.core.stats import Rate, rate_with_ci
@@ -63,7 +64,7 @@ class Perplexity:
 
 
 def response_perplexity(
-    model: Any,
+    model: Bridge,
     prompts: Sequence["str | ChatPrompt"],
     responses: Sequence[str],
     *,

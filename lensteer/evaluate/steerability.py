@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, TokenizedPrompt, tokenize_prompt
 from lensteer.core.forward import response_logprob
 from lensteer.errors import ConfigError, DataError
@@ -28,7 +29,7 @@ from lensteer.steering.spec import Steering
 
 
 def preference_margin(
-    model: Any,
+    model: Bridge,
     aligned: Sequence[ChatPrompt],
     misaligned: Sequence[ChatPrompt],
     *,
@@ -54,7 +55,7 @@ def preference_margin(
 
 
 def decision_log_odds(
-    model: Any,
+    model: Bridge,
     aligned: Sequence[ChatPrompt],
     misaligned: Sequence[ChatPrompt],
     *,
@@ -94,7 +95,7 @@ def decision_log_odds(
 
 
 def steering_effect(
-    model: Any,
+    model: Bridge,
     steering: Steering,
     aligned: Sequence[ChatPrompt],
     misaligned: Sequence[ChatPrompt],
@@ -149,7 +150,7 @@ class Steerability:
 
 
 def layer_steerability(
-    model: Any,
+    model: Bridge,
     steerings: Mapping[int, Steering],
     aligned: Sequence[ChatPrompt],
     misaligned: Sequence[ChatPrompt],

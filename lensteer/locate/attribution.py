@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import torch
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.forward import last_logits
 from lensteer.core.sites import residual_stream_names, resolve_sites
 from lensteer.errors import ConfigError
@@ -31,7 +32,7 @@ AttributionMethod = Literal["atp", "atp*"]
 
 
 def attribute_residual(
-    model: Any,
+    model: Bridge,
     clean: PatchInputs,
     corrupted: PatchInputs,
     metric: Metric,
@@ -106,7 +107,7 @@ def attribute_residual(
 
 @contextmanager
 def _gradients(
-    model: Any, target: torch.Tensor, names: Sequence[str], metric: Metric, *, keep_graph: bool = False
+    model: Bridge, target: torch.Tensor, names: Sequence[str], metric: Metric, *, keep_graph: bool = False
 ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
     """One forward and one backward of ``metric`` on ``target``: the metric values, the activations
     at the hook points ``names`` (in the graph) and the metric's gradients there (zeros if unused)."""
@@ -138,7 +139,7 @@ def _gradients(
 
 
 def attribute_heads(
-    model: Any,
+    model: Bridge,
     clean: PatchInputs,
     corrupted: PatchInputs,
     metric: Metric,

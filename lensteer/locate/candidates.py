@@ -17,11 +17,12 @@ so causal evidence can break near-ties when a candidate is chosen (:mod:`lenstee
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import torch
 
 from lensteer.core.activations import collect_activations
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
 from lensteer.errors import ConfigError, DataError
 from lensteer.locate.attribution import attribute_residual
@@ -99,7 +100,7 @@ def top_patching_layers(
 
 
 def patch_pairs(
-    model: Any,
+    model: Bridge,
     pairs: PatchingPairs,
     *,
     method: str = "attribution",
@@ -153,7 +154,7 @@ def _check_contrast(name: str, contrast: Contrast) -> None:
 
 
 def build_candidates(
-    model: Any,
+    model: Bridge,
     layers: Sequence[int],
     *,
     prompt_contrast: Contrast | None = None,

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 
 from lensteer.core.activations import collect_activations
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
 from lensteer.core.stats import bootstrap_mean_ci
 from lensteer.errors import DataError
@@ -98,7 +99,11 @@ class ProjectionScreen:
 
 
 def _response_projection(
-    model: Any, direction: Direction, prompts: Sequence[ChatPrompt], responses: Sequence[str], batch_size: int
+    model: Bridge,
+    direction: Direction,
+    prompts: Sequence[ChatPrompt],
+    responses: Sequence[str],
+    batch_size: int,
 ) -> torch.Tensor:
     chats = [
         ChatPrompt(user=p.user, system=p.system, history=p.history, response=r if r.strip() else ".")
@@ -116,7 +121,7 @@ def _response_projection(
 
 
 def dataset_projection(
-    model: Any,
+    model: Bridge,
     direction: Direction,
     prompts: Sequence["str | ChatPrompt"],
     responses: Sequence[str],

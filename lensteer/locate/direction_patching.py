@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
 from lensteer.core.forward import kl_divergence, last_logits
 from lensteer.core.sites import resolve_sites
@@ -67,7 +68,7 @@ class DirectionPatchResult:
 
 
 def patch_direction(
-    model: Any,
+    model: Bridge,
     prompts: "Sequence[str | ChatPrompt]",
     direction: Any,
     metric: Metric,
@@ -135,7 +136,7 @@ def patch_direction(
 
 
 def ablation_kl(
-    model: Any,
+    model: Bridge,
     prompts: Sequence["str | ChatPrompt"],
     unit: torch.Tensor,
     *,

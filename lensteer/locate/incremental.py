@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.forward import final_normalized
 from lensteer.core.models import ensure_kv_cache_fix
 
@@ -88,7 +89,7 @@ class _StopAtBlock0(Exception):
     pass
 
 
-def _block0_input(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+def _block0_input(model: Bridge, tokens: torch.Tensor) -> torch.Tensor:
     """The residual stream entering block 0 (the embedding), without running the blocks."""
     seen: list[torch.Tensor] = []
 
@@ -110,7 +111,7 @@ def _block0_input(model: Any, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _capture_block_inputs(
-    model: Any, tokens: torch.Tensor
+    model: Bridge, tokens: torch.Tensor
 ) -> tuple[torch.Tensor, list[dict[str, Any]], torch.Tensor]:
     """Block 0's input, every block's keyword arguments, and the model's last-position final-norm output."""
     captured: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
@@ -164,7 +165,7 @@ class Replayer:
 
     def __init__(
         self,
-        model: Any,
+        model: Bridge,
         tokens: torch.Tensor,
         *,
         capture: Sequence[str] = (),

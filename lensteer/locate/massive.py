@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 
 from lensteer.core.activations import as_tokenized, collect_activations
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, TokenizedPrompt
 from lensteer.errors import ConfigError
 
@@ -84,7 +85,7 @@ def norm_limit(norms: Sequence[Float[torch.Tensor, " _pos"]], ratio: float) -> t
 
 
 def token_norms(
-    model: Any,
+    model: Bridge,
     prompts: "Sequence[str | ChatPrompt | TokenizedPrompt]",
     layer: int,
     *,
@@ -112,7 +113,7 @@ def token_norms(
 
 
 def massive_tokens(
-    model: Any,
+    model: Bridge,
     prompts: "Sequence[str | ChatPrompt | TokenizedPrompt]",
     layer: int,
     *,

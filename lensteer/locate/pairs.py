@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, _tokenizer_of, first_token_id, tokenize_prompt
 from lensteer.core.datasets import Context, ContrastExample, ContrastSet, load_dataset
 from lensteer.errors import ConfigError, DataError
@@ -106,7 +107,7 @@ def shared_word_prefix(a: str, b: str) -> str:
     return a[:cut] if cut > 0 else ""
 
 
-def _next_tokens(model: Any, prompt: ChatPrompt, responses: tuple[str, str]) -> tuple[int, int] | None:
+def _next_tokens(model: Bridge, prompt: ChatPrompt, responses: tuple[str, str]) -> tuple[int, int] | None:
     """Token after the prefill in each full response, or ``None`` when tokenization does not split there."""
     base = tokenize_prompt(model, prompt)
     ids = []
@@ -143,7 +144,7 @@ def _keep_common_length(candidates: list[_Candidate]) -> list[_Candidate]:
 
 
 def patching_pairs(
-    model: Any,
+    model: Bridge,
     dataset: "ContrastSet | str",
     *,
     n: int | None = None,
@@ -182,7 +183,7 @@ def patching_pairs(
     return _context_pairs(model, ds, clean_ctx, corrupt_ctx, n, design.tokens)
 
 
-def _prompt_pairs(model: Any, ds: ContrastSet, n: int | None, tokens: tuple[str, str]) -> PatchingPairs:
+def _prompt_pairs(model: Bridge, ds: ContrastSet, n: int | None, tokens: tuple[str, str]) -> PatchingPairs:
     missing = [ex.id for ex in ds if ex.paired_prompt is None]
     if missing:
         raise DataError(
@@ -205,7 +206,7 @@ def _prompt_pairs(model: Any, ds: ContrastSet, n: int | None, tokens: tuple[str,
 
 
 def _context_pairs(
-    model: Any,
+    model: Bridge,
     ds: ContrastSet,
     clean_ctx: Context,
     corrupt_ctx: Context,

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.forward import unembed
 from lensteer.core.sites import head_hook_name, hook_name, resolve_sites
 from lensteer.errors import ConfigError
@@ -53,7 +54,7 @@ class _Cell:
 
 
 def _sweep(
-    model: Any,
+    model: Bridge,
     target: torch.Tensor,
     source_acts: dict[str, torch.Tensor],
     cells: Sequence[_Cell],
@@ -148,7 +149,7 @@ def _layer_effect(
 
 
 def _incremental(
-    model: Any,
+    model: Bridge,
     source: torch.Tensor,
     target: torch.Tensor,
     metric: Metric,
@@ -230,7 +231,7 @@ def _incremental(
 
 
 def _patched_values(
-    model: Any,
+    model: Bridge,
     source: torch.Tensor,
     target: torch.Tensor,
     metric: Metric,
@@ -276,7 +277,7 @@ def _patched_values(
 
 
 def patch_residual(
-    model: Any,
+    model: Bridge,
     clean: PatchInputs,
     corrupted: PatchInputs,
     metric: Metric,
@@ -341,7 +342,7 @@ def patch_residual(
 
 
 def patch_layers(
-    model: Any,
+    model: Bridge,
     clean: Any,
     corrupted: Any,
     metric: Metric,
@@ -388,7 +389,7 @@ def patch_layers(
 
 
 def patch_heads(
-    model: Any,
+    model: Bridge,
     clean: Any,
     corrupted: Any,
     metric: Metric,

@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeAlias
 import torch
 from jaxtyping import Float, Int
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.core.forward import last_logits, last_position_logits
 from lensteer.core.sites import head_hook_name, normalize_layers
@@ -120,7 +121,7 @@ class PatchResult:
         }
 
 
-def as_tokens(model: Any, prompts: "Sequence[str | ChatPrompt] | torch.Tensor", name: str) -> torch.Tensor:
+def as_tokens(model: Bridge, prompts: "Sequence[str | ChatPrompt] | torch.Tensor", name: str) -> torch.Tensor:
     if isinstance(prompts, torch.Tensor):
         if prompts.ndim != 2 or prompts.shape[0] == 0:
             raise PatchingError(f"{name} tokens must be [n_examples > 0, pos], got {tuple(prompts.shape)}")
@@ -138,7 +139,7 @@ def as_tokens(model: Any, prompts: "Sequence[str | ChatPrompt] | torch.Tensor", 
 
 
 def equal_length_pairs(
-    model: Any, clean: Sequence["str | ChatPrompt"], corrupted: Sequence["str | ChatPrompt"]
+    model: Bridge, clean: Sequence["str | ChatPrompt"], corrupted: Sequence["str | ChatPrompt"]
 ) -> list[int]:
     """Indices of pairs whose clean and corrupted prompts tokenize to the most common shared length."""
     if len(clean) != len(corrupted):
@@ -167,12 +168,14 @@ def checked_metric(values: Any, batch: int) -> torch.Tensor:
 
 
 def evaluate_metric(
-    model: Any, tokens: torch.Tensor, metric: Metric, attention_mask: torch.Tensor | None = None
+    model: Bridge, tokens: torch.Tensor, metric: Metric, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     return checked_metric(metric(last_logits(model, tokens, attention_mask)), tokens.shape[0])
 
 
-def prepare_pair(model: Any, clean: Any, corrupted: Any, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_pair(
+    model: Bridge, clean: Any, corrupted: Any, direction: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     if getattr(model, "training", False):
         raise ConfigError("the model is in training mode; call model.eval() before patching")
     if direction not in ("denoising", "noising"):
@@ -187,7 +190,7 @@ def prepare_pair(model: Any, clean: Any, corrupted: Any, direction: str) -> tupl
 
 
 def cache_source(
-    model: Any, tokens: torch.Tensor, names: list[str], role: str = "source", metric: Metric | None = None
+    model: Bridge, tokens: torch.Tensor, names: list[str], role: str = "source", metric: Metric | None = None
 ) -> dict[str, torch.Tensor]:
     """Activations at ``names``; with ``metric``, also its values on the same run under ``"metric"``."""
     with torch.inference_mode(), last_position_logits(model):
@@ -211,7 +214,7 @@ def run_roles(direction: str) -> tuple[str, str]:
     return ("clean", "corrupted") if direction == "denoising" else ("corrupted", "clean")
 
 
-def head_hooks(model: Any, layers: Sequence[int] | None) -> tuple[list[int], list[str], int]:
+def head_hooks(model: Bridge, layers: Sequence[int] | None) -> tuple[list[int], list[str], int]:
     """The layers, their per-head ``attn.hook_z`` hook names and the head count; an error if the model lacks them."""
     layer_list = normalize_layers(model, layers)
     names = [head_hook_name(la) for la in layer_list]
@@ -221,7 +224,7 @@ def head_hooks(model: Any, layers: Sequence[int] | None) -> tuple[list[int], lis
     return layer_list, names, int(model.cfg.n_heads)
 
 
-def token_labels(model: Any, tokens: torch.Tensor) -> tuple[str, ...]:
+def token_labels(model: Bridge, tokens: torch.Tensor) -> tuple[str, ...]:
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         return tuple(str(i) for i in range(tokens.shape[0]))

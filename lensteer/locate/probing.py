@@ -23,6 +23,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from lensteer.core.activations import collect_activations
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
 from lensteer.core.datasets import ContrastSet
 from lensteer.core.sites import normalize_layers
@@ -309,7 +310,7 @@ def contrast_prompts(
 
 
 def collect_contrast(
-    model: Any,
+    model: Bridge,
     dataset: ContrastSet,
     *,
     contrast: ContrastKind = "prompt",
@@ -342,7 +343,7 @@ def collect_contrast(
 
 
 def probe_by_layer(
-    model: Any,
+    model: Bridge,
     dataset: ContrastSet,
     *,
     contrast: ContrastKind = "prompt",

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import tokenize_prompt
 from lensteer.core.io import read_json, sha256_file, write_json
 from lensteer.core.models import (
@@ -86,7 +87,7 @@ def _load_hf(base: str | None, dtype: torch.dtype = torch.float32) -> tuple[Any,
     return model.eval(), tokenizer, name
 
 
-def weights_hash(model: Any) -> str:
+def weights_hash(model: Bridge) -> str:
     """SHA-256 over a model's parameters (names, shapes and float32 bytes, in name order)."""
     return state_dict_sha256(model)
 

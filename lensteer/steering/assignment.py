@@ -7,11 +7,11 @@ either form into ``[n_steerings, n_prompts]`` masks the hooks use, and report ba
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import TokenizedPrompt
 from lensteer.errors import ConfigError
 from lensteer.steering.gates import gate_rows
@@ -61,7 +61,7 @@ def by_prompt(
 
 
 def owned_gate_rows(
-    model: Any, steerings: Sequence[Steering], owner: torch.Tensor, tokenized: Sequence[TokenizedPrompt]
+    model: Bridge, steerings: Sequence[Steering], owner: torch.Tensor, tokenized: Sequence[TokenizedPrompt]
 ) -> torch.Tensor:
     """[n_steerings, n_prompts] bool: the rows each steering edits (its own prompts its gate opens)."""
     rows = owner.clone()

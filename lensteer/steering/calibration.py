@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import (
     ChatPrompt,
     TokenizedPrompt,
@@ -35,7 +36,7 @@ from lensteer.steering.spec import Steering
 
 
 def reference_norm(
-    model: Any,
+    model: Bridge,
     prompts: Sequence["str | ChatPrompt"],
     layer: int,
     *,
@@ -99,7 +100,7 @@ class KLProbe:
 
 
 def _continuation_batches(
-    model: Any,
+    model: Bridge,
     prompts: Sequence[torch.Tensor],
     continuations: Sequence[torch.Tensor],
     batch_size: int,
@@ -126,7 +127,7 @@ def _continuation_batches(
 
 
 def kl_probe(
-    model: Any,
+    model: Bridge,
     prompts: Sequence["str | ChatPrompt"],
     *,
     continuation_tokens: int = 24,
@@ -171,7 +172,7 @@ def kl_probe(
 
 
 def probe_gate_rows(
-    model: Any, steerings: Sequence[Steering], probe: KLProbe
+    model: Bridge, steerings: Sequence[Steering], probe: KLProbe
 ) -> tuple[torch.Tensor | None, ...]:
     """Per batch of ``probe``, which rows each steering's gate lets through (``[n_steerings, batch]`` bool;
     ``None`` for a batch when no steering has a gate): the prompts' own pass, as in :func:`lensteer.generate`.
@@ -194,7 +195,7 @@ def probe_gate_rows(
 
 
 def steering_kl(
-    model: Any,
+    model: Bridge,
     steering: "Steering | Sequence[Steering]",
     probe: KLProbe,
     *,
@@ -228,7 +229,7 @@ def steering_kl(
 
 
 def sequence_kl(
-    model: Any,
+    model: Bridge,
     steering: Steering,
     prompts: Sequence[torch.Tensor],
     continuations: Sequence[torch.Tensor],
@@ -252,7 +253,7 @@ def sequence_kl(
 
 
 def sequence_kls(
-    model: Any,
+    model: Bridge,
     steerings: Sequence[Steering],
     prompts: Sequence[torch.Tensor],
     continuations: Sequence[torch.Tensor],
@@ -364,7 +365,7 @@ def _check_positions_reach(steering: Steering, probe: KLProbe) -> None:
 
 
 def calibrate(
-    model: Any,
+    model: Bridge,
     steering: Steering,
     probe: KLProbe,
     target_kl: float,

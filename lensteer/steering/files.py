@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.io import atomic_path, sha256_file
-from lensteer.core.models import fingerprint_of
+from lensteer.core.models import ModelFingerprint, fingerprint_of
 from lensteer.errors import ArtifactMismatchError, ConfigError, DataError, LensteerError
 from lensteer.steering.file_hashes import record_hash, verify_record, verify_tensors
 from lensteer.steering.gates import gate_from_record, gate_to_record
@@ -96,7 +97,9 @@ def _steering_record(s: Steering) -> dict[str, Any]:
     }
 
 
-def _file_fingerprint(steerings: Mapping[str, Steering], model: Any) -> dict[str, Any] | None:
+def _file_fingerprint(
+    steerings: Mapping[str, Steering], model: Bridge | ModelFingerprint | None
+) -> dict[str, Any] | None:
     if model is not None:
         fp = fingerprint_of(model).to_dict()
         for name, s in steerings.items():
@@ -124,7 +127,10 @@ def _file_fingerprint(steerings: Mapping[str, Steering], model: Any) -> dict[str
 
 
 def save_steerings(
-    steerings: Mapping[str, Steering], path: "str | os.PathLike[str]", *, model: Any = None
+    steerings: Mapping[str, Steering],
+    path: "str | os.PathLike[str]",
+    *,
+    model: Bridge | ModelFingerprint | None = None,
 ) -> tuple[Path, Path]:
     """Save several named steerings of one model to ``<path>.safetensors`` + ``<path>.json``.
 
@@ -186,7 +192,7 @@ def save_steerings(
 
 
 def save_steering(
-    steering: Steering, path: "str | os.PathLike[str]", *, model: Any = None
+    steering: Steering, path: "str | os.PathLike[str]", *, model: Bridge | ModelFingerprint | None = None
 ) -> tuple[Path, Path]:
     """Save one steering to ``<path>.safetensors`` + ``<path>.json`` (see :func:`save_steerings`).
 
@@ -320,7 +326,9 @@ def _decode_steering(name: str, f: _Fields, tensors: Mapping[str, torch.Tensor],
         raise DataError(f"{f.file}: steering {name!r} is not valid: {err}") from err
 
 
-def _check_model(saved: dict[str, Any] | None, d_model: int, model: Any, file: Path, strict: bool) -> None:
+def _check_model(
+    saved: dict[str, Any] | None, d_model: int, model: Bridge | ModelFingerprint, file: Path, strict: bool
+) -> None:
     current = fingerprint_of(model)
     if saved is not None and strict:
         differ = [k for k in _FINGERPRINT_KEYS if saved.get(k) != getattr(current, k)]
@@ -345,7 +353,11 @@ def _check_model(saved: dict[str, Any] | None, d_model: int, model: Any, file: P
 
 
 def load_steerings(
-    path: "str | os.PathLike[str]", *, model: Any = None, strict: bool = True, verify: bool = True
+    path: "str | os.PathLike[str]",
+    *,
+    model: Bridge | ModelFingerprint | None = None,
+    strict: bool = True,
+    verify: bool = True,
 ) -> dict[str, Steering]:
     """Load every steering saved by :func:`save_steerings`, by name.
 
@@ -423,7 +435,7 @@ def load_steerings(
 def load_steering(
     path: "str | os.PathLike[str]",
     *,
-    model: Any = None,
+    model: Bridge | ModelFingerprint | None = None,
     name: str | None = None,
     strict: bool = True,
     verify: bool = True,

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from lensteer.core.activations import collect_activations
+from lensteer.core.bridge import Bridge
 from lensteer.core.sites import normalize_layers, validate_site_kind
 from lensteer.core.stats import auroc as auroc_of
 from lensteer.errors import ConfigError, DataError, HookSiteError
@@ -263,7 +264,7 @@ def search_gate_from_activations(
 
 
 def search_gate(
-    model: Any,
+    model: Bridge,
     positives_train: Sequence[Any],
     negatives_train: Sequence[Any],
     positives_val: Sequence[Any],

@@ -17,6 +17,7 @@ from jaxtyping import Bool
 
 from lensteer._types import DirectionVec
 from lensteer.core.activations import collect_activations
+from lensteer.core.bridge import Bridge
 from lensteer.core.sites import normalize_layers, validate_site_kind
 from lensteer.core.vectors import unit_vector
 from lensteer.errors import ConfigError, DataError
@@ -150,7 +151,9 @@ def any_of(*gates: GateLike) -> AnyOf:
     return AnyOf(gates)
 
 
-def leaf_projections(model: Any, leaves: Sequence[Gate], prompts: Sequence[Any]) -> dict[Gate, torch.Tensor]:
+def leaf_projections(
+    model: Bridge, leaves: Sequence[Gate], prompts: Sequence[Any]
+) -> dict[Gate, torch.Tensor]:
     """Each leaf's ``[n_prompts]`` prompt projections: one prompt pass per distinct (site, position)."""
     groups: dict[tuple[str, str], list[tuple[Gate, int]]] = {}
     for leaf in leaves:
@@ -165,7 +168,7 @@ def leaf_projections(model: Any, leaves: Sequence[Gate], prompts: Sequence[Any])
     return out
 
 
-def gate_rows(model: Any, gates: Sequence[GateLike | None], prompts: Sequence[Any]) -> Rows:
+def gate_rows(model: Bridge, gates: Sequence[GateLike | None], prompts: Sequence[Any]) -> Rows:
     """``[n_prompts]`` bool: the prompts every gate lets through (``None`` gates let everything through).
 
     Composite gates are decided from their leaves' projections, read in one prompt pass per distinct

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import (
     ChatPrompt,
     Turn,
@@ -116,7 +117,7 @@ class Generations:
         )
 
 
-def end_of_turn_ids(model: Any) -> set[int]:
+def end_of_turn_ids(model: Bridge) -> set[int]:
     """Token ids that end an assistant turn (EOS plus the chat template's end-of-turn marker)."""
     tok = model.tokenizer
     ids = {tok.eos_token_id} if tok is not None and tok.eos_token_id is not None else set()
@@ -127,7 +128,7 @@ def end_of_turn_ids(model: Any) -> set[int]:
 
 @holding_model_lock  # another thread's steering hooks (on the bridge or the shared plain view) never reach this call
 def generate(
-    model: Any,
+    model: Bridge,
     prompts: Sequence["str | ChatPrompt"],
     *,
     steering: "Steering | Sequence[Steering] | None" = None,
@@ -246,7 +247,7 @@ def generate(
 
 
 def _decode_batch(
-    model: Any,
+    model: Bridge,
     tokens: torch.Tensor,
     mask: torch.Tensor,
     steerings: Sequence[Steering],
@@ -340,7 +341,7 @@ def _decode_batch(
     return rows_tok, rows_fired, rows_shift, rows_proj, prompt_share
 
 
-def _bridge_forward(model: Any) -> Any:
+def _bridge_forward(model: Bridge) -> Any:
     """The bridge's cached forward with :class:`~lensteer.core.plain.PlainView.forward`'s signature."""
 
     def forward(
@@ -390,7 +391,7 @@ def _prompt_share(ctx: SteeringContext, width: int, prefix_fired: torch.Tensor) 
 
 
 def generate_conversations(
-    model: Any,
+    model: Bridge,
     conversations: Sequence[Sequence[str]],
     *,
     system: "str | Sequence[str | None] | None" = None,

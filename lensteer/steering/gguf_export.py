@@ -8,12 +8,12 @@ never at layer 0: its loader rejects ``direction.0``.
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.io import atomic_path
-from lensteer.core.models import fingerprint_of
+from lensteer.core.models import ModelFingerprint, fingerprint_of
 from lensteer.errors import ArtifactMismatchError, ConfigError
 from lensteer.steering.spec import Steering
 
@@ -86,7 +86,7 @@ def export_gguf_control_vector(
     path: "str | os.PathLike[str]",
     *,
     n_layers: int | None = None,
-    model: Any = None,
+    model: Bridge | ModelFingerprint | None = None,
     model_hint: str = "llama",
     every_position: bool = False,
 ) -> Path:

@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from lensteer._types import Resid
+from lensteer.core.bridge import Bridge
 from lensteer.core.plain import PLAIN_SITES, PlainView
 from lensteer.core.sites import layer_of, site_of
 from lensteer.errors import ConfigError
@@ -30,7 +31,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def model_lock(model: Any) -> threading.RLock:
+def model_lock(model: object) -> threading.RLock:
     """The model's lock: held by :func:`steer`, :func:`steer_plain` and :func:`lensteer.generate` while their
     hooks are on the model (or on its shared plain view), so a call in another thread never runs under
     them. Re-entrant: a ``generate`` inside a ``steer()`` block of the same thread goes ahead."""
@@ -236,7 +237,9 @@ def _make_hook(
     return hook
 
 
-def steering_hooks(model: Any, steerings: Sequence[Steering], ctx: SteeringContext) -> list[tuple[str, Any]]:
+def steering_hooks(
+    model: Bridge, steerings: Sequence[Steering], ctx: SteeringContext
+) -> list[tuple[str, Any]]:
     """``(hook name, hook function)`` for every site of every steering, in the steerings' order; each
     function takes and returns the residual (TransformerLens' signature) and records into ``ctx``."""
     return [
@@ -246,14 +249,14 @@ def steering_hooks(model: Any, steerings: Sequence[Steering], ctx: SteeringConte
     ]
 
 
-def plain_steerable(model: Any, steerings: Sequence[Steering]) -> bool:
+def plain_steerable(model: Bridge, steerings: Sequence[Steering]) -> bool:
     """Whether every site of every steering is a decoder layer's input or output (hookable on the plain view)."""
     return all(site_of(name) in PLAIN_SITES for s in steerings for name in s.hook_names(model))
 
 
 @contextmanager
 def steer_plain(
-    model: Any, view: PlainView, *steerings: Steering, context: SteeringContext
+    model: Bridge, view: PlainView, *steerings: Steering, context: SteeringContext
 ) -> Iterator[SteeringContext]:
     """:func:`steer` on the model's :class:`~lensteer.core.plain.PlainView`: the same hook functions as
     PyTorch hooks on the decoder layers (``resid_pre``: a pre-hook on the layer's input; ``resid_post``:
@@ -300,7 +303,7 @@ def _on_output(fn: Any) -> Any:
 
 @contextmanager
 def steer(
-    model: Any, *steerings: Steering, context: SteeringContext | None = None
+    model: Bridge, *steerings: Steering, context: SteeringContext | None = None
 ) -> Iterator[SteeringContext]:
     """Apply steerings to ``model`` for the body of a ``with`` block; yields the :class:`SteeringContext`.
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.models import ModelFingerprint, fingerprint_of
 from lensteer.errors import ArtifactMismatchError, ConfigError, DataError
 from lensteer.steering.gguf_export import check_exportable
@@ -72,7 +73,7 @@ def _checked_vector(raw: Any, layer: int, fp: ModelFingerprint, source: str) -> 
 
 
 def vectors_to_steerings(
-    vectors: Mapping[int, Any], model: Any, *, coefficient: float = 1.0, source: str = "vectors"
+    vectors: Mapping[int, Any], model: Bridge, *, coefficient: float = 1.0, source: str = "vectors"
 ) -> list[Steering]:
     """One additive steering per layer: ``coefficient * vectors[L]`` added at the output of block ``L``.
 
@@ -132,7 +133,7 @@ def block_output_layer(site: str, layer: int, n_layers: int) -> int:
 
 
 def steerings_to_vectors(
-    steerings: "Steering | Sequence[Steering]", model: Any, *, every_position: bool = False
+    steerings: "Steering | Sequence[Steering]", model: Bridge, *, every_position: bool = False
 ) -> dict[int, torch.Tensor]:
     """Block index -> the vector the steerings add at its output (``coefficient * unit``; several add up).
 
@@ -204,7 +205,7 @@ def read_gguf_vectors(path: "str | os.PathLike[str]") -> tuple[dict[int, np.ndar
 
 
 def import_gguf_control_vector(
-    path: "str | os.PathLike[str]", model: Any, *, coefficient: float = 1.0
+    path: "str | os.PathLike[str]", model: Bridge, *, coefficient: float = 1.0
 ) -> list[Steering]:
     """A llama.cpp / repeng / EasySteer control-vector GGUF as steerings of ``model`` (one per non-zero
     layer; ``coefficient`` is ``--control-vector-scaled``'s scale or repeng's ``coeff``).
@@ -221,7 +222,7 @@ def import_gguf_control_vector(
 # -- repeng ControlVector --------------------------------------------------------------------------------
 
 
-def from_repeng(control_vector: Any, model: Any, *, coeff: float = 1.0) -> list[Steering]:
+def from_repeng(control_vector: Any, model: Bridge, *, coeff: float = 1.0) -> list[Steering]:
     """repeng's ``ControlVector`` (its ``directions``: block index -> array) as steerings; ``coeff`` as in
     ``ControlModel.set_control(vector, coeff)``. Any object with ``directions`` (and ``model_type``) will do,
     so repeng need not be installed."""
@@ -246,7 +247,7 @@ def _peer(module: str, name: str, install: str) -> Any:
         ) from None
 
 
-def to_repeng(steerings: "Steering | Sequence[Steering]", model: Any, *, model_type: str = "llama") -> Any:
+def to_repeng(steerings: "Steering | Sequence[Steering]", model: Bridge, *, model_type: str = "llama") -> Any:
     """Additive steerings as a repeng ``ControlVector`` (needs repeng installed)."""
     cls = _peer("repeng", "ControlVector", "repeng")
     vectors = steerings_to_vectors(steerings, model)
@@ -256,7 +257,7 @@ def to_repeng(steerings: "Steering | Sequence[Steering]", model: Any, *, model_t
 # -- steering-vectors SteeringVector ---------------------------------------------------------------------
 
 
-def from_steering_vector(steering_vector: Any, model: Any, *, multiplier: float = 1.0) -> list[Steering]:
+def from_steering_vector(steering_vector: Any, model: Bridge, *, multiplier: float = 1.0) -> list[Steering]:
     """steering-vectors' ``SteeringVector`` (``layer_type="decoder_block"``) as steerings; ``multiplier``
     as in ``SteeringVector.apply(model, multiplier=...)``. Any object with ``layer_activations`` and
     ``layer_type`` will do."""
@@ -280,7 +281,7 @@ def from_steering_vector(steering_vector: Any, model: Any, *, multiplier: float 
     )
 
 
-def to_steering_vector(steerings: "Steering | Sequence[Steering]", model: Any) -> Any:
+def to_steering_vector(steerings: "Steering | Sequence[Steering]", model: Bridge) -> Any:
     """Additive steerings as a steering-vectors ``SteeringVector`` (needs steering-vectors installed)."""
     cls = _peer("steering_vectors", "SteeringVector", "steering-vectors")
     return cls(layer_activations=steerings_to_vectors(steerings, model), layer_type="decoder_block")
@@ -290,7 +291,7 @@ def to_steering_vector(steerings: "Steering | Sequence[Steering]", model: Any) -
 
 
 def load_easyedit_vectors(
-    folder: "str | os.PathLike[str]", model: Any, *, multiplier: float = 1.0
+    folder: "str | os.PathLike[str]", model: Bridge, *, multiplier: float = 1.0
 ) -> list[Steering]:
     """EasyEdit2's saved vectors (``folder/layer_{L}.pt``, one tensor each; read with
     ``torch.load(weights_only=True)``, so no code in them runs) as steerings, times ``multiplier``.
@@ -325,7 +326,7 @@ def load_easyedit_vectors(
 
 
 def lm_eval_steer_config(
-    steerings: "Steering | Sequence[Steering]", model: Any, *, hookpoint: str = "layers.{layer}"
+    steerings: "Steering | Sequence[Steering]", model: Bridge, *, hookpoint: str = "layers.{layer}"
 ) -> dict[str, dict[str, Any]]:
     """Additive steerings as the steer config of lm-evaluation-harness's ``steered`` model (its PR #2749,
     ``lm_eval/models/hf_steered.py``): ``{hookpoint: {"action": "add", "steering_vector": Tensor,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.forward import final_normalized
 from lensteer.core.plain import PlainView
 from lensteer.steering.hooks import SteeringContext, plain_steerable, steer, steer_plain
@@ -109,7 +110,7 @@ def prefill_shared_prefix(
 
 
 def teacher_forced_states(
-    model: Any,
+    model: Bridge,
     steerings: Sequence[Steering],
     tokens: Int[torch.Tensor, "batch pos"],
     attn: Int[torch.Tensor, "batch pos"],

@@ -48,6 +48,7 @@ import torch
 from jaxtyping import Float
 
 from lensteer._types import DirectionVec
+from lensteer.core.bridge import Bridge
 from lensteer.core.sites import SITE_KINDS, hook_name, normalize_layers, validate_site_kind
 from lensteer.core.vectors import unit_vector
 from lensteer.errors import ArtifactMismatchError, ConfigError, HookSiteError
@@ -378,7 +379,7 @@ class Steering:
         """True when the steering cannot change any activation (strength 0, outside ``ace``)."""
         return self.scale == 0 and self.mode != "ace"
 
-    def hook_names(self, model: Any) -> list[str]:
+    def hook_names(self, model: Bridge) -> list[str]:
         """Validate against ``model`` and return the hook names, one per layer."""
         if self.d_model != int(model.cfg.d_model):
             raise ArtifactMismatchError(

@@ -16,12 +16,12 @@ Typical use (the study does this per threat model)::
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 
 from lensteer.core.activations import collect_activations
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, TokenizedPrompt
 from lensteer.errors import ConfigError, DataError
 from lensteer.steering.generation import Generations, generate
@@ -73,7 +73,7 @@ def answer_positions(prompt_len: int, n_generated: int) -> list[int]:
 
 
 def response_token_activations(
-    model: Any,
+    model: Bridge,
     prompts: "Sequence[str | ChatPrompt]",
     *,
     layer: int,
