@@ -13,8 +13,8 @@ prompts are batched.
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypedDict, Unpack
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -50,7 +50,7 @@ from lensteer.steering.hooks import (
     steer_plain,
 )
 from lensteer.steering.prefix import prefill_shared_prefix, shared_prefix
-from lensteer.steering.sampling import check_sampling, sample_token
+from lensteer.steering.sampling import Sampling
 from lensteer.steering.spec import Steering
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>")
@@ -126,6 +126,64 @@ def end_of_turn_ids(model: Bridge) -> set[int]:
     return {int(i) for i in ids}
 
 
+class GenerateOptions(TypedDict, total=False):
+    """The keyword options of :func:`generate` (see its docstring); :class:`Decoding` and
+    :class:`~lensteer.steering.sampling.Sampling` hold them once validated."""
+
+    max_new_tokens: int
+    batch_size: int
+    chat: bool
+    use_kv_cache: bool
+    do_sample: bool
+    temperature: float
+    top_k: int | None
+    top_p: float
+    seed: int
+    progress: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decoding:
+    """How :func:`generate` decodes, apart from sampling (validated on construction).
+
+    Attributes:
+        max_new_tokens: Tokens to generate at most; a row stops at its end-of-turn token.
+        batch_size: Prompts per batch.
+        chat: Apply the chat template to strings.
+        use_kv_cache: Use the KV cache (``False`` recomputes the whole sequence each step).
+        progress: Show a progress bar.
+    """
+
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    chat: bool = True
+    use_kv_cache: bool = True
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def split_options(options: GenerateOptions) -> tuple[Decoding, Sampling]:
+    """The :class:`Decoding` and :class:`Sampling` of :func:`generate`'s keyword options.
+
+    Raises:
+        ConfigError: An unknown option, a bad length or bad sampling parameters.
+    """
+    given: dict[str, Any] = dict(options)
+    unknown = set(given) - set(GenerateOptions.__annotations__)
+    if unknown:
+        raise ConfigError(
+            f"unknown generate options {sorted(unknown)}; allowed: {sorted(GenerateOptions.__annotations__)}"
+        )
+    sampling_keys = {f.name for f in fields(Sampling)}
+    decoding = Decoding(**{k: v for k, v in given.items() if k not in sampling_keys})
+    return decoding, Sampling(**{k: v for k, v in given.items() if k in sampling_keys})
+
+
 @holding_model_lock  # another thread's steering hooks (on the bridge or the shared plain view) never reach this call
 def generate(
     model: Bridge,
@@ -133,16 +191,7 @@ def generate(
     *,
     steering: "Steering | Sequence[Steering] | None" = None,
     prompt_steerings: "Sequence[Steering | None] | None" = None,
-    max_new_tokens: int = 48,
-    batch_size: int = 16,
-    chat: bool = True,
-    use_kv_cache: bool = True,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float = 1.0,
-    seed: int = 0,
-    progress: bool = False,
+    **options: Unpack[GenerateOptions],
 ) -> Generations:
     """Generate a continuation for each prompt, optionally steered.
 
@@ -156,31 +205,30 @@ def generate(
             gate deciding only for them), so several conditions decode together in the steps one
             would take: the same tokens as one call per condition, in a fraction of the time when
             batches are small (CPU decoding costs about as much per step at batch 2 as at 16).
-        max_new_tokens: Tokens to generate at most; a row stops at its end-of-turn token.
-        batch_size: Prompts per batch (left-padded, with an attention mask, sorted by length).
-        chat: Apply the chat template to strings.
-        use_kv_cache: Use the KV cache (``False`` recomputes the whole sequence each step).
-        do_sample: Sample instead of greedy decoding.
-        temperature: Sampling temperature.
-        top_k: Sample among the ``top_k`` most likely tokens.
-        top_p: Sample within the top-``p`` probability mass (nucleus).
-        seed: Sampling seed; prompt ``i`` draws from its own generator seeded ``seed + i``.
-        progress: Show a progress bar.
+        **options: Keyword options (:class:`GenerateOptions`), held as a :class:`Decoding` and a
+            :class:`~lensteer.steering.sampling.Sampling`:
+
+            - ``max_new_tokens`` (48): tokens to generate at most; a row stops at its end-of-turn token.
+            - ``batch_size`` (16): prompts per batch (left-padded, with an attention mask, sorted by length).
+            - ``chat`` (``True``): apply the chat template to strings.
+            - ``use_kv_cache`` (``True``): use the KV cache (``False`` recomputes the whole sequence each step).
+            - ``do_sample`` (``False``): sample instead of greedy decoding.
+            - ``temperature`` (1.0): sampling temperature.
+            - ``top_k`` (``None``): sample among the ``top_k`` most likely tokens.
+            - ``top_p`` (1.0): sample within the top-``p`` probability mass (nucleus).
+            - ``seed`` (0): sampling seed; prompt ``i`` draws from its own generator seeded ``seed + i``.
+            - ``progress`` (``False``): show a progress bar.
 
     Returns:
         :class:`Generations` with texts, token ids and per-token steering records.
 
     Raises:
-        DataError: No prompts. ConfigError: Bad lengths or sampling parameters.
+        DataError: No prompts. ConfigError: An unknown option, bad lengths or sampling parameters.
         ArtifactMismatchError / HookSiteError: A steering that does not fit the model.
     """
     if isinstance(prompts, str) or len(prompts) == 0:
         raise DataError("pass a non-empty list of prompts")
-    if max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    check_sampling(do_sample, temperature, top_k, top_p)
+    decoding, sampling = split_options(options)
     if prompt_steerings is None:
         steerings, owner = as_steerings(steering), None
     elif steering is not None:
@@ -191,10 +239,10 @@ def generate(
         steerings, owner = by_prompt(prompt_steerings, len(prompts))
     for s in steerings:
         s.hook_names(model)  # validate before any work
-    if use_kv_cache:
+    if decoding.use_kv_cache:
         ensure_kv_cache_fix()  # also for bridges built outside load_model
-    tokenized = [tokenize_prompt(model, p, chat=chat, index=i) for i, p in enumerate(prompts)]
-    warn_if_positions_select_nothing(steerings, owner, tokenized, max_new_tokens)
+    tokenized = [tokenize_prompt(model, p, chat=decoding.chat, index=i) for i, p in enumerate(prompts)]
+    warn_if_positions_select_nothing(steerings, owner, tokenized, decoding.max_new_tokens)
     gates: torch.Tensor | None  # [n_prompts] (every steering) or [n_steerings, n_prompts] (each its own rows)
     if owner is None:
         gates = (
@@ -204,14 +252,12 @@ def generate(
         )
     else:
         gates = owned_gate_rows(model, steerings, owner, tokenized) if steerings else None
-    eos = end_of_turn_ids(model)
-    pad_id = pad_id_of(model)
+    stop = _Stop(eos=end_of_turn_ids(model), pad_id=pad_id_of(model), max_new_tokens=decoding.max_new_tokens)
     device = next(iter(model.parameters())).device
     which = projection_owner(owner, len(steerings), len(tokenized))  # whose projection each prompt reports
-    results: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]] = {}
-    batches = length_sorted_batches(tokenized, batch_size, pad_id)
-    for rows, batch in tqdm(batches, desc="generate", disable=not progress, unit="batch"):
-        gens = [torch.Generator().manual_seed(seed + i) for i in rows] if do_sample else []
+    results: dict[int, DecodedRow] = {}
+    batches = length_sorted_batches(tokenized, decoding.batch_size, stop.pad_id)
+    for rows, batch in tqdm(batches, desc="generate", disable=not decoding.progress, unit="batch"):
         prompt_lens = torch.tensor([tokenized[i].n_tokens for i in rows])
         ctx = SteeringContext(
             prompt_lens=prompt_lens,
@@ -220,59 +266,87 @@ def generate(
         )
         out = _decode_batch(
             model,
-            batch.tokens.to(device),
-            batch.attention_mask.to(device),
+            _Batch(batch.tokens.to(device), batch.attention_mask.to(device), which[rows]),
             steerings,
             ctx,
-            which=which[rows],
-            eos=eos,
-            pad_id=pad_id,
-            max_new_tokens=max_new_tokens,
-            use_kv_cache=use_kv_cache,
-            sampler=None if not do_sample else (gens, temperature, top_k, top_p),
+            stop=stop,
+            use_kv_cache=decoding.use_kv_cache,
+            sampler=_Sampler(sampling, sampling.generators(rows)),
         )
-        for j, i in enumerate(rows):
-            results[i] = (out[0][j], out[1][j], out[2][j], out[3][j], out[4][j])
-    tokens = tuple(results[i][0] for i in range(len(tokenized)))
+        results.update(zip(rows, out, strict=True))
+    ordered = [results[i] for i in range(len(tokenized))]
     return Generations(
-        texts=tuple(model.tokenizer.decode(t, skip_special_tokens=True) for t in tokens),
-        tokens=tokens,
+        texts=tuple(model.tokenizer.decode(r.tokens, skip_special_tokens=True) for r in ordered),
+        tokens=tuple(r.tokens for r in ordered),
         prompt_tokens=tuple(p.tokens for p in tokenized),
-        fired=tuple(results[i][1] for i in range(len(tokenized))),
-        shift=tuple(results[i][2] for i in range(len(tokenized))),
-        projection=tuple(results[i][3] for i in range(len(tokenized))),
-        prompt_fired_share=tuple(results[i][4] for i in range(len(tokenized))),
+        fired=tuple(r.fired for r in ordered),
+        shift=tuple(r.shift for r in ordered),
+        projection=tuple(r.projection for r in ordered),
+        prompt_fired_share=tuple(r.prompt_fired_share for r in ordered),
         gated=gated_flags(gates, owner, steerings, len(tokenized)),
     )
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class DecodedRow:
+    """One prompt's decoding, cut at its end-of-turn token (see :class:`Generations` for the fields)."""
+
+    tokens: Int[torch.Tensor, " new"]
+    fired: Bool[torch.Tensor, " new"]
+    shift: Float[torch.Tensor, " new"]
+    projection: Float[torch.Tensor, " new"]
+    prompt_fired_share: float
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A left-padded batch on the model's device, and whose steering's projection each row reports."""
+
+    tokens: Int[torch.Tensor, "batch pos"]
+    mask: Int[torch.Tensor, "batch pos"]
+    which: Int[torch.Tensor, " batch"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Stop:
+    """When a row stops: an end-of-turn token (then padded with ``pad_id``) or ``max_new_tokens``."""
+
+    eos: set[int]
+    pad_id: int
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class _Sampler:
+    """The sampling settings and this batch's generators (one per row; none when greedy)."""
+
+    sampling: Sampling
+    gens: list[torch.Generator]
+
+    def next_tokens(self, logits: Float[torch.Tensor, "batch d_vocab"]) -> Int[torch.Tensor, " batch"]:
+        return self.sampling.next_tokens(logits, self.gens)
+
+
 def _decode_batch(
     model: Bridge,
-    tokens: torch.Tensor,
-    mask: torch.Tensor,
+    batch: _Batch,
     steerings: Sequence[Steering],
     ctx: SteeringContext,
     *,
-    which: Int[torch.Tensor, " batch"],
-    eos: set[int],
-    pad_id: int,
-    max_new_tokens: int,
+    stop: _Stop,
     use_kv_cache: bool,
-    sampler: tuple[list[torch.Generator], float, int | None, float] | None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[float]]:
-    """Decode one left-padded batch; returns per row: new tokens, fired, shift, projection (on the unit of
-    steering ``which[row]``), prompt fired share."""
-    batch, width = tokens.shape
-    seq, attn, cache = tokens, mask, None
-    done = torch.zeros(batch, dtype=torch.bool)
-    new_tokens: list[torch.Tensor] = []
-    fired_steps: list[torch.Tensor] = []
-    shift_steps: list[torch.Tensor] = []
-    proj_steps: list[torch.Tensor] = []
-    prompt_share = [0.0] * batch
-    eos_t = torch.tensor(sorted(eos), dtype=torch.long) if eos else torch.empty(0, dtype=torch.long)
-    prefix = shared_prefix(seq, attn, steerings, ctx) if use_kv_cache and batch > 1 else 0
-    prefix_fired = torch.zeros(batch, 0, dtype=torch.bool)
+    sampler: _Sampler,
+) -> list[DecodedRow]:
+    """Decode one left-padded batch; per row: new tokens, fired, shift, projection (on the unit of
+    steering ``batch.which[row]``), prompt fired share."""
+    seq, attn, cache = batch.tokens, batch.mask, None
+    n_rows, width = seq.shape
+    done = torch.zeros(n_rows, dtype=torch.bool)
+    steps = _Steps()
+    prompt_share = [0.0] * n_rows
+    eos_t = torch.tensor(sorted(stop.eos), dtype=torch.long) if stop.eos else torch.empty(0, dtype=torch.long)
+    prefix = shared_prefix(seq, attn, steerings, ctx) if use_kv_cache and n_rows > 1 else 0
+    prefix_fired = torch.zeros(n_rows, 0, dtype=torch.bool)
     view = (
         plain_view(model) if use_kv_cache and plain_steerable(model, steerings) else None
     )  # before any hook
@@ -289,10 +363,10 @@ def _decode_batch(
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
         shared = prefill_shared_prefix(forward, seq, attn, prefix, ctx) if prefix else None
         if shared is not None:
-            seq, attn, cache, prefix_fired = shared
+            seq, attn, cache, prefix_fired = shared.tokens, shared.mask, shared.cache, shared.prefix_fired
         else:
             prefix = 0
-        for step in range(max_new_tokens):
+        for step in range(stop.max_new_tokens):
             ctx.clear()
             if use_kv_cache:
                 start = 0 if cache is None else prefix if step == 0 else seq.shape[1] - 1
@@ -304,41 +378,57 @@ def _decode_batch(
                 ctx.offset = 0
                 logits = model(seq, attention_mask=attn, return_type="logits")
             last = logits[:, -1].float().cpu()
-            fired, shift, proj = _last_column_stats(ctx.records, which)
+            fired, shift, proj = _last_column_stats(ctx.records, batch.which)
             if step == 0:
                 prompt_share = _prompt_share(ctx, width, prefix_fired)
-            if sampler is None:
-                nxt = last.argmax(-1)
-            else:
-                gens, temperature, top_k, top_p = sampler
-                nxt = torch.tensor(
-                    [sample_token(last[b], gens[b], temperature, top_k, top_p) for b in range(batch)]
-                )
-            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            new_tokens.append(nxt)
-            fired_steps.append(fired & ~done)
-            shift_steps.append(torch.where(done, 0.0, shift))
-            proj_steps.append(torch.where(done, torch.nan, proj))
+            nxt = sampler.next_tokens(last)
+            nxt = torch.where(done, torch.full_like(nxt, stop.pad_id), nxt)
+            steps.append(
+                nxt, fired & ~done, torch.where(done, 0.0, shift), torch.where(done, torch.nan, proj)
+            )
             done = done | torch.isin(nxt, eos_t)
-            if bool(done.all()) or step == max_new_tokens - 1:
+            if bool(done.all()) or step == stop.max_new_tokens - 1:
                 break
             seq = torch.cat([seq, nxt[:, None].to(seq.device)], 1)
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
-    new = torch.stack(new_tokens, 1)
-    fired_all, shift_all, proj_all = (
-        torch.stack(fired_steps, 1),
-        torch.stack(shift_steps, 1),
-        torch.stack(proj_steps, 1),
-    )
-    rows_tok, rows_fired, rows_shift, rows_proj = [], [], [], []
-    for b in range(batch):
-        ids = new[b].tolist()
-        stop = next((k for k, t in enumerate(ids) if t in eos), len(ids))
-        rows_tok.append(new[b, :stop])
-        rows_fired.append(fired_all[b, :stop])
-        rows_shift.append(shift_all[b, :stop])
-        rows_proj.append(proj_all[b, :stop])
-    return rows_tok, rows_fired, rows_shift, rows_proj, prompt_share
+    return steps.rows(stop.eos, prompt_share)
+
+
+@dataclass
+class _Steps:
+    """Per decoding step, each row's chosen token and the steering record of the position that chose it."""
+
+    tokens: list[torch.Tensor] = field(default_factory=list)
+    fired: list[torch.Tensor] = field(default_factory=list)
+    shift: list[torch.Tensor] = field(default_factory=list)
+    projection: list[torch.Tensor] = field(default_factory=list)
+
+    def append(
+        self, tokens: torch.Tensor, fired: torch.Tensor, shift: torch.Tensor, proj: torch.Tensor
+    ) -> None:
+        self.tokens.append(tokens)
+        self.fired.append(fired)
+        self.shift.append(shift)
+        self.projection.append(proj)
+
+    def rows(self, eos: set[int], prompt_share: list[float]) -> list[DecodedRow]:
+        """Each row's record, cut before its first end-of-turn token."""
+        new = torch.stack(self.tokens, 1)
+        fired, shift, proj = (torch.stack(x, 1) for x in (self.fired, self.shift, self.projection))
+        out = []
+        for b in range(new.shape[0]):
+            ids = new[b].tolist()
+            end = next((k for k, t in enumerate(ids) if t in eos), len(ids))
+            out.append(
+                DecodedRow(
+                    tokens=new[b, :end],
+                    fired=fired[b, :end],
+                    shift=shift[b, :end],
+                    projection=proj[b, :end],
+                    prompt_fired_share=prompt_share[b],
+                )
+            )
+        return out
 
 
 def _bridge_forward(model: Bridge) -> Any:

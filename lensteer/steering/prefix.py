@@ -9,7 +9,7 @@ and the teacher-forced KL passes (calibration, held-out and rollout KL) likewise
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -58,9 +58,19 @@ def shared_prefix(
     return prefix
 
 
+class SharedPrefix(NamedTuple):
+    """A batch re-laid as ``[prefix][pads][rest]`` after its shared prefix ran once (a named tuple, so
+    ``seq, mask, cache, fired = shared`` still reads)."""
+
+    tokens: Int[torch.Tensor, "batch pos"]
+    mask: Int[torch.Tensor, "batch pos"]
+    cache: Any  # the KV cache holding the prefix, copied to every row
+    prefix_fired: Bool[torch.Tensor, "batch prefix"]  # which prefix tokens each row's steerings changed
+
+
 def prefill_shared_prefix(
     forward: Any, tokens: torch.Tensor, attn: torch.Tensor, prefix: int, ctx: SteeringContext
-) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor] | None:
+) -> SharedPrefix | None:
     """Run the shared prefix once (batch 1) and lay the batch out as ``[prefix][pads][rest]``.
 
     Padding moves from the left to just after the prefix: masked out and with positions taken
@@ -106,7 +116,7 @@ def prefill_shared_prefix(
         layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:]).contiguous()
         layer.values = layer.values.expand(batch, *layer.values.shape[1:]).contiguous()
     ctx.prefix = prefix
-    return seq, mask, cache, fired.expand(batch, prefix)
+    return SharedPrefix(seq, mask, cache, fired.expand(batch, prefix))
 
 
 def teacher_forced_states(
@@ -144,10 +154,10 @@ def teacher_forced_states(
             warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
             shared = prefill_shared_prefix(view.forward, tokens, attn, prefix, ctx)
             if shared is not None:
-                seq, mask, cache, _ = shared
                 ctx.clear()
                 ctx.offset = prefix
-                return view.final_normalized(seq[:, prefix:], mask, cache)[where[:, prefix:].to(seq.device)]
+                states = view.final_normalized(shared.tokens[:, prefix:], shared.mask, shared.cache)
+                return states[where[:, prefix:].to(shared.tokens.device)]
     ctx.offset, ctx.prefix = 0, 0
     with steer(model, *steerings, context=ctx) if steerings else nullcontext():
         return final_normalized(model, tokens, attn)[where.to(tokens.device)]

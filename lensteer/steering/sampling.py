@@ -1,8 +1,52 @@
-"""Choosing the next token when sampling: temperature, top-k, top-p, from a seeded generator."""
+"""Choosing the next token: greedy, or sampled (temperature, top-k, top-p) from a seeded generator."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float, Int
 
 from lensteer.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """How :func:`~lensteer.generate` chooses each token (validated on construction).
+
+    Attributes:
+        do_sample: Sample instead of greedy decoding (the other fields apply only then).
+        temperature: Sampling temperature (> 0).
+        top_k: Sample among the ``top_k`` most likely tokens (``None``: all).
+        top_p: Sample within the top-``p`` probability mass (nucleus), in ``(0, 1]``.
+        seed: Prompt ``i`` draws from its own generator seeded ``seed + i``, so sampling does not
+            depend on how prompts are batched.
+    """
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_sampling(self.do_sample, self.temperature, self.top_k, self.top_p)
+
+    def generators(self, rows: Sequence[int]) -> list[torch.Generator]:
+        """One generator per prompt index in ``rows`` (none when decoding greedily)."""
+        return [torch.Generator().manual_seed(self.seed + i) for i in rows] if self.do_sample else []
+
+    def next_tokens(
+        self, logits: Float[torch.Tensor, "batch d_vocab"], gens: Sequence[torch.Generator]
+    ) -> Int[torch.Tensor, " batch"]:
+        """The chosen token of each row: the argmax, or a draw from row ``b``'s generator ``gens[b]``."""
+        if not self.do_sample:
+            return logits.argmax(-1)
+        return torch.tensor(
+            [
+                sample_token(logits[b], gens[b], self.temperature, self.top_k, self.top_p)
+                for b in range(logits.shape[0])
+            ]
+        )
 
 
 def check_sampling(do_sample: bool, temperature: float, top_k: int | None, top_p: float) -> None:
