@@ -17,13 +17,14 @@ so causal evidence can break near-ties when a candidate is chosen (:mod:`lenstee
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, TypedDict, Unpack, get_args
 
 import torch
 
 from lensteer.core.activations import collect_activations
 from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
+from lensteer.core.options import settings_from
 from lensteer.errors import ConfigError, DataError
 from lensteer.locate.attribution import attribute_residual
 from lensteer.locate.directions import Direction, diff_of_means, fit_probe
@@ -153,17 +154,41 @@ def _check_contrast(name: str, contrast: Contrast) -> None:
         raise DataError(f"{name} must be (aligned prompts, misaligned prompts), both non-empty lists")
 
 
+class CandidateOptions(TypedDict, total=False):
+    """The keyword options of :func:`build_candidates` (how the activations are read)."""
+
+    response_position: str
+    last_k_positions: int | None
+    site: str
+    batch_size: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateReading:
+    """How :func:`build_candidates` reads the contrasts (:class:`CandidateOptions`, with defaults).
+
+    Attributes:
+        response_position: Where the response contrast is read (``"response_mean"``, or ``"last"`` for a
+            decision contrast whose prompts end in a shared answer stem).
+        last_k_positions: Keep only the last ``k`` post-instruction positions (default: all of them).
+        site: The hook site read (and later steered).
+        batch_size: Prompts per forward.
+    """
+
+    response_position: str = "response_mean"
+    last_k_positions: int | None = None
+    site: str = "resid_post"
+    batch_size: int = 16
+
+
 def build_candidates(
     model: Bridge,
     layers: Sequence[int],
     *,
     prompt_contrast: Contrast | None = None,
     response_contrast: Contrast | None = None,
-    response_position: str = "response_mean",
     from_patching: Collection[int] = (),
-    last_k_positions: int | None = None,
-    site: str = "resid_post",
-    batch_size: int = 16,
+    **options: Unpack[CandidateOptions],
 ) -> tuple[Candidate, ...]:
     """Candidate directions at ``layers``: the prompt contrast at each post-instruction position, the
     response contrast's difference of means, and a probe on the response contrast.
@@ -173,88 +198,102 @@ def build_candidates(
         prompt_contrast: ``(aligned-eliciting, misaligned-eliciting)`` prompts (no responses). Every prompt
             must have the same number of post-instruction tokens (one chat template does).
         response_contrast: ``(aligned, misaligned)`` conversations ending in the two written replies.
-        response_position: Where the response contrast is read (``"response_mean"``, or ``"last"`` for a
-            decision contrast whose prompts end in a shared answer stem).
         from_patching: Layers the patching evidence put on the list.
-        last_k_positions: Keep only the last ``k`` post-instruction positions (default: all of them).
-        site: The hook site read (and later steered).
+        **options: How to read (:class:`CandidateReading`): ``response_position`` (``"response_mean"``),
+            ``last_k_positions`` (``None``), ``site`` (``"resid_post"``), ``batch_size`` (16).
 
     Returns:
         Candidates ordered by layer, then source, then position.
     """
+    read = settings_from(CandidateReading, options, what="build_candidates")
     if prompt_contrast is None and response_contrast is None:
         raise ConfigError("build_candidates needs a prompt_contrast, a response_contrast or both")
     if not layers:
         raise ConfigError("build_candidates needs at least one layer")
-    if last_k_positions is not None and last_k_positions < 1:
-        raise ConfigError(f"last_k_positions must be >= 1 or None, got {last_k_positions}")
+    if read.last_k_positions is not None and read.last_k_positions < 1:
+        raise ConfigError(f"last_k_positions must be >= 1 or None, got {read.last_k_positions}")
     layer_list = list(dict.fromkeys(layers))
     patched = set(from_patching)
     out: list[Candidate] = []
     if prompt_contrast is not None:
         _check_contrast("prompt_contrast", prompt_contrast)
-        pos, neg = (
-            collect_activations(
-                model,
-                list(side),
-                layers=layer_list,
-                site=site,
-                position="post_instruction",
-                batch_size=batch_size,
-            )
-            for side in prompt_contrast
-        )
-        if pos.ndim == 3:  # one post-instruction token: collect_activations drops the position axis
-            pos, neg = pos[:, :, None], neg[:, :, None]
-        n_post = pos.shape[2]
-        if neg.shape[2] != n_post:
-            raise DataError(
-                f"the two sides of the prompt contrast have {n_post} and {neg.shape[2]} post-instruction tokens"
-            )
-        offsets = range(n_post - min(n_post, last_k_positions or n_post), n_post)
-        for col, layer in enumerate(layer_list):
-            for j in offsets:
-                where = f"post_instruction[{j - n_post}]"
-                d = diff_of_means(pos[:, col, j], neg[:, col, j], layer=layer, site=site, position=where)
-                out.append(
-                    Candidate(
-                        source="prompt_contrast",
-                        layer=layer,
-                        position=where,
-                        direction=d,
-                        from_patching=layer in patched,
-                    )
-                )
+        out += _prompt_candidates(model, prompt_contrast, layer_list, patched, read)
     if response_contrast is not None:
         _check_contrast("response_contrast", response_contrast)
-        pos, neg = (
-            collect_activations(
-                model,
-                list(side),
-                layers=layer_list,
-                site=site,
-                position=response_position,
-                batch_size=batch_size,
-            )
-            for side in response_contrast
-        )
-        if pos.ndim != 3:
-            raise ConfigError(f"response_position {response_position!r} must select one vector per prompt")
-        for col, layer in enumerate(layer_list):
-            d = diff_of_means(pos[:, col], neg[:, col], layer=layer, site=site, position=response_position)
-            probe = fit_probe(pos[:, col], neg[:, col], layer=layer, site=site, position=response_position)
-            for source, direction in (("response_mean", d), ("probe", probe.direction())):
-                out.append(
-                    Candidate(
-                        source=source,
-                        layer=layer,
-                        position=response_position,
-                        direction=direction,
-                        from_patching=layer in patched,
-                    )
-                )
+        out += _response_candidates(model, response_contrast, layer_list, patched, read)
     order = {s: i for i, s in enumerate(SOURCES)}
     return tuple(sorted(out, key=lambda c: (c.layer, order[c.source])))
+
+
+def _prompt_candidates(
+    model: Bridge, contrast: Contrast, layer_list: list[int], patched: set[int], read: CandidateReading
+) -> list[Candidate]:
+    """A difference of means per (layer, kept post-instruction position) of the prompt contrast."""
+    site = read.site
+    pos, neg = (
+        collect_activations(
+            model,
+            list(side),
+            layers=layer_list,
+            site=site,
+            position="post_instruction",
+            batch_size=read.batch_size,
+        )
+        for side in contrast
+    )
+    if pos.ndim == 3:  # one post-instruction token: collect_activations drops the position axis
+        pos, neg = pos[:, :, None], neg[:, :, None]
+    n_post = pos.shape[2]
+    if neg.shape[2] != n_post:
+        raise DataError(
+            f"the two sides of the prompt contrast have {n_post} and {neg.shape[2]} post-instruction tokens"
+        )
+    offsets = range(n_post - min(n_post, read.last_k_positions or n_post), n_post)
+    out = []
+    for col, layer in enumerate(layer_list):
+        for j in offsets:
+            where = f"post_instruction[{j - n_post}]"
+            d = diff_of_means(pos[:, col, j], neg[:, col, j], layer=layer, site=site, position=where)
+            out.append(
+                Candidate(
+                    source="prompt_contrast",
+                    layer=layer,
+                    position=where,
+                    direction=d,
+                    from_patching=layer in patched,
+                )
+            )
+    return out
+
+
+def _response_candidates(
+    model: Bridge, contrast: Contrast, layer_list: list[int], patched: set[int], read: CandidateReading
+) -> list[Candidate]:
+    """Per layer, the response contrast's difference of means and a probe on it."""
+    site, where = read.site, read.response_position
+    pos, neg = (
+        collect_activations(
+            model, list(side), layers=layer_list, site=site, position=where, batch_size=read.batch_size
+        )
+        for side in contrast
+    )
+    if pos.ndim != 3:
+        raise ConfigError(f"response_position {where!r} must select one vector per prompt")
+    out = []
+    for col, layer in enumerate(layer_list):
+        d = diff_of_means(pos[:, col], neg[:, col], layer=layer, site=site, position=where)
+        probe = fit_probe(pos[:, col], neg[:, col], layer=layer, site=site, position=where)
+        for source, direction in (("response_mean", d), ("probe", probe.direction())):
+            out.append(
+                Candidate(
+                    source=source,
+                    layer=layer,
+                    position=where,
+                    direction=direction,
+                    from_patching=layer in patched,
+                )
+            )
+    return out
 
 
 def random_like(candidate: Candidate, seed: int = 0) -> Candidate:

@@ -6,7 +6,7 @@ on harmless prompts, as KL to the unmodified model (Arditi et al. 2024 keep dire
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import torch
 from jaxtyping import Float
@@ -14,6 +14,7 @@ from jaxtyping import Float
 from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
 from lensteer.core.forward import kl_divergence, last_logits
+from lensteer.core.options import settings_from
 from lensteer.core.sites import resolve_sites
 from lensteer.core.stats import bootstrap_mean_ci
 from lensteer.core.vectors import ablate_direction, add_direction
@@ -67,6 +68,23 @@ class DirectionPatchResult:
         }
 
 
+class DirectionPatchOptions(TypedDict, total=False):
+    """The keyword options of :func:`patch_direction`."""
+
+    scale: float
+    batch_size: int
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DirectionPatchSettings:
+    """:class:`DirectionPatchOptions` with their defaults (see :func:`patch_direction`)."""
+
+    scale: float = 1.0
+    batch_size: int = 16
+    seed: int = 0
+
+
 def patch_direction(
     model: Bridge,
     prompts: "Sequence[str | ChatPrompt]",
@@ -75,9 +93,7 @@ def patch_direction(
     *,
     mode: Literal["ablate", "add"] = "ablate",
     layers: Sequence[int] | Literal["all"] | None = None,
-    scale: float = 1.0,
-    batch_size: int = 16,
-    seed: int = 0,
+    **options: Unpack[DirectionPatchOptions],
 ) -> DirectionPatchResult:
     """Direction-level patching: ablate or add a :class:`~lensteer.Direction` and measure the metric.
 
@@ -89,9 +105,11 @@ def patch_direction(
         mode: ``"ablate"`` projects the direction out; ``"add"`` adds ``scale * raw_norm * unit``.
         layers: Layers to intervene at (default: the direction's layer); ``"all"`` for every layer,
             as in Arditi et al.'s directional ablation.
-        scale: For ``"add"``, multiples of the direction's ``raw_norm`` (its class-mean distance).
-        seed: Seed of the random control direction.
+        **options: ``scale`` (1.0): for ``"add"``, multiples of the direction's ``raw_norm`` (its
+            class-mean distance); ``batch_size`` (16); ``seed`` (0): seed of the random control direction.
     """
+    settings = settings_from(DirectionPatchSettings, options, what="patch_direction")
+    scale, batch_size, seed = settings.scale, settings.batch_size, settings.seed
     if mode not in ("ablate", "add"):
         raise ConfigError(f"mode must be 'ablate' or 'add', got {mode!r}")
     if not torch.isfinite(torch.tensor(scale)):

@@ -15,12 +15,13 @@ from misaligned to aligned.
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 from jaxtyping import Float
 
 from lensteer._types import DirectionVec
+from lensteer.core.options import settings_from
 from lensteer.errors import ArtifactMismatchError, DataError
 
 
@@ -251,6 +252,26 @@ def _fit_logistic(
     return w.detach(), b.detach()
 
 
+class ProbeFitOptions(TypedDict, total=False):
+    """The keyword options of :func:`fit_probe`."""
+
+    l2_grid: Sequence[float]
+    balanced: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeFitSettings:
+    """How :func:`fit_probe` fits (:class:`ProbeFitOptions`, with defaults).
+
+    Attributes:
+        l2_grid: L2 strengths to choose from by validation accuracy (then log-loss).
+        balanced: Weight each class by ``n / (2 n_class)``.
+    """
+
+    l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1)
+    balanced: bool = False
+
+
 def fit_probe(
     positive: Float[torch.Tensor, "n_pos d_model"],
     negative: Float[torch.Tensor, "n_neg d_model"],
@@ -258,10 +279,9 @@ def fit_probe(
     layer: int,
     val_positive: Float[torch.Tensor, "n_val_pos d_model"] | None = None,
     val_negative: Float[torch.Tensor, "n_val_neg d_model"] | None = None,
-    l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
     site: str = "resid_post",
     position: str = "last",
-    balanced: bool = False,
+    **options: Unpack[ProbeFitOptions],
 ) -> LinearProbe:
     """Fit a logistic-regression probe; choose the L2 strength by validation accuracy (then log-loss).
 
@@ -277,6 +297,8 @@ def fit_probe(
         DataError: A class is empty (a probe needs two classes), activations are non-finite, or only
             one of ``val_positive`` / ``val_negative`` is given.
     """
+    settings = settings_from(ProbeFitSettings, options, what="fit_probe")
+    l2_grid, balanced = settings.l2_grid, settings.balanced
     _check_acts("positive", positive)
     _check_acts("negative", negative)
     if (val_positive is None) != (val_negative is None):

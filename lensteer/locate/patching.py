@@ -17,13 +17,14 @@ a small model). Results equal ``transformer_lens.patching`` on the same inputs (
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import torch
 from tqdm.auto import tqdm
 
 from lensteer.core.bridge import Bridge
 from lensteer.core.forward import unembed
+from lensteer.core.options import settings_from
 from lensteer.core.sites import head_hook_name, hook_name, resolve_sites
 from lensteer.errors import ConfigError
 from lensteer.locate import incremental
@@ -44,6 +45,36 @@ from lensteer.locate.patching_base import (
 
 Algorithm = Literal["incremental", "full"]
 _log = logging.getLogger(__name__)
+
+
+class PatchOptions(TypedDict, total=False):
+    """The keyword options of :func:`patch_residual`, :func:`patch_layers` and :func:`patch_heads`."""
+
+    direction: PatchDirection
+    max_rows: int
+    progress: bool
+    algorithm: Algorithm
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchSettings:
+    """How a patching sweep runs (:class:`PatchOptions`, with defaults; see :func:`patch_residual`)."""
+
+    direction: PatchDirection = "denoising"
+    max_rows: int = 256
+    progress: bool = False
+    algorithm: Algorithm = "incremental"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Grid:
+    """The cells of a sweep: ``n_cols`` per hooked layer, of one ``kind`` (position, layer or head)."""
+
+    layers: list[int]
+    names: list[str]
+    site: str
+    kind: str
+    n_cols: int
 
 
 @dataclass(frozen=True)
@@ -153,24 +184,62 @@ def _incremental(
     source: torch.Tensor,
     target: torch.Tensor,
     metric: Metric,
-    *,
-    layers: Sequence[int],
-    site: str,
-    kind: str,
-    max_rows: int,
-    progress: bool,
-    direction: str,
+    grid: _Grid,
+    settings: PatchSettings,
 ) -> torch.Tensor | None:
     """Metric ``[n_cells, n_examples]`` recomputing only what each patch can change (see :mod:`.incremental`).
 
     Cells are (layer, position), (layer,) or (layer, head), layer-major. None if the model's blocks
     cannot be replayed; the caller then runs one full forward per cell.
     """
-    heads = kind == "head"
+    heads = grid.kind == "head"
     if heads:
-        names = [head_hook_name(la) for la in layers]
+        names = [head_hook_name(la) for la in grid.layers]
     else:
-        names = [] if site in ("resid_pre", "resid_post") else [hook_name(la, site) for la in layers]
+        names = (
+            []
+            if grid.site in ("resid_pre", "resid_post")
+            else [hook_name(la, grid.site) for la in grid.layers]
+        )
+    replayers = _replayers(model, source, target, names, settings.direction)
+    if replayers is None:
+        return None
+    src, tgt = replayers
+    n_ex, n_pos = target.shape
+    cells: list[list[incremental.Row]] = []
+    for layer in grid.layers:
+        eff = _layer_effect(tgt, src, layer, grid.site, heads)
+        for v in range(eff.new.shape[0] // n_ex):
+            part = _Effect(
+                eff.start, eff.new[v * n_ex : (v + 1) * n_ex], eff.differs[v * n_ex : (v + 1) * n_ex]
+            )
+            cells.extend(_position_rows(part, n_pos) if grid.kind == "position" else [_whole_rows(part)])
+    flat = [r for cell in cells for r in cell]
+    n_groups = len({r.pos if tgt.use_prefix else 0 for r in flat if r.start < tgt.n_layers})
+    with tqdm(total=n_groups, desc="patch", disable=not settings.progress, unit="position") as bar:
+        computed = tgt.run(flat, max_rows=settings.max_rows, on_group=bar.update)
+    finals = tgt.final.repeat(len(cells), 1, 1)  # unpatched rows are the target run itself
+    i = 0
+    for c, cell in enumerate(cells):
+        for r in cell:
+            finals[c, r.example] = computed[i]
+            i += 1
+    out = torch.empty(len(cells), n_ex)
+    per = max(1, settings.max_rows // n_ex)
+    with torch.inference_mode():
+        for lo in range(0, len(cells), per):
+            chunk = finals[lo : lo + per]
+            values = checked_metric(
+                metric(unembed(model, chunk.reshape(-1, chunk.shape[-1]))), chunk.shape[0] * n_ex
+            )
+            out[lo : lo + chunk.shape[0]] = values.view(chunk.shape[0], n_ex)
+    return out
+
+
+def _replayers(
+    model: Bridge, source: torch.Tensor, target: torch.Tensor, names: list[str], direction: str
+) -> "tuple[incremental.Replayer, incremental.Replayer] | None":
+    """The (source, target) replayers capturing ``names``; None if the model's blocks cannot be replayed."""
     src_role, tgt_role = run_roles(direction)
     try:
         tgt = incremental.Replayer(model, target, capture=names)
@@ -185,49 +254,27 @@ def _incremental(
             "incremental patching is unavailable for this model (%s); running one forward per cell", err
         )
         return None
-    n_ex, n_pos = target.shape
-    cells: list[list[incremental.Row]] = []
-    for layer in layers:
-        eff = _layer_effect(tgt, src, layer, site, heads)
-        for v in range(eff.new.shape[0] // n_ex):
-            new, differs = eff.new[v * n_ex : (v + 1) * n_ex], eff.differs[v * n_ex : (v + 1) * n_ex]
-            if kind == "position":
-                cells.extend(
-                    [
-                        incremental.Row(eff.start, q, e, new[e, q : q + 1])
-                        for e in range(n_ex)
-                        if differs[e, q]
-                    ]
-                    for q in range(n_pos)
-                )
-            else:  # every position patched: recompute from the first one that differs
-                row = []
-                for e in range(n_ex):
-                    changed = differs[e].nonzero()
-                    if len(changed):
-                        q = int(changed[0])
-                        row.append(incremental.Row(eff.start, q, e, new[e, q:]))
-                cells.append(row)
-    flat = [r for cell in cells for r in cell]
-    n_groups = len({r.pos if tgt.use_prefix else 0 for r in flat if r.start < tgt.n_layers})
-    with tqdm(total=n_groups, desc="patch", disable=not progress, unit="position") as bar:
-        computed = tgt.run(flat, max_rows=max_rows, on_group=bar.update)
-    finals = tgt.final.repeat(len(cells), 1, 1)  # unpatched rows are the target run itself
-    i = 0
-    for c, cell in enumerate(cells):
-        for r in cell:
-            finals[c, r.example] = computed[i]
-            i += 1
-    out = torch.empty(len(cells), n_ex)
-    per = max(1, max_rows // n_ex)
-    with torch.inference_mode():
-        for lo in range(0, len(cells), per):
-            chunk = finals[lo : lo + per]
-            values = checked_metric(
-                metric(unembed(model, chunk.reshape(-1, chunk.shape[-1]))), chunk.shape[0] * n_ex
-            )
-            out[lo : lo + chunk.shape[0]] = values.view(chunk.shape[0], n_ex)
-    return out
+    return src, tgt
+
+
+def _position_rows(eff: "_Effect", n_pos: int) -> list[list[incremental.Row]]:
+    """One cell per position: each example whose activation there differs, recomputed from there."""
+    n_ex = eff.new.shape[0]
+    return [
+        [incremental.Row(eff.start, q, e, eff.new[e, q : q + 1]) for e in range(n_ex) if eff.differs[e, q]]
+        for q in range(n_pos)
+    ]
+
+
+def _whole_rows(eff: "_Effect") -> list[incremental.Row]:
+    """One cell, every position patched: each example recomputed from the first position that differs."""
+    row = []
+    for e in range(eff.new.shape[0]):
+        changed = eff.differs[e].nonzero()
+        if len(changed):
+            q = int(changed[0])
+            row.append(incremental.Row(eff.start, q, e, eff.new[e, q:]))
+    return row
 
 
 def _patched_values(
@@ -235,43 +282,24 @@ def _patched_values(
     source: torch.Tensor,
     target: torch.Tensor,
     metric: Metric,
-    *,
-    layers: list[int],
-    names: list[str],
-    site: str,
-    kind: str,
-    n_cols: int,
-    max_rows: int,
-    progress: bool,
-    direction: str,
-    algorithm: str,
+    grid: _Grid,
+    settings: PatchSettings,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Metric of every patched cell ``[n_cells, n_examples]`` (incremental when the model allows, else one
     forward per cell), and the unpatched source and target metrics. Cells are layer-major; ``n_cols``
     per layer: positions (``kind="position"``), heads (``"head"``) or one whole-layer column (``"layer"``)."""
-    _check_algorithm(algorithm)
+    _check_algorithm(settings.algorithm)
     values = None
-    if algorithm == "incremental":
-        values = _incremental(
-            model,
-            source,
-            target,
-            metric,
-            layers=layers,
-            site=site,
-            kind=kind,
-            max_rows=max_rows,
-            progress=progress,
-            direction=direction,
-        )
+    if settings.algorithm == "incremental":
+        values = _incremental(model, source, target, metric, grid, settings)
     if values is None:
-        acts = cache_source(model, source, names, run_roles(direction)[0])
+        acts = cache_source(model, source, grid.names, run_roles(settings.direction)[0])
         cells = [
-            _Cell(name, col if kind == "position" else None, col if kind == "head" else None)
-            for name in names
-            for col in range(n_cols)
+            _Cell(name, col if grid.kind == "position" else None, col if grid.kind == "head" else None)
+            for name in grid.names
+            for col in range(grid.n_cols)
         ]
-        values = _sweep(model, target, acts, cells, metric, max_rows, progress)
+        values = _sweep(model, target, acts, cells, metric, settings.max_rows, settings.progress)
     with torch.inference_mode():
         return values, evaluate_metric(model, source, metric), evaluate_metric(model, target, metric)
 
@@ -284,10 +312,7 @@ def patch_residual(
     *,
     site: str = "resid_pre",
     layers: Sequence[int] | None = None,
-    direction: PatchDirection = "denoising",
-    max_rows: int = 256,
-    progress: bool = False,
-    algorithm: Algorithm = "incremental",
+    **options: Unpack[PatchOptions],
 ) -> PatchResult:
     """Patch one site at every (layer, position); the metric per cell and example.
 
@@ -298,37 +323,35 @@ def patch_residual(
         metric: Last-position logits ``[batch, d_vocab]`` -> ``[batch]`` (see :func:`logit_diff_metric`).
         site: ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"`` or ``"mlp_out"``.
         layers: Layers to patch (default: all).
-        direction: ``"denoising"`` (clean into corrupted) or ``"noising"`` (corrupted into clean).
-        max_rows: Batch rows per forward (cells x examples); lower it to save memory.
-        progress: Show a progress bar.
-        algorithm: ``"incremental"`` (default) replays the target block by block and recomputes only
-            the layers at and above a patch and the positions at and after it, reusing the target's
-            keys/values before it; ``"full"`` runs a whole forward per cell, as TransformerLens does
-            (the reference; also used automatically when a model's blocks cannot be replayed). Both
-            give the same numbers.
+        **options: Keyword options (:class:`PatchOptions`, held as a :class:`PatchSettings`):
+
+            - ``direction``: ``"denoising"`` (default; clean into corrupted) or ``"noising"``
+              (corrupted into clean).
+            - ``max_rows`` (256): batch rows per forward (cells x examples); lower it to save memory.
+            - ``progress`` (``False``): show a progress bar.
+            - ``algorithm``: ``"incremental"`` (default) replays the target block by block and
+              recomputes only the layers at and above a patch and the positions at and after it,
+              reusing the target's keys/values before it; ``"full"`` runs a whole forward per cell,
+              as TransformerLens does (the reference; also used automatically when a model's blocks
+              cannot be replayed). Both give the same numbers.
 
     Raises:
+        ConfigError: An unknown option, or a ``direction`` / ``algorithm`` not listed above.
         PatchingError: Different shapes or token lengths, a metric of the wrong shape, or NaN/Inf
             activations or metric values.
     """
-    source, target = prepare_pair(model, clean, corrupted, direction)
+    settings = settings_from(PatchSettings, options, what="patching")
+    source, target = prepare_pair(model, clean, corrupted, settings.direction)
     sites = resolve_sites(model, layers, site)
     n_pos = target.shape[1]
-    values, src_m, tgt_m = _patched_values(
-        model,
-        source,
-        target,
-        metric,
+    grid = _Grid(
         layers=[s.layer for s in sites],
         names=[s.name for s in sites],
         site=site,
         kind="position",
         n_cols=n_pos,
-        max_rows=max_rows,
-        progress=progress,
-        direction=direction,
-        algorithm=algorithm,
     )
+    values, src_m, tgt_m = _patched_values(model, source, target, metric, grid, settings)
     return PatchResult(
         per_example=values.view(len(sites), n_pos, -1),
         source=src_m,
@@ -336,7 +359,7 @@ def patch_residual(
         layers=tuple(s.layer for s in sites),
         site=site,
         kind="position",
-        direction=direction,
+        direction=settings.direction,
         col_labels=token_labels(model, source[0]),
     )
 
@@ -349,33 +372,20 @@ def patch_layers(
     *,
     site: str = "mlp_out",
     layers: Sequence[int] | None = None,
-    direction: PatchDirection = "denoising",
-    max_rows: int = 256,
-    progress: bool = False,
-    algorithm: Algorithm = "incremental",
+    **options: Unpack[PatchOptions],
 ) -> PatchResult:
     """Patch a whole site (every position at once) per layer, e.g. each MLP's or attention's output.
 
     Arguments as in :func:`patch_residual`; ``"incremental"`` starts each recomputation at the
     patched layer and at the first position where the patched activation differs from the target's.
     """
-    source, target = prepare_pair(model, clean, corrupted, direction)
+    settings = settings_from(PatchSettings, options, what="patching")
+    source, target = prepare_pair(model, clean, corrupted, settings.direction)
     sites = resolve_sites(model, layers, site)
-    values, src_m, tgt_m = _patched_values(
-        model,
-        source,
-        target,
-        metric,
-        layers=[s.layer for s in sites],
-        names=[s.name for s in sites],
-        site=site,
-        kind="layer",
-        n_cols=1,
-        max_rows=max_rows,
-        progress=progress,
-        direction=direction,
-        algorithm=algorithm,
+    grid = _Grid(
+        layers=[s.layer for s in sites], names=[s.name for s in sites], site=site, kind="layer", n_cols=1
     )
+    values, src_m, tgt_m = _patched_values(model, source, target, metric, grid, settings)
     return PatchResult(
         per_example=values.view(len(sites), 1, -1),
         source=src_m,
@@ -383,7 +393,7 @@ def patch_layers(
         layers=tuple(s.layer for s in sites),
         site=site,
         kind="layer",
-        direction=direction,
+        direction=settings.direction,
         col_labels=("all positions",),
     )
 
@@ -395,33 +405,18 @@ def patch_heads(
     metric: Metric,
     *,
     layers: Sequence[int] | None = None,
-    direction: PatchDirection = "denoising",
-    max_rows: int = 256,
-    progress: bool = False,
-    algorithm: Algorithm = "incremental",
+    **options: Unpack[PatchOptions],
 ) -> PatchResult:
     """Patch each attention head's output (``attn.hook_z``, every position) per (layer, head).
 
     Arguments as in :func:`patch_residual`; ``"incremental"`` runs each layer once with every head
     patched in its own batch rows, then recomputes only the layers above it.
     """
-    source, target = prepare_pair(model, clean, corrupted, direction)
+    settings = settings_from(PatchSettings, options, what="patching")
+    source, target = prepare_pair(model, clean, corrupted, settings.direction)
     layer_list, names, n_heads = head_hooks(model, layers)
-    values, src_m, tgt_m = _patched_values(
-        model,
-        source,
-        target,
-        metric,
-        layers=layer_list,
-        names=names,
-        site="z",
-        kind="head",
-        n_cols=n_heads,
-        max_rows=max_rows,
-        progress=progress,
-        direction=direction,
-        algorithm=algorithm,
-    )
+    grid = _Grid(layers=layer_list, names=names, site="z", kind="head", n_cols=n_heads)
+    values, src_m, tgt_m = _patched_values(model, source, target, metric, grid, settings)
     return PatchResult(
         per_example=values.view(len(layer_list), n_heads, -1),
         source=src_m,
@@ -429,6 +424,6 @@ def patch_heads(
         layers=tuple(layer_list),
         site="z",
         kind="head",
-        direction=direction,
+        direction=settings.direction,
         col_labels=tuple(f"H{h}" for h in range(n_heads)),
     )

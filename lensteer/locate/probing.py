@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import torch
 from jaxtyping import Float
@@ -26,6 +26,7 @@ from lensteer.core.activations import collect_activations
 from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
 from lensteer.core.datasets import ContrastSet
+from lensteer.core.options import settings_from
 from lensteer.core.sites import normalize_layers
 from lensteer.core.stats import auroc, balanced_accuracy, bootstrap_ci, d_prime
 from lensteer.errors import ConfigError, DataError
@@ -151,6 +152,29 @@ def _check(name: str, acts: torch.Tensor) -> None:
         raise DataError(f"{name} contains NaN or Inf activations")
 
 
+class ProbingOptions(TypedDict, total=False):
+    """The keyword options of :func:`probe_layers` and :func:`probe_by_layer`."""
+
+    n_boot: int
+    seed: int
+    progress: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbingSettings:
+    """How the probing study runs (:class:`ProbingOptions`, with defaults).
+
+    Attributes:
+        n_boot: Bootstrap resamples for the 95% intervals.
+        seed: Seed of the bootstrap (layer ``i`` uses ``seed + i``).
+        progress: Show a progress bar.
+    """
+
+    n_boot: int = 200
+    seed: int = 0
+    progress: bool = False
+
+
 def probe_layers(
     acts: Mapping[str, torch.Tensor],
     *,
@@ -160,9 +184,7 @@ def probe_layers(
     site: str = "resid_post",
     position: str = "last",
     model: dict[str, Any] | None = None,
-    n_boot: int = 200,
-    seed: int = 0,
-    progress: bool = False,
+    **options: Unpack[ProbingOptions],
 ) -> ProbingReport:
     """The probing study on collected activations (pure: no model needed).
 
@@ -171,12 +193,13 @@ def probe_layers(
             ``[n_prompts, n_layers, d_model]``. ``pos``/``neg`` train rows must be paired (row i of
             each comes from the same example) for PCA of paired differences.
         layers: The layer index of each entry of the layer axis.
-        n_boot: Bootstrap resamples for the 95% intervals.
-        seed: Seed of the bootstrap.
+        **options: ``n_boot`` (200, bootstrap resamples for the 95% intervals), ``seed`` (0, of the
+            bootstrap) and ``progress`` (``False``): a :class:`ProbingSettings`.
 
     Raises:
         DataError: Missing splits, a single class, NaN activations, or inconsistent layer axes.
     """
+    settings = settings_from(ProbingSettings, options, what="probing")
     names = ("pos_train", "neg_train", "pos_val", "neg_val", "pos_test", "neg_test")
     missing = [n for n in names if n not in acts]
     if missing:
@@ -191,7 +214,7 @@ def probe_layers(
     probes: list[LinearProbe] = []
     paired = acts["pos_train"].shape[0] == acts["neg_train"].shape[0]
     source = f"{dataset}/{contrast}"
-    for i, layer in enumerate(tqdm(layers, desc="probe layers", disable=not progress)):
+    for i, layer in enumerate(tqdm(layers, desc="probe layers", disable=not settings.progress)):
         tr_p, tr_n = acts["pos_train"][:, i], acts["neg_train"][:, i]
         te_p, te_n = acts["pos_test"][:, i], acts["neg_test"][:, i]
         kw = {"layer": layer, "site": site, "position": position}
@@ -217,7 +240,9 @@ def probe_layers(
         for name, (which, fn) in stats.items():
             pos_scores, neg_scores = scores[which]
             values[name].append(fn(pos_scores, neg_scores))
-            cis[name].append(bootstrap_ci(fn, pos_scores, neg_scores, n_boot=n_boot, seed=seed + i))
+            cis[name].append(
+                bootstrap_ci(fn, pos_scores, neg_scores, n_boot=settings.n_boot, seed=settings.seed + i)
+            )
         held_out = {
             "test_auroc": values["dom_auroc"][-1],
             "test_accuracy": values["dom_accuracy"][-1],
@@ -350,11 +375,11 @@ def probe_by_layer(
     layers: Sequence[int] | None = None,
     site: str = "resid_post",
     batch_size: int = 16,
-    n_boot: int = 200,
-    seed: int = 0,
-    progress: bool = False,
+    **options: Unpack[ProbingOptions],
 ) -> ProbingReport:
     """Run the probing study of a contrast set on a model, layer by layer.
+
+    ``options`` are :func:`probe_layers`' (``n_boot``, ``seed``, ``progress``).
 
     Example:
         >>> report = lensteer.probe_by_layer(model, lensteer.load_dataset("refusal"))  # doctest: +SKIP
@@ -362,8 +387,15 @@ def probe_by_layer(
     """
     from lensteer.core.models import model_fingerprint
 
+    settings = settings_from(ProbingSettings, options, what="probing")
     acts, layer_list, position = collect_contrast(
-        model, dataset, contrast=contrast, layers=layers, site=site, batch_size=batch_size, progress=progress
+        model,
+        dataset,
+        contrast=contrast,
+        layers=layers,
+        site=site,
+        batch_size=batch_size,
+        progress=settings.progress,
     )
     return probe_layers(
         acts,
@@ -373,7 +405,5 @@ def probe_by_layer(
         site=site,
         position=position,
         model=model_fingerprint(model).to_dict(),
-        n_boot=n_boot,
-        seed=seed,
-        progress=progress,
+        **options,
     )
