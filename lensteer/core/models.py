@@ -306,6 +306,27 @@ def gguf_to_folder(gguf: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------- load_model
 
 
+def _weights_source(model: "str | os.PathLike[str] | None") -> tuple[Path | None, str]:
+    """Where :func:`load_model` reads ``model`` from: ``(folder, name)``, the folder ``None`` for a Hugging
+    Face id (resolved by transformers). The embedded model and ``.gguf`` files are converted to a folder once.
+    """
+    if model is None:
+        return gguf_to_folder(embedded_gguf_path()), EMBEDDED_MODEL_NAME
+    spec = str(model)
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        return gguf_to_folder(path), path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"folder {spec!r} has no config.json: not a Hugging Face model folder")
+        return path, spec
+    if path.exists():
+        raise ModelLoadError(
+            f"{spec!r} is a file but not a .gguf; pass a Hugging Face id, a model folder or a .gguf file"
+        )
+    return None, spec
+
+
 def load_model(
     model: "str | os.PathLike[str] | TransformerBridge | None" = None,
     *,
@@ -349,23 +370,7 @@ def load_model(
     if n_devices is not None:
         boot_kwargs["n_devices"] = n_devices
 
-    if model is None:
-        folder, name = gguf_to_folder(embedded_gguf_path()), EMBEDDED_MODEL_NAME
-    else:
-        spec = str(model)
-        path = Path(spec).expanduser()
-        if spec.endswith(".gguf"):
-            folder, name = gguf_to_folder(path), path.name
-        elif path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ModelLoadError(f"folder {spec!r} has no config.json: not a Hugging Face model folder")
-            folder, name = path, spec
-        elif path.exists():
-            raise ModelLoadError(
-                f"{spec!r} is a file but not a .gguf; pass a Hugging Face id, a model folder or a .gguf file"
-            )
-        else:
-            folder, name = None, spec
+    folder, name = _weights_source(model)
     target = str(folder) if folder is not None else name
     try:
         bridge = TransformerBridge.boot_transformers(target, **boot_kwargs)

@@ -12,7 +12,7 @@ a SwFC steering at each candidate layer to the same KL budget and measures its e
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 from jaxtyping import Float
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, TokenizedPrompt, tokenize_prompt
 from lensteer.core.forward import response_logprob
+from lensteer.core.options import settings_from
 from lensteer.errors import ConfigError, DataError
 from lensteer.evaluate.decision import opening_log_odds
 from lensteer.steering.calibration import KLProbe, calibrate
@@ -149,6 +150,23 @@ class Steerability:
         }
 
 
+class SteerabilityOptions(TypedDict, total=False):
+    """The keyword options of :func:`layer_steerability`."""
+
+    tolerance: float
+    batch_size: int
+    progress: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class SteerabilitySettings:
+    """:class:`SteerabilityOptions` with their defaults (see :func:`layer_steerability`)."""
+
+    tolerance: float = 0.25
+    batch_size: int = 16
+    progress: bool = False
+
+
 def layer_steerability(
     model: Bridge,
     steerings: Mapping[int, Steering],
@@ -157,9 +175,7 @@ def layer_steerability(
     probe: KLProbe,
     *,
     kl_budget: float = 0.5,
-    tolerance: float = 0.25,
-    batch_size: int = 16,
-    progress: bool = False,
+    **options: Unpack[SteerabilityOptions],
 ) -> Steerability:
     """Calibrate each layer's steering to ``kl_budget`` and measure its :func:`steering_effect`.
 
@@ -171,8 +187,11 @@ def layer_steerability(
         misaligned: The same conversations ending in the misaligned response.
         probe: The KL calibration set (harmless prompts), as for :func:`~lensteer.calibrate`.
         kl_budget: Coherence budget (nats per token) every layer is held to.
-        tolerance: Relative KL tolerance of the (screening) calibration.
+        **options: ``tolerance`` (0.25): relative KL tolerance of the (screening) calibration;
+            ``batch_size`` (16); ``progress`` (``False``).
     """
+    settings = settings_from(SteerabilitySettings, options, what="layer_steerability")
+    tolerance, batch_size, progress = settings.tolerance, settings.batch_size, settings.progress
     if not steerings:
         raise ConfigError("layer_steerability needs at least one {layer: steering}")
     base = preference_margin(model, aligned, misaligned, batch_size=batch_size)

@@ -9,7 +9,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import matplotlib.pyplot as plt
 
@@ -468,13 +468,7 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
         save("layer_sweep", lambda: plot_layer_sweep(swept, kl_budget=budget))
     for tm in threat_models_of(rows):
         save(f"tradeoff_{tm}", functools.partial(plot_tradeoff, rows, tm))
-    for tm, entry in entries.items():
-        if (
-            isinstance(entry.get("gate"), dict) and "layers" in entry["gate"]
-        ):  # a gate search (not an old gate)
-            save(f"gate_roc_{tm}", functools.partial(_gate_roc, entry["gate"]))
-        if entry.get("candidates"):  # the site choice: every candidate by layer, position and source
-            save(f"selection_{tm}", functools.partial(plot_selection, entry))
+    _entry_figures(entries, save)
     save("repetition_by_turn", lambda: plot_repetition_by_turn(rows, kl_budget=budget))
     save(
         "repetition_history_by_turn",
@@ -483,6 +477,26 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
     save("steered_share", lambda: plot_steered_share(rows, kl_budget=budget))
     if report is not None and report.get("robustness"):
         save("robustness", lambda: plot_robustness(report["robustness"]))
+    _example_figures(run, save)
+    return written
+
+
+_Save: TypeAlias = Callable[[str, Callable[[], tuple[Any, Any]]], None]
+
+
+def _entry_figures(entries: dict[str, Any], save: _Save) -> None:
+    """Per threat model of the report: the gate search's ROC and the site choice's candidates."""
+    for tm, entry in entries.items():
+        if (
+            isinstance(entry.get("gate"), dict) and "layers" in entry["gate"]
+        ):  # a gate search (not an old gate)
+            save(f"gate_roc_{tm}", functools.partial(_gate_roc, entry["gate"]))
+        if entry.get("candidates"):  # the site choice: every candidate by layer, position and source
+            save(f"selection_{tm}", functools.partial(plot_selection, entry))
+
+
+def _example_figures(run: RunFolder, save: _Save) -> None:
+    """One figure of example generations per threat model of ``examples.json``, if the run wrote it."""
     examples_path = run.path(EXAMPLES_FILE)
     if examples_path.exists():
         examples = read_json(examples_path, what="examples file")
@@ -490,4 +504,3 @@ def save_study_figures(results_dir: "str | Path", out_dir: "str | Path") -> list
             save(f"examples_{tm}", functools.partial(plot_examples, examples, tm))
     else:
         _log.warning("skipped the example figures: %s does not exist", examples_path)
-    return written

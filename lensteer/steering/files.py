@@ -381,6 +381,33 @@ def load_steerings(
     from safetensors.torch import load_file
 
     st_path, json_path = artifact_paths(path)
+    record, d_model, saved_fp = _read_header(st_path, json_path)
+    verify_tensors(record, st_path, json_path, verify)
+    if model is not None:
+        _check_model(saved_fp, d_model, model, json_path, strict)
+    try:
+        tensors = load_file(str(st_path))
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"{st_path} is not a readable safetensors file: {err}") from err
+    entries = _Fields(record, json_path, "").get("steerings", "dict")
+    if not entries:
+        raise DataError(f"{json_path}: key 'steerings' is empty")
+    out = {}
+    for name, rec in entries.items():
+        f = _Fields(rec, json_path, f"steerings.{name}")
+        if f.get("d_model", "int") != d_model:
+            raise DataError(
+                f"{json_path}: key 'steerings.{name}.d_model' = {rec['d_model']} but 'd_model' = {d_model}"
+            )
+        out[name] = _decode_steering(name, f, tensors, st_path)
+    verify_record(record, json_path, verify)
+    return out
+
+
+def _read_header(st_path: Path, json_path: Path) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
+    """The JSON record of a steering file with its typed header: the record, ``d_model`` and the saved
+    fingerprint (``None`` if none was saved). Refuses a missing file, bad JSON, another format or version,
+    and a header key of the wrong type."""
     for p in (json_path, st_path):
         if not p.is_file():
             raise DataError(f"{p} does not exist; a saved steering is a .json + .safetensors pair")
@@ -410,26 +437,7 @@ def load_steerings(
         ("safetensors_sha256", "record_sha256") if "record_sha256" in record else ("safetensors_sha256",)
     ):
         top.get(key, "str")  # typed before they are compared
-    verify_tensors(record, st_path, json_path, verify)
-    if model is not None:
-        _check_model(saved_fp, d_model, model, json_path, strict)
-    try:
-        tensors = load_file(str(st_path))
-    except (SafetensorError, OSError) as err:
-        raise DataError(f"{st_path} is not a readable safetensors file: {err}") from err
-    entries = top.get("steerings", "dict")
-    if not entries:
-        raise DataError(f"{json_path}: key 'steerings' is empty")
-    out = {}
-    for name, rec in entries.items():
-        f = _Fields(rec, json_path, f"steerings.{name}")
-        if f.get("d_model", "int") != d_model:
-            raise DataError(
-                f"{json_path}: key 'steerings.{name}.d_model' = {rec['d_model']} but 'd_model' = {d_model}"
-            )
-        out[name] = _decode_steering(name, f, tensors, st_path)
-    verify_record(record, json_path, verify)
-    return out
+    return record, d_model, saved_fp
 
 
 def load_steering(

@@ -12,7 +12,7 @@ positive rate there wins. :func:`threshold_at_fpr` and :func:`roc_curve` are the
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 from jaxtyping import Float
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from lensteer.core.activations import collect_activations
 from lensteer.core.bridge import Bridge
+from lensteer.core.options import settings_from
 from lensteer.core.sites import normalize_layers, validate_site_kind
 from lensteer.core.stats import auroc as auroc_of
 from lensteer.errors import ConfigError, DataError, HookSiteError
@@ -185,6 +186,29 @@ class GateSearch:
         }
 
 
+class GateReadOptions(TypedDict, total=False):
+    """The keyword options of :func:`search_gate` and :func:`search_gate_from_activations`."""
+
+    site: str
+    position: str
+    progress: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateReading:
+    """Where a gate reads the prompt (:class:`GateReadOptions`, with defaults).
+
+    Attributes:
+        site: Where the prompt is read (as in :func:`~lensteer.collect_activations`).
+        position: Which token of the prompt is read (likewise; one vector per prompt).
+        progress: Show progress bars.
+    """
+
+    site: str = "resid_post"
+    position: str = "last"
+    progress: bool = False
+
+
 def search_gate_from_activations(
     positives_train: Float[torch.Tensor, "n_pos n_layers d_model"],
     negatives_train: Float[torch.Tensor, "n_neg n_layers d_model"],
@@ -193,12 +217,12 @@ def search_gate_from_activations(
     *,
     layers: Sequence[int],
     target_fpr: float = 0.05,
-    site: str = "resid_post",
-    position: str = "last",
-    progress: bool = False,
+    **options: Unpack[GateReadOptions],
 ) -> GateSearch:
     """:func:`search_gate` on activations already collected: ``[n_prompts, len(layers), d_model]`` each,
-    axis 1 holding ``layers`` in order."""
+    axis 1 holding ``layers`` in order (``options`` as there; ``progress`` defaults to ``False`` here)."""
+    read = settings_from(GateReading, options, what="search_gate")
+    site, position, progress = read.site, read.position, read.progress
     _check_fpr(target_fpr)
     validate_site_kind(site)
     layers = list(layers)
@@ -272,10 +296,8 @@ def search_gate(
     *,
     layers: Sequence[int],
     target_fpr: float = 0.05,
-    site: str = "resid_post",
-    position: str = "last",
     batch_size: int = 32,
-    progress: bool = True,
+    **options: Unpack[GateReadOptions],
 ) -> GateSearch:
     """Find a prompt gate whose false-positive rate on held-out negatives is at most ``target_fpr``.
 
@@ -297,10 +319,10 @@ def search_gate(
         target_fpr: The false-positive budget, in (0, 1). The validation FPR moves in steps of
             ``1/len(negatives_val)``, so small budgets need many negatives (at ``0.05``, fewer than 20
             means an FPR of exactly 0).
-        site: Where the prompt is read (as in :func:`~lensteer.collect_activations`).
-        position: Which token of the prompt is read (likewise).
         batch_size: Prompts per forward pass.
-        progress: Show progress bars.
+        **options: Where to read (:class:`GateReading`): ``site`` (``"resid_post"``, as in
+            :func:`~lensteer.collect_activations`), ``position`` (``"last"``, likewise) and
+            ``progress`` (``True`` here: show progress bars).
 
     Returns:
         A :class:`GateSearch`; ``.gate`` goes straight into ``Steering(gate=...)``.
@@ -310,6 +332,8 @@ def search_gate(
         DataError: An empty prompt list.
         HookSiteError: No layers, a layer the model lacks, an unknown site or position.
     """
+    read = settings_from(GateReading, {"progress": True, **options}, what="search_gate")
+    site, position, progress = read.site, read.position, read.progress
     _check_fpr(target_fpr)
     sets = {
         "positives_train": positives_train,

@@ -120,6 +120,22 @@ class Steering:
         object.__setattr__(self, "positions", check_positions(self.positions))
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r} is not allowed; use one of {MODES}")
+        self._check_scale()
+        self._check_mode_parameters()
+        if self.stmp_variant not in STMP_VARIANTS:
+            raise ConfigError(
+                f"stmp_variant {self.stmp_variant!r} is not allowed; use one of {STMP_VARIANTS}"
+            )
+        object.__setattr__(self, "max_norm", _check_max_norm(self.max_norm, len(layers)))
+        if self.mode == "ace" and (self.reference is None or not math.isfinite(self.reference)):
+            raise ConfigError(
+                "mode 'ace' needs reference= (the misaligned class's mean projection); "
+                "build it with Steering.from_direction(direction, mode='ace', reference=...)"
+            )
+        if self.gate is not None:
+            self._check_gate()
+
+    def _check_scale(self) -> None:
         if (
             isinstance(self.scale, bool)
             or not isinstance(self.scale, (int, float))
@@ -133,6 +149,9 @@ class Steering:
             )
         if self.mode == "angular" and self.scale > 180:
             raise ConfigError(f"angular scale is an angle in degrees, 0..180; got {self.scale}")
+
+    def _check_mode_parameters(self) -> None:
+        """``relative`` needs a reference norm; the selective modes need their probe threshold."""
         if self.relative:
             if self.mode not in _SIGNED_MODES:
                 raise ConfigError(f"relative=True applies to modes {_SIGNED_MODES}, not {self.mode!r}")
@@ -153,28 +172,19 @@ class Steering:
                     f"mode {self.mode!r} needs a probe threshold ({', '.join(missing)} missing or "
                     "not finite); build it with Steering.from_probe(probe, aligned_acts, ...)"
                 )
-        if self.stmp_variant not in STMP_VARIANTS:
+
+    def _check_gate(self) -> None:
+        if not isinstance(self.gate, GATE_TYPES):
             raise ConfigError(
-                f"stmp_variant {self.stmp_variant!r} is not allowed; use one of {STMP_VARIANTS}"
+                f"gate must be a Gate, AllOf or AnyOf (build composites with lensteer.steering."
+                f"all_of / any_of) or None, got {type(self.gate).__name__}"
             )
-        object.__setattr__(self, "max_norm", _check_max_norm(self.max_norm, len(layers)))
-        if self.mode == "ace" and (self.reference is None or not math.isfinite(self.reference)):
-            raise ConfigError(
-                "mode 'ace' needs reference= (the misaligned class's mean projection); "
-                "build it with Steering.from_direction(direction, mode='ace', reference=...)"
+        widths = sorted({int(g.unit.shape[0]) for g in self.gate.leaves()} - {self.d_model})
+        if widths:
+            raise ArtifactMismatchError(
+                f"the gate's vectors have width {widths} but the steering's is {self.d_model}; "
+                "gate and steering must come from the same model"
             )
-        if self.gate is not None:
-            if not isinstance(self.gate, GATE_TYPES):
-                raise ConfigError(
-                    f"gate must be a Gate, AllOf or AnyOf (build composites with lensteer.steering."
-                    f"all_of / any_of) or None, got {type(self.gate).__name__}"
-                )
-            widths = sorted({int(g.unit.shape[0]) for g in self.gate.leaves()} - {self.d_model})
-            if widths:
-                raise ArtifactMismatchError(
-                    f"the gate's vectors have width {widths} but the steering's is {self.d_model}; "
-                    "gate and steering must come from the same model"
-                )
 
     # -- construction -----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ Typical use (the study does this per threat model)::
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import torch
 from jaxtyping import Float, Int
@@ -23,6 +24,7 @@ from jaxtyping import Float, Int
 from lensteer.core.activations import collect_activations
 from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, TokenizedPrompt
+from lensteer.core.options import settings_from
 from lensteer.errors import ConfigError, DataError
 from lensteer.steering.generation import Generations, generate
 
@@ -72,17 +74,32 @@ def answer_positions(prompt_len: int, n_generated: int) -> list[int]:
     return list(range(prompt_len - 1, prompt_len + n_generated))
 
 
+class AnswerOptions(TypedDict, total=False):
+    """The keyword options of :func:`response_token_activations` (how the answers are decoded)."""
+
+    max_new_tokens: int
+    batch_size: int
+    progress: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnswerDecoding:
+    """:class:`AnswerOptions` with their defaults: answer length, prompts per batch, progress bar."""
+
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    progress: bool = False
+
+
 def response_token_activations(
     model: Bridge,
     prompts: "Sequence[str | ChatPrompt]",
     *,
     layer: int,
     site: str = "resid_post",
-    max_new_tokens: int = 32,
     max_norm: float | None = None,
-    batch_size: int = 16,
     generations: Generations | None = None,
-    progress: bool = False,
+    **options: Unpack[AnswerOptions],
 ) -> ResponseTokens:
     """Generate unsteered (greedy) answers and read each answer token's residual at ``layer``/``site``.
 
@@ -90,11 +107,14 @@ def response_token_activations(
         prompts: Chat prompts in the setting whose behaviour is wanted (aligned system prompt,
             misaligning context, ...).
         layer, site: Where to read (the steering's layer and site).
-        max_new_tokens: Answer length.
         max_norm: Leave out tokens whose norm exceeds it (massive activations; see
             :func:`lensteer.locate.massive_tokens`), as the steering itself will.
         generations: Answers already generated for these prompts (skips decoding).
+        **options: ``max_new_tokens`` (32, the answer length), ``batch_size`` (16) and ``progress``
+            (``False``): an :class:`AnswerDecoding`.
     """
+    decoding = settings_from(AnswerDecoding, options, what="response_token_activations")
+    max_new_tokens, batch_size, progress = decoding.max_new_tokens, decoding.batch_size, decoding.progress
     if isinstance(prompts, str) or len(prompts) == 0:
         raise DataError("pass a non-empty list of prompts")
     gens = (
