@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 
@@ -89,7 +89,12 @@ class TrainingSteering:
         }
 
 
-def _decoder_layers(model: Any) -> Any:
+HFCausalLM: TypeAlias = Any
+"""A Hugging Face causal LM (``PreTrainedModel``, LoRA-wrapped or not): training runs on it, not on a
+:data:`~lensteer.core.bridge.Bridge`."""
+
+
+def _decoder_layers(model: HFCausalLM) -> Any:
     """A Hugging Face causal LM's decoder layers (``model.model.layers`` for Llama-style models)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
@@ -102,7 +107,7 @@ def _decoder_layers(model: Any) -> Any:
 
 
 @contextmanager
-def training_steering_hooks(model: Any, steering: TrainingSteering) -> Iterator[None]:
+def training_steering_hooks(model: HFCausalLM, steering: TrainingSteering) -> Iterator[None]:
     """Add ``steering`` to ``model``'s residual stream (a Hugging Face causal LM, LoRA-wrapped or not) for
     the body of the block; every hook comes off on exit, error or not.
 
