@@ -40,7 +40,7 @@ In a plain forward pass every token is a prompt token.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
@@ -252,39 +252,21 @@ class Steering:
             positions: Which tokens (default: generated ones, as in the seed paper).
             scale: Multiplier of the edit (1 = reach the target / the mirror point exactly).
         """
-        if mode not in SELECTIVE_MODES:
-            raise ConfigError(f"from_probe builds modes {SELECTIVE_MODES}, got {mode!r}")
-        if aligned.ndim != 2 or aligned.shape[0] == 0 or aligned.shape[1] != probe.weight.shape[0]:
-            raise ArtifactMismatchError(
-                f"aligned activations must be [n > 0, {probe.weight.shape[0]}], got {tuple(aligned.shape)}"
-            )
-        proj = aligned.float() @ probe.unit
-        if threshold == "boundary":
-            tau, rule = probe.boundary, "boundary"
-        elif isinstance(threshold, float) and 0.0 < threshold < 1.0:
-            tau, rule = float(torch.quantile(proj, threshold)), f"aligned_quantile_{threshold:g}"
-        else:
-            raise ConfigError(
-                f"threshold {threshold!r} is not allowed; use 'boundary' or a quantile in (0, 1)"
-            )
         info = {
             "direction_method": "probe",
             "probe_layer": probe.layer,
-            "threshold_rule": rule,
+            "threshold_rule": None,  # set by _selective
             "probe_l2": probe.l2,
             **kwargs.pop("info", {}),
         }
-        return cls(
-            unit=probe.unit,
-            layers=tuple(
-                [probe.layer] if layers is None else ([layers] if isinstance(layers, int) else layers)
-            ),
+        return cls._selective(
+            _Thresholds(unit=probe.unit, aligned=aligned, boundary=lambda _: (probe.boundary, "boundary")),
+            mode=mode,
+            threshold=threshold,
+            layers=[probe.layer] if layers is None else layers,
             site=kwargs.pop("site", probe.site),
             positions=positions,
-            mode=mode,
             scale=scale,
-            threshold=float(tau),
-            target=float(proj.mean()),
             info=info,
             **kwargs,
         )
@@ -330,37 +312,69 @@ class Steering:
                 raise ArtifactMismatchError(
                     f"{name} activations must be [n > 0, {unit.shape[0]}], got {tuple(acts.shape)}"
                 )
-        pos, neg = aligned.float() @ unit, misaligned.float() @ unit
-        if not float(pos.mean()) > float(neg.mean()):
+        if not float((aligned.float() @ unit).mean()) > float((misaligned.float() @ unit).mean()):
             raise ConfigError(
                 "the aligned class does not project higher than the misaligned one on this direction; "
                 "the direction should point from misaligned to aligned"
             )
-        if threshold == "boundary":
-            probe1d = fit_probe(pos[:, None], neg[:, None], layer=0, l2_grid=(1e-3,), balanced=True)
-            tau, rule = probe1d.boundary * (1.0 if float(probe1d.weight[0]) > 0 else -1.0), "boundary_1d"
-        elif isinstance(threshold, float) and 0.0 < threshold < 1.0:
-            tau, rule = float(torch.quantile(pos, threshold)), f"aligned_quantile_{threshold:g}"
-        else:
-            raise ConfigError(
-                f"threshold {threshold!r} is not allowed; use 'boundary' or a quantile in (0, 1)"
-            )
         info = {
             "direction_method": direction.method if isinstance(direction, Direction) else "tensor",
-            "threshold_rule": rule,
+            "threshold_rule": None,  # set by _selective
             **kwargs.pop("info", {}),
         }
         if isinstance(direction, Direction) and direction.model is not None:
             info["model"] = direction.model
         kwargs.setdefault("site", direction.site if isinstance(direction, Direction) else "resid_post")
+        neg = misaligned.float() @ unit
+        return cls._selective(
+            _Thresholds(unit=unit, aligned=aligned, boundary=lambda pos: _boundary_1d(pos, neg)),
+            mode=mode,
+            threshold=threshold,
+            layers=layer_list,
+            positions=positions,
+            scale=scale,
+            info=info,
+            **kwargs,
+        )
+
+    @classmethod
+    def _selective(
+        cls,
+        source: "_Thresholds",
+        *,
+        mode: str,
+        threshold: "Literal['boundary'] | float",
+        layers: "int | Sequence[int]",
+        info: dict[str, Any],
+        **kwargs: Any,
+    ) -> "Steering":
+        """The one path of :meth:`from_probe` and :meth:`from_contrast`: an StTP / StMP steering along
+        ``source.unit`` whose ``tau`` is the boundary or an aligned quantile and whose target is the aligned
+        class's mean projection; ``info["threshold_rule"]`` records which rule set ``tau``."""
+        if mode not in SELECTIVE_MODES:
+            raise ConfigError(f"from_probe / from_contrast build modes {SELECTIVE_MODES}, got {mode!r}")
+        aligned, unit = source.aligned, source.unit
+        if aligned.ndim != 2 or aligned.shape[0] == 0 or aligned.shape[1] != unit.shape[0]:
+            raise ArtifactMismatchError(
+                f"aligned activations must be [n > 0, {unit.shape[0]}], got {tuple(aligned.shape)}"
+            )
+        proj = aligned.float() @ unit
+        if threshold == "boundary":
+            tau, rule = source.boundary(proj)
+        elif isinstance(threshold, float) and 0.0 < threshold < 1.0:
+            tau, rule = float(torch.quantile(proj, threshold)), f"aligned_quantile_{threshold:g}"
+        else:
+            raise ConfigError(
+                f"threshold {threshold!r} is not allowed; use 'boundary' or a quantile in (0, 1)"
+            )
+        if info.get("threshold_rule") is None:  # a caller's own info may name the rule
+            info["threshold_rule"] = rule
         return cls(
             unit=unit,
-            layers=tuple([layer_list] if isinstance(layer_list, int) else layer_list),
-            positions=positions,
+            layers=tuple([layers] if isinstance(layers, int) else layers),
             mode=mode,
-            scale=scale,
             threshold=float(tau),
-            target=float(pos.mean()),
+            target=float(proj.mean()),
             info=info,
             **kwargs,
         )
@@ -432,3 +446,19 @@ def _check_max_norm(value: Any, n_layers: int) -> float | tuple[float, ...] | No
             "find it with lensteer.locate.massive_tokens(model, prompts, layer)"
         )
     return tuple(float(v) for v in values) if many else float(values[0])
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Thresholds:
+    """What an StTP / StMP threshold is computed from: the direction, the aligned class's activations and
+    the ``"boundary"`` rule (aligned projections -> ``(tau, rule name)``)."""
+
+    unit: torch.Tensor
+    aligned: torch.Tensor
+    boundary: Callable[[torch.Tensor], tuple[float, str]]
+
+
+def _boundary_1d(pos: torch.Tensor, neg: torch.Tensor) -> tuple[float, str]:
+    """The decision boundary of a one-feature, class-balanced logistic regression on the projections."""
+    probe1d = fit_probe(pos[:, None], neg[:, None], layer=0, l2_grid=(1e-3,), balanced=True)
+    return probe1d.boundary * (1.0 if float(probe1d.weight[0]) > 0 else -1.0), "boundary_1d"
