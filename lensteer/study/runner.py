@@ -433,8 +433,10 @@ def _add_twins(tm: str, twins: list[tuple[Condition, str]], table: SweepTable) -
             )
 
 
-def _run_threat_model(cell: _Cell, table: SweepTable, robust: RobustnessTable) -> dict[str, Any]:
-    """Locate, build, calibrate and evaluate one threat model (and its robustness rows); what was located."""
+def locate(cell: _Cell) -> tuple[Any, dict[str, Any]]:
+    """Locate one threat model and build its uncalibrated steerings there; the located object (``layer``,
+    ``steerings`` at that layer, ``sweep``: those at a layer sweep's other layers) and what
+    ``finished.json`` keeps of it (:func:`_located_info`)."""
     model, tm, config = cell.model, cell.threat_model, cell.config
     n_probed = len(_candidate_layers(model, config)) if config.layer is None else 1
     cell.log(f"[{tm}] locating (probing {n_probed} layers)")
@@ -443,28 +445,49 @@ def _run_threat_model(cell: _Cell, table: SweepTable, robust: RobustnessTable) -
         model, tm, config, cell.sets
     )  # the study's calibration set of this threat model
     loc = locate_threat_model(model, tm, config, cell.sets.calibration_prompts, probe, progress=cell.progress)
-    mark = _add_stage(cell.stages, tm, "locate", mark)
-    info = _located_info(loc)
+    _add_stage(cell.stages, tm, "locate", mark)
     cell.log(f"[{tm}] steering at layer {loc.layer} {loc.site}: {'; '.join(loc.reasons)[:200]}")
-    # held-apart target prompts (fluency), with the held-apart harmless + borderline KL probe
-    coherence = coherence_for(model, tm, config, probe)
+    return loc, _located_info(loc)
+
+
+def make_conditions(
+    cell: _Cell, planned: list[PlannedCondition], built: Any
+) -> tuple[list[Condition], list[tuple[Condition, str]]]:
+    """Build (calibrate, or reload from the run folder) the steerings of ``planned`` from ``built`` (what
+    :func:`locate` built: ``layer``, ``steerings``, ``sweep``); the conditions to evaluate and the twins
+    (each with the method it duplicates), which are derived, never evaluated. A twin's original must be
+    in ``planned`` before it (as :func:`~lensteer.study.plan.plan_conditions` orders them)."""
+    mark = time.time()
+    key = f"coherence:{cell.threat_model}"  # the fluency probe decodes: once per threat model and process
+    if key not in cell.sets.cache:
+        # held-apart target prompts (fluency), with the held-apart harmless + borderline KL probe
+        probe = calibration_probe(cell.model, cell.threat_model, cell.config, cell.sets)
+        cell.sets.cache[key] = coherence_for(cell.model, cell.threat_model, cell.config, probe)
     made: dict[tuple[Any, ...], Condition] = {}
     conditions: list[Condition] = []
     twins: list[tuple[Condition, str]] = []
-    planned_all = plan_conditions(config, loc.layer, int(model.cfg.n_layers))
-    for planned in tqdm(planned_all, desc=f"{tm} calibrate", disable=not cell.progress, unit="condition"):
-        cond = _make_condition(cell, planned, loc, coherence, made)
-        if planned.twin_of is not None:
-            twins.append((cond, planned.twin_of))
+    bar = tqdm(planned, desc=f"{cell.threat_model} calibrate", disable=not cell.progress, unit="condition")
+    for p in bar:
+        cond = _make_condition(cell, p, built, cell.sets.cache[key], made)
+        if p.twin_of is not None:
+            twins.append((cond, p.twin_of))
         else:
             conditions.append(cond)
-    _add_stage(cell.stages, tm, "calibrate", mark)
+    _add_stage(cell.stages, cell.threat_model, "calibrate", mark)
+    return conditions, twins
+
+
+def _run_threat_model(cell: _Cell, table: SweepTable, robust: RobustnessTable) -> dict[str, Any]:
+    """Locate, build, calibrate and evaluate one threat model (and its robustness rows); what was located."""
+    loc, info = locate(cell)
+    planned = plan_conditions(cell.config, loc.layer, int(cell.model.cfg.n_layers))
+    conditions, twins = make_conditions(cell, planned, loc)
     _evaluate(cell, conditions, table, loc.layer)
-    _add_twins(tm, twins, table)
-    if config.robustness:
+    _add_twins(cell.threat_model, twins, table)
+    if cell.config.robustness:
         mark = time.time()
         _robustness(cell, loc.layer, conditions, table, robust)
-        _add_stage(cell.stages, tm, "robustness", mark)
+        _add_stage(cell.stages, cell.threat_model, "robustness", mark)
     return info
 
 
