@@ -1,25 +1,30 @@
 """The study on Ray: ``lensteer run --executor ray``, on a laptop, a multi-GPU box or a Ray cluster.
 
-A **cell** is one threat model, the unit the serial runner resumes on (located, calibrated and
-evaluated together). Each Ray actor loads the model once (one actor per GPU where the cluster has
-GPUs) and runs cells: :func:`~lensteer.study.runner.run_study` on a one-threat-model config, in a
-scratch folder on its own node. The finished cell's files come back to the driver, which writes them
-into ``OUT/cells/<threat model>/`` and merges them into OUT's tables (results, robustness, examples,
-steerings, ``finished.json``) as each cell arrives, then writes ``report.json`` as the serial runner does.
+The study runs as **cells** (:mod:`lensteer.study.cells`): per threat model, one cell locates it and
+builds its steerings; then each block of its conditions is a cell (calibrate their steerings, evaluate
+them), so N workers share a sweep of layers, budgets and seeds instead of three threat models; last, one
+cell computes its robustness rows. Each Ray actor loads the model once (one actor per GPU where the
+cluster has GPUs) and runs cells in a scratch folder on its own node. Each finished cell's files,
+rows and examples come back to the driver, which merges them into OUT (``cells/<tm>/`` keeps what was
+located and the built steerings; the rows go into ``results.json`` in a serial run's order, the
+calibrated steerings into ``steerings/``) as each cell arrives, marks a threat model finished once its
+last cell is in, then writes ``report.json`` as the serial runner does.
 
-* A cell finished on any worker is never recomputed: it is on the driver's disk before it is merged,
-  and a rerun into the same OUT skips it (``finished.json``), or merges it first if the driver stopped
-  in between.
+* A cell finished on any worker is never recomputed: it is merged into OUT on arrival, and a rerun
+  into the same OUT runs only what is missing (a threat model not located, conditions without a row,
+  robustness settings not there), reloading the calibrated steerings that are.
 * A killed worker loses no finished cell: Ray restarts the actor (which loads the model again) and
   retries its cell, which resumes from what it had written to that node's scratch folder.
-* The merged table equals a serial run's: a threat model's rows depend on the config and the model
-  only (the evaluation sets and every seed are the same whichever threat models run beside it).
+* The merged table equals a serial run's: a cell's numbers depend on the config, the model and what it
+  is sent only (the evaluation sets and every seed are the same whichever cells run beside it, and the
+  grouping of conditions into blocks changes no number).
 
 Ray is an optional extra (``pip install 'lensteer[ray]'``); nothing else imports this module.
 """
 
 import hashlib
 import json
+import math
 import shutil
 import socket
 import tempfile
@@ -32,22 +37,24 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lensteer.core.io import write_with
 from lensteer.core.models import load_model
 from lensteer.core.outdir import claim_folder
 from lensteer.errors import ConfigError, DataError, LensteerError
+from lensteer.study.cells import Task, TaskResult, run_task
 from lensteer.study.config import StudyConfig
-from lensteer.study.folder import FINISHED_FILE, REPORT_FILE, RunFolder
+from lensteer.study.folder import RunFolder
 from lensteer.study.identity import (
     STUDY_COMPANIONS,
     STUDY_MARKERS,
-    adopt_identity,
     claim_identity,
+    read_identity,
     study_identity,
 )
-from lensteer.study.robustness import RobustnessTable
-from lensteer.study.runner import StudyResult, run_study, write_report
-from lensteer.study.table import SweepTable
+from lensteer.study.merging import Merger, _cell_finished, _read_files, _write_files, confined, merge_cell
+from lensteer.study.plan import plan_conditions
+from lensteer.study.runner import CONDITIONS_PER_BLOCK, StudyResult, write_report
+
+__all__ = ["CellError", "CellWorker", "WorkerSpec", "confined", "run_study_distributed"]
 
 CELL_TIMEOUT_S = 24 * 3600.0  # default longest wait for the next cell (a paper cell is hours on CPUs)
 RAY_MISSING = "--executor ray needs Ray, an optional extra: pip install 'lensteer[ray]'"
@@ -73,82 +80,32 @@ class WorkerSpec:
     gpu: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
-class CellFiles:
-    """A finished cell: every file of its folder (relative POSIX path -> bytes) and where it ran."""
-
-    threat_model: str
-    files: dict[str, bytes]
-    host: str
-
-
-def _read_files(folder: Path) -> dict[str, bytes]:
-    return (
-        {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-        if folder.is_dir()
-        else {}
-    )
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(data)
-
-    write_with(path, write)
-
-
-def confined(folder: Path, name: str) -> Path:
-    """``folder / name`` for a relative POSIX path that stays inside ``folder``; a :class:`DataError` for an
-    absolute path, a ``..`` part or anything else that would leave it (a worker's file list is not trusted)."""
-    parts = name.split("/")
-    if (
-        not name
-        or name.startswith("/")
-        or "\\" in name
-        or "\x00" in name
-        or any(p in ("", ".", "..") for p in parts)
-    ):
-        raise DataError(
-            f"a worker sent the file name {name!r} for {folder}: only relative paths inside the "
-            "cell folder are allowed (no absolute paths, no '..')"
-        )
-    return folder / Path(*parts)
-
-
-def _write_files(folder: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into ``folder`` atomically, ``finished.json`` last (it says the cell is complete);
-    every name is checked first (:func:`confined`), so a bad one writes nothing."""
-    paths = {name: confined(folder, name) for name in files}
-    for name in sorted(files, key=lambda n: n == FINISHED_FILE):
-        _write_bytes(paths[name], files[name])
-
-
 def _worker_log(line: str) -> None:
     print(line, flush=True)  # noqa: T201  (Ray forwards a worker's stdout to the driver)
 
 
 class CellWorker:
-    """A Ray actor: loads the model once, then runs cells with ``run_cell`` (:func:`run_study`)."""
+    """A Ray actor: loads the model once, then runs cells with ``run_cell``
+    (:func:`~lensteer.study.cells.run_task`), keeping the evaluation sets between them."""
 
     def __init__(self, spec: WorkerSpec, run_cell: Callable[..., Any]) -> None:
         torch.set_num_threads(spec.threads)
         self.model = load_model(spec.model, device="cuda" if spec.gpu else None)
         self.run_cell = run_cell
+        self.cache: dict[str, Any] = {}
 
     def run(
-        self, config: StudyConfig, threat_model: str, scratch: str | None, key: str, seed: dict[str, bytes]
-    ) -> CellFiles:
-        """Run one cell in ``<scratch or the node's temp dir>/lensteer-cells/<tm>-<key>``, starting from
-        ``seed`` (the driver's copy of the cell), and return its files. The folder is kept until the cell
-        finishes, so a restarted worker on the same node resumes it."""
-        work = Path(scratch or tempfile.gettempdir()) / "lensteer-cells" / f"{threat_model}-{key}"
+        self, config: StudyConfig, task: Task, scratch: str | None, key: str, seed: dict[str, bytes]
+    ) -> TaskResult:
+        """Run one cell in ``<scratch or the node's temp dir>/lensteer-cells/<cell>-<key>``, seeded with
+        ``seed`` (the files of OUT it needs), and return its result with every file it wrote or changed.
+        The folder is kept until the cell finishes, so a restarted worker on the same node resumes it."""
+        work = Path(scratch or tempfile.gettempdir()) / "lensteer-cells" / f"{task.slug}-{key}"
         _write_files(work, seed)
-        self.run_cell(
-            self.model, replace(config, threat_models=(threat_model,)), work, progress=False, log=_worker_log
-        )
-        files = _read_files(work)
+        result: TaskResult = self.run_cell(self.model, config, task, work, cache=self.cache, log=_worker_log)
+        files = {name: data for name, data in _read_files(work).items() if seed.get(name) != data}
         shutil.rmtree(work, ignore_errors=True)
-        return CellFiles(threat_model=threat_model, files=files, host=socket.gethostname())
+        return replace(result, files=files, host=socket.gethostname())
 
 
 def _cell_key(folder: Path, model: str | None, config: StudyConfig) -> str:
@@ -158,65 +115,12 @@ def _cell_key(folder: Path, model: str | None, config: StudyConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _by_threat_model(rows: list[Any], config: StudyConfig, tm_of: Callable[[Any], str]) -> list[Any]:
-    """Rows in the config's threat-model order (stable), as a serial run writes them."""
-    order = {tm: i for i, tm in enumerate(config.threat_models)}
-    return sorted(rows, key=lambda r: order.get(tm_of(r), len(order)))
-
-
-def _robustness_key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        r["setting"],
-        r["threat_model"],
-        r["method"],
-        r["direction_from"],
-        r.get("layer"),
-        r.get("kl_budget"),
-    )
-
-
-def merge_cell(
-    run: RunFolder, threat_model: str, config: StudyConfig, table: SweepTable, robust: RobustnessTable
-) -> dict[str, Any]:
-    """Merge the finished cell in ``OUT/cells/<tm>/`` into OUT (rows by key, robustness rows, examples,
-    steerings; ``finished.json`` last) and return what was located for it. Merging twice changes nothing."""
-    cell = run.cell(threat_model)
-    adopt_identity(run.root, cell.root)
-    merged = {r.key: r for r in table.rows} | {r.key: r for r in cell.table().rows}
-    table.set_rows(_by_threat_model(list(merged.values()), config, lambda r: r.threat_model))
-    mine = cell.robustness().rows
-    if mine:
-        new = {_robustness_key(r) for r in mine}
-        kept, robust.rows = [r for r in robust.rows if _robustness_key(r) not in new], []
-        robust.add(_by_threat_model(kept + mine, config, lambda r: r["threat_model"]))
-    run.add_examples(threat_model, cell.examples().get(threat_model, {}))
-    _write_files(run.steerings, _read_files(cell.steerings))
-    located: dict[str, Any] = cell.finished()[threat_model]["located"]
-    run.mark_finished(threat_model, config, located)
-    return located
-
-
-def _cell_finished(run: RunFolder, threat_model: str, config: StudyConfig) -> bool:
-    """Is ``OUT/cells/<tm>/`` a finished cell of this config (written by a driver that stopped before merging)?"""
-    return run.cell(threat_model).kept(threat_model, config) is not None
-
-
 def _import_ray() -> Any:
     try:
         import ray
     except ImportError as err:
         raise ConfigError(RAY_MISSING) from err
     return ray
-
-
-def _model_info(run: RunFolder, config: StudyConfig, spec: WorkerSpec) -> dict[str, Any]:
-    """The model's fingerprint as the cells recorded it (the driver never loads the model)."""
-    for tm in config.threat_models:
-        report = run.cell(tm).read(REPORT_FILE, None)
-        if report is not None:
-            return dict(report["model"])
-    earlier = run.read(REPORT_FILE, None)
-    return dict(earlier["model"]) if earlier is not None else {"name": spec.model}
 
 
 def run_study_distributed(
@@ -231,12 +135,14 @@ def run_study_distributed(
     scratch: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    run_cell: Callable[..., Any] = run_study,
+    run_cell: Callable[..., Any] = run_task,
     force: bool = False,
     cell_timeout_s: float = CELL_TIMEOUT_S,
+    block_size: int | None = None,
 ) -> StudyResult:
-    """Run the study's threat models as cells on Ray workers and merge them into ``out``; the files are
-    those of :func:`~lensteer.study.runner.run_study` (plus ``cells/``), and so is resuming.
+    """Run the study as cells on Ray workers (:mod:`lensteer.study.cells`: locate each threat model,
+    then blocks of its conditions, then its robustness rows) and merge each into ``out`` as it arrives;
+    the files are those of :func:`~lensteer.study.runner.run_study` (plus ``cells/``), and so is resuming.
 
     Args:
         model: The model as every worker can load it (HF id, folder or ``.gguf`` on a shared path;
@@ -244,14 +150,16 @@ def run_study_distributed(
         address: A running Ray cluster (``ray start --head`` prints it; ``"auto"``: the local node's);
             ``None``: the Ray this process already joined, ``RAY_ADDRESS``, or a new local one.
         workers: Actors to start (each loads the model once); default one per GPU where the cluster
-            has GPUs, else one per CPU (``threads`` each); never more than there are cells to run.
+            has GPUs, else one per CPU (``threads`` each); never more than there are conditions to run.
         threads: Torch threads per worker (default: the cluster's CPUs shared among the workers).
         retries: How often Ray restarts a dead worker and retries its cell.
         scratch: Where workers keep unfinished cells (default: each node's temp dir).
-        run_cell: What a worker runs for one cell (tests wrap :func:`run_study` to kill a worker).
+        run_cell: What a worker runs for one cell (tests wrap :func:`~lensteer.study.cells.run_task`).
         force: Start afresh in an OUT of another study identity (its results moved aside).
         cell_timeout_s: The longest wait for the next cell to finish; past it the run stops with a
             :class:`CellError` (finished cells stay merged).
+        block_size: Conditions per block cell (default: about two blocks per worker, at most
+            :data:`~lensteer.study.runner.CONDITIONS_PER_BLOCK`); the rows do not depend on it.
 
     OUT is guarded and locked as :func:`run_study`'s is. The driver never loads the model, so it checks
     the identity in two steps: config, data and version before any cell runs, the model (with its
@@ -263,12 +171,9 @@ def run_study_distributed(
         CellError: Some cells failed on their workers (the others are merged and a rerun retries these),
             or no cell finished within ``cell_timeout_s``.
     """
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers must be >= 1 (or absent: one per GPU, else per CPU), got {workers}")
-    if threads is not None and threads < 1:
-        raise ConfigError(
-            f"threads must be >= 1 (or absent: the CPUs shared among the workers), got {threads}"
-        )
+    for name, value in (("workers", workers), ("threads", threads), ("block_size", block_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1 (or absent: {_DEFAULTS[name]}), got {value}")
     if not cell_timeout_s > 0:
         raise ConfigError(f"cell_timeout_s must be > 0 seconds, got {cell_timeout_s!r}")
     with claim_folder(out, STUDY_MARKERS, "study", STUDY_COMPANIONS) as folder:
@@ -283,8 +188,16 @@ def run_study_distributed(
             log=log,
             run_cell=run_cell,
             cell_timeout_s=cell_timeout_s,
+            block_size=block_size,
         )
         return _run_distributed(model, config, RunFolder(folder), driver)
+
+
+_DEFAULTS = {
+    "workers": "one per GPU, else per CPU",
+    "threads": "the CPUs shared among the workers",
+    "block_size": "about two blocks per worker",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,50 +213,50 @@ class _Driver:
     log: Callable[[str], None]
     run_cell: Callable[..., Any]
     cell_timeout_s: float = CELL_TIMEOUT_S
+    block_size: int | None = None
 
 
 def _run_distributed(model: str | None, config: StudyConfig, run: RunFolder, driver: _Driver) -> StudyResult:
     log = driver.log
     started = time.time()
-    earlier_seconds = run.seconds()
-    table, robust = run.table(), run.robustness()
-    located: dict[str, Any] = {}
+    earlier = run.timing()
+    merger = Merger(run=run, config=config, log=log, stages=dict(earlier.get("stages", {})))
     pending = []
     for tm in config.threat_models:
         kept = run.kept(tm, config)
         if kept is None and _cell_finished(run, tm, config):
-            log(f"[{tm}] finished on a worker in an earlier run; merged")
-            kept = merge_cell(run, tm, config, table, robust)
+            log(f"[{tm}] finished on its own in an earlier run (OUT/cells/{tm}); merged")
+            kept = merge_cell(run, tm, config, merger.table, merger.robust)
         if kept is None:
             pending.append(tm)
         else:
             log(f"[{tm}] finished in an earlier run with this config; kept")
-            located[tm] = kept
+            merger.finished[tm] = kept
     # a local folder or file goes to the workers as an absolute path (their working directory may differ)
     spec = WorkerSpec(
         model=str(Path(model).resolve()) if model is not None and Path(model).exists() else model
     )
     if pending:
-        spec, done, failed = _run_cells(spec, pending, config, run, table, robust, driver)
-        located |= done
+        spec, failed = _run_cells(spec, pending, merger, driver)
         if failed:
             raise CellError(
-                f"threat model(s) {sorted(failed)} failed on their workers: "
-                + "; ".join(f"{tm}: {err}" for tm, err in sorted(failed.items()))
+                f"cell(s) {sorted(failed)} failed on their workers: "
+                + "; ".join(f"{name}: {err}" for name, err in sorted(failed.items()))
                 + f". Every other cell is merged into {run.root}; rerun the same command to retry these."
             )
-    seconds = earlier_seconds + time.time() - started
-    run.write_timing(seconds, spec.threads, executor="ray")
+    seconds = float(earlier["seconds"]) + time.time() - started
+    run.write_timing(seconds, spec.threads, executor="ray", stages=merger.stages)
+    identity = read_identity(run.root)
     report = write_report(
         run,
-        table.rows,
-        robust.rows,
+        merger.table.rows,
+        merger.robust.rows,
         config,
-        {tm: located[tm] for tm in config.threat_models},
-        _model_info(run, config, spec),
+        {tm: merger.finished[tm] for tm in config.threat_models},
+        dict(identity["model"]) if identity is not None else {"name": spec.model},
         seconds=seconds,
     )
-    return StudyResult(folder=run.root, report=report, table=table.to_frame())
+    return StudyResult(folder=run.root, report=report, table=merger.table.to_frame())
 
 
 def _plan(
@@ -365,85 +278,111 @@ def _plan(
     return n, spec
 
 
+def default_block_size(conditions: int, workers: int) -> int:
+    """About two blocks per worker (a worker that finishes early takes another), never more conditions
+    than the serial runner decodes together (:data:`~lensteer.study.runner.CONDITIONS_PER_BLOCK`)."""
+    return max(1, min(CONDITIONS_PER_BLOCK, math.ceil(conditions / (2 * workers))))
+
+
+def _conditions_to_run(config: StudyConfig, pending: list[str]) -> int:
+    """An upper bound on the evaluated conditions of ``pending`` (before they are located)."""
+    per_tm = [p for p in plan_conditions(config, 0, 1 << 20) if p.twin_of is None]
+    return max(1, len(per_tm) * len(pending))
+
+
 def _run_cells(
-    spec: WorkerSpec,
-    pending: list[str],
-    config: StudyConfig,
-    run: RunFolder,
-    table: SweepTable,
-    robust: RobustnessTable,
-    driver: _Driver,
-) -> tuple[WorkerSpec, dict[str, Any], dict[str, str]]:
-    """Start (or join) Ray, run ``pending`` on fresh workers, merge each cell as it arrives; returns the
-    workers' spec, what was located per merged cell and the error of each failed one."""
-    address, workers, threads, retries = driver.address, driver.workers, driver.threads, driver.retries
-    scratch, progress, log, run_cell = driver.scratch, driver.progress, driver.log, driver.run_cell
-    cell_timeout_s = driver.cell_timeout_s
+    spec: WorkerSpec, pending: list[str], merger: "Merger", driver: _Driver
+) -> tuple[WorkerSpec, dict[str, str]]:
+    """Start (or join) Ray, run the cells of ``pending`` on fresh workers, merge each as it arrives;
+    returns the workers' spec and the error of each failed cell."""
     ray = _import_ray()
     own_ray = not ray.is_initialized()
     if own_ray:
-        ray.init(address=address)
+        ray.init(address=driver.address)
     actors: list[Any] = []
-    bar = tqdm(total=len(pending), desc="cells", disable=not progress, unit="threat model")
+    bar = tqdm(total=0, desc="cells", disable=not driver.progress, unit="cell")
     try:
-        n, spec = _plan(ray, spec, len(pending), workers, threads)
-        log(
-            f"ray: {n} worker(s) for {len(pending)} cell(s) ({', '.join(pending)}), "
+        conditions = _conditions_to_run(merger.config, pending)
+        n, spec = _plan(ray, spec, conditions, driver.workers, driver.threads)
+        merger.block_size = driver.block_size or default_block_size(conditions, n)
+        driver.log(
+            f"ray: {n} worker(s) for {len(pending)} threat model(s) ({', '.join(pending)}), "
+            f"{merger.block_size} condition(s) per block, "
             f"{'one GPU' if spec.gpu else f'{spec.threads} CPU thread(s)'} each"
         )
         actor_class = ray.remote(CellWorker).options(
             num_cpus=spec.threads,
             num_gpus=1 if spec.gpu else 0,
-            max_restarts=retries,
-            max_task_retries=retries,
+            max_restarts=driver.retries,
+            max_task_retries=driver.retries,
         )
-        actors += [actor_class.remote(spec, run_cell) for _ in range(n)]
-        key, queue, alive = _cell_key(run.root, spec.model, config), list(pending), list(actors)
-        running: dict[Any, tuple[Any, str]] = {}
-        located: dict[str, Any] = {}
-        failed: dict[str, str] = {}
-
-        def submit(actor: Any) -> None:
-            tm = queue.pop(0)
-            seed = _read_files(run.cell(tm).root)
-            running[actor.run.remote(config, tm, scratch, key, seed)] = (actor, tm)
-
-        for actor in alive:
-            submit(actor)
-        while running:
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=cell_timeout_s)
-            if not ready:
-                raise CellError(
-                    f"no cell finished within {cell_timeout_s:g} s (still running: "
-                    f"{', '.join(sorted(tm for _, tm in running.values()))}); the finished cells are "
-                    f"merged into {run.root}. Check the workers (`ray status`), then rerun, with a larger "
-                    "cell_timeout_s if the cells are that slow"
-                )
-            ref = ready[0]
-            actor, tm = running.pop(ref)
-            try:
-                cell: CellFiles = ray.get(ref)
-            except ray.exceptions.RayActorError as err:  # the worker died more often than ``retries``
-                failed[tm] = f"worker died: {err}".splitlines()[0]
-                alive.remove(actor)
-            except ray.exceptions.RayError as err:  # the cell raised
-                failed[tm] = str(err).strip().splitlines()[-1]
-            else:
-                if cell.threat_model != tm:
-                    raise DataError(f"the worker running cell {tm!r} returned cell {cell.threat_model!r}")
-                _write_files(run.cell(tm).root, cell.files)
-                located[tm] = merge_cell(run, tm, config, table, robust)
-                log(f"[{tm}] finished on {cell.host}; merged into {run.root}")
-                bar.update(1)
-            if queue and actor in alive:
-                submit(actor)
-            elif queue and not alive:
-                failed |= dict.fromkeys(queue, "no worker left")
-                queue.clear()
+        actors += [actor_class.remote(spec, driver.run_cell) for _ in range(n)]
+        queue = [task for tm in pending for task in merger.next_cells(tm)]
+        bar.total = len(queue)
+        key = _cell_key(merger.run.root, spec.model, merger.config)
+        failed = _Loop(ray=ray, merger=merger, driver=driver, bar=bar, key=key).run(actors, queue)
     finally:
         bar.close()
         for actor in actors:
             ray.kill(actor)
         if own_ray:
             ray.shutdown()
-    return spec, located, failed
+    return spec, failed
+
+
+@dataclass(kw_only=True)
+class _Loop:
+    """Hands queued cells to idle workers and merges each finished one (which may queue more)."""
+
+    ray: Any
+    merger: "Merger"
+    driver: _Driver
+    bar: Any
+    key: str  # names the cells' scratch folders (:func:`_cell_key`)
+
+    def run(self, actors: list[Any], queue: list[Task]) -> dict[str, str]:
+        """Run ``queue`` (and what finishing its cells queues) on ``actors``; each failed cell's error."""
+        ray, merger, driver = self.ray, self.merger, self.driver
+        key = self.key
+        alive, idle = list(actors), list(actors)
+        running: dict[Any, tuple[Any, Task]] = {}
+        failed: dict[str, str] = {}
+        while queue or running:
+            while queue and idle:
+                actor, task = idle.pop(0), queue.pop(0)
+                seed = merger.seed(task)
+                running[actor.run.remote(merger.config, task, driver.scratch, key, seed)] = (actor, task)
+            if not running:  # cells left and no worker alive
+                failed |= {task.name: "no worker left" for task in queue}
+                break
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=driver.cell_timeout_s)
+            if not ready:
+                raise CellError(
+                    f"no cell finished within {driver.cell_timeout_s:g} s (still running: "
+                    f"{', '.join(sorted(t.name for _, t in running.values()))}); the finished cells are "
+                    f"merged into {merger.run.root}. Check the workers (`ray status`), then rerun, with a "
+                    "larger cell_timeout_s if the cells are that slow"
+                )
+            actor, task = running.pop(ready[0])
+            try:
+                result: TaskResult = ray.get(ready[0])
+            except ray.exceptions.RayActorError as err:  # the worker died more often than ``retries``
+                failed[task.name] = f"worker died: {err}".splitlines()[0]
+                merger.give_up(task)
+                alive.remove(actor)
+                continue
+            except ray.exceptions.RayError as err:  # the cell raised
+                failed[task.name] = str(err).strip().splitlines()[-1]
+                merger.give_up(task)
+            else:
+                if result.task != task:
+                    raise DataError(f"the worker running cell {task.name!r} returned {result.task.name!r}")
+                more = merger.merge(result)
+                driver.log(f"[{task.name}] finished on {result.host}; merged into {merger.run.root}")
+                self.bar.total += len(more)
+                self.bar.update(1)
+                # locating and robustness unblock or finish a threat model: before the blocks queued
+                queue[:0] = [t for t in more if t.kind != "block"]
+                queue += [t for t in more if t.kind == "block"]
+            idle.append(actor)
+        return failed

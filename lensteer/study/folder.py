@@ -11,7 +11,9 @@ OUT through a :class:`RunFolder`::
     OUT/timing.json         wall seconds summed over every (resumed) run into the folder
     OUT/report.json         the report (StudyReport)
     OUT/steerings/          the calibrated steerings (safetensors + JSON), named by cell and identity
-    OUT/cells/<tm>/         on Ray: a finished cell as a worker sent it, a run folder itself
+    OUT/cells/<tm>/         on Ray, per threat model: located.json (located, steerings built), built/ (those
+                            uncalibrated steerings), held.json (rows waiting for the baseline's row), study.json
+                            (the workers' identity); or a whole threat model run serially into it, a run folder
 
 Every write is atomic (:mod:`lensteer.core.io`), so an interrupted run leaves whole files only.
 """
@@ -38,6 +40,10 @@ EXAMPLES_FILE = "examples.json"
 TIMING_FILE = "timing.json"  # wall seconds summed over every (resumed) run into a folder
 STEERINGS_DIR = "steerings"
 CELLS_DIR = "cells"
+LOCATED_FILE = "located.json"  # on Ray, in OUT/cells/<tm>/: located under this config, steerings built
+BUILT_DIR = "built"  # on Ray, in OUT/cells/<tm>/: the uncalibrated steerings locate built, per layer
+HELD_FILE = "held.json"  # on Ray, in OUT/cells/<tm>/: evaluated rows waiting for the baseline's row
+MARKER_FILES = (FINISHED_FILE, LOCATED_FILE)  # say that what they describe is complete: written last
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,11 @@ class RunFolder:
             else f"{threat_model}_{method}_kl{kl_budget:g}"
         )
         return self.steerings / name
+
+    def built_path(self, threat_model: str, layer: int, method: str) -> Path:
+        """Where the Ray executor keeps the uncalibrated steering of ``method`` that locate built at
+        ``layer`` (a stem for :func:`~lensteer.save_steering`)."""
+        return self.root / CELLS_DIR / threat_model / BUILT_DIR / f"L{layer}_{method}"
 
     # -- reading and writing ----------------------------------------------------------------------------
     def read(self, name: str, default: Any) -> Any:
@@ -153,6 +164,21 @@ class RunFolder:
         finished = self.finished()
         finished[threat_model] = {"config": config_key(config), "located": located}
         self.write(FINISHED_FILE, finished)
+
+    def located(self, threat_model: str, config: StudyConfig) -> dict[str, Any] | None:
+        """On Ray: ``{"located": ..., "n_layers": ...}`` if ``threat_model`` was located under this config
+        and its steerings built (``OUT/cells/<tm>/located.json``), else ``None``."""
+        done = self.cell(threat_model).read(LOCATED_FILE, None)
+        if done is None or done["config"] != config_key(config):
+            return None
+        return {"located": done["located"], "n_layers": int(done["n_layers"])}
+
+    def mark_located(
+        self, threat_model: str, config: StudyConfig, located: dict[str, Any], n_layers: int
+    ) -> None:
+        """Record ``threat_model`` as located under this config, its steerings built (:meth:`built_path`)."""
+        record = {"config": config_key(config), "located": located, "n_layers": n_layers}
+        self.cell(threat_model).write(LOCATED_FILE, record)
 
     def timing(self) -> dict[str, Any]:
         """``timing.json``: wall seconds of the earlier runs into this folder (and per stage; 0 if fresh)."""

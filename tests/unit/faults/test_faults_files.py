@@ -460,7 +460,7 @@ def test_waiting_for_cells_times_out_with_a_clear_message(tmp_path, monkeypatch)
     fake = _FakeRay()
     monkeypatch.setattr(distributed, "_import_ray", lambda: fake)
     with pytest.raises(
-        distributed.CellError, match=r"no cell finished within 2 s \(still running: refusal\)"
+        distributed.CellError, match=r"no cell finished within 2 s \(still running: refusal: locate\)"
     ):
         distributed.run_study_distributed(
             None, CFG, tmp_path / "out", workers=1, threads=1, cell_timeout_s=2.0, **QUIET
