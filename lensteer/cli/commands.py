@@ -195,10 +195,12 @@ def _run(args: argparse.Namespace, config: Any) -> int:
             threads=args.threads or None,
             progress=not args.quiet,
             force=args.force,
+            block_size=args.block_size,
         )
-    elif args.address is not None or args.workers is not None:
+    elif args.address is not None or args.workers is not None or args.block_size is not None:
         raise ConfigError(
-            "--address and --workers go with --executor ray; the serial executor runs in this process"
+            "--address, --workers and --block-size go with --executor ray; the serial executor runs in "
+            "this process"
         )
     else:
         from lensteer.study.runner import run_study

@@ -157,9 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         "paragraph cross-entropy, against the unsteered and prompting baselines and the random controls. "
         "Writes OUT/report.json, OUT/results.csv, OUT/steerings/ and OUT/figures/. "
         "Re-running into the same OUT resumes an interrupted sweep. "
-        "With --executor ray each threat model is a cell run by a Ray worker that loads the model once (one per GPU "
-        "where there are GPUs), locally or on a cluster (--address); finished cells are merged into OUT as they "
-        "arrive (OUT/cells/ keeps each), so the table is the serial one and a rerun recomputes no finished cell.",
+        "With --executor ray the study runs as cells on Ray workers that each load the model once (one per GPU "
+        "where there are GPUs), locally or on a cluster (--address): per threat model one cell locates it and "
+        "builds its steerings, then each block of its conditions is a cell (calibrate and evaluate them; "
+        "--block-size), then one cell its robustness rows; finished cells are merged into OUT as they arrive "
+        "(OUT/cells/<tm>/ keeps what was located), so the table is the serial one and a rerun recomputes no "
+        "finished cell.",
     )
     _add_common(run, default_out="results")
     run.add_argument(
@@ -210,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--executor",
         choices=["serial", "ray"],
         default="serial",
-        help="serial (default: in this process) or ray (threat models as cells on Ray workers; "
-        "needs pip install 'lensteer[ray]'; --model must be loadable by every worker)",
+        help="serial (default: in this process) or ray (cells on Ray workers: locate a threat model, a block "
+        "of its conditions, its robustness rows; needs pip install 'lensteer[ray]'; --model must be loadable "
+        "by every worker)",
     )
     run.add_argument(
         "--address",
@@ -224,7 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_at_least(1),
         default=None,
         help="with --executor ray: workers to start, each loading the model once (default: one per GPU, "
-        "else one per CPU; never more than the threat models to run); --threads is per worker",
+        "else one per CPU; never more than the conditions to run); --threads is per worker",
+    )
+    run.add_argument(
+        "--block-size",
+        type=_int_at_least(1),
+        default=None,
+        help="with --executor ray: conditions per block cell (default: about two blocks per worker, at most "
+        "6); smaller blocks share a sweep among more workers, larger ones decode more answers together. "
+        "The rows do not depend on it",
     )
     _add_eval_sets(
         run, "after the study, its steerings at the first KL budget are measured (OUT/eval_sets.json)"
