@@ -199,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--plan",
         action="store_true",
-        help="print the conditions, prompts and work of each stage with an estimated time (from a few "
-        "seconds' probe of this machine), and run nothing",
+        help="print the conditions, prompts and work of each stage with an estimated time (from a probe "
+        "of this machine at the study's batch and prompts), and run nothing",
     )
     run.add_argument(
         "--force",
