@@ -132,7 +132,8 @@ def study_stage_shares(
     from lensteer.study.config import StudyConfig
     from lensteer.study.plan import study_plan
 
-    config = StudyConfig.from_dict(json.loads((folder / "report.json").read_text())["config"])
+    name = "report.json" if (folder / "report.json").is_file() else "study.json"  # study.json: still running
+    config = StudyConfig.from_dict(json.loads((folder / name).read_text())["config"])
     timing = json.loads((folder / "timing.json").read_text()).get("stages", {})
     rows = []
     for stage in study_plan(model, config)[1]:
