@@ -263,13 +263,43 @@ def sequence_kls(
 ) -> list[float]:
     """:func:`sequence_kl` of each of ``steerings`` (each alone, not composed) on the same continuations,
     with the unsteered forward pass run once per batch for all of them."""
+    if not steerings:
+        raise DataError("sequence_kls needs at least one steering")
+    scores = sequence_scores(model, steerings, prompts, continuations, gated=gated, batch_size=batch_size)
+    return list(scores.kls)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SequenceScores:
+    """What one teacher-forced pass along continuations yields.
+
+    Attributes:
+        kls: Per steering, the mean per-token ``KL(p_unsteered || p_steered)`` (as :func:`sequence_kls`).
+        logprobs: Per row, the unsteered log-probability of each continuation token (float64; empty where
+            the continuation is): a perplexity under the unsteered model without another pass.
+    """
+
+    kls: tuple[float, ...]
+    logprobs: tuple[torch.Tensor, ...]
+
+
+def sequence_scores(
+    model: Any,
+    steerings: Sequence[Steering],
+    prompts: Sequence[torch.Tensor],
+    continuations: Sequence[torch.Tensor],
+    *,
+    gated: bool = True,
+    batch_size: int = 16,
+) -> SequenceScores:
+    """One unsteered teacher-forced pass along ``continuations`` (per batch) and one per steering: each
+    steering's KL (:func:`sequence_kls`; none asked: the unsteered pass alone) and every continuation
+    token's unsteered log-probability, read off the same unsteered pass."""
     if len(prompts) != len(continuations) or not prompts:
         raise DataError(
             f"sequence_kl needs as many continuations as prompts (> 0), got {len(prompts)} and "
             f"{len(continuations)}"
         )
-    if not steerings:
-        raise DataError("sequence_kls needs at least one steering")
     open_rows: list[torch.Tensor | None] = [None] * len(steerings)
     if gated and any(s.gate is not None for s in steerings):
         tokenized = [
@@ -280,6 +310,7 @@ def sequence_kls(
     device = next(iter(model.parameters())).device
     view = plain_view(model)
     totals, n_positions = [0.0] * len(steerings), 0
+    logprobs = [torch.zeros(0, dtype=torch.float64) for _ in prompts]
     for rows, batch, prompt_lens, pads, mask in _continuation_batches(
         model, prompts, continuations, batch_size
     ):
@@ -295,6 +326,9 @@ def sequence_kls(
                 ).double(),
                 -1,
             )
+            chosen = base.gather(-1, tokens[:, 1:][mask[:, :-1].to(device)][:, None])[:, 0].cpu()
+            for i, lp in zip(rows, chosen.split(mask.sum(1).tolist()), strict=True):
+                logprobs[i] = lp
             for k, (s, opened) in enumerate(zip(steerings, open_rows, strict=True)):
                 ctx = SteeringContext(
                     prompt_lens=prompt_lens,
@@ -306,9 +340,9 @@ def sequence_kls(
                 steered = torch.log_softmax(unembed(model, steered_in).double(), -1)
                 totals[k] += float(kl_divergence(base, steered).sum())
         n_positions += int(mask.sum())
-    if n_positions == 0:
+    if n_positions == 0 and steerings:
         raise DataError("no continuation token to measure KL on (every continuation is empty)")
-    return [t / n_positions for t in totals]
+    return SequenceScores(kls=tuple(t / n_positions for t in totals), logprobs=tuple(logprobs))
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -45,13 +45,13 @@ from lensteer.evaluate.capability import (
 )
 from lensteer.evaluate.coherence import COHERENCE_SCORER, is_unreadable
 from lensteer.evaluate.judges import HttpJudge, judge_responses
-from lensteer.evaluate.metrics import response_perplexity
 from lensteer.evaluate.refusal import is_refusal
 from lensteer.evaluate.repetition import conversation_repetition, rep_n
 from lensteer.evaluate.steerability import decision_log_odds
-from lensteer.steering.calibration import KLProbe, sequence_kl, sequence_kls, steering_kl
+from lensteer.steering.calibration import KLProbe, sequence_kls, steering_kl
 from lensteer.steering.generation import Generations, generate, generate_conversations
 from lensteer.steering.spec import Steering
+from lensteer.study.answer_scores import answer_scores
 from lensteer.study.capability import capability_fields, paragraph_cross_entropy
 from lensteer.study.coherence import calibration_set
 from lensteer.study.config import FOLLOW_UPS, StudyConfig
@@ -343,16 +343,6 @@ def ungated_fields(
     return out
 
 
-def _target_perplexity(
-    model: Any, cond: Condition, prompts: Sequence[ChatPrompt], gen: Generations, config: StudyConfig
-) -> float:
-    """Perplexity of the condition's answers to the test prompts under the unsteered model (its fluency)."""
-    texts = [t if t.strip() else "." for t in gen.texts]
-    return response_perplexity(
-        model, _with_system(prompts, cond.system), texts, batch_size=config.batch_size
-    ).corpus
-
-
 class _Clock:
     """Says how long each part of an evaluation took (to ``log``, when given) and adds each lap's seconds
     to its stage in ``stages`` (``timing.json``'s per-stage record, :data:`STAGES`), when given."""
@@ -492,13 +482,17 @@ def evaluate_conditions(
         row |= _rate([is_refusal(t) for t in harm.texts], "over_refusal")
         if borderline:
             row |= _rate([is_refusal(t) for t in borderline[k].texts], "over_refusal_borderline")
-        texts = [t if t.strip() else "." for t in harm.texts]
-        row["perplexity"] = response_perplexity(
+        row["perplexity"] = answer_scores(  # under the unsteered model, read off one pass over the answers
             model,
+            None,
             _with_system([ChatPrompt(user=h) for h in sets.harmless], cond.system),
-            texts,
+            harm,
             batch_size=config.batch_size,
-        ).corpus
+        ).perplexity
+        target = answer_scores(  # the rollout KL and the answers' perplexity (fluency) on one pass
+            model, cond.steering, _with_system(prompts, cond.system), gen, batch_size=config.batch_size
+        )
+        row["perplexity_target"] = target.perplexity
         row["fired_share_prompt"], row["fired_share_generated"] = _fired(gen, steered)
         row["fired_share_harmless_prompt"], row["fired_share_harmless_generated"] = _fired(harm, steered)
         row["steered_share"] = row["fired_share_generated"]
@@ -507,11 +501,7 @@ def evaluate_conditions(
         if cond.steering is not None:
             s = cond.steering
             row["kl_heldout"] = kl_heldout[k]  # one unsteered pass for the block (sequence_kls)
-            row["kl_rollout"] = (  # None: every steered answer ended at once, no token to measure on
-                sequence_kl(model, s, gen.prompt_tokens, gen.tokens, batch_size=config.batch_size)
-                if any(len(t) > 0 for t in gen.tokens)
-                else None
-            )
+            row["kl_rollout"] = target.kl_rollout  # None: every steered answer ended at once
             row["kl_calibration"] = steering_kl(
                 model, s, calibration_probe(model, threat_model, config, sets)
             )
@@ -520,7 +510,6 @@ def evaluate_conditions(
         row["kl"] = row["kl_heldout"]
         row["rep4_single"] = sum(rep_n(t, 4) for t in gen.texts) / len(gen.texts)
         row["repetition"] = row["rep4_single"]
-        row["perplexity_target"] = _target_perplexity(model, cond, prompts, gen, config)
         if k in ungated:
             row["ungated"] = ungated[k]
         row |= capability_fields(model, cond.steering, cond.system, sets, config)
