@@ -346,10 +346,12 @@ def score_stage(
         if b.gated:
             joint_decode(t, b.gated, sh.n_eval, new, (sh.l_prefill, sh.per_condition))
             t.forward(1 + b.gated, heldout)
+        # one unsteered pass over each set of answers gives the perplexities (study.answer_scores) ...
         per_condition = shared.n_harmless * (shared.l_harmless + new) + sh.n_eval * (sh.l_eval + new)
         per_condition += 2 * sh.n_eval * sh.l_contrast if sh.answer_log_odds else 0
         t.forward(b.conditions, per_condition)
-        t.forward(b.steered, 2 * sh.n_eval * (sh.l_eval + new) + shared.kl_pass)  # rollout, calibration KL
+        # ... and a steered one beside it the rollout KL; then the calibration KL
+        t.forward(b.steered, sh.n_eval * (sh.l_eval + new) + shared.kl_pass)
         t.forward(b.conditions - b.cached, capability)
     return t.stage(
         sh.name,
