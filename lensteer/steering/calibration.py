@@ -284,7 +284,7 @@ class SequenceScores:
 
 
 def sequence_scores(
-    model: Any,
+    model: Bridge,
     steerings: Sequence[Steering],
     prompts: Sequence[torch.Tensor],
     continuations: Sequence[torch.Tensor],
