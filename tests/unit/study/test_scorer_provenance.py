@@ -73,7 +73,7 @@ def test_legacy_rows_without_a_scorer_still_make_a_report():
     [
         (
             [None, None, scorer_id("refusal").to_dict(), None],
-            r"legacy, e\.g\. on baseline; refusal-rule v3 \(\w+\), e\.g\. on SwFC",
+            r"legacy, e\.g\. on baseline; refusal-fitted v1 \(\w+\), e\.g\. on SwFC",
         ),
         (
             [scorer_id("refusal").to_dict()] * 3 + [{"name": "refusal-rule", "version": "1", "hash": "abc"}],
