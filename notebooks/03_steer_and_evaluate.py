@@ -45,7 +45,7 @@ from lensteer.plotting.selection_figure import plot_selection
 config = replace(StudyConfig.smoke() if SMOKE else StudyConfig(), threat_models=(THREAT_MODEL,))
 if SMOKE:   # two methods, four prompts, short answers, short KL continuations, two candidate layers (+ patching's)
     config = replace(config, methods=("SwFC", "StMP"), n_eval=4, max_new_tokens=10, kl_tokens=8,
-                     candidate_layers=(9, 17), select_new_tokens=4)
+                     candidate_layers=(9, 17), select_new_tokens=4, n_fluency=2)
 KL_BUDGET = config.kl_budgets[0]   # nats per token on harmless prompts
 model = lensteer.load_model()
 refusal = lensteer.load_dataset("refusal")
