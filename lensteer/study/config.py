@@ -362,8 +362,9 @@ class StudyConfig:
     def demo(cls) -> "StudyConfig":
         """The newcomer's first look (the defaults): every threat model, SwFC / StTP / StMP at matched KL
         (the paper regime is in the paper profile), 16 test prompts per condition, honest (wide) intervals;
-        sized for at most 15 minutes on 2 CPU cores (``make demo`` from a fresh clone: 10.4 min on
-        2026-12-06, the study 510 s; with both regimes it took 15.6 min on 2026-12-02)."""
+        sized for at most 15 minutes on 2 CPU cores before the site choice by decision effect (``make demo``
+        from a fresh clone: 10.4 min on 2026-12-06, the study 510 s); the site choice's counted work puts it
+        at >= 33 min at the compute-bound limit (benchmarks/RESULTS.md), not yet timed."""
         return cls()
 
     @classmethod
