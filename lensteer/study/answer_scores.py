@@ -14,10 +14,10 @@ two to 1e-5.
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.core.forward import response_logprob
 from lensteer.steering.calibration import sequence_scores
@@ -40,7 +40,9 @@ def scored_text(text: str) -> str:
     return text if text.strip() else "."
 
 
-def _same_tokens(model: Any, chat: ChatPrompt, text: str, prompt: torch.Tensor, answer: torch.Tensor) -> bool:
+def _same_tokens(
+    model: Bridge, chat: ChatPrompt, text: str, prompt: torch.Tensor, answer: torch.Tensor
+) -> bool:
     """Whether ``text`` written back as the response of ``chat`` gives exactly ``prompt`` + ``answer``."""
     if len(answer) == 0:
         return False
@@ -49,7 +51,7 @@ def _same_tokens(model: Any, chat: ChatPrompt, text: str, prompt: torch.Tensor, 
 
 
 def answer_scores(
-    model: Any,
+    model: Bridge,
     steering: Steering | None,
     chats: Sequence[ChatPrompt],
     gen: Generations,

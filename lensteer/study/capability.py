@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lensteer.core.bridge import Bridge
 from lensteer.evaluate.capability import mc_accuracy, text_cross_entropy
 from lensteer.steering.hooks import steer
 from lensteer.steering.positions import Window
@@ -47,7 +48,7 @@ def edit_key(steering: Steering | None) -> str:
 
 
 def paragraph_cross_entropy(
-    model: Any,
+    model: Bridge,
     steering: Steering | None,
     paragraphs: Sequence[str],
     cache: dict[str, Any],
@@ -64,7 +65,7 @@ def paragraph_cross_entropy(
 
 
 def capability_fields(
-    model: Any, steering: Steering | None, system: str | None, sets: "EvalSets", config: StudyConfig
+    model: Bridge, steering: Steering | None, system: str | None, sets: "EvalSets", config: StudyConfig
 ) -> dict[str, Any]:
     """A condition's multiple-choice accuracy (with its per-item flags) and paragraph cross-entropy with its
     steering on, each once per distinct (edit, system prompt) in the study (cached in ``sets``)."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.io import write_json
 from lensteer.core.models import model_fingerprint
 from lensteer.steering.files import load_steering, save_steering
@@ -152,13 +153,13 @@ class _Built:
     sweep: dict[int, dict[str, Steering]]
 
 
-def _save_built(run: RunFolder, tm: str, loc: Any, model: Any) -> None:
+def _save_built(run: RunFolder, tm: str, loc: Any, model: Bridge) -> None:
     for layer, steerings in {loc.layer: loc.steerings, **loc.sweep}.items():
         for method, steering in steerings.items():  # one file each: the methods share their gate's tensor
             save_steering(steering, run.built_path(tm, layer, method), model=model)
 
 
-def _load_built(run: RunFolder, task: Task, config: StudyConfig, model: Any) -> _Built:
+def _load_built(run: RunFolder, task: Task, config: StudyConfig, model: Bridge) -> _Built:
     assert task.located is not None and task.n_layers is not None
     layer = int(task.located["layer"])
     layers = {p.layer for p in plan_conditions(config, layer, task.n_layers)}
@@ -172,7 +173,9 @@ def _load_built(run: RunFolder, task: Task, config: StudyConfig, model: Any) -> 
     return _Built(layer=layer, steerings=built.pop(layer), sweep=built)
 
 
-def _sets(model: Any, config: StudyConfig, cache: dict[str, Any], stages: dict[str, dict[str, float]]) -> Any:
+def _sets(
+    model: Bridge, config: StudyConfig, cache: dict[str, Any], stages: dict[str, dict[str, float]]
+) -> Any:
     """The study's evaluation sets, built once per worker and config."""
     key = json.dumps(config_key(config), sort_keys=True)
     if key not in cache:
@@ -183,7 +186,7 @@ def _sets(model: Any, config: StudyConfig, cache: dict[str, Any], stages: dict[s
 
 
 def run_task(
-    model: Any,
+    model: Bridge,
     config: StudyConfig,
     task: Task,
     work: Path,

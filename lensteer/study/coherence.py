@@ -22,9 +22,9 @@ direction, probe or gate, and none is a prompt a number is reported on.
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 from lensteer import threats
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
 from lensteer.core.datasets import load_dataset
 from lensteer.evaluate.metrics import response_perplexity
@@ -48,7 +48,7 @@ def calibration_prompts(config: StudyConfig) -> list[str]:
     return [*harmless, *borderline]
 
 
-def calibration_set(model: Any, config: StudyConfig) -> tuple[list[str], KLProbe]:
+def calibration_set(model: Bridge, config: StudyConfig) -> tuple[list[str], KLProbe]:
     """:func:`calibration_prompts` and their KL probe (unsteered greedy continuations of ``kl_tokens``)."""
     prompts = calibration_prompts(config)
     return prompts, kl_probe(
@@ -84,7 +84,7 @@ def mean_rep4(texts: Sequence[str]) -> float:
     return sum(rep_n(t, 4) for t in texts) / len(texts) if texts else 0.0
 
 
-def _perplexity(model: Any, prompts: Sequence[ChatPrompt], texts: Sequence[str], batch_size: int) -> float:
+def _perplexity(model: Bridge, prompts: Sequence[ChatPrompt], texts: Sequence[str], batch_size: int) -> float:
     """Corpus perplexity of the texts under ``model`` (an empty answer stands as "." so it still counts)."""
     answers = [t if t.strip() else "." for t in texts]
     return response_perplexity(model, list(prompts), answers, batch_size=batch_size).corpus
@@ -101,7 +101,7 @@ class FluencyProbe:
     max_new_tokens: int
     batch_size: int
 
-    def measure(self, model: Any, steering: Steering) -> Fluency:
+    def measure(self, model: Bridge, steering: Steering) -> Fluency:
         """The steering's greedy answers to the probe's prompts, scored by the unsteered model."""
         gens = generate(
             model,
@@ -120,7 +120,7 @@ class FluencyProbe:
         )
 
 
-def fluency_probe(model: Any, threat_model: str, config: StudyConfig) -> FluencyProbe | None:
+def fluency_probe(model: Bridge, threat_model: str, config: StudyConfig) -> FluencyProbe | None:
     """``n_fluency`` held-apart target prompts of the threat model in its misaligning context, with the
     unsteered answers' perplexity and rep-4 (``None`` when ``n_fluency`` is 0: no fluency bound)."""
     if config.n_fluency == 0:
@@ -202,13 +202,13 @@ class Coherence:
     bound: FluencyBound | None
 
 
-def coherence_for(model: Any, threat_model: str, config: StudyConfig, kl: KLProbe) -> Coherence:
+def coherence_for(model: Bridge, threat_model: str, config: StudyConfig, kl: KLProbe) -> Coherence:
     """The study's :class:`Coherence` for one threat model (``kl``: the shared calibration probe)."""
     probe = fluency_probe(model, threat_model, config)
     return Coherence(kl=kl, fluency=probe, bound=None if probe is None else probe.bound(config))
 
 
-def calibrate_coherent(model: Any, steering: Steering, coherence: Coherence, budget: float) -> Steering:
+def calibrate_coherent(model: Bridge, steering: Steering, coherence: Coherence, budget: float) -> Steering:
     """``steering`` at the largest scale within the KL budget (held-apart harmless and borderline prompts,
     gate as deployed) and the fluency bounds (held-apart target prompts); ``info["calibration"]`` says
     which bound set it (``binding``: ``"kl"`` or ``"fluency"``), the KL and the fluency there.
@@ -258,7 +258,7 @@ def calibrate_coherent(model: Any, steering: Steering, coherence: Coherence, bud
 
 
 def build_steering(
-    model: Any,
+    model: Bridge,
     threat_model: str,
     method: str,
     kl_budget: float,

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lensteer import threats
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.core.datasets import ContrastSet, load_dataset
 from lensteer.core.splits import in_turn
@@ -124,7 +125,7 @@ class EvalSets:
     cache: dict[str, Any] = field(default_factory=dict)
 
 
-def eval_sets(model: Any, config: StudyConfig) -> EvalSets:
+def eval_sets(model: Bridge, config: StudyConfig) -> EvalSets:
     """Calibration prompts are the **held-apart** training rows of the harmless twins and the borderline
     set (:func:`~lensteer.study.coherence.calibration_prompts`); every prompt a number is reported on comes
     from a **test** split (no prompt that calibrated is measured)."""
@@ -148,7 +149,7 @@ def eval_sets(model: Any, config: StudyConfig) -> EvalSets:
     )
 
 
-def calibration_probe(model: Any, threat_model: str, config: StudyConfig, sets: EvalSets) -> KLProbe:
+def calibration_probe(model: Bridge, threat_model: str, config: StudyConfig, sets: EvalSets) -> KLProbe:
     """The KL calibration set a steering of ``threat_model`` is priced on: the shared held-apart harmless
     and borderline prompts (``sets.calibration``), never the threat model's own prompts, whose answers the
     steering is meant to change (:mod:`lensteer.study.coherence`). ``model``, ``threat_model`` and
@@ -171,7 +172,7 @@ def _with_system(prompts: Sequence[ChatPrompt], system: str | None) -> list[Chat
     return list(prompts) if system is None else [replace(p, system=system) for p in prompts]
 
 
-def _common_prefix(model: Any, prompts: Sequence[ChatPrompt]) -> int:
+def _common_prefix(model: Bridge, prompts: Sequence[ChatPrompt]) -> int:
     """Length in tokens of the prefix every prompt shares (a few-shot context, a system prompt)."""
     tokens = [tokenize_prompt(model, p).tokens.tolist() for p in prompts]
     shortest = min(len(t) for t in tokens)
@@ -179,7 +180,7 @@ def _common_prefix(model: Any, prompts: Sequence[ChatPrompt]) -> int:
 
 
 def _joint(
-    model: Any,
+    model: Bridge,
     conditions: Sequence[Condition],
     prompts: Sequence[ChatPrompt],
     config: StudyConfig,
@@ -226,7 +227,7 @@ def verdict_fields(threat_model: str, texts: Sequence[str], examples: ContrastSe
 
 
 def _answer_log_odds(
-    model: Any, cond: Condition, ds: ContrastSet, prompts: Sequence[ChatPrompt], config: StudyConfig
+    model: Bridge, cond: Condition, ds: ContrastSet, prompts: Sequence[ChatPrompt], config: StudyConfig
 ) -> dict[str, Any]:
     """The answer log-odds (honesty's continuous metric): of the true over the false answer's first token after the
     shared stem of the two written answers, in the evaluation context, under the condition (teacher-forced)."""
@@ -254,7 +255,7 @@ def _fired(gen: Generations, steered: bool) -> tuple[float, float]:
 
 
 def conversation_fields(
-    model: Any, threat_model: str, conditions: Sequence[Condition], config: StudyConfig
+    model: Bridge, threat_model: str, conditions: Sequence[Condition], config: StudyConfig
 ) -> list[dict[str, Any]]:
     """Multi-turn repetition for each condition, all conversations of all conditions decoded together."""
     starts = eval_prompts(threat_model, config.n_conversations)
@@ -296,7 +297,7 @@ def _gated_method(cond: Condition) -> bool:
 
 
 def ungated_fields(
-    model: Any,
+    model: Bridge,
     threat_model: str,
     conditions: Sequence[Condition],
     prompts: Sequence[ChatPrompt],
@@ -361,7 +362,7 @@ class _Clock:
         self.last = now
 
 
-def _unsteered_reference(model: Any, sets: EvalSets, config: StudyConfig) -> Generations:
+def _unsteered_reference(model: Bridge, sets: EvalSets, config: StudyConfig) -> Generations:
     """The held-out KL's reference, built once for the study (cached in ``sets``): the unsteered
     continuations of the held-out harmless prompts; the unsteered paragraph cross-entropy beside it."""
     if "baseline_harmless" not in sets.cache:
@@ -378,7 +379,7 @@ def _unsteered_reference(model: Any, sets: EvalSets, config: StudyConfig) -> Gen
 
 
 def _heldout_kls(
-    model: Any, conditions: Sequence[Condition], reference: Generations, config: StudyConfig
+    model: Bridge, conditions: Sequence[Condition], reference: Generations, config: StudyConfig
 ) -> dict[int, float]:
     """Held-out KL of every steered condition (by index), along the unsteered harmless continuations
     ``reference``: one unsteered pass for all of them (``sequence_kls``)."""
@@ -414,7 +415,7 @@ def _against_baseline(
 
 
 def evaluate_conditions(
-    model: Any,
+    model: Bridge,
     threat_model: str,
     conditions: Sequence[Condition],
     config: StudyConfig,
@@ -545,7 +546,7 @@ def baseline_conditions(threat_model: str, config: StudyConfig) -> list[Conditio
 
 
 def evaluate_steering(
-    model: Any, steering: Steering, threat_model: str, config: StudyConfig, *, name: str = "steered"
+    model: Bridge, steering: Steering, threat_model: str, config: StudyConfig, *, name: str = "steered"
 ) -> "StudyReport":
     """Evaluate a (saved) steering against the unsteered and prompting baselines on one threat model.
 

@@ -26,6 +26,7 @@ import torch
 
 from lensteer import threats
 from lensteer.core.activations import collect_activations
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
 from lensteer.core.datasets import load_dataset
 from lensteer.evaluate.refusal import is_refusal
@@ -105,7 +106,7 @@ def _share(flags: torch.Tensor) -> float:
 
 
 def prompt_gate(
-    model: Any, tm: threats.ThreatModel, config: StudyConfig, layers: Sequence[int]
+    model: Bridge, tm: threats.ThreatModel, config: StudyConfig, layers: Sequence[int]
 ) -> GateChoice:
     """The study's prompt gate for ``tm`` (harmful vs harmless twins and borderline prompts) at one of
     ``layers``, its false-positive budget chosen by :func:`choose_budget` unless ``config.gate_fpr`` fixes it.

@@ -18,6 +18,7 @@ import torch
 
 from lensteer import threats
 from lensteer.core.activations import collect_activations
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
 from lensteer.core.models import model_fingerprint
 from lensteer.errors import ConfigError
@@ -59,7 +60,7 @@ class _Located:
     sweep: dict[int, dict[str, Steering]] = field(default_factory=dict)  # the other layers of a layer sweep
 
 
-def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
+def _candidate_layers(model: Bridge, config: StudyConfig) -> list[int]:
     n = int(model.cfg.n_layers)
     config.check_layers(n)
     if config.candidate_layers is not None:
@@ -68,7 +69,7 @@ def _candidate_layers(model: Any, config: StudyConfig) -> list[int]:
 
 
 def locate_threat_model(
-    model: Any,
+    model: Bridge,
     threat_model: str,
     config: StudyConfig,
     harmless: Sequence[str],
@@ -218,7 +219,7 @@ def _probing_layer(report: Any) -> tuple[int, list[str]]:
         ]
 
 
-def _sweep_layers(model: Any, config: StudyConfig) -> list[int]:
+def _sweep_layers(model: Bridge, config: StudyConfig) -> list[int]:
     n = int(model.cfg.n_layers)
     config.check_layers(n)
     return sorted({x % n for x in config.sweep_layers})
@@ -286,7 +287,7 @@ def _norm_prompts(threat_model: str, harmless: Sequence[str]) -> list[Any]:
 
 
 def answer_token_classes(
-    model: Any,
+    model: Bridge,
     threat_model: str,
     config: StudyConfig,
     direction: Any,

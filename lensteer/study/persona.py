@@ -10,6 +10,7 @@ by prompt with a sign-flip permutation test.
 from collections.abc import Sequence
 from typing import Any
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.stats import auroc, paired_permutation_test
 from lensteer.errors import DataError
 from lensteer.locate.dataset_projection import ProjectionScreen, dataset_projection
@@ -19,7 +20,7 @@ from lensteer.steering.generation import generate
 
 
 def screen_rows(
-    model: Any,
+    model: Bridge,
     direction: Direction,
     rows: Sequence[TrainingRow],
     *,

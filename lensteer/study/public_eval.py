@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from lensteer import threats
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
 from lensteer.core.stats import mcnemar_exact, wilson_interval
 from lensteer.evaluate.capability import mc_accuracy
@@ -52,7 +53,7 @@ def random_control(steering: Steering, seed: int) -> Steering:
 
 
 def steering_conditions(
-    model: Any, steering: Steering, threat_model: str, config: StudyConfig, *, name: str = "steered"
+    model: Bridge, steering: Steering, threat_model: str, config: StudyConfig, *, name: str = "steered"
 ) -> tuple[list[Condition], dict[str, Any]]:
     """The unsteered and prompting baselines, the steering (as ``name``) and one random control per
     ``config.random_seeds``, calibrated to the steering's KL (gate on) on the study's held-apart harmless and borderline prompts; and
@@ -73,7 +74,7 @@ def steering_conditions(
 
 
 def study_conditions(
-    model: Any, out: "str | Path", threat_model: str, config: StudyConfig
+    model: Bridge, out: "str | Path", threat_model: str, config: StudyConfig
 ) -> tuple[list[Condition], dict[str, Any]]:
     """The conditions a finished study in ``out`` evaluated for ``threat_model`` at its first KL budget and
     chosen layer: the baselines, each method's saved steering and each saved random control."""
@@ -94,7 +95,7 @@ ConditionsOf = Callable[[str], tuple[list[Condition], dict[str, Any]]]
 
 
 def evaluate_public_sets(
-    model: Any, sets: Mapping[str, PublicSet], conditions_of: ConditionsOf, config: StudyConfig
+    model: Bridge, sets: Mapping[str, PublicSet], conditions_of: ConditionsOf, config: StudyConfig
 ) -> dict[str, Any]:
     """Each public set under the conditions of its threat model (``conditions_of(threat_model)``, built
     once per threat model: a random control is calibrated once); one report per set, keyed as ``sets``."""
@@ -121,7 +122,7 @@ def _rate(flags: Sequence[bool], prefix: str) -> dict[str, Any]:
 
 
 def _answers(
-    model: Any, prompts: Sequence[str], conditions: Sequence[Condition], config: StudyConfig
+    model: Bridge, prompts: Sequence[str], conditions: Sequence[Condition], config: StudyConfig
 ) -> list[tuple[str, ...]]:
     """Every condition's answers to ``prompts``, decoded in one batch stream."""
     if not prompts:
@@ -139,7 +140,7 @@ def _answers(
     return [out.texts[k * n : (k + 1) * n] for k in range(len(conditions))]
 
 
-def _choice_flags(model: Any, public: PublicSet, cond: Condition, config: StudyConfig) -> list[bool]:
+def _choice_flags(model: Bridge, public: PublicSet, cond: Condition, config: StudyConfig) -> list[bool]:
     """Per multiple-choice row: is the correct choice the likeliest (teacher-forced, steering everywhere)?"""
     items = public.mc_items()
     if not items:
@@ -171,7 +172,7 @@ def _tests(row: dict[str, Any], others: Mapping[str, dict[str, Any]]) -> dict[st
 
 
 def evaluate_public_set(
-    model: Any, public: PublicSet, conditions: Sequence[Condition], config: StudyConfig
+    model: Bridge, public: PublicSet, conditions: Sequence[Condition], config: StudyConfig
 ) -> dict[str, Any]:
     """Every condition on one public benchmark file (at most ``config.n_eval`` rows of each kind, every
     category in turn); one row per condition with its rates, intervals, per-row flags and paired tests.

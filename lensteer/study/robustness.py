@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lensteer import threats
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
 from lensteer.core.io import rows_of, write_json
 from lensteer.core.stats import mcnemar_exact, wilson_interval
@@ -135,7 +136,7 @@ def _rows(
 
 
 def _heldout_kl(
-    model: Any, steering: Steering | None, sets: EvalSets, config: StudyConfig, key: str
+    model: Bridge, steering: Steering | None, sets: EvalSets, config: StudyConfig, key: str
 ) -> float:
     """KL on the held-out harmless prompts along ``model``'s own unsteered continuations (cached per model)."""
     if steering is None:
@@ -149,7 +150,7 @@ def _heldout_kl(
 
 
 def inducer_rows(
-    model: Any,
+    model: Bridge,
     threat_model: str,
     setting: str,
     steerings: dict[str, Steering],
@@ -246,7 +247,7 @@ class InducerBehaviour:
 
 
 def inducer_behaviour(
-    model: Any,
+    model: Bridge,
     threat_model: str,
     setting: str,
     *,

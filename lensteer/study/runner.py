@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lensteer import threats
+from lensteer.core.bridge import Bridge
 from lensteer.core.models import EMBEDDED_MODEL_NAME, model_fingerprint
 from lensteer.core.outdir import claim_folder, folder_lock
 from lensteer.errors import DataError
@@ -78,7 +79,7 @@ class StudyResult:
     table: Any = field(repr=False)
 
 
-def _calibrated(model: Any, built: Steering, path: Path, coherence: Coherence, budget: float) -> Steering:
+def _calibrated(model: Bridge, built: Steering, path: Path, coherence: Coherence, budget: float) -> Steering:
     """The calibrated steering saved at ``path``, calibrating it as deployed (gate on; KL on held-apart
     harmless and borderline prompts, fluency on held-apart target prompts: :mod:`lensteer.study.coherence`)
     and saving it first if it is not there yet."""
@@ -140,7 +141,7 @@ def _robustness(
 CONDITIONS_PER_BLOCK = 6
 
 
-def _push_twin(mirror: Steering, path: Path, model: Any) -> Steering:
+def _push_twin(mirror: Steering, path: Path, model: Bridge) -> Steering:
     """StMP-push with the edit of a calibrated StMP (mirror): twice its scale (saved at ``path``)."""
     twin = replace(
         mirror,
@@ -250,7 +251,7 @@ def _random_like(steering: Steering, seed: int) -> Steering:
 
 
 def run_study(
-    model: Any,
+    model: Bridge,
     config: StudyConfig,
     out: "str | Path",
     *,
@@ -280,7 +281,7 @@ def run_study(
 class _Cell:
     """What running one threat model needs besides its plan (one argument instead of eight)."""
 
-    model: Any
+    model: Bridge
     threat_model: str
     config: StudyConfig
     run: RunFolder
@@ -492,7 +493,7 @@ def _run_threat_model(cell: _Cell, table: SweepTable, robust: RobustnessTable) -
 
 
 def _run_study(
-    model: Any,
+    model: Bridge,
     config: StudyConfig,
     run: RunFolder,
     identity: str,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lensteer import threats
+from lensteer.core.bridge import Bridge
 from lensteer.core.datasets import ContrastSet
 from lensteer.errors import ConfigError, DataError
 from lensteer.locate.attribution import attribute_heads, attribute_residual
@@ -91,7 +92,7 @@ class SiteSearch:
 
 
 def search_site(
-    model: Any,
+    model: Bridge,
     name: str,
     dataset: ContrastSet,
     contrast: Literal["prompt", "response"],
