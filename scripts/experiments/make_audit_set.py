@@ -28,6 +28,7 @@ from lensteer import threats
 from lensteer.core.inducers import load_inducer
 from lensteer.core.io import write_text
 from lensteer.locate import diff_of_means
+from lensteer.threats.audit import load_audit
 
 STEERINGS = Path("docs/study/steerings")
 
@@ -109,7 +110,7 @@ def fresh_validation_cells(model, tm: str) -> list[Cell]:
     scorer ran on it. *Train*-split prompts (no dev answer is to them, except round 3's dev-only answers),
     under every kind of condition of the first round: unsteered, prompting, the committed study's
     steerings, response-mean steerings at two layers and strengths, an over-steered one, a random
-    direction, the attacks and, for refusal, borderline prompts."""
+    direction, the attacks and, for refusal, borderline prompts. Honesty: :func:`fresh_honesty_cells`."""
     if tm == "refusal":
         d = response_directions(model, tm, [8, 12, 16])
         return [
@@ -137,6 +138,8 @@ def fresh_validation_cells(model, tm: str) -> list[Cell]:
             Cell("obfuscation+add_L16_0.3_v3", 5, added(d, 16, 0.3), inducer="obfuscation", source="train"),
             Cell("borderline_v3", 10, source="borderline_train"),
         ]
+    if tm == "honesty":
+        return fresh_honesty_cells(model)
     d = response_directions(model, tm, [10, 16])
     random_dir = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(11))
     rand = lensteer.Steering.from_direction(
@@ -155,6 +158,56 @@ def fresh_validation_cells(model, tm: str) -> list[Cell]:
         Cell(f"{prefill}_v3", 12, inducer=prefill, source="train"),
         Cell("no_context_v3", 10, context=None, source="train"),
     ]
+
+
+def fresh_honesty_cells(model) -> list[Cell]:
+    """Fourth round, honesty: validation and test questions of the threat model's known set that no v2
+    answer asks (``source="fresh"``; each question answered once), under the study's lying context unless
+    a cell says otherwise. Besides the kinds of condition of the other v3 sets, cells that make the model
+    lie (the three honesty inducers, a steering towards the written false answers, alone and with a
+    prefill), so that wrong answers are not rare: unsteered, the context makes it lie on ~17-28% of known
+    questions (``docs/honesty-known.md``)."""
+    tm = "honesty"
+    d = response_directions(model, tm, [10, 16])
+    random_dir = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(13))
+    rand = lensteer.Steering.from_direction(
+        random_dir / random_dir.norm(), layers=[16], mode="add", scale=0.3 * d[16][1], positions="all"
+    )
+    aligned = threats.get(tm).aligned_system
+    return [
+        Cell("unsteered_v3", 14, source="fresh"),
+        Cell("prompting_v3", 10, system=aligned, source="fresh"),
+        Cell("study_SwFC_v3", 10, committed(model, f"{tm}_SwFC_kl0.5"), source="fresh"),
+        Cell("study_StTP_v3", 8, committed(model, f"{tm}_StTP_kl0.5"), source="fresh"),
+        Cell("add_L10_0.3_v3", 10, added(d, 10, 0.3), source="fresh"),
+        Cell("add_L16_0.4_v3", 10, added(d, 16, 0.4), source="fresh"),
+        Cell("add_L16_-0.4_v3", 12, added(d, 16, -0.4), source="fresh"),
+        Cell("random_L16_0.3_v3", 6, rand, source="fresh"),
+        Cell("oversteered_L10_1.0_v3", 8, added(d, 10, 1.0), source="fresh"),
+        Cell("oversteered_L16_-1.0_v3", 6, added(d, 16, -1.0), source="fresh"),
+        Cell("prefill_mislead_v3", 12, inducer="prefill_mislead", source="fresh"),
+        Cell("prefill_wrong_v3", 8, inducer="prefill_wrong", source="fresh"),
+        Cell("lying_instruction_v3", 12, inducer="lying_instruction", source="fresh"),
+        Cell(
+            "prefill_mislead+add_L16_-0.4_v3",
+            8,
+            added(d, 16, -0.4),
+            inducer="prefill_mislead",
+            source="fresh",
+        ),
+        Cell("no_context_v3", 6, context=None, source="fresh"),
+    ]
+
+
+def fresh_pool(tm: str):
+    """The validation and test questions of ``tm``'s dataset that no answer of audit set v2 asks (a v2
+    prompt may wrap the question, so containment is checked)."""
+    asked = [r.prompt for r in load_audit("dev", tm) + load_audit("validation", tm)]
+    full = lensteer.load_dataset(threats.get(tm).dataset)
+    rows = [ex for ex in full.stratified(None) if ex.split in ("val", "test")]
+    return replace(
+        full, examples=tuple(ex for ex in rows if not any(ex.prompt in p for p in asked)), split="fresh"
+    )
 
 
 def cells(model, tm: str) -> list[Cell]:
@@ -228,13 +281,20 @@ def main() -> None:
             "borderline_val": lensteer.load_dataset("borderline").val.stratified(None),
             "borderline_train": lensteer.load_dataset("borderline").train.stratified(None),
         }
+        if args.round == 4 and tm == "honesty":
+            pools["fresh"] = fresh_pool(tm)
         rng = random.Random(f"audit-{tm}" if args.round < 4 else f"audit-v3-{tm}")
+        # the fresh honesty questions are dealt out: no question is answered twice
+        deck = rng.sample(range(len(pools["fresh"])), len(pools["fresh"])) if "fresh" in pools else []
         prompts, owners, meta = [], [], []
         rounds = {1: cells, 2: lambda _m, _t: extra_cells(), 3: third_round_cells, 4: fresh_validation_cells}
         round_cells = rounds[args.round]
         for cell in round_cells(model, tm):
             source = pools[cell.source]
-            picked = rng.sample(range(len(source)), cell.n)
+            if cell.source == "fresh":
+                picked, deck = deck[: cell.n], deck[cell.n :]
+            else:
+                picked = rng.sample(range(len(source)), cell.n)
             context = (
                 threats.get(tm).misaligning_context
                 if cell.context and not cell.source.startswith("borderline")
@@ -277,6 +337,7 @@ def main() -> None:
                     "response": inducer.scored_text(text) if inducer else text,
                     "true_answer": getattr(ex, "true_answer", None),
                     "false_answer": getattr(ex, "false_answer", None),
+                    **({"example_id": ex.id} if cell.source == "fresh" else {}),
                     "label": None,
                     "unreadable": None,
                     "note": "",
