@@ -195,6 +195,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
         regimes=True,
         n_select=4,
         select_new_tokens=2,
+        n_fluency=2,  # the bounds are checked as on eight prompts; the fluency probe was a quarter of the test
     )
     real = evaluation.evaluate_conditions
     calls, interrupted = [], []
