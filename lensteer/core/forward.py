@@ -5,6 +5,7 @@ scoring a response needs logits at a few positions only. ``final_normalized`` ru
 the unembedding's input (the final-norm output) and stops; ``unembed`` maps selected rows to logits.
 """
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,14 @@ from tqdm.auto import tqdm
 
 from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, length_sorted_batches, pad_id_of, tokenize_prompt
+from lensteer.core.plain import (
+    MIN_SHARED_PREFIX,
+    PlainView,
+    common_prefix,
+    plain_view,
+    relay_after_prefix,
+    share_cache,
+)
 from lensteer.core.sites import UNEMBED_INPUT
 from lensteer.errors import ConfigError, DataError
 
@@ -106,6 +115,29 @@ def mean_token_kl(
     return float(kl_divergence(log_b, log_s).mean())
 
 
+def _states(
+    model: Bridge,
+    view: PlainView | None,
+    tokens: Int[torch.Tensor, "batch pos"],
+    attn: Int[torch.Tensor, "batch pos"],
+    first: int,
+) -> Float[torch.Tensor, "batch pos d_model"]:
+    """:func:`final_normalized` of a left-padded batch, valid from each row's token ``first`` on: a prefix
+    every row shares before it (a system prompt, few-shot turns) runs once at batch 1 through the plain
+    view when there is one (the columns of the prefix are then zeros; nobody reads them)."""
+    prefix = min(common_prefix(tokens, attn), first) if view is not None and tokens.shape[0] > 1 else 0
+    if prefix < MIN_SHARED_PREFIX or view is None:
+        return final_normalized(model, tokens, attn)
+    seq, mask = relay_after_prefix(tokens, attn, prefix)
+    with warnings.catch_warnings():  # transformers 5.24 renames past_key_values to cache
+        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+        _, cache = view.forward(seq[:1, :prefix], mask[:1, :prefix], None, last_only=True)
+        if not share_cache(cache, tokens.shape[0]):
+            return final_normalized(model, tokens, attn)
+        rest = view.final_normalized(seq[:, prefix:], mask, cache)
+    return torch.cat([rest.new_zeros(tokens.shape[0], prefix, rest.shape[-1]), rest], dim=1)
+
+
 def response_logprob(
     model: Bridge,
     prompts: Sequence[ChatPrompt],
@@ -124,10 +156,12 @@ def response_logprob(
             raise DataError(f"prompt {i} has no response to score; set ChatPrompt(response=...)")
     out = torch.empty(len(tokenized))
     device = next(iter(model.parameters())).device
+    view = plain_view(model)
     batches = length_sorted_batches(tokenized, batch_size, pad_id_of(model))
     for rows, batch in tqdm(batches, disable=not progress, desc="score"):
         with torch.inference_mode():
-            hidden = final_normalized(model, batch.tokens.to(device), batch.attention_mask.to(device))
+            first = min(tokenized[i].response[0] for i in rows) - 1  # the first position read, per row
+            hidden = _states(model, view, batch.tokens.to(device), batch.attention_mask.to(device), first)
             width = batch.tokens.shape[1]
             for j, i in enumerate(rows):
                 pad = width - tokenized[i].n_tokens

@@ -31,6 +31,7 @@ from torch import nn
 
 from lensteer.core.bridge import Bridge
 
+MIN_SHARED_PREFIX = 16  # tokens; below this, a separate prefix forward does not pay
 PLAIN_SITES = ("resid_pre", "resid_post")  # the decoder layer's input and output: hookable on the plain view
 _VIEWS: "WeakKeyDictionary[Any, PlainView | None]" = WeakKeyDictionary()
 _HOOK_DICTS = (
@@ -123,6 +124,51 @@ def mask_positions(
     pos = attention_mask.long().cumsum(-1) - 1
     pos.masked_fill_(attention_mask == 0, 1)
     return pos[:, -n_new:]
+
+
+def common_prefix(tokens: Int[torch.Tensor, "batch pos"], attn: Int[torch.Tensor, "batch pos"]) -> int:
+    """How many leading real tokens every row of a left-padded batch shares (a system prompt, few-shot
+    turns), leaving each row at least one token of its own."""
+    lens = attn.sum(1).cpu()
+    pads = tokens.shape[1] - lens
+    shortest = int(lens.min())
+    if shortest <= 1:
+        return 0
+    real = torch.stack(
+        [tokens[b, int(pads[b]) : int(pads[b]) + shortest - 1].cpu() for b in range(tokens.shape[0])]
+    )
+    return int((real == real[:1]).all(0).long().cumprod(0).sum())
+
+
+def relay_after_prefix(
+    tokens: Int[torch.Tensor, "batch pos"], attn: Int[torch.Tensor, "batch pos"], prefix: int
+) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+    """A left-padded batch re-laid as ``[prefix][pads][rest]`` (tokens, mask): padding moves to just after
+    the ``prefix`` every row shares, so the prefix runs once; masked, with positions from the mask
+    (:func:`mask_positions`), the layout gives the same states as left padding, and every token after
+    the prefix keeps its column."""
+    pads = (tokens.shape[1] - attn.sum(1)).tolist()
+    rows, masks = [], []
+    for b, k in enumerate(pads):
+        own = tokens[b, k:]
+        rows.append(torch.cat([own[:prefix], tokens[b, :k], own[prefix:]]))
+        masks.append(torch.cat([attn[b, k : k + prefix], attn[b, :k], attn[b, k + prefix :]]))
+    return torch.stack(rows), torch.stack(masks)
+
+
+def share_cache(cache: Any, batch: int) -> bool:
+    """Copy a batch-1 KV cache to ``batch`` rows in place; ``False`` (nothing changed) if it is not a
+    transformers cache whose keys and values can be copied across rows."""
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(
+        getattr(layer, "keys", None) is not None and getattr(layer, "values", None) is not None
+        for layer in layers
+    ):
+        return False
+    for layer in layers:
+        layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:]).contiguous()
+        layer.values = layer.values.expand(batch, *layer.values.shape[1:]).contiguous()
+    return True
 
 
 def _build(model: Bridge) -> "PlainView | None":

@@ -16,12 +16,16 @@ from jaxtyping import Bool, Float, Int
 
 from lensteer.core.bridge import Bridge
 from lensteer.core.forward import final_normalized
-from lensteer.core.plain import PlainView
+from lensteer.core.plain import (
+    MIN_SHARED_PREFIX,
+    PlainView,
+    common_prefix,
+    relay_after_prefix,
+    share_cache,
+)
 from lensteer.steering.hooks import SteeringContext, plain_steerable, steer, steer_plain
 from lensteer.steering.positions import position_mask
 from lensteer.steering.spec import Steering
-
-MIN_SHARED_PREFIX = 16  # tokens; below this, a separate prefix forward does not pay
 
 
 def shared_prefix(
@@ -33,17 +37,10 @@ def shared_prefix(
     The prefix is shared only if every steering treats it the same in every row (same position
     mask and gate), so that one batch-1 forward over it is exact for every row.
     """
-    lens = attn.sum(1).cpu()
-    pads = tokens.shape[1] - lens
-    shortest = int(lens.min())
-    if shortest - 1 < MIN_SHARED_PREFIX:
-        return 0
-    real = torch.stack(
-        [tokens[b, int(pads[b]) : int(pads[b]) + shortest - 1].cpu() for b in range(tokens.shape[0])]
-    )
-    prefix = int((real == real[:1]).all(0).long().cumprod(0).sum())  # leave >= 1 own token per row
+    prefix = common_prefix(tokens, attn)
     if prefix < MIN_SHARED_PREFIX:
         return 0
+    pads = tokens.shape[1] - attn.sum(1).cpu()
     assert ctx.prompt_lens is not None
     for i, s in enumerate(steerings):
         if s.is_identity:
@@ -80,14 +77,8 @@ def prefill_shared_prefix(
     ``None`` if the model's cache cannot be shared across rows. ``forward`` is the decoder's cached
     forward (:meth:`lensteer.core.plain.PlainView.forward`'s signature), under the decoder's hooks.
     """
-    batch, width = tokens.shape
-    pads = (width - attn.sum(1)).tolist()
-    rows, masks = [], []
-    for b, k in enumerate(pads):
-        own = tokens[b, k:]
-        rows.append(torch.cat([own[:prefix], tokens[b, :k], own[prefix:]]))
-        masks.append(torch.cat([attn[b, k : k + prefix], attn[b, :k], attn[b, k + prefix :]]))
-    seq, mask = torch.stack(rows), torch.stack(masks)
+    batch = tokens.shape[0]
+    seq, mask = relay_after_prefix(tokens, attn, prefix)
     saved = (ctx.prompt_lens, ctx.pads, ctx.rows)
     assert ctx.prompt_lens is not None and ctx.pads is not None
     ctx.clear()
@@ -106,15 +97,8 @@ def prefill_shared_prefix(
     finally:
         ctx.prompt_lens, ctx.pads, ctx.rows = saved
         ctx.clear()
-    layers = getattr(cache, "layers", None)
-    if not layers or not all(
-        getattr(layer, "keys", None) is not None and getattr(layer, "values", None) is not None
-        for layer in layers
-    ):
+    if not share_cache(cache, batch):
         return None  # not a transformers cache we can copy across rows: decode without sharing
-    for layer in layers:
-        layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:]).contiguous()
-        layer.values = layer.values.expand(batch, *layer.values.shape[1:]).contiguous()
     ctx.prefix = prefix
     return SharedPrefix(seq, mask, cache, fired.expand(batch, prefix))
 
