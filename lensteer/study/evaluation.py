@@ -129,9 +129,8 @@ def eval_sets(model: Bridge, config: StudyConfig) -> EvalSets:
     """Calibration prompts are the **held-apart** training rows of the harmless twins and the borderline
     set (:func:`~lensteer.study.coherence.calibration_prompts`); every prompt a number is reported on comes
     from a **test** split (no prompt that calibrated is measured)."""
-    refusal = load_dataset(threats.HARMLESS_DATASET)
     calibration_prompts, calibration = calibration_set(model, config)
-    harmless = refusal.test.stratified(config.n_harmless).paired_prompts
+    harmless = heldout_harmless(config)
     borderline = (
         []
         if config.n_borderline == 0
@@ -147,6 +146,12 @@ def eval_sets(model: Bridge, config: StudyConfig) -> EvalSets:
         mc=mc,
         paragraphs=paragraphs,
     )
+
+
+def heldout_harmless(config: StudyConfig) -> list[str]:
+    """The held-out harmless prompts (the harmless twins of the refusal test split) that over-refusal,
+    perplexity and the held-out KL are measured on."""
+    return load_dataset(threats.HARMLESS_DATASET).test.stratified(config.n_harmless).paired_prompts
 
 
 def calibration_probe(model: Bridge, threat_model: str, config: StudyConfig, sets: EvalSets) -> KLProbe:

@@ -30,7 +30,7 @@ import lensteer
 from lensteer.core.stats import mcnemar_exact
 from lensteer.steering.calibration import sequence_kls
 from lensteer.study.config import StudyConfig
-from lensteer.study.evaluation import eval_prompts, eval_sets, trait_flags
+from lensteer.study.evaluation import eval_prompts, heldout_harmless, trait_flags
 
 STUDY = Path(__file__).resolve().parents[2] / "docs" / "study"
 REPORT = json.loads((STUDY / "report.json").read_text())
@@ -78,17 +78,13 @@ def _sample(steered, base):
 
 
 @pytest.fixture(scope="module")
-def sets(embedded_model):
-    return eval_sets(
-        embedded_model,
-        StudyConfig.from_dict({**CONFIG.to_dict(), "n_mc": 0, "n_paragraphs": 0, "n_borderline": 0}),
-    )
-
-
-@pytest.fixture(scope="module")
-def harmless_reference(embedded_model, sets):
+def harmless_reference(embedded_model):
+    """The study's held-out harmless prompts along their unsteered continuations (the held-out KL's)."""
     return lensteer.generate(
-        embedded_model, sets.harmless, max_new_tokens=CONFIG.kl_tokens, batch_size=CONFIG.batch_size
+        embedded_model,
+        heldout_harmless(CONFIG),
+        max_new_tokens=CONFIG.kl_tokens,
+        batch_size=CONFIG.batch_size,
     )
 
 
