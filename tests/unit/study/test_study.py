@@ -429,6 +429,7 @@ def test_a_layer_sweep_evaluates_every_method_at_every_layer(tiny_llama_bridge, 
         prompting=False,
         batch_size=4,
         regimes=True,
+        n_fluency=2,  # two target prompts for the fluency bounds, not eight: what is tested is the sweep
     )
     result = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
