@@ -23,6 +23,7 @@ from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.core.datasets import load_dataset
 from lensteer.evaluate.capability import load_mc_items, load_paragraphs
 from lensteer.locate.probing import ContrastKind, contrast_prompts
+from lensteer.steering.prefix import MIN_SHARED_PREFIX
 from lensteer.study.coherence import calibration_prompts
 from lensteer.study.config import SELECTIVE_METHODS, StudyConfig
 from lensteer.study.evaluation import SHARED_CONTEXT_TOKENS, _common_prefix
@@ -105,6 +106,22 @@ class Tally:
         )
 
 
+def forced_per_row(length: float, shared: int, rows: int, batch: int) -> float:
+    """Tokens a teacher-forced pass runs per row when the ``shared`` prefix every row has (a few-shot context,
+    the template's system prompt) runs once per batch (:func:`~lensteer.steering.prefix.teacher_forced_states`)."""
+    return length - shared * (1 - 1 / max(min(rows, batch), 1))
+
+
+def shared_tokens(model: Any, prompts: Sequence[Any]) -> int:
+    """The prefix every prompt shares, in tokens, if the teacher-forced passes compute it once (0 otherwise:
+    shorter than :data:`~lensteer.steering.prefix.MIN_SHARED_PREFIX`)."""
+    if len(prompts) < 2:
+        return 0
+    chats = [ChatPrompt(user=p) if isinstance(p, str) else p for p in prompts]
+    shared = _common_prefix(model, chats)
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
 def mean_tokens(model: Any, prompts: Sequence[Any]) -> float:
     """Mean tokens of the prompts, chat template included."""
     return sum(tokenize_prompt(model, p).n_tokens for p in prompts) / max(len(prompts), 1)
@@ -122,11 +139,19 @@ class Shared:
     l_borderline: float
     n_mc: int
     n_paragraphs: int
+    batch: int
+    calibration_prefix: int = 0  # the template's system prompt, run once per batch by the KL passes
+    harmless_prefix: int = 0
 
     @property
     def kl_pass(self) -> float:
         """Tokens of one KL evaluation on the calibration set (a steered pass over prompt + continuation)."""
-        return self.n_calibration * self.l_calibration
+        n = self.n_calibration
+        return n * forced_per_row(self.l_calibration, self.calibration_prefix, n, self.batch)
+
+    def harmless_pass(self, rows: int, length: float) -> float:
+        """Tokens of one teacher-forced pass over ``rows`` harmless prompts of ``length`` tokens."""
+        return rows * forced_per_row(length, self.harmless_prefix, rows, self.batch)
 
     @classmethod
     def of(cls, model: Any, config: StudyConfig) -> "Shared":
@@ -146,6 +171,9 @@ class Shared:
             l_borderline=mean_tokens(model, borderline),
             n_mc=len(load_mc_items()[: config.n_mc]) if config.n_mc != 0 else 0,
             n_paragraphs=len(load_paragraphs()[: config.n_paragraphs]) if config.n_paragraphs != 0 else 0,
+            batch=config.batch_size,
+            calibration_prefix=shared_tokens(model, calibration),
+            harmless_prefix=shared_tokens(model, harmless),
         )
 
 
@@ -190,6 +218,13 @@ class Shapes:
     gate_rows: int  # prompts the prompt gate reads activations on (0: no gate)
     gate_answers: int  # borderline validation prompts the gate's curve answers unsteered
     answer_log_odds: bool  # the threat model also scores the written answers' log-odds
+    shared_context: int = 0  # the test prompts' common prefix, run once per batch by teacher-forced passes
+    batch: int = 64
+
+    def forced(self, rows: int, length: float) -> float:
+        """Tokens of one teacher-forced pass over ``rows`` prompts in the threat model's context, of
+        ``length`` tokens each (the shared context once per batch)."""
+        return rows * forced_per_row(length, self.shared_context, rows, self.batch)
 
     @classmethod
     def of(cls, model: Any, threat_model: str, config: StudyConfig) -> "Shapes":
@@ -219,6 +254,8 @@ class Shapes:
             gate_rows=gate[0],
             gate_answers=gate[1],
             answer_log_odds=tm.answer_log_odds,
+            shared_context=shared if shared >= MIN_SHARED_PREFIX else 0,
+            batch=config.batch_size,
         )
 
 
@@ -272,21 +309,21 @@ def _site_choice(
 ) -> None:
     """The work of ``site_choice.choose_site`` (an upper bound: every candidate passes the cheap filters)."""
     n_val_harmless = len(load_dataset(threats.HARMLESS_DATASET).val.stratified(config.n_kl))
-    kl_heldout = n_val_harmless * (shared.l_harmless + config.kl_tokens)
+    kl_heldout = shared.harmless_pass(n_val_harmless, shared.l_harmless + config.kl_tokens)
     if config.patching_layers:
         t.forward(PATCHING_PASSES * min(16, config.n_train), sh.l_eval)
     t.forward(layers, shared.kl_pass)  # reference norms at each screened layer
     t.forward(2 * config.n_train, sh.l_eval)  # the prompt contrast
     t.generate(n_val_harmless, config.kl_tokens, shared.l_harmless)  # the held-out harmless probe
-    t.forward(n_val_harmless, shared.l_harmless + config.kl_tokens)
+    t.forward(1, kl_heldout)
     for _ in range(1 + n_cands):  # the unsteered decision and trait, then each candidate's
-        t.forward(sh.n_select, sh.l_eval)
+        t.forward(1, sh.forced(sh.n_select, sh.l_eval))
         t.generate(sh.n_select, config.select_new_tokens, sh.l_prefill)
     t.forward(n_cands * 2 * n_val_harmless, shared.l_harmless)  # ablation KL: base and ablated
     t.forward(n_cands * SELECTION_EVALUATIONS, shared.kl_pass)
     t.forward(n_cands, kl_heldout)
     t.forward(RANDOM_CHECKS * SELECTION_EVALUATIONS, shared.kl_pass)
-    t.forward(RANDOM_CHECKS * sh.n_select, sh.l_eval)
+    t.forward(RANDOM_CHECKS, sh.forced(sh.n_select, sh.l_eval))
 
 
 def calibrate_stage(sh: Shapes, shared: Shared, config: StudyConfig, calibrated: int) -> StagePlan:
@@ -296,7 +333,7 @@ def calibrate_stage(sh: Shapes, shared: Shared, config: StudyConfig, calibrated:
     new = config.max_new_tokens
     for _ in range(1 + (FLUENCY_EVALUATIONS * calibrated if sh.n_fluency else 0)):
         t.generate(sh.n_fluency, new, sh.l_prefill)
-        t.forward(sh.n_fluency, sh.l_eval + new)  # perplexity under the unsteered model
+        t.forward(1, sh.forced(sh.n_fluency, sh.l_eval + new))  # perplexity under the unsteered model
     t.forward(calibrated * CALIBRATION_EVALUATIONS, shared.kl_pass)
     return t.stage(
         sh.name,
@@ -336,7 +373,7 @@ def score_stage(
     unsteered held-out reference (``evaluation._unsteered_reference``)."""
     t = Tally(batch=config.batch_size)
     new, kl = config.max_new_tokens, config.kl_tokens
-    heldout = shared.n_harmless * (shared.l_harmless + kl)
+    heldout = shared.harmless_pass(shared.n_harmless, shared.l_harmless + kl)
     capability = shared.n_mc * (sh.l_bare + 4 * MC_OPTION_TOKENS) + shared.n_paragraphs * PARAGRAPH_TOKENS
     if first:
         t.generate(shared.n_harmless, kl, shared.l_harmless)
@@ -347,11 +384,13 @@ def score_stage(
             joint_decode(t, b.gated, sh.n_eval, new, (sh.l_prefill, sh.per_condition))
             t.forward(1 + b.gated, heldout)
         # one unsteered pass over each set of answers gives the perplexities (study.answer_scores) ...
-        per_condition = shared.n_harmless * (shared.l_harmless + new) + sh.n_eval * (sh.l_eval + new)
-        per_condition += 2 * sh.n_eval * sh.l_contrast if sh.answer_log_odds else 0
+        per_condition = shared.harmless_pass(shared.n_harmless, shared.l_harmless + new)
+        per_condition += sh.forced(sh.n_eval, sh.l_eval + new)
+        # the answer log-odds: one pass over the stems where the written answers part (decision_log_odds)
+        per_condition += sh.forced(sh.n_eval, sh.l_eval) if sh.answer_log_odds else 0
         t.forward(b.conditions, per_condition)
         # ... and a steered one beside it the rollout KL; then the calibration KL
-        t.forward(b.steered, sh.n_eval * (sh.l_eval + new) + shared.kl_pass)
+        t.forward(b.steered, sh.forced(sh.n_eval, sh.l_eval + new) + shared.kl_pass)
         t.forward(b.conditions - b.cached, capability)
     return t.stage(
         sh.name,

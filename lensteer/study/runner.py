@@ -506,7 +506,10 @@ def _run_study(
     earlier_seconds = float(earlier["seconds"])
     stages: dict[str, dict[str, float]] = earlier.get("stages", {})
     started = time.time()
-    log(f"building the KL calibration set ({config.n_kl} harmless training prompts) and the evaluation sets")
+    log(
+        f"building the KL calibration set ({config.n_kl} held-apart harmless and {config.n_kl} borderline "
+        "prompts) and the evaluation sets"
+    )
     sets = eval_sets(model, config)
     _add_stage(stages, "shared", "sets", started)
     located_info: dict[str, Any] = {}

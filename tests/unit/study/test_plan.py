@@ -105,3 +105,24 @@ def test_a_quiet_run_shows_no_bar(tiny_llama_bridge, tmp_path, capsys):
     )
     runner.run_study(tiny_llama_bridge, cfg, tmp_path / "run", progress=False, log=lambda s: None)
     assert capsys.readouterr().err == ""
+
+
+def test_teacher_forced_counts_run_a_shared_prefix_once_per_batch():
+    from lensteer.study.costs import forced_per_row
+
+    # 8 rows of 100 tokens sharing 40, in batches of 4: each batch runs the 40 once, then 60 per row
+    assert forced_per_row(100.0, 40, rows=8, batch=4) * 8 == 2 * 40 + 8 * 60
+    assert forced_per_row(100.0, 40, rows=1, batch=4) == 100  # one row: nothing is shared
+    assert forced_per_row(100.0, 0, rows=8, batch=4) == 100
+
+
+def test_only_a_prefix_worth_computing_once_is_counted_as_shared(tiny_llama_bridge):
+    from lensteer.core.chat import ChatPrompt
+    from lensteer.steering.prefix import MIN_SHARED_PREFIX
+    from lensteer.study.costs import shared_tokens
+
+    context = " ".join(["a few-shot turn"] * 20)
+    long = [ChatPrompt(user=f"{context} question {k}?") for k in "xyz"]
+    assert shared_tokens(tiny_llama_bridge, long) >= MIN_SHARED_PREFIX
+    assert shared_tokens(tiny_llama_bridge, ["cats?", "dogs?"]) == 0  # the template alone: too short
+    assert shared_tokens(tiny_llama_bridge, long[:1]) == 0
