@@ -28,7 +28,7 @@ from lensteer.study.coherence import calibration_prompts
 from lensteer.study.config import SELECTIVE_METHODS, StudyConfig
 from lensteer.study.evaluation import SHARED_CONTEXT_TOKENS, _common_prefix
 
-CALIBRATION_EVALUATIONS = 10  # KL evaluations per calibrated scale (bracket, then bisect to 5%): typical
+CALIBRATION_EVALUATIONS = 6  # KL evaluations per calibrated scale (bracket, bisect to 5%): 5-6 in a demo run
 SELECTION_EVALUATIONS = 6  # per site candidate: calibrated to 15% (site_choice.CALIBRATION_TOLERANCE)
 FLUENCY_EVALUATIONS = 2  # fluency checks per calibrated steering (coherence.largest_admitted_scale)
 RANDOM_CHECKS = 1  # same-KL random directions the site choice calibrates (selection.choose: 1 to 3)
