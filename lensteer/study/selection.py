@@ -254,67 +254,113 @@ def default_steering(candidate: Candidate) -> Steering:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class DecisionProbe:
+    """Validation prompts (never test) the decision is read on, e.g. harmful requests in the misaligning
+    setting, or tokenized decision stems (:func:`~lensteer.evaluate.decision.first_difference`), with the
+    aligned and misaligned opening token ids (see :func:`~lensteer.evaluate.opening_log_odds`); the issue
+    asks for >= 48 prompts."""
+
+    prompts: Sequence["str | ChatPrompt | TokenizedPrompt"]
+    aligned_ids: TokenIds
+    misaligned_ids: TokenIds
+
+
+@dataclass(frozen=True, kw_only=True)
+class HarmlessChecks:
+    """What a candidate costs where change is unwanted: ``prompts`` for the ablation-KL filter and a
+    held-out harmless KL probe for ``kl_heldout`` (``None``: not measured)."""
+
+    prompts: Sequence["str | ChatPrompt"] | None = None
+    heldout: KLProbe | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectionRules:
+    """The filters and the choice's settings (Arditi et al.'s filters, :func:`choose`'s margin and test).
+
+    ``score_filtered``: also calibrate and score candidates that fail the layer or ablation filter.
+    """
+
+    skip_last_fraction: float = 0.2
+    max_ablation_kl: float = 0.1
+    tie_margin: float = 0.1
+    alpha: float = 0.05
+    max_random_checks: int = 3
+    score_filtered: bool = False
+    n_boot: int = 1000
+    seed: int = 0
+    batch_size: int = 16
+    progress: bool = False
+
+    def filters(
+        self, layer: int, n_layers: int, ablation_kl: float | None, shift: float | None
+    ) -> tuple[str, ...]:
+        return arditi_filters(
+            layer,
+            n_layers,
+            ablation_kl,
+            shift,
+            skip_last_fraction=self.skip_last_fraction,
+            max_ablation_kl=self.max_ablation_kl,
+        )
+
+
 def select_candidate(
     model: Any,
     candidates: Sequence[Candidate],
-    prompts: Sequence["str | ChatPrompt | TokenizedPrompt"],
-    aligned_ids: TokenIds,
-    misaligned_ids: TokenIds,
+    decision: DecisionProbe,
     *,
     calibrate: Calibrate,
-    harmless: Sequence["str | ChatPrompt"] | None = None,
-    heldout: KLProbe | None = None,
-    trait: TraitCheck | None = None,
     steering_for: Callable[[Candidate], Steering] = default_steering,
-    skip_last_fraction: float = 0.2,
-    max_ablation_kl: float = 0.1,
-    tie_margin: float = 0.1,
-    alpha: float = 0.05,
-    max_random_checks: int = 3,
-    score_filtered: bool = False,
-    n_boot: int = 1000,
-    seed: int = 0,
-    batch_size: int = 16,
-    progress: bool = False,
+    harmless: HarmlessChecks | None = None,
+    trait: TraitCheck | None = None,
+    rules: SelectionRules | None = None,
 ) -> Selection:
-    """Score every candidate on validation ``prompts`` and :func:`choose` one.
+    """Score every candidate on validation prompts and :func:`choose` one.
 
     Args:
         candidates: From :func:`~lensteer.locate.candidates.build_candidates`.
-        prompts: Validation prompts (never test) the decision is read on, e.g. harmful requests in the
-            misaligning setting, or tokenized decision stems (:func:`~lensteer.evaluate.decision.first_difference`);
-            the issue asks for >= 48.
-        aligned_ids, misaligned_ids: Opening token ids (see :func:`~lensteer.evaluate.opening_log_odds`).
+        decision: The validation prompts and opening tokens the decision shift is read on.
         calibrate: Maps a steering to the same steering at the scale that costs the KL budget (the
             calibration set and budget are the caller's).
-        harmless: Prompts for the ablation KL filter (``None``: not measured, no filter).
-        heldout: Held-out harmless KL probe for ``kl_heldout`` (``None``: not measured).
-        trait: Optional generation check for ``val_trait``.
         steering_for: Builds a candidate's (uncalibrated) steering; the random control is built the same way.
-        score_filtered: Also calibrate and score candidates that fail the layer or ablation filter.
+        harmless: The ablation-KL filter's prompts and the held-out KL probe (``None``: neither measured).
+        trait: Optional generation check for ``val_trait``.
+        rules: Filters and choice settings (defaults: :class:`SelectionRules`).
     """
+    rules = rules or SelectionRules()
+    harmless = harmless or HarmlessChecks()
     if not candidates:
         raise ConfigError("select_candidate needs at least one candidate")
+    prompts = decision.prompts
     if isinstance(prompts, str) or len(prompts) == 0:
         raise DataError("select_candidate needs a non-empty list of validation prompts")
-    n_layers = int(model.cfg.n_layers)
-    base = opening_log_odds(model, prompts, aligned_ids, misaligned_ids, batch_size=batch_size)
+    n_layers, batch_size = int(model.cfg.n_layers), rules.batch_size
+    base = opening_log_odds(
+        model, prompts, decision.aligned_ids, decision.misaligned_ids, batch_size=batch_size
+    )
     unsteered_trait = trait.rate(model, None, batch_size) if trait is not None else None
     scores: list[CandidateScore] = []
     steerings: dict[int, Steering] = {}
 
     def shifts_of(steering: Steering) -> torch.Tensor:
-        return (
-            opening_log_odds(
-                model, prompts, aligned_ids, misaligned_ids, steering=steering, batch_size=batch_size
-            )
-            - base
+        odds = opening_log_odds(
+            model,
+            prompts,
+            decision.aligned_ids,
+            decision.misaligned_ids,
+            steering=steering,
+            batch_size=batch_size,
         )
+        return odds - base
 
-    for k, cand in enumerate(tqdm(candidates, desc="candidates", disable=not progress, unit="candidate")):
+    for k, cand in enumerate(
+        tqdm(candidates, desc="candidates", disable=not rules.progress, unit="candidate")
+    ):
         abl = (
-            measure_ablation_kl(model, harmless, cand.direction.unit, batch_size=batch_size)
-            if harmless is not None
+            measure_ablation_kl(model, harmless.prompts, cand.direction.unit, batch_size=batch_size)
+            if harmless.prompts is not None
             else None
         )
         score = CandidateScore(
@@ -324,15 +370,8 @@ def select_candidate(
             from_patching=cand.from_patching,
             ablation_kl=abl,
         )
-        cheap = arditi_filters(
-            cand.layer,
-            n_layers,
-            abl,
-            None,
-            skip_last_fraction=skip_last_fraction,
-            max_ablation_kl=max_ablation_kl,
-        )
-        if cheap and not score_filtered:
+        cheap = rules.filters(cand.layer, n_layers, abl, None)
+        if cheap and not rules.score_filtered:
             scores.append(replace(score, why_not=cheap))
             continue
         cal = calibrate(steering_for(cand))
@@ -343,19 +382,14 @@ def select_candidate(
             replace(
                 score,
                 decision_shift=mean,
-                decision_shift_ci=_shift_ci(shifts, n_boot, seed),
+                decision_shift_ci=_shift_ci(shifts, rules.n_boot, rules.seed),
                 shifts=tuple(shifts.tolist()),
                 scale=cal.scale,
-                kl_heldout=steering_kl(model, cal, heldout) if heldout is not None else None,
+                kl_heldout=steering_kl(model, cal, harmless.heldout)
+                if harmless.heldout is not None
+                else None,
                 val_trait=trait.rate(model, cal, batch_size) if trait is not None else None,
-                why_not=arditi_filters(
-                    cand.layer,
-                    n_layers,
-                    abl,
-                    mean,
-                    skip_last_fraction=skip_last_fraction,
-                    max_ablation_kl=max_ablation_kl,
-                ),
+                why_not=rules.filters(cand.layer, n_layers, abl, mean),
             )
         )
 
@@ -367,22 +401,30 @@ def select_candidate(
         cand = candidates[_index(scores, score)]
         key = (cand.layer, cand.direction.site)
         if key not in controls:
-            controls[key] = shifts_of(calibrate(steering_for(random_like(cand, seed))))
+            controls[key] = shifts_of(calibrate(steering_for(random_like(cand, rules.seed))))
         return paired_permutation_test(
-            torch.tensor(score.shifts), controls[key], alternative="greater", n_boot=n_boot, seed=seed
+            torch.tensor(score.shifts),
+            controls[key],
+            alternative="greater",
+            n_boot=rules.n_boot,
+            seed=rules.seed,
         )
 
     chosen, why, test = choose(
-        scores, beats_random, tie_margin=tie_margin, alpha=alpha, max_random_checks=max_random_checks
+        scores,
+        beats_random,
+        tie_margin=rules.tie_margin,
+        alpha=rules.alpha,
+        max_random_checks=rules.max_random_checks,
     )
     settings = {
         "n_prompts": len(prompts),
         "n_candidates": len(candidates),
         "n_layers": n_layers,
-        "skip_last_fraction": skip_last_fraction,
-        "max_ablation_kl": max_ablation_kl,
-        "tie_margin": tie_margin,
-        "alpha": alpha,
+        "skip_last_fraction": rules.skip_last_fraction,
+        "max_ablation_kl": rules.max_ablation_kl,
+        "tie_margin": rules.tie_margin,
+        "alpha": rules.alpha,
         "unsteered_decision_log_odds": float(base.mean()),
         "unsteered_trait": unsteered_trait,
     }

@@ -50,7 +50,14 @@ from lensteer.steering.calibration import KLProbe, calibrate, kl_probe
 from lensteer.steering.spec import Steering
 from lensteer.study.config import STUDY_POSITIONS, StudyConfig
 from lensteer.study.evaluation import trait_flags
-from lensteer.study.selection import Selection, TraitCheck, select_candidate
+from lensteer.study.selection import (
+    DecisionProbe,
+    HarmlessChecks,
+    Selection,
+    SelectionRules,
+    TraitCheck,
+    select_candidate,
+)
 
 SKIP_LAST_FRACTION = 0.2  # Arditi et al.: no candidate in the last 20% of the layers
 MAX_PATCHING_PAIRS = 16  # attribution patching is one forward and one backward over these pairs
@@ -274,22 +281,30 @@ def choose_site(model: Any, config: StudyConfig, inputs: SiteInputs) -> SiteChoi
     selection = select_candidate(
         model,
         cands,
-        decision.prompts,
-        decision.aligned_ids,
-        decision.misaligned_ids,
+        DecisionProbe(
+            prompts=decision.prompts,
+            aligned_ids=decision.aligned_ids,
+            misaligned_ids=decision.misaligned_ids,
+        ),
         calibrate=calibrated,
-        harmless=harmless,
-        heldout=kl_probe(model, harmless, continuation_tokens=config.kl_tokens, batch_size=config.batch_size),
+        steering_for=steering_for,
+        harmless=HarmlessChecks(
+            prompts=harmless,
+            heldout=kl_probe(
+                model, harmless, continuation_tokens=config.kl_tokens, batch_size=config.batch_size
+            ),
+        ),
         trait=TraitCheck(
             prompts=tuple(decision.answers),
             scorer=lambda _prompts, texts: trait_flags(inputs.threat_model, texts, decision.examples),
             max_new_tokens=config.select_new_tokens,
         ),
-        steering_for=steering_for,
-        skip_last_fraction=SKIP_LAST_FRACTION,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        progress=inputs.progress,
+        rules=SelectionRules(
+            skip_last_fraction=SKIP_LAST_FRACTION,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            progress=inputs.progress,
+        ),
     )
     selection = replace(
         selection, settings={**selection.settings, "decision": decision.how, "kl_budget": budget}

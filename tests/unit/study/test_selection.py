@@ -19,7 +19,10 @@ from lensteer.study.layers import locate_threat_model
 from lensteer.study.recommend import recommend_site
 from lensteer.study.selection import (
     CandidateScore,
+    DecisionProbe,
+    HarmlessChecks,
     Selection,
+    SelectionRules,
     TraitCheck,
     arditi_filters,
     choose,
@@ -94,14 +97,11 @@ def test_selection_finds_the_layer_that_moves_the_decision_where_the_teacher_for
     sel = select_candidate(
         model,
         [margin_only, steerable, backwards],
-        prompts,
-        _ids(model, "I"),
-        _ids(model, "S"),
+        DecisionProbe(prompts=prompts, aligned_ids=_ids(model, "I"), misaligned_ids=_ids(model, "S")),
         calibrate=calibrate,
-        harmless=HARMLESS,
-        heldout=probe,
+        harmless=HarmlessChecks(prompts=HARMLESS, heldout=probe),
         trait=trait,
-        n_boot=200,
+        rules=SelectionRules(n_boot=200),
     )
     by_source = {c.source: c for c in sel.candidates}
     win, other, back = by_source["prompt_contrast"], by_source["response_mean"], by_source["probe"]
@@ -295,7 +295,12 @@ def test_selection_serialises_and_rejects_bad_input(tiny_llama_bridge):
     with pytest.raises(lensteer.ConfigError, match="tie_margin"):
         choose([], _always(0.01), tie_margin=-1.0)
     with pytest.raises(lensteer.ConfigError, match="at least one candidate"):
-        select_candidate(tiny_llama_bridge, [], ["hi"], [1], [2], calibrate=lambda s: s)
+        select_candidate(
+            tiny_llama_bridge,
+            [],
+            DecisionProbe(prompts=["hi"], aligned_ids=[1], misaligned_ids=[2]),
+            calibrate=lambda s: s,
+        )
     with pytest.raises(lensteer.DataError, match="both aligned and misaligned"):
         lensteer.evaluate.opening_log_odds(tiny_llama_bridge, ["hi"], [5, 6], [6])
     bad = TraitCheck(
