@@ -4,8 +4,7 @@ Development data only: the refusal answers of audit set v2 (``dev.jsonl`` and it
 as ``scripts/fit_scorers.py``); never validation v3, which measures the result (the audit tests read it).
 
 ``--extract`` has the embedded model read every development answer once, at every layer of :data:`LAYERS`
-(mean over the answer's tokens), and caches the activations in ``data/derived/`` (not committed), timing
-the read per 100 answers at each candidate's deepest layer. ``--cv`` runs 5-fold cross-validation grouped by
+(mean over the answer's tokens), and caches the activations in ``data/derived/`` (not committed). ``--cv`` runs 5-fold cross-validation grouped by
 prompt (the folds of ``fit_scorers.py``) over :data:`GRID` and prints Cohen's kappa and the recall and
 precision of ``refuses`` per setting, with the word-feature verdict's out-of-fold numbers as the baseline.
 ``--fit`` fits :data:`CHOSEN` on all development data and writes ``data/scoring/refusal_reading_v1.json``.
@@ -31,11 +30,11 @@ from lensteer.threats.audit import AuditRow, load_audit
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "data" / "derived" / "refusal_reading_v2.npz"
-LAYERS = (4, 8, 12, 16, 20, 24)  # read once; the grid picks among them
+LAYERS = (4, 8, 12, 16, 20)  # read once; the grid picks among them
 DENSE = tuple(refusal_features("x", "y").dense)  # the rule's outputs (lensteer.evaluate.fitted)
 GRID: tuple[ReadingSpec, ...] = tuple(
     ReadingSpec(layers=layers, dense_names=dense, c=c)
-    for layers in ((4,), (8,), (12,), (16,), (20,), (24,), (8, 16), (12, 20), (8, 16, 24))
+    for layers in ((4,), (8,), (12,), (16,), (20,), (8, 16), (12, 20))
     for dense in ((), DENSE)
     for c in (0.003, 0.01, 0.03)
 )
@@ -49,22 +48,15 @@ def development() -> list[AuditRow]:
 
 def extract(rows: Sequence[AuditRow]) -> None:
     model = load_model()
-    prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
-    read_answers(model, prompts[:4], responses[:4], [1])  # warm up
-    for deepest in (8, 12, 16, 24):
-        start = time.perf_counter()
-        read_answers(model, prompts[:100], responses[:100], [deepest])
-        print(f"read 100 answers up to layer {deepest}: {time.perf_counter() - start:.1f} s", flush=True)
     start = time.perf_counter()
-    acts = read_answers(model, prompts, responses, LAYERS)
-    print(f"read {len(rows)} answers at layers {LAYERS}: {time.perf_counter() - start:.1f} s", flush=True)
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        CACHE,
-        ids=np.array([r.id for r in rows]),
-        acts=acts,
-        reader=np.array(list(vars(Reader.of(model)).values())),
+    acts = read_answers(model, [r.prompt for r in rows], [r.response for r in rows], LAYERS)
+    seconds = time.perf_counter() - start
+    print(
+        f"read {len(rows)} answers at layers {LAYERS}: {seconds:.1f} s, {100 * seconds / len(rows):.1f} s per 100"
     )
+    reader = np.array([str(v) for v in vars(Reader.of(model)).values()])
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(CACHE, ids=np.array([r.id for r in rows]), acts=acts, reader=reader)
     print(f"wrote {CACHE}")
 
 
