@@ -94,11 +94,9 @@ def _check_coherence(v: dict[str, Any]) -> None:
     _check_int("n_fluency", v["n_fluency"], low=0, optional=False)
 
 
-def checked_values(v: dict[str, Any]) -> dict[str, Any]:
-    """Every :class:`StudyConfig` field of ``v`` checked (a :class:`ConfigError` naming the field, the value and
-    what is allowed) and normalised (lists as tuples, budgets as floats, a single KL budget as a list of one).
-    Run before the dataclass is built, so a TOML value of the wrong type never reaches it."""
-    v = dict(v)
+def _check_choices(v: dict[str, Any]) -> None:
+    """The threat models and methods (non-empty lists of registered names) and the KL budgets (positive
+    numbers; a single one stands for a list of one), modified in place as tuples."""
     for name, allowed in (("threat_models", threats.names()), ("methods", METHODS)):
         given = v[name]
         if isinstance(given, str) or not isinstance(given, (list, tuple)) or not given:
@@ -121,6 +119,11 @@ def checked_values(v: dict[str, Any]) -> dict[str, Any]:
     for name in ("regimes", "prompting"):
         if not isinstance(v[name], bool):
             raise ConfigError(f"{name} must be true or false, got {v[name]!r}")
+
+
+def _check_layers(v: dict[str, Any]) -> None:
+    """The layer and seed lists (lists of ints, modified in place as tuples; ``candidate_layers`` may be
+    absent but not empty)."""
     for name in ("sweep_layers", "candidate_layers", "random_seeds"):
         given = v[name]
         if given is None and name == "candidate_layers":
@@ -131,18 +134,25 @@ def checked_values(v: dict[str, Any]) -> dict[str, Any]:
         v[name] = tuple(given)
     if v["candidate_layers"] == ():
         raise ConfigError("candidate_layers must name at least one layer, or be absent (the default layers)")
-    for name in (
-        "n_train",
-        "n_kl",
-        "kl_tokens",
-        "max_new_tokens",
-        "batch_size",
-        "n_turns",
-        "layer_stride",
-        "n_select",
-        "select_new_tokens",
-        "select_positions",
-    ):
+
+
+_POSITIVE_INTS = (
+    "n_train",
+    "n_kl",
+    "kl_tokens",
+    "max_new_tokens",
+    "batch_size",
+    "n_turns",
+    "layer_stride",
+    "n_select",
+    "select_new_tokens",
+    "select_positions",
+)
+
+
+def _check_sizes(v: dict[str, Any]) -> None:
+    """The counts, the layer and the seed (ints within their ranges; some may be absent)."""
+    for name in _POSITIVE_INTS:
         _check_int(name, v[name], low=1, optional=False)
     for name in ("n_eval", "n_harmless"):
         _check_int(name, v[name], low=1, optional=True)
@@ -151,6 +161,10 @@ def checked_values(v: dict[str, Any]) -> dict[str, Any]:
     _check_int("n_conversations", v["n_conversations"], low=0, optional=False)
     _check_int("layer", v["layer"], low=None, optional=True)
     _check_int("seed", v["seed"], low=None, optional=False)
+
+
+def _check_robustness(v: dict[str, Any]) -> None:
+    """The robustness settings (known names) and methods (among the study's), modified in place as tuples."""
     for name in ("robustness", "robustness_methods"):
         given = v[name]
         if not isinstance(given, (list, tuple)) or any(not isinstance(x, str) for x in given):
@@ -165,6 +179,10 @@ def checked_values(v: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"robustness_methods {missing} are not among the study's methods {list(v['methods'])}"
         )
+
+
+def _check_steering_options(v: dict[str, Any]) -> None:
+    """Where the methods steer, how the selective ones are fitted and the massive-activation ratio."""
     for name, choices in (("positions", list(STUDY_POSITIONS)), ("selective_fit", list(SELECTIVE_FITS))):
         if not isinstance(v[name], str) or v[name] not in choices:
             raise ConfigError(f"{name} must be one of {choices}, got {v[name]!r}")
@@ -173,13 +191,33 @@ def checked_values(v: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"massive_ratio must be a number > 1 (a multiple of the median norm) or absent, got {ratio!r}"
         )
-    _check_coherence(v)
+
+
+def _check_judge(v: dict[str, Any]) -> None:
+    """The judge's URL (http(s) or absent), its model name and the organisms' folder (non-empty strings)."""
     url = v["judge_url"]
     if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
         raise ConfigError(f"judge_url must be an http:// or https:// URL or absent, got {url!r}")
     for name in ("judge_model", "organisms_dir"):
         if not isinstance(v[name], str) or not v[name]:
             raise ConfigError(f"{name} must be a non-empty string, got {v[name]!r}")
+
+
+def checked_values(v: dict[str, Any]) -> dict[str, Any]:
+    """Every :class:`StudyConfig` field of ``v`` checked (a :class:`ConfigError` naming the field, the value and
+    what is allowed) and normalised (lists as tuples, budgets as floats, a single KL budget as a list of one).
+    Run before the dataclass is built, so a TOML value of the wrong type never reaches it."""
+    v = dict(v)
+    for check in (
+        _check_choices,
+        _check_layers,
+        _check_sizes,
+        _check_robustness,
+        _check_steering_options,
+        _check_coherence,
+        _check_judge,
+    ):
+        check(v)
     return v
 
 
