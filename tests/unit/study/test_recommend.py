@@ -54,3 +54,13 @@ def test_a_layer_where_steering_does_not_help_is_never_recommended():
     nowhere = SimpleNamespace(effect={2: -0.4, 3: 0.0}, kl_budget=0.5)
     with pytest.raises(lensteer.ConfigError, match="no layer helps: steering at KL 0.5 does not raise"):
         recommend_site(rep, n_layers=5, steerability=nowhere)
+
+
+def test_rule_thresholds_are_keyword_options_checked_by_name():
+    rep = planted_probe_report([0, 0, 0.5, 1, 2, 3, 2.5, 2, 4, 5])
+    # skipping only the last 10% lets layer 8 (second-best separation) through
+    assert recommend_site(rep, n_layers=10, skip_last_fraction=0.1).layer == 8
+    with pytest.raises(lensteer.ConfigError, match=r"unknown recommend_site options \['skip_last'\]"):
+        recommend_site(rep, n_layers=10, skip_last=0.1)  # type: ignore[call-arg]
+    with pytest.raises(lensteer.ConfigError, match=r"skip_last_fraction must be in \[0, 1\), got 1.0"):
+        recommend_site(rep, n_layers=10, skip_last_fraction=1.0)
