@@ -32,12 +32,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 from tqdm.auto import tqdm
 
 from lensteer.core.models import load_model
+from lensteer.core.options import settings_from
 from lensteer.core.outdir import claim_folder
 from lensteer.errors import ConfigError, DataError, LensteerError
 from lensteer.study.cells import Task, TaskResult, run_task
@@ -123,22 +124,56 @@ def _import_ray() -> Any:
     return ray
 
 
+class DistributedOptions(TypedDict, total=False):
+    """The keyword options of :func:`run_study_distributed` (see :class:`DriverSettings`)."""
+
+    address: str | None
+    workers: int | None
+    threads: int | None
+    retries: int
+    scratch: str | None
+    progress: bool
+    log: Callable[[str], None]
+    run_cell: Callable[..., Any]
+    force: bool
+    cell_timeout_s: float
+    block_size: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriverSettings:
+    """How the driver runs the cells: :class:`DistributedOptions` with their defaults."""
+
+    address: str | None = None
+    workers: int | None = None
+    threads: int | None = None
+    retries: int = 3
+    scratch: str | None = None
+    progress: bool = True
+    log: Callable[[str], None] = print
+    run_cell: Callable[..., Any] = run_task
+    force: bool = False
+    cell_timeout_s: float = CELL_TIMEOUT_S
+    block_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "threads", "block_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1 (or absent: {_DEFAULTS[name]}), got {value}")
+        if not self.cell_timeout_s > 0:
+            raise ConfigError(f"cell_timeout_s must be > 0 seconds, got {self.cell_timeout_s!r}")
+
+
+_DEFAULTS = {
+    "workers": "one per GPU, else per CPU",
+    "threads": "the CPUs shared among the workers",
+    "block_size": "about two blocks per worker",
+}
+
+
 def run_study_distributed(
-    model: str | None,
-    config: StudyConfig,
-    out: "str | Path",
-    *,
-    address: str | None = None,
-    workers: int | None = None,
-    threads: int | None = None,
-    retries: int = 3,
-    scratch: str | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    run_cell: Callable[..., Any] = run_task,
-    force: bool = False,
-    cell_timeout_s: float = CELL_TIMEOUT_S,
-    block_size: int | None = None,
+    model: str | None, config: StudyConfig, out: "str | Path", **options: Unpack[DistributedOptions]
 ) -> StudyResult:
     """Run the study as cells on Ray workers (:mod:`lensteer.study.cells`: locate each threat model,
     then blocks of its conditions, then its robustness rows) and merge each into ``out`` as it arrives;
@@ -147,19 +182,20 @@ def run_study_distributed(
     Args:
         model: The model as every worker can load it (HF id, folder or ``.gguf`` on a shared path;
             ``None``: the embedded model); the driver never loads it.
-        address: A running Ray cluster (``ray start --head`` prints it; ``"auto"``: the local node's);
-            ``None``: the Ray this process already joined, ``RAY_ADDRESS``, or a new local one.
-        workers: Actors to start (each loads the model once); default one per GPU where the cluster
-            has GPUs, else one per CPU (``threads`` each); never more than there are conditions to run.
-        threads: Torch threads per worker (default: the cluster's CPUs shared among the workers).
-        retries: How often Ray restarts a dead worker and retries its cell.
-        scratch: Where workers keep unfinished cells (default: each node's temp dir).
-        run_cell: What a worker runs for one cell (tests wrap :func:`~lensteer.study.cells.run_task`).
-        force: Start afresh in an OUT of another study identity (its results moved aside).
-        cell_timeout_s: The longest wait for the next cell to finish; past it the run stops with a
-            :class:`CellError` (finished cells stay merged).
-        block_size: Conditions per block cell (default: about two blocks per worker, at most
-            :data:`~lensteer.study.runner.CONDITIONS_PER_BLOCK`); the rows do not depend on it.
+        **options: The driver's options (:class:`DriverSettings`):
+            address: A running Ray cluster (``ray start --head`` prints it; ``"auto"``: the local node's);
+                ``None``: the Ray this process already joined, ``RAY_ADDRESS``, or a new local one.
+            workers: Actors to start (each loads the model once); default one per GPU where the cluster
+                has GPUs, else one per CPU (``threads`` each); never more than there are conditions to run.
+            threads: Torch threads per worker (default: the cluster's CPUs shared among the workers).
+            retries: How often Ray restarts a dead worker and retries its cell.
+            scratch: Where workers keep unfinished cells (default: each node's temp dir).
+            run_cell: What a worker runs for one cell (tests wrap :func:`~lensteer.study.cells.run_task`).
+            force: Start afresh in an OUT of another study identity (its results moved aside).
+            cell_timeout_s: The longest wait for the next cell to finish; past it the run stops with a
+                :class:`CellError` (finished cells stay merged).
+            block_size: Conditions per block cell (default: about two blocks per worker, at most
+                :data:`~lensteer.study.runner.CONDITIONS_PER_BLOCK`); the rows do not depend on it.
 
     OUT is guarded and locked as :func:`run_study`'s is. The driver never loads the model, so it checks
     the identity in two steps: config, data and version before any cell runs, the model (with its
@@ -171,52 +207,17 @@ def run_study_distributed(
         CellError: Some cells failed on their workers (the others are merged and a rerun retries these),
             or no cell finished within ``cell_timeout_s``.
     """
-    for name, value in (("workers", workers), ("threads", threads), ("block_size", block_size)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{name} must be >= 1 (or absent: {_DEFAULTS[name]}), got {value}")
-    if not cell_timeout_s > 0:
-        raise ConfigError(f"cell_timeout_s must be > 0 seconds, got {cell_timeout_s!r}")
+    driver = settings_from(DriverSettings, options, what="run_study_distributed")
     with claim_folder(out, STUDY_MARKERS, "study", STUDY_COMPANIONS) as folder:
-        claim_identity(folder, study_identity(config, {}), force=force, log=log, skip=("model",))
-        driver = _Driver(
-            address=address,
-            workers=workers,
-            threads=threads,
-            retries=retries,
-            scratch=scratch,
-            progress=progress,
-            log=log,
-            run_cell=run_cell,
-            cell_timeout_s=cell_timeout_s,
-            block_size=block_size,
+        claim_identity(
+            folder, study_identity(config, {}), force=driver.force, log=driver.log, skip=("model",)
         )
         return _run_distributed(model, config, RunFolder(folder), driver)
 
 
-_DEFAULTS = {
-    "workers": "one per GPU, else per CPU",
-    "threads": "the CPUs shared among the workers",
-    "block_size": "about two blocks per worker",
-}
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Driver:
-    """How the driver runs the cells (:func:`run_study_distributed`'s arguments of that name)."""
-
-    address: str | None
-    workers: int | None
-    threads: int | None
-    retries: int
-    scratch: str | None
-    progress: bool
-    log: Callable[[str], None]
-    run_cell: Callable[..., Any]
-    cell_timeout_s: float = CELL_TIMEOUT_S
-    block_size: int | None = None
-
-
-def _run_distributed(model: str | None, config: StudyConfig, run: RunFolder, driver: _Driver) -> StudyResult:
+def _run_distributed(
+    model: str | None, config: StudyConfig, run: RunFolder, driver: DriverSettings
+) -> StudyResult:
     log = driver.log
     started = time.time()
     earlier = run.timing()
@@ -291,7 +292,7 @@ def _conditions_to_run(config: StudyConfig, pending: list[str]) -> int:
 
 
 def _run_cells(
-    spec: WorkerSpec, pending: list[str], merger: "Merger", driver: _Driver
+    spec: WorkerSpec, pending: list[str], merger: "Merger", driver: DriverSettings
 ) -> tuple[WorkerSpec, dict[str, str]]:
     """Start (or join) Ray, run the cells of ``pending`` on fresh workers, merge each as it arrives;
     returns the workers' spec and the error of each failed cell."""
@@ -336,7 +337,7 @@ class _Loop:
 
     ray: Any
     merger: "Merger"
-    driver: _Driver
+    driver: DriverSettings
     bar: Any
     key: str  # names the cells' scratch folders (:func:`_cell_key`)
 

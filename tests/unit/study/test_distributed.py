@@ -369,3 +369,11 @@ def test_without_ray_the_ray_executor_says_how_to_install_it(monkeypatch, tmp_pa
         distributed.run_study_distributed(None, CFG, tmp_path, workers=0, **QUIET)
     with pytest.raises(ConfigError, match="block_size must be >= 1 .*, got 0"):
         distributed.run_study_distributed(None, CFG, tmp_path, block_size=0, **QUIET)
+
+
+def test_a_misspelt_driver_option_is_refused_by_name_before_out_is_touched(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown run_study_distributed options \['worker'\]; allowed: \["):
+        distributed.run_study_distributed(None, CFG, tmp_path / "out", worker=2, **QUIET)  # type: ignore[call-arg]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="cell_timeout_s must be > 0 seconds, got 0"):
+        distributed.run_study_distributed(None, CFG, tmp_path / "out", cell_timeout_s=0.0, **QUIET)
