@@ -7,12 +7,13 @@ patching of the residual stream and of attention heads; then :func:`recommend_si
 """
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypedDict, Unpack
 
 from lensteer import threats
 from lensteer.core.bridge import Bridge
 from lensteer.core.datasets import ContrastSet
+from lensteer.core.options import settings_from
 from lensteer.errors import ConfigError, DataError
 from lensteer.locate.attribution import attribute_heads, attribute_residual
 from lensteer.locate.pairs import PairDesign, PatchingPairs, patching_pairs
@@ -91,51 +92,79 @@ class SiteSearch:
         return entry
 
 
+class SearchOptions(TypedDict, total=False):
+    """The keyword options of :func:`search_site` (see :class:`SearchSettings`)."""
+
+    layers: Sequence[int] | None
+    n_pairs: int
+    batch_size: int
+    progress: bool
+    design: PairDesign | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    """:class:`SearchOptions` with their defaults."""
+
+    layers: Sequence[int] | None = None  # the layers to probe and patch (None: every layer)
+    n_pairs: int = 8  # patching pairs
+    batch_size: int = 16
+    progress: bool = False
+    design: PairDesign | None = None  # the patching pairs' design (None: the threat model's)
+
+
 def search_site(
     model: Bridge,
     name: str,
     dataset: ContrastSet,
     contrast: Literal["prompt", "response"],
-    *,
-    layers: Sequence[int] | None = None,
-    n_pairs: int = 8,
-    batch_size: int = 16,
-    progress: bool = False,
-    design: PairDesign | None = None,
+    **options: Unpack[SearchOptions],
 ) -> SiteSearch:
     """Probe, patch (exact and attribution, residual and heads) and recommend a site for one threat model.
 
     The patching pairs follow ``design``, by default the registered threat model ``name``'s (any other
-    name: prompt vs ``paired_prompt``)."""
-    if design is None and name in threats.names():
-        design = threats.get(name).pair_design
+    name: prompt vs ``paired_prompt``). ``**options``: ``layers`` (every layer), ``n_pairs`` (8),
+    ``batch_size`` (16), ``progress`` (``False``), ``design`` (:class:`SearchSettings`)."""
+    settings = settings_from(SearchSettings, options, what="search_site")
+    if settings.design is None and name in threats.names():
+        settings = replace(settings, design=threats.get(name).pair_design)
     report = probe_by_layer(
-        model, dataset, contrast=contrast, layers=layers, batch_size=batch_size, progress=progress
+        model,
+        dataset,
+        contrast=contrast,
+        layers=settings.layers,
+        batch_size=settings.batch_size,
+        progress=settings.progress,
     )
-    notes: list[str] = []
-    found: dict[str, Any] = {}
-    try:
-        pairs = patching_pairs(model, dataset, n=n_pairs, design=design)
-    except DataError as err:
-        pairs = None
-        notes.append(f"patching skipped: {err}")
-    if pairs is not None:
-        clean, corrupted, metric = list(pairs.clean), list(pairs.corrupted), pairs.metric()
-        found = {
-            "pairs": pairs,
-            "attribution": attribute_residual(model, clean, corrupted, metric, layers=layers),
-            "patching": patch_residual(model, clean, corrupted, metric, layers=layers, progress=progress),
-            "heads": patch_heads(model, clean, corrupted, metric, layers=layers, progress=progress),
-            "head_attribution": attribute_heads(model, clean, corrupted, metric, layers=layers),
-        }
-        try:  # normalising fails when clean and corrupted give the same metric
-            found["patching"].normalized()
-        except PatchingError as err:
-            notes.append(f"patching not reported: {err}")
-            found = {}
+    found, notes = _patching(model, dataset, settings)
     try:
         recommendation = recommend_site(report, found.get("patching"))
     except (ConfigError, PatchingError) as err:
         recommendation = None
         notes.append(f"no recommendation: {err}")
     return SiteSearch(name=name, probing=report, recommendation=recommendation, notes=tuple(notes), **found)
+
+
+def _patching(
+    model: Bridge, dataset: ContrastSet, settings: SearchSettings
+) -> tuple[dict[str, Any], list[str]]:
+    """The patching pairs with attribution and exact patching of the residual stream and the heads
+    (:class:`SiteSearch`'s fields of those names; empty where it could not be done, and why in the notes)."""
+    layers, progress = settings.layers, settings.progress
+    try:
+        pairs = patching_pairs(model, dataset, n=settings.n_pairs, design=settings.design)
+    except DataError as err:
+        return {}, [f"patching skipped: {err}"]
+    clean, corrupted, metric = list(pairs.clean), list(pairs.corrupted), pairs.metric()
+    patching = patch_residual(model, clean, corrupted, metric, layers=layers, progress=progress)
+    try:  # normalising fails when clean and corrupted give the same metric
+        patching.normalized()
+    except PatchingError as err:
+        return {}, [f"patching not reported: {err}"]
+    return {
+        "pairs": pairs,
+        "attribution": attribute_residual(model, clean, corrupted, metric, layers=layers),
+        "patching": patching,
+        "heads": patch_heads(model, clean, corrupted, metric, layers=layers, progress=progress),
+        "head_attribution": attribute_heads(model, clean, corrupted, metric, layers=layers),
+    }, []
