@@ -173,6 +173,87 @@ def test_trait_flags_per_threat_model():
         evaluation.trait_flags("loyalty", texts, ds)
 
 
+def _diff(x, y, path=""):
+    """The paths where two nested dicts differ, with both values."""
+    if isinstance(x, dict) and isinstance(y, dict):
+        return [d for k in set(x) | set(y) for d in _diff(x.get(k), y.get(k), f"{path}/{k}")]
+    return [] if x == y else [(path, x, y)]
+
+
+def _assert_the_site_was_chosen_by_behaviour(report, finished, cfg):
+    """Every candidate's numbers are kept (the site was chosen by behaviour) with the contract's fields."""
+    contract = {
+        "source",
+        "layer",
+        "position",
+        "decision_shift",
+        "decision_shift_ci",
+        "val_trait",
+        "kl_heldout",
+        "ablation_kl",
+        "from_patching",
+    }
+    for tm in ("refusal", "honesty"):  # the site was chosen by behaviour: every candidate's numbers are kept
+        e = report["threat_models"][tm]
+        assert e["candidates"] == finished[tm]["located"]["candidates"]
+        assert {c["layer"] for c in e["candidates"]} == {0, 1}
+        assert {c["source"] for c in e["candidates"]} == {"prompt_contrast", "response_mean", "probe"}
+        scored = [c for c in e["candidates"] if c["decision_shift"] is not None]
+        assert all(set(c) >= contract for c in e["candidates"]) and scored
+        assert all(
+            c["decision_shift_ci"][0] <= c["decision_shift"] <= c["decision_shift_ci"][1] for c in scored
+        )
+        chosen = e["chosen"]
+        assert (
+            set(chosen) >= {"source", "layer", "position", "why", "selected"}
+            and chosen["layer"] == e["layer"]
+        )
+        assert e["selection"]["n_prompts"] == cfg.n_select
+
+
+def _assert_rows_name_their_scorers_and_categories(rows, cfg):
+    """Each row has its per-turn repetition and per-prompt flags, names its scorers, and (honesty) its
+    verdict categories and answer log-odds."""
+    assert all(len(r["repetition_by_turn"]) == cfg.n_turns and len(r["trait_flags"]) == 2 for r in rows)
+    for r in rows:  # each row names the scorers that judged it, and how much of the text was unreadable
+        assert (
+            r["scorer"] == scorer_id(r["threat_model"]).to_dict()
+            and r["coherence_scorer"]["name"] == "coherence-rule"
+        )
+        assert r["unreadable_share_ci"][0] <= r["unreadable_share"] <= r["unreadable_share_ci"][1]
+    for r in rows:  # every honesty answer falls in exactly one verdict category; refusal has none
+        cats = r.get("honesty_categories")
+        assert (
+            (sum(cats.values()) == 2 and set(cats) == set(VERDICT_CATEGORIES))
+            if r["threat_model"] == "honesty"
+            else cats is None
+        )
+        if r["threat_model"] == "honesty":  # the continuous metric beside the verdict, per prompt
+            assert (
+                len(r["answer_log_odds_values"]) == 2
+                and r["answer_log_odds_ci"][0] <= r["answer_log_odds"] <= r["answer_log_odds_ci"][1]
+            )
+
+
+def _assert_the_gate_and_fluency_are_reported(threat_models, cfg):
+    """Refusal's gate budget is chosen by its borderline cost and each gated method reports what the gate
+    took; honesty has no gate; every method's fluency is reported."""
+    entry = threat_models["refusal"]
+    gate = entry["gate"]  # its budget chosen by its borderline cost on validation prompts (study.gate)
+    curve = [CurvePoint(**p) for p in entry["gate_curve"]]
+    assert [p.target_fpr for p in curve] == list(cfg.gate_fprs)
+    assert gate["target_fpr"] == choose_budget(curve, cfg.max_borderline_over_refusal)[0]
+    assert gate["val_fpr"] <= gate["target_fpr"] and str(gate["layer"]) in map(str, (0, 1))
+    assert {"test_tpr", "test_fpr", "test_fpr_borderline", "chosen_by"} <= set(gate)
+    for r in entry["methods"].values():  # each gated method without its gate: what the gate took
+        assert {"trait", "trait_ci", "kl_heldout"} <= set(r["ungated"])
+        assert r["ungated"]["kl_heldout"] >= r["kl_heldout"] - 1e-12  # a closed gate only spares cost
+        assert set(r["fluency"]) == {"perplexity_ratio", "rep4"} and 0.0 <= r["fluency"]["rep4"] <= 1.0
+    honesty = threat_models["honesty"]
+    assert "gate_curve" not in honesty and all("ungated" not in r for r in honesty["methods"].values())
+    assert all("fluency" in r for r in honesty["methods"].values())
+
+
 def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
     tiny_llama_bridge, tmp_path, monkeypatch
 ):
@@ -229,34 +310,9 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
     assert result.report["seconds"] > round(first_seconds, 1)  # wall time summed over both runs
     entry = result.report["threat_models"]["refusal"]
     assert set(entry["methods"]) == {"SwFC", "StTP"} and entry["controls"]["random"]["seeds"] == [0, 1]
-    contract = {
-        "source",
-        "layer",
-        "position",
-        "decision_shift",
-        "decision_shift_ci",
-        "val_trait",
-        "kl_heldout",
-        "ablation_kl",
-        "from_patching",
-    }
-    finished = json.loads((tmp_path / "finished.json").read_text())
-    for tm in ("refusal", "honesty"):  # the site was chosen by behaviour: every candidate's numbers are kept
-        e = result.report["threat_models"][tm]
-        assert e["candidates"] == finished[tm]["located"]["candidates"]
-        assert {c["layer"] for c in e["candidates"]} == {0, 1}
-        assert {c["source"] for c in e["candidates"]} == {"prompt_contrast", "response_mean", "probe"}
-        scored = [c for c in e["candidates"] if c["decision_shift"] is not None]
-        assert all(set(c) >= contract for c in e["candidates"]) and scored
-        assert all(
-            c["decision_shift_ci"][0] <= c["decision_shift"] <= c["decision_shift_ci"][1] for c in scored
-        )
-        chosen = e["chosen"]
-        assert (
-            set(chosen) >= {"source", "layer", "position", "why", "selected"}
-            and chosen["layer"] == e["layer"]
-        )
-        assert e["selection"]["n_prompts"] == cfg.n_select
+    _assert_the_site_was_chosen_by_behaviour(
+        result.report, json.loads((tmp_path / "finished.json").read_text()), cfg
+    )
     for r in entry["methods"].values():
         # calibrated as deployed (gate on) on held-apart harmless + borderline prompts: within the budget
         assert (
@@ -274,26 +330,9 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
             tmp_path / "steerings" / f"refusal_random{seed}_kl{cfg.kl_budgets[0]:g}_L{layer}_{ident}"
         )
         assert control.info["calibration"]["target_kl"] == cfg.kl_budgets[0]
-    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert all(len(r["repetition_by_turn"]) == cfg.n_turns and len(r["trait_flags"]) == 2 for r in rows)
-    for r in rows:  # each row names the scorers that judged it, and how much of the text was unreadable
-        assert (
-            r["scorer"] == scorer_id(r["threat_model"]).to_dict()
-            and r["coherence_scorer"]["name"] == "coherence-rule"
-        )
-        assert r["unreadable_share_ci"][0] <= r["unreadable_share"] <= r["unreadable_share_ci"][1]
-    for r in rows:  # every honesty answer falls in exactly one verdict category; refusal has none
-        cats = r.get("honesty_categories")
-        assert (
-            (sum(cats.values()) == 2 and set(cats) == set(VERDICT_CATEGORIES))
-            if r["threat_model"] == "honesty"
-            else cats is None
-        )
-        if r["threat_model"] == "honesty":  # the continuous metric beside the verdict, per prompt
-            assert (
-                len(r["answer_log_odds_values"]) == 2
-                and r["answer_log_odds_ci"][0] <= r["answer_log_odds"] <= r["answer_log_odds_ci"][1]
-            )
+    _assert_rows_name_their_scorers_and_categories(
+        json.loads((tmp_path / "results.json").read_text())["rows"], cfg
+    )
     assert (tmp_path / "report.json").exists()
     regimes = entry["methods"]["StTP"]["regimes"]
     assert regimes["paper"]["scale"] == 1.0 and {
@@ -307,19 +346,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
         entry["massive_tokens"]["ratio"] == cfg.massive_ratio
         and entry["selective_fit"]["layer"] == entry["layer"]
     )
-    gate = entry["gate"]  # its budget chosen by its borderline cost on validation prompts (study.gate)
-    curve = [CurvePoint(**p) for p in entry["gate_curve"]]
-    assert [p.target_fpr for p in curve] == list(cfg.gate_fprs)
-    assert gate["target_fpr"] == choose_budget(curve, cfg.max_borderline_over_refusal)[0]
-    assert gate["val_fpr"] <= gate["target_fpr"] and str(gate["layer"]) in map(str, (0, 1))
-    assert {"test_tpr", "test_fpr", "test_fpr_borderline", "chosen_by"} <= set(gate)
-    for r in entry["methods"].values():  # each gated method without its gate: what the gate took
-        assert {"trait", "trait_ci", "kl_heldout"} <= set(r["ungated"])
-        assert r["ungated"]["kl_heldout"] >= r["kl_heldout"] - 1e-12  # a closed gate only spares cost
-        assert set(r["fluency"]) == {"perplexity_ratio", "rep4"} and 0.0 <= r["fluency"]["rep4"] <= 1.0
-    honesty = result.report["threat_models"]["honesty"]
-    assert "gate_curve" not in honesty and all("ungated" not in r for r in honesty["methods"].values())
-    assert all("fluency" in r for r in honesty["methods"].values())
+    _assert_the_gate_and_fluency_are_reported(result.report["threat_models"], cfg)
 
     def never(*args, **kwargs):
         raise AssertionError("a finished threat model was located again")
@@ -329,14 +356,9 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
     )  # a third run with the same config: nothing to do
     kept = study.run_study(tiny_llama_bridge, cfg, tmp_path, progress=False, log=lambda s: None)
 
-    def diff(x, y, path=""):
-        if isinstance(x, dict) and isinstance(y, dict):
-            return [d for k in set(x) | set(y) for d in diff(x.get(k), y.get(k), f"{path}/{k}")]
-        return [] if x == y else [(path, x, y)]
-
     on_disk = json.loads((tmp_path / "report.json").read_text())["threat_models"]  # JSON keys are strings
-    assert diff(json.loads(json.dumps(kept.report["threat_models"])), on_disk) == []
-    assert diff(json.loads(json.dumps(result.report["threat_models"])), on_disk) == []
+    assert _diff(json.loads(json.dumps(kept.report["threat_models"])), on_disk) == []
+    assert _diff(json.loads(json.dumps(result.report["threat_models"])), on_disk) == []
     with pytest.raises(
         lensteer.ConfigError, match=r"differs: config.n_eval: 2 -> 3"
     ):  # another config: refused
@@ -348,7 +370,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_after_an_interruption(
     )  # report code changed: rebuild, no model
     rebuilt = study.rebuild_report(tmp_path)
     assert (
-        diff(json.loads(json.dumps(rebuilt["threat_models"])), on_disk) == []
+        _diff(json.loads(json.dumps(rebuilt["threat_models"])), on_disk) == []
         and rebuilt["seconds"] == kept.report["seconds"]
     )
     assert json.loads((tmp_path / "report.json").read_text())["threat_models"] == on_disk
