@@ -49,7 +49,7 @@ def preference_margin(
             f"need equally many aligned and misaligned prompts (> 0), got {len(aligned)} and "
             f"{len(misaligned)}"
         )
-    forced = replace(steering, positions="all", gate=None) if steering is not None else None
+    forced = replace(steering.placed(positions="all"), gate=None) if steering is not None else None
     with torch.inference_mode(), steer(model, forced) if forced is not None else nullcontext():
         both = response_logprob(model, [*aligned, *misaligned], batch_size=batch_size)
     return both[: len(aligned)] - both[len(aligned) :]
@@ -89,7 +89,7 @@ def decision_log_odds(
             TokenizedPrompt(tokens=ta[:k], instruction=(0, 0), post_instruction=(0, 0), response=(k, k))
         )
         pairs.append((int(ta[k]), int(tm[k])))
-    forced = replace(steering, positions="all", gate=None) if steering is not None else None
+    forced = replace(steering.placed(positions="all"), gate=None) if steering is not None else None
     return opening_log_odds(
         model, stems, [[a] for a, _ in pairs], [[m] for _, m in pairs], steering=forced, batch_size=batch_size
     )

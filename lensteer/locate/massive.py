@@ -126,7 +126,7 @@ def massive_tokens(
     Example::
 
         found = lensteer.locate.massive_tokens(model, prompts, layer=13)
-        steering = replace(steering, max_norm=found.max_norm)   # never steer the sinks
+        steering = steering.placed(max_norm=found.max_norm)   # never steer the sinks
     """
     tokenized = as_tokenized(model, prompts, chat=True)
     norms = token_norms(model, tokenized, layer, site=site, batch_size=batch_size)

@@ -15,6 +15,7 @@ from lensteer.steering.calibration import (
     reference_norm,
     steering_kl,
 )
+from lensteer.steering.edits import ACE, Ablate, Add, Angular, Placement, SteeringEdit, StMP, StTP, SwFC
 from lensteer.steering.files import load_steering, load_steerings, save_steering, save_steerings
 from lensteer.steering.gate_search import (
     GateSearch,
@@ -42,7 +43,11 @@ from lensteer.steering.positions import LastK, Window
 from lensteer.steering.spec import Steering
 
 __all__ = [
+    "ACE",
+    "Ablate",
+    "Add",
     "AllOf",
+    "Angular",
     "AnyOf",
     "Calibration",
     "Gate",
@@ -51,9 +56,14 @@ __all__ = [
     "Generations",
     "KLProbe",
     "LastK",
+    "Placement",
+    "StMP",
+    "StTP",
     "Steering",
     "SteeringContext",
+    "SteeringEdit",
     "StepRecord",
+    "SwFC",
     "Window",
     "all_of",
     "any_of",

@@ -493,7 +493,7 @@ def calibrate(
         },
     )
     return Calibration(
-        steering=replace(steering, scale=scale, info=info),
+        steering=replace(steering.with_scale(scale), info=info),
         scale=scale,
         kl=kl,
         target_kl=target_kl,

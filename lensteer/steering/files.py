@@ -3,9 +3,13 @@
 A saved steering is two files side by side::
 
     refusal.safetensors   unit vectors (``<name>/unit``, a gate's ``<name>/gate_unit``, ``.0``, ``.1`` ...)
-    refusal.json          everything else: layers, site, positions, mode, scale, reference norm,
-                          thresholds, gate, provenance, the model fingerprint, d_model, the SHA-256 of
-                          the safetensors file and the versions of the packages that wrote it
+    refusal.json          everything else: the placement (layers, site, positions, norm limit), the
+                          edit (its mode and that mode's parameters), gate, provenance, the model
+                          fingerprint, d_model, the SHA-256 of the safetensors file and the versions of
+                          the packages that wrote it
+
+Format 2 stores each steering's ``placement`` and ``edit`` as two objects; format 1 (one flat object with
+every mode's fields) still loads, each parameter its mode does not read dropped.
 
 No pickle: tensors go through safetensors, everything else through JSON. Both files are written to
 temporary files in the target folder and moved into place (:mod:`lensteer.core.io`), the safetensors
@@ -20,6 +24,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -30,13 +35,15 @@ from lensteer.core.bridge import Bridge
 from lensteer.core.io import atomic_path, sha256_file
 from lensteer.core.models import ModelFingerprint, fingerprint_of
 from lensteer.errors import ArtifactMismatchError, ConfigError, DataError, LensteerError
+from lensteer.steering.edits import EDITS, FLAT_NAMES, MODES, Placement, SteeringEdit, edit_for
 from lensteer.steering.file_hashes import record_hash, verify_record, verify_tensors
 from lensteer.steering.gates import gate_from_record, gate_to_record
 from lensteer.steering.positions import NAMED_POSITIONS, LastK, Window
 from lensteer.steering.spec import Steering
 
 FORMAT = "lensteer.steering"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _VERSIONED = ("lensteer", "torch", "transformers", "transformer-lens", "safetensors")
 _FINGERPRINT_KEYS = ("name", "n_layers", "d_model", "d_vocab", "processing_mode")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -78,20 +85,14 @@ def _steering_record(s: Steering) -> dict[str, Any]:
     return {
         "method": s.info.get("direction_method"),  # for readers; the full provenance is in info
         "d_model": s.d_model,
-        "layers": list(s.layers),
-        "site": s.site,
-        "positions": _encode_positions(s.positions),
-        "mode": s.mode,
-        "scale": float(s.scale),
-        "relative": s.relative,
-        "reference_norm": s.reference_norm,
+        "placement": {
+            "layers": list(s.layers),
+            "site": s.site,
+            "positions": _encode_positions(s.positions),
+            "max_norm": list(s.max_norm) if isinstance(s.max_norm, tuple) else s.max_norm,
+        },
+        "edit": s.edit.record(),
         "coefficient": s.coefficient,  # derived (scale x reference_norm when relative); not read back
-        "preserve_norm": s.preserve_norm,
-        "threshold": s.threshold,
-        "target": s.target,
-        "reference": s.reference,
-        "stmp_variant": s.stmp_variant,
-        "max_norm": list(s.max_norm) if isinstance(s.max_norm, tuple) else s.max_norm,
         "gate": gate,
         "info": s.info,
     }
@@ -250,7 +251,7 @@ def _decode_max_norm(f: _Fields) -> float | tuple[float, ...] | None:
     ):
         return tuple(float(v) for v in value)
     raise DataError(
-        f"{f.file}: key {f'{f.where}.max_norm' if f.where else 'max_norm'!r} = {value!r} is not allowed; "
+        f"{f.file}: key {_key(f, 'max_norm')!r} = {value!r} is not allowed; "
         "expected a number, a non-empty list of numbers (one per layer) or null"
     )
 
@@ -277,9 +278,75 @@ def _decode_positions(f: _Fields) -> Any:
     )
 
 
-def _decode_steering(name: str, f: _Fields, tensors: Mapping[str, torch.Tensor], st_path: Path) -> Steering:
+# The JSON kind of each edit field (format 2), as _Fields.get takes it: (kind, nullable).
+_EDIT_KINDS: dict[str, tuple[str, bool]] = {
+    "scale": ("float", False),
+    "preserve_norm": ("bool", False),
+    "relative": ("bool", False),
+    "reference_norm": ("float", True),
+    "reference": ("float", True),
+    "threshold": ("float", True),
+    "target": ("float", True),
+    "variant": ("str", False),
+}
+
+
+def _decode_edit(f: _Fields) -> SteeringEdit:
+    """A format-2 ``edit`` object: its mode and every field of that mode's edit (a key of another mode
+    is refused by :func:`edit_for`)."""
+    mode = f.get("mode", "str")
+    if mode not in EDITS:
+        raise DataError(
+            f"{f.file}: key '{f.where}.mode' = {mode!r}: mode {mode!r} is not allowed; use one of {MODES}"
+        )
+    unknown = sorted(set(f.obj) - {"mode"} - set(_EDIT_KINDS))
+    if unknown:
+        raise DataError(f"{f.file}: keys {unknown} of {f.where!r} are not edit parameters")
+    params = {}
+    for name in sorted({fd.name for fd in fields(EDITS[mode])} | (set(f.obj) - {"mode"})):
+        kind, nullable = _EDIT_KINDS[name]
+        params[_FLAT.get(name, name)] = f.get(name, kind, nullable=nullable)
+    return edit_for(mode, params, given=set(params))
+
+
+_FLAT = {field: flat for flat, field in FLAT_NAMES.items()}  # an edit field -> its flat keyword
+
+
+def _decode_v1_edit(f: _Fields) -> SteeringEdit:
+    """A format-1 steering's edit: its flat fields, those its mode does not read dropped (format 1 wrote
+    every mode's fields)."""
+    params = {
+        "scale": f.get("scale", "float"),
+        "relative": f.get("relative", "bool"),
+        "reference_norm": f.get("reference_norm", "float", nullable=True),
+        "preserve_norm": f.get("preserve_norm", "bool"),
+        "threshold": f.get("threshold", "float", nullable=True),
+        "target": f.get("target", "float", nullable=True),
+        "reference": f.get("reference", "float", nullable=True),
+        # added in format 1 later; files written before carry none (mirror StMP)
+        "stmp_variant": f.get("stmp_variant", "str") if "stmp_variant" in f.obj else "mirror",
+    }
+    return edit_for(f.get("mode", "str"), params)
+
+
+def _decode_placement(f: _Fields) -> Placement:
+    """A placement: its keys in a format-2 ``placement`` object, or at the top of a format-1 steering."""
+    return Placement(
+        layers=tuple(f.get("layers", "list")),
+        site=f.get("site", "str"),
+        positions=_decode_positions(_Fields(f.get("positions", "dict"), f.file, _key(f, "positions"))),
+        max_norm=_decode_max_norm(f),
+    )
+
+
+def _key(f: _Fields, key: str) -> str:
+    return f"{f.where}.{key}" if f.where else key
+
+
+def _decode_steering(
+    name: str, f: _Fields, tensors: Mapping[str, torch.Tensor], st_path: Path, version: int
+) -> Steering:
     d_model = f.get("d_model", "int")
-    layers = f.get("layers", "list")
     gate_rec = f.get("gate", "dict", nullable=True)
 
     def unit_of(key: str) -> torch.Tensor:
@@ -297,29 +364,15 @@ def _decode_steering(name: str, f: _Fields, tensors: Mapping[str, torch.Tensor],
 
     unit = unit_of("unit")
     try:
-        kwargs: dict[str, Any] = {
-            "unit": unit,
-            "layers": tuple(layers),
-            "site": f.get("site", "str"),
-            "positions": _decode_positions(
-                _Fields(f.get("positions", "dict"), f.file, f"{f.where}.positions")
-            ),
-            "mode": f.get("mode", "str"),
-            "scale": f.get("scale", "float"),
-            "relative": f.get("relative", "bool"),
-            "reference_norm": f.get("reference_norm", "float", nullable=True),
-            "preserve_norm": f.get("preserve_norm", "bool"),
-            "threshold": f.get("threshold", "float", nullable=True),
-            "target": f.get("target", "float", nullable=True),
-            "reference": f.get("reference", "float", nullable=True),
-            "info": f.get("info", "dict"),
-            # added in format 1 later; files written before carry neither (mirror StMP, no norm limit)
-            "stmp_variant": f.get("stmp_variant", "str") if "stmp_variant" in f.obj else "mirror",
-            "max_norm": _decode_max_norm(f),
-        }
+        if version == 1:
+            placement, edit = _decode_placement(f), _decode_v1_edit(f)
+        else:
+            placement = _decode_placement(_Fields(f.get("placement", "dict"), f.file, _key(f, "placement")))
+            edit = _decode_edit(_Fields(f.get("edit", "dict"), f.file, _key(f, "edit")))
+        gate = None
         if gate_rec is not None:
-            kwargs["gate"] = gate_from_record(gate_rec, unit_of, where=f"{f.where}.gate", file=str(f.file))
-        return Steering(**kwargs)
+            gate = gate_from_record(gate_rec, unit_of, where=f"{f.where}.gate", file=str(f.file))
+        return Steering(unit=unit, placement=placement, edit=edit, gate=gate, info=f.get("info", "dict"))
     except (DataError, ArtifactMismatchError):
         raise
     except LensteerError as err:  # the engine's own validation names the bad value
@@ -399,7 +452,7 @@ def load_steerings(
             raise DataError(
                 f"{json_path}: key 'steerings.{name}.d_model' = {rec['d_model']} but 'd_model' = {d_model}"
             )
-        out[name] = _decode_steering(name, f, tensors, st_path)
+        out[name] = _decode_steering(name, f, tensors, st_path, record["format_version"])
     verify_record(record, json_path, verify)
     return out
 
@@ -418,10 +471,10 @@ def _read_header(st_path: Path, json_path: Path) -> tuple[dict[str, Any], int, d
     top = _Fields(record, json_path, "")
     if top.get("format", "str") != FORMAT:
         raise DataError(f"{json_path}: key 'format' = {record['format']!r}; expected {FORMAT!r}")
-    if top.get("format_version", "int") != FORMAT_VERSION:
+    if top.get("format_version", "int") not in READABLE_VERSIONS:
         raise DataError(
             f"{json_path}: key 'format_version' = {record['format_version']!r}; this lensteer reads "
-            f"version {FORMAT_VERSION}"
+            f"versions {list(READABLE_VERSIONS)}"
         )
     d_model = top.get("d_model", "int")
     saved_fp = top.get("model", "dict", nullable=True)

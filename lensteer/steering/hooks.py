@@ -6,7 +6,6 @@ on its own; the hooks only compute the position mask and call it.
 """
 
 import functools
-import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -68,49 +67,18 @@ class Edit:
 def steer_resid(
     resid: Resid, steering: Steering, mask: Bool[torch.Tensor, "batch pos"], max_norm: float | None = None
 ) -> Edit:
-    """Apply ``steering``'s mode to the tokens ``mask`` selects (pure; other tokens stay bit-identical).
+    """Apply ``steering``'s edit to the tokens ``mask`` selects (pure; other tokens stay bit-identical).
     Tokens whose norm exceeds ``max_norm`` (massive activations) are never edited."""
     v = steering.unit.to(resid.device, resid.dtype)
     s = resid @ v
-    a = steering.coefficient
-    mode = steering.mode
     if max_norm is not None:
         mask = mask & (resid.norm(dim=-1) <= max_norm)
-    fired = mask
-    if mode in ("add", "swfc"):
-        new = resid + a * v
-    elif mode == "ablate":
-        new = resid - (a * s)[..., None] * v
-    elif mode == "ace":
-        assert steering.reference is not None
-        new = resid + ((steering.reference - s) + a)[..., None] * v
-    elif mode == "angular":
-        new = _rotate_toward(resid, v, s, math.radians(a))
-    else:
-        assert steering.threshold is not None
-        below = s < steering.threshold
-        fired = mask & below
-        if mode == "sttp":
-            assert steering.target is not None
-            delta = a * (steering.target - s)
-        else:  # StMP: mirror across the threshold (2 tau - s) or push to it (tau)
-            delta = (2.0 if steering.stmp_variant == "mirror" else 1.0) * a * (steering.threshold - s)
-        new = resid + delta[..., None] * v
-    if steering.preserve_norm:
+    new, selected = steering.edit.apply(resid, v, s)
+    fired = mask if selected is None else mask & selected
+    if steering.edit.preserve_norm:
         new = new * (resid.norm(dim=-1, keepdim=True) / new.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     out = torch.where(fired[..., None], new, resid)
     return Edit(resid=out, fired=fired, shift=(out - resid).norm(dim=-1), projection=s)
-
-
-def _rotate_toward(resid: Resid, v: torch.Tensor, s: torch.Tensor, angle: float) -> Resid:
-    """Rotate each ``h`` by ``angle`` radians toward ``v`` in the plane of ``h`` and ``v`` (norm kept)."""
-    ortho = resid - s[..., None] * v
-    o_norm = ortho.norm(dim=-1)
-    o_hat = ortho / o_norm.clamp_min(1e-12)[..., None]
-    phi = torch.atan2(o_norm, s)  # angle between h and v, in [0, pi]
-    new_phi = (phi - angle).clamp(min=0.0)
-    r = resid.norm(dim=-1)
-    return (r * torch.cos(new_phi))[..., None] * v + (r * torch.sin(new_phi))[..., None] * o_hat
 
 
 # -- hooks ------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The injection engine: a :class:`Steering` value, its maths, and the hooks that apply it.
 
-A :class:`Steering` says *what* (a unit direction, or a probe's normal with its thresholds), *where*
-(layers, hook site, token positions) and *how* (mode and scale). ``with steer(model, s1, s2):`` puts
-its hooks on the model for exactly the body of the block; they come off on any exit, error or not.
+A :class:`Steering` says *what* (a unit direction), *where* (a :class:`~lensteer.steering.edits.Placement`:
+layers, hook site, token positions, the massive-activation limit) and *how* (one edit type per mode in
+:mod:`lensteer.steering.edits`, carrying that mode's strength and parameters, e.g. StTP's threshold and
+target). ``with steer(model, s1, s2):`` puts its hooks on the model for exactly the body of the block;
+they come off on any exit, error or not.
 
 Modes (``s = h.v`` is the token's projection on the unit direction ``v``; ``a`` the coefficient):
 
@@ -39,139 +41,106 @@ before each forward (the KV cache feeds one token at a time), so positions are t
 In a plain forward pass every token is a prompt token.
 """
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, get_args
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict, Unpack
 
 import torch
 from jaxtyping import Float
 
 from lensteer._types import DirectionVec
 from lensteer.core.bridge import Bridge
-from lensteer.core.sites import SITE_KINDS, hook_name, normalize_layers, validate_site_kind
+from lensteer.core.sites import SITE_KINDS, hook_name, normalize_layers
 from lensteer.core.vectors import unit_vector
 from lensteer.errors import ArtifactMismatchError, ConfigError, HookSiteError
 from lensteer.locate.directions import Direction, LinearProbe, fit_probe
+from lensteer.steering.edits import (
+    MODES,
+    PLACEMENT_NAMES,
+    SELECTIVE_MODES,
+    STMP_VARIANTS,
+    Mode,
+    Placement,
+    SteeringEdit,
+    StmpVariant,
+    edit_for,
+    edit_params,
+)
 from lensteer.steering.gates import GATE_TYPES
-from lensteer.steering.positions import Positions, check_positions
+from lensteer.steering.positions import Positions
 
-Mode = Literal["add", "swfc", "ablate", "ace", "angular", "sttp", "stmp"]
-StmpVariant = Literal["mirror", "push"]
-STMP_VARIANTS: tuple[str, ...] = get_args(StmpVariant)
-MODES: tuple[str, ...] = get_args(Mode)
-SELECTIVE_MODES = ("sttp", "stmp")
-_SIGNED_MODES = ("add", "swfc", "ace")  # a negative coefficient is meaningful (steer away)
+__all__ = ["MODES", "SELECTIVE_MODES", "STMP_VARIANTS", "Mode", "Placement", "Steering", "StmpVariant"]
 
 
-@dataclass(frozen=True, kw_only=True, eq=False)
+class SpecOptions(TypedDict, total=False):
+    """The flat keywords ``Steering(...)`` takes beside its parts: the placement's (``layers``, ``site``,
+    ``positions``, ``max_norm``) and the edit's (``mode`` and the parameters that mode reads)."""
+
+    layers: "int | Sequence[int]"
+    site: str
+    positions: Any
+    max_norm: "float | Sequence[float] | None"
+    mode: str
+    scale: float
+    relative: bool
+    reference_norm: float | None
+    preserve_norm: bool
+    threshold: float | None
+    target: float | None
+    reference: float | None
+    stmp_variant: str
+
+
+@dataclass(frozen=True, eq=False, init=False)
 class Steering:
-    """One steering intervention: direction, where, how, how much.
+    """One steering intervention: a direction, where it applies (:class:`Placement`) and how it edits
+    (one :class:`~lensteer.steering.edits.SteeringEdit` per mode), an optional gate and provenance.
 
-    Build it with :meth:`from_direction` or :meth:`from_probe`; change it with :meth:`with_scale`.
+    Build it with :meth:`from_direction`, :meth:`from_probe` or :meth:`from_contrast`; change its strength
+    with :meth:`with_scale`. ``Steering(unit=..., layers=..., mode=..., scale=..., ...)`` takes the parts as
+    flat keywords (:class:`SpecOptions`): the placement's, and the edit's for its mode (a keyword the mode
+    does not read is refused); ``placement=`` / ``edit=`` give the parts whole, and flat keywords beside
+    them change those parts (so ``dataclasses.replace(s, positions="all")`` works).
 
     Attributes:
         unit: Unit direction (CPU float32), pointing from misaligned to aligned.
-        layers: Layers to steer (negative indices count from the end).
-        site: Hook site kind (``"resid_post"``, ``"resid_pre"``, ...).
-        positions: ``"all"``, ``"prompt"``, ``"generated"``, a tuple of token indices,
-            :class:`Window` or :class:`LastK`.
-        mode: One of :data:`MODES` (see the module docstring for the maths).
-        scale: Strength: the coefficient ``a`` (absolute residual units, or a multiple of
-            ``reference_norm`` when ``relative``); degrees for ``angular``; the fraction of the
-            projection removed for ``ablate``; a multiplier of the edit for ``sttp``/``stmp``.
-        relative: Read ``scale`` as a multiple of ``reference_norm`` (add / swfc / ace only).
-        reference_norm: Mean residual norm at the site on a calibration set.
-        preserve_norm: Rescale every steered activation back to its original norm.
-        threshold: ``tau`` for sttp/stmp, in projection units along ``unit``.
-        target: Target projection for sttp (the aligned class's mean projection).
-        reference: Reference projection ``s_ref`` for ace (the misaligned class's mean projection).
-        stmp_variant: ``"mirror"`` (``s -> 2 tau - s``, the default) or ``"push"`` (``s -> tau``).
-        max_norm: Tokens whose residual norm at the site is above this are left alone (one value, or
-            one per layer in ``layers`` order); ``None``: no limit.
+        placement: Layers, hook site, positions and the massive-activation limit (:class:`Placement`).
+        edit: The mode's edit and strength: :class:`~lensteer.steering.edits.Add`, ``SwFC``, ``Ablate``,
+            ``ACE``, ``Angular``, ``StTP`` or ``StMP`` (see the module docstring for the maths).
         gate: Optional prompt-level gate: a :class:`Gate`, or an :class:`AllOf` / :class:`AnyOf` of gates.
         info: Provenance (direction method, dataset, threshold rule, calibration, model fingerprint).
+
+    Read-only views: ``layers``, ``site``, ``positions``, ``max_norm`` (the placement's); ``mode``,
+    ``scale``, ``coefficient``, ``preserve_norm`` (the edit's); and the mode-specific ``relative``,
+    ``reference_norm``, ``threshold``, ``target``, ``reference``, ``stmp_variant`` (``None``, ``False`` or
+    ``"mirror"`` where the mode has no such parameter).
     """
 
     unit: DirectionVec
-    layers: tuple[int, ...]
-    site: str = "resid_post"
-    positions: Any = "all"  # Positions; validated in __post_init__ with a message naming the bad value
-    mode: str = "add"  # Mode; validated likewise
-    scale: float = 1.0
-    relative: bool = False
-    reference_norm: float | None = None
-    preserve_norm: bool = False
-    threshold: float | None = None
-    target: float | None = None
-    reference: float | None = None
-    stmp_variant: str = "mirror"  # StmpVariant; validated in __post_init__
-    max_norm: float | tuple[float, ...] | None = None
-    gate: Any = None  # GateLike | None; validated in __post_init__ with a message naming the bad value
+    placement: Placement
+    edit: SteeringEdit
+    gate: Any = None  # GateLike | None; checked with a message naming the bad value
     info: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "unit", unit_vector(self.unit, "steering"))
-        layers = (self.layers,) if isinstance(self.layers, int) else tuple(self.layers)
-        if not layers or any(isinstance(x, bool) or not isinstance(x, int) for x in layers):
-            raise HookSiteError(f"layers must be a non-empty list of ints, got {self.layers!r}")
-        object.__setattr__(self, "layers", layers)
-        validate_site_kind(self.site)
-        object.__setattr__(self, "positions", check_positions(self.positions))
-        if self.mode not in MODES:
-            raise ConfigError(f"mode {self.mode!r} is not allowed; use one of {MODES}")
-        self._check_scale()
-        self._check_mode_parameters()
-        if self.stmp_variant not in STMP_VARIANTS:
-            raise ConfigError(
-                f"stmp_variant {self.stmp_variant!r} is not allowed; use one of {STMP_VARIANTS}"
-            )
-        object.__setattr__(self, "max_norm", _check_max_norm(self.max_norm, len(layers)))
-        if self.mode == "ace" and (self.reference is None or not math.isfinite(self.reference)):
-            raise ConfigError(
-                "mode 'ace' needs reference= (the misaligned class's mean projection); "
-                "build it with Steering.from_direction(direction, mode='ace', reference=...)"
-            )
+    def __init__(
+        self,
+        *,
+        unit: DirectionVec,
+        placement: Placement | None = None,
+        edit: SteeringEdit | None = None,
+        gate: Any = None,
+        info: dict[str, Any] | None = None,
+        **flat: Unpack[SpecOptions],
+    ) -> None:
+        where = {k: v for k, v in flat.items() if k in PLACEMENT_NAMES}
+        how = {k: v for k, v in flat.items() if k not in PLACEMENT_NAMES}
+        object.__setattr__(self, "unit", unit_vector(unit, "steering"))
+        object.__setattr__(self, "placement", _placement(placement, where))
+        object.__setattr__(self, "edit", _edit(edit, how))
+        object.__setattr__(self, "gate", gate)
+        object.__setattr__(self, "info", {} if info is None else info)
         if self.gate is not None:
             self._check_gate()
-
-    def _check_scale(self) -> None:
-        if (
-            isinstance(self.scale, bool)
-            or not isinstance(self.scale, (int, float))
-            or not math.isfinite(self.scale)
-        ):
-            raise ConfigError(f"scale must be a finite number, got {self.scale!r}")
-        if self.scale < 0 and self.mode not in _SIGNED_MODES:
-            raise ConfigError(
-                f"scale {self.scale} is negative; mode {self.mode!r} needs scale >= 0 "
-                f"(negative scales are allowed for {_SIGNED_MODES})"
-            )
-        if self.mode == "angular" and self.scale > 180:
-            raise ConfigError(f"angular scale is an angle in degrees, 0..180; got {self.scale}")
-
-    def _check_mode_parameters(self) -> None:
-        """``relative`` needs a reference norm; the selective modes need their probe threshold."""
-        if self.relative:
-            if self.mode not in _SIGNED_MODES:
-                raise ConfigError(f"relative=True applies to modes {_SIGNED_MODES}, not {self.mode!r}")
-            if (
-                self.reference_norm is None
-                or not math.isfinite(self.reference_norm)
-                or self.reference_norm <= 0
-            ):
-                raise ConfigError(
-                    "relative=True needs a positive reference_norm; measure it with "
-                    f"lensteer.steering.reference_norm(model, prompts, layer), got {self.reference_norm!r}"
-                )
-        if self.mode in SELECTIVE_MODES:
-            need = ["threshold"] + (["target"] if self.mode == "sttp" else [])
-            missing = [k for k in need if getattr(self, k) is None or not math.isfinite(getattr(self, k))]
-            if missing:
-                raise ConfigError(
-                    f"mode {self.mode!r} needs a probe threshold ({', '.join(missing)} missing or "
-                    "not finite); build it with Steering.from_probe(probe, aligned_acts, ...)"
-                )
 
     def _check_gate(self) -> None:
         if not isinstance(self.gate, GATE_TYPES):
@@ -381,18 +350,82 @@ class Steering:
 
     def norm_limit(self, layer_index: int) -> float | None:
         """The norm above which tokens are left alone at ``layers[layer_index]`` (``None``: no limit)."""
-        if self.max_norm is None or isinstance(self.max_norm, float):
-            return self.max_norm
-        return self.max_norm[layer_index]
+        return self.placement.norm_limit(layer_index)
 
     def with_scale(self, scale: float) -> "Steering":
         """The same steering at another strength."""
-        return replace(self, scale=scale)
+        return self.with_edit(scale=scale)
+
+    def with_edit(self, **params: Any) -> "Steering":
+        """The same steering with its edit's parameters changed (flat names, as ``Steering(...)`` takes)."""
+        return Steering(
+            unit=self.unit, placement=self.placement, edit=self.edit, gate=self.gate, info=self.info, **params
+        )
+
+    def placed(self, **where: Any) -> "Steering":
+        """The same steering with its placement changed (``layers``, ``site``, ``positions``, ``max_norm``)."""
+        return Steering(
+            unit=self.unit, placement=self.placement, edit=self.edit, gate=self.gate, info=self.info, **where
+        )
+
+    # -- read-only views of the parts -------------------------------------------------------------
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.placement.layers
+
+    @property
+    def site(self) -> str:
+        return self.placement.site
+
+    @property
+    def positions(self) -> Any:
+        return self.placement.positions
+
+    @property
+    def max_norm(self) -> float | tuple[float, ...] | None:
+        return self.placement.max_norm
+
+    @property
+    def mode(self) -> str:
+        return self.edit.mode
+
+    @property
+    def scale(self) -> float:
+        return self.edit.scale
+
+    @property
+    def preserve_norm(self) -> bool:
+        return self.edit.preserve_norm
+
+    @property
+    def relative(self) -> bool:
+        return bool(getattr(self.edit, "relative", False))
+
+    @property
+    def reference_norm(self) -> float | None:
+        return getattr(self.edit, "reference_norm", None)
+
+    @property
+    def threshold(self) -> float | None:
+        return getattr(self.edit, "threshold", None)
+
+    @property
+    def target(self) -> float | None:
+        return getattr(self.edit, "target", None)
+
+    @property
+    def reference(self) -> float | None:
+        return getattr(self.edit, "reference", None)
+
+    @property
+    def stmp_variant(self) -> str:
+        return str(getattr(self.edit, "variant", "mirror"))
 
     @property
     def coefficient(self) -> float:
         """The strength in the units the maths uses (``scale * reference_norm`` when relative)."""
-        return self.scale * (self.reference_norm or 1.0) if self.relative else self.scale
+        return self.edit.coefficient
 
     @property
     def d_model(self) -> int:
@@ -401,7 +434,7 @@ class Steering:
     @property
     def is_identity(self) -> bool:
         """True when the steering cannot change any activation (strength 0, outside ``ace``)."""
-        return self.scale == 0 and self.mode != "ace"
+        return self.edit.is_identity
 
     def hook_names(self, model: Bridge) -> list[str]:
         """Validate against ``model`` and return the hook names, one per layer."""
@@ -427,25 +460,31 @@ class Steering:
         return f"{self.mode} @ layers {list(self.layers)} {self.site} [{self.positions}] scale={self.scale:g}{unit}{extra}"
 
 
-def _check_max_norm(value: Any, n_layers: int) -> float | tuple[float, ...] | None:
-    """``max_norm`` as ``None``, one positive float, or one positive float per layer."""
-    if value is None:
-        return None
-    many = isinstance(value, (list, tuple))
-    values = list(value) if many else [value]
-    if (
-        not values
-        or any(
-            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
-            for v in values
-        )
-        or (many and len(values) != n_layers)
-    ):
-        raise ConfigError(
-            f"max_norm must be a positive number or one per layer ({n_layers}), got {value!r}; "
-            "find it with lensteer.locate.massive_tokens(model, prompts, layer)"
-        )
-    return tuple(float(v) for v in values) if many else float(values[0])
+def _placement(placement: Placement | None, where: dict[str, Any]) -> Placement:
+    """``placement`` with the flat keywords ``where`` changed, or a new one from them (``layers`` needed;
+    one layer may be an int, lists become tuples)."""
+    where = {k: (v,) if k == "layers" and isinstance(v, int) else _tupled(v) for k, v in where.items()}
+    if placement is None:
+        if "layers" not in where:
+            raise ConfigError("a Steering needs layers= (or placement=)")
+        return Placement(**where)
+    if not where:
+        return placement
+    return Placement(**{**{n: getattr(placement, n) for n in PLACEMENT_NAMES}, **where})
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _edit(edit: SteeringEdit | None, how: dict[str, Any]) -> SteeringEdit:
+    """``edit`` with the flat keywords ``how`` changed (another ``mode`` keeps the parameters the new mode
+    reads), or a new edit from them (default mode ``"add"``)."""
+    if edit is None:
+        return edit_for(str(how.get("mode", "add")), how, given=set(how))
+    if not how:
+        return edit
+    return edit_for(str(how.get("mode", edit.mode)), {**edit_params(edit), **how}, given=set(how))
 
 
 @dataclass(frozen=True, kw_only=True)

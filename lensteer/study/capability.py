@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 def teacher_forced(steering: Steering) -> Steering:
     """Capability is teacher-forced, so every position (but the attention-sink first token, which is
     never a generated one) stands in for a generated one; no gate (the items are harmless anyway)."""
-    return replace(steering, positions=Window(1, None), gate=None)
+    return replace(steering.placed(positions=Window(1, None)), gate=None)
 
 
 def edit_key(steering: Steering | None) -> str:

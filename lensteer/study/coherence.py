@@ -254,7 +254,7 @@ def calibrate_coherent(model: Bridge, steering: Steering, coherence: Coherence, 
         "fluency_admitted": search.admitted,
         "fluency_evaluations": len(search.tried),
     }
-    return replace(cal.steering, scale=scale, info={**cal.steering.info, "calibration": info})
+    return replace(cal.steering.with_scale(scale), info={**cal.steering.info, "calibration": info})
 
 
 def build_steering(

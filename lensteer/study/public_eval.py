@@ -145,7 +145,7 @@ def _choice_flags(model: Bridge, public: PublicSet, cond: Condition, config: Stu
     items = public.mc_items()
     if not items:
         return []
-    s = None if cond.steering is None else replace(cond.steering, positions=Window(1, None), gate=None)
+    s = None if cond.steering is None else replace(cond.steering.placed(positions=Window(1, None)), gate=None)
     result = mc_accuracy(model, items, batch_size=config.batch_size, system=cond.system, steering=s)
     return [bool(c) for c in result.correct]
 

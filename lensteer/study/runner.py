@@ -144,9 +144,7 @@ CONDITIONS_PER_BLOCK = 6
 def _push_twin(mirror: Steering, path: Path, model: Bridge) -> Steering:
     """StMP-push with the edit of a calibrated StMP (mirror): twice its scale (saved at ``path``)."""
     twin = replace(
-        mirror,
-        stmp_variant="push",
-        scale=2.0 * mirror.scale,
+        mirror.with_edit(stmp_variant="push", scale=2.0 * mirror.scale),
         info={
             **mirror.info,
             "calibration": {

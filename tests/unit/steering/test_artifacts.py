@@ -127,12 +127,19 @@ def test_record_holds_fingerprint_width_versions_and_no_pickle(tiny_bridge, tmp_
     assert (st_path.name, json_path.name) == ("refusal.safetensors", "refusal.json")
     record = json.loads(json_path.read_text())
     assert record["model"] == lensteer.core.model_fingerprint(tiny_bridge).to_dict()
-    assert record["d_model"] == D and record["format_version"] == 1
+    assert record["d_model"] == D and record["format_version"] == 2
     assert set(record["versions"]) >= {"lensteer", "torch", "transformers", "transformer-lens"}
     assert record["versions"]["lensteer"] == lensteer.__version__
     entry = record["steerings"]["steering"]
     assert entry["method"] == "probe" and entry["coefficient"] == pytest.approx(4.0)
-    assert entry["positions"] == {"kind": "named", "value": "all"}
+    assert entry["placement"]["positions"] == {"kind": "named", "value": "all"}
+    assert entry["edit"] == {
+        "mode": "add",
+        "scale": 0.5,
+        "preserve_norm": False,
+        "relative": True,
+        "reference_norm": 8.0,
+    }  # only what the mode reads
     # safetensors: an 8-byte little-endian header length, then a JSON header; never a pickle stream.
     raw = st_path.read_bytes()
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
@@ -211,17 +218,28 @@ def _edit(record: dict, key: str, value: object) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "match"),
     [
-        ("steerings.steering.mode", KeyError, "key 'steerings.steering.mode' is missing"),
-        ("steerings.steering.mode", "bogus", "mode 'bogus' is not allowed"),
-        ("steerings.steering.scale", "strong", "key 'steerings.steering.scale' = 'strong'.*expected float"),
-        ("steerings.steering.layers", KeyError, "key 'steerings.steering.layers' is missing"),
-        ("steerings.steering.relative", 1, "key 'steerings.steering.relative' = 1.*expected bool"),
+        ("steerings.steering.edit.mode", KeyError, "key 'steerings.steering.edit.mode' is missing"),
+        ("steerings.steering.edit.mode", "bogus", "mode 'bogus' is not allowed"),
         (
-            "steerings.steering.positions",
-            {"kind": "everywhere"},
-            "'steerings.steering.positions.kind' = 'everywhere'",
+            "steerings.steering.edit.scale",
+            "strong",
+            "key 'steerings.steering.edit.scale' = 'strong'.*expected float",
         ),
-        ("steerings.steering.positions", {"kind": "last_k", "k": 0}, "LastK.k must be an int >= 1"),
+        (
+            "steerings.steering.placement.layers",
+            KeyError,
+            "key 'steerings.steering.placement.layers' is missing",
+        ),
+        ("steerings.steering.edit.relative", 1, "key 'steerings.steering.edit.relative' = 1.*expected bool"),
+        ("steerings.steering.edit.threshold", 0.5, "threshold=0.5 does not apply to mode 'add'"),
+        ("steerings.steering.edit.flip", True, r"keys \['flip'\] of 'steerings.steering.edit' are not edit"),
+        ("steerings.steering.placement", KeyError, "key 'steerings.steering.placement' is missing"),
+        (
+            "steerings.steering.placement.positions",
+            {"kind": "everywhere"},
+            "'steerings.steering.placement.positions.kind' = 'everywhere'",
+        ),
+        ("steerings.steering.placement.positions", {"kind": "last_k", "k": 0}, "LastK.k must be an int >= 1"),
         ("steerings.steering.gate", {"layer": 1}, "key 'steerings.steering.gate.threshold' is missing"),
         ("model", {"name": "x"}, "key 'model.n_layers' is missing"),
         ("format_version", 99, "key 'format_version' = 99"),

@@ -1,6 +1,8 @@
-"""The steerings the study committed (docs/study/steerings) load, and save again to the same steering:
-the guard for any change to the Steering value or its file format."""
+"""The steerings committed under docs/ and data/ (the study's, in format 1) load with the values they were
+written with, and save again (format 2) to the same steering: the guard for any change to the Steering
+value or its file format."""
 
+import json
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,8 +13,14 @@ from lensteer.steering.files import load_steerings, save_steerings
 from lensteer.steering.gates import gate_to_record
 from lensteer.steering.spec import Steering
 
-STEERINGS = Path(__file__).resolve().parents[3] / "docs" / "study" / "steerings"
-FILES = sorted(STEERINGS.glob("*.json"))
+ROOT = Path(__file__).resolve().parents[3]
+STEERINGS = ROOT / "docs" / "study" / "steerings"
+FILES = sorted(
+    p
+    for folder in ("docs", "data")
+    for p in (ROOT / folder).rglob("*.json")
+    if p.with_suffix(".safetensors").exists()
+)
 
 
 def _same(a: Steering, b: Steering) -> bool:
@@ -36,6 +44,30 @@ def _same(a: Steering, b: Steering) -> bool:
 def test_the_study_committed_steerings_of_every_mode():
     modes = {s.mode for p in FILES for s in load_steerings(p).values()}
     assert len(FILES) >= 10 and {"swfc", "sttp", "stmp"} <= modes
+    assert STEERINGS / "refusal_StMP-push_kl0.5.json" in FILES
+    assert all(json.loads(p.read_text())["format_version"] == 1 for p in FILES)  # the format-1 reader's guard
+
+
+# What a format-1 record says that its steering's read-only views must give back unchanged.
+_V1_VIEWS = ("layers", "site", "mode", "scale", "relative", "reference_norm", "preserve_norm", "max_norm")
+_V1_MODE_VIEWS = {
+    "sttp": ("threshold", "target"),
+    "stmp": ("threshold", "target", "stmp_variant"),
+    "ace": ("reference",),
+}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_committed_format_1_steering_loads_with_the_values_it_was_written_with(path):
+    record = json.loads(path.read_text())
+    if record["format_version"] != 1:
+        pytest.skip("written in format 2")
+    for name, s in load_steerings(path).items():
+        saved = record["steerings"][name]
+        for key in (*_V1_VIEWS, *_V1_MODE_VIEWS.get(saved["mode"], ())):
+            want = tuple(saved[key]) if isinstance(saved[key], list) else saved[key]
+            assert getattr(s, key) == want, (name, key)
+        assert s.coefficient == pytest.approx(saved["coefficient"], rel=1e-12)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
