@@ -254,7 +254,7 @@ def edit_for(
             kwargs[name] = value
         elif flat in given and value != _UNSET.get(name):
             readers = [m for m, c in EDITS.items() if name in {f.name for f in fields(c)}]
-            hint = " (relative=True applies to modes " + str(SIGNED_MODES) + ")" if name == "relative" else ""
+            hint = f" (relative=True applies to modes {SIGNED_MODES})" if name == "relative" else ""
             raise ConfigError(
                 f"{flat}={value!r} does not apply to mode {mode!r}; it is read by {readers}{hint}"
             )

@@ -132,6 +132,12 @@ class Steering:
         info: dict[str, Any] | None = None,
         **flat: Unpack[SpecOptions],
     ) -> None:
+        unknown = sorted(set(flat) - set(SpecOptions.__annotations__))
+        if unknown:
+            raise ConfigError(
+                f"unknown Steering keywords {unknown}; allowed: {sorted(SpecOptions.__annotations__)} "
+                "(or placement=, edit=, gate=, info=)"
+            )
         where = {k: v for k, v in flat.items() if k in PLACEMENT_NAMES}
         how = {k: v for k, v in flat.items() if k not in PLACEMENT_NAMES}
         object.__setattr__(self, "unit", unit_vector(unit, "steering"))

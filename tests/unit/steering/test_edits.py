@@ -58,6 +58,11 @@ def test_a_keyword_the_mode_does_not_read_is_refused_by_name(kwargs, match):
         Steering(unit=V, layers=(0,), **kwargs)
 
 
+def test_an_unknown_keyword_is_refused_even_through_from_direction():
+    with pytest.raises(lensteer.ConfigError, match=r"unknown Steering keywords \['treshold'\]; allowed: \["):
+        Steering.from_direction(V, layers=(0,), mode="sttp", treshold=None)
+
+
 def test_the_parts_given_whole_steer_exactly_like_the_flat_keywords():
     flat = Steering(
         unit=V, layers=(0,), mode="stmp", threshold=0.5, stmp_variant="push", scale=0.7, max_norm=30.0
