@@ -386,7 +386,7 @@ def test_an_edited_steering_file_loads_only_with_verify_false_and_a_warning(tmp_
     steering = lensteer.Steering(unit=torch.ones(d) / d**0.5, layers=(0,), scale=2.0, mode="add")
     _, json_path = lensteer.save_steering(steering, tmp_path / "s", model=tiny_llama_bridge)
     record = json.loads(json_path.read_text())
-    record["steerings"]["steering"]["scale"] = 500.0
+    record["steerings"]["steering"]["edit"]["scale"] = 500.0
     json_path.write_text(json.dumps(record))
     with pytest.raises(DataError, match=r"s.json was edited after it was saved.*verify=False"):
         lensteer.load_steering(tmp_path / "s", model=tiny_llama_bridge)
