@@ -64,7 +64,7 @@ class SiteRecommendation:
         )
 
 
-class SelectionRuleOptions(TypedDict, total=False):
+class RecommendOptions(TypedDict, total=False):
     """The keyword options of :func:`recommend_site`: the selection rules' thresholds."""
 
     skip_last_fraction: float
@@ -75,8 +75,8 @@ class SelectionRuleOptions(TypedDict, total=False):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelectionRules:
-    """:class:`SelectionRuleOptions` with their defaults (the rules of this module's docstring)."""
+class RecommendRules:
+    """:class:`RecommendOptions` with their defaults (the rules of this module's docstring)."""
 
     skip_last_fraction: float = 0.2
     min_auroc_lo: float = 0.6
@@ -105,7 +105,7 @@ def _patch_effects(patching: Any) -> dict[int, float]:
     return {layer: float(norm[i].max()) for i, layer in enumerate(patching.layers)}
 
 
-def _rule_rows(probing: Any, evidence: _Evidence, rules: SelectionRules) -> list[dict[str, Any]]:
+def _rule_rows(probing: Any, evidence: _Evidence, rules: RecommendRules) -> list[dict[str, Any]]:
     """One row per probed layer: what the rules read there, whether it passes and why not."""
     rows = []
     for i, layer in enumerate(probing.layers):
@@ -193,7 +193,7 @@ def recommend_site(
     ablation_kl: Mapping[int, float] | None = None,
     steerability: Any = None,
     method: str = "diff_of_means",
-    **rules: Unpack[SelectionRuleOptions],
+    **rules: Unpack[RecommendOptions],
 ) -> SiteRecommendation:
     """Recommend the steering layer from a :class:`~lensteer.locate.ProbingReport` (and patching evidence).
 
@@ -205,14 +205,14 @@ def recommend_site(
         steerability: Optional :class:`~lensteer.evaluate.Steerability` (see :func:`~lensteer.evaluate.layer_steerability`);
             when given, it decides among the layers that pass the rules.
         method: Direction method to steer with (``"diff_of_means"``, ``"pca_of_diffs"``, ``"probe"``).
-        **rules: The thresholds (:class:`SelectionRules`): ``skip_last_fraction`` (0.2),
+        **rules: The thresholds (:class:`RecommendRules`): ``skip_last_fraction`` (0.2),
             ``min_auroc_lo`` (0.6), ``min_patch_effect`` (0.1), ``max_ablation_kl`` (0.1), ``tie_margin``
             (0.01).
 
     Raises:
         ConfigError: No layer passes the rules (the message lists why each failed).
     """
-    rule = settings_from(SelectionRules, rules, what="recommend_site")
+    rule = settings_from(RecommendRules, rules, what="recommend_site")
     depth = n_layers if n_layers is not None else (probing.model or {}).get("n_layers")
     if depth is None:
         raise ConfigError("pass n_layers: the probing report carries no model fingerprint")
