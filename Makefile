@@ -32,8 +32,8 @@ demo: env
 # (notebooks in smoke mode, tests/integration on the embedded model, tests/unit on tiny models) run in one
 # pytest on two pytest-xdist workers, one torch thread each (two 2-thread torch processes on 2 cores slow
 # each other badly), whole files handed out in collection order, which tests/conftest.py sorts long ones
-# first (notebooks, integration, the Ray tests), so the many short unit files fill whatever the long ones
-# leave and both cores stay busy to the end (notebooks || unit, then integration took 14.0 min).
+# first (its LONG_FILES by measured seconds, then notebooks, integration, the Ray tests), so the many short
+# unit files fill whatever the long ones leave and both cores stay busy to the end.
 TEST_ORDER := notebooks tests/integration tests/unit
 test: env
 	@log=$$(mktemp); echo "lint + docs beside the tests (their log follows)"; \

@@ -19,16 +19,33 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 MODEL_FIXTURES = ("tiny_bridge", "tiny_llama_bridge", "embedded_model")
 
 
-def pytest_collection_modifyitems(items):
-    """Long files first (``make test`` hands whole files to two pytest-xdist workers in this order, so the
-    many short unit files come last and fill whatever the long ones leave): the notebooks, the embedded-model
+# The files that take longest, with their seconds on one torch thread of a quiet 2-core machine
+# (LENSTEER_SMOKE=1; make test's slowest-durations list and cell timings, 2026-12-07): ``make test`` hands
+# whole files to two pytest-xdist workers in collection order, so these go first, longest first, and the
+# many short unit files fill whatever they leave. Re-rank a file here when its time changes a lot.
+LONG_FILES = {
+    "tests/integration/test_study_steerings.py": 260,
+    "notebooks/03_steer_and_evaluate.ipynb": 225,
+    "tests/unit/study/test_distributed.py": 180,
+    "notebooks/00_quickstart.ipynb": 170,
+    "tests/integration/test_embedded.py": 100,
+    "tests/unit/study/test_study.py": 80,
+    "tests/integration/test_embedded_locate.py": 60,
+    "notebooks/01_locate.ipynb": 40,
+    "tests/integration/test_embedded_inducers.py": 40,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long files first: those in ``LONG_FILES``, longest first; then the other notebooks, the embedded-model
     integration tests, the files with Ray tests (a local Ray cluster each), then the rest as collected."""
     ray_files = {item.path for item in items if item.get_closest_marker("ray")}
 
     def rank(item):
         path = str(item.path).replace("\\", "/")
         firsts = (path.endswith(".ipynb"), "/tests/integration/" in path, item.path in ray_files)
-        return next((k for k, first in enumerate(firsts) if first), len(firsts))
+        seconds = LONG_FILES.get(os.path.relpath(item.path, config.rootpath).replace("\\", "/"), 0)
+        return -seconds, next((k for k, first in enumerate(firsts) if first), len(firsts))
 
     items.sort(key=rank)  # stable: collection order within a rank
 
