@@ -43,9 +43,9 @@ from lensteer.study.layers import locate_threat_model
 from lensteer.plotting.selection_figure import plot_selection
 
 config = replace(StudyConfig.smoke() if SMOKE else StudyConfig(), threat_models=(THREAT_MODEL,))
-if SMOKE:   # two methods, four prompts, short answers, short KL continuations, two candidate layers (+ patching's)
+if SMOKE:   # two methods, four prompts, short answers, short KL continuations, one candidate layer (no patching's)
     config = replace(config, methods=("SwFC", "StMP"), n_eval=4, max_new_tokens=10, kl_tokens=8,
-                     candidate_layers=(9, 17), select_new_tokens=4, n_fluency=2)
+                     candidate_layers=(17,), patching_layers=0, select_new_tokens=4, n_fluency=2)
 KL_BUDGET = config.kl_budgets[0]   # nats per token on harmless prompts
 model = lensteer.load_model()
 refusal = lensteer.load_dataset("refusal")
@@ -188,7 +188,8 @@ for name, inducer in bundled_inducers(THREAT_MODEL).items():
 # calibrated to the same KL, borderline over-refusal, KL on held-out prompts and along the answers, multiple-choice
 # capability and paragraph cross-entropy, with paired tests, and writes `report.json`, `results.json`/`results.csv`,
 # `examples.json` and the steerings; re-running into the same folder resumes. Smoke mode runs a tiny version (SwFC, the
-# baselines and one random control at the layer found above, two prompts, no conversations or capability items).
+# baselines and one random control at the layer found above, two prompts, no conversations, capability items or
+# fluency bounds).
 
 # %%
 from IPython.display import Markdown, display
@@ -199,7 +200,7 @@ out = tempfile.mkdtemp()
 study_config = config
 if SMOKE:
     study_config = replace(config, methods=("SwFC",), layer=loc.layer, n_eval=2, n_harmless=2, n_borderline=2, n_kl=2,
-                           n_conversations=0, n_mc=0, n_paragraphs=0, max_new_tokens=8,
+                           n_conversations=0, n_mc=0, n_paragraphs=0, max_new_tokens=8, n_fluency=0,
                            prompting=False)
 result = run_study(model, study_config, out, progress=not SMOKE)
 display(Markdown(headline_table(result.report)))
