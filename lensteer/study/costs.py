@@ -31,6 +31,9 @@ from lensteer.study.evaluation import SHARED_CONTEXT_TOKENS, _common_prefix
 CALIBRATION_EVALUATIONS = 6  # KL evaluations per calibrated scale (bracket, bisect to 5%): 5-6 in a demo run
 SELECTION_EVALUATIONS = 6  # per site candidate: calibrated to 15% (site_choice.CALIBRATION_TOLERANCE)
 FLUENCY_EVALUATIONS = 2  # fluency checks per calibrated steering (coherence.largest_admitted_scale)
+# candidates that pass the cheap filters (layer, ablation KL) and are calibrated and scored: 5 of 15 in a demo
+# run's refusal, 11 of 33 in a smoke run's three threat models (2026-12-07); the rest fail ablation KL <= 0.1
+SCORED_SHARE = 1 / 3
 RANDOM_CHECKS = 1  # same-KL random directions the site choice calibrates (selection.choose: 1 to 3)
 PATCHING_PASSES = 4  # attribution patching: clean and corrupted forwards, a backward (about two)
 MC_OPTION_TOKENS = 8  # a multiple-choice option's tokens, roughly
@@ -307,7 +310,8 @@ def locate_stage(sh: Shapes, shared: Shared, config: StudyConfig, sites: Sites) 
 def _site_choice(
     t: Tally, sh: Shapes, shared: Shared, config: StudyConfig, layers: int, n_cands: int
 ) -> None:
-    """The work of ``site_choice.choose_site`` (an upper bound: every candidate passes the cheap filters)."""
+    """The work of ``site_choice.choose_site``: every candidate's ablation KL; the :data:`SCORED_SHARE` of them
+    that pass the cheap filters calibrated and scored."""
     n_val_harmless = len(load_dataset(threats.HARMLESS_DATASET).val.stratified(config.n_kl))
     kl_heldout = shared.harmless_pass(n_val_harmless, shared.l_harmless + config.kl_tokens)
     if config.patching_layers:
@@ -316,12 +320,13 @@ def _site_choice(
     t.forward(2 * config.n_train, sh.l_eval)  # the prompt contrast
     t.generate(n_val_harmless, config.kl_tokens, shared.l_harmless)  # the held-out harmless probe
     t.forward(1, kl_heldout)
-    for _ in range(1 + n_cands):  # the unsteered decision and trait, then each candidate's
+    t.forward(n_cands * 2 * n_val_harmless, shared.l_harmless)  # ablation KL: base and ablated
+    scored = max(1, round(SCORED_SHARE * n_cands))
+    for _ in range(1 + scored):  # the unsteered decision and trait, then each scored candidate's
         t.forward(1, sh.forced(sh.n_select, sh.l_eval))
         t.generate(sh.n_select, config.select_new_tokens, sh.l_prefill)
-    t.forward(n_cands * 2 * n_val_harmless, shared.l_harmless)  # ablation KL: base and ablated
-    t.forward(n_cands * SELECTION_EVALUATIONS, shared.kl_pass)
-    t.forward(n_cands, kl_heldout)
+    t.forward(scored * SELECTION_EVALUATIONS, shared.kl_pass)
+    t.forward(scored, kl_heldout)
     t.forward(RANDOM_CHECKS * SELECTION_EVALUATIONS, shared.kl_pass)
     t.forward(RANDOM_CHECKS, sh.forced(sh.n_select, sh.l_eval))
 
