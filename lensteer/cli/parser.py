@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=list(PROFILES),
         default=None,
-        help="demo (default: a first look; with the site choice >= 20 min of arithmetic on 2 cores), paper (every test prompt, >= 96 per threat "
+        help="demo (default: a first look; with the site choice >= 16 min of arithmetic on 2 cores), paper (every test prompt, >= 96 per threat "
         "model, 3 random seeds: the committed results) or smoke (CI)",
     )
     run.add_argument(

@@ -402,7 +402,7 @@ class StudyConfig:
         (the paper regime is in the paper profile), 16 test prompts per condition, honest (wide) intervals;
         sized for at most 15 minutes on 2 CPU cores before the site choice by decision effect (``make demo``
         from a fresh clone: 10.4 min on 2026-12-06, the study 510 s); the site choice's counted work puts it
-        at >= 20 min at the compute-bound limit (benchmarks/RESULTS.md), not yet timed."""
+        at >= 16 min at the compute-bound limit (benchmarks/RESULTS.md), not yet timed."""
         return cls()
 
     @classmethod
