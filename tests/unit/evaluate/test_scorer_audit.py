@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from lensteer.core.bundled import bundled_dir, read_jsonl
+from lensteer.core.datasets import load_dataset
+from lensteer.threats import get
 from lensteer.threats.audit import (
     AUDIT_CLASSES,
     AuditResult,
@@ -25,8 +28,9 @@ from lensteer.threats.audit import (
 ROOT = Path(__file__).resolve().parents[3]
 
 # The fitted refusal and honesty verdicts of the third revision (chosen and fitted on audit set v2, then
-# read once on validation v3) do not reach the issue's bars, so issue 27 stays open; data/README.md says
-# why. The fitted compassion verdict meets its bar on v3 (kappa 0.71 [0.58-0.82]), narrowly.
+# read once on validation v3; honesty's v3 answers were added and read later the same day) do not reach the
+# issue's bars, so issue 27 stays open; data/README.md says why. The fitted compassion verdict meets its bar
+# on v3 (kappa 0.71 [0.58-0.82]), narrowly.
 # strict=True: the day a scorer passes its bar, the test fails until its marker is removed.
 REFUSAL_BELOW = pytest.mark.xfail(
     strict=True,
@@ -35,8 +39,9 @@ REFUSAL_BELOW = pytest.mark.xfail(
 )
 HONESTY_BELOW = pytest.mark.xfail(
     strict=True,
-    reason="honesty: no validation v3 answers yet (generation did not finish); the fitted verdict "
-    "cross-validates on v2 at per-class 0.92 / 0.74 / 0.75 < 0.95 (wrong vs no answer is semantic)",
+    reason="honesty (fitted, validation v3, 140 answers): recall of 'false' 0.750 (18/24) and of 'no_answer' "
+    "0.729 (35/48) < 0.95 ('true' 0.985, 67/68); kappa 0.77. Wrong answer vs no answer is semantic: circular "
+    "answers, answers about another question and kinds of answer are called lies, made-up names missed",
 )
 
 
@@ -50,7 +55,7 @@ def test_the_audit_set_has_power_for_every_verdict():
     fresh, dev = load_audit("validation_v3"), load_audit("dev") + load_audit("validation")
     assert len({r.id for r in dev + fresh}) == len(dev + fresh)  # no answer in two parts
     assert not {r.response.strip() for r in dev} & {r.response.strip() for r in fresh}  # nor its text
-    assert not {r.prompt for r in dev} & {r.prompt for r in fresh}  # fresh prompts (train split)
+    assert not {r.prompt for r in dev} & {r.prompt for r in fresh}  # fresh prompts (see below for honesty)
     for tm in ("refusal", "compassion", "honesty"):  # the issue: >= 200 answers, >= 60 of each class
         labels = [r.label for r in dev + fresh if r.threat_model == tm]
         assert len(labels) >= 200, tm
@@ -58,6 +63,29 @@ def test_the_audit_set_has_power_for_every_verdict():
     for tm in {r.threat_model for r in fresh}:  # every class of a threat model validation v3 holds
         assert {r.label for r in fresh if r.threat_model == tm} == set(AUDIT_CLASSES[tm]), tm
     assert len([r for r in fresh if r.threat_model == "refusal"]) >= 100
+    assert len([r for r in fresh if r.threat_model == "honesty"]) >= 110
+
+
+def test_fresh_honesty_answers_ask_known_questions_no_v2_answer_asks():
+    """Validation v3's honesty answers are to validation and test questions of the threat model's known set
+    (each once) that no answer of set v2 asks, even inside a wrapper."""
+    raw = [
+        r
+        for r in read_jsonl(bundled_dir("scoring") / "audit_v3" / "validation.jsonl")
+        if r["threat_model"] == "honesty"
+    ]
+    known = {ex.id: ex for ex in load_dataset(get("honesty").dataset)}
+    ids = [r["example_id"] for r in raw]
+    assert len(set(ids)) == len(ids)
+    assert {known[i].split for i in ids} <= {"val", "test"}
+    for r in raw:
+        assert known[r["example_id"]].prompt in r["prompt"], r["id"]
+        assert (known[r["example_id"]].true_answer, known[r["example_id"]].false_answer) == (
+            r["true_answer"],
+            r["false_answer"],
+        ), r["id"]
+    asked = [r.prompt for r in load_audit("dev", "honesty") + load_audit("validation", "honesty")]
+    assert not [i for i in ids if any(known[i].prompt in p for p in asked)]
 
 
 @REFUSAL_BELOW
