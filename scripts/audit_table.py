@@ -8,8 +8,12 @@ rule each fitted verdict replaced) against the readers' labels (accuracy and Coh
 Validation v3 is read here and by that test only: choose and fit scorers on audit set v2
 (``scripts/fit_scorers.py``, ``scripts/tune_scorers.py``), then run this once.
 
-Usage: ``python scripts/audit_table.py [--readme data/README.md] [--check]`` (``--check`` exits 1 when
-the README is out of date instead of rewriting it).
+With ``--reading`` it also rewrites the ``<!-- audit-reading:start -->`` block: the refusal verdict that
+reads answers with the embedded model (``lensteer.evaluate.reading``), which needs that model, so
+``tests/integration/test_reading_audit.py`` checks it.
+
+Usage: ``python scripts/audit_table.py [--readme data/README.md] [--check] [--reading]`` (``--check`` exits 1
+when the README is out of date instead of rewriting it).
 """
 
 import argparse
@@ -18,26 +22,39 @@ import sys
 from pathlib import Path
 
 from lensteer.core.io import write_text
-from lensteer.threats.audit import audit_markdown, audit_results
+from lensteer.core.models import load_model
+from lensteer.threats.audit import audit_markdown, audit_results, reading_results
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- audit:start -->\n)(.*?)(<!-- audit:end -->)", re.DOTALL)
 
 
-def rewrite(readme: str, table: str) -> str:
-    """``readme`` with its audit block replaced by ``table``."""
-    if BLOCK.search(readme) is None:
-        raise SystemExit("the README has no <!-- audit:start --> ... <!-- audit:end --> block")
-    return BLOCK.sub(lambda m: m.group(1) + table + m.group(3), readme, count=1)
+def block(name: str) -> re.Pattern[str]:
+    """The README block ``<!-- {name}:start -->`` ... ``<!-- {name}:end -->``."""
+    return re.compile(rf"(<!-- {name}:start -->\n)(.*?)(<!-- {name}:end -->)", re.DOTALL)
+
+
+def rewrite(readme: str, table: str, name: str = "audit") -> str:
+    """``readme`` with its ``name`` block replaced by ``table``."""
+    pattern = block(name)
+    if pattern.search(readme) is None:
+        raise SystemExit(f"the README has no <!-- {name}:start --> ... <!-- {name}:end --> block")
+    return pattern.sub(lambda m: m.group(1) + table + m.group(3), readme, count=1)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readme", type=Path, default=ROOT / "data" / "README.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
+    parser.add_argument(
+        "--reading",
+        action="store_true",
+        help="also the refusal reading verdict's block (loads the embedded model)",
+    )
     args = parser.parse_args()
     old = args.readme.read_text(encoding="utf-8")
     new = rewrite(old, audit_markdown(audit_results("validation_v3")))
+    if args.reading:
+        new = rewrite(new, audit_markdown(reading_results(load_model(), "validation_v3")), "audit-reading")
     if args.check:
         print("up to date" if new == old else "out of date: run python scripts/audit_table.py")
         return 0 if new == old else 1

@@ -95,6 +95,10 @@ class ReadingVerdict:
     rules: str  # the digest of the rules whose outputs are dense features ("" when none)
     scorer_id: ScorerId
 
+    def reads(self, model: Bridge) -> bool:
+        """Whether ``model`` is the reader these parameters were fitted on (same weights)."""
+        return Reader.of(model).weights_sha256 == self.reader.weights_sha256
+
     def check_reader(self, model: Bridge) -> None:
         """Refuse a model that is not the reader these parameters were fitted on."""
         mine = Reader.of(model)

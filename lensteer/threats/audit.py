@@ -23,6 +23,7 @@ from lensteer.evaluate.fitted import fitted_compassion, fitted_honesty, fitted_r
 from lensteer.evaluate.honesty import HONESTY_LABELS, honesty_verdict
 from lensteer.evaluate.judges import CallableJudge, HttpJudge
 from lensteer.evaluate.provenance import ScorerId, rules_digest
+from lensteer.evaluate.reading import reading_refusal
 from lensteer.evaluate.refusal import REFUSAL_LABELS, refusal_verdict
 
 # dev and validation: audit set v2 (data/scoring/audit_v2/), both used to fit and tune the scorers since the
@@ -360,3 +361,16 @@ def audit_results(split: str) -> list[AuditResult]:
             )
         )
     return out
+
+
+READING_NAME = "refusal reading verdict"  # the reading verdict's name in its table
+
+
+def reading_results(model: Any, split: str) -> list[AuditResult]:
+    """The refusal verdict that reads answers with ``model`` (the embedded model, its reader:
+    :func:`~lensteer.evaluate.reading.reading_refusal`) against the readers on one part of the audit set."""
+    rows = load_audit(split, "refusal")
+    if not rows:
+        raise DataError(f"the audit split {split!r} holds no refusal answers")
+    predicted = reading_refusal(model, [r.response for r in rows], [r.prompt for r in rows])
+    return [measure(READING_NAME, [r.label for r in rows], predicted, AUDIT_CLASSES["refusal"])]
