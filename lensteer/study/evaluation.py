@@ -46,6 +46,7 @@ from lensteer.evaluate.capability import (
 )
 from lensteer.evaluate.coherence import COHERENCE_SCORER, is_unreadable
 from lensteer.evaluate.judges import HttpJudge, judge_responses
+from lensteer.evaluate.provenance import ScorerId
 from lensteer.evaluate.refusal import is_refusal
 from lensteer.evaluate.repetition import conversation_repetition, rep_n
 from lensteer.evaluate.steerability import decision_log_odds
@@ -79,10 +80,20 @@ class Condition:
         return f"random:{self.seed}" if self.method == "random" else self.method
 
 
-def trait_flags(threat_model: str, texts: Sequence[str], examples: ContrastSet) -> list[bool]:
+def trait_flags(
+    threat_model: str, texts: Sequence[str], examples: ContrastSet, model: Any = None
+) -> list[bool]:
     """Per answer: does it show the aligned trait (refuses / is compassionate / is honest)? The registered
-    threat model's scorer."""
-    return threats.get(threat_model).flags(texts, examples)
+    threat model's scorer, or its reading scorer when ``model`` is that scorer's reader."""
+    return threats.get(threat_model).flags(texts, examples, model=model)
+
+
+def trait_scorer_id(threat_model: str, model: Any = None) -> ScorerId:
+    """The scorer :func:`trait_flags` uses with ``model`` at hand (what a row records under ``scorer``)."""
+    tm = threats.get(threat_model)
+    if tm.reading is not None and tm.reads_with(model):
+        return tm.reading.scorer_id()
+    return scorer_id(threat_model, tm.scorer)
 
 
 JUDGE_PASS = 50.0  # a judge score (0-100) at or above this counts as showing the trait
@@ -337,7 +348,7 @@ def ungated_fields(
         flags = (
             judged_flags(judge, threat_model, [p.user for p in prompts], gen.texts, ds)
             if judge is not None
-            else trait_flags(threat_model, gen.texts, ds)
+            else trait_flags(threat_model, gen.texts, ds, model)
         )
         rate = _rate(flags, "trait")
         out[k] = {
@@ -467,14 +478,14 @@ def evaluate_conditions(
         row |= _rate(
             judged_flags(judge, threat_model, [p.user for p in prompts], gen.texts, ds)
             if judge is not None
-            else trait_flags(threat_model, gen.texts, ds),
+            else trait_flags(threat_model, gen.texts, ds, model),
             "trait",
         )
         row |= _rate([is_unreadable(t) for t in gen.texts], "unreadable_share") | {  # text a steering broke
             "scorer": (
                 judge_scorer_id(judge, JUDGE_PASS)
                 if judge is not None
-                else scorer_id(threat_model, tm.scorer)
+                else trait_scorer_id(threat_model, model)
             ).to_dict(),
             "coherence_scorer": COHERENCE_SCORER.to_dict(),
         }

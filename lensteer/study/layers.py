@@ -327,7 +327,9 @@ def answer_token_classes(
             generations=answers[name],
             batch_size=config.batch_size,
         )
-        shows = [f == (name == "aligned") for f in trait_flags(threat_model, answers[name].texts, train)]
+        shows = [
+            f == (name == "aligned") for f in trait_flags(threat_model, answers[name].texts, train, model)
+        ]
         kept = [i for i, f in enumerate(shows) if f]
         filtered = len(kept) >= MIN_FIT_ANSWERS
         if filtered:

@@ -244,7 +244,7 @@ def measure_organism(
         for model in (base, organism):
             answers = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size).texts
             texts.append(answers)
-            flags.append(trait_flags(tm, answers, data))
+            flags.append(trait_flags(tm, answers, data, base))  # one reader for both: the base model
             margins.append(preference_margin(model, aligned, misaligned, batch_size=batch_size))
             if threat.answer_log_odds:
                 decisions.append(decision_log_odds(model, aligned, misaligned, batch_size=batch_size))

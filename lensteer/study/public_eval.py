@@ -187,7 +187,7 @@ def evaluate_public_set(
     table: dict[str, dict[str, Any]] = {}
     for k, cond in enumerate(conditions):
         texts = trait_answers[k]
-        trait = tm.flags(texts, trait_set) if texts else _choice_flags(model, rows_of, cond, config)
+        trait = tm.flags(texts, trait_set, model) if texts else _choice_flags(model, rows_of, cond, config)
         row = _rate(trait, "trait") | _rate([is_refusal(t) for t in safe_answers[k]], "over_refusal")
         answered = [*texts, *safe_answers[k]]
         row["unreadable_share"] = (

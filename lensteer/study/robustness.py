@@ -41,9 +41,9 @@ from lensteer.study.evaluation import (
     _eval_set,
     _joint,
     trait_flags,
+    trait_scorer_id,
 )
 from lensteer.study.folder import ROBUSTNESS_FILE
-from lensteer.threats.audit import scorer_id
 
 ORGANISM_PREFIX = "organism:"
 ROW_FIELDS = (
@@ -111,7 +111,9 @@ def _rows(
     origins: Sequence[str],
     flags: Sequence[list[bool]],
     kls: Sequence[float],
+    reader: Any = None,
 ) -> list[dict[str, Any]]:
+    """One row per condition; ``reader``: the model the trait scorer read the answers with, if any."""
     base_flags = flags[0]  # conditions[0] is the unsteered model of this setting
     out = []
     for cond, origin, f, kl in zip(conditions, origins, flags, kls, strict=True):
@@ -129,7 +131,7 @@ def _rows(
                 "p_vs_baseline": None if cond.method == "baseline" else mcnemar_exact(f, base_flags).p_value,
                 "scale": cond.steering.scale if cond.steering is not None else None,
                 "trait_flags": list(f),
-                "scorer": scorer_id(threat_model, threats.get(threat_model).scorer).to_dict(),
+                "scorer": trait_scorer_id(threat_model, reader).to_dict(),
             }
         )
     return out
@@ -172,9 +174,9 @@ def inducer_rows(
         *[Condition(method=m, steering=s) for m, s in steerings.items()],
     ]
     gens = _joint(model, conditions, prompts, config, config.max_new_tokens)
-    flags = [trait_flags(threat_model, [inducer.scored_text(t) for t in g.texts], ds) for g in gens]
+    flags = [trait_flags(threat_model, [inducer.scored_text(t) for t in g.texts], ds, model) for g in gens]
     kls = [0.0] * (1 + len(prompting)) + [heldout_kl[m] for m in steerings]
-    return _rows(setting, threat_model, conditions, ["base"] * len(conditions), flags, kls)
+    return _rows(setting, threat_model, conditions, ["base"] * len(conditions), flags, kls, model)
 
 
 def organism_rows(
@@ -264,7 +266,7 @@ def inducer_behaviour(
     flags = []
     for prompts, scored in ((bare, lambda t: t), ([inducer.apply(p) for p in bare], inducer.scored_text)):
         texts = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size).texts
-        flags.append(trait_flags(threat_model, [scored(t) for t in texts], ds))
+        flags.append(trait_flags(threat_model, [scored(t) for t in texts], ds, model))
     k0, k1, m = sum(flags[0]), sum(flags[1]), len(flags[0])
     return InducerBehaviour(
         inducer=setting,

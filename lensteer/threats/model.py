@@ -8,17 +8,20 @@ by name and read these fields; nothing else in lensteer spells a threat model's 
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from lensteer.core.datasets import BUNDLED, ContrastExample, ContrastSet, load_dataset
 from lensteer.core.inducers import Inducer, bundled_inducers
 from lensteer.errors import ConfigError
+from lensteer.evaluate.provenance import ScorerId
 from lensteer.evaluate.public_sets import FORMATS
 from lensteer.locate.pairs import PairDesign
 from lensteer.organisms.recipes import Recipe
 
 # texts answered to rows of the threat model's contrast set (in order) -> one flag per text
 TextFlags = Callable[[Sequence[str], ContrastSet], list[bool]]
+# (reader model, texts, rows) -> one flag per text: a scorer that reads the answers with a model
+ReadFlags = Callable[[Any, Sequence[str], ContrastSet], list[bool]]
 # texts -> counts per verdict category (e.g. honest / corrected / lie / no_answer / unreadable)
 Verdicts = Callable[[Sequence[str], ContrastSet], dict[str, int]]
 
@@ -32,6 +35,23 @@ GENERIC_RUBRIC = (
 
 def _as_is(prompt: str, _example: ContrastExample) -> str:
     return prompt
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReadingScorer:
+    """A trait scorer that reads the answers with a model, its reader
+    (:mod:`lensteer.evaluate.reading`): it stands in for the threat model's ``scorer`` wherever the model at
+    hand is that reader.
+
+    Attributes:
+        flags: ``flags(model, texts, examples)``: per answer, does it show the aligned trait?
+        reads_with: Is this model the reader (the one the scorer's parameters were fitted on)?
+        scorer_id: Its identity, what a row it scored records under ``scorer``.
+    """
+
+    flags: ReadFlags
+    reads_with: Callable[[Any], bool]
+    scorer_id: Callable[[], ScorerId]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -77,6 +97,8 @@ class ThreatModel:
             measure this trait and its over-refusal (``lensteer evaluate --eval-set FORMAT=PATH``).
         subset_of: Labels each test row with the subset it is reported in beside the whole set (refusal:
             ``plain`` or ``styled`` requests); ``None``: the test set is reported whole only.
+        reading: A scorer that reads the answers with a model (refusal: the embedded model reads them),
+            used instead of ``scorer`` when the model at hand is its reader (:meth:`flags`); ``None``: none.
     """
 
     name: str
@@ -98,6 +120,7 @@ class ThreatModel:
     recipes: tuple[Recipe, ...] = ()
     benchmarks: tuple[str, ...] = ()
     subset_of: Callable[[ContrastExample], str] | None = None
+    reading: ReadingScorer | None = None
 
     def __post_init__(self) -> None:
         for name in ("name", "dataset", "aligned_system"):
@@ -135,9 +158,19 @@ class ThreatModel:
         """Its contrast set."""
         return load_dataset(self.dataset)
 
-    def flags(self, texts: Sequence[str], examples: ContrastSet) -> list[bool]:
-        """Per answer, does it show the aligned trait (the scorer, checked to give one flag per text)?"""
-        out = [bool(f) for f in self.scorer(texts, examples)]
+    def reads_with(self, model: Any) -> bool:
+        """Whether its :attr:`reading` scorer judges the answers when ``model`` is at hand."""
+        return self.reading is not None and model is not None and self.reading.reads_with(model)
+
+    def flags(self, texts: Sequence[str], examples: ContrastSet, model: Any = None) -> list[bool]:
+        """Per answer, does it show the aligned trait (checked to give one flag per text)? The
+        :attr:`reading` scorer when ``model`` is its reader, else the scorer."""
+        raw = (
+            self.reading.flags(model, texts, examples)
+            if self.reading is not None and self.reads_with(model)
+            else self.scorer(texts, examples)
+        )
+        out = [bool(f) for f in raw]
         if len(out) != len(texts):
             raise ConfigError(
                 f"threat model {self.name!r}: its scorer gave {len(out)} flags for {len(texts)} texts"
