@@ -81,14 +81,14 @@ class Condition:
 
 
 def trait_flags(
-    threat_model: str, texts: Sequence[str], examples: ContrastSet, model: Any = None
+    threat_model: str, texts: Sequence[str], examples: ContrastSet, model: Bridge | None = None
 ) -> list[bool]:
     """Per answer: does it show the aligned trait (refuses / is compassionate / is honest)? The registered
     threat model's scorer, or its reading scorer when ``model`` is that scorer's reader."""
     return threats.get(threat_model).flags(texts, examples, model=model)
 
 
-def trait_scorer_id(threat_model: str, model: Any = None) -> ScorerId:
+def trait_scorer_id(threat_model: str, model: Bridge | None = None) -> ScorerId:
     """The scorer :func:`trait_flags` uses with ``model`` at hand (what a row records under ``scorer``)."""
     tm = threats.get(threat_model)
     if tm.reading is not None and tm.reads_with(model):

@@ -111,7 +111,7 @@ def _rows(
     origins: Sequence[str],
     flags: Sequence[list[bool]],
     kls: Sequence[float],
-    reader: Any = None,
+    reader: Bridge | None = None,
 ) -> list[dict[str, Any]]:
     """One row per condition; ``reader``: the model the trait scorer read the answers with, if any."""
     base_flags = flags[0]  # conditions[0] is the unsteered model of this setting

@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.bundled import bundled_dir, read_jsonl
 from lensteer.core.stats import Agreement, agreement, wilson_interval
 from lensteer.errors import ConfigError, DataError
@@ -366,7 +367,7 @@ def audit_results(split: str) -> list[AuditResult]:
 READING_NAME = "refusal reading verdict"  # the reading verdict's name in its table
 
 
-def reading_results(model: Any, split: str) -> list[AuditResult]:
+def reading_results(model: Bridge, split: str) -> list[AuditResult]:
     """The refusal verdict that reads answers with ``model`` (the embedded model, its reader:
     :func:`~lensteer.evaluate.reading.reading_refusal`) against the readers on one part of the audit set."""
     rows = load_audit(split, "refusal")

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.datasets import BUNDLED, ContrastExample, ContrastSet, load_dataset
 from lensteer.core.inducers import Inducer, bundled_inducers
 from lensteer.errors import ConfigError
@@ -158,11 +159,11 @@ class ThreatModel:
         """Its contrast set."""
         return load_dataset(self.dataset)
 
-    def reads_with(self, model: Any) -> bool:
+    def reads_with(self, model: Bridge | None) -> bool:
         """Whether its :attr:`reading` scorer judges the answers when ``model`` is at hand."""
         return self.reading is not None and model is not None and self.reading.reads_with(model)
 
-    def flags(self, texts: Sequence[str], examples: ContrastSet, model: Any = None) -> list[bool]:
+    def flags(self, texts: Sequence[str], examples: ContrastSet, model: Bridge | None = None) -> list[bool]:
         """Per answer, does it show the aligned trait (checked to give one flag per text)? The
         :attr:`reading` scorer when ``model`` is its reader, else the scorer."""
         raw = (
