@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lensteer import threats
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.core.datasets import load_dataset
 from lensteer.evaluate.capability import load_mc_items, load_paragraphs
@@ -115,7 +116,7 @@ def forced_per_row(length: float, shared: int, rows: int, batch: int) -> float:
     return length - shared * (1 - 1 / max(min(rows, batch), 1))
 
 
-def shared_tokens(model: Any, prompts: Sequence[Any]) -> int:
+def shared_tokens(model: Bridge, prompts: Sequence[Any]) -> int:
     """The prefix every prompt shares, in tokens, if the teacher-forced passes compute it once (0 otherwise:
     shorter than :data:`~lensteer.steering.prefix.MIN_SHARED_PREFIX`)."""
     if len(prompts) < 2:
@@ -125,7 +126,7 @@ def shared_tokens(model: Any, prompts: Sequence[Any]) -> int:
     return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
-def mean_tokens(model: Any, prompts: Sequence[Any]) -> float:
+def mean_tokens(model: Bridge, prompts: Sequence[Any]) -> float:
     """Mean tokens of the prompts, chat template included."""
     return sum(tokenize_prompt(model, p).n_tokens for p in prompts) / max(len(prompts), 1)
 
@@ -157,7 +158,7 @@ class Shared:
         return rows * forced_per_row(length, self.harmless_prefix, rows, self.batch)
 
     @classmethod
-    def of(cls, model: Any, config: StudyConfig) -> "Shared":
+    def of(cls, model: Bridge, config: StudyConfig) -> "Shared":
         calibration = calibration_prompts(config)
         harmless = load_dataset(threats.HARMLESS_DATASET).test.stratified(config.n_harmless).paired_prompts
         borderline = (
@@ -230,7 +231,7 @@ class Shapes:
         return rows * forced_per_row(length, self.shared_context, rows, self.batch)
 
     @classmethod
-    def of(cls, model: Any, threat_model: str, config: StudyConfig) -> "Shapes":
+    def of(cls, model: Bridge, threat_model: str, config: StudyConfig) -> "Shapes":
         tm = threats.get(threat_model)
         ds = tm.load()
         evals = ds.test.stratified(config.n_eval).chat_prompts(context=tm.misaligning_context)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lensteer import threats
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import tokenize_prompt
 from lensteer.study.config import PAPER_REGIME, SELECTIVE_METHODS, StudyConfig
 from lensteer.study.costs import (
@@ -198,7 +199,7 @@ def _blocks(threat_model: str, config: StudyConfig, n_layers: int, *, first: boo
     return out
 
 
-def _sites(model: Any, config: StudyConfig) -> Sites:
+def _sites(model: Bridge, config: StudyConfig) -> Sites:
     """The candidate layers the site choice screens (the stride's, plus at most ``patching_layers`` more)."""
     from lensteer.study.site_choice import candidate_layer_set, cutoff_layer
 
@@ -211,7 +212,7 @@ def _sites(model: Any, config: StudyConfig) -> Sites:
     return Sites(screened=len(strided) + min(config.patching_layers, spare), sweep=sweep)
 
 
-def study_plan(model: Any, config: StudyConfig) -> tuple[list[ThreatModelPlan], list[StagePlan]]:
+def study_plan(model: Bridge, config: StudyConfig) -> tuple[list[ThreatModelPlan], list[StagePlan]]:
     """Every threat model's conditions and every stage's work, in the order the runner runs them."""
     n_layers = int(model.cfg.n_layers)
     shared = Shared.of(model, config)
@@ -236,7 +237,7 @@ def study_plan(model: Any, config: StudyConfig) -> tuple[list[ThreatModelPlan], 
     return plans, stages
 
 
-def _probe_prompts(model: Any, config: StudyConfig) -> tuple[list[Any], list[Any]]:
+def _probe_prompts(model: Bridge, config: StudyConfig) -> tuple[list[Any], list[Any]]:
     """The probe's two batches of the study's test prompts in their misaligning contexts: ``batch_size`` rows
     of the threat model with the longest shared context (prefilled once per batch, as the study decodes
     them) and an eighth as many of every threat model in turn (no shared context)."""
@@ -257,7 +258,7 @@ class _Timed:
     prefill: float  # seconds of the batch's prefill (a teacher-forced pass over its prompts)
 
 
-def _timed_batch(model: Any, prompts: Sequence[Any], steps: int) -> _Timed:
+def _timed_batch(model: Bridge, prompts: Sequence[Any], steps: int) -> _Timed:
     """One batch of ``prompts`` decoded 2 and ``2 + steps`` tokens: a step's seconds (the extra time over the
     steps actually taken: rows may stop at end of turn; the prefill cancels) and the prefill's (the short
     run less its steps)."""
@@ -274,7 +275,7 @@ def _timed_batch(model: Any, prompts: Sequence[Any], steps: int) -> _Timed:
     return _Timed(step=step, prefill=max(short - n_short * step, short / 10))
 
 
-def probe_rates(model: Any, config: StudyConfig, *, steps: int = 6) -> Rates:
+def probe_rates(model: Bridge, config: StudyConfig, *, steps: int = 6) -> Rates:
     """This machine's speed on ``model`` at the study's shapes (seconds to a minute on the embedded model):
     a batch of ``batch_size`` of the study's test prompts, its few-shot context shared as the study shares it,
     and one of an eighth as many decode ``steps`` more tokens than a 2-token run: a step's fixed cost and

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, TokenizedPrompt
 from lensteer.core.stats import PairedDifference, bootstrap_mean_ci, paired_permutation_test
 from lensteer.errors import ConfigError, DataError
@@ -46,7 +47,7 @@ class TraitCheck:
     scorer: TraitScorer
     max_new_tokens: int = 24
 
-    def rate(self, model: Any, steering: Steering | None, batch_size: int = 16) -> float:
+    def rate(self, model: Bridge, steering: Steering | None, batch_size: int = 16) -> float:
         texts = generate(
             model,
             list(self.prompts),
@@ -307,7 +308,7 @@ class SelectionRules:
 
 
 def select_candidate(
-    model: Any,
+    model: Bridge,
     candidates: Sequence[Candidate],
     decision: DecisionProbe,
     *,

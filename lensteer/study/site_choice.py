@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lensteer import threats
+from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt, tokenize_prompt
 from lensteer.core.datasets import ContrastSet, load_dataset
 from lensteer.errors import DataError
@@ -94,7 +95,7 @@ def cutoff_layer(n_layers: int) -> int:
     return max(1, round(n_layers * (1 - SKIP_LAST_FRACTION)))
 
 
-def patching_evidence(model: Any, tm: threats.ThreatModel, config: StudyConfig) -> dict[str, Any]:
+def patching_evidence(model: Bridge, tm: threats.ThreatModel, config: StudyConfig) -> dict[str, Any]:
     """Attribution patching of ``tm``'s training patching pairs; its top layers at the post-instruction tokens
     (and the last token) below the cutoff. Pairs this tokenizer cannot build are said so (no layers)."""
     if config.patching_layers == 0:
@@ -124,7 +125,7 @@ def patching_evidence(model: Any, tm: threats.ThreatModel, config: StudyConfig) 
     }
 
 
-def candidate_layer_set(model: Any, config: StudyConfig, patched: Sequence[int]) -> list[int]:
+def candidate_layer_set(model: Bridge, config: StudyConfig, patched: Sequence[int]) -> list[int]:
     """The configured candidate layers (or every ``layer_stride``-th from 1 below the cutoff) plus ``patched``."""
     n = int(model.cfg.n_layers)
     config.check_layers(n)
@@ -161,7 +162,7 @@ class DecisionSet:
     how: str
 
 
-def decision_set(model: Any, tm: threats.ThreatModel, config: StudyConfig) -> DecisionSet:
+def decision_set(model: Bridge, tm: threats.ThreatModel, config: StudyConfig) -> DecisionSet:
     """``n_select`` validation questions in the misaligning setting; the decision is the threat model's opening
     tokens at the assistant start, or (none given) the first token where the written replies part."""
     ds, context = tm.load(), tm.misaligning_context
@@ -227,7 +228,7 @@ class SiteInputs:
     progress: bool = False  # a bar over the candidates
 
 
-def choose_site(model: Any, config: StudyConfig, inputs: SiteInputs) -> SiteChoice:
+def choose_site(model: Bridge, config: StudyConfig, inputs: SiteInputs) -> SiteChoice:
     """Build the candidates, score them on validation prompts (:func:`select_candidate`) and choose the site."""
     tm = threats.get(inputs.threat_model)
     patched = tuple(inputs.patching.get("top_layers", ()))
