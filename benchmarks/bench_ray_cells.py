@@ -32,28 +32,21 @@ QUIET = {"progress": False, "log": lambda _line: None}
 
 def tiny_model_folder(folder: Path) -> str:
     """A 4-layer random Llama with the tests' character tokenizer, saved as a Hugging Face folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from builders import make_char_tokenizer
+    from builders import make_char_tokenizer, save_tiny_llama_folder
 
-    tokenizer = make_char_tokenizer(folder / "tokenizer")
-    with torch.random.fork_rng():
-        torch.random.default_generator.manual_seed(0)
-        hf = LlamaForCausalLM(
-            LlamaConfig(
-                num_hidden_layers=4,
-                hidden_size=32,
-                intermediate_size=64,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                vocab_size=len(tokenizer),
-                initializer_range=0.5,  # steerings reach their KL budgets (as in the Ray tests)
-            )
+    return str(
+        save_tiny_llama_folder(
+            folder / "model",
+            make_char_tokenizer(folder / "tokenizer"),
+            num_hidden_layers=4,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            initializer_range=0.5,  # steerings reach their KL budgets (as in the Ray tests)
         )
-    hf.save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
-    return str(folder / "model")
+    )
 
 
 def sweep(threat_model: str) -> StudyConfig:

@@ -151,22 +151,20 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def save_tiny_llama_folder(folder, tokenizer, **config):
-    """A 2-layer random Llama (fixed seed) saved with ``tokenizer`` as a Hugging Face folder, loadable by path."""
+    """A random Llama (fixed seed; 2 layers of width 16 unless ``config`` says otherwise) saved with
+    ``tokenizer`` as a Hugging Face folder, loadable by path."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    shape = {
+        "num_hidden_layers": 2,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    }
     with torch.random.fork_rng():  # fixed weights, whatever ran before (unseeded weights made a test flaky)
         torch.random.default_generator.manual_seed(0)
-        hf = LlamaForCausalLM(
-            LlamaConfig(
-                num_hidden_layers=2,
-                hidden_size=16,
-                intermediate_size=32,
-                num_attention_heads=2,
-                num_key_value_heads=1,
-                vocab_size=len(tokenizer),
-                **config,
-            )
-        )
+        hf = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **{**shape, **config}))
     hf.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
