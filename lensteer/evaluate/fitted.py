@@ -305,11 +305,16 @@ RULES = {
 }
 
 
+def bundled_file(verdict: str, known: Sequence[str], version: str, kind: str = "fitted") -> str:
+    """The bundled parameters' file name (``data/scoring/``) of the ``kind`` verdict named ``verdict``."""
+    if verdict not in known:
+        raise ConfigError(f"{kind} verdicts exist for {sorted(known)}, got {verdict!r}")
+    return f"{verdict.replace('-', '_')}_v{version}.json"
+
+
 def fitted_file(verdict: str) -> str:
     """The bundled parameters' file name of the fitted verdict named ``verdict`` (``data/scoring/``)."""
-    if verdict not in RULES:
-        raise ConfigError(f"fitted verdicts exist for {sorted(RULES)}, got {verdict!r}")
-    return f"{verdict.replace('-', '_')}_v{FITTED_VERSION}.json"
+    return bundled_file(verdict, list(RULES), FITTED_VERSION)
 
 
 @functools.cache

@@ -28,7 +28,7 @@ from lensteer.core.chat import ChatPrompt
 from lensteer.core.io import read_json
 from lensteer.core.models import model_fingerprint
 from lensteer.errors import ArtifactMismatchError, ConfigError, DataError
-from lensteer.evaluate.fitted import RULES, Features, refusal_features
+from lensteer.evaluate.fitted import RULES, Features, bundled_file, refusal_features
 from lensteer.evaluate.provenance import ScorerId, rules_digest
 
 READING_VERSION = "1"
@@ -251,9 +251,7 @@ READING_RULES = {"refusal-reading": RULES["refusal-fitted"]}
 
 def reading_file(verdict: str) -> str:
     """The bundled parameters' file name of the reading verdict named ``verdict`` (``data/scoring/``)."""
-    if verdict not in READING_RULES:
-        raise ConfigError(f"reading verdicts exist for {sorted(READING_RULES)}, got {verdict!r}")
-    return f"{verdict.replace('-', '_')}_v{READING_VERSION}.json"
+    return bundled_file(verdict, list(READING_RULES), READING_VERSION, "reading")
 
 
 @functools.cache
