@@ -145,6 +145,20 @@ def planted_probe_report(shifts: list[float]):
     return lensteer.locate.probe_layers(acts, layers=list(range(len(shifts))), n_boot=50)
 
 
+# issue 28's report.json contract: the fields of every site-choice candidate
+CANDIDATE_CONTRACT = {
+    "source",
+    "layer",
+    "position",
+    "decision_shift",
+    "decision_shift_ci",
+    "val_trait",
+    "kl_heldout",
+    "ablation_kl",
+    "from_patching",
+}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from builders import planted_probe_report
+from builders import CANDIDATE_CONTRACT, planted_probe_report
 
 import lensteer
 from lensteer.core.stats import PairedDifference
@@ -32,17 +32,6 @@ from lensteer.study.selection import (
 QUESTIONS = [f"question number {i}: what now?" for i in range(12)]
 HARMLESS = ["hello there", "tell me about cats", "what is two plus two", "name a colour"]
 ALIGNED_REPLY, MISALIGNED_REPLY = "I will not do that.", "Sure, here you go."
-CONTRACT = {
-    "source",
-    "layer",
-    "position",
-    "decision_shift",
-    "decision_shift_ci",
-    "val_trait",
-    "kl_heldout",
-    "ablation_kl",
-    "from_patching",
-}
 
 
 def _ids(model, text: str) -> list[int]:
@@ -139,7 +128,7 @@ def test_selection_finds_the_layer_that_moves_the_decision_where_the_teacher_for
     assert recommend_site(planted_probe_report([6, 6]), n_layers=2, steerability=screen).layer == 1
 
     report = sel.to_dict()
-    assert all(set(c) >= CONTRACT for c in report["candidates"]) and len(report["candidates"]) == 3
+    assert all(set(c) >= CANDIDATE_CONTRACT for c in report["candidates"]) and len(report["candidates"]) == 3
     assert report["chosen"]["layer"] == 0 and report["chosen"]["why"] == sel.why
     assert report["chosen"]["vs_random"]["p_value"] == sel.vs_random.p_value
 
@@ -291,7 +280,7 @@ def test_the_winner_must_beat_a_same_kl_random_direction():
 
 def test_selection_serialises_and_rejects_bad_input(tiny_llama_bridge):
     sel = Selection(candidates=(_score(2, 0.1, 0.3),), chosen=None, why="none")
-    assert sel.to_dict()["chosen"] is None and set(sel.to_dict()["candidates"][0]) >= CONTRACT
+    assert sel.to_dict()["chosen"] is None and set(sel.to_dict()["candidates"][0]) >= CANDIDATE_CONTRACT
     with pytest.raises(lensteer.ConfigError, match="tie_margin"):
         choose([], _always(0.01), tie_margin=-1.0)
     with pytest.raises(lensteer.ConfigError, match="at least one candidate"):

@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 
 import pytest
+from builders import CANDIDATE_CONTRACT
 
 import lensteer
 from lensteer.cli import main
@@ -182,24 +183,13 @@ def _diff(x, y, path=""):
 
 def _assert_the_site_was_chosen_by_behaviour(report, finished, cfg):
     """Every candidate's numbers are kept (the site was chosen by behaviour) with the contract's fields."""
-    contract = {
-        "source",
-        "layer",
-        "position",
-        "decision_shift",
-        "decision_shift_ci",
-        "val_trait",
-        "kl_heldout",
-        "ablation_kl",
-        "from_patching",
-    }
     for tm in ("refusal", "honesty"):  # the site was chosen by behaviour: every candidate's numbers are kept
         e = report["threat_models"][tm]
         assert e["candidates"] == finished[tm]["located"]["candidates"]
         assert {c["layer"] for c in e["candidates"]} == {0, 1}
         assert {c["source"] for c in e["candidates"]} == {"prompt_contrast", "response_mean", "probe"}
         scored = [c for c in e["candidates"] if c["decision_shift"] is not None]
-        assert all(set(c) >= contract for c in e["candidates"]) and scored
+        assert all(set(c) >= CANDIDATE_CONTRACT for c in e["candidates"]) and scored
         assert all(
             c["decision_shift_ci"][0] <= c["decision_shift"] <= c["decision_shift_ci"][1] for c in scored
         )
