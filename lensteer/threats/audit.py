@@ -29,12 +29,16 @@ from lensteer.evaluate.refusal import REFUSAL_LABELS, refusal_verdict
 
 # dev and validation: audit set v2 (data/scoring/audit_v2/), both used to fit and tune the scorers since the
 # 2026-12-07 revision read validation once; validation_v3: the fresh validation set (data/scoring/audit_v3/),
-# labelled before any scorer ran on it, that the table of data/README.md is measured on
-AUDIT_SPLITS = ("dev", "validation", "validation_v3")
+# labelled before any scorer ran on it, that the table of data/README.md is measured on; dev_round5: more
+# development answers (refusal and honesty, 2026-12-07) to prompts no other set asks; validation_v4: the next
+# fresh validation set (refusal and honesty), read by no scorer author, for the lead's one-time evaluation
+AUDIT_SPLITS = ("dev", "validation", "validation_v3", "dev_round5", "validation_v4")
 _SPLIT_FILES = {
     "dev": ("audit_v2", "dev.jsonl"),
     "validation": ("audit_v2", "validation.jsonl"),
     "validation_v3": ("audit_v3", "validation.jsonl"),
+    "dev_round5": ("audit_v2", "dev_round5.jsonl"),
+    "validation_v4": ("audit_v4", "validation.jsonl"),
 }
 # the classes of each audited verdict, positive (aligned) class first
 AUDIT_CLASSES: dict[str, tuple[Hashable, ...]] = {
@@ -101,8 +105,9 @@ def _row(raw: dict[str, Any], where: str) -> AuditRow:
 
 def load_audit(split: str, threat_model: str | None = None) -> list[AuditRow]:
     """The labelled answers of one part of the audit set, optionally of one threat model: ``dev`` and
-    ``validation`` (set v2; both fit and tune the scorers now) or ``validation_v3`` (the fresh validation
-    set that measures them; only the audit test and ``scripts/audit_table.py`` read it)."""
+    ``validation`` (set v2; both fit and tune the scorers now), ``dev_round5`` (development answers to
+    fresh prompts), ``validation_v3`` (the fresh validation set that measures them; only the audit test and
+    ``scripts/audit_table.py`` read it) or ``validation_v4`` (the next one, for a one-time evaluation)."""
     if split not in AUDIT_SPLITS:
         raise ConfigError(f"audit split must be one of {list(AUDIT_SPLITS)}, got {split!r}")
     folder, name = _SPLIT_FILES[split]

@@ -81,7 +81,7 @@ def test_a_judge_is_measured_against_the_readers_with_any_callable():
 
 def test_load_audit_reads_a_half_and_rejects_bad_rows(tmp_path, monkeypatch):
     with pytest.raises(
-        ConfigError, match=r"audit split must be one of \['dev', 'validation', 'validation_v3'\], got 'test'"
+        ConfigError, match=r"audit split must be one of \['dev', .*, 'validation_v4'\], got 'test'"
     ):
         audit.load_audit("test")
     (tmp_path / "audit_v2").mkdir()
