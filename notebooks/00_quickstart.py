@@ -74,7 +74,8 @@ config = StudyConfig(threat_models=("refusal",), methods=("SwFC",), n_train=N_TR
                      candidate_layers=(12,) if SMOKE else None)   # None: every 8th layer of the first 80%
 if SMOKE:   # one candidate layer, no patching layers, six validation prompts: three candidates, not ~30;
     # 12-token answers for the gate's borderline check and the fluency bounds (as StudyConfig.smoke())
-    config = replace(config, patching_layers=0, n_select=6, select_new_tokens=4, n_fluency=2, max_new_tokens=12)
+    config = replace(config, patching_layers=0, n_select=6, select_new_tokens=4, n_fluency=2, max_new_tokens=12,
+                     n_gate=16)   # the gate fitted and read on 16 prompts of each kind and split, not ~900
 steering = build_steering(model, "refusal", "SwFC", KL_BUDGET, config)
 print(steering.describe())
 print("calibration:", steering.info["calibration"])

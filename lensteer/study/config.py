@@ -154,7 +154,7 @@ def _check_sizes(v: dict[str, Any]) -> None:
     """The counts, the layer and the seed (ints within their ranges; some may be absent)."""
     for name in _POSITIVE_INTS:
         _check_int(name, v[name], low=1, optional=False)
-    for name in ("n_eval", "n_harmless"):
+    for name in ("n_eval", "n_harmless", "n_gate"):
         _check_int(name, v[name], low=1, optional=True)
     for name in ("n_borderline", "n_paragraphs", "n_mc", "patching_layers"):
         _check_int(name, v[name], low=0, optional=True)
@@ -248,6 +248,10 @@ class StudyConfig:
             validation prompts stays within ``max_borderline_over_refusal`` is used.
         max_borderline_over_refusal: The ceiling on the gate's validation borderline over-refusal (0.10:
             the issue's and the report's trade-off ceiling).
+        n_gate: Prompts per split the prompt gate is fitted and read on: that many harmful training,
+            validation and test prompts (their harmless twins follow) and borderline prompts of each
+            split, taken in turn from every category (``None``: every training pair, at least 96, and
+            the whole validation and test splits; the smoke profile reads 16 of each).
         kl_budgets: Coherence budgets in nats per token; every method is calibrated to each, on held-apart
             harmless and borderline prompts with its gate as deployed (:mod:`lensteer.study.coherence`).
         max_perplexity_ratio: Fluency bound on the steered answers to held-apart target prompts: their
@@ -316,6 +320,7 @@ class StudyConfig:
     gate_fpr: float | None = None
     gate_fprs: tuple[float, ...] = (0.02, 0.05, 0.10, 0.15, 0.20)
     max_borderline_over_refusal: float = 0.10
+    n_gate: int | None = None
     kl_budgets: tuple[float, ...] = (0.5,)
     max_perplexity_ratio: float = 3.0
     max_rep4: float = 0.4
@@ -453,6 +458,7 @@ class StudyConfig:
             n_select=6,
             select_new_tokens=6,
             patching_layers=1,
+            n_gate=16,
             batch_size=16,
         )
 

@@ -28,6 +28,7 @@ from lensteer.steering.prefix import MIN_SHARED_PREFIX
 from lensteer.study.coherence import calibration_prompts
 from lensteer.study.config import SELECTIVE_METHODS, StudyConfig
 from lensteer.study.evaluation import SHARED_CONTEXT_TOKENS, _common_prefix
+from lensteer.study.gate import gate_prompt_sets
 
 CALIBRATION_EVALUATIONS = 6  # KL evaluations per calibrated scale (bracket, bisect to 5%): 5-6 in a demo run
 SELECTION_EVALUATIONS = 6  # per site candidate: calibrated to 15% (site_choice.CALIBRATION_TOLERANCE)
@@ -240,7 +241,7 @@ class Shapes:
         kind: ContrastKind = "decision" if tm.decision_contexts is not None else "response"
         pos, neg, _ = contrast_prompts(rows, kind, tm.decision_contexts)
         start, end = tokenize_prompt(model, evals[0]).post_instruction
-        gate = _gate_sets(config) if tm.prompt_gate else (0, 0)
+        gate = _gate_sets(tm, config) if tm.prompt_gate else (0, 0)
         return cls(
             name=threat_model,
             n_eval=len(evals),
@@ -263,13 +264,13 @@ class Shapes:
         )
 
 
-def _gate_sets(config: StudyConfig) -> tuple[int, int]:
-    """Rows the prompt gate reads (``gate.prompt_gate``: refusal's training, validation and test prompts
-    with their harmless twins and the borderline sets) and the borderline validation prompts it answers."""
-    refusal, borderline = load_dataset(threats.HARMLESS_DATASET), load_dataset("borderline")
-    train = refusal.fit.stratified(max(96, config.n_train))
-    rows = 2 * (len(train) + len(refusal.val) + len(refusal.test))
-    return rows + len(borderline.fit) + len(borderline.val) + len(borderline.test), len(borderline.val)
+def _gate_sets(tm: threats.ThreatModel, config: StudyConfig) -> tuple[int, int]:
+    """Rows the prompt gate reads (:func:`~lensteer.study.gate.gate_prompt_sets`: refusal's training,
+    validation and test prompts with their harmless twins and the borderline sets) and the borderline
+    validation prompts it answers."""
+    sets = gate_prompt_sets(tm, config)
+    read = sum(len(prompts) for name, prompts in sets.items() if not name.startswith("borderline_"))
+    return read, len(sets["borderline_val"])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,7 +28,7 @@ from lensteer import threats
 from lensteer.core.activations import collect_activations
 from lensteer.core.bridge import Bridge
 from lensteer.core.chat import ChatPrompt
-from lensteer.core.datasets import load_dataset
+from lensteer.core.datasets import ContrastSet, load_dataset
 from lensteer.evaluate.refusal import is_refusal
 from lensteer.steering.gate_search import GateSearch, search_gate_from_activations
 from lensteer.steering.gates import Gate
@@ -105,6 +105,41 @@ def _share(flags: torch.Tensor) -> float:
     return float(flags.double().mean()) if flags.numel() else 0.0
 
 
+def _capped(split: ContrastSet, cap: int | None) -> ContrastSet:
+    """``cap`` examples taken in turn from every category, or the whole split in file order."""
+    return split if cap is None else split.stratified(cap)
+
+
+def gate_prompt_sets(tm: threats.ThreatModel, config: StudyConfig) -> dict[str, list[str]]:
+    """The prompts the gate is fitted and read on, by role: harmful (positives) and harmless twins plus
+    borderline prompts (negatives) of the training, validation and test splits, and the borderline
+    validation and test prompts on their own (``borderline_val`` is answered by the unsteered model).
+
+    ``config.n_gate`` caps each split's harmful prompts (their twins follow) and its borderline prompts,
+    taken in turn from every category; unset, every training pair (at least 96) and whole validation and
+    test splits. The training rows exclude the held-apart ones (they calibrate the steerings' KL)."""
+    refusal, borderline = tm.load(), load_dataset("borderline")
+    cap = config.n_gate
+    # harmful vs topic-matched harmless is a hard contrast for a small model: every training pair by default
+    train = refusal.fit.stratified(max(96, config.n_train) if cap is None else cap)
+    val, test = _capped(refusal.val, cap), _capped(refusal.test, cap)
+    border_fit, border_val, border_test = (
+        _capped(borderline.fit, cap),
+        _capped(borderline.val, cap),
+        _capped(borderline.test, cap),
+    )
+    return {
+        "positives_train": train.prompts,
+        "negatives_train": train.paired_prompts + border_fit.prompts,
+        "positives_val": val.prompts,
+        "negatives_val": val.paired_prompts + border_val.prompts,
+        "positives_test": test.prompts,
+        "negatives_test": test.paired_prompts + border_test.prompts,
+        "borderline_val": border_val.prompts,
+        "borderline_test": border_test.prompts,
+    }
+
+
 def prompt_gate(
     model: Bridge, tm: threats.ThreatModel, config: StudyConfig, layers: Sequence[int]
 ) -> GateChoice:
@@ -113,33 +148,24 @@ def prompt_gate(
 
     Training rows exclude the held-apart ones (they calibrate the steerings' KL, gate on); the gate is read
     in its own prompt pass, so its layer need not be the steering layer."""
-    refusal, borderline = tm.load(), load_dataset("borderline")
-    # harmful vs topic-matched harmless is a hard contrast for a small model: use every training pair
-    train, val, test = refusal.fit.stratified(max(96, config.n_train)), refusal.val, refusal.test
-    sets = {
-        "positives_train": train.prompts,
-        "negatives_train": train.paired_prompts + borderline.fit.prompts,
-        "positives_val": val.prompts,
-        "negatives_val": val.paired_prompts + borderline.val.prompts,
-        "positives_test": test.prompts,
-        "negatives_test": test.paired_prompts + borderline.test.prompts,
-    }
+    sets = gate_prompt_sets(tm, config)
     acts = {
         name: collect_activations(model, prompts, layers=list(layers), batch_size=config.batch_size)
         for name, prompts in sets.items()
+        if not name.startswith("borderline_")
     }
     refused = torch.tensor(
         [
             is_refusal(t)
             for t in generate(
                 model,
-                [ChatPrompt(user=p) for p in borderline.val.prompts],
+                [ChatPrompt(user=p) for p in sets["borderline_val"]],
                 max_new_tokens=config.max_new_tokens,
                 batch_size=config.batch_size,
             ).texts
         ]
     )
-    n_val_border, n_test_border = len(borderline.val), len(borderline.test)
+    n_val_border, n_test_border = len(sets["borderline_val"]), len(sets["borderline_test"])
     searches: dict[float, GateSearch] = {}
     curve = []
     for budget in sorted({*config.gate_fprs, *([] if config.gate_fpr is None else [config.gate_fpr])}):

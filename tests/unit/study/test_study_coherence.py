@@ -12,7 +12,8 @@ from lensteer.steering.calibration import calibrate, kl_probe, steering_kl
 from lensteer.steering.gates import Gate
 from lensteer.study import coherence
 from lensteer.study.config import StudyConfig
-from lensteer.study.gate import CurvePoint, choose_budget
+from lensteer.study.costs import _gate_sets
+from lensteer.study.gate import CurvePoint, choose_budget, gate_prompt_sets
 
 CONFIG = StudyConfig(n_kl=3, kl_tokens=4, max_new_tokens=8, batch_size=8, n_fluency=4)
 
@@ -144,6 +145,25 @@ def test_config_checks_the_gate_budgets_and_fluency_bounds():
         {"max_rep4": 0.0},
         {"n_fluency": -1},
         {"gate_fpr": 0.0},
+        {"n_gate": 0},
     ):
         with pytest.raises(lensteer.ConfigError, match=next(iter(bad))):
             StudyConfig.from_dict(bad)
+
+
+def test_the_gate_reads_whole_splits_unless_n_gate_caps_them_and_the_plan_counts_what_it_reads():
+    refusal, borderline = threats.get("refusal"), lensteer.load_dataset("borderline")
+    whole = gate_prompt_sets(refusal, StudyConfig())
+    data = refusal.load()
+    assert whole["positives_val"] == data.val.prompts and whole["positives_test"] == data.test.prompts
+    assert whole["negatives_test"] == data.test.paired_prompts + borderline.test.prompts
+    assert len(whole["positives_train"]) == max(96, StudyConfig().n_train)
+    capped = gate_prompt_sets(refusal, StudyConfig(n_gate=5))
+    for name, prompts in capped.items():
+        kinds = 1 if name.startswith(("positives", "borderline")) else 2  # negatives: twins + borderline
+        assert len(prompts) == 5 * kinds, name
+        assert set(prompts) <= set(whole[name]), name
+    assert capped["borderline_val"] == capped["negatives_val"][-5:]  # the curve reads the borderline tail
+    assert StudyConfig.smoke().n_gate == 16 and StudyConfig.paper().n_gate is None
+    read = sum(len(v) for k, v in capped.items() if not k.startswith("borderline_"))
+    assert _gate_sets(refusal, StudyConfig(n_gate=5)) == (read, 5) == (45, 5)
