@@ -71,9 +71,11 @@ loc = locate_threat_model(model, THREAT_MODEL, config, calibration_prompts, prob
 print(f"layer {loc.layer} ({loc.site}); reference residual norm {loc.reference_norm:.1f}")
 for reason in loc.reasons:
     print(" -", reason)
-if loc.selection:   # every candidate's decision shift by layer, position and source; the chosen one starred
+if loc.selection and loc.selection.scored:   # every scored candidate's decision shift; the chosen one starred
     fig, _ = plot_selection(loc.selection)
     plt.show()
+elif loc.selection:
+    print("no candidate passed the filters, so none was scored (the reasons above)")
 
 # %% [markdown]
 # ## Calibrate to a KL budget
@@ -175,7 +177,7 @@ for name, s in conditions.items():
 from lensteer.core import bundled_inducers
 from lensteer.evaluate import inducer_effect
 
-attack_set = lensteer.load_dataset(THREAT_MODEL).with_responses().train.stratified(4 if SMOKE else 24)
+attack_set = lensteer.load_dataset(THREAT_MODEL).with_responses().train.stratified(2 if SMOKE else 24)
 for name, inducer in bundled_inducers(THREAT_MODEL).items():
     e = inducer_effect(model, attack_set, inducer)
     print(f"{name:>20} ({inducer.kind:>8}): change {e.delta:+.3f} [{e.delta_ci[0]:+.3f}, {e.delta_ci[1]:+.3f}] nats/token, "
