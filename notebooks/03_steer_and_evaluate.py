@@ -45,7 +45,7 @@ from lensteer.plotting.selection_figure import plot_selection
 config = replace(StudyConfig.smoke() if SMOKE else StudyConfig(), threat_models=(THREAT_MODEL,))
 if SMOKE:   # two methods, four prompts, short answers, short KL continuations, one candidate layer (no patching's)
     config = replace(config, methods=("SwFC", "StMP"), n_eval=4, max_new_tokens=10, kl_tokens=8,
-                     candidate_layers=(17,), patching_layers=0, select_new_tokens=4, n_fluency=2)
+                     candidate_layers=(17,), patching_layers=0, select_new_tokens=4, n_fluency=1)
 KL_BUDGET = config.kl_budgets[0]   # nats per token on harmless prompts
 model = lensteer.load_model()
 refusal = lensteer.load_dataset("refusal")
@@ -71,7 +71,8 @@ loc = locate_threat_model(model, THREAT_MODEL, config, calibration_prompts, prob
 print(f"layer {loc.layer} ({loc.site}); reference residual norm {loc.reference_norm:.1f}")
 for reason in loc.reasons:
     print(" -", reason)
-if loc.selection and loc.selection.scored:   # every scored candidate's decision shift; the chosen one starred
+scored = [c for c in (loc.selection or {}).get("candidates", []) if c["decision_shift"] is not None]
+if scored:   # every scored candidate's decision shift by layer, position and source; the chosen one starred
     fig, _ = plot_selection(loc.selection)
     plt.show()
 elif loc.selection:

@@ -125,11 +125,6 @@ class Selection:
     steering: Steering | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def scored(self) -> tuple[CandidateScore, ...]:
-        """The candidates that passed the filters and were scored on validation prompts."""
-        return tuple(c for c in self.candidates if c.decision_shift is not None)
-
     def to_dict(self) -> dict[str, Any]:
         chosen = (
             None

@@ -40,20 +40,3 @@ def test_the_selection_figure_writes_a_png_and_marks_the_chosen_candidate(tmp_pa
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.stat().st_size > 0
     with pytest.raises(lensteer.DataError, match="no scored candidate"):
         plot_selection({"candidates": []})
-
-
-def test_a_selection_knows_which_candidates_were_scored():
-    sel = _selection()
-    assert len(sel.scored) == len(sel.candidates) == 20
-    filtered = CandidateScore(
-        source="probe",
-        layer=7,
-        position="response_mean",
-        from_patching=False,
-        ablation_kl=0.4,
-        why_not=("ablation KL 0.4 > 0.1",),
-    )
-    unscored = Selection(candidates=(filtered,), chosen=None, why="none passed")
-    assert unscored.scored == () and not unscored.chosen
-    with pytest.raises(lensteer.DataError, match="no scored candidate"):  # what the notebook guards against
-        plot_selection(unscored)
