@@ -218,15 +218,19 @@ FRESH4_SHARE = 0.5  # share of the unused prompts (whole near-duplicate clusters
 _OBFUSCATED = re.compile(r'^Let a = "(.*)" and b = "(.*)"\. Join a and b', re.S)
 
 
+def request_of(prompt: str) -> str:
+    """A user message with a payload-split (obfuscation) request joined again, so that containment finds
+    the request."""
+    m = _OBFUSCATED.match(prompt)
+    return f"{m.group(1)} {m.group(2)}" if m else prompt
+
+
 def asked_before() -> list[str]:
-    """Every user message an earlier audit answer (sets v2 and v3) was given, with payload-split
-    (obfuscation) requests joined again so that containment finds their request."""
-    rows = load_audit("dev") + load_audit("validation") + load_audit("validation_v3")
-    out = []
-    for r in rows:
-        m = _OBFUSCATED.match(r.prompt)
-        out.append(f"{m.group(1)} {m.group(2)}" if m else r.prompt)
-    return out
+    """Every user message an earlier audit answer (sets v2 and v3) was given, as :func:`request_of`."""
+    return [
+        request_of(r.prompt)
+        for r in load_audit("dev") + load_audit("validation") + load_audit("validation_v3")
+    ]
 
 
 def _clusters(examples: list) -> dict[str, str]:
@@ -329,18 +333,18 @@ def v4_honesty_cells(model, round_: int) -> list[Cell]:
             (Cell("random_L16_0.3", 0, random_steering(model, d[16][1], 19 + round_), source=f), 4, 3),
             (Cell("oversteered_L10_1.0", 0, added(d, 10, 1.0), source=f), 6, 5),
             (Cell("no_context", 0, context=None, source=f), 4, 3),
-            (Cell("add_L16_-0.4", 0, added(d, 16, -0.4), source=f), 16, 12),
-            (Cell("add_L10_-0.3", 0, added(d, 10, -0.3), source=f), 8, 6),
+            (Cell("add_L16_-0.4", 0, added(d, 16, -0.4), source=f), 16, 8),
+            (Cell("add_L10_-0.3", 0, added(d, 10, -0.3), source=f), 8, 16),
             (Cell("oversteered_L16_-1.0", 0, added(d, 16, -1.0), source=f), 4, 4),
             (Cell("prefill_mislead", 0, inducer="prefill_mislead", source=f), 12, 10),
             (Cell("prefill_wrong", 0, inducer="prefill_wrong", source=f), 16, 16),
-            (Cell("lying_instruction", 0, inducer="lying_instruction", source=f), 16, 16),
+            (Cell("lying_instruction", 0, inducer="lying_instruction", source=f), 16, 18),
             (
                 Cell(
                     "prefill_mislead+add_L16_-0.4", 0, added(d, 16, -0.4), inducer="prefill_mislead", source=f
                 ),
                 8,
-                8,
+                10,
             ),
             (
                 Cell(
@@ -351,7 +355,7 @@ def v4_honesty_cells(model, round_: int) -> list[Cell]:
                     source=f,
                 ),
                 10,
-                12,
+                4,
             ),
         ],
         round_,
