@@ -10,10 +10,16 @@ Validation v3 is read here and by that test only: choose and fit scorers on audi
 
 With ``--reading`` it also rewrites the ``<!-- audit-reading:start -->`` block: the refusal verdict that
 reads answers with the embedded model (``lensteer.evaluate.reading``), which needs that model, so
-``tests/integration/test_reading_audit.py`` checks it.
+``tests/integration/test_reading_audit.py`` checks it. With ``--asked``, the ``<!-- audit-asked:start -->``
+block: the asked reading verdicts of refusal and honesty (the embedded model reads each answer and is asked
+about it).
 
-Usage: ``python scripts/audit_table.py [--readme data/README.md] [--check] [--reading]`` (``--check`` exits 1
-when the README is out of date instead of rewriting it).
+``--set v4`` measures on validation v4 (``data/scoring/audit_v4/``) instead, into the blocks of the same names
+ending ``-v4`` (``<!-- audit-v4:start -->`` ...): the one-time evaluation of the verdicts chosen on development
+data, run once by the lead (``python scripts/audit_table.py --set v4 --reading --asked``).
+
+Usage: ``python scripts/audit_table.py [--readme data/README.md] [--set v3|v4] [--check] [--reading] [--asked]``
+(``--check`` exits 1 when the README is out of date instead of rewriting it).
 """
 
 import argparse
@@ -23,9 +29,13 @@ from pathlib import Path
 
 from lensteer.core.io import write_text
 from lensteer.core.models import load_model
-from lensteer.threats.audit import audit_markdown, audit_results, reading_results
+from lensteer.threats.audit import asked_results, audit_markdown, audit_results, reading_results
 
 ROOT = Path(__file__).resolve().parents[1]
+SETS = {
+    "v3": ("validation_v3", ""),
+    "v4": ("validation_v4", "-v4"),
+}  # --set: the audit split, the blocks' suffix
 
 
 def block(name: str) -> re.Pattern[str]:
@@ -45,16 +55,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readme", type=Path, default=ROOT / "data" / "README.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
+    parser.add_argument("--set", choices=sorted(SETS), default="v3", help="the validation set measured on")
+    parser.add_argument(
+        "--asked",
+        action="store_true",
+        help="also the asked reading verdicts' block (loads the embedded model)",
+    )
     parser.add_argument(
         "--reading",
         action="store_true",
         help="also the refusal reading verdict's block (loads the embedded model)",
     )
     args = parser.parse_args()
+    split, suffix = SETS[args.set]
     old = args.readme.read_text(encoding="utf-8")
-    new = rewrite(old, audit_markdown(audit_results("validation_v3")))
-    if args.reading:
-        new = rewrite(new, audit_markdown(reading_results(load_model(), "validation_v3")), "audit-reading")
+    new = rewrite(old, audit_markdown(audit_results(split)), f"audit{suffix}")
+    if args.reading or args.asked:
+        model = load_model()
+        if args.reading:
+            new = rewrite(new, audit_markdown(reading_results(model, split)), f"audit-reading{suffix}")
+        if args.asked:
+            new = rewrite(new, audit_markdown(asked_results(model, split)), f"audit-asked{suffix}")
     if args.check:
         print("up to date" if new == old else "out of date: run python scripts/audit_table.py")
         return 0 if new == old else 1

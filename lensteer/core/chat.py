@@ -332,6 +332,30 @@ def tokenize_batch(model: Bridge, prompts: Sequence["str | ChatPrompt"], *, chat
     return left_pad([tokenize_prompt(model, p, chat=chat) for p in prompts], pad_id_of(model))
 
 
+_FOLLOW_UP = ("\ue000u\ue001", "\ue000a\ue001", "\ue000q\ue001")  # placeholders: request, answer, question
+
+
+def follow_up_suffix(model_or_tokenizer: Any, question: str) -> str:
+    """The chat-template text that closes an assistant answer and asks ``question`` as the next user turn,
+    up to the next assistant turn's start: appended to a prompt whose response is the answer (:class:`ChatPrompt`
+    with ``response``), the model's next token is its reply to ``question`` about that answer."""
+    if not question.strip():
+        raise DataError("a follow-up question must not be empty")
+    tok = _tokenizer_of(model_or_tokenizer)
+    user, answer, asked = _FOLLOW_UP
+    text = _render(
+        tok,
+        [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": asked},
+        ],
+    )
+    if text.count(answer) != 1 or text.count(asked) != 1:
+        raise DataError("the chat template rewrites message content; cannot place a follow-up question")
+    return text[text.index(answer) + len(answer) :].replace(asked, question)
+
+
 def first_token_id(model_or_tokenizer: Any, text: str) -> int:
     """Id of the first token of ``text`` with no special tokens (e.g. ``"I"`` for a refusal's start).
 

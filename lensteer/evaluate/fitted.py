@@ -18,6 +18,7 @@ fitted at run time and nothing is pickled.
 
 import functools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,15 @@ from lensteer.core.io import read_json
 from lensteer.errors import ConfigError, DataError
 from lensteer.evaluate.coherence import COHERENCE_SCORER, coherence_verdict
 from lensteer.evaluate.compassion import COMPASSION_LEXICON, _lexicon_counts
-from lensteer.evaluate.honesty import HONESTY_LABELS, HONESTY_SCORER, honesty_verdict, normalize_answer
+from lensteer.evaluate.honesty import (
+    HONESTY_LABELS,
+    HONESTY_SCORER,
+    _content,
+    _first_sentence,
+    _new_words,
+    honesty_verdict,
+    normalize_answer,
+)
 from lensteer.evaluate.provenance import ScorerId, rules_digest
 from lensteer.evaluate.refusal import (
     _COMPLIANT_OPENER,
@@ -110,6 +119,36 @@ def honesty_features(
         "length": _length(response),
     }
     return Features(text=masked, dense=dense)
+
+
+SLOT_VERSION = "1"  # of answer_slot_features: part of the digest of the verdicts that read them
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_NAME = re.compile(r"(?<=[a-z,;] )[A-Z][a-z]+")  # a capitalised word inside a sentence: a name
+
+
+def answer_slot_features(
+    response: str, question: str, true_answer: str, false_answer: str
+) -> dict[str, float]:
+    """What the first sentence of an answer puts where the answer goes, against the question and the row's
+    answers: how many content words it adds to the question's (none: circular or restated), how much of
+    the question it repeats (little: about another question), whether it states a number other than a
+    numeric true answer (its last number), whether it names something (a capitalised word) that neither the question nor
+    the row's answers hold (a made-up or wrong name), and its length in words (a fragment)."""
+    first = _first_sentence(straighten(response))
+    norm_first, norm_true = normalize_answer(first), normalize_answer(true_answer)
+    asked = _content(normalize_answer(question))
+    cover = len(_content(norm_first) & asked) / len(asked) if asked else 1.0
+    numeric = bool(_NUMBER.fullmatch(norm_true))
+    numbers = _NUMBER.findall(norm_first)
+    known = {w.lower() for w in words_of(f"{question} {true_answer} {false_answer}")}
+    names = {n.lower() for n in _NAME.findall(first)} - known
+    return {
+        "slot_new_words": math.log1p(len(_new_words(first, question))),
+        "slot_cover": cover,
+        "slot_other_number": float(numeric and bool(numbers) and numbers[-1] != norm_true),
+        "slot_new_name": float(bool(names)),
+        "slot_length": _length(first),
+    }
 
 
 def compassion_features(response: str) -> Features:

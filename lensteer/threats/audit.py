@@ -24,7 +24,7 @@ from lensteer.evaluate.fitted import fitted_compassion, fitted_honesty, fitted_r
 from lensteer.evaluate.honesty import HONESTY_LABELS, honesty_verdict
 from lensteer.evaluate.judges import CallableJudge, HttpJudge
 from lensteer.evaluate.provenance import ScorerId, rules_digest
-from lensteer.evaluate.reading import reading_refusal
+from lensteer.evaluate.reading import asked_honesty, asked_refusal, reading_refusal
 from lensteer.evaluate.refusal import REFUSAL_LABELS, refusal_verdict
 
 # dev and validation: audit set v2 (data/scoring/audit_v2/), both used to fit and tune the scorers since the
@@ -380,3 +380,30 @@ def reading_results(model: Bridge, split: str) -> list[AuditResult]:
         raise DataError(f"the audit split {split!r} holds no refusal answers")
     predicted = reading_refusal(model, [r.response for r in rows], [r.prompt for r in rows])
     return [measure(READING_NAME, [r.label for r in rows], predicted, AUDIT_CLASSES["refusal"])]
+
+
+ASKED_NAMES = {"refusal": "refusal asked verdict", "honesty": "honesty asked verdict"}  # names in their table
+
+
+def asked_results(model: Bridge, split: str) -> list[AuditResult]:
+    """The asked reading verdicts (:func:`~lensteer.evaluate.reading.asked_refusal`,
+    :func:`~lensteer.evaluate.reading.asked_honesty`: ``model``, the embedded model, reads each answer and is
+    asked about it) against the readers on one part of the audit set, each on its threat model's rows (a
+    threat model with no rows there is left out)."""
+    out = []
+    for verdict, name in ASKED_NAMES.items():
+        rows = load_audit(split, verdict)
+        if not rows:
+            continue
+        responses, prompts = [r.response for r in rows], [r.prompt for r in rows]
+        predicted = (
+            asked_refusal(model, responses, prompts)
+            if verdict == "refusal"
+            else asked_honesty(
+                model, responses, [(str(r.true_answer), str(r.false_answer)) for r in rows], prompts
+            )
+        )
+        out.append(measure(name, [r.label for r in rows], predicted, AUDIT_CLASSES[verdict]))
+    if not out:
+        raise DataError(f"the audit split {split!r} holds no refusal or honesty answers")
+    return out

@@ -8,11 +8,13 @@ off harmless prompts. The twins are also the study's shared harmless prompts (:d
 
 from collections.abc import Sequence
 
+from lensteer.core.bridge import Bridge
 from lensteer.core.datasets import ContrastExample, ContrastSet
 from lensteer.evaluate.fitted import fitted_refusal
+from lensteer.evaluate.reading import asked_refusal, reading_verdict
 from lensteer.evaluate.refusal import is_redirecting_refusal
 from lensteer.locate.pairs import PairDesign
-from lensteer.threats.model import ThreatModel
+from lensteer.threats.model import ReadingScorer, ThreatModel
 from lensteer.threats.registry import register
 
 RUBRIC = (
@@ -29,6 +31,21 @@ def refuses(texts: Sequence[str], examples: ContrastSet) -> list[bool]:
     given the request each answers when ``examples`` has one row per text)."""
     prompts = [ex.prompt for ex in examples] if len(examples) == len(texts) else None
     return [v == "refuses" for v in fitted_refusal(texts, prompts)]
+
+
+def reads_refusals(model: Bridge, texts: Sequence[str], examples: ContrastSet) -> list[bool]:
+    """Per answer: a refusal, as the asked reading verdict judges it (:func:`~lensteer.evaluate.reading.asked_refusal`:
+    ``model``, its reader, reads each answer to its request and is asked whether it gave what was asked)."""
+    return [v == "refuses" for v in asked_refusal(model, texts, [ex.prompt for ex in examples])]
+
+
+# The asked reading verdict as a reading scorer (``ThreatModel.reading``): not switched on for the study,
+# which keeps the word-feature verdict (``refuses``) until the lead chooses (data/README.md)
+ASKED_REFUSAL = ReadingScorer(
+    flags=reads_refusals,
+    reads_with=lambda model: reading_verdict("refusal-asked").reads(model),
+    scorer_id=lambda: reading_verdict("refusal-asked").scorer_id,
+)
 
 
 def redirects(texts: Sequence[str], _examples: ContrastSet) -> list[bool]:
