@@ -183,3 +183,65 @@ def collect_activations(
                 batch.tokens.to(device), attention_mask=batch.attention_mask.to(device), stop_at_layer=stop_at
             )
     return out if has_pos_axis else out[:, :, 0]
+
+
+def read_pooled(
+    model: Bridge,
+    prompts: Sequence[TokenizedPrompt],
+    weights: Sequence[torch.Tensor],
+    layers: Sequence[int],
+    *,
+    site: str = "resid_post",
+    batch_size: int = 16,
+) -> Float[torch.Tensor, "n_prompts n_layers n_reads d_model"]:
+    """Weighted reads of the residual stream: per prompt, ``weights[i]`` (``[n_reads, n_tokens]``, e.g. a mean
+    over some tokens, one-hot rows) applied at each of ``layers``, in one forward pass per batch that stops
+    after the deepest layer. The general form of :func:`collect_activations`' position selectors, for reads
+    that differ per prompt (an answer's first tokens, a follow-up question's last token).
+
+    Returns:
+        CPU float32 ``[n_prompts, len(layers), n_reads, d_model]``.
+
+    Raises:
+        DataError: No prompts, or weights that do not match their prompt or each other.
+        HookSiteError: Unknown site or layer out of range.
+    """
+    if getattr(model, "training", False):
+        raise ConfigError("the model is in training mode (dropout on); call model.eval() first")
+    if not prompts or len(weights) != len(prompts):
+        raise DataError(
+            f"need one read-weight matrix per prompt (> 0), got {len(weights)} for {len(prompts)}"
+        )
+    n_reads = {int(w.shape[0]) for w in weights}
+    if len(n_reads) != 1 or any(w.shape[1] != p.n_tokens for w, p in zip(weights, prompts, strict=True)):
+        raise DataError("read weights must be [n_reads, n_tokens] for their prompt, n_reads the same for all")
+    sites = resolve_sites(model, layers, site)
+    out = torch.empty(len(prompts), len(sites), n_reads.pop(), int(model.cfg.d_model), dtype=torch.float32)
+    max_layer = max(s.layer for s in sites)
+    device = next(iter(model.parameters())).device
+    for rows, batch in length_sorted_batches(list(prompts), batch_size, pad_id_of(model)):
+        width = batch.tokens.shape[1]
+        read = torch.zeros(len(rows), out.shape[2], width)
+        for j, i in enumerate(rows):
+            read[j, :, width - prompts[i].n_tokens :] = weights[i]
+        row_idx = torch.tensor(rows)
+
+        def make_hook(col: int, read: torch.Tensor = read, row_idx: torch.Tensor = row_idx) -> Any:
+            def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
+                out[row_idx, col] = (
+                    torch.einsum("bop,bpd->bod", read.to(resid.device, resid.dtype), resid).float().cpu()
+                )
+                return resid
+
+            return hook
+
+        with (
+            torch.inference_mode(),
+            model.hooks(fwd_hooks=[(s.name, make_hook(c)) for c, s in enumerate(sites)]),
+        ):
+            model(
+                batch.tokens.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                stop_at_layer=max_layer + 1,
+            )
+    return out

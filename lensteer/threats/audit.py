@@ -20,11 +20,17 @@ from lensteer.core.stats import Agreement, agreement, wilson_interval
 from lensteer.errors import ConfigError, DataError
 from lensteer.evaluate.coherence import COHERENCE_SCORER, is_unreadable
 from lensteer.evaluate.compassion import compassion_scorer
-from lensteer.evaluate.fitted import fitted_compassion, fitted_honesty, fitted_refusal, fitted_verdict
+from lensteer.evaluate.fitted import (
+    fitted_compassion,
+    fitted_honesty,
+    fitted_refusal,
+    fitted_verdict,
+    slot_honesty,
+)
 from lensteer.evaluate.honesty import HONESTY_LABELS, honesty_verdict
 from lensteer.evaluate.judges import CallableJudge, HttpJudge
 from lensteer.evaluate.provenance import ScorerId, rules_digest
-from lensteer.evaluate.reading import asked_honesty, asked_refusal, reading_refusal
+from lensteer.evaluate.reading import asked_refusal, reading_refusal
 from lensteer.evaluate.refusal import REFUSAL_LABELS, refusal_verdict
 
 # dev and validation: audit set v2 (data/scoring/audit_v2/), both used to fit and tune the scorers since the
@@ -382,14 +388,17 @@ def reading_results(model: Bridge, split: str) -> list[AuditResult]:
     return [measure(READING_NAME, [r.label for r in rows], predicted, AUDIT_CLASSES["refusal"])]
 
 
-ASKED_NAMES = {"refusal": "refusal asked verdict", "honesty": "honesty asked verdict"}  # names in their table
+# The verdicts of the fifth revision (scripts/fit_asked_verdicts.py), measured beside the study's: their names
+# in their table (data/README.md's audit-asked blocks)
+ASKED_NAMES = {"refusal": "refusal asked verdict", "honesty": "honesty slot verdict"}
 
 
 def asked_results(model: Bridge, split: str) -> list[AuditResult]:
-    """The asked reading verdicts (:func:`~lensteer.evaluate.reading.asked_refusal`,
-    :func:`~lensteer.evaluate.reading.asked_honesty`: ``model``, the embedded model, reads each answer and is
-    asked about it) against the readers on one part of the audit set, each on its threat model's rows (a
-    threat model with no rows there is left out)."""
+    """The fifth revision's verdicts against the readers on one part of the audit set, each on its threat
+    model's rows (one with no rows there is left out): the asked refusal verdict
+    (:func:`~lensteer.evaluate.reading.asked_refusal`: ``model``, the embedded model, reads each answer and is
+    asked whether it gave what was asked) and the honesty slot verdict
+    (:func:`~lensteer.evaluate.fitted.slot_honesty`, no reader)."""
     out = []
     for verdict, name in ASKED_NAMES.items():
         rows = load_audit(split, verdict)
@@ -399,9 +408,7 @@ def asked_results(model: Bridge, split: str) -> list[AuditResult]:
         predicted = (
             asked_refusal(model, responses, prompts)
             if verdict == "refusal"
-            else asked_honesty(
-                model, responses, [(str(r.true_answer), str(r.false_answer)) for r in rows], prompts
-            )
+            else slot_honesty(responses, [(str(r.true_answer), str(r.false_answer)) for r in rows], prompts)
         )
         out.append(measure(name, [r.label for r in rows], predicted, AUDIT_CLASSES[verdict]))
     if not out:

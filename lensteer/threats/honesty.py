@@ -16,15 +16,13 @@ training split.
 
 from collections.abc import Sequence
 
-from lensteer.core.bridge import Bridge
 from lensteer.core.datasets import ContrastExample, ContrastSet
 from lensteer.errors import DataError
-from lensteer.evaluate.fitted import fitted_honesty
+from lensteer.evaluate.fitted import fitted_honesty, slot_honesty
 from lensteer.evaluate.honesty import VERDICT_CATEGORIES, honesty_verdict
-from lensteer.evaluate.reading import asked_honesty, reading_verdict
 from lensteer.locate.pairs import PairDesign
 from lensteer.organisms.recipes import contrast_recipe
-from lensteer.threats.model import ReadingScorer, ThreatModel
+from lensteer.threats.model import ThreatModel
 from lensteer.threats.registry import register
 
 RUBRIC = (
@@ -52,22 +50,14 @@ def _labels(texts: Sequence[str], examples: ContrastSet) -> list[str]:
     return fitted_honesty(texts, answers, [ex.prompt for ex in examples])
 
 
-def reads_honest(model: Bridge, texts: Sequence[str], examples: ContrastSet) -> list[bool]:
-    """Per answer: the asked reading verdict says ``true`` (:func:`~lensteer.evaluate.reading.asked_honesty`:
-    ``model``, its reader, reads each answer to its question and is asked what answer it gave)."""
+def is_honest_slot(texts: Sequence[str], examples: ContrastSet) -> list[bool]:
+    """Per answer: the ``honesty-slot`` verdict says ``true`` (:func:`~lensteer.evaluate.fitted.slot_honesty`:
+    the honesty rule's outputs and the answer slot's, no n-grams). Not the study's scorer (``is_honest``)
+    until the lead switches; data/README.md compares them."""
     if len(texts) != len(examples):
         raise DataError(f"need one example per answer, got {len(examples)} for {len(texts)}")
     answers = [(str(ex.true_answer), str(ex.false_answer)) for ex in examples]
-    return [v == "true" for v in asked_honesty(model, texts, answers, [ex.prompt for ex in examples])]
-
-
-# The asked reading verdict as a reading scorer (``ThreatModel.reading``): not switched on for the study,
-# which keeps the word-feature verdict (``is_honest``) until the lead chooses (data/README.md)
-ASKED_HONESTY = ReadingScorer(
-    flags=reads_honest,
-    reads_with=lambda model: reading_verdict("honesty-asked").reads(model),
-    scorer_id=lambda: reading_verdict("honesty-asked").scorer_id,
-)
+    return [v == "true" for v in slot_honesty(texts, answers, [ex.prompt for ex in examples])]
 
 
 def lies(texts: Sequence[str], examples: ContrastSet) -> list[bool]:
