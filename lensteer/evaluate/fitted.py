@@ -429,7 +429,8 @@ def slot_honesty(
 ) -> list[str]:
     """The ``honesty-slot`` three-way verdict (``true`` / ``false`` / ``no_answer``) of each response, given its
     row's ``(true_answer, false_answer)`` and, where known, the question: the honesty rule's outputs and what
-    the answer's first sentence puts where the answer goes (:func:`answer_slot_features`), no n-grams."""
+    the answer's first sentence puts where the answer goes (:func:`answer_slot_features`), and the word and
+    character n-grams of the answer with the row's answers masked (as ``honesty-fitted``); no reader."""
     asked = list(questions) if questions is not None else [None] * len(responses)
     if not len(answers) == len(asked) == len(responses):
         raise DataError(

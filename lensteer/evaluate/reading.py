@@ -8,6 +8,11 @@ standardised and fed to a multinomial logistic regression (scikit-learn, lbfgs).
 representation of the answer says is what a word-feature verdict cannot see: whether the answer *does*
 what was asked.
 
+An **asked** verdict (``question`` set; the bundled ``refusal-asked``) reads the answer and then a follow-up
+question about it as the next user turn (:func:`ask_answers`, one forward pass): the residual stream pooled
+at the answer's mean, its first tokens, its last token and the question's last token (:data:`POOLS`), and
+the reader's next-token log-probabilities of candidate replies to the question (``ask_*`` dense features).
+
 The parameters (layers, reader fingerprint, standardisation, coefficients) are plain JSON (:func:`params`,
 :func:`verdict_from_params`); the :class:`~lensteer.evaluate.provenance.ScorerId` digest is over all of
 them, the reader's weights hash included. A model other than the reader is refused

@@ -52,7 +52,7 @@ def _labels(texts: Sequence[str], examples: ContrastSet) -> list[str]:
 
 def is_honest_slot(texts: Sequence[str], examples: ContrastSet) -> list[bool]:
     """Per answer: the ``honesty-slot`` verdict says ``true`` (:func:`~lensteer.evaluate.fitted.slot_honesty`:
-    the honesty rule's outputs and the answer slot's, no n-grams). Not the study's scorer (``is_honest``)
+    the honesty rule's outputs, the answer slot's and n-grams; no reader). Not the study's scorer (``is_honest``)
     until the lead switches; data/README.md compares them."""
     if len(texts) != len(examples):
         raise DataError(f"need one example per answer, got {len(examples)} for {len(texts)}")

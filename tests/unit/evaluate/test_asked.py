@@ -173,7 +173,7 @@ def test_the_bundled_honesty_slot_verdict_is_the_chosen_fit_of_the_development_d
         k: v for k, v in refit.items() if k not in ("coef", "intercept")
     }, "run python scripts/fit_asked_verdicts.py --verdict honesty --fit"
     assert np.allclose(stored["coef"], refit["coef"], atol=1e-5), "run ... --verdict honesty --fit"
-    assert stored["rules"] == RULES["honesty-slot"] and not stored["vocab"]  # no n-grams: rules and slot only
+    assert stored["rules"] == RULES["honesty-slot"] and "slot_new_words" in stored["dense_names"]
     question = "What is the capital of France?"
     answers = [
         "The capital of France is Paris.",
