@@ -251,7 +251,7 @@ class StudyConfig:
         n_gate: Prompts per split the prompt gate is fitted and read on: that many harmful training,
             validation and test prompts (their harmless twins follow) and borderline prompts of each
             split, taken in turn from every category (``None``: every training pair, at least 96, and
-            the whole validation and test splits; the smoke profile reads 16 of each).
+            the whole validation and test splits; notebook 00's smoke run reads 16 of each).
         kl_budgets: Coherence budgets in nats per token; every method is calibrated to each, on held-apart
             harmless and borderline prompts with its gate as deployed (:mod:`lensteer.study.coherence`).
         max_perplexity_ratio: Fluency bound on the steered answers to held-apart target prompts: their
@@ -458,7 +458,6 @@ class StudyConfig:
             n_select=6,
             select_new_tokens=6,
             patching_layers=1,
-            n_gate=16,
             batch_size=16,
         )
 

@@ -164,6 +164,6 @@ def test_the_gate_reads_whole_splits_unless_n_gate_caps_them_and_the_plan_counts
         assert len(prompts) == 5 * kinds, name
         assert set(prompts) <= set(whole[name]), name
     assert capped["borderline_val"] == capped["negatives_val"][-5:]  # the curve reads the borderline tail
-    assert StudyConfig.smoke().n_gate == 16 and StudyConfig.paper().n_gate is None
+    assert StudyConfig().n_gate is None and StudyConfig.paper().n_gate is None
     read = sum(len(v) for k, v in capped.items() if not k.startswith("borderline_"))
     assert _gate_sets(refusal, StudyConfig(n_gate=5)) == (read, 5) == (45, 5)
