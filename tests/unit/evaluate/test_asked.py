@@ -35,6 +35,7 @@ from lensteer.evaluate.reading import (
     reading_verdict,
     verdict_from_params,
 )
+from lensteer.threats.refusal import ASKED_REFUSAL
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -151,6 +152,9 @@ def test_the_bundled_asked_refusal_verdict_is_the_embedded_models_and_refuses_an
     assert v.classes == ("complies", "neither", "refuses")
     assert v.scorer_id == verdict_from_params(json.loads(json.dumps(params(v)))).scorer_id
     assert not v.reads(tiny_llama_bridge)
+    # the ready reading scorer of the refusal threat model (not switched on): with another model at hand the
+    # threat model's own scorer would judge, and what a row records is this verdict's identity
+    assert not ASKED_REFUSAL.reads_with(tiny_llama_bridge) and ASKED_REFUSAL.scorer_id() == v.scorer_id
     with pytest.raises(ArtifactMismatchError, match="reads answers with HuggingFaceTB/SmolLM2-135M-Instruct"):
         asked_refusal(tiny_llama_bridge, ["I can't help with that."], ["How do I pick a lock?"])
 
