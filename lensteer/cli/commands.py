@@ -2,7 +2,7 @@
 
 import argparse
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -315,9 +315,10 @@ def cmd_organism(args: argparse.Namespace) -> int:
     from lensteer.organisms import get_recipe
     from lensteer.organisms.train import ORGANISM_FILE
 
-    out = args.out or f"organisms/{get_recipe(args.recipe).name}"
+    recipe = get_recipe(args.recipe)
+    out = args.out or f"organisms/{recipe.name}"
     steer = _training_steering(args)  # a bad steering file is refused before hours of training
-    along = _shift_direction(args)
+    along = _shift_directions(args, [recipe.threat_model] if recipe.threat_model else threats.BUNDLED)
     with claim_folder(out, (ORGANISM_FILE,), "organism"):  # so is a folder that is not an organism's
         return _organism(args, Path(out), steer, along)
 
@@ -338,26 +339,49 @@ def _training_steering(args: argparse.Namespace) -> Any:
     )
 
 
-def _shift_direction(args: argparse.Namespace) -> Any:
-    """The direction the fine-tune's activation shift is read along: ``--shift-along``'s steering, else the
-    one steered during training (its first layer and its site); ``None`` without either."""
+def _shift_directions(args: argparse.Namespace, measured: Sequence[str]) -> dict[str | None, Any]:
+    """The directions the fine-tune's activation shift is read along, by threat model (``None``: every
+    measured threat model without one of its own): ``--shift-along [THREAT_MODEL=]STEERING`` (repeatable),
+    else the steering steered during training (its first layer and its site); empty without either.
+
+    Raises:
+        ConfigError: A threat model named twice, or one the organism is not measured on.
+    """
+    from lensteer.errors import ConfigError
     from lensteer.locate import Direction
     from lensteer.steering.files import load_steering
 
-    path = args.shift_along or args.steer_during_training
-    if path is None:
-        return None
-    steering = load_steering(path)
-    return Direction(unit=steering.unit, layer=steering.layers[0], site=steering.site, source=str(path))
+    given = args.shift_along or ([args.steer_during_training] if args.steer_during_training else [])
+    out: dict[str | None, Any] = {}
+    for spec in given:
+        name, _, rest = spec.partition("=")
+        key, path = (name, rest) if rest and name in threats.names() else (None, spec)  # else a path
+        if key is not None and key not in measured:
+            raise ConfigError(
+                f"--shift-along {spec!r}: this organism is measured on {list(measured)}, not {key!r}"
+            )
+        if key in out:
+            raise ConfigError(
+                f"--shift-along names {'every threat model' if key is None else repr(key)} twice"
+            )
+        steering = load_steering(path)
+        out[key] = Direction(unit=steering.unit, layer=steering.layers[0], site=steering.site, source=path)
+    return out
 
 
-def _activation_shifts(args: argparse.Namespace, base: Any, organism: Any, along: Any, measured: Any) -> None:
-    """Add each threat model's activation shift along ``along`` (on the prompts its trait was measured on)
-    to ``measured`` and print it beside the trait change."""
+def _activation_shifts(
+    args: argparse.Namespace, base: Any, organism: Any, directions: dict[str | None, Any], measured: Any
+) -> None:
+    """Add each threat model's activation shift along its direction in ``directions`` (its own, else the
+    ``None`` one; on the prompts its trait was measured on) to ``measured`` and print it beside the trait
+    change."""
     from lensteer.errors import DataError
     from lensteer.locate import organism_shift
 
     for row in measured["shifts"]:
+        along = directions.get(row["threat_model"], directions.get(None))
+        if along is None:
+            continue
         data = threats.get(row["threat_model"]).load().with_responses().test.stratified(args.measure)
         if [ex.id for ex in data.examples] != row["ids"]:  # the same selection as measure_organism's
             raise DataError(f"{row['threat_model']}: the shift's prompts are not the measured ones")
@@ -414,7 +438,7 @@ def _organism(args: argparse.Namespace, out: Path, steer: Any, along: Any) -> in
     for s in shifts:
         print(s.summary())
     measured = {"organism": str(out), "shifts": [s.to_dict() for s in shifts]}
-    if along is not None:
+    if along:
         _activation_shifts(args, base, organism, along, measured)
     write_json(out / "measure.json", measured)
     print(f"wrote {out / 'measure.json'}")

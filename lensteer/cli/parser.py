@@ -397,12 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     organism.add_argument(
         "--shift-along",
+        action="append",
         default=None,
-        metavar="STEERING",
+        metavar="[THREAT_MODEL=]STEERING",
         help="also report the fine-tune's activation shift along this saved steering's direction (organism "
         "minus base projection at its first layer and site, on the measured test prompts; persona vectors' "
-        "finetuning shift) beside the trait change in measure.json (default: the --steer-during-training "
-        "steering, if given)",
+        "finetuning shift) beside the trait change in measure.json; repeat it as THREAT_MODEL=STEERING to "
+        "read each measured threat model along its own direction (a plain STEERING: every threat model "
+        "without one of its own; default: the --steer-during-training steering, if given)",
     )
     organism.add_argument(
         "--threads", type=_int_at_least(0), default=0, help="torch threads (0: torch's default)"

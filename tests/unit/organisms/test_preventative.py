@@ -247,3 +247,28 @@ def test_the_cli_reports_the_activation_shift_beside_the_trait_change(base_folde
     direction = Direction(unit=_unit() / _unit().norm(), layer=1, site="resid_post")
     want = organism_shift(lensteer.load_model(base_folder), load_organism(tmp_path / "o"), direction, prompts)
     assert got["mean"] == pytest.approx(want.mean, abs=1e-5) and want.mean != 0.0
+
+
+def test_each_threat_model_can_have_its_own_shift_direction(base_folder, tmp_path, capsys):
+    import argparse
+
+    from lensteer.cli.commands import _shift_directions
+
+    for name, layer in (("d", 1), ("e", 0), ("a=b", 1)):  # "a=b": a path with "=", not a threat model
+        save_steering(Steering(unit=_unit(), layers=(layer,), mode="add", scale=1.0), tmp_path / name)
+
+    def parse(*given, trained=None, measured=threats.BUNDLED):
+        ns = argparse.Namespace(shift_along=list(given) or None, steer_during_training=trained)
+        return {k: (v.layer, v.source) for k, v in _shift_directions(ns, measured).items()}
+
+    d, e, ab = (str(tmp_path / n) for n in ("d", "e", "a=b"))
+    assert parse(d, f"honesty={e}") == {None: (1, d), "honesty": (0, e)}
+    assert parse(ab) == {None: (1, ab)} and parse(trained=e) == {None: (0, e)} and parse() == {}
+    with pytest.raises(ConfigError, match=r"measured on \['honesty'\], not 'compassion'"):
+        parse(f"compassion={d}", measured=("honesty",))
+    with pytest.raises(ConfigError, match="names 'honesty' twice"):
+        parse(f"honesty={d}", f"honesty={e}")
+    # through the CLI: refused before training, nothing written
+    assert _cli(base_folder, tmp_path / "o", "--shift-along", f"refusal={d}") == 2
+    assert "measured on ['honesty'], not 'refusal'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
