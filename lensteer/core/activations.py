@@ -29,7 +29,7 @@ from lensteer.core.chat import (
     pad_id_of,
     tokenize_prompt,
 )
-from lensteer.core.sites import resolve_sites
+from lensteer.core.sites import HookSite, resolve_sites
 from lensteer.errors import ConfigError, DataError, HookSiteError
 
 NAMED_POSITIONS = ("last", "post_instruction", "instruction_mean", "response_mean")
@@ -156,15 +156,30 @@ def collect_activations(
     has_pos_axis = not (
         isinstance(position, int) or position in ("last", "instruction_mean", "response_mean")
     )
-    out = torch.empty(len(tokenized), len(sites), n_out.pop(), int(model.cfg.d_model), dtype=torch.float32)
+    out = _weighted_reads(model, tokenized, weights, sites, batch_size, progress=progress)
+    return out if has_pos_axis else out[:, :, 0]
 
+
+def _weighted_reads(
+    model: Bridge,
+    tokenized: Sequence[TokenizedPrompt],
+    weights: Sequence[torch.Tensor],
+    sites: Sequence[HookSite],
+    batch_size: int,
+    *,
+    progress: bool,
+) -> Float[torch.Tensor, "n_prompts n_sites n_reads d_model"]:
+    """``weights[i]`` (``[n_reads, n_tokens]``) applied to prompt ``i``'s residual at each site, in one
+    forward pass per length-sorted batch that stops after the deepest site's layer."""
+    n_reads = int(weights[0].shape[0])
+    out = torch.empty(len(tokenized), len(sites), n_reads, int(model.cfg.d_model), dtype=torch.float32)
     max_layer = max(s.layer for s in sites)
     stop_at = max_layer + 1 if max_layer + 1 < int(model.cfg.n_layers) else None
     device = next(iter(model.parameters())).device
-    batches = length_sorted_batches(tokenized, batch_size, pad_id_of(model))
-    for rows, batch in tqdm(batches, desc=f"collect {site}", disable=not progress, unit="batch"):
+    batches = length_sorted_batches(list(tokenized), batch_size, pad_id_of(model))
+    for rows, batch in tqdm(batches, desc=f"collect {sites[0].kind}", disable=not progress, unit="batch"):
         width = batch.tokens.shape[1]
-        read = torch.zeros(len(rows), out.shape[2], width)
+        read = torch.zeros(len(rows), n_reads, width)
         for j, i in enumerate(rows):
             read[j, :, width - tokenized[i].n_tokens :] = weights[i]
         row_idx = torch.tensor(rows)
@@ -182,7 +197,7 @@ def collect_activations(
             model(
                 batch.tokens.to(device), attention_mask=batch.attention_mask.to(device), stop_at_layer=stop_at
             )
-    return out if has_pos_axis else out[:, :, 0]
+    return out
 
 
 def read_pooled(
@@ -216,32 +231,4 @@ def read_pooled(
     if len(n_reads) != 1 or any(w.shape[1] != p.n_tokens for w, p in zip(weights, prompts, strict=True)):
         raise DataError("read weights must be [n_reads, n_tokens] for their prompt, n_reads the same for all")
     sites = resolve_sites(model, layers, site)
-    out = torch.empty(len(prompts), len(sites), n_reads.pop(), int(model.cfg.d_model), dtype=torch.float32)
-    max_layer = max(s.layer for s in sites)
-    device = next(iter(model.parameters())).device
-    for rows, batch in length_sorted_batches(list(prompts), batch_size, pad_id_of(model)):
-        width = batch.tokens.shape[1]
-        read = torch.zeros(len(rows), out.shape[2], width)
-        for j, i in enumerate(rows):
-            read[j, :, width - prompts[i].n_tokens :] = weights[i]
-        row_idx = torch.tensor(rows)
-
-        def make_hook(col: int, read: torch.Tensor = read, row_idx: torch.Tensor = row_idx) -> Any:
-            def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TL signature
-                out[row_idx, col] = (
-                    torch.einsum("bop,bpd->bod", read.to(resid.device, resid.dtype), resid).float().cpu()
-                )
-                return resid
-
-            return hook
-
-        with (
-            torch.inference_mode(),
-            model.hooks(fwd_hooks=[(s.name, make_hook(c)) for c, s in enumerate(sites)]),
-        ):
-            model(
-                batch.tokens.to(device),
-                attention_mask=batch.attention_mask.to(device),
-                stop_at_layer=max_layer + 1,
-            )
-    return out
+    return _weighted_reads(model, list(prompts), weights, sites, batch_size, progress=False)
