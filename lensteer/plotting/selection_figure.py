@@ -13,15 +13,19 @@ _SOURCES = ("prompt_contrast", "response_mean", "probe")
 
 def plot_selection(selection: Any, ax: Any = None) -> tuple[Any, Any]:
     """Decision shift (nats) with its bootstrap CI per candidate, at its layer: colour = source, a small offset
-    per read position; candidates that fail a filter are hollow, the chosen one is starred.
+    per read position; candidates that fail a filter are hollow, the chosen one is starred, and those
+    filtered out before scoring (e.g. ablation KL on harmless prompts) are crosses below the dotted line.
 
     ``selection``: a :class:`~lensteer.study.selection.Selection` or its ``to_dict()`` (as in report.json).
     """
     data = selection.to_dict() if hasattr(selection, "to_dict") else selection
-    rows = [c for c in data.get("candidates", []) if c.get("decision_shift") is not None]
+    candidates = list(data.get("candidates", []))
+    rows = [c for c in candidates if c.get("decision_shift") is not None]
     if not rows:
         raise DataError("the selection has no scored candidate to draw")
-    positions = sorted({c["position"] for c in rows})
+    unscored = [c for c in candidates if c.get("decision_shift") is None]  # filtered before scoring
+    floor = min(0.0, *(c["decision_shift_ci"][0] for c in rows)) - 0.5
+    positions = sorted({c["position"] for c in candidates})
     width = 0.8 / max(1, len(positions) * len(_SOURCES))
     chosen = data.get("chosen")
     with paper_style():
@@ -47,8 +51,14 @@ def plot_selection(selection: Any, ax: Any = None) -> tuple[Any, Any]:
                     chosen[key] == c[key] for key in ("source", "layer", "position")
                 ):
                     ax.plot(x, hi, marker="*", color=PALETTE[3], ms=12, zorder=5, label="chosen")
-            if mine:
+            for c in (c for c in unscored if c["source"] == source):
+                k = s * len(positions) + positions.index(c["position"])
+                ax.plot(c["layer"] - 0.4 + (k + 0.5) * width, floor, "x", color=PALETTE[s], ms=4, lw=1)
+            if any(c["source"] == source for c in candidates):
                 ax.plot([], [], "o", color=PALETTE[s], label=source.replace("_", " "))
+        if unscored:
+            ax.axhline(floor + 0.25, color="grey", lw=0.5, ls=":")
+            ax.plot([], [], "x", color="grey", label=f"not scored: failed a filter first ({len(unscored)})")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("layer (offset: read position)")
         ax.set_ylabel("decision log-odds shift (nats)")

@@ -28,7 +28,6 @@ import math
 import shutil
 import socket
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -219,9 +218,14 @@ def _run_distributed(
     model: str | None, config: StudyConfig, run: RunFolder, driver: DriverSettings
 ) -> StudyResult:
     log = driver.log
-    started = time.time()
     earlier = run.timing()
-    merger = Merger(run=run, config=config, log=log, stages=dict(earlier.get("stages", {})))
+    merger = Merger(
+        run=run,
+        config=config,
+        log=log,
+        stages=dict(earlier.get("stages", {})),
+        earlier_seconds=float(earlier["seconds"]),
+    )
     pending = []
     for tm in config.threat_models:
         kept = run.kept(tm, config)
@@ -245,8 +249,8 @@ def _run_distributed(
                 + "; ".join(f"{name}: {err}" for name, err in sorted(failed.items()))
                 + f". Every other cell is merged into {run.root}; rerun the same command to retry these."
             )
-    seconds = float(earlier["seconds"]) + time.time() - started
-    run.write_timing(seconds, spec.threads, executor="ray", stages=merger.stages)
+    merger.threads = spec.threads
+    seconds = merger.write_timing()
     identity = read_identity(run.root)
     report = write_report(
         run,
@@ -305,6 +309,7 @@ def _run_cells(
     try:
         conditions = _conditions_to_run(merger.config, pending)
         n, spec = _plan(ray, spec, conditions, driver.workers, driver.threads)
+        merger.threads = spec.threads
         merger.block_size = driver.block_size or default_block_size(conditions, n)
         driver.log(
             f"ray: {n} worker(s) for {len(pending)} threat model(s) ({', '.join(pending)}), "

@@ -8,7 +8,8 @@ OUT through a :class:`RunFolder`::
     OUT/robustness.json     the robustness rows
     OUT/finished.json       the resume markers: threat models finished, with the config and what was located
     OUT/examples.json       example answers per threat model and condition
-    OUT/timing.json         wall seconds summed over every (resumed) run into the folder
+    OUT/timing.json         wall seconds summed over every (resumed) run into the folder (on Ray, rewritten
+                            as each cell merges: a run cut short keeps the time up to its last merge)
     OUT/report.json         the report (StudyReport)
     OUT/steerings/          the calibrated steerings (safetensors + JSON), named by cell and identity
     OUT/cells/<tm>/         on Ray, per threat model: located.json (located, steerings built), built/ (those

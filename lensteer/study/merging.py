@@ -6,6 +6,7 @@ run's order, holds rows that wait for the baseline's row, and says what a threat
 (:meth:`Merger.next_cells`).
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,9 @@ class Merger:
     log: Callable[[str], None]
     stages: dict[str, dict[str, float]]
     block_size: int = CONDITIONS_PER_BLOCK
+    earlier_seconds: float = 0.0  # wall seconds of the earlier runs into OUT (timing.json's)
+    started: float = field(default_factory=time.time)
+    threads: int = 1  # per worker, for timing.json
     finished: dict[str, Any] = field(default_factory=dict)  # per finished threat model: what was located
     located: dict[str, dict[str, Any]] = field(default_factory=dict)  # located.json's, this run
     outstanding: dict[str, int] = field(default_factory=dict)  # cells queued or running per threat model
@@ -217,9 +221,17 @@ class Merger:
                 _by_threat_model(kept + list(result.robustness), self.config, lambda r: r["threat_model"])
             )
         self.outstanding[tm] = self.outstanding.get(tm, 1) - 1
+        self.write_timing()  # a run cut later (a session's end, a failed cell) keeps what it merged
         if self.outstanding[tm] > 0 or tm in self.given_up:
             return []
         return self.next_cells(tm)
+
+    def write_timing(self) -> float:
+        """Write ``timing.json`` (the earlier runs' wall seconds plus this run's so far, and the merged
+        stages); the seconds written."""
+        seconds = self.earlier_seconds + time.time() - self.started
+        self.run.write_timing(seconds, self.threads, executor="ray", stages=self.stages)
+        return seconds
 
     def _examples(self, task: Task, examples: dict[str, Any]) -> dict[str, Any]:
         """A block's examples that a serial run keeps: ``examples.json`` has one entry per method (its

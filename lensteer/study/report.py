@@ -116,6 +116,9 @@ _MEAN_FIELDS = (
 )
 
 
+UNGATED_FIELDS = ("n_eval", "trait", "trait_ci", "kl_heldout")  # a method's row without its gate
+
+
 def _picked(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in REPORT_FIELDS if k in row}
 
@@ -265,6 +268,8 @@ def _entry(
             )
         if r.get("same_as"):
             entry["methods"][m]["same_as"] = r["same_as"]
+        if "ungated" not in r and located.get("gate") is None:  # no gate: the method is its own ungated row
+            entry["methods"][m]["ungated"] = {k: r.get(k) for k in UNGATED_FIELDS} | {"no_gate": True}
     _compare_methods(entry, {m: r for m, r in steered.items() if not r.get("same_as")})  # twins: no test
     sweep: dict[str, dict[str, Any]] = {}
     for r in mine:  # other layers of a layer sweep, at the matched budget
@@ -406,8 +411,8 @@ def headline_table(report: "StudyReport | Mapping[str, Any]") -> str:
     report = as_report(report)
     budget = report.get("matched_kl_budget")
     head = (
-        f"Matched KL budget: {budget:g} nats/token (calibrated on training prompts). Rates: share [95% Wilson "
-        "interval]; p: exact McNemar test against the condition named, on the same prompts (random: the "
+        f"Matched KL budget: {budget:g} nats/token (calibrated on held-apart harmless and borderline prompts, "
+        "gate on, within fluency bounds on the answers to the target prompts). Rates: share [95% Wilson interval]; p: exact McNemar test against the condition named, on the same prompts (random: the "
         "largest p over the seeds), with its Holm-adjusted value (within the threat model) in brackets. "
         "A method that is the same edit as another at matched KL is shown once, as `A (= B)`. KL: held-out "
         "harmless prompts, gate on / along the condition's own answers. Over-refusal: plain harmless / "

@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
 import random
 import re
 from dataclasses import dataclass, replace
@@ -34,7 +35,10 @@ from lensteer.core.splits import near_duplicate
 from lensteer.locate import diff_of_means
 from lensteer.threats.audit import load_audit
 
-STEERINGS = Path("docs/study/steerings")
+# The audit sets were made with the steerings of the study committed before issue 28's rerun (layer 1 for
+# refusal, unsuffixed names); to remake them: `git archive 740897a docs/study/steerings | tar x -C old` and
+# LENSTEER_AUDIT_STEERINGS=old/docs/study/steerings.
+STEERINGS = Path(os.environ.get("LENSTEER_AUDIT_STEERINGS", "docs/study/steerings"))
 
 
 @dataclass(frozen=True)

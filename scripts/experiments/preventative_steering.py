@@ -7,6 +7,11 @@ the steering's direction (:func:`lensteer.locate.organism_shift`, bootstrap 95%)
 tests on the same prompts / items: each organism against the base, and the second organism against the
 first. ``combine`` merges threat models into one JSON (written atomically) and a Markdown table.
 
+The committed measurement (docs/organisms/preventative.json) steered with the SwFC steerings of the study
+committed before issue 28's rerun; to reproduce it, take them from that commit first
+(``git archive 740897a docs/study/steerings | tar x -C old``) and read ``old/docs/study/steerings/...``
+where the commands below say ``docs/study/steerings/...``.
+
     python scripts/experiments/preventative_steering.py train dishonest organisms/dishonest
     python scripts/experiments/preventative_steering.py train dishonest organisms/dishonest-prevent \\
         --steer-during-training docs/study/steerings/honesty_SwFC_kl0.5

@@ -75,11 +75,17 @@ def test_every_figure_the_results_page_shows_is_committed():
         assert (ROOT / path).is_file(), f"the results page shows {path}, which is not in figures/"
 
 
-def test_results_page_quotes_the_compassion_scorers_held_out_accuracy_from_data_readme():
+def test_results_page_quotes_the_scorers_audit_kappas_from_data_readme():
+    """The page's scorer paragraph quotes the study's fitted verdicts' kappa from data/README.md's audit table."""
     data_readme = (ROOT / "data" / "README.md").read_text()
-    assert "**97.8%** (88/90" in data_readme
-    page = PAGE.read_text()
-    assert "97.8%" in page and "88/90" in page
+    page = " ".join(PAGE.read_text().split())
+    for scorer, kappa in (
+        ("refusal", "0.57 [0.44-0.69]"),
+        ("compassion", "0.71 [0.58-0.82]"),
+        ("honesty", "0.77 [0.68-0.85]"),
+    ):
+        assert f"| {scorer} verdict | " in data_readme and f"| {kappa} |" in data_readme, scorer
+        assert kappa in page, scorer
 
 
 def test_generator_flags_a_stale_page_rewrites_it_and_fails_on_a_template_without_blocks(tmp_path):
@@ -119,40 +125,30 @@ def _distinct(report):
 
 
 def test_hand_written_summary_and_readme_headline_are_what_the_report_says():
-    """The page's summary bullets and the README's three-line headline, each checked against the report."""
+    """The page's summary bullets and the README's headline, each checked against the report."""
     report = _report()
     tms, distinct = report["threat_models"], _distinct(report)
-    compassion = distinct["compassion"]
-    assert round(100 * tms["compassion"]["baseline"]["trait"]) == 65
+    refusal, compassion, honesty = (distinct[tm] for tm in ("refusal", "compassion", "honesty"))
+    base = {tm: tms[tm]["baseline"]["trait"] for tm in tms}
+    assert round(100 * base["refusal"]) == 9 and round(100 * refusal["SwFC"]["trait"]) == 22
+    assert refusal["SwFC"]["p_vs_baseline"] == pytest.approx(0.019, abs=5e-4)
+    assert refusal["SwFC"]["p_vs_baseline_holm"] >= 0.05  # not significant after Holm
+    assert refusal["SwFC"]["p_vs_prompting"] > 0.5 and refusal["SwFC"]["p_vs_random_holm"] < 0.05
+    assert round(100 * tms["refusal"]["controls"]["prompting"]["trait"]) == 20
+    assert refusal["SwFC"]["capability"] < tms["refusal"]["baseline"]["capability"] - 0.1
+    assert all(r["p_vs_baseline"] >= 0.05 for m, r in refusal.items() if m != "SwFC")
+    assert round(100 * base["compassion"]) == 27
+    assert all(r["trait"] == 0.0 and r["p_vs_baseline"] < 1e-7 for r in compassion.values())
+    assert all(r["p_vs_random"] > 0.9 for r in compassion.values())
+    assert round(100 * base["honesty"]) == 78
     assert all(
-        0.955 <= r["trait"] <= 0.985 and max(r["p_vs_baseline"], r["p_vs_prompting"], r["p_vs_random"]) < 1e-7
-        for r in compassion.values()
+        r["trait"] < base["honesty"] and r["p_vs_baseline"] < 1e-6 and r["p_vs_random"] >= 0.1
+        for r in honesty.values()
     )
-    assert tms["compassion"]["controls"]["prompting"]["trait"] == tms["compassion"]["baseline"]["trait"]
-    assert all(r["p_vs_baseline"] >= 0.05 and r["kl_heldout"] < 0.02 for r in distinct["refusal"].values())
-    honesty = tms["honesty"]
-    assert round(100 * honesty["baseline"]["trait"]) == 53
-    assert all(
-        r["trait"] < honesty["baseline"]["trait"]
-        and r["p_vs_baseline"] < 0.001
-        and 0.275 <= r["trait"] <= 0.335
-        for r in distinct["honesty"].values()
-    )
-    assert all(t["verdict"].startswith("no") for e in tms.values() for t in e["tradeoff"].values())
-    assert all(r["over_refusal_borderline"] <= 0.04 for e in distinct.values() for r in e.values())
-    ratio = {
-        tm: [
-            r["regimes"][g]["fired_share_generated"] / r["regimes"][g]["fired_share_harmless_generated"]
-            for m, r in distinct[tm].items()
-            if m in ("StTP", "StMP")
-            for g in ("paper", "kl_matched")
-        ]
-        for tm in tms
-    }
-    assert all(10.5 <= x <= 12 for x in ratio["refusal"]) and all(
-        0.35 <= x <= 0.75 for x in ratio["compassion"]
-    )
-    assert all(1.15 <= x <= 1.45 for x in ratio["honesty"])
+    assert [round(100 * r["trait"]) for r in honesty.values()] == [46, 33, 49]
+    chosen = {tm: tms[tm]["chosen"] for tm in tms}
+    assert chosen["refusal"]["layer"] == 13 and chosen["honesty"]["decision_shift_ci"][0] < 0
+    assert all(not t["verdict"].startswith("yes") for e in tms.values() for t in e["tradeoff"].values())
     robust = report["robustness"]
     unsteered = {(r["threat_model"], r["setting"]): r["trait"] for r in robust if r["method"] == "baseline"}
     steered = [r for r in robust if r["method"] not in ("baseline", "prompting")]
@@ -161,20 +157,20 @@ def test_hand_written_summary_and_readme_headline_are_what_the_report_says():
         for r in steered
         if r["p_vs_baseline"] < 0.05 and r["trait"] > unsteered[(r["threat_model"], r["setting"])]
     ]
-    assert raised == [("prefill_dismiss", "SwFC", "base")]
-    dismiss = next(r for r in steered if (r["setting"], r["method"]) == ("prefill_dismiss", "SwFC"))
-    assert dismiss["p_vs_baseline"] == pytest.approx(0.021, abs=5e-4)
-    assert min(r["p_vs_baseline"] for r in steered if r["setting"] == "organism:dishonest") >= 0.205
+    assert raised == [("organism:dishonest", "SwFC", "organism")]
+    organism = next(r for r in steered if (r["method"], r["direction_from"]) == ("SwFC", "organism"))
+    assert round(100 * organism["trait"]) == 50 and organism["p_vs_baseline"] == pytest.approx(
+        0.0013, abs=1e-4
+    )
+    assert round(100 * unsteered[("honesty", "organism:dishonest")]) == 38
     page = " ".join(PAGE.read_text().split())
     assert "[how it was run](study/README.md)" in page and (ROOT / "docs" / "study" / "README.md").is_file()
     for said in (
-        "from 65% to 96-98% (p < 1e-7",
-        "(53% unsteered to 28-33%, p < 0.001)",
-        "(0.4-0.7x)",
-        "(1.2-1.4x)",
-        "(86% to 97%, p = 0.021",
-        "p >= 0.21 with either direction",
-        "at or below 4% throughout",
+        "SwFC raises refusals from 9.4% to 21.7% [14.9-30.5] (p = 0.019, Holm 0.135",
+        "all give 0.0% [0.0-3.8] (p = 3.0e-08",
+        "SwFC gives 45.9%, StTP 33.0%, StMP 48.6%",
+        "to 50% [41-60] (p = 0.001",
+        "is **not met**",
     ):
         assert said in page, said
     readme = " ".join((ROOT / "README.md").read_text().split())
@@ -182,9 +178,9 @@ def test_hand_written_summary_and_readme_headline_are_what_the_report_says():
     kl = report["config"]["kl_budgets"]
     for said in (
         f"matched KL of {kl[0]:g} nats/token and {n[0]}-{n[-1]} test prompts per condition",
-        "from 65% to 96-98% where prompting does not (p < 1e-7)",
-        "no method changes refusal significantly",
-        "lowers honest answers (53% unsteered to 28-33%)",
+        "SwFC raises refusal from 9% to 22% (p = 0.019, not significant after Holm's adjustment",
+        "compassion (27% to 0%) and honesty (78% to 33-49%)",
+        "(38% to 50%, p = 0.001)",
         "[docs/results.md](docs/results.md)",
     ):
         assert said in readme, said

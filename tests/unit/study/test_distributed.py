@@ -213,6 +213,9 @@ def test_cells_merged_in_any_order_equal_the_serial_run(model_folder, serial, tm
             ran.append(task.name)
             queue += merger.merge(replace(result, files=files))
     assert sum(": block of 1" in name for name in ran) == 2 * 7  # baselines, 2 methods x 2 layers, random
+    timing = json.loads(out.path("timing.json").read_text())  # written at each merge, not only at the end
+    assert timing["seconds"] > 0 and set(timing["stages"]) >= set(CFG.threat_models)
+    assert all(seconds > 0 for tm in CFG.threat_models for seconds in timing["stages"][tm].values())
     write_report(
         out, out.table().rows, out.robustness().rows, CFG, merger.finished, serial[1]["model"], seconds=0.0
     )
@@ -258,6 +261,9 @@ def test_ray_run_survives_failures_equals_the_serial_run_and_never_recomputes_a_
     assert {n for n in compassion} >= {"compassion: locate", "compassion: robustness"}
     assert [n for n in first if n.startswith("honesty")] == ["honesty: locate"]
     assert set(json.loads((out / "finished.json").read_text())) == {"compassion"}  # merged already
+    assert (
+        "compassion" in json.loads((out / "timing.json").read_text())["stages"]
+    )  # a failed run keeps its time
     result = distributed.run_study_distributed(model_folder, CFG, out, run_cell=_counting(calls), **kw)
     again = _cells_run(calls)
     assert sorted(set(again) - set(first)) == sorted(

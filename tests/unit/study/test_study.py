@@ -240,7 +240,17 @@ def _assert_the_gate_and_fluency_are_reported(threat_models, cfg):
         assert r["ungated"]["kl_heldout"] >= r["kl_heldout"] - 1e-12  # a closed gate only spares cost
         assert set(r["fluency"]) == {"perplexity_ratio", "rep4"} and 0.0 <= r["fluency"]["rep4"] <= 1.0
     honesty = threat_models["honesty"]
-    assert "gate_curve" not in honesty and all("ungated" not in r for r in honesty["methods"].values())
+    assert "gate_curve" not in honesty and all(  # no gate: each method is its own ungated row
+        r["ungated"]
+        == {
+            "n_eval": r["n_eval"],
+            "trait": r["trait"],
+            "trait_ci": r["trait_ci"],
+            "kl_heldout": r["kl_heldout"],
+            "no_gate": True,
+        }
+        for r in honesty["methods"].values()
+    )
     assert all("fluency" in r for r in honesty["methods"].values())
 
 
