@@ -128,3 +128,24 @@ def test_organisms_guide_quotes_the_bad_advice_probe_beside_its_control_seed_by_
     )
     em = all(compare[s]["compassion"]["p_value"] < 0.05 for s in seeds)
     assert ("emergent-misalignment signature" in guide) == em
+
+
+def test_every_committed_organism_carries_its_activation_shift_and_the_guide_quotes_it():
+    """Issue 30 item 4b: each committed organism's shift along the committed study's SwFC direction of every
+    threat model it is measured on, beside its trait change, in measure.json and in the guide's table."""
+    guide = " ".join(GUIDE.read_text().split())
+    names = ("dishonest", "dismissive", "bad_advice", "bad_advice-s1", "good_advice", "good_advice-s1")
+    for name in names:
+        for s in json.loads((ROOT / f"docs/organisms/{name}/measure.json").read_text())["shifts"]:
+            a = s["activation_shift"]
+            steering = ROOT / (a["steering"] + ".json")
+            assert steering.is_file() and steering.name.startswith(f"{s['threat_model']}_SwFC_kl0.5_L"), a
+            placed = json.loads(steering.read_text())["steerings"]["steering"]["placement"]["layers"]
+            assert placed[0] == a["layer"] and a["n"] == s["n"] == 48
+            assert a["ci"][0] <= a["mean"] <= a["ci"][1]
+            row = (
+                f"| {name} | {s['threat_model']} | {100 * s['trait_base']:.1f}% -> "
+                f"{100 * s['trait_organism']:.1f}% ({s['p_value']:.2g}) | {a['mean']:+.2f} "
+                f"[{a['ci'][0]:+.2f}, {a['ci'][1]:+.2f}] | {a['layer']} |"
+            )
+            assert row in guide, row
