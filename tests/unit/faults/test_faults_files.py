@@ -308,15 +308,14 @@ def test_a_rerun_with_other_weights_of_the_same_fingerprint_is_refused(tmp_path,
 
 def test_a_legacy_results_folder_is_reported_but_not_resumed(tmp_path, tiny_llama_bridge, no_run, capsys):
     legacy = tmp_path / "study"
-    shutil.copytree(REPO / "docs" / "study", legacy, ignore=shutil.ignore_patterns("steerings"))
+    # a folder written before study.json existed: the committed study without its identity and steerings
+    shutil.copytree(REPO / "docs" / "study", legacy, ignore=shutil.ignore_patterns("steerings", "study.json"))
     before = json.loads((legacy / "report.json").read_text())
     assert main(["report", "--results", str(legacy)]) == 0  # the committed study still reports
     after = json.loads((legacy / "report.json").read_text())
     assert after["threat_models"].keys() == before["threat_models"].keys() and not (legacy / ".lock").exists()
     assert not (legacy / "study.json").exists()
-    assert (
-        study.chosen_steering(REPO / "docs" / "study", "refusal", "SwFC").name == "refusal_SwFC_kl0.5"
-    )  # old names
+    assert study.chosen_steering(legacy, "refusal", "SwFC").name == "refusal_SwFC_kl0.5"  # old names
     with pytest.raises(ConfigError, match="holds results without study.json"):
         study.run_study(tiny_llama_bridge, CFG, legacy, **QUIET)
     assert no_run == []
