@@ -28,13 +28,17 @@ def plot_selection(selection: Any, ax: Any = None) -> tuple[Any, Any]:
     positions = sorted({c["position"] for c in candidates})
     width = 0.8 / max(1, len(positions) * len(_SOURCES))
     chosen = data.get("chosen")
+
+    def x_of(c: dict[str, Any]) -> float:  # the layer, offset by source and read position
+        k = _SOURCES.index(c["source"]) * len(positions) + positions.index(c["position"])
+        return float(c["layer"] - 0.4 + (k + 0.5) * width)
+
     with paper_style():
         fig, ax = new_ax(ax, figsize=(6.5, 3.4))
         for s, source in enumerate(_SOURCES):
             mine = [c for c in rows if c["source"] == source]
             for c in mine:
-                k = s * len(positions) + positions.index(c["position"])
-                x = c["layer"] - 0.4 + (k + 0.5) * width
+                x = x_of(c)
                 lo, hi = c["decision_shift_ci"]
                 face = PALETTE[s] if c.get("passes", True) else "white"
                 ax.errorbar(
@@ -52,8 +56,7 @@ def plot_selection(selection: Any, ax: Any = None) -> tuple[Any, Any]:
                 ):
                     ax.plot(x, hi, marker="*", color=PALETTE[3], ms=12, zorder=5, label="chosen")
             for c in (c for c in unscored if c["source"] == source):
-                k = s * len(positions) + positions.index(c["position"])
-                ax.plot(c["layer"] - 0.4 + (k + 0.5) * width, floor, "x", color=PALETTE[s], ms=4, lw=1)
+                ax.plot(x_of(c), floor, "x", color=PALETTE[s], ms=4, lw=1)
             if any(c["source"] == source for c in candidates):
                 ax.plot([], [], "o", color=PALETTE[s], label=source.replace("_", " "))
         if unscored:
