@@ -178,9 +178,9 @@ def test_hand_written_summary_and_readme_headline_are_what_the_report_says():
     kl = report["config"]["kl_budgets"]
     for said in (
         f"matched KL of {kl[0]:g} nats/token and {n[0]}-{n[-1]} test prompts per condition",
-        "SwFC raises refusal from 9% to 22% (p = 0.019, not significant after Holm's adjustment",
-        "compassion (27% to 0%) and honesty (78% to 33-49%)",
-        "(38% to 50%, p = 0.001)",
+        "SwFC raises refusal from 9% [5-17] to 22% [15-30] (p = 0.019, not significant after Holm's adjustment",
+        "compassion (27% [19-37] to 0% [0-4]) and honesty (78% [69-85] to 33-49%, each p < 1e-6)",
+        "(38% [29-47] to 50% [41-60], p = 0.001",
         "[docs/results.md](docs/results.md)",
     ):
         assert said in readme, said
