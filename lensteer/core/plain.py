@@ -156,9 +156,10 @@ def relay_after_prefix(
     return torch.stack(rows), torch.stack(masks)
 
 
-def share_cache(cache: Any, batch: int) -> bool:
-    """Copy a batch-1 KV cache to ``batch`` rows in place; ``False`` (nothing changed) if it is not a
-    transformers cache whose keys and values can be copied across rows."""
+def share_cache(cache: Any, rows: "int | Int[torch.Tensor, ' batch']") -> bool:
+    """Copy a KV cache's rows in place: a batch-1 cache to ``rows`` rows (an int), or row ``rows[b]`` of
+    the cache to row ``b`` (a tensor of row indices: one prefix per group of rows). ``False`` (nothing
+    changed) if it is not a transformers cache whose keys and values can be copied across rows."""
     layers = getattr(cache, "layers", None)
     if not layers or not all(
         getattr(layer, "keys", None) is not None and getattr(layer, "values", None) is not None
@@ -166,8 +167,11 @@ def share_cache(cache: Any, batch: int) -> bool:
     ):
         return False
     for layer in layers:
-        layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:]).contiguous()
-        layer.values = layer.values.expand(batch, *layer.values.shape[1:]).contiguous()
+        if isinstance(rows, int):
+            layer.keys = layer.keys.expand(rows, *layer.keys.shape[1:]).contiguous()
+            layer.values = layer.values.expand(rows, *layer.values.shape[1:]).contiguous()
+        else:
+            layer.keys, layer.values = layer.keys[rows], layer.values[rows]
     return True
 
 

@@ -49,7 +49,7 @@ from lensteer.steering.hooks import (
     steer,
     steer_plain,
 )
-from lensteer.steering.prefix import prefill_shared_prefix, shared_prefix
+from lensteer.steering.prefix import NO_PREFIX, prefill_shared_prefix, shared_prefix
 from lensteer.steering.sampling import Sampling
 from lensteer.steering.spec import Steering
 
@@ -345,7 +345,8 @@ def _decode_batch(
     steps = _Steps()
     prompt_share = [0.0] * n_rows
     eos_t = torch.tensor(sorted(stop.eos), dtype=torch.long) if stop.eos else torch.empty(0, dtype=torch.long)
-    prefix = shared_prefix(seq, attn, steerings, ctx) if use_kv_cache and n_rows > 1 else 0
+    share = shared_prefix(seq, attn, steerings, ctx) if use_kv_cache and n_rows > 1 else NO_PREFIX
+    prefix = share.length
     prefix_fired = torch.zeros(n_rows, 0, dtype=torch.bool)
     view = (
         plain_view(model) if use_kv_cache and plain_steerable(model, steerings) else None
@@ -361,7 +362,7 @@ def _decode_batch(
     with torch.inference_mode(), warnings.catch_warnings(), hooks:
         # transformers 5.24 renames past_key_values to cache; the bridge still passes the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
-        shared = prefill_shared_prefix(forward, seq, attn, prefix, ctx) if prefix else None
+        shared = prefill_shared_prefix(forward, seq, attn, share, ctx) if prefix else None
         if shared is not None:
             seq, attn, cache, prefix_fired = shared.tokens, shared.mask, shared.cache, shared.prefix_fired
         else:

@@ -1,7 +1,8 @@
 """A prompt prefix shared by every row of a batch (system prompt, few-shot turns), computed once.
 
-Few-shot contexts are long and identical across a batch; running them once at batch 1 and copying
-their keys and values to every row makes generation 1.5-1.7x faster with the same tokens (tested),
+Few-shot contexts are long and identical across a batch; running them once (once per steering when
+the rows' steerings differ) and copying their keys and values to the rows makes generation 1.5-1.7x
+faster with the same tokens (tested),
 and the teacher-forced KL passes (calibration, held-out and rollout KL) likewise
 (:func:`teacher_forced_states`).
 """
@@ -28,20 +29,36 @@ from lensteer.steering.positions import position_mask
 from lensteer.steering.spec import Steering
 
 
+class PrefixShare(NamedTuple):
+    """A prefix every row of a batch shares, and which rows may share its keys and values: rows whose
+    steerings treat the prefix alike (same steering, position mask and gate) form a group, and the prefix
+    runs once per group (``representatives``: each group's first row)."""
+
+    length: int  # tokens; 0: nothing worth computing once
+    groups: Int[torch.Tensor, " batch"]  # each row's group
+    representatives: Int[torch.Tensor, " n_groups"]  # the row that computes each group's prefix
+
+
+NO_PREFIX = PrefixShare(0, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+
+
 def shared_prefix(
     tokens: torch.Tensor, attn: torch.Tensor, steerings: Sequence[Steering], ctx: SteeringContext
-) -> int:
-    """Length of the token prefix every row of a left-padded batch shares (a system prompt, few-shot
-    turns), if it is worth computing once; 0 otherwise.
+) -> PrefixShare:
+    """The token prefix every row of a left-padded batch shares (a system prompt, few-shot turns), if it
+    is worth computing once per group of rows that steer it alike; :data:`NO_PREFIX` otherwise.
 
-    The prefix is shared only if every steering treats it the same in every row (same position
-    mask and gate), so that one batch-1 forward over it is exact for every row.
+    Rows under different steerings, or one steering whose gate opens for some rows only, steer the
+    prefix differently: each such group gets its own prefix forward (several conditions decoded in one
+    batch compute the few-shot context once per condition, not once per row). Exact for every row: a
+    group's rows see the same tokens under the same edits. Not worth it when every row is its own group.
     """
     prefix = common_prefix(tokens, attn)
     if prefix < MIN_SHARED_PREFIX:
-        return 0
+        return NO_PREFIX
     pads = tokens.shape[1] - attn.sum(1).cpu()
     assert ctx.prompt_lens is not None
+    treatments = [torch.zeros(tokens.shape[0], 0, dtype=torch.bool)]  # per row: where each steering edits
     for i, s in enumerate(steerings):
         if s.is_identity:
             continue
@@ -49,58 +66,69 @@ def shared_prefix(
             s.positions, prompt_lens=ctx.prompt_lens, pads=pads, offset=0, seq_len=prefix, prefix=prefix
         )
         if ctx.rows is not None:
-            mask = mask & ctx.steered_rows(i)[:, None]
-        if not bool((mask == mask[:1]).all()):
-            return 0
-    return prefix
+            mask = mask & ctx.steered_rows(i)[:, None].cpu()
+        treatments.append(mask)
+    treated = torch.cat(treatments, 1)
+    if treated.shape[1] == 0:  # no steering edits anything: one group
+        groups = torch.zeros(tokens.shape[0], dtype=torch.long)
+    else:
+        _, groups = torch.unique(treated, dim=0, return_inverse=True)
+    n_groups = int(groups.max()) + 1
+    if n_groups == tokens.shape[0] and n_groups > 1:
+        return NO_PREFIX
+    first = torch.full((n_groups,), tokens.shape[0], dtype=torch.long)
+    first = first.scatter_reduce(0, groups, torch.arange(tokens.shape[0]), reduce="amin")
+    return PrefixShare(prefix, groups, first)
 
 
 class SharedPrefix(NamedTuple):
-    """A batch re-laid as ``[prefix][pads][rest]`` after its shared prefix ran once (a named tuple, so
-    ``seq, mask, cache, fired = shared`` still reads)."""
+    """A batch re-laid as ``[prefix][pads][rest]`` after its shared prefix ran once per group (a named
+    tuple, so ``seq, mask, cache, fired = shared`` still reads)."""
 
     tokens: Int[torch.Tensor, "batch pos"]
     mask: Int[torch.Tensor, "batch pos"]
-    cache: Any  # the KV cache holding the prefix, copied to every row
+    cache: Any  # the KV cache holding the prefix, each group's copied to its rows
     prefix_fired: Bool[torch.Tensor, "batch prefix"]  # which prefix tokens each row's steerings changed
 
 
 def prefill_shared_prefix(
-    forward: Any, tokens: torch.Tensor, attn: torch.Tensor, prefix: int, ctx: SteeringContext
+    forward: Any, tokens: torch.Tensor, attn: torch.Tensor, share: PrefixShare, ctx: SteeringContext
 ) -> SharedPrefix | None:
-    """Run the shared prefix once (batch 1) and lay the batch out as ``[prefix][pads][rest]``.
+    """Run the shared prefix once per group of rows (:func:`shared_prefix`) and lay the batch out as
+    ``[prefix][pads][rest]``.
 
     Padding moves from the left to just after the prefix: masked out and with positions taken
     from the attention mask, the layout gives the same logits as left padding, while the prefix's
-    keys and values are computed once and copied to every row. Returns the re-laid tokens and
+    keys and values are computed once per group and copied to its rows. Returns the re-laid tokens and
     mask, the KV cache holding the prefix, and which prefix tokens each row's steerings changed;
     ``None`` if the model's cache cannot be shared across rows. ``forward`` is the decoder's cached
     forward (:meth:`lensteer.core.plain.PlainView.forward`'s signature), under the decoder's hooks.
     """
-    batch = tokens.shape[0]
+    prefix, reps = share.length, share.representatives
     seq, mask = relay_after_prefix(tokens, attn, prefix)
     saved = (ctx.prompt_lens, ctx.pads, ctx.rows)
     assert ctx.prompt_lens is not None and ctx.pads is not None
     ctx.clear()
     ctx.prompt_lens, ctx.pads, ctx.offset, ctx.prefix = (
-        ctx.prompt_lens[:1],
-        torch.zeros(1, dtype=torch.long),
+        ctx.prompt_lens[reps],
+        torch.zeros(len(reps), dtype=torch.long),
         0,
         0,
     )
-    ctx.rows = None if ctx.rows is None else ctx.rows[..., :1]
+    ctx.rows = None if ctx.rows is None else ctx.rows[..., reps]
     try:
-        _, cache = forward(seq[:1, :prefix], mask[:1, :prefix], None, last_only=True)
-        fired = torch.zeros(1, prefix, dtype=torch.bool)
+        at = reps.to(seq.device)
+        _, cache = forward(seq[at, :prefix], mask[at, :prefix], None, last_only=True)
+        fired = torch.zeros(len(reps), prefix, dtype=torch.bool)
         for record in ctx.records:
             fired |= record.fired
     finally:
         ctx.prompt_lens, ctx.pads, ctx.rows = saved
         ctx.clear()
-    if not share_cache(cache, batch):
+    if not share_cache(cache, share.groups.to(seq.device)):
         return None  # not a transformers cache we can copy across rows: decode without sharing
     ctx.prefix = prefix
-    return SharedPrefix(seq, mask, cache, fired.expand(batch, prefix))
+    return SharedPrefix(seq, mask, cache, fired[share.groups])
 
 
 def teacher_forced_states(
@@ -122,21 +150,22 @@ def teacher_forced_states(
     lies after it; otherwise the whole batch runs through the bridge. Both give the same states
     (tested). ``ctx`` carries the batch's ``prompt_lens`` / ``pads`` / ``rows``.
     """
-    prefix = 0
+    share = NO_PREFIX
     if view is not None and plain_steerable(model, steerings) and tokens.shape[0] > 1:
-        prefix = shared_prefix(tokens, attn, steerings, ctx)
+        share = shared_prefix(tokens, attn, steerings, ctx)
         pads = (tokens.shape[1] - attn.sum(1)).cpu()
         read = torch.arange(tokens.shape[1])[None, :] - pads[:, None]  # token index within each row
-        first = int(read[where.cpu()].min()) if prefix and bool(where.any()) else prefix
-        if (
-            first < prefix
-        ):  # a position to read lies inside the prefix (options that start alike): stop before it
-            prefix = first if first >= MIN_SHARED_PREFIX else 0
-    if prefix and view is not None:
+        first = int(read[where.cpu()].min()) if share.length and bool(where.any()) else share.length
+        if first < share.length:  # a position to read lies inside the prefix (options that start alike)
+            share = (
+                share._replace(length=first) if first >= MIN_SHARED_PREFIX else NO_PREFIX
+            )  # stop before it
+    if share.length and view is not None:
+        prefix = share.length
         with steer_plain(model, view, *steerings, context=ctx), warnings.catch_warnings():
             # transformers 5.24 renames past_key_values to cache (as in generation._decode_batch)
             warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
-            shared = prefill_shared_prefix(view.forward, tokens, attn, prefix, ctx)
+            shared = prefill_shared_prefix(view.forward, tokens, attn, share, ctx)
             if shared is not None:
                 ctx.clear()
                 ctx.offset = prefix

@@ -213,7 +213,9 @@ def test_mc_accuracy_computes_each_question_once_with_the_scores_of_one_pass_per
 
     seen: list[int] = []  # the shared prefixes run once (a spy)
     real = prefix_module.prefill_shared_prefix
-    monkeypatch.setattr(prefix_module, "prefill_shared_prefix", lambda *a: seen.append(a[3]) or real(*a))
+    monkeypatch.setattr(
+        prefix_module, "prefill_shared_prefix", lambda *a: seen.append(a[3].length) or real(*a)
+    )
     unit = torch.randn(tiny_llama_bridge.cfg.d_model, generator=torch.Generator().manual_seed(3))
     steering = Steering(
         unit=unit / unit.norm(), layers=(1,), mode="add", scale=4.0, positions=Window(1, None)

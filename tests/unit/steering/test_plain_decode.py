@@ -150,7 +150,9 @@ def test_several_conditions_gates_a_shared_prefix_and_sampling_match_the_bridge(
         _assert_same(fast, reference)
     prefixes = []
     real = generation.prefill_shared_prefix
-    monkeypatch.setattr(generation, "prefill_shared_prefix", lambda *a: prefixes.append(a[3]) or real(*a))
+    monkeypatch.setattr(
+        generation, "prefill_shared_prefix", lambda *a: prefixes.append(a[3].length) or real(*a)
+    )
     _assert_same(
         *_both(
             model, monkeypatch, prompts, steering=Steering(unit=w, layers=(1,), scale=3.0), max_new_tokens=6

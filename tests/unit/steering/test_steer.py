@@ -372,7 +372,7 @@ def test_a_shared_prefix_is_computed_once_and_changes_nothing(tiny_llama_bridge,
 
     calls = []
     real = generation.prefill_shared_prefix
-    monkeypatch.setattr(generation, "prefill_shared_prefix", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(generation, "prefill_shared_prefix", lambda *a: calls.append(a[3].length) or real(*a))
     prompts = [
         lensteer.ChatPrompt(user=u, system=SYSTEM) for u in ("hi", "what now, friend?", "tell me more")
     ]
@@ -390,26 +390,49 @@ def test_a_shared_prefix_is_computed_once_and_changes_nothing(tiny_llama_bridge,
         assert shared.prompt_fired_share[i] == pytest.approx(single.prompt_fired_share[0])
 
 
-def test_rows_that_steer_a_shared_prefix_differently_do_not_share_it(tiny_llama_bridge, monkeypatch):
+def test_rows_that_steer_a_shared_prefix_differently_share_it_by_group(tiny_llama_bridge, monkeypatch):
+    """A gate that opens for some rows, or several conditions in one batch, steer the shared prefix
+    differently in different rows: the prefix runs once per group of rows that steer it alike, and every
+    row decodes as it would alone and without the cache."""
     import lensteer.steering.generation as generation
 
     calls = []
     real = generation.prefill_shared_prefix
     monkeypatch.setattr(generation, "prefill_shared_prefix", lambda *a: calls.append(a[3]) or real(*a))
-    prompts = [
-        lensteer.ChatPrompt(user=u, system=SYSTEM) for u in ("hi", "what now, friend?", "tell me more")
-    ]
+    users = ("hi", "what now, friend?", "tell me more", "and then?", "why so?", "ok")
+    prompts = [lensteer.ChatPrompt(user=u, system=SYSTEM) for u in users]
     v = _unit(9)
     with torch.inference_mode():
         proj = lensteer.collect_activations(tiny_llama_bridge, prompts, layers=[1], position="last")[:, 0] @ v
-    gate = lensteer.Gate(unit=v, layer=1, threshold=float(proj.median()))  # opens for some rows only
-    s = Steering(unit=v, layers=(0,), scale=3.0, gate=gate)
-    out = lensteer.generate(tiny_llama_bridge, prompts, steering=s, max_new_tokens=5)
-    assert not calls and 0 < sum(out.gated) < 3
+    middle = proj.sort().values[2:4].mean()  # between two rows' projections: no row sits on the threshold
+    gate = lensteer.Gate(unit=v, layer=1, threshold=float(middle))  # opens for half the rows
+    gated = Steering(unit=v, layers=(0,), scale=3.0, gate=gate)
+    out = lensteer.generate(tiny_llama_bridge, prompts, steering=gated, max_new_tokens=5, batch_size=6)
+    assert 0 < sum(out.gated) < len(prompts)
+    assert len(calls) == 1 and calls[0].length >= 16 and len(calls[0].representatives) == 2  # open, shut
     for i, p in enumerate(prompts):
-        assert torch.equal(
-            out.tokens[i], lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=5).tokens[0]
+        alone = lensteer.generate(tiny_llama_bridge, [p], steering=gated, max_new_tokens=5)
+        assert torch.equal(out.tokens[i], alone.tokens[0]) and torch.equal(out.fired[i], alone.fired[0])
+
+    calls.clear()
+    swfc = Steering(unit=_unit(8), layers=(0, 1), mode="swfc", scale=3.0)
+    conditions = [None, swfc, gated] * 2  # three conditions, each on two prompts, in one batch
+    mixed = lensteer.generate(
+        tiny_llama_bridge, prompts, prompt_steerings=conditions, max_new_tokens=5, batch_size=6
+    )
+    # one group unsteered (with the gated rows whose gate stays shut), one SwFC, one gated and open
+    assert len(calls) == 1 and len(calls[0].representatives) == 2 + any(out.gated[i] for i in (2, 5))
+    uncached = lensteer.generate(
+        tiny_llama_bridge, prompts, prompt_steerings=conditions, max_new_tokens=5, use_kv_cache=False
+    )
+    for i, (p, s) in enumerate(zip(prompts, conditions, strict=True)):
+        alone = lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=5)
+        assert torch.equal(mixed.tokens[i], alone.tokens[0]) and torch.equal(
+            mixed.tokens[i], uncached.tokens[i]
         )
+        assert torch.equal(mixed.fired[i], alone.fired[0])
+        torch.testing.assert_close(mixed.shift[i], alone.shift[0])
+        assert mixed.prompt_fired_share[i] == pytest.approx(alone.prompt_fired_share[0])
 
 
 @pytest.mark.parametrize(

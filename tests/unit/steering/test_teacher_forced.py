@@ -29,7 +29,9 @@ def prefixes(monkeypatch):
     """The shared-prefix lengths the teacher-forced passes ran once (a spy on prefill_shared_prefix)."""
     seen: list[int] = []
     real = prefix_module.prefill_shared_prefix
-    monkeypatch.setattr(prefix_module, "prefill_shared_prefix", lambda *a: seen.append(a[3]) or real(*a))
+    monkeypatch.setattr(
+        prefix_module, "prefill_shared_prefix", lambda *a: seen.append(a[3].length) or real(*a)
+    )
     return seen
 
 
@@ -62,11 +64,21 @@ def test_kls_with_a_shared_prefix_equal_the_bridge_s(tiny_llama_bridge, monkeypa
             sequence_kls(model, steerings, gens.prompt_tokens, gens.tokens, batch_size=4),
         )
 
+    groups: list[int] = []  # how many groups of rows ran the prefix, per prefill
+    spied = prefix_module.prefill_shared_prefix
+    monkeypatch.setattr(
+        prefix_module,
+        "prefill_shared_prefix",
+        lambda *a: groups.append(len(a[3].representatives)) or spied(*a),
+    )
     fast = kls()
     shared = list(prefixes)
     reference = _on_the_bridge(monkeypatch, kls)
     assert len(prefixes) == len(shared)  # the bridge path never shares the prefix
     assert shared and min(shared) >= 16  # the system prompt ran once per pass
+    # the gated steering opens for some rows only: its pass ran the prefix once per group (open, shut),
+    # unless its positions leave the prefix alone
+    assert set(groups) == ({1} if positions == "generated" else {1, 2})
     for got, want in zip(fast, reference, strict=True):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
     assert all(k > 1e-4 for k in fast[0])  # real edits, not a vacuous 0 == 0
