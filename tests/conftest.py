@@ -24,8 +24,8 @@ MODEL_FIXTURES = ("tiny_bridge", "tiny_llama_bridge", "embedded_model")
 # whole files to two pytest-xdist workers in collection order, so these go first, longest first, and the
 # many short unit files fill whatever they leave. Re-rank a file here when its time changes a lot.
 LONG_FILES = {
-    "tests/integration/test_study_steerings.py": 260,
-    "notebooks/03_steer_and_evaluate.ipynb": 225,
+    "tests/integration/test_study_steerings.py": 420,
+    "notebooks/03_steer_and_evaluate.ipynb": 175,
     "tests/unit/study/test_distributed.py": 180,
     "notebooks/00_quickstart.ipynb": 170,
     "tests/integration/test_embedded.py": 100,

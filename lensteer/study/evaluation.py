@@ -206,9 +206,12 @@ def _joint(
 
     Without a long shared prefix all conditions decode in one batch stream (1.3x faster than one call
     per condition for refusal's bare requests, ``benchmarks/bench_study_decoding.py``); with one (the
-    few-shot contexts: :data:`SHARED_CONTEXT_TOKENS` or more) each condition decodes on its own, so that
-    ``generate`` computes the prefix once per condition: 2.4x faster there. A template's system prompt is
-    no such prefix (the demo's 6 x 10 harmless prompts: 23 s per condition, 12 s in one stream)."""
+    few-shot contexts: :data:`SHARED_CONTEXT_TOKENS` or more) each condition decodes on its own. One
+    stream now computes the context once per condition in each batch too (the prefix is shared per group
+    of rows that steer it alike), but under a ~250-token context a decoding step costs about in
+    proportion to its rows (attention copies every row's keys and values), so one stream is still a
+    little slower (0.93x; it was 0.41x when each row ran the context itself). A template's system prompt
+    is no such prefix (the demo's 6 x 10 harmless prompts: 23 s per condition, 12 s in one stream)."""
     if len(prompts) > 1 and _common_prefix(model, prompts) >= SHARED_CONTEXT_TOKENS:
         return [
             generate(

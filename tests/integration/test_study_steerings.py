@@ -105,18 +105,28 @@ def test_every_committed_steering_costs_its_recorded_calibration_kl(
 
 
 @pytest.fixture(scope="module")
-def harmless_reference(embedded_model):
-    """The study's held-out harmless prompts along their unsteered continuations (the held-out KL's)."""
-    return lensteer.generate(
+def heldout_kls(embedded_model):
+    """Every finding's held-out KL: the study's held-out harmless prompts along their unsteered
+    continuations, one unsteered pass for all of them (``{(threat_model, method): kl}``)."""
+    reference = lensteer.generate(
         embedded_model,
         heldout_harmless(CONFIG),
         max_new_tokens=CONFIG.kl_tokens,
         batch_size=CONFIG.batch_size,
     )
+    found = [(tm, m) for tm, methods in FINDINGS.items() for m in methods]
+    kls = sequence_kls(
+        embedded_model,
+        [_steering(embedded_model, tm, m) for tm, m in found],
+        reference.prompt_tokens,
+        reference.tokens,
+        batch_size=CONFIG.batch_size,
+    )
+    return dict(zip(found, kls, strict=True))
 
 
 @pytest.mark.parametrize("threat_model", sorted(FINDINGS))
-def test_every_significant_finding_reproduces(embedded_model, harmless_reference, threat_model):
+def test_every_significant_finding_reproduces(embedded_model, heldout_kls, threat_model):
     methods = FINDINGS[threat_model]
     entry = REPORT["threat_models"][threat_model]
     base_flags = _row(threat_model, "baseline", None)["trait_flags"]
@@ -151,11 +161,5 @@ def test_every_significant_finding_reproduces(embedded_model, harmless_reference
         differ = sum(a != c for a, c in zip(now, committed, strict=True))
         assert differ <= len(committed) // 8, (m, differ, len(committed))
 
-    kls = sequence_kls(
-        embedded_model,
-        list(steerings.values()),
-        harmless_reference.prompt_tokens,
-        harmless_reference.tokens,
-        batch_size=CONFIG.batch_size,
-    )
+    kls = [heldout_kls[threat_model, m] for m in methods]
     assert kls == pytest.approx([entry["methods"][m]["kl_heldout"] for m in methods], rel=0.10, abs=0.005)
