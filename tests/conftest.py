@@ -24,15 +24,15 @@ MODEL_FIXTURES = ("tiny_bridge", "tiny_llama_bridge", "embedded_model")
 # whole files to two pytest-xdist workers in collection order, so these go first, longest first, and the
 # many short unit files fill whatever they leave. Re-rank a file here when its time changes a lot.
 LONG_FILES = {
-    "tests/integration/test_study_steerings.py": 420,
+    "tests/integration/test_study_steerings.py": 185,
     "notebooks/03_steer_and_evaluate.ipynb": 175,
-    "tests/unit/study/test_distributed.py": 180,
-    "notebooks/00_quickstart.ipynb": 170,
-    "tests/integration/test_embedded.py": 100,
-    "tests/unit/study/test_study.py": 80,
-    "tests/integration/test_embedded_locate.py": 60,
-    "notebooks/01_locate.ipynb": 40,
-    "tests/integration/test_embedded_inducers.py": 40,
+    "tests/unit/study/test_distributed.py": 130,
+    "notebooks/00_quickstart.ipynb": 75,
+    "tests/unit/study/test_study.py": 73,
+    "tests/integration/test_embedded.py": 72,
+    "tests/integration/test_embedded_locate.py": 56,
+    "tests/integration/test_embedded_inducers.py": 31,
+    "notebooks/01_locate.ipynb": 27,
 }
 
 

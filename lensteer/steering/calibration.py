@@ -9,10 +9,11 @@ bisection the scale whose KL matches a budget (e.g. 0.1, 0.3 or 1.0 nats), per m
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from lensteer.core.bridge import Bridge
@@ -277,10 +278,18 @@ class SequenceScores:
         kls: Per steering, the mean per-token ``KL(p_unsteered || p_steered)`` (as :func:`sequence_kls`).
         logprobs: Per row, the unsteered log-probability of each continuation token (float64; empty where
             the continuation is): a perplexity under the unsteered model without another pass.
+        kl_by_prompt: Per steering, each prompt's mean per-token KL along its continuation (float64;
+            NaN where the continuation is empty): which prompts a steering disturbs, and ``kls`` again as
+            the mean weighted by ``positions``.
+        positions: Per prompt, how many continuation positions its KL averages (0: an empty one).
     """
 
     kls: tuple[float, ...]
     logprobs: tuple[torch.Tensor, ...]
+    kl_by_prompt: tuple[Float[torch.Tensor, " n_prompts"], ...] = ()
+    positions: Int[torch.Tensor, " n_prompts"] = field(
+        default_factory=lambda: torch.zeros(0, dtype=torch.long)
+    )
 
 
 def sequence_scores(
@@ -311,6 +320,8 @@ def sequence_scores(
     view = plain_view(model)
     totals, n_positions = [0.0] * len(steerings), 0
     logprobs = [torch.zeros(0, dtype=torch.float64) for _ in prompts]
+    row_sums = torch.zeros(len(steerings), len(prompts), dtype=torch.float64)
+    positions = torch.zeros(len(prompts), dtype=torch.long)
     for rows, batch, prompt_lens, pads, mask in _continuation_batches(
         model, prompts, continuations, batch_size
     ):
@@ -327,8 +338,13 @@ def sequence_scores(
                 -1,
             )
             chosen = base.gather(-1, tokens[:, 1:][mask[:, :-1].to(device)][:, None])[:, 0].cpu()
-            for i, lp in zip(rows, chosen.split(mask.sum(1).tolist()), strict=True):
+            per_row = mask.sum(1).tolist()
+            for i, lp in zip(rows, chosen.split(per_row), strict=True):
                 logprobs[i] = lp
+            positions[rows] = torch.tensor(per_row, dtype=torch.long)
+            row_of = torch.repeat_interleave(
+                torch.arange(len(rows)), torch.tensor(per_row)
+            )  # each position's row
             for k, (s, opened) in enumerate(zip(steerings, open_rows, strict=True)):
                 ctx = SteeringContext(
                     prompt_lens=prompt_lens,
@@ -338,11 +354,19 @@ def sequence_scores(
                 )
                 steered_in = teacher_forced_states(model, (s,), tokens, attn, mask, ctx, view=view)
                 steered = torch.log_softmax(unembed(model, steered_in).double(), -1)
-                totals[k] += float(kl_divergence(base, steered).sum())
+                kl = kl_divergence(base, steered).cpu()
+                totals[k] += float(kl.sum())
+                row_sums[k, rows] = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, row_of, kl)
         n_positions += int(mask.sum())
     if n_positions == 0 and steerings:
         raise DataError("no continuation token to measure KL on (every continuation is empty)")
-    return SequenceScores(kls=tuple(t / n_positions for t in totals), logprobs=tuple(logprobs))
+    by_prompt = row_sums / positions.double()  # 0 / 0: NaN where a continuation is empty
+    return SequenceScores(
+        kls=tuple(t / n_positions for t in totals),
+        logprobs=tuple(logprobs),
+        kl_by_prompt=tuple(by_prompt.unbind(0)) if steerings else (),
+        positions=positions,
+    )
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -10,12 +10,14 @@ paper-profile run (issue 28's protocol). Checked here:
 * regenerated now, a sample of prompts that carry the findings (steered and unsteered answers judged
   differently; four, shared by the methods, with two others) get the same flags again (at most
   one in eight differs: batches of another composition may flip a near-tie in greedy decoding);
-* the held-out KL (harmless test prompts along their unsteered continuations) of every finding's method
-  is the reported one within 10%;
-* every committed steering at the matched budget (StMP-push is StMP's twin; the random control's first
-  seed stands for its others, calibrated by the same code) still costs the KL its calibration recorded,
-  within 10%, on the study's calibration set (held-apart harmless and borderline prompts) with its gate
-  as deployed.
+* the held-out KL (harmless test prompts along their unsteered continuations) and the calibration KL
+  (the study's calibration set: held-apart harmless and borderline prompts) of every committed steering at
+  the matched budget (StMP-push is StMP's twin; the random control's first seed stands for its others,
+  calibrated by the same code), gate as deployed: ``docs/study/kl_by_prompt.json`` records them prompt by
+  prompt (``scripts/record_study_kls.py``); its means are the reported ``kl_heldout`` of every method and
+  the calibration KL each steering's file recorded, within 10%; and a sample of prompts from each set,
+  re-measured now, gives the recorded continuations and each steering's recorded KL on every one of them
+  (re-measuring every prompt took ~4 minutes of a core, most of ``make test``'s slowest file).
 """
 
 import json
@@ -23,12 +25,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import lensteer
 from lensteer import threats
 from lensteer.core.stats import mcnemar_exact
-from lensteer.steering.calibration import sequence_kls, steering_kl
-from lensteer.study.coherence import calibration_set
+from lensteer.steering.calibration import sequence_scores
+from lensteer.study.coherence import calibration_prompts
 from lensteer.study.config import StudyConfig
 from lensteer.study.evaluation import eval_prompts, heldout_harmless, trait_flags
 from lensteer.study.runner import chosen_steering
@@ -55,6 +58,9 @@ FINDINGS = {
 CHECKED = [
     (tm, m) for tm in REPORT["threat_models"] for m in (*CONFIG.methods, "random0") if m != "StMP-push"
 ]
+RECORD = json.loads((STUDY / "kl_by_prompt.json").read_text())
+KL_SETS = {"calibration": calibration_prompts, "heldout": heldout_harmless}  # the prompts of each set
+KL_SAMPLE = 8  # prompts of each set re-measured
 MAX_SAMPLE, CARRYING = 6, 4
 
 
@@ -89,44 +95,59 @@ def test_the_committed_report_has_findings_and_steerings_to_check():
     assert {tm for tm, _ in CHECKED} == set(REPORT["threat_models"]) and len(CHECKED) >= 3 * 4
 
 
-@pytest.fixture(scope="module")
-def calibration_probe(embedded_model):
-    return calibration_set(embedded_model, CONFIG)[1]
+def _weighted_mean(kls: list[float | None], positions: list[int]) -> float:
+    """A set's mean per-token KL: each prompt's mean weighted by its continuation's positions."""
+    return sum(k * n for k, n in zip(kls, positions, strict=True) if k is not None) / sum(positions)
 
 
-@pytest.mark.parametrize("tm_method", CHECKED, ids=lambda x: f"{x[0]}-{x[1]}")
-def test_every_committed_steering_costs_its_recorded_calibration_kl(
-    embedded_model, calibration_probe, tm_method
-):
-    steering = _steering(embedded_model, *tm_method)
-    recorded = steering.info["calibration"]["kl"]
-    kl = steering_kl(embedded_model, steering, calibration_probe)  # gate as deployed
-    assert kl == pytest.approx(recorded, rel=0.10, abs=0.005)
+def test_the_kl_record_covers_every_committed_steering_and_its_means_are_the_study_s():
+    assert RECORD["kl_tokens"] == CONFIG.kl_tokens and set(RECORD["sets"]) == set(KL_SETS)
+    assert set(RECORD["steerings"]) == {f"{tm}/{m}" for tm, m in CHECKED}
+    for name, prompts in KL_SETS.items():
+        assert len(RECORD["sets"][name]["positions"]) == len(prompts(CONFIG))
+    for tm, m in CHECKED:
+        per = RECORD["steerings"][f"{tm}/{m}"]
+        calibration = _weighted_mean(per["calibration"], RECORD["sets"]["calibration"]["positions"])
+        recorded = lensteer.load_steering(chosen_steering(STUDY, tm, m, BUDGET)).info["calibration"]["kl"]
+        assert calibration == pytest.approx(recorded, rel=0.10, abs=0.005), (tm, m)
+        heldout = _weighted_mean(per["heldout"], RECORD["sets"]["heldout"]["positions"])
+        row = _row(tm, per["row"], BUDGET)  # the steering's results row (random0: random:0)
+        assert heldout == pytest.approx(row["kl_heldout"], rel=0.10, abs=0.005), (tm, m)
 
 
-@pytest.fixture(scope="module")
-def heldout_kls(embedded_model):
-    """Every finding's held-out KL: the study's held-out harmless prompts along their unsteered
-    continuations, one unsteered pass for all of them (``{(threat_model, method): kl}``)."""
-    reference = lensteer.generate(
+@pytest.mark.parametrize("kl_set", sorted(KL_SETS))
+def test_a_sample_of_prompts_gives_the_recorded_continuations_and_kls(embedded_model, kl_set):
+    """Prompts spread over the set: their unsteered continuations again (at most one of eight differs:
+    a batch of another composition may flip a near-tie in greedy decoding), and along the recorded
+    continuations every committed steering's KL on each prompt, gate as deployed."""
+    recorded = RECORD["sets"][kl_set]
+    prompts = KL_SETS[kl_set](CONFIG)
+    picked = torch.linspace(0, len(prompts) - 1, KL_SAMPLE).round().long().tolist()
+    again = lensteer.generate(
         embedded_model,
-        heldout_harmless(CONFIG),
+        [prompts[i] for i in picked],
         max_new_tokens=CONFIG.kl_tokens,
         batch_size=CONFIG.batch_size,
     )
-    found = [(tm, m) for tm, methods in FINDINGS.items() for m in methods]
-    kls = sequence_kls(
+    assert [t.tolist() for t in again.prompt_tokens] == [recorded["prompt_tokens"][i] for i in picked]
+    same = sum(t.tolist() == recorded["continuations"][i] for t, i in zip(again.tokens, picked, strict=True))
+    assert same >= KL_SAMPLE - KL_SAMPLE // 8, (kl_set, same)
+    scores = sequence_scores(
         embedded_model,
-        [_steering(embedded_model, tm, m) for tm, m in found],
-        reference.prompt_tokens,
-        reference.tokens,
+        [_steering(embedded_model, tm, m) for tm, m in CHECKED],
+        [torch.tensor(recorded["prompt_tokens"][i]) for i in picked],
+        [torch.tensor(recorded["continuations"][i]) for i in picked],
         batch_size=CONFIG.batch_size,
     )
-    return dict(zip(found, kls, strict=True))
+    assert scores.positions.tolist() == [recorded["positions"][i] for i in picked]
+    for (tm, m), by_prompt in zip(CHECKED, scores.kl_by_prompt, strict=True):
+        want = [RECORD["steerings"][f"{tm}/{m}"][kl_set][i] for i in picked]
+        got = [None if x != x else x for x in by_prompt.tolist()]  # NaN (an empty continuation): None
+        assert got == pytest.approx(want, rel=1e-3, abs=1e-6), (tm, m)
 
 
 @pytest.mark.parametrize("threat_model", sorted(FINDINGS))
-def test_every_significant_finding_reproduces(embedded_model, heldout_kls, threat_model):
+def test_every_significant_finding_reproduces(embedded_model, threat_model):
     methods = FINDINGS[threat_model]
     entry = REPORT["threat_models"][threat_model]
     base_flags = _row(threat_model, "baseline", None)["trait_flags"]
@@ -160,6 +181,3 @@ def test_every_significant_finding_reproduces(embedded_model, heldout_kls, threa
         now = [again[None, i] for i in picked] + [again[m, i] for i in picked]
         differ = sum(a != c for a, c in zip(now, committed, strict=True))
         assert differ <= len(committed) // 8, (m, differ, len(committed))
-
-    kls = [heldout_kls[threat_model, m] for m in methods]
-    assert kls == pytest.approx([entry["methods"][m]["kl_heldout"] for m in methods], rel=0.10, abs=0.005)

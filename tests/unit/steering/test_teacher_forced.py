@@ -13,7 +13,7 @@ import lensteer.steering.prefix as prefix_module
 from lensteer.core import plain
 from lensteer.core.chat import TokenizedPrompt, length_sorted_batches
 from lensteer.steering import Gate, Steering, Window
-from lensteer.steering.calibration import kl_probe, sequence_kls, steering_kl
+from lensteer.steering.calibration import kl_probe, sequence_kls, sequence_scores, steering_kl
 
 SYSTEM = "You are a terse assistant who answers every question in one short line, and never more."
 USERS = ["hi", "a much longer question, to force some left padding here", "mid length one", "why?"]
@@ -82,6 +82,31 @@ def test_kls_with_a_shared_prefix_equal_the_bridge_s(tiny_llama_bridge, monkeypa
     for got, want in zip(fast, reference, strict=True):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
     assert all(k > 1e-4 for k in fast[0])  # real edits, not a vacuous 0 == 0
+
+
+def test_sequence_scores_give_each_prompt_s_kl_and_the_mean_is_weighted_by_positions(tiny_llama_bridge):
+    model = tiny_llama_bridge
+    d = model.cfg.d_model
+    prompts = [lensteer.ChatPrompt(user=u, system=SYSTEM) for u in USERS]
+    gens = lensteer.generate(model, prompts, max_new_tokens=5)
+    continuations = list(gens.tokens)
+    continuations[1] = continuations[1][:0]  # an empty continuation: no KL, NaN
+    continuations[2] = continuations[2][:2]
+    steerings = [
+        Steering(unit=_unit(1, d), layers=(1,), mode="swfc", scale=2.0),
+        Steering(unit=_unit(3, d), layers=(0,), mode="add", scale=3.0),
+    ]
+    scores = sequence_scores(model, steerings, gens.prompt_tokens, continuations, batch_size=4)
+    assert scores.positions.tolist() == [len(c) for c in continuations]
+    kept = scores.positions > 0
+    for k, s in enumerate(steerings):
+        by = scores.kl_by_prompt[k]
+        assert bool(torch.isnan(by[1])) and bool((by[kept] > 1e-4).all())
+        weighted = float((by[kept] * scores.positions[kept]).sum() / scores.positions.sum())
+        assert weighted == pytest.approx(scores.kls[k], rel=1e-9)
+        for i in (0, 2, 3):  # each prompt's KL is the one it has measured alone
+            alone = sequence_kls(model, [s], [gens.prompt_tokens[i]], [continuations[i]])[0]
+            assert float(by[i]) == pytest.approx(alone, rel=1e-4, abs=1e-7)
 
 
 def test_prompts_without_a_shared_prefix_take_the_bridge_path_with_the_same_numbers(
