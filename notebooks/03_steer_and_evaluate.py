@@ -43,9 +43,10 @@ from lensteer.study.layers import locate_threat_model
 from lensteer.plotting.selection_figure import plot_selection
 
 config = replace(StudyConfig.smoke() if SMOKE else StudyConfig(), threat_models=(THREAT_MODEL,))
-if SMOKE:   # two methods, eight training and four test prompts, short answers and KL continuations, one candidate layer (no patching's)
+if SMOKE:   # two methods, eight training and four test prompts, short answers and KL continuations, one candidate
+    # layer (no patching's), the KL budget alone (no fluency bound: its search is tested in tests/unit/study)
     config = replace(config, methods=("SwFC", "StMP"), n_eval=4, max_new_tokens=10, kl_tokens=8,
-                     candidate_layers=(17,), patching_layers=0, select_new_tokens=4, n_fluency=1,
+                     candidate_layers=(17,), patching_layers=0, select_new_tokens=4, n_fluency=0,
                      n_train=8, n_select=4)
 KL_BUDGET = config.kl_budgets[0]   # nats per token on harmless prompts
 model = lensteer.load_model()

@@ -60,7 +60,7 @@ CHECKED = [
 ]
 RECORD = json.loads((STUDY / "kl_by_prompt.json").read_text())
 KL_SETS = {"calibration": calibration_prompts, "heldout": heldout_harmless}  # the prompts of each set
-KL_SAMPLE = 8  # prompts of each set re-measured
+KL_SAMPLE = 6  # prompts of each set re-measured
 MAX_SAMPLE, CARRYING = 6, 4
 
 
@@ -117,8 +117,8 @@ def test_the_kl_record_covers_every_committed_steering_and_its_means_are_the_stu
 
 @pytest.mark.parametrize("kl_set", sorted(KL_SETS))
 def test_a_sample_of_prompts_gives_the_recorded_continuations_and_kls(embedded_model, kl_set):
-    """Prompts spread over the set: their unsteered continuations again (at most one of eight differs:
-    a batch of another composition may flip a near-tie in greedy decoding), and along the recorded
+    """Prompts spread over the set: their unsteered continuations again (at most one differs: a batch
+    of another composition may flip a near-tie in greedy decoding), and along the recorded
     continuations every committed steering's KL on each prompt, gate as deployed."""
     recorded = RECORD["sets"][kl_set]
     prompts = KL_SETS[kl_set](CONFIG)
@@ -131,7 +131,7 @@ def test_a_sample_of_prompts_gives_the_recorded_continuations_and_kls(embedded_m
     )
     assert [t.tolist() for t in again.prompt_tokens] == [recorded["prompt_tokens"][i] for i in picked]
     same = sum(t.tolist() == recorded["continuations"][i] for t, i in zip(again.tokens, picked, strict=True))
-    assert same >= KL_SAMPLE - KL_SAMPLE // 8, (kl_set, same)
+    assert same >= KL_SAMPLE - 1, (kl_set, same)
     scores = sequence_scores(
         embedded_model,
         [_steering(embedded_model, tm, m) for tm, m in CHECKED],
