@@ -27,7 +27,7 @@ import torch
 
 import lensteer
 from lensteer.core.bridge import Bridge
-from lensteer.core.io import atomic_path
+from lensteer.core.io import write_json
 from lensteer.core.models import model_fingerprint
 from lensteer.steering.calibration import sequence_scores, steering_kl
 from lensteer.study.coherence import calibration_prompts, calibration_set
@@ -98,8 +98,7 @@ def main() -> None:
             print(f"{name:>11} {tm}/{m}: mean KL {mean:.4f}", flush=True)
         print(f"{name}: {len(prompts)} prompts, {time.time() - started:.0f} s", flush=True)
     _check(model, record, names, steerings, config, rows, report)
-    with atomic_path(study / RECORD) as tmp:
-        tmp.write_text(json.dumps(record, separators=(",", ":")) + "\n")
+    write_json(study / RECORD, record, indent=None)
     print(f"wrote {study / RECORD} ({time.time() - started:.0f} s)")
 
 

@@ -24,7 +24,9 @@ def atomic_path(path: "str | os.PathLike[str]") -> Iterator[Path]:
     """A temporary path beside ``path``; whatever is written there replaces ``path`` when the block ends.
 
     If the block raises, ``path`` is untouched and the temporary file is removed; an ``OSError`` (a full
-    disk, no permission) becomes a :class:`~lensteer.errors.WriteError` that names ``path``.
+    disk, no permission) becomes a :class:`~lensteer.errors.WriteError` that names ``path``. The file gets
+    the permissions a plain ``open(path, "w")`` would give it (the old file's, or the umask's), not the
+    owner-only mode of the temporary file it was written as.
     """
     target = Path(path)
     tmp: Path | None = None
@@ -36,6 +38,7 @@ def atomic_path(path: "str | os.PathLike[str]") -> Iterator[Path]:
         os.close(fd)
         tmp = Path(name)
         yield tmp
+        tmp.chmod(target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_umask())
         tmp.replace(target)
     except WriteError:
         raise
@@ -45,6 +48,13 @@ def atomic_path(path: "str | os.PathLike[str]") -> Iterator[Path]:
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path: "str | os.PathLike[str]", *, what: str = "file", kind: type = dict) -> Any:

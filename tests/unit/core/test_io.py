@@ -37,3 +37,19 @@ def test_unserialisable_payloads_fail_before_anything_is_written(tmp_path):
     with pytest.raises(TypeError, match="cannot serialise object"):
         write_json(tmp_path / "r.json", {"x": object()})
     assert not list(tmp_path.iterdir())
+
+
+def test_a_written_file_gets_the_mode_a_plain_open_would_give_it(tmp_path):
+    import os
+
+    mask = os.umask(0o027)
+    try:
+        new = write_text(tmp_path / "new.txt", "x")  # the temporary it was written as is owner-only
+        assert new.stat().st_mode & 0o777 == 0o640
+        kept = tmp_path / "kept.txt"
+        kept.write_text("old")
+        kept.chmod(0o604)
+        write_text(kept, "new")
+        assert kept.stat().st_mode & 0o777 == 0o604 and kept.read_text() == "new"
+    finally:
+        os.umask(mask)
