@@ -9,7 +9,7 @@ bisection the scale whose KL matches a budget (e.g. 0.1, 0.3 or 1.0 nats), per m
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -286,10 +286,8 @@ class SequenceScores:
 
     kls: tuple[float, ...]
     logprobs: tuple[torch.Tensor, ...]
-    kl_by_prompt: tuple[Float[torch.Tensor, " n_prompts"], ...] = ()
-    positions: Int[torch.Tensor, " n_prompts"] = field(
-        default_factory=lambda: torch.zeros(0, dtype=torch.long)
-    )
+    kl_by_prompt: tuple[Float[torch.Tensor, " n_prompts"], ...]
+    positions: Int[torch.Tensor, " n_prompts"]
 
 
 def sequence_scores(

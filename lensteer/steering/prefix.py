@@ -1,8 +1,8 @@
 """A prompt prefix shared by every row of a batch (system prompt, few-shot turns), computed once.
 
-Few-shot contexts are long and identical across a batch; running them once (once per steering when
-the rows' steerings differ) and copying their keys and values to the rows makes generation 1.5-1.7x
-faster with the same tokens (tested),
+Few-shot contexts are long and identical across a batch; running them once (once per group of rows
+that steer them alike) and copying their keys and values to the rows makes generation 1.5-1.7x faster
+with the same tokens (tested),
 and the teacher-forced KL passes (calibration, held-out and rollout KL) likewise
 (:func:`teacher_forced_states`).
 """

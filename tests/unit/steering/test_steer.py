@@ -363,6 +363,19 @@ def test_side_by_side_pairs_unsteered_and_steered_answers(tiny_llama_bridge):
 SYSTEM = "You are a terse assistant who answers in one short line."
 
 
+def _assert_rows_decode_as_alone(model, prompts, steerings, batched, uncached, max_new_tokens):
+    """Each row of a batched decoding (``batched``, and ``uncached`` without the KV cache) is what its
+    prompt gives decoded alone under its steering: tokens, where steering fired, shift, prompt share."""
+    for i, (p, s) in enumerate(zip(prompts, steerings, strict=True)):
+        alone = lensteer.generate(model, [p], steering=s, max_new_tokens=max_new_tokens)
+        assert torch.equal(batched.tokens[i], alone.tokens[0]) and torch.equal(
+            batched.tokens[i], uncached.tokens[i]
+        )
+        assert torch.equal(batched.fired[i], alone.fired[0])
+        torch.testing.assert_close(batched.shift[i], alone.shift[0])
+        assert batched.prompt_fired_share[i] == pytest.approx(alone.prompt_fired_share[0])
+
+
 @pytest.mark.parametrize(
     "positions", ["all", "prompt", "generated", Window(-1, None), LastK(3), (2, -1), Window(5, 30)]
 )
@@ -380,14 +393,7 @@ def test_a_shared_prefix_is_computed_once_and_changes_nothing(tiny_llama_bridge,
     shared = lensteer.generate(tiny_llama_bridge, prompts, steering=s, max_new_tokens=6, batch_size=3)
     assert calls and calls[0] >= prefix.MIN_SHARED_PREFIX  # the system prompt was run once for the batch
     uncached = lensteer.generate(tiny_llama_bridge, prompts, steering=s, max_new_tokens=6, use_kv_cache=False)
-    for i, p in enumerate(prompts):
-        single = lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=6)
-        assert torch.equal(shared.tokens[i], single.tokens[0]) and torch.equal(
-            shared.tokens[i], uncached.tokens[i]
-        )
-        assert torch.equal(shared.fired[i], single.fired[0])
-        torch.testing.assert_close(shared.shift[i], single.shift[0])
-        assert shared.prompt_fired_share[i] == pytest.approx(single.prompt_fired_share[0])
+    _assert_rows_decode_as_alone(tiny_llama_bridge, prompts, [s] * len(prompts), shared, uncached, 6)
 
 
 def test_rows_that_steer_a_shared_prefix_differently_share_it_by_group(tiny_llama_bridge, monkeypatch):
@@ -425,14 +431,7 @@ def test_rows_that_steer_a_shared_prefix_differently_share_it_by_group(tiny_llam
     uncached = lensteer.generate(
         tiny_llama_bridge, prompts, prompt_steerings=conditions, max_new_tokens=5, use_kv_cache=False
     )
-    for i, (p, s) in enumerate(zip(prompts, conditions, strict=True)):
-        alone = lensteer.generate(tiny_llama_bridge, [p], steering=s, max_new_tokens=5)
-        assert torch.equal(mixed.tokens[i], alone.tokens[0]) and torch.equal(
-            mixed.tokens[i], uncached.tokens[i]
-        )
-        assert torch.equal(mixed.fired[i], alone.fired[0])
-        torch.testing.assert_close(mixed.shift[i], alone.shift[0])
-        assert mixed.prompt_fired_share[i] == pytest.approx(alone.prompt_fired_share[0])
+    _assert_rows_decode_as_alone(tiny_llama_bridge, prompts, conditions, mixed, uncached, 5)
 
 
 @pytest.mark.parametrize(
